@@ -1,0 +1,14 @@
+//! Turning a linked kext binary into a kext bundle.
+//!
+//! Glossary:
+//! - **bundle**: the `Foo.kext/` directory macOS loads: `Contents/Info.plist` and
+//!   `Contents/MacOS/<CFBundleExecutable>`.
+//! - **`[package.metadata.kext]`**: the table in each kext crate's Cargo.toml that
+//!   is the single source of the bundle's identity ([`metadata`]).
+//! - **OSBundleLibraries**: the KPI sets (and versions) the kext links against,
+//!   computed by kextld from its undefined symbols.
+
+pub mod metadata;
+
+pub use metadata::{KextMetadata, MetadataError};
+pub use kextld::{Arch, MinOs};
