@@ -1,1 +1,73 @@
-fn main() {}
+//! `cargo xtask`: prx's build driver. A thin dispatcher over the `xtask` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use kextld::Arch;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, verify and package the prx kexts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compile the kexts for the kernel targets, link, verify and write the bundles
+    /// to target/kext/<debug|release>/.
+    Build {
+        /// Optimised build (target/kext/release).
+        #[arg(long)]
+        release: bool,
+        /// Architecture(s) to build (default: all supported).
+        #[arg(long = "arch", value_name = "ARCH")]
+        archs: Vec<Arch>,
+        /// Kext(s) to build: socket, ip (default: all).
+        #[arg(long = "kext", value_name = "NAME")]
+        kexts: Vec<String>,
+    },
+    /// Regenerate kextld's KPI symbol table from xnu's config/*.exports files.
+    GenKpi {
+        /// Compare instead of writing; fail if the committed table differs.
+        #[arg(long)]
+        check: bool,
+        /// Directory holding the *.exports files (default: $PRX_XNU_EXPORTS or ../shared/xnu-exports).
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = xtask::workspace_root();
+    let result = match cli.command {
+        Cmd::Build { release, archs, kexts } => {
+            let started = Instant::now();
+            xtask::build::build(&root, &xtask::build::BuildOptions { release, archs, kexts }).map(|bundles| {
+                for b in &bundles {
+                    let rel = b.path.strip_prefix(&root).unwrap_or(&b.path);
+                    let archs: Vec<&str> = b.archs.iter().map(|a| a.name()).collect();
+                    println!(
+                        "{}  {} bytes  [{}]{}",
+                        rel.display(),
+                        b.executable_size,
+                        archs.join(", "),
+                        if b.changed { "" } else { "  (up to date)" }
+                    );
+                }
+                eprintln!("built {} bundle(s) in {:.1}s", bundles.len(), started.elapsed().as_secs_f64());
+            })
+        }
+        Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

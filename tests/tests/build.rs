@@ -1,0 +1,190 @@
+//! End-to-end: `cargo xtask build --release` output checked with independent
+//! tools (llvm-otool, llvm-objdump, llvm-nm from Debian's llvm-19), not with
+//! kextld's own reader.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use prx_tests::{executable_of, release_bundles, tool};
+
+fn bundles() -> Vec<(String, std::path::PathBuf)> {
+    let built = release_bundles();
+    let names: Vec<&str> = built.iter().map(|b| b.crate_name.as_str()).collect();
+    assert_eq!(names, ["kext-ip", "kext-socket"], "both kexts are built");
+    built.iter().map(|b| (b.crate_name.clone(), b.path.clone())).collect()
+}
+
+fn info_plist(bundle: &Path) -> plist::Dictionary {
+    plist::Value::from_file(bundle.join("Contents/Info.plist"))
+        .expect("Info.plist parses")
+        .into_dictionary()
+        .expect("Info.plist is a dictionary")
+}
+
+#[test]
+fn bundles_have_the_expected_layout() {
+    for (name, bundle) in bundles() {
+        let dir = bundle.file_name().unwrap().to_str().unwrap().to_owned();
+        let expected = if name == "kext-socket" { "PrxSocketFilter.kext" } else { "PrxIPFilter.kext" };
+        assert_eq!(dir, expected);
+        assert!(bundle.ends_with(Path::new("target/kext/release").join(expected)), "{}", bundle.display());
+        let exe = executable_of(&bundle);
+        assert!(exe.is_file(), "{} exists", exe.display());
+        let plist = info_plist(&bundle);
+        assert_eq!(plist.get("CFBundlePackageType").and_then(|v| v.as_string()), Some("KEXT"));
+        assert_eq!(plist.get("CFBundleInfoDictionaryVersion").and_then(|v| v.as_string()), Some("6.0"));
+    }
+}
+
+#[test]
+fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
+    for (_, bundle) in bundles() {
+        let exe = executable_of(&bundle);
+        let exe = exe.to_str().unwrap();
+        let header = tool("llvm-otool-19", &["-hv", exe]);
+        assert!(header.contains("KEXTBUNDLE"), "filetype:\n{header}");
+        assert!(header.contains("X86_64"), "cputype:\n{header}");
+        let flags = header.lines().last().unwrap();
+        for f in ["NOUNDEFS", "DYLDLINK", "TWOLEVEL"] {
+            assert!(flags.contains(f), "flag {f} in {flags}");
+        }
+        // Raw flags word: exactly 0x85.
+        let raw = tool("llvm-otool-19", &["-h", exe]);
+        let fields: Vec<&str> = raw.lines().last().unwrap().split_whitespace().collect();
+        assert_eq!(fields.last().copied(), Some("0x00000085"), "flags in\n{raw}");
+
+        let lc = tool("llvm-otool-19", &["-l", exe]);
+        let cmds: Vec<&str> =
+            lc.lines().filter_map(|l| l.trim().strip_prefix("cmd ")).map(str::trim).collect();
+        assert_eq!(
+            cmds,
+            [
+                "LC_SEGMENT_64",
+                "LC_SEGMENT_64",
+                "LC_SEGMENT_64",
+                "LC_SYMTAB",
+                "LC_DYSYMTAB",
+                "LC_UUID",
+                "LC_SOURCE_VERSION"
+            ],
+            "load commands of {exe}"
+        );
+        let segs: Vec<&str> =
+            lc.lines().filter_map(|l| l.trim().strip_prefix("segname ")).map(str::trim).collect();
+        assert_eq!(segs, ["__TEXT", "__DATA", "__LINKEDIT"]);
+        // __TEXT at vmaddr 0, fileoff 0.
+        let text = lc.split("segname __TEXT").nth(1).unwrap();
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.trim().strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap()
+        };
+        assert_eq!(field("vmaddr "), "0x0000000000000000");
+        assert_eq!(field("fileoff "), "0");
+    }
+}
+
+#[test]
+fn objdump_sees_only_the_relocations_kexts_may_have() {
+    for (_, bundle) in bundles() {
+        let exe = executable_of(&bundle);
+        let out = tool("llvm-objdump-19", &["--macho", "-r", exe.to_str().unwrap()]);
+        let mut kinds = BTreeMap::new();
+        for line in out.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // address pcrel length extern type scattered symbolnum/value
+            if f.len() < 7 || !f[0].chars().all(|c| c.is_ascii_hexdigit()) {
+                continue;
+            }
+            let kind = (f[1], f[2], f[3], f[4]);
+            match kind {
+                ("False", "quad", "False", "UNSIGND") => {} // local: slid by the loader
+                ("False", "quad", "True", "UNSIGND") => {}  // external pointer
+                ("True", "long", "True", "BRANCH") => {}    // external call
+                other => panic!("relocation kind {other:?} is not allowed in a kext: {line}"),
+            }
+            *kinds.entry(kind).or_insert(0) += 1;
+        }
+        assert!(
+            kinds.contains_key(&("False", "quad", "False", "UNSIGND")),
+            "kmod_info's start/stop need local relocations:\n{out}"
+        );
+        assert!(kinds.contains_key(&("True", "long", "True", "BRANCH")), "calls to printf:\n{out}");
+    }
+}
+
+#[test]
+fn nm_lists_only_kpi_exported_undefined_symbols() {
+    let tables = kextld::kpi::KpiTables::builtin();
+    for (_, bundle) in bundles() {
+        let exe = executable_of(&bundle);
+        let undefined = tool("llvm-nm-19", &["-u", exe.to_str().unwrap()]);
+        let syms: Vec<&str> = undefined.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        assert!(syms.contains(&"_printf"), "{syms:?}");
+        for s in &syms {
+            match tables.lookup(kextld::Arch::X86_64, s) {
+                kextld::kpi::Lookup::Public(_) => {}
+                other => panic!("{s} is not exported by a public KPI set: {other:?}"),
+            }
+        }
+        let plist = info_plist(&bundle);
+        let libs = plist.get("OSBundleLibraries").and_then(|v| v.as_dictionary()).expect("OSBundleLibraries");
+        assert_eq!(
+            libs.get("com.apple.kpi.libkern").and_then(|v| v.as_string()),
+            Some("17.0.0"),
+            "printf comes from kpi.libkern, version of macOS 10.13"
+        );
+    }
+}
+
+/// Reads `_kmod_info` straight from the file, using only llvm-nm (its address)
+/// and llvm-otool (the section's address and file offset).
+#[test]
+fn kmod_info_bytes_match_the_info_plist() {
+    for (_, bundle) in bundles() {
+        let exe = executable_of(&bundle);
+        let exe_s = exe.to_str().unwrap();
+        let nm = tool("llvm-nm-19", &["-m", exe_s]);
+        let line = nm.lines().find(|l| l.ends_with(" _kmod_info")).expect("_kmod_info in nm output");
+        assert!(line.contains("(__DATA,__data) external"), "{line}");
+        let addr = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
+        let lc = tool("llvm-otool-19", &["-l", exe_s]);
+        let sect = lc.split("sectname __data").nth(1).expect("__data section");
+        let get = |k: &str| sect.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_owned();
+        let sect_addr = u64::from_str_radix(get("addr ").trim_start_matches("0x"), 16).unwrap();
+        let sect_off: u64 = get("offset ").parse().unwrap();
+        let bytes = std::fs::read(&exe).unwrap();
+        let off = (addr - sect_addr + sect_off) as usize;
+        let k = &bytes[off..off + 196];
+        let cstr = |b: &[u8]| String::from_utf8(b.iter().take_while(|&&c| c != 0).copied().collect()).unwrap();
+        assert_eq!(i32::from_le_bytes(k[8..12].try_into().unwrap()), 1, "info_version");
+        let plist = info_plist(&bundle);
+        assert_eq!(cstr(&k[16..80]), plist.get("CFBundleIdentifier").unwrap().as_string().unwrap());
+        assert_eq!(cstr(&k[80..144]), plist.get("CFBundleVersion").unwrap().as_string().unwrap());
+        // start/stop hold unslid addresses inside __text.
+        let text = lc.split("sectname __text").nth(1).expect("__text section");
+        let tget = |k: &str| text.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_owned();
+        let t_addr = u64::from_str_radix(tget("addr ").trim_start_matches("0x"), 16).unwrap();
+        let t_size = u64::from_str_radix(tget("size ").trim_start_matches("0x"), 16).unwrap();
+        for at in [180, 188] {
+            let p = u64::from_le_bytes(k[at..at + 8].try_into().unwrap());
+            assert!((t_addr..t_addr + t_size).contains(&p), "slot {at}: {p:#x} outside __text");
+        }
+    }
+}
+
+#[test]
+fn a_second_build_rewrites_nothing() {
+    let first = release_bundles();
+    let mtimes: Vec<_> = first
+        .iter()
+        .map(|b| std::fs::metadata(executable_of(&b.path)).unwrap().modified().unwrap())
+        .collect();
+    let again = xtask::build::build(
+        &prx_tests::root(),
+        &xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![] },
+    )
+    .expect("second build");
+    for (b, m) in again.iter().zip(mtimes) {
+        assert!(!b.changed, "{} was rewritten", b.path.display());
+        assert_eq!(std::fs::metadata(executable_of(&b.path)).unwrap().modified().unwrap(), m);
+    }
+}

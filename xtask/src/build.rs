@@ -1,0 +1,297 @@
+//! `cargo xtask build`: compile the kext crates for the kernel targets, link each
+//! with kextld, verify, and lay out the bundles.
+//!
+//! Steps, per architecture: `cargo build` with build-std and the kernel target
+//! spec (artifacts found from `--message-format=json`), `kextld::link::link` on
+//! the crate's staticlib, then per kext: `kextld::verify`, OSBundleLibraries from
+//! the undefined symbols, Info.plist, and `packaging::bundle::write_bundle`
+//! (which leaves an identical bundle untouched).
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use kextld::kpi::KpiTables;
+use kextld::{Arch, MinOs};
+use packaging::KextMetadata;
+
+use crate::toolchain;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Optimised (`kernel-release` profile, output in `target/kext/release`)
+    /// rather than `kernel-dev` (`target/kext/debug`).
+    pub release: bool,
+    /// Architectures to build; empty means all supported.
+    pub archs: Vec<Arch>,
+    /// Kext short names (`socket`, `ip`: crate `kext-<name>`); empty means all.
+    pub kexts: Vec<String>,
+}
+
+/// One bundle written (or found up to date).
+#[derive(Debug, Clone)]
+pub struct BuiltBundle {
+    /// The crate, e.g. `kext-socket`.
+    pub crate_name: String,
+    /// `target/kext/<profile>/<Executable>.kext`.
+    pub path: PathBuf,
+    /// Size of `Contents/MacOS/<Executable>`.
+    pub executable_size: u64,
+    /// Slices in the executable.
+    pub archs: Vec<Arch>,
+    /// False when an identical bundle was already there (nothing rewritten).
+    pub changed: bool,
+}
+
+/// Architectures `cargo xtask build` can produce today.
+pub const SUPPORTED_ARCHS: [Arch; 1] = [Arch::X86_64];
+
+/// The target spec for an architecture.
+pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
+    root.join("targets").join(format!("{}-apple-macos-kernel.json", arch.name()))
+}
+
+/// The kext crates of the workspace: every package with `[package.metadata.kext]`.
+pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
+    let out = Command::new(toolchain::cargo())
+        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed");
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let mut kexts = Vec::new();
+    for pkg in meta["packages"].as_array().into_iter().flatten() {
+        if pkg["metadata"]["kext"].is_null() {
+            continue;
+        }
+        let manifest = pkg["manifest_path"].as_str().context("cargo metadata: package without manifest_path")?;
+        kexts.push(KextMetadata::load(Path::new(manifest))?);
+    }
+    kexts.sort_by(|a, b| a.crate_name.cmp(&b.crate_name));
+    Ok(kexts)
+}
+
+/// Runs `cargo build` for `packages` on the kernel target of `arch` and returns
+/// each package's staticlib, keyed by package name.
+pub fn build_staticlibs(
+    root: &Path,
+    arch: Arch,
+    min_os: MinOs,
+    release: bool,
+    packages: &[&str],
+) -> Result<BTreeMap<String, PathBuf>> {
+    let profile = if release { "kernel-release" } else { "kernel-dev" };
+    let mut cmd = Command::new(toolchain::cargo());
+    cmd.current_dir(root)
+        .arg("build")
+        .args(["--profile", profile])
+        .arg("--target")
+        .arg(target_spec(root, arch))
+        .args([
+            "-Zjson-target-spec",
+            "-Zbuild-std=core,compiler_builtins",
+            "-Zbuild-std-features=compiler-builtins-mem",
+            "--message-format=json-render-diagnostics",
+        ])
+        .arg("--config")
+        .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"));
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    // Kernel builds get their own target directory (their build-std artifacts are
+    // unlike any host build's) and a clean compiler environment.
+    cmd.env("CARGO_TARGET_DIR", root.join("target/kernel"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().context("starting cargo build for the kernel target")?;
+    let stdout = child.stdout.take().context("cargo build: no stdout")?;
+    let mut libs = BTreeMap::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's JSON output")?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_staticlib = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "staticlib"));
+        // A package's library target is its name with '-' replaced by '_'.
+        let target_name = msg["target"]["name"].as_str().unwrap_or_default();
+        let Some(name) = packages.iter().find(|p| p.replace('-', "_") == target_name) else { continue };
+        if !is_staticlib {
+            continue;
+        }
+        let name = name.to_string();
+        let lib = msg["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .find(|f| f.ends_with(".a"))
+            .with_context(|| format!("cargo reported no .a file for {name}"))?;
+        libs.insert(name, PathBuf::from(lib));
+    }
+    let status = child.wait().context("waiting for cargo build")?;
+    if !status.success() {
+        bail!("cargo build for {arch} failed (see the errors above)");
+    }
+    for p in packages {
+        if !libs.contains_key(*p) {
+            bail!("cargo build for {arch} reported no staticlib for {p}");
+        }
+    }
+    Ok(libs)
+}
+
+/// LC_SOURCE_VERSION from a crate version: `A.B.C` packed as A(24).B(10).C(10).0.0.
+fn source_version(version: &str) -> u64 {
+    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let a = parts.next().unwrap_or(0) & 0xFF_FFFF;
+    let b = parts.next().unwrap_or(0) & 0x3FF;
+    let c = parts.next().unwrap_or(0) & 0x3FF;
+    (a << 40) | (b << 30) | (c << 20)
+}
+
+/// `cargo xtask build`.
+pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
+    toolchain::ensure_rust_src(root)?;
+    let archs: Vec<Arch> = if opts.archs.is_empty() { SUPPORTED_ARCHS.to_vec() } else { opts.archs.clone() };
+    for arch in &archs {
+        if !SUPPORTED_ARCHS.contains(arch) {
+            bail!("--arch {arch}: not supported by this build yet (supported: x86_64)");
+        }
+    }
+    let all = kext_crates(root)?;
+    let kexts: Vec<KextMetadata> = if opts.kexts.is_empty() {
+        all
+    } else {
+        let mut chosen = Vec::new();
+        for short in &opts.kexts {
+            let name = format!("kext-{short}");
+            let m = all.iter().find(|m| m.crate_name == name).with_context(|| {
+                let known: Vec<&str> =
+                    all.iter().map(|m| m.crate_name.strip_prefix("kext-").unwrap_or(&m.crate_name)).collect();
+                format!("--kext {short}: no such kext (known: {})", known.join(", "))
+            })?;
+            chosen.push(m.clone());
+        }
+        chosen
+    };
+
+    let tables = KpiTables::builtin();
+    // Per kext: one linked slice per architecture.
+    let mut slices: BTreeMap<String, Vec<(Arch, MinOs, kextld::link::Linked)>> = BTreeMap::new();
+    for &arch in &archs {
+        // One cargo invocation per distinct deployment target.
+        let mut by_min: BTreeMap<MinOs, Vec<&KextMetadata>> = BTreeMap::new();
+        for k in &kexts {
+            by_min.entry(min_os(k, arch)).or_default().push(k);
+        }
+        for (min, group) in by_min {
+            let names: Vec<&str> = group.iter().map(|k| k.crate_name.as_str()).collect();
+            let libs = build_staticlibs(root, arch, min, opts.release, &names)?;
+            for k in group {
+                let lib = &libs[&k.crate_name];
+                let linked = kextld::link::link(&kextld::link::LinkOptions {
+                    arch,
+                    min_os: min,
+                    inputs: vec![lib.clone()],
+                    source_version: source_version(&k.version),
+                })
+                .with_context(|| format!("linking {} for {arch}", k.crate_name))?;
+                slices.entry(k.crate_name.clone()).or_default().push((arch, min, linked));
+            }
+        }
+    }
+
+    let out_dir = root.join("target/kext").join(if opts.release { "release" } else { "debug" });
+    let mut built = Vec::new();
+    for k in &kexts {
+        let Some(parts) = slices.get(&k.crate_name) else { continue };
+        let (executable, archs) = assemble(parts)?;
+        let report = kextld::verify::verify(&executable, tables);
+        if !report.is_ok() {
+            bail!("{}: kextld verify rejected the binary:\n{report}", k.crate_name);
+        }
+        check_kmod_identity(k, &report)?;
+        let lowest = parts.iter().map(|(_, m, _)| *m).min().unwrap_or(MinOs::X86_64_DEFAULT);
+        let mut libraries = BTreeMap::new();
+        for (arch, min, linked) in parts {
+            let libs = kextld::kpi::os_bundle_libraries(tables, *arch, &linked.undefined, *min)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", k.crate_name))?;
+            for (id, _) in libs {
+                libraries.insert(id, format!("{}.0.0", lowest.darwin_major()));
+            }
+        }
+        let plist = packaging::info_plist::generate(k, &libraries, lowest)
+            .with_context(|| format!("generating Info.plist for {}", k.crate_name))?;
+        let written = packaging::bundle::write_bundle(&out_dir, k, &plist, &executable)
+            .with_context(|| format!("writing the bundle of {}", k.crate_name))?;
+        built.push(BuiltBundle {
+            crate_name: k.crate_name.clone(),
+            path: written.path,
+            executable_size: written.executable_size,
+            archs,
+            changed: written.changed,
+        });
+    }
+    Ok(built)
+}
+
+fn min_os(k: &KextMetadata, arch: Arch) -> MinOs {
+    match arch {
+        Arch::X86_64 => k.min_macos_x86_64,
+        Arch::Arm64e => k.min_macos_arm64e,
+    }
+}
+
+/// The bundle executable: the single slice as is (universal binaries come with
+/// the arm64e slice).
+fn assemble(parts: &[(Arch, MinOs, kextld::link::Linked)]) -> Result<(Vec<u8>, Vec<Arch>)> {
+    match parts {
+        [(arch, _, linked)] => Ok((linked.bytes.clone(), vec![*arch])),
+        _ => bail!("universal binaries are not supported by this build yet"),
+    }
+}
+
+/// The verifier decodes `_kmod_info`; its name and version must be the bundle's.
+fn check_kmod_identity(k: &KextMetadata, report: &kextld::verify::Report) -> Result<()> {
+    for slice in &report.slices {
+        if slice.kmod_name.as_deref() != Some(k.bundle_identifier.as_str())
+            || slice.kmod_version.as_deref() != Some(k.version.as_str())
+        {
+            bail!(
+                "{}: _kmod_info of the {} slice says {:?} {:?}, but Cargo.toml says {} {}",
+                k.crate_name,
+                slice.arch,
+                slice.kmod_name,
+                slice.kmod_version,
+                k.bundle_identifier,
+                k.version
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_versions() {
+        assert_eq!(source_version("1.2.3"), (1 << 40) | (2 << 30) | (3 << 20));
+        assert_eq!(source_version("0.1.0-pre"), 1 << 30);
+    }
+}
