@@ -54,7 +54,8 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
     root.join("targets").join(format!("{}-apple-macos-kernel.json", arch.name()))
 }
 
-/// The kext crates of the workspace: every package with `[package.metadata.kext]`.
+/// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
+/// its validated `[package.metadata.kext]`.
 pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     let out = Command::new(toolchain::cargo())
         .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
@@ -66,11 +67,18 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
         bail!("cargo metadata failed");
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let names = meta["metadata"]["prx"]["kexts"]
+        .as_array()
+        .context("Cargo.toml: [workspace.metadata.prx] kexts = [...] is missing")?;
     let mut kexts = Vec::new();
-    for pkg in meta["packages"].as_array().into_iter().flatten() {
-        if pkg["metadata"]["kext"].is_null() {
-            continue;
-        }
+    for name in names {
+        let name = name.as_str().context("[workspace.metadata.prx] kexts: not a string")?;
+        let pkg = meta["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .with_context(|| format!("[workspace.metadata.prx] kexts: no workspace package {name:?}"))?;
         let manifest = pkg["manifest_path"].as_str().context("cargo metadata: package without manifest_path")?;
         kexts.push(KextMetadata::load(Path::new(manifest))?);
     }
