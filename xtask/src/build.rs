@@ -86,6 +86,35 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     Ok(kexts)
 }
 
+/// A `cargo <subcommand>` (build, clippy, …) set up for the kernel target of
+/// `arch`: build-std, the target spec, the kernel profile, a clean compiler
+/// environment and its own target directory (`target/kernel`: build-std
+/// artifacts are unlike any host build's).
+pub fn kernel_cargo(root: &Path, subcommand: &str, arch: Arch, min_os: MinOs, release: bool) -> Command {
+    let profile = if release { "kernel-release" } else { "kernel-dev" };
+    let mut cmd = Command::new(toolchain::cargo());
+    cmd.current_dir(root)
+        .arg(subcommand)
+        .args(["--profile", profile])
+        .arg("--target")
+        .arg(target_spec(root, arch))
+        .args([
+            "-Zjson-target-spec",
+            "-Zbuild-std=core,compiler_builtins",
+            "-Zbuild-std-features=compiler-builtins-mem",
+        ])
+        .arg("--config")
+        .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"))
+        .env("CARGO_TARGET_DIR", root.join("target/kernel"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    cmd
+}
+
 /// Runs `cargo build` for `packages` on the kernel target of `arch` and returns
 /// each package's staticlib, keyed by package name.
 pub fn build_staticlibs(
@@ -95,35 +124,12 @@ pub fn build_staticlibs(
     release: bool,
     packages: &[&str],
 ) -> Result<BTreeMap<String, PathBuf>> {
-    let profile = if release { "kernel-release" } else { "kernel-dev" };
-    let mut cmd = Command::new(toolchain::cargo());
-    cmd.current_dir(root)
-        .arg("build")
-        .args(["--profile", profile])
-        .arg("--target")
-        .arg(target_spec(root, arch))
-        .args([
-            "-Zjson-target-spec",
-            "-Zbuild-std=core,compiler_builtins",
-            "-Zbuild-std-features=compiler-builtins-mem",
-            "--message-format=json-render-diagnostics",
-        ])
-        .arg("--config")
-        .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"));
+    let mut cmd = kernel_cargo(root, "build", arch, min_os, release);
+    cmd.arg("--message-format=json-render-diagnostics");
     for p in packages {
         cmd.args(["-p", p]);
     }
-    // Kernel builds get their own target directory (their build-std artifacts are
-    // unlike any host build's) and a clean compiler environment.
-    cmd.env("CARGO_TARGET_DIR", root.join("target/kernel"))
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().context("starting cargo build for the kernel target")?;
     let stdout = child.stdout.take().context("cargo build: no stdout")?;
     let mut libs = BTreeMap::new();
