@@ -8,7 +8,7 @@ use kextld::{Arch, MinOs};
 #[test]
 fn surviving_panic_path_is_rejected_by_the_verifier() {
     let root = prx_tests::root();
-    let libs = xtask::build::build_staticlibs(&root, Arch::X86_64, MinOs::X86_64_DEFAULT, true, &["kext-panicky"])
+    let libs = xtask::build::build_staticlibs(&root, &root.join("target"), Arch::X86_64, MinOs::X86_64_DEFAULT, true, &["kext-panicky"])
         .expect("the fixture compiles");
     let linked = kextld::link::link(&kextld::link::LinkOptions {
         arch: Arch::X86_64,

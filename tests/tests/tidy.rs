@@ -74,7 +74,7 @@ fn every_unsafe_block_has_a_safety_comment() {
 #[test]
 fn clippy_is_clean_on_kernel_crates() {
     let root = prx_tests::root();
-    let mut cmd = xtask::build::kernel_cargo(&root, "clippy", Arch::X86_64, MinOs::X86_64_DEFAULT, true);
+    let mut cmd = xtask::build::kernel_cargo(&root, &root.join("target"), "clippy", Arch::X86_64, MinOs::X86_64_DEFAULT, true);
     cmd.args(["-p", "common", "-p", "kext-socket", "-p", "kext-ip", "--", "-D", "warnings"]);
     let out = cmd.output().expect("running cargo clippy");
     assert!(

@@ -29,6 +29,16 @@ pub struct BuildOptions {
     pub archs: Vec<Arch>,
     /// Kext short names (`socket`, `ip`: crate `kext-<name>`); empty means all.
     pub kexts: Vec<String>,
+    /// Base output directory (kernel builds in `<dir>/kernel`, bundles in
+    /// `<dir>/kext/<profile>`); `None` means the workspace's `target/`.
+    pub target_dir: Option<PathBuf>,
+}
+
+impl BuildOptions {
+    /// The base output directory.
+    pub fn target_dir(&self, root: &Path) -> PathBuf {
+        self.target_dir.clone().unwrap_or_else(|| root.join("target"))
+    }
 }
 
 /// One bundle written (or found up to date).
@@ -88,9 +98,9 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
 
 /// A `cargo <subcommand>` (build, clippy, …) set up for the kernel target of
 /// `arch`: build-std, the target spec, the kernel profile, a clean compiler
-/// environment and its own target directory (`target/kernel`: build-std
+/// environment and its own target directory (`<target>/kernel`: build-std
 /// artifacts are unlike any host build's).
-pub fn kernel_cargo(root: &Path, subcommand: &str, arch: Arch, min_os: MinOs, release: bool) -> Command {
+pub fn kernel_cargo(root: &Path, target: &Path, subcommand: &str, arch: Arch, min_os: MinOs, release: bool) -> Command {
     let profile = if release { "kernel-release" } else { "kernel-dev" };
     let mut cmd = Command::new(toolchain::cargo());
     cmd.current_dir(root)
@@ -105,7 +115,7 @@ pub fn kernel_cargo(root: &Path, subcommand: &str, arch: Arch, min_os: MinOs, re
         ])
         .arg("--config")
         .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"))
-        .env("CARGO_TARGET_DIR", root.join("target/kernel"))
+        .env("CARGO_TARGET_DIR", target.join("kernel"))
         .env("RUSTC_BOOTSTRAP", "1")
         .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
         .env_remove("RUSTFLAGS")
@@ -119,12 +129,13 @@ pub fn kernel_cargo(root: &Path, subcommand: &str, arch: Arch, min_os: MinOs, re
 /// each package's staticlib, keyed by package name.
 pub fn build_staticlibs(
     root: &Path,
+    target: &Path,
     arch: Arch,
     min_os: MinOs,
     release: bool,
     packages: &[&str],
 ) -> Result<BTreeMap<String, PathBuf>> {
-    let mut cmd = kernel_cargo(root, "build", arch, min_os, release);
+    let mut cmd = kernel_cargo(root, target, "build", arch, min_os, release);
     cmd.arg("--message-format=json-render-diagnostics");
     for p in packages {
         cmd.args(["-p", p]);
@@ -203,6 +214,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         chosen
     };
 
+    let target = opts.target_dir(root);
     let tables = KpiTables::builtin();
     // Per kext: one linked slice per architecture.
     let mut slices: BTreeMap<String, Vec<(Arch, MinOs, kextld::link::Linked)>> = BTreeMap::new();
@@ -214,7 +226,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
         for (min, group) in by_min {
             let names: Vec<&str> = group.iter().map(|k| k.crate_name.as_str()).collect();
-            let libs = build_staticlibs(root, arch, min, opts.release, &names)?;
+            let libs = build_staticlibs(root, &target, arch, min, opts.release, &names)?;
             for k in group {
                 let lib = &libs[&k.crate_name];
                 let linked = kextld::link::link(&kextld::link::LinkOptions {
@@ -229,7 +241,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
     }
 
-    let out_dir = root.join("target/kext").join(if opts.release { "release" } else { "debug" });
+    let out_dir = target.join("kext").join(if opts.release { "release" } else { "debug" });
     let mut built = Vec::new();
     for k in &kexts {
         let Some(parts) = slices.get(&k.crate_name) else { continue };
