@@ -261,3 +261,44 @@ copyright = "Copyright © 2026 The prx developers"
         }
     }
 }
+
+#[cfg(test)]
+mod real_kext_tests {
+    use super::*;
+    use kextld::Arch;
+    use kextld::kpi::{KpiTables, os_bundle_libraries_multi};
+    use std::path::Path;
+
+    /// The real socket-filter crate's metadata, with the KPI libraries its calls
+    /// need, through the same path `cargo xtask build` takes.
+    #[test]
+    fn socket_filter_plist() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kext-socket/Cargo.toml");
+        let meta = KextMetadata::load(&manifest).unwrap();
+        let undefined: Vec<String> =
+            ["_sflt_register", "_sflt_unregister", "_sock_inject_data_out", "_mbuf_pullup", "_printf", "_OSMalloc"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        let libraries = os_bundle_libraries_multi(
+            KpiTables::builtin(),
+            &[
+                (Arch::X86_64, &undefined, meta.min_macos_x86_64),
+                (Arch::Arm64e, &undefined, meta.min_macos_arm64e),
+            ],
+        )
+        .unwrap();
+        let min = meta.min_macos_x86_64.min(meta.min_macos_arm64e);
+        let xml = String::from_utf8(generate(&meta, &libraries, min).unwrap()).unwrap();
+        assert!(
+            xml.contains(
+                "\t<key>OSBundleLibraries</key>\n\t<dict>\n\
+                 \t\t<key>com.apple.kpi.bsd</key>\n\t\t<string>17.0.0</string>\n\
+                 \t\t<key>com.apple.kpi.libkern</key>\n\t\t<string>17.0.0</string>\n\t</dict>\n"
+            ),
+            "{xml}"
+        );
+        assert!(xml.contains("<string>net.prx.kext.SocketFilter</string>"), "{xml}");
+        assert!(xml.contains("<key>LSMinimumSystemVersion</key>\n\t<string>10.13</string>"), "{xml}");
+    }
+}

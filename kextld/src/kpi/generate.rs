@@ -124,9 +124,10 @@ fn header(xnu_tag: &str) -> String {
 # arches: comma-separated, from x86_64,arm64e.
 #
 # Drift check: the kextld test kpi::generate::tests::committed_table_is_current regenerates this
-# file from the exports directory and compares it byte for byte. Where that directory is missing
-# (e.g. CI without the steering checkout) it only checks that `body-sha256` below still matches the
-# body (catching hand edits), and says that the full check was skipped.
+# file from the exports directory and compares it byte for byte. Where the default directory is
+# missing (e.g. CI without the steering checkout) it only checks that `body-sha256` below still
+# matches the body (catching hand edits) and prints that the full check was skipped; a directory
+# named by $PRX_XNU_EXPORTS must exist.
 #
 # input lines: sha256 of each xnu file read.
 {XNU_TAG_KEY}{xnu_tag}
@@ -300,14 +301,34 @@ mod tests {
 
     /// The xnu exports directory, if present. A directory named explicitly by
     /// `$PRX_XNU_EXPORTS` must exist; only the default location may be missing.
-    fn exports_dir() -> Option<PathBuf> {
-        if let Some(d) = std::env::var_os(super::super::EXPORTS_DIR_ENV) {
-            let dir = PathBuf::from(d);
-            assert!(dir.is_dir(), "${} = {} is not a directory", super::super::EXPORTS_DIR_ENV, dir.display());
-            return Some(dir);
+    fn locate(explicit: Option<PathBuf>, default: PathBuf) -> Result<Option<PathBuf>, String> {
+        match explicit {
+            Some(dir) if dir.is_dir() => Ok(Some(dir)),
+            Some(dir) => {
+                Err(format!("${} = {} is not a directory", super::super::EXPORTS_DIR_ENV, dir.display()))
+            }
+            None => Ok(default.is_dir().then_some(default)),
         }
-        let dir = workspace_root().join("../shared/xnu-exports");
-        dir.is_dir().then_some(dir)
+    }
+
+    fn default_exports_dir() -> PathBuf {
+        workspace_root().join("../shared/xnu-exports")
+    }
+
+    fn exports_dir() -> Option<PathBuf> {
+        let explicit = std::env::var_os(super::super::EXPORTS_DIR_ENV).map(PathBuf::from);
+        locate(explicit, default_exports_dir()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn only_the_default_exports_dir_may_be_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let here = tmp.path().to_owned();
+        let gone = here.join("missing");
+        assert_eq!(locate(None, gone.clone()), Ok(None));
+        assert_eq!(locate(None, here.clone()), Ok(Some(here.clone())));
+        assert_eq!(locate(Some(here.clone()), gone.clone()), Ok(Some(here)));
+        assert!(locate(Some(gone.clone()), gone).unwrap_err().contains("PRX_XNU_EXPORTS"));
     }
 
     fn committed() -> String {
@@ -328,7 +349,7 @@ mod tests {
             None => println!(
                 "kpi drift test: full regeneration check SKIPPED: the xnu exports directory is missing \
                  at {} (set {} to check against another copy); only the body hash was checked",
-                workspace_root().join("../shared/xnu-exports").display(),
+                default_exports_dir().display(),
                 super::super::EXPORTS_DIR_ENV
             ),
         }
