@@ -252,14 +252,10 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
         check_kmod_identity(k, &report)?;
         let lowest = parts.iter().map(|(_, m, _)| *m).min().unwrap_or(MinOs::X86_64_DEFAULT);
-        let mut libraries = BTreeMap::new();
-        for (arch, min, linked) in parts {
-            let libs = kextld::kpi::os_bundle_libraries(tables, *arch, &linked.undefined, *min)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", k.crate_name))?;
-            for (id, _) in libs {
-                libraries.insert(id, format!("{}.0.0", lowest.darwin_major()));
-            }
-        }
+        let undefined: Vec<(Arch, &[String], MinOs)> =
+            parts.iter().map(|(arch, min, linked)| (*arch, linked.undefined.as_slice(), *min)).collect();
+        let libraries = kextld::kpi::os_bundle_libraries_multi(tables, &undefined)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", k.crate_name))?;
         let plist = packaging::info_plist::generate(k, &libraries, lowest)
             .with_context(|| format!("generating Info.plist for {}", k.crate_name))?;
         let written = packaging::bundle::write_bundle(&out_dir, k, &plist, &executable)
