@@ -11,7 +11,10 @@ use std::process::Command;
 use kextld::link::{LinkError, Linked, link_buffers};
 use kextld::{Arch, MinOs};
 
-const MIN_OS: MinOs = MinOs { major: 10, minor: 13 };
+const MIN_OS: MinOs = MinOs {
+    major: 10,
+    minor: 13,
+};
 
 fn run(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
@@ -50,8 +53,10 @@ fn compile_asm(dir: &Path, name: &str, text: &str) -> Vec<u8> {
 }
 
 fn link(inputs: &[(&str, &[u8])]) -> Result<Linked, LinkError> {
-    let inputs: Vec<(String, Vec<u8>)> =
-        inputs.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
+    let inputs: Vec<(String, Vec<u8>)> = inputs
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.to_vec()))
+        .collect();
     link_buffers(Arch::X86_64, MIN_OS, 0, &inputs)
 }
 
@@ -100,7 +105,9 @@ fn objdump_relocs(path: &str) -> (Vec<Reloc>, Vec<Reloc>) {
         }
         let f: Vec<&str> = l.split_whitespace().collect();
         let Some(is_ext) = cur else { continue };
-        let Ok(address) = u64::from_str_radix(f.first().copied().unwrap_or(""), 16) else { continue };
+        let Ok(address) = u64::from_str_radix(f.first().copied().unwrap_or(""), 16) else {
+            continue;
+        };
         let r = Reloc {
             address,
             pcrel: f[1] == "True",
@@ -187,7 +194,11 @@ fn check_structure(path: &str, linked: &Linked) {
     // Only local UNSIGNED quads and external UNSIGNED quads / BRANCH longs.
     let (ext, loc) = objdump_relocs(path);
     for r in &loc {
-        assert_eq!((r.pcrel, r.length.as_str(), r.external, r.ty.as_str()), (false, "quad", false, "UNSIGND"), "{r:?}");
+        assert_eq!(
+            (r.pcrel, r.length.as_str(), r.external, r.ty.as_str()),
+            (false, "quad", false, "UNSIGND"),
+            "{r:?}"
+        );
     }
     let mut seen_branch = false;
     for r in &ext {
@@ -206,13 +217,22 @@ fn check_structure(path: &str, linked: &Linked) {
     }
     let mut sorted = loc.iter().map(|r| r.address).collect::<Vec<_>>();
     sorted.sort();
-    assert_eq!(sorted, loc.iter().map(|r| r.address).collect::<Vec<_>>(), "local relocs sorted by address");
+    assert_eq!(
+        sorted,
+        loc.iter().map(|r| r.address).collect::<Vec<_>>(),
+        "local relocs sorted by address"
+    );
     // Symbol table order: locals, sorted external definitions, sorted undefined.
     let nm = run("llvm-nm-19", &["-m", "-p", path]);
     let kinds: Vec<(u8, String)> = nm
         .lines()
         .map(|l| {
-            let name = l.trim_end_matches(" (dynamically looked up)").split_whitespace().last().unwrap().to_string();
+            let name = l
+                .trim_end_matches(" (dynamically looked up)")
+                .split_whitespace()
+                .last()
+                .unwrap()
+                .to_string();
             let kind = if l.contains("(undefined)") {
                 2
             } else if l.contains("non-external") {
@@ -224,13 +244,29 @@ fn check_structure(path: &str, linked: &Linked) {
         })
         .collect();
     let mut expected = kinds.clone();
-    expected.sort_by(|a, b| a.0.cmp(&b.0)); // stable: keeps local order
+    expected.sort_by_key(|k| k.0); // stable: keeps local order
     assert_eq!(kinds, expected, "symbol table order");
-    let exts: Vec<String> = kinds.iter().filter(|k| k.0 == 1).map(|k| k.1.clone()).collect();
-    let undefs: Vec<String> = kinds.iter().filter(|k| k.0 == 2).map(|k| k.1.clone()).collect();
+    let exts: Vec<String> = kinds
+        .iter()
+        .filter(|k| k.0 == 1)
+        .map(|k| k.1.clone())
+        .collect();
+    let undefs: Vec<String> = kinds
+        .iter()
+        .filter(|k| k.0 == 2)
+        .map(|k| k.1.clone())
+        .collect();
+    assert!(
+        exts.is_sorted() && undefs.is_sorted(),
+        "{exts:?} {undefs:?}"
+    );
     assert_eq!(exts, linked.defined_exports);
     assert_eq!(undefs, linked.undefined);
-    assert!(nm.lines().filter(|l| l.contains("(undefined)")).all(|l| l.contains("dynamically looked up")));
+    assert!(
+        nm.lines()
+            .filter(|l| l.contains("(undefined)"))
+            .all(|l| l.contains("dynamically looked up"))
+    );
     let dysym = run("llvm-readobj-19", &["--macho-dysymtab", path]);
     let field = |name: &str| -> u64 {
         dysym
@@ -249,7 +285,10 @@ fn check_structure(path: &str, linked: &Linked) {
     assert_eq!(field("nundefsym"), undefs.len() as u64);
     assert_eq!(field("nextrel"), ext.len() as u64);
     assert_eq!(field("nlocrel"), loc.len() as u64);
-    assert_eq!(field("ntoc") + field("nmodtab") + field("nindirectsyms") + field("nextrefsyms"), 0);
+    assert_eq!(
+        field("ntoc") + field("nmodtab") + field("nindirectsyms") + field("nextrefsyms"),
+        0
+    );
 }
 
 #[test]
@@ -259,8 +298,20 @@ fn c_kext_links_and_llvm_tools_agree() {
     let linked = link(&[("ckext.o", &obj)]).unwrap();
     let path = save(dir.path(), "ckext.kext", &linked.bytes);
     check_structure(&path, &linked);
-    assert_eq!(linked.undefined, ["_bzero", "_kpi_data_symbol", "_kpi_func_symbol", "_memset", "_printf"]);
-    assert_eq!(linked.defined_exports, ["_ckext_call", "_kmod_info", "_kpi_func_ptr"]);
+    assert_eq!(
+        linked.undefined,
+        [
+            "_bzero",
+            "_kpi_data_symbol",
+            "_kpi_func_symbol",
+            "_memset",
+            "_printf"
+        ]
+    );
+    assert_eq!(
+        linked.defined_exports,
+        ["_ckext_call", "_kmod_info", "_kpi_func_ptr"]
+    );
 
     // kmod_info: start/stop are the addresses llvm-nm reports; the name is the bundle id.
     let syms = nm_addresses(&path);
@@ -270,7 +321,10 @@ fn c_kext_links_and_llvm_tools_agree() {
     assert_eq!(u64_at(file, ki + 188), syms["_ckext_stop"]);
     assert_eq!(&file[ki as usize + 16..][..18], b"com.example.ckext\0");
     let (ext, loc) = objdump_relocs(&path);
-    assert!(loc.iter().any(|r| r.address == ki + 180 && r.target.contains("__TEXT,__text")));
+    assert!(
+        loc.iter()
+            .any(|r| r.address == ki + 180 && r.target.contains("__TEXT,__text"))
+    );
     assert!(loc.iter().any(|r| r.address == ki + 188));
     // The function table holds helper/other with local relocs.
     let table = syms["_table"];
@@ -279,13 +333,19 @@ fn c_kext_links_and_llvm_tools_agree() {
     // kpi_func_ptr: external UNSIGNED, slot holds the addend 0.
     let p = syms["_kpi_func_ptr"];
     assert_eq!(u64_at(file, p), 0);
-    assert!(ext.iter().any(|r| r.address == p && r.ty == "UNSIGND" && r.target == "_kpi_func_symbol"));
+    assert!(
+        ext.iter()
+            .any(|r| r.address == p && r.ty == "UNSIGND" && r.target == "_kpi_func_symbol")
+    );
     // Every call to the kernel is an external BRANCH on a zero rel32.
     let dis = disassemble(&path);
     let mut kernel_calls = 0;
     for (addr, bytes, text) in &dis {
         if bytes.first() == Some(&0xe8) {
-            let r = ext.iter().find(|r| r.address == addr + 1).unwrap_or_else(|| panic!("unrelocated call {text}"));
+            let r = ext
+                .iter()
+                .find(|r| r.address == addr + 1)
+                .unwrap_or_else(|| panic!("unrelocated call {text}"));
             assert_eq!(r.ty, "BRANCH");
             assert_eq!(&bytes[1..5], [0, 0, 0, 0]);
             assert!(text.ends_with(&r.target), "{text} vs {r:?}");
@@ -294,16 +354,31 @@ fn c_kext_links_and_llvm_tools_agree() {
     }
     assert_eq!(kernel_calls, 5);
     // RIP-relative references resolved to the right symbols (llvm-objdump symbolizes them).
-    let all = dis.iter().map(|d| d.2.clone()).collect::<Vec<_>>().join("\n");
-    for sym in ["_table(%rip)", "_names(%rip)", "_buffer(%rip)", "_counter(%rip)"] {
+    let all = dis
+        .iter()
+        .map(|d| d.2.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for sym in [
+        "_table(%rip)",
+        "_names(%rip)",
+        "_buffer(%rip)",
+        "_counter(%rip)",
+    ] {
         assert!(all.contains(sym), "{sym} missing from\n{all}");
     }
     // GOT_LOAD of the undefined data symbol: movq from a zeroed __got slot with an external UNSIGNED.
-    let got_load = dis.iter().find(|d| d.1.starts_with(&[0x48, 0x8b, 0x05])).expect("movq from GOT");
+    let got_load = dis
+        .iter()
+        .find(|d| d.1.starts_with(&[0x48, 0x8b, 0x05]))
+        .expect("movq from GOT");
     let disp = i32::from_le_bytes(got_load.1[3..7].try_into().unwrap()) as i64;
     let slot = (got_load.0 as i64 + 7 + disp) as u64;
     assert_eq!(u64_at(file, slot), 0);
-    assert!(ext.iter().any(|r| r.address == slot && r.target == "_kpi_data_symbol" && r.ty == "UNSIGND"));
+    assert!(
+        ext.iter()
+            .any(|r| r.address == slot && r.target == "_kpi_data_symbol" && r.ty == "UNSIGND")
+    );
     let otool = run("llvm-otool-19", &["-lv", &path]);
     assert!(otool.contains("sectname __got"), "{otool}");
 }
@@ -321,7 +396,10 @@ fn asm_fixture_resolves_every_relocation_form() {
     let (ext, loc) = objdump_relocs(&path);
     let dd = syms["_defined_data"];
     let entry = syms["_entry"];
-    let dis: Vec<_> = disassemble(&path).into_iter().filter(|d| d.0 >= entry && d.0 < syms["_helper"]).collect();
+    let dis: Vec<_> = disassemble(&path)
+        .into_iter()
+        .filter(|d| d.0 >= entry && d.0 < syms["_helper"])
+        .collect();
     assert_eq!(dis.len(), 12, "{dis:?}");
     // (offset of the rel32 in the instruction)
     let target = |i: usize, disp_at: usize| -> u64 {
@@ -337,11 +415,17 @@ fn asm_fixture_resolves_every_relocation_form() {
     assert_eq!(dis[1].1[1], 0x8b);
     let slot = target(1, 3);
     assert_eq!(u64_at(file, slot), 0);
-    assert!(ext.iter().any(|r| r.address == slot && r.target == "_kpi_data" && r.ty == "UNSIGND"));
+    assert!(
+        ext.iter()
+            .any(|r| r.address == slot && r.target == "_kpi_data" && r.ty == "UNSIGND")
+    );
     // GOT (pushq) to a defined symbol: slot holds its address with a local reloc.
     let slot = target(2, 2);
     assert_eq!(u64_at(file, slot), dd);
-    assert!(loc.iter().any(|r| r.address == slot && r.target.contains("__DATA,__data")));
+    assert!(
+        loc.iter()
+            .any(|r| r.address == slot && r.target.contains("__DATA,__data"))
+    );
     // SIGNED_1/2/4 with addends, section-relative SIGNED_4, SIGNED to cstring and with addend.
     assert_eq!(target(3, 2), dd + 8);
     assert_eq!(target(4, 3), dd + 16);
@@ -354,23 +438,50 @@ fn asm_fixture_resolves_every_relocation_form() {
     assert_eq!(target(9, 1), syms["_helper"]);
     for (i, name) in [(10, "_kpi_func"), (11, "_kpi_tail")] {
         assert_eq!(&dis[i].1[1..5], [0, 0, 0, 0]);
-        assert!(ext.iter().any(|r| r.address == dis[i].0 + 1 && r.target == name && r.ty == "BRANCH"));
+        assert!(
+            ext.iter()
+                .any(|r| r.address == dis[i].0 + 1 && r.target == name && r.ty == "BRANCH")
+        );
     }
     // SUBTRACTOR pairs resolved to constants, no relocs there.
-    assert_eq!(u64_at(file, syms["_difference64"]), syms["_helper"] - entry + 3);
-    let d32 = u32::from_le_bytes(file[syms["_difference32"] as usize..][..4].try_into().unwrap());
+    assert_eq!(
+        u64_at(file, syms["_difference64"]),
+        syms["_helper"] - entry + 3
+    );
+    let d32 = u32::from_le_bytes(
+        file[syms["_difference32"] as usize..][..4]
+            .try_into()
+            .unwrap(),
+    );
     assert_eq!(u64::from(d32), dd - entry);
-    assert!(!loc.iter().chain(&ext).any(|r| r.address == syms["_difference64"] || r.address == syms["_difference32"]));
+    assert!(
+        !loc.iter()
+            .chain(&ext)
+            .any(|r| r.address == syms["_difference64"] || r.address == syms["_difference32"])
+    );
     // UNSIGNED 64-bit: extern defined (+addend), section-relative, extern undefined (+addend).
     let p = syms["_pointers"];
     assert_eq!(u64_at(file, p), syms["_helper"] + 1);
     assert_eq!(u64_at(file, p + 8), dd + 40);
     assert_eq!(u64_at(file, p + 16), 16);
-    assert!(loc.iter().any(|r| r.address == p && r.target.contains("__TEXT,__text")));
-    assert!(loc.iter().any(|r| r.address == p + 8 && r.target.contains("__DATA,__data")));
-    assert!(ext.iter().any(|r| r.address == p + 16 && r.target == "_kpi_data"));
+    assert!(
+        loc.iter()
+            .any(|r| r.address == p && r.target.contains("__TEXT,__text"))
+    );
+    assert!(
+        loc.iter()
+            .any(|r| r.address == p + 8 && r.target.contains("__DATA,__data"))
+    );
+    assert!(
+        ext.iter()
+            .any(|r| r.address == p + 16 && r.target == "_kpi_data")
+    );
     // External UNSIGNED entries sorted by (symbol, address).
-    let unsigned: Vec<u64> = ext.iter().filter(|r| r.ty == "UNSIGND").map(|r| r.address).collect();
+    let unsigned: Vec<u64> = ext
+        .iter()
+        .filter(|r| r.ty == "UNSIGND")
+        .map(|r| r.address)
+        .collect();
     let mut sorted = unsigned.clone();
     sorted.sort();
     assert_eq!(unsigned, sorted);
@@ -402,7 +513,11 @@ fn link_err(dir: &Path, name: &str, asm: &str) -> String {
 #[test]
 fn absolute_32bit_reference_is_rejected_precisely() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = link_err(dir.path(), "abs32", "    .section __DATA,__data\n_table32:\n    .long _some_symbol\n");
+    let msg = link_err(
+        dir.path(),
+        "abs32",
+        "    .section __DATA,__data\n_table32:\n    .long _some_symbol\n",
+    );
     for part in [
         "abs32.o",
         "section __DATA,__data",
@@ -419,10 +534,24 @@ fn absolute_32bit_reference_is_rejected_precisely() {
 #[test]
 fn tlv_and_rip_relative_undefined_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = link_err(dir.path(), "tlv", "    .text\n    movq _tlv_var@TLVP(%rip), %rdi\n");
-    assert!(msg.contains("X86_64_RELOC_TLV") && msg.contains("_tlv_var") && msg.contains("thread"), "{msg}");
-    let msg = link_err(dir.path(), "ripundef", "    .text\n    leaq _kernel_var(%rip), %rdi\n");
-    assert!(msg.contains("X86_64_RELOC_SIGNED") && msg.contains("_kernel_var") && msg.contains("GOT"), "{msg}");
+    let msg = link_err(
+        dir.path(),
+        "tlv",
+        "    .text\n    movq _tlv_var@TLVP(%rip), %rdi\n",
+    );
+    assert!(
+        msg.contains("X86_64_RELOC_TLV") && msg.contains("_tlv_var") && msg.contains("thread"),
+        "{msg}"
+    );
+    let msg = link_err(
+        dir.path(),
+        "ripundef",
+        "    .text\n    leaq _kernel_var(%rip), %rdi\n",
+    );
+    assert!(
+        msg.contains("X86_64_RELOC_SIGNED") && msg.contains("_kernel_var") && msg.contains("GOT"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -431,29 +560,63 @@ fn missing_kmod_info_garbage_truncated_wrong_arch_duplicates() {
     let d = dir.path();
     let nokmod = compile_asm(d, "nokmod", "    .text\n    .globl _f\n_f:\n    retq\n");
     let e = link(&[("nokmod.o", &nokmod)]).unwrap_err().to_string();
-    assert!(e.contains("no _kmod_info: did the kext invoke common::kext!?"), "{e}");
+    assert!(
+        e.contains("no _kmod_info: did the kext invoke common::kext!?"),
+        "{e}"
+    );
 
-    let e = link(&[("junk.o", b"this is not an object file")]).unwrap_err().to_string();
+    let e = link(&[("junk.o", b"this is not an object file")])
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("junk.o: is neither a Mach-O"), "{e}");
-    let e = link(&[("trunc.o", &nokmod[..nokmod.len() / 3])]).unwrap_err().to_string();
-    assert!(e.starts_with("trunc.o: ") && e.contains("truncated or corrupt"), "{e}");
+    let e = link(&[("trunc.o", &nokmod[..nokmod.len() / 3])])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("trunc.o: ") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
 
     let src = d.join("arm.s");
     std::fs::write(&src, "    .text\n    ret\n").unwrap();
     let out = d.join("arm.o");
-    run("clang-19", &["-target", "arm64-apple-macos11", "-c", src.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    run(
+        "clang-19",
+        &[
+            "-target",
+            "arm64-apple-macos11",
+            "-c",
+            src.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
     let arm = std::fs::read(out).unwrap();
     let e = link(&[("arm.o", &arm)]).unwrap_err().to_string();
     assert!(e.starts_with("arm.o: wrong architecture"), "{e}");
 
-    let a = compile_asm(d, "dup_a", &format!("{KMOD_INFO_ASM}\n    .text\n    .globl _dup\n_dup:\n    retq\n"));
+    let a = compile_asm(
+        d,
+        "dup_a",
+        &format!("{KMOD_INFO_ASM}\n    .text\n    .globl _dup\n_dup:\n    retq\n"),
+    );
     let b = compile_asm(d, "dup_b", "    .text\n    .globl _dup\n_dup:\n    retq\n");
-    let e = link(&[("dup_a.o", &a), ("dup_b.o", &b)]).unwrap_err().to_string();
-    assert!(e.contains("duplicate symbol _dup") && e.contains("dup_a.o") && e.contains("dup_b.o"), "{e}");
-
-    let e = link_buffers(Arch::Arm64e, MinOs::ARM64E_DEFAULT, 0, &[("x.o".into(), a.clone())])
+    let e = link(&[("dup_a.o", &a), ("dup_b.o", &b)])
         .unwrap_err()
         .to_string();
+    assert!(
+        e.contains("duplicate symbol _dup") && e.contains("dup_a.o") && e.contains("dup_b.o"),
+        "{e}"
+    );
+
+    let e = link_buffers(
+        Arch::Arm64e,
+        MinOs::ARM64E_DEFAULT,
+        0,
+        &[("x.o".into(), a.clone())],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("arm64e linking is not implemented yet"), "{e}");
 }
 
@@ -462,18 +625,41 @@ fn archive_members_load_on_demand_to_a_fixed_point() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // main (kmod_info) → _needed (member b) → _deep (member c); _unneeded (member u) stays out.
-    let main = compile_asm(d, "main", &format!("{KMOD_INFO_ASM}\n    .text\n    callq _needed\n"));
-    let b = compile_asm(d, "b", "    .text\n    .globl _needed\n_needed:\n    jmp _deep\n");
-    let c = compile_asm(d, "c", "    .text\n    .globl _deep\n_deep:\n    jmp _printf\n");
-    let u = compile_asm(d, "u", "    .text\n    .globl _unneeded\n_unneeded:\n    jmp _IOLog\n");
+    let main = compile_asm(
+        d,
+        "main",
+        &format!("{KMOD_INFO_ASM}\n    .text\n    callq _needed\n"),
+    );
+    let b = compile_asm(
+        d,
+        "b",
+        "    .text\n    .globl _needed\n_needed:\n    jmp _deep\n",
+    );
+    let c = compile_asm(
+        d,
+        "c",
+        "    .text\n    .globl _deep\n_deep:\n    jmp _printf\n",
+    );
+    let u = compile_asm(
+        d,
+        "u",
+        "    .text\n    .globl _unneeded\n_unneeded:\n    jmp _IOLog\n",
+    );
     let names = ["c.o", "u.o", "main.o", "b.o"]; // c before b: needs a second pass
     for (n, bytes) in names.iter().zip([&c, &u, &main, &b]) {
         std::fs::write(d.join(n), bytes).unwrap();
     }
     let lib = d.join("libtest.a");
     let mut args = vec!["rcs".to_string(), lib.to_str().unwrap().to_string()];
-    args.extend(names.iter().map(|n| d.join(n).to_str().unwrap().to_string()));
-    run("llvm-ar-19", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    args.extend(
+        names
+            .iter()
+            .map(|n| d.join(n).to_str().unwrap().to_string()),
+    );
+    run(
+        "llvm-ar-19",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let archive = std::fs::read(&lib).unwrap();
     let linked = link(&[("libtest.a", &archive)]).unwrap();
     assert_eq!(linked.defined_exports, ["_deep", "_kmod_info", "_needed"]);
@@ -496,7 +682,9 @@ fn sample(name: &str) -> PathBuf {
         .flatten()
         .map(|d| d.join(name))
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found: build the kexts (cargo xtask build) or set KEXTLD_SAMPLE_DIR"))
+        .unwrap_or_else(|| {
+            panic!("{name} not found: build the kexts (cargo xtask build) or set KEXTLD_SAMPLE_DIR")
+        })
 }
 
 #[test]
@@ -506,17 +694,28 @@ fn sample_staticlibs_link_reproducibly_through_the_cli() {
         let input = sample(lib);
         let out = dir.path().join(format!("{lib}.kext"));
         let status = Command::new(env!("CARGO_BIN_EXE_kextld"))
-            .args(["link", "--arch", "x86_64", "--min-os", "10.13", "--source-version", "1.2.3", "-o"])
+            .args([
+                "link",
+                "--arch",
+                "x86_64",
+                "--min-os",
+                "10.13",
+                "--source-version",
+                "1.2.3",
+                "-o",
+            ])
             .arg(&out)
             .arg(&input)
             .status()
             .unwrap();
         assert!(status.success());
         let first = std::fs::read(&out).unwrap();
-        let again = link_buffers(Arch::X86_64, MIN_OS, 1 << 40 | 2 << 30 | 3 << 20, &[(
-            input.display().to_string(),
-            std::fs::read(&input).unwrap(),
-        )])
+        let again = link_buffers(
+            Arch::X86_64,
+            MIN_OS,
+            1 << 40 | 2 << 30 | 3 << 20,
+            &[(input.display().to_string(), std::fs::read(&input).unwrap())],
+        )
         .unwrap();
         assert_eq!(first, again.bytes, "{lib}: two links differ");
         assert_eq!(again.undefined, ["_printf"], "{lib}");
