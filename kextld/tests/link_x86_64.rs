@@ -752,3 +752,33 @@ fn cli_reports_errors_and_writes_nothing() {
     assert!(err.contains("junk.o: is neither"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn c_kext_takes_memset_from_a_rust_staticlibs_compiler_builtins() {
+    // The staticlib's own kext object (which also defines _kmod_info) is not
+    // loaded: ckext.o already defines _kmod_info. Its compiler_builtins members
+    // (with __LLVM bitcode and unwind info) provide the hidden _memset.
+    let dir = tempfile::tempdir().unwrap();
+    let obj = compile(dir.path(), &fixtures().join("ckext.c"), &[]);
+    let lib = std::fs::read(sample("libkext_socket.a")).unwrap();
+    let linked = link(&[("ckext.o", &obj), ("libkext_socket.a", &lib)]).unwrap();
+    assert_eq!(
+        linked.undefined,
+        ["_bzero", "_kpi_data_symbol", "_kpi_func_symbol", "_printf"]
+    );
+    let path = save(dir.path(), "mixed.kext", &linked.bytes);
+    check_structure(&path, &linked);
+    let memset = nm_addresses(&path)["_memset"];
+    let call = disassemble(&path)
+        .into_iter()
+        .find(|d| d.1.first() == Some(&0xe8) && d.2.contains("_memset"))
+        .expect("call to _memset");
+    let disp = i32::from_le_bytes(call.1[1..5].try_into().unwrap()) as i64;
+    assert_eq!((call.0 as i64 + 5 + disp) as u64, memset);
+    let otool = run("llvm-otool-19", &["-lv", &path]);
+    assert!(
+        !otool.contains("__bitcode")
+            && !otool.contains("__compact_unwind")
+            && !otool.contains("__eh_frame")
+    );
+}
