@@ -12,6 +12,10 @@
 //! __LINKEDIT   local relocs, symbol table, external relocs, string table (8-aligned)
 //! ```
 //!
+//! When zerofill extends `__DATA` past its last file page, `__DATA.filesize <
+//! vmsize` and `__LINKEDIT` still starts at fileoff == vmaddr, leaving zeros in
+//! the file between them (the loaders copy segments by vmaddr).
+//!
 //! The LC_UUID is the first 16 bytes of the SHA-256 of the file with the UUID
 //! field zeroed, with the RFC 4122 version set to 4 and the variant to 10xx:
 //! ld64 does the same with MD5 and version 3; the hash makes links reproducible.
