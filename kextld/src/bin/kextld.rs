@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use kextld::kpi::KpiTables;
 
 #[derive(Parser)]
-#[command(name = "kextld", version, about = "Links and verifies macOS kext binaries")]
+#[command(
+    name = "kextld",
+    version,
+    about = "Links and verifies macOS kext binaries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +37,11 @@ fn verify(path: &std::path::Path) -> ExitCode {
     match kextld::verify::verify_path(path, KpiTables::builtin()) {
         Ok(report) => {
             println!("{report}");
-            if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("kextld verify: {e}");

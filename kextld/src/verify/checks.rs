@@ -41,7 +41,12 @@ pub(super) struct Ctx {
 
 impl Ctx {
     pub fn push(&mut self, severity: Severity, check: &'static str, message: String) {
-        self.findings.push(Finding { severity, arch: self.arch, check, message });
+        self.findings.push(Finding {
+            severity,
+            arch: self.arch,
+            check,
+            message,
+        });
     }
     pub fn error(&mut self, check: &'static str, message: String) {
         self.push(Severity::Error, check, message);
@@ -65,7 +70,11 @@ pub(super) fn list(names: &[String]) -> String {
     if names.len() <= MAX_LISTED {
         names.join(", ")
     } else {
-        format!("{} and {} more", names[..MAX_LISTED].join(", "), names.len() - MAX_LISTED)
+        format!(
+            "{} and {} more",
+            names[..MAX_LISTED].join(", "),
+            names.len() - MAX_LISTED
+        )
     }
 }
 
@@ -76,8 +85,14 @@ pub(super) fn verify_slice(
     tables: &KpiTables,
     report: &mut Report,
 ) {
-    let mut ctx = Ctx { arch: fat_arch, findings: Vec::new() };
-    let mut summary = SliceSummary { arch: fat_arch, ..SliceSummary::default() };
+    let mut ctx = Ctx {
+        arch: fat_arch,
+        findings: Vec::new(),
+    };
+    let mut summary = SliceSummary {
+        arch: fat_arch,
+        ..SliceSummary::default()
+    };
     run(bytes, fat_arch, tables, &mut ctx, &mut summary);
     report.findings.append(&mut ctx.findings);
     report.slices.push(summary);
@@ -108,7 +123,10 @@ fn run(
     if fat_arch.is_some_and(|a| a != arch) {
         ctx.error(
             "fat",
-            format!("the fat header says this slice is {} but its Mach-O header says {arch}", ctx.arch.map_or("?", Arch::name)),
+            format!(
+                "the fat header says this slice is {} but its Mach-O header says {arch}",
+                ctx.arch.map_or("?", Arch::name)
+            ),
         );
     }
     ctx.arch = Some(arch);
@@ -164,7 +182,10 @@ fn check_header(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
     match arch {
         Arch::X86_64 if h.cpusubtype != macho::CPU_SUBTYPE_X86_64_ALL => ctx.error(
             "header",
-            format!("x86_64 cpusubtype is {:#x}; kexts use exactly 3 (CPU_SUBTYPE_X86_64_ALL)", h.cpusubtype),
+            format!(
+                "x86_64 cpusubtype is {:#x}; kexts use exactly 3 (CPU_SUBTYPE_X86_64_ALL)",
+                h.cpusubtype
+            ),
         ),
         Arch::Arm64e if h.cpusubtype != ARM64E_KEXT_SUBTYPE => ctx.error(
             "header",
@@ -185,10 +206,10 @@ fn check_header(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
 
 /// A readable name for a load command.
 fn lc_name(cmd: u32) -> String {
-    macho::LC_NAMES
-        .iter()
-        .find(|(c, _)| *c == cmd)
-        .map_or_else(|| format!("load command {cmd:#x}"), |(_, n)| (*n).to_owned())
+    macho::LC_NAMES.iter().find(|(c, _)| *c == cmd).map_or_else(
+        || format!("load command {cmd:#x}"),
+        |(_, n)| (*n).to_owned(),
+    )
 }
 
 fn check_load_commands(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
@@ -227,14 +248,29 @@ fn check_load_commands(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
         }
     }
     for (cmd, what) in [
-        (macho::LC_SYMTAB, "the loader binds and relocates through the symbol table"),
-        (macho::LC_DYSYMTAB, "it holds the relocations and symbol ranges the loader uses"),
-        (macho::LC_UUID, "kextd/kernelmanagerd identify kexts by UUID"),
+        (
+            macho::LC_SYMTAB,
+            "the loader binds and relocates through the symbol table",
+        ),
+        (
+            macho::LC_DYSYMTAB,
+            "it holds the relocations and symbol ranges the loader uses",
+        ),
+        (
+            macho::LC_UUID,
+            "kextd/kernelmanagerd identify kexts by UUID",
+        ),
     ] {
         match counts.get(&cmd).copied().unwrap_or(0) {
-            0 => ctx.error("load-commands", format!("{} is missing: {what}", lc_name(cmd))),
+            0 => ctx.error(
+                "load-commands",
+                format!("{} is missing: {what}", lc_name(cmd)),
+            ),
             1 => {}
-            n => ctx.error("load-commands", format!("{} appears {n} times; exactly one allowed", lc_name(cmd))),
+            n => ctx.error(
+                "load-commands",
+                format!("{} appears {n} times; exactly one allowed", lc_name(cmd)),
+            ),
         }
     }
 }
@@ -268,7 +304,10 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
     let page = arch.page_size();
     let file_len = image.data.len() as u64;
     let Some(first) = image.segments.first() else {
-        return ctx.error("segments", "the image has no LC_SEGMENT_64: nothing to load".into());
+        return ctx.error(
+            "segments",
+            "the image has no LC_SEGMENT_64: nothing to load".into(),
+        );
     };
     if first.name != "__TEXT" || first.vmaddr != 0 || first.fileoff != 0 {
         ctx.error(
@@ -291,12 +330,22 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
             ));
         }
         if seg.vmaddr % page != 0 || seg.fileoff % page != 0 {
-            bad.push(format!("vmaddr {:#x}/fileoff {:#x} not aligned to {page:#x}", seg.vmaddr, seg.fileoff));
+            bad.push(format!(
+                "vmaddr {:#x}/fileoff {:#x} not aligned to {page:#x}",
+                seg.vmaddr, seg.fileoff
+            ));
         }
         if seg.filesize > seg.vmsize {
-            bad.push(format!("filesize {:#x} exceeds vmsize {:#x}", seg.filesize, seg.vmsize));
+            bad.push(format!(
+                "filesize {:#x} exceeds vmsize {:#x}",
+                seg.filesize, seg.vmsize
+            ));
         }
-        if seg.fileoff.checked_add(seg.filesize).is_none_or(|e| e > file_len) {
+        if seg
+            .fileoff
+            .checked_add(seg.filesize)
+            .is_none_or(|e| e > file_len)
+        {
             bad.push(format!(
                 "file range {:#x}+{:#x} runs past the end of the file ({file_len:#x} bytes)",
                 seg.fileoff, seg.filesize
@@ -316,7 +365,10 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
         if i + 1 == image.segments.len() && seg.vmsize % page != 0 {
             ctx.warn(
                 "segments",
-                format!("last segment {name} vmsize {:#x} is not a multiple of {page:#x}", seg.vmsize),
+                format!(
+                    "last segment {name} vmsize {:#x} is not a multiple of {page:#x}",
+                    seg.vmsize
+                ),
             );
         }
         for b in bad {
@@ -330,18 +382,29 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
             );
             match arch {
                 Arch::X86_64 => ctx.warn("segments", msg),
-                Arch::Arm64e => ctx.error("segments", format!("{msg} (the kernel-collection builder rejects W+X on arm64e)")),
+                Arch::Arm64e => ctx.error(
+                    "segments",
+                    format!("{msg} (the kernel-collection builder rejects W+X on arm64e)"),
+                ),
             }
         }
         prev_end = Some((name.clone(), seg.end()));
     }
     for sect in &image.sections {
-        let Some(seg) = image.segments.get(sect.segment) else { continue };
+        let Some(seg) = image.segments.get(sect.segment) else {
+            continue;
+        };
         let name = sect.display();
         if sect.segname != seg.name {
-            ctx.warn("segments", format!("section {name} is inside segment {}", seg.name));
+            ctx.warn(
+                "segments",
+                format!("section {name} is inside segment {}", seg.name),
+            );
         }
-        if sect.addr < seg.vmaddr || sect.end() > seg.end() || sect.addr.checked_add(sect.size).is_none() {
+        if sect.addr < seg.vmaddr
+            || sect.end() > seg.end()
+            || sect.addr.checked_add(sect.size).is_none()
+        {
             ctx.error(
                 "segments",
                 format!(
@@ -360,7 +423,8 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
         }
         let expected = seg.fileoff.saturating_add(sect.addr - seg.vmaddr);
         if u64::from(sect.offset) != expected
-            || u64::from(sect.offset).saturating_add(sect.size) > seg.fileoff.saturating_add(seg.filesize)
+            || u64::from(sect.offset).saturating_add(sect.size)
+                > seg.fileoff.saturating_add(seg.filesize)
         {
             ctx.error(
                 "segments",
@@ -408,7 +472,9 @@ fn x86_64_reloc_name(rtype: u8) -> String {
         "X86_64_RELOC_SIGNED_4",
         "X86_64_RELOC_TLV",
     ];
-    NAMES.get(usize::from(rtype)).map_or_else(|| format!("relocation type {rtype}"), |n| n.to_string())
+    NAMES
+        .get(usize::from(rtype))
+        .map_or_else(|| format!("relocation type {rtype}"), |n| n.to_string())
 }
 
 /// Symbol index → addresses of the external relocations that bind it.
@@ -431,13 +497,22 @@ fn check_relocations(image: &Image<'_>, ctx: &mut Ctx) -> References {
     let mut seen: HashMap<u32, bool> = HashMap::new();
     let mut dup = |addr: u32, ctx: &mut Ctx, what: &str| {
         if seen.insert(addr, true).is_some() {
-            ctx.error("relocations", format!("two relocations at {addr:#x} ({what}); keep one"));
+            ctx.error(
+                "relocations",
+                format!("two relocations at {addr:#x} ({what}); keep one"),
+            );
         }
     };
     for r in &image.local_relocs {
         let at = image.describe(u64::from(r.address));
         if r.is_scattered() {
-            ctx.error("relocations", format!("scattered local relocation {:#x}: kexts use none", r.address));
+            ctx.error(
+                "relocations",
+                format!(
+                    "scattered local relocation {:#x}: kexts use none",
+                    r.address
+                ),
+            );
             continue;
         }
         dup(r.address, ctx, "local");
@@ -467,7 +542,9 @@ fn check_relocations(image: &Image<'_>, ctx: &mut Ctx) -> References {
             );
             continue;
         };
-        let Some(value) = check_slot(image, r, 8, ctx, "local") else { continue };
+        let Some(value) = check_slot(image, r, 8, ctx, "local") else {
+            continue;
+        };
         if value < target.addr || value > target.end() {
             ctx.error(
                 "relocations",
@@ -484,11 +561,19 @@ fn check_relocations(image: &Image<'_>, ctx: &mut Ctx) -> References {
     for r in &image.external_relocs {
         let at = image.describe(u64::from(r.address));
         if r.is_scattered() {
-            ctx.error("relocations", format!("scattered external relocation {:#x}: kexts use none", r.address));
+            ctx.error(
+                "relocations",
+                format!(
+                    "scattered external relocation {:#x}: kexts use none",
+                    r.address
+                ),
+            );
             continue;
         }
         dup(r.address, ctx, "external");
-        let sym = usize::try_from(r.symbolnum).ok().and_then(|i| image.symbols.get(i));
+        let sym = usize::try_from(r.symbolnum)
+            .ok()
+            .and_then(|i| image.symbols.get(i));
         let sym_name = sym.map_or_else(|| format!("symbol #{}", r.symbolnum), |s| s.name.clone());
         let form_ok = r.is_extern
             && ((r.rtype == macho::X86_64_RELOC_UNSIGNED && r.length == 3 && !r.pcrel)
@@ -531,9 +616,15 @@ fn check_relocations(image: &Image<'_>, ctx: &mut Ctx) -> References {
             ),
             Some(_) => {}
         }
-        let len = if r.rtype == macho::X86_64_RELOC_BRANCH { 4 } else { 8 };
+        let len = if r.rtype == macho::X86_64_RELOC_BRANCH {
+            4
+        } else {
+            8
+        };
         if check_slot(image, r, len, ctx, "external").is_some() {
-            refs.entry(r.symbolnum).or_default().push(u64::from(r.address));
+            refs.entry(r.symbolnum)
+                .or_default()
+                .push(u64::from(r.address));
         }
     }
     refs
@@ -554,7 +645,10 @@ fn check_slot(image: &Image<'_>, r: &Reloc, len: u64, ctx: &mut Ctx, kind: &str)
     let Some(bytes) = image.bytes_at(addr, len).filter(|_| !sect.is_zerofill()) else {
         ctx.error(
             "relocations",
-            format!("{kind} relocation at {at} is in zero-fill section {}: it has no bytes to fix up", sect.display()),
+            format!(
+                "{kind} relocation at {at} is in zero-fill section {}: it has no bytes to fix up",
+                sect.display()
+            ),
         );
         return None;
     };
@@ -567,7 +661,13 @@ fn check_slot(image: &Image<'_>, r: &Reloc, len: u64, ctx: &mut Ctx, kind: &str)
     let seg = image.segments.get(sect.segment);
     let is_branch = r.rtype == macho::X86_64_RELOC_BRANCH && r.is_extern;
     if is_branch && !sect.has_code() {
-        ctx.error("relocations", format!("branch relocation at {at} is in non-code section {}", sect.display()));
+        ctx.error(
+            "relocations",
+            format!(
+                "branch relocation at {at} is in non-code section {}",
+                sect.display()
+            ),
+        );
     }
     if !is_branch && seg.is_some_and(|s| !s.writable()) {
         ctx.warn(
@@ -579,7 +679,11 @@ fn check_slot(image: &Image<'_>, r: &Reloc, len: u64, ctx: &mut Ctx, kind: &str)
             ),
         );
     }
-    if len == 8 { u64_at(bytes, 0) } else { u32_at(bytes, 0).map(u64::from) }
+    if len == 8 {
+        u64_at(bytes, 0)
+    } else {
+        u32_at(bytes, 0).map(u64::from)
+    }
 }
 
 fn check_symbols(
@@ -652,11 +756,19 @@ fn check_symbols(
         match image.section(u32::from(s.n_sect)) {
             None => ctx.error(
                 "symbols",
-                format!("{} names section ordinal {}, which does not exist", s.name, s.n_sect),
+                format!(
+                    "{} names section ordinal {}, which does not exist",
+                    s.name, s.n_sect
+                ),
             ),
             Some(sect) if s.n_value < sect.addr || s.n_value > sect.end() => ctx.warn(
                 "symbols",
-                format!("{} ({:#x}) lies outside its section {}", s.name, s.n_value, sect.display()),
+                format!(
+                    "{} ({:#x}) lies outside its section {}",
+                    s.name,
+                    s.n_value,
+                    sect.display()
+                ),
             ),
             Some(_) => {}
         }
@@ -668,8 +780,12 @@ fn check_symbols(
         summary.undefined.push(s.name.clone());
         let users = match refs.get(&(index as u32)) {
             Some(addrs) => {
-                let names: BTreeSet<String> = addrs.iter().map(|&a| image.function_name(a)).collect();
-                format!("referenced from {}", list(&names.into_iter().collect::<Vec<_>>()))
+                let names: BTreeSet<String> =
+                    addrs.iter().map(|&a| image.function_name(a)).collect();
+                format!(
+                    "referenced from {}",
+                    list(&names.into_iter().collect::<Vec<_>>())
+                )
             }
             None if arch == Arch::Arm64e => {
                 "referencing functions not determined (arm64e fixups are not decoded yet)".into()
@@ -677,7 +793,13 @@ fn check_symbols(
             None => "referenced by no relocation".into(),
         };
         if !s.is_ext() {
-            ctx.error("symbols", format!("undefined symbol {} is not external (N_EXT); the loader cannot bind it", s.name));
+            ctx.error(
+                "symbols",
+                format!(
+                    "undefined symbol {} is not external (N_EXT); the loader cannot bind it",
+                    s.name
+                ),
+            );
         }
         if s.n_value != 0 {
             ctx.error(
@@ -757,24 +879,44 @@ fn kmod_string(field: &[u8]) -> Result<String, String> {
 
 fn check_kmod_info(image: &Image<'_>, arch: Arch, ctx: &mut Ctx, summary: &mut SliceSummary) {
     const FIX: &str = "define it with common's kext! macro";
-    let Some(sym) = image.symbols.iter().find(|s| s.name == "_kmod_info" && !s.is_undefined() && !s.is_stab()) else {
-        let why = if image.symbols.iter().any(|s| s.name == "_kmod_info") { "is undefined" } else { "is missing" };
+    let Some(sym) = image
+        .symbols
+        .iter()
+        .find(|s| s.name == "_kmod_info" && !s.is_undefined() && !s.is_stab())
+    else {
+        let why = if image.symbols.iter().any(|s| s.name == "_kmod_info") {
+            "is undefined"
+        } else {
+            "is missing"
+        };
         return ctx.error(
             "kmod-info",
             format!("symbol _kmod_info {why}: the loader finds the kext's name, version and start/stop through it; {FIX}"),
         );
     };
     if !sym.is_ext() {
-        ctx.warn("kmod-info", "_kmod_info is not an external symbol; the loaders look up the exported symbol".into());
+        ctx.warn(
+            "kmod-info",
+            "_kmod_info is not an external symbol; the loaders look up the exported symbol".into(),
+        );
     }
     let addr = sym.n_value;
-    let Some(sect) = image.section(u32::from(sym.n_sect)).filter(|_| sym.in_section()) else {
-        return ctx.error("kmod-info", format!("_kmod_info ({addr:#x}) is not defined in a section; {FIX}"));
+    let Some(sect) = image
+        .section(u32::from(sym.n_sect))
+        .filter(|_| sym.in_section())
+    else {
+        return ctx.error(
+            "kmod-info",
+            format!("_kmod_info ({addr:#x}) is not defined in a section; {FIX}"),
+        );
     };
     if sect.segname != "__DATA" || sect.is_zerofill() {
         return ctx.error(
             "kmod-info",
-            format!("_kmod_info is in {}; it must be initialised data in __DATA (__DATA,__data); {FIX}", sect.display()),
+            format!(
+                "_kmod_info is in {}; it must be initialised data in __DATA (__DATA,__data); {FIX}",
+                sect.display()
+            ),
         );
     }
     if !sect.contains(addr, kmod::SIZE) {
@@ -789,30 +931,55 @@ fn check_kmod_info(image: &Image<'_>, arch: Arch, ctx: &mut Ctx, summary: &mut S
         );
     }
     let Some(info) = image.bytes_at(addr, kmod::SIZE) else {
-        return ctx.error("kmod-info", format!("_kmod_info at {addr:#x} is not backed by file contents"));
+        return ctx.error(
+            "kmod-info",
+            format!("_kmod_info at {addr:#x} is not backed by file contents"),
+        );
     };
     let version = u32_at(info, kmod::INFO_VERSION).unwrap_or(0);
     if version != 1 {
-        ctx.error("kmod-info", format!("_kmod_info.info_version is {version}; it must be 1 (KMOD_INFO_VERSION)"));
+        ctx.error(
+            "kmod-info",
+            format!("_kmod_info.info_version is {version}; it must be 1 (KMOD_INFO_VERSION)"),
+        );
     }
-    let field = |off: u64| info.get(off as usize..(off + kmod::STR_LEN) as usize).unwrap_or(&[]);
+    let field = |off: u64| {
+        info.get(off as usize..(off + kmod::STR_LEN) as usize)
+            .unwrap_or(&[])
+    };
     match kmod_string(field(kmod::NAME)) {
         Ok(name) => summary.kmod_name = Some(name),
-        Err(e) => ctx.error("kmod-info", format!("_kmod_info.name {e}; it must be the CFBundleIdentifier")),
+        Err(e) => ctx.error(
+            "kmod-info",
+            format!("_kmod_info.name {e}; it must be the CFBundleIdentifier"),
+        ),
     }
     match kmod_string(field(kmod::VERSION)) {
         Ok(v) => summary.kmod_version = Some(v),
-        Err(e) => ctx.error("kmod-info", format!("_kmod_info.version {e}; it must be the CFBundleVersion")),
+        Err(e) => ctx.error(
+            "kmod-info",
+            format!("_kmod_info.version {e}; it must be the CFBundleVersion"),
+        ),
     }
     if arch != Arch::X86_64 {
         return;
     }
-    let text = image.sections.iter().find(|s| s.segname == "__TEXT" && s.sectname == "__text");
+    let text = image
+        .sections
+        .iter()
+        .find(|s| s.segname == "__TEXT" && s.sectname == "__text");
     for (field, off) in [("start", kmod::START), ("stop", kmod::STOP)] {
         let slot = addr + off;
         let slot32 = u32::try_from(slot).ok();
-        let local = image.local_relocs.iter().any(|r| Some(r.address) == slot32 && !r.is_scattered());
-        if image.external_relocs.iter().any(|r| Some(r.address) == slot32) {
+        let local = image
+            .local_relocs
+            .iter()
+            .any(|r| Some(r.address) == slot32 && !r.is_scattered());
+        if image
+            .external_relocs
+            .iter()
+            .any(|r| Some(r.address) == slot32)
+        {
             ctx.error(
                 "kmod-info",
                 format!("_kmod_info.{field} ({slot:#x}) is bound to an undefined symbol; it must point at a function of the kext"),

@@ -7,7 +7,9 @@
 //! is decoded linearly. Instructions are classified with iced-x86's CPUID feature
 //! table and operand register classes, not by mnemonic.
 
-use iced_x86::{CpuidFeature, Decoder, DecoderOptions, FastFormatter, Instruction, OpKind, Register};
+use iced_x86::{
+    CpuidFeature, Decoder, DecoderOptions, FastFormatter, Instruction, OpKind, Register,
+};
 
 use super::checks::Ctx;
 use super::image::{Image, slice_at};
@@ -23,7 +25,9 @@ const ADVICE: &str = "the x86_64 kernel does not save FPU/SIMD state for kexts; 
 fn forbidden_feature(f: CpuidFeature) -> Option<&'static str> {
     use CpuidFeature as C;
     Some(match f {
-        C::FPU | C::FPU287 | C::FPU287XL_ONLY | C::FPU387 | C::FPU387SL_ONLY | C::CYRIX_FPU => "x87",
+        C::FPU | C::FPU287 | C::FPU287XL_ONLY | C::FPU387 | C::FPU387SL_ONLY | C::CYRIX_FPU => {
+            "x87"
+        }
         C::MMX | C::CYRIX_EMMI => "MMX",
         C::D3NOW | C::D3NOWEXT | C::CYRIX_D3NOW => "3DNow!",
         C::SSE | C::SSE2 | C::SSE3 | C::SSSE3 | C::SSE4_1 | C::SSE4_2 | C::SSE4A => "SSE",
@@ -77,7 +81,11 @@ fn forbidden_register(r: Register) -> Option<&'static str> {
 
 /// Why `instr` touches FPU/SIMD state, if it does.
 fn forbidden(instr: &Instruction) -> Option<&'static str> {
-    if let Some(kind) = instr.cpuid_features().iter().find_map(|&f| forbidden_feature(f)) {
+    if let Some(kind) = instr
+        .cpuid_features()
+        .iter()
+        .find_map(|&f| forbidden_feature(f))
+    {
         return Some(kind);
     }
     let mut regs = (0..instr.op_count())
@@ -102,7 +110,9 @@ pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
             .symbols_by_addr()
             .iter()
             .map(|&i| &image.symbols[i])
-            .filter(|s| usize::from(s.n_sect) == ordinal && s.n_value >= sect.addr && s.n_value < sect.end())
+            .filter(|s| {
+                usize::from(s.n_sect) == ordinal && s.n_value >= sect.addr && s.n_value < sect.end()
+            })
             .map(|s| (s.n_value, s.name.as_str()))
             .collect();
         starts.dedup_by_key(|s| s.0);
@@ -117,10 +127,14 @@ pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
             ranges.push((start, end, name.to_string()));
         }
         for (start, end, name) in ranges {
-            let (Some(from), Some(len)) = (start.checked_sub(sect.addr), end.checked_sub(start)) else {
+            let (Some(from), Some(len)) = (start.checked_sub(sect.addr), end.checked_sub(start))
+            else {
                 continue;
             };
-            let Some(bytes) = code.get(from as usize..).and_then(|b| b.get(..len as usize)) else {
+            let Some(bytes) = code
+                .get(from as usize..)
+                .and_then(|b| b.get(..len as usize))
+            else {
                 continue;
             };
             check_function(bytes, start, &name, &mut formatter, ctx);
@@ -128,7 +142,13 @@ pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
     }
 }
 
-fn check_function(bytes: &[u8], start: u64, name: &str, formatter: &mut FastFormatter, ctx: &mut Ctx) {
+fn check_function(
+    bytes: &[u8],
+    start: u64,
+    name: &str,
+    formatter: &mut FastFormatter,
+    ctx: &mut Ctx,
+) {
     let mut decoder = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
     let mut instr = Instruction::default();
     let mut reported = 0usize;
@@ -138,7 +158,9 @@ fn check_function(bytes: &[u8], start: u64, name: &str, formatter: &mut FastForm
         if instr.is_invalid() {
             continue;
         }
-        let Some(kind) = forbidden(&instr) else { continue };
+        let Some(kind) = forbidden(&instr) else {
+            continue;
+        };
         if reported == MAX_PER_FUNCTION {
             more += 1;
             continue;
@@ -149,10 +171,16 @@ fn check_function(bytes: &[u8], start: u64, name: &str, formatter: &mut FastForm
         let offset = instr.ip() - start;
         ctx.error(
             "sse",
-            format!("{name}+{offset:#x} ({:#x}): `{text}` is a {kind} instruction; {ADVICE}", instr.ip()),
+            format!(
+                "{name}+{offset:#x} ({:#x}): `{text}` is a {kind} instruction; {ADVICE}",
+                instr.ip()
+            ),
         );
     }
     if more > 0 {
-        ctx.error("sse", format!("{name}: {more} more FPU/SIMD instructions not listed; {ADVICE}"));
+        ctx.error(
+            "sse",
+            format!("{name}: {more} more FPU/SIMD instructions not listed; {ADVICE}"),
+        );
     }
 }

@@ -13,7 +13,10 @@ const FAT_ARCH_SIZE: u64 = 20;
 
 /// True if `bytes` start with a fat magic (32- or 64-bit).
 pub(super) fn is_fat(bytes: &[u8]) -> bool {
-    matches!(be_u32_at(bytes, 0), Some(macho::FAT_MAGIC | macho::FAT_MAGIC_64))
+    matches!(
+        be_u32_at(bytes, 0),
+        Some(macho::FAT_MAGIC | macho::FAT_MAGIC_64)
+    )
 }
 
 /// The slice alignment (log2) lipo uses for an architecture: its page size.
@@ -22,18 +25,25 @@ fn required_align(arch: Arch) -> u32 {
 }
 
 pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) {
-    let mut ctx = Ctx { arch: None, findings: Vec::new() };
+    let mut ctx = Ctx {
+        arch: None,
+        findings: Vec::new(),
+    };
     let len = bytes.len() as u64;
     if be_u32_at(bytes, 0) == Some(macho::FAT_MAGIC_64) {
         ctx.error(
             "fat",
-            "the file uses the 64-bit fat header (FAT_MAGIC_64); kexts use FAT_MAGIC (0xcafebabe)".into(),
+            "the file uses the 64-bit fat header (FAT_MAGIC_64); kexts use FAT_MAGIC (0xcafebabe)"
+                .into(),
         );
         report.findings.append(&mut ctx.findings);
         return;
     }
     let Some(nfat) = be_u32_at(bytes, 4) else {
-        ctx.error("fat", format!("universal header truncated: the file is only {len} bytes"));
+        ctx.error(
+            "fat",
+            format!("universal header truncated: the file is only {len} bytes"),
+        );
         report.findings.append(&mut ctx.findings);
         return;
     };
@@ -51,7 +61,8 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
     for i in 0..u64::from(nfat) {
         let e = FAT_HEADER_SIZE + i * FAT_ARCH_SIZE;
         let field = |k: u64| be_u32_at(bytes, e + 4 * k).unwrap_or(0);
-        let (cputype, cpusubtype, offset, size, align) = (field(0), field(1), field(2), field(3), field(4));
+        let (cputype, cpusubtype, offset, size, align) =
+            (field(0), field(1), field(2), field(3), field(4));
         let Some(arch) = arch_of(cputype) else {
             ctx.error(
                 "fat",
@@ -63,7 +74,10 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
             continue;
         };
         if seen.contains(&arch) {
-            ctx.error("fat", format!("slice {i}: a second {arch} slice; keep one per architecture"));
+            ctx.error(
+                "fat",
+                format!("slice {i}: a second {arch} slice; keep one per architecture"),
+            );
             continue;
         }
         seen.push(arch);
@@ -83,7 +97,11 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
         }
         if align != need {
             ctx.push(
-                if align < need { Severity::Error } else { Severity::Warning },
+                if align < need {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
                 "fat",
                 format!("{arch} slice alignment is 2^{align}; lipo uses 2^{need} (the page size)"),
             );
@@ -91,7 +109,10 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
         if align >= 32 || start % (1u64 << align.min(31)) != 0 || start % (1u64 << need) != 0 {
             ctx.error(
                 "fat",
-                format!("{arch} slice offset {start:#x} is not aligned to 2^{}", align.max(need).min(31)),
+                format!(
+                    "{arch} slice offset {start:#x} is not aligned to 2^{}",
+                    align.max(need).min(31)
+                ),
             );
         }
         if ok {
@@ -102,7 +123,10 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
     sorted.sort_by_key(|s| s.2);
     for w in sorted.windows(2) {
         if w[0].3 > w[1].2 {
-            ctx.error("fat", format!("the {} and {} slices overlap", w[0].0, w[1].0));
+            ctx.error(
+                "fat",
+                format!("the {} and {} slices overlap", w[0].0, w[1].0),
+            );
         }
     }
     report.findings.append(&mut ctx.findings);
@@ -111,8 +135,9 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
         // `start`/`end` were checked against the file length above.
         let data = bytes.get(start as usize..end as usize).unwrap_or(&[]);
         verify_slice(data, Some(arch), tables, report);
+        let same_cpu = super::image::u32_at(data, 4).and_then(super::checks::arch_of) == Some(arch);
         let subtype_in_header = super::image::u32_at(data, 8);
-        if subtype_in_header.is_some_and(|s| s != cpusubtype) {
+        if same_cpu && subtype_in_header.is_some_and(|s| s != cpusubtype) {
             report.findings.insert(
                 before,
                 super::Finding {

@@ -241,9 +241,20 @@ impl<'a> Image<'a> {
             ));
         }
         let (Some(ncmds), Some(sizeofcmds), Some(flags)) = (field(4), field(5), field(6)) else {
-            return Err(format!("file is {} bytes, too short for a Mach-O header", data.len()));
+            return Err(format!(
+                "file is {} bytes, too short for a Mach-O header",
+                data.len()
+            ));
         };
-        let header = Header { magic, cputype, cpusubtype, filetype, ncmds, sizeofcmds, flags };
+        let header = Header {
+            magic,
+            cputype,
+            cpusubtype,
+            filetype,
+            ncmds,
+            sizeofcmds,
+            flags,
+        };
         let cmds_end = HEADER_SIZE + u64::from(sizeofcmds);
         if cmds_end > data.len() as u64 {
             return Err(format!(
@@ -282,7 +293,9 @@ impl<'a> Image<'a> {
         let mut off = HEADER_SIZE;
         for i in 0..self.header.ncmds {
             let (Some(cmd), Some(size)) = (u32_at(data, off), u32_at(data, off + 4)) else {
-                return Err(format!("load command {i} at {off:#x} is past the end of the file"));
+                return Err(format!(
+                    "load command {i} at {off:#x} is past the end of the file"
+                ));
             };
             let end = off + u64::from(size);
             if size < 8 || size % 8 != 0 || end > cmds_end {
@@ -304,7 +317,12 @@ impl<'a> Image<'a> {
                     else {
                         return Err(short());
                     };
-                    self.symtab = Some(SymtabCmd { symoff, nsyms, stroff, strsize });
+                    self.symtab = Some(SymtabCmd {
+                        symoff,
+                        nsyms,
+                        stroff,
+                        strsize,
+                    });
                 }
                 macho::LC_DYSYMTAB => {
                     let mut v = [0u32; 18];
@@ -423,9 +441,10 @@ impl<'a> Image<'a> {
 
     fn parse_relocs(&mut self) {
         let Some(dy) = self.dysymtab else { return };
-        for (external, off, n) in
-            [(false, dy.locreloff, dy.nlocrel), (true, dy.extreloff, dy.nextrel)]
-        {
+        for (external, off, n) in [
+            (false, dy.locreloff, dy.nlocrel),
+            (true, dy.extreloff, dy.nextrel),
+        ] {
             let what = if external { "external" } else { "local" };
             let Some(table) = slice_at(self.data, off.into(), u64::from(n) * 8) else {
                 self.problems.push(format!(
@@ -433,8 +452,10 @@ impl<'a> Image<'a> {
                 ));
                 continue;
             };
-            let relocs: Vec<Reloc> =
-                table.chunks_exact(8).filter_map(|e| Reloc::parse(e, 0)).collect();
+            let relocs: Vec<Reloc> = table
+                .chunks_exact(8)
+                .filter_map(|e| Reloc::parse(e, 0))
+                .collect();
             if external {
                 self.external_relocs = relocs;
             } else {
@@ -450,13 +471,19 @@ impl<'a> Image<'a> {
 
     /// The section whose address range holds `[addr, addr + len)`.
     pub fn section_at(&self, addr: u64, len: u64) -> Option<(usize, &Section)> {
-        self.sections.iter().enumerate().find(|(_, s)| s.size > 0 && s.contains(addr, len))
+        self.sections
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.size > 0 && s.contains(addr, len))
     }
 
     /// The file bytes backing `[addr, addr + len)`, if that range is file-backed.
     pub fn bytes_at(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
         let seg = self.segments.iter().find(|s| {
-            addr >= s.vmaddr && addr.checked_add(len).is_some_and(|e| e <= s.vmaddr + s.filesize)
+            addr >= s.vmaddr
+                && addr
+                    .checked_add(len)
+                    .is_some_and(|e| e <= s.vmaddr + s.filesize)
         })?;
         slice_at(self.data, seg.fileoff.checked_add(addr - seg.vmaddr)?, len)
     }
@@ -470,7 +497,9 @@ impl<'a> Image<'a> {
     pub fn enclosing_symbol(&self, addr: u64) -> Option<(&Symbol, u64)> {
         let (sect_index, _) = self.section_at(addr, 1)?;
         let ordinal = sect_index + 1;
-        let pos = self.by_addr.partition_point(|&i| self.symbols[i].n_value <= addr);
+        let pos = self
+            .by_addr
+            .partition_point(|&i| self.symbols[i].n_value <= addr);
         self.by_addr[..pos]
             .iter()
             .rev()
@@ -485,7 +514,9 @@ impl<'a> Image<'a> {
             Some((s, 0)) => format!("{} ({addr:#x})", s.name),
             Some((s, off)) => format!("{}+{off:#x} ({addr:#x})", s.name),
             None => match self.section_at(addr, 1) {
-                Some((_, sect)) => format!("{}+{:#x} ({addr:#x})", sect.display(), addr - sect.addr),
+                Some((_, sect)) => {
+                    format!("{}+{:#x} ({addr:#x})", sect.display(), addr - sect.addr)
+                }
                 None => format!("{addr:#x}"),
             },
         }

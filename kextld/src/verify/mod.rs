@@ -140,7 +140,10 @@ impl Report {
 
     /// The number of findings of a severity.
     pub fn count(&self, severity: Severity) -> usize {
-        self.findings.iter().filter(|f| f.severity == severity).count()
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .count()
     }
 
     /// The findings of one check id.
@@ -213,7 +216,10 @@ pub fn verify_path(path: &Path, tables: &KpiTables) -> Result<Report, VerifyErro
         let bytes = std::fs::read(path).map_err(io(path))?;
         return Ok(verify(&bytes, tables));
     }
-    let bundle_err = |reason: String| VerifyError::Bundle { path: path.to_path_buf(), reason };
+    let bundle_err = |reason: String| VerifyError::Bundle {
+        path: path.to_path_buf(),
+        reason,
+    };
     let contents = path.join("Contents");
     let plist_path = contents.join("Info.plist");
     let macos = contents.join("MacOS");
@@ -224,11 +230,17 @@ pub fn verify_path(path: &Path, tables: &KpiTables) -> Result<Report, VerifyErro
         let dict = dict
             .as_dictionary()
             .ok_or_else(|| bundle_err("Contents/Info.plist is not a dictionary".into()))?;
-        let get = |k: &str| dict.get(k).and_then(plist::Value::as_string).map(str::to_owned);
+        let get = |k: &str| {
+            dict.get(k)
+                .and_then(plist::Value::as_string)
+                .map(str::to_owned)
+        };
         let exe = get("CFBundleExecutable")
             .ok_or_else(|| bundle_err("Contents/Info.plist has no CFBundleExecutable".into()))?;
         if exe.contains('/') || exe == ".." {
-            return Err(bundle_err(format!("CFBundleExecutable {exe:?} is not a file name")));
+            return Err(bundle_err(format!(
+                "CFBundleExecutable {exe:?} is not a file name"
+            )));
         }
         expected = Some((get("CFBundleIdentifier"), get("CFBundleVersion")));
         macos.join(exe)
