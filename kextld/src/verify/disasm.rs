@@ -172,7 +172,7 @@ fn check_function(
         ctx.error(
             "sse",
             format!(
-                "{name}+{offset:#x} ({:#x}): `{text}` is a {kind} instruction; {ADVICE}",
+                "{name}+{offset:#x} ({:#x}): `{text}` uses {kind}; {ADVICE}",
                 instr.ip()
             ),
         );

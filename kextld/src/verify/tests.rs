@@ -515,7 +515,7 @@ _uses_avx:
     let e = errors(&report, "sse");
     assert_eq!(e.len(), 7, "{report}");
     assert!(
-        e[0].contains("_uses_sse+0x0 (0x403): `movaps [rdi],xmm0` is a SSE instruction"),
+        e[0].contains("_uses_sse+0x0 (0x403): `movaps [rdi],xmm0` uses SSE"),
         "{}",
         e[0]
     );
