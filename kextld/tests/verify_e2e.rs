@@ -248,3 +248,32 @@ fn cli_prints_the_report_and_exits_1_on_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// Every prefix and many bit flips of a real linked kext: findings, never a panic.
+#[test]
+fn corrupted_linked_kext_never_panics() {
+    let (bytes, report) = link_and_verify(
+        "fuzz",
+        r#"kern_return_t prx_start(kmod_info_t *ki, void *d) { (void)d; IOLog("start %s\n", ki->name); return 0; }"#,
+    );
+    assert!(report.is_ok(), "{report}");
+    for len in 0..bytes.len() {
+        assert!(
+            !verify(&bytes[..len], KpiTables::builtin()).is_ok(),
+            "prefix {len} verified ok"
+        );
+    }
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let mut b = bytes.clone();
+        let pos = next() as usize % b.len();
+        b[pos] ^= 1 << (next() % 8);
+        let _ = verify(&b, KpiTables::builtin());
+    }
+}

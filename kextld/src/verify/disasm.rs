@@ -106,16 +106,18 @@ pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
             continue; // reported by the segment checks
         };
         let ordinal = index + 1;
-        let mut starts: Vec<(u64, &str)> = image
-            .symbols_by_addr()
-            .iter()
-            .map(|&i| &image.symbols[i])
-            .filter(|s| {
-                usize::from(s.n_sect) == ordinal && s.n_value >= sect.addr && s.n_value < sect.end()
-            })
-            .map(|s| (s.n_value, s.name.as_str()))
-            .collect();
-        starts.dedup_by_key(|s| s.0);
+        // One start per address; the last (external) name wins.
+        let mut starts: Vec<(u64, &str)> = Vec::new();
+        for s in image.symbols_by_addr().iter().map(|&i| &image.symbols[i]) {
+            if usize::from(s.n_sect) != ordinal || s.n_value < sect.addr || s.n_value >= sect.end()
+            {
+                continue;
+            }
+            match starts.last_mut() {
+                Some(last) if last.0 == s.n_value => last.1 = s.name.as_str(),
+                _ => starts.push((s.n_value, s.name.as_str())),
+            }
+        }
         let mut ranges: Vec<(u64, u64, String)> = Vec::new();
         let section_name = sect.display();
         if starts.first().is_none_or(|s| s.0 > sect.addr) {

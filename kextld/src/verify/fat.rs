@@ -59,6 +59,7 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
     let mut slices = Vec::new();
     let mut seen: Vec<Arch> = Vec::new();
     for i in 0..u64::from(nfat) {
+        ctx.arch = None;
         let e = FAT_HEADER_SIZE + i * FAT_ARCH_SIZE;
         let field = |k: u64| be_u32_at(bytes, e + 4 * k).unwrap_or(0);
         let (cputype, cpusubtype, offset, size, align) =
@@ -73,6 +74,7 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
             );
             continue;
         };
+        ctx.arch = Some(arch);
         if seen.contains(&arch) {
             ctx.error(
                 "fat",
@@ -119,6 +121,7 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
             slices.push((arch, cpusubtype, start, end));
         }
     }
+    ctx.arch = None;
     let mut sorted = slices.clone();
     sorted.sort_by_key(|s| s.2);
     for w in sorted.windows(2) {

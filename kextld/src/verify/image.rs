@@ -283,7 +283,8 @@ impl<'a> Image<'a> {
         let mut by_addr: Vec<usize> = (0..image.symbols.len())
             .filter(|&i| image.symbols[i].in_section())
             .collect();
-        by_addr.sort_by_key(|&i| (image.symbols[i].n_value, !image.symbols[i].is_ext(), i));
+        // External symbols last among equal addresses: lookups take the last one.
+        by_addr.sort_by_key(|&i| (image.symbols[i].n_value, image.symbols[i].is_ext(), i));
         image.by_addr = by_addr;
         Ok(image)
     }

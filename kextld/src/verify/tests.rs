@@ -340,6 +340,22 @@ fn kpi_symbols() {
 }
 
 #[test]
+fn aliases_at_one_address_report_the_external_name() {
+    let (code, mut functions) = assemble(".globl _f\n_f:\nmovaps %xmm0, (%rdi)\nretq\n");
+    let mut spec = Spec::good(Arch::X86_64, &[]);
+    spec.code = code;
+    functions.push(("_f_alias".into(), 0));
+    spec.functions = functions;
+    let mut b = build(&spec);
+    // Make `_f_alias` (symbol #2) a local: it must not win over the external `_f`.
+    b.bytes[b.symoff + 2 * 16 + 4] = 0x0e;
+    let report = run(&b.bytes);
+    let e = errors(&report, "sse");
+    assert_eq!(e.len(), 1, "{report}");
+    assert!(e[0].contains("_f+0x0 (0x400)"), "{report}");
+}
+
+#[test]
 fn symbol_table_rules() {
     let b = good(&["_IOLog"]);
     let dysymtab = b.cmd_offsets[4];
@@ -667,6 +683,26 @@ fn universal_files() {
     assert!(
         errors(&report, "fat")[0]
             .contains("says this slice is arm64e but its Mach-O header says x86_64"),
+        "{report}"
+    );
+
+    // cpusubtype disagreeing between the fat header and the slice.
+    let report = run(&fat(&[(0x0100_0007, 0x8000_0003, 12, &x)]));
+    assert!(
+        errors(&report, "fat")[0]
+            .contains("cpusubtype 0x80000003 but the slice's Mach-O header has 0x3"),
+        "{report}"
+    );
+
+    // A slice offset not aligned to its page size.
+    let mut bad = fat(&[(0x0100_0007, 3, 12, &x)]);
+    bad[16..20].copy_from_slice(&0x4100_u32.to_be_bytes());
+    let report = run(&bad);
+    let e = errors(&report, "fat");
+    assert!(
+        e.iter()
+            .any(|m| m
+                .contains("error[fat] x86_64: x86_64 slice offset 0x4100 is not aligned to 2^12")),
         "{report}"
     );
 
