@@ -248,7 +248,10 @@ pub fn push_u64(out: &mut Vec<u8>, v: u64) {
 /// Panics if `name` is longer than 16 bytes (names come from inputs, which the
 /// reader already limited to 16 bytes, or from this crate's constants).
 pub fn push_name16(out: &mut Vec<u8>, name: &str) {
-    assert!(name.len() <= 16, "Mach-O name {name:?} longer than 16 bytes");
+    assert!(
+        name.len() <= 16,
+        "Mach-O name {name:?} longer than 16 bytes"
+    );
     let mut buf = [0u8; 16];
     buf[..name.len()].copy_from_slice(name.as_bytes());
     out.extend_from_slice(&buf);

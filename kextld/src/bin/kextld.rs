@@ -15,7 +15,11 @@ use kextld::link::{LinkOptions, link};
 use kextld::{Arch, MinOs};
 
 #[derive(Parser)]
-#[command(name = "kextld", version, about = "Links and verifies macOS kernel extension binaries")]
+#[command(
+    name = "kextld",
+    version,
+    about = "Links and verifies macOS kernel extension binaries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,11 @@ fn parse_source_version(s: &str) -> Result<u64, String> {
     let mut v = 0u64;
     for (i, p) in parts.iter().enumerate() {
         let n: u64 = p.parse().map_err(|_| format!("bad source version {s:?}"))?;
-        let (max, shift) = if i == 0 { ((1 << 24) - 1, 40) } else { (1023, 40 - 10 * i as u32) };
+        let (max, shift) = if i == 0 {
+            ((1 << 24) - 1, 40)
+        } else {
+            (1023, 40 - 10 * i as u32)
+        };
         if n > max {
             return Err(format!("bad source version {s:?}: component {n} too large"));
         }
@@ -76,7 +84,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.kextld-{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -93,7 +104,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Link { arch, output, min_os, source_version, inputs } => {
+        Command::Link {
+            arch,
+            output,
+            min_os,
+            source_version,
+            inputs,
+        } => {
             let opts = LinkOptions {
                 arch,
                 min_os: min_os.unwrap_or_else(|| MinOs::default_for(arch)),
@@ -138,7 +155,10 @@ mod tests {
     #[test]
     fn source_versions() {
         assert_eq!(parse_source_version("0").unwrap(), 0);
-        assert_eq!(parse_source_version("1.2.3").unwrap(), 1 << 40 | 2 << 30 | 3 << 20);
+        assert_eq!(
+            parse_source_version("1.2.3").unwrap(),
+            1 << 40 | 2 << 30 | 3 << 20
+        );
         assert!(parse_source_version("1.2.3.4.5.6").is_err());
         assert!(parse_source_version("1.1024").is_err());
     }

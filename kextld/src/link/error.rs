@@ -70,27 +70,8 @@ pub enum LinkError {
     },
 
     /// A relocation kextld cannot (or must not) express in a kext.
-    #[error(
-        "{input}: section {segment},{section} offset {offset:#x}: {r_type} to {target}: {problem}; {hint}"
-    )]
-    Relocation {
-        /// `path` or `path(member)`.
-        input: String,
-        /// Segment name of the section holding the fix-up.
-        segment: String,
-        /// Section name.
-        section: String,
-        /// Offset of the fix-up in the input section.
-        offset: u64,
-        /// Relocation type name (`X86_64_RELOC_...`).
-        r_type: &'static str,
-        /// The target symbol, or `section N (seg,sect)` for section-relative fix-ups.
-        target: String,
-        /// What is wrong.
-        problem: String,
-        /// What to do.
-        hint: &'static str,
-    },
+    #[error("{0}")]
+    Relocation(Box<RelocationError>),
 
     /// The kext does not define `_kmod_info`.
     #[error(
@@ -116,4 +97,28 @@ pub enum LinkError {
         /// What overflowed.
         what: String,
     },
+}
+
+/// Details of a rejected relocation (boxed in [`LinkError::Relocation`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{input}: section {segment},{section} offset {offset:#x}: {r_type} to {target}: {problem}; {hint}"
+)]
+pub struct RelocationError {
+    /// `path` or `path(member)`.
+    pub input: String,
+    /// Segment name of the section holding the fix-up.
+    pub segment: String,
+    /// Section name.
+    pub section: String,
+    /// Offset of the fix-up in the input section.
+    pub offset: u64,
+    /// Relocation type name (`X86_64_RELOC_...`).
+    pub r_type: &'static str,
+    /// The target symbol, or `section N (seg,sect)` for section-relative fix-ups.
+    pub target: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do.
+    pub hint: &'static str,
 }

@@ -147,7 +147,11 @@ const AR_MAGIC: &[u8] = b"!<arch>\n";
 const FAT_MAGIC: u32 = 0xcafe_babe;
 
 fn bad(input: &str, problem: impl Into<String>, hint: &'static str) -> LinkError {
-    LinkError::BadInput { input: input.to_string(), problem: problem.into(), hint }
+    LinkError::BadInput {
+        input: input.to_string(),
+        problem: problem.into(),
+        hint,
+    }
 }
 
 /// Parses one command-line input (object or archive).
@@ -159,7 +163,9 @@ pub(crate) fn parse_input<'a>(
     if data.starts_with(AR_MAGIC) {
         return parse_archive(name, data, cputype).map(Input::Archive);
     }
-    let magic = data.get(..4).map(|m| u32::from_le_bytes(m.try_into().expect("4 bytes")));
+    let magic = data
+        .get(..4)
+        .map(|m| u32::from_le_bytes(m.try_into().expect("4 bytes")));
     match magic {
         Some(MH_MAGIC_64) => parse_object(name.to_string(), data, cputype).map(Input::Object),
         Some(m) if m.swap_bytes() == FAT_MAGIC => Err(bad(
@@ -175,7 +181,11 @@ pub(crate) fn parse_input<'a>(
     }
 }
 
-fn parse_archive<'a>(name: &str, data: &'a [u8], cputype: u32) -> Result<Vec<Object<'a>>, LinkError> {
+fn parse_archive<'a>(
+    name: &str,
+    data: &'a [u8],
+    cputype: u32,
+) -> Result<Vec<Object<'a>>, LinkError> {
     let hint = "the archive is truncated or corrupt: rebuild it";
     let archive = ArchiveFile::parse(data)
         .map_err(|e| bad(name, format!("cannot parse static archive: {e}"), hint))?;
@@ -187,7 +197,9 @@ fn parse_archive<'a>(name: &str, data: &'a [u8], cputype: u32) -> Result<Vec<Obj
         let bytes = member
             .data(data)
             .map_err(|e| bad(&display, format!("member data out of bounds: {e}"), hint))?;
-        let magic = bytes.get(..4).map(|m| u32::from_le_bytes(m.try_into().expect("4 bytes")));
+        let magic = bytes
+            .get(..4)
+            .map(|m| u32::from_le_bytes(m.try_into().expect("4 bytes")));
         match magic {
             Some(MH_MAGIC_64) => objects.push(parse_object(display, bytes, cputype)?),
             Some(MH_MAGIC) => {
@@ -210,7 +222,11 @@ fn name16(raw: &[u8; 16]) -> Option<String> {
 }
 
 /// Parses one Mach-O 64-bit relocatable object.
-pub(crate) fn parse_object(name: String, data: &[u8], cputype: u32) -> Result<Object<'_>, LinkError> {
+pub(crate) fn parse_object(
+    name: String,
+    data: &[u8],
+    cputype: u32,
+) -> Result<Object<'_>, LinkError> {
     let corrupt = "the object is truncated or corrupt: rebuild it";
     let e = LE;
     let header = MachHeader64::<LE>::parse(data, 0)
@@ -237,8 +253,9 @@ pub(crate) fn parse_object(name: String, data: &[u8], cputype: u32) -> Result<Ob
         .map_err(|err| bad(&name, format!("bad load commands: {err}"), corrupt))?;
     let mut sections = Vec::new();
     let mut symbols = Vec::new();
-    while let Some(cmd) =
-        commands.next().map_err(|err| bad(&name, format!("bad load command: {err}"), corrupt))?
+    while let Some(cmd) = commands
+        .next()
+        .map_err(|err| bad(&name, format!("bad load command: {err}"), corrupt))?
     {
         if let Some((segment, section_data)) = cmd
             .segment_64()
@@ -279,12 +296,19 @@ pub(crate) fn parse_object(name: String, data: &[u8], cputype: u32) -> Result<Ob
         {
             return Err(bad(
                 &name,
-                format!("symbol {} refers to section {}, which does not exist", sym.name, sym.n_sect),
+                format!(
+                    "symbol {} refers to section {}, which does not exist",
+                    sym.name, sym.n_sect
+                ),
                 corrupt,
             ));
         }
     }
-    Ok(Object { name, sections, symbols })
+    Ok(Object {
+        name,
+        sections,
+        symbols,
+    })
 }
 
 fn parse_section<'a>(
@@ -303,15 +327,27 @@ fn parse_section<'a>(
         &[][..]
     } else {
         let d = s.data(e, data, u64::from(s.offset(e))).map_err(|_| {
-            bad(name, format!("section {segname},{sectname} extends past the end of the file"), corrupt)
+            bad(
+                name,
+                format!("section {segname},{sectname} extends past the end of the file"),
+                corrupt,
+            )
         })?;
         if d.len() as u64 != size {
-            return Err(bad(name, format!("section {segname},{sectname} is truncated"), corrupt));
+            return Err(bad(
+                name,
+                format!("section {segname},{sectname} is truncated"),
+                corrupt,
+            ));
         }
         d
     };
     let raw_relocs = s.relocations(e, data).map_err(|_| {
-        bad(name, format!("relocations of {segname},{sectname} extend past the end of the file"), corrupt)
+        bad(
+            name,
+            format!("relocations of {segname},{sectname} extend past the end of the file"),
+            corrupt,
+        )
     })?;
     let mut relocs = Vec::with_capacity(raw_relocs.len());
     for r in raw_relocs {
@@ -403,16 +439,31 @@ mod tests {
     #[test]
     fn classify_sections() {
         assert_eq!(classify("__TEXT", "__text", 0x8000_0400), Disposition::Keep);
-        assert_eq!(classify("__DATA", "__mod_init_func", S_MOD_INIT_FUNC_POINTERS), Disposition::Keep);
-        assert_eq!(classify("__LD", "__compact_unwind", 0x0200_0000), Disposition::Drop);
-        assert_eq!(classify("__TEXT", "__eh_frame", S_COALESCED), Disposition::Drop);
+        assert_eq!(
+            classify("__DATA", "__mod_init_func", S_MOD_INIT_FUNC_POINTERS),
+            Disposition::Keep
+        );
+        assert_eq!(
+            classify("__LD", "__compact_unwind", 0x0200_0000),
+            Disposition::Drop
+        );
+        assert_eq!(
+            classify("__TEXT", "__eh_frame", S_COALESCED),
+            Disposition::Drop
+        );
         assert_eq!(classify("__LLVM", "__bitcode", 0), Disposition::Drop);
-        assert_eq!(classify("__DWARF", "__debug_info", S_ATTR_DEBUG), Disposition::Drop);
+        assert_eq!(
+            classify("__DWARF", "__debug_info", S_ATTR_DEBUG),
+            Disposition::Drop
+        );
         assert!(matches!(
             classify("__DATA", "__thread_vars", S_THREAD_LOCAL_VARIABLES),
             Disposition::Reject { .. }
         ));
-        assert!(matches!(classify("__OBJC", "__foo", 0), Disposition::Reject { .. }));
+        assert!(matches!(
+            classify("__OBJC", "__foo", 0),
+            Disposition::Reject { .. }
+        ));
     }
 
     #[test]
@@ -423,8 +474,12 @@ mod tests {
         truncated.extend_from_slice(&[7, 0, 0, 1, 3, 0]);
         let err = parse_input("t.o", &truncated, CPU_TYPE_X86_64).unwrap_err();
         assert!(err.to_string().contains("t.o: bad Mach-O header"), "{err}");
-        let err = parse_input("bad.a", b"!<arch>\n#1/20           0           0     0     644     99999     `\n", CPU_TYPE_X86_64)
-            .unwrap_err();
+        let err = parse_input(
+            "bad.a",
+            b"!<arch>\n#1/20           0           0     0     644     99999     `\n",
+            CPU_TYPE_X86_64,
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("bad.a"), "{err}");
     }
 }

@@ -15,14 +15,14 @@
 //! Output is a pure function of the inputs' bytes and order: no timestamps, no
 //! hash-map iteration order, and an LC_UUID derived from the content.
 
-mod error;
+pub(crate) mod error;
 mod input;
 mod resolve;
 mod x86_64;
 
 use std::path::PathBuf;
 
-pub use error::LinkError;
+pub use error::{LinkError, RelocationError};
 
 use crate::arch::{Arch, MinOs};
 
@@ -54,8 +54,10 @@ pub struct Linked {
 pub fn link(opts: &LinkOptions) -> Result<Linked, LinkError> {
     let mut inputs = Vec::with_capacity(opts.inputs.len());
     for path in &opts.inputs {
-        let bytes = std::fs::read(path)
-            .map_err(|source| LinkError::Read { path: path.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LinkError::Read {
+            path: path.clone(),
+            source,
+        })?;
         inputs.push((path.display().to_string(), bytes));
     }
     link_buffers(opts.arch, opts.min_os, opts.source_version, &inputs)

@@ -46,9 +46,14 @@ pub(crate) struct Loaded<'a> {
 /// `roots` are names treated as undefined from the start (ld64's `-u`): the
 /// kext's `_kmod_info`, so that a staticlib alone pulls in the kext's object.
 pub(crate) fn resolve<'a>(inputs: Vec<Input<'a>>, roots: &[&str]) -> Result<Loaded<'a>, LinkError> {
-    let mut loaded = Loaded { objects: Vec::new(), globals: BTreeMap::new() };
+    let mut loaded = Loaded {
+        objects: Vec::new(),
+        globals: BTreeMap::new(),
+    };
     for root in roots {
-        loaded.globals.insert(root.to_string(), Global::Undefined { weak: false });
+        loaded
+            .globals
+            .insert(root.to_string(), Global::Undefined { weak: false });
     }
     let mut archives = Vec::new();
     for input in inputs {
@@ -127,7 +132,8 @@ impl<'a> Loaded<'a> {
                     let weak = s.n_desc & N_WEAK_REF != 0;
                     match self.globals.get_mut(&s.name) {
                         None => {
-                            self.globals.insert(s.name.clone(), Global::Undefined { weak });
+                            self.globals
+                                .insert(s.name.clone(), Global::Undefined { weak });
                         }
                         Some(Global::Undefined { weak: w }) => *w &= weak,
                         Some(Global::Defined { .. }) => {}
@@ -135,7 +141,8 @@ impl<'a> Loaded<'a> {
                 }
                 N_SECT | N_ABS => match self.globals.get(&s.name) {
                     None | Some(Global::Undefined { .. }) => {
-                        self.globals.insert(s.name.clone(), Global::Defined { obj, sym });
+                        self.globals
+                            .insert(s.name.clone(), Global::Defined { obj, sym });
                     }
                     Some(Global::Defined { obj: o, sym: i }) => {
                         let (o, i) = (*o, *i);
@@ -157,7 +164,8 @@ impl<'a> Loaded<'a> {
                                     second: object.name.clone(),
                                 });
                             }
-                            self.globals.insert(s.name.clone(), Global::Defined { obj, sym });
+                            self.globals
+                                .insert(s.name.clone(), Global::Defined { obj, sym });
                         }
                     }
                 },

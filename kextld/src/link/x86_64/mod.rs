@@ -12,6 +12,10 @@
 //! __LINKEDIT   local relocs, symbol table, external relocs, string table (8-aligned)
 //! ```
 //!
+//! When zerofill extends `__DATA` past its last file page, `__DATA.filesize <
+//! vmsize` and `__LINKEDIT` still starts at fileoff == vmaddr, leaving zeros in
+//! the file between them (the loaders copy segments by vmaddr).
+//!
 //! The LC_UUID is the first 16 bytes of the SHA-256 of the file with the UUID
 //! field zeroed, with the RFC 4122 version set to 4 and the variant to 10xx:
 //! ld64 does the same with MD5 and version 3; the hash makes links reproducible.
@@ -154,7 +158,7 @@ impl Site<'_, '_> {
     }
 
     fn error(&self, r_type: u8, problem: impl Into<String>, hint: &'static str) -> LinkError {
-        LinkError::Relocation {
+        LinkError::Relocation(Box::new(super::error::RelocationError {
             input: self.obj.name.clone(),
             segment: self.sect.segname.clone(),
             section: self.sect.sectname.clone(),
@@ -163,7 +167,7 @@ impl Site<'_, '_> {
             target: self.target_name(),
             problem: problem.into(),
             hint,
-        }
+        }))
     }
 
     fn unsupported(&self) -> LinkError {
@@ -203,11 +207,19 @@ struct Linker<'l, 'a> {
 }
 
 /// Links resolved objects into an x86_64 kext.
-pub(super) fn link(loaded: &Loaded<'_>, min_os: MinOs, source_version: u64) -> Result<Linked, LinkError> {
+pub(super) fn link(
+    loaded: &Loaded<'_>,
+    min_os: MinOs,
+    source_version: u64,
+) -> Result<Linked, LinkError> {
     debug_assert_eq!(Arch::X86_64.page_size(), PAGE);
     let mut l = Linker {
         loaded,
-        place: loaded.objects.iter().map(|o| vec![None; o.sections.len()]).collect(),
+        place: loaded
+            .objects
+            .iter()
+            .map(|o| vec![None; o.sections.len()])
+            .collect(),
         sections: Vec::new(),
         got: None,
         got_slots: Vec::new(),
@@ -218,7 +230,11 @@ pub(super) fn link(loaded: &Loaded<'_>, min_os: MinOs, source_version: u64) -> R
     l.collect_sections()?;
     l.scan_relocations()?;
     l.order_sections();
-    let emit_source_version = min_os >= MinOs { major: 10, minor: 8 };
+    let emit_source_version = min_os
+        >= MinOs {
+            major: 10,
+            minor: 8,
+        };
     let header_size = header_size(&l.sections, emit_source_version);
     let (text_size, data_vmaddr, data_filesize, data_vmsize) = l.layout(header_size)?;
     let (symbols, nlocal, nextdef, nundef) = l.symbol_table()?;
@@ -256,7 +272,11 @@ fn header_size(sections: &[OutSection], source_version: bool) -> u64 {
         + SYMTAB_COMMAND_SIZE
         + DYSYMTAB_COMMAND_SIZE
         + UUID_COMMAND_SIZE
-        + if source_version { SOURCE_VERSION_COMMAND_SIZE } else { 0 };
+        + if source_version {
+            SOURCE_VERSION_COMMAND_SIZE
+        } else {
+            0
+        };
     (MACH_HEADER_64_SIZE + cmds) as u64
 }
 
@@ -356,7 +376,11 @@ impl<'a> Linker<'_, 'a> {
     fn scan_relocations(&mut self) -> Result<(), LinkError> {
         let loaded = self.loaded;
         for (o, obj) in loaded.objects.iter().enumerate() {
-            for s in obj.sections.iter().filter(|s| s.disposition == Disposition::Keep) {
+            for s in obj
+                .sections
+                .iter()
+                .filter(|s| s.disposition == Disposition::Keep)
+            {
                 for r in &s.relocs {
                     if !r.r_extern {
                         continue;
@@ -373,7 +397,10 @@ impl<'a> Linker<'_, 'a> {
                         self.referenced_undef.insert(name.clone());
                     }
                     let is_got = matches!(r.r_type, X86_64_RELOC_GOT_LOAD | X86_64_RELOC_GOT);
-                    if is_got && !self.relaxes(s, r, &target) && !self.got_index.contains_key(&target) {
+                    if is_got
+                        && !self.relaxes(s, r, &target)
+                        && !self.got_index.contains_key(&target)
+                    {
                         self.got_index.insert(target.clone(), self.got_slots.len());
                         self.got_slots.push(target);
                     }
@@ -412,18 +439,23 @@ impl<'a> Linker<'_, 'a> {
     /// Sorts the output sections (text first, then data) and rewrites the
     /// placements' indices accordingly.
     fn order_sections(&mut self) {
-        self.sections.sort_by_key(|s| (!s.is_text(), s.rank(), s.first_seen));
-        if let Some(g) = self.sections.iter().position(|s| s.sectname == "__got" && s.inputs.is_empty()) {
-            if self.got.is_some() {
-                self.got = Some(g);
-            }
+        self.sections
+            .sort_by_key(|s| (!s.is_text(), s.rank(), s.first_seen));
+        if self.got.is_some() {
+            self.got = self
+                .sections
+                .iter()
+                .position(|s| s.sectname == "__got" && s.inputs.is_empty());
         }
         for (idx, out) in self.sections.iter_mut().enumerate() {
             let mut off = 0u64;
             for &(o, i) in &out.inputs {
                 let s = &self.loaded.objects[o].sections[i];
                 off = align_up(off, 1 << s.align);
-                self.place[o][i] = Some(Placement { out: idx, offset: off });
+                self.place[o][i] = Some(Placement {
+                    out: idx,
+                    offset: off,
+                });
                 off += s.size;
             }
             if !out.inputs.is_empty() {
@@ -455,7 +487,12 @@ impl<'a> Linker<'_, 'a> {
             }
             text_size += PAGE;
         };
-        for (s, r) in self.sections.iter_mut().filter(|s| s.is_text()).zip(text_rel) {
+        for (s, r) in self
+            .sections
+            .iter_mut()
+            .filter(|s| s.is_text())
+            .zip(text_rel)
+        {
             s.addr = base + r;
         }
         // __DATA: forward, zerofill last (the sort put it there).
@@ -473,7 +510,9 @@ impl<'a> Linker<'_, 'a> {
         let data_filesize = align_up(file_end - data_vmaddr, PAGE);
         let data_vmsize = align_up(cur - data_vmaddr, PAGE);
         if cur > u64::from(u32::MAX) {
-            return Err(LinkError::TooLarge { what: format!("segments end at {cur:#x}, past 4 GiB") });
+            return Err(LinkError::TooLarge {
+                what: format!("segments end at {cur:#x}, past 4 GiB"),
+            });
         }
         // Contents.
         for out in &mut self.sections {
@@ -507,7 +546,10 @@ impl<'a> Linker<'_, 'a> {
         let p = self.place[obj].get(sect).copied().flatten()?;
         let out = &self.sections[p.out];
         let in_addr = self.objects()[obj].sections[sect].addr;
-        Some(((out.addr + p.offset) as i64 - in_addr as i64, p.out as u32 + 1))
+        Some((
+            (out.addr + p.offset) as i64 - in_addr as i64,
+            p.out as u32 + 1,
+        ))
     }
 
     /// Builds the symbol table: locals, external definitions, undefined.
@@ -531,7 +573,9 @@ impl<'a> Linker<'_, 'a> {
                 } else {
                     continue;
                 };
-                let Some((addr, ordinal)) = self.symbol_address(o, i) else { continue };
+                let Some((addr, ordinal)) = self.symbol_address(o, i) else {
+                    continue;
+                };
                 out.push(OutSymbol {
                     name: s.name.clone(),
                     n_type,
@@ -543,7 +587,9 @@ impl<'a> Linker<'_, 'a> {
         }
         let nlocal = out.len();
         for (name, g) in &self.loaded.globals {
-            let Global::Defined { obj, sym } = *g else { continue };
+            let Global::Defined { obj, sym } = *g else {
+                continue;
+            };
             let s = &self.objects()[obj].symbols[sym];
             if s.is_pext() {
                 continue;
@@ -578,7 +624,10 @@ impl<'a> Linker<'_, 'a> {
         }
         let nextdef = out.len() - nlocal;
         for name in &self.referenced_undef {
-            let weak = matches!(self.loaded.globals.get(name), Some(Global::Undefined { weak: true }));
+            let weak = matches!(
+                self.loaded.globals.get(name),
+                Some(Global::Undefined { weak: true })
+            );
             self.undef_symidx.insert(name.clone(), out.len() as u32);
             out.push(OutSymbol {
                 name: name.clone(),
@@ -627,7 +676,11 @@ impl<'a> Linker<'_, 'a> {
                     let p_out = out_addr + u64::from(r.r_address);
                     let patch_at = p.offset as usize + off;
                     let stored32 = get_u32(s.data, off) as i32;
-                    let target = if r.r_extern { self.resolve_extern(o, r.r_symbolnum) } else { None };
+                    let target = if r.r_extern {
+                        self.resolve_extern(o, r.r_symbolnum)
+                    } else {
+                        None
+                    };
                     match r.r_type {
                         X86_64_RELOC_UNSIGNED => {
                             if r.r_pcrel {
@@ -647,12 +700,19 @@ impl<'a> Linker<'_, 'a> {
                             let (value, rel) = if r.r_extern {
                                 match target.as_ref().ok_or_else(|| site.unsupported())? {
                                     Target::Defined { obj: to, sym } => {
-                                        let (a, ord) = self.symbol_address(*to, *sym).ok_or_else(|| {
-                                            site.error(r.r_type, "target lies in a dropped section", HINT_DROPPED)
-                                        })?;
+                                        let (a, ord) =
+                                            self.symbol_address(*to, *sym).ok_or_else(|| {
+                                                site.error(
+                                                    r.r_type,
+                                                    "target lies in a dropped section",
+                                                    HINT_DROPPED,
+                                                )
+                                            })?;
                                         (a.wrapping_add(stored), Some(Ok(ord)))
                                     }
-                                    Target::Undefined(name) => (stored, Some(Err(self.undef_symidx[name]))),
+                                    Target::Undefined(name) => {
+                                        (stored, Some(Err(self.undef_symidx[name])))
+                                    }
                                     Target::Absolute(v) => (v.wrapping_add(stored), None),
                                 }
                             } else if r.r_symbolnum == 0 {
@@ -660,10 +720,16 @@ impl<'a> Linker<'_, 'a> {
                             } else {
                                 let (delta, ord) = self
                                     .section_delta(o, r.r_symbolnum as usize - 1)
-                                    .ok_or_else(|| site.error(r.r_type, "target section is dropped or missing", HINT_DROPPED))?;
+                                    .ok_or_else(|| {
+                                        site.error(
+                                            r.r_type,
+                                            "target section is dropped or missing",
+                                            HINT_DROPPED,
+                                        )
+                                    })?;
                                 (stored.wrapping_add(delta as u64), Some(Ok(ord)))
                             };
-                            if rel.is_some() && p_out % 4 != 0 {
+                            if rel.is_some() && !p_out.is_multiple_of(4) {
                                 return Err(site.error(
                                     r.r_type,
                                     format!("pointer at {p_out:#x} is not 4-byte aligned"),
@@ -690,9 +756,14 @@ impl<'a> Linker<'_, 'a> {
                             let value = if r.r_extern {
                                 match target.as_ref().ok_or_else(|| site.unsupported())? {
                                     Target::Defined { obj: to, sym } => {
-                                        let (a, _) = self.symbol_address(*to, *sym).ok_or_else(|| {
-                                            site.error(r.r_type, "target lies in a dropped section", HINT_DROPPED)
-                                        })?;
+                                        let (a, _) =
+                                            self.symbol_address(*to, *sym).ok_or_else(|| {
+                                                site.error(
+                                                    r.r_type,
+                                                    "target lies in a dropped section",
+                                                    HINT_DROPPED,
+                                                )
+                                            })?;
                                         reloc::extern_pcrel(a, stored32, bias, p_out)
                                     }
                                     Target::Undefined(name) if r.r_type == X86_64_RELOC_BRANCH => {
@@ -718,7 +789,13 @@ impl<'a> Linker<'_, 'a> {
                                 let sect = (r.r_symbolnum as usize).checked_sub(1);
                                 let (delta, _) = sect
                                     .and_then(|k| self.section_delta(o, k))
-                                    .ok_or_else(|| site.error(r.r_type, "target section is dropped or missing", HINT_DROPPED))?;
+                                    .ok_or_else(|| {
+                                        site.error(
+                                            r.r_type,
+                                            "target section is dropped or missing",
+                                            HINT_DROPPED,
+                                        )
+                                    })?;
                                 let p_obj = s.addr + u64::from(r.r_address);
                                 reloc::section_pcrel(stored32, bias, p_obj, p_out, delta)
                             };
@@ -737,15 +814,22 @@ impl<'a> Linker<'_, 'a> {
                             }
                             let target = target.ok_or_else(|| site.unsupported())?;
                             let value = if self.relaxes(s, r, &target) {
-                                let Target::Defined { obj: to, sym } = target else { unreachable!() };
+                                let Target::Defined { obj: to, sym } = target else {
+                                    unreachable!()
+                                };
                                 let (a, _) = self.symbol_address(to, sym).ok_or_else(|| {
-                                    site.error(r.r_type, "target lies in a dropped section", HINT_DROPPED)
+                                    site.error(
+                                        r.r_type,
+                                        "target lies in a dropped section",
+                                        HINT_DROPPED,
+                                    )
                                 })?;
                                 patches.push((p.out, patch_at - 2, vec![0x8d])); // movq → leaq
                                 reloc::extern_pcrel(a, 0, 0, p_out)
                             } else {
                                 let slot = self.got_index[&target];
-                                let g = self.sections[self.got.expect("got")].addr + 8 * slot as u64;
+                                let g =
+                                    self.sections[self.got.expect("got")].addr + 8 * slot as u64;
                                 reloc::extern_pcrel(g, stored32, 0, p_out)
                             };
                             if !reloc::fits_i32(value) {
@@ -759,7 +843,11 @@ impl<'a> Linker<'_, 'a> {
                         }
                         X86_64_RELOC_SUBTRACTOR => {
                             let Some(minuend) = next else {
-                                return Err(site.error(r.r_type, "not followed by X86_64_RELOC_UNSIGNED", "the object is corrupt: rebuild it"));
+                                return Err(site.error(
+                                    r.r_type,
+                                    "not followed by X86_64_RELOC_UNSIGNED",
+                                    "the object is corrupt: rebuild it",
+                                ));
                             };
                             ri += 1;
                             if minuend.r_type != X86_64_RELOC_UNSIGNED
@@ -775,7 +863,11 @@ impl<'a> Linker<'_, 'a> {
                                     "the object is corrupt: rebuild it",
                                 ));
                             }
-                            let minuend_site = Site { obj, sect: s, r: minuend };
+                            let minuend_site = Site {
+                                obj,
+                                sect: s,
+                                r: minuend,
+                            };
                             let b = self.pair_term(o, &site)?;
                             let a = self.pair_term(o, &minuend_site)?;
                             if a.1 != b.1 {
@@ -802,7 +894,11 @@ impl<'a> Linker<'_, 'a> {
                                         HINT_OVERFLOW,
                                     ));
                                 }
-                                patches.push((p.out, patch_at, (value as i32).to_le_bytes().to_vec()));
+                                patches.push((
+                                    p.out,
+                                    patch_at,
+                                    (value as i32).to_le_bytes().to_vec(),
+                                ));
                             } else {
                                 patches.push((p.out, patch_at, value.to_le_bytes().to_vec()));
                             }
@@ -827,16 +923,20 @@ impl<'a> Linker<'_, 'a> {
                 let at = base + 8 * k as u64;
                 match t {
                     Target::Defined { obj, sym } => {
-                        let (a, ord) = self.symbol_address(*obj, *sym).ok_or_else(|| LinkError::UnsupportedSymbol {
-                            input: self.objects()[*obj].name.clone(),
-                            symbol: self.objects()[*obj].symbols[*sym].name.clone(),
-                            problem: "GOT entry for a symbol in a dropped section".into(),
-                            hint: HINT_DROPPED,
+                        let (a, ord) = self.symbol_address(*obj, *sym).ok_or_else(|| {
+                            LinkError::UnsupportedSymbol {
+                                input: self.objects()[*obj].name.clone(),
+                                symbol: self.objects()[*obj].symbols[*sym].name.clone(),
+                                problem: "GOT entry for a symbol in a dropped section".into(),
+                                hint: HINT_DROPPED,
+                            }
                         })?;
                         put_u64(&mut data, 8 * k, a);
                         local.push((at as u32, ord));
                     }
-                    Target::Undefined(name) => ext_unsigned.push((self.undef_symidx[name], at as u32)),
+                    Target::Undefined(name) => {
+                        ext_unsigned.push((self.undef_symidx[name], at as u32))
+                    }
                     Target::Absolute(v) => put_u64(&mut data, 8 * k, *v),
                 }
             }
@@ -851,7 +951,11 @@ impl<'a> Linker<'_, 'a> {
         let ext = ext_unsigned
             .into_iter()
             .map(|(s, a)| (X86_64_RELOC_UNSIGNED, s, a))
-            .chain(ext_branch.into_iter().map(|(s, a)| (X86_64_RELOC_BRANCH, s, a)))
+            .chain(
+                ext_branch
+                    .into_iter()
+                    .map(|(s, a)| (X86_64_RELOC_BRANCH, s, a)),
+            )
             .collect();
         Ok((local, ext))
     }
@@ -861,10 +965,17 @@ impl<'a> Linker<'_, 'a> {
     fn pair_term(&self, o: usize, site: &Site<'_, '_>) -> Result<(i64, bool), LinkError> {
         let r = site.r;
         if r.r_extern {
-            match self.resolve_extern(o, r.r_symbolnum).ok_or_else(|| site.unsupported())? {
+            match self
+                .resolve_extern(o, r.r_symbolnum)
+                .ok_or_else(|| site.unsupported())?
+            {
                 Target::Defined { obj, sym } => {
                     let (a, _) = self.symbol_address(obj, sym).ok_or_else(|| {
-                        site.error(X86_64_RELOC_SUBTRACTOR, "target lies in a dropped section", HINT_DROPPED)
+                        site.error(
+                            X86_64_RELOC_SUBTRACTOR,
+                            "target lies in a dropped section",
+                            HINT_DROPPED,
+                        )
                     })?;
                     Ok((a as i64, false))
                 }
@@ -878,9 +989,15 @@ impl<'a> Linker<'_, 'a> {
         } else if r.r_symbolnum == 0 {
             Ok((0, true))
         } else {
-            let (delta, _) = self.section_delta(o, r.r_symbolnum as usize - 1).ok_or_else(|| {
-                site.error(X86_64_RELOC_SUBTRACTOR, "target section is dropped or missing", HINT_DROPPED)
-            })?;
+            let (delta, _) = self
+                .section_delta(o, r.r_symbolnum as usize - 1)
+                .ok_or_else(|| {
+                    site.error(
+                        X86_64_RELOC_SUBTRACTOR,
+                        "target section is dropped or missing",
+                        HINT_DROPPED,
+                    )
+                })?;
             Ok((delta, false))
         }
     }
@@ -890,7 +1007,11 @@ const HINT_DROPPED: &str = "kexts drop debug info, unwind tables and bitcode: do
      from code or data";
 
 /// Serialises the image.
-fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<Vec<u8>, LinkError> {
+fn write(
+    img: &Image,
+    emit_source_version: bool,
+    source_version: u64,
+) -> Result<Vec<u8>, LinkError> {
     let ntext = img.sections.iter().filter(|s| s.is_text()).count();
     let ndata = img.sections.len() - ntext;
     // __LINKEDIT contents.
@@ -898,7 +1019,14 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
     let mut le = Vec::new();
     let locreloff = linkedit_off + le.len() as u64;
     for &(addr, ord) in &img.local_relocs {
-        le.extend_from_slice(&relocation_info(addr, ord, false, 3, false, X86_64_RELOC_UNSIGNED));
+        le.extend_from_slice(&relocation_info(
+            addr,
+            ord,
+            false,
+            3,
+            false,
+            X86_64_RELOC_UNSIGNED,
+        ));
     }
     let symoff = linkedit_off + le.len() as u64;
     let mut strtab = b" \0".to_vec();
@@ -914,7 +1042,11 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
     }
     let extreloff = linkedit_off + le.len() as u64;
     for &(ty, sym, addr) in &img.extern_relocs {
-        let (pcrel, len) = if ty == X86_64_RELOC_BRANCH { (true, 2) } else { (false, 3) };
+        let (pcrel, len) = if ty == X86_64_RELOC_BRANCH {
+            (true, 2)
+        } else {
+            (false, 3)
+        };
         le.extend_from_slice(&relocation_info(addr, sym, pcrel, len, true, ty));
     }
     let stroff = linkedit_off + le.len() as u64;
@@ -923,7 +1055,9 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
     let linkedit_size = le.len() as u64;
     let end = linkedit_off + linkedit_size;
     if end > u64::from(u32::MAX) {
-        return Err(LinkError::TooLarge { what: format!("file size {end:#x}") });
+        return Err(LinkError::TooLarge {
+            what: format!("file size {end:#x}"),
+        });
     }
 
     let ncmds = 6 + u32::from(emit_source_version);
@@ -939,9 +1073,18 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
     push_u32(&mut h, 0);
     let rx = VM_PROT_READ | VM_PROT_EXECUTE;
     let rw = VM_PROT_READ | VM_PROT_WRITE;
-    let segment = |h: &mut Vec<u8>, name: &str, addr: u64, vmsize: u64, filesize: u64, prot: u32, secs: &[&OutSection]| {
+    let segment = |h: &mut Vec<u8>,
+                   name: &str,
+                   addr: u64,
+                   vmsize: u64,
+                   filesize: u64,
+                   prot: u32,
+                   secs: &[&OutSection]| {
         push_u32(h, LC_SEGMENT_64);
-        push_u32(h, (SEGMENT_COMMAND_64_SIZE + secs.len() * SECTION_64_SIZE) as u32);
+        push_u32(
+            h,
+            (SEGMENT_COMMAND_64_SIZE + secs.len() * SECTION_64_SIZE) as u32,
+        );
         push_name16(h, name);
         push_u64(h, addr);
         push_u64(h, vmsize);
@@ -970,8 +1113,24 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
     let data: Vec<&OutSection> = img.sections.iter().filter(|s| !s.is_text()).collect();
     debug_assert_eq!((text.len(), data.len()), (ntext, ndata));
     segment(&mut h, "__TEXT", 0, img.text_size, img.text_size, rx, &text);
-    segment(&mut h, "__DATA", img.data_vmaddr, img.data_vmsize, img.data_filesize, rw, &data);
-    segment(&mut h, "__LINKEDIT", linkedit_off, align_up(linkedit_size, PAGE), linkedit_size, VM_PROT_READ, &[]);
+    segment(
+        &mut h,
+        "__DATA",
+        img.data_vmaddr,
+        img.data_vmsize,
+        img.data_filesize,
+        rw,
+        &data,
+    );
+    segment(
+        &mut h,
+        "__LINKEDIT",
+        linkedit_off,
+        align_up(linkedit_size, PAGE),
+        linkedit_size,
+        VM_PROT_READ,
+        &[],
+    );
     push_u32(&mut h, LC_SYMTAB);
     push_u32(&mut h, SYMTAB_COMMAND_SIZE as u32);
     push_u32(&mut h, symoff as u32);
@@ -980,7 +1139,14 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
     push_u32(&mut h, strtab.len() as u32);
     push_u32(&mut h, LC_DYSYMTAB);
     push_u32(&mut h, DYSYMTAB_COMMAND_SIZE as u32);
-    for v in [0, img.nlocal, img.nlocal, img.nextdef, img.nlocal + img.nextdef, img.nundef] {
+    for v in [
+        0,
+        img.nlocal,
+        img.nlocal,
+        img.nextdef,
+        img.nlocal + img.nextdef,
+        img.nundef,
+    ] {
         push_u32(&mut h, v as u32);
     }
     for _ in 0..8 {
@@ -1001,7 +1167,11 @@ fn write(img: &Image, emit_source_version: bool, source_version: u64) -> Result<
         push_u32(&mut h, SOURCE_VERSION_COMMAND_SIZE as u32);
         push_u64(&mut h, source_version);
     }
-    assert_eq!(h.len(), MACH_HEADER_64_SIZE + sizeofcmds, "load command sizes");
+    assert_eq!(
+        h.len(),
+        MACH_HEADER_64_SIZE + sizeofcmds,
+        "load command sizes"
+    );
 
     let mut file = vec![0u8; end as usize];
     file[..h.len()].copy_from_slice(&h);

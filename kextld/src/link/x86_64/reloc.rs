@@ -42,7 +42,9 @@ pub(super) fn pcrel_bias(r_type: u8) -> Option<i64> {
 /// rel32 for an extern pc-relative relocation to address `s`.
 pub(super) fn extern_pcrel(s: u64, stored: i32, bias: i64, p_out: u64) -> i64 {
     let addend = i64::from(stored) + bias;
-    (s as i64).wrapping_add(addend).wrapping_sub(p_out as i64 + 4 + bias)
+    (s as i64)
+        .wrapping_add(addend)
+        .wrapping_sub(p_out as i64 + 4 + bias)
 }
 
 /// rel32 for a section-relative pc-relative relocation: `p_obj` is the fix-up's
