@@ -299,7 +299,7 @@ fn check_kmod_identity(k: &KextMetadata, report: &kextld::verify::Report) -> Res
             bail!(
                 "{}: _kmod_info of the {} slice says {:?} {:?}, but Cargo.toml says {} {}",
                 k.crate_name,
-                slice.arch,
+                slice.arch.map_or("unknown", |a| a.name()),
                 slice.kmod_name,
                 slice.kmod_version,
                 k.bundle_identifier,
