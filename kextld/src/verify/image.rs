@@ -527,7 +527,7 @@ impl<'a> Image<'a> {
     pub fn function_name(&self, addr: u64) -> String {
         match self.enclosing_symbol(addr) {
             Some((s, _)) => s.name.clone(),
-            None => format!("<no symbol> at {addr:#x}"),
+            None => self.describe(addr),
         }
     }
 }
