@@ -168,6 +168,23 @@ fn undefined_private_and_panic_symbols_get_their_own_findings() {
     assert_eq!(report.findings.len(), 3, "{report}");
 }
 
+#[test]
+fn data_references_through_got_and_pointers_name_their_users() {
+    let (_, report) = link_and_verify(
+        "data",
+        r#"
+        extern int not_a_kpi_variable;
+        extern int not_a_kpi_callback(void);
+        int (*const callbacks[1])(void) = { not_a_kpi_callback };
+        kern_return_t prx_start(kmod_info_t *ki, void *d) { (void)ki; (void)d; return not_a_kpi_variable; }
+        "#,
+    );
+    let e = errors(&report, "kpi-symbol");
+    assert_eq!(e.len(), 2, "{report}");
+    assert!(e[0].starts_with("_not_a_kpi_callback is exported by no KPI set for x86_64 (referenced from the pointer at _callbacks ("), "{report}");
+    assert!(e[1].starts_with("_not_a_kpi_variable is exported by no KPI set for x86_64 (referenced from _prx_start via __DATA,__got+0x0 ("), "{report}");
+}
+
 /// The rustc-built sample kexts (common's kext! macro, fat LTO) link and verify.
 #[test]
 fn sample_rust_kexts_verify_clean() {

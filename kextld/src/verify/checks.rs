@@ -141,7 +141,15 @@ fn run(
         Arch::X86_64 => check_relocations(&image, ctx),
         Arch::Arm64e => HashMap::new(),
     };
-    check_symbols(&image, arch, tables, &refs, ctx, summary);
+    // Pointer slots (e.g. `__got`) bound to kernel symbols: which functions load them.
+    let slots: BTreeSet<u64> = refs
+        .values()
+        .flatten()
+        .copied()
+        .filter(|&a| image.section_at(a, 1).is_some_and(|(_, s)| !s.has_code()))
+        .collect();
+    let got_users = disasm::rip_relative_users(&image, &slots);
+    check_symbols(&image, arch, tables, &refs, &got_users, ctx, summary);
     check_kmod_info(&image, arch, ctx, summary);
     match arch {
         Arch::X86_64 => disasm::check_no_simd(&image, ctx),
@@ -691,6 +699,7 @@ fn check_symbols(
     arch: Arch,
     tables: &KpiTables,
     refs: &References,
+    got_users: &BTreeMap<u64, BTreeSet<String>>,
     ctx: &mut Ctx,
     summary: &mut SliceSummary,
 ) {
@@ -780,8 +789,10 @@ fn check_symbols(
         summary.undefined.push(s.name.clone());
         let users = match refs.get(&(index as u32)) {
             Some(addrs) => {
-                let names: BTreeSet<String> =
-                    addrs.iter().map(|&a| image.function_name(a)).collect();
+                let names: BTreeSet<String> = addrs
+                    .iter()
+                    .flat_map(|&a| referrers(image, a, got_users))
+                    .collect();
                 format!(
                     "referenced from {}",
                     list(&names.into_iter().collect::<Vec<_>>())
@@ -859,6 +870,24 @@ fn check_symbols(
                 ),
             ),
         }
+    }
+}
+
+/// Who a relocation at `addr` stands for: the function containing it, or, for a
+/// pointer slot in data, the functions that load the slot (else the data symbol
+/// or `section+offset` holding it).
+fn referrers(
+    image: &Image<'_>,
+    addr: u64,
+    got_users: &BTreeMap<u64, BTreeSet<String>>,
+) -> Vec<String> {
+    if let Some(users) = got_users.get(&addr) {
+        let slot = image.describe(addr);
+        return users.iter().map(|f| format!("{f} via {slot}")).collect();
+    }
+    match image.section_at(addr, 1) {
+        Some((_, sect)) if sect.has_code() => vec![image.function_name(addr)],
+        _ => vec![format!("the pointer at {}", image.describe(addr))],
     }
 }
 

@@ -7,6 +7,8 @@
 //! is decoded linearly. Instructions are classified with iced-x86's CPUID feature
 //! table and operand register classes, not by mnemonic.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use iced_x86::{
     CpuidFeature, Decoder, DecoderOptions, FastFormatter, Instruction, OpKind, Register,
 };
@@ -98,6 +100,23 @@ fn forbidden(instr: &Instruction) -> Option<&'static str> {
 /// Reports every FPU/SIMD instruction in the image's code sections.
 pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
     let mut formatter = FastFormatter::new();
+    for f in functions(image) {
+        check_function(f.bytes, f.start, &f.name, &mut formatter, ctx);
+    }
+}
+
+/// One stretch of code: from a symbol to the next one (or the section end).
+struct Function<'a> {
+    name: String,
+    start: u64,
+    bytes: &'a [u8],
+}
+
+/// The code of every instruction-bearing section, split at its symbols; bytes
+/// before the first symbol (or a whole section without symbols) are named
+/// `segment,section`.
+fn functions<'a>(image: &Image<'a>) -> Vec<Function<'a>> {
+    let mut out = Vec::new();
     for (index, sect) in image.sections.iter().enumerate() {
         if !sect.has_code() || sect.is_zerofill() || sect.size == 0 {
             continue;
@@ -119,10 +138,9 @@ pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
             }
         }
         let mut ranges: Vec<(u64, u64, String)> = Vec::new();
-        let section_name = sect.display();
         if starts.first().is_none_or(|s| s.0 > sect.addr) {
             let end = starts.first().map_or(sect.end(), |s| s.0);
-            ranges.push((sect.addr, end, section_name.clone()));
+            ranges.push((sect.addr, end, sect.display()));
         }
         for (k, &(start, name)) in starts.iter().enumerate() {
             let end = starts.get(k + 1).map_or(sect.end(), |s| s.0);
@@ -133,15 +151,42 @@ pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
             else {
                 continue;
             };
-            let Some(bytes) = code
+            if let Some(bytes) = code
                 .get(from as usize..)
                 .and_then(|b| b.get(..len as usize))
-            else {
-                continue;
-            };
-            check_function(bytes, start, &name, &mut formatter, ctx);
+            {
+                out.push(Function { name, start, bytes });
+            }
         }
     }
+    out
+}
+
+/// For each address in `targets` (e.g. `__got` slots), the functions whose
+/// RIP-relative memory operands refer to it.
+pub(super) fn rip_relative_users(
+    image: &Image<'_>,
+    targets: &BTreeSet<u64>,
+) -> BTreeMap<u64, BTreeSet<String>> {
+    let mut users: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    if targets.is_empty() {
+        return users;
+    }
+    let mut instr = Instruction::default();
+    for f in functions(image) {
+        let mut decoder = Decoder::with_ip(64, f.bytes, f.start, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            decoder.decode_out(&mut instr);
+            if instr.is_ip_rel_memory_operand() && targets.contains(&instr.ip_rel_memory_address())
+            {
+                users
+                    .entry(instr.ip_rel_memory_address())
+                    .or_default()
+                    .insert(f.name.clone());
+            }
+        }
+    }
+    users
 }
 
 fn check_function(

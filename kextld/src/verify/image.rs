@@ -484,7 +484,7 @@ impl<'a> Image<'a> {
             addr >= s.vmaddr
                 && addr
                     .checked_add(len)
-                    .is_some_and(|e| e <= s.vmaddr + s.filesize)
+                    .is_some_and(|e| e <= s.vmaddr.saturating_add(s.filesize))
         })?;
         slice_at(self.data, seg.fileoff.checked_add(addr - seg.vmaddr)?, len)
     }
@@ -527,7 +527,7 @@ impl<'a> Image<'a> {
     pub fn function_name(&self, addr: u64) -> String {
         match self.enclosing_symbol(addr) {
             Some((s, _)) => s.name.clone(),
-            None => format!("<no symbol> at {addr:#x}"),
+            None => self.describe(addr),
         }
     }
 }

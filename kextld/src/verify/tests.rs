@@ -748,6 +748,16 @@ fn truncated_or_corrupt_input_never_panics() {
         }
         let _ = run(&bytes);
     }
+    // Extreme values in every header/load-command field and in the symbol table.
+    let b = good(&["_IOLog"]);
+    let fields = (0..0x240).chain(b.locrel_off..b.bytes.len() - 8).step_by(4);
+    for off in fields {
+        for v in [u64::MAX, 0x8000_0000_0000_0000, 0xffff_fff0] {
+            let mut bytes = b.bytes.clone();
+            put64(&mut bytes, off, v);
+            let _ = run(&bytes);
+        }
+    }
     assert!(run(&[]).findings[0].message.contains("too short"));
 }
 
