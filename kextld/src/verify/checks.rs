@@ -834,17 +834,34 @@ fn check_symbols(
             );
         }
         if s.name == PANIC_PATH_SYMBOL {
-            let fns = match refs.get(&(index as u32)) {
-                Some(_) => users.trim_start_matches("referenced from ").to_string(),
-                None => format!("unknown functions ({users})"),
+            let direct: BTreeSet<String> = refs
+                .get(&(index as u32))
+                .into_iter()
+                .flatten()
+                .flat_map(|&a| referrers(image, a, got_users))
+                .collect();
+            let fns = if direct.is_empty() {
+                format!("unknown functions ({users})")
+            } else {
+                // Name the kext's own functions that reach the panic, not only
+                // core's panic machinery that calls the handler.
+                let (roots, between) = disasm::reaching(&disasm::callers(image), &direct);
+                let show = |set: &BTreeSet<String>| {
+                    list(&set.iter().map(|n| disasm::pretty(n)).collect::<Vec<_>>())
+                };
+                if between.is_empty() {
+                    show(&roots)
+                } else {
+                    format!("{} (through {})", show(&roots), show(&between))
+                }
             };
             ctx.error(
                 "panic-path",
                 format!(
-                    "a panic path survived optimisation in {fns}; replace indexing/unwrap/\
-                     overflowing arithmetic with checked forms (get, checked_*, wrapping_*) so the \
-                     optimiser can prove no panic is reachable (a Rust panic in a kext is a kernel \
-                     panic), and build with the kernel-release profile"
+                    "a panic path survived optimisation, reachable from {fns}; replace indexing/\
+                     unwrap/overflowing arithmetic with checked forms (get, checked_*, wrapping_*) \
+                     so the optimiser can prove no panic is reachable (a Rust panic in a kext is a \
+                     kernel panic), and build with the kernel-release profile"
                 ),
             );
             continue;

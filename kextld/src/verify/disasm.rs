@@ -231,3 +231,61 @@ fn check_function(
         );
     }
 }
+
+/// The direct call graph of the code: for each function, the functions that
+/// call or jump to it with a near relative branch (the only kind the linker
+/// resolves inside a kext, so this is the whole static graph except calls
+/// through pointers).
+pub(super) fn callers(image: &Image<'_>) -> BTreeMap<String, BTreeSet<String>> {
+    let funcs = functions(image);
+    let owner = |addr: u64| {
+        funcs
+            .iter()
+            .find(|f| addr >= f.start && addr - f.start < f.bytes.len() as u64)
+            .map(|f| f.name.clone())
+    };
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut instr = Instruction::default();
+    for f in &funcs {
+        let mut decoder = Decoder::with_ip(64, f.bytes, f.start, DecoderOptions::NONE);
+        while decoder.can_decode() {
+            decoder.decode_out(&mut instr);
+            let branch = instr.is_call_near() || instr.is_jmp_near() || instr.is_jcc_short_or_near();
+            if !branch {
+                continue;
+            }
+            if let Some(callee) = owner(instr.near_branch_target()).filter(|c| *c != f.name) {
+                graph.entry(callee).or_default().insert(f.name.clone());
+            }
+        }
+    }
+    graph
+}
+
+/// Every function from which one of `targets` can be reached through direct
+/// calls, split into roots (functions nothing in the kext calls directly:
+/// entry points, callbacks) and the functions in between.
+pub(super) fn reaching(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    targets: &BTreeSet<String>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut seen: BTreeSet<String> = targets.clone();
+    let mut queue: Vec<String> = targets.iter().cloned().collect();
+    while let Some(f) = queue.pop() {
+        for caller in graph.get(&f).into_iter().flatten() {
+            if seen.insert(caller.clone()) {
+                queue.push(caller.clone());
+            }
+        }
+    }
+    seen.into_iter().partition(|f| graph.get(f).is_none_or(|c| c.is_empty()))
+}
+
+/// A symbol name for people: Rust symbols demangled (without the hash).
+pub(super) fn pretty(name: &str) -> String {
+    let raw = name.strip_prefix('_').unwrap_or(name);
+    match rustc_demangle::try_demangle(raw) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => name.to_string(),
+    }
+}

@@ -330,7 +330,7 @@ fn kpi_symbols() {
     let panic = errors(&report, "panic-path");
     assert_eq!(panic.len(), 1, "{report}");
     assert!(
-        panic[0].contains("a panic path survived optimisation in _helper;"),
+        panic[0].contains("a panic path survived optimisation, reachable from _helper;"),
         "{}",
         panic[0]
     );
