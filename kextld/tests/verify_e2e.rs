@@ -162,7 +162,7 @@ fn undefined_private_and_panic_symbols_get_their_own_findings() {
     let panic = errors(&report, "panic-path");
     assert_eq!(panic.len(), 1, "{report}");
     assert!(
-        panic[0].starts_with("a panic path survived optimisation, reachable from _checked_index;"),
+        panic[0].starts_with("a panic path survived optimisation, reachable from _prx_start (through _checked_index);"),
         "{report}"
     );
     assert_eq!(report.findings.len(), 3, "{report}");
