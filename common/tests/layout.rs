@@ -58,8 +58,8 @@ fn clang() -> String {
 }
 
 /// The probe's C source for a table.
-fn probe_source(table: &[(&str, &str, usize)]) -> String {
-    let mut s = String::from("#include \"prx_kpi.h\"\n\n");
+fn probe_source(header: &str, table: &[(&str, &str, usize)]) -> String {
+    let mut s = format!("#include \"{header}\"\n\n");
     s.push_str(&format!("const unsigned long long {PROBE_SYMBOL}[] = {{\n"));
     for (ty, what, _) in table {
         let expr = match *what {
@@ -75,15 +75,22 @@ fn probe_source(table: &[(&str, &str, usize)]) -> String {
 
 /// Compiles the probe for `target` and returns the numbers it recorded.
 fn clang_numbers(target: &str, table: &[(&str, &str, usize)]) -> Vec<u64> {
+    probe_numbers(target, "prx_kpi.h", &["-nostdinc"], table)
+}
+
+/// Compiles a probe of `table` over `header` (with `args`) and reads the numbers back.
+fn probe_numbers(target: &str, header: &str, args: &[&str], table: &[(&str, &str, usize)]) -> Vec<u64> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("layout-probe");
     std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join(format!("{target}.c"));
-    let obj = dir.join(format!("{target}.o"));
-    std::fs::write(&src, probe_source(table)).unwrap();
+    let stem = format!("{target}-{}", header.trim_end_matches(".h"));
+    let src = dir.join(format!("{stem}.c"));
+    let obj = dir.join(format!("{stem}.o"));
+    std::fs::write(&src, probe_source(header, table)).unwrap();
     let include = root().join("include");
     let out = Command::new(clang())
-        .args(["-target", target, "-mkernel", "-nostdinc", "-std=c11", "-c", "-o"])
+        .args(["-target", target, "-mkernel", "-std=c11", "-c", "-o"])
         .arg(&obj)
+        .args(args)
         .arg("-I")
         .arg(&include)
         .arg(&src)
@@ -173,4 +180,35 @@ fn tables_cover_the_known_structs() {
             assert!(table.iter().any(|(t, w, _)| t == ty && *w == "sizeof"), "{ty} missing");
         }
     }
+}
+
+/// The header set against a real SDK: the same probe over Apple's headers
+/// (`common/include/prx_sdk.h`) must give the same numbers as over prx's. Needs a
+/// `Kernel.framework/Headers` (or MacKernelSDK's `Headers`, x86_64 only):
+/// `PRX_KERNEL_SDK=/path/to/Headers PRX_KERNEL_SDK_TARGETS=x86_64 cargo test -p common --test layout -- --ignored`.
+/// `union in6_addr_words` is left out: xnu's union is anonymous (its size is still
+/// checked through `struct in6_addr`).
+#[test]
+#[ignore = "needs a macOS kernel SDK: set PRX_KERNEL_SDK (see the doc comment)"]
+fn header_set_matches_a_real_sdk() {
+    let sdk = std::env::var("PRX_KERNEL_SDK").expect("set PRX_KERNEL_SDK to a Kernel.framework/Headers directory");
+    let archs = std::env::var("PRX_KERNEL_SDK_TARGETS").unwrap_or_else(|_| "x86_64,arm64e".to_owned());
+    let mut errors = Vec::new();
+    for (arch, target, table) in [
+        ("x86_64", "x86_64-apple-macos10.13", x86_64::layout::TABLE),
+        ("arm64e", "arm64e-apple-macos11", arm64e::layout::TABLE),
+    ] {
+        if !archs.split(',').any(|a| a == arch) {
+            continue;
+        }
+        let table: Vec<_> = table.iter().copied().filter(|(t, _, _)| *t != "union in6_addr_words").collect();
+        let ours = clang_numbers(target, &table);
+        let apple = probe_numbers(target, "prx_sdk.h", &["-nostdlibinc", "-DKERNEL", "-isystem", &sdk], &table);
+        for (((ty, what, _), a), b) in table.iter().zip(&ours).zip(&apple) {
+            if a != b {
+                errors.push(format!("{target}: {ty} {what}: prx header set {a}, SDK {b}"));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "the header set disagrees with the SDK:\n  {}", errors.join("\n  "));
 }
