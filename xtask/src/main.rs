@@ -38,6 +38,16 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
     },
+    /// Regenerate common::sys's KPI bindings with bindgen (needs libclang 19).
+    Bindgen {
+        /// Compare instead of writing; fail at the first line that differs.
+        #[arg(long)]
+        check: bool,
+        /// Read a macOS SDK's Kernel.framework/Headers (or an xnu/MacKernelSDK header
+        /// tree) instead of the project's header set in common/include.
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +72,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
+        Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

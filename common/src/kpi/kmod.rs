@@ -6,9 +6,9 @@
 //! `[package.metadata.kext]`, and `CARGO_PKG_VERSION`), the same values
 //! `cargo xtask build` writes into the Info.plist, so the two cannot disagree.
 
-use core::ffi::c_void;
+use core::ffi::{c_char, c_void};
 
-use crate::sys::{self, KERN_FAILURE, KERN_SUCCESS, KernReturn, KmodInfo};
+use crate::sys::{KERN_FAILURE, KERN_SUCCESS, KMOD_MAX_NAME, kern_return_t, kmod_info};
 
 /// Why a kext refused to start or to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,20 +24,25 @@ pub enum KextError {
 ///
 /// Fails compilation (const evaluation) when `s` does not fit with its NUL or
 /// contains a NUL byte, so a bad bundle identifier never reaches a binary.
-/// Only ever evaluated at compile time (the `kext!` static initialiser), where
-/// indexing and arithmetic cannot reach the kernel: a failure is a build error.
-#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-pub const fn field64(s: &str) -> [u8; sys::kmod::KMOD_MAX_NAME] {
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "evaluated at compile time (the kext! static's initializer): an out-of-bounds \
+              index or overflow is a compile error there, never a kernel panic; `i` is \
+              bounded by the assert above the loop"
+)]
+pub const fn field64(s: &str) -> [c_char; KMOD_MAX_NAME] {
     let bytes = s.as_bytes();
-    let mut out = [0u8; sys::kmod::KMOD_MAX_NAME];
+    let mut out: [c_char; KMOD_MAX_NAME] = [0; KMOD_MAX_NAME];
     assert!(
-        bytes.len() < sys::kmod::KMOD_MAX_NAME,
+        bytes.len() < KMOD_MAX_NAME,
         "kmod_info name/version must be shorter than 64 bytes"
     );
     let mut i = 0;
     while i < bytes.len() {
         assert!(bytes[i] != 0, "kmod_info name/version must not contain NUL");
-        out[i] = bytes[i];
+        // `char` is signed on both kernel targets: bytes >= 0x80 keep their bits.
+        out[i] = bytes[i] as c_char;
         i += 1;
     }
     out
@@ -45,7 +50,7 @@ pub const fn field64(s: &str) -> [u8; sys::kmod::KMOD_MAX_NAME] {
 
 /// Runs the kext's Rust start function and maps its result to `kern_return_t`.
 #[doc(hidden)]
-pub fn run(f: fn() -> Result<(), KextError>) -> KernReturn {
+pub fn run(f: fn() -> Result<(), KextError>) -> kern_return_t {
     match f() {
         Ok(()) => KERN_SUCCESS,
         Err(_) => KERN_FAILURE,
@@ -55,7 +60,7 @@ pub fn run(f: fn() -> Result<(), KextError>) -> KernReturn {
 /// The C signature of the routines in `kmod_info`; the arguments are unused by
 /// prx kexts (the loader passes the record itself and a null pointer).
 #[doc(hidden)]
-pub type EntryArgs = (*mut KmodInfo, *mut c_void);
+pub type EntryArgs = (*mut kmod_info, *mut c_void);
 
 /// Declares the kext: emits the exported `_kmod_info` record and the start/stop
 /// routines it points to.
@@ -76,7 +81,7 @@ macro_rules! kext {
         #[unsafe(no_mangle)]
         #[used]
         pub static kmod_info: $crate::sys::kmod::KmodInfoCell =
-            $crate::sys::kmod::KmodInfoCell::new($crate::sys::KmodInfo::new(
+            $crate::sys::kmod::KmodInfoCell::new($crate::sys::kmod_info::for_binary(
                 $crate::kpi::kmod::field64(env!("PRX_BUNDLE_ID")),
                 $crate::kpi::kmod::field64(env!("CARGO_PKG_VERSION")),
                 __prx_kmod_start,
@@ -84,16 +89,16 @@ macro_rules! kext {
             ));
 
         extern "C" fn __prx_kmod_start(
-            _ki: *mut $crate::sys::KmodInfo,
+            _ki: *mut $crate::sys::kmod_info,
             _data: *mut ::core::ffi::c_void,
-        ) -> $crate::sys::KernReturn {
+        ) -> $crate::sys::kern_return_t {
             $crate::kpi::kmod::run($start)
         }
 
         extern "C" fn __prx_kmod_stop(
-            _ki: *mut $crate::sys::KmodInfo,
+            _ki: *mut $crate::sys::kmod_info,
             _data: *mut ::core::ffi::c_void,
-        ) -> $crate::sys::KernReturn {
+        ) -> $crate::sys::kern_return_t {
             $crate::kpi::kmod::run($stop)
         }
     };
@@ -106,8 +111,9 @@ mod tests {
     #[test]
     fn field64_pads_with_nul() {
         let f = field64("net.prx.kext");
-        assert_eq!(&f[..12], b"net.prx.kext");
-        assert!(f[12..].iter().all(|&b| b == 0));
+        let mut expected = [0u8; KMOD_MAX_NAME];
+        expected.iter_mut().zip(b"net.prx.kext").for_each(|(d, s)| *d = *s);
+        assert_eq!(f.map(|c| c as u8), expected);
     }
 
     #[test]
