@@ -1,1 +1,143 @@
-fn main() {}
+//! `kextld`: the kext linker's command line.
+//!
+//! ```text
+//! kextld link --arch x86_64 -o OUT [--min-os 10.13] [--source-version V] INPUT.o|INPUT.a...
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kextld::link::{LinkOptions, link};
+use kextld::{Arch, MinOs};
+
+#[derive(Parser)]
+#[command(
+    name = "kextld",
+    version,
+    about = "Links and verifies macOS kernel extension binaries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Link Mach-O objects and static archives into a kext binary (MH_KEXT_BUNDLE).
+    Link {
+        /// Target architecture (x86_64; arm64e is not implemented yet).
+        #[arg(long)]
+        arch: Arch,
+        /// Output file (written atomically).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Minimum macOS version, e.g. 10.13 (default: the architecture's minimum).
+        #[arg(long)]
+        min_os: Option<MinOs>,
+        /// LC_SOURCE_VERSION as A.B.C.D.E (e.g. 1.2.3) or as the packed integer.
+        #[arg(long, value_parser = parse_source_version, default_value = "0")]
+        source_version: u64,
+        /// Objects (.o, always loaded) and static archives (.a, members loaded on demand).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    // Verify { ... }: `kextld verify BUNDLE|BINARY` is added by the verifier (kextld::verify).
+}
+
+/// Parses `A.B.C.D.E` (A ≤ 2^24−1, the others ≤ 1023) or a packed integer.
+fn parse_source_version(s: &str) -> Result<u64, String> {
+    if !s.contains('.') {
+        return s.parse().map_err(|_| format!("bad source version {s:?}"));
+    }
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() > 5 {
+        return Err(format!("bad source version {s:?}: at most A.B.C.D.E"));
+    }
+    let mut v = 0u64;
+    for (i, p) in parts.iter().enumerate() {
+        let n: u64 = p.parse().map_err(|_| format!("bad source version {s:?}"))?;
+        let (max, shift) = if i == 0 {
+            ((1 << 24) - 1, 40)
+        } else {
+            (1023, 40 - 10 * i as u32)
+        };
+        if n > max {
+            return Err(format!("bad source version {s:?}: component {n} too large"));
+        }
+        v |= n << shift;
+    }
+    Ok(v)
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same directory and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.kextld-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Link {
+            arch,
+            output,
+            min_os,
+            source_version,
+            inputs,
+        } => {
+            let opts = LinkOptions {
+                arch,
+                min_os: min_os.unwrap_or_else(|| MinOs::default_for(arch)),
+                inputs,
+                source_version,
+            };
+            let linked = match link(&opts) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("kextld: error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = write_atomically(&output, &linked.bytes) {
+                eprintln!("kextld: error: cannot write {}: {e}", output.display());
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_versions() {
+        assert_eq!(parse_source_version("0").unwrap(), 0);
+        assert_eq!(
+            parse_source_version("1.2.3").unwrap(),
+            1 << 40 | 2 << 30 | 3 << 20
+        );
+        assert!(parse_source_version("1.2.3.4.5.6").is_err());
+        assert!(parse_source_version("1.1024").is_err());
+    }
+}

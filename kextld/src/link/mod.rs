@@ -1,0 +1,91 @@
+//! The kext linker: Mach-O objects and static archives in, one `MH_KEXT_BUNDLE`
+//! binary out, with exactly the structure Apple's `ld -kext` emits (see
+//! `/work/shared/kext-format.md` and ARCHITECTURE.md).
+//!
+//! Pipeline, one module per step:
+//! 1. [`input`]: parse each input (objects, archive members) into a neutral model
+//!    and decide which sections a kext keeps (debug info, unwind tables and
+//!    bitcode are dropped; thread-local and dyld-only sections are rejected).
+//! 2. [`resolve`]: load objects and, to a fixed point, the archive members that
+//!    define undefined names; detect duplicate definitions.
+//! 3. a per-architecture backend lays out segments, resolves relocations and
+//!    writes the file: [`x86_64`] today; an arm64e backend (chained fixups,
+//!    split-seg info) will sit beside it.
+//!
+//! Output is a pure function of the inputs' bytes and order: no timestamps, no
+//! hash-map iteration order, and an LC_UUID derived from the content.
+
+pub(crate) mod error;
+mod input;
+mod resolve;
+mod x86_64;
+
+use std::path::PathBuf;
+
+pub use error::{LinkError, RelocationError};
+
+use crate::arch::{Arch, MinOs};
+
+/// What to link.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Target architecture.
+    pub arch: Arch,
+    /// Minimum macOS version (decides `LC_SOURCE_VERSION`, ≥ 10.8).
+    pub min_os: MinOs,
+    /// Objects (`.o`, always loaded) and static archives (`.a`, members on demand).
+    pub inputs: Vec<PathBuf>,
+    /// `LC_SOURCE_VERSION`, packed `A.B.C.D.E` as 24.10.10.10.10 bits; 0 is fine.
+    pub source_version: u64,
+}
+
+/// A linked kext binary.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    /// The Mach-O file.
+    pub bytes: Vec<u8>,
+    /// Undefined symbols (bound by the kernel), sorted, Mach-O names with the leading `_`.
+    pub undefined: Vec<String>,
+    /// Exported (external, defined) symbols, sorted.
+    pub defined_exports: Vec<String>,
+}
+
+/// Reads the input files and links them.
+pub fn link(opts: &LinkOptions) -> Result<Linked, LinkError> {
+    let mut inputs = Vec::with_capacity(opts.inputs.len());
+    for path in &opts.inputs {
+        let bytes = std::fs::read(path).map_err(|source| LinkError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        inputs.push((path.display().to_string(), bytes));
+    }
+    link_buffers(opts.arch, opts.min_os, opts.source_version, &inputs)
+}
+
+/// Links in-memory inputs; `inputs` are `(display name, bytes)` in command-line order.
+pub fn link_buffers(
+    arch: Arch,
+    min_os: MinOs,
+    source_version: u64,
+    inputs: &[(String, Vec<u8>)],
+) -> Result<Linked, LinkError> {
+    let cputype = match arch {
+        Arch::X86_64 => crate::macho::CPU_TYPE_X86_64,
+        Arch::Arm64e => return Err(LinkError::ArchNotImplemented { arch: arch.name() }),
+    };
+    if inputs.is_empty() {
+        return Err(LinkError::NoInputs);
+    }
+    let parsed = inputs
+        .iter()
+        .map(|(name, bytes)| input::parse_input(name, bytes, cputype))
+        .collect::<Result<Vec<_>, _>>()?;
+    let loaded = resolve::resolve(parsed, &["_kmod_info"])?;
+    match loaded.globals.get("_kmod_info") {
+        Some(resolve::Global::Defined { obj, sym })
+            if !loaded.objects[*obj].symbols[*sym].is_pext() => {}
+        _ => return Err(LinkError::NoKmodInfo),
+    }
+    x86_64::link(&loaded, min_os, source_version)
+}
