@@ -15,6 +15,7 @@
 //! ARCHITECTURE.md and follows what Apple's ld64 emits for kexts.
 
 pub mod arch;
+pub mod fat;
 pub mod kpi;
 pub mod link;
 pub mod macho;

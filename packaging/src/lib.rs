@@ -8,7 +8,11 @@
 //! - **OSBundleLibraries**: the KPI sets (and versions) the kext links against,
 //!   computed by kextld from its undefined symbols.
 
+pub mod bundle;
+pub mod info_plist;
 pub mod metadata;
 
+pub use bundle::{BundleError, BundleWritten, write_bundle};
+pub use info_plist::InfoPlistError;
 pub use metadata::{KextMetadata, MetadataError};
 pub use kextld::{Arch, MinOs};

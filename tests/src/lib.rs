@@ -41,7 +41,7 @@ pub fn tool_status(program: &str, args: &[&str]) -> (bool, String) {
 pub fn release_bundles() -> &'static [xtask::build::BuiltBundle] {
     static BUILT: OnceLock<Vec<xtask::build::BuiltBundle>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let opts = xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![] };
+        let opts = xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![], target_dir: None };
         match xtask::build::build(&root(), &opts) {
             Ok(b) => b,
             Err(e) => panic!("cargo xtask build --release failed: {e:#}"),

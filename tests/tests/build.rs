@@ -180,11 +180,43 @@ fn a_second_build_rewrites_nothing() {
         .collect();
     let again = xtask::build::build(
         &prx_tests::root(),
-        &xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![] },
+        &xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![], target_dir: None },
     )
     .expect("second build");
     for (b, m) in again.iter().zip(mtimes) {
         assert!(!b.changed, "{} was rewritten", b.path.display());
         assert_eq!(std::fs::metadata(executable_of(&b.path)).unwrap().modified().unwrap(), m);
+    }
+}
+
+/// Two clean builds, each in its own fresh target directory, give bit-identical
+/// kext binaries (and bundles).
+#[test]
+fn two_clean_builds_are_bit_identical() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut digests = Vec::new();
+    for dir in &dirs {
+        let opts = xtask::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec![],
+            target_dir: Some(dir.path().to_path_buf()),
+        };
+        let built = xtask::build::build(&prx_tests::root(), &opts).expect("clean build");
+        let files: Vec<(String, Vec<u8>, Vec<u8>)> = built
+            .iter()
+            .map(|b| {
+                let exe = std::fs::read(executable_of(&b.path)).unwrap();
+                let plist = std::fs::read(b.path.join("Contents/Info.plist")).unwrap();
+                (b.crate_name.clone(), exe, plist)
+            })
+            .collect();
+        digests.push(files);
+    }
+    assert_eq!(digests[0].len(), 2);
+    for (a, b) in digests[0].iter().zip(&digests[1]) {
+        assert_eq!(a.0, b.0);
+        assert!(a.1 == b.1, "{}: executables differ between clean builds", a.0);
+        assert!(a.2 == b.2, "{}: Info.plists differ between clean builds", a.0);
     }
 }

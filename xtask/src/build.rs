@@ -29,6 +29,16 @@ pub struct BuildOptions {
     pub archs: Vec<Arch>,
     /// Kext short names (`socket`, `ip`: crate `kext-<name>`); empty means all.
     pub kexts: Vec<String>,
+    /// Base output directory (kernel builds in `<dir>/kernel`, bundles in
+    /// `<dir>/kext/<profile>`); `None` means the workspace's `target/`.
+    pub target_dir: Option<PathBuf>,
+}
+
+impl BuildOptions {
+    /// The base output directory.
+    pub fn target_dir(&self, root: &Path) -> PathBuf {
+        self.target_dir.clone().unwrap_or_else(|| root.join("target"))
+    }
 }
 
 /// One bundle written (or found up to date).
@@ -54,7 +64,8 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
     root.join("targets").join(format!("{}-apple-macos-kernel.json", arch.name()))
 }
 
-/// The kext crates of the workspace: every package with `[package.metadata.kext]`.
+/// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
+/// its validated `[package.metadata.kext]`.
 pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     let out = Command::new(toolchain::cargo())
         .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
@@ -66,11 +77,18 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
         bail!("cargo metadata failed");
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let names = meta["metadata"]["prx"]["kexts"]
+        .as_array()
+        .context("Cargo.toml: [workspace.metadata.prx] kexts = [...] is missing")?;
     let mut kexts = Vec::new();
-    for pkg in meta["packages"].as_array().into_iter().flatten() {
-        if pkg["metadata"]["kext"].is_null() {
-            continue;
-        }
+    for name in names {
+        let name = name.as_str().context("[workspace.metadata.prx] kexts: not a string")?;
+        let pkg = meta["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .with_context(|| format!("[workspace.metadata.prx] kexts: no workspace package {name:?}"))?;
         let manifest = pkg["manifest_path"].as_str().context("cargo metadata: package without manifest_path")?;
         kexts.push(KextMetadata::load(Path::new(manifest))?);
     }
@@ -78,19 +96,15 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     Ok(kexts)
 }
 
-/// Runs `cargo build` for `packages` on the kernel target of `arch` and returns
-/// each package's staticlib, keyed by package name.
-pub fn build_staticlibs(
-    root: &Path,
-    arch: Arch,
-    min_os: MinOs,
-    release: bool,
-    packages: &[&str],
-) -> Result<BTreeMap<String, PathBuf>> {
+/// A `cargo <subcommand>` (build, clippy, …) set up for the kernel target of
+/// `arch`: build-std, the target spec, the kernel profile, a clean compiler
+/// environment and its own target directory (`<target>/kernel`: build-std
+/// artifacts are unlike any host build's).
+pub fn kernel_cargo(root: &Path, target: &Path, subcommand: &str, arch: Arch, min_os: MinOs, release: bool) -> Command {
     let profile = if release { "kernel-release" } else { "kernel-dev" };
     let mut cmd = Command::new(toolchain::cargo());
     cmd.current_dir(root)
-        .arg("build")
+        .arg(subcommand)
         .args(["--profile", profile])
         .arg("--target")
         .arg(target_spec(root, arch))
@@ -98,24 +112,35 @@ pub fn build_staticlibs(
             "-Zjson-target-spec",
             "-Zbuild-std=core,compiler_builtins",
             "-Zbuild-std-features=compiler-builtins-mem",
-            "--message-format=json-render-diagnostics",
         ])
         .arg("--config")
-        .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"));
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    // Kernel builds get their own target directory (their build-std artifacts are
-    // unlike any host build's) and a clean compiler environment.
-    cmd.env("CARGO_TARGET_DIR", root.join("target/kernel"))
+        .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"))
+        .env("CARGO_TARGET_DIR", target.join("kernel"))
         .env("RUSTC_BOOTSTRAP", "1")
         .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    cmd
+}
+
+/// Runs `cargo build` for `packages` on the kernel target of `arch` and returns
+/// each package's staticlib, keyed by package name.
+pub fn build_staticlibs(
+    root: &Path,
+    target: &Path,
+    arch: Arch,
+    min_os: MinOs,
+    release: bool,
+    packages: &[&str],
+) -> Result<BTreeMap<String, PathBuf>> {
+    let mut cmd = kernel_cargo(root, target, "build", arch, min_os, release);
+    cmd.arg("--message-format=json-render-diagnostics");
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().context("starting cargo build for the kernel target")?;
     let stdout = child.stdout.take().context("cargo build: no stdout")?;
     let mut libs = BTreeMap::new();
@@ -189,6 +214,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         chosen
     };
 
+    let target = opts.target_dir(root);
     let tables = KpiTables::builtin();
     // Per kext: one linked slice per architecture.
     let mut slices: BTreeMap<String, Vec<(Arch, MinOs, kextld::link::Linked)>> = BTreeMap::new();
@@ -200,7 +226,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
         for (min, group) in by_min {
             let names: Vec<&str> = group.iter().map(|k| k.crate_name.as_str()).collect();
-            let libs = build_staticlibs(root, arch, min, opts.release, &names)?;
+            let libs = build_staticlibs(root, &target, arch, min, opts.release, &names)?;
             for k in group {
                 let lib = &libs[&k.crate_name];
                 let linked = kextld::link::link(&kextld::link::LinkOptions {
@@ -215,7 +241,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
     }
 
-    let out_dir = root.join("target/kext").join(if opts.release { "release" } else { "debug" });
+    let out_dir = target.join("kext").join(if opts.release { "release" } else { "debug" });
     let mut built = Vec::new();
     for k in &kexts {
         let Some(parts) = slices.get(&k.crate_name) else { continue };
@@ -226,14 +252,10 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
         check_kmod_identity(k, &report)?;
         let lowest = parts.iter().map(|(_, m, _)| *m).min().unwrap_or(MinOs::X86_64_DEFAULT);
-        let mut libraries = BTreeMap::new();
-        for (arch, min, linked) in parts {
-            let libs = kextld::kpi::os_bundle_libraries(tables, *arch, &linked.undefined, *min)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", k.crate_name))?;
-            for (id, _) in libs {
-                libraries.insert(id, format!("{}.0.0", lowest.darwin_major()));
-            }
-        }
+        let undefined: Vec<(Arch, &[String], MinOs)> =
+            parts.iter().map(|(arch, min, linked)| (*arch, linked.undefined.as_slice(), *min)).collect();
+        let libraries = kextld::kpi::os_bundle_libraries_multi(tables, &undefined)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", k.crate_name))?;
         let plist = packaging::info_plist::generate(k, &libraries, lowest)
             .with_context(|| format!("generating Info.plist for {}", k.crate_name))?;
         let written = packaging::bundle::write_bundle(&out_dir, k, &plist, &executable)
@@ -256,12 +278,15 @@ fn min_os(k: &KextMetadata, arch: Arch) -> MinOs {
     }
 }
 
-/// The bundle executable: the single slice as is (universal binaries come with
-/// the arm64e slice).
+/// The bundle executable: a single slice as is, several as a universal binary.
 fn assemble(parts: &[(Arch, MinOs, kextld::link::Linked)]) -> Result<(Vec<u8>, Vec<Arch>)> {
+    let archs: Vec<Arch> = parts.iter().map(|(a, _, _)| *a).collect();
     match parts {
-        [(arch, _, linked)] => Ok((linked.bytes.clone(), vec![*arch])),
-        _ => bail!("universal binaries are not supported by this build yet"),
+        [(_, _, linked)] => Ok((linked.bytes.clone(), archs)),
+        _ => {
+            let slices: Vec<(Arch, &[u8])> = parts.iter().map(|(a, _, l)| (*a, l.bytes.as_slice())).collect();
+            Ok((kextld::fat::write(&slices)?, archs))
+        }
     }
 }
 
@@ -274,7 +299,7 @@ fn check_kmod_identity(k: &KextMetadata, report: &kextld::verify::Report) -> Res
             bail!(
                 "{}: _kmod_info of the {} slice says {:?} {:?}, but Cargo.toml says {} {}",
                 k.crate_name,
-                slice.arch,
+                slice.arch.map_or("unknown", |a| a.name()),
                 slice.kmod_name,
                 slice.kmod_version,
                 k.bundle_identifier,

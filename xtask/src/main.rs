@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Build { release, archs, kexts } => {
             let started = Instant::now();
-            xtask::build::build(&root, &xtask::build::BuildOptions { release, archs, kexts }).map(|bundles| {
+            xtask::build::build(&root, &xtask::build::BuildOptions { release, archs, kexts, target_dir: None }).map(|bundles| {
                 for b in &bundles {
                     let rel = b.path.strip_prefix(&root).unwrap_or(&b.path);
                     let archs: Vec<&str> = b.archs.iter().map(|a| a.name()).collect();

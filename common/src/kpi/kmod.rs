@@ -24,6 +24,9 @@ pub enum KextError {
 ///
 /// Fails compilation (const evaluation) when `s` does not fit with its NUL or
 /// contains a NUL byte, so a bad bundle identifier never reaches a binary.
+/// Only ever evaluated at compile time (the `kext!` static initialiser), where
+/// indexing and arithmetic cannot reach the kernel: a failure is a build error.
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 pub const fn field64(s: &str) -> [u8; sys::kmod::KMOD_MAX_NAME] {
     let bytes = s.as_bytes();
     let mut out = [0u8; sys::kmod::KMOD_MAX_NAME];
