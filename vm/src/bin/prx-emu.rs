@@ -26,7 +26,10 @@ fn main() -> ExitCode {
             let mut rest: Vec<String> = args.collect();
             let mut timeout = Duration::from_secs(20);
             if let Some(i) = rest.iter().position(|a| a == "--timeout") {
-                let secs = rest.get(i + 1).and_then(|s| s.parse::<f64>().ok()).unwrap_or(20.0);
+                let secs = rest
+                    .get(i + 1)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(20.0);
                 timeout = Duration::from_secs_f64(secs);
                 rest.drain(i..(i + 2).min(rest.len()));
             }
@@ -39,14 +42,21 @@ fn main() -> ExitCode {
             };
             let exe = std::env::current_exe().unwrap_or_else(|_| "prx-emu".into());
             let opts = emu::RunOptions {
-                runner: emu::Runner { program: exe, args: vec!["child".into()] },
+                runner: emu::Runner {
+                    program: exe,
+                    args: vec!["child".into()],
+                },
                 kexts: a.kexts,
                 timeout,
                 faults: a.faults,
             };
             let r = emu::run(&opts, &a.scenario);
             print!("{}", r.render());
-            if r.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if r.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         "symbols" => {
             for (name, _) in emu::abi::symbols() {
@@ -55,7 +65,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: prx-emu run|child --scenario NAME --kext PATH... [--faults PLAN] | prx-emu symbols");
+            eprintln!(
+                "usage: prx-emu run|child --scenario NAME --kext PATH... [--faults PLAN] | prx-emu symbols"
+            );
             ExitCode::from(2)
         }
     }

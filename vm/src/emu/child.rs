@@ -52,7 +52,11 @@ fn put_str(buf: &mut [u8], at: &mut usize, s: &[u8]) {
     }
 }
 
-extern "C" fn on_fatal_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+extern "C" fn on_fatal_signal(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
     // SAFETY: the kernel passes a valid siginfo_t and ucontext_t to an SA_SIGINFO
     // handler. Only async-signal-safe calls follow (write, _exit); the word at the
     // stack pointer is read only when the pointer lies inside the main thread's
@@ -62,8 +66,15 @@ extern "C" fn on_fatal_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx:
         let uc = ctx.cast::<libc::ucontext_t>();
         let rip = (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
         let rsp = (*uc).uc_mcontext.gregs[libc::REG_RSP as usize] as u64;
-        let (lo, hi) = (STACK_LO.load(Ordering::Relaxed), STACK_HI.load(Ordering::Relaxed));
-        let ret = if rsp >= lo && rsp + 8 <= hi && rsp % 8 == 0 { (rsp as *const u64).read() } else { 0 };
+        let (lo, hi) = (
+            STACK_LO.load(Ordering::Relaxed),
+            STACK_HI.load(Ordering::Relaxed),
+        );
+        let ret = if rsp >= lo && rsp + 8 <= hi && rsp.is_multiple_of(8) {
+            (rsp as *const u64).read()
+        } else {
+            0
+        };
         let mut buf = [0u8; 192];
         let mut at = 0;
         put_str(&mut buf, &mut at, b"{\"ev\":\"fault\",\"signal\":");
@@ -97,7 +108,11 @@ pub fn install_fault_handler() {
             0,
         );
         if alt != libc::MAP_FAILED {
-            let ss = libc::stack_t { ss_sp: alt, ss_flags: 0, ss_size: ALT };
+            let ss = libc::stack_t {
+                ss_sp: alt,
+                ss_flags: 0,
+                ss_size: ALT,
+            };
             libc::sigaltstack(&ss, std::ptr::null_mut());
         }
         let mut attr: libc::pthread_attr_t = std::mem::zeroed();
@@ -114,7 +129,13 @@ pub fn install_fault_handler() {
         sa.sa_sigaction = on_fatal_signal as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
         libc::sigemptyset(&mut sa.sa_mask);
-        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP] {
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGTRAP,
+        ] {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }

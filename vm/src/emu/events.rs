@@ -18,15 +18,32 @@ pub enum Event {
     /// A line the kext logged (`printf`/`IOLog`), without its trailing newline.
     Log { text: String },
     /// A kext image was mapped: where, so faults can be mapped back to symbols.
-    Loaded { kext: String, path: String, base: u64, size: u64, stubs: u64, stubs_len: u64, stub_symbols: Vec<String> },
+    Loaded {
+        kext: String,
+        path: String,
+        base: u64,
+        size: u64,
+        stubs: u64,
+        stubs_len: u64,
+        stub_symbols: Vec<String>,
+    },
     /// A kext was unloaded (its image made inaccessible).
     Unloaded { kext: String },
     /// A step of the scenario (kmod start/stop, a callback, a traffic check) and its outcome.
-    Step { what: String, ok: bool, detail: String },
+    Step {
+        what: String,
+        ok: bool,
+        detail: String,
+    },
     /// A ledger or contract violation.
     Violation(Violation),
     /// The child died of a signal while running kext code (written by the signal handler).
-    Fault { signal: i32, addr: u64, rip: u64, ret: u64 },
+    Fault {
+        signal: i32,
+        addr: u64,
+        rip: u64,
+        ret: u64,
+    },
 }
 
 static SINK: Mutex<Option<std::fs::File>> = Mutex::new(None);

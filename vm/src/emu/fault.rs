@@ -27,8 +27,13 @@ pub enum FaultPoint {
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 5] =
-        [FaultPoint::Alloc, FaultPoint::MbufAlloc, FaultPoint::Pullup, FaultPoint::Inject, FaultPoint::CtlEnqueue];
+    pub const ALL: [FaultPoint; 5] = [
+        FaultPoint::Alloc,
+        FaultPoint::MbufAlloc,
+        FaultPoint::Pullup,
+        FaultPoint::Inject,
+        FaultPoint::CtlEnqueue,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -71,18 +76,30 @@ impl FaultPlan {
         for item in text.split([';', ' ']).filter(|s| !s.is_empty()) {
             let (name, rule) = if let Some((n, calls)) = item.split_once('#') {
                 let calls: Result<Vec<u32>, _> = calls.split(',').map(str::parse).collect();
-                (n, Rule::Calls(calls.map_err(|e| format!("fault plan item `{item}`: {e}"))?))
+                (
+                    n,
+                    Rule::Calls(calls.map_err(|e| format!("fault plan item `{item}`: {e}"))?),
+                )
             } else if let Some((n, rest)) = item.split_once('%') {
                 let (rate, seed) = rest.split_once('@').unwrap_or((rest, "0"));
-                let per_mille = rate.parse().map_err(|e| format!("fault plan item `{item}`: {e}"))?;
-                let seed = seed.parse().map_err(|e| format!("fault plan item `{item}`: {e}"))?;
+                let per_mille = rate
+                    .parse()
+                    .map_err(|e| format!("fault plan item `{item}`: {e}"))?;
+                let seed = seed
+                    .parse()
+                    .map_err(|e| format!("fault plan item `{item}`: {e}"))?;
                 (n, Rule::Rate { per_mille, seed })
             } else {
-                return Err(format!("fault plan item `{item}`: expected POINT#N,M or POINT%PER_MILLE@SEED"));
+                return Err(format!(
+                    "fault plan item `{item}`: expected POINT#N,M or POINT%PER_MILLE@SEED"
+                ));
             };
             let point = FaultPoint::parse(name).ok_or_else(|| {
                 let names: Vec<&str> = FaultPoint::ALL.iter().map(|p| p.name()).collect();
-                format!("fault plan item `{item}`: unknown point `{name}` (known: {})", names.join(", "))
+                format!(
+                    "fault plan item `{item}`: unknown point `{name}` (known: {})",
+                    names.join(", ")
+                )
             })?;
             plan.rules.insert(point, rule);
         }
@@ -98,7 +115,10 @@ impl FaultPlan {
             None => false,
             Some(Rule::Calls(calls)) => calls.contains(&n),
             Some(Rule::Rate { per_mille, seed }) => {
-                let state = self.rng.entry(point).or_insert(seed ^ 0x9E37_79B9_7F4A_7C15);
+                let state = self
+                    .rng
+                    .entry(point)
+                    .or_insert(seed ^ 0x9E37_79B9_7F4A_7C15);
                 // xorshift64*: small, seedable, reproducible.
                 *state ^= *state >> 12;
                 *state ^= *state << 25;
@@ -131,7 +151,9 @@ mod tests {
     fn seeded_plan_is_reproducible() {
         let run = || {
             let mut p = FaultPlan::parse("alloc%500@7").unwrap();
-            (0..64).map(|_| p.should_fail(FaultPoint::Alloc)).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| p.should_fail(FaultPoint::Alloc))
+                .collect::<Vec<_>>()
         };
         let a = run();
         assert_eq!(a, run());
@@ -140,7 +162,11 @@ mod tests {
 
     #[test]
     fn bad_plans_are_explained() {
-        assert!(FaultPlan::parse("nosuch#1").unwrap_err().contains("known: alloc"));
+        assert!(
+            FaultPlan::parse("nosuch#1")
+                .unwrap_err()
+                .contains("known: alloc")
+        );
         assert!(FaultPlan::parse("alloc").is_err());
     }
 }

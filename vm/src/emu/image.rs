@@ -8,9 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use object::macho;
-use object::read::macho::{FatArch, MachHeader, MachOFatFile32, MachOFatFile64, Nlist, Section, Segment};
 use object::LittleEndian as LE;
+use object::macho;
+use object::read::macho::{
+    FatArch, MachHeader, MachOFatFile32, MachOFatFile64, Nlist, Section, Segment,
+};
 
 const N_STAB: u8 = 0xe0;
 const N_TYPE: u8 = 0x0e;
@@ -24,7 +26,10 @@ const MH_KEXT_BUNDLE: u32 = 11;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a kext bundle or binary: {why}")]
     Bundle { path: PathBuf, why: String },
     #[error("not a Mach-O file (magic {0:#x})")]
@@ -146,7 +151,10 @@ pub fn resolve_executable(path: &Path) -> Result<PathBuf, ImageError> {
 /// Reads the kext binary at `path` (a bundle directory or a Mach-O file).
 pub fn read(path: &Path) -> Result<KextImage, ImageError> {
     let exe = resolve_executable(path)?;
-    let bytes = std::fs::read(&exe).map_err(|source| ImageError::Read { path: exe.clone(), source })?;
+    let bytes = std::fs::read(&exe).map_err(|source| ImageError::Read {
+        path: exe.clone(),
+        source,
+    })?;
     parse(&bytes)
 }
 
@@ -192,7 +200,10 @@ fn fixed_name(raw: &[u8]) -> String {
 
 fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
     let header = macho::MachHeader64::<LE>::parse(data, 0).map_err(|_| {
-        let magic = data.get(..4).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]])).unwrap_or(0);
+        let magic = data
+            .get(..4)
+            .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]))
+            .unwrap_or(0);
         ImageError::NotMachO(magic)
     })?;
     let e = LE;
@@ -240,8 +251,16 @@ fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
         let table = st.symbols::<macho::MachHeader64<LE>, _>(e, data)?;
         let strings = table.strings();
         for nl in table.iter() {
-            let name = nl.name(e, strings).map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
-            symbols.push(SymbolInfo { name, n_type: nl.n_type().0, n_sect: nl.n_sect(), n_value: nl.n_value(e) });
+            let name = nl
+                .name(e, strings)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default();
+            symbols.push(SymbolInfo {
+                name,
+                n_type: nl.n_type().0,
+                n_sect: nl.n_sect(),
+                n_value: nl.n_value(e),
+            });
         }
     } else {
         return Err(ImageError::Malformed("no LC_SYMTAB".into()));
@@ -253,22 +272,45 @@ fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
         ),
         None => return Err(ImageError::Malformed("no LC_DYSYMTAB".into())),
     };
-    let vm_size = segments.iter().map(|s| s.vmaddr + s.vmsize).max().unwrap_or(0);
+    let vm_size = segments
+        .iter()
+        .map(|s| s.vmaddr + s.vmsize)
+        .max()
+        .unwrap_or(0);
     // The loader maps segments at their vmaddr offsets: refuse overlapping or
     // out-of-file segments here, so the loader can copy without further checks.
     for s in &segments {
         if s.filesize > s.vmsize {
-            return Err(ImageError::Malformed(format!("segment {} has filesize > vmsize", s.name)));
+            return Err(ImageError::Malformed(format!(
+                "segment {} has filesize > vmsize",
+                s.name
+            )));
         }
-        let end = s.fileoff.checked_add(s.filesize).filter(|&end| end <= data.len() as u64);
+        let end = s
+            .fileoff
+            .checked_add(s.filesize)
+            .filter(|&end| end <= data.len() as u64);
         if end.is_none() {
-            return Err(ImageError::Malformed(format!("segment {} extends past the end of the file", s.name)));
+            return Err(ImageError::Malformed(format!(
+                "segment {} extends past the end of the file",
+                s.name
+            )));
         }
     }
     if vm_size > (1 << 30) {
-        return Err(ImageError::Malformed(format!("image of {vm_size} bytes is implausibly large")));
+        return Err(ImageError::Malformed(format!(
+            "image of {vm_size} bytes is implausibly large"
+        )));
     }
-    Ok(KextImage { bytes: data.to_vec(), segments, sections, symbols, local_relocs, external_relocs, vm_size })
+    Ok(KextImage {
+        bytes: data.to_vec(),
+        segments,
+        sections,
+        symbols,
+        local_relocs,
+        external_relocs,
+        vm_size,
+    })
 }
 
 fn read_relocs(data: &[u8], off: u32, n: u32) -> Result<Vec<Reloc>, ImageError> {
@@ -279,7 +321,11 @@ fn read_relocs(data: &[u8], off: u32, n: u32) -> Result<Vec<Reloc>, ImageError> 
     let end = start
         .checked_add(n as usize * 8)
         .filter(|&end| end <= data.len())
-        .ok_or_else(|| ImageError::Malformed(format!("relocation table at {off:#x} (+{n} entries) past end of file")))?;
+        .ok_or_else(|| {
+            ImageError::Malformed(format!(
+                "relocation table at {off:#x} (+{n} entries) past end of file"
+            ))
+        })?;
     Ok(data[start..end]
         .chunks_exact(8)
         .map(|c| {
@@ -300,12 +346,19 @@ fn read_relocs(data: &[u8], off: u32, n: u32) -> Result<Vec<Reloc>, ImageError> 
 impl KextImage {
     /// The symbol `name` (Mach-O spelling, with the leading `_`) defined in a section.
     pub fn defined(&self, name: &str) -> Option<&SymbolInfo> {
-        self.symbols.iter().find(|s| s.is_section() && s.name == name)
+        self.symbols
+            .iter()
+            .find(|s| s.is_section() && s.name == name)
     }
 
     /// Names of undefined symbols, sorted and deduplicated.
     pub fn undefined(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.symbols.iter().filter(|s| s.is_undefined()).map(|s| s.name.clone()).collect();
+        let mut v: Vec<String> = self
+            .symbols
+            .iter()
+            .filter(|s| s.is_undefined())
+            .map(|s| s.name.clone())
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -313,12 +366,16 @@ impl KextImage {
 
     /// The segment holding unslid address `addr`, as kxld's `get_seg_by_base_addr`.
     pub fn segment_at(&self, addr: u64) -> Option<&SegmentInfo> {
-        self.segments.iter().find(|s| s.vmaddr <= addr && addr < s.vmaddr + s.vmsize)
+        self.segments
+            .iter()
+            .find(|s| s.vmaddr <= addr && addr < s.vmaddr + s.vmsize)
     }
 
     /// The section holding unslid address `addr`.
     pub fn section_at(&self, addr: u64) -> Option<&SectionInfo> {
-        self.sections.iter().find(|s| s.addr <= addr && addr < s.addr + s.size)
+        self.sections
+            .iter()
+            .find(|s| s.addr <= addr && addr < s.addr + s.size)
     }
 
     /// The nearest defined symbol at or before unslid address `addr`, with the offset.
@@ -342,7 +399,10 @@ mod tests {
 
     #[test]
     fn rejects_non_macho() {
-        assert!(matches!(parse(b"\x7fELF\x02\x01\x01\0"), Err(ImageError::NotMachO(_))));
+        assert!(matches!(
+            parse(b"\x7fELF\x02\x01\x01\0"),
+            Err(ImageError::NotMachO(_))
+        ));
         assert!(matches!(parse(b""), Err(ImageError::NotMachO(0))));
     }
 
@@ -354,7 +414,17 @@ mod tests {
         raw.extend_from_slice(&0x10u32.to_le_bytes());
         raw.extend_from_slice(&word.to_le_bytes());
         let r = read_relocs(&raw, 0, 1).unwrap();
-        assert_eq!(r[0], Reloc { address: 0x10, symbolnum: 3, pcrel: true, length: 2, is_extern: true, kind: 2 });
+        assert_eq!(
+            r[0],
+            Reloc {
+                address: 0x10,
+                symbolnum: 3,
+                pcrel: true,
+                length: 2,
+                is_extern: true,
+                kind: 2
+            }
+        );
         assert!(read_relocs(&raw, 4, 1).is_err());
     }
 }

@@ -19,7 +19,13 @@ impl IpfFilter {
             a.copy_from_slice(&b[o..o + 8]);
             u64::from_le_bytes(a)
         };
-        IpfFilter { cookie: q(0), name: q(8), input: q(16), output: q(24), detach: q(32) }
+        IpfFilter {
+            cookie: q(0),
+            name: q(8),
+            input: q(16),
+            output: q(24),
+            detach: q(32),
+        }
     }
 }
 
@@ -48,6 +54,9 @@ pub struct IpFilters {
 
 impl IpFilters {
     pub fn live(&self) -> Vec<&IpfReg> {
-        self.regs.iter().filter(|r| r.state != IpfState::Detached).collect()
+        self.regs
+            .iter()
+            .filter(|r| r.state != IpfState::Detached)
+            .collect()
     }
 }

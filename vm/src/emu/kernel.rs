@@ -128,7 +128,11 @@ pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
 /// Replaces the kernel state with a fresh one (a new scenario).
 pub fn reset(faults: FaultPlan) {
     with(|k| {
-        *k = Kernel { faults, clock_ns: 1_000_000_000, ..Kernel::default() };
+        *k = Kernel {
+            faults,
+            clock_ns: 1_000_000_000,
+            ..Kernel::default()
+        };
     });
 }
 
@@ -140,22 +144,34 @@ impl Kernel {
 
     /// The innermost running entry point or callback.
     pub fn during(&self) -> String {
-        self.context.last().cloned().unwrap_or_else(|| "emulator".into())
+        self.context
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "emulator".into())
     }
 
     pub fn violation(&mut self, rule: &str, detail: impl Into<String>) {
-        let v = Violation { rule: rule.into(), during: self.during(), detail: detail.into() };
+        let v = Violation {
+            rule: rule.into(),
+            during: self.during(),
+            detail: detail.into(),
+        };
         events::emit(&Event::Violation(v.clone()));
         self.violations.push(v);
     }
 
     pub fn log_line(&mut self, text: &str) {
-        events::emit(&Event::Log { text: text.to_string() });
+        events::emit(&Event::Log {
+            text: text.to_string(),
+        });
         self.log.push(text.to_string());
     }
 
     pub fn record(&mut self, what: impl Into<String>, result: i64) {
-        self.trace.push(Call { what: what.into(), result });
+        self.trace.push(Call {
+            what: what.into(),
+            result,
+        });
     }
 
     /// Whether `addr` is inside a loaded kext's executable segment.
@@ -167,7 +183,8 @@ impl Kernel {
 
     pub fn note_alloc(&mut self, addr: u64, size: usize, via: &'static str) {
         let during = self.during();
-        self.allocations.insert(addr, Allocation { size, via, during });
+        self.allocations
+            .insert(addr, Allocation { size, via, during });
     }
 
     /// Records a free of `addr`; `size` is checked when the KPI passes one.
@@ -177,13 +194,21 @@ impl Kernel {
                 if let Some(s) = size.filter(|&s| s != a.size) {
                     self.violation(
                         "free-size-mismatch",
-                        format!("{via}({addr:#x}, {s}) but {} allocated {} bytes", a.via, a.size),
+                        format!(
+                            "{via}({addr:#x}, {s}) but {} allocated {} bytes",
+                            a.via, a.size
+                        ),
                     );
                 }
                 true
             }
             None => {
-                self.violation("free-unknown", format!("{via}({addr:#x}): not a live allocation (double free or foreign pointer)"));
+                self.violation(
+                    "free-unknown",
+                    format!(
+                        "{via}({addr:#x}): not a live allocation (double free or foreign pointer)"
+                    ),
+                );
                 false
             }
         }
@@ -193,25 +218,42 @@ impl Kernel {
 
     pub fn new_lock(&mut self, kind: Kind) -> u64 {
         let id = self.new_id();
-        self.locks.insert(id, Lock { kind, state: LockState::Free, readers: 0 });
+        self.locks.insert(
+            id,
+            Lock {
+                kind,
+                state: LockState::Free,
+                readers: 0,
+            },
+        );
         handle(kind, id)
     }
 
     fn lock_mut(&mut self, h: u64, kind: Kind, op: &str) -> Option<u64> {
         let id = unhandle(h, kind).filter(|id| self.locks.contains_key(id));
         if id.is_none() {
-            self.violation("lock-bad-handle", format!("{op}({h:#x}): not a {kind:?} made by the KPI"));
+            self.violation(
+                "lock-bad-handle",
+                format!("{op}({h:#x}): not a {kind:?} made by the KPI"),
+            );
         }
         id
     }
 
     pub fn lock_acquire(&mut self, h: u64, kind: Kind, exclusive: bool, op: &str) -> bool {
-        let Some(id) = self.lock_mut(h, kind, op) else { return false };
+        let Some(id) = self.lock_mut(h, kind, op) else {
+            return false;
+        };
         let during = self.during();
-        let Some(l) = self.locks.get_mut(&id) else { return false };
+        let Some(l) = self.locks.get_mut(&id) else {
+            return false;
+        };
         match l.state.clone() {
             LockState::Destroyed => {
-                self.violation("lock-use-after-free", format!("{op}: {kind:?} #{id} was freed"));
+                self.violation(
+                    "lock-use-after-free",
+                    format!("{op}: {kind:?} #{id} was freed"),
+                );
                 false
             }
             LockState::Held { during: held, .. } => {
@@ -237,29 +279,47 @@ impl Kernel {
     }
 
     pub fn lock_release(&mut self, h: u64, kind: Kind, op: &str) {
-        let Some(id) = self.lock_mut(h, kind, op) else { return };
-        let Some(l) = self.locks.get_mut(&id) else { return };
+        let Some(id) = self.lock_mut(h, kind, op) else {
+            return;
+        };
+        let Some(l) = self.locks.get_mut(&id) else {
+            return;
+        };
         match l.state {
             LockState::Held { .. } => l.state = LockState::Free,
             LockState::Free if l.readers > 0 => l.readers -= 1,
-            LockState::Free => self.violation("lock-not-held", format!("{op}: {kind:?} #{id} is not held")),
-            LockState::Destroyed => self.violation("lock-use-after-free", format!("{op}: {kind:?} #{id} was freed")),
+            LockState::Free => {
+                self.violation("lock-not-held", format!("{op}: {kind:?} #{id} is not held"))
+            }
+            LockState::Destroyed => self.violation(
+                "lock-use-after-free",
+                format!("{op}: {kind:?} #{id} was freed"),
+            ),
         }
     }
 
     pub fn lock_free(&mut self, h: u64, kind: Kind, op: &str) {
-        let Some(id) = self.lock_mut(h, kind, op) else { return };
-        let Some(l) = self.locks.get_mut(&id) else { return };
+        let Some(id) = self.lock_mut(h, kind, op) else {
+            return;
+        };
+        let Some(l) = self.locks.get_mut(&id) else {
+            return;
+        };
         let was = std::mem::replace(&mut l.state, LockState::Destroyed);
         let readers = l.readers;
         match was {
-            LockState::Destroyed => self.violation("lock-double-free", format!("{op}: {kind:?} #{id} was already freed")),
-            LockState::Held { during, .. } => {
-                self.violation("lock-freed-while-held", format!("{op}: {kind:?} #{id} freed while held (taken in {during})"))
-            }
-            LockState::Free if readers > 0 => {
-                self.violation("lock-freed-while-held", format!("{op}: {kind:?} #{id} freed with {readers} reader(s)"))
-            }
+            LockState::Destroyed => self.violation(
+                "lock-double-free",
+                format!("{op}: {kind:?} #{id} was already freed"),
+            ),
+            LockState::Held { during, .. } => self.violation(
+                "lock-freed-while-held",
+                format!("{op}: {kind:?} #{id} freed while held (taken in {during})"),
+            ),
+            LockState::Free if readers > 0 => self.violation(
+                "lock-freed-while-held",
+                format!("{op}: {kind:?} #{id} freed with {readers} reader(s)"),
+            ),
             LockState::Free => {}
         }
     }
@@ -269,8 +329,12 @@ impl Kernel {
         self.locks
             .iter()
             .filter_map(|(id, l)| match &l.state {
-                LockState::Held { during, .. } => Some(format!("{:?} #{id} (taken in {during})", l.kind)),
-                LockState::Free if l.readers > 0 => Some(format!("{:?} #{id} ({} reader(s))", l.kind, l.readers)),
+                LockState::Held { during, .. } => {
+                    Some(format!("{:?} #{id} (taken in {during})", l.kind))
+                }
+                LockState::Free if l.readers > 0 => {
+                    Some(format!("{:?} #{id} ({} reader(s))", l.kind, l.readers))
+                }
                 _ => None,
             })
             .collect()
@@ -291,7 +355,10 @@ impl Kernel {
 pub fn check_return(k: &mut Kernel, what: &str) {
     let held = k.held_locks();
     if !held.is_empty() {
-        k.violation("lock-held-on-return", format!("{what} returned with {} held", held.join(", ")));
+        k.violation(
+            "lock-held-on-return",
+            format!("{what} returned with {} held", held.join(", ")),
+        );
         // Release them so one mistake is reported once, not at every later return.
         for l in k.locks.values_mut() {
             if matches!(l.state, LockState::Held { .. }) {
@@ -312,7 +379,10 @@ mod tests {
         assert_eq!(unhandle(h, Kind::Mbuf), Some(42));
         assert_eq!(unhandle(h, Kind::Socket), None);
         assert_eq!(unhandle(0x7fff_0000_1000, Kind::Mbuf), None);
-        assert!(h >> 47 != 0 && h >> 47 != 0x1ffff, "must not be a canonical user or kernel address");
+        assert!(
+            h >> 47 != 0 && h >> 47 != 0x1ffff,
+            "must not be a canonical user or kernel address"
+        );
     }
 
     #[test]
@@ -328,7 +398,15 @@ mod tests {
             assert!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
             k.lock_free(m, Kind::Mutex, "lck_mtx_free");
             let rules: Vec<&str> = k.violations.iter().map(|v| v.rule.as_str()).collect();
-            assert_eq!(rules, ["lock-recursion", "lock-held-on-return", "lock-not-held", "lock-freed-while-held"]);
+            assert_eq!(
+                rules,
+                [
+                    "lock-recursion",
+                    "lock-held-on-return",
+                    "lock-not-held",
+                    "lock-freed-while-held"
+                ]
+            );
         });
     }
 

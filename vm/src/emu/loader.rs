@@ -85,10 +85,17 @@ fn cstr_field(bytes: &[u8]) -> String {
 /// Maps `image`, binds its undefined symbols with `host` (name → host address),
 /// applies the relocations and fills in `kmod_info` (`load_tag` as its id). The
 /// code is executable afterwards but nothing has run yet.
-pub fn load(image: KextImage, host: &dyn Fn(&str) -> Option<u64>, load_tag: i32) -> Result<LoadedKext, LoadError> {
+pub fn load(
+    image: KextImage,
+    host: &dyn Fn(&str) -> Option<u64>,
+    load_tag: i32,
+) -> Result<LoadedKext, LoadError> {
     let size = round_up(image.vm_size.max(PAGE));
     let undefined = image.undefined();
-    let bound: Vec<(String, u64)> = undefined.iter().filter_map(|n| host(n).map(|a| (n.clone(), a))).collect();
+    let bound: Vec<(String, u64)> = undefined
+        .iter()
+        .filter_map(|n| host(n).map(|a| (n.clone(), a)))
+        .collect();
     let stubs_len = round_up((bound.len() as u64 * STUB_SIZE).max(1));
     let mapping_len = size + stubs_len;
 
@@ -105,7 +112,10 @@ pub fn load(image: KextImage, host: &dyn Fn(&str) -> Option<u64>, load_tag: i32)
         )
     };
     if base == libc::MAP_FAILED {
-        return Err(LoadError::Map { size: mapping_len, err: std::io::Error::last_os_error() });
+        return Err(LoadError::Map {
+            size: mapping_len,
+            err: std::io::Error::last_os_error(),
+        });
     }
     let base_addr = base as u64;
     let mut kext = LoadedKext {
@@ -127,7 +137,8 @@ pub fn load(image: KextImage, host: &dyn Fn(&str) -> Option<u64>, load_tag: i32)
 
     // SAFETY: `base` is a fresh read-write mapping of `mapping_len` bytes that only
     // this function references until it returns.
-    let mem: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(base as *mut u8, mapping_len as usize) };
+    let mem: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(base as *mut u8, mapping_len as usize) };
     let (img_mem, stub_mem) = mem.split_at_mut(size as usize);
 
     for seg in &kext.image.segments {
@@ -143,14 +154,29 @@ pub fn load(image: KextImage, host: &dyn Fn(&str) -> Option<u64>, load_tag: i32)
         stub[..6].copy_from_slice(&[0xFF, 0x25, 0, 0, 0, 0]);
         stub[6..14].copy_from_slice(&addr.to_le_bytes());
         stub[14..16].copy_from_slice(&[0xCC, 0xCC]);
-        bindings.insert(name.clone(), Binding { absolute: *addr, branch: kext.stubs + off as u64 });
+        bindings.insert(
+            name.clone(),
+            Binding {
+                absolute: *addr,
+                branch: kext.stubs + off as u64,
+            },
+        );
     }
-    reloc::apply(&kext.image, img_mem, base_addr, &|n| bindings.get(n).copied())?;
+    reloc::apply(&kext.image, img_mem, base_addr, &|n| {
+        bindings.get(n).copied()
+    })?;
 
     // kmod_info, as OSKext::load fills it in before calling start.
-    let ki = kext.image.defined("_kmod_info").ok_or(LoadError::NoKmodInfo)?.n_value;
+    let ki = kext
+        .image
+        .defined("_kmod_info")
+        .ok_or(LoadError::NoKmodInfo)?
+        .n_value;
     let ki_end = ki + kmod_info::LEN as u64;
-    let ok = kext.image.segment_at(ki).is_some_and(|s| ki_end <= s.vmaddr + s.filesize.max(s.vmsize));
+    let ok = kext
+        .image
+        .segment_at(ki)
+        .is_some_and(|s| ki_end <= s.vmaddr + s.filesize.max(s.vmsize));
     if !ok || ki_end > size {
         return Err(LoadError::KmodInfoOutside(ki));
     }
@@ -170,7 +196,8 @@ pub fn load(image: KextImage, host: &dyn Fn(&str) -> Option<u64>, load_tag: i32)
     kext.start = rd64(k, kmod_info::START);
     kext.stop = rd64(k, kmod_info::STOP);
     k[kmod_info::ID..kmod_info::ID + 4].copy_from_slice(&load_tag.to_le_bytes());
-    k[kmod_info::REFERENCE_COUNT..kmod_info::REFERENCE_COUNT + 4].copy_from_slice(&0i32.to_le_bytes());
+    k[kmod_info::REFERENCE_COUNT..kmod_info::REFERENCE_COUNT + 4]
+        .copy_from_slice(&0i32.to_le_bytes());
     k[kmod_info::ADDRESS..kmod_info::ADDRESS + 8].copy_from_slice(&base_addr.to_le_bytes());
     k[kmod_info::SIZE..kmod_info::SIZE + 8].copy_from_slice(&size.to_le_bytes());
     kext.kmod_info = base_addr + ki;
@@ -251,21 +278,28 @@ impl LoadedKext {
 
     /// Calls a kmod entry point (`start`/`stop`): `kern_return_t (*)(kmod_info_t *, void *)`.
     pub fn call_entry(&self, addr: u64) -> i32 {
-        assert!(self.contains_code(addr) && !self.unloaded, "entry point outside the loaded kext's code");
+        assert!(
+            self.contains_code(addr) && !self.unloaded,
+            "entry point outside the loaded kext's code"
+        );
         // SAFETY: `addr` is inside the kext's executable segment (asserted), the
         // image is relocated and bound, and kmod entry points have this C
         // signature (the SysV ABI matches macOS x86_64 for these arguments). What
         // the kext code does is its own: faults end the child process, which is
         // why scenarios run in one.
         unsafe {
-            let f: extern "C" fn(*mut c_void, *mut c_void) -> i32 = std::mem::transmute(addr as usize);
+            let f: extern "C" fn(*mut c_void, *mut c_void) -> i32 =
+                std::mem::transmute(addr as usize);
             f(self.kmod_info as *mut c_void, std::ptr::null_mut())
         }
     }
 
     /// Calls a static initialiser/terminator: `void (*)(void)`.
     pub fn call_void(&self, addr: u64) {
-        assert!(self.contains_code(addr) && !self.unloaded, "initialiser outside the loaded kext's code");
+        assert!(
+            self.contains_code(addr) && !self.unloaded,
+            "initialiser outside the loaded kext's code"
+        );
         // SAFETY: as in `call_entry`; `__mod_init_func` entries take no arguments.
         unsafe {
             let f: extern "C" fn() = std::mem::transmute(addr as usize);
@@ -281,16 +315,33 @@ impl LoadedKext {
 
     /// Maps a slid address to `symbol+offset` in the kext, or names the stub.
     pub fn describe(&self, addr: u64) -> Option<String> {
-        describe(&self.image, self.base, self.size, self.stubs, &self.stub_symbols, addr)
+        describe(
+            &self.image,
+            self.base,
+            self.size,
+            self.stubs,
+            &self.stub_symbols,
+            addr,
+        )
     }
 }
 
 /// Maps a slid address to `symbol+offset` in a kext image mapped at `base`, or to
 /// the jump stub of a bound symbol.
-pub fn describe(image: &KextImage, base: u64, size: u64, stubs: u64, stub_symbols: &[String], addr: u64) -> Option<String> {
+pub fn describe(
+    image: &KextImage,
+    base: u64,
+    size: u64,
+    stubs: u64,
+    stub_symbols: &[String],
+    addr: u64,
+) -> Option<String> {
     if addr >= base && addr < base + size {
         let off = addr - base;
-        let seg = image.segment_at(off).map(|s| s.name.clone()).unwrap_or_else(|| "?".into());
+        let seg = image
+            .segment_at(off)
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| "?".into());
         return Some(match image.symbolize(off) {
             Some((sym, d)) => format!("{sym}+{d:#x} ({seg}, image offset {off:#x})"),
             None => format!("image offset {off:#x} ({seg})"),

@@ -7,12 +7,20 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
     /// The kext holds it: it allocated it, or took it with `EJUSTRETURN`.
-    Kext { since: String },
+    Kext {
+        since: String,
+    },
     /// The emulated stack holds it (it may be lent to a callback).
     Stack,
-    Freed { during: String, by: String },
+    Freed {
+        during: String,
+        by: String,
+    },
     /// Ownership moved to the stack by an injection KPI, which consumed it.
-    Consumed { during: String, by: String },
+    Consumed {
+        during: String,
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]

@@ -68,7 +68,12 @@ impl ChildArgs {
 pub fn child_main(args: &ChildArgs) -> i32 {
     child::stream_events_to_stdout();
     child::install_fault_handler();
-    let plan = match args.faults.as_deref().map(fault::FaultPlan::parse).transpose() {
+    let plan = match args
+        .faults
+        .as_deref()
+        .map(fault::FaultPlan::parse)
+        .transpose()
+    {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => {
             eprintln!("{e}");

@@ -92,11 +92,16 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
     if let Some(f) = &opts.faults {
         cmd.arg("--faults").arg(f);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut proc = match cmd.spawn() {
         Ok(p) => p,
         Err(e) => {
-            report.failures.push(format!("cannot start {}: {e}", opts.runner.program.display()));
+            report.failures.push(format!(
+                "cannot start {}: {e}",
+                opts.runner.program.display()
+            ));
             return report;
         }
     };
@@ -140,12 +145,22 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
     let mut mapped: Vec<Mapped> = Vec::new();
     for line in rx.try_iter() {
         let Ok(ev) = serde_json::from_str::<Event>(&line) else {
-            report.failures.push(format!("unreadable event from the scenario process: {line}"));
+            report.failures.push(format!(
+                "unreadable event from the scenario process: {line}"
+            ));
             continue;
         };
         match ev {
             Event::Log { text } => report.log.push(text),
-            Event::Loaded { kext, path, base, size, stubs, stub_symbols, .. } => mapped.push(Mapped {
+            Event::Loaded {
+                kext,
+                path,
+                base,
+                size,
+                stubs,
+                stub_symbols,
+                ..
+            } => mapped.push(Mapped {
                 kext,
                 image: image::read(Path::new(&path)).ok(),
                 base,
@@ -166,10 +181,17 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
                 report.steps.push(StepReport { what, ok, detail });
             }
             Event::Violation(v) => {
-                report.failures.push(format!("[{}] during {}: {}", v.rule, v.during, v.detail));
+                report
+                    .failures
+                    .push(format!("[{}] during {}: {}", v.rule, v.during, v.detail));
                 report.violations.push(v);
             }
-            Event::Fault { signal, addr, rip, ret } => {
+            Event::Fault {
+                signal,
+                addr,
+                rip,
+                ret,
+            } => {
                 let f = describe_fault(&mapped, signal, addr, rip, ret);
                 report.failures.push(f.clone());
                 report.fault = Some(f);
@@ -184,20 +206,33 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
     } else {
         match status.and_then(|s| s.code()) {
             Some(child::EXIT_DONE) | Some(child::EXIT_FAULT) => {}
-            Some(child::EXIT_PANIC) => report.failures.push("the kext called panic(): the kernel would have panicked".into()),
-            Some(child::EXIT_SETUP) => report.failures.push(format!("scenario could not be set up: {}", report.stderr.trim())),
-            Some(c) => report.failures.push(format!("scenario process exited with status {c}: {}", report.stderr.trim())),
+            Some(child::EXIT_PANIC) => report
+                .failures
+                .push("the kext called panic(): the kernel would have panicked".into()),
+            Some(child::EXIT_SETUP) => report.failures.push(format!(
+                "scenario could not be set up: {}",
+                report.stderr.trim()
+            )),
+            Some(c) => report.failures.push(format!(
+                "scenario process exited with status {c}: {}",
+                report.stderr.trim()
+            )),
             None => {
                 use std::os::unix::process::ExitStatusExt;
                 let sig = status.and_then(|s| s.signal()).unwrap_or(0);
                 if report.fault.is_none() {
-                    report.failures.push(format!("scenario process killed by signal {sig} ({})", signal_name(sig)));
+                    report.failures.push(format!(
+                        "scenario process killed by signal {sig} ({})",
+                        signal_name(sig)
+                    ));
                 }
             }
         }
     }
     if report.steps.is_empty() && report.failures.is_empty() {
-        report.failures.push("the scenario process reported nothing".into());
+        report
+            .failures
+            .push("the scenario process reported nothing".into());
     }
     report.passed = report.failures.is_empty();
     report.duration = started.elapsed();
@@ -222,12 +257,17 @@ fn where_is(mapped: &[Mapped], addr: u64) -> String {
         if let Some(img) = &m.image
             && let Some(d) = loader::describe(img, m.base, m.size, m.stubs, &m.stub_symbols, addr)
         {
-            let gone = if m.unloaded { ", after it was unloaded" } else { "" };
+            let gone = if m.unloaded {
+                ", after it was unloaded"
+            } else {
+                ""
+            };
             return format!("{d} in {}{gone}", m.kext);
         }
     }
     if addr >> 48 == 0xE000 {
-        return "an opaque KPI handle (mbuf_t, socket_t, lock…): the kext dereferenced a handle".into();
+        return "an opaque KPI handle (mbuf_t, socket_t, lock…): the kext dereferenced a handle"
+            .into();
     }
     if addr < 4096 {
         return "a NULL pointer (page zero)".into();
@@ -236,10 +276,20 @@ fn where_is(mapped: &[Mapped], addr: u64) -> String {
 }
 
 fn describe_fault(mapped: &[Mapped], signal: i32, addr: u64, rip: u64, ret: u64) -> String {
-    let mut s = format!("{} at address {addr:#x} ({}); instruction pointer {rip:#x} ({})", signal_name(signal), where_is(mapped, addr), where_is(mapped, rip));
-    let rip_in_kext = mapped.iter().any(|m| rip >= m.base && rip < m.base + m.size);
+    let mut s = format!(
+        "{} at address {addr:#x} ({}); instruction pointer {rip:#x} ({})",
+        signal_name(signal),
+        where_is(mapped, addr),
+        where_is(mapped, rip)
+    );
+    let rip_in_kext = mapped
+        .iter()
+        .any(|m| rip >= m.base && rip < m.base + m.size);
     if !rip_in_kext && ret != 0 {
-        s.push_str(&format!("; return address on the stack {ret:#x} ({})", where_is(mapped, ret)));
+        s.push_str(&format!(
+            "; return address on the stack {ret:#x} ({})",
+            where_is(mapped, ret)
+        ));
     }
     s
 }
@@ -258,7 +308,12 @@ impl ScenarioReport {
             s.push_str(&format!("  failure: {f}\n"));
         }
         for st in &self.steps {
-            s.push_str(&format!("  {} {}: {}\n", if st.ok { "ok  " } else { "FAIL" }, st.what, st.detail));
+            s.push_str(&format!(
+                "  {} {}: {}\n",
+                if st.ok { "ok  " } else { "FAIL" },
+                st.what,
+                st.detail
+            ));
         }
         if self.log.is_empty() {
             s.push_str("  kext log: (empty)\n");
@@ -306,7 +361,10 @@ pub fn junit(reports: &[ScenarioReport]) -> String {
                 esc(&r.failures.join("\n"))
             ));
         }
-        s.push_str(&format!("    <system-out>{}</system-out>\n  </testcase>\n", esc(&r.render())));
+        s.push_str(&format!(
+            "    <system-out>{}</system-out>\n  </testcase>\n",
+            esc(&r.render())
+        ));
     }
     s.push_str("</testsuite>\n");
     s

@@ -13,9 +13,18 @@ use super::traffic;
 
 /// The scenarios the emu backend knows, with a one-line description.
 pub const SCENARIOS: &[(&str, &str)] = &[
-    ("load-unload", "load every kext, run its start routine, then stop (retrying while busy) and unload it; check the ledgers"),
-    ("socket-connect", "load-unload, plus: a TCP connection on loopback through the registered socket filters (connect_out may rewrite the destination; the real connect goes where the filter says), data both ways"),
-    ("ip-tcp", "load-unload, plus: a TCP handshake and data transfer between two smoltcp stacks, every packet through the registered IP filters (ipf_output, ipf_input)"),
+    (
+        "load-unload",
+        "load every kext, run its start routine, then stop (retrying while busy) and unload it; check the ledgers",
+    ),
+    (
+        "socket-connect",
+        "load-unload, plus: a TCP connection on loopback through the registered socket filters (connect_out may rewrite the destination; the real connect goes where the filter says), data both ways",
+    ),
+    (
+        "ip-tcp",
+        "load-unload, plus: a TCP handshake and data transfer between two smoltcp stacks, every packet through the registered IP filters (ipf_output, ipf_input)",
+    ),
 ];
 
 /// How many times the emulator calls a stop routine that returns busy, delivering
@@ -23,7 +32,11 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 const STOP_ATTEMPTS: u32 = 8;
 
 pub fn step(what: impl Into<String>, ok: bool, detail: impl Into<String>) {
-    events::emit(&Event::Step { what: what.into(), ok, detail: detail.into() });
+    events::emit(&Event::Step {
+        what: what.into(),
+        ok,
+        detail: detail.into(),
+    });
 }
 
 /// A loaded kext in the scenario.
@@ -38,7 +51,10 @@ pub struct Kext {
 pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, String> {
     if !SCENARIOS.iter().any(|(n, _)| *n == name) {
         let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
-        return Err(format!("unknown scenario `{name}` (known: {})", names.join(", ")));
+        return Err(format!(
+            "unknown scenario `{name}` (known: {})",
+            names.join(", ")
+        ));
     }
     kernel::reset(faults);
     let mut ok = true;
@@ -71,7 +87,11 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
 fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
     let img = image::read(path).map_err(|e| e.to_string())?;
     let kext = loader::load(img, &abi::lookup, tag).map_err(|e| e.to_string())?;
-    let label = if kext.name.is_empty() { path.display().to_string() } else { kext.name.clone() };
+    let label = if kext.name.is_empty() {
+        path.display().to_string()
+    } else {
+        kext.name.clone()
+    };
     events::emit(&Event::Loaded {
         kext: label.clone(),
         path: path.display().to_string(),
@@ -98,20 +118,36 @@ fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
         ),
     );
     for init in kext.initialisers("__mod_init_func") {
-        abi::invoke(init, &format!("static initialiser of {label}"), || kext.call_void(init));
+        abi::invoke(init, &format!("static initialiser of {label}"), || {
+            kext.call_void(init)
+        });
     }
     if kext.start == 0 {
         step(format!("start {label}"), true, "no start routine");
-        return Ok(Some(Kext { loaded: kext, label, started: true }));
+        return Ok(Some(Kext {
+            loaded: kext,
+            label,
+            started: true,
+        }));
     }
-    let r = abi::invoke(kext.start, &format!("start {label}"), || kext.call_entry(kext.start));
+    let r = abi::invoke(kext.start, &format!("start {label}"), || {
+        kext.call_entry(kext.start)
+    });
     match r {
         Some(0) => {
             step(format!("start {label}"), true, "returned KERN_SUCCESS");
-            Ok(Some(Kext { loaded: kext, label, started: true }))
+            Ok(Some(Kext {
+                loaded: kext,
+                label,
+                started: true,
+            }))
         }
         Some(r) => {
-            step(format!("start {label}"), false, format!("returned {r}; the kernel unloads the kext without calling stop"));
+            step(
+                format!("start {label}"),
+                false,
+                format!("returned {r}; the kernel unloads the kext without calling stop"),
+            );
             deliver_all();
             check_nothing_registered(&kext, &label, "start failed");
             Ok(None)
@@ -136,10 +172,16 @@ fn stop_and_unload(k: &mut Kext) -> bool {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let r = abi::invoke(k.loaded.stop, &format!("stop {label}"), || k.loaded.call_entry(k.loaded.stop));
+            let r = abi::invoke(k.loaded.stop, &format!("stop {label}"), || {
+                k.loaded.call_entry(k.loaded.stop)
+            });
             match r {
                 Some(0) => {
-                    step(format!("stop {label}"), true, format!("returned KERN_SUCCESS (attempt {attempt})"));
+                    step(
+                        format!("stop {label}"),
+                        true,
+                        format!("returned KERN_SUCCESS (attempt {attempt})"),
+                    );
                     break;
                 }
                 Some(r) => {
@@ -147,14 +189,18 @@ fn stop_and_unload(k: &mut Kext) -> bool {
                     step(
                         format!("stop {label}"),
                         true,
-                        format!("attempt {attempt} returned {r} (busy): kept loaded; {pending} pending notification(s) delivered before retrying"),
+                        format!(
+                            "attempt {attempt} returned {r} (busy): kept loaded; {pending} pending notification(s) delivered before retrying"
+                        ),
                     );
                     let delivered = deliver_all();
                     if attempt >= STOP_ATTEMPTS || (delivered == 0 && attempt >= 2) {
                         step(
                             format!("stop {label}"),
                             false,
-                            format!("still busy after {attempt} attempts with no kernel work pending: the kext can never be unloaded"),
+                            format!(
+                                "still busy after {attempt} attempts with no kernel work pending: the kext can never be unloaded"
+                            ),
                         );
                         return false;
                     }
@@ -165,13 +211,21 @@ fn stop_and_unload(k: &mut Kext) -> bool {
     }
     check_nothing_registered(&k.loaded, &label, "stop returned KERN_SUCCESS");
     for term in k.loaded.initialisers("__mod_term_func") {
-        abi::invoke(term, &format!("static terminator of {label}"), || k.loaded.call_void(term));
+        abi::invoke(term, &format!("static terminator of {label}"), || {
+            k.loaded.call_void(term)
+        });
     }
     kernel::with(|kern| kern.code.retain(|(_, _, l)| *l != label));
     match k.loaded.unload() {
         Ok(()) => {
-            events::emit(&Event::Unloaded { kext: label.clone() });
-            step(format!("unload {label}"), true, "image unmapped (made inaccessible)");
+            events::emit(&Event::Unloaded {
+                kext: label.clone(),
+            });
+            step(
+                format!("unload {label}"),
+                true,
+                "image unmapped (made inaccessible)",
+            );
             true
         }
         Err(e) => {
@@ -195,7 +249,8 @@ fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
                     r.name,
                     r.filter.handle,
                     match r.state {
-                        super::sflt::RegState::Registered => "still registered (sflt_unregister never called)",
+                        super::sflt::RegState::Registered =>
+                            "still registered (sflt_unregister never called)",
                         _ => "unregistering: sf_unregistered has not been delivered yet",
                     }
                 ));
@@ -207,7 +262,8 @@ fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
                     "IP filter '{}' is {}",
                     r.name,
                     match r.state {
-                        super::ipf::IpfState::Attached => "still attached (ipf_remove never called)",
+                        super::ipf::IpfState::Attached =>
+                            "still attached (ipf_remove never called)",
                         _ => "being removed: ipf_detach has not run yet",
                     }
                 ));
@@ -219,7 +275,10 @@ fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
             }
         }
         for f in found {
-            k.violation("stop-while-registered", format!("{when} for {label} while {f}"));
+            k.violation(
+                "stop-while-registered",
+                format!("{when} for {label} while {f}"),
+            );
         }
     });
 }
@@ -230,14 +289,22 @@ fn check_ledgers() -> bool {
         let allocs: Vec<String> = k
             .allocations
             .iter()
-            .map(|(a, al)| format!("{} bytes at {a:#x} from {} in {}", al.size, al.via, al.during))
+            .map(|(a, al)| {
+                format!(
+                    "{} bytes at {a:#x} from {} in {}",
+                    al.size, al.via, al.during
+                )
+            })
             .collect();
         for a in allocs {
             k.violation("memory-leak", format!("never freed: {a}"));
         }
         let tags: Vec<String> = k.malloc_tags.values().cloned().collect();
         for t in tags {
-            k.violation("malloc-tag-leak", format!("OSMallocTag '{t}' never freed with OSMalloc_Tagfree"));
+            k.violation(
+                "malloc-tag-leak",
+                format!("OSMallocTag '{t}' never freed with OSMalloc_Tagfree"),
+            );
         }
         for l in k.leaked_locks() {
             k.violation("lock-leak", format!("{l} never freed"));
@@ -247,7 +314,15 @@ fn check_ledgers() -> bool {
             k.violation("mbuf-leak", m);
         }
         let n = k.violations.len();
-        step("ledgers", n == 0, if n == 0 { "memory, locks, mbufs: all returned".to_string() } else { format!("{n} violation(s)") });
+        step(
+            "ledgers",
+            n == 0,
+            if n == 0 {
+                "memory, locks, mbufs: all returned".to_string()
+            } else {
+                format!("{n} violation(s)")
+            },
+        );
         n == 0
     })
 }

@@ -138,6 +138,9 @@ pub struct SocketFilters {
 impl SocketFilters {
     /// Registrations not yet fully unregistered.
     pub fn live(&self) -> Vec<&Registration> {
-        self.regs.values().filter(|r| r.state != RegState::Unregistered).collect()
+        self.regs
+            .values()
+            .filter(|r| r.state != RegState::Unregistered)
+            .collect()
     }
 }

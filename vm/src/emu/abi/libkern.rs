@@ -15,7 +15,12 @@ unsafe extern "C" {
     fn prx_emu_IOLogv(fmt: *const c_char, ap: *mut c_void);
     fn prx_emu_vprintf(fmt: *const c_char, ap: *mut c_void) -> c_int;
     fn prx_emu_snprintf(out: *mut c_char, size: usize, fmt: *const c_char, ...) -> c_int;
-    fn prx_emu_vsnprintf(out: *mut c_char, size: usize, fmt: *const c_char, ap: *mut c_void) -> c_int;
+    fn prx_emu_vsnprintf(
+        out: *mut c_char,
+        size: usize,
+        fmt: *const c_char,
+        ap: *mut c_void,
+    ) -> c_int;
 }
 
 thread_local! {
@@ -58,7 +63,11 @@ fn alloc(size: usize, via: &'static str, zero: bool) -> *mut c_void {
     }
     // SAFETY: plain C allocation of at least one byte; checked for NULL below.
     let p = unsafe {
-        if zero { libc::calloc(1, size.max(1)) } else { libc::malloc(size.max(1)) }
+        if zero {
+            libc::calloc(1, size.max(1))
+        } else {
+            libc::malloc(size.max(1))
+        }
     };
     if !p.is_null() {
         if !zero {
@@ -94,17 +103,26 @@ extern "C" fn os_malloc_tagalloc(name: *const c_char, _flags: u32) -> u64 {
 }
 
 extern "C" fn os_malloc_tagfree(tag: u64) {
-    kernel::with(|k| match kernel::unhandle(tag, Kind::MallocTag).and_then(|id| k.malloc_tags.remove(&id)) {
-        Some(_) => {}
-        None => k.violation("malloc-tag-bad", format!("OSMalloc_Tagfree({tag:#x}): not a live OSMallocTag")),
+    kernel::with(|k| {
+        match kernel::unhandle(tag, Kind::MallocTag).and_then(|id| k.malloc_tags.remove(&id)) {
+            Some(_) => {}
+            None => k.violation(
+                "malloc-tag-bad",
+                format!("OSMalloc_Tagfree({tag:#x}): not a live OSMallocTag"),
+            ),
+        }
     })
 }
 
 fn check_tag(tag: u64, via: &str) {
     kernel::with(|k| {
-        let live = kernel::unhandle(tag, Kind::MallocTag).is_some_and(|id| k.malloc_tags.contains_key(&id));
+        let live = kernel::unhandle(tag, Kind::MallocTag)
+            .is_some_and(|id| k.malloc_tags.contains_key(&id));
         if !live {
-            k.violation("malloc-tag-bad", format!("{via}: {tag:#x} is not a live OSMallocTag"));
+            k.violation(
+                "malloc-tag-bad",
+                format!("{via}: {tag:#x} is not a live OSMallocTag"),
+            );
         }
     });
 }
@@ -175,7 +193,10 @@ fn check_grp(grp: u64, op: &str) {
             .and_then(|id| k.locks.get(&id))
             .is_some_and(|l| l.state != kernel::LockState::Destroyed);
         if !live {
-            k.violation("lock-bad-group", format!("{op}: {grp:#x} is not a live lck_grp_t"));
+            k.violation(
+                "lock-bad-group",
+                format!("{op}: {grp:#x} is not a live lck_grp_t"),
+            );
         }
     });
 }
@@ -305,12 +326,28 @@ fn tick() -> u64 {
 extern "C" fn microuptime(tv: *mut Timeval) {
     let ns = tick();
     // SAFETY: microuptime writes a `struct timeval` (macOS: 8-byte sec, 4-byte usec).
-    unsafe { put(tv, Timeval { sec: (ns / 1_000_000_000) as i64, usec: ((ns / 1000) % 1_000_000) as i32 }) }
+    unsafe {
+        put(
+            tv,
+            Timeval {
+                sec: (ns / 1_000_000_000) as i64,
+                usec: ((ns / 1000) % 1_000_000) as i32,
+            },
+        )
+    }
 }
 extern "C" fn nanotime(ts: *mut Timespec) {
     let ns = tick();
     // SAFETY: nanotime writes a `struct timespec`.
-    unsafe { put(ts, Timespec { sec: (ns / 1_000_000_000) as i64, nsec: (ns % 1_000_000_000) as i64 }) }
+    unsafe {
+        put(
+            ts,
+            Timespec {
+                sec: (ns / 1_000_000_000) as i64,
+                nsec: (ns % 1_000_000_000) as i64,
+            },
+        )
+    }
 }
 extern "C" fn clock_get_uptime(out: *mut u64) {
     let ns = tick();
@@ -342,7 +379,12 @@ extern "C" fn panic_(fmt: *const c_char) -> ! {
     // SAFETY: panic() takes a format string; only the format is shown.
     let msg = unsafe { c_string(fmt) }.unwrap_or_default();
     flush_log();
-    kernel::with(|k| k.violation("kernel-panic", format!("the kext called panic(\"{}\")", msg.trim_end())));
+    kernel::with(|k| {
+        k.violation(
+            "kernel-panic",
+            format!("the kext called panic(\"{}\")", msg.trim_end()),
+        )
+    });
     // A kernel panic ends the machine: end the scenario's process.
     std::process::exit(crate::emu::child::EXIT_PANIC)
 }
@@ -355,74 +397,211 @@ macro_rules! sym {
 
 pub fn symbols() -> Vec<(&'static str, u64)> {
     vec![
-        sym!("_printf", prx_emu_printf as unsafe extern "C" fn(*const c_char, ...) -> c_int),
-        sym!("_IOLog", prx_emu_IOLog as unsafe extern "C" fn(*const c_char, ...)),
-        sym!("_IOLogv", prx_emu_IOLogv as unsafe extern "C" fn(*const c_char, *mut c_void)),
-        sym!("_vprintf", prx_emu_vprintf as unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int),
-        sym!("_snprintf", prx_emu_snprintf as unsafe extern "C" fn(*mut c_char, usize, *const c_char, ...) -> c_int),
-        sym!("_vsnprintf", prx_emu_vsnprintf as unsafe extern "C" fn(*mut c_char, usize, *const c_char, *mut c_void) -> c_int),
-        sym!("_memcpy", libc::memcpy as unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void),
-        sym!("_memmove", libc::memmove as unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void),
-        sym!("_memset", libc::memset as unsafe extern "C" fn(*mut c_void, c_int, usize) -> *mut c_void),
-        sym!("_memcmp", libc::memcmp as unsafe extern "C" fn(*const c_void, *const c_void, usize) -> c_int),
-        sym!("_memchr", libc::memchr as unsafe extern "C" fn(*const c_void, c_int, usize) -> *mut c_void),
-        sym!("_bcopy", bcopy as extern "C" fn(*const c_void, *mut c_void, usize)),
+        sym!(
+            "_printf",
+            prx_emu_printf as unsafe extern "C" fn(*const c_char, ...) -> c_int
+        ),
+        sym!(
+            "_IOLog",
+            prx_emu_IOLog as unsafe extern "C" fn(*const c_char, ...)
+        ),
+        sym!(
+            "_IOLogv",
+            prx_emu_IOLogv as unsafe extern "C" fn(*const c_char, *mut c_void)
+        ),
+        sym!(
+            "_vprintf",
+            prx_emu_vprintf as unsafe extern "C" fn(*const c_char, *mut c_void) -> c_int
+        ),
+        sym!(
+            "_snprintf",
+            prx_emu_snprintf
+                as unsafe extern "C" fn(*mut c_char, usize, *const c_char, ...) -> c_int
+        ),
+        sym!(
+            "_vsnprintf",
+            prx_emu_vsnprintf
+                as unsafe extern "C" fn(*mut c_char, usize, *const c_char, *mut c_void) -> c_int
+        ),
+        sym!(
+            "_memcpy",
+            libc::memcpy as unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void
+        ),
+        sym!(
+            "_memmove",
+            libc::memmove as unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> *mut c_void
+        ),
+        sym!(
+            "_memset",
+            libc::memset as unsafe extern "C" fn(*mut c_void, c_int, usize) -> *mut c_void
+        ),
+        sym!(
+            "_memcmp",
+            libc::memcmp as unsafe extern "C" fn(*const c_void, *const c_void, usize) -> c_int
+        ),
+        sym!(
+            "_memchr",
+            libc::memchr as unsafe extern "C" fn(*const c_void, c_int, usize) -> *mut c_void
+        ),
+        sym!(
+            "_bcopy",
+            bcopy as extern "C" fn(*const c_void, *mut c_void, usize)
+        ),
         sym!("_bzero", bzero as extern "C" fn(*mut c_void, usize)),
-        sym!("_strlen", libc::strlen as unsafe extern "C" fn(*const c_char) -> usize),
-        sym!("_strnlen", libc::strnlen as unsafe extern "C" fn(*const c_char, usize) -> usize),
-        sym!("_strcmp", libc::strcmp as unsafe extern "C" fn(*const c_char, *const c_char) -> c_int),
-        sym!("_strncmp", libc::strncmp as unsafe extern "C" fn(*const c_char, *const c_char, usize) -> c_int),
-        sym!("_strncpy", libc::strncpy as unsafe extern "C" fn(*mut c_char, *const c_char, usize) -> *mut c_char),
-        sym!("_strlcpy", strlcpy as extern "C" fn(*mut c_char, *const c_char, usize) -> usize),
-        sym!("_strchr", libc::strchr as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_char),
-        sym!("_OSMalloc_Tagalloc", os_malloc_tagalloc as extern "C" fn(*const c_char, u32) -> u64),
+        sym!(
+            "_strlen",
+            libc::strlen as unsafe extern "C" fn(*const c_char) -> usize
+        ),
+        sym!(
+            "_strnlen",
+            libc::strnlen as unsafe extern "C" fn(*const c_char, usize) -> usize
+        ),
+        sym!(
+            "_strcmp",
+            libc::strcmp as unsafe extern "C" fn(*const c_char, *const c_char) -> c_int
+        ),
+        sym!(
+            "_strncmp",
+            libc::strncmp as unsafe extern "C" fn(*const c_char, *const c_char, usize) -> c_int
+        ),
+        sym!(
+            "_strncpy",
+            libc::strncpy as unsafe extern "C" fn(*mut c_char, *const c_char, usize) -> *mut c_char
+        ),
+        sym!(
+            "_strlcpy",
+            strlcpy as extern "C" fn(*mut c_char, *const c_char, usize) -> usize
+        ),
+        sym!(
+            "_strchr",
+            libc::strchr as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_char
+        ),
+        sym!(
+            "_OSMalloc_Tagalloc",
+            os_malloc_tagalloc as extern "C" fn(*const c_char, u32) -> u64
+        ),
         sym!("_OSMalloc_Tagfree", os_malloc_tagfree as extern "C" fn(u64)),
-        sym!("_OSMalloc", os_malloc as extern "C" fn(u32, u64) -> *mut c_void),
-        sym!("_OSMalloc_noblock", os_malloc_noblock as extern "C" fn(u32, u64) -> *mut c_void),
-        sym!("_OSMalloc_nowait", os_malloc_noblock as extern "C" fn(u32, u64) -> *mut c_void),
+        sym!(
+            "_OSMalloc",
+            os_malloc as extern "C" fn(u32, u64) -> *mut c_void
+        ),
+        sym!(
+            "_OSMalloc_noblock",
+            os_malloc_noblock as extern "C" fn(u32, u64) -> *mut c_void
+        ),
+        sym!(
+            "_OSMalloc_nowait",
+            os_malloc_noblock as extern "C" fn(u32, u64) -> *mut c_void
+        ),
         sym!("_OSFree", os_free as extern "C" fn(*mut c_void, u32, u64)),
-        sym!("__MALLOC", malloc_external as extern "C" fn(usize, c_int, c_int) -> *mut c_void),
+        sym!(
+            "__MALLOC",
+            malloc_external as extern "C" fn(usize, c_int, c_int) -> *mut c_void
+        ),
         sym!("__FREE", free_external as extern "C" fn(*mut c_void, c_int)),
-        sym!("_IOMalloc", io_malloc as extern "C" fn(usize) -> *mut c_void),
-        sym!("_IOMallocZero", io_malloc_zero as extern "C" fn(usize) -> *mut c_void),
+        sym!(
+            "_IOMalloc",
+            io_malloc as extern "C" fn(usize) -> *mut c_void
+        ),
+        sym!(
+            "_IOMallocZero",
+            io_malloc_zero as extern "C" fn(usize) -> *mut c_void
+        ),
         sym!("_IOFree", io_free as extern "C" fn(*mut c_void, usize)),
-        sym!("_lck_grp_attr_alloc_init", lck_grp_attr_alloc_init as extern "C" fn() -> u64),
+        sym!(
+            "_lck_grp_attr_alloc_init",
+            lck_grp_attr_alloc_init as extern "C" fn() -> u64
+        ),
         sym!("_lck_grp_attr_setdefault", lck_nop as extern "C" fn(u64)),
         sym!("_lck_grp_attr_setstat", lck_nop as extern "C" fn(u64)),
-        sym!("_lck_grp_attr_free", lck_grp_attr_free as extern "C" fn(u64)),
-        sym!("_lck_grp_alloc_init", lck_grp_alloc_init as extern "C" fn(*const c_char, u64) -> u64),
+        sym!(
+            "_lck_grp_attr_free",
+            lck_grp_attr_free as extern "C" fn(u64)
+        ),
+        sym!(
+            "_lck_grp_alloc_init",
+            lck_grp_alloc_init as extern "C" fn(*const c_char, u64) -> u64
+        ),
         sym!("_lck_grp_free", lck_grp_free as extern "C" fn(u64)),
-        sym!("_lck_attr_alloc_init", lck_attr_alloc_init as extern "C" fn() -> u64),
+        sym!(
+            "_lck_attr_alloc_init",
+            lck_attr_alloc_init as extern "C" fn() -> u64
+        ),
         sym!("_lck_attr_setdefault", lck_nop as extern "C" fn(u64)),
         sym!("_lck_attr_setdebug", lck_nop as extern "C" fn(u64)),
         sym!("_lck_attr_free", lck_attr_free as extern "C" fn(u64)),
-        sym!("_lck_mtx_alloc_init", lck_mtx_alloc_init as extern "C" fn(u64, u64) -> u64),
+        sym!(
+            "_lck_mtx_alloc_init",
+            lck_mtx_alloc_init as extern "C" fn(u64, u64) -> u64
+        ),
         sym!("_lck_mtx_lock", lck_mtx_lock as extern "C" fn(u64)),
         sym!("_lck_mtx_lock_spin", lck_mtx_lock as extern "C" fn(u64)),
-        sym!("_lck_mtx_try_lock", lck_mtx_try_lock as extern "C" fn(u64) -> c_int),
+        sym!(
+            "_lck_mtx_try_lock",
+            lck_mtx_try_lock as extern "C" fn(u64) -> c_int
+        ),
         sym!("_lck_mtx_unlock", lck_mtx_unlock as extern "C" fn(u64)),
         sym!("_lck_mtx_free", lck_mtx_free as extern "C" fn(u64, u64)),
-        sym!("_lck_rw_alloc_init", lck_rw_alloc_init as extern "C" fn(u64, u64) -> u64),
-        sym!("_lck_rw_lock_shared", lck_rw_lock_shared as extern "C" fn(u64)),
-        sym!("_lck_rw_lock_exclusive", lck_rw_lock_exclusive as extern "C" fn(u64)),
-        sym!("_lck_rw_unlock_shared", lck_rw_unlock_shared as extern "C" fn(u64)),
-        sym!("_lck_rw_unlock_exclusive", lck_rw_unlock_exclusive as extern "C" fn(u64)),
+        sym!(
+            "_lck_rw_alloc_init",
+            lck_rw_alloc_init as extern "C" fn(u64, u64) -> u64
+        ),
+        sym!(
+            "_lck_rw_lock_shared",
+            lck_rw_lock_shared as extern "C" fn(u64)
+        ),
+        sym!(
+            "_lck_rw_lock_exclusive",
+            lck_rw_lock_exclusive as extern "C" fn(u64)
+        ),
+        sym!(
+            "_lck_rw_unlock_shared",
+            lck_rw_unlock_shared as extern "C" fn(u64)
+        ),
+        sym!(
+            "_lck_rw_unlock_exclusive",
+            lck_rw_unlock_exclusive as extern "C" fn(u64)
+        ),
         sym!("_lck_rw_done", lck_rw_done as extern "C" fn(u64) -> u32),
         sym!("_lck_rw_free", lck_rw_free as extern "C" fn(u64, u64)),
-        sym!("_lck_spin_alloc_init", lck_spin_alloc_init as extern "C" fn(u64, u64) -> u64),
+        sym!(
+            "_lck_spin_alloc_init",
+            lck_spin_alloc_init as extern "C" fn(u64, u64) -> u64
+        ),
         sym!("_lck_spin_lock", lck_spin_lock as extern "C" fn(u64)),
         sym!("_lck_spin_unlock", lck_spin_unlock as extern "C" fn(u64)),
         sym!("_lck_spin_free", lck_spin_free as extern "C" fn(u64, u64)),
-        sym!("_OSAddAtomic", os_add_atomic as extern "C" fn(i32, *mut i32) -> i32),
-        sym!("_OSAddAtomic64", os_add_atomic64 as extern "C" fn(i64, *mut i64) -> i64),
-        sym!("_OSCompareAndSwap", os_compare_and_swap as extern "C" fn(u32, u32, *mut u32) -> u8),
-        sym!("_OSCompareAndSwap64", os_compare_and_swap64 as extern "C" fn(u64, u64, *mut u64) -> u8),
-        sym!("_OSCompareAndSwapPtr", os_compare_and_swap64 as extern "C" fn(u64, u64, *mut u64) -> u8),
+        sym!(
+            "_OSAddAtomic",
+            os_add_atomic as extern "C" fn(i32, *mut i32) -> i32
+        ),
+        sym!(
+            "_OSAddAtomic64",
+            os_add_atomic64 as extern "C" fn(i64, *mut i64) -> i64
+        ),
+        sym!(
+            "_OSCompareAndSwap",
+            os_compare_and_swap as extern "C" fn(u32, u32, *mut u32) -> u8
+        ),
+        sym!(
+            "_OSCompareAndSwap64",
+            os_compare_and_swap64 as extern "C" fn(u64, u64, *mut u64) -> u8
+        ),
+        sym!(
+            "_OSCompareAndSwapPtr",
+            os_compare_and_swap64 as extern "C" fn(u64, u64, *mut u64) -> u8
+        ),
         sym!("_microuptime", microuptime as extern "C" fn(*mut Timeval)),
         sym!("_nanotime", nanotime as extern "C" fn(*mut Timespec)),
-        sym!("_clock_get_uptime", clock_get_uptime as extern "C" fn(*mut u64)),
+        sym!(
+            "_clock_get_uptime",
+            clock_get_uptime as extern "C" fn(*mut u64)
+        ),
         sym!("_proc_selfpid", proc_selfpid as extern "C" fn() -> c_int),
-        sym!("_proc_name", proc_name as extern "C" fn(c_int, *mut c_char, c_int)),
+        sym!(
+            "_proc_name",
+            proc_name as extern "C" fn(c_int, *mut c_char, c_int)
+        ),
         sym!("_panic", panic_ as extern "C" fn(*const c_char) -> !),
     ]
 }

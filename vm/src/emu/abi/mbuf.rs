@@ -9,7 +9,10 @@ pub fn leaked(k: &crate::emu::kernel::Kernel) -> Vec<String> {
         .all
         .values()
         .filter_map(|m| match &m.owner {
-            crate::emu::mbuf::Owner::Kext { since } => Some(format!("mbuf #{} ({} bytes) never freed; the kext owns it since {since}", m.id, m.len)),
+            crate::emu::mbuf::Owner::Kext { since } => Some(format!(
+                "mbuf #{} ({} bytes) never freed; the kext owns it since {since}",
+                m.id, m.len
+            )),
             _ => None,
         })
         .collect()

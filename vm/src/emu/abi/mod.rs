@@ -64,7 +64,10 @@ pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Opti
             k.context.push(what.to_string());
             true
         } else {
-            k.violation("callback-outside-kext", format!("{what}: pointer {addr:#x} is not in a loaded kext's code; not called"));
+            k.violation(
+                "callback-outside-kext",
+                format!("{what}: pointer {addr:#x} is not in a loaded kext's code; not called"),
+            );
             false
         }
     });
