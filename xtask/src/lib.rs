@@ -4,6 +4,7 @@
 pub mod build;
 pub mod kpi;
 pub mod toolchain;
+pub mod vm_test;
 
 use std::path::PathBuf;
 

@@ -38,6 +38,8 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
     },
+    /// Run smoke scenarios against kext bundles (backend emu: the built-in XNU KPI emulator).
+    VmTest(xtask::vm_test::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
+        Cmd::VmTest(args) => xtask::vm_test::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
