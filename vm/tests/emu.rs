@@ -24,8 +24,13 @@ fn scratch() -> &'static Path {
 
 /// Compiles `tests/fixtures/<name>.c` with clang-19 -mkernel and links it with kextld.
 fn c_kext(name: &str) -> PathBuf {
+    c_kext_variant(name, name, &[])
+}
+
+/// Like [`c_kext`], with extra compiler arguments (e.g. `-DBROKEN=2`), written as `out`.
+fn c_kext_variant(name: &str, out_name: &str, extra: &[&str]) -> PathBuf {
     let src = fixtures().join(format!("{name}.c"));
-    let obj = scratch().join(format!("{name}.o"));
+    let obj = scratch().join(format!("{out_name}.o"));
     let out = Command::new("clang-19")
         .args([
             "-target",
@@ -37,6 +42,7 @@ fn c_kext(name: &str) -> PathBuf {
             "-Werror",
             "-c",
         ])
+        .args(extra)
         .arg(&src)
         .arg("-o")
         .arg(&obj)
@@ -62,7 +68,7 @@ fn c_kext(name: &str) -> PathBuf {
         )],
     )
     .unwrap_or_else(|e| panic!("kextld cannot link {name}: {e}"));
-    let bin = scratch().join(name);
+    let bin = scratch().join(out_name);
     std::fs::write(&bin, &linked.bytes).expect("write kext");
     bin
 }
@@ -262,4 +268,180 @@ fn a_kext_bundle_directory_is_accepted() {
     .unwrap();
     let r = run("load-unload", &[bundle]);
     assert!(r.passed, "{}", r.render());
+}
+
+#[test]
+fn ip_filter_redirects_by_reinjection_and_rewrites_replies() {
+    let r = run("ip-tcp", &[c_kext("ipf_redirect")]);
+    assert!(r.passed, "{}", r.render());
+    let out: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "wire: outbound")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert_eq!(
+        out,
+        [
+            "10.0.0.1:40000 > 10.0.0.99:80 flags 0x02 len 0",
+            "10.0.0.1:40000 > 10.0.0.99:80 flags 0x18 len 18"
+        ],
+        "both outbound segments re-injected towards the proxy, with valid checksums"
+    );
+    let inb: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "socket layer: inbound")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert_eq!(
+        inb,
+        [
+            "93.184.216.34:80 > 10.0.0.1:40000 flags 0x12 len 0",
+            "93.184.216.34:80 > 10.0.0.1:40000 flags 0x18 len 19"
+        ],
+        "replies from the proxy rewritten back to the original server"
+    );
+    assert!(
+        r.log
+            .iter()
+            .filter(|l| l.starts_with("redirect out"))
+            .count()
+            == 2,
+        "{:?}",
+        r.log
+    );
+    assert!(r.log.contains(&"ipf_detach".to_string()));
+    let stops: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "stop com.example.ipfredirect")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert!(
+        stops[0].contains("attempt 1 returned 16 (busy)"),
+        "{stops:?}"
+    );
+    assert!(
+        stops[1].contains("returned KERN_SUCCESS (attempt 2)"),
+        "{stops:?}"
+    );
+}
+
+#[test]
+fn broken_ip_filters_are_each_caught_precisely() {
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "1",
+            "mbuf-leak",
+            "never freed; the kext owns it since EJUSTRETURN from ipf_output of 'com.example.ipfbroken'",
+        ),
+        ("2", "mbuf-double-free", "mbuf_freem: mbuf #"),
+        ("3", "mbuf-use-after-handoff", "mbuf_data: mbuf #"),
+        (
+            "4",
+            "stop-while-registered",
+            "IP filter 'com.example.ipfbroken' is still attached (ipf_remove never called)",
+        ),
+        (
+            "5",
+            "stop-while-registered",
+            "IP filter 'com.example.ipfbroken' is being removed: ipf_detach has not run yet",
+        ),
+    ];
+    for (n, rule, detail) in cases {
+        let define = format!("-DBROKEN={n}");
+        let r = run(
+            "ip-tcp",
+            &[c_kext_variant(
+                "ipf_broken",
+                &format!("ipf_broken{n}"),
+                &[&define],
+            )],
+        );
+        assert!(!r.passed, "BROKEN={n} passed:\n{}", r.render());
+        let v = r
+            .violations
+            .iter()
+            .find(|v| v.rule == rule)
+            .unwrap_or_else(|| panic!("BROKEN={n}: no {rule}:\n{}", r.render()));
+        assert!(v.detail.contains(detail), "BROKEN={n}: {v:?}");
+        if n == "2" {
+            assert!(
+                v.detail.contains(
+                    "was already freed by mbuf_freem during ipf_output of 'com.example.ipfbroken'"
+                ),
+                "{v:?}"
+            );
+        }
+        if n == "3" {
+            assert!(
+                v.detail
+                    .contains("handed to the stack by ipf_inject_output"),
+                "{v:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_null_required_socket_filter_callback_is_reported() {
+    let r = run("load-unload", &[c_kext("sflt_null")]);
+    assert!(!r.passed);
+    assert_eq!(rules(&r), ["sflt-required-field"], "{}", r.render());
+    assert!(
+        r.violations[0].detail.contains("sf_detach is NULL"),
+        "{:?}",
+        r.violations[0]
+    );
+    assert_eq!(
+        r.log,
+        ["sflt_register -> 22"],
+        "the kernel's EINVAL is returned to the kext"
+    );
+}
+
+#[test]
+fn socket_filter_rewrite_is_used_for_the_real_connection() {
+    let r = run("socket-connect", &[c_kext("sflt_redirect")]);
+    assert!(r.passed, "{}", r.render());
+    let connect = r
+        .steps
+        .iter()
+        .find(|s| s.what == "connect")
+        .expect("connect step");
+    assert!(
+        connect.detail.starts_with("connected to 127.0.0.2:")
+            && connect.detail.contains("the filter rewrote 127.0.0.1:"),
+        "{connect:?}"
+    );
+    let out = r
+        .steps
+        .iter()
+        .find(|s| s.what == "data out")
+        .expect("data out");
+    assert!(
+        out.ok
+            && out
+                .detail
+                .contains("\"hello through the socket filter\\n\""),
+        "{out:?}"
+    );
+    let inn = r
+        .steps
+        .iter()
+        .find(|s| s.what == "data in")
+        .expect("data in");
+    assert!(inn.detail.contains("\"pong\\n\""), "{inn:?}");
+    assert_eq!(
+        r.log,
+        [
+            "attach domain=2 type=1 protocol=6",
+            "connect_out to 127.0.0.1",
+            "data_out 32 bytes",
+            "data_in 5 bytes",
+            "detach cookie=0x1234",
+            "unregistered 50525831",
+        ]
+    );
 }

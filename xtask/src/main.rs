@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use kextld::Arch;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, verify and package the prx kexts")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, verify and package the prx kexts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -46,9 +49,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = xtask::workspace_root();
     let result = match cli.command {
-        Cmd::Build { release, archs, kexts } => {
+        Cmd::Build {
+            release,
+            archs,
+            kexts,
+        } => {
             let started = Instant::now();
-            xtask::build::build(&root, &xtask::build::BuildOptions { release, archs, kexts, target_dir: None }).map(|bundles| {
+            xtask::build::build(
+                &root,
+                &xtask::build::BuildOptions {
+                    release,
+                    archs,
+                    kexts,
+                    target_dir: None,
+                },
+            )
+            .map(|bundles| {
                 for b in &bundles {
                     let rel = b.path.strip_prefix(&root).unwrap_or(&b.path);
                     let archs: Vec<&str> = b.archs.iter().map(|a| a.name()).collect();
@@ -60,7 +76,11 @@ fn main() -> ExitCode {
                         if b.changed { "" } else { "  (up to date)" }
                     );
                 }
-                eprintln!("built {} bundle(s) in {:.1}s", bundles.len(), started.elapsed().as_secs_f64());
+                eprintln!(
+                    "built {} bundle(s) in {:.1}s",
+                    bundles.len(),
+                    started.elapsed().as_secs_f64()
+                );
             })
         }
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),

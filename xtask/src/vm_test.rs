@@ -48,7 +48,10 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         std::process::exit(vm::emu::child_main(&child));
     }
     if args.backend != "emu" {
-        bail!("backend `{}` is not implemented yet; use --backend emu (the built-in KPI emulator)", args.backend);
+        bail!(
+            "backend `{}` is not implemented yet; use --backend emu (the built-in KPI emulator)",
+            args.backend
+        );
     }
     let mut scenarios = args.scenarios;
     if scenarios.iter().any(|s| s == "list") {
@@ -61,14 +64,27 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         scenarios.push("load-unload".into());
     }
     let kexts = if args.kexts.is_empty() {
-        let opts = crate::build::BuildOptions { release: true, archs: vec![], kexts: vec![], target_dir: None };
-        crate::build::build(root, &opts).context("building the prx kexts to test")?.into_iter().map(|b| b.path).collect()
+        let opts = crate::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec![],
+            target_dir: None,
+        };
+        crate::build::build(root, &opts)
+            .context("building the prx kexts to test")?
+            .into_iter()
+            .map(|b| b.path)
+            .collect()
     } else {
         args.kexts
     };
-    let exe = std::env::current_exe().context("locating the xtask executable (it runs each scenario as a child)")?;
+    let exe = std::env::current_exe()
+        .context("locating the xtask executable (it runs each scenario as a child)")?;
     let opts = vm::emu::RunOptions {
-        runner: vm::emu::Runner { program: exe, args: vec!["vm-test".into(), "--emu-child".into()] },
+        runner: vm::emu::Runner {
+            program: exe,
+            args: vec!["vm-test".into(), "--emu-child".into()],
+        },
         kexts,
         timeout: Duration::from_secs_f64(args.timeout),
         faults: args.faults,
@@ -80,10 +96,14 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         reports.push(r);
     }
     if let Some(path) = &args.junit {
-        std::fs::write(path, vm::emu::junit(&reports)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, vm::emu::junit(&reports))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let failed = reports.iter().filter(|r| !r.passed).count();
-    println!("vm-test (emu): {} passed, {failed} failed", reports.len() - failed);
+    println!(
+        "vm-test (emu): {} passed, {failed} failed",
+        reports.len() - failed
+    );
     if failed > 0 {
         bail!("{failed} of {} scenario(s) failed", reports.len());
     }

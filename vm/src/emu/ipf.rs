@@ -46,10 +46,21 @@ pub struct IpfReg {
     pub state: IpfState,
 }
 
+/// A packet a filter handed back with `ipf_inject_*`, waiting for the stack.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub bytes: Vec<u8>,
+    pub csum_requested: u32,
+    /// The injecting filter's id: the packet continues with the filters after it.
+    pub after: Option<u64>,
+    pub output: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct IpFilters {
-    /// In insertion order; the kernel runs the most recently added first.
+    /// Newest first, as xnu's TAILQ_INSERT_HEAD leaves them (the order the stack runs them).
     pub regs: Vec<IpfReg>,
+    pub injected: std::collections::VecDeque<Injected>,
 }
 
 impl IpFilters {

@@ -23,6 +23,7 @@ pub mod ipf;
 pub mod kernel;
 pub mod loader;
 pub mod mbuf;
+pub mod packet;
 pub mod reloc;
 pub mod runner;
 pub mod scenario;

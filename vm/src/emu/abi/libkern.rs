@@ -389,6 +389,20 @@ extern "C" fn panic_(fmt: *const c_char) -> ! {
     std::process::exit(crate::emu::child::EXIT_PANIC)
 }
 
+/// `__stack_chk_guard`: the canary value `-fstack-protector` code compares against.
+static STACK_CHK_GUARD: u64 = 0x00e1_f2d3_c4b5_a697;
+
+extern "C" fn stack_chk_fail() -> ! {
+    flush_log();
+    kernel::with(|k| {
+        k.violation(
+            "stack-smashed",
+            "__stack_chk_fail: the kext overwrote a stack canary (stack buffer overflow)",
+        )
+    });
+    std::process::exit(crate::emu::child::EXIT_PANIC)
+}
+
 macro_rules! sym {
     ($name:literal, $f:expr) => {
         ($name, $f as usize as u64)
@@ -603,6 +617,8 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
             proc_name as extern "C" fn(c_int, *mut c_char, c_int)
         ),
         sym!("_panic", panic_ as extern "C" fn(*const c_char) -> !),
+        sym!("___stack_chk_fail", stack_chk_fail as extern "C" fn() -> !),
+        ("___stack_chk_guard", &raw const STACK_CHK_GUARD as u64),
     ]
 }
 
