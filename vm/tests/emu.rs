@@ -445,3 +445,31 @@ fn socket_filter_rewrite_is_used_for_the_real_connection() {
         ]
     );
 }
+
+#[test]
+fn fault_plan_fails_the_chosen_pullup_and_the_kext_survives_it() {
+    let r = run_with(
+        "ip-tcp",
+        &[c_kext("ipf_redirect")],
+        Some("pullup#1"),
+        Duration::from_secs(30),
+    );
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(
+        r.log.iter().filter(|l| *l == "pullup failed").count(),
+        1,
+        "{:?}",
+        r.log
+    );
+    let out: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "wire: outbound")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert_eq!(
+        out,
+        ["10.0.0.1:40000 > 10.0.0.99:80 flags 0x18 len 18"],
+        "the SYN died with its failed pullup"
+    );
+}
