@@ -37,7 +37,9 @@ pub struct BuildOptions {
 impl BuildOptions {
     /// The base output directory.
     pub fn target_dir(&self, root: &Path) -> PathBuf {
-        self.target_dir.clone().unwrap_or_else(|| root.join("target"))
+        self.target_dir
+            .clone()
+            .unwrap_or_else(|| root.join("target"))
     }
 }
 
@@ -61,14 +63,21 @@ pub const SUPPORTED_ARCHS: [Arch; 1] = [Arch::X86_64];
 
 /// The target spec for an architecture.
 pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
-    root.join("targets").join(format!("{}-apple-macos-kernel.json", arch.name()))
+    root.join("targets")
+        .join(format!("{}-apple-macos-kernel.json", arch.name()))
 }
 
 /// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
 /// its validated `[package.metadata.kext]`.
 pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     let out = Command::new(toolchain::cargo())
-        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
         .current_dir(root)
         .stderr(Stdio::inherit())
         .output()
@@ -76,20 +85,27 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     if !out.status.success() {
         bail!("cargo metadata failed");
     }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
     let names = meta["metadata"]["prx"]["kexts"]
         .as_array()
         .context("Cargo.toml: [workspace.metadata.prx] kexts = [...] is missing")?;
     let mut kexts = Vec::new();
     for name in names {
-        let name = name.as_str().context("[workspace.metadata.prx] kexts: not a string")?;
+        let name = name
+            .as_str()
+            .context("[workspace.metadata.prx] kexts: not a string")?;
         let pkg = meta["packages"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|p| p["name"] == name)
-            .with_context(|| format!("[workspace.metadata.prx] kexts: no workspace package {name:?}"))?;
-        let manifest = pkg["manifest_path"].as_str().context("cargo metadata: package without manifest_path")?;
+            .with_context(|| {
+                format!("[workspace.metadata.prx] kexts: no workspace package {name:?}")
+            })?;
+        let manifest = pkg["manifest_path"]
+            .as_str()
+            .context("cargo metadata: package without manifest_path")?;
         kexts.push(KextMetadata::load(Path::new(manifest))?);
     }
     kexts.sort_by(|a, b| a.crate_name.cmp(&b.crate_name));
@@ -100,8 +116,19 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
 /// `arch`: build-std, the target spec, the kernel profile, a clean compiler
 /// environment and its own target directory (`<target>/kernel`: build-std
 /// artifacts are unlike any host build's).
-pub fn kernel_cargo(root: &Path, target: &Path, subcommand: &str, arch: Arch, min_os: MinOs, release: bool) -> Command {
-    let profile = if release { "kernel-release" } else { "kernel-dev" };
+pub fn kernel_cargo(
+    root: &Path,
+    target: &Path,
+    subcommand: &str,
+    arch: Arch,
+    min_os: MinOs,
+    release: bool,
+) -> Command {
+    let profile = if release {
+        "kernel-release"
+    } else {
+        "kernel-dev"
+    };
     let mut cmd = Command::new(toolchain::cargo());
     cmd.current_dir(root)
         .arg(subcommand)
@@ -114,7 +141,9 @@ pub fn kernel_cargo(root: &Path, target: &Path, subcommand: &str, arch: Arch, mi
             "-Zbuild-std-features=compiler-builtins-mem",
         ])
         .arg("--config")
-        .arg(format!("profile.{profile}.package.compiler_builtins.codegen-units=10000"))
+        .arg(format!(
+            "profile.{profile}.package.compiler_builtins.codegen-units=10000"
+        ))
         .env("CARGO_TARGET_DIR", target.join("kernel"))
         .env("RUSTC_BOOTSTRAP", "1")
         .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
@@ -141,19 +170,27 @@ pub fn build_staticlibs(
         cmd.args(["-p", p]);
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().context("starting cargo build for the kernel target")?;
+    let mut child = cmd
+        .spawn()
+        .context("starting cargo build for the kernel target")?;
     let stdout = child.stdout.take().context("cargo build: no stdout")?;
     let mut libs = BTreeMap::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.context("reading cargo's JSON output")?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        let is_staticlib = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "staticlib"));
+        let is_staticlib = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "staticlib"));
         // A package's library target is its name with '-' replaced by '_'.
         let target_name = msg["target"]["name"].as_str().unwrap_or_default();
-        let Some(name) = packages.iter().find(|p| p.replace('-', "_") == target_name) else { continue };
+        let Some(name) = packages.iter().find(|p| p.replace('-', "_") == target_name) else {
+            continue;
+        };
         if !is_staticlib {
             continue;
         }
@@ -181,7 +218,9 @@ pub fn build_staticlibs(
 
 /// LC_SOURCE_VERSION from a crate version: `A.B.C` packed as A(24).B(10).C(10).0.0.
 fn source_version(version: &str) -> u64 {
-    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut parts = version
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
     let a = parts.next().unwrap_or(0) & 0xFF_FFFF;
     let b = parts.next().unwrap_or(0) & 0x3FF;
     let c = parts.next().unwrap_or(0) & 0x3FF;
@@ -191,7 +230,11 @@ fn source_version(version: &str) -> u64 {
 /// `cargo xtask build`.
 pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
     toolchain::ensure_rust_src(root)?;
-    let archs: Vec<Arch> = if opts.archs.is_empty() { SUPPORTED_ARCHS.to_vec() } else { opts.archs.clone() };
+    let archs: Vec<Arch> = if opts.archs.is_empty() {
+        SUPPORTED_ARCHS.to_vec()
+    } else {
+        opts.archs.clone()
+    };
     for arch in &archs {
         if !SUPPORTED_ARCHS.contains(arch) {
             bail!("--arch {arch}: not supported by this build yet (supported: x86_64)");
@@ -205,8 +248,10 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         for short in &opts.kexts {
             let name = format!("kext-{short}");
             let m = all.iter().find(|m| m.crate_name == name).with_context(|| {
-                let known: Vec<&str> =
-                    all.iter().map(|m| m.crate_name.strip_prefix("kext-").unwrap_or(&m.crate_name)).collect();
+                let known: Vec<&str> = all
+                    .iter()
+                    .map(|m| m.crate_name.strip_prefix("kext-").unwrap_or(&m.crate_name))
+                    .collect();
                 format!("--kext {short}: no such kext (known: {})", known.join(", "))
             })?;
             chosen.push(m.clone());
@@ -236,24 +281,40 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
                     source_version: source_version(&k.version),
                 })
                 .with_context(|| format!("linking {} for {arch}", k.crate_name))?;
-                slices.entry(k.crate_name.clone()).or_default().push((arch, min, linked));
+                slices
+                    .entry(k.crate_name.clone())
+                    .or_default()
+                    .push((arch, min, linked));
             }
         }
     }
 
-    let out_dir = target.join("kext").join(if opts.release { "release" } else { "debug" });
+    let out_dir = target
+        .join("kext")
+        .join(if opts.release { "release" } else { "debug" });
     let mut built = Vec::new();
     for k in &kexts {
-        let Some(parts) = slices.get(&k.crate_name) else { continue };
+        let Some(parts) = slices.get(&k.crate_name) else {
+            continue;
+        };
         let (executable, archs) = assemble(parts)?;
         let report = kextld::verify::verify(&executable, tables);
         if !report.is_ok() {
-            bail!("{}: kextld verify rejected the binary:\n{report}", k.crate_name);
+            bail!(
+                "{}: kextld verify rejected the binary:\n{report}",
+                k.crate_name
+            );
         }
         check_kmod_identity(k, &report)?;
-        let lowest = parts.iter().map(|(_, m, _)| *m).min().unwrap_or(MinOs::X86_64_DEFAULT);
-        let undefined: Vec<(Arch, &[String], MinOs)> =
-            parts.iter().map(|(arch, min, linked)| (*arch, linked.undefined.as_slice(), *min)).collect();
+        let lowest = parts
+            .iter()
+            .map(|(_, m, _)| *m)
+            .min()
+            .unwrap_or(MinOs::X86_64_DEFAULT);
+        let undefined: Vec<(Arch, &[String], MinOs)> = parts
+            .iter()
+            .map(|(arch, min, linked)| (*arch, linked.undefined.as_slice(), *min))
+            .collect();
         let libraries = kextld::kpi::os_bundle_libraries_multi(tables, &undefined)
             .map_err(|e| anyhow::anyhow!("{}: {e}", k.crate_name))?;
         let plist = packaging::info_plist::generate(k, &libraries, lowest)
@@ -284,7 +345,10 @@ fn assemble(parts: &[(Arch, MinOs, kextld::link::Linked)]) -> Result<(Vec<u8>, V
     match parts {
         [(_, _, linked)] => Ok((linked.bytes.clone(), archs)),
         _ => {
-            let slices: Vec<(Arch, &[u8])> = parts.iter().map(|(a, _, l)| (*a, l.bytes.as_slice())).collect();
+            let slices: Vec<(Arch, &[u8])> = parts
+                .iter()
+                .map(|(a, _, l)| (*a, l.bytes.as_slice()))
+                .collect();
             Ok((kextld::fat::write(&slices)?, archs))
         }
     }

@@ -24,14 +24,19 @@ pub fn run(root: &Path, from: Option<PathBuf>, check: bool) -> Result<()> {
     }
     let table = root.join(kextld::kpi::TABLE_PATH);
     if check {
-        let committed = std::fs::read_to_string(&table).with_context(|| format!("reading {}", table.display()))?;
+        let committed = std::fs::read_to_string(&table)
+            .with_context(|| format!("reading {}", table.display()))?;
         kextld::kpi::check(&dir, &committed).map_err(|e| {
-            anyhow::anyhow!("{} is out of date: {e}\nrun `cargo xtask gen-kpi` and commit the result", table.display())
+            anyhow::anyhow!(
+                "{} is out of date: {e}\nrun `cargo xtask gen-kpi` and commit the result",
+                table.display()
+            )
         })?;
         eprintln!("{} is up to date with {}", table.display(), dir.display());
         return Ok(());
     }
-    let text = kextld::kpi::generate(&dir).with_context(|| format!("generating from {}", dir.display()))?;
+    let text = kextld::kpi::generate(&dir)
+        .with_context(|| format!("generating from {}", dir.display()))?;
     let old = std::fs::read_to_string(&table).unwrap_or_default();
     if old == text {
         eprintln!("{} unchanged", table.display());

@@ -5,6 +5,7 @@ pub mod bindgen;
 pub mod build;
 pub mod kpi;
 pub mod toolchain;
+pub mod vm_test;
 
 use std::path::PathBuf;
 

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use kextld::Arch;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, verify and package the prx kexts")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, verify and package the prx kexts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -48,15 +51,30 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
+    /// Run smoke scenarios against kext bundles (backend emu: the built-in XNU KPI emulator).
+    VmTest(xtask::vm_test::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = xtask::workspace_root();
     let result = match cli.command {
-        Cmd::Build { release, archs, kexts } => {
+        Cmd::Build {
+            release,
+            archs,
+            kexts,
+        } => {
             let started = Instant::now();
-            xtask::build::build(&root, &xtask::build::BuildOptions { release, archs, kexts, target_dir: None }).map(|bundles| {
+            xtask::build::build(
+                &root,
+                &xtask::build::BuildOptions {
+                    release,
+                    archs,
+                    kexts,
+                    target_dir: None,
+                },
+            )
+            .map(|bundles| {
                 for b in &bundles {
                     let rel = b.path.strip_prefix(&root).unwrap_or(&b.path);
                     let archs: Vec<&str> = b.archs.iter().map(|a| a.name()).collect();
@@ -68,11 +86,16 @@ fn main() -> ExitCode {
                         if b.changed { "" } else { "  (up to date)" }
                     );
                 }
-                eprintln!("built {} bundle(s) in {:.1}s", bundles.len(), started.elapsed().as_secs_f64());
+                eprintln!(
+                    "built {} bundle(s) in {:.1}s",
+                    bundles.len(),
+                    started.elapsed().as_secs_f64()
+                );
             })
         }
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
+        Cmd::VmTest(args) => xtask::vm_test::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

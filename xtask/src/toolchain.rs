@@ -8,13 +8,16 @@ use anyhow::{Context, Result, bail};
 /// The `cargo` to run: the one that started us (so the pinned toolchain), else
 /// `cargo` from PATH.
 pub fn cargo() -> PathBuf {
-    std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into())
+    std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "cargo".into())
 }
 
 /// The toolchain channel pinned in rust-toolchain.toml.
 pub fn pinned_channel(root: &Path) -> Result<String> {
     let path = root.join("rust-toolchain.toml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("channel"))
         .filter_map(|rest| rest.trim_start().strip_prefix('='))
@@ -32,7 +35,10 @@ fn sysroot(root: &Path) -> Result<PathBuf> {
         .output()
         .context("running `rustc --print sysroot` (is rustup installed?)")?;
     if !out.status.success() {
-        bail!("`rustc --print sysroot` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`rustc --print sysroot` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
@@ -55,7 +61,9 @@ pub fn ensure_rust_src(root: &Path) -> Result<()> {
         .status()
         .context("running rustup (install rustup, or add rust-src to the toolchain by hand)")?;
     if !status.success() || !core.is_file() {
-        bail!("could not install rust-src for toolchain {channel}: run `rustup component add rust-src --toolchain {channel}`");
+        bail!(
+            "could not install rust-src for toolchain {channel}: run `rustup component add rust-src --toolchain {channel}`"
+        );
     }
     Ok(())
 }

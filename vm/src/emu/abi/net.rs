@@ -1,0 +1,665 @@
+//! Socket filter, IP filter and kern_control KPIs (com.apple.kpi.bsd), and the
+//! calls from the emulated stack into the kext's filter callbacks.
+
+use std::ffi::{c_int, c_void};
+
+use super::{c_string, invoke, put};
+use crate::emu::fault::FaultPoint;
+use crate::emu::ipf::{Injected, IpfFilter, IpfReg, IpfState};
+use crate::emu::kernel::{self, Deferred, Kernel, Kind};
+use crate::emu::mbuf::{Owner, handle_of};
+use crate::emu::sflt::{RegState, Registration, SfltFilter};
+
+const EINVAL: c_int = 22;
+const ENOENT: c_int = 2;
+const EEXIST: c_int = 17;
+pub const EJUSTRETURN: c_int = -2;
+
+fn check_code(k: &mut Kernel, what: &str, callbacks: &[(&str, u64)]) -> bool {
+    let mut ok = true;
+    for &(name, a) in callbacks {
+        if a != 0 && !k.is_kext_code(a) {
+            k.violation(
+                "callback-outside-kext",
+                format!("{what}: {name} = {a:#x} is not in the kext's code"),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+// ---- socket filters ----
+
+extern "C" fn sflt_register(
+    filter: *const [u8; SfltFilter::SIZE],
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+) -> c_int {
+    if filter.is_null() {
+        kernel::with(|k| k.violation("sflt-null-filter", "sflt_register(NULL, …)"));
+        return EINVAL;
+    }
+    // SAFETY: sflt_register reads a `struct sflt_filter` (192 bytes on LP64); the
+    // kernel copies it, as we do here.
+    let raw = unsafe { filter.read_unaligned() };
+    let f = SfltFilter::parse(&raw);
+    // SAFETY: sf_name is a NUL-terminated string when not NULL.
+    let name = unsafe { c_string(f.name as *const _) };
+    kernel::with(|k| {
+        let mut missing = Vec::new();
+        if f.attach == 0 {
+            missing.push("sf_attach is NULL");
+        }
+        if f.detach == 0 {
+            missing.push("sf_detach is NULL");
+        }
+        if f.handle == 0 {
+            missing.push("sf_handle is 0");
+        }
+        if name.is_none() {
+            missing.push("sf_name is NULL");
+        }
+        if !missing.is_empty() {
+            k.violation(
+                "sflt-required-field",
+                format!(
+                    "sflt_register: {} (the kernel requires them and returns EINVAL)",
+                    missing.join(", ")
+                ),
+            );
+            return EINVAL;
+        }
+        if f.ext_reserved_nonzero {
+            k.violation(
+                "sflt-reserved",
+                "sflt_register: sf_ext.sf_ext_rsvd must be zeroed",
+            );
+        }
+        if !check_code(k, "sflt_register", &f.callbacks()) {
+            return EINVAL;
+        }
+        if k.sflt
+            .regs
+            .get(&f.handle)
+            .is_some_and(|r| r.state != RegState::Unregistered)
+        {
+            return EEXIST;
+        }
+        k.sflt.regs.insert(
+            f.handle,
+            Registration {
+                filter: f,
+                name: name.unwrap_or_default(),
+                domain,
+                ty,
+                protocol,
+                state: RegState::Registered,
+            },
+        );
+        k.record(format!("sflt_register handle {:#x}", f.handle), 0);
+        0
+    })
+}
+
+extern "C" fn sflt_unregister(handle: u32) -> c_int {
+    kernel::with(|k| match k.sflt.regs.get_mut(&handle) {
+        Some(r) if r.state == RegState::Registered => {
+            r.state = RegState::Unregistering;
+            k.deferred.push_back(Deferred::SfUnregistered { handle });
+            0
+        }
+        _ => {
+            k.violation(
+                "sflt-unregister-unknown",
+                format!("sflt_unregister({handle:#x}): no such registered filter"),
+            );
+            ENOENT
+        }
+    })
+}
+
+/// `struct sockaddr_in`/`sockaddr_in6` bytes for a host address.
+pub fn sockaddr(a: std::net::SocketAddr) -> Vec<u8> {
+    match a {
+        std::net::SocketAddr::V4(v) => {
+            let mut b = vec![0u8; 16];
+            b[0] = 16;
+            b[1] = 2;
+            b[2..4].copy_from_slice(&v.port().to_be_bytes());
+            b[4..8].copy_from_slice(&v.ip().octets());
+            b
+        }
+        std::net::SocketAddr::V6(v) => {
+            let mut b = vec![0u8; 28];
+            b[0] = 28;
+            b[1] = 30;
+            b[2..4].copy_from_slice(&v.port().to_be_bytes());
+            b[8..24].copy_from_slice(&v.ip().octets());
+            b
+        }
+    }
+}
+
+/// Parses a `struct sockaddr` the kext left (AF_INET/AF_INET6).
+pub fn parse_sockaddr(b: &[u8]) -> Option<std::net::SocketAddr> {
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    match b.get(1)? {
+        2 => Some(std::net::SocketAddr::from((
+            <[u8; 4]>::try_from(b.get(4..8)?).ok()?,
+            port,
+        ))),
+        30 => Some(std::net::SocketAddr::from((
+            <[u8; 16]>::try_from(b.get(8..24)?).ok()?,
+            port,
+        ))),
+        _ => None,
+    }
+}
+
+fn socket<R>(
+    so: u64,
+    op: &str,
+    default: R,
+    f: impl FnOnce(&mut crate::emu::sflt::Socket) -> R,
+) -> R {
+    kernel::with(|k| {
+        match kernel::unhandle(so, Kind::Socket).and_then(|id| k.sflt.sockets.get_mut(&id)) {
+            Some(s) => f(s),
+            None => {
+                k.violation(
+                    "socket-bad-handle",
+                    format!("{op}({so:#x}): not a live socket_t"),
+                );
+                default
+            }
+        }
+    })
+}
+
+fn copy_sockaddr(a: Option<std::net::SocketAddr>, out: *mut u8, len: c_int) -> c_int {
+    let Some(a) = a else {
+        return 57; /* ENOTCONN */
+    };
+    let b = sockaddr(a);
+    let n = b.len().min(len.max(0) as usize);
+    // SAFETY: sock_getpeername/getsockname: `out` holds `len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), out, n) };
+    0
+}
+
+extern "C" fn sock_getpeername(so: u64, out: *mut u8, len: c_int) -> c_int {
+    let a = socket(so, "sock_getpeername", None, |s| s.peer);
+    copy_sockaddr(a, out, len)
+}
+extern "C" fn sock_getsockname(so: u64, out: *mut u8, len: c_int) -> c_int {
+    let a = socket(so, "sock_getsockname", None, |s| s.local);
+    copy_sockaddr(a, out, len)
+}
+extern "C" fn sock_gettype(
+    so: u64,
+    domain: *mut c_int,
+    ty: *mut c_int,
+    protocol: *mut c_int,
+) -> c_int {
+    let t = socket(so, "sock_gettype", None, |s| {
+        Some((s.domain, s.ty, s.protocol))
+    });
+    let Some((d, t, p)) = t else { return EINVAL };
+    // SAFETY: optional out-parameters.
+    unsafe {
+        put(domain, d);
+        put(ty, t);
+        put(protocol, p);
+    }
+    0
+}
+
+fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
+    let op = if out {
+        "sock_inject_data_out"
+    } else {
+        "sock_inject_data_in"
+    };
+    kernel::with(|k| {
+        let Some(id) = k.mbuf_live(data, op) else {
+            return EINVAL;
+        };
+        let bytes = k.mbuf_bytes(id);
+        let during = k.during();
+        k.mbuf_set_owner(
+            id,
+            Owner::Consumed {
+                during: during.clone(),
+                by: op.into(),
+            },
+        );
+        if control != 0
+            && let Some(c) = k.mbuf_live(control, op)
+        {
+            k.mbuf_set_owner(
+                c,
+                Owner::Consumed {
+                    during,
+                    by: op.into(),
+                },
+            );
+        }
+        if k.faults.should_fail(FaultPoint::Inject) {
+            return 55; // ENOBUFS; the mbuf is consumed anyway
+        }
+        match kernel::unhandle(so, Kind::Socket).and_then(|sid| k.sflt.sockets.get_mut(&sid)) {
+            Some(s) => {
+                if out {
+                    s.injected_out.push(bytes);
+                } else {
+                    s.injected_in.push(bytes);
+                }
+                0
+            }
+            None => {
+                k.violation(
+                    "socket-bad-handle",
+                    format!("{op}({so:#x}): not a live socket_t"),
+                );
+                EINVAL
+            }
+        }
+    })
+}
+
+extern "C" fn sock_inject_data_out(
+    so: u64,
+    _to: *const u8,
+    data: u64,
+    control: u64,
+    _flags: u32,
+) -> c_int {
+    inject_sock(so, data, control, true)
+}
+extern "C" fn sock_inject_data_in(
+    so: u64,
+    _from: *const u8,
+    data: u64,
+    control: u64,
+    _flags: u32,
+) -> c_int {
+    inject_sock(so, data, control, false)
+}
+
+// ---- IP filters ----
+
+fn ipf_add(filter: *const [u8; IpfFilter::SIZE], out: *mut u64, v6: bool) -> c_int {
+    let op = if v6 { "ipf_addv6" } else { "ipf_addv4" };
+    if filter.is_null() || out.is_null() {
+        kernel::with(|k| {
+            k.violation(
+                "ipf-null-argument",
+                format!("{op}: NULL filter or filter_ref"),
+            )
+        });
+        return EINVAL;
+    }
+    // SAFETY: ipf_addv4/v6 read a `struct ipf_filter` (40 bytes); the kernel copies it.
+    let raw = unsafe { filter.read_unaligned() };
+    let f = IpfFilter::parse(&raw);
+    // SAFETY: `name` is a NUL-terminated string when not NULL.
+    let name = unsafe { c_string(f.name as *const _) };
+    let r = kernel::with(|k| {
+        if name.is_none() || (f.input == 0 && f.output == 0) {
+            k.violation(
+                "ipf-required-field",
+                format!(
+                    "{op}: {} (the kernel returns EINVAL)",
+                    if name.is_none() {
+                        "name is NULL"
+                    } else {
+                        "ipf_input and ipf_output are both NULL"
+                    }
+                ),
+            );
+            return Err(EINVAL);
+        }
+        if !check_code(
+            k,
+            op,
+            &[
+                ("ipf_input", f.input),
+                ("ipf_output", f.output),
+                ("ipf_detach", f.detach),
+            ],
+        ) {
+            return Err(EINVAL);
+        }
+        let id = k.new_id();
+        k.ipf.regs.insert(
+            0,
+            IpfReg {
+                id,
+                v6,
+                filter: f,
+                name: name.unwrap_or_default(),
+                state: IpfState::Attached,
+            },
+        );
+        Ok(kernel::handle(Kind::IpFilter, id))
+    });
+    match r {
+        Ok(h) => {
+            // SAFETY: out-parameter (checked non-NULL).
+            unsafe { put(out, h) };
+            0
+        }
+        Err(e) => e,
+    }
+}
+
+extern "C" fn ipf_addv4(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> c_int {
+    ipf_add(filter, out, false)
+}
+extern "C" fn ipf_addv6(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> c_int {
+    ipf_add(filter, out, true)
+}
+
+extern "C" fn ipf_remove(r: u64) -> c_int {
+    kernel::with(|k| {
+        let id = kernel::unhandle(r, Kind::IpFilter);
+        match id.and_then(|id| k.ipf.regs.iter_mut().find(|x| x.id == id)) {
+            Some(reg) if reg.state == IpfState::Attached => {
+                reg.state = IpfState::Removing;
+                let id = reg.id;
+                k.deferred.push_back(Deferred::IpfDetach { id });
+                0
+            }
+            _ => {
+                k.violation(
+                    "ipf-remove-unknown",
+                    format!("ipf_remove({r:#x}): not an attached IP filter"),
+                );
+                ENOENT
+            }
+        }
+    })
+}
+
+fn ipf_inject(m: u64, r: u64, output: bool) -> c_int {
+    let op = if output {
+        "ipf_inject_output"
+    } else {
+        "ipf_inject_input"
+    };
+    kernel::with(|k| {
+        let Some(id) = k.mbuf_live(m, op) else {
+            return EINVAL;
+        };
+        let bytes = k.mbuf_bytes(id);
+        let csum = k
+            .mbuf(id)
+            .pkthdr
+            .as_ref()
+            .map(|h| h.csum_requested)
+            .unwrap_or(0);
+        let during = k.during();
+        k.mbuf_set_owner(
+            id,
+            Owner::Consumed {
+                during,
+                by: op.into(),
+            },
+        );
+        if k.faults.should_fail(FaultPoint::Inject) {
+            return 55; // ENOBUFS, and the mbuf is freed anyway
+        }
+        let after = if r == 0 {
+            None
+        } else {
+            match kernel::unhandle(r, Kind::IpFilter)
+                .filter(|id| k.ipf.regs.iter().any(|x| x.id == *id))
+            {
+                Some(id) => Some(id),
+                None => {
+                    k.violation(
+                        "ipf-bad-ref",
+                        format!("{op}: filter_ref {r:#x} is not an IP filter"),
+                    );
+                    return EINVAL;
+                }
+            }
+        };
+        k.ipf.injected.push_back(Injected {
+            bytes,
+            csum_requested: csum,
+            after,
+            output,
+        });
+        0
+    })
+}
+
+extern "C" fn ipf_inject_output(m: u64, r: u64, _opts: *mut c_void) -> c_int {
+    ipf_inject(m, r, true)
+}
+extern "C" fn ipf_inject_input(m: u64, r: u64) -> c_int {
+    ipf_inject(m, r, false)
+}
+
+// ---- calls into the kext ----
+
+/// Delivers one piece of deferred kernel work (a notification into the kext).
+pub fn deliver(d: Deferred) {
+    match d {
+        Deferred::SfUnregistered { handle } => {
+            let (cb, detaches) = kernel::with(|k| {
+                let cb = k
+                    .sflt
+                    .regs
+                    .get(&handle)
+                    .map(|r| (r.filter.unregistered, r.filter.detach))
+                    .unwrap_or((0, 0));
+                // Sockets still attached to this filter are detached first.
+                let mut v = Vec::new();
+                for (sid, s) in k.sflt.sockets.iter_mut() {
+                    s.attached.retain(|&(h, cookie)| {
+                        if h == handle {
+                            v.push((*sid, cookie));
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
+                (cb, v)
+            });
+            for (sid, cookie) in detaches {
+                call_sf_detach(cb.1, cookie, kernel::handle(Kind::Socket, sid));
+            }
+            if cb.0 != 0 {
+                invoke(cb.0, "sf_unregistered", || {
+                    // SAFETY: sf_unregistered: `void (*)(sflt_handle)`; address checked by `invoke`.
+                    let f: extern "C" fn(u32) = unsafe { std::mem::transmute(cb.0 as usize) };
+                    f(handle)
+                });
+            }
+            kernel::with(|k| {
+                if let Some(r) = k.sflt.regs.get_mut(&handle) {
+                    r.state = RegState::Unregistered;
+                }
+            });
+        }
+        Deferred::IpfDetach { id } => {
+            let f = kernel::with(|k| k.ipf.regs.iter().find(|r| r.id == id).map(|r| r.filter));
+            if let Some(f) = f
+                && f.detach != 0
+            {
+                invoke(f.detach, "ipf_detach", || {
+                    // SAFETY: ipf_detach: `void (*)(void *cookie)`; address checked by `invoke`.
+                    let d: extern "C" fn(u64) = unsafe { std::mem::transmute(f.detach as usize) };
+                    d(f.cookie)
+                });
+            }
+            kernel::with(|k| {
+                if let Some(r) = k.ipf.regs.iter_mut().find(|r| r.id == id) {
+                    r.state = IpfState::Detached;
+                }
+            });
+        }
+    }
+}
+
+pub fn call_sf_attach(f: u64, so: u64) -> Option<(c_int, u64)> {
+    let mut cookie: u64 = 0;
+    let r = invoke(f, "sf_attach", || {
+        // SAFETY: sf_attach: `errno_t (*)(void **cookie, socket_t so)`; `cookie` lives on this frame.
+        let cb: extern "C" fn(*mut u64, u64) -> c_int = unsafe { std::mem::transmute(f as usize) };
+        cb(&mut cookie, so)
+    })?;
+    Some((r, cookie))
+}
+
+pub fn call_sf_detach(f: u64, cookie: u64, so: u64) {
+    invoke(f, "sf_detach", || {
+        // SAFETY: sf_detach: `void (*)(void *cookie, socket_t so)`.
+        let cb: extern "C" fn(u64, u64) = unsafe { std::mem::transmute(f as usize) };
+        cb(cookie, so)
+    });
+}
+
+/// `sf_connect_out(cookie, so, to)`; `to` may be rewritten by the filter.
+pub fn call_sf_connect_out(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Option<c_int> {
+    invoke(f, "sf_connect_out", || {
+        // SAFETY: sf_connect_out: `errno_t (*)(void *, socket_t, const struct sockaddr *)`;
+        // the kernel passes a writable copy it reads back (xnu-3789+), as `to` is here.
+        let cb: extern "C" fn(u64, u64, *mut u8) -> c_int =
+            unsafe { std::mem::transmute(f as usize) };
+        cb(cookie, so, to.as_mut_ptr())
+    })
+}
+
+/// `sf_data_out`/`sf_data_in(cookie, so, addr, &data, &control, flags)`; returns
+/// the result and the (possibly replaced) data mbuf.
+pub fn call_sf_data(f: u64, what: &str, cookie: u64, so: u64, data: u64) -> Option<(c_int, u64)> {
+    let mut m = data;
+    let mut control: u64 = 0;
+    let r = invoke(f, what, || {
+        // SAFETY: sf_data_in/out: `errno_t (*)(void *, socket_t, const struct sockaddr *,
+        // mbuf_t *, mbuf_t *, sflt_data_flag_t)`; the mbuf_t slots live on this frame.
+        let cb: extern "C" fn(u64, u64, *const u8, *mut u64, *mut u64, u32) -> c_int =
+            unsafe { std::mem::transmute(f as usize) };
+        cb(cookie, so, std::ptr::null(), &mut m, &mut control, 0)
+    })?;
+    Some((r, m))
+}
+
+/// `ipf_output(cookie, &data, options)` or `ipf_input(cookie, &data, offset, protocol)`.
+pub fn call_ipf(
+    f: &IpfReg,
+    output: bool,
+    data: u64,
+    offset: c_int,
+    protocol: u8,
+) -> Option<(c_int, u64)> {
+    let mut m = data;
+    let addr = if output {
+        f.filter.output
+    } else {
+        f.filter.input
+    };
+    let what = format!(
+        "{} of '{}'",
+        if output { "ipf_output" } else { "ipf_input" },
+        f.name
+    );
+    let cookie = f.filter.cookie;
+    let r = invoke(addr, &what, || {
+        if output {
+            // SAFETY: ipf_output: `errno_t (*)(void *cookie, mbuf_t *data, ipf_pktopts_t)`.
+            let cb: extern "C" fn(u64, *mut u64, *mut c_void) -> c_int =
+                unsafe { std::mem::transmute(addr as usize) };
+            cb(cookie, &mut m, std::ptr::null_mut())
+        } else {
+            // SAFETY: ipf_input: `errno_t (*)(void *cookie, mbuf_t *data, int offset, u_int8_t protocol)`.
+            let cb: extern "C" fn(u64, *mut u64, c_int, u8) -> c_int =
+                unsafe { std::mem::transmute(addr as usize) };
+            cb(cookie, &mut m, offset, protocol)
+        }
+    })?;
+    Some((r, m))
+}
+
+pub fn new_socket(domain: i32, ty: i32, protocol: i32) -> u64 {
+    kernel::with(|k| {
+        let id = k.new_id();
+        k.sflt.sockets.insert(
+            id,
+            crate::emu::sflt::Socket {
+                domain,
+                ty,
+                protocol,
+                ..Default::default()
+            },
+        );
+        kernel::handle(Kind::Socket, id)
+    })
+}
+
+pub fn mbuf_handle(id: u64) -> u64 {
+    handle_of(id)
+}
+
+macro_rules! sym {
+    ($name:literal, $f:expr) => {
+        ($name, $f as usize as u64)
+    };
+}
+
+pub fn symbols() -> Vec<(&'static str, u64)> {
+    vec![
+        sym!(
+            "_sflt_register",
+            sflt_register
+                as extern "C" fn(*const [u8; SfltFilter::SIZE], c_int, c_int, c_int) -> c_int
+        ),
+        sym!(
+            "_sflt_unregister",
+            sflt_unregister as extern "C" fn(u32) -> c_int
+        ),
+        sym!(
+            "_sock_getpeername",
+            sock_getpeername as extern "C" fn(u64, *mut u8, c_int) -> c_int
+        ),
+        sym!(
+            "_sock_getsockname",
+            sock_getsockname as extern "C" fn(u64, *mut u8, c_int) -> c_int
+        ),
+        sym!(
+            "_sock_gettype",
+            sock_gettype as extern "C" fn(u64, *mut c_int, *mut c_int, *mut c_int) -> c_int
+        ),
+        sym!(
+            "_sock_inject_data_out",
+            sock_inject_data_out as extern "C" fn(u64, *const u8, u64, u64, u32) -> c_int
+        ),
+        sym!(
+            "_sock_inject_data_in",
+            sock_inject_data_in as extern "C" fn(u64, *const u8, u64, u64, u32) -> c_int
+        ),
+        sym!(
+            "_ipf_addv4",
+            ipf_addv4 as extern "C" fn(*const [u8; IpfFilter::SIZE], *mut u64) -> c_int
+        ),
+        sym!(
+            "_ipf_addv6",
+            ipf_addv6 as extern "C" fn(*const [u8; IpfFilter::SIZE], *mut u64) -> c_int
+        ),
+        sym!("_ipf_remove", ipf_remove as extern "C" fn(u64) -> c_int),
+        sym!(
+            "_ipf_inject_output",
+            ipf_inject_output as extern "C" fn(u64, u64, *mut c_void) -> c_int
+        ),
+        sym!(
+            "_ipf_inject_input",
+            ipf_inject_input as extern "C" fn(u64, u64) -> c_int
+        ),
+    ]
+}

@@ -1,0 +1,68 @@
+//! The event stream a scenario writes as it runs: one JSON object per line.
+//!
+//! In a child process the stream goes to the pipe the parent reads, line by
+//! line and flushed at once, so the parent still has everything up to the moment
+//! a kext crashes the child. In-process (unit tests) events are only kept.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::kernel::Violation;
+
+/// One event of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "kebab-case")]
+pub enum Event {
+    /// A line the kext logged (`printf`/`IOLog`), without its trailing newline.
+    Log { text: String },
+    /// A kext image was mapped: where, so faults can be mapped back to symbols.
+    Loaded {
+        kext: String,
+        path: String,
+        base: u64,
+        size: u64,
+        stubs: u64,
+        stubs_len: u64,
+        stub_symbols: Vec<String>,
+    },
+    /// A kext was unloaded (its image made inaccessible).
+    Unloaded { kext: String },
+    /// A step of the scenario (kmod start/stop, a callback, a traffic check) and its outcome.
+    Step {
+        what: String,
+        ok: bool,
+        detail: String,
+    },
+    /// A ledger or contract violation.
+    Violation(Violation),
+    /// The child died of a signal while running kext code (written by the signal handler).
+    Fault {
+        signal: i32,
+        addr: u64,
+        rip: u64,
+        ret: u64,
+    },
+}
+
+static SINK: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Sends events to `file` from now on (the child's stdout).
+pub fn set_sink(file: std::fs::File) {
+    if let Ok(mut s) = SINK.lock() {
+        *s = Some(file);
+    }
+}
+
+/// Writes one event line to the sink, if any.
+pub fn emit(ev: &Event) {
+    if let Ok(mut s) = SINK.lock()
+        && let Some(f) = s.as_mut()
+        && let Ok(mut line) = serde_json::to_vec(ev)
+    {
+        line.push(b'\n');
+        // A write error means the parent is gone; nothing useful remains to do.
+        let _ = f.write_all(&line);
+    }
+}

@@ -1,0 +1,424 @@
+//! The emulated kernel's state: the objects the KPIs hand out (opaque handles),
+//! and the ledgers that fail a run — allocations, locks, mbufs, filters.
+//!
+//! Everything here is safe Rust over plain integers and byte vectors; the raw
+//! pointers a kext passes are turned into these by [`super::abi`]. The state is
+//! per thread (a scenario runs the kext on one thread) and is reached through
+//! [`with`]; no borrow is held while the kext runs, because the kext may call
+//! back into the KPIs from its callbacks.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::events::{self, Event};
+use super::fault::FaultPlan;
+
+/// What kind of object an opaque handle names. Handles are non-canonical
+/// addresses (`0xE…`), so a kext that dereferences one faults at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Mbuf = 1,
+    Socket = 2,
+    IpFilter = 3,
+    LockGroup = 4,
+    LockGroupAttr = 5,
+    LockAttr = 6,
+    Mutex = 7,
+    RwLock = 8,
+    SpinLock = 9,
+    MallocTag = 10,
+    KernCtl = 11,
+}
+
+const HANDLE_TAG: u64 = 0xE000_0000_0000_0000;
+
+/// Makes the opaque pointer value for object `id` of `kind`.
+pub fn handle(kind: Kind, id: u64) -> u64 {
+    HANDLE_TAG | ((kind as u64) << 40) | (id << 4)
+}
+
+/// Decodes a handle made by [`handle`].
+pub fn unhandle(h: u64, kind: Kind) -> Option<u64> {
+    (h & 0xFF00_0000_0000_0000 == HANDLE_TAG && (h >> 40) & 0xFF == kind as u64 && h & 0xF == 0)
+        .then_some((h >> 4) & 0xF_FFFF_FFFF)
+}
+
+/// A contract violation found by a ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Short stable identifier, e.g. `mbuf-double-free`.
+    pub rule: String,
+    /// The callback (or entry point) running when it happened, e.g. `ipf_output`.
+    pub during: String,
+    /// What happened, naming the object.
+    pub detail: String,
+}
+
+/// An allocation the kext owns.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub size: usize,
+    pub via: &'static str,
+    pub during: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockState {
+    Free,
+    Held { during: String, exclusive: bool },
+    Destroyed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub kind: Kind,
+    pub state: LockState,
+    pub readers: u32,
+}
+
+/// One entry of the run's trace: what the emulator called and what came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    pub what: String,
+    pub result: i64,
+}
+
+/// Deferred kernel work, delivered "asynchronously" between the kext's entry points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred {
+    SfUnregistered { handle: u32 },
+    IpfDetach { id: u64 },
+}
+
+/// The whole emulated kernel.
+#[derive(Default)]
+pub struct Kernel {
+    /// Callback/entry-point stack, innermost last.
+    pub context: Vec<String>,
+    pub violations: Vec<Violation>,
+    pub trace: Vec<Call>,
+    pub log: Vec<String>,
+    pub allocations: BTreeMap<u64, Allocation>,
+    pub malloc_tags: BTreeMap<u64, String>,
+    pub locks: BTreeMap<u64, Lock>,
+    pub next_id: u64,
+    pub deferred: VecDeque<Deferred>,
+    pub mbufs: super::mbuf::Mbufs,
+    pub sflt: super::sflt::SocketFilters,
+    pub ipf: super::ipf::IpFilters,
+    pub ctl: super::ctl::Controls,
+    pub faults: FaultPlan,
+    /// Code range of the loaded kext(s): `[start, end)` of executable segments, for callback checks.
+    pub code: Vec<(u64, u64, String)>,
+    /// Monotonic emulated clock, nanoseconds.
+    pub clock_ns: u64,
+}
+
+thread_local! {
+    static KERNEL: RefCell<Kernel> = RefCell::new(Kernel::default());
+}
+
+/// Runs `f` with the kernel state. Never call into the kext from inside `f`.
+pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
+    KERNEL.with(|k| f(&mut k.borrow_mut()))
+}
+
+/// Replaces the kernel state with a fresh one (a new scenario).
+pub fn reset(faults: FaultPlan) {
+    with(|k| {
+        *k = Kernel {
+            faults,
+            clock_ns: 1_000_000_000,
+            ..Kernel::default()
+        };
+    });
+}
+
+impl Kernel {
+    pub fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The innermost running entry point or callback.
+    pub fn during(&self) -> String {
+        self.context
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "emulator".into())
+    }
+
+    pub fn violation(&mut self, rule: &str, detail: impl Into<String>) {
+        let v = Violation {
+            rule: rule.into(),
+            during: self.during(),
+            detail: detail.into(),
+        };
+        events::emit(&Event::Violation(v.clone()));
+        self.violations.push(v);
+    }
+
+    pub fn log_line(&mut self, text: &str) {
+        events::emit(&Event::Log {
+            text: text.to_string(),
+        });
+        self.log.push(text.to_string());
+    }
+
+    pub fn record(&mut self, what: impl Into<String>, result: i64) {
+        self.trace.push(Call {
+            what: what.into(),
+            result,
+        });
+    }
+
+    /// Whether `addr` is inside a loaded kext's executable segment.
+    pub fn is_kext_code(&self, addr: u64) -> bool {
+        self.code.iter().any(|&(s, e, _)| s <= addr && addr < e)
+    }
+
+    // ---- memory ----
+
+    pub fn note_alloc(&mut self, addr: u64, size: usize, via: &'static str) {
+        let during = self.during();
+        self.allocations
+            .insert(addr, Allocation { size, via, during });
+    }
+
+    /// Records a free of `addr`; `size` is checked when the KPI passes one.
+    pub fn note_free(&mut self, addr: u64, size: Option<usize>, via: &'static str) -> bool {
+        match self.allocations.remove(&addr) {
+            Some(a) => {
+                if let Some(s) = size.filter(|&s| s != a.size) {
+                    self.violation(
+                        "free-size-mismatch",
+                        format!(
+                            "{via}({addr:#x}, {s}) but {} allocated {} bytes",
+                            a.via, a.size
+                        ),
+                    );
+                }
+                true
+            }
+            None => {
+                self.violation(
+                    "free-unknown",
+                    format!(
+                        "{via}({addr:#x}): not a live allocation (double free or foreign pointer)"
+                    ),
+                );
+                false
+            }
+        }
+    }
+
+    // ---- locks ----
+
+    pub fn new_lock(&mut self, kind: Kind) -> u64 {
+        let id = self.new_id();
+        self.locks.insert(
+            id,
+            Lock {
+                kind,
+                state: LockState::Free,
+                readers: 0,
+            },
+        );
+        handle(kind, id)
+    }
+
+    fn lock_mut(&mut self, h: u64, kind: Kind, op: &str) -> Option<u64> {
+        let id = unhandle(h, kind).filter(|id| self.locks.contains_key(id));
+        if id.is_none() {
+            self.violation(
+                "lock-bad-handle",
+                format!("{op}({h:#x}): not a {kind:?} made by the KPI"),
+            );
+        }
+        id
+    }
+
+    pub fn lock_acquire(&mut self, h: u64, kind: Kind, exclusive: bool, op: &str) -> bool {
+        let Some(id) = self.lock_mut(h, kind, op) else {
+            return false;
+        };
+        let during = self.during();
+        let Some(l) = self.locks.get_mut(&id) else {
+            return false;
+        };
+        match l.state.clone() {
+            LockState::Destroyed => {
+                self.violation(
+                    "lock-use-after-free",
+                    format!("{op}: {kind:?} #{id} was freed"),
+                );
+                false
+            }
+            LockState::Held { during: held, .. } => {
+                self.violation(
+                    "lock-recursion",
+                    format!("{op}: {kind:?} #{id} is already held (taken in {held}); on a real kernel this deadlocks or panics"),
+                );
+                false
+            }
+            LockState::Free if !exclusive && l.readers > 0 => {
+                l.readers += 1;
+                true
+            }
+            LockState::Free => {
+                if exclusive {
+                    l.state = LockState::Held { during, exclusive };
+                } else {
+                    l.readers += 1;
+                }
+                true
+            }
+        }
+    }
+
+    pub fn lock_release(&mut self, h: u64, kind: Kind, op: &str) {
+        let Some(id) = self.lock_mut(h, kind, op) else {
+            return;
+        };
+        let Some(l) = self.locks.get_mut(&id) else {
+            return;
+        };
+        match l.state {
+            LockState::Held { .. } => l.state = LockState::Free,
+            LockState::Free if l.readers > 0 => l.readers -= 1,
+            LockState::Free => {
+                self.violation("lock-not-held", format!("{op}: {kind:?} #{id} is not held"))
+            }
+            LockState::Destroyed => self.violation(
+                "lock-use-after-free",
+                format!("{op}: {kind:?} #{id} was freed"),
+            ),
+        }
+    }
+
+    pub fn lock_free(&mut self, h: u64, kind: Kind, op: &str) {
+        let Some(id) = self.lock_mut(h, kind, op) else {
+            return;
+        };
+        let Some(l) = self.locks.get_mut(&id) else {
+            return;
+        };
+        let was = std::mem::replace(&mut l.state, LockState::Destroyed);
+        let readers = l.readers;
+        match was {
+            LockState::Destroyed => self.violation(
+                "lock-double-free",
+                format!("{op}: {kind:?} #{id} was already freed"),
+            ),
+            LockState::Held { during, .. } => self.violation(
+                "lock-freed-while-held",
+                format!("{op}: {kind:?} #{id} freed while held (taken in {during})"),
+            ),
+            LockState::Free if readers > 0 => self.violation(
+                "lock-freed-while-held",
+                format!("{op}: {kind:?} #{id} freed with {readers} reader(s)"),
+            ),
+            LockState::Free => {}
+        }
+    }
+
+    /// Locks (not groups/attributes) held right now, described.
+    pub fn held_locks(&self) -> Vec<String> {
+        self.locks
+            .iter()
+            .filter_map(|(id, l)| match &l.state {
+                LockState::Held { during, .. } => {
+                    Some(format!("{:?} #{id} (taken in {during})", l.kind))
+                }
+                LockState::Free if l.readers > 0 => {
+                    Some(format!("{:?} #{id} ({} reader(s))", l.kind, l.readers))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Lock objects (groups, attributes, locks) never freed.
+    pub fn leaked_locks(&self) -> Vec<String> {
+        self.locks
+            .iter()
+            .filter(|(_, l)| l.state != LockState::Destroyed)
+            .map(|(id, l)| format!("{:?} #{id}", l.kind))
+            .collect()
+    }
+}
+
+/// Checks run when control returns from the kext to the "stack" (after every
+/// callback and entry point): no lock may be held.
+pub fn check_return(k: &mut Kernel, what: &str) {
+    let held = k.held_locks();
+    if !held.is_empty() {
+        k.violation(
+            "lock-held-on-return",
+            format!("{what} returned with {} held", held.join(", ")),
+        );
+        // Release them so one mistake is reported once, not at every later return.
+        for l in k.locks.values_mut() {
+            if matches!(l.state, LockState::Held { .. }) {
+                l.state = LockState::Free;
+            }
+            l.readers = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_round_trip_and_are_non_canonical() {
+        let h = handle(Kind::Mbuf, 42);
+        assert_eq!(unhandle(h, Kind::Mbuf), Some(42));
+        assert_eq!(unhandle(h, Kind::Socket), None);
+        assert_eq!(unhandle(0x7fff_0000_1000, Kind::Mbuf), None);
+        assert!(
+            h >> 47 != 0 && h >> 47 != 0x1ffff,
+            "must not be a canonical user or kernel address"
+        );
+    }
+
+    #[test]
+    fn lock_ledger_reports_recursion_held_on_return_and_free_while_held() {
+        reset(FaultPlan::default());
+        with(|k| {
+            k.context.push("start".into());
+            let m = k.new_lock(Kind::Mutex);
+            assert!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
+            assert!(!k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
+            check_return(k, "start");
+            k.lock_release(m, Kind::Mutex, "lck_mtx_unlock");
+            assert!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
+            k.lock_free(m, Kind::Mutex, "lck_mtx_free");
+            let rules: Vec<&str> = k.violations.iter().map(|v| v.rule.as_str()).collect();
+            assert_eq!(
+                rules,
+                [
+                    "lock-recursion",
+                    "lock-held-on-return",
+                    "lock-not-held",
+                    "lock-freed-while-held"
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn memory_ledger_catches_double_free_and_size_mismatch() {
+        reset(FaultPlan::default());
+        with(|k| {
+            k.note_alloc(0x1000, 16, "OSMalloc");
+            assert!(k.note_free(0x1000, Some(32), "OSFree"));
+            assert!(!k.note_free(0x1000, Some(16), "OSFree"));
+            let rules: Vec<&str> = k.violations.iter().map(|v| v.rule.as_str()).collect();
+            assert_eq!(rules, ["free-size-mismatch", "free-unknown"]);
+        });
+    }
+}

@@ -1,0 +1,91 @@
+//! Backend `emu`: an XNU KPI emulator that loads the shipped x86_64 kext binary
+//! into this (x86_64 Linux) process and drives it.
+//!
+//! - [`image`]: read the kext's Mach-O (universal or thin) — safe.
+//! - [`reloc`]: kxld's relocation rules as a pure function — safe.
+//! - [`loader`]: map, relocate, bind through jump stubs, call kmod start/stop — unsafe.
+//! - [`abi`]: the host implementations of the KPIs and the calls into the kext's
+//!   callbacks — unsafe (the trampoline layer).
+//! - [`kernel`], [`mbuf`], [`sflt`], [`ipf`], [`ctl`]: the emulated kernel's state
+//!   and ledgers — safe.
+//! - [`scenario`], [`traffic`]: what a run does, inside the child process.
+//! - [`child`], [`runner`]: one child process per scenario, with a time limit;
+//!   fatal signals are reported with the faulting address mapped to a kext symbol.
+//! - [`fault`]: the seedable fault-injection plan.
+
+pub mod abi;
+pub mod child;
+pub mod ctl;
+pub mod events;
+pub mod fault;
+pub mod image;
+pub mod ipf;
+pub mod kernel;
+pub mod loader;
+pub mod mbuf;
+pub mod packet;
+pub mod reloc;
+pub mod runner;
+pub mod scenario;
+pub mod sflt;
+pub mod traffic;
+
+pub use runner::{RunOptions, Runner, ScenarioReport, junit, run};
+pub use scenario::SCENARIOS;
+
+use std::path::PathBuf;
+
+/// Arguments of the child side, as the runner passes them.
+#[derive(Debug, Default, Clone)]
+pub struct ChildArgs {
+    pub scenario: String,
+    pub kexts: Vec<PathBuf>,
+    pub faults: Option<String>,
+}
+
+impl ChildArgs {
+    /// Parses `--scenario S --kext K… [--faults F]`.
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
+        let mut out = ChildArgs::default();
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+            match a.as_str() {
+                "--scenario" => out.scenario = value("--scenario")?,
+                "--kext" => out.kexts.push(PathBuf::from(value("--kext")?)),
+                "--faults" => out.faults = Some(value("--faults")?),
+                other => return Err(format!("unexpected argument `{other}`")),
+            }
+        }
+        if out.scenario.is_empty() {
+            return Err("--scenario is required".into());
+        }
+        Ok(out)
+    }
+}
+
+/// The body of a scenario child process; returns its exit status. Call it from
+/// a binary's `main` when the runner starts that binary as a child.
+pub fn child_main(args: &ChildArgs) -> i32 {
+    child::stream_events_to_stdout();
+    child::install_fault_handler();
+    let plan = match args
+        .faults
+        .as_deref()
+        .map(fault::FaultPlan::parse)
+        .transpose()
+    {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("{e}");
+            return child::EXIT_SETUP;
+        }
+    };
+    match scenario::run(&args.scenario, &args.kexts, plan) {
+        Ok(_) => child::EXIT_DONE,
+        Err(e) => {
+            eprintln!("{e}");
+            child::EXIT_SETUP
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Scenarios, run inside the child process: load the kexts, drive them, stop and
+//! unload them as the kernel would, and check the ledgers.
+
+use std::path::{Path, PathBuf};
+
+use super::abi;
+use super::events::{self, Event};
+use super::fault::FaultPlan;
+use super::image;
+use super::kernel;
+use super::loader::{self, LoadedKext};
+use super::traffic;
+
+/// The scenarios the emu backend knows, with a one-line description.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "load-unload",
+        "load every kext, run its start routine, then stop (retrying while busy) and unload it; check the ledgers",
+    ),
+    (
+        "socket-connect",
+        "load-unload, plus: a TCP connection on loopback through the registered socket filters (connect_out may rewrite the destination; the real connect goes where the filter says), data both ways",
+    ),
+    (
+        "ip-tcp",
+        "load-unload, plus: a TCP handshake and data transfer between two smoltcp stacks, every packet through the registered IP filters (ipf_output, ipf_input)",
+    ),
+];
+
+/// How many times the emulator calls a stop routine that returns busy, delivering
+/// pending kernel work (sf_unregistered, ipf_detach) between attempts.
+const STOP_ATTEMPTS: u32 = 8;
+
+pub fn step(what: impl Into<String>, ok: bool, detail: impl Into<String>) {
+    events::emit(&Event::Step {
+        what: what.into(),
+        ok,
+        detail: detail.into(),
+    });
+}
+
+/// A loaded kext in the scenario.
+pub struct Kext {
+    pub loaded: LoadedKext,
+    pub label: String,
+    pub started: bool,
+}
+
+/// Runs scenario `name` with `kexts`; returns whether every step passed (the
+/// violations and steps have been emitted as events).
+pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, String> {
+    if !SCENARIOS.iter().any(|(n, _)| *n == name) {
+        let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+        return Err(format!(
+            "unknown scenario `{name}` (known: {})",
+            names.join(", ")
+        ));
+    }
+    kernel::reset(faults);
+    let mut ok = true;
+    let mut loaded = Vec::new();
+    for (i, path) in kexts.iter().enumerate() {
+        match load_and_start(path, 100 + i as i32) {
+            Ok(Some(k)) => loaded.push(k),
+            Ok(None) => ok = false,
+            Err(e) => {
+                step(format!("load {}", path.display()), false, e);
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ok &= match name {
+            "socket-connect" => traffic::socket_connect(),
+            "ip-tcp" => traffic::ip_tcp(),
+            _ => true,
+        };
+    }
+    for k in loaded.iter_mut().rev() {
+        ok &= stop_and_unload(k);
+    }
+    ok &= check_ledgers();
+    let clean = kernel::with(|k| k.violations.is_empty());
+    Ok(ok && clean)
+}
+
+fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
+    let img = image::read(path).map_err(|e| e.to_string())?;
+    let kext = loader::load(img, &abi::lookup, tag).map_err(|e| e.to_string())?;
+    let label = if kext.name.is_empty() {
+        path.display().to_string()
+    } else {
+        kext.name.clone()
+    };
+    events::emit(&Event::Loaded {
+        kext: label.clone(),
+        path: path.display().to_string(),
+        base: kext.base,
+        size: kext.size,
+        stubs: kext.stubs,
+        stubs_len: kext.stubs_len,
+        stub_symbols: kext.stub_symbols.clone(),
+    });
+    kernel::with(|k| {
+        for (s, e) in kext.code_ranges() {
+            k.code.push((s, e, label.clone()));
+        }
+    });
+    step(
+        format!("load {label}"),
+        true,
+        format!(
+            "version {}, {} bytes at {:#x}, {} KPI symbols bound through stubs",
+            kext.version,
+            kext.size,
+            kext.base,
+            kext.stub_symbols.len()
+        ),
+    );
+    for init in kext.initialisers("__mod_init_func") {
+        abi::invoke(init, &format!("static initialiser of {label}"), || {
+            kext.call_void(init)
+        });
+    }
+    if kext.start == 0 {
+        step(format!("start {label}"), true, "no start routine");
+        return Ok(Some(Kext {
+            loaded: kext,
+            label,
+            started: true,
+        }));
+    }
+    let r = abi::invoke(kext.start, &format!("start {label}"), || {
+        kext.call_entry(kext.start)
+    });
+    match r {
+        Some(0) => {
+            step(format!("start {label}"), true, "returned KERN_SUCCESS");
+            Ok(Some(Kext {
+                loaded: kext,
+                label,
+                started: true,
+            }))
+        }
+        Some(r) => {
+            step(
+                format!("start {label}"),
+                false,
+                format!("returned {r}; the kernel unloads the kext without calling stop"),
+            );
+            deliver_all();
+            check_nothing_registered(&kext, &label, "start failed");
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Delivers all pending deferred kernel work; returns how many items ran.
+pub fn deliver_all() -> usize {
+    let mut n = 0;
+    while let Some(d) = kernel::with(|k| k.deferred.pop_front()) {
+        abi::net::deliver(d);
+        n += 1;
+    }
+    n
+}
+
+fn stop_and_unload(k: &mut Kext) -> bool {
+    let label = k.label.clone();
+    if k.loaded.stop != 0 {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = abi::invoke(k.loaded.stop, &format!("stop {label}"), || {
+                k.loaded.call_entry(k.loaded.stop)
+            });
+            match r {
+                Some(0) => {
+                    step(
+                        format!("stop {label}"),
+                        true,
+                        format!("returned KERN_SUCCESS (attempt {attempt})"),
+                    );
+                    break;
+                }
+                Some(r) => {
+                    let pending = kernel::with(|k| k.deferred.len());
+                    step(
+                        format!("stop {label}"),
+                        true,
+                        format!(
+                            "attempt {attempt} returned {r} (busy): kept loaded; {pending} pending notification(s) delivered before retrying"
+                        ),
+                    );
+                    let delivered = deliver_all();
+                    if attempt >= STOP_ATTEMPTS || (delivered == 0 && attempt >= 2) {
+                        step(
+                            format!("stop {label}"),
+                            false,
+                            format!(
+                                "still busy after {attempt} attempts with no kernel work pending: the kext can never be unloaded"
+                            ),
+                        );
+                        return false;
+                    }
+                }
+                None => return false,
+            }
+        }
+    }
+    check_nothing_registered(&k.loaded, &label, "stop returned KERN_SUCCESS");
+    for term in k.loaded.initialisers("__mod_term_func") {
+        abi::invoke(term, &format!("static terminator of {label}"), || {
+            k.loaded.call_void(term)
+        });
+    }
+    kernel::with(|kern| kern.code.retain(|(_, _, l)| *l != label));
+    match k.loaded.unload() {
+        Ok(()) => {
+            events::emit(&Event::Unloaded {
+                kext: label.clone(),
+            });
+            step(
+                format!("unload {label}"),
+                true,
+                "image unmapped (made inaccessible)",
+            );
+            true
+        }
+        Err(e) => {
+            step(format!("unload {label}"), false, e.to_string());
+            false
+        }
+    }
+}
+
+/// After a successful stop (or a failed start) nothing of this kext may stay
+/// registered with the kernel: its callbacks would run in unloaded memory.
+fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
+    let owns = |addrs: &[u64]| addrs.iter().any(|&a| a != 0 && kext.contains_code(a));
+    kernel::with(|k| {
+        let mut found = Vec::new();
+        for r in k.sflt.live() {
+            let addrs: Vec<u64> = r.filter.callbacks().iter().map(|&(_, a)| a).collect();
+            if owns(&addrs) {
+                found.push(format!(
+                    "socket filter '{}' (handle {:#x}) is {}",
+                    r.name,
+                    r.filter.handle,
+                    match r.state {
+                        super::sflt::RegState::Registered =>
+                            "still registered (sflt_unregister never called)",
+                        _ => "unregistering: sf_unregistered has not been delivered yet",
+                    }
+                ));
+            }
+        }
+        for r in k.ipf.live() {
+            if owns(&[r.filter.input, r.filter.output, r.filter.detach]) {
+                found.push(format!(
+                    "IP filter '{}' is {}",
+                    r.name,
+                    match r.state {
+                        super::ipf::IpfState::Attached =>
+                            "still attached (ipf_remove never called)",
+                        _ => "being removed: ipf_detach has not run yet",
+                    }
+                ));
+            }
+        }
+        for r in k.ctl.live() {
+            if owns(&[r.connect, r.disconnect, r.send, r.setopt, r.getopt]) {
+                found.push(format!("kern_control '{}' is still registered", r.name));
+            }
+        }
+        for f in found {
+            k.violation(
+                "stop-while-registered",
+                format!("{when} for {label} while {f}"),
+            );
+        }
+    });
+}
+
+/// End-of-run ledgers: everything the kexts allocated must be returned.
+fn check_ledgers() -> bool {
+    kernel::with(|k| {
+        let allocs: Vec<String> = k
+            .allocations
+            .iter()
+            .map(|(a, al)| {
+                format!(
+                    "{} bytes at {a:#x} from {} in {}",
+                    al.size, al.via, al.during
+                )
+            })
+            .collect();
+        for a in allocs {
+            k.violation("memory-leak", format!("never freed: {a}"));
+        }
+        let tags: Vec<String> = k.malloc_tags.values().cloned().collect();
+        for t in tags {
+            k.violation(
+                "malloc-tag-leak",
+                format!("OSMallocTag '{t}' never freed with OSMalloc_Tagfree"),
+            );
+        }
+        for l in k.leaked_locks() {
+            k.violation("lock-leak", format!("{l} never freed"));
+        }
+        let leaked = abi::mbuf::leaked(k);
+        for m in leaked {
+            k.violation("mbuf-leak", m);
+        }
+        let n = k.violations.len();
+        step(
+            "ledgers",
+            n == 0,
+            if n == 0 {
+                "memory, locks, mbufs: all returned".to_string()
+            } else {
+                format!("{n} violation(s)")
+            },
+        );
+        n == 0
+    })
+}

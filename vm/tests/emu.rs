@@ -1,0 +1,475 @@
+//! End-to-end tests of the emu backend: C test kexts (compiled by clang-19
+//! -mkernel, linked by kextld) and the prx kexts (built as `cargo xtask build
+//! --release` builds them) run in the emulator, each scenario in a child
+//! process (`prx-emu child`). clang-19 missing makes these tests fail, not skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kextld::link::link_buffers;
+use kextld::{Arch, MinOs};
+use vm::emu::{self, RunOptions, Runner, ScenarioReport};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
+/// Compiles `tests/fixtures/<name>.c` with clang-19 -mkernel and links it with kextld.
+fn c_kext(name: &str) -> PathBuf {
+    c_kext_variant(name, name, &[])
+}
+
+/// Like [`c_kext`], with extra compiler arguments (e.g. `-DBROKEN=2`), written as `out`.
+fn c_kext_variant(name: &str, out_name: &str, extra: &[&str]) -> PathBuf {
+    let src = fixtures().join(format!("{name}.c"));
+    let obj = scratch().join(format!("{out_name}.o"));
+    let out = Command::new("clang-19")
+        .args([
+            "-target",
+            "x86_64-apple-macos10.13",
+            "-mkernel",
+            "-fno-builtin",
+            "-O1",
+            "-Wall",
+            "-Werror",
+            "-c",
+        ])
+        .args(extra)
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run clang-19 ({e}): install Debian's clang-19 (.ci/run does)")
+        });
+    assert!(
+        out.status.success(),
+        "clang-19 {name}.c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let linked = link_buffers(
+        Arch::X86_64,
+        MinOs {
+            major: 10,
+            minor: 13,
+        },
+        0,
+        &[(
+            obj.display().to_string(),
+            std::fs::read(&obj).expect("object"),
+        )],
+    )
+    .unwrap_or_else(|e| panic!("kextld cannot link {name}: {e}"));
+    let bin = scratch().join(out_name);
+    std::fs::write(&bin, &linked.bytes).expect("write kext");
+    bin
+}
+
+/// The prx release bundles, built once per test process by `cargo xtask build --release`'s code.
+fn prx_bundles() -> &'static [PathBuf] {
+    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let opts = xtask::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec![],
+            target_dir: None,
+        };
+        let built = xtask::build::build(&root, &opts)
+            .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
+        built.into_iter().map(|b| b.path).collect()
+    })
+}
+
+fn run_with(
+    scenario: &str,
+    kexts: &[PathBuf],
+    faults: Option<&str>,
+    timeout: Duration,
+) -> ScenarioReport {
+    let opts = RunOptions {
+        runner: Runner {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_prx-emu")),
+            args: vec!["child".into()],
+        },
+        kexts: kexts.to_vec(),
+        timeout,
+        faults: faults.map(str::to_string),
+    };
+    let r = emu::run(&opts, scenario);
+    eprintln!("{}", r.render());
+    r
+}
+
+fn run(scenario: &str, kexts: &[PathBuf]) -> ScenarioReport {
+    run_with(scenario, kexts, None, Duration::from_secs(30))
+}
+
+fn rules(r: &ScenarioReport) -> Vec<&str> {
+    r.violations.iter().map(|v| v.rule.as_str()).collect()
+}
+
+#[test]
+fn c_kext_loads_starts_logs_stops_and_unloads() {
+    let r = run("load-unload", &[c_kext("hello")]);
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(
+        r.log,
+        [
+            "hello start com.example.hello id=100 mapped=1 size=12288 pid 4242",
+            "hello via IOLog 42",
+            "hello stop",
+        ],
+        "printf/IOLog captured, kmod_info filled in (id, address, size) before start"
+    );
+    let steps: Vec<&str> = r.steps.iter().map(|s| s.what.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "load com.example.hello",
+            "start com.example.hello",
+            "stop com.example.hello",
+            "unload com.example.hello",
+            "ledgers"
+        ]
+    );
+}
+
+#[test]
+fn prx_kexts_load_start_stop_and_unload() {
+    let bundles = prx_bundles();
+    assert_eq!(bundles.len(), 2, "{bundles:?}");
+    let r = run("load-unload", bundles);
+    assert!(r.passed, "{}", r.render());
+    for name in ["PrxSocketFilter", "PrxIPFilter"] {
+        assert!(
+            r.log
+                .iter()
+                .any(|l| l.starts_with(&format!("prx: {name} started"))),
+            "{:?}",
+            r.log
+        );
+        assert!(
+            r.log.iter().any(|l| l == &format!("prx: {name} stopped")),
+            "{:?}",
+            r.log
+        );
+    }
+    assert!(
+        r.steps
+            .iter()
+            .any(|s| s.what == "unload net.prx.kext.SocketFilter" && s.ok)
+    );
+    assert!(
+        r.steps
+            .iter()
+            .any(|s| s.what == "unload net.prx.kext.IPFilter" && s.ok)
+    );
+}
+
+#[test]
+fn a_jump_to_a_bad_address_ends_the_scenario_with_a_report() {
+    let r = run("load-unload", &[c_kext("badjump")]);
+    assert!(!r.passed);
+    let fault = r.fault.as_deref().expect("fault reported");
+    assert!(fault.starts_with("SIGSEGV at address 0xdead00"), "{fault}");
+    assert!(
+        fault.contains("instruction pointer 0xdead00 (outside every kext image and its stubs)"),
+        "{fault}"
+    );
+    assert!(fault.contains("return address on the stack"), "{fault}");
+    assert!(
+        fault.contains("_badjump_start+") && fault.contains("in com.example.badjump"),
+        "{fault}"
+    );
+    assert_eq!(r.log, ["about to jump"], "the log up to the crash is kept");
+}
+
+#[test]
+fn a_kext_that_never_returns_is_killed_at_the_time_limit() {
+    let r = run_with(
+        "load-unload",
+        &[c_kext("hang")],
+        None,
+        Duration::from_secs(2),
+    );
+    assert!(!r.passed);
+    assert!(
+        r.failures
+            .iter()
+            .any(|f| f.starts_with("timed out after 2.0s")),
+        "{:?}",
+        r.failures
+    );
+    assert_eq!(r.log, ["spinning"]);
+}
+
+#[test]
+fn unknown_kpis_are_listed_and_nothing_runs() {
+    let r = run("load-unload", &[c_kext("unknown_kpi")]);
+    assert!(!r.passed);
+    let f = r.failures.join("\n");
+    assert!(
+        f.contains(
+            "does not provide 2 symbol(s) the kext needs: _not_a_kpi_alpha, _not_a_kpi_beta"
+        ),
+        "{f}"
+    );
+    assert!(r.log.is_empty());
+}
+
+#[test]
+fn held_lock_and_leaked_allocation_are_reported() {
+    let r = run("load-unload", &[c_kext("leak_lock")]);
+    assert!(!r.passed);
+    assert_eq!(
+        rules(&r),
+        ["lock-held-on-return", "memory-leak"],
+        "{}",
+        r.render()
+    );
+    assert!(r.violations[0].during == "start com.example.leaklock");
+    assert!(
+        r.violations[0].detail.contains("Mutex"),
+        "{:?}",
+        r.violations[0]
+    );
+    assert!(
+        r.violations[1].detail.contains("100 bytes")
+            && r.violations[1]
+                .detail
+                .contains("OSMalloc in start com.example.leaklock")
+    );
+}
+
+#[test]
+fn a_kext_bundle_directory_is_accepted() {
+    let bin = c_kext("hello");
+    let bundle = scratch().join("Hello.kext");
+    std::fs::create_dir_all(bundle.join("Contents/MacOS")).unwrap();
+    std::fs::copy(&bin, bundle.join("Contents/MacOS/Hello")).unwrap();
+    std::fs::write(
+        bundle.join("Contents/Info.plist"),
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict><key>CFBundleExecutable</key><string>Hello</string></dict></plist>"#,
+    )
+    .unwrap();
+    let r = run("load-unload", &[bundle]);
+    assert!(r.passed, "{}", r.render());
+}
+
+#[test]
+fn ip_filter_redirects_by_reinjection_and_rewrites_replies() {
+    let r = run("ip-tcp", &[c_kext("ipf_redirect")]);
+    assert!(r.passed, "{}", r.render());
+    let out: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "wire: outbound")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert_eq!(
+        out,
+        [
+            "10.0.0.1:40000 > 10.0.0.99:80 flags 0x02 len 0",
+            "10.0.0.1:40000 > 10.0.0.99:80 flags 0x18 len 18"
+        ],
+        "both outbound segments re-injected towards the proxy, with valid checksums"
+    );
+    let inb: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "socket layer: inbound")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert_eq!(
+        inb,
+        [
+            "93.184.216.34:80 > 10.0.0.1:40000 flags 0x12 len 0",
+            "93.184.216.34:80 > 10.0.0.1:40000 flags 0x18 len 19"
+        ],
+        "replies from the proxy rewritten back to the original server"
+    );
+    assert!(
+        r.log
+            .iter()
+            .filter(|l| l.starts_with("redirect out"))
+            .count()
+            == 2,
+        "{:?}",
+        r.log
+    );
+    assert!(r.log.contains(&"ipf_detach".to_string()));
+    let stops: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "stop com.example.ipfredirect")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert!(
+        stops[0].contains("attempt 1 returned 16 (busy)"),
+        "{stops:?}"
+    );
+    assert!(
+        stops[1].contains("returned KERN_SUCCESS (attempt 2)"),
+        "{stops:?}"
+    );
+}
+
+#[test]
+fn broken_ip_filters_are_each_caught_precisely() {
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "1",
+            "mbuf-leak",
+            "never freed; the kext owns it since EJUSTRETURN from ipf_output of 'com.example.ipfbroken'",
+        ),
+        ("2", "mbuf-double-free", "mbuf_freem: mbuf #"),
+        ("3", "mbuf-use-after-handoff", "mbuf_data: mbuf #"),
+        (
+            "4",
+            "stop-while-registered",
+            "IP filter 'com.example.ipfbroken' is still attached (ipf_remove never called)",
+        ),
+        (
+            "5",
+            "stop-while-registered",
+            "IP filter 'com.example.ipfbroken' is being removed: ipf_detach has not run yet",
+        ),
+    ];
+    for (n, rule, detail) in cases {
+        let define = format!("-DBROKEN={n}");
+        let r = run(
+            "ip-tcp",
+            &[c_kext_variant(
+                "ipf_broken",
+                &format!("ipf_broken{n}"),
+                &[&define],
+            )],
+        );
+        assert!(!r.passed, "BROKEN={n} passed:\n{}", r.render());
+        let v = r
+            .violations
+            .iter()
+            .find(|v| v.rule == rule)
+            .unwrap_or_else(|| panic!("BROKEN={n}: no {rule}:\n{}", r.render()));
+        assert!(v.detail.contains(detail), "BROKEN={n}: {v:?}");
+        if n == "2" {
+            assert!(
+                v.detail.contains(
+                    "was already freed by mbuf_freem during ipf_output of 'com.example.ipfbroken'"
+                ),
+                "{v:?}"
+            );
+        }
+        if n == "3" {
+            assert!(
+                v.detail
+                    .contains("handed to the stack by ipf_inject_output"),
+                "{v:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_null_required_socket_filter_callback_is_reported() {
+    let r = run("load-unload", &[c_kext("sflt_null")]);
+    assert!(!r.passed);
+    assert_eq!(rules(&r), ["sflt-required-field"], "{}", r.render());
+    assert!(
+        r.violations[0].detail.contains("sf_detach is NULL"),
+        "{:?}",
+        r.violations[0]
+    );
+    assert_eq!(
+        r.log,
+        ["sflt_register -> 22"],
+        "the kernel's EINVAL is returned to the kext"
+    );
+}
+
+#[test]
+fn socket_filter_rewrite_is_used_for_the_real_connection() {
+    let r = run("socket-connect", &[c_kext("sflt_redirect")]);
+    assert!(r.passed, "{}", r.render());
+    let connect = r
+        .steps
+        .iter()
+        .find(|s| s.what == "connect")
+        .expect("connect step");
+    assert!(
+        connect.detail.starts_with("connected to 127.0.0.2:")
+            && connect.detail.contains("the filter rewrote 127.0.0.1:"),
+        "{connect:?}"
+    );
+    let out = r
+        .steps
+        .iter()
+        .find(|s| s.what == "data out")
+        .expect("data out");
+    assert!(
+        out.ok
+            && out
+                .detail
+                .contains("\"hello through the socket filter\\n\""),
+        "{out:?}"
+    );
+    let inn = r
+        .steps
+        .iter()
+        .find(|s| s.what == "data in")
+        .expect("data in");
+    assert!(inn.detail.contains("\"pong\\n\""), "{inn:?}");
+    assert_eq!(
+        r.log,
+        [
+            "attach domain=2 type=1 protocol=6",
+            "connect_out to 127.0.0.1",
+            "data_out 32 bytes",
+            "data_in 5 bytes",
+            "detach cookie=0x1234",
+            "unregistered 50525831",
+        ]
+    );
+}
+
+#[test]
+fn fault_plan_fails_the_chosen_pullup_and_the_kext_survives_it() {
+    let r = run_with(
+        "ip-tcp",
+        &[c_kext("ipf_redirect")],
+        Some("pullup#1"),
+        Duration::from_secs(30),
+    );
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(
+        r.log.iter().filter(|l| *l == "pullup failed").count(),
+        1,
+        "{:?}",
+        r.log
+    );
+    let out: Vec<&str> = r
+        .steps
+        .iter()
+        .filter(|s| s.what == "wire: outbound")
+        .map(|s| s.detail.as_str())
+        .collect();
+    assert_eq!(
+        out,
+        ["10.0.0.1:40000 > 10.0.0.99:80 flags 0x18 len 18"],
+        "the SYN died with its failed pullup"
+    );
+}
