@@ -19,6 +19,7 @@ pub mod fat;
 pub mod kpi;
 pub mod link;
 pub mod macho;
+pub mod ptrauth;
 pub mod verify;
 
 pub use arch::{Arch, MinOs};
