@@ -16,6 +16,7 @@
 //! hash-map iteration order, and an LC_UUID derived from the content.
 
 pub(crate) mod error;
+mod image;
 mod input;
 mod resolve;
 mod x86_64;
