@@ -73,6 +73,17 @@ pub enum LinkError {
     #[error("{0}")]
     Relocation(Box<RelocationError>),
 
+    /// A function pointer the kernel calls cannot be signed as required (arm64e).
+    #[error("{input}: pointer authentication: {problem}; {hint}")]
+    PointerAuth {
+        /// `path` or `path(member)` of the object defining the slot or mark.
+        input: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        hint: &'static str,
+    },
+
     /// The kext does not define `_kmod_info`.
     #[error(
         "no _kmod_info: did the kext invoke common::kext!? (the kext must export a \
