@@ -1,6 +1,7 @@
 //! Helpers for prx's end-to-end tests: building the kexts once per test binary
 //! and running the independent LLVM tools on the results.
 
+pub mod arm64e;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -69,8 +69,12 @@ fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
             ],
             "load commands of {exe}"
         );
-        let segs: Vec<&str> =
-            lc.lines().filter_map(|l| l.trim().strip_prefix("segname ")).map(str::trim).collect();
+        // The first segname of each LC_SEGMENT_64 block (sections repeat it).
+        let segs: Vec<&str> = lc
+            .split("Load command")
+            .filter(|block| block.contains("cmd LC_SEGMENT_64"))
+            .filter_map(|block| block.lines().find_map(|l| l.trim().strip_prefix("segname ")).map(str::trim))
+            .collect();
         assert_eq!(segs, ["__TEXT", "__DATA", "__LINKEDIT"]);
         // __TEXT at vmaddr 0, fileoff 0.
         let text = lc.split("segname __TEXT").nth(1).unwrap();

@@ -278,12 +278,15 @@ fn min_os(k: &KextMetadata, arch: Arch) -> MinOs {
     }
 }
 
-/// The bundle executable: the single slice as is (universal binaries come with
-/// the arm64e slice).
+/// The bundle executable: a single slice as is, several as a universal binary.
 fn assemble(parts: &[(Arch, MinOs, kextld::link::Linked)]) -> Result<(Vec<u8>, Vec<Arch>)> {
+    let archs: Vec<Arch> = parts.iter().map(|(a, _, _)| *a).collect();
     match parts {
-        [(arch, _, linked)] => Ok((linked.bytes.clone(), vec![*arch])),
-        _ => bail!("universal binaries are not supported by this build yet"),
+        [(_, _, linked)] => Ok((linked.bytes.clone(), archs)),
+        _ => {
+            let slices: Vec<(Arch, &[u8])> = parts.iter().map(|(a, _, l)| (*a, l.bytes.as_slice())).collect();
+            Ok((kextld::fat::write(&slices)?, archs))
+        }
     }
 }
 
@@ -296,7 +299,7 @@ fn check_kmod_identity(k: &KextMetadata, report: &kextld::verify::Report) -> Res
             bail!(
                 "{}: _kmod_info of the {} slice says {:?} {:?}, but Cargo.toml says {} {}",
                 k.crate_name,
-                slice.arch,
+                slice.arch.map_or("unknown", |a| a.name()),
                 slice.kmod_name,
                 slice.kmod_version,
                 k.bundle_identifier,

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! kextld link --arch x86_64 -o OUT [--min-os 10.13] [--source-version V] INPUT.o|INPUT.a...
+//! kextld verify BUNDLE.kext|BINARY
 //! ```
 
 use std::io::Write;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kextld::kpi::KpiTables;
 use kextld::link::{LinkOptions, link};
 use kextld::{Arch, MinOs};
 
@@ -43,7 +45,12 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
-    // Verify { ... }: `kextld verify BUNDLE|BINARY` is added by the verifier (kextld::verify).
+    /// Check a kext binary (thin or universal) or .kext bundle against the loaders'
+    /// rules: prints one line per finding and a summary per slice; exits 1 on any error.
+    Verify {
+        /// A kext binary or a .kext bundle directory.
+        path: PathBuf,
+    },
 }
 
 /// Parses `A.B.C.D.E` (A ≤ 2^24−1, the others ≤ 1023) or a packed integer.
@@ -122,6 +129,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
+        }
+        Command::Verify { path } => verify(&path),
+    }
+}
+
+/// `kextld verify`: prints the report; exit status 1 on any error finding.
+fn verify(path: &Path) -> ExitCode {
+    match kextld::verify::verify_path(path, KpiTables::builtin()) {
+        Ok(report) => {
+            println!("{report}");
+            if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("kextld: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
