@@ -95,13 +95,6 @@ pub enum LinkError {
     #[error("no input files: pass the kext's staticlib (.a) and/or objects (.o)")]
     NoInputs,
 
-    /// The architecture has no backend yet.
-    #[error("{arch} linking is not implemented yet; link the x86_64 slice only for now")]
-    ArchNotImplemented {
-        /// The architecture's name.
-        arch: &'static str,
-    },
-
     /// The output does not fit the format's limits.
     #[error("output too large: {what}; split the kext or reduce its size")]
     TooLarge {

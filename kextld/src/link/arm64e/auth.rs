@@ -38,7 +38,6 @@ use super::fixups::Fixup;
 use super::split_seg;
 use super::{Linker, SEG_DATA, SEG_DATA_CONST, SEG_TEXT_EXEC};
 use crate::link::LinkError;
-use crate::link::image;
 use crate::link::resolve::Global;
 use crate::macho::*;
 use crate::ptrauth::{self, Key, Signing};
@@ -85,13 +84,15 @@ impl Linker<'_, '_> {
         let mut best: Option<(u64, &str)> = None;
         for (o, obj) in self.objects().iter().enumerate() {
             for (i, s) in obj.symbols.iter().enumerate() {
-                if s.is_stab() || s.kind() != N_SECT {
+                if s.is_stab() || s.kind() != N_SECT || s.name.starts_with(['l', 'L']) {
                     continue;
                 }
-                if let Some((a, so)) = self.symbol_address(o, i) {
-                    if so == ord && a <= addr && best.is_none_or(|(b, _)| a > b) {
-                        best = Some((a, &s.name));
-                    }
+                if let Some((a, so)) = self.symbol_address(o, i)
+                    && so == ord
+                    && a <= addr
+                    && best.is_none_or(|(b, _)| a > b)
+                {
+                    best = Some((a, &s.name));
                 }
             }
         }
@@ -207,7 +208,7 @@ pub(super) fn apply_marks(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
         let obj = &l.loaded.objects[o];
         let s = &obj.sections[i];
         let input = obj.name.clone();
-        if s.is_zerofill() || s.data.len() % MARK_SIZE != 0 {
+        if s.is_zerofill() || !s.data.len().is_multiple_of(MARK_SIZE) {
             return Err(error(
                 &input,
                 format!("__DATA,{MARK_SECTION} is {} bytes, not a whole number of 16-byte records", s.size),
@@ -263,7 +264,3 @@ pub(super) fn apply_marks(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
     }
     Ok(())
 }
-
-// `image` is used through `Linker` methods; keep the import explicit for readers.
-#[allow(unused_imports)]
-use image as _;

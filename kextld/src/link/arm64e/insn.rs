@@ -66,7 +66,7 @@ pub(super) fn patch_pageoff12(insn: u32, target: u64) -> Result<u32, String> {
             "instruction {insn:#010x} is neither add (immediate) nor a load/store with an unsigned offset"
         ));
     };
-    if low % (1 << scale) != 0 {
+    if !low.is_multiple_of(1 << scale) {
         return Err(format!(
             "page offset {low:#x} is not a multiple of the {}-byte access size (misaligned target)",
             1u32 << scale
@@ -123,10 +123,10 @@ mod tests {
 
     #[test]
     fn adrp_and_pageoff() {
-        // adrp x8 at 0x4000 to 0x1_0123_4567: 0x10120 pages.
-        let i = patch_adrp(0x9000_0008, 0x4004, 0x1_0123_4567).unwrap();
+        // adrp x8 at 0x4000 to 0x0123_4567: 0x10120 pages.
+        let i = patch_adrp(0x9000_0008, 0x4004, 0x0123_4567).unwrap();
         let imm = ((i >> 29) & 3) | (((i >> 5) & 0x7_ffff) << 2);
-        assert_eq!(imm, (0x1_0123_4000u64 - 0x4000) as u32 >> 12);
+        assert_eq!(imm, (0x0123_4000u64 - 0x4000) as u32 >> 12);
         assert_eq!(i & 31, 8);
         // ldr x8, [x8, #off] scaled by 8; ldr w8 by 4; ldrb by 1; ldr q0 by 16.
         assert_eq!(patch_pageoff12(0xf940_0108, 0x2018).unwrap(), 0xf940_0108 | (3 << 10));

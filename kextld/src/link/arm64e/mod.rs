@@ -55,13 +55,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use self::fixups::Fixup;
 use self::split_seg::Entry;
-use super::image::{self, OutSection, OutSymbol, Placement, Target, align_up};
+use super::image::{self, OutSection, Placement, Target, align_up};
 use super::input::{Disposition, InSection, Object, Reloc};
 use super::resolve::{Global, Loaded};
 use super::{LinkError, Linked};
 use crate::arch::{Arch, MinOs};
 use crate::macho::*;
-use crate::ptrauth::{Key, Signing};
+use crate::ptrauth::Signing;
 
 const PAGE: u64 = 0x4000;
 /// Largest input section alignment honoured (a 16 KiB page).
@@ -389,13 +389,11 @@ impl<'a> Linker<'_, 'a> {
                         self.referenced_undef.insert(name.clone());
                     }
                     match (r.r_type, &target) {
-                        (ARM64_RELOC_BRANCH26, Target::Undefined(name)) => {
-                            if !self.stub_index.contains_key(name) {
-                                self.stub_index.insert(name.clone(), self.stubs.len());
-                                self.stubs.push(name.clone());
-                                if !self.auth_stubs {
-                                    self.add_got(target.clone());
-                                }
+                        (ARM64_RELOC_BRANCH26, Target::Undefined(name)) if !self.stub_index.contains_key(name) => {
+                            self.stub_index.insert(name.clone(), self.stubs.len());
+                            self.stubs.push(name.clone());
+                            if !self.auth_stubs {
+                                self.add_got(target.clone());
                             }
                         }
                         (ARM64_RELOC_GOT_LOAD_PAGE21 | ARM64_RELOC_GOT_LOAD_PAGEOFF12, Target::Defined { .. }) => {
@@ -563,7 +561,7 @@ impl<'a> Linker<'_, 'a> {
 
     /// Adds a chained fixup at `at`, checking the loader's rules.
     fn add_fixup(&mut self, site: &Site<'_, '_>, at: u64, fixup: Fixup) -> Result<(), LinkError> {
-        if at % 4 != 0 {
+        if !at.is_multiple_of(4) {
             return Err(site.error(format!("pointer at {at:#x} is not 4-byte aligned"), HINT_ALIGN));
         }
         match self.segment_of(at) {
@@ -780,6 +778,11 @@ impl<'a> Linker<'_, 'a> {
                                     self.split_entry(pc, slot, split_seg::DELTA_32);
                                     patches.push((p.out, patch_at, v.to_le_bytes().to_vec()));
                                 }
+                                (true, 3) => {
+                                    let delta = slot as i64 - pc as i64;
+                                    self.split_entry(pc, slot, split_seg::DELTA_64);
+                                    patches.push((p.out, patch_at, delta.to_le_bytes().to_vec()));
+                                }
                                 (false, 3) => {
                                     self.rebase(&site, pc, slot, None)?;
                                 }
@@ -866,11 +869,11 @@ impl<'a> Linker<'_, 'a> {
                                 i64::from(get_u32(s.data, off) as i32)
                             };
                             let value = stored.wrapping_add(a).wrapping_sub(b);
-                            if let (Some(aa), Some(ba)) = (a_addr, b_addr) {
-                                if self.segment_of(aa) != self.segment_of(ba) {
-                                    let kind = if r.r_length == 3 { split_seg::DELTA_64 } else { split_seg::DELTA_32 };
-                                    self.split_entry(pc, aa, kind);
-                                }
+                            if let (Some(aa), Some(ba)) = (a_addr, b_addr)
+                                && self.segment_of(aa) != self.segment_of(ba)
+                            {
+                                let kind = if r.r_length == 3 { split_seg::DELTA_64 } else { split_seg::DELTA_32 };
+                                self.split_entry(pc, aa, kind);
                             }
                             if r.r_length == 2 {
                                 let v = i32::try_from(value).map_err(|_| {
@@ -1133,11 +1136,3 @@ fn segment_command(
         push_u32(h, 0);
     }
 }
-
-/// Unused-import guard for `Key` (used by `auth`).
-#[allow(dead_code)]
-const _KEY: Key = Key::IA;
-
-/// Symbols are emitted by [`image::symbol_table`]; kept for the type's users.
-#[allow(dead_code)]
-type _Sym = OutSymbol;

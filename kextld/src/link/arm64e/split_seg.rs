@@ -116,7 +116,7 @@ mod tests {
                 0x10, 2, // to 0x10, two kinds
                 ARM64_ADRP, 1, 0x1c, ARM64_OFF12, 1, 0x20, //
                 0xf0, 0x03, 1, ARM64_ADRP, 1, 4, // to 0x200 (delta 0x1f0)
-                0, 0, 0, 0, 0, 0, 0, // padding to 24
+                0, 0, 0, 0, 0, // padding to 24
             ]
         );
     }
