@@ -19,6 +19,10 @@ pub const MACH_HEADER_64_SIZE: usize = 32;
 pub const CPU_TYPE_X86_64: u32 = 0x0100_0007;
 /// `CPU_TYPE_ARM64`.
 pub const CPU_TYPE_ARM64: u32 = 0x0100_000c;
+/// arm64e kexts: `CPU_SUBTYPE_ARM64E` (2) | `CPU_SUBTYPE_PTRAUTH_ABI` (0x8000_0000) |
+/// kernel ABI (0x4000_0000), ptrauth ABI version 0. LLVM's objects carry 0x8000_0002
+/// or plain 2; the linker sets this value.
+pub const CPU_SUBTYPE_ARM64E_KERNEL: u32 = 0xc000_0002;
 /// `CPU_SUBTYPE_X86_64_ALL`: the subtype shipped x86_64 kexts carry.
 pub const CPU_SUBTYPE_X86_64_ALL: u32 = 3;
 
@@ -48,6 +52,10 @@ pub const LC_DYSYMTAB: u32 = 0xb;
 pub const LC_UUID: u32 = 0x1b;
 /// `LC_SOURCE_VERSION`.
 pub const LC_SOURCE_VERSION: u32 = 0x2a;
+/// `LC_SEGMENT_SPLIT_INFO` (`linkedit_data_command`).
+pub const LC_SEGMENT_SPLIT_INFO: u32 = 0x1e;
+/// `LC_DYLD_CHAINED_FIXUPS` (`LC_REQ_DYLD | 0x34`, `linkedit_data_command`).
+pub const LC_DYLD_CHAINED_FIXUPS: u32 = 0x8000_0034;
 /// `LC_CODE_SIGNATURE` (appended by `codesign`, never by the linker).
 pub const LC_CODE_SIGNATURE: u32 = 0x1d;
 
@@ -192,6 +200,54 @@ pub const X86_64_RELOC_SIGNED_2: u8 = 7;
 pub const X86_64_RELOC_SIGNED_4: u8 = 8;
 /// `X86_64_RELOC_TLV`: thread-local variable access.
 pub const X86_64_RELOC_TLV: u8 = 9;
+
+/// `ARM64_RELOC_UNSIGNED`: absolute address (64-bit pointer).
+pub const ARM64_RELOC_UNSIGNED: u8 = 0;
+/// `ARM64_RELOC_SUBTRACTOR`: must be followed by `ARM64_RELOC_UNSIGNED`.
+pub const ARM64_RELOC_SUBTRACTOR: u8 = 1;
+/// `ARM64_RELOC_BRANCH26`: `b`/`bl` imm26.
+pub const ARM64_RELOC_BRANCH26: u8 = 2;
+/// `ARM64_RELOC_PAGE21`: `adrp` of the target's page.
+pub const ARM64_RELOC_PAGE21: u8 = 3;
+/// `ARM64_RELOC_PAGEOFF12`: `add`/`ldr`/`str` of the offset in the page.
+pub const ARM64_RELOC_PAGEOFF12: u8 = 4;
+/// `ARM64_RELOC_GOT_LOAD_PAGE21`: `adrp` of the target's GOT slot page.
+pub const ARM64_RELOC_GOT_LOAD_PAGE21: u8 = 5;
+/// `ARM64_RELOC_GOT_LOAD_PAGEOFF12`: `ldr` of the target's GOT slot.
+pub const ARM64_RELOC_GOT_LOAD_PAGEOFF12: u8 = 6;
+/// `ARM64_RELOC_POINTER_TO_GOT`: pointer (or pc-relative delta) to a GOT slot.
+pub const ARM64_RELOC_POINTER_TO_GOT: u8 = 7;
+/// `ARM64_RELOC_TLVP_LOAD_PAGE21`: thread-local variable.
+pub const ARM64_RELOC_TLVP_LOAD_PAGE21: u8 = 8;
+/// `ARM64_RELOC_TLVP_LOAD_PAGEOFF12`: thread-local variable.
+pub const ARM64_RELOC_TLVP_LOAD_PAGEOFF12: u8 = 9;
+/// `ARM64_RELOC_ADDEND`: `r_symbolnum` is the addend of the next relocation.
+pub const ARM64_RELOC_ADDEND: u8 = 10;
+/// `ARM64_RELOC_AUTHENTICATED_POINTER`: signed 64-bit pointer; the slot holds
+/// addend (bits 0–31), diversity (32–47), address diversity (48), key (49–50), 1 (63).
+pub const ARM64_RELOC_AUTHENTICATED_POINTER: u8 = 11;
+
+/// The name of an ARM64 relocation type, as in `<mach-o/arm64/reloc.h>`.
+pub fn arm64_reloc_name(r_type: u8) -> &'static str {
+    match r_type {
+        ARM64_RELOC_UNSIGNED => "ARM64_RELOC_UNSIGNED",
+        ARM64_RELOC_SUBTRACTOR => "ARM64_RELOC_SUBTRACTOR",
+        ARM64_RELOC_BRANCH26 => "ARM64_RELOC_BRANCH26",
+        ARM64_RELOC_PAGE21 => "ARM64_RELOC_PAGE21",
+        ARM64_RELOC_PAGEOFF12 => "ARM64_RELOC_PAGEOFF12",
+        ARM64_RELOC_GOT_LOAD_PAGE21 => "ARM64_RELOC_GOT_LOAD_PAGE21",
+        ARM64_RELOC_GOT_LOAD_PAGEOFF12 => "ARM64_RELOC_GOT_LOAD_PAGEOFF12",
+        ARM64_RELOC_POINTER_TO_GOT => "ARM64_RELOC_POINTER_TO_GOT",
+        ARM64_RELOC_TLVP_LOAD_PAGE21 => "ARM64_RELOC_TLVP_LOAD_PAGE21",
+        ARM64_RELOC_TLVP_LOAD_PAGEOFF12 => "ARM64_RELOC_TLVP_LOAD_PAGEOFF12",
+        ARM64_RELOC_ADDEND => "ARM64_RELOC_ADDEND",
+        ARM64_RELOC_AUTHENTICATED_POINTER => "ARM64_RELOC_AUTHENTICATED_POINTER",
+        _ => "unknown ARM64 relocation type",
+    }
+}
+
+/// `INDIRECT_SYMBOL_LOCAL`: an indirect entry for a slot that holds a local address.
+pub const INDIRECT_SYMBOL_LOCAL: u32 = 0x8000_0000;
 
 /// The name of an x86_64 relocation type, as in `<mach-o/x86_64/reloc.h>`.
 pub fn x86_64_reloc_name(r_type: u8) -> &'static str {

@@ -617,7 +617,7 @@ fn missing_kmod_info_garbage_truncated_wrong_arch_duplicates() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("arm64e linking is not implemented yet"), "{e}");
+    assert!(e.contains("x.o: wrong architecture: cputype 0x1000007, expected 0x100000c"), "{e}");
 }
 
 #[test]

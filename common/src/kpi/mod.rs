@@ -3,5 +3,6 @@
 pub mod kmod;
 pub mod log;
 pub mod panic;
+pub mod ptrauth;
 
 pub use kmod::KextError;

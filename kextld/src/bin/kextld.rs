@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Link Mach-O objects and static archives into a kext binary (MH_KEXT_BUNDLE).
     Link {
-        /// Target architecture (x86_64; arm64e is not implemented yet).
+        /// Target architecture (x86_64 or arm64e).
         #[arg(long)]
         arch: Arch,
         /// Output file (written atomically).

@@ -73,6 +73,17 @@ pub enum LinkError {
     #[error("{0}")]
     Relocation(Box<RelocationError>),
 
+    /// A function pointer the kernel calls cannot be signed as required (arm64e).
+    #[error("{input}: pointer authentication: {problem}; {hint}")]
+    PointerAuth {
+        /// `path` or `path(member)` of the object defining the slot or mark.
+        input: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        hint: &'static str,
+    },
+
     /// The kext does not define `_kmod_info`.
     #[error(
         "no _kmod_info: did the kext invoke common::kext!? (the kext must export a \
@@ -83,13 +94,6 @@ pub enum LinkError {
     /// No inputs at all.
     #[error("no input files: pass the kext's staticlib (.a) and/or objects (.o)")]
     NoInputs,
-
-    /// The architecture has no backend yet.
-    #[error("{arch} linking is not implemented yet; link the x86_64 slice only for now")]
-    ArchNotImplemented {
-        /// The architecture's name.
-        arch: &'static str,
-    },
 
     /// The output does not fit the format's limits.
     #[error("output too large: {what}; split the kext or reduce its size")]

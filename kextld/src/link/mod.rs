@@ -9,13 +9,17 @@
 //! 2. [`resolve`]: load objects and, to a fixed point, the archive members that
 //!    define undefined names; detect duplicate definitions.
 //! 3. a per-architecture backend lays out segments, resolves relocations and
-//!    writes the file: [`x86_64`] today; an arm64e backend (chained fixups,
-//!    split-seg info) will sit beside it.
+//!    writes the file: [`x86_64`] (classic relocations) and [`arm64e`] (chained
+//!    fixups, split-seg info, stubs, pointer authentication). What both need
+//!    once inputs are resolved (targets, placements, the symbol table, the
+//!    LC_UUID) is in [`image`].
 //!
 //! Output is a pure function of the inputs' bytes and order: no timestamps, no
 //! hash-map iteration order, and an LC_UUID derived from the content.
 
+mod arm64e;
 pub(crate) mod error;
+mod image;
 mod input;
 mod resolve;
 mod x86_64;
@@ -72,7 +76,7 @@ pub fn link_buffers(
 ) -> Result<Linked, LinkError> {
     let cputype = match arch {
         Arch::X86_64 => crate::macho::CPU_TYPE_X86_64,
-        Arch::Arm64e => return Err(LinkError::ArchNotImplemented { arch: arch.name() }),
+        Arch::Arm64e => crate::macho::CPU_TYPE_ARM64,
     };
     if inputs.is_empty() {
         return Err(LinkError::NoInputs);
@@ -87,5 +91,8 @@ pub fn link_buffers(
             if !loaded.objects[*obj].symbols[*sym].is_pext() => {}
         _ => return Err(LinkError::NoKmodInfo),
     }
-    x86_64::link(&loaded, min_os, source_version)
+    match arch {
+        Arch::X86_64 => x86_64::link(&loaded, min_os, source_version),
+        Arch::Arm64e => arm64e::link(&loaded, min_os, source_version),
+    }
 }

@@ -24,10 +24,9 @@ mod reloc;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sha2::{Digest, Sha256};
-
+use super::image::{self, OutSection, OutSymbol, Placement, Target, align_up};
 use super::input::{Disposition, InSection, Object, Reloc as RelocationInfo};
-use super::resolve::{Global, Loaded};
+use super::resolve::Loaded;
 use super::{LinkError, Linked};
 use crate::arch::{Arch, MinOs};
 use crate::macho::*;
@@ -35,42 +34,6 @@ use crate::macho::*;
 const PAGE: u64 = 0x1000;
 /// Largest input section alignment honoured (a page: segments slide by pages).
 const MAX_ALIGN_LOG2: u32 = 12;
-
-/// What an extern relocation (or a symbol) refers to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Target {
-    /// Defined in a section of a loaded object.
-    Defined { obj: usize, sym: usize },
-    /// Left for the kernel to bind.
-    Undefined(String),
-    /// `N_ABS`: a constant that does not slide.
-    Absolute(u64),
-}
-
-/// Where a kept input section landed.
-#[derive(Debug, Clone, Copy)]
-struct Placement {
-    /// Index into the output sections (ordinal − 1).
-    out: usize,
-    /// Offset of the input section inside the output section.
-    offset: u64,
-}
-
-#[derive(Debug)]
-struct OutSection {
-    segname: String,
-    sectname: String,
-    flags: u32,
-    align: u32,
-    zerofill: bool,
-    size: u64,
-    addr: u64,
-    data: Vec<u8>,
-    /// (object, section index) in load order.
-    inputs: Vec<(usize, usize)>,
-    /// Order of first appearance, for a stable sort.
-    first_seen: usize,
-}
 
 impl OutSection {
     fn is_text(&self) -> bool {
@@ -104,15 +67,6 @@ impl OutSection {
             }
         }
     }
-}
-
-#[derive(Debug)]
-struct OutSymbol {
-    name: String,
-    n_type: u8,
-    n_sect: u8,
-    n_desc: u16,
-    n_value: u64,
 }
 
 /// Everything the writer needs after layout and relocation.
@@ -262,10 +216,6 @@ pub(super) fn link(
     })
 }
 
-fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
-}
-
 fn header_size(sections: &[OutSection], source_version: bool) -> u64 {
     let cmds = 3 * SEGMENT_COMMAND_64_SIZE
         + sections.len() * SECTION_64_SIZE
@@ -333,6 +283,8 @@ impl<'a> Linker<'_, 'a> {
                         data: Vec::new(),
                         inputs: Vec::new(),
                         first_seen: next,
+                        reserved1: 0,
+                        reserved2: 0,
                     });
                 }
                 let out = &mut self.sections[idx];
@@ -351,24 +303,7 @@ impl<'a> Linker<'_, 'a> {
 
     /// Resolves the symbol an extern relocation names.
     fn resolve_extern(&self, obj: usize, symnum: u32) -> Option<Target> {
-        let s = self.objects()[obj].symbols.get(symnum as usize)?;
-        if s.is_stab() {
-            return None;
-        }
-        let (o, i) = if s.is_ext() {
-            match self.loaded.globals.get(&s.name)? {
-                Global::Defined { obj, sym } => (*obj, *sym),
-                Global::Undefined { .. } => return Some(Target::Undefined(s.name.clone())),
-            }
-        } else {
-            (obj, symnum as usize)
-        };
-        let d = &self.objects()[o].symbols[i];
-        match d.kind() {
-            N_SECT => Some(Target::Defined { obj: o, sym: i }),
-            N_ABS => Some(Target::Absolute(d.n_value)),
-            _ => None,
-        }
+        image::resolve_extern(self.loaded, obj, symnum)
     }
 
     /// First pass over the relocations of kept sections: GOT slots and the
@@ -409,18 +344,13 @@ impl<'a> Linker<'_, 'a> {
         }
         if !self.got_slots.is_empty() {
             self.got = Some(self.sections.len());
-            self.sections.push(OutSection {
-                segname: "__DATA".into(),
-                sectname: "__got".into(),
-                flags: S_REGULAR,
-                align: 3,
-                zerofill: false,
-                size: 8 * self.got_slots.len() as u64,
-                addr: 0,
-                data: Vec::new(),
-                inputs: Vec::new(),
-                first_seen: usize::MAX,
-            });
+            self.sections.push(OutSection::synthetic(
+                "__DATA",
+                "__got",
+                S_REGULAR,
+                3,
+                8 * self.got_slots.len() as u64,
+            ));
         }
         Ok(())
     }
@@ -447,21 +377,7 @@ impl<'a> Linker<'_, 'a> {
                 .iter()
                 .position(|s| s.sectname == "__got" && s.inputs.is_empty());
         }
-        for (idx, out) in self.sections.iter_mut().enumerate() {
-            let mut off = 0u64;
-            for &(o, i) in &out.inputs {
-                let s = &self.loaded.objects[o].sections[i];
-                off = align_up(off, 1 << s.align);
-                self.place[o][i] = Some(Placement {
-                    out: idx,
-                    offset: off,
-                });
-                off += s.size;
-            }
-            if !out.inputs.is_empty() {
-                out.size = off;
-            }
-        }
+        image::place_inputs(&self.loaded.objects, &mut self.place, &mut self.sections);
     }
 
     /// Assigns addresses; returns (text segment size, data vmaddr, data filesize, data vmsize).
@@ -514,136 +430,27 @@ impl<'a> Linker<'_, 'a> {
                 what: format!("segments end at {cur:#x}, past 4 GiB"),
             });
         }
-        // Contents.
-        for out in &mut self.sections {
-            if out.zerofill {
-                continue;
-            }
-            out.data = vec![0; out.size as usize];
-            for &(o, i) in &out.inputs {
-                let s = &self.loaded.objects[o].sections[i];
-                let p = self.place[o][i].expect("placed");
-                out.data[p.offset as usize..][..s.data.len()].copy_from_slice(s.data);
-            }
-        }
+        image::fill_contents(&self.loaded.objects, &self.place, &mut self.sections);
         Ok((text_size, data_vmaddr, data_filesize, data_vmsize))
     }
 
     /// Output address and section ordinal of a defined symbol; None if its
     /// section was dropped.
     fn symbol_address(&self, obj: usize, sym: usize) -> Option<(u64, u32)> {
-        let s = &self.objects()[obj].symbols[sym];
-        let i = usize::from(s.n_sect).checked_sub(1)?;
-        let p = self.place[obj][i]?;
-        let in_addr = self.objects()[obj].sections[i].addr;
-        let out = &self.sections[p.out];
-        let addr = (out.addr + p.offset).wrapping_add(s.n_value.wrapping_sub(in_addr));
-        Some((addr, p.out as u32 + 1))
+        image::symbol_address(self.objects(), &self.place, &self.sections, obj, sym)
     }
 
     /// (output address − object address) of an input section, and its output ordinal.
     fn section_delta(&self, obj: usize, sect: usize) -> Option<(i64, u32)> {
-        let p = self.place[obj].get(sect).copied().flatten()?;
-        let out = &self.sections[p.out];
-        let in_addr = self.objects()[obj].sections[sect].addr;
-        Some((
-            (out.addr + p.offset) as i64 - in_addr as i64,
-            p.out as u32 + 1,
-        ))
+        image::section_delta(self.objects(), &self.place, &self.sections, obj, sect)
     }
 
     /// Builds the symbol table: locals, external definitions, undefined.
     #[allow(clippy::type_complexity)]
     fn symbol_table(&mut self) -> Result<(Vec<OutSymbol>, usize, usize, usize), LinkError> {
-        let mut out = Vec::new();
-        for (o, obj) in self.objects().iter().enumerate() {
-            for (i, s) in obj.symbols.iter().enumerate() {
-                if s.is_stab() || s.kind() != N_SECT || s.name.is_empty() {
-                    continue;
-                }
-                let n_type = if !s.is_ext() {
-                    if s.name.starts_with('L') || s.name.starts_with('l') {
-                        continue; // assembler-temporary / linker-private labels
-                    }
-                    N_SECT
-                } else if s.is_pext()
-                    && self.loaded.globals.get(&s.name) == Some(&Global::Defined { obj: o, sym: i })
-                {
-                    N_SECT | N_PEXT
-                } else {
-                    continue;
-                };
-                let Some((addr, ordinal)) = self.symbol_address(o, i) else {
-                    continue;
-                };
-                out.push(OutSymbol {
-                    name: s.name.clone(),
-                    n_type,
-                    n_sect: ordinal as u8,
-                    n_desc: 0,
-                    n_value: addr,
-                });
-            }
-        }
-        let nlocal = out.len();
-        for (name, g) in &self.loaded.globals {
-            let Global::Defined { obj, sym } = *g else {
-                continue;
-            };
-            let s = &self.objects()[obj].symbols[sym];
-            if s.is_pext() {
-                continue;
-            }
-            if s.kind() == N_ABS {
-                out.push(OutSymbol {
-                    name: name.clone(),
-                    n_type: N_ABS | N_EXT,
-                    n_sect: NO_SECT,
-                    n_desc: 0,
-                    n_value: s.n_value,
-                });
-                continue;
-            }
-            let Some((addr, ordinal)) = self.symbol_address(obj, sym) else {
-                return Err(LinkError::UnsupportedSymbol {
-                    input: self.objects()[obj].name.clone(),
-                    symbol: name.clone(),
-                    problem: "exported symbol is defined in a section kexts drop \
-                              (debug info, unwind tables or bitcode)"
-                        .into(),
-                    hint: "define it in __TEXT or __DATA, or make it private",
-                });
-            };
-            out.push(OutSymbol {
-                name: name.clone(),
-                n_type: N_SECT | N_EXT,
-                n_sect: ordinal as u8,
-                n_desc: 0,
-                n_value: addr,
-            });
-        }
-        let nextdef = out.len() - nlocal;
-        for name in &self.referenced_undef {
-            let weak = matches!(
-                self.loaded.globals.get(name),
-                Some(Global::Undefined { weak: true })
-            );
-            self.undef_symidx.insert(name.clone(), out.len() as u32);
-            out.push(OutSymbol {
-                name: name.clone(),
-                n_type: N_UNDF | N_EXT,
-                n_sect: NO_SECT,
-                n_desc: N_DESC_DYNAMIC_LOOKUP | if weak { N_WEAK_REF } else { 0 },
-                n_value: 0,
-            });
-        }
-        let nundef = out.len() - nlocal - nextdef;
-        if self.sections.len() > 255 {
-            return Err(LinkError::TooLarge {
-                what: format!("{} output sections (at most 255)", self.sections.len()),
-            });
-        }
-        Ok((out, nlocal, nextdef, nundef))
+        let t = image::symbol_table(self.loaded, &self.place, &self.sections, &self.referenced_undef)?;
+        self.undef_symidx = t.undef_index;
+        Ok((t.symbols, t.nlocal, t.nextdef, t.nundef))
     }
 
     /// Applies every relocation of every kept section; returns the local and
@@ -1029,17 +836,8 @@ fn write(
         ));
     }
     let symoff = linkedit_off + le.len() as u64;
-    let mut strtab = b" \0".to_vec();
-    for s in &img.symbols {
-        let strx = strtab.len() as u32;
-        strtab.extend_from_slice(s.name.as_bytes());
-        strtab.push(0);
-        push_u32(&mut le, strx);
-        le.push(s.n_type);
-        le.push(s.n_sect);
-        le.extend_from_slice(&s.n_desc.to_le_bytes());
-        push_u64(&mut le, s.n_value);
-    }
+    let (nlists, strtab) = image::nlists_and_strings(&img.symbols);
+    le.extend_from_slice(&nlists);
     let extreloff = linkedit_off + le.len() as u64;
     for &(ty, sym, addr) in &img.extern_relocs {
         let (pcrel, len) = if ty == X86_64_RELOC_BRANCH {
@@ -1050,7 +848,6 @@ fn write(
         le.extend_from_slice(&relocation_info(addr, sym, pcrel, len, true, ty));
     }
     let stroff = linkedit_off + le.len() as u64;
-    strtab.resize(align_up(strtab.len() as u64, 8) as usize, 0);
     le.extend_from_slice(&strtab);
     let linkedit_size = le.len() as u64;
     let end = linkedit_off + linkedit_size;
@@ -1179,11 +976,6 @@ fn write(
         file[s.addr as usize..][..s.data.len()].copy_from_slice(&s.data);
     }
     file[linkedit_off as usize..].copy_from_slice(&le);
-    let digest = Sha256::digest(&file);
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[..16]);
-    uuid[6] = (uuid[6] & 0x0f) | 0x40; // version 4
-    uuid[8] = (uuid[8] & 0x3f) | 0x80; // RFC 4122 variant
-    file[uuid_at..uuid_at + 16].copy_from_slice(&uuid);
+    image::stamp_uuid(&mut file, uuid_at);
     Ok(file)
 }
