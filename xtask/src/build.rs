@@ -59,7 +59,7 @@ pub struct BuiltBundle {
 }
 
 /// Architectures `cargo xtask build` can produce today.
-pub const SUPPORTED_ARCHS: [Arch; 1] = [Arch::X86_64];
+pub const SUPPORTED_ARCHS: [Arch; 2] = [Arch::X86_64, Arch::Arm64e];
 
 /// The target spec for an architecture.
 pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
@@ -237,7 +237,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
     };
     for arch in &archs {
         if !SUPPORTED_ARCHS.contains(arch) {
-            bail!("--arch {arch}: not supported by this build yet (supported: x86_64)");
+            bail!("--arch {arch}: not supported by this build yet (supported: x86_64, arm64e)");
         }
     }
     let all = kext_crates(root)?;
