@@ -60,3 +60,17 @@ pub fn executable_of(bundle: &Path) -> PathBuf {
         .expect("CFBundleExecutable");
     bundle.join("Contents/MacOS").join(exe)
 }
+
+/// Extracts one architecture's slice of a universal binary with `llvm-lipo-19
+/// -thin` (an independent tool) into a fresh file under the system temp dir.
+pub fn thin(universal: &Path, arch: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = universal.file_name().and_then(|n| n.to_str()).unwrap_or("kext");
+    let out = std::env::temp_dir().join(format!("prx-{}-{n}-{name}.{arch}", std::process::id()));
+    tool(
+        "llvm-lipo-19",
+        &[universal.to_str().expect("UTF-8 path"), "-thin", arch, "-output", out.to_str().expect("UTF-8 path")],
+    );
+    out
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use prx_tests::{executable_of, release_bundles, tool};
+use prx_tests::{executable_of, release_bundles, thin, tool};
 
 fn bundles() -> Vec<(String, std::path::PathBuf)> {
     let built = release_bundles();
@@ -37,10 +37,90 @@ fn bundles_have_the_expected_layout() {
 }
 
 #[test]
-fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
+fn lipo_sees_a_universal_x86_64_and_arm64e_binary() {
     for (_, bundle) in bundles() {
         let exe = executable_of(&bundle);
-        let exe = exe.to_str().unwrap();
+        let info = tool("llvm-lipo-19", &["-info", exe.to_str().unwrap()]);
+        assert!(info.contains("are: x86_64 arm64e"), "{info}");
+        // Slice alignment: 2^12 for x86_64, 2^14 for arm64e, read from the raw fat header.
+        let bytes = std::fs::read(&exe).unwrap();
+        let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!(be(0), 0xCAFE_BABE);
+        assert_eq!(be(4), 2);
+        for i in 0..2 {
+            let (cputype, subtype, offset, align) = (be(8 + 20 * i), be(12 + 20 * i), be(16 + 20 * i), be(24 + 20 * i));
+            match cputype {
+                0x0100_0007 => assert_eq!((subtype, align), (3, 12)),
+                0x0100_000C => assert_eq!((subtype, align), (0xC000_0002, 14)),
+                other => panic!("unexpected cputype {other:#x}"),
+            }
+            assert_eq!(offset % (1 << align), 0);
+        }
+    }
+}
+
+#[test]
+fn otool_sees_an_arm64e_kext_slice_with_the_kernel_collection_layout() {
+    for (_, bundle) in bundles() {
+        let slice = thin(&executable_of(&bundle), "arm64e");
+        let exe = slice.to_str().unwrap();
+        let header = tool("llvm-otool-19", &["-hv", exe]);
+        assert!(header.contains("KEXTBUNDLE") && header.contains("ARM64"), "{header}");
+        let raw = tool("llvm-otool-19", &["-h", exe]);
+        let fields: Vec<&str> = raw.lines().last().unwrap().split_whitespace().collect();
+        // cputype, cpusubtype (ARM64E = 2), caps 0xc0 (PTRAUTH_ABI | kernel ABI), flags.
+        assert_eq!(&fields[1..4], ["16777228", "2", "0xc0"], "{raw}");
+        assert_eq!(fields.last().copied(), Some("0x00000085"), "{raw}");
+        let lc = tool("llvm-otool-19", &["-l", exe]);
+        let cmds: Vec<&str> = lc.lines().filter_map(|l| l.trim().strip_prefix("cmd ")).map(str::trim).collect();
+        assert_eq!(
+            cmds,
+            [
+                "LC_SEGMENT_64",
+                "LC_SEGMENT_64",
+                "LC_SEGMENT_64",
+                "LC_SEGMENT_64",
+                "LC_SEGMENT_64",
+                "LC_DYLD_CHAINED_FIXUPS",
+                "LC_SYMTAB",
+                "LC_DYSYMTAB",
+                "LC_UUID",
+                "LC_SOURCE_VERSION",
+                "LC_SEGMENT_SPLIT_INFO"
+            ],
+            "load commands of the arm64e slice"
+        );
+        let segs: Vec<(String, String, String)> = lc
+            .split("Load command")
+            .filter(|block| block.contains("cmd LC_SEGMENT_64"))
+            .map(|block| {
+                let get = |k: &str| block.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_owned();
+                (get("segname "), get("vmaddr "), get("initprot "))
+            })
+            .collect();
+        let names: Vec<&str> = segs.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(names, ["__TEXT", "__TEXT_EXEC", "__DATA", "__DATA_CONST", "__LINKEDIT"]);
+        let prots: Vec<&str> = segs.iter().map(|s| s.2.as_str()).collect();
+        assert_eq!(prots, ["0x00000001", "0x00000005", "0x00000003", "0x00000003", "0x00000001"]);
+        for (name, vmaddr, _) in &segs {
+            let v = u64::from_str_radix(vmaddr.trim_start_matches("0x"), 16).unwrap();
+            assert_eq!(v % 0x4000, 0, "{name} at {vmaddr} is not 16 KiB aligned");
+        }
+        // No classic relocations anywhere in the arm64e slice.
+        let relocs = tool("llvm-objdump-19", &["--macho", "-r", exe]);
+        assert!(!relocs.lines().any(|l| l.contains("UNSIGND") || l.contains("BR26")), "{relocs}");
+        let fixups = tool("llvm-objdump-19", &["--macho", "--chained-fixups", exe]);
+        assert!(fixups.contains("pointer_format = 7 (DYLD_CHAINED_PTR_ARM64E_KERNEL)"), "{fixups}");
+        assert!(fixups.contains("page_size = 0x1000"), "{fixups}");
+        std::fs::remove_file(&slice).ok();
+    }
+}
+
+#[test]
+fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
+    for (_, bundle) in bundles() {
+        let slice = thin(&executable_of(&bundle), "x86_64");
+        let exe = slice.to_str().unwrap();
         let header = tool("llvm-otool-19", &["-hv", exe]);
         assert!(header.contains("KEXTBUNDLE"), "filetype:\n{header}");
         assert!(header.contains("X86_64"), "cputype:\n{header}");
@@ -89,7 +169,7 @@ fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
 #[test]
 fn objdump_sees_only_the_relocations_kexts_may_have() {
     for (_, bundle) in bundles() {
-        let exe = executable_of(&bundle);
+        let exe = thin(&executable_of(&bundle), "x86_64");
         let out = tool("llvm-objdump-19", &["--macho", "-r", exe.to_str().unwrap()]);
         let mut kinds = BTreeMap::new();
         for line in out.lines() {
@@ -119,14 +199,16 @@ fn objdump_sees_only_the_relocations_kexts_may_have() {
 fn nm_lists_only_kpi_exported_undefined_symbols() {
     let tables = kextld::kpi::KpiTables::builtin();
     for (_, bundle) in bundles() {
-        let exe = executable_of(&bundle);
-        let undefined = tool("llvm-nm-19", &["-u", exe.to_str().unwrap()]);
-        let syms: Vec<&str> = undefined.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-        assert!(syms.contains(&"_printf"), "{syms:?}");
-        for s in &syms {
-            match tables.lookup(kextld::Arch::X86_64, s) {
-                kextld::kpi::Lookup::Public(_) => {}
-                other => panic!("{s} is not exported by a public KPI set: {other:?}"),
+        for arch in [kextld::Arch::X86_64, kextld::Arch::Arm64e] {
+            let exe = thin(&executable_of(&bundle), arch.name());
+            let undefined = tool("llvm-nm-19", &["-u", exe.to_str().unwrap()]);
+            let syms: Vec<&str> = undefined.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            assert!(syms.contains(&"_printf"), "{arch}: {syms:?}");
+            for s in &syms {
+                match tables.lookup(arch, s) {
+                    kextld::kpi::Lookup::Public(_) => {}
+                    other => panic!("{arch}: {s} is not exported by a public KPI set: {other:?}"),
+                }
             }
         }
         let plist = info_plist(&bundle);
@@ -144,7 +226,7 @@ fn nm_lists_only_kpi_exported_undefined_symbols() {
 #[test]
 fn kmod_info_bytes_match_the_info_plist() {
     for (_, bundle) in bundles() {
-        let exe = executable_of(&bundle);
+        let exe = thin(&executable_of(&bundle), "x86_64");
         let exe_s = exe.to_str().unwrap();
         let nm = tool("llvm-nm-19", &["-m", exe_s]);
         let line = nm.lines().find(|l| l.ends_with(" _kmod_info")).expect("_kmod_info in nm output");
