@@ -996,6 +996,7 @@ fn check_split_coverage(
             }
         }
     }
+    check_deltas(image, split, ctx);
     let Some(fixups) = fixups else { return };
     let mut bad = Capped::new(ctx, CHECK, "uncovered pointers");
     for (&at, &fixup) in &fixups.slots {
@@ -1048,6 +1049,47 @@ fn check_split_coverage(
                  never slid: a chain ends early or skips it; {RELINK}",
                 kind::name(r.kind),
                 image.describe(r.from)
+            ));
+        }
+    }
+}
+
+/// A DELTA_32/DELTA_64 record marks a difference `to - base` stored at
+/// `from`; the builder adjusts it by how far `to` moves relative to `from`,
+/// which is right only if `base` moves with `from`: in the same segment.
+/// Reading the stored value at the record's width must therefore give a base
+/// inside `from`'s segment; a wrong kind (width) or a base elsewhere fails.
+fn check_deltas(image: &Image<'_>, split: &BTreeMap<(u64, u64), SplitRef>, ctx: &mut Ctx) {
+    let segment_of = |addr: u64| {
+        image
+            .segments
+            .iter()
+            .position(|s| addr >= s.vmaddr && addr <= s.end())
+    };
+    let mut bad = Capped::new(ctx, "split-seg", "inconsistent DELTA records");
+    for r in split.values() {
+        let width = match r.kind {
+            kind::DELTA_32 => 4,
+            kind::DELTA_64 => 8,
+            _ => continue,
+        };
+        let here = image.describe(r.from);
+        let value = image.bytes_at(r.from, width).and_then(|b| match width {
+            4 => u32_at(b, 0).map(|v| i64::from(v as i32)),
+            _ => u64_at(b, 0).map(|v| v as i64),
+        });
+        let base = value.map(|v| r.to.wrapping_sub(v as u64));
+        let from_seg = segment_of(r.from);
+        if value.is_none() || from_seg.is_none() || base.and_then(segment_of) != from_seg {
+            bad.error(format!(
+                "{} split-seg record at {here} (to {:#x}): the {}-bit value there{} is not a \
+                 difference from an address in the same segment, so the kernel-collection \
+                 builder would compute a wrong value when it moves the segments; the record's \
+                 kind (width) or target is wrong: {RELINK}",
+                kind::name(r.kind),
+                r.to,
+                width * 8,
+                value.map_or_else(String::new, |v| format!(" ({v:#x})"))
             ));
         }
     }

@@ -734,3 +734,122 @@ fn corrupt_arm64e_input_never_panics() {
         );
     }
 }
+
+/// Differences across segments in both directions and widths: the split-seg
+/// DELTA_32/DELTA_64 records must have the width of the value they mark.
+const DELTA_ASM: &str = r#"
+    .section __TEXT,__text,regular,pure_instructions
+    .p2align 2
+_start_fn:
+    ret
+_stop_fn:
+    ret
+
+    .section __DATA,__data
+    .p2align 3
+_in_data:
+    .quad 0
+    .long _in_const - .
+    .long 0
+    .quad _in_const - .
+
+    .globl _kmod_info
+    .p2align 2
+_kmod_info:
+    .long 0, 0, 1, 0xffffffff
+    .asciz "com.example.delta"
+    .space 64 - 18
+    .asciz "1.0"
+    .space 64 - 4
+    .long 0, 0, 0, 0, 0, 0, 0, 0, 0
+    .quad _start_fn
+    .quad _stop_fn
+
+    .section __DATA,__const
+    .p2align 3
+_in_const:
+    .long _in_data - .
+    .long 0
+    .quad _in_data - .
+"#;
+
+#[test]
+fn delta_records_have_the_width_of_their_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("d.s");
+    let obj = dir.path().join("d.o");
+    std::fs::write(&src, DELTA_ASM).unwrap();
+    let out = Command::new("clang-19")
+        .args(["-target", "arm64e-apple-macos11", "-c"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap_or_else(|e| panic!("clang-19 is required by this test ({e})"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = link(Arch::Arm64e, MACOS11, std::fs::read(&obj).unwrap());
+    let report = run(&bytes);
+    assert!(report.findings.is_empty(), "{report}");
+
+    // A DELTA_32 record retyped as DELTA_64 (and vice versa): for the negative
+    // differences (__DATA_CONST → __DATA) the wider read gives no base in the
+    // record's segment.
+    let (_, data, size) = linkedit_command(&bytes, 0x1e);
+    let mut swapped = bytes.clone();
+    // The record kinds, decoded by the test's own reader.
+    let mut records = Vec::new();
+    drop_split_records(&mut swapped, |from, off, kind| {
+        records.push((from, off, kind));
+        false
+    });
+    assert!(
+        records.iter().any(|r| r.2 == 3) && records.iter().any(|r| r.2 == 4),
+        "{records:?}"
+    );
+    // Re-encode with kinds 3 and 4 exchanged.
+    let mut pos = 1;
+    let q = bytes[data..data + size].to_vec();
+    let mut out = vec![0x7F];
+    let mut copy = |pos: &mut usize, out: &mut Vec<u8>| {
+        let v = uleb(&q, pos);
+        put_uleb(out, v);
+        v
+    };
+    for _ in 0..copy(&mut pos, &mut out) {
+        copy(&mut pos, &mut out);
+        copy(&mut pos, &mut out);
+        for _ in 0..copy(&mut pos, &mut out) {
+            copy(&mut pos, &mut out);
+            for _ in 0..copy(&mut pos, &mut out) {
+                let k = uleb(&q, &mut pos);
+                put_uleb(
+                    &mut out,
+                    if k == 3 {
+                        4
+                    } else if k == 4 {
+                        3
+                    } else {
+                        k
+                    },
+                );
+                for _ in 0..copy(&mut pos, &mut out) {
+                    copy(&mut pos, &mut out);
+                }
+            }
+        }
+    }
+    out.resize(size, 0);
+    swapped[data..data + size].copy_from_slice(&out);
+    let report = run(&swapped);
+    let e = errors(&report, "split-seg");
+    assert!(!e.is_empty(), "{report}");
+    assert!(
+        e.iter()
+            .all(|m| m.contains("_in_const") && m.contains("kind (width)")),
+        "{report}"
+    );
+}
