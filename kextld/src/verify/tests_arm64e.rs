@@ -814,7 +814,7 @@ fn delta_records_have_the_width_of_their_value() {
     let mut pos = 1;
     let q = bytes[data..data + size].to_vec();
     let mut out = vec![0x7F];
-    let mut copy = |pos: &mut usize, out: &mut Vec<u8>| {
+    let copy = |pos: &mut usize, out: &mut Vec<u8>| {
         let v = uleb(&q, pos);
         put_uleb(out, v);
         v
