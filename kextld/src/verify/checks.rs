@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::consts as macho;
 
 use super::image::{HEADER_SIZE, Image, Reloc, u32_at, u64_at};
-use super::{Finding, Report, Severity, SliceSummary, disasm};
+use super::{Finding, Report, Severity, SliceSummary, arm64e, disasm};
 use crate::Arch;
 use crate::kpi::{KpiTables, Lookup};
 
@@ -25,7 +25,7 @@ mod kmod {
 }
 
 /// `cpusubtype` of an arm64e kext: ARM64E | PTRAUTH_ABI | kernel ABI, version 0.
-const ARM64E_KEXT_SUBTYPE: u32 = 0xC000_0002;
+pub(super) const ARM64E_KEXT_SUBTYPE: u32 = 0xC000_0002;
 /// `MH_NOUNDEFS | MH_DYLDLINK | MH_TWOLEVEL`.
 const KEXT_FLAGS: u32 = 0x85;
 /// Room `codesign` needs after the load commands for `LC_CODE_SIGNATURE`.
@@ -137,30 +137,30 @@ fn run(
     check_header(&image, arch, ctx);
     check_load_commands(&image, arch, ctx);
     check_segments(&image, arch, ctx);
-    let refs = match arch {
-        Arch::X86_64 => check_relocations(&image, ctx),
-        Arch::Arm64e => HashMap::new(),
+    let (refs, fixups, got_users) = match arch {
+        Arch::X86_64 => {
+            let refs = check_relocations(&image, ctx);
+            // Pointer slots (e.g. `__got`) bound to kernel symbols: which functions load them.
+            let slots: BTreeSet<u64> = refs
+                .values()
+                .flatten()
+                .copied()
+                .filter(|&a| image.section_at(a, 1).is_some_and(|(_, s)| !s.has_code()))
+                .collect();
+            let got_users = disasm::rip_relative_users(&image, &slots);
+            (refs, None, got_users)
+        }
+        Arch::Arm64e => {
+            // References are the call sites of stubs and the loads of GOT
+            // slots themselves (function names), so no slot users are needed.
+            let analysis = arm64e::check(&image, ctx);
+            (analysis.refs, analysis.fixups, BTreeMap::new())
+        }
     };
-    // Pointer slots (e.g. `__got`) bound to kernel symbols: which functions load them.
-    let slots: BTreeSet<u64> = refs
-        .values()
-        .flatten()
-        .copied()
-        .filter(|&a| image.section_at(a, 1).is_some_and(|(_, s)| !s.has_code()))
-        .collect();
-    let got_users = disasm::rip_relative_users(&image, &slots);
     check_symbols(&image, arch, tables, &refs, &got_users, ctx, summary);
-    check_kmod_info(&image, arch, ctx, summary);
-    match arch {
-        Arch::X86_64 => disasm::check_no_simd(&image, ctx),
-        Arch::Arm64e => ctx.push(
-            Severity::Info,
-            "arm64e",
-            "arm64e-specific checks (chained fixups, LC_SEGMENT_SPLIT_INFO, pointer-authenticated \
-             kmod start/stop and callbacks, arm64e load-command allowlist) are not implemented \
-             yet: only the common rules were checked for this slice"
-                .into(),
-        ),
+    check_kmod_info(&image, arch, fixups.as_ref(), ctx, summary);
+    if arch == Arch::X86_64 {
+        disasm::check_no_simd(&image, ctx);
     }
 }
 
@@ -246,6 +246,12 @@ fn check_load_commands(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
             macho::LC_DYLD_CHAINED_FIXUPS if arch == Arch::X86_64 => Some(
                 "x86_64 kexts use classic relocations (LC_DYSYMTAB); kxld rejects chained fixups",
             ),
+            _ if arch == Arch::Arm64e && !arm64e::allowed_command(lc.cmd) => Some(
+                "arm64e kexts have only segments, LC_DYLD_CHAINED_FIXUPS, LC_SYMTAB, \
+                 LC_DYSYMTAB, LC_UUID, LC_SOURCE_VERSION, LC_SEGMENT_SPLIT_INFO, \
+                 LC_BUILD_VERSION/LC_VERSION_MIN_MACOSX, LC_CODE_SIGNATURE, LC_FUNCTION_STARTS \
+                 and LC_DATA_IN_CODE: remove it (link with `kextld link`)",
+            ),
             _ if arch == Arch::X86_64 && !kxld_accepts(lc.cmd) => {
                 Some("kxld (macOS ≤ 10.15) refuses kexts with load commands it does not know")
             }
@@ -255,7 +261,11 @@ fn check_load_commands(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
             ctx.error("load-commands", format!("{at}: {problem}"));
         }
     }
-    for (cmd, what) in [
+    let arm64e_required = match arch {
+        Arch::Arm64e => &arm64e::REQUIRED_COMMANDS[..],
+        Arch::X86_64 => &[],
+    };
+    for &(cmd, what) in [
         (
             macho::LC_SYMTAB,
             "the loader binds and relocates through the symbol table",
@@ -268,7 +278,10 @@ fn check_load_commands(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
             macho::LC_UUID,
             "kextd/kernelmanagerd identify kexts by UUID",
         ),
-    ] {
+    ]
+    .iter()
+    .chain(arm64e_required)
+    {
         match counts.get(&cmd).copied().unwrap_or(0) {
             0 => ctx.error(
                 "load-commands",
@@ -443,6 +456,9 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
                 ),
             );
         }
+    }
+    if arch == Arch::Arm64e {
+        arm64e::check_segment_layout(image, ctx);
     }
     let cmds_end = HEADER_SIZE + u64::from(image.header.sizeofcmds);
     let first_content = image
@@ -752,12 +768,26 @@ fn check_symbols(
                 );
             }
         }
-        if dy.unused_tables.iter().any(|&v| v != 0) {
+        // arm64e kexts call the kernel through stubs, listed in the indirect
+        // symbol table (the last two fields); x86_64 kexts have no stubs.
+        let checked = match arch {
+            Arch::X86_64 => &dy.unused_tables[..],
+            Arch::Arm64e => &dy.unused_tables[..6],
+        };
+        if checked.iter().any(|&v| v != 0) {
             ctx.warn(
                 "symbols",
-                "LC_DYSYMTAB has a table of contents, module table, external reference or \
-                 indirect symbol table; kexts have none (no stubs)"
-                    .into(),
+                match arch {
+                    Arch::X86_64 => {
+                        "LC_DYSYMTAB has a table of contents, module table, external reference \
+                         or indirect symbol table; x86_64 kexts have none (no stubs)"
+                    }
+                    Arch::Arm64e => {
+                        "LC_DYSYMTAB has a table of contents, module table or external \
+                         reference table; kexts have none"
+                    }
+                }
+                .into(),
             );
         }
     }
@@ -798,9 +828,7 @@ fn check_symbols(
                     list(&names.into_iter().collect::<Vec<_>>())
                 )
             }
-            None if arch == Arch::Arm64e => {
-                "referencing functions not determined (arm64e fixups are not decoded yet)".into()
-            }
+            None if arch == Arch::Arm64e => "referenced by no chained fixup".into(),
             None => "referenced by no relocation".into(),
         };
         if !s.is_ext() {
@@ -845,7 +873,11 @@ fn check_symbols(
             } else {
                 // Name the kext's own functions that reach the panic, not only
                 // core's panic machinery that calls the handler.
-                let (roots, between) = disasm::reaching(&disasm::callers(image), &direct);
+                let graph = match arch {
+                    Arch::X86_64 => disasm::callers(image),
+                    Arch::Arm64e => disasm::arm64_callers(image),
+                };
+                let (roots, between) = disasm::reaching(&graph, &direct);
                 let show = |set: &BTreeSet<String>| {
                     list(&set.iter().map(|n| disasm::pretty(n)).collect::<Vec<_>>())
                 };
@@ -923,7 +955,13 @@ fn kmod_string(field: &[u8]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(s).into_owned())
 }
 
-fn check_kmod_info(image: &Image<'_>, arch: Arch, ctx: &mut Ctx, summary: &mut SliceSummary) {
+fn check_kmod_info(
+    image: &Image<'_>,
+    arch: Arch,
+    fixups: Option<&arm64e::Fixups>,
+    ctx: &mut Ctx,
+    summary: &mut SliceSummary,
+) {
     const FIX: &str = "define it with common's kext! macro";
     let Some(sym) = image
         .symbols
@@ -1007,8 +1045,9 @@ fn check_kmod_info(image: &Image<'_>, arch: Arch, ctx: &mut Ctx, summary: &mut S
             format!("_kmod_info.version {e}; it must be the CFBundleVersion"),
         ),
     }
-    if arch != Arch::X86_64 {
-        return;
+    if arch == Arch::Arm64e {
+        let slots = [("start", addr + kmod::START), ("stop", addr + kmod::STOP)];
+        return arm64e::check_kmod_slots(image, fixups, slots, ctx);
     }
     let text = image
         .sections

@@ -250,7 +250,8 @@ pub(super) fn callers(image: &Image<'_>) -> BTreeMap<String, BTreeSet<String>> {
         let mut decoder = Decoder::with_ip(64, f.bytes, f.start, DecoderOptions::NONE);
         while decoder.can_decode() {
             decoder.decode_out(&mut instr);
-            let branch = instr.is_call_near() || instr.is_jmp_near() || instr.is_jcc_short_or_near();
+            let branch =
+                instr.is_call_near() || instr.is_jmp_near() || instr.is_jcc_short_or_near();
             if !branch {
                 continue;
             }
@@ -260,6 +261,56 @@ pub(super) fn callers(image: &Image<'_>) -> BTreeMap<String, BTreeSet<String>> {
         }
     }
     graph
+}
+
+/// The arm64 direct call graph: for each function, the functions that reach it
+/// with `bl`/`b` (imm26), `b.cond`, `cbz`/`cbnz` (imm19) or `tbz`/`tbnz`
+/// (imm14), decoding the code as 4-byte words from symbol to symbol (kexts
+/// have no data in code). A call to a stub counts as a call to the stub
+/// section, so the callers of a kernel function's stub are found through the
+/// stub's address (see `arm64e::references`).
+pub(super) fn arm64_callers(image: &Image<'_>) -> BTreeMap<String, BTreeSet<String>> {
+    let funcs = functions(image);
+    let owner = |addr: u64| {
+        funcs
+            .iter()
+            .find(|f| addr >= f.start && addr - f.start < f.bytes.len() as u64)
+            .map(|f| f.name.clone())
+    };
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &funcs {
+        for (k, chunk) in f.bytes.chunks_exact(4).enumerate() {
+            let w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            let pc = f.start + 4 * k as u64;
+            let Some(target) = arm64_branch_target(pc, w) else {
+                continue;
+            };
+            if let Some(callee) = owner(target).filter(|c| *c != f.name) {
+                graph.entry(callee).or_default().insert(f.name.clone());
+            }
+        }
+    }
+    graph
+}
+
+/// The target of an arm64 pc-relative branch, if `w` is one.
+fn arm64_branch_target(pc: u64, w: u32) -> Option<u64> {
+    // Sign-extends the `bits`-bit field at `lsb`, times 4.
+    let field = |lsb: u32, bits: u32| {
+        let v = u64::from(w >> lsb) & ((1 << bits) - 1);
+        let shift = 64 - bits;
+        (((v << shift) as i64) >> (shift - 2)) as u64
+    };
+    let off = if w & 0x7C00_0000 == 0x1400_0000 {
+        field(0, 26) // B, BL
+    } else if w & 0xFF00_0010 == 0x5400_0000 || w & 0x7E00_0000 == 0x3400_0000 {
+        field(5, 19) // B.cond; CBZ, CBNZ
+    } else if w & 0x7E00_0000 == 0x3600_0000 {
+        field(5, 14) // TBZ, TBNZ
+    } else {
+        return None;
+    };
+    Some(pc.wrapping_add(off))
 }
 
 /// Every function from which one of `targets` can be reached through direct
@@ -278,7 +329,8 @@ pub(super) fn reaching(
             }
         }
     }
-    seen.into_iter().partition(|f| graph.get(f).is_none_or(|c| c.is_empty()))
+    seen.into_iter()
+        .partition(|f| graph.get(f).is_none_or(|c| c.is_empty()))
 }
 
 /// A symbol name for people: Rust symbols demangled (without the hash).

@@ -11,21 +11,23 @@
 //! | `macho` | the file can be parsed at all (truncation, bad offsets) |
 //! | `fat` | universal header: offsets, alignment, duplicate or foreign slices |
 //! | `header` | magic, filetype `MH_KEXT_BUNDLE`, flags 0x85, cputype/cpusubtype |
-//! | `load-commands` | only the commands kxld accepts; LC_SYMTAB/LC_DYSYMTAB/LC_UUID present |
-//! | `segments` | `__TEXT` at 0, fileoff == vmaddr, contiguous, page aligned, no W+X |
+//! | `load-commands` | only the commands kxld (x86_64) or the kernel-collection builder (arm64e) accepts; LC_SYMTAB/LC_DYSYMTAB/LC_UUID (and on arm64e LC_DYLD_CHAINED_FIXUPS/LC_SEGMENT_SPLIT_INFO) present |
+//! | `segments` | `__TEXT` at 0, fileoff == vmaddr, contiguous, page aligned, no W+X; arm64e: `__TEXT` r--, `__TEXT_EXEC` r-x, `__DATA` rw-, `__DATA_CONST` rw-, `__LINKEDIT` r-- in that order |
 //! | `header-padding` | room for `LC_CODE_SIGNATURE` after the load commands |
-//! | `relocations` | x86_64 local/external relocation forms and targets |
+//! | `relocations` | x86_64 local/external relocation forms and targets; none on arm64e |
 //! | `symbols` | symbol table order, undefined symbol form |
 //! | `kpi-symbol`, `kpi-private` | every undefined symbol is exported by a public KPI set |
 //! | `panic-path` | no reference to `_prx_panic_path_survived_optimisation` |
-//! | `kmod-info` | `_kmod_info` layout, name/version, start/stop pointers |
+//! | `kmod-info` | `_kmod_info` layout, name/version, start/stop pointers (arm64e: auth rebases, key IA, discriminator 0xE4FE) |
 //! | `sse` | no SSE/AVX/MMX/x87 instruction in x86_64 code |
-//! | `arm64e` | (Info) the arm64e-specific rules are not checked yet |
+//! | `chained-fixups` | (arm64e) LC_DYLD_CHAINED_FIXUPS decodes: header, imports, starts, chains; fixups 4-byte aligned in writable segments; bind ordinals, rebase targets |
+//! | `split-seg` | (arm64e) LC_SEGMENT_SPLIT_INFO v2 decodes and covers every ADRP, branch to a stub and rebased pointer |
 //! | `bundle` | (bundles only) kmod name/version equal the Info.plist's |
 //!
 //! Every read is bounds-checked: garbage or truncated input yields `macho`
 //! findings, never a panic.
 
+mod arm64e;
 mod checks;
 mod consts;
 mod disasm;
@@ -36,6 +38,8 @@ mod image;
 mod test_builder;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_arm64e;
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 pub(super) const V2_FORMAT: u8 = 0x7f;
 /// `DYLD_CACHE_ADJ_V2_POINTER_64`: a plain rebased pointer.
 pub(super) const POINTER_64: u8 = 0x02;
-/// `DYLD_CACHE_ADJ_V2_DELTA_64`: a 64-bit difference between two sections.
-pub(super) const DELTA_64: u8 = 0x03;
 /// `DYLD_CACHE_ADJ_V2_DELTA_32`: a 32-bit difference between two sections.
-pub(super) const DELTA_32: u8 = 0x04;
+pub(super) const DELTA_32: u8 = 0x03;
+/// `DYLD_CACHE_ADJ_V2_DELTA_64`: a 64-bit difference between two sections.
+pub(super) const DELTA_64: u8 = 0x04;
 /// `DYLD_CACHE_ADJ_V2_ARM64_ADRP`.
 pub(super) const ARM64_ADRP: u8 = 0x05;
 /// `DYLD_CACHE_ADJ_V2_ARM64_OFF12`: `add`/`ldr`/`str` page offset.
