@@ -187,8 +187,11 @@ fn member<'a>(members: &'a [xar::ReadMember], path: &str) -> Result<&'a xar::Rea
         .ok_or_else(|| PkgError::Verify(format!("the package has no {path}")))
 }
 
-/// Reads a gzipped cpio odc archive: (name, mode, uid, gid, data).
-pub fn read_cpio_gz(data: &[u8], what: &str) -> Result<Vec<(String, u32, u32, u32, Vec<u8>)>, PkgError> {
+/// One cpio member: (name, mode, uid, gid, data).
+pub type CpioMember = (String, u32, u32, u32, Vec<u8>);
+
+/// Reads a gzipped cpio odc archive.
+pub fn read_cpio_gz(data: &[u8], what: &str) -> Result<Vec<CpioMember>, PkgError> {
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(data)
         .read_to_end(&mut raw)
