@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use packaging::pkg::{self, KextInput, PkgSpec};
-use packaging::sign::{self, Identity, IdentitySource, KextSignature, PasswordSource, Purpose};
+use packaging::sign::{self, Identity, IdentitySource, KextSignature, PasswordSource};
 
 /// The default SOURCE_DATE_EPOCH (2026-01-01T00:00:00Z) when the variable is unset.
 pub const DEFAULT_EPOCH: i64 = 1_767_225_600;
@@ -172,17 +172,8 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         ),
         None => None,
     };
-    if false {
-        let now = chrono::Utc::now();
-        sign::check_notarizable(kext_identity.as_ref(), Purpose::Kext, opts.timestamp_url.as_deref(), now)?;
-        sign::check_notarizable(
-            installer_identity.as_ref(),
-            Purpose::Installer,
-            opts.timestamp_url.as_deref(),
-            now,
-        )?;
-    }
-
+    // Notarization (not implemented yet) will call sign::check_notarizable for
+    // both identities here, before anything is written.
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("{}: cannot create the output directory", opts.out_dir.display()))?;
     let staging = tempfile::Builder::new()
