@@ -12,6 +12,20 @@ pub mod bundle;
 pub mod info_plist;
 pub mod metadata;
 
+// `cargo xtask package` (feature `package`): see ARCHITECTURE.md.
+#[cfg(feature = "package")]
+pub mod bom;
+#[cfg(feature = "package")]
+pub mod cpio;
+#[cfg(feature = "package")]
+pub mod pkg;
+#[cfg(feature = "package")]
+pub mod sign;
+#[cfg(feature = "package")]
+pub mod xar;
+#[cfg(feature = "package")]
+pub mod zip_kexts;
+
 pub use bundle::{BundleError, BundleWritten, write_bundle};
 pub use info_plist::InfoPlistError;
 pub use metadata::{KextMetadata, MetadataError};

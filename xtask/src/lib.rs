@@ -4,6 +4,7 @@
 pub mod bindgen;
 pub mod build;
 pub mod kpi;
+pub mod package;
 pub mod toolchain;
 pub mod vm_test;
 
