@@ -23,7 +23,27 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "ip-tcp",
-        "load-unload, plus: a TCP handshake and data transfer between two smoltcp stacks, every packet through the registered IP filters (ipf_output, ipf_input)",
+        "load-unload, plus: a scripted IPv4 TCP exchange (hand-built SYN, SYN-ACK, request, response) through the registered IP filters (ipf_output, ipf_input)",
+    ),
+    (
+        "nat-tcp4",
+        "load-unload, plus: a smoltcp client opens TCP to 203.0.113.10:80 through the IP filters; a smoltcp proxy at 192.0.2.1:3128 accepts; handshake, 1 MiB each way, clean close; every packet leaving the filters checked by etherparse",
+    ),
+    (
+        "nat-tcp6",
+        "nat-tcp4 over IPv6: [2001:db8:203::10]:80 redirected to [2001:db8:2::1]:3128",
+    ),
+    (
+        "nat-tcp4-split",
+        "nat-tcp4 with every packet handed to the filters as a two-mbuf chain split inside the IP header (headers straddle mbufs)",
+    ),
+    (
+        "nat-udp4",
+        "load-unload, plus: a smoltcp UDP request to 203.0.113.10:80, answered by the smoltcp proxy at 192.0.2.1:3128 as from the origin",
+    ),
+    (
+        "nat-udp6",
+        "nat-udp4 over IPv6",
     ),
 ];
 
@@ -73,6 +93,11 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         ok &= match name {
             "socket-connect" => traffic::socket_connect(),
             "ip-tcp" => traffic::ip_tcp(),
+            "nat-tcp4" => super::stacks::nat_tcp(false, None),
+            "nat-tcp6" => super::stacks::nat_tcp(true, None),
+            "nat-tcp4-split" => super::stacks::nat_tcp(false, Some(14)),
+            "nat-udp4" => super::stacks::nat_udp(false),
+            "nat-udp6" => super::stacks::nat_udp(true),
             _ => true,
         };
     }

@@ -462,6 +462,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
             bcopy as extern "C" fn(*const c_void, *mut c_void, usize)
         ),
         sym!("_bzero", bzero as extern "C" fn(*mut c_void, usize)),
+        sym!("___bzero", bzero as extern "C" fn(*mut c_void, usize)),
         sym!(
             "_strlen",
             libc::strlen as unsafe extern "C" fn(*const c_char) -> usize
@@ -607,6 +608,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!("_microuptime", microuptime as extern "C" fn(*mut Timeval)),
         sym!("_nanotime", nanotime as extern "C" fn(*mut Timespec)),
+        sym!("_nanouptime", nanotime as extern "C" fn(*mut Timespec)),
         sym!(
             "_clock_get_uptime",
             clock_get_uptime as extern "C" fn(*mut u64)
