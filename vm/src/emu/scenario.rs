@@ -45,6 +45,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-udp6",
         "nat-udp4 over IPv6",
     ),
+    (
+        "nat-hostile",
+        "load-unload, plus: malformed and unusual packets (truncated headers, bogus IHL, lengths beyond the buffer, long IPv6 extension-header chains, fragments, IPv6 UDP checksum 0), whole and as split mbuf chains, through ipf_output/ipf_input: each passes, drops or is redirected per the documented policy",
+    ),
 ];
 
 /// How many times the emulator calls a stop routine that returns busy, delivering
@@ -98,6 +102,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-tcp4-split" => super::stacks::nat_tcp(false, Some(14)),
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
+            "nat-hostile" => super::stacks::nat_hostile(),
             _ => true,
         };
     }
