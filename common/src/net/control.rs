@@ -184,7 +184,9 @@ impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let end = self.pos.checked_add(bytes.len()).ok_or(Error::NoSpace)?;
         let dst = self.buf.get_mut(self.pos..end).ok_or(Error::NoSpace)?;
-        dst.copy_from_slice(bytes);
+        for (d, s) in dst.iter_mut().zip(bytes) {
+            *d = *s;
+        }
         self.pos = end;
         Ok(())
     }

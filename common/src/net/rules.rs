@@ -288,7 +288,7 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
                 }
             };
         }
-        index.as_mut().sort_unstable();
+        heapsort(index.as_mut());
         Ok(RuleSet {
             rules,
             index,
@@ -375,6 +375,45 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
                 break;
             }
         }
+    }
+}
+
+/// In-place heapsort: O(n log n), no allocation, and — unlike `core`'s sorts,
+/// which may panic on an inconsistent `Ord` — no panic path.
+fn heapsort<T: Ord>(v: &mut [T]) {
+    fn sift_down<T: Ord>(v: &mut [T], mut root: usize, end: usize) {
+        loop {
+            let Some(left) = root.checked_mul(2).and_then(|x| x.checked_add(1)) else { return };
+            if left >= end {
+                return;
+            }
+            let mut child = left;
+            let right = left.saturating_add(1);
+            if right < end && v.get(left) < v.get(right) {
+                child = right;
+            }
+            if v.get(root) >= v.get(child) {
+                return;
+            }
+            if root < v.len() && child < v.len() {
+                v.swap(root, child);
+            }
+            root = child;
+        }
+    }
+    let len = v.len();
+    let mut start = len / 2;
+    while start > 0 {
+        start = start.saturating_sub(1);
+        sift_down(v, start, len);
+    }
+    let mut end = len;
+    while end > 1 {
+        end = end.saturating_sub(1);
+        if end < v.len() {
+            v.swap(0, end);
+        }
+        sift_down(v, 0, end);
     }
 }
 
@@ -626,6 +665,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn heapsort_sorts(mut v in proptest::collection::vec(any::<(u8, u16)>(), 0..300)) {
+            let mut want = v.clone();
+            want.sort();
+            heapsort(&mut v);
+            prop_assert_eq!(v, want);
+        }
+
         #[test]
         fn indexed_lookup_agrees_with_the_linear_first_match(
             rules in proptest::collection::vec(arb_rule(), 0..40),
