@@ -39,7 +39,7 @@ use common::kpi::alloc::{self, KSlice};
 use common::kpi::ctl::{self, Control};
 use common::kpi::global::Global;
 use common::kpi::lock::{self, Mutex, RwLock};
-use common::kpi::sflt::{self, Data, Errno, Event, MbufTag, SockAddrMut, Socket, SocketFilter};
+use common::kpi::sflt::{self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter};
 use common::kpi::{KextError, log, proc};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
@@ -117,7 +117,6 @@ enum Header {
 
 struct Redirected {
     orig: Endpoint,
-    proxy_v2: bool,
     rule: u32,
     /// The client address the original destination is recorded under.
     recorded: Option<Endpoint>,
@@ -132,6 +131,14 @@ struct Conn {
 }
 
 struct Filter;
+
+impl Filter {
+    fn header_failed(c: &mut Conn, st: &Shared) {
+        c.header = Header::Failed;
+        st.count(stat::CONN_FAILED);
+        log::line(c"PrxSocketFilter: PROXY v2 header not sent; refusing the connection's data");
+    }
+}
 
 impl SocketFilter for Filter {
     type Cookie = Conn;
@@ -178,7 +185,7 @@ impl SocketFilter for Filter {
                     st.count(stat::CONN_FAILED);
                     return Err(EHOSTUNREACH);
                 }
-                c.redirect = Some(Redirected { orig: dst, proxy_v2, rule, recorded: None });
+                c.redirect = Some(Redirected { orig: dst, rule, recorded: None });
                 c.header = if proxy_v2 { Header::Pending } else { Header::None };
                 st.count(stat::CONN_REDIRECTED);
                 Ok(())
@@ -186,12 +193,12 @@ impl SocketFilter for Filter {
         }
     }
 
-    fn notify(c: &mut Conn, so: &Socket, event: Event) {
+    fn notify(c: &mut Conn, so: &Socket, event: Event) -> Option<Injection> {
         if event != Event::Connected {
-            return;
+            return None;
         }
-        let Some(st) = STATE.get() else { return };
-        let Some(r) = c.redirect.as_mut() else { return };
+        let st = STATE.get()?;
+        let r = c.redirect.as_mut()?;
         let client = so.local();
         if let Some(client) = client {
             let o = Original { dst: r.orig, pid: u32::try_from(c.pid).unwrap_or(0), rule: r.rule };
@@ -201,22 +208,24 @@ impl SocketFilter for Filter {
                 st.count(stat::ORIGDST_FULL);
             }
         }
-        if c.header == Header::Pending && r.proxy_v2 {
-            let sent = match client {
-                Some(client) => {
-                    let h = proxy_v2::encode(&client, &r.orig);
-                    so.inject_data_out(h.as_bytes(), Some(st.tag)).is_ok()
-                }
-                None => false,
-            };
-            if sent {
+        if c.header != Header::Pending {
+            return None;
+        }
+        let inj = client.and_then(|client| Injection::new(proxy_v2::encode(&client, &r.orig).as_bytes(), Some(st.tag)));
+        if inj.is_none() {
+            Self::header_failed(c, &st);
+        }
+        inj
+    }
+
+    fn injected(c: &mut Conn, _so: &Socket, result: Result<(), Errno>) {
+        let Some(st) = STATE.get() else { return };
+        match result {
+            Ok(()) => {
                 c.header = Header::Sent;
                 st.count(stat::PROXY_HEADERS);
-            } else {
-                c.header = Header::Failed;
-                st.count(stat::CONN_FAILED);
-                log::line(c"PrxSocketFilter: PROXY v2 header not sent; refusing the connection's data");
             }
+            Err(_) => Self::header_failed(c, &st),
         }
     }
 

@@ -15,9 +15,11 @@
 //! - Data hooks see a [`Data`] view and return `Ok` (pass) or an errno (the
 //!   stack frees the mbuf). The wrapper never takes mbufs (`EJUSTRETURN`), so no
 //!   callback can leak or double-free one.
-//! - [`Socket::inject_data_out`] allocates, tags and injects bytes; the kernel
-//!   runs every filter again on injected data, so filters recognise their own
-//!   with [`Data::has_tag`].
+//! - `notify` may return an [`Injection`]: the trampoline allocates, tags and
+//!   injects the bytes *after* the cookie borrow ends (the kernel runs every
+//!   filter's `data_out` again, synchronously, on injected data — a borrow held
+//!   across the injection would alias), then reports the outcome to `injected`.
+//!   Filters recognise their own data with [`Data::has_tag`].
 //!
 //! The kernel copies `sflt_filter`, but on arm64e it calls the callbacks through
 //! pointers that must be signed: [`socket_filter!`](crate::socket_filter) puts the
@@ -132,7 +134,7 @@ impl Socket {
     /// Injects `bytes` on the outbound path as the socket's next data, tagged
     /// with `tag` (so the filter's own `data_out` can recognise it). The kernel
     /// consumes the mbuf in every case; on failure nothing was sent.
-    pub fn inject_data_out(&self, bytes: &[u8], tag: Option<MbufTag>) -> Result<(), Errno> {
+    fn inject_data_out(&self, bytes: &[u8], tag: Option<MbufTag>) -> Result<(), Errno> {
         let mut m: mbuf_t = core::ptr::null_mut();
         // SAFETY: out-parameter `m`; NULL maxchunks is allowed.
         let r = unsafe { sys::mbuf_allocpacket(MBUF_DONTWAIT, bytes.len(), core::ptr::null_mut(), &mut m) };
@@ -161,6 +163,32 @@ impl Socket {
             0 => Ok(()),
             e => Err(e),
         }
+    }
+}
+
+/// Bytes a filter wants injected on the outbound path (at most 64), with the
+/// tag that marks them as its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Injection {
+    bytes: [u8; 64],
+    len: u8,
+    tag: Option<MbufTag>,
+}
+
+impl Injection {
+    /// `bytes` (at most 64; `None` when longer) tagged with `tag`.
+    pub fn new(bytes: &[u8], tag: Option<MbufTag>) -> Option<Injection> {
+        let len = u8::try_from(bytes.len()).ok().filter(|l| *l <= 64)?;
+        let mut b = [0u8; 64];
+        for (d, s) in b.iter_mut().zip(bytes) {
+            *d = *s;
+        }
+        Some(Injection { bytes: b, len, tag })
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
     }
 }
 
@@ -276,8 +304,15 @@ pub trait SocketFilter: 'static {
     fn attach(so: &Socket) -> Result<Self::Cookie, Errno>;
     /// The filter leaves the socket: the cookie is given back and dropped.
     fn detach(cookie: Self::Cookie, so: &Socket);
-    /// A socket event.
-    fn notify(_cookie: &mut Self::Cookie, _so: &Socket, _event: Event) {}
+    /// A socket event. Returning an [`Injection`] sends those bytes out on the
+    /// socket once the cookie is no longer borrowed (the kernel re-enters
+    /// `data_out` of every filter with them, this one included); the outcome is
+    /// reported to [`SocketFilter::injected`].
+    fn notify(_cookie: &mut Self::Cookie, _so: &Socket, _event: Event) -> Option<Injection> {
+        None
+    }
+    /// The outcome of the injection `notify` asked for.
+    fn injected(_cookie: &mut Self::Cookie, _so: &Socket, _result: Result<(), Errno>) {}
     /// An outgoing connection; `to` may be rewritten. `Err` fails the connect.
     fn connect_out(_cookie: &mut Self::Cookie, _so: &Socket, _to: &mut SockAddrMut<'_>) -> Result<(), Errno> {
         Ok(())
@@ -461,7 +496,14 @@ impl<F: SocketFilter> VTable<F> {
     unsafe extern "C" fn notify(cookie: *mut c_void, so: socket_t, event: u32, _param: *mut c_void) {
         let s = Socket { so };
         // SAFETY: an attached socket's cookie.
-        unsafe { Self::with_cookie(cookie, (), |c| F::notify(c, &s, Event::from_raw(event))) }
+        let inj = unsafe { Self::with_cookie(cookie, None, |c| F::notify(c, &s, Event::from_raw(event))) };
+        if let Some(inj) = inj {
+            // The cookie is not borrowed here: the kernel runs data_out (which
+            // borrows it) from inside sock_inject_data_out.
+            let r = s.inject_data_out(inj.as_bytes(), inj.tag);
+            // SAFETY: as above.
+            unsafe { Self::with_cookie(cookie, (), |c| F::injected(c, &s, r)) }
+        }
     }
 
     unsafe extern "C" fn connect_out(cookie: *mut c_void, so: socket_t, to: *const sockaddr) -> c_int {
