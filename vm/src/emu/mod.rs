@@ -28,6 +28,7 @@ pub mod reloc;
 pub mod runner;
 pub mod scenario;
 pub mod sflt;
+pub mod sockets;
 pub mod traffic;
 
 pub use runner::{RunOptions, Runner, ScenarioReport, junit, run};

@@ -22,6 +22,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "load-unload, plus: a TCP connection on loopback through the registered socket filters (connect_out may rewrite the destination; the real connect goes where the filter says), data both ways",
     ),
     (
+        "sockfilter",
+        "load-unload, plus PrxSocketFilter's acceptance: redirects to a proxy on real IPv4/IPv6 loopback sockets with PROXY v2, original-destination lookup and rule changes through the emulated kern_control, direct connections for non-matching/excluded/proxy processes",
+    ),
+    (
         "ip-tcp",
         "load-unload, plus: a TCP handshake and data transfer between two smoltcp stacks, every packet through the registered IP filters (ipf_output, ipf_input)",
     ),
@@ -73,6 +77,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         ok &= match name {
             "socket-connect" => traffic::socket_connect(),
             "ip-tcp" => traffic::ip_tcp(),
+            "sockfilter" => super::sockets::sockfilter(&mut loaded),
             _ => true,
         };
     }
