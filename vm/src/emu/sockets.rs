@@ -30,10 +30,13 @@ use super::sflt::{RegState, SfltFilter};
 
 const EJUSTRETURN: c_int = -2;
 
+/// mbuf tags as the emulator keeps them: (module id, type, data).
+pub type Tags = Vec<(u32, u16, Box<[u8]>)>;
+
 /// Runs injected bytes through the `data_out` of every filter attached to `so`
 /// (as xnu's `sosend` does for `sock_inject_data_out`), then queues what the
 /// filters let through for the wire.
-pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Vec<(u32, u16, Box<[u8]>)>) -> c_int {
+pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
     let Some(sid) = kernel::unhandle(so, Kind::Socket) else { return 22 };
     let attached = attached_filters(sid);
     match data_through(so, &attached, bytes, &tags) {

@@ -92,7 +92,7 @@ extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_int {
     }
 }
 
-fn reg_mut<'k>(k: &'k mut kernel::Kernel, h: u64) -> Option<&'k mut CtlReg> {
+fn reg_mut(k: &mut kernel::Kernel, h: u64) -> Option<&mut CtlReg> {
     let id = kernel::unhandle(h, Kind::KernCtl)?;
     k.ctl.regs.iter_mut().find(|r| r.id == id && r.registered)
 }

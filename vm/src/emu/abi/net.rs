@@ -222,7 +222,7 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
     } else {
         "sock_inject_data_in"
     };
-    let mut reenter: Option<(Vec<u8>, Vec<(u32, u16, Box<[u8]>)>)> = None;
+    let mut reenter: Option<(Vec<u8>, crate::emu::sockets::Tags)> = None;
     let r = kernel::with(|k| {
         let Some(id) = k.mbuf_live(data, op) else {
             return EINVAL;
