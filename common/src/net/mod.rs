@@ -1,14 +1,31 @@
-//! Pure, `no_std` networking logic with no FFI: packet views ([`wire`]),
-//! internet checksums ([`checksum`]) and the IP filter's NAT table ([`nat`]).
+//! Pure networking logic shared by the kexts and user space: no FFI, no
+//! `unsafe`, no allocation (storage is the caller's), no panics — designed for
+//! `-Cpanic=abort` kernel code and tested on the host (unit tests and proptest).
+//! No accessor can panic on hostile input (checked constructors validate
+//! lengths once; accessors fall back to zero/empty rather than index out of
+//! bounds).
 //!
-//! Everything here is designed for use with `-Cpanic=abort` in the kernel: no
-//! accessor can panic on hostile input (checked constructors validate lengths
-//! once; accessors fall back to zero/empty rather than index out of bounds), no
-//! allocation, no floating point. It is host-tested with proptest against
-//! `etherparse` and full recomputation.
+//! - [`addr`]: IP addresses and endpoints.
+//! - [`rules`]: the rule set (CIDR, ports, process; first match wins; indexed lookup).
+//! - [`policy`]: the socket filter's decision (rules + never redirect the proxy).
+//! - [`proxy_v2`]: the PROXY protocol v2 header.
+//! - [`origdst`]: the original-destination table.
+//! - [`control`]: the kern_control protocol shared with `prxctl`.
+//! - [`wire`]: packet views (IPv4, IPv6 and its extension headers, TCP, UDP,
+//!   ICMP/ICMPv6) in the smoltcp style; checked against etherparse in tests.
+//! - [`checksum`]: internet checksums, pseudo-headers, RFC 1624 updates.
+//! - [`translate`]: rewriting one endpoint of a packet with incremental checksums.
+//! - [`nat`]: the IP filter's NAT table.
+//! - [`filter`]: the IP filter's per-packet decisions.
 
+pub mod addr;
 pub mod checksum;
+pub mod control;
 pub mod filter;
 pub mod nat;
+pub mod origdst;
+pub mod policy;
+pub mod proxy_v2;
+pub mod rules;
 pub mod translate;
 pub mod wire;

@@ -550,6 +550,12 @@ unsafe extern "C" {
         how: mbuf_how_t,
     ) -> errno_t;
     pub fn mbuf_freem(mbuf: mbuf_t);
+    pub fn mbuf_allocpacket(
+        how: mbuf_how_t,
+        packetlen: usize,
+        maxchunks: *mut ::core::ffi::c_uint,
+        mbuf: *mut mbuf_t,
+    ) -> errno_t;
     pub fn mbuf_inbound_modified(mbuf: mbuf_t);
     pub fn mbuf_outbound_finalize(
         mbuf: mbuf_t,

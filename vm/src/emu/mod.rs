@@ -28,6 +28,7 @@ pub mod reloc;
 pub mod runner;
 pub mod scenario;
 pub mod sflt;
+pub mod sockets;
 pub mod stacks;
 pub mod traffic;
 

@@ -22,6 +22,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "load-unload, plus: a TCP connection on loopback through the registered socket filters (connect_out may rewrite the destination; the real connect goes where the filter says), data both ways",
     ),
     (
+        "sockfilter",
+        "load-unload, plus PrxSocketFilter's acceptance: redirects to a proxy on real IPv4/IPv6 loopback sockets with PROXY v2, original-destination lookup and rule changes through the emulated kern_control, direct connections for non-matching/excluded/proxy processes",
+    ),
+    (
         "ip-tcp",
         "load-unload, plus: a scripted IPv4 TCP exchange (hand-built SYN, SYN-ACK, request, response) through the registered IP filters (ipf_output, ipf_input)",
     ),
@@ -103,6 +107,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),
+            "sockfilter" => super::sockets::sockfilter(&mut loaded),
             _ => true,
         };
     }
