@@ -790,3 +790,47 @@ fn filter_drops_what_it_cannot_see_through() {
     // A packet shorter than its own length fields passes (the stack's problem).
     assert_eq!(filter::output(&mut p[..60].to_vec(), 60, &mut table, &FixedPolicy::EXAMPLE, 0), Decision::Pass);
 }
+
+#[test]
+fn the_shared_rule_engine_drives_the_ip_filter() {
+    use common::net::addr::{Endpoint as Ep, IpAddr};
+    use common::net::filter::RulesPolicy;
+    use common::net::policy::Proxies;
+    use common::net::rules::{Action, Cidr, IndexEntry, Rule, RuleSet};
+    let rules = vec![
+        Rule { dst: Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24), port_lo: 80, port_hi: 80, action: Action::Proxy { proxy_v2: false }, ..Rule::default() },
+        Rule { dst: Cidr::new(IpAddr::V6([0x20, 1, 0xd, 0xb8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 48), action: Action::Proxy { proxy_v2: false }, ..Rule::default() },
+    ];
+    let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+    let proxies = Proxies { v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)), ..Proxies::default() };
+    let pol = RulesPolicy { enabled: true, rules: &rs, proxies: &proxies };
+    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+    let mut s = Spec {
+        v6: false,
+        protocol: proto::TCP,
+        src: [10; 16],
+        dst: [0; 16],
+        sport: 40000,
+        dport: 80,
+        flags: tcp::SYN,
+        payload: vec![],
+        v4_options: vec![],
+        v6_exts: vec![],
+        udp_no_csum: false,
+    };
+    s.dst[..4].copy_from_slice(&[203, 0, 113, 10]);
+    let mut p = build(&s);
+    let n = p.len();
+    assert!(matches!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Rewritten { .. }));
+    assert_eq!(&p[16..20], &[192, 0, 2, 1]);
+    // Port 443 is not in the rule: left alone.
+    s.dport = 443;
+    let mut p = build(&s);
+    assert_eq!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Pass);
+    // IPv6 rule matches but there is no IPv6 proxy: left alone (no mapped translation at the IP layer).
+    s.v6 = true;
+    s.dst = [0x20, 1, 0xd, 0xb8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    let mut p = build(&s);
+    let n = p.len();
+    assert_eq!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Pass);
+}

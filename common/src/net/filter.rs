@@ -293,3 +293,63 @@ pub fn input<const N: usize, const S: usize>(
     let plan = plan_input(prefix, packet_len, table, now);
     apply(prefix, packet_len, plan)
 }
+
+fn to_addr(a: &Addr) -> super::addr::IpAddr {
+    match a {
+        Addr::V4(b) => super::addr::IpAddr::V4(*b),
+        Addr::V6(b) => super::addr::IpAddr::V6(*b),
+    }
+}
+
+/// The shared rule engine ([`super::rules`] with [`super::policy`]'s proxy
+/// configuration, as the socket filter uses them) as the IP filter's
+/// [`Policy`]. At the IP layer:
+/// - there is no process: rules are evaluated for pid 0 and an empty name, so
+///   rules that select a process never match (and `exclude_process` ones do);
+/// - rules carry no protocol: a matching `proxy` rule redirects TCP and UDP;
+/// - `block` rules are not enforced here (the packet is left alone);
+/// - the proxy must be of the packet's family (no IPv4-mapped translation).
+#[derive(Debug)]
+pub struct RulesPolicy<'a, R, I> {
+    /// Filtering switched on.
+    pub enabled: bool,
+    /// The rules.
+    pub rules: &'a super::rules::RuleSet<R, I>,
+    /// The proxy endpoints.
+    pub proxies: &'a super::policy::Proxies,
+}
+
+impl<R, I> Policy for RulesPolicy<'_, R, I>
+where
+    R: AsRef<[super::rules::Rule]>,
+    I: AsRef<[super::rules::IndexEntry]> + AsMut<[super::rules::IndexEntry]>,
+{
+    fn redirect(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> Option<Endpoint> {
+        if protocol != proto::TCP && protocol != proto::UDP {
+            return None;
+        }
+        let a = to_addr(&dst.addr);
+        let d = super::policy::decide(
+            self.enabled,
+            self.rules,
+            self.proxies,
+            a.family(),
+            &super::addr::Endpoint::new(a, dst.port),
+            0,
+            b"",
+        );
+        match d {
+            super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {
+                (super::addr::IpAddr::V4(p), Addr::V4(_)) => Some(Endpoint { addr: Addr::V4(p), port: to.port }),
+                (super::addr::IpAddr::V6(p), Addr::V6(_)) if to.addr.v4_mapped().is_none() => Some(Endpoint { addr: Addr::V6(p), port: to.port }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn is_proxy(&self, addr: &Addr) -> bool {
+        let a = to_addr(addr).canonical();
+        [self.proxies.v4, self.proxies.v6].iter().flatten().any(|p| p.addr.canonical() == a)
+    }
+}
