@@ -29,3 +29,19 @@ pub mod proxy_v2;
 pub mod rules;
 pub mod translate;
 pub mod wire;
+
+// Property tests against etherparse and full recomputation (host only). They
+// live in the crate, not in common/tests/, because an integration test links
+// the library with the `kernel` feature (and its panic handler) whenever a
+// workspace build includes the kexts.
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    missing_docs
+)]
+mod tests;

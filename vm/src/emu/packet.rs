@@ -57,23 +57,61 @@ pub fn finalize_ip(pkt: &mut [u8]) {
     pkt[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Where an IP packet's transport header is, found by etherparse (an
+/// implementation independent of the kext's `common::net`): the emulated
+/// stack's own view of a packet.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub src: Vec<u8>,
+    pub dst: Vec<u8>,
+    pub protocol: u8,
+    /// Offset of the transport header from the start of the IP header.
+    pub offset: usize,
+    /// Transport header and payload length.
+    pub len: usize,
+    /// Not a fragment.
+    pub whole: bool,
+}
+
+pub fn transport(p: &[u8]) -> Option<Transport> {
+    let s = etherparse::SlicedPacket::from_ip(p).ok()?;
+    let net = s.net.as_ref()?;
+    let (src, dst) = if let Some(v4) = net.ipv4_ref() {
+        (v4.header().source().to_vec(), v4.header().destination().to_vec())
+    } else {
+        let v6 = net.ipv6_ref()?;
+        (v6.header().source().to_vec(), v6.header().destination().to_vec())
+    };
+    let pl = net.ip_payload_ref()?;
+    let offset = (pl.payload.as_ptr() as usize).checked_sub(p.as_ptr() as usize)?;
+    Some(Transport { src, dst, protocol: pl.ip_number.0, offset, len: pl.payload.len(), whole: !pl.fragmented })
+}
+
 /// Where a packet's transport segment is (IPv4 or IPv6, extension headers
 /// walked): (start, end, protocol, pseudo-header sum), for TCP/UDP only.
 fn segment(pkt: &[u8]) -> Option<(usize, usize, u8, u64)> {
-    let t = common::net::wire::ip::transport(pkt).ok()?;
-    if !t.has_transport || l4_csum_offset(t.protocol).is_none() {
+    let t = transport(pkt)?;
+    if !t.whole || l4_csum_offset(t.protocol).is_none() {
         return None;
     }
     let end = t.offset.checked_add(t.len)?;
     if end > pkt.len() || t.len < 8 {
         return None;
     }
-    let ph = common::net::checksum::pseudo_header(&t.src, &t.dst, t.protocol, t.len);
+    let mut ph = u64::from(sum(&t.src, 0)) + u64::from(sum(&t.dst, 0)) + u64::from(t.protocol);
+    ph += if t.src.len() == 16 { (t.len as u64 >> 16) + (t.len as u64 & 0xffff) } else { t.len as u64 & 0xffff };
     Some((t.offset, end, t.protocol, ph))
 }
 
-fn fold64(s: u64) -> u16 {
-    common::net::checksum::fold(s)
+fn fold64(mut s: u64) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn sum64(data: &[u8], init: u64) -> u64 {
+    init + u64::from(sum(data, 0))
 }
 
 /// Completes a delayed TCP/UDP checksum (IPv4 or IPv6): the field holds the
@@ -87,7 +125,7 @@ pub fn finalize_l4_from_seed(pkt: &mut [u8]) {
     if end < start + co + 2 {
         return;
     }
-    let c = !fold64(common::net::checksum::sum(&pkt[start..end], 0));
+    let c = !fold64(sum64(&pkt[start..end], 0));
     let c = if c == 0 && proto == 17 { 0xffff } else { c };
     pkt[start + co..start + co + 2].copy_from_slice(&c.to_be_bytes());
 }
@@ -111,7 +149,7 @@ pub fn finalize_l4(pkt: &mut [u8]) {
     let Some(co) = l4_csum_offset(proto) else { return };
     pkt[start + co] = 0;
     pkt[start + co + 1] = 0;
-    let c = !fold64(common::net::checksum::sum(&pkt[start..end], ph));
+    let c = !fold64(sum64(&pkt[start..end], ph));
     let c = if c == 0 && proto == 17 { 0xffff } else { c };
     pkt[start + co..start + co + 2].copy_from_slice(&c.to_be_bytes());
 }

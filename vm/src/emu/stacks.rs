@@ -153,10 +153,10 @@ pub struct Counts {
 }
 
 fn endpoints(p: &[u8]) -> Option<(IpAddress, u16, IpAddress, u16)> {
-    let t = common::net::wire::ip::transport(p).ok()?;
-    let addr = |a: common::net::wire::ip::Addr| match a {
-        common::net::wire::ip::Addr::V4(b) => IpAddress::v4(b[0], b[1], b[2], b[3]),
-        common::net::wire::ip::Addr::V6(b) => IpAddress::Ipv6(Ipv6Address::from(b)),
+    let t = super::packet::transport(p)?;
+    let addr = |a: Vec<u8>| match a.len() {
+        4 => IpAddress::v4(a[0], a[1], a[2], a[3]),
+        _ => IpAddress::Ipv6(Ipv6Address::from(<[u8; 16]>::try_from(a.as_slice()).unwrap_or([0; 16]))),
     };
     let port = |o: usize| u16::from_be_bytes([*p.get(o)?, *p.get(o + 1)?]).into();
     let sp: Option<u16> = port(t.offset);
@@ -170,9 +170,9 @@ pub(crate) fn shuttle(client: &mut Host, proxy: &mut Host, plan: &Plan, wire: &m
     while let Some(mut p) = client.dev.tx.pop_front() {
         n.client_sent += 1;
         // As xnu hands outbound packets to filters: checksums left to the NIC.
-        let l4 = match common::net::wire::ip::transport(&p).map(|t| t.protocol) {
-            Ok(6) => REQ_TCP,
-            Ok(17) => REQ_UDP,
+        let l4 = match super::packet::transport(&p).map(|t| t.protocol) {
+            Some(6) => REQ_TCP,
+            Some(17) => REQ_UDP,
             _ => 0,
         };
         let mut req = l4;

@@ -131,9 +131,9 @@ pub(crate) fn ip_path(wire: &mut Wire, mut bytes: Vec<u8>, mut csum: u32, output
         });
         // ipf_input's offset and protocol: the transport header after IPv6
         // extension headers, as xnu passes them.
-        let (ihl, proto) = match common::net::wire::ip::transport(&bytes) {
-            Ok(t) => (i32::try_from(t.offset).unwrap_or(0), t.protocol),
-            Err(_) => (
+        let (ihl, proto) = match packet::transport(&bytes) {
+            Some(t) => (i32::try_from(t.offset).unwrap_or(0), t.protocol),
+            None => (
                 i32::from(bytes.first().map(|b| b & 0xf).unwrap_or(5)) * 4,
                 bytes.get(9).copied().unwrap_or(0),
             ),

@@ -1,12 +1,12 @@
-//! common::net checked against an independent implementation (etherparse) and
+//! Host tests of common::net: checked against an independent implementation (etherparse) and
 //! against full recomputation, with random packets (proptest).
 
-use common::net::checksum;
-use common::net::filter::{self, Decision, DropReason, FixedPolicy};
-use common::net::nat::{Config, Endpoint, FlowKey, InsertError, NatTable};
-use common::net::translate::{self, Refused, Side};
-use common::net::wire::ip::{self, Addr};
-use common::net::wire::{Error, icmp, ipv4, ipv6, proto, tcp, udp};
+use crate::net::checksum;
+use crate::net::filter::{self, Decision, DropReason, FixedPolicy};
+use crate::net::nat::{Config, Endpoint, FlowKey, InsertError, NatTable};
+use crate::net::translate::{self, Refused, Side};
+use crate::net::wire::ip::{self, Addr};
+use crate::net::wire::{Error, icmp, ipv4, ipv6, proto, tcp, udp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
@@ -793,10 +793,10 @@ fn filter_drops_what_it_cannot_see_through() {
 
 #[test]
 fn the_shared_rule_engine_drives_the_ip_filter() {
-    use common::net::addr::{Endpoint as Ep, IpAddr};
-    use common::net::filter::RulesPolicy;
-    use common::net::policy::Proxies;
-    use common::net::rules::{Action, Cidr, IndexEntry, Rule, RuleSet};
+    use crate::net::addr::{Endpoint as Ep, IpAddr};
+    use crate::net::filter::RulesPolicy;
+    use crate::net::policy::Proxies;
+    use crate::net::rules::{Action, Cidr, IndexEntry, Rule, RuleSet};
     let rules = vec![
         Rule { dst: Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24), port_lo: 80, port_hi: 80, action: Action::Proxy { proxy_v2: false }, ..Rule::default() },
         Rule { dst: Cidr::new(IpAddr::V6([0x20, 1, 0xd, 0xb8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 48), action: Action::Proxy { proxy_v2: false }, ..Rule::default() },
