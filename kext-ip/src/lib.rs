@@ -77,7 +77,10 @@ struct Nat {
 
 impl Nat {
     const fn new(family: Family, seed: u64) -> Nat {
-        Nat { family, table: TryLock::new(NatTable::new(Config::DEFAULT, seed)) }
+        Nat {
+            family,
+            table: TryLock::new(NatTable::new(Config::DEFAULT, seed)),
+        }
     }
 
     /// Copies the header prefix of `pkt` into `buf`; returns its length.
@@ -91,11 +94,17 @@ impl Nat {
     fn rewrite(pkt: &mut Packet<'_>, plan: Plan) -> Decision {
         let mut buf = [0u8; PREFIX];
         let len = pkt.len();
-        let Some(n) = Self::prefix(pkt, &mut buf) else { return Decision::Drop(DropReason::Mbuf) };
-        let Some(prefix) = buf.get_mut(..n) else { return Decision::Drop(DropReason::Mbuf) };
+        let Some(n) = Self::prefix(pkt, &mut buf) else {
+            return Decision::Drop(DropReason::Mbuf);
+        };
+        let Some(prefix) = buf.get_mut(..n) else {
+            return Decision::Drop(DropReason::Mbuf);
+        };
         let d = filter::apply(prefix, len, plan);
         if let Decision::Rewritten { changed } = d {
-            let Some(bytes) = prefix.get(..changed) else { return Decision::Drop(DropReason::Mbuf) };
+            let Some(bytes) = prefix.get(..changed) else {
+                return Decision::Drop(DropReason::Mbuf);
+            };
             if pkt.copy_in(0, bytes).is_err() {
                 return Decision::Drop(DropReason::Mbuf);
             }
@@ -110,13 +119,21 @@ impl IpFilter for Nat {
     fn output<'a>(&self, mut pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
         let mut buf = [0u8; PREFIX];
         let len = pkt.len();
-        let Some(n) = Self::prefix(&pkt, &mut buf) else { return Verdict::Pass(pkt) };
+        let Some(n) = Self::prefix(&pkt, &mut buf) else {
+            return Verdict::Pass(pkt);
+        };
         let plan = {
             let Some(mut table) = self.table.try_lock(SPINS) else {
                 count_drop(DropReason::Busy);
                 return Verdict::Drop(pkt);
             };
-            filter::plan_output(buf.get(..n).unwrap_or(&[]), len, &mut table, &POLICY, clock::uptime_ms())
+            filter::plan_output(
+                buf.get(..n).unwrap_or(&[]),
+                len,
+                &mut table,
+                &POLICY,
+                clock::uptime_ms(),
+            )
         };
         match plan {
             Plan::Pass => return Verdict::Pass(pkt),
@@ -146,16 +163,29 @@ impl IpFilter for Nat {
         }
     }
 
-    fn input<'a>(&self, mut pkt: Packet<'a>, _offset: usize, _protocol: u8, _inj: Input<'a>) -> Verdict<'a> {
+    fn input<'a>(
+        &self,
+        mut pkt: Packet<'a>,
+        _offset: usize,
+        _protocol: u8,
+        _inj: Input<'a>,
+    ) -> Verdict<'a> {
         let mut buf = [0u8; PREFIX];
         let len = pkt.len();
-        let Some(n) = Self::prefix(&pkt, &mut buf) else { return Verdict::Pass(pkt) };
+        let Some(n) = Self::prefix(&pkt, &mut buf) else {
+            return Verdict::Pass(pkt);
+        };
         let plan = {
             let Some(mut table) = self.table.try_lock(SPINS) else {
                 count_drop(DropReason::Busy);
                 return Verdict::Drop(pkt);
             };
-            filter::plan_input(buf.get(..n).unwrap_or(&[]), len, &mut table, clock::uptime_ms())
+            filter::plan_input(
+                buf.get(..n).unwrap_or(&[]),
+                len,
+                &mut table,
+                clock::uptime_ms(),
+            )
         };
         if plan == Plan::Pass {
             return Verdict::Pass(pkt);
@@ -175,8 +205,12 @@ impl IpFilter for Nat {
     }
 }
 
-common::ip_filter!(static V4: Registration<Nat> = Nat::new(Family::V4, 0x9e37_79b9_7f4a_7c15););
-common::ip_filter!(static V6: Registration<Nat> = Nat::new(Family::V6, 0xc2b2_ae3d_27d4_eb4f););
+common::ip_filter!(
+    static V4: Registration<Nat> = Nat::new(Family::V4, 0x9e37_79b9_7f4a_7c15);
+);
+common::ip_filter!(
+    static V6: Registration<Nat> = Nat::new(Family::V6, 0xc2b2_ae3d_27d4_eb4f);
+);
 
 fn start() -> Result<(), KextError> {
     let v4 = V4.attach(Family::V4);
@@ -200,13 +234,41 @@ fn stop() -> Result<(), KextError> {
         return Err(KextError::Busy);
     }
     let flows = |r: &common::kpi::ipf::Registration<Nat>| {
-        r.filter().table.try_lock(SPINS).map(|t| t.len()).unwrap_or(0)
+        r.filter()
+            .table
+            .try_lock(SPINS)
+            .map(|t| t.len())
+            .unwrap_or(0)
     };
-    log::counter(c"PrxIPFilter", c"flows_v4", u64::try_from(flows(&V4)).unwrap_or(0));
-    log::counter(c"PrxIPFilter", c"flows_v6", u64::try_from(flows(&V6)).unwrap_or(0));
-    log::counter(c"PrxIPFilter", c"redirected", STATS.redirected.load(Ordering::Relaxed));
-    log::counter(c"PrxIPFilter", c"reversed", STATS.reversed.load(Ordering::Relaxed));
-    let names = [c"drop_unparseable", c"drop_table_full", c"drop_collision", c"drop_udp6_zero_csum", c"drop_busy", c"drop_mbuf", c"drop_inject"];
+    log::counter(
+        c"PrxIPFilter",
+        c"flows_v4",
+        u64::try_from(flows(&V4)).unwrap_or(0),
+    );
+    log::counter(
+        c"PrxIPFilter",
+        c"flows_v6",
+        u64::try_from(flows(&V6)).unwrap_or(0),
+    );
+    log::counter(
+        c"PrxIPFilter",
+        c"redirected",
+        STATS.redirected.load(Ordering::Relaxed),
+    );
+    log::counter(
+        c"PrxIPFilter",
+        c"reversed",
+        STATS.reversed.load(Ordering::Relaxed),
+    );
+    let names = [
+        c"drop_unparseable",
+        c"drop_table_full",
+        c"drop_collision",
+        c"drop_udp6_zero_csum",
+        c"drop_busy",
+        c"drop_mbuf",
+        c"drop_inject",
+    ];
     for (name, c) in names.iter().zip(STATS.drops.iter()) {
         log::counter(c"PrxIPFilter", name, c.load(Ordering::Relaxed));
     }

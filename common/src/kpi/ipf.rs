@@ -105,7 +105,13 @@ pub trait IpFilter: Sync + Sized + 'static {
     fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a>;
     /// A packet coming in (`ipf_input`): `offset` of the transport header,
     /// `protocol` the upper-layer protocol.
-    fn input<'a>(&self, pkt: Packet<'a>, offset: usize, protocol: u8, inj: Input<'a>) -> Verdict<'a>;
+    fn input<'a>(
+        &self,
+        pkt: Packet<'a>,
+        offset: usize,
+        protocol: u8,
+        inj: Input<'a>,
+    ) -> Verdict<'a>;
     /// The kernel detached the filter (after `ipf_remove`, possibly later).
     fn detached(&self) {}
 }
@@ -132,7 +138,9 @@ unsafe impl<T: IpFilter> Sync for Registration<T> {}
 
 impl<T: IpFilter> core::fmt::Debug for Registration<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Registration").field("state", &self.state.load(Ordering::Relaxed)).finish()
+        f.debug_struct("Registration")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -162,7 +170,11 @@ impl<T: IpFilter> Registration<T> {
 
     /// Attaches the filter (`ipf_addv4` or `ipf_addv6`).
     pub fn attach(&'static self, family: Family) -> Result<(), Errno> {
-        if self.state.compare_exchange(IDLE, ATTACHED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if self
+            .state
+            .compare_exchange(IDLE, ATTACHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return Err(Errno(sys::EBUSY));
         }
         self.detached.store(false, Ordering::Release);
@@ -187,7 +199,11 @@ impl<T: IpFilter> Registration<T> {
     /// Removes the filter if it is attached (`ipf_remove`); `ipf_detach` may
     /// follow later.
     pub fn remove(&self) {
-        if self.state.compare_exchange(ATTACHED, REMOVING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .state
+            .compare_exchange(ATTACHED, REMOVING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             let h = self.handle.load(Ordering::Acquire);
             // SAFETY: `h` is the handle ipf_add returned; removed once (state).
             let r = unsafe { sys::ipf_remove(h) };
@@ -225,8 +241,14 @@ unsafe extern "C" fn output_trampoline<T: IpFilter>(
     // trampoline (Registration::new).
     let reg = unsafe { &*(cookie as *const Registration<T>) };
     // SAFETY: `data` is the kernel's mbuf_t * for this call.
-    let Some(pkt) = (unsafe { Packet::from_slot(data) }) else { return 0 };
-    let out = Output { filter_ref: reg.handle.load(Ordering::Acquire), options, _call: core::marker::PhantomData };
+    let Some(pkt) = (unsafe { Packet::from_slot(data) }) else {
+        return 0;
+    };
+    let out = Output {
+        filter_ref: reg.handle.load(Ordering::Acquire),
+        options,
+        _call: core::marker::PhantomData,
+    };
     verdict_to_errno(reg.filter.output(pkt, out))
 }
 
@@ -239,8 +261,13 @@ unsafe extern "C" fn input_trampoline<T: IpFilter>(
     // SAFETY: as in output_trampoline.
     let reg = unsafe { &*(cookie as *const Registration<T>) };
     // SAFETY: as in output_trampoline.
-    let Some(pkt) = (unsafe { Packet::from_slot(data) }) else { return 0 };
-    let inj = Input { filter_ref: reg.handle.load(Ordering::Acquire), _call: core::marker::PhantomData };
+    let Some(pkt) = (unsafe { Packet::from_slot(data) }) else {
+        return 0;
+    };
+    let inj = Input {
+        filter_ref: reg.handle.load(Ordering::Acquire),
+        _call: core::marker::PhantomData,
+    };
     let offset = usize::try_from(offset).unwrap_or(0);
     verdict_to_errno(reg.filter.input(pkt, offset, protocol, inj))
 }
@@ -285,14 +312,21 @@ unsafe impl<T: Send> Sync for TryLock<T> {}
 impl<T> TryLock<T> {
     /// An unlocked lock holding `value`.
     pub const fn new(value: T) -> Self {
-        TryLock { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+        TryLock {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
     }
 
     /// Takes the lock, spinning at most `spins` times; `None` if still held.
     pub fn try_lock(&self, spins: u32) -> Option<TryLockGuard<'_, T>> {
         let mut n = 0u32;
         loop {
-            if self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            if self
+                .locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
                 return Some(TryLockGuard { lock: self });
             }
             if n >= spins {

@@ -60,7 +60,10 @@ impl<'a> Packet<'a> {
         if m.is_null() {
             return None;
         }
-        Some(Packet { slot, _lent: PhantomData })
+        Some(Packet {
+            slot,
+            _lent: PhantomData,
+        })
     }
 
     fn mbuf(&self) -> sys::mbuf_t {
@@ -86,7 +89,12 @@ impl<'a> Packet<'a> {
         }
         // SAFETY: `out` is writable for `out.len()` bytes; the chain is live.
         let r = unsafe {
-            sys::mbuf_copydata(self.mbuf(), offset, out.len(), out.as_mut_ptr().cast::<c_void>())
+            sys::mbuf_copydata(
+                self.mbuf(),
+                offset,
+                out.len(),
+                out.as_mut_ptr().cast::<c_void>(),
+            )
         };
         if r == 0 { Ok(()) } else { Err(Errno(r)) }
     }
@@ -97,7 +105,10 @@ impl<'a> Packet<'a> {
         if data.is_empty() {
             return Ok(());
         }
-        if offset.checked_add(data.len()).is_none_or(|end| end > self.len()) {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len())
+        {
             return Err(Errno(sys::EINVAL));
         }
         // SAFETY: `data` is readable for `data.len()` bytes; the chain is live
@@ -121,7 +132,11 @@ impl<'a> Packet<'a> {
         // SAFETY: `slot` is the callback's in/out mbuf_t *; pullup may replace
         // the chain's head there, or free the chain and store NULL.
         let r = unsafe { sys::mbuf_pullup(self.slot, len) };
-        if r == 0 && !self.mbuf().is_null() { Ok(self) } else { Err(Taken::new()) }
+        if r == 0 && !self.mbuf().is_null() {
+            Ok(self)
+        } else {
+            Err(Taken::new())
+        }
     }
 
     /// The first `len` bytes, when the first mbuf holds them.

@@ -49,26 +49,42 @@ pub fn pseudo_header(src: &Addr, dst: &Addr, protocol: u8, len: usize) -> u64 {
     let len = u64::try_from(len).unwrap_or(u64::MAX);
     match src {
         Addr::V4(_) => s.wrapping_add(len & 0xffff),
-        Addr::V6(_) => s.wrapping_add(len >> 16 & 0xffff).wrapping_add(len & 0xffff),
+        Addr::V6(_) => s
+            .wrapping_add(len >> 16 & 0xffff)
+            .wrapping_add(len & 0xffff),
     }
 }
 
 /// The full TCP/UDP/ICMPv6 checksum of `segment` (its checksum field zeroed by
 /// the caller), pseudo-header included. A UDP result of 0 is returned as 0xFFFF.
 pub fn transport(src: &Addr, dst: &Addr, protocol: u8, segment: &[u8]) -> u16 {
-    let c = !fold(sum(segment, pseudo_header(src, dst, protocol, segment.len())));
-    if c == 0 && protocol == super::wire::proto::UDP { 0xffff } else { c }
+    let c = !fold(sum(
+        segment,
+        pseudo_header(src, dst, protocol, segment.len()),
+    ));
+    if c == 0 && protocol == super::wire::proto::UDP {
+        0xffff
+    } else {
+        c
+    }
 }
 
 /// True when `segment` (checksum in place) verifies with its pseudo-header.
 pub fn verify_transport(src: &Addr, dst: &Addr, protocol: u8, segment: &[u8]) -> bool {
-    fold(sum(segment, pseudo_header(src, dst, protocol, segment.len()))) == 0xffff
+    fold(sum(
+        segment,
+        pseudo_header(src, dst, protocol, segment.len()),
+    )) == 0xffff
 }
 
 /// RFC 1624 eqn. 3 for one 16-bit word: `old` replaced by `new` in the data
 /// covered by checksum `hc`.
 pub fn update_word(hc: u16, old: u16, new: u16) -> u16 {
-    !fold(u64::from(!hc).wrapping_add(u64::from(!old)).wrapping_add(u64::from(new)))
+    !fold(
+        u64::from(!hc)
+            .wrapping_add(u64::from(!old))
+            .wrapping_add(u64::from(new)),
+    )
 }
 
 /// RFC 1624 eqn. 3 for a run of bytes at an even offset (addresses, ports):
@@ -83,7 +99,9 @@ pub fn update(hc: u16, old: &[u8], new: &[u8]) -> u16 {
             let lo = c.get(1).copied().unwrap_or(0);
             u16::from_be_bytes([hi, lo])
         };
-        s = s.wrapping_add(u64::from(!w(a))).wrapping_add(u64::from(w(b)));
+        s = s
+            .wrapping_add(u64::from(!w(a)))
+            .wrapping_add(u64::from(w(b)));
     }
     !fold(s)
 }
@@ -101,7 +119,11 @@ pub enum UdpZero {
 /// a result of 0 becomes 0xFFFF.
 pub fn update_udp(hc: u16, v6: bool, old: &[u8], new: &[u8]) -> Result<u16, UdpZero> {
     if hc == 0 {
-        return Err(if v6 { UdpZero::InvalidV6 } else { UdpZero::NoneV4 });
+        return Err(if v6 {
+            UdpZero::InvalidV6
+        } else {
+            UdpZero::NoneV4
+        });
     }
     let c = update(hc, old, new);
     Ok(if c == 0 { 0xffff } else { c })
@@ -134,10 +156,16 @@ mod tests {
     #[test]
     fn udp_zero_rules() {
         assert_eq!(update_udp(0, false, &[1, 2], &[3, 4]), Err(UdpZero::NoneV4));
-        assert_eq!(update_udp(0, true, &[1, 2], &[3, 4]), Err(UdpZero::InvalidV6));
+        assert_eq!(
+            update_udp(0, true, &[1, 2], &[3, 4]),
+            Err(UdpZero::InvalidV6)
+        );
         // A change that makes the checksum 0 yields 0xFFFF.
         let hc = update_word(0xdd2f, 0x5555, 0x3285);
         assert_eq!(hc, 0);
-        assert_eq!(update_udp(0xdd2f, false, &[0x55, 0x55], &[0x32, 0x85]), Ok(0xffff));
+        assert_eq!(
+            update_udp(0xdd2f, false, &[0x55, 0x55], &[0x32, 0x85]),
+            Ok(0xffff)
+        );
     }
 }

@@ -60,9 +60,19 @@ impl FixedPolicy {
     /// 2001:db8:203::/48 → [2001:db8:2::1]:3128.
     pub const EXAMPLE: FixedPolicy = FixedPolicy {
         v4: ([203, 0, 113, 0], 24),
-        v6: ([0x20, 0x01, 0x0d, 0xb8, 0x02, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 48),
+        v6: (
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0x02, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            48,
+        ),
         proxy_v4: ([192, 0, 2, 1], 3128),
-        proxy_v6: ([0x20, 0x01, 0x0d, 0xb8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 3128),
+        proxy_v6: (
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            3128,
+        ),
     };
 }
 
@@ -71,7 +81,9 @@ pub fn in_prefix(a: &[u8], net: &[u8], bits: u8) -> bool {
     let bits = usize::from(bits);
     let full = bits / 8;
     let rest = bits % 8;
-    let (Some(x), Some(y)) = (a.get(..full), net.get(..full)) else { return false };
+    let (Some(x), Some(y)) = (a.get(..full), net.get(..full)) else {
+        return false;
+    };
     if x != y {
         return false;
     }
@@ -91,12 +103,14 @@ impl Policy for FixedPolicy {
             return None;
         }
         match dst.addr {
-            Addr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => {
-                Some(Endpoint { addr: Addr::V4(self.proxy_v4.0), port: self.proxy_v4.1 })
-            }
-            Addr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => {
-                Some(Endpoint { addr: Addr::V6(self.proxy_v6.0), port: self.proxy_v6.1 })
-            }
+            Addr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => Some(Endpoint {
+                addr: Addr::V4(self.proxy_v4.0),
+                port: self.proxy_v4.1,
+            }),
+            Addr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => Some(Endpoint {
+                addr: Addr::V6(self.proxy_v6.0),
+                port: self.proxy_v6.1,
+            }),
             _ => None,
         }
     }
@@ -182,12 +196,28 @@ fn endpoints(prefix: &[u8], t: &Transport) -> Option<(Endpoint, Endpoint)> {
         return None;
     }
     let sport = get_u16(prefix, t.offset..t.offset.saturating_add(2));
-    let dport = get_u16(prefix, t.offset.saturating_add(2)..t.offset.saturating_add(4));
-    Some((Endpoint { addr: t.src, port: sport }, Endpoint { addr: t.dst, port: dport }))
+    let dport = get_u16(
+        prefix,
+        t.offset.saturating_add(2)..t.offset.saturating_add(4),
+    );
+    Some((
+        Endpoint {
+            addr: t.src,
+            port: sport,
+        },
+        Endpoint {
+            addr: t.dst,
+            port: dport,
+        },
+    ))
 }
 
 fn tcp_flags(prefix: &[u8], t: &Transport) -> u8 {
-    if t.protocol == proto::TCP { get_u8(prefix, t.offset.saturating_add(13)) } else { 0 }
+    if t.protocol == proto::TCP {
+        get_u8(prefix, t.offset.saturating_add(13))
+    } else {
+        0
+    }
 }
 
 /// Decides what to do with an outbound packet of `packet_len` bytes whose
@@ -203,7 +233,9 @@ pub fn plan_output<const N: usize, const S: usize>(
         Ok(t) => t,
         Err(Error::TooManyExtHeaders) => return Plan::Drop(DropReason::Unparseable),
         // Headers beyond the prefix of a packet that is long enough to hold them.
-        Err(Error::Truncated) if prefix.len() < packet_len => return Plan::Drop(DropReason::Unparseable),
+        Err(Error::Truncated) if prefix.len() < packet_len => {
+            return Plan::Drop(DropReason::Unparseable);
+        }
         Err(_) => return Plan::Pass,
     };
     if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
@@ -213,21 +245,37 @@ pub fn plan_output<const N: usize, const S: usize>(
         return Plan::Pass;
     }
     let Some((src, dst)) = endpoints(prefix, &t) else {
-        return if prefix.len() < packet_len { Plan::Drop(DropReason::Unparseable) } else { Plan::Pass };
+        return if prefix.len() < packet_len {
+            Plan::Drop(DropReason::Unparseable)
+        } else {
+            Plan::Pass
+        };
     };
-    let key = FlowKey { protocol: t.protocol, src, dst };
+    let key = FlowKey {
+        protocol: t.protocol,
+        src,
+        dst,
+    };
     let flags = tcp_flags(prefix, &t);
     if let Some(to) = table.outbound(&key, flags, now) {
-        return Plan::Translate { side: Side::Dst, to };
+        return Plan::Translate {
+            side: Side::Dst,
+            to,
+        };
     }
-    let Some(to) = policy.redirect(t.protocol, &src, &dst) else { return Plan::Pass };
+    let Some(to) = policy.redirect(t.protocol, &src, &dst) else {
+        return Plan::Pass;
+    };
     let opens = t.protocol == proto::UDP
         || flags & super::wire::tcp::SYN != 0 && flags & super::wire::tcp::ACK == 0;
     if !opens {
         return Plan::Pass;
     }
     match table.insert(key, to, flags, now) {
-        Ok(_) => Plan::Translate { side: Side::Dst, to },
+        Ok(_) => Plan::Translate {
+            side: Side::Dst,
+            to,
+        },
         Err(InsertError::Full) => Plan::Drop(DropReason::TableFull),
         Err(InsertError::Collision) => Plan::Drop(DropReason::Collision),
     }
@@ -241,13 +289,20 @@ pub fn plan_input<const N: usize, const S: usize>(
     table: &mut NatTable<N, S>,
     now: u64,
 ) -> Plan {
-    let Ok(t) = ip::transport_in(prefix, packet_len) else { return Plan::Pass };
+    let Ok(t) = ip::transport_in(prefix, packet_len) else {
+        return Plan::Pass;
+    };
     if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
         return Plan::Pass;
     }
-    let Some((from, to)) = endpoints(prefix, &t) else { return Plan::Pass };
+    let Some((from, to)) = endpoints(prefix, &t) else {
+        return Plan::Pass;
+    };
     match table.inbound(t.protocol, &from, &to, tcp_flags(prefix, &t), now) {
-        Some(orig) => Plan::Translate { side: Side::Src, to: orig },
+        Some(orig) => Plan::Translate {
+            side: Side::Src,
+            to: orig,
+        },
         None => Plan::Pass,
     }
 }
@@ -340,8 +395,16 @@ where
         );
         match d {
             super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {
-                (super::addr::IpAddr::V4(p), Addr::V4(_)) => Some(Endpoint { addr: Addr::V4(p), port: to.port }),
-                (super::addr::IpAddr::V6(p), Addr::V6(_)) if to.addr.v4_mapped().is_none() => Some(Endpoint { addr: Addr::V6(p), port: to.port }),
+                (super::addr::IpAddr::V4(p), Addr::V4(_)) => Some(Endpoint {
+                    addr: Addr::V4(p),
+                    port: to.port,
+                }),
+                (super::addr::IpAddr::V6(p), Addr::V6(_)) if to.addr.v4_mapped().is_none() => {
+                    Some(Endpoint {
+                        addr: Addr::V6(p),
+                        port: to.port,
+                    })
+                }
                 _ => None,
             },
             _ => None,
@@ -350,6 +413,9 @@ where
 
     fn is_proxy(&self, addr: &Addr) -> bool {
         let a = to_addr(addr).canonical();
-        [self.proxies.v4, self.proxies.v6].iter().flatten().any(|p| p.addr.canonical() == a)
+        [self.proxies.v4, self.proxies.v6]
+            .iter()
+            .flatten()
+            .any(|p| p.addr.canonical() == a)
     }
 }

@@ -69,8 +69,11 @@ pub struct Config {
 
 impl Config {
     /// Defaults: TCP idle 2 h, closed grace 10 s, UDP idle 60 s.
-    pub const DEFAULT: Config =
-        Config { tcp_idle_ms: 7_200_000, tcp_closed_grace_ms: 10_000, udp_idle_ms: 60_000 };
+    pub const DEFAULT: Config = Config {
+        tcp_idle_ms: 7_200_000,
+        tcp_closed_grace_ms: 10_000,
+        udp_idle_ms: 60_000,
+    };
 }
 
 /// Why a flow was not created.
@@ -130,7 +133,11 @@ impl Flow {
                 self.close |= CLOSED_RST;
             }
             if flags & tcp::FIN != 0 {
-                self.close |= if outbound { CLOSED_FIN_OUT } else { CLOSED_FIN_IN };
+                self.close |= if outbound {
+                    CLOSED_FIN_OUT
+                } else {
+                    CLOSED_FIN_IN
+                };
             }
         }
         self.last_seen = self.last_seen.max(now);
@@ -188,7 +195,10 @@ fn hash_endpoint(mut h: u64, e: &Endpoint) -> u64 {
 }
 
 fn hash3(seed: u64, protocol: u8, a: &Endpoint, b: &Endpoint) -> u64 {
-    let h = hash_endpoint(hash_endpoint(mix(seed ^ 0xcbf2_9ce4_8422_2325, protocol), a), b);
+    let h = hash_endpoint(
+        hash_endpoint(mix(seed ^ 0xcbf2_9ce4_8422_2325, protocol), a),
+        b,
+    );
     // Final avalanche (splitmix64) so the low bits used for the bucket depend on all input.
     let mut z = h;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -229,7 +239,10 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
 
     /// Live entries and capacity.
     pub fn stats(&self) -> Stats {
-        Stats { flows: self.len, capacity: N }
+        Stats {
+            flows: self.len,
+            capacity: N,
+        }
     }
 
     /// Number of entries.
@@ -288,7 +301,11 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
 
     fn index_insert(&mut self, reverse: bool, home: usize, e: u32) {
         let mask = self.mask();
-        let idx = if reverse { &mut self.rev } else { &mut self.fwd };
+        let idx = if reverse {
+            &mut self.rev
+        } else {
+            &mut self.fwd
+        };
         let mut i = home;
         for _ in 0..SLOTS {
             match idx.get_mut(i) {
@@ -307,23 +324,41 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         let mut j = hole;
         for _ in 0..SLOTS {
             j = j.wrapping_add(1) & mask;
-            let e = *(if reverse { &self.rev } else { &self.fwd }).get(j).unwrap_or(&0);
+            let e = *(if reverse { &self.rev } else { &self.fwd })
+                .get(j)
+                .unwrap_or(&0);
             if e == 0 {
                 break;
             }
             let Some(f) = self.flow(e) else { break };
-            let k = if reverse { self.rev_home(f) } else { self.fwd_home(f) };
-            let stays = if hole <= j { hole < k && k <= j } else { hole < k || k <= j };
+            let k = if reverse {
+                self.rev_home(f)
+            } else {
+                self.fwd_home(f)
+            };
+            let stays = if hole <= j {
+                hole < k && k <= j
+            } else {
+                hole < k || k <= j
+            };
             if stays {
                 continue;
             }
-            let idx = if reverse { &mut self.rev } else { &mut self.fwd };
+            let idx = if reverse {
+                &mut self.rev
+            } else {
+                &mut self.fwd
+            };
             if let Some(s) = idx.get_mut(hole) {
                 *s = e;
             }
             hole = j;
         }
-        let idx = if reverse { &mut self.rev } else { &mut self.fwd };
+        let idx = if reverse {
+            &mut self.rev
+        } else {
+            &mut self.fwd
+        };
         if let Some(s) = idx.get_mut(hole) {
             *s = 0;
         }
@@ -331,7 +366,9 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
 
     /// Removes entry `e` (1-based) from both indexes and frees it.
     fn remove_entry(&mut self, e: u32) {
-        let Some(f) = self.flow(e).copied() else { return };
+        let Some(f) = self.flow(e).copied() else {
+            return;
+        };
         if let Some(i) = self.find(false, f.key.protocol, &f.key.src, &f.key.dst) {
             self.index_remove(false, i);
         }
@@ -341,14 +378,18 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         }
         let pos = usize::try_from(e).unwrap_or(0).wrapping_sub(1);
         if let Some(s) = self.entries.get_mut(pos) {
-            *s = Slot::Free { next: self.free_head };
+            *s = Slot::Free {
+                next: self.free_head,
+            };
             self.free_head = e.wrapping_sub(1);
             self.len = self.len.saturating_sub(1);
         }
     }
 
     fn entry_at(&self, reverse: bool, bucket: usize) -> u32 {
-        *(if reverse { &self.rev } else { &self.fwd }).get(bucket).unwrap_or(&0)
+        *(if reverse { &self.rev } else { &self.fwd })
+            .get(bucket)
+            .unwrap_or(&0)
     }
 
     /// The flow `key` if it is tracked and live (an expired one is removed).
@@ -391,7 +432,14 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
     /// An inbound packet from `from` to `to` (protocol, TCP `flags`): the original
     /// destination to put back as its source, if `from` is the proxy of a live flow
     /// of client `to`.
-    pub fn inbound(&mut self, protocol: u8, from: &Endpoint, to: &Endpoint, flags: u8, now: u64) -> Option<Endpoint> {
+    pub fn inbound(
+        &mut self,
+        protocol: u8,
+        from: &Endpoint,
+        to: &Endpoint,
+        flags: u8,
+        now: u64,
+    ) -> Option<Endpoint> {
         let b = self.find(true, protocol, from, to)?;
         let e = self.entry_at(true, b);
         let cfg = self.cfg;
@@ -409,7 +457,13 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
     }
 
     /// Tracks a new flow `key` → `proxy` (sweeping a few expired entries first).
-    pub fn insert(&mut self, key: FlowKey, proxy: Endpoint, flags: u8, now: u64) -> Result<Flow, InsertError> {
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        proxy: Endpoint,
+        flags: u8,
+        now: u64,
+    ) -> Result<Flow, InsertError> {
         self.sweep(now, SWEEP_PER_INSERT);
         if let Some(b) = self.find(false, key.protocol, &key.src, &key.dst) {
             // Already tracked (or expired and about to be replaced).
@@ -438,9 +492,17 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         } else {
             return Err(InsertError::Full);
         };
-        let mut flow = Flow { key, proxy, last_seen: now, close: 0 };
+        let mut flow = Flow {
+            key,
+            proxy,
+            last_seen: now,
+            close: 0,
+        };
         flow.touch(flags, true, now);
-        let Some(slot) = self.entries.get_mut(usize::try_from(e).unwrap_or(usize::MAX)) else {
+        let Some(slot) = self
+            .entries
+            .get_mut(usize::try_from(e).unwrap_or(usize::MAX))
+        else {
             return Err(InsertError::Full);
         };
         *slot = Slot::Used(flow);
@@ -459,7 +521,11 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         let mut removed = 0usize;
         for _ in 0..budget.min(N) {
             let pos = self.hand;
-            self.hand = if pos.wrapping_add(1) >= N { 0 } else { pos.wrapping_add(1) };
+            self.hand = if pos.wrapping_add(1) >= N {
+                0
+            } else {
+                pos.wrapping_add(1)
+            };
             let expired = matches!(self.entries.get(pos), Some(Slot::Used(f)) if f.is_expired(&self.cfg, now));
             if expired {
                 self.remove_entry(u32::try_from(pos).unwrap_or(NONE).wrapping_add(1));

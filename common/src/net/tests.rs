@@ -59,8 +59,14 @@ fn build(s: &Spec) -> Vec<u8> {
             t.write(&mut out, &s.payload).unwrap();
         }
         proto::UDP => b.udp(s.sport, s.dport).write(&mut out, &s.payload).unwrap(),
-        _ if s.v6 => b.icmpv6_echo_request(s.sport, s.dport).write(&mut out, &s.payload).unwrap(),
-        _ => b.icmpv4_echo_request(s.sport, s.dport).write(&mut out, &s.payload).unwrap(),
+        _ if s.v6 => b
+            .icmpv6_echo_request(s.sport, s.dport)
+            .write(&mut out, &s.payload)
+            .unwrap(),
+        _ => b
+            .icmpv4_echo_request(s.sport, s.dport)
+            .write(&mut out, &s.payload)
+            .unwrap(),
     }
     if !s.v6 && s.protocol == proto::UDP && s.udp_no_csum {
         out[26] = 0;
@@ -156,7 +162,13 @@ fn addr_strategy() -> impl Strategy<Value = [u8; 16]> {
 
 fn spec_strategy() -> impl Strategy<Value = Spec> {
     let ext_types = proptest::sample::subsequence(
-        vec![proto::HOPOPT, proto::IPV6_OPTS, proto::IPV6_ROUTE, proto::IPV6_FRAG, proto::AH],
+        vec![
+            proto::HOPOPT,
+            proto::IPV6_OPTS,
+            proto::IPV6_ROUTE,
+            proto::IPV6_FRAG,
+            proto::AH,
+        ],
         0..=5,
     );
     (
@@ -172,30 +184,52 @@ fn spec_strategy() -> impl Strategy<Value = Spec> {
         (ext_types, proptest::collection::vec(0u8..4, 5)),
         any::<bool>(),
     )
-        .prop_map(|(v6, protocol, src, dst, sport, dport, flags, payload, mut opts, (types, units), udp_no_csum)| {
-            // Options: NOPs with an End marker are always well formed; random
-            // bytes are fine too for our parser but etherparse checks none.
-            if !opts.is_empty() {
-                let n = opts.len();
-                opts.iter_mut().for_each(|b| *b = 1);
-                opts[n - 1] = 0;
-            }
-            let typed: Vec<(u8, u8)> = types.iter().zip(units).map(|(&t, u)| (t, u)).collect();
-            let protocol = if protocol == proto::ICMP && v6 { proto::ICMPV6 } else { protocol };
-            Spec {
+        .prop_map(
+            |(
                 v6,
                 protocol,
                 src,
                 dst,
                 sport,
                 dport,
-                flags: flags & (tcp::SYN | tcp::FIN | tcp::RST | tcp::ACK),
+                flags,
                 payload,
-                v4_options: if v6 { vec![] } else { opts },
-                v6_exts: if v6 && !typed.is_empty() { ext_chain(&typed) } else { vec![] },
+                mut opts,
+                (types, units),
                 udp_no_csum,
-            }
-        })
+            )| {
+                // Options: NOPs with an End marker are always well formed; random
+                // bytes are fine too for our parser but etherparse checks none.
+                if !opts.is_empty() {
+                    let n = opts.len();
+                    opts.iter_mut().for_each(|b| *b = 1);
+                    opts[n - 1] = 0;
+                }
+                let typed: Vec<(u8, u8)> = types.iter().zip(units).map(|(&t, u)| (t, u)).collect();
+                let protocol = if protocol == proto::ICMP && v6 {
+                    proto::ICMPV6
+                } else {
+                    protocol
+                };
+                Spec {
+                    v6,
+                    protocol,
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    flags: flags & (tcp::SYN | tcp::FIN | tcp::RST | tcp::ACK),
+                    payload,
+                    v4_options: if v6 { vec![] } else { opts },
+                    v6_exts: if v6 && !typed.is_empty() {
+                        ext_chain(&typed)
+                    } else {
+                        vec![]
+                    },
+                    udp_no_csum,
+                }
+            },
+        )
 }
 
 // ------------------------------------------------------------ independent checks
@@ -212,7 +246,10 @@ fn etherparse_verify(p: &[u8]) -> Result<(), String> {
         }
         (h.source.to_vec(), h.destination.to_vec())
     } else if let Some(v6) = net.ipv6_ref() {
-        (v6.header().source().to_vec(), v6.header().destination().to_vec())
+        (
+            v6.header().source().to_vec(),
+            v6.header().destination().to_vec(),
+        )
     } else {
         return Err("not IP".into());
     };
@@ -220,24 +257,42 @@ fn etherparse_verify(p: &[u8]) -> Result<(), String> {
     match &s.transport {
         Some(TransportSlice::Tcp(t)) => {
             let c = if v6 {
-                t.calc_checksum_ipv6(src.try_into().unwrap(), dst.try_into().unwrap()).unwrap()
+                t.calc_checksum_ipv6(src.try_into().unwrap(), dst.try_into().unwrap())
+                    .unwrap()
             } else {
-                t.calc_checksum_ipv4(src.try_into().unwrap(), dst.try_into().unwrap()).unwrap()
+                t.calc_checksum_ipv4(src.try_into().unwrap(), dst.try_into().unwrap())
+                    .unwrap()
             };
             if c != t.checksum() {
-                return Err(format!("bad TCP checksum {:#06x}, expected {c:#06x}", t.checksum()));
+                return Err(format!(
+                    "bad TCP checksum {:#06x}, expected {c:#06x}",
+                    t.checksum()
+                ));
             }
         }
         Some(TransportSlice::Udp(u)) => {
             let h = u.to_header();
             if h.checksum != 0 || v6 {
                 let c = if v6 {
-                    h.calc_checksum_ipv6_raw(src.try_into().unwrap(), dst.try_into().unwrap(), u.payload()).unwrap()
+                    h.calc_checksum_ipv6_raw(
+                        src.try_into().unwrap(),
+                        dst.try_into().unwrap(),
+                        u.payload(),
+                    )
+                    .unwrap()
                 } else {
-                    h.calc_checksum_ipv4_raw(src.try_into().unwrap(), dst.try_into().unwrap(), u.payload()).unwrap()
+                    h.calc_checksum_ipv4_raw(
+                        src.try_into().unwrap(),
+                        dst.try_into().unwrap(),
+                        u.payload(),
+                    )
+                    .unwrap()
                 };
                 if c != h.checksum {
-                    return Err(format!("bad UDP checksum {:#06x}, expected {c:#06x}", h.checksum));
+                    return Err(format!(
+                        "bad UDP checksum {:#06x}, expected {c:#06x}",
+                        h.checksum
+                    ));
                 }
             }
         }
@@ -245,7 +300,11 @@ fn etherparse_verify(p: &[u8]) -> Result<(), String> {
             let c = i
                 .header()
                 .icmp_type
-                .calc_checksum(src.try_into().unwrap(), dst.try_into().unwrap(), i.payload())
+                .calc_checksum(
+                    src.try_into().unwrap(),
+                    dst.try_into().unwrap(),
+                    i.payload(),
+                )
                 .unwrap();
             if c != i.checksum() {
                 return Err("bad ICMPv6 checksum".into());
@@ -479,14 +538,45 @@ fn exercise(b: &[u8]) {
         }
     }
     let v = ipv4::Packet::new_unchecked(b);
-    let _ = (v.version(), v.header_len(), v.total_len(), v.ident(), v.frag_offset(), v.ttl(), v.protocol());
-    let _ = (v.src_addr(), v.dst_addr(), v.options(), v.payload(), v.verify_checksum(), v.header());
+    let _ = (
+        v.version(),
+        v.header_len(),
+        v.total_len(),
+        v.ident(),
+        v.frag_offset(),
+        v.ttl(),
+        v.protocol(),
+    );
+    let _ = (
+        v.src_addr(),
+        v.dst_addr(),
+        v.options(),
+        v.payload(),
+        v.verify_checksum(),
+        v.header(),
+    );
     let _ = ipv4::Packet::new_checked(b);
     let v = ipv6::Packet::new_unchecked(b);
-    let _ = (v.payload_len(), v.next_header(), v.src_addr(), v.dst_addr(), v.payload(), v.walk(), v.walk_within(1000));
+    let _ = (
+        v.payload_len(),
+        v.next_header(),
+        v.src_addr(),
+        v.dst_addr(),
+        v.payload(),
+        v.walk(),
+        v.walk_within(1000),
+    );
     let _ = ipv6::Packet::new_checked(b);
     let t = tcp::Packet::new_unchecked(b);
-    let _ = (t.src_port(), t.dst_port(), t.seq_number(), t.header_len(), t.flags(), t.payload(), t.window());
+    let _ = (
+        t.src_port(),
+        t.dst_port(),
+        t.seq_number(),
+        t.header_len(),
+        t.flags(),
+        t.payload(),
+        t.window(),
+    );
     let _ = tcp::Packet::new_checked(b);
     let u = udp::Packet::new_unchecked(b);
     let _ = (u.len(), u.payload(), u.checksum());
@@ -498,7 +588,11 @@ fn exercise(b: &[u8]) {
             assert!(t.offset <= len, "{t:?}");
             let mut c = b.to_vec();
             for side in [Side::Src, Side::Dst] {
-                let a = if matches!(t.src, Addr::V4(_)) { Addr::V4([1, 2, 3, 4]) } else { Addr::V6([7; 16]) };
+                let a = if matches!(t.src, Addr::V4(_)) {
+                    Addr::V4([1, 2, 3, 4])
+                } else {
+                    Addr::V6([7; 16])
+                };
                 match translate::rewrite(&mut c, &t, side, a, 9) {
                     Ok(n) => assert!(n <= c.len()),
                     Err(Refused::Wire(_) | Refused::Udp6ZeroChecksum) => {}
@@ -527,14 +621,30 @@ fn ipv4_checked_constructor_rejects_bad_headers() {
         udp_no_csum: false,
     });
     assert!(ipv4::Packet::new_checked(&p[..]).is_ok());
-    assert_eq!(ipv4::Packet::new_checked(&p[..19]).err(), Some(Error::Truncated));
-    assert_eq!(ipv4::Packet::new_checked(&p[..30]).err(), Some(Error::Truncated), "total_len beyond the buffer");
+    assert_eq!(
+        ipv4::Packet::new_checked(&p[..19]).err(),
+        Some(Error::Truncated)
+    );
+    assert_eq!(
+        ipv4::Packet::new_checked(&p[..30]).err(),
+        Some(Error::Truncated),
+        "total_len beyond the buffer"
+    );
     p[0] = 0x44; // IHL 4
-    assert_eq!(ipv4::Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
+    assert_eq!(
+        ipv4::Packet::new_checked(&p[..]).err(),
+        Some(Error::Malformed)
+    );
     p[0] = 0x4f; // IHL 15: 60 bytes > total
-    assert_eq!(ipv4::Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
+    assert_eq!(
+        ipv4::Packet::new_checked(&p[..]).err(),
+        Some(Error::Malformed)
+    );
     p[0] = 0x55;
-    assert_eq!(ipv4::Packet::new_checked(&p[..]).err(), Some(Error::Malformed));
+    assert_eq!(
+        ipv4::Packet::new_checked(&p[..]).err(),
+        Some(Error::Malformed)
+    );
 }
 
 #[test]
@@ -589,71 +699,134 @@ fn ipv6_udp_zero_checksum_is_refused_and_ipv4_zero_kept() {
     p[47] = 0;
     let t = ip::transport(&p).unwrap();
     let before = p.clone();
-    assert_eq!(translate::rewrite(&mut p, &t, Side::Dst, Addr::V6([3; 16]), 1), Err(Refused::Udp6ZeroChecksum));
+    assert_eq!(
+        translate::rewrite(&mut p, &t, Side::Dst, Addr::V6([3; 16]), 1),
+        Err(Refused::Udp6ZeroChecksum)
+    );
     assert_eq!(p, before, "a refused packet is not modified");
     s.v6 = false;
     s.udp_no_csum = true;
     let mut p = build(&s);
     let t = ip::transport(&p).unwrap();
     translate::rewrite(&mut p, &t, Side::Dst, Addr::V4([3; 4]), 1).unwrap();
-    assert_eq!(&p[26..28], &[0, 0], "IPv4 UDP without checksum stays without");
+    assert_eq!(
+        &p[26..28],
+        &[0, 0],
+        "IPv4 UDP without checksum stays without"
+    );
     assert_eq!(etherparse_verify(&p), Ok(()));
 }
 
 // ------------------------------------------------------------ NAT table
 
 fn ep4(a: u8, port: u16) -> Endpoint {
-    Endpoint { addr: Addr::V4([10, 0, 0, a]), port }
+    Endpoint {
+        addr: Addr::V4([10, 0, 0, a]),
+        port,
+    }
 }
 
 #[test]
 fn nat_translates_both_ways_and_expires() {
-    let cfg = Config { tcp_idle_ms: 1000, tcp_closed_grace_ms: 100, udp_idle_ms: 500 };
+    let cfg = Config {
+        tcp_idle_ms: 1000,
+        tcp_closed_grace_ms: 100,
+        udp_idle_ms: 500,
+    };
     let mut t: NatTable<4, 8> = NatTable::new(cfg, 42);
-    let key = FlowKey { protocol: proto::TCP, src: ep4(1, 40000), dst: ep4(200, 80) };
+    let key = FlowKey {
+        protocol: proto::TCP,
+        src: ep4(1, 40000),
+        dst: ep4(200, 80),
+    };
     let proxy = ep4(99, 8080);
     t.insert(key, proxy, tcp::SYN, 0).unwrap();
     assert_eq!(t.outbound(&key, tcp::ACK, 10), Some(proxy));
-    assert_eq!(t.inbound(proto::TCP, &proxy, &key.src, tcp::SYN | tcp::ACK, 20), Some(key.dst));
-    assert_eq!(t.inbound(proto::TCP, &ep4(98, 8080), &key.src, 0, 20), None, "only the proxy's replies");
-    assert_eq!(t.inbound(proto::UDP, &proxy, &key.src, 0, 20), None, "protocol is part of the key");
+    assert_eq!(
+        t.inbound(proto::TCP, &proxy, &key.src, tcp::SYN | tcp::ACK, 20),
+        Some(key.dst)
+    );
+    assert_eq!(
+        t.inbound(proto::TCP, &ep4(98, 8080), &key.src, 0, 20),
+        None,
+        "only the proxy's replies"
+    );
+    assert_eq!(
+        t.inbound(proto::UDP, &proxy, &key.src, 0, 20),
+        None,
+        "protocol is part of the key"
+    );
     // FIN both ways: grace period.
     t.outbound(&key, tcp::FIN | tcp::ACK, 30);
     t.inbound(proto::TCP, &proxy, &key.src, tcp::FIN | tcp::ACK, 40);
     assert_eq!(t.outbound(&key, tcp::ACK, 139), Some(proxy));
-    assert_eq!(t.outbound(&key, tcp::ACK, 239), None, "expired 100 ms after the last packet");
+    assert_eq!(
+        t.outbound(&key, tcp::ACK, 239),
+        None,
+        "expired 100 ms after the last packet"
+    );
     assert!(t.is_empty());
     // Idle expiry, and RST.
     t.insert(key, proxy, tcp::SYN, 1000).unwrap();
     assert_eq!(t.outbound(&key, 0, 1999), Some(proxy));
-    assert_eq!(t.inbound(proto::TCP, &proxy, &key.src, tcp::RST, 2000), Some(key.dst));
+    assert_eq!(
+        t.inbound(proto::TCP, &proxy, &key.src, tcp::RST, 2000),
+        Some(key.dst)
+    );
     assert_eq!(t.outbound(&key, 0, 2100), None);
     // UDP idle.
-    let u = FlowKey { protocol: proto::UDP, ..key };
+    let u = FlowKey {
+        protocol: proto::UDP,
+        ..key
+    };
     t.insert(u, proxy, 0, 0).unwrap();
-    assert_eq!(t.inbound(proto::UDP, &proxy, &key.src, 0, 499), Some(key.dst));
+    assert_eq!(
+        t.inbound(proto::UDP, &proxy, &key.src, 0, 499),
+        Some(key.dst)
+    );
     assert_eq!(t.inbound(proto::UDP, &proxy, &key.src, 0, 999), None);
 }
 
 #[test]
 fn nat_full_policy_refuses_new_flows_and_sweeps_expired_ones() {
-    let cfg = Config { tcp_idle_ms: 1000, tcp_closed_grace_ms: 100, udp_idle_ms: 500 };
+    let cfg = Config {
+        tcp_idle_ms: 1000,
+        tcp_closed_grace_ms: 100,
+        udp_idle_ms: 500,
+    };
     let mut t: NatTable<4, 8> = NatTable::new(cfg, 7);
     let proxy = ep4(99, 8080);
-    let key = |p| FlowKey { protocol: proto::TCP, src: ep4(1, p), dst: ep4(200, 80) };
+    let key = |p| FlowKey {
+        protocol: proto::TCP,
+        src: ep4(1, p),
+        dst: ep4(200, 80),
+    };
     for p in 0..4 {
         t.insert(key(p), proxy, tcp::SYN, 0).unwrap();
     }
-    assert_eq!(t.insert(key(9), proxy, tcp::SYN, 10), Err(InsertError::Full));
+    assert_eq!(
+        t.insert(key(9), proxy, tcp::SYN, 10),
+        Err(InsertError::Full)
+    );
     for p in 0..4 {
-        assert_eq!(t.outbound(&key(p), 0, 10), Some(proxy), "existing flows survive a full table");
+        assert_eq!(
+            t.outbound(&key(p), 0, 10),
+            Some(proxy),
+            "existing flows survive a full table"
+        );
     }
     // Once they have expired, the sweep on insertion makes room.
     assert!(t.insert(key(9), proxy, tcp::SYN, 5000).is_ok());
     assert_eq!(t.len(), 1);
     // Reverse-key collision: same client port to another destination, same proxy.
-    let other = FlowKey { dst: ep4(201, 80), ..key(9) };
-    assert_eq!(t.insert(other, proxy, tcp::SYN, 5000), Err(InsertError::Collision));
+    let other = FlowKey {
+        dst: ep4(201, 80),
+        ..key(9)
+    };
+    assert_eq!(
+        t.insert(other, proxy, tcp::SYN, 5000),
+        Err(InsertError::Collision)
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -738,17 +911,27 @@ fn filter_redirects_a_tcp_flow_and_reverse_translates_replies() {
     s.dst[..4].copy_from_slice(&origin);
     // Mid-stream TCP of an untracked flow passes; a SYN opens the flow.
     let mut p = build(&s);
-    assert_eq!(filter::output(&mut p, 65535, &mut table, &pol, 0), Decision::Pass);
+    assert_eq!(
+        filter::output(&mut p, 65535, &mut table, &pol, 0),
+        Decision::Pass
+    );
     s.flags = tcp::SYN;
     let mut p = build(&s);
     let n = p.len();
-    assert_eq!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Rewritten { changed: 38 });
+    assert_eq!(
+        filter::output(&mut p, n, &mut table, &pol, 0),
+        Decision::Rewritten { changed: 38 }
+    );
     assert_eq!(&p[16..20], &[192, 0, 2, 1]);
     assert_eq!(&p[22..24], &3128u16.to_be_bytes());
     assert_eq!(etherparse_verify(&p), Ok(()));
     // The proxy's SYN-ACK comes back as from the origin.
     let mut r = build(&Spec {
-        src: { let mut a = [0; 16]; a[..4].copy_from_slice(&[192, 0, 2, 1]); a },
+        src: {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&[192, 0, 2, 1]);
+            a
+        },
         dst: s.src,
         sport: 3128,
         dport: 40000,
@@ -757,16 +940,31 @@ fn filter_redirects_a_tcp_flow_and_reverse_translates_replies() {
         ..s.clone()
     });
     let n = r.len();
-    assert_eq!(filter::input(&mut r, n, &mut table, 1), Decision::Rewritten { changed: 38 });
+    assert_eq!(
+        filter::input(&mut r, n, &mut table, 1),
+        Decision::Rewritten { changed: 38 }
+    );
     assert_eq!(&r[12..16], &origin);
     assert_eq!(&r[20..22], &80u16.to_be_bytes());
     assert_eq!(etherparse_verify(&r), Ok(()));
     // Packets to the proxy itself are never redirected.
-    let mut d = build(&Spec { dst: r[12..16].iter().chain([0u8; 12].iter()).copied().collect::<Vec<_>>().try_into().unwrap(), ..s.clone() });
+    let mut d = build(&Spec {
+        dst: r[12..16]
+            .iter()
+            .chain([0u8; 12].iter())
+            .copied()
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap(),
+        ..s.clone()
+    });
     d[16..20].copy_from_slice(&[192, 0, 2, 1]);
     ipv4::Packet::new_unchecked(&mut d[..]).fill_checksum();
     let n = d.len();
-    assert_eq!(filter::output(&mut d, n, &mut table, &pol, 0), Decision::Pass);
+    assert_eq!(
+        filter::output(&mut d, n, &mut table, &pol, 0),
+        Decision::Pass
+    );
 }
 
 #[test]
@@ -777,18 +975,51 @@ fn filter_drops_what_it_cannot_see_through() {
     p[0] = 0x60;
     p[6] = proto::IPV6_OPTS;
     for i in 0..9 {
-        p.extend_from_slice(&[if i == 8 { proto::TCP } else { proto::IPV6_OPTS }, 0, 1, 4, 0, 0, 0, 0]);
+        p.extend_from_slice(&[
+            if i == 8 { proto::TCP } else { proto::IPV6_OPTS },
+            0,
+            1,
+            4,
+            0,
+            0,
+            0,
+            0,
+        ]);
     }
     p.extend_from_slice(&[0u8; 20]);
     let plen = (p.len() - 40) as u16;
     p[4..6].copy_from_slice(&plen.to_be_bytes());
     let n = p.len();
-    assert_eq!(filter::output(&mut p.clone(), n, &mut table, &FixedPolicy::EXAMPLE, 0), Decision::Drop(DropReason::Unparseable));
-    assert_eq!(filter::input(&mut p.clone(), n, &mut table, 0), Decision::Pass);
+    assert_eq!(
+        filter::output(&mut p.clone(), n, &mut table, &FixedPolicy::EXAMPLE, 0),
+        Decision::Drop(DropReason::Unparseable)
+    );
+    assert_eq!(
+        filter::input(&mut p.clone(), n, &mut table, 0),
+        Decision::Pass
+    );
     // Headers beyond the prefix window are dropped on output too.
-    assert_eq!(filter::output(&mut p[..60].to_vec(), n, &mut table, &FixedPolicy::EXAMPLE, 0), Decision::Drop(DropReason::Unparseable));
+    assert_eq!(
+        filter::output(
+            &mut p[..60].to_vec(),
+            n,
+            &mut table,
+            &FixedPolicy::EXAMPLE,
+            0
+        ),
+        Decision::Drop(DropReason::Unparseable)
+    );
     // A packet shorter than its own length fields passes (the stack's problem).
-    assert_eq!(filter::output(&mut p[..60].to_vec(), 60, &mut table, &FixedPolicy::EXAMPLE, 0), Decision::Pass);
+    assert_eq!(
+        filter::output(
+            &mut p[..60].to_vec(),
+            60,
+            &mut table,
+            &FixedPolicy::EXAMPLE,
+            0
+        ),
+        Decision::Pass
+    );
 }
 
 #[test]
@@ -798,12 +1029,32 @@ fn the_shared_rule_engine_drives_the_ip_filter() {
     use crate::net::policy::Proxies;
     use crate::net::rules::{Action, Cidr, IndexEntry, Rule, RuleSet};
     let rules = vec![
-        Rule { dst: Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24), port_lo: 80, port_hi: 80, action: Action::Proxy { proxy_v2: false }, ..Rule::default() },
-        Rule { dst: Cidr::new(IpAddr::V6([0x20, 1, 0xd, 0xb8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 48), action: Action::Proxy { proxy_v2: false }, ..Rule::default() },
+        Rule {
+            dst: Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24),
+            port_lo: 80,
+            port_hi: 80,
+            action: Action::Proxy { proxy_v2: false },
+            ..Rule::default()
+        },
+        Rule {
+            dst: Cidr::new(
+                IpAddr::V6([0x20, 1, 0xd, 0xb8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                48,
+            ),
+            action: Action::Proxy { proxy_v2: false },
+            ..Rule::default()
+        },
     ];
     let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
-    let proxies = Proxies { v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)), ..Proxies::default() };
-    let pol = RulesPolicy { enabled: true, rules: &rs, proxies: &proxies };
+    let proxies = Proxies {
+        v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)),
+        ..Proxies::default()
+    };
+    let pol = RulesPolicy {
+        enabled: true,
+        rules: &rs,
+        proxies: &proxies,
+    };
     let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
     let mut s = Spec {
         v6: false,
@@ -821,16 +1072,25 @@ fn the_shared_rule_engine_drives_the_ip_filter() {
     s.dst[..4].copy_from_slice(&[203, 0, 113, 10]);
     let mut p = build(&s);
     let n = p.len();
-    assert!(matches!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Rewritten { .. }));
+    assert!(matches!(
+        filter::output(&mut p, n, &mut table, &pol, 0),
+        Decision::Rewritten { .. }
+    ));
     assert_eq!(&p[16..20], &[192, 0, 2, 1]);
     // Port 443 is not in the rule: left alone.
     s.dport = 443;
     let mut p = build(&s);
-    assert_eq!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Pass);
+    assert_eq!(
+        filter::output(&mut p, n, &mut table, &pol, 0),
+        Decision::Pass
+    );
     // IPv6 rule matches but there is no IPv6 proxy: left alone (no mapped translation at the IP layer).
     s.v6 = true;
     s.dst = [0x20, 1, 0xd, 0xb8, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
     let mut p = build(&s);
     let n = p.len();
-    assert_eq!(filter::output(&mut p, n, &mut table, &pol, 0), Decision::Pass);
+    assert_eq!(
+        filter::output(&mut p, n, &mut table, &pol, 0),
+        Decision::Pass
+    );
 }

@@ -95,7 +95,11 @@ pub fn rewrite(
     let new = new.get(..alen).unwrap_or(&[]);
     let v6 = matches!(t.src, Addr::V6(_));
     let l4 = t.offset;
-    let port_at = if side == Side::Src { l4..l4.saturating_add(2) } else { l4.saturating_add(2)..l4.saturating_add(4) };
+    let port_at = if side == Side::Src {
+        l4..l4.saturating_add(2)
+    } else {
+        l4.saturating_add(2)..l4.saturating_add(4)
+    };
     let ports = t.has_transport && matches!(t.protocol, proto::TCP | proto::UDP);
     let old_port = get_u16(prefix, port_at.clone());
 
@@ -103,7 +107,11 @@ pub fn rewrite(
     if t.has_transport {
         match t.protocol {
             proto::TCP | proto::ICMPV6 => {
-                let co = if t.protocol == proto::TCP { tcp::CHECKSUM_OFFSET } else { 2 };
+                let co = if t.protocol == proto::TCP {
+                    tcp::CHECKSUM_OFFSET
+                } else {
+                    2
+                };
                 let cat = l4.saturating_add(co)..l4.saturating_add(co).saturating_add(2);
                 let mut c = checksum::update(get_u16(prefix, cat.clone()), old, new);
                 if ports {
@@ -112,7 +120,8 @@ pub fn rewrite(
                 set_u16(prefix, cat, c);
             }
             proto::UDP => {
-                let cat = l4.saturating_add(udp::CHECKSUM_OFFSET)..l4.saturating_add(udp::HEADER_LEN);
+                let cat =
+                    l4.saturating_add(udp::CHECKSUM_OFFSET)..l4.saturating_add(udp::HEADER_LEN);
                 let hc = get_u16(prefix, cat.clone());
                 match checksum::update_udp(hc, v6, old, new) {
                     Ok(c) => {

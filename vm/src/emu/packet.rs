@@ -77,14 +77,27 @@ pub fn transport(p: &[u8]) -> Option<Transport> {
     let s = etherparse::SlicedPacket::from_ip(p).ok()?;
     let net = s.net.as_ref()?;
     let (src, dst) = if let Some(v4) = net.ipv4_ref() {
-        (v4.header().source().to_vec(), v4.header().destination().to_vec())
+        (
+            v4.header().source().to_vec(),
+            v4.header().destination().to_vec(),
+        )
     } else {
         let v6 = net.ipv6_ref()?;
-        (v6.header().source().to_vec(), v6.header().destination().to_vec())
+        (
+            v6.header().source().to_vec(),
+            v6.header().destination().to_vec(),
+        )
     };
     let pl = net.ip_payload_ref()?;
     let offset = (pl.payload.as_ptr() as usize).checked_sub(p.as_ptr() as usize)?;
-    Some(Transport { src, dst, protocol: pl.ip_number.0, offset, len: pl.payload.len(), whole: !pl.fragmented })
+    Some(Transport {
+        src,
+        dst,
+        protocol: pl.ip_number.0,
+        offset,
+        len: pl.payload.len(),
+        whole: !pl.fragmented,
+    })
 }
 
 /// Where a packet's transport segment is (IPv4 or IPv6, extension headers
@@ -99,7 +112,11 @@ fn segment(pkt: &[u8]) -> Option<(usize, usize, u8, u64)> {
         return None;
     }
     let mut ph = u64::from(sum(&t.src, 0)) + u64::from(sum(&t.dst, 0)) + u64::from(t.protocol);
-    ph += if t.src.len() == 16 { (t.len as u64 >> 16) + (t.len as u64 & 0xffff) } else { t.len as u64 & 0xffff };
+    ph += if t.src.len() == 16 {
+        (t.len as u64 >> 16) + (t.len as u64 & 0xffff)
+    } else {
+        t.len as u64 & 0xffff
+    };
     Some((t.offset, end, t.protocol, ph))
 }
 
@@ -121,7 +138,9 @@ pub fn finalize_l4_from_seed(pkt: &mut [u8]) {
     let Some((start, end, proto, _)) = segment(pkt) else {
         return;
     };
-    let Some(co) = l4_csum_offset(proto) else { return };
+    let Some(co) = l4_csum_offset(proto) else {
+        return;
+    };
     if end < start + co + 2 {
         return;
     }
@@ -136,7 +155,9 @@ pub fn seed_l4(pkt: &mut [u8]) {
     let Some((start, _, proto, ph)) = segment(pkt) else {
         return;
     };
-    let Some(co) = l4_csum_offset(proto) else { return };
+    let Some(co) = l4_csum_offset(proto) else {
+        return;
+    };
     let seed = fold64(ph);
     pkt[start + co..start + co + 2].copy_from_slice(&seed.to_be_bytes());
 }
@@ -146,7 +167,9 @@ pub fn finalize_l4(pkt: &mut [u8]) {
     let Some((start, end, proto, ph)) = segment(pkt) else {
         return;
     };
-    let Some(co) = l4_csum_offset(proto) else { return };
+    let Some(co) = l4_csum_offset(proto) else {
+        return;
+    };
     pkt[start + co] = 0;
     pkt[start + co + 1] = 0;
     let c = !fold64(sum64(&pkt[start..end], ph));
@@ -167,13 +190,21 @@ pub fn etherparse_verify(p: &[u8]) -> Result<(), String> {
             return Err("bad IPv4 header checksum (etherparse)".into());
         }
         if usize::from(h.total_len) != p.len() {
-            return Err(format!("IPv4 total length {} but {} bytes", h.total_len, p.len()));
+            return Err(format!(
+                "IPv4 total length {} but {} bytes",
+                h.total_len,
+                p.len()
+            ));
         }
         (h.source.to_vec(), h.destination.to_vec())
     } else if let Some(v6) = net.ipv6_ref() {
         let h = v6.header();
         if 40 + usize::from(h.payload_length()) != p.len() {
-            return Err(format!("IPv6 payload length {} but {} bytes", h.payload_length(), p.len()));
+            return Err(format!(
+                "IPv6 payload length {} but {} bytes",
+                h.payload_length(),
+                p.len()
+            ));
         }
         (h.source().to_vec(), h.destination().to_vec())
     } else {
@@ -191,7 +222,10 @@ pub fn etherparse_verify(p: &[u8]) -> Result<(), String> {
             }
             .map_err(|e| e.to_string())?;
             if c != t.checksum() {
-                return Err(format!("bad TCP checksum {:#06x} (etherparse computes {c:#06x})", t.checksum()));
+                return Err(format!(
+                    "bad TCP checksum {:#06x} (etherparse computes {c:#06x})",
+                    t.checksum()
+                ));
             }
         }
         Some(TransportSlice::Udp(u)) => {
@@ -207,7 +241,10 @@ pub fn etherparse_verify(p: &[u8]) -> Result<(), String> {
                 }
                 .map_err(|e| e.to_string())?;
                 if c != h.checksum {
-                    return Err(format!("bad UDP checksum {:#06x} (etherparse computes {c:#06x})", h.checksum));
+                    return Err(format!(
+                        "bad UDP checksum {:#06x} (etherparse computes {c:#06x})",
+                        h.checksum
+                    ));
                 }
             }
         }

@@ -51,8 +51,14 @@ impl Plan {
     pub fn v6() -> Plan {
         Plan {
             client: IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1)),
-            origin: IpEndpoint::new(IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x10)), 80),
-            proxy: IpEndpoint::new(IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)), 3128),
+            origin: IpEndpoint::new(
+                IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x10)),
+                80,
+            ),
+            proxy: IpEndpoint::new(
+                IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1)),
+                3128,
+            ),
         }
     }
 }
@@ -125,19 +131,29 @@ impl Host {
         match addr {
             IpAddress::Ipv4(a) => {
                 let o = a.octets();
-                let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(o[0], o[1], o[2], 254));
+                let _ = iface
+                    .routes_mut()
+                    .add_default_ipv4_route(Ipv4Address::new(o[0], o[1], o[2], 254));
             }
             IpAddress::Ipv6(a) => {
                 let mut o = a.segments();
                 o[7] = 0xfe;
-                let _ = iface.routes_mut().add_default_ipv6_route(Ipv6Address::from(o));
+                let _ = iface
+                    .routes_mut()
+                    .add_default_ipv6_route(Ipv6Address::from(o));
             }
         }
-        Host { iface, dev, sockets: SocketSet::new(vec![]) }
+        Host {
+            iface,
+            dev,
+            sockets: SocketSet::new(vec![]),
+        }
     }
 
     pub fn poll(&mut self, ms: i64) {
-        let _ = self.iface.poll(Instant::from_millis(ms), &mut self.dev, &mut self.sockets);
+        let _ = self
+            .iface
+            .poll(Instant::from_millis(ms), &mut self.dev, &mut self.sockets);
     }
 }
 
@@ -156,7 +172,9 @@ fn endpoints(p: &[u8]) -> Option<(IpAddress, u16, IpAddress, u16)> {
     let t = super::packet::transport(p)?;
     let addr = |a: Vec<u8>| match a.len() {
         4 => IpAddress::v4(a[0], a[1], a[2], a[3]),
-        _ => IpAddress::Ipv6(Ipv6Address::from(<[u8; 16]>::try_from(a.as_slice()).unwrap_or([0; 16]))),
+        _ => IpAddress::Ipv6(Ipv6Address::from(
+            <[u8; 16]>::try_from(a.as_slice()).unwrap_or([0; 16]),
+        )),
     };
     let port = |o: usize| u16::from_be_bytes([*p.get(o)?, *p.get(o + 1)?]).into();
     let sp: Option<u16> = port(t.offset);
@@ -166,7 +184,13 @@ fn endpoints(p: &[u8]) -> Option<(IpAddress, u16, IpAddress, u16)> {
 
 /// Moves packets once in each direction: client → filters' output → wire →
 /// proxy, and proxy → filters' input → client.
-pub(crate) fn shuttle(client: &mut Host, proxy: &mut Host, plan: &Plan, wire: &mut Wire, n: &mut Counts) {
+pub(crate) fn shuttle(
+    client: &mut Host,
+    proxy: &mut Host,
+    plan: &Plan,
+    wire: &mut Wire,
+    n: &mut Counts,
+) {
     while let Some(mut p) = client.dev.tx.pop_front() {
         n.client_sent += 1;
         // As xnu hands outbound packets to filters: checksums left to the NIC.
@@ -214,15 +238,27 @@ fn pattern(i: usize, salt: u8) -> u8 {
 }
 
 fn tcp_socket() -> tcp::Socket<'static> {
-    tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]))
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 65536]),
+        tcp::SocketBuffer::new(vec![0; 65536]),
+    )
 }
 
 /// Sends what remains of `total` pattern bytes and reads what arrives,
 /// checking it against the peer's pattern. Returns false on corrupt data.
-fn pump(s: &mut tcp::Socket<'_>, sent: &mut usize, got: &mut usize, total: usize, mine: u8, theirs: u8) -> bool {
+fn pump(
+    s: &mut tcp::Socket<'_>,
+    sent: &mut usize,
+    got: &mut usize,
+    total: usize,
+    mine: u8,
+    theirs: u8,
+) -> bool {
     let mut ok = true;
     while s.can_send() && *sent < total {
-        let chunk: Vec<u8> = (*sent..(*sent + 16384).min(total)).map(|i| pattern(i, mine)).collect();
+        let chunk: Vec<u8> = (*sent..(*sent + 16384).min(total))
+            .map(|i| pattern(i, mine))
+            .collect();
         match s.send_slice(&chunk) {
             Ok(0) | Err(_) => break,
             Ok(k) => *sent += k,
@@ -233,7 +269,10 @@ fn pump(s: &mut tcp::Socket<'_>, sent: &mut usize, got: &mut usize, total: usize
         match s.recv_slice(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(k) => {
-                ok &= buf[..k].iter().enumerate().all(|(j, &b)| b == pattern(*got + j, theirs));
+                ok &= buf[..k]
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &b)| b == pattern(*got + j, theirs));
                 *got += k;
             }
         }
@@ -248,17 +287,31 @@ fn report(name: &str, wire: &Wire, n: &Counts) -> bool {
         step("wire: rejected", false, r.clone());
     }
     for e in n.escaped.iter().take(5) {
-        step("wire: escaped", false, format!("a client packet was not redirected: {e}"));
+        step(
+            "wire: escaped",
+            false,
+            format!("a client packet was not redirected: {e}"),
+        );
     }
     for e in n.wrong_source.iter().take(5) {
-        step("client: wrong source", false, format!("a reply reached the client not as from the origin: {e}"));
+        step(
+            "client: wrong source",
+            false,
+            format!("a reply reached the client not as from the origin: {e}"),
+        );
     }
     step(
         format!("{name} packets"),
         ok,
         format!(
             "client sent {} packets, {} reached the proxy; proxy sent {}, {} reached the client; {} packets checked by etherparse, {} rejected; {} dropped by filters",
-            n.client_sent, n.to_proxy, n.proxy_sent, n.to_client, wire.verified, wire.rejected.len(), wire.dropped.len()
+            n.client_sent,
+            n.to_proxy,
+            n.proxy_sent,
+            n.to_client,
+            wire.verified,
+            wire.rejected.len(),
+            wire.dropped.len()
         ),
     );
     ok
@@ -272,13 +325,23 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
     let mut proxy = Host::new(plan.proxy.addr);
     let ch: SocketHandle = client.sockets.add(tcp_socket());
     let ph: SocketHandle = proxy.sockets.add(tcp_socket());
-    let _ = proxy.sockets.get_mut::<tcp::Socket>(ph).listen(plan.proxy.port);
+    let _ = proxy
+        .sockets
+        .get_mut::<tcp::Socket>(ph)
+        .listen(plan.proxy.port);
     let cx = client.iface.context();
-    if let Err(e) = client.sockets.get_mut::<tcp::Socket>(ch).connect(cx, plan.origin, 49152) {
+    if let Err(e) = client
+        .sockets
+        .get_mut::<tcp::Socket>(ch)
+        .connect(cx, plan.origin, 49152)
+    {
         step(name, false, format!("smoltcp connect: {e}"));
         return false;
     }
-    let mut wire = Wire { split, ..Wire::default() };
+    let mut wire = Wire {
+        split,
+        ..Wire::default()
+    };
     let mut n = Counts::default();
     let (mut c_sent, mut c_got, mut p_sent, mut p_got) = (0, 0, 0, 0);
     let (mut data_ok, mut established, mut client_saw, mut proxy_saw) = (true, false, None, None);
@@ -305,7 +368,12 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
                 proxy_saw = s.remote_endpoint().zip(s.local_endpoint());
             }
             data_ok &= pump(s, &mut p_sent, &mut p_got, TRANSFER, 0xa5, 0x5a);
-            if p_sent == TRANSFER && p_got == TRANSFER && s.send_queue() == 0 && !s.may_recv() && s.may_send() {
+            if p_sent == TRANSFER
+                && p_got == TRANSFER
+                && s.send_queue() == 0
+                && !s.may_recv()
+                && s.may_send()
+            {
                 s.close();
             }
         }
@@ -324,19 +392,27 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
     step(
         format!("{name} handshake"),
         established && believed,
-        format!("client established: {established}; client's remote endpoint {client_saw:?} (origin {}); the proxy's connection (remote, local): {proxy_saw:?}", plan.origin),
+        format!(
+            "client established: {established}; client's remote endpoint {client_saw:?} (origin {}); the proxy's connection (remote, local): {proxy_saw:?}",
+            plan.origin
+        ),
     );
     let transfer_ok = data_ok && c_got == TRANSFER && p_got == TRANSFER;
     step(
         format!("{name} transfer"),
         transfer_ok,
-        format!("client→proxy {p_got} of {TRANSFER} bytes, proxy→client {c_got} of {TRANSFER} bytes, data intact: {data_ok}"),
+        format!(
+            "client→proxy {p_got} of {TRANSFER} bytes, proxy→client {c_got} of {TRANSFER} bytes, data intact: {data_ok}"
+        ),
     );
     let closed = closed_at.is_some();
     step(
         format!("{name} close"),
         closed,
-        format!("client {cs}, proxy {ps} after {} simulated ms", closed_at.unwrap_or(ms)),
+        format!(
+            "client {cs}, proxy {ps} after {} simulated ms",
+            closed_at.unwrap_or(ms)
+        ),
     );
     let ok = report(name, &wire, &n);
     ok && established && believed && transfer_ok && closed
@@ -357,9 +433,15 @@ pub fn nat_udp(v6: bool) -> bool {
     let ch = client.sockets.add(udp_socket());
     let ph = proxy.sockets.add(udp_socket());
     let _ = client.sockets.get_mut::<udp::Socket>(ch).bind(5000);
-    let _ = proxy.sockets.get_mut::<udp::Socket>(ph).bind(plan.proxy.port);
+    let _ = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .bind(plan.proxy.port);
     let query = b"prx udp query".to_vec();
-    let _ = client.sockets.get_mut::<udp::Socket>(ch).send_slice(&query, plan.origin);
+    let _ = client
+        .sockets
+        .get_mut::<udp::Socket>(ch)
+        .send_slice(&query, plan.origin);
     let mut wire = Wire::default();
     let mut n = Counts::default();
     let mut answer = None;
@@ -392,7 +474,9 @@ pub fn nat_udp(v6: bool) -> bool {
         ok,
         format!(
             "the proxy got the request from {proxy_saw:?}; the client got {:?} from {:?} (expected from the origin {})",
-            answer.as_ref().map(|(d, _)| String::from_utf8_lossy(d).into_owned()),
+            answer
+                .as_ref()
+                .map(|(d, _)| String::from_utf8_lossy(d).into_owned()),
             answer.as_ref().map(|(_, f)| *f),
             plan.origin
         ),
@@ -420,14 +504,19 @@ enum Outcome {
 
 fn v4_udp(dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], dst, 64).udp(5000, 80).write(&mut out, payload);
+    let _ = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], dst, 64)
+        .udp(5000, 80)
+        .write(&mut out, payload);
     out
 }
 
 fn v6_tcp(dst: [u8; 16], exts: usize, ext_units: u8) -> Vec<u8> {
     let mut out = Vec::new();
     let src = Ipv6Address::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).octets();
-    let _ = etherparse::PacketBuilder::ipv6(src, dst, 64).tcp(40000, 80, 1, 1000).syn().write(&mut out, b"");
+    let _ = etherparse::PacketBuilder::ipv6(src, dst, 64)
+        .tcp(40000, 80, 1, 1000)
+        .syn()
+        .write(&mut out, b"");
     if exts > 0 {
         let mut chain = Vec::new();
         for i in 0..exts {
@@ -450,8 +539,20 @@ fn hostile_set() -> Vec<Hostile> {
     let origin4 = [203, 0, 113, 10];
     let origin6 = Ipv6Address::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x10).octets();
     let mut v = Vec::new();
-    let mut h = |what, bytes, output, expect| v.push(Hostile { what, bytes, output, expect });
-    h("10 bytes of an IPv4 header", vec![0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17], true, Outcome::Passed);
+    let mut h = |what, bytes, output, expect| {
+        v.push(Hostile {
+            what,
+            bytes,
+            output,
+            expect,
+        })
+    };
+    h(
+        "10 bytes of an IPv4 header",
+        vec![0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17],
+        true,
+        Outcome::Passed,
+    );
     let mut p = v4_udp(origin4, b"x");
     p[0] = 0x4f; // IHL 15 (60 bytes) in a 29-byte packet
     h("bogus IHL 15", p, true, Outcome::Passed);
@@ -460,28 +561,73 @@ fn hostile_set() -> Vec<Hostile> {
     h("bogus IHL 3", p, true, Outcome::Passed);
     let mut p = v4_udp(origin4, b"x");
     p[2..4].copy_from_slice(&1000u16.to_be_bytes());
-    h("IPv4 total length beyond the buffer", p, true, Outcome::Passed);
-    h("IPv6, 9 extension headers, to a redirected destination", v6_tcp(origin6, 9, 0), true, Outcome::Dropped);
-    h("IPv6, 8 extension headers, to a redirected destination", v6_tcp(origin6, 8, 0), true, Outcome::Redirected);
-    h("IPv6, extension headers beyond the 256-byte header window", v6_tcp(origin6, 2, 20), true, Outcome::Dropped);
+    h(
+        "IPv4 total length beyond the buffer",
+        p,
+        true,
+        Outcome::Passed,
+    );
+    h(
+        "IPv6, 9 extension headers, to a redirected destination",
+        v6_tcp(origin6, 9, 0),
+        true,
+        Outcome::Dropped,
+    );
+    h(
+        "IPv6, 8 extension headers, to a redirected destination",
+        v6_tcp(origin6, 8, 0),
+        true,
+        Outcome::Redirected,
+    );
+    h(
+        "IPv6, extension headers beyond the 256-byte header window",
+        v6_tcp(origin6, 2, 20),
+        true,
+        Outcome::Dropped,
+    );
     let mut p = v4_udp(origin4, &[7; 64]);
     p[6] = 0x20; // MF, offset 0: the first fragment
     super::packet::finalize_ip(&mut p);
-    h("IPv4 UDP first fragment to a redirected destination", p, true, Outcome::Redirected);
+    h(
+        "IPv4 UDP first fragment to a redirected destination",
+        p,
+        true,
+        Outcome::Redirected,
+    );
     let mut p = v4_udp(origin4, &[7; 64]);
     p[6] = 0x00;
     p[7] = 0x09; // offset 72: a later fragment (no transport header)
     super::packet::finalize_ip(&mut p);
-    h("IPv4 non-first fragment to a redirected destination", p, true, Outcome::Passed);
+    h(
+        "IPv4 non-first fragment to a redirected destination",
+        p,
+        true,
+        Outcome::Passed,
+    );
     let mut p = Vec::new();
     let src = Ipv6Address::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).octets();
-    let _ = etherparse::PacketBuilder::ipv6(src, origin6, 64).udp(5000, 80).write(&mut p, b"zero");
+    let _ = etherparse::PacketBuilder::ipv6(src, origin6, 64)
+        .udp(5000, 80)
+        .write(&mut p, b"zero");
     p[46] = 0;
     p[47] = 0;
-    h("IPv6 UDP with checksum 0 to a redirected destination", p, true, Outcome::Dropped);
+    h(
+        "IPv6 UDP with checksum 0 to a redirected destination",
+        p,
+        true,
+        Outcome::Dropped,
+    );
     let mut p = Vec::new();
-    let _ = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], origin4, 64).tcp(40001, 80, 5, 100).ack(9).write(&mut p, b"mid");
-    h("mid-stream TCP of an untracked redirected flow", p, true, Outcome::Passed);
+    let _ = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], origin4, 64)
+        .tcp(40001, 80, 5, 100)
+        .ack(9)
+        .write(&mut p, b"mid");
+    h(
+        "mid-stream TCP of an untracked redirected flow",
+        p,
+        true,
+        Outcome::Passed,
+    );
     h("inbound: 3 bytes", vec![0x60, 0, 0], false, Outcome::Passed);
     let mut p = v4_udp([10, 0, 0, 1], b"in");
     p[0] = 0x4f;
@@ -499,10 +645,17 @@ pub fn nat_hostile() -> bool {
     let proxy6 = Plan::v6().proxy.addr;
     for split in [None, Some(7)] {
         for h in hostile_set() {
-            let mut wire = Wire { split, ..Wire::default() };
+            let mut wire = Wire {
+                split,
+                ..Wire::default()
+            };
             let req = if h.output { REQ_IP } else { 0 };
             ip_path(&mut wire, h.bytes.clone(), req, h.output, None);
-            let reached: Vec<&Vec<u8>> = if h.output { wire.out.iter().collect() } else { wire.delivered_in.iter().collect() };
+            let reached: Vec<&Vec<u8>> = if h.output {
+                wire.out.iter().collect()
+            } else {
+                wire.delivered_in.iter().collect()
+            };
             let got = if let Some(p) = reached.first() {
                 match endpoints(p) {
                     Some((_, _, d, _)) if d == proxy4 || d == proxy6 => Outcome::Redirected,
@@ -521,10 +674,17 @@ pub fn nat_hostile() -> bool {
                 format!(
                     "{}{}: {:?} (expected {:?}){}",
                     h.what,
-                    if split.is_some() { " [split chain]" } else { "" },
+                    if split.is_some() {
+                        " [split chain]"
+                    } else {
+                        ""
+                    },
                     got,
                     h.expect,
-                    wire.rejected.first().map(|r| format!("; wire: {r}")).unwrap_or_default()
+                    wire.rejected
+                        .first()
+                        .map(|r| format!("; wire: {r}"))
+                        .unwrap_or_default()
                 ),
             );
         }

@@ -91,10 +91,22 @@ fn mbuf_chain_packet(k: &mut kernel::Kernel, bytes: &[u8], first: usize) -> u64 
 /// Runs `bytes` through the IP filters (output or input path), starting after
 /// filter `after` (an injected packet), until it reaches the wire/socket layer,
 /// is taken by a filter or dropped.
-pub(crate) fn ip_path(wire: &mut Wire, mut bytes: Vec<u8>, mut csum: u32, output: bool, after: Option<u64>) {
+pub(crate) fn ip_path(
+    wire: &mut Wire,
+    mut bytes: Vec<u8>,
+    mut csum: u32,
+    output: bool,
+    after: Option<u64>,
+) {
     let v6 = bytes.first().is_some_and(|b| b >> 4 == 6);
     let order: Vec<u64> = kernel::with(|k| {
-        let ids: Vec<u64> = k.ipf.regs.iter().filter(|r| r.v6 == v6).map(|r| r.id).collect();
+        let ids: Vec<u64> = k
+            .ipf
+            .regs
+            .iter()
+            .filter(|r| r.v6 == v6)
+            .map(|r| r.id)
+            .collect();
         match after {
             Some(a) => ids
                 .iter()
@@ -205,8 +217,12 @@ pub(crate) fn ip_path(wire: &mut Wire, mut bytes: Vec<u8>, mut csum: u32, output
             packet::finalize_ip(&mut bytes);
         }
     }
-    let checked = if v6 { Ok(()) } else { packet::validate_v4(&bytes) }
-        .and_then(|()| packet::etherparse_verify(&bytes));
+    let checked = if v6 {
+        Ok(())
+    } else {
+        packet::validate_v4(&bytes)
+    }
+    .and_then(|()| packet::etherparse_verify(&bytes));
     if checked.is_ok() {
         wire.verified += 1;
     }

@@ -144,7 +144,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The options bytes.
     pub fn options(&self) -> &[u8] {
-        self.buffer.as_ref().get(HEADER_LEN..self.header_len()).unwrap_or(&[])
+        self.buffer
+            .as_ref()
+            .get(HEADER_LEN..self.header_len())
+            .unwrap_or(&[])
     }
 
     /// The payload: `header_len..total_len` (empty when inconsistent).

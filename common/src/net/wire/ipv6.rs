@@ -149,22 +149,37 @@ impl<T: AsRef<[u8]>> Packet<T> {
                 proto::IPV6_FRAG => {
                     let hdr = b.get(off..off.saturating_add(8)).ok_or(Error::Truncated)?;
                     let fo = get_u16(hdr, 2..4);
-                    fragment = Some(Fragment { offset: fo & 0xfff8, more: fo & 1 != 0 });
+                    fragment = Some(Fragment {
+                        offset: fo & 0xfff8,
+                        more: fo & 1 != 0,
+                    });
                     8
                 }
                 _ => {
-                    return Ok(Walk { protocol: next, offset: off, fragment, ext_headers: n });
+                    return Ok(Walk {
+                        protocol: next,
+                        offset: off,
+                        fragment,
+                        ext_headers: n,
+                    });
                 }
             };
             if n >= MAX_EXT_HEADERS {
                 return Err(Error::TooManyExtHeaders);
             }
-            let hdr = b.get(off..off.saturating_add(len)).ok_or(Error::Truncated)?;
+            let hdr = b
+                .get(off..off.saturating_add(len))
+                .ok_or(Error::Truncated)?;
             next = get_u8(hdr, 0);
             off = off.saturating_add(len);
             n = n.wrapping_add(1);
             if fragment.is_some_and(|f| f.offset != 0) {
-                return Ok(Walk { protocol: next, offset: off, fragment, ext_headers: n });
+                return Ok(Walk {
+                    protocol: next,
+                    offset: off,
+                    fragment,
+                    ext_headers: n,
+                });
             }
         }
     }

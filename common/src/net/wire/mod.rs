@@ -52,7 +52,9 @@ pub(crate) fn get_u8(b: &[u8], at: usize) -> u8 {
 
 /// Reads `N` bytes at `f` (zeros when outside `b`).
 pub(crate) fn get_array<const N: usize>(b: &[u8], f: Field) -> [u8; N] {
-    b.get(f).and_then(|s| <[u8; N]>::try_from(s).ok()).unwrap_or([0; N])
+    b.get(f)
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .unwrap_or([0; N])
 }
 
 /// Writes `v` at `f` when `f` is inside `b` and has `N` bytes.

@@ -76,7 +76,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The payload, `8..length`.
     pub fn payload(&self) -> &[u8] {
-        self.buffer.as_ref().get(HEADER_LEN..usize::from(self.len())).unwrap_or(&[])
+        self.buffer
+            .as_ref()
+            .get(HEADER_LEN..usize::from(self.len()))
+            .unwrap_or(&[])
     }
 }
 
