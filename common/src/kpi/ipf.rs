@@ -385,4 +385,33 @@ mod tests {
         }
         assert_eq!(l.try_lock(0).map(|g| *g), Some(6));
     }
+
+    #[test]
+    fn trylock_serialises_threads_and_never_blocks_forever() {
+        // Four threads update one counter through the lock; every successful
+        // lock sees a consistent value, failed attempts (bounded spins) give up.
+        static L: TryLock<(u64, u64)> = TryLock::new((0, 0));
+        let done: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut ok = 0u64;
+                        for _ in 0..20_000 {
+                            if let Some(mut g) = L.try_lock(16) {
+                                assert_eq!(g.0, g.1, "a guard saw a half-done update");
+                                g.0 = g.0.wrapping_add(1);
+                                g.1 = g.1.wrapping_add(1);
+                                ok = ok.wrapping_add(1);
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0, u64::wrapping_add)
+        });
+        assert_eq!(L.try_lock(0).map(|g| *g), Some((done, done)));
+    }
 }
