@@ -27,6 +27,7 @@
 #include "prx/kmod.h"
 #include "prx/log.h"
 #include "prx/proc.h"
+#include "prx/time.h"
 #include "prx/locks.h"
 #include "prx/osmalloc.h"
 #include "prx/socket.h"

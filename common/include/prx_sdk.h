@@ -15,6 +15,7 @@
 #include <libkern/OSMalloc.h>
 #include <kern/locks.h>
 #include <sys/proc.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 #include <sys/sys_domain.h>
 #include <netinet/in.h>

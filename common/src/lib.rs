@@ -31,4 +31,5 @@
 #![warn(missing_docs)]
 
 pub mod kpi;
+pub mod net;
 pub mod sys;

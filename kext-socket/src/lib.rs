@@ -1,7 +1,26 @@
-//! PrxSocketFilter.kext.
+//! PrxSocketFilter.kext: rule-based redirection of outgoing TCP connections to a proxy.
 //!
-//! Status: a minimal, loadable kext. Start logs a line and succeeds, stop succeeds.
-//! The socket filter itself (rule-based TCP redirection) is not implemented yet.
+//! How it works (see README.md, "How the socket filter works"):
+//! - Two global socket filters (PF_INET and PF_INET6, SOCK_STREAM/TCP) attach to
+//!   every TCP socket a user process creates (kernel sockets, pid 0, are left
+//!   alone) and remember the creating pid and process name in the cookie.
+//! - `connect_out` decides once per connection, under one consistent snapshot
+//!   of the configuration (rules, proxies, enabled): pass, refuse (`block`), or
+//!   rewrite the destination to the proxy of the socket's family (an IPv6
+//!   socket may use the IPv4 proxy through its IPv4-mapped address). The
+//!   proxy's own process and connections to the proxy itself are never
+//!   redirected. A failed rewrite fails the connection; it is never half-done.
+//! - When a redirected connection is established, its original destination is
+//!   recorded under the client's address (for `prxctl lookup`) and, if the rule
+//!   asks, a PROXY v2 header is injected as the first bytes of the stream,
+//!   tagged so this filter lets it through; application data is refused until
+//!   the header is out, and if the header cannot be sent the connection's data
+//!   is refused (EPIPE) rather than sent without it.
+//! - A privileged kern_control (`net.prx.kext.SocketFilter.control`) carries the
+//!   control protocol of `common::net::control`.
+//! - Stop refuses (busy) while control clients are connected, unregisters both
+//!   filters once, and succeeds only after both `sf_unregistered` callbacks and
+//!   once every socket is detached and no callback uses the state.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(
@@ -13,14 +32,359 @@
     clippy::float_arithmetic
 )]
 
-use common::kpi::{KextError, log};
+use core::ffi::c_int;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use common::kpi::alloc::{self, KSlice};
+use common::kpi::ctl::{self, Control};
+use common::kpi::global::Global;
+use common::kpi::lock::{self, Mutex, RwLock};
+use common::kpi::sflt::{self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter};
+use common::kpi::{KextError, log, proc};
+use common::net::addr::{Endpoint, Family};
+use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
+use common::net::origdst::{Original, Slot, Table};
+use common::net::policy::{self, Decision, Proxies};
+use common::net::proxy_v2;
+use common::net::rules::{Action, IndexEntry, ProcName, Rule, RuleSet};
+use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STREAM};
+
+const HANDLE_V4: u32 = 0x5052_5834; // 'PRX4'
+const HANDLE_V6: u32 = 0x5052_5836; // 'PRX6'
+const ORIGDST_CAPACITY: usize = 4096;
+
+const ENOTCONN: Errno = 57;
+const EPIPE: Errno = 32;
+const ECONNREFUSED: Errno = 61;
+const ENOMEM: Errno = 12;
+const EHOSTUNREACH: Errno = 65;
+const ENOTSUP: Errno = 45;
+
+type Rules = RuleSet<KSlice<Rule>, KSlice<IndexEntry>>;
+
+/// One consistent configuration snapshot: what `connect_out` decides with.
+struct Config {
+    enabled: bool,
+    proxies: Proxies,
+    rules: Rules,
+    generation: u32,
+}
+
+/// Counters, indexed by `stat` id - 1.
+const COUNTERS: [u32; 8] = [
+    stat::CONN_SEEN,
+    stat::CONN_REDIRECTED,
+    stat::CONN_PASSED,
+    stat::CONN_FAILED,
+    stat::CONN_BLOCKED,
+    stat::PROXY_HEADERS,
+    stat::SOCKETS_ATTACHED,
+    stat::ORIGDST_FULL,
+];
+
+struct Shared {
+    config: RwLock<Config>,
+    origdst: Mutex<Table<KSlice<Slot>>>,
+    counters: [AtomicU64; 8],
+    tag: MbufTag,
+}
+
+impl Shared {
+    fn count(&self, id: u32) {
+        if let Some(c) = COUNTERS.iter().position(|i| *i == id).and_then(|i| self.counters.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+static STATE: Global<Shared> = Global::new();
+
+fn empty_rules(default: Action) -> Result<Rules, KextError> {
+    let r = KSlice::try_new(0, Rule::default()).map_err(|_| KextError::Failed)?;
+    let i = KSlice::try_new(0, IndexEntry::default()).map_err(|_| KextError::Failed)?;
+    RuleSet::new(r, i, default).map_err(|_| KextError::Failed)
+}
+
+// ---- the socket filter ----
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Header {
+    None,
+    Pending,
+    Sent,
+    Failed,
+}
+
+struct Redirected {
+    orig: Endpoint,
+    rule: u32,
+    /// The client address the original destination is recorded under.
+    recorded: Option<Endpoint>,
+}
+
+struct Conn {
+    pid: i32,
+    name: ProcName,
+    family: Family,
+    redirect: Option<Redirected>,
+    header: Header,
+}
+
+struct Filter;
+
+impl Filter {
+    fn header_failed(c: &mut Conn, st: &Shared) {
+        c.header = Header::Failed;
+        st.count(stat::CONN_FAILED);
+        log::line(c"PrxSocketFilter: PROXY v2 header not sent; refusing the connection's data");
+    }
+}
+
+impl SocketFilter for Filter {
+    type Cookie = Conn;
+
+    fn attach(so: &Socket) -> Result<Conn, Errno> {
+        let pid = proc::self_pid();
+        if pid <= 0 {
+            return Err(ENOTSUP); // kernel sockets: not ours to redirect
+        }
+        let family = so.family().ok_or(ENOTSUP)?;
+        Ok(Conn { pid, name: proc::name(pid), family, redirect: None, header: Header::None })
+    }
+
+    fn detach(c: Conn, _so: &Socket) {
+        if let Some(client) = c.redirect.and_then(|r| r.recorded)
+            && let Some(st) = STATE.get()
+        {
+            st.origdst.lock().remove(&client);
+        }
+    }
+
+    fn connect_out(c: &mut Conn, _so: &Socket, to: &mut SockAddrMut<'_>) -> Result<(), Errno> {
+        let Some(st) = STATE.get() else { return Ok(()) };
+        let Some(dst) = to.endpoint() else { return Ok(()) };
+        st.count(stat::CONN_SEEN);
+        let decision = {
+            let cfg = st.config.read();
+            let pid = u32::try_from(c.pid).unwrap_or(0);
+            policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &dst, pid, c.name.as_bytes())
+        };
+        match decision {
+            Decision::Pass(_) => {
+                st.count(stat::CONN_PASSED);
+                Ok(())
+            }
+            Decision::Block { .. } => {
+                st.count(stat::CONN_BLOCKED);
+                Err(ECONNREFUSED)
+            }
+            Decision::Redirect { to: proxy, proxy_v2, rule } => {
+                if to.set(&proxy).is_err() {
+                    // The address is untouched: fail the connection rather than
+                    // let it go direct against the rules.
+                    st.count(stat::CONN_FAILED);
+                    return Err(EHOSTUNREACH);
+                }
+                c.redirect = Some(Redirected { orig: dst, rule, recorded: None });
+                c.header = if proxy_v2 { Header::Pending } else { Header::None };
+                st.count(stat::CONN_REDIRECTED);
+                Ok(())
+            }
+        }
+    }
+
+    fn notify(c: &mut Conn, so: &Socket, event: Event) -> Option<Injection> {
+        if event != Event::Connected {
+            return None;
+        }
+        let st = STATE.get()?;
+        let r = c.redirect.as_mut()?;
+        let client = so.local();
+        if let Some(client) = client {
+            let o = Original { dst: r.orig, pid: u32::try_from(c.pid).unwrap_or(0), rule: r.rule };
+            if st.origdst.lock().insert(&client, o).is_ok() {
+                r.recorded = Some(client);
+            } else {
+                st.count(stat::ORIGDST_FULL);
+            }
+        }
+        if c.header != Header::Pending {
+            return None;
+        }
+        let inj = client.and_then(|client| Injection::new(proxy_v2::encode(&client, &r.orig).as_bytes(), Some(st.tag)));
+        if inj.is_none() {
+            Self::header_failed(c, &st);
+        }
+        inj
+    }
+
+    fn injected(c: &mut Conn, _so: &Socket, result: Result<(), Errno>) {
+        let Some(st) = STATE.get() else { return };
+        match result {
+            Ok(()) => {
+                c.header = Header::Sent;
+                st.count(stat::PROXY_HEADERS);
+            }
+            Err(_) => Self::header_failed(c, &st),
+        }
+    }
+
+    fn data_out(c: &mut Conn, _so: &Socket, data: &Data<'_>) -> Result<(), Errno> {
+        match c.header {
+            Header::None | Header::Sent => Ok(()),
+            // Our own header passes; nothing else may overtake it.
+            _ if STATE.get().is_some_and(|st| data.has_tag(st.tag)) => Ok(()),
+            Header::Pending => Err(ENOTCONN),
+            Header::Failed => Err(EPIPE),
+        }
+    }
+}
+
+common::socket_filter!(static FILTER_V4: Filter = handle HANDLE_V4, name c"net.prx.kext.SocketFilter.v4");
+common::socket_filter!(static FILTER_V6: Filter = handle HANDLE_V6, name c"net.prx.kext.SocketFilter.v6");
+
+// ---- the control ----
+
+struct Ctl;
+
+fn apply_rules(st: &Shared, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> {
+    let n = msg.count();
+    let mut rules = KSlice::try_new(n, Rule::default()).map_err(|_| ENOMEM)?;
+    for (slot, r) in rules.as_mut().iter_mut().zip(msg.rules()) {
+        *slot = r.map_err(proto::Error::errno)?;
+    }
+    let index = KSlice::try_new(n, IndexEntry::default()).map_err(|_| ENOMEM)?;
+    let set = RuleSet::new(rules, index, msg.default_action()).map_err(|_| proto::Error::Field.errno())?;
+    let old = {
+        let mut cfg = st.config.write();
+        cfg.generation = cfg.generation.wrapping_add(1);
+        core::mem::replace(&mut cfg.rules, set)
+    };
+    drop(old); // freed outside the lock
+    Ok(())
+}
+
+impl Control for Ctl {
+    type Unit = ();
+
+    fn connect(_unit: u32) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn setopt(_u: &mut (), opt: c_int, data: &[u8]) -> Result<(), Errno> {
+        let st = STATE.get().ok_or(ENOTCONN)?;
+        match proto::decode_set(opt, data).map_err(proto::Error::errno)? {
+            SetRequest::Rules(m) => apply_rules(&st, &m),
+            SetRequest::Proxies(p) => {
+                st.config.write().proxies = p;
+                Ok(())
+            }
+            SetRequest::Enabled(on) => {
+                st.config.write().enabled = on;
+                Ok(())
+            }
+        }
+    }
+
+    fn getopt(_u: &mut (), opt: c_int, buf: &mut [u8]) -> Result<usize, Errno> {
+        let st = STATE.get().ok_or(ENOTCONN)?;
+        let r = match proto::decode_get(opt, buf).map_err(proto::Error::errno)? {
+            GetRequest::Lookup(client) => {
+                let found = st.origdst.lock().get(&client);
+                proto::encode_lookup_response(found.as_ref(), buf)
+            }
+            GetRequest::Status => {
+                let s = {
+                    let cfg = st.config.read();
+                    Status {
+                        enabled: cfg.enabled,
+                        rules: u32::try_from(cfg.rules.len()).unwrap_or(u32::MAX),
+                        generation: cfg.generation,
+                        attached: u32::try_from(sflt::attached()).unwrap_or(u32::MAX),
+                        clients: u32::try_from(ctl::clients()).unwrap_or(u32::MAX),
+                        proxies: cfg.proxies,
+                    }
+                };
+                proto::encode_status(&s, buf)
+            }
+            GetRequest::Stats => {
+                let mut out = [(0u32, 0u64); 10];
+                for ((o, id), c) in out.iter_mut().zip(COUNTERS).zip(st.counters.iter()) {
+                    *o = (id, c.load(Ordering::Relaxed));
+                }
+                let attached = u64::try_from(sflt::attached()).unwrap_or(u64::MAX);
+                let generation = u64::from(st.config.read().generation);
+                if let Some(o) = out.get_mut(6) {
+                    *o = (stat::SOCKETS_ATTACHED, attached);
+                }
+                if let Some(o) = out.get_mut(8) {
+                    *o = (stat::RULES_GENERATION, generation);
+                }
+                let used: &[(u32, u64)] = out.get(..9).unwrap_or(&[]);
+                proto::encode_stats(used, buf)
+            }
+        };
+        r.map_err(proto::Error::errno)
+    }
+}
+
+common::kern_control!(static CONTROL: Ctl = name proto::CONTROL_NAME, flags CTL_FLAG_PRIVILEGED);
+
+// ---- start and stop ----
+
+fn make_state() -> Result<(), KextError> {
+    let config = Config { enabled: true, proxies: Proxies::default(), rules: empty_rules(Action::Direct)?, generation: 0 };
+    let config = RwLock::try_new(config).map_err(|_| KextError::Failed)?;
+    let slots = KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
+    let origdst = Mutex::try_new(Table::new(slots)).map_err(|_| KextError::Failed)?;
+    let tag = MbufTag::find(c"net.prx.kext.SocketFilter", 1).map_err(|_| KextError::Failed)?;
+    let shared = Shared { config, origdst, counters: [const { AtomicU64::new(0) }; 8], tag };
+    let b = alloc::KBox::try_new(shared).map_err(|_| KextError::Failed)?;
+    STATE.set(b).map_err(|_| KextError::Failed)
+}
+
+fn teardown_runtime() -> Result<(), KextError> {
+    drop(STATE.take().map_err(|_| KextError::Busy)?);
+    lock::fini().map_err(|_| KextError::Busy)?;
+    alloc::fini().map_err(|_| KextError::Busy)
+}
 
 fn start() -> Result<(), KextError> {
-    log::line(c"PrxSocketFilter started (no filter registered yet)");
+    alloc::init(c"net.prx.kext.SocketFilter").map_err(|_| KextError::Failed)?;
+    if lock::init(c"net.prx.kext.SocketFilter").is_err() {
+        let _ = alloc::fini();
+        return Err(KextError::Failed);
+    }
+    let registered = make_state()
+        .and_then(|()| ctl::register(&CONTROL).map_err(|_| KextError::Failed))
+        .and_then(|()| sflt::register(&FILTER_V4, PF_INET, SOCK_STREAM, IPPROTO_TCP).map_err(|_| KextError::Failed))
+        .and_then(|()| sflt::register(&FILTER_V6, PF_INET6, SOCK_STREAM, IPPROTO_TCP).map_err(|_| KextError::Failed));
+    if registered.is_err() {
+        log::line(c"PrxSocketFilter: start failed; unregistering");
+        let _ = ctl::deregister(&CONTROL);
+        let _ = sflt::unregister(HANDLE_V4);
+        let _ = teardown_runtime();
+        return Err(KextError::Failed);
+    }
+    log::line(c"PrxSocketFilter started: filters registered for PF_INET and PF_INET6 TCP");
     Ok(())
 }
 
 fn stop() -> Result<(), KextError> {
+    if ctl::clients() != 0 {
+        log::line(c"PrxSocketFilter: stop refused: control clients connected");
+        return Err(KextError::Busy);
+    }
+    ctl::deregister(&CONTROL).map_err(|_| KextError::Busy)?;
+    let a = sflt::unregister(HANDLE_V4);
+    let b = sflt::unregister(HANDLE_V6);
+    if a.is_err() || b.is_err() {
+        return Err(KextError::Busy);
+    }
+    if !sflt::is_unregistered(HANDLE_V4) || !sflt::is_unregistered(HANDLE_V6) || sflt::attached() != 0 {
+        return Err(KextError::Busy);
+    }
+    teardown_runtime()?;
     log::line(c"PrxSocketFilter stopped");
     Ok(())
 }

@@ -39,7 +39,13 @@ fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
             let a = link_lib(&lib, min_os);
             let b = link_lib(&lib, min_os);
             assert!(a.bytes == b.bytes, "{name}: two links differ");
-            assert_eq!(a.undefined, ["_printf"], "{name}");
+            assert!(a.undefined.iter().any(|u| u == "_printf"), "{name}: {:?}", a.undefined);
+            for u in &a.undefined {
+                assert!(
+                    matches!(KpiTables::builtin().lookup(Arch::Arm64e, u), Lookup::Public(_)),
+                    "{name}: {u} is KPI-exported"
+                );
+            }
             assert_eq!(a.defined_exports, ["_kmod_info"], "{name}");
             eprintln!("{name} (macOS {min_os}): arm64e slice {} bytes", a.bytes.len());
 
@@ -97,6 +103,18 @@ fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
                 }
             }
             assert_eq!(kmod_slots, 2, "{name}: kmod_info start and stop");
+            if name.contains("ip") {
+                // The IP filter's callback slots (two registrations: IPv4, IPv6) are
+                // signed with their function-type discriminators.
+                for disc in [0x78FF, 0xBCAD, 0x2ABE] {
+                    let n = fx
+                        .fixups
+                        .iter()
+                        .filter(|f| matches!(f.kind, FixupKind::AuthRebase { key: 0, addr_div: false, diversity, .. } if diversity == disc))
+                        .count();
+                    assert_eq!(n, 2, "{name}: ipf_filter slots with discriminator {disc:#06x}");
+                }
+            }
             // Split-seg info: every adrp and every bl has a record.
             let split = m.split_seg_info().expect("split-seg decodes").expect("present");
             let from = |kind: u8| -> BTreeSet<u64> {

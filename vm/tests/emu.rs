@@ -473,3 +473,129 @@ fn fault_plan_fails_the_chosen_pullup_and_the_kext_survives_it() {
         "the SYN died with its failed pullup"
     );
 }
+
+/// The PrxIPFilter bundle built by `cargo xtask build --release`'s code.
+fn prx_ip_filter() -> Vec<PathBuf> {
+    let v: Vec<PathBuf> = prx_bundles()
+        .iter()
+        .filter(|p| p.ends_with("PrxIPFilter.kext"))
+        .cloned()
+        .collect();
+    assert_eq!(v.len(), 1, "{:?}", prx_bundles());
+    v
+}
+
+fn step_detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
+    r.steps
+        .iter()
+        .find(|s| s.what == what)
+        .map(|s| s.detail.as_str())
+        .unwrap_or_else(|| panic!("no step {what}:\n{}", r.render()))
+}
+
+#[test]
+fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
+    let kext = prx_ip_filter();
+    for (scenario, name, origin) in [
+        ("nat-tcp4", "nat-tcp4", "Ipv4(203.0.113.10), port: 80"),
+        ("nat-tcp6", "nat-tcp6", "Ipv6(2001:db8:203::10), port: 80"),
+        ("nat-tcp4-split", "nat-tcp4", "Ipv4(203.0.113.10), port: 80"),
+    ] {
+        let r = run(scenario, &kext);
+        assert!(r.passed, "{}", r.render());
+        let hs = step_detail(&r, &format!("{name} handshake"));
+        assert!(
+            hs.contains(&format!(
+                "client's remote endpoint Some(Endpoint {{ addr: {origin} }})"
+            )),
+            "{hs}"
+        );
+        let t = step_detail(&r, &format!("{name} transfer"));
+        assert!(
+            t.contains("client→proxy 1048576 of 1048576")
+                && t.contains("proxy→client 1048576 of 1048576")
+                && t.contains("data intact: true"),
+            "{t}"
+        );
+        assert!(
+            step_detail(&r, &format!("{name} close")).starts_with("client TIME-WAIT, proxy CLOSED")
+        );
+        let p = step_detail(&r, &format!("{name} packets"));
+        assert!(p.contains(", 0 rejected; 0 dropped"), "{p}");
+        assert!(
+            r.log.iter().any(|l| l == "prx: PrxIPFilter drop_inject=0"),
+            "{:?}",
+            r.log
+        );
+    }
+}
+
+#[test]
+fn prx_ip_filter_nat_udp_v4_v6() {
+    let kext = prx_ip_filter();
+    for (scenario, origin) in [
+        ("nat-udp4", "Ipv4(203.0.113.10), port: 80"),
+        ("nat-udp6", "Ipv6(2001:db8:203::10), port: 80"),
+    ] {
+        let r = run(scenario, &kext);
+        assert!(r.passed, "{}", r.render());
+        let e = step_detail(&r, &format!("{scenario} exchange"));
+        assert!(
+            e.contains("the client got Some(\"answer to prx udp query\")") && e.contains(origin),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn without_a_redirecting_filter_the_nat_scenario_fails() {
+    // Negative control: the scenario detects packets that were not redirected.
+    let r = run("nat-tcp4", &[c_kext("hello")]);
+    assert!(!r.passed);
+    assert!(
+        r.steps.iter().any(|s| s.what == "wire: escaped" && !s.ok),
+        "{}",
+        r.render()
+    );
+}
+
+#[test]
+fn prx_ip_filter_hostile_packets_pass_drop_or_redirect_per_policy() {
+    let r = run("nat-hostile", &prx_ip_filter());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.steps.iter().filter(|s| s.what == "hostile").count(), 26);
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l == "prx: PrxIPFilter drop_unparseable=4"),
+        "{:?}",
+        r.log
+    );
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l == "prx: PrxIPFilter drop_udp6_zero_csum=2"),
+        "{:?}",
+        r.log
+    );
+}
+
+#[test]
+fn prx_ip_filter_survives_inject_failures() {
+    for (plan, failed) in [("inject#1", "1"), ("inject%100@3", "98")] {
+        let r = run_with(
+            "nat-tcp4",
+            &prx_ip_filter(),
+            Some(plan),
+            Duration::from_secs(60),
+        );
+        assert!(r.passed, "{plan}: {}", r.render());
+        assert!(
+            r.log
+                .iter()
+                .any(|l| *l == format!("prx: PrxIPFilter drop_inject={failed}")),
+            "{plan}: {:?}",
+            r.log
+        );
+    }
+}

@@ -40,6 +40,9 @@ errno_t      mbuf_copydata(const mbuf_t mbuf, size_t offset, size_t length, void
 errno_t      mbuf_copyback(mbuf_t mbuf, size_t offset, size_t length, const void *data,
                  mbuf_how_t how);
 void         mbuf_freem(mbuf_t mbuf);
+/* A packet (pkthdr) chain whose length is packetlen; *maxchunks may be NULL. */
+errno_t      mbuf_allocpacket(mbuf_how_t how, size_t packetlen, unsigned int *maxchunks,
+                 mbuf_t *mbuf);
 void         mbuf_inbound_modified(mbuf_t mbuf);
 void         mbuf_outbound_finalize(mbuf_t mbuf, u_int32_t protocol_family,
                  size_t protocol_offset);

@@ -12,3 +12,12 @@ pub fn line(message: &CStr) {
         sys::printf(c"prx: %s\n".as_ptr(), message.as_ptr());
     }
 }
+
+/// Writes one line `prx: <what> <name>=<value>` (statistics).
+pub fn counter(what: &CStr, name: &CStr, value: u64) {
+    // SAFETY: the format has two `%s` matched by NUL-terminated C strings and
+    // one `%llu` matched by a u64 (`unsigned long long` on both kernels).
+    unsafe {
+        sys::printf(c"prx: %s %s=%llu\n".as_ptr(), what.as_ptr(), name.as_ptr(), value);
+    }
+}

@@ -1,8 +1,24 @@
 //! Safe wrappers over the raw KPIs in [`crate::sys`].
+//!
+//! - [`alloc`]: fallible kernel allocation ([`alloc::KBox`], [`alloc::KSlice`]).
+//! - [`lock`]: mutex and read-write lock guards over `lck_*`.
+//! - [`global`]: the kext's state, reachable from callbacks, freed only when unused.
+//! - [`sflt`]: the [`sflt::SocketFilter`] trait and its `sflt_filter` trampolines.
+//! - [`ctl`]: the [`ctl::Control`] trait and its `kern_ctl_reg` trampolines.
+//! - [`proc`]: the current process.
 
+pub mod alloc;
+pub mod clock;
+pub mod ctl;
+pub mod global;
+pub mod ipf;
 pub mod kmod;
+pub mod lock;
 pub mod log;
+pub mod mbuf;
 pub mod panic;
+pub mod proc;
 pub mod ptrauth;
+pub mod sflt;
 
 pub use kmod::KextError;

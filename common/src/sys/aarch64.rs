@@ -137,6 +137,12 @@ pub struct kmod_info {
 }
 pub type kmod_info_t = kmod_info;
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct timespec {
+    pub tv_sec: ::core::ffi::c_long,
+    pub tv_nsec: ::core::ffi::c_long,
+}
+#[repr(C)]
 #[derive(Debug)]
 pub struct _lck_grp_ {
     _unused: [u8; 0],
@@ -488,6 +494,7 @@ unsafe extern "C" {
         buf: *mut ::core::ffi::c_char,
         size: ::core::ffi::c_int,
     );
+    pub fn nanouptime(ts: *mut timespec);
     pub fn lck_grp_alloc_init(
         grp_name: *const ::core::ffi::c_char,
         attr: *mut lck_grp_attr_t,
@@ -543,6 +550,12 @@ unsafe extern "C" {
         how: mbuf_how_t,
     ) -> errno_t;
     pub fn mbuf_freem(mbuf: mbuf_t);
+    pub fn mbuf_allocpacket(
+        how: mbuf_how_t,
+        packetlen: usize,
+        maxchunks: *mut ::core::ffi::c_uint,
+        mbuf: *mut mbuf_t,
+    ) -> errno_t;
     pub fn mbuf_inbound_modified(mbuf: mbuf_t);
     pub fn mbuf_outbound_finalize(
         mbuf: mbuf_t,
@@ -675,6 +688,10 @@ pub mod layout {
         ("struct kmod_info", "hdr_size", ::core::mem::offset_of!(kmod_info, hdr_size)),
         ("struct kmod_info", "start", ::core::mem::offset_of!(kmod_info, start)),
         ("struct kmod_info", "stop", ::core::mem::offset_of!(kmod_info, stop)),
+        ("struct timespec", "sizeof", ::core::mem::size_of::<timespec>()),
+        ("struct timespec", "alignof", ::core::mem::align_of::<timespec>()),
+        ("struct timespec", "tv_sec", ::core::mem::offset_of!(timespec, tv_sec)),
+        ("struct timespec", "tv_nsec", ::core::mem::offset_of!(timespec, tv_nsec)),
         ("struct sockaddr", "sizeof", ::core::mem::size_of::<sockaddr>()),
         ("struct sockaddr", "alignof", ::core::mem::align_of::<sockaddr>()),
         ("struct sockaddr", "sa_len", ::core::mem::offset_of!(sockaddr, sa_len)),

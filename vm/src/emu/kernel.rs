@@ -114,6 +114,8 @@ pub struct Kernel {
     pub code: Vec<(u64, u64, String)>,
     /// Monotonic emulated clock, nanoseconds.
     pub clock_ns: u64,
+    /// The current process (pid, name) `proc_selfpid`/`proc_name` report; `None`: the default client.
+    pub current_proc: Option<(i32, String)>,
 }
 
 thread_local! {

@@ -28,6 +28,8 @@ pub mod reloc;
 pub mod runner;
 pub mod scenario;
 pub mod sflt;
+pub mod sockets;
+pub mod stacks;
 pub mod traffic;
 
 pub use runner::{RunOptions, Runner, ScenarioReport, junit, run};

@@ -57,63 +57,200 @@ pub fn finalize_ip(pkt: &mut [u8]) {
     pkt[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Completes a delayed TCP/UDP checksum: the field holds the pseudo-header seed
-/// (as xnu leaves it with `CSUM_DELAY_DATA`); hardware or `mbuf_outbound_finalize`
-/// sums the segment starting from that seed.
+/// Where an IP packet's transport header is, found by etherparse (an
+/// implementation independent of the kext's `common::net`): the emulated
+/// stack's own view of a packet.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub src: Vec<u8>,
+    pub dst: Vec<u8>,
+    pub protocol: u8,
+    /// Offset of the transport header from the start of the IP header.
+    pub offset: usize,
+    /// Transport header and payload length.
+    pub len: usize,
+    /// Not a fragment.
+    pub whole: bool,
+}
+
+pub fn transport(p: &[u8]) -> Option<Transport> {
+    let s = etherparse::SlicedPacket::from_ip(p).ok()?;
+    let net = s.net.as_ref()?;
+    let (src, dst) = if let Some(v4) = net.ipv4_ref() {
+        (
+            v4.header().source().to_vec(),
+            v4.header().destination().to_vec(),
+        )
+    } else {
+        let v6 = net.ipv6_ref()?;
+        (
+            v6.header().source().to_vec(),
+            v6.header().destination().to_vec(),
+        )
+    };
+    let pl = net.ip_payload_ref()?;
+    let offset = (pl.payload.as_ptr() as usize).checked_sub(p.as_ptr() as usize)?;
+    Some(Transport {
+        src,
+        dst,
+        protocol: pl.ip_number.0,
+        offset,
+        len: pl.payload.len(),
+        whole: !pl.fragmented,
+    })
+}
+
+/// Where a packet's transport segment is (IPv4 or IPv6, extension headers
+/// walked): (start, end, protocol, pseudo-header sum), for TCP/UDP only.
+fn segment(pkt: &[u8]) -> Option<(usize, usize, u8, u64)> {
+    let t = transport(pkt)?;
+    if !t.whole || l4_csum_offset(t.protocol).is_none() {
+        return None;
+    }
+    let end = t.offset.checked_add(t.len)?;
+    if end > pkt.len() || t.len < 8 {
+        return None;
+    }
+    let mut ph = u64::from(sum(&t.src, 0)) + u64::from(sum(&t.dst, 0)) + u64::from(t.protocol);
+    ph += if t.src.len() == 16 {
+        (t.len as u64 >> 16) + (t.len as u64 & 0xffff)
+    } else {
+        t.len as u64 & 0xffff
+    };
+    Some((t.offset, end, t.protocol, ph))
+}
+
+fn fold64(mut s: u64) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn sum64(data: &[u8], init: u64) -> u64 {
+    init + u64::from(sum(data, 0))
+}
+
+/// Completes a delayed TCP/UDP checksum (IPv4 or IPv6): the field holds the
+/// pseudo-header seed (as xnu leaves it with `CSUM_DELAY_DATA`); hardware or
+/// `mbuf_outbound_finalize` sums the segment starting from that seed.
 pub fn finalize_l4_from_seed(pkt: &mut [u8]) {
-    let Some((ihl, proto)) = header(pkt) else {
+    let Some((start, end, proto, _)) = segment(pkt) else {
         return;
     };
     let Some(co) = l4_csum_offset(proto) else {
         return;
     };
-    if pkt.len() < ihl + co + 2 {
+    if end < start + co + 2 {
         return;
     }
-    let c = !fold(sum(&pkt[ihl..], 0));
+    let c = !fold64(sum64(&pkt[start..end], 0));
     let c = if c == 0 && proto == 17 { 0xffff } else { c };
-    pkt[ihl + co..ihl + co + 2].copy_from_slice(&c.to_be_bytes());
+    pkt[start + co..start + co + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Writes the pseudo-header seed into the TCP/UDP checksum field (what the stack
 /// hands to filters when the checksum is delayed).
 pub fn seed_l4(pkt: &mut [u8]) {
-    let Some((ihl, proto)) = header(pkt) else {
+    let Some((start, _, proto, ph)) = segment(pkt) else {
         return;
     };
     let Some(co) = l4_csum_offset(proto) else {
         return;
     };
-    if pkt.len() < ihl + co + 2 {
-        return;
-    }
-    let seed = fold(pseudo_v4(pkt, proto, pkt.len() - ihl));
-    pkt[ihl + co..ihl + co + 2].copy_from_slice(&seed.to_be_bytes());
+    let seed = fold64(ph);
+    pkt[start + co..start + co + 2].copy_from_slice(&seed.to_be_bytes());
 }
 
 /// Fills in a complete TCP/UDP checksum (pseudo-header included).
 pub fn finalize_l4(pkt: &mut [u8]) {
-    let Some((ihl, proto)) = header(pkt) else {
+    let Some((start, end, proto, ph)) = segment(pkt) else {
         return;
     };
     let Some(co) = l4_csum_offset(proto) else {
         return;
     };
-    if pkt.len() < ihl + co + 2 {
-        return;
-    }
-    pkt[ihl + co] = 0;
-    pkt[ihl + co + 1] = 0;
-    let c = !fold(sum(&pkt[ihl..], pseudo_v4(pkt, proto, pkt.len() - ihl)));
+    pkt[start + co] = 0;
+    pkt[start + co + 1] = 0;
+    let c = !fold64(sum64(&pkt[start..end], ph));
     let c = if c == 0 && proto == 17 { 0xffff } else { c };
-    pkt[ihl + co..ihl + co + 2].copy_from_slice(&c.to_be_bytes());
+    pkt[start + co..start + co + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-fn header(pkt: &[u8]) -> Option<(usize, u8)> {
-    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-        return None;
+/// Checks a packet with an independent implementation (etherparse), as a
+/// receiving stack would: it parses, the IPv4 header checksum and the TCP/UDP
+/// checksum (pseudo-header included) are valid, lengths agree.
+pub fn etherparse_verify(p: &[u8]) -> Result<(), String> {
+    use etherparse::{SlicedPacket, TransportSlice};
+    let s = SlicedPacket::from_ip(p).map_err(|e| format!("etherparse rejects the packet: {e}"))?;
+    let net = s.net.as_ref().ok_or("no IP layer")?;
+    let (src, dst): (Vec<u8>, Vec<u8>) = if let Some(v4) = net.ipv4_ref() {
+        let h = v4.header().to_header();
+        if h.calc_header_checksum() != h.header_checksum {
+            return Err("bad IPv4 header checksum (etherparse)".into());
+        }
+        if usize::from(h.total_len) != p.len() {
+            return Err(format!(
+                "IPv4 total length {} but {} bytes",
+                h.total_len,
+                p.len()
+            ));
+        }
+        (h.source.to_vec(), h.destination.to_vec())
+    } else if let Some(v6) = net.ipv6_ref() {
+        let h = v6.header();
+        if 40 + usize::from(h.payload_length()) != p.len() {
+            return Err(format!(
+                "IPv6 payload length {} but {} bytes",
+                h.payload_length(),
+                p.len()
+            ));
+        }
+        (h.source().to_vec(), h.destination().to_vec())
+    } else {
+        return Err("not an IP packet".into());
+    };
+    let a4 = |v: &[u8]| <[u8; 4]>::try_from(v).map_err(|_| "address".to_string());
+    let a16 = |v: &[u8]| <[u8; 16]>::try_from(v).map_err(|_| "address".to_string());
+    let v6 = src.len() == 16;
+    match &s.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let c = if v6 {
+                t.calc_checksum_ipv6(a16(&src)?, a16(&dst)?)
+            } else {
+                t.calc_checksum_ipv4(a4(&src)?, a4(&dst)?)
+            }
+            .map_err(|e| e.to_string())?;
+            if c != t.checksum() {
+                return Err(format!(
+                    "bad TCP checksum {:#06x} (etherparse computes {c:#06x})",
+                    t.checksum()
+                ));
+            }
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let h = u.to_header();
+            if h.checksum == 0 && v6 {
+                return Err("IPv6 UDP with checksum 0".into());
+            }
+            if h.checksum != 0 {
+                let c = if v6 {
+                    h.calc_checksum_ipv6_raw(a16(&src)?, a16(&dst)?, u.payload())
+                } else {
+                    h.calc_checksum_ipv4_raw(a4(&src)?, a4(&dst)?, u.payload())
+                }
+                .map_err(|e| e.to_string())?;
+                if c != h.checksum {
+                    return Err(format!(
+                        "bad UDP checksum {:#06x} (etherparse computes {c:#06x})",
+                        h.checksum
+                    ));
+                }
+            }
+        }
+        _ => {}
     }
-    Some((usize::from(pkt[0] & 0xf) * 4, pkt[9]))
+    Ok(())
 }
 
 /// What a receiving IPv4 stack checks; `Err` says why it would drop the packet.

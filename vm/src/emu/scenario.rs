@@ -22,8 +22,36 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "load-unload, plus: a TCP connection on loopback through the registered socket filters (connect_out may rewrite the destination; the real connect goes where the filter says), data both ways",
     ),
     (
+        "sockfilter",
+        "load-unload, plus PrxSocketFilter's acceptance: redirects to a proxy on real IPv4/IPv6 loopback sockets with PROXY v2, original-destination lookup and rule changes through the emulated kern_control, direct connections for non-matching/excluded/proxy processes",
+    ),
+    (
         "ip-tcp",
-        "load-unload, plus: a TCP handshake and data transfer between two smoltcp stacks, every packet through the registered IP filters (ipf_output, ipf_input)",
+        "load-unload, plus: a scripted IPv4 TCP exchange (hand-built SYN, SYN-ACK, request, response) through the registered IP filters (ipf_output, ipf_input)",
+    ),
+    (
+        "nat-tcp4",
+        "load-unload, plus: a smoltcp client opens TCP to 203.0.113.10:80 through the IP filters; a smoltcp proxy at 192.0.2.1:3128 accepts; handshake, 1 MiB each way, clean close; every packet leaving the filters checked by etherparse",
+    ),
+    (
+        "nat-tcp6",
+        "nat-tcp4 over IPv6: [2001:db8:203::10]:80 redirected to [2001:db8:2::1]:3128",
+    ),
+    (
+        "nat-tcp4-split",
+        "nat-tcp4 with every packet handed to the filters as a two-mbuf chain split inside the IP header (headers straddle mbufs)",
+    ),
+    (
+        "nat-udp4",
+        "load-unload, plus: a smoltcp UDP request to 203.0.113.10:80, answered by the smoltcp proxy at 192.0.2.1:3128 as from the origin",
+    ),
+    (
+        "nat-udp6",
+        "nat-udp4 over IPv6",
+    ),
+    (
+        "nat-hostile",
+        "load-unload, plus: malformed and unusual packets (truncated headers, bogus IHL, lengths beyond the buffer, long IPv6 extension-header chains, fragments, IPv6 UDP checksum 0), whole and as split mbuf chains, through ipf_output/ipf_input: each passes, drops or is redirected per the documented policy",
     ),
 ];
 
@@ -73,6 +101,13 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         ok &= match name {
             "socket-connect" => traffic::socket_connect(),
             "ip-tcp" => traffic::ip_tcp(),
+            "nat-tcp4" => super::stacks::nat_tcp(false, None),
+            "nat-tcp6" => super::stacks::nat_tcp(true, None),
+            "nat-tcp4-split" => super::stacks::nat_tcp(false, Some(14)),
+            "nat-udp4" => super::stacks::nat_udp(false),
+            "nat-udp6" => super::stacks::nat_udp(true),
+            "nat-hostile" => super::stacks::nat_hostile(),
+            "sockfilter" => super::sockets::sockfilter(&mut loaded),
             _ => true,
         };
     }

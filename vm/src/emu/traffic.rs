@@ -49,20 +49,64 @@ fn returned_mbuf(h: u64, what: &str) -> Option<u64> {
 // ---------------------------------------------------------------- IP
 
 #[derive(Default)]
-struct Wire {
-    out: Vec<Vec<u8>>,
-    delivered_in: Vec<Vec<u8>>,
-    rejected: Vec<String>,
-    taken: usize,
-    dropped: Vec<String>,
+pub(crate) struct Wire {
+    pub out: Vec<Vec<u8>>,
+    pub delivered_in: Vec<Vec<u8>>,
+    pub rejected: Vec<String>,
+    pub taken: usize,
+    pub dropped: Vec<String>,
+    /// When set, packets are handed to filters as a two-mbuf chain whose first
+    /// mbuf holds this many bytes (headers straddling mbufs).
+    pub split: Option<usize>,
+    /// Packets that reached the wire or the socket layer and were checked by
+    /// etherparse (all of them, when `rejected` is empty).
+    pub verified: usize,
+}
+
+/// A packet (pkthdr) holding `bytes` as a chain whose first mbuf holds `first`
+/// bytes, owned by the stack.
+fn mbuf_chain_packet(k: &mut kernel::Kernel, bytes: &[u8], first: usize) -> u64 {
+    use super::mbuf::{LEADING, MCLBYTES};
+    let first = first.min(bytes.len());
+    let id = k.mbuf_new(LEADING + first.max(1), LEADING, true, Owner::Stack);
+    {
+        let m = k.mbuf_mut(id);
+        m.buf[LEADING..LEADING + first].copy_from_slice(&bytes[..first]);
+        m.len = first;
+        if let Some(h) = m.pkthdr.as_mut() {
+            h.len = bytes.len();
+        }
+    }
+    let rest = &bytes[first..];
+    if !rest.is_empty() {
+        let n = k.mbuf_new(rest.len().max(MCLBYTES), 0, false, Owner::Stack);
+        let m = k.mbuf_mut(n);
+        m.buf[..rest.len()].copy_from_slice(rest);
+        m.len = rest.len();
+        k.mbuf_mut(id).next = Some(n);
+    }
+    id
 }
 
 /// Runs `bytes` through the IP filters (output or input path), starting after
 /// filter `after` (an injected packet), until it reaches the wire/socket layer,
 /// is taken by a filter or dropped.
-fn ip_path(wire: &mut Wire, mut bytes: Vec<u8>, mut csum: u32, output: bool, after: Option<u64>) {
+pub(crate) fn ip_path(
+    wire: &mut Wire,
+    mut bytes: Vec<u8>,
+    mut csum: u32,
+    output: bool,
+    after: Option<u64>,
+) {
+    let v6 = bytes.first().is_some_and(|b| b >> 4 == 6);
     let order: Vec<u64> = kernel::with(|k| {
-        let ids: Vec<u64> = k.ipf.regs.iter().filter(|r| !r.v6).map(|r| r.id).collect();
+        let ids: Vec<u64> = k
+            .ipf
+            .regs
+            .iter()
+            .filter(|r| r.v6 == v6)
+            .map(|r| r.id)
+            .collect();
         match after {
             Some(a) => ids
                 .iter()
@@ -86,15 +130,26 @@ fn ip_path(wire: &mut Wire, mut bytes: Vec<u8>, mut csum: u32, output: bool, aft
         if (output && reg.filter.output == 0) || (!output && reg.filter.input == 0) {
             continue;
         }
+        let split = wire.split;
         let id = kernel::with(|k| {
-            let id = k.mbuf_packet(&bytes);
+            let id = match split {
+                Some(first) => mbuf_chain_packet(k, &bytes, first),
+                None => k.mbuf_packet(&bytes),
+            };
             if let Some(h) = k.mbuf_mut(id).pkthdr.as_mut() {
                 h.csum_requested = csum;
             }
             id
         });
-        let ihl = i32::from(bytes.first().map(|b| b & 0xf).unwrap_or(5)) * 4;
-        let proto = bytes.get(9).copied().unwrap_or(0);
+        // ipf_input's offset and protocol: the transport header after IPv6
+        // extension headers, as xnu passes them.
+        let (ihl, proto) = match packet::transport(&bytes) {
+            Some(t) => (i32::try_from(t.offset).unwrap_or(0), t.protocol),
+            None => (
+                i32::from(bytes.first().map(|b| b & 0xf).unwrap_or(5)) * 4,
+                bytes.get(9).copied().unwrap_or(0),
+            ),
+        };
         let Some((r, m)) = net::call_ipf(&reg, output, net::mbuf_handle(id), ihl, proto) else {
             return;
         };
@@ -162,7 +217,16 @@ fn ip_path(wire: &mut Wire, mut bytes: Vec<u8>, mut csum: u32, output: bool, aft
             packet::finalize_ip(&mut bytes);
         }
     }
-    match packet::validate_v4(&bytes) {
+    let checked = if v6 {
+        Ok(())
+    } else {
+        packet::validate_v4(&bytes)
+    }
+    .and_then(|()| packet::etherparse_verify(&bytes));
+    if checked.is_ok() {
+        wire.verified += 1;
+    }
+    match checked {
         Ok(()) if output => wire.out.push(bytes),
         Ok(()) => wire.delivered_in.push(bytes),
         Err(why) => wire.rejected.push(format!(

@@ -360,13 +360,19 @@ pub const EMU_PID: c_int = 4242;
 pub const EMU_PROC_NAME: &str = "prx-emu-client";
 
 extern "C" fn proc_selfpid() -> c_int {
-    EMU_PID
+    kernel::with(|k| k.current_proc.as_ref().map(|p| p.0)).unwrap_or(EMU_PID)
 }
 extern "C" fn proc_name(pid: c_int, buf: *mut c_char, size: c_int) {
     if buf.is_null() || size <= 0 {
         return;
     }
-    let name = if pid == EMU_PID { EMU_PROC_NAME } else { "" };
+    let current = kernel::with(|k| k.current_proc.clone());
+    let name = match &current {
+        Some((p, n)) if *p == pid => n.clone(),
+        _ if pid == EMU_PID => EMU_PROC_NAME.to_string(),
+        _ => String::new(),
+    };
+    let name = name.as_str();
     let n = name.len().min(size as usize - 1);
     // SAFETY: proc_name's contract: `buf` holds `size` bytes; we write at most size-1 plus NUL.
     unsafe {
@@ -462,6 +468,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
             bcopy as extern "C" fn(*const c_void, *mut c_void, usize)
         ),
         sym!("_bzero", bzero as extern "C" fn(*mut c_void, usize)),
+        sym!("___bzero", bzero as extern "C" fn(*mut c_void, usize)),
         sym!(
             "_strlen",
             libc::strlen as unsafe extern "C" fn(*const c_char) -> usize
@@ -607,6 +614,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!("_microuptime", microuptime as extern "C" fn(*mut Timeval)),
         sym!("_nanotime", nanotime as extern "C" fn(*mut Timespec)),
+        sym!("_nanouptime", nanotime as extern "C" fn(*mut Timespec)),
         sym!(
             "_clock_get_uptime",
             clock_get_uptime as extern "C" fn(*mut u64)

@@ -521,12 +521,16 @@ extern "C" fn mbuf_adj(m: u64, len: c_int) {
 }
 
 /// `mbuf_outbound_finalize(m, protocol_family, protocol_offset)`: completes the
-/// checksums the stack left to hardware (IP header, delayed TCP/UDP) and clears
-/// the request flags.
+/// checksums the stack left to hardware (IPv4 header, delayed TCP/UDP over IPv4
+/// or IPv6) and clears the request flags.
 extern "C" fn mbuf_outbound_finalize(m: u64, family: u32, offset: usize) {
     on(m, "mbuf_outbound_finalize", (), |k, id| {
-        if family != 2 {
-            return; // only IPv4 is modelled
+        if family != 2 && family != 30 {
+            k.violation(
+                "mbuf-finalize-family",
+                format!("mbuf_outbound_finalize: protocol family {family} is neither AF_INET nor AF_INET6"),
+            );
+            return;
         }
         let req = k
             .mbuf(id)
@@ -542,7 +546,7 @@ extern "C" fn mbuf_outbound_finalize(m: u64, family: u32, offset: usize) {
         if req & (REQ_TCP | REQ_UDP) != 0 {
             packet::finalize_l4_from_seed(pkt);
         }
-        if req & REQ_IP != 0 {
+        if req & REQ_IP != 0 && family == 2 {
             packet::finalize_ip(pkt);
         }
         write_back(k, id, &bytes);

@@ -13,6 +13,7 @@ use std::ffi::{CStr, c_char};
 
 use super::kernel::{self, Kernel};
 
+pub mod ctl;
 pub mod libkern;
 pub mod mbuf;
 pub mod net;
@@ -28,6 +29,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
     v.extend(libkern::symbols());
     v.extend(mbuf::symbols());
     v.extend(net::symbols());
+    v.extend(ctl::symbols());
     v.sort();
     v
 }

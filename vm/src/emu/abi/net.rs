@@ -222,11 +222,13 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
     } else {
         "sock_inject_data_in"
     };
-    kernel::with(|k| {
+    let mut reenter: Option<(Vec<u8>, crate::emu::sockets::Tags)> = None;
+    let r = kernel::with(|k| {
         let Some(id) = k.mbuf_live(data, op) else {
             return EINVAL;
         };
         let bytes = k.mbuf_bytes(id);
+        let tags = k.mbuf(id).pkthdr.as_ref().map(|h| h.tags.clone()).unwrap_or_default();
         let during = k.during();
         k.mbuf_set_owner(
             id,
@@ -252,7 +254,9 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
         match kernel::unhandle(so, Kind::Socket).and_then(|sid| k.sflt.sockets.get_mut(&sid)) {
             Some(s) => {
                 if out {
-                    s.injected_out.push(bytes);
+                    // xnu's sosend runs every filter's data_out on injected data,
+                    // synchronously: done below, outside this borrow.
+                    reenter = Some((bytes, tags));
                 } else {
                     s.injected_in.push(bytes);
                 }
@@ -266,7 +270,11 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
                 EINVAL
             }
         }
-    })
+    });
+    if let Some((bytes, tags)) = reenter {
+        return crate::emu::sockets::reenter_data_out(so, bytes, tags);
+    }
+    r
 }
 
 extern "C" fn sock_inject_data_out(
@@ -662,4 +670,13 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
             ipf_inject_input as extern "C" fn(u64, u64) -> c_int
         ),
     ]
+}
+
+/// `sf_notify(cookie, so, event, NULL)`.
+pub fn call_sf_notify(f: u64, cookie: u64, so: u64, event: u32) {
+    invoke(f, "sf_notify", || {
+        // SAFETY: sf_notify: `void (*)(void *, socket_t, sflt_event_t, void *)`.
+        let cb: extern "C" fn(u64, u64, u32, *mut c_void) = unsafe { std::mem::transmute(f as usize) };
+        cb(cookie, so, event, std::ptr::null_mut())
+    });
 }

@@ -1,0 +1,19 @@
+//! The uptime clock (`nanouptime`, com.apple.kpi.bsd): monotonic, never blocks.
+
+use crate::sys;
+
+/// Milliseconds since boot.
+pub fn uptime_ms() -> u64 {
+    let mut ts = sys::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: nanouptime writes one `struct timespec` to the pointer given.
+    unsafe { sys::nanouptime(&mut ts) };
+    let s = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let ms = u64::try_from(ts.tv_nsec)
+        .unwrap_or(0)
+        .checked_div(1_000_000)
+        .unwrap_or(0);
+    s.saturating_mul(1000).saturating_add(ms)
+}

@@ -1,0 +1,957 @@
+//! The control protocol between user space (`prxctl`) and the prx kexts, carried
+//! over a privileged kern_control socket as socket options.
+//!
+//! Every message, in both directions, starts with an 8-byte header:
+//!
+//! ```text
+//! 0     version   VERSION (1)
+//! 1     op        the socket option number (Op)
+//! 2..4  reserved  0
+//! 4..8  length    total length of the message including the header, big-endian
+//! ```
+//!
+//! - `setsockopt(opt, buf, len)`: `buf` is one message whose length field equals
+//!   `len` exactly and whose op equals `opt`.
+//! - `getsockopt(opt, buf, &len)`: in/out. On entry `buf` holds a request message
+//!   (its exact length per op, at most `len`); on return a response message whose
+//!   length is reported in `len`. A response that does not fit the caller's buffer
+//!   is an error ([`Error::NoSpace`]); the reported length never exceeds the given one.
+//!
+//! Anything malformed — truncated, wrong version, unknown op, a length off in
+//! either direction, non-zero reserved bytes, invalid fields — is rejected with
+//! an [`Error`] before anything changes. All integers are big-endian.
+//!
+//! Statistics are an open list of `(id, value)` counters ([`stat`]), so the
+//! socket filter and the IP filter report through one message and readers
+//! ignore ids they do not know.
+
+use super::addr::{Endpoint, IpAddr};
+use super::origdst::Original;
+use super::policy::Proxies;
+use super::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Rule};
+
+/// The protocol version.
+pub const VERSION: u8 = 1;
+/// Header length.
+pub const HEADER_LEN: usize = 8;
+/// The kern_control name of the socket filter's control.
+pub const CONTROL_NAME: &str = "net.prx.kext.SocketFilter.control";
+/// Length of an encoded [`Endpoint`].
+pub const ENDPOINT_LEN: usize = 20;
+/// Length of an encoded [`Rule`].
+pub const RULE_LEN: usize = 48;
+/// Length of the rules message's fixed part (after the header).
+pub const RULES_FIXED: usize = 8;
+/// Length of a statistics entry.
+pub const STAT_LEN: usize = 12;
+
+/// Operations; each is also the socket option number it travels as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// set: replace the rule set atomically.
+    SetRules = 1,
+    /// set: the proxy addresses and the proxy's identity.
+    SetProxies = 2,
+    /// set: enable or disable filtering.
+    SetEnabled = 3,
+    /// get: statistics.
+    GetStats = 16,
+    /// get: the original destination of a client address.
+    Lookup = 17,
+    /// get: enabled flag, rule count, rules generation, proxies.
+    GetStatus = 18,
+}
+
+impl Op {
+    /// The op with this number.
+    pub fn from_u8(v: u8) -> Option<Op> {
+        [
+            Op::SetRules,
+            Op::SetProxies,
+            Op::SetEnabled,
+            Op::GetStats,
+            Op::Lookup,
+            Op::GetStatus,
+        ]
+        .into_iter()
+        .find(|o| *o as u8 == v)
+    }
+}
+
+/// Why a message was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// Shorter than its header or than its declared/required length.
+    Truncated,
+    /// Version is not [`VERSION`].
+    Version,
+    /// Unknown op, or an op not valid in this direction / for this option.
+    Op,
+    /// Length field differs from the buffer (set) or the op's fixed size.
+    Length,
+    /// Reserved bytes are not zero.
+    Reserved,
+    /// A field has an invalid value (family, prefix, action, port range, …).
+    Field,
+    /// More rules than [`MAX_RULES`].
+    TooMany,
+    /// The response does not fit the caller's buffer.
+    NoSpace,
+}
+
+impl Error {
+    /// The errno the kext returns for it.
+    pub fn errno(self) -> i32 {
+        match self {
+            Error::NoSpace => 40, // EMSGSIZE
+            Error::TooMany => 7,  // E2BIG
+            _ => 22,              // EINVAL
+        }
+    }
+}
+
+/// Counter ids of the statistics message. Ids below 0x100 are the socket
+/// filter's, 0x100.. the IP filter's (issue 6); 0x200 + reason are drops by reason.
+pub mod stat {
+    /// Connections the socket filter saw in `connect_out`.
+    pub const CONN_SEEN: u32 = 1;
+    /// Connections redirected to the proxy.
+    pub const CONN_REDIRECTED: u32 = 2;
+    /// Connections passed unchanged (rules, disabled, proxy's own, no proxy).
+    pub const CONN_PASSED: u32 = 3;
+    /// Redirects that failed (the connection was refused cleanly).
+    pub const CONN_FAILED: u32 = 4;
+    /// Connections refused by a `block` rule.
+    pub const CONN_BLOCKED: u32 = 5;
+    /// PROXY v2 headers injected.
+    pub const PROXY_HEADERS: u32 = 6;
+    /// Sockets currently attached.
+    pub const SOCKETS_ATTACHED: u32 = 7;
+    /// Original destinations not remembered (table full).
+    pub const ORIGDST_FULL: u32 = 8;
+    /// Rule sets installed since start (the generation).
+    pub const RULES_GENERATION: u32 = 9;
+    /// IP filter: flows in the NAT table.
+    pub const IP_FLOWS: u32 = 0x100;
+    /// IP filter: packets redirected.
+    pub const IP_REDIRECTED_PACKETS: u32 = 0x101;
+    /// IP filter: packets rewritten back on the reply path.
+    pub const IP_REPLY_PACKETS: u32 = 0x102;
+    /// IP filter: drops, by reason: `IP_DROP_BASE + reason`.
+    pub const IP_DROP_BASE: u32 = 0x200;
+}
+
+// ---- cursor helpers (never panic) ----
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let (a, b) = self.buf.split_at_checked(n).ok_or(Error::Truncated)?;
+        self.buf = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        self.take(N)?.try_into().map_err(|_| Error::Truncated)
+    }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(u8::from_be_bytes(self.array()?))
+    }
+    fn u16(&mut self) -> Result<u16, Error> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, Error> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn zero(&mut self, n: usize) -> Result<(), Error> {
+        if self.take(n)?.iter().all(|b| *b == 0) {
+            Ok(())
+        } else {
+            Err(Error::Reserved)
+        }
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let end = self.pos.checked_add(bytes.len()).ok_or(Error::NoSpace)?;
+        let dst = self.buf.get_mut(self.pos..end).ok_or(Error::NoSpace)?;
+        for (d, s) in dst.iter_mut().zip(bytes) {
+            *d = *s;
+        }
+        self.pos = end;
+        Ok(())
+    }
+}
+
+/// A parsed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The op.
+    pub op: Op,
+    /// The total length it declares.
+    pub len: usize,
+}
+
+fn parse_header(buf: &[u8]) -> Result<(Header, Reader<'_>), Error> {
+    let mut r = Reader { buf };
+    let version = r.u8()?;
+    let op = r.u8()?;
+    let reserved = r.u16()?;
+    let len = r.u32()? as usize;
+    if version != VERSION {
+        return Err(Error::Version);
+    }
+    let op = Op::from_u8(op).ok_or(Error::Op)?;
+    if reserved != 0 {
+        return Err(Error::Reserved);
+    }
+    if len < HEADER_LEN || len > buf.len() {
+        return Err(if len > buf.len() {
+            Error::Truncated
+        } else {
+            Error::Length
+        });
+    }
+    let body = buf.get(HEADER_LEN..len).ok_or(Error::Truncated)?;
+    Ok((Header { op, len }, Reader { buf: body }))
+}
+
+fn write_header(w: &mut Writer<'_>, op: Op, len: usize) -> Result<(), Error> {
+    let len = u32::try_from(len).map_err(|_| Error::NoSpace)?;
+    w.put(&[VERSION, op as u8, 0, 0])?;
+    w.put(&len.to_be_bytes())
+}
+
+// ---- fields ----
+
+fn parse_endpoint(r: &mut Reader<'_>) -> Result<Option<Endpoint>, Error> {
+    let fam = r.u8()?;
+    r.zero(1)?;
+    let port = r.u16()?;
+    let addr: [u8; 16] = r.array()?;
+    match fam {
+        0 if port == 0 && addr == [0; 16] => Ok(None),
+        4 => {
+            let (v4, rest) = addr.split_at(4);
+            if rest.iter().any(|b| *b != 0) {
+                return Err(Error::Reserved);
+            }
+            Ok(Some(Endpoint::new(
+                IpAddr::V4(v4.try_into().map_err(|_| Error::Field)?),
+                port,
+            )))
+        }
+        6 => Ok(Some(Endpoint::new(IpAddr::V6(addr), port))),
+        _ => Err(Error::Field),
+    }
+}
+
+fn endpoint_bytes(e: Option<&Endpoint>) -> [u8; ENDPOINT_LEN] {
+    let mut b = [0u8; ENDPOINT_LEN];
+    if let Some(e) = e {
+        let fam: u8 = match e.addr {
+            IpAddr::V4(_) => 4,
+            IpAddr::V6(_) => 6,
+        };
+        let port = e.port.to_be_bytes();
+        let addr = e.addr.to_bytes16();
+        for (d, s) in b
+            .iter_mut()
+            .zip([fam, 0].iter().chain(port.iter()).chain(addr.iter()))
+        {
+            *d = *s;
+        }
+    }
+    b
+}
+
+fn parse_action(kind: u8, flags: u8) -> Result<Action, Error> {
+    match (kind, flags) {
+        (0, 0) => Ok(Action::Direct),
+        (1, f) if f <= 1 => Ok(Action::Proxy { proxy_v2: f == 1 }),
+        (2, 0) => Ok(Action::Block),
+        _ => Err(Error::Field),
+    }
+}
+
+fn action_bytes(a: Action) -> [u8; 2] {
+    match a {
+        Action::Direct => [0, 0],
+        Action::Proxy { proxy_v2 } => [1, u8::from(proxy_v2)],
+        Action::Block => [2, 0],
+    }
+}
+
+fn parse_name(raw: [u8; MAX_NAME]) -> Result<ProcName, Error> {
+    // NUL-padded: after the first NUL everything must be NUL; not empty.
+    let len = raw.iter().position(|b| *b == 0).unwrap_or(MAX_NAME);
+    if len == 0 || raw.get(len..).is_some_and(|t| t.iter().any(|b| *b != 0)) {
+        return Err(Error::Field);
+    }
+    Ok(ProcName::new(&raw))
+}
+
+/// Decodes one 48-byte rule record:
+///
+/// ```text
+/// 0      flags    bit0: has destination, bit1: exclude process
+/// 1      action   0 direct, 1 proxy, 2 block
+/// 2      action flags  bit0 (proxy only): PROXY v2 header
+/// 3      process  0 any, 1 pid, 2 name
+/// 4..6   port_lo  6..8 port_hi
+/// 8      family   4 | 6 (0 without destination)   9 prefix   10..12 reserved
+/// 12..28 address (IPv4 in the first 4 bytes)
+/// 28..32 pid      32..48 name (NUL-padded)
+/// ```
+pub fn parse_rule(rec: &[u8]) -> Result<Rule, Error> {
+    if rec.len() != RULE_LEN {
+        return Err(Error::Length);
+    }
+    let mut r = Reader { buf: rec };
+    let flags = r.u8()?;
+    let action = r.u8()?;
+    let action_flags = r.u8()?;
+    let proc_kind = r.u8()?;
+    let port_lo = r.u16()?;
+    let port_hi = r.u16()?;
+    let family = r.u8()?;
+    let prefix = r.u8()?;
+    r.zero(2)?;
+    let addr: [u8; 16] = r.array()?;
+    let pid = r.u32()?;
+    let name: [u8; MAX_NAME] = r.array()?;
+    if flags & !0b11 != 0 {
+        return Err(Error::Reserved);
+    }
+    let dst = if flags & 1 != 0 {
+        let a = match family {
+            4 => {
+                let (v4, rest) = addr.split_at(4);
+                if rest.iter().any(|b| *b != 0) {
+                    return Err(Error::Reserved);
+                }
+                IpAddr::V4(v4.try_into().map_err(|_| Error::Field)?)
+            }
+            6 => IpAddr::V6(addr),
+            _ => return Err(Error::Field),
+        };
+        let c = Cidr::new(a, prefix).ok_or(Error::Field)?;
+        if c.addr != a {
+            return Err(Error::Field); // host bits set after the prefix
+        }
+        Some(c)
+    } else {
+        if family != 0 || prefix != 0 || addr != [0; 16] {
+            return Err(Error::Reserved);
+        }
+        None
+    };
+    let process = match proc_kind {
+        0 if pid == 0 && name == [0; MAX_NAME] => ProcSel::Any,
+        1 if name == [0; MAX_NAME] => ProcSel::Pid(pid),
+        2 if pid == 0 => ProcSel::Name(parse_name(name)?),
+        0..=2 => return Err(Error::Reserved),
+        _ => return Err(Error::Field),
+    };
+    let rule = Rule {
+        dst,
+        port_lo,
+        port_hi,
+        process,
+        exclude_process: flags & 2 != 0,
+        action: parse_action(action, action_flags)?,
+    };
+    rule.validate().map_err(|_| Error::Field)?;
+    Ok(rule)
+}
+
+/// Encodes one rule record (see [`parse_rule`]).
+pub fn rule_bytes(rule: &Rule) -> [u8; RULE_LEN] {
+    let mut out = [0u8; RULE_LEN];
+    let mut w = Writer {
+        buf: &mut out,
+        pos: 0,
+    };
+    let flags = u8::from(rule.dst.is_some()) | (u8::from(rule.exclude_process) << 1);
+    let [a, af] = action_bytes(rule.action);
+    let (pk, pid, name) = match rule.process {
+        ProcSel::Any => (0u8, 0u32, [0u8; MAX_NAME]),
+        ProcSel::Pid(p) => (1, p, [0; MAX_NAME]),
+        ProcSel::Name(n) => (2, 0, n.padded()),
+    };
+    let (fam, prefix, addr) = match rule.dst {
+        None => (0u8, 0u8, [0u8; 16]),
+        Some(c) => (
+            if matches!(c.addr, IpAddr::V4(_)) {
+                4
+            } else {
+                6
+            },
+            c.prefix,
+            c.addr.to_bytes16(),
+        ),
+    };
+    // The buffer is exactly RULE_LEN long and the parts add up to it.
+    let _ = w.put(&[flags, a, af, pk]);
+    let _ = w.put(&rule.port_lo.to_be_bytes());
+    let _ = w.put(&rule.port_hi.to_be_bytes());
+    let _ = w.put(&[fam, prefix, 0, 0]);
+    let _ = w.put(&addr);
+    let _ = w.put(&pid.to_be_bytes());
+    let _ = w.put(&name);
+    out
+}
+
+// ---- set messages ----
+
+/// A validated `SetRules` message; the records are decoded by [`RulesMsg::rules`].
+#[derive(Debug, Clone, Copy)]
+pub struct RulesMsg<'a> {
+    default: Action,
+    records: &'a [u8],
+}
+
+impl<'a> RulesMsg<'a> {
+    /// Number of rules.
+    pub fn count(&self) -> usize {
+        self.records.len() / RULE_LEN
+    }
+    /// The default action.
+    pub fn default_action(&self) -> Action {
+        self.default
+    }
+    /// The rules, in order; each decoded (and validated) on the way.
+    pub fn rules(&self) -> impl Iterator<Item = Result<Rule, Error>> + 'a {
+        self.records.chunks(RULE_LEN).map(parse_rule)
+    }
+}
+
+/// A decoded `setsockopt` message.
+#[derive(Debug, Clone, Copy)]
+pub enum SetRequest<'a> {
+    /// Replace the rules.
+    Rules(RulesMsg<'a>),
+    /// Set the proxies.
+    Proxies(Proxies),
+    /// Enable (true) or disable filtering.
+    Enabled(bool),
+}
+
+/// Decodes a `setsockopt(opt, buf)` message. Every rule record is validated here
+/// too, so a message that decodes is one the kext can apply in full.
+pub fn decode_set(opt: i32, buf: &[u8]) -> Result<SetRequest<'_>, Error> {
+    let (h, mut r) = parse_header(buf)?;
+    if h.len != buf.len() {
+        return Err(Error::Length);
+    }
+    if i32::from(h.op as u8) != opt {
+        return Err(Error::Op);
+    }
+    let body_len = r.buf.len();
+    match h.op {
+        Op::SetRules => {
+            let kind = r.u8()?;
+            let flags = r.u8()?;
+            r.zero(2)?;
+            let count = r.u32()? as usize;
+            let default = parse_action(kind, flags)?;
+            if count > MAX_RULES {
+                return Err(Error::TooMany);
+            }
+            let need = count.checked_mul(RULE_LEN).ok_or(Error::TooMany)?;
+            if r.buf.len() != need {
+                return Err(if r.buf.len() < need {
+                    Error::Truncated
+                } else {
+                    Error::Length
+                });
+            }
+            let msg = RulesMsg {
+                default,
+                records: r.buf,
+            };
+            for rule in msg.rules() {
+                rule?;
+            }
+            Ok(SetRequest::Rules(msg))
+        }
+        Op::SetProxies => {
+            if body_len != PROXIES_LEN {
+                return Err(if body_len < PROXIES_LEN {
+                    Error::Truncated
+                } else {
+                    Error::Length
+                });
+            }
+            let v4 = parse_endpoint(&mut r)?;
+            let v6 = parse_endpoint(&mut r)?;
+            let flags = r.u32()?;
+            let pid = r.u32()?;
+            let name: [u8; MAX_NAME] = r.array()?;
+            if flags & !0b11 != 0
+                || v4.is_some_and(|e| !matches!(e.addr, IpAddr::V4(_)))
+                || v6.is_some_and(|e| !matches!(e.addr, IpAddr::V6(_)))
+            {
+                return Err(Error::Field);
+            }
+            if (flags & 1 == 0 && pid != 0) || (flags & 2 == 0 && name != [0; MAX_NAME]) {
+                return Err(Error::Reserved);
+            }
+            let name = if flags & 2 != 0 {
+                Some(parse_name(name)?)
+            } else {
+                None
+            };
+            Ok(SetRequest::Proxies(Proxies {
+                v4,
+                v6,
+                pid: (flags & 1 != 0).then_some(pid),
+                name,
+            }))
+        }
+        Op::SetEnabled => {
+            if body_len != 4 {
+                return Err(if body_len < 4 {
+                    Error::Truncated
+                } else {
+                    Error::Length
+                });
+            }
+            let v = r.u8()?;
+            r.zero(3)?;
+            match v {
+                0 | 1 => Ok(SetRequest::Enabled(v == 1)),
+                _ => Err(Error::Field),
+            }
+        }
+        Op::GetStats | Op::Lookup | Op::GetStatus => Err(Error::Op),
+    }
+}
+
+/// Body length of `SetProxies`: two endpoints, flags, pid, name.
+pub const PROXIES_LEN: usize = 2 * ENDPOINT_LEN + 4 + 4 + MAX_NAME;
+
+/// Length of a `SetRules` message with `count` rules.
+pub fn rules_len(count: usize) -> Option<usize> {
+    count
+        .checked_mul(RULE_LEN)?
+        .checked_add(HEADER_LEN + RULES_FIXED)
+}
+
+/// Encodes `SetRules`; returns the length written.
+pub fn encode_rules(default: Action, rules: &[Rule], out: &mut [u8]) -> Result<usize, Error> {
+    if rules.len() > MAX_RULES {
+        return Err(Error::TooMany);
+    }
+    let len = rules_len(rules.len()).ok_or(Error::TooMany)?;
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::SetRules, len)?;
+    let [k, f] = action_bytes(default);
+    w.put(&[k, f, 0, 0])?;
+    w.put(&(rules.len() as u32).to_be_bytes())?;
+    for r in rules {
+        w.put(&rule_bytes(r))?;
+    }
+    Ok(w.pos)
+}
+
+/// Encodes `SetProxies`; returns the length written.
+pub fn encode_proxies(p: &Proxies, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::SetProxies, HEADER_LEN + PROXIES_LEN)?;
+    w.put(&endpoint_bytes(p.v4.as_ref()))?;
+    w.put(&endpoint_bytes(p.v6.as_ref()))?;
+    let flags = u32::from(p.pid.is_some()) | (u32::from(p.name.is_some()) << 1);
+    w.put(&flags.to_be_bytes())?;
+    w.put(&p.pid.unwrap_or(0).to_be_bytes())?;
+    w.put(&p.name.map(|n| n.padded()).unwrap_or([0; MAX_NAME]))?;
+    Ok(w.pos)
+}
+
+/// Encodes `SetEnabled`; returns the length written.
+pub fn encode_enabled(on: bool, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::SetEnabled, HEADER_LEN + 4)?;
+    w.put(&[u8::from(on), 0, 0, 0])?;
+    Ok(w.pos)
+}
+
+// ---- get requests and responses ----
+
+/// A decoded `getsockopt` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetRequest {
+    /// Statistics.
+    Stats,
+    /// The original destination of this client address.
+    Lookup(Endpoint),
+    /// Status.
+    Status,
+}
+
+/// Length of a `Lookup` request.
+pub const LOOKUP_REQUEST_LEN: usize = HEADER_LEN + ENDPOINT_LEN;
+/// Length of a `Lookup` response: found flag (4), original destination, pid, rule.
+pub const LOOKUP_RESPONSE_LEN: usize = HEADER_LEN + 4 + ENDPOINT_LEN + 4 + 4;
+/// Length of a `Status` response: flags (4), rule count, generation, attached, clients, proxies.
+pub const STATUS_RESPONSE_LEN: usize = HEADER_LEN + 4 + 4 + 4 + 4 + 4 + PROXIES_LEN;
+
+/// Decodes the request in a `getsockopt(opt, buf)` buffer (which may be longer
+/// than the request: it also holds the response).
+pub fn decode_get(opt: i32, buf: &[u8]) -> Result<GetRequest, Error> {
+    let (h, mut r) = parse_header(buf)?;
+    if i32::from(h.op as u8) != opt {
+        return Err(Error::Op);
+    }
+    let want = match h.op {
+        Op::GetStats | Op::GetStatus => HEADER_LEN,
+        Op::Lookup => LOOKUP_REQUEST_LEN,
+        _ => return Err(Error::Op),
+    };
+    if h.len != want {
+        return Err(Error::Length);
+    }
+    match h.op {
+        Op::GetStats => Ok(GetRequest::Stats),
+        Op::GetStatus => Ok(GetRequest::Status),
+        _ => match parse_endpoint(&mut r)? {
+            Some(e) => Ok(GetRequest::Lookup(e)),
+            None => Err(Error::Field),
+        },
+    }
+}
+
+/// Encodes a get request; returns its length.
+pub fn encode_get(req: &GetRequest, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    match req {
+        GetRequest::Stats => write_header(&mut w, Op::GetStats, HEADER_LEN)?,
+        GetRequest::Status => write_header(&mut w, Op::GetStatus, HEADER_LEN)?,
+        GetRequest::Lookup(e) => {
+            write_header(&mut w, Op::Lookup, LOOKUP_REQUEST_LEN)?;
+            w.put(&endpoint_bytes(Some(e)))?;
+        }
+    }
+    Ok(w.pos)
+}
+
+/// Encodes a `Lookup` response into `out` (at most `out.len()` bytes).
+pub fn encode_lookup_response(found: Option<&Original>, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::Lookup, LOOKUP_RESPONSE_LEN)?;
+    w.put(&u32::from(found.is_some()).to_be_bytes())?;
+    w.put(&endpoint_bytes(found.map(|o| &o.dst)))?;
+    w.put(&found.map(|o| o.pid).unwrap_or(0).to_be_bytes())?;
+    w.put(&found.map(|o| o.rule).unwrap_or(0).to_be_bytes())?;
+    Ok(w.pos)
+}
+
+/// Decodes a `Lookup` response.
+pub fn decode_lookup_response(buf: &[u8]) -> Result<Option<Original>, Error> {
+    let (h, mut r) = parse_header(buf)?;
+    if h.op != Op::Lookup || h.len != LOOKUP_RESPONSE_LEN || buf.len() != h.len {
+        return Err(Error::Length);
+    }
+    let found = r.u32()?;
+    let dst = parse_endpoint(&mut r)?;
+    let pid = r.u32()?;
+    let rule = r.u32()?;
+    match (found, dst) {
+        (0, None) => Ok(None),
+        (1, Some(dst)) => Ok(Some(Original { dst, pid, rule })),
+        _ => Err(Error::Field),
+    }
+}
+
+/// What a `Status` response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    /// Filtering enabled.
+    pub enabled: bool,
+    /// Rules installed.
+    pub rules: u32,
+    /// Rule sets installed since start.
+    pub generation: u32,
+    /// Sockets attached.
+    pub attached: u32,
+    /// Control clients connected.
+    pub clients: u32,
+    /// The proxies.
+    pub proxies: Proxies,
+}
+
+/// Encodes a `Status` response.
+pub fn encode_status(s: &Status, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::GetStatus, STATUS_RESPONSE_LEN)?;
+    w.put(&u32::from(s.enabled).to_be_bytes())?;
+    for v in [s.rules, s.generation, s.attached, s.clients] {
+        w.put(&v.to_be_bytes())?;
+    }
+    let mut p = [0u8; HEADER_LEN + PROXIES_LEN];
+    encode_proxies(&s.proxies, &mut p)?;
+    w.put(p.get(HEADER_LEN..).ok_or(Error::NoSpace)?)?;
+    Ok(w.pos)
+}
+
+/// Decodes a `Status` response.
+pub fn decode_status(buf: &[u8]) -> Result<Status, Error> {
+    let (h, mut r) = parse_header(buf)?;
+    if h.op != Op::GetStatus || h.len != STATUS_RESPONSE_LEN || buf.len() != h.len {
+        return Err(Error::Length);
+    }
+    let flags = r.u32()?;
+    let (rules, generation, attached, clients) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+    let mut p = [0u8; HEADER_LEN + PROXIES_LEN];
+    let mut w = Writer {
+        buf: &mut p,
+        pos: 0,
+    };
+    write_header(&mut w, Op::SetProxies, HEADER_LEN + PROXIES_LEN)?;
+    w.put(r.take(PROXIES_LEN)?)?;
+    let SetRequest::Proxies(proxies) = decode_set(Op::SetProxies as i32, &p)? else {
+        return Err(Error::Op);
+    };
+    if flags > 1 {
+        return Err(Error::Field);
+    }
+    Ok(Status {
+        enabled: flags == 1,
+        rules,
+        generation,
+        attached,
+        clients,
+        proxies,
+    })
+}
+
+/// Encodes a statistics response from `(id, value)` counters.
+pub fn encode_stats(counters: &[(u32, u64)], out: &mut [u8]) -> Result<usize, Error> {
+    let len = counters
+        .len()
+        .checked_mul(STAT_LEN)
+        .and_then(|n| n.checked_add(HEADER_LEN + 4))
+        .ok_or(Error::NoSpace)?;
+    if len > out.len() {
+        return Err(Error::NoSpace);
+    }
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::GetStats, len)?;
+    w.put(&(counters.len() as u32).to_be_bytes())?;
+    for (id, v) in counters {
+        w.put(&id.to_be_bytes())?;
+        w.put(&v.to_be_bytes())?;
+    }
+    Ok(w.pos)
+}
+
+/// Decodes a statistics response; calls `each(id, value)` per counter; returns the count.
+pub fn decode_stats(buf: &[u8], mut each: impl FnMut(u32, u64)) -> Result<usize, Error> {
+    let (h, mut r) = parse_header(buf)?;
+    if h.op != Op::GetStats || buf.len() != h.len {
+        return Err(Error::Length);
+    }
+    let n = r.u32()? as usize;
+    if r.buf.len() != n.checked_mul(STAT_LEN).ok_or(Error::Length)? {
+        return Err(Error::Length);
+    }
+    for _ in 0..n {
+        let id = r.u32()?;
+        let v = u64::from_be_bytes(r.array()?);
+        each(id, v);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "host tests"
+)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_rules() -> Vec<Rule> {
+        vec![
+            Rule {
+                dst: Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24),
+                port_lo: 80,
+                port_hi: 443,
+                action: Action::Proxy { proxy_v2: true },
+                ..Rule::default()
+            },
+            Rule {
+                process: ProcSel::Name(ProcName::new(b"curl")),
+                exclude_process: true,
+                action: Action::Block,
+                ..Rule::default()
+            },
+            Rule {
+                dst: Cidr::new(
+                    IpAddr::V6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                    32,
+                ),
+                process: ProcSel::Pid(7),
+                ..Rule::default()
+            },
+        ]
+    }
+
+    fn rules_msg() -> Vec<u8> {
+        let rules = sample_rules();
+        let mut buf = vec![0u8; rules_len(rules.len()).unwrap()];
+        let n = encode_rules(Action::Direct, &rules, &mut buf).unwrap();
+        assert_eq!(n, buf.len());
+        buf
+    }
+
+    #[test]
+    fn rules_round_trip() {
+        let buf = rules_msg();
+        let SetRequest::Rules(m) = decode_set(1, &buf).unwrap() else {
+            panic!()
+        };
+        let got: Vec<Rule> = m.rules().map(Result::unwrap).collect();
+        assert_eq!(got, sample_rules());
+        assert_eq!(m.default_action(), Action::Direct);
+    }
+
+    #[test]
+    fn every_malformation_is_named() {
+        let buf = rules_msg();
+        assert_eq!(decode_set(1, &buf[..5]).unwrap_err(), Error::Truncated);
+        let mut v = buf.clone();
+        v[0] = 2;
+        assert_eq!(decode_set(1, &v).unwrap_err(), Error::Version);
+        let mut v = buf.clone();
+        v[1] = 99;
+        assert_eq!(decode_set(1, &v).unwrap_err(), Error::Op);
+        assert_eq!(decode_set(2, &buf).unwrap_err(), Error::Op);
+        let mut long = buf.clone();
+        long.push(0);
+        assert_eq!(
+            decode_set(1, &long).unwrap_err(),
+            Error::Length,
+            "buffer one longer than the length field"
+        );
+        assert_eq!(
+            decode_set(1, &buf[..buf.len() - 1]).unwrap_err(),
+            Error::Truncated,
+            "one shorter"
+        );
+        let mut v = buf.clone();
+        v[2] = 1;
+        assert_eq!(decode_set(1, &v).unwrap_err(), Error::Reserved);
+        let mut v = buf.clone();
+        v[HEADER_LEN + RULES_FIXED + 9] = 33; // prefix of rule 0
+        assert_eq!(decode_set(1, &v).unwrap_err(), Error::Field);
+    }
+
+    #[test]
+    fn get_requests_and_responses() {
+        let client = Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 50000);
+        let mut buf = [0u8; 64];
+        let n = encode_get(&GetRequest::Lookup(client), &mut buf).unwrap();
+        assert_eq!(n, LOOKUP_REQUEST_LEN);
+        assert_eq!(decode_get(17, &buf).unwrap(), GetRequest::Lookup(client));
+        assert_eq!(decode_get(16, &buf).unwrap_err(), Error::Op);
+        let o = Original {
+            dst: Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80),
+            pid: 5,
+            rule: 0,
+        };
+        let n = encode_lookup_response(Some(&o), &mut buf).unwrap();
+        assert_eq!(decode_lookup_response(&buf[..n]).unwrap(), Some(o));
+        assert_eq!(
+            encode_lookup_response(Some(&o), &mut buf[..LOOKUP_RESPONSE_LEN - 1]).unwrap_err(),
+            Error::NoSpace
+        );
+        let st = Status {
+            enabled: true,
+            rules: 3,
+            generation: 2,
+            attached: 1,
+            clients: 1,
+            proxies: Proxies {
+                v4: Some(client),
+                ..Proxies::default()
+            },
+        };
+        let mut sb = [0u8; STATUS_RESPONSE_LEN];
+        encode_status(&st, &mut sb).unwrap();
+        assert_eq!(decode_status(&sb).unwrap(), st);
+        let mut out = [0u8; 64];
+        let n = encode_stats(
+            &[(stat::CONN_SEEN, 3), (stat::IP_DROP_BASE + 2, 9)],
+            &mut out,
+        )
+        .unwrap();
+        let mut seen = vec![];
+        decode_stats(&out[..n], |i, v| seen.push((i, v))).unwrap();
+        assert_eq!(seen, [(1, 3), (0x202, 9)]);
+        assert_eq!(
+            encode_stats(&[(1, 1); 5], &mut out).unwrap_err(),
+            Error::NoSpace
+        );
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoders.
+        #[test]
+        fn decoders_never_panic(opt in 0i32..20, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_set(opt, &bytes);
+            let _ = decode_get(opt, &bytes);
+            let _ = decode_status(&bytes);
+            let _ = decode_lookup_response(&bytes);
+            let _ = decode_stats(&bytes, |_, _| {});
+        }
+
+        /// Truncating or extending a valid message by any amount, or changing the
+        /// length field by any amount, is rejected.
+        #[test]
+        fn any_length_change_is_rejected(cut in 1usize..150, extra in 1usize..8, delta in -60i64..60) {
+            let buf = rules_msg();
+            let cut = cut.min(buf.len());
+            prop_assert!(decode_set(1, &buf[..buf.len() - cut]).is_err());
+            let mut long = buf.clone();
+            long.extend(std::iter::repeat_n(0u8, extra));
+            prop_assert!(decode_set(1, &long).is_err());
+            if delta != 0 {
+                let mut v = buf.clone();
+                let len = (buf.len() as i64 + delta).max(0) as u32;
+                v[4..8].copy_from_slice(&len.to_be_bytes());
+                prop_assert!(decode_set(1, &v).is_err());
+            }
+        }
+
+        /// Flipping any single byte of a valid message either is rejected or
+        /// decodes to a message that re-encodes to exactly those bytes (no byte is ignored).
+        #[test]
+        fn single_byte_changes_are_rejected_or_meaningful(at in 0usize..160, val in any::<u8>()) {
+            let buf = rules_msg();
+            let at = at % buf.len();
+            let mut v = buf.clone();
+            v[at] = val;
+            if let Ok(SetRequest::Rules(m)) = decode_set(1, &v) {
+                let rules: Vec<Rule> = m.rules().map(Result::unwrap).collect();
+                let mut again = vec![0u8; v.len()];
+                encode_rules(m.default_action(), &rules, &mut again).unwrap();
+                prop_assert_eq!(again, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The IP filter's per-packet decisions, as pure functions over a header
+//! prefix (the first bytes of a packet copied out of its mbuf chain), so the
+//! kext only moves bytes and the logic is host-tested and fuzzed
+//! (`fuzz/fuzz_targets/packet_path.rs`).
+//!
+//! Output ([`plan_output`], then [`apply`] once the caller has finalized
+//! deferred checksums):
+//! 1. Parse to the transport header ([`ip::transport_in`]). A packet the stack
+//!    built inconsistently passes untouched (the stack owns its sanity); a
+//!    header chain the filter cannot see to the end (more than
+//!    [`ipv6::MAX_EXT_HEADERS`](super::wire::ipv6::MAX_EXT_HEADERS) extension
+//!    headers, or headers beyond the prefix) is **dropped**, so no packet
+//!    escapes redirection by hiding its ports.
+//! 2. Non-first fragments pass untouched (they carry no ports; documented
+//!    policy: only the first fragment of a redirected datagram is translated,
+//!    so fragmented UDP to a redirected destination does not reassemble).
+//! 3. Only TCP and UDP are redirected; packets to or from the proxy itself
+//!    never are (no loops).
+//! 4. A tracked flow is translated to its proxy. An untracked one is created
+//!    when the [`Policy`] redirects it, on a TCP SYN (without ACK) or any UDP
+//!    datagram; mid-stream TCP of an untracked flow passes (the proxy would
+//!    only reset it). A refused flow (table full, reverse-key collision) is
+//!    dropped and counted.
+//!
+//! Input ([`plan_input`]): a TCP/UDP packet from a proxy endpoint to a client
+//! endpoint of a live flow gets its source rewritten back to the original
+//! destination. Everything else passes untouched.
+
+use super::nat::{Endpoint, FlowKey, InsertError, NatTable};
+use super::translate::{self, Refused, Side};
+use super::wire::ip::{self, Addr, Transport};
+use super::wire::{Error, get_u8, get_u16, proto};
+
+/// Which flows to redirect and where the proxy is. The shared rule engine
+/// implements this for the kext; [`FixedPolicy`] is a fixed configuration for
+/// tests and for the kext until rules are loaded.
+pub trait Policy {
+    /// Where a new flow from `src` to `dst` goes instead, or `None` to leave it.
+    fn redirect(&self, protocol: u8, src: &Endpoint, dst: &Endpoint) -> Option<Endpoint>;
+    /// True for the proxy's own addresses (never redirected, in either direction).
+    fn is_proxy(&self, addr: &Addr) -> bool;
+}
+
+/// One destination prefix per family redirected to one proxy per family
+/// (TCP and UDP, any port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedPolicy {
+    /// IPv4 destinations redirected: network and prefix length.
+    pub v4: ([u8; 4], u8),
+    /// IPv6 destinations redirected.
+    pub v6: ([u8; 16], u8),
+    /// The IPv4 proxy.
+    pub proxy_v4: ([u8; 4], u16),
+    /// The IPv6 proxy.
+    pub proxy_v6: ([u8; 16], u16),
+}
+
+impl FixedPolicy {
+    /// The documentation networks: 203.0.113.0/24 → 192.0.2.1:3128 and
+    /// 2001:db8:203::/48 → [2001:db8:2::1]:3128.
+    pub const EXAMPLE: FixedPolicy = FixedPolicy {
+        v4: ([203, 0, 113, 0], 24),
+        v6: (
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0x02, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            48,
+        ),
+        proxy_v4: ([192, 0, 2, 1], 3128),
+        proxy_v6: (
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            3128,
+        ),
+    };
+}
+
+/// True when the first `bits` bits of `a` and `net` are equal.
+pub fn in_prefix(a: &[u8], net: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let full = bits / 8;
+    let rest = bits % 8;
+    let (Some(x), Some(y)) = (a.get(..full), net.get(..full)) else {
+        return false;
+    };
+    if x != y {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8usize.wrapping_sub(rest) & 7);
+    match (a.get(full), net.get(full)) {
+        (Some(p), Some(q)) => p & mask == q & mask,
+        _ => false,
+    }
+}
+
+impl Policy for FixedPolicy {
+    fn redirect(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> Option<Endpoint> {
+        if protocol != proto::TCP && protocol != proto::UDP {
+            return None;
+        }
+        match dst.addr {
+            Addr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => Some(Endpoint {
+                addr: Addr::V4(self.proxy_v4.0),
+                port: self.proxy_v4.1,
+            }),
+            Addr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => Some(Endpoint {
+                addr: Addr::V6(self.proxy_v6.0),
+                port: self.proxy_v6.1,
+            }),
+            _ => None,
+        }
+    }
+
+    fn is_proxy(&self, addr: &Addr) -> bool {
+        match addr {
+            Addr::V4(a) => *a == self.proxy_v4.0,
+            Addr::V6(a) => *a == self.proxy_v6.0,
+        }
+    }
+}
+
+/// Why the filter dropped a packet (the statistics count each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The header chain cannot be followed to the transport header.
+    Unparseable,
+    /// The NAT table is full of live flows.
+    TableFull,
+    /// The new flow's reverse key is used by another live flow.
+    Collision,
+    /// IPv6 UDP with checksum 0 to a redirected destination.
+    Udp6ZeroChecksum,
+    /// The filter's state was busy (another CPU held the lock).
+    Busy,
+    /// An mbuf operation failed (copy, pullup, allocation).
+    Mbuf,
+    /// Re-injection failed (the mbuf was consumed anyway).
+    Inject,
+}
+
+impl DropReason {
+    /// Every reason, in statistics order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Unparseable,
+        DropReason::TableFull,
+        DropReason::Collision,
+        DropReason::Udp6ZeroChecksum,
+        DropReason::Busy,
+        DropReason::Mbuf,
+        DropReason::Inject,
+    ];
+
+    /// Index into a statistics array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Leave it alone.
+    Pass,
+    /// Drop it.
+    Drop(DropReason),
+    /// Rewrite `side` to `to` (output: destination to the proxy; input: source
+    /// back to the original destination).
+    Translate {
+        /// Which endpoint.
+        side: Side,
+        /// The new endpoint.
+        to: Endpoint,
+    },
+}
+
+/// The outcome for the packet's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Leave it alone.
+    Pass,
+    /// Drop it.
+    Drop(DropReason),
+    /// The first `changed` bytes of the prefix were rewritten: copy them back.
+    Rewritten {
+        /// Bytes to copy back.
+        changed: usize,
+    },
+}
+
+fn endpoints(prefix: &[u8], t: &Transport) -> Option<(Endpoint, Endpoint)> {
+    if prefix.len() < t.offset.saturating_add(4) {
+        return None;
+    }
+    let sport = get_u16(prefix, t.offset..t.offset.saturating_add(2));
+    let dport = get_u16(
+        prefix,
+        t.offset.saturating_add(2)..t.offset.saturating_add(4),
+    );
+    Some((
+        Endpoint {
+            addr: t.src,
+            port: sport,
+        },
+        Endpoint {
+            addr: t.dst,
+            port: dport,
+        },
+    ))
+}
+
+fn tcp_flags(prefix: &[u8], t: &Transport) -> u8 {
+    if t.protocol == proto::TCP {
+        get_u8(prefix, t.offset.saturating_add(13))
+    } else {
+        0
+    }
+}
+
+/// Decides what to do with an outbound packet of `packet_len` bytes whose
+/// first bytes are `prefix`; creates the NAT flow when a rule redirects it.
+pub fn plan_output<const N: usize, const S: usize>(
+    prefix: &[u8],
+    packet_len: usize,
+    table: &mut NatTable<N, S>,
+    policy: &impl Policy,
+    now: u64,
+) -> Plan {
+    let t = match ip::transport_in(prefix, packet_len) {
+        Ok(t) => t,
+        Err(Error::TooManyExtHeaders) => return Plan::Drop(DropReason::Unparseable),
+        // Headers beyond the prefix of a packet that is long enough to hold them.
+        Err(Error::Truncated) if prefix.len() < packet_len => {
+            return Plan::Drop(DropReason::Unparseable);
+        }
+        Err(_) => return Plan::Pass,
+    };
+    if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
+        return Plan::Pass;
+    }
+    if policy.is_proxy(&t.dst) || policy.is_proxy(&t.src) {
+        return Plan::Pass;
+    }
+    let Some((src, dst)) = endpoints(prefix, &t) else {
+        return if prefix.len() < packet_len {
+            Plan::Drop(DropReason::Unparseable)
+        } else {
+            Plan::Pass
+        };
+    };
+    let key = FlowKey {
+        protocol: t.protocol,
+        src,
+        dst,
+    };
+    let flags = tcp_flags(prefix, &t);
+    if let Some(to) = table.outbound(&key, flags, now) {
+        return Plan::Translate {
+            side: Side::Dst,
+            to,
+        };
+    }
+    let Some(to) = policy.redirect(t.protocol, &src, &dst) else {
+        return Plan::Pass;
+    };
+    let opens = t.protocol == proto::UDP
+        || flags & super::wire::tcp::SYN != 0 && flags & super::wire::tcp::ACK == 0;
+    if !opens {
+        return Plan::Pass;
+    }
+    match table.insert(key, to, flags, now) {
+        Ok(_) => Plan::Translate {
+            side: Side::Dst,
+            to,
+        },
+        Err(InsertError::Full) => Plan::Drop(DropReason::TableFull),
+        Err(InsertError::Collision) => Plan::Drop(DropReason::Collision),
+    }
+}
+
+/// Decides what to do with an inbound packet: reverse translation of replies
+/// from the proxy.
+pub fn plan_input<const N: usize, const S: usize>(
+    prefix: &[u8],
+    packet_len: usize,
+    table: &mut NatTable<N, S>,
+    now: u64,
+) -> Plan {
+    let Ok(t) = ip::transport_in(prefix, packet_len) else {
+        return Plan::Pass;
+    };
+    if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
+        return Plan::Pass;
+    }
+    let Some((from, to)) = endpoints(prefix, &t) else {
+        return Plan::Pass;
+    };
+    match table.inbound(t.protocol, &from, &to, tcp_flags(prefix, &t), now) {
+        Some(orig) => Plan::Translate {
+            side: Side::Src,
+            to: orig,
+        },
+        None => Plan::Pass,
+    }
+}
+
+/// Carries out `plan` on `prefix` (re-parsed: the caller may have re-read it
+/// after finalizing checksums).
+pub fn apply(prefix: &mut [u8], packet_len: usize, plan: Plan) -> Decision {
+    match plan {
+        Plan::Pass => Decision::Pass,
+        Plan::Drop(r) => Decision::Drop(r),
+        Plan::Translate { side, to } => {
+            let Ok(t) = ip::transport_in(prefix, packet_len) else {
+                return Decision::Drop(DropReason::Unparseable);
+            };
+            match translate::rewrite(prefix, &t, side, to.addr, to.port) {
+                Ok(changed) => Decision::Rewritten { changed },
+                Err(Refused::Udp6ZeroChecksum) => Decision::Drop(DropReason::Udp6ZeroChecksum),
+                Err(_) => Decision::Drop(DropReason::Unparseable),
+            }
+        }
+    }
+}
+
+/// [`plan_output`] and [`apply`] for a packet whose checksums are final.
+pub fn output<const N: usize, const S: usize>(
+    prefix: &mut [u8],
+    packet_len: usize,
+    table: &mut NatTable<N, S>,
+    policy: &impl Policy,
+    now: u64,
+) -> Decision {
+    let plan = plan_output(prefix, packet_len, table, policy, now);
+    apply(prefix, packet_len, plan)
+}
+
+/// [`plan_input`] and [`apply`].
+pub fn input<const N: usize, const S: usize>(
+    prefix: &mut [u8],
+    packet_len: usize,
+    table: &mut NatTable<N, S>,
+    now: u64,
+) -> Decision {
+    let plan = plan_input(prefix, packet_len, table, now);
+    apply(prefix, packet_len, plan)
+}
+
+fn to_addr(a: &Addr) -> super::addr::IpAddr {
+    match a {
+        Addr::V4(b) => super::addr::IpAddr::V4(*b),
+        Addr::V6(b) => super::addr::IpAddr::V6(*b),
+    }
+}
+
+/// The shared rule engine ([`super::rules`] with [`super::policy`]'s proxy
+/// configuration, as the socket filter uses them) as the IP filter's
+/// [`Policy`]. At the IP layer:
+/// - there is no process: rules are evaluated for pid 0 and an empty name, so
+///   rules that select a process never match (and `exclude_process` ones do);
+/// - rules carry no protocol: a matching `proxy` rule redirects TCP and UDP;
+/// - `block` rules are not enforced here (the packet is left alone);
+/// - the proxy must be of the packet's family (no IPv4-mapped translation).
+#[derive(Debug)]
+pub struct RulesPolicy<'a, R, I> {
+    /// Filtering switched on.
+    pub enabled: bool,
+    /// The rules.
+    pub rules: &'a super::rules::RuleSet<R, I>,
+    /// The proxy endpoints.
+    pub proxies: &'a super::policy::Proxies,
+}
+
+impl<R, I> Policy for RulesPolicy<'_, R, I>
+where
+    R: AsRef<[super::rules::Rule]>,
+    I: AsRef<[super::rules::IndexEntry]> + AsMut<[super::rules::IndexEntry]>,
+{
+    fn redirect(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> Option<Endpoint> {
+        if protocol != proto::TCP && protocol != proto::UDP {
+            return None;
+        }
+        let a = to_addr(&dst.addr);
+        let d = super::policy::decide(
+            self.enabled,
+            self.rules,
+            self.proxies,
+            a.family(),
+            &super::addr::Endpoint::new(a, dst.port),
+            0,
+            b"",
+        );
+        match d {
+            super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {
+                (super::addr::IpAddr::V4(p), Addr::V4(_)) => Some(Endpoint {
+                    addr: Addr::V4(p),
+                    port: to.port,
+                }),
+                (super::addr::IpAddr::V6(p), Addr::V6(_)) if to.addr.v4_mapped().is_none() => {
+                    Some(Endpoint {
+                        addr: Addr::V6(p),
+                        port: to.port,
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn is_proxy(&self, addr: &Addr) -> bool {
+        let a = to_addr(addr).canonical();
+        [self.proxies.v4, self.proxies.v6]
+            .iter()
+            .flatten()
+            .any(|p| p.addr.canonical() == a)
+    }
+}

@@ -1,0 +1,107 @@
+//! Version dispatch and the transport location of an IP packet of either
+//! family: what the IP filter needs before it looks at ports.
+
+use super::{Error, get_u8, ipv4, ipv6};
+
+/// An address of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Addr {
+    /// IPv4.
+    V4(ipv4::Address),
+    /// IPv6.
+    V6(ipv6::Address),
+}
+
+impl Addr {
+    /// The address bytes (4 or 16).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Addr::V4(a) => a,
+            Addr::V6(a) => a,
+        }
+    }
+}
+
+/// Where the transport header of an IP packet is, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    /// Source address.
+    pub src: Addr,
+    /// Destination address.
+    pub dst: Addr,
+    /// The upper-layer protocol (after IPv6 extension headers).
+    pub protocol: u8,
+    /// Offset of the transport header from the start of the IP header.
+    pub offset: usize,
+    /// Length of the transport header plus payload (what the pseudo-header counts).
+    pub len: usize,
+    /// The packet is a fragment.
+    pub fragment: bool,
+    /// The packet holds the transport header: not a non-first fragment, and the
+    /// protocol is not opaque (ESP, No Next Header).
+    pub has_transport: bool,
+}
+
+/// Parses an IPv4 or IPv6 packet (by its version nibble) down to its transport header.
+pub fn transport(b: &[u8]) -> Result<Transport, Error> {
+    transport_in(b, b.len())
+}
+
+/// Like [`transport`], for a packet of `packet_len` bytes of which only the
+/// first `prefix.len()` are at hand (headers copied out of an mbuf chain):
+/// lengths are checked against `packet_len`, headers must lie within `prefix`
+/// (else [`Error::Truncated`]).
+pub fn transport_in(prefix: &[u8], packet_len: usize) -> Result<Transport, Error> {
+    if prefix.len() > packet_len {
+        return Err(Error::Malformed);
+    }
+    match get_u8(prefix, 0) >> 4 {
+        4 => {
+            let p = ipv4::Packet::new_unchecked(prefix);
+            if prefix.len() < ipv4::HEADER_LEN {
+                return Err(Error::Truncated);
+            }
+            let hl = p.header_len();
+            let total = usize::from(p.total_len());
+            if hl < ipv4::HEADER_LEN || total < hl {
+                return Err(Error::Malformed);
+            }
+            if total > packet_len || hl > prefix.len() {
+                return Err(Error::Truncated);
+            }
+            Ok(Transport {
+                src: Addr::V4(p.src_addr()),
+                dst: Addr::V4(p.dst_addr()),
+                protocol: p.protocol(),
+                offset: hl,
+                len: total.saturating_sub(hl),
+                fragment: p.is_fragment(),
+                has_transport: p.has_transport_header(),
+            })
+        }
+        6 => {
+            let p = ipv6::Packet::new_unchecked(prefix);
+            if prefix.len() < ipv6::HEADER_LEN {
+                return Err(Error::Truncated);
+            }
+            let end = ipv6::HEADER_LEN.saturating_add(usize::from(p.payload_len()));
+            if end > packet_len {
+                return Err(Error::Truncated);
+            }
+            let w = p.walk_within(end.min(prefix.len()))?;
+            Ok(Transport {
+                src: Addr::V6(p.src_addr()),
+                dst: Addr::V6(p.dst_addr()),
+                protocol: w.protocol,
+                offset: w.offset,
+                len: end.saturating_sub(w.offset),
+                fragment: w.fragment.is_some(),
+                has_transport: w.fragment.is_none_or(|f| f.offset == 0)
+                    && w.protocol != super::proto::ESP
+                    && w.protocol != super::proto::IPV6_NONXT,
+            })
+        }
+        _ if prefix.is_empty() => Err(Error::Truncated),
+        _ => Err(Error::Malformed),
+    }
+}
