@@ -51,7 +51,7 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
-    /// Run smoke scenarios against kext bundles (backend emu: the built-in XNU KPI emulator).
+    /// Run smoke scenarios: backend emu (the built-in XNU KPI emulator) or ssh/qemu/vmware (a real Intel macOS guest).
     VmTest(xtask::vm_test::Args),
 }
 
