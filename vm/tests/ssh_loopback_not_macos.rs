@@ -39,7 +39,11 @@ impl Drop for Sshd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn keygen(path: &Path) {
@@ -71,7 +75,11 @@ impl Sshd {
         for sub in ["ids", "loaded", "reports"] {
             std::fs::create_dir_all(state.join(sub)).unwrap();
         }
-        std::fs::write(state.join("ids/PrxSocketFilter"), "net.prx.kext.SocketFilter").unwrap();
+        std::fs::write(
+            state.join("ids/PrxSocketFilter"),
+            "net.prx.kext.SocketFilter",
+        )
+        .unwrap();
         std::fs::write(state.join("ids/PrxIPFilter"), "net.prx.kext.IPFilter").unwrap();
         std::fs::write(state.join("version"), "13.6.1\n").unwrap();
         std::fs::write(state.join("boottime"), "1800000000").unwrap();
@@ -92,7 +100,11 @@ impl Sshd {
         );
         std::fs::write(d.join("sshd_config"), cfg).unwrap();
         let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
-        std::fs::write(d.join("known_hosts"), format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+        std::fs::write(
+            d.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {host_pub}"),
+        )
+        .unwrap();
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
         let child = Command::new(SSHD)
             .args(["-D", "-e", "-f"])
@@ -108,7 +120,11 @@ impl Sshd {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("sshd exited ({st}): {}", s.sshd_log());
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "sshd did not listen: {}", s.sshd_log());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "sshd did not listen: {}",
+                s.sshd_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         s
@@ -170,7 +186,9 @@ fn run(s: &Sshd, g: GuestConfig, scenarios: &[&str]) -> Vec<ScenarioReport> {
 }
 
 fn by_name<'a>(r: &'a [ScenarioReport], name: &str) -> &'a ScenarioReport {
-    r.iter().find(|x| x.scenario == name).unwrap_or_else(|| panic!("no report {name}"))
+    r.iter()
+        .find(|x| x.scenario == name)
+        .unwrap_or_else(|| panic!("no report {name}"))
 }
 
 fn all_text(r: &ScenarioReport) -> String {
@@ -186,7 +204,10 @@ fn ssh_backend_full_flow_on_loopback_sshd_with_doubles_not_macos() {
     assert_eq!(r.len(), 3, "setup + 2 scenarios");
     assert!(r.iter().all(|x| x.passed), "sshd log:\n{}", s.sshd_log());
     // The package arrived byte for byte and was installed with installer.
-    assert_eq!(std::fs::read(s.state().join("installed.pkg")).unwrap(), pkg_bytes);
+    assert_eq!(
+        std::fs::read(s.state().join("installed.pkg")).unwrap(),
+        pkg_bytes
+    );
     let calls = s.calls();
     for needle in [
         "sw_vers -productVersion",
@@ -207,18 +228,39 @@ fn ssh_backend_full_flow_on_loopback_sshd_with_doubles_not_macos() {
         assert!(calls.contains(needle), "`{needle}` not called:\n{calls}");
     }
     // IP filter unloaded before the socket filter (reverse load order).
-    let ip = calls.find("kmutil unload -b net.prx.kext.IPFilter").unwrap();
-    let so = calls.find("kmutil unload -b net.prx.kext.SocketFilter").unwrap();
+    let ip = calls
+        .find("kmutil unload -b net.prx.kext.IPFilter")
+        .unwrap();
+    let so = calls
+        .find("kmutil unload -b net.prx.kext.SocketFilter")
+        .unwrap();
     assert!(ip < so);
     let lu = by_name(&r, "load-unload");
-    assert!(lu.log.iter().any(|l| l.contains("prx: start net.prx.kext.SocketFilter")), "{:?}", lu.log);
+    assert!(
+        lu.log
+            .iter()
+            .any(|l| l.contains("prx: start net.prx.kext.SocketFilter")),
+        "{:?}",
+        lu.log
+    );
     assert!(!lu.log.iter().any(|l| l.starts_with("Timestamp")));
     let sc = all_text(by_name(&r, "socket-connect"));
-    assert!(sc.contains("PROXY v2 header: command 1 family 0x11 src 10.0.0.2:50000 dst 203.0.113.10:80"), "{sc}");
-    assert!(sc.contains("listener received: 76 byte(s): \\r\\n\\r\\n\\x00\\r\\nQUIT\\n!"), "{sc}");
+    assert!(
+        sc.contains(
+            "PROXY v2 header: command 1 family 0x11 src 10.0.0.2:50000 dst 203.0.113.10:80"
+        ),
+        "{sc}"
+    );
+    assert!(
+        sc.contains("listener received: 76 byte(s): \\r\\n\\r\\n\\x00\\r\\nQUIT\\n!"),
+        "{sc}"
+    );
     assert!(sc.contains("GET /prx-vmtest HTTP/1.1"), "{sc}");
     let xml = vm::report::junit("ssh", &r);
-    assert!(xml.contains("<testsuite name=\"vm-test ssh\" tests=\"3\" failures=\"0\""), "{xml}");
+    assert!(
+        xml.contains("<testsuite name=\"vm-test ssh\" tests=\"3\" failures=\"0\""),
+        "{xml}"
+    );
 }
 
 #[test]
@@ -228,9 +270,18 @@ fn ssh_backend_macos_10_15_uses_kextload_on_loopback_sshd_not_macos() {
     let r = run(&s, s.guest(), &["load-unload"]);
     assert!(r.iter().all(|x| x.passed));
     let calls = s.calls();
-    assert!(calls.contains("kextload /Library/Extensions/PrxSocketFilter.kext"), "{calls}");
-    assert!(calls.contains("kextstat -l -b net.prx.kext.IPFilter"), "{calls}");
-    assert!(calls.contains("kextunload -b net.prx.kext.SocketFilter"), "{calls}");
+    assert!(
+        calls.contains("kextload /Library/Extensions/PrxSocketFilter.kext"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("kextstat -l -b net.prx.kext.IPFilter"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("kextunload -b net.prx.kext.SocketFilter"),
+        "{calls}"
+    );
     assert!(!calls.contains("kmutil"), "{calls}");
 }
 
@@ -244,12 +295,22 @@ fn ssh_backend_not_approved_stops_with_instructions_on_loopback_sshd_not_macos()
     assert!(!lu.passed);
     let t = all_text(lu);
     assert!(t.contains("is not approved to load"), "{t}");
-    assert!(t.contains("Privacy & Security") && t.contains("reboot"), "{t}");
+    assert!(
+        t.contains("Privacy & Security") && t.contains("reboot"),
+        "{t}"
+    );
     let sc = by_name(&r, "socket-connect");
     assert!(!sc.passed);
-    assert!(sc.failures[0].starts_with("not run: macOS refused to load the kexts in `load-unload`"), "{:?}", sc.failures);
+    assert!(
+        sc.failures[0].starts_with("not run: macOS refused to load the kexts in `load-unload`"),
+        "{:?}",
+        sc.failures
+    );
     // Nothing after the refusal: only the first kext was tried.
-    assert!(!s.calls().contains("kmutil load -p /Library/Extensions/PrxIPFilter.kext"));
+    assert!(
+        !s.calls()
+            .contains("kmutil load -p /Library/Extensions/PrxIPFilter.kext")
+    );
     assert!(vm::report::junit("ssh", &r).contains("failures=\"2\""));
 }
 
@@ -262,9 +323,18 @@ fn ssh_backend_detects_panic_report_and_reboot_on_loopback_sshd_not_macos() {
     let lu = by_name(&r, "load-unload");
     assert!(!lu.passed);
     let t = all_text(lu);
-    assert!(t.contains("new kernel panic report(s): panic-full-2026-11-28-100000.0002.panic"), "{t}");
-    assert!(t.contains("panic(cpu 0 caller 0xffffff8000000000): prx double"), "{t}");
-    assert!(t.contains("kern.boottime changed from `{ sec = 1800000000"), "{t}");
+    assert!(
+        t.contains("new kernel panic report(s): panic-full-2026-11-28-100000.0002.panic"),
+        "{t}"
+    );
+    assert!(
+        t.contains("panic(cpu 0 caller 0xffffff8000000000): prx double"),
+        "{t}"
+    );
+    assert!(
+        t.contains("kern.boottime changed from `{ sec = 1800000000"),
+        "{t}"
+    );
     assert!(t.contains("the guest rebooted unexpectedly"), "{t}");
 }
 
@@ -274,9 +344,17 @@ fn ssh_backend_redirect_missing_is_a_failure_with_evidence_on_loopback_sshd_not_
     s.flag("no-redirect");
     let r = run(&s, s.guest(), &["socket-connect"]);
     let t = all_text(by_name(&r, "socket-connect"));
-    assert!(t.contains("FAIL listener received: nothing: the connection to 203.0.113.10:80 was not redirected"), "{t}");
+    assert!(
+        t.contains(
+            "FAIL listener received: nothing: the connection to 203.0.113.10:80 was not redirected"
+        ),
+        "{t}"
+    );
     // The kexts were still unloaded after the failed scenario.
-    assert!(s.calls().contains("kmutil unload -b net.prx.kext.SocketFilter"));
+    assert!(
+        s.calls()
+            .contains("kmutil unload -b net.prx.kext.SocketFilter")
+    );
 }
 
 #[test]
@@ -291,14 +369,19 @@ fn ssh_backend_time_outs_transport_and_copy_failures_on_loopback_sshd_not_macos(
     assert!(started.elapsed() < Duration::from_secs(15));
     let t = all_text(by_name(&r, "setup"));
     assert!(t.contains("timed out after 2s"), "{t}");
-    assert!(by_name(&r, "load-unload").failures[0].contains("not run: the package did not install"));
+    assert!(
+        by_name(&r, "load-unload").failures[0].contains("not run: the package did not install")
+    );
 
     // A package that does not exist locally: the copy fails, nothing is installed.
     let mut g = s.guest();
     g.pkg = s.dir.path().join("missing.pkg");
     let r = run(&s, g, &["load-unload"]);
     let t = all_text(by_name(&r, "setup"));
-    assert!(t.contains("FAIL copy the package: copying") && t.contains("missing.pkg"), "{t}");
+    assert!(
+        t.contains("FAIL copy the package: copying") && t.contains("missing.pkg"),
+        "{t}"
+    );
 
     // Nobody listening: ssh's own failure (status 255) is reported as such.
     let mut b = Ssh {
@@ -310,17 +393,27 @@ fn ssh_backend_time_outs_transport_and_copy_failures_on_loopback_sshd_not_macos(
     };
     let r = b.run(&["load-unload".to_string()]);
     let t = all_text(by_name(&r, "setup"));
-    assert!(t.contains("failed (status 255)") && t.contains("Connection refused"), "{t}");
+    assert!(
+        t.contains("failed (status 255)") && t.contains("Connection refused"),
+        "{t}"
+    );
 
     // A host key that is not the one in known_hosts is refused (StrictHostKeyChecking=yes).
     std::fs::write(
         s.dir.path().join("known_hosts"),
-        format!("[127.0.0.1]:{} {}", s.port, std::fs::read_to_string(s.dir.path().join("client_key.pub")).unwrap()),
+        format!(
+            "[127.0.0.1]:{} {}",
+            s.port,
+            std::fs::read_to_string(s.dir.path().join("client_key.pub")).unwrap()
+        ),
     )
     .unwrap();
     let r = run(&s, s.guest(), &["load-unload"]);
     let t = all_text(by_name(&r, "setup"));
-    assert!(t.contains("status 255") && t.to_lowercase().contains("host key"), "{t}");
+    assert!(
+        t.contains("status 255") && t.to_lowercase().contains("host key"),
+        "{t}"
+    );
     // Unknown scenarios are rejected before anything runs on the guest.
     let r = run(&s, s.guest(), &["ip-tcp"]);
     assert!(all_text(by_name(&r, "setup")).contains("scenario `ip-tcp` has no guest version"));

@@ -52,7 +52,7 @@ enum Cmd {
         sdk: Option<PathBuf>,
     },
     /// Run smoke scenarios: backend emu (the built-in XNU KPI emulator) or ssh/qemu/vmware (a real Intel macOS guest).
-    VmTest(xtask::vm_test::Args),
+    VmTest(Box<xtask::vm_test::Args>),
 }
 
 fn main() -> ExitCode {
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         }
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
-        Cmd::VmTest(args) => xtask::vm_test::run(&root, args),
+        Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -233,10 +233,9 @@ fn run_guest(
             })
         }
         "qemu" => {
-            let q = config
-                .qemu
-                .clone()
-                .context("the qemu backend needs a [qemu] table in vm.toml (see vm.example.toml)")?;
+            let q = config.qemu.clone().context(
+                "the qemu backend needs a [qemu] table in vm.toml (see vm.example.toml)",
+            )?;
             let pkg = find_pkg(root, args.pkg)?;
             let target = config
                 .ssh_target(Some("127.0.0.1"), Some(q.ssh_port))
@@ -253,10 +252,9 @@ fn run_guest(
             Box::new(qb)
         }
         "vmware" => {
-            let v = config
-                .vmware
-                .clone()
-                .context("the vmware backend needs a [vmware] table in vm.toml (see vm.example.toml)")?;
+            let v = config.vmware.clone().context(
+                "the vmware backend needs a [vmware] table in vm.toml (see vm.example.toml)",
+            )?;
             let pkg = find_pkg(root, args.pkg)?;
             // The host is replaced by the address VMware Tools reports.
             let target = config
@@ -313,7 +311,10 @@ mod tests {
         assert!(e.contains("the qemu backend cannot start"), "{e}");
         assert!(e.contains("no macOS disk image (qemu.disk)"), "{e}");
         assert!(e.contains("no OpenCore image"), "{e}");
-        assert!(e.contains("no OVMF code") && e.contains("no OVMF vars"), "{e}");
+        assert!(
+            e.contains("no OVMF code") && e.contains("no OVMF vars"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -322,7 +323,10 @@ mod tests {
         let cfg = d.path().join("vm.toml");
         std::fs::write(&cfg, "[ssh]\nhost = \"mac.example\"\nuser = \"prxtest\"\n").unwrap();
         let e = format!("{:#}", run(d.path(), args("ssh", &cfg)).unwrap_err());
-        assert!(e.contains("no package in") && e.contains("cargo xtask package"), "{e}");
+        assert!(
+            e.contains("no package in") && e.contains("cargo xtask package"),
+            "{e}"
+        );
         let e = format!("{:#}", run(d.path(), args("vmware", &cfg)).unwrap_err());
         assert!(e.contains("needs a [vmware] table"), "{e}");
         let e = format!("{:#}", run(d.path(), args("hyperv", &cfg)).unwrap_err());

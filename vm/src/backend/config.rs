@@ -95,7 +95,12 @@ impl VmConfig {
         c.ssh.known_hosts = resolve(base, &c.ssh.known_hosts);
         c.ssh.identity = c.ssh.identity.as_deref().map(|p| resolve(base, p));
         if let Some(q) = &mut c.qemu {
-            for p in [&mut q.disk, &mut q.opencore, &mut q.ovmf_code, &mut q.ovmf_vars] {
+            for p in [
+                &mut q.disk,
+                &mut q.opencore,
+                &mut q.ovmf_code,
+                &mut q.ovmf_vars,
+            ] {
                 *p = resolve(base, p);
             }
             q.serial_log = q.serial_log.as_deref().map(|p| resolve(base, p));
@@ -108,7 +113,8 @@ impl VmConfig {
 
     /// Reads and parses a vm.toml.
     pub fn load(path: &Path) -> Result<VmConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base).map_err(|e| format!("{}: {e}", path.display()))
     }
@@ -159,7 +165,10 @@ pub fn parse_ssh_spec(s: &str) -> Result<(String, String, Option<u16>), String> 
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
             h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            Some(p.parse::<u16>().map_err(|_| format!("`{s}`: bad port `{p}`"))?),
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{s}`: bad port `{p}`"))?,
+            ),
         ),
         _ => (rest.to_string(), None),
     };
@@ -188,8 +197,14 @@ mod tests {
 
     #[test]
     fn ssh_specs_and_unknown_keys() {
-        assert_eq!(parse_ssh_spec("admin@mac.local").unwrap(), ("admin".into(), "mac.local".into(), None));
-        assert_eq!(parse_ssh_spec("me@127.0.0.1:2222").unwrap(), ("me".into(), "127.0.0.1".into(), Some(2222)));
+        assert_eq!(
+            parse_ssh_spec("admin@mac.local").unwrap(),
+            ("admin".into(), "mac.local".into(), None)
+        );
+        assert_eq!(
+            parse_ssh_spec("me@127.0.0.1:2222").unwrap(),
+            ("me".into(), "127.0.0.1".into(), Some(2222))
+        );
         assert!(parse_ssh_spec("mac.local").is_err());
         let e = VmConfig::parse("[ssh]\npassword = \"x\"\n", Path::new("/")).unwrap_err();
         assert!(e.contains("password"), "{e}");

@@ -39,7 +39,10 @@ impl Backend for Emu {
         "emu"
     }
     fn run(&mut self, scenarios: &[String]) -> Vec<ScenarioReport> {
-        scenarios.iter().map(|s| crate::emu::run(&self.opts, s)).collect()
+        scenarios
+            .iter()
+            .map(|s| crate::emu::run(&self.opts, s))
+            .collect()
     }
 }
 
@@ -59,7 +62,12 @@ impl Backend for Ssh {
 }
 
 /// A failed machine-level report (`name`: e.g. `qemu-boot`).
-pub fn machine_report(name: &str, ok: bool, steps: Vec<StepReport>, started: Instant) -> ScenarioReport {
+pub fn machine_report(
+    name: &str,
+    ok: bool,
+    steps: Vec<StepReport>,
+    started: Instant,
+) -> ScenarioReport {
     let failures = steps
         .iter()
         .filter(|s| !s.ok)
@@ -113,14 +121,22 @@ impl Qemu {
                 .clone()
                 .unwrap_or_else(|| self.run_dir.join("qemu-serial.log")),
         };
-        std::fs::copy(&self.cfg.ovmf_vars, &files.ovmf_vars)
-            .map_err(|e| format!("copying the OVMF vars {}: {e}", self.cfg.ovmf_vars.display()))?;
+        std::fs::copy(&self.cfg.ovmf_vars, &files.ovmf_vars).map_err(|e| {
+            format!(
+                "copying the OVMF vars {}: {e}",
+                self.cfg.ovmf_vars.display()
+            )
+        })?;
         let _ = std::fs::remove_file(&files.serial_log);
         let child = Command::new(&self.cfg.binary)
             .args(qemu::command_line(&self.cfg, &files))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.run_dir.join("qemu-stderr.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+            .stderr(
+                std::fs::File::create(self.run_dir.join("qemu-stderr.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.cfg.binary))?;
         Ok((child, files))
@@ -149,15 +165,32 @@ impl Backend for Qemu {
         let started = Instant::now();
         let (mut child, files) = match self.start() {
             Ok(x) => x,
-            Err(e) => return vec![machine_report("qemu-boot", false, vec![step("start qemu", false, e)], started)],
+            Err(e) => {
+                return vec![machine_report(
+                    "qemu-boot",
+                    false,
+                    vec![step("start qemu", false, e)],
+                    started,
+                )];
+            }
         };
-        let mut steps = vec![step("start qemu", true, format!("serial console: {}", files.serial_log.display()))];
+        let mut steps = vec![step(
+            "start qemu",
+            true,
+            format!("serial console: {}", files.serial_log.display()),
+        )];
         let mut reports = Vec::new();
         match self.target.wait_ready(self.cfg.boot_timeout()) {
             Ok(()) => {
-                steps.push(step("ssh answers", true, format!("after {:.0}s", started.elapsed().as_secs_f64())));
+                steps.push(step(
+                    "ssh answers",
+                    true,
+                    format!("after {:.0}s", started.elapsed().as_secs_f64()),
+                ));
                 reports = guest::run(&self.target, &self.guest, scenarios);
-                let _ = self.target.run("sudo -n shutdown -h now", Duration::from_secs(20));
+                let _ = self
+                    .target
+                    .run("sudo -n shutdown -h now", Duration::from_secs(20));
             }
             Err(e) => steps.push(step("ssh answers", false, e.to_string())),
         }
@@ -168,7 +201,11 @@ impl Backend for Qemu {
         steps.push(step(
             "serial console: no panic lines",
             panics.is_empty(),
-            if panics.is_empty() { "none".to_string() } else { panics.join("\n") },
+            if panics.is_empty() {
+                "none".to_string()
+            } else {
+                panics.join("\n")
+            },
         ));
         let mut all = vec![machine_report("qemu-boot", true, steps, started)];
         all.append(&mut reports);
@@ -188,9 +225,19 @@ impl Vmware {
     fn vmrun(&self, args: Vec<String>, timeout: Duration) -> Result<String, String> {
         let mut c = Command::new(&self.cfg.vmrun);
         c.args(&args);
-        match ssh::run_with_timeout(c, &self.cfg.vmrun, &format!("vmrun {}", args.join(" ")), timeout) {
+        match ssh::run_with_timeout(
+            c,
+            &self.cfg.vmrun,
+            &format!("vmrun {}", args.join(" ")),
+            timeout,
+        ) {
             Ok(o) if o.ok() => Ok(o.stdout),
-            Ok(o) => Err(format!("`vmrun {}` exited with {}: {}", args.join(" "), o.status, o.text())),
+            Ok(o) => Err(format!(
+                "`vmrun {}` exited with {}: {}",
+                args.join(" "),
+                o.status,
+                o.text()
+            )),
             Err(e) => Err(e.to_string()),
         }
     }

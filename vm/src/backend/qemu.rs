@@ -122,7 +122,10 @@ pub fn command_line(cfg: &QemuConfig, files: &RunFiles) -> Vec<String> {
         "-device".into(),
         format!("isa-applesmc,osk={APPLE_OSK}"),
         "-drive".into(),
-        format!("if=pflash,format=raw,readonly=on,file={}", cfg.ovmf_code.display()),
+        format!(
+            "if=pflash,format=raw,readonly=on,file={}",
+            cfg.ovmf_code.display()
+        ),
         "-drive".into(),
         format!("if=pflash,format=raw,file={}", files.ovmf_vars.display()),
         "-smbios".into(),
@@ -170,7 +173,12 @@ pub fn preflight(cfg: &QemuConfig, kvm: &Path) -> Result<(), String> {
             "{} does not exist: KVM is not available (enable virtualisation in the firmware, load kvm_intel/kvm_amd; nested VMs need nested virtualisation)",
             kvm.display()
         ));
-    } else if std::fs::OpenOptions::new().read(true).write(true).open(kvm).is_err() {
+    } else if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(kvm)
+        .is_err()
+    {
         missing.push(format!(
             "{} is not readable and writable by this user (add the user to the `kvm` group)",
             kvm.display()
@@ -195,7 +203,10 @@ pub fn preflight(cfg: &QemuConfig, kvm: &Path) -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("the qemu backend cannot start:\n  - {}", missing.join("\n  - ")))
+        Err(format!(
+            "the qemu backend cannot start:\n  - {}",
+            missing.join("\n  - ")
+        ))
     }
 }
 
@@ -269,7 +280,10 @@ mod tests {
         );
         pair("-device", &format!("isa-applesmc,osk={APPLE_OSK}"));
         assert_eq!(APPLE_OSK.len(), 64);
-        pair("-drive", "if=pflash,format=raw,readonly=on,file=/vm/OVMF_CODE.fd");
+        pair(
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/vm/OVMF_CODE.fd",
+        );
         pair("-drive", "if=pflash,format=raw,file=/run/vars.fd");
         // The OVMF code precedes the vars (pflash unit 0 and 1).
         let code = a.iter().position(|s| s.contains("OVMF_CODE")).unwrap();
@@ -283,11 +297,20 @@ mod tests {
             "-drive",
             "id=OpenCoreBoot,if=none,snapshot=on,format=qcow2,file=/vm/OpenCore/OpenCore.qcow2",
         );
-        pair("-device", "ide-hd,bus=sata.2,drive=OpenCoreBoot,bootindex=1");
-        pair("-drive", "id=MacHDD,if=none,snapshot=on,format=qcow2,file=/vm/mac_hdd_ng.img");
+        pair(
+            "-device",
+            "ide-hd,bus=sata.2,drive=OpenCoreBoot,bootindex=1",
+        );
+        pair(
+            "-drive",
+            "id=MacHDD,if=none,snapshot=on,format=qcow2,file=/vm/mac_hdd_ng.img",
+        );
         pair("-device", "ide-hd,bus=sata.4,drive=MacHDD");
         pair("-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22");
-        pair("-device", "virtio-net-pci,netdev=net0,id=net0,mac=52:54:00:c9:18:27");
+        pair(
+            "-device",
+            "virtio-net-pci,netdev=net0,id=net0,mac=52:54:00:c9:18:27",
+        );
         pair("-serial", "file:/run/serial.log");
         pair("-monitor", "none");
         // Every disk is a throw-away snapshot.
@@ -296,7 +319,11 @@ mod tests {
         }
         let mut c = cfg();
         c.cpu = "Haswell-noTSX".into();
-        assert!(command_line(&c, &files).iter().any(|s| s.starts_with("Haswell-noTSX,kvm=on,vendor=GenuineIntel,+invtsc")));
+        assert!(
+            command_line(&c, &files)
+                .iter()
+                .any(|s| s.starts_with("Haswell-noTSX,kvm=on,vendor=GenuineIntel,+invtsc"))
+        );
     }
 
     #[test]

@@ -197,12 +197,18 @@ impl SshTarget {
         let started = Instant::now();
         loop {
             let left = deadline.saturating_sub(started.elapsed());
-            match self.run("true", left.max(Duration::from_secs(1)).min(self.connect_timeout + Duration::from_secs(5))) {
+            match self.run(
+                "true",
+                left.max(Duration::from_secs(1))
+                    .min(self.connect_timeout + Duration::from_secs(5)),
+            ) {
                 Ok(o) if o.ok() => return Ok(()),
                 Ok(_) | Err(SshError::Transport { .. }) | Err(SshError::Timeout { .. })
                     if started.elapsed() < deadline =>
                 {
-                    std::thread::sleep(Duration::from_secs(2).min(deadline.saturating_sub(started.elapsed())));
+                    std::thread::sleep(
+                        Duration::from_secs(2).min(deadline.saturating_sub(started.elapsed())),
+                    );
                 }
                 Ok(o) => {
                     return Err(SshError::Transport {
@@ -312,8 +318,13 @@ mod tests {
         ] {
             assert!(a.contains(needle), "{needle} not in {a}");
         }
-        let s = target().scp_args(Path::new("/tmp/p.pkg"), "/tmp/w/p.pkg").join(" ");
-        assert!(s.ends_with("-q -P 2222 -- /tmp/p.pkg admin@mac.example:/tmp/w/p.pkg"), "{s}");
+        let s = target()
+            .scp_args(Path::new("/tmp/p.pkg"), "/tmp/w/p.pkg")
+            .join(" ");
+        assert!(
+            s.ends_with("-q -P 2222 -- /tmp/p.pkg admin@mac.example:/tmp/w/p.pkg"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ impl VmwareConfig {
     /// `vmrun -T fusion revertToSnapshot VMX SNAPSHOT`
     pub fn revert_args(&self) -> Vec<String> {
         let mut v = self.base();
-        v.extend(["revertToSnapshot".into(), self.vmx.display().to_string(), self.snapshot.clone()]);
+        v.extend([
+            "revertToSnapshot".into(),
+            self.vmx.display().to_string(),
+            self.snapshot.clone(),
+        ]);
         v
     }
     /// `vmrun -T fusion start VMX nogui|gui`
@@ -64,7 +68,11 @@ impl VmwareConfig {
     /// `vmrun -T fusion getGuestIPAddress VMX -wait` (needs VMware Tools in the guest)
     pub fn guest_ip_args(&self) -> Vec<String> {
         let mut v = self.base();
-        v.extend(["getGuestIPAddress".into(), self.vmx.display().to_string(), "-wait".into()]);
+        v.extend([
+            "getGuestIPAddress".into(),
+            self.vmx.display().to_string(),
+            "-wait".into(),
+        ]);
         v
     }
     /// `vmrun -T fusion stop VMX soft|hard`
@@ -85,7 +93,9 @@ pub fn parse_guest_ip(out: &str) -> Result<String, String> {
     if s.parse::<std::net::IpAddr>().is_ok() {
         Ok(s.to_string())
     } else {
-        Err(format!("vmrun getGuestIPAddress did not return an address: `{s}` (is VMware Tools installed in the guest?)"))
+        Err(format!(
+            "vmrun getGuestIPAddress did not return an address: `{s}` (is VMware Tools installed in the guest?)"
+        ))
     }
 }
 
@@ -104,12 +114,22 @@ mod tests {
             boot_timeout_secs: 600,
         };
         let vmx = "/VMs/macOS 13.vmwarevm/macOS 13.vmx";
-        assert_eq!(c.revert_args(), ["-T", "fusion", "revertToSnapshot", vmx, "prx-ready"]);
+        assert_eq!(
+            c.revert_args(),
+            ["-T", "fusion", "revertToSnapshot", vmx, "prx-ready"]
+        );
         assert_eq!(c.start_args(), ["-T", "fusion", "start", vmx, "nogui"]);
-        assert_eq!(c.guest_ip_args(), ["-T", "fusion", "getGuestIPAddress", vmx, "-wait"]);
+        assert_eq!(
+            c.guest_ip_args(),
+            ["-T", "fusion", "getGuestIPAddress", vmx, "-wait"]
+        );
         assert_eq!(c.stop_args(false), ["-T", "fusion", "stop", vmx, "soft"]);
         assert_eq!(c.stop_args(true), ["-T", "fusion", "stop", vmx, "hard"]);
         assert_eq!(parse_guest_ip("192.168.64.5\n").unwrap(), "192.168.64.5");
-        assert!(parse_guest_ip("Error: The VMware Tools are not running").unwrap_err().contains("VMware Tools"));
+        assert!(
+            parse_guest_ip("Error: The VMware Tools are not running")
+                .unwrap_err()
+                .contains("VMware Tools")
+        );
     }
 }
