@@ -3,7 +3,8 @@
 //! Glossary:
 //! - **backend**: where a kext runs. `emu` (this crate, [`emu`]) is a user-space
 //!   emulation of the XNU KPIs on x86_64 Linux that loads the shipped x86_64
-//!   kext binary itself; `qemu` and `ssh` (real macOS) are future backends.
+//!   kext binary itself; `ssh`, `qemu` and `vmware` ([`backend`]) drive a real
+//!   Intel macOS guest over ssh.
 //! - **scenario**: a named smoke test (load/unload, socket traffic, IP traffic),
 //!   run in its own child process with a time limit.
 //! - **ledger**: the emulator's bookkeeping of what a kext owns (allocations,
@@ -19,4 +20,6 @@
 //! no preemption, no concurrency, no real kernel memory layout, no code signing or
 //! kext approval; timing and the unmodelled parts of XNU are not exercised.
 
+pub mod backend;
 pub mod emu;
+pub mod report;

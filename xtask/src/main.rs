@@ -51,8 +51,8 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
-    /// Run smoke scenarios against kext bundles (backend emu: the built-in XNU KPI emulator).
-    VmTest(xtask::vm_test::Args),
+    /// Run smoke scenarios: backend emu (the built-in XNU KPI emulator) or ssh/qemu/vmware (a real Intel macOS guest).
+    VmTest(Box<xtask::vm_test::Args>),
     /// Codesign the release kexts and write target/pkg/prx-<version>.pkg and a .zip
     /// (or, with --check PKG, expand a package the way Installer does and report).
     Package(xtask::package::Args),
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         }
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
-        Cmd::VmTest(args) => xtask::vm_test::run(&root, args),
+        Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
         Cmd::Package(args) => xtask::package::run(&root, args),
     };
     match result {

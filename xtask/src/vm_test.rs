@@ -1,9 +1,11 @@
 //! `cargo xtask vm-test`: run smoke scenarios against kext bundles.
 //!
-//! Backend `emu` (the only one so far) runs the x86_64 kext binary in the
-//! user-space XNU KPI emulator of the `vm` crate, one child process per scenario
-//! with a time limit. The child is this same executable, started as
-//! `xtask vm-test --emu-child --scenario S --kext K…`.
+//! Backend `emu` runs the x86_64 kext binary in the user-space XNU KPI emulator
+//! of the `vm` crate, one child process per scenario with a time limit. The child
+//! is this same executable, started as `xtask vm-test --emu-child --scenario S --kext K…`.
+//! Backends `ssh`, `qemu` and `vmware` install the .pkg on a real Intel macOS
+//! guest and run the guest versions of the scenarios (`vm::backend`), configured
+//! by `vm.toml` (see `vm.example.toml`) and the flags below.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,9 +15,25 @@ use anyhow::{Context, bail};
 /// Arguments of `cargo xtask vm-test`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where the kexts run: emu (built-in KPI emulator). qemu and ssh are not implemented yet.
-    #[arg(long, default_value = "emu")]
-    pub backend: String,
+    /// Where the kexts run: emu (built-in KPI emulator), ssh (a running macOS host),
+    /// qemu (OSX-KVM style VM), vmware (vmrun). Default: `backend` in vm.toml, else emu.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Configuration of the real-macOS backends (default: vm.toml at the repository root, if present).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// ssh/qemu/vmware: the package to install (default: the one target/pkg/prx-*.pkg).
+    #[arg(long, value_name = "PKG")]
+    pub pkg: Option<PathBuf>,
+    /// ssh: the guest, overriding vm.toml's [ssh] host/user/port.
+    #[arg(long = "ssh", value_name = "USER@HOST[:PORT]")]
+    pub ssh_dest: Option<String>,
+    /// ssh/qemu/vmware: private key (default: vm.toml's [ssh] identity, else the ssh agent).
+    #[arg(long, value_name = "KEY")]
+    pub identity: Option<PathBuf>,
+    /// ssh/qemu/vmware: the known_hosts file to check the guest's host key against.
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
     /// Kext bundle (or binary) to load; repeat for several, loaded together in each scenario.
     /// Default: the prx kexts, built as `cargo xtask build --release` builds them.
     #[arg(long = "kext", value_name = "BUNDLE")]
@@ -47,11 +65,21 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         };
         std::process::exit(vm::emu::child_main(&child));
     }
-    if args.backend != "emu" {
-        bail!(
-            "backend `{}` is not implemented yet; use --backend emu (the built-in KPI emulator)",
-            args.backend
-        );
+    let config_path = args
+        .config
+        .clone()
+        .or_else(|| Some(root.join("vm.toml")).filter(|p| p.is_file()));
+    let config = match &config_path {
+        Some(p) => vm::backend::config::VmConfig::load(p).map_err(anyhow::Error::msg)?,
+        None => vm::backend::config::VmConfig::default(),
+    };
+    let backend = args
+        .backend
+        .clone()
+        .or_else(|| config.backend.clone())
+        .unwrap_or_else(|| "emu".into());
+    if backend != "emu" {
+        return run_guest(root, &backend, config, args);
     }
     let mut scenarios = args.scenarios;
     if scenarios.iter().any(|s| s == "list") {
@@ -89,23 +117,219 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         timeout: Duration::from_secs_f64(args.timeout),
         faults: args.faults,
     };
-    let mut reports = Vec::new();
-    for s in &scenarios {
-        let r = vm::emu::run(&opts, s);
+    let mut b = vm::backend::Emu { opts };
+    finish(&mut b, &scenarios, args.junit.as_deref())
+}
+
+/// Runs `scenarios` on `b`, prints each report, writes JUnit; fails on any failure.
+fn finish(
+    b: &mut dyn vm::backend::Backend,
+    scenarios: &[String],
+    junit: Option<&Path>,
+) -> anyhow::Result<()> {
+    let reports = b.run(scenarios);
+    for r in &reports {
         print!("{}", r.render());
-        reports.push(r);
     }
-    if let Some(path) = &args.junit {
-        std::fs::write(path, vm::emu::junit(&reports))
+    if let Some(path) = junit {
+        std::fs::write(path, vm::report::junit(b.name(), &reports))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let failed = reports.iter().filter(|r| !r.passed).count();
     println!(
-        "vm-test (emu): {} passed, {failed} failed",
+        "vm-test ({}): {} passed, {failed} failed",
+        b.name(),
         reports.len() - failed
     );
     if failed > 0 {
-        bail!("{failed} of {} scenario(s) failed", reports.len());
+        bail!("{failed} of {} report(s) failed", reports.len());
     }
     Ok(())
+}
+
+/// The package to install: `--pkg`, else the single `target/pkg/prx-*.pkg`.
+fn find_pkg(root: &Path, pkg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = pkg {
+        if !p.is_file() {
+            bail!("--pkg {}: no such file", p.display());
+        }
+        return Ok(p);
+    }
+    let dir = root.join("target/pkg");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("prx-") && n.ends_with(".pkg"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!(
+            "no package in {}: build it with `cargo xtask package` or pass --pkg PKG",
+            dir.display()
+        ),
+        _ => bail!(
+            "several packages in {} ({}): pass --pkg PKG",
+            dir.display(),
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Backends ssh, qemu, vmware: the guest flow on real macOS.
+fn run_guest(
+    root: &Path,
+    backend: &str,
+    mut config: vm::backend::config::VmConfig,
+    args: Args,
+) -> anyhow::Result<()> {
+    use vm::backend::guest::GUEST_SCENARIOS;
+    let mut scenarios = args.scenarios;
+    if scenarios.iter().any(|s| s == "list") {
+        for (name, what) in GUEST_SCENARIOS {
+            println!("{name:16} {what}");
+        }
+        return Ok(());
+    }
+    if scenarios.is_empty() {
+        scenarios.push("load-unload".into());
+    }
+    if !args.kexts.is_empty() || args.faults.is_some() {
+        bail!("--kext and --faults are emu-only; the {backend} backend installs the .pkg (--pkg)");
+    }
+    if let Some(id) = args.identity {
+        config.ssh.identity = Some(id);
+    }
+    if let Some(kh) = args.known_hosts {
+        config.ssh.known_hosts = kh;
+    }
+    let mut host = None;
+    let mut port = None;
+    if let Some(d) = &args.ssh_dest {
+        let (u, h, p) = vm::backend::config::parse_ssh_spec(d).map_err(anyhow::Error::msg)?;
+        config.ssh.user = Some(u);
+        host = Some(h);
+        port = p;
+    }
+    let mut b: Box<dyn vm::backend::Backend> = match backend {
+        "ssh" => {
+            let pkg = find_pkg(root, args.pkg)?;
+            Box::new(vm::backend::Ssh {
+                target: config
+                    .ssh_target(host.as_deref(), port)
+                    .map_err(anyhow::Error::msg)?,
+                guest: config.guest(pkg),
+            })
+        }
+        "qemu" => {
+            let q = config.qemu.clone().context(
+                "the qemu backend needs a [qemu] table in vm.toml (see vm.example.toml)",
+            )?;
+            let pkg = find_pkg(root, args.pkg)?;
+            let target = config
+                .ssh_target(Some("127.0.0.1"), Some(q.ssh_port))
+                .map_err(anyhow::Error::msg)?;
+            let qb = vm::backend::Qemu {
+                cfg: q,
+                target,
+                guest: config.guest(pkg),
+                run_dir: root.join("target/vm/qemu"),
+                kvm: PathBuf::from("/dev/kvm"),
+            };
+            // Fail fast, before anything starts, naming what is missing.
+            vm::backend::qemu::preflight(&qb.cfg, &qb.kvm).map_err(anyhow::Error::msg)?;
+            Box::new(qb)
+        }
+        "vmware" => {
+            let v = config.vmware.clone().context(
+                "the vmware backend needs a [vmware] table in vm.toml (see vm.example.toml)",
+            )?;
+            let pkg = find_pkg(root, args.pkg)?;
+            // The host is replaced by the address VMware Tools reports.
+            let target = config
+                .ssh_target(Some("0.0.0.0"), None)
+                .map_err(anyhow::Error::msg)?;
+            Box::new(vm::backend::Vmware {
+                cfg: v,
+                target,
+                guest: config.guest(pkg),
+            })
+        }
+        other => bail!("unknown backend `{other}` (emu, ssh, qemu, vmware)"),
+    };
+    finish(b.as_mut(), &scenarios, args.junit.as_deref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(backend: &str, config: &Path) -> Args {
+        Args {
+            backend: Some(backend.into()),
+            config: Some(config.to_path_buf()),
+            pkg: None,
+            ssh_dest: None,
+            identity: None,
+            known_hosts: None,
+            kexts: vec![],
+            scenarios: vec![],
+            junit: None,
+            timeout: 30.0,
+            faults: None,
+            emu_child: false,
+        }
+    }
+
+    #[test]
+    fn vm_test_qemu_fails_fast_naming_what_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("vm.toml");
+        std::fs::write(
+            &cfg,
+            "[ssh]\nuser = \"prxtest\"\n[qemu]\ndisk = \"no/mac_hdd_ng.img\"\nopencore = \"no/OpenCore.qcow2\"\novmf_code = \"no/OVMF_CODE.fd\"\novmf_vars = \"no/OVMF_VARS.fd\"\n",
+        )
+        .unwrap();
+        let pkg = d.path().join("prx-0.1.0.pkg");
+        std::fs::write(&pkg, b"pkg").unwrap();
+        let mut a = args("qemu", &cfg);
+        a.pkg = Some(pkg);
+        let started = std::time::Instant::now();
+        let e = format!("{:#}", run(d.path(), a).unwrap_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(e.contains("the qemu backend cannot start"), "{e}");
+        assert!(e.contains("no macOS disk image (qemu.disk)"), "{e}");
+        assert!(e.contains("no OpenCore image"), "{e}");
+        assert!(
+            e.contains("no OVMF code") && e.contains("no OVMF vars"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vm_test_guest_backends_need_a_package_and_a_config() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("vm.toml");
+        std::fs::write(&cfg, "[ssh]\nhost = \"mac.example\"\nuser = \"prxtest\"\n").unwrap();
+        let e = format!("{:#}", run(d.path(), args("ssh", &cfg)).unwrap_err());
+        assert!(
+            e.contains("no package in") && e.contains("cargo xtask package"),
+            "{e}"
+        );
+        let e = format!("{:#}", run(d.path(), args("vmware", &cfg)).unwrap_err());
+        assert!(e.contains("needs a [vmware] table"), "{e}");
+        let e = format!("{:#}", run(d.path(), args("hyperv", &cfg)).unwrap_err());
+        assert!(e.contains("unknown backend `hyperv`"), "{e}");
+    }
 }

@@ -1,0 +1,905 @@
+//! The guest flow, the same on every real-macOS backend once ssh answers:
+//! copy the .pkg, `sudo installer`, then per scenario: load the kexts
+//! (`kmutil load` on macOS 11+, `kextload` on 10.15 and older), stop with
+//! instructions when macOS has not approved them, run the scenario with built-in
+//! macOS tools (`nc -l` as the listener, `curl` as the client) and `prxctl`,
+//! unload, collect `log show` for the scenario's window, and look for kernel
+//! panics (a new panic report, a changed `kern.boottime`, an unreachable guest).
+//!
+//! Every command run on the guest is built here, in one place; `sudo -n` is used
+//! so that a guest without passwordless sudo for the test user fails at once with
+//! sudo's message instead of hanging.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::ssh::{CmdOutput, SshError, SshTarget, sh_quote};
+use crate::report::{ScenarioReport, StepReport};
+
+/// The scenarios with a guest version (names shared with the emulator's).
+pub const GUEST_SCENARIOS: &[(&str, &str)] = &[
+    (
+        "load-unload",
+        "install the .pkg, load every kext, check it is loaded, unload it, check it is gone; kext log lines and panic checks",
+    ),
+    (
+        "socket-connect",
+        "load, then the redirection shape: `nc -l` listener on the guest, `prxctl` rule redirecting 203.0.113.10:80 to it, `curl` to 203.0.113.10:80; the listener's bytes (and any PROXY v2 header) are the evidence; unload",
+    ),
+];
+
+/// The PROXY protocol v2 signature (12 bytes).
+pub const PROXY_V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// The macOS directories where kernel panic reports appear.
+pub const DEFAULT_PANIC_REPORT_DIRS: &[&str] = &[
+    "/Library/Logs/DiagnosticReports",
+    "/Library/Logs/DiagnosticReports/Retired",
+];
+
+/// A kext the .pkg installs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct GuestKext {
+    pub bundle_id: String,
+    /// Installed bundle path, e.g. `/Library/Extensions/PrxSocketFilter.kext`.
+    pub path: String,
+    /// CFBundleExecutable: the `sender` of its log lines.
+    pub executable: String,
+}
+
+/// The prx kexts as the .pkg (issue 7) installs them.
+pub fn default_kexts() -> Vec<GuestKext> {
+    [
+        ("net.prx.kext.SocketFilter", "PrxSocketFilter"),
+        ("net.prx.kext.IPFilter", "PrxIPFilter"),
+    ]
+    .into_iter()
+    .map(|(id, exe)| GuestKext {
+        bundle_id: id.into(),
+        path: format!("/Library/Extensions/{exe}.kext"),
+        executable: exe.into(),
+    })
+    .collect()
+}
+
+/// What the guest flow needs.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    pub pkg: PathBuf,
+    pub kexts: Vec<GuestKext>,
+    /// Scratch directory on the guest.
+    pub work_dir: String,
+    /// Limit for each ordinary command.
+    pub command_timeout: Duration,
+    /// Limit for copying and `installer`.
+    pub install_timeout: Duration,
+    pub panic_report_dirs: Vec<String>,
+    /// The guest port the `nc -l` listener uses.
+    pub listener_port: u16,
+    /// Where `curl` connects (a documentation address: only the filter's redirect reaches anything).
+    pub redirect_from: String,
+}
+
+impl GuestConfig {
+    pub fn new(pkg: PathBuf) -> Self {
+        GuestConfig {
+            pkg,
+            kexts: default_kexts(),
+            work_dir: "/tmp/prx-vmtest".into(),
+            command_timeout: Duration::from_secs(60),
+            install_timeout: Duration::from_secs(600),
+            panic_report_dirs: DEFAULT_PANIC_REPORT_DIRS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            listener_port: 18080,
+            redirect_from: "203.0.113.10:80".into(),
+        }
+    }
+}
+
+/// What macOS said about a load that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadRefusal {
+    /// User approval missing (System Settings › Privacy & Security), or a reboot pending.
+    NotApproved,
+    /// Signature / SIP refused it.
+    Signature,
+}
+
+/// Classifies the output of a failed `kmutil load` / `kextload`.
+pub fn classify_load_failure(text: &str) -> Option<LoadRefusal> {
+    let t = text.to_ascii_lowercase();
+    const APPROVAL: &[&str] = &[
+        "not approved",
+        "needs to be approved",
+        "system policy prevents loading",
+        "rejected due to system policy",
+        "approve",
+        "reboot is required",
+        "requires a reboot",
+    ];
+    const SIGNATURE: &[&str] = &[
+        "not signed",
+        "authentication failures",
+        "invalid signature",
+        "codesign",
+        "system integrity protection",
+        "kext-dev-mode",
+    ];
+    if APPROVAL.iter().any(|p| t.contains(p)) {
+        Some(LoadRefusal::NotApproved)
+    } else if SIGNATURE.iter().any(|p| t.contains(p)) {
+        Some(LoadRefusal::Signature)
+    } else {
+        None
+    }
+}
+
+/// What the user must do, once, on the guest.
+pub fn refusal_instructions(r: LoadRefusal, major: u32) -> String {
+    match r {
+        LoadRefusal::NotApproved if major >= 11 => "macOS has not approved the kext. On the guest, once: open System Settings › Privacy & Security (System Preferences › Security & Privacy before macOS 13), click Allow for the prx kexts' developer, and reboot (macOS 11+ rebuilds the auxiliary kernel collection at reboot). On a VM snapshot, take the snapshot after that reboot. Alternatively pre-approve the Team ID from Recovery with `spctl kext-consent add TEAMID` (SIP must allow it). Then run vm-test again.".into(),
+        LoadRefusal::NotApproved => "macOS has not approved the kext (User-Approved Kernel Extension Loading, 10.13+). On the guest, once: open System Preferences › Security & Privacy › General, click Allow, then load again (no reboot needed before macOS 11), or pre-approve from Recovery with `spctl kext-consent add TEAMID`. Then run vm-test again.".into(),
+        LoadRefusal::Signature => "macOS refused the kext's signature. Either sign with a Developer ID certificate that has the kext entitlement (`cargo xtask package` with signing), or for test builds boot the guest's Recovery and run `csrutil disable` (or `csrutil enable --without kext`), reboot, and approve the kext. Then run vm-test again.".into(),
+    }
+}
+
+/// A decoded PROXY v2 header (TCP over IPv4 only; others are described, not decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyV2 {
+    pub command: u8,
+    pub family: u8,
+    pub src: String,
+    pub dst: String,
+    /// Header length in bytes (16 + address block).
+    pub len: usize,
+}
+
+/// Decodes a PROXY v2 header at the start of `b`, if there is one.
+pub fn parse_proxy_v2(b: &[u8]) -> Option<ProxyV2> {
+    let rest = b.strip_prefix(PROXY_V2_SIGNATURE)?;
+    let (&ver_cmd, rest) = rest.split_first()?;
+    let (&fam, rest) = rest.split_first()?;
+    let (lenb, rest) = rest.split_first_chunk::<2>()?;
+    let alen = u16::from_be_bytes(*lenb) as usize;
+    let addr = rest.get(..alen)?;
+    if ver_cmd >> 4 != 2 {
+        return None;
+    }
+    let (src, dst) = match (fam, addr.first_chunk::<12>()) {
+        (0x11, Some(a)) => (
+            format!(
+                "{}.{}.{}.{}:{}",
+                a[0],
+                a[1],
+                a[2],
+                a[3],
+                u16::from_be_bytes([a[8], a[9]])
+            ),
+            format!(
+                "{}.{}.{}.{}:{}",
+                a[4],
+                a[5],
+                a[6],
+                a[7],
+                u16::from_be_bytes([a[10], a[11]])
+            ),
+        ),
+        _ => (String::from("?"), String::from("?")),
+    };
+    Some(ProxyV2 {
+        command: ver_cmd & 0xF,
+        family: fam,
+        src,
+        dst,
+        len: 16 + alen,
+    })
+}
+
+/// Parses `od -An -tx1 -v` output back into bytes.
+pub fn parse_od(text: &str) -> Vec<u8> {
+    text.split_ascii_whitespace()
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect()
+}
+
+/// Bytes shown for a report: printable ASCII as is, the rest escaped.
+pub fn show_bytes(b: &[u8]) -> String {
+    b.iter()
+        .flat_map(|&c| std::ascii::escape_default(c))
+        .map(char::from)
+        .collect()
+}
+
+/// Panic-report file names in an `ls -1` listing.
+pub fn panic_reports(listing: &str) -> Vec<String> {
+    let mut v: Vec<String> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.ends_with(".panic") || l.starts_with("kernel_") || l.starts_with("panic-")
+        })
+        .map(String::from)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The macOS major version from `sw_vers -productVersion` (10 for 10.x).
+pub fn major_version(v: &str) -> Option<u32> {
+    v.trim().split('.').next()?.parse().ok()
+}
+
+struct Flow<'a> {
+    t: &'a SshTarget,
+    cfg: &'a GuestConfig,
+    major: u32,
+    boottime: String,
+    panics: Vec<String>,
+}
+
+/// One report under construction.
+struct Rep {
+    r: ScenarioReport,
+    started: Instant,
+}
+
+impl Rep {
+    fn new(name: &str, kexts: &[GuestKext]) -> Rep {
+        Rep {
+            r: ScenarioReport {
+                scenario: name.into(),
+                kexts: kexts.iter().map(|k| k.bundle_id.clone()).collect(),
+                passed: false,
+                failures: Vec::new(),
+                steps: Vec::new(),
+                violations: Vec::new(),
+                log: Vec::new(),
+                fault: None,
+                duration: Duration::ZERO,
+                stderr: String::new(),
+            },
+            started: Instant::now(),
+        }
+    }
+    fn step(&mut self, what: impl Into<String>, ok: bool, detail: impl Into<String>) -> bool {
+        let (what, detail) = (what.into(), detail.into());
+        if !ok {
+            self.r.failures.push(format!("{what}: {detail}"));
+        }
+        self.r.steps.push(StepReport { what, ok, detail });
+        ok
+    }
+    fn fail(&mut self, f: impl Into<String>) {
+        self.r.failures.push(f.into());
+    }
+    fn finish(mut self) -> ScenarioReport {
+        self.r.passed = self.r.failures.is_empty();
+        self.r.duration = self.started.elapsed();
+        self.r
+    }
+}
+
+fn not_run(name: &str, kexts: &[GuestKext], why: &str) -> ScenarioReport {
+    let mut r = Rep::new(name, kexts);
+    r.fail(format!("not run: {why}"));
+    r.finish()
+}
+
+impl Flow<'_> {
+    fn run(&self, cmd: &str) -> Result<CmdOutput, SshError> {
+        self.t.run(cmd, self.cfg.command_timeout)
+    }
+
+    /// Runs `cmd` as a step; the output on success, `None` (and a failed step) otherwise.
+    fn step_run(
+        &self,
+        rep: &mut Rep,
+        what: &str,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Option<CmdOutput> {
+        match self.t.run(cmd, timeout) {
+            Ok(o) if o.ok() => {
+                rep.step(what, true, format!("`{cmd}`: {}", o.text()));
+                Some(o)
+            }
+            Ok(o) => {
+                rep.step(
+                    what,
+                    false,
+                    format!("`{cmd}` exited with {}: {}", o.status, o.text()),
+                );
+                None
+            }
+            Err(e) => {
+                rep.step(what, false, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn list_panics(&self) -> Result<Vec<String>, SshError> {
+        let dirs: Vec<String> = self
+            .cfg
+            .panic_report_dirs
+            .iter()
+            .map(|d| sh_quote(d))
+            .collect();
+        let o = self.run(&format!("ls -1 {} 2>/dev/null; true", dirs.join(" ")))?;
+        Ok(panic_reports(&o.stdout))
+    }
+
+    fn boottime(&self) -> Result<String, SshError> {
+        Ok(self
+            .run("sysctl -n kern.boottime")?
+            .stdout
+            .trim()
+            .to_string())
+    }
+
+    fn load_cmd(&self, k: &GuestKext) -> String {
+        if self.major >= 11 {
+            format!("sudo -n kmutil load -p {}", sh_quote(&k.path))
+        } else {
+            format!("sudo -n kextload {}", sh_quote(&k.path))
+        }
+    }
+    fn unload_cmd(&self, k: &GuestKext) -> String {
+        if self.major >= 11 {
+            format!("sudo -n kmutil unload -b {}", sh_quote(&k.bundle_id))
+        } else {
+            format!("sudo -n kextunload -b {}", sh_quote(&k.bundle_id))
+        }
+    }
+    fn loaded_cmd(&self, k: &GuestKext) -> String {
+        if self.major >= 11 {
+            format!(
+                "kmutil showloaded --list-only --bundle-identifier {}",
+                sh_quote(&k.bundle_id)
+            )
+        } else {
+            format!("kextstat -l -b {}", sh_quote(&k.bundle_id))
+        }
+    }
+
+    fn is_loaded(&self, k: &GuestKext) -> Result<bool, SshError> {
+        let o = self.run(&self.loaded_cmd(k))?;
+        Ok(o.stdout
+            .lines()
+            .any(|l| l.split_whitespace().any(|w| w == k.bundle_id)))
+    }
+
+    /// Loads every kext; `Err(instructions)` when macOS refused one (stop everything).
+    fn load_all(&self, rep: &mut Rep, loaded: &mut Vec<GuestKext>) -> Result<bool, String> {
+        for k in &self.cfg.kexts {
+            let cmd = self.load_cmd(k);
+            match self.run(&cmd) {
+                Ok(o) if o.ok() => {
+                    rep.step(
+                        format!("load {}", k.bundle_id),
+                        true,
+                        format!("`{cmd}`: {}", o.text()),
+                    );
+                }
+                Ok(o) => {
+                    let text = o.text();
+                    rep.step(
+                        format!("load {}", k.bundle_id),
+                        false,
+                        format!("`{cmd}` exited with {}: {text}", o.status),
+                    );
+                    if let Some(r) = classify_load_failure(&text) {
+                        let how = refusal_instructions(r, self.major);
+                        rep.fail(how.clone());
+                        return Err(how);
+                    }
+                    return Ok(false);
+                }
+                Err(e) => {
+                    rep.step(format!("load {}", k.bundle_id), false, e.to_string());
+                    return Ok(false);
+                }
+            }
+            loaded.push(k.clone());
+            match self.is_loaded(k) {
+                Ok(true) => rep.step(
+                    format!("{} is loaded", k.bundle_id),
+                    true,
+                    format!("`{}` lists it", self.loaded_cmd(k)),
+                ),
+                Ok(false) => rep.step(
+                    format!("{} is loaded", k.bundle_id),
+                    false,
+                    format!(
+                        "`{}` does not list it after a successful load",
+                        self.loaded_cmd(k)
+                    ),
+                ),
+                Err(e) => rep.step(format!("{} is loaded", k.bundle_id), false, e.to_string()),
+            };
+        }
+        Ok(rep.r.failures.is_empty())
+    }
+
+    fn unload_all(&self, rep: &mut Rep, loaded: &[GuestKext]) {
+        for k in loaded.iter().rev() {
+            let cmd = self.unload_cmd(k);
+            if self
+                .step_run(
+                    rep,
+                    &format!("unload {}", k.bundle_id),
+                    &cmd,
+                    self.cfg.command_timeout,
+                )
+                .is_some()
+            {
+                match self.is_loaded(k) {
+                    Ok(false) => {
+                        rep.step(format!("{} is gone", k.bundle_id), true, "no longer listed")
+                    }
+                    Ok(true) => rep.step(
+                        format!("{} is gone", k.bundle_id),
+                        false,
+                        "still listed after a successful unload",
+                    ),
+                    Err(e) => rep.step(format!("{} is gone", k.bundle_id), false, e.to_string()),
+                };
+            }
+        }
+    }
+
+    fn collect_log(&self, rep: &mut Rep, since: &str) {
+        let pred: Vec<String> = self
+            .cfg
+            .kexts
+            .iter()
+            .map(|k| format!("sender == \"{}\"", k.executable))
+            .collect();
+        let cmd = format!(
+            "log show --style syslog --start {} --predicate {}",
+            sh_quote(since),
+            sh_quote(&pred.join(" OR "))
+        );
+        match self.run(&cmd) {
+            Ok(o) if o.ok() => {
+                rep.r.log = o
+                    .stdout
+                    .lines()
+                    .filter(|l| {
+                        !l.trim().is_empty()
+                            && !l.starts_with("Timestamp")
+                            && !l.starts_with("Filtering the log data")
+                    })
+                    .map(String::from)
+                    .collect();
+                rep.step(
+                    "collect kext log",
+                    true,
+                    format!("`{cmd}`: {} line(s)", rep.r.log.len()),
+                );
+            }
+            Ok(o) => {
+                rep.step(
+                    "collect kext log",
+                    false,
+                    format!("`{cmd}` exited with {}: {}", o.status, o.text()),
+                );
+            }
+            Err(e) => {
+                rep.step("collect kext log", false, e.to_string());
+            }
+        }
+    }
+
+    /// New panic reports or a changed boot time: the kernel panicked (or the guest rebooted).
+    fn check_panic(&mut self, rep: &mut Rep) -> bool {
+        let bt = match self.boottime() {
+            Ok(b) => b,
+            Err(e) => {
+                rep.step("kernel panic check", false, format!("the guest no longer answers ({e}): it probably panicked or rebooted; see the serial console / VM log"));
+                return false;
+            }
+        };
+        let mut ok = true;
+        if bt != self.boottime {
+            ok &= rep.step(
+                "kernel panic check: boot time",
+                false,
+                format!("kern.boottime changed from `{}` to `{bt}`: the guest rebooted unexpectedly, probably a kernel panic", self.boottime),
+            );
+            self.boottime = bt;
+        } else {
+            rep.step(
+                "kernel panic check: boot time",
+                true,
+                format!("unchanged: {bt}"),
+            );
+        }
+        match self.list_panics() {
+            Ok(now) => {
+                let new: Vec<&String> = now.iter().filter(|p| !self.panics.contains(p)).collect();
+                if new.is_empty() {
+                    rep.step(
+                        "kernel panic check: panic reports",
+                        true,
+                        "no new panic report",
+                    );
+                } else {
+                    let mut detail = format!(
+                        "new kernel panic report(s): {}",
+                        new.iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    if let Some(first) = new.first() {
+                        for d in &self.cfg.panic_report_dirs {
+                            let p = format!("{d}/{first}");
+                            if let Ok(o) =
+                                self.run(&format!("test -f {0} && head -c 2000 {0}", sh_quote(&p)))
+                                && o.ok()
+                            {
+                                detail.push_str(&format!("\n{p}:\n{}", o.stdout.trim_end()));
+                                break;
+                            }
+                        }
+                    }
+                    ok &= rep.step("kernel panic check: panic reports", false, detail);
+                    self.panics = now;
+                }
+            }
+            Err(e) => ok &= rep.step("kernel panic check: panic reports", false, e.to_string()),
+        }
+        ok
+    }
+
+    /// The redirection shape: listener, rule, client, evidence.
+    fn redirection(&self, rep: &mut Rep) {
+        let w = &self.cfg.work_dir;
+        let port = self.cfg.listener_port;
+        let out = format!("{w}/listener-{port}.bin");
+        let listen = format!(
+            "rm -f {o}; nohup nc -l 127.0.0.1 {port} > {o} 2> {o}.err < /dev/null & echo $!",
+            o = sh_quote(&out)
+        );
+        let Some(o) = self.step_run(
+            rep,
+            "start listener (nc -l)",
+            &listen,
+            self.cfg.command_timeout,
+        ) else {
+            return;
+        };
+        let pid = o.stdout.trim().to_string();
+        let to = format!("127.0.0.1:{port}");
+        let rule = format!(
+            "sudo -n prxctl redirect add --from {} --to {}",
+            sh_quote(&self.cfg.redirect_from),
+            sh_quote(&to)
+        );
+        if self
+            .step_run(
+                rep,
+                "add redirect rule (prxctl)",
+                &rule,
+                self.cfg.command_timeout,
+            )
+            .is_some()
+        {
+            let _ = self.step_run(
+                rep,
+                "look up the rule (prxctl)",
+                "sudo -n prxctl redirect list",
+                self.cfg.command_timeout,
+            );
+            let url = format!("http://{}/prx-vmtest", self.cfg.redirect_from);
+            let curl = format!(
+                "curl -sS -m 5 -o /dev/null {} ; echo curl-exit=$?",
+                sh_quote(&url)
+            );
+            // curl's own status is evidence only: with a listener that never
+            // answers it times out (28); what the listener received is the verdict.
+            let _ = self.step_run(rep, "client (curl)", &curl, self.cfg.command_timeout);
+            // Give the listener a moment to write what it received.
+            let got = self.run(&format!(
+                "sleep 1; od -An -tx1 -v {} 2>/dev/null; true",
+                sh_quote(&out)
+            ));
+            match got {
+                Ok(o) => self.judge_listener(rep, &parse_od(&o.stdout)),
+                Err(e) => {
+                    rep.step("listener received", false, e.to_string());
+                }
+            }
+            let _ = self.step_run(
+                rep,
+                "remove redirect rule (prxctl)",
+                &format!(
+                    "sudo -n prxctl redirect del --from {}",
+                    sh_quote(&self.cfg.redirect_from)
+                ),
+                self.cfg.command_timeout,
+            );
+        }
+        if !pid.is_empty() {
+            let _ = self.run(&format!("kill {} 2>/dev/null; true", sh_quote(&pid)));
+        }
+    }
+
+    fn judge_listener(&self, rep: &mut Rep, bytes: &[u8]) {
+        if bytes.is_empty() {
+            rep.step(
+                "listener received",
+                false,
+                format!(
+                    "nothing: the connection to {} was not redirected to the listener",
+                    self.cfg.redirect_from
+                ),
+            );
+            return;
+        }
+        let (body, header) = match parse_proxy_v2(bytes) {
+            Some(h) => (bytes.get(h.len..).unwrap_or_default(), Some(h)),
+            None => (bytes, None),
+        };
+        match &header {
+            Some(h) => {
+                let ok = h.dst == self.cfg.redirect_from;
+                rep.step(
+                    "PROXY v2 header",
+                    ok,
+                    format!(
+                        "command {} family {:#04x} src {} dst {}{}",
+                        h.command,
+                        h.family,
+                        h.src,
+                        h.dst,
+                        if ok {
+                            String::new()
+                        } else {
+                            format!(" (expected dst {})", self.cfg.redirect_from)
+                        }
+                    ),
+                );
+            }
+            None => {
+                rep.step(
+                    "PROXY v2 header",
+                    true,
+                    "none (the bytes start with the client's request)",
+                );
+            }
+        }
+        let text = String::from_utf8_lossy(body);
+        rep.step(
+            "listener received",
+            text.contains("GET /prx-vmtest HTTP/1.1"),
+            format!(
+                "{} byte(s): {}",
+                bytes.len(),
+                show_bytes(&bytes[..bytes.len().min(400)])
+            ),
+        );
+    }
+
+    fn scenario(&mut self, name: &str) -> (ScenarioReport, Option<String>) {
+        let mut rep = Rep::new(name, &self.cfg.kexts);
+        let since = match self.run("date '+%Y-%m-%d %H:%M:%S'") {
+            Ok(o) if o.ok() => o.stdout.trim().to_string(),
+            Ok(o) => {
+                rep.step(
+                    "guest clock",
+                    false,
+                    format!("`date` exited with {}: {}", o.status, o.text()),
+                );
+                return (rep.finish(), None);
+            }
+            Err(e) => {
+                rep.step("guest clock", false, e.to_string());
+                return (rep.finish(), None);
+            }
+        };
+        let mut loaded = Vec::new();
+        let refused = match self.load_all(&mut rep, &mut loaded) {
+            Err(how) => Some(how),
+            Ok(true) => {
+                if name == "socket-connect" {
+                    self.redirection(&mut rep);
+                }
+                None
+            }
+            Ok(false) => None,
+        };
+        self.unload_all(&mut rep, &loaded);
+        self.collect_log(&mut rep, &since);
+        self.check_panic(&mut rep);
+        (rep.finish(), refused)
+    }
+}
+
+/// Runs the guest flow against `t`. Returns a `setup` report followed by one
+/// report per scenario; nothing is left out: scenarios that could not run are
+/// failed reports saying why.
+pub fn run(t: &SshTarget, cfg: &GuestConfig, scenarios: &[String]) -> Vec<ScenarioReport> {
+    let mut setup = Rep::new("setup", &cfg.kexts);
+    let mut flow = Flow {
+        t,
+        cfg,
+        major: 0,
+        boottime: String::new(),
+        panics: Vec::new(),
+    };
+    let mut reports = Vec::new();
+    let fail_all = |setup: Rep, why: &str| {
+        let mut v = vec![setup.finish()];
+        v.extend(scenarios.iter().map(|s| not_run(s, &cfg.kexts, why)));
+        v
+    };
+    for s in scenarios {
+        if !GUEST_SCENARIOS.iter().any(|(n, _)| n == s) {
+            let names: Vec<&str> = GUEST_SCENARIOS.iter().map(|(n, _)| *n).collect();
+            setup.fail(format!(
+                "scenario `{s}` has no guest version (guest scenarios: {})",
+                names.join(", ")
+            ));
+        }
+    }
+    if !setup.r.failures.is_empty() {
+        return fail_all(setup, "unknown scenario");
+    }
+    let Some(v) = flow.step_run(
+        &mut setup,
+        "guest macOS version",
+        "sw_vers -productVersion",
+        cfg.command_timeout,
+    ) else {
+        return fail_all(setup, "the guest could not be reached");
+    };
+    match major_version(&v.stdout) {
+        Some(m) => flow.major = m,
+        None => {
+            setup.fail(format!(
+                "cannot read a macOS version from `{}`",
+                v.stdout.trim()
+            ));
+            return fail_all(setup, "not a macOS guest");
+        }
+    }
+    match (flow.boottime(), flow.list_panics()) {
+        (Ok(b), Ok(p)) => {
+            setup.step(
+                "boot time and panic reports before the run",
+                true,
+                format!("kern.boottime `{b}`; {} existing panic report(s)", p.len()),
+            );
+            flow.boottime = b;
+            flow.panics = p;
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            setup.step(
+                "boot time and panic reports before the run",
+                false,
+                e.to_string(),
+            );
+            return fail_all(setup, "the guest could not be inspected");
+        }
+    }
+    let name = cfg
+        .pkg
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "prx.pkg".into());
+    let remote_pkg = format!("{}/{name}", cfg.work_dir);
+    if flow
+        .step_run(
+            &mut setup,
+            "guest work directory",
+            &format!("mkdir -p {}", sh_quote(&cfg.work_dir)),
+            cfg.command_timeout,
+        )
+        .is_none()
+    {
+        return fail_all(setup, "setup failed");
+    }
+    match t.copy_to(&cfg.pkg, &remote_pkg, cfg.install_timeout) {
+        Ok(()) => setup.step(
+            "copy the package",
+            true,
+            format!("{} -> {remote_pkg}", cfg.pkg.display()),
+        ),
+        Err(e) => {
+            setup.step("copy the package", false, e.to_string());
+            return fail_all(setup, "the package could not be copied");
+        }
+    };
+    let install = format!("sudo -n installer -pkg {} -target /", sh_quote(&remote_pkg));
+    if flow
+        .step_run(
+            &mut setup,
+            "install the package",
+            &install,
+            cfg.install_timeout,
+        )
+        .is_none()
+    {
+        return fail_all(setup, "the package did not install");
+    }
+    reports.push(setup.finish());
+    let mut stop: Option<String> = None;
+    for s in scenarios {
+        if let Some(why) = &stop {
+            reports.push(not_run(s, &cfg.kexts, why));
+            continue;
+        }
+        let (r, refused) = flow.scenario(s);
+        if refused.is_some() {
+            stop = Some(format!(
+                "macOS refused to load the kexts in `{s}`; see its instructions"
+            ));
+        }
+        reports.push(r);
+    }
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_refusals_are_classified() {
+        assert_eq!(
+            classify_load_failure(
+                "Error Domain=KMErrorDomain Code=27 \"Extension with identifier net.prx.kext.SocketFilter is not approved to load\""
+            ),
+            Some(LoadRefusal::NotApproved)
+        );
+        assert_eq!(
+            classify_load_failure(
+                "/Library/Extensions/X.kext failed to load - (libkern/kext) system policy prevents loading; check the system/kernel logs"
+            ),
+            Some(LoadRefusal::NotApproved)
+        );
+        assert_eq!(
+            classify_load_failure("Authentication Failures: File owner/permissions are incorrect"),
+            Some(LoadRefusal::Signature)
+        );
+        assert_eq!(classify_load_failure("(libkern/kext) link error"), None);
+        assert!(refusal_instructions(LoadRefusal::NotApproved, 13).contains("reboot"));
+    }
+
+    #[test]
+    fn proxy_v2_headers_are_decoded() {
+        let mut b = PROXY_V2_SIGNATURE.to_vec();
+        b.extend([
+            0x21, 0x11, 0, 12, 10, 0, 0, 2, 203, 0, 113, 10, 0xC3, 0x50, 0, 80,
+        ]);
+        b.extend(b"GET / HTTP/1.1\r\n");
+        let h = parse_proxy_v2(&b).unwrap();
+        assert_eq!((h.command, h.family, h.len), (1, 0x11, 28));
+        assert_eq!(h.src, "10.0.0.2:50000");
+        assert_eq!(h.dst, "203.0.113.10:80");
+        assert!(parse_proxy_v2(b"GET / HTTP/1.1").is_none());
+        assert_eq!(parse_od(" 0d 0a 00\n 51\n"), vec![13, 10, 0, 0x51]);
+        assert_eq!(show_bytes(b"a\r\n\0"), "a\\r\\n\\x00");
+    }
+
+    #[test]
+    fn panic_report_names_and_versions() {
+        let l = "Kernel_2019-01-01-120000_mac.panic\npanic-full-2024-05-01-101010.0002.panic\nkextd_2020.crash\nRetired\n";
+        assert_eq!(
+            panic_reports(l),
+            vec![
+                "Kernel_2019-01-01-120000_mac.panic",
+                "panic-full-2024-05-01-101010.0002.panic"
+            ]
+        );
+        assert_eq!(major_version("10.15.7\n"), Some(10));
+        assert_eq!(major_version("14.5"), Some(14));
+        assert_eq!(major_version("Linux"), None);
+    }
+}
