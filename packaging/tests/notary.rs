@@ -210,11 +210,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
     let mut st = state.lock().unwrap();
     st.requests.push(format!("{} {}", req.method, req.path));
     let sub_path = format!("/notary/v2/submissions/{SUB_ID}");
-    if req.path.starts_with("/notary/v2/") {
-        if let Err(e) = verify_jwt(&req, &st.public_key) {
-            st.errors.push(format!("{} {}: {e}", req.method, req.path));
-            return respond(&conn, 401, r#"{"errors":[{"status":"401","code":"NOT_AUTHORIZED"}]}"#);
-        }
+    if req.path.starts_with("/notary/v2/")
+        && let Err(e) = verify_jwt(&req, &st.public_key)
+    {
+        st.errors.push(format!("{} {}: {e}", req.method, req.path));
+        return respond(&conn, 401, r#"{"errors":[{"status":"401","code":"NOT_AUTHORIZED"}]}"#);
     }
     match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/notary/v2/submissions") => {
