@@ -45,6 +45,10 @@ struct State {
     submitted_name: Option<String>,
     uploaded: Option<Vec<u8>>,
     lookups: Vec<String>,
+    /// No ticket: the lookup answers with CloudKit's failure record.
+    no_ticket: bool,
+    /// Answer the next N status requests with HTTP 503.
+    status_failures: u32,
     requests: Vec<String>,
     /// Stub-side check failures (the test asserts this stays empty).
     errors: Vec<String>,
@@ -242,6 +246,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
             if st.uploaded.is_none() {
                 st.errors.push("status polled before the upload".into());
             }
+            if st.status_failures > 0 {
+                st.status_failures -= 1;
+                return respond(&conn, 503, r#"{"errors":[{"status":"503"}]}"#);
+            }
             let s = if st.statuses.len() > 1 { st.statuses.pop_front().unwrap() } else { st.statuses[0] };
             let body = json!({"data": {"id": SUB_ID, "type": "submissions", "attributes": {
                 "createdDate": "2026-11-28T10:00:00.000Z", "name": "prx-0.1.0.pkg", "status": s}}, "meta": {}});
@@ -262,6 +270,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
             let b: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
             let name = b["records"][0]["recordName"].as_str().unwrap_or("").to_string();
             st.lookups.push(name.clone());
+            if st.no_ticket {
+                let body = json!({"records": [{"recordName": name, "reason": "Record not found", "serverErrorCode": "NOT_FOUND"}]});
+                return respond(&conn, 200, &body.to_string());
+            }
             let body = json!({"records": [{"recordName": name, "recordType": "DeveloperIDTicket", "deleted": false,
                 "fields": {"signedTicket": {"type": "BYTES", "value": b64(TICKET)}}}]});
             respond(&conn, 200, &body.to_string());
@@ -375,7 +387,10 @@ fn accepted_after_polling_then_stapled_pkg_still_installs() {
     let report = pkg::check::check(&path, &d.path().join("root")).unwrap();
     assert!(report.xar.cms_signature);
     let (ok, out) = support::run("7zz", &["t", path.to_str().unwrap()], None);
-    assert!(ok && out.contains("Everything is Ok"), "{out}");
+    // 7-Zip tests every member and, like for Apple's stapled packages, warns
+    // only about the tail after the XAR (the stapled trailers).
+    assert!(ok && out.contains("Everything is Ok") && !out.contains("ERROR"), "{out}");
+    assert!(out.contains(&format!("Tail Size = {}", tail.len())) && out.contains("There are data after the end of archive"), "{out}");
     let (ok, out) = support::run("bsdtar", &["-tvf", path.to_str().unwrap()], None);
     assert!(ok && out.contains("Distribution") && out.contains("prx.pkg"), "{out}");
     // The record name of the stapled file is still that of the signed pkg, and
@@ -558,4 +573,45 @@ fn stapling_refuses_a_non_xar_and_leaves_the_file_alone() {
     assert!(e.to_string().contains("not a XAR"), "{e}");
     assert_eq!(std::fs::read(&p).unwrap(), b"PK\x03\x04 not a xar");
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_missing_ticket_is_an_error_and_leaves_the_pkg_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    let (path, signed) = signed_pkg(d.path());
+    let (key, public) = api_key();
+    let stub = Stub::start(public, &["Accepted"], json!({}));
+    stub.state.lock().unwrap().no_ticket = true;
+    let e = notary::staple_pkg_file(&service(&stub, &key), &path).unwrap_err();
+    assert_eq!(e.to_string(), format!("ticket: {}: NOT_FOUND: Record not found", expected_record_name(&signed)));
+    assert_eq!(std::fs::read(&path).unwrap(), signed);
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".prx-")).count(), 0);
+}
+
+#[test]
+fn transient_status_failures_are_retried() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, signed) = signed_pkg(d.path());
+    let (key, public) = api_key();
+    let stub = Stub::start(public, &["In Progress", "Accepted"], json!({}));
+    stub.state.lock().unwrap().status_failures = 2;
+    let mut lines = Vec::new();
+    notary::notarize(&service(&stub, &key), "prx-0.1.0.pkg", &signed, fast(), &mut |l| lines.push(l.to_string())).unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains("retrying (1/3)") && text.contains("retrying (2/3)") && text.contains("Accepted after"), "{text}");
+    // More consecutive failures than tolerated: the error is returned.
+    let stub = Stub::start(api_key_public(&key), &["Accepted"], json!({}));
+    stub.state.lock().unwrap().status_failures = 10;
+    let e = notary::notarize(&service(&stub, &key), "prx-0.1.0.pkg", &signed, fast(), &mut |_| {}).unwrap_err();
+    assert!(e.to_string().starts_with("notary status: HTTP 503"), "{e}");
+    assert_eq!(stub.requests().iter().filter(|r| r.starts_with(&format!("GET /notary/v2/submissions/{SUB_ID}"))).count(), 4);
+}
+
+/// The public key of a key file's private key.
+fn api_key_public(key_json: &str) -> Vec<u8> {
+    let v: Value = serde_json::from_str(key_json).unwrap();
+    let der = base64::engine::general_purpose::STANDARD.decode(v["private_key"].as_str().unwrap()).unwrap();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, &der, &ring::rand::SystemRandom::new()).unwrap();
+    pair.public_key().as_ref().to_vec()
 }

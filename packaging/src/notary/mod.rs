@@ -386,6 +386,9 @@ pub fn check_pkg_submittable(pkg: &[u8]) -> Result<(), NotaryError> {
     Ok(())
 }
 
+/// Consecutive failed status requests tolerated while waiting.
+pub const MAX_STATUS_FAILURES: u32 = 3;
+
 /// Submits `pkg` as `name`, uploads it and waits until Apple decides.
 /// Returns the submission id when accepted; `progress` gets one line per step
 /// and per poll. Invalid/Rejected: the developer log is fetched and its issues
@@ -409,10 +412,27 @@ pub fn notarize(
         sub.upload.object
     ));
     let start = Instant::now();
+    let mut failures = 0;
     loop {
-        let status = service.status(&sub.id)?;
+        let status = match service.status(&sub.id) {
+            Ok(s) => {
+                failures = 0;
+                s
+            }
+            // A network blip must not lose a long wait: retry a few times.
+            Err(e) if failures < MAX_STATUS_FAILURES => {
+                failures += 1;
+                progress(&format!(
+                    "notarization: status request failed ({e}); retrying ({failures}/{MAX_STATUS_FAILURES})"
+                ));
+                Status::Unknown
+            }
+            Err(e) => return Err(e),
+        };
         let waited = start.elapsed();
-        progress(&format!("notarization: {} after {}s", status, waited.as_secs()));
+        if failures == 0 {
+            progress(&format!("notarization: {} after {}s", status, waited.as_secs()));
+        }
         match status {
             Status::Accepted => return Ok(sub.id),
             Status::Invalid | Status::Rejected => {
