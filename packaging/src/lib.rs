@@ -18,6 +18,8 @@ pub mod bom;
 #[cfg(feature = "package")]
 pub mod cpio;
 #[cfg(feature = "package")]
+pub mod notary;
+#[cfg(feature = "package")]
 pub mod pkg;
 #[cfg(feature = "package")]
 pub mod sign;

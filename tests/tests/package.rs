@@ -31,6 +31,7 @@ fn options(out: &Path) -> PackageOptions {
         installer_identity: None,
         timestamp_url: None,
         epoch: xtask::package::DEFAULT_EPOCH,
+        notarize: false,
     }
 }
 

@@ -55,7 +55,7 @@ enum Cmd {
     VmTest(Box<xtask::vm_test::Args>),
     /// Codesign the release kexts and write target/pkg/prx-<version>.pkg and a .zip
     /// (or, with --check PKG, expand a package the way Installer does and report).
-    Package(xtask::package::Args),
+    Package(Box<xtask::package::Args>),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
         Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
-        Cmd::Package(args) => xtask::package::run(&root, args),
+        Cmd::Package(args) => xtask::package::run(&root, *args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

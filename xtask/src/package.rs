@@ -6,14 +6,19 @@
 //! written) → sign each bundle into a hidden staging directory inside the output
 //! directory and verify it → build the unsigned product archive (a pure function
 //! of the signed bundles and SOURCE_DATE_EPOCH) → sign it with the Installer
-//! identity and verify → zip the signed bundles → (notarize, staple) → rename the
-//! pkg and the zip into place. Any error drops the staging directory, so no
-//! partial output is left behind.
+//! identity and verify → zip the signed bundles → rename the pkg and the zip
+//! into place. Any error drops the staging directory, so no partial output is
+//! left behind. With `--notarize` the prerequisites are checked first (API key,
+//! Developer ID identities, time stamps), and the written pkg is then submitted;
+//! `--staple` staples its ticket in place (temporary file + rename). A refused
+//! or timed-out notarization leaves the signed, un-notarized pkg and fails.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use packaging::pkg::{self, KextInput, PkgSpec};
+use packaging::notary::api::{Endpoints, HttpNotary};
+use packaging::notary::{self, ApiKey, NotaryService, WaitOptions};
 use packaging::sign::{self, Identity, IdentitySource, KextSignature, PasswordSource};
 
 /// The default SOURCE_DATE_EPOCH (2026-01-01T00:00:00Z) when the variable is unset.
@@ -84,6 +89,10 @@ pub struct PackageOptions {
     pub timestamp_url: Option<String>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: i64,
+    /// The pkg is going to be notarized: check the notarization prerequisites
+    /// (Developer ID kext and Installer identities, valid now, time stamps)
+    /// before anything is written.
+    pub notarize: bool,
 }
 
 /// What `package` produced.
@@ -172,8 +181,12 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         ),
         None => None,
     };
-    // Notarization (not implemented yet) will call sign::check_notarizable for
-    // both identities here, before anything is written.
+    if opts.notarize {
+        let now = chrono::Utc::now();
+        let ts = opts.timestamp_url.as_deref();
+        sign::check_notarizable(kext_identity.as_ref(), sign::Purpose::Kext, ts, now)?;
+        sign::check_notarizable(installer_identity.as_ref(), sign::Purpose::Installer, ts, now)?;
+    }
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("{}: cannot create the output directory", opts.out_dir.display()))?;
     let staging = tempfile::Builder::new()
@@ -326,6 +339,67 @@ pub struct Args {
     /// required for notarization).
     #[arg(long, value_name = "URL")]
     pub timestamp_url: Option<String>,
+    /// Notarize the pkg with Apple's Notary API (needs Developer ID kext and
+    /// Installer identities, --timestamp-url and an API key).
+    #[arg(long, help_heading = "Notarization")]
+    pub notarize: bool,
+    /// App Store Connect API key, JSON {"issuer_id","key_id","private_key"} (the
+    /// format of `rcodesign encode-app-store-connect-api-key`); default: the
+    /// file named by $PRX_NOTARY_API_KEY.
+    #[arg(long, value_name = "FILE", requires = "notarize", help_heading = "Notarization")]
+    pub api_key: Option<PathBuf>,
+    /// Give up waiting for Apple's verdict after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1800, requires = "notarize", help_heading = "Notarization")]
+    pub wait_timeout: u64,
+    /// Seconds between status requests.
+    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "notarize", help_heading = "Notarization")]
+    pub poll_interval: u64,
+    /// Once accepted, staple the notarization ticket to the pkg.
+    #[arg(long, requires = "notarize", help_heading = "Notarization")]
+    pub staple: bool,
+}
+
+/// Environment variable naming the API key file when --api-key is not given.
+pub const API_KEY_ENV: &str = "PRX_NOTARY_API_KEY";
+
+/// The notary endpoints: Apple's, unless overridden by `PRX_NOTARY_URL`,
+/// `PRX_NOTARY_S3_URL`, `PRX_NOTARY_TICKET_URL` (for testing against a stub).
+pub fn notary_endpoints() -> Endpoints {
+    let mut e = Endpoints::default();
+    if let Ok(v) = std::env::var("PRX_NOTARY_URL") {
+        e.notary = v;
+    }
+    if let Ok(v) = std::env::var("PRX_NOTARY_S3_URL") {
+        e.s3 = Some(v);
+    }
+    if let Ok(v) = std::env::var("PRX_NOTARY_TICKET_URL") {
+        e.ticket_lookup = v;
+    }
+    e
+}
+
+/// Notarizes the written pkg at `pkg_path` and, with `staple`, staples the
+/// ticket to it in place (atomically). Progress lines go to `progress`.
+pub fn notarize(
+    service: &dyn NotaryService,
+    pkg_path: &Path,
+    wait: WaitOptions,
+    staple: bool,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let bytes = std::fs::read(pkg_path).with_context(|| format!("reading {}", pkg_path.display()))?;
+    let name = pkg_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the pkg has no file name")?;
+    let id = notary::notarize(service, name, &bytes, wait, progress)?;
+    progress(&format!("notarization: {name} accepted (submission {id})"));
+    if staple {
+        let record = notary::staple_pkg_file(service, pkg_path)
+            .with_context(|| format!("stapling {}", pkg_path.display()))?;
+        progress(&format!("stapled the notarization ticket ({record}) to {}", pkg_path.display()));
+    }
+    Ok(())
 }
 
 /// `--kext-*` identity flags.
@@ -400,6 +474,19 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         println!("ok: {} installs as root:wheel into {}", pkg.display(), pkg::INSTALL_LOCATION);
         return Ok(());
     }
+    // The API key is read first: a bad one fails before anything is written.
+    let service = if args.notarize {
+        let path = match &args.api_key {
+            Some(p) => p.clone(),
+            None => std::env::var_os(API_KEY_ENV).map(PathBuf::from).with_context(|| {
+                format!("--notarize needs --api-key FILE or ${API_KEY_ENV} (App Store Connect API key JSON)")
+            })?,
+        };
+        let key = ApiKey::from_file(&path)?;
+        Some(HttpNotary::new(key, notary_endpoints())?)
+    } else {
+        None
+    };
     let out_dir = if args.out.is_absolute() { args.out.clone() } else { root.join(&args.out) };
     let opts = PackageOptions {
         bundles: if args.bundles.is_empty() { default_bundles(root)? } else { args.bundles.clone() },
@@ -408,6 +495,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         installer_identity: IdentityArgs::from(&args.installer).source()?,
         timestamp_url: args.timestamp_url.clone(),
         epoch: epoch_from_env()?,
+        notarize: args.notarize,
     };
     let done = package(&opts)?;
     for (name, sig) in &done.kexts {
@@ -427,5 +515,12 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         done.pkg_signer.as_deref().map_or("unsigned".to_string(), |s| format!("signed by {s:?}"))
     );
     println!("{}", done.zip.display());
+    if let Some(service) = &service {
+        let wait = WaitOptions {
+            timeout: std::time::Duration::from_secs(args.wait_timeout),
+            poll_interval: std::time::Duration::from_secs(args.poll_interval.max(1)),
+        };
+        notarize(service, &done.pkg, wait, args.staple, &mut |l| println!("{l}"))?;
+    }
     Ok(())
 }
