@@ -530,6 +530,34 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
     }
 }
 
+/// A C test kext (not prx's) under the smoltcp scenario: its redirect is what
+/// the far smoltcp stack (the proxy at 192.0.2.1:3128) sees, and its reverse
+/// translation is what keeps the client's TCP connection alive.
+#[test]
+fn c_ip_filter_kext_carries_smoltcp_tcp_to_the_far_stack() {
+    let kext = c_kext_variant(
+        "ipf_redirect",
+        "ipf_redirect_nat",
+        &["-DORIGIN=203,0,113,10", "-DPROXY=192,0,2,1", "-DPROXY_PORT=3128"],
+    );
+    let r = run("nat-tcp4", &[kext]);
+    assert!(r.passed, "{}", r.render());
+    let hs = step_detail(&r, "nat-tcp4 handshake");
+    assert!(
+        hs.contains("client's remote endpoint Some(Endpoint { addr: Ipv4(203.0.113.10), port: 80 })"),
+        "{hs}"
+    );
+    let t = step_detail(&r, "nat-tcp4 transfer");
+    assert!(
+        t.contains("client→proxy 1048576 of 1048576")
+            && t.contains("proxy→client 1048576 of 1048576")
+            && t.contains("data intact: true"),
+        "{t}"
+    );
+    assert!(r.log.iter().any(|l| l.starts_with("redirect out")), "{:?}", r.log);
+    assert!(r.log.iter().any(|l| l.starts_with("rewrite in")), "{:?}", r.log);
+}
+
 #[test]
 fn prx_ip_filter_nat_udp_v4_v6() {
     let kext = prx_ip_filter();
