@@ -57,7 +57,10 @@ pub fn socket_addr(e: &Endpoint) -> SocketAddr {
 }
 
 fn proto(e: control::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("control protocol: {e:?}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("control protocol: {e:?}"),
+    )
 }
 
 /// Replaces the rule set.
@@ -97,7 +100,8 @@ fn get(t: &mut dyn Transport, req: &GetRequest, size: usize) -> io::Result<Vec<u
 
 /// Reads the status.
 pub fn status(t: &mut dyn Transport) -> io::Result<Status> {
-    control::decode_status(&get(t, &GetRequest::Status, control::STATUS_RESPONSE_LEN)?).map_err(proto)
+    control::decode_status(&get(t, &GetRequest::Status, control::STATUS_RESPONSE_LEN)?)
+        .map_err(proto)
 }
 
 /// Reads the statistics counters.
@@ -110,7 +114,11 @@ pub fn stats(t: &mut dyn Transport) -> io::Result<Vec<(u32, u64)>> {
 
 /// Looks up the original destination of a client address.
 pub fn lookup(t: &mut dyn Transport, client: SocketAddr) -> io::Result<Option<Original>> {
-    let buf = get(t, &GetRequest::Lookup(endpoint(client)), control::LOOKUP_RESPONSE_LEN)?;
+    let buf = get(
+        t,
+        &GetRequest::Lookup(endpoint(client)),
+        control::LOOKUP_RESPONSE_LEN,
+    )?;
     control::decode_lookup_response(&buf).map_err(proto)
 }
 
@@ -130,7 +138,9 @@ pub fn stat_name(id: u32) -> String {
         IP_FLOWS => "IP filter: flows".into(),
         IP_REDIRECTED_PACKETS => "IP filter: packets redirected".into(),
         IP_REPLY_PACKETS => "IP filter: reply packets rewritten".into(),
-        id if id >= IP_DROP_BASE && id < IP_DROP_BASE + 0x100 => format!("IP filter: drops (reason {})", id - IP_DROP_BASE),
+        id if (IP_DROP_BASE..IP_DROP_BASE + 0x100).contains(&id) => {
+            format!("IP filter: drops (reason {})", id - IP_DROP_BASE)
+        }
         id => format!("counter {id:#x}"),
     }
 }
@@ -151,9 +161,20 @@ fn name_str(n: &ProcName) -> String {
 /// The status and statistics, for people.
 pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
     let mut o = String::new();
-    let ep = |e: &Option<Endpoint>| e.as_ref().map_or("none".to_string(), |e| socket_addr(e).to_string());
-    let _ = writeln!(o, "filtering:        {}", if s.enabled { "enabled" } else { "disabled" });
-    let _ = writeln!(o, "rules:            {} (rule sets installed: {})", s.rules, s.generation);
+    let ep = |e: &Option<Endpoint>| {
+        e.as_ref()
+            .map_or("none".to_string(), |e| socket_addr(e).to_string())
+    };
+    let _ = writeln!(
+        o,
+        "filtering:        {}",
+        if s.enabled { "enabled" } else { "disabled" }
+    );
+    let _ = writeln!(
+        o,
+        "rules:            {} (rule sets installed: {})",
+        s.rules, s.generation
+    );
     let _ = writeln!(o, "sockets attached: {}", s.attached);
     let _ = writeln!(o, "control clients:  {}", s.clients);
     let _ = writeln!(o, "proxy (IPv4):     {}", ep(&s.proxies.v4));
@@ -166,7 +187,11 @@ pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
     };
     let _ = writeln!(o, "proxy process:    {who}");
     let _ = writeln!(o, "statistics:");
-    let width = counters.iter().map(|(id, _)| stat_name(*id).len()).max().unwrap_or(0);
+    let width = counters
+        .iter()
+        .map(|(id, _)| stat_name(*id).len())
+        .max()
+        .unwrap_or(0);
     for (id, v) in counters {
         let _ = writeln!(o, "  {:<width$}  {v:>12}", stat_name(*id));
     }
@@ -188,5 +213,9 @@ pub fn render_lookup(client: SocketAddr, o: Option<&Original>) -> String {
 
 /// A rule file's summary, for people.
 pub fn render_rules(f: &rules_file::RuleFile) -> String {
-    format!("{} rules, default {}", f.rules.len(), action_name(f.default))
+    format!(
+        "{} rules, default {}",
+        f.rules.len(),
+        action_name(f.default)
+    )
 }

@@ -13,7 +13,10 @@ use common::net::rules::{MAX_NAME, ProcName};
 use prxctl::transport::Transport;
 
 #[derive(Parser)]
-#[command(name = "prxctl", about = "Control PrxSocketFilter.kext: rules, proxies, status, lookups")]
+#[command(
+    name = "prxctl",
+    about = "Control PrxSocketFilter.kext: rules, proxies, status, lookups"
+)]
 struct Cli {
     /// Talk to the KPI emulator's kern_control bridge at this Unix socket
     /// instead of the kernel (default on non-macOS systems: required).
@@ -76,14 +79,20 @@ fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
     if let Some(path) = &cli.emu {
         // SAFETY: geteuid cannot fail and has no preconditions.
         let uid = cli.as_uid.unwrap_or_else(|| unsafe { libc::geteuid() });
-        let b = prxctl::transport::EmuBridge::connect(path, CONTROL_NAME, uid)
-            .with_context(|| format!("connecting to {CONTROL_NAME} through the emulator bridge {}", path.display()))?;
+        let b =
+            prxctl::transport::EmuBridge::connect(path, CONTROL_NAME, uid).with_context(|| {
+                format!(
+                    "connecting to {CONTROL_NAME} through the emulator bridge {}",
+                    path.display()
+                )
+            })?;
         return Ok(Box::new(b));
     }
     #[cfg(target_os = "macos")]
     {
-        let k = prxctl::transport::KernCtl::connect(CONTROL_NAME)
-            .with_context(|| format!("connecting to kern_control {CONTROL_NAME} (is the kext loaded? are you root?)"))?;
+        let k = prxctl::transport::KernCtl::connect(CONTROL_NAME).with_context(|| {
+            format!("connecting to kern_control {CONTROL_NAME} (is the kext loaded? are you root?)")
+        })?;
         Ok(Box::new(k))
     }
     #[cfg(not(target_os = "macos"))]
@@ -91,17 +100,23 @@ fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
 }
 
 fn read_rules(file: &PathBuf) -> Result<prxctl::rules_file::RuleFile> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    prxctl::rules_file::parse(&text).map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", file.display(), e.line, e.column, e.message))
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    prxctl::rules_file::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", file.display(), e.line, e.column, e.message))
 }
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
-        Cmd::Rules { cmd: RulesCmd::Check { file } } => {
+        Cmd::Rules {
+            cmd: RulesCmd::Check { file },
+        } => {
             let f = read_rules(file)?;
             println!("{}: ok, {}", file.display(), prxctl::render_rules(&f));
         }
-        Cmd::Rules { cmd: RulesCmd::Load { file } } => {
+        Cmd::Rules {
+            cmd: RulesCmd::Load { file },
+        } => {
             // Validated in full before anything is sent: a bad file changes nothing.
             let f = read_rules(file)?;
             let mut t = open(&cli)?;
@@ -128,12 +143,20 @@ fn run(cli: Cli) -> Result<()> {
             prxctl::set_enabled(t.as_mut(), on).context("setting the enabled flag")?;
             println!("filtering {}", if on { "enabled" } else { "disabled" });
         }
-        Cmd::Proxy { cmd: ProxyCmd::Set { addrs, pid, name } } => {
-            let mut p = Proxies { pid: *pid, ..Proxies::default() };
+        Cmd::Proxy {
+            cmd: ProxyCmd::Set { addrs, pid, name },
+        } => {
+            let mut p = Proxies {
+                pid: *pid,
+                ..Proxies::default()
+            };
             for a in addrs {
                 let slot = if a.is_ipv4() { &mut p.v4 } else { &mut p.v6 };
                 if slot.is_some() {
-                    bail!("two {} proxies given", if a.is_ipv4() { "IPv4" } else { "IPv6" });
+                    bail!(
+                        "two {} proxies given",
+                        if a.is_ipv4() { "IPv4" } else { "IPv6" }
+                    );
                 }
                 *slot = Some(prxctl::endpoint(*a));
             }

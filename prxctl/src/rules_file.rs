@@ -44,7 +44,11 @@ pub struct FileError {
 
 impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
     }
 }
 
@@ -87,7 +91,11 @@ fn position(src: &str, offset: usize) -> (usize, usize) {
 
 fn err_at(src: &str, span: Range<usize>, message: String) -> FileError {
     let (line, column) = position(src, span.start);
-    FileError { line, column, message }
+    FileError {
+        line,
+        column,
+        message,
+    }
 }
 
 fn action(s: &str) -> Option<Action> {
@@ -112,7 +120,10 @@ fn cidr(s: &str) -> Result<Cidr, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: StdIp = addr.trim().parse().map_err(|_| format!("`{addr}` is not an IPv4 or IPv6 address"))?;
+    let addr: StdIp = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{addr}` is not an IPv4 or IPv6 address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = match prefix {
         None => max,
@@ -132,7 +143,9 @@ fn cidr(s: &str) -> Result<Cidr, String> {
 }
 
 fn port(s: &str) -> Result<u16, String> {
-    s.trim().parse().map_err(|_| format!("`{s}` is not a port (0-65535)"))
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a port (0-65535)"))
 }
 
 fn ports(v: &toml::Value) -> Result<(u16, u16), String> {
@@ -148,7 +161,12 @@ fn ports(v: &toml::Value) -> Result<(u16, u16), String> {
                 (p, p)
             }
         },
-        other => return Err(format!("expected a port or \"LO-HI\", found {}", other.type_str())),
+        other => {
+            return Err(format!(
+                "expected a port or \"LO-HI\", found {}",
+                other.type_str()
+            ));
+        }
     };
     if lo > hi {
         return Err(format!("range {lo}-{hi} is reversed"));
@@ -165,11 +183,22 @@ pub fn parse(src: &str) -> Result<RuleFile, FileError> {
     let default = match &raw.default {
         None => Action::Direct,
         Some(d) => action(d.get_ref()).ok_or_else(|| {
-            err_at(src, d.span(), format!("`default` = \"{}\": expected direct, proxy, proxy-v2 or block", d.get_ref()))
+            err_at(
+                src,
+                d.span(),
+                format!(
+                    "`default` = \"{}\": expected direct, proxy, proxy-v2 or block",
+                    d.get_ref()
+                ),
+            )
         })?,
     };
     if raw.rule.len() > MAX_RULES {
-        return Err(err_at(src, 0..0, format!("{} rules; at most {MAX_RULES}", raw.rule.len())));
+        return Err(err_at(
+            src,
+            0..0,
+            format!("{} rules; at most {MAX_RULES}", raw.rule.len()),
+        ));
     }
     let mut rules = Vec::with_capacity(raw.rule.len());
     for (i, r) in raw.rule.iter().enumerate() {
@@ -187,42 +216,69 @@ pub fn parse(src: &str) -> Result<RuleFile, FileError> {
         })?;
         let dst = match &r.dst {
             None => None,
-            Some(d) => Some(cidr(d.get_ref()).map_err(|why| bad(d.span(), "dst", format!("\"{}\"", d.get_ref()), why))?),
+            Some(d) => Some(
+                cidr(d.get_ref())
+                    .map_err(|why| bad(d.span(), "dst", format!("\"{}\"", d.get_ref()), why))?,
+            ),
         };
         let (port_lo, port_hi) = match &r.ports {
             None => (0, u16::MAX),
-            Some(p) => ports(p.get_ref()).map_err(|why| bad(p.span(), "ports", p.get_ref().to_string(), why))?,
+            Some(p) => ports(p.get_ref())
+                .map_err(|why| bad(p.span(), "ports", p.get_ref().to_string(), why))?,
         };
-        let process = match (&r.process, &r.pid) {
-            (Some(_), Some(p)) => {
-                return Err(bad(p.span(), "pid", p.get_ref().to_string(), "give `process` or `pid`, not both".into()));
-            }
-            (Some(name), None) => {
-                let b = name.get_ref().as_bytes();
-                if b.is_empty() || b.len() > MAX_NAME || b.contains(&0) {
+        let process =
+            match (&r.process, &r.pid) {
+                (Some(_), Some(p)) => {
                     return Err(bad(
-                        name.span(),
-                        "process",
-                        format!("\"{}\"", name.get_ref()),
-                        format!("a process name is 1 to {MAX_NAME} bytes, without NUL"),
+                        p.span(),
+                        "pid",
+                        p.get_ref().to_string(),
+                        "give `process` or `pid`, not both".into(),
                     ));
                 }
-                ProcSel::Name(ProcName::new(b))
-            }
-            (None, Some(p)) => ProcSel::Pid(
-                u32::try_from(*p.get_ref())
-                    .map_err(|_| bad(p.span(), "pid", p.get_ref().to_string(), "not a pid".into()))?,
-            ),
-            (None, None) => ProcSel::Any,
-        };
+                (Some(name), None) => {
+                    let b = name.get_ref().as_bytes();
+                    if b.is_empty() || b.len() > MAX_NAME || b.contains(&0) {
+                        return Err(bad(
+                            name.span(),
+                            "process",
+                            format!("\"{}\"", name.get_ref()),
+                            format!("a process name is 1 to {MAX_NAME} bytes, without NUL"),
+                        ));
+                    }
+                    ProcSel::Name(ProcName::new(b))
+                }
+                (None, Some(p)) => ProcSel::Pid(u32::try_from(*p.get_ref()).map_err(|_| {
+                    bad(p.span(), "pid", p.get_ref().to_string(), "not a pid".into())
+                })?),
+                (None, None) => ProcSel::Any,
+            };
         let exclude_process = r.exclude.as_ref().is_some_and(|e| *e.get_ref());
         if exclude_process && process == ProcSel::Any {
             let e = r.exclude.as_ref().map_or(0..0, |e| e.span());
-            return Err(bad(e, "exclude", "true".into(), "needs `process` or `pid` to exclude".into()));
+            return Err(bad(
+                e,
+                "exclude",
+                "true".into(),
+                "needs `process` or `pid` to exclude".into(),
+            ));
         }
-        let rule = Rule { dst, port_lo, port_hi, process, exclude_process, action: act };
-        rule.validate()
-            .map_err(|e| bad(r.action.span(), "action", format!("\"{}\"", r.action.get_ref()), format!("invalid rule: {e:?}")))?;
+        let rule = Rule {
+            dst,
+            port_lo,
+            port_hi,
+            process,
+            exclude_process,
+            action: act,
+        };
+        rule.validate().map_err(|e| {
+            bad(
+                r.action.span(),
+                "action",
+                format!("\"{}\"", r.action.get_ref()),
+                format!("invalid rule: {e:?}"),
+            )
+        })?;
         rules.push(rule);
     }
     Ok(RuleFile { default, rules })
@@ -250,7 +306,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_and_key() {
-        let e = parse("[[rule]]\naction = \"proxy\"\n\n[[rule]]\ndst = \"10.0.0.1/8\"\naction = \"direct\"\n").unwrap_err();
+        let e = parse(
+            "[[rule]]\naction = \"proxy\"\n\n[[rule]]\ndst = \"10.0.0.1/8\"\naction = \"direct\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("rule 2: `dst` = \"10.0.0.1/8\""), "{e}");
         let e = parse("[[rule]]\naction = \"proxy\"\nport = 80\n").unwrap_err();
@@ -260,7 +319,8 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         let e = parse("default = \"maybe\"\n").unwrap_err();
         assert_eq!(e.line, 1);
-        let e = parse("[[rule]]\naction = \"proxy\"\nprocess = \"a-very-long-process-name\"\n").unwrap_err();
+        let e = parse("[[rule]]\naction = \"proxy\"\nprocess = \"a-very-long-process-name\"\n")
+            .unwrap_err();
         assert_eq!(e.line, 3);
         let e = parse("[[rule]]\nactio = \n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");

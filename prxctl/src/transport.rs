@@ -52,7 +52,10 @@ impl EmuBridge {
 
     /// Connects to the bridge without a control client (for [`EmuBridge::command`]).
     pub fn raw(path: &Path) -> io::Result<Self> {
-        Ok(EmuBridge { stream: UnixStream::connect(path)?, uid: 0 })
+        Ok(EmuBridge {
+            stream: UnixStream::connect(path)?,
+            uid: 0,
+        })
     }
 
     /// Sends a scenario command; returns its text answer.
@@ -79,7 +82,10 @@ impl EmuBridge {
         let errno = i32::from_be_bytes([e0, e1, e2, e3]);
         let n = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
         if n > frame::MAX_DATA {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bridge answer too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bridge answer too long",
+            ));
         }
         let mut out = vec![0u8; n];
         self.stream.read_exact(&mut out)?;
@@ -97,9 +103,12 @@ impl Transport for EmuBridge {
 
     fn getopt(&mut self, opt: i32, buf: &mut [u8]) -> io::Result<usize> {
         let out = self.call(frame::GETOPT, opt, buf)?;
-        let dst = buf
-            .get_mut(..out.len())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "response longer than the buffer"))?;
+        let dst = buf.get_mut(..out.len()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response longer than the buffer",
+            )
+        })?;
         dst.copy_from_slice(&out);
         Ok(out.len())
     }
@@ -125,7 +134,8 @@ mod kernctl {
         /// `name`'s control id; connect (unit 0: the kernel picks one).
         pub fn connect(name: &str) -> io::Result<Self> {
             // SAFETY: plain socket(2) call; the result is checked.
-            let raw = unsafe { libc::socket(libc::PF_SYSTEM, libc::SOCK_DGRAM, libc::SYSPROTO_CONTROL) };
+            let raw =
+                unsafe { libc::socket(libc::PF_SYSTEM, libc::SOCK_DGRAM, libc::SYSPROTO_CONTROL) };
             if raw < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -179,16 +189,30 @@ mod kernctl {
                     data.len() as libc::socklen_t,
                 )
             };
-            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
         }
 
         fn getopt(&mut self, opt: i32, buf: &mut [u8]) -> io::Result<usize> {
             let mut len = buf.len() as libc::socklen_t;
             // SAFETY: `buf` is valid for reads and writes of `len` bytes.
             let r = unsafe {
-                libc::getsockopt(self.fd.as_raw_fd(), libc::SYSPROTO_CONTROL, opt, buf.as_mut_ptr().cast(), &mut len)
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SYSPROTO_CONTROL,
+                    opt,
+                    buf.as_mut_ptr().cast(),
+                    &mut len,
+                )
             };
-            if r < 0 { Err(io::Error::last_os_error()) } else { Ok((len as usize).min(buf.len())) }
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok((len as usize).min(buf.len()))
+            }
         }
     }
 }

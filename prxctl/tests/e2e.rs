@@ -40,9 +40,18 @@ fn main() {
 }
 
 fn socket_kext() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let opts = xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec!["socket".into()], target_dir: None };
-    let built = xtask::build::build(&root, &opts).unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let opts = xtask::build::BuildOptions {
+        release: true,
+        archs: vec![],
+        kexts: vec!["socket".into()],
+        target_dir: None,
+    };
+    let built = xtask::build::build(&root, &opts)
+        .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
     built.into_iter().next().expect("one bundle").path
 }
 
@@ -69,7 +78,11 @@ impl Ctl {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "prxctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "prxctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
@@ -98,7 +111,11 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     let opts = RunOptions {
         runner: Runner {
             program: std::env::current_exe().expect("current exe"),
-            args: vec!["child".into(), "--ctl-bridge".into(), sock.display().to_string()],
+            args: vec![
+                "child".into(),
+                "--ctl-bridge".into(),
+                sock.display().to_string(),
+            ],
         },
         kexts: vec![kext],
         timeout: Duration::from_secs(150),
@@ -111,7 +128,10 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
             let r = scenario.join().expect("scenario thread");
             panic!("the bridge never listened:\n{}", r.render());
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no bridge socket after 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no bridge socket after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let ctl = Ctl { sock: sock.clone() };
@@ -120,12 +140,28 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     let e = ctl.fails(&["--as-uid", "501", "status"]);
     assert!(e.contains("Operation not permitted"), "{e}");
 
-    ctl.ok(&["--as-uid", "0", "proxy", "set", &proxy_addr.to_string(), "--pid", "5000", "--name", "prx-proxy"]);
+    ctl.ok(&[
+        "--as-uid",
+        "0",
+        "proxy",
+        "set",
+        &proxy_addr.to_string(),
+        "--pid",
+        "5000",
+        "--name",
+        "prx-proxy",
+    ]);
     let s = ctl.ok(&["status"]);
     assert!(s.contains("filtering:        enabled"), "{s}");
     assert!(s.contains("rules:            0 "), "{s}");
-    assert!(s.contains(&format!("proxy (IPv4):     {proxy_addr}")), "{s}");
-    assert!(s.contains("proxy process:    pid 5000, name prx-proxy"), "{s}");
+    assert!(
+        s.contains(&format!("proxy (IPv4):     {proxy_addr}")),
+        "{s}"
+    );
+    assert!(
+        s.contains("proxy process:    pid 5000, name prx-proxy"),
+        "{s}"
+    );
 
     let rules = dir.path().join("rules.toml");
     std::fs::write(
@@ -146,7 +182,10 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     let out = ctl.ok(&["rules", "load", rules.to_str().expect("utf-8 path")]);
     assert!(out.contains("loaded 2 rules"), "{out}");
     let s = ctl.ok(&["status"]);
-    assert!(s.contains("rules:            2 (rule sets installed: 1)"), "{s}");
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "{s}"
+    );
 
     // A live redirected connection (opened inside the emulator as pid 4242).
     let mut cmd = EmuBridge::raw(&sock).expect("bridge");
@@ -154,11 +193,22 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     drop(cmd);
     let mut words = answer.split(' ');
     assert_eq!(words.next(), Some("local"), "{answer}");
-    let local: SocketAddr = words.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{answer}"));
-    assert_eq!(words.nth(1).and_then(|a| a.parse::<SocketAddr>().ok()), Some(proxy_addr), "redirected: {answer}");
+    let local: SocketAddr = words
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(
+        words.nth(1).and_then(|a| a.parse::<SocketAddr>().ok()),
+        Some(proxy_addr),
+        "redirected: {answer}"
+    );
     proxy.set_nonblocking(false).expect("blocking");
-    let (mut at_proxy, _) = proxy.accept().expect("the redirected connection reaches the proxy");
-    at_proxy.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let (mut at_proxy, _) = proxy
+        .accept()
+        .expect("the redirected connection reaches the proxy");
+    at_proxy
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while let Ok(n) = at_proxy.read(&mut buf) {
@@ -167,11 +217,20 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
         }
         got.extend_from_slice(&buf[..n]);
     }
-    assert!(got.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11"), "PROXY v2 TCP4 header first: {got:?}");
-    assert!(got.ends_with(b"hello\n"), "then the client's bytes: {got:?}");
+    assert!(
+        got.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11"),
+        "PROXY v2 TCP4 header first: {got:?}"
+    );
+    assert!(
+        got.ends_with(b"hello\n"),
+        "then the client's bytes: {got:?}"
+    );
 
     let out = ctl.ok(&["lookup", &local.to_string()]);
-    assert!(out.contains("original destination 203.0.113.10:80 (pid 4242, rule 1)"), "{out}");
+    assert!(
+        out.contains("original destination 203.0.113.10:80 (pid 4242, rule 1)"),
+        "{out}"
+    );
     let out = ctl.run(&["lookup", "127.0.0.1:9"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no original destination"));
@@ -186,11 +245,21 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     let e = ctl.fails(&["rules", "load", bad.to_str().expect("utf-8")]);
     assert!(e.contains("bad.toml:6:"), "line 6: {e}");
     assert!(e.contains("rule 2: `dst` = \"198.51.100.7/24\""), "{e}");
-    std::fs::write(&bad, "default = \"direct\"\n[[rule]]\naction = \"proxy\"\nport = 80\n").expect("write");
+    std::fs::write(
+        &bad,
+        "default = \"direct\"\n[[rule]]\naction = \"proxy\"\nport = 80\n",
+    )
+    .expect("write");
     let e = ctl.fails(&["rules", "load", bad.to_str().expect("utf-8")]);
-    assert!(e.contains("bad.toml:4:") && e.contains("port"), "line 4, key `port`: {e}");
+    assert!(
+        e.contains("bad.toml:4:") && e.contains("port"),
+        "line 4, key `port`: {e}"
+    );
     let s = ctl.ok(&["status"]);
-    assert!(s.contains("rules:            2 (rule sets installed: 1)"), "unchanged: {s}");
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "unchanged: {s}"
+    );
     assert_eq!(stat(&s, "connections redirected"), 1, "{s}");
     assert_eq!(stat(&s, "PROXY v2 headers sent"), 1, "{s}");
 

@@ -67,7 +67,11 @@ pub fn ctl_bridge() -> bool {
     let listener = match bind(&path) {
         Ok(l) => l,
         Err(e) => {
-            step("ctl-bridge: listen", false, format!("{}: {e}", path.display()));
+            step(
+                "ctl-bridge: listen",
+                false,
+                format!("{}: {e}", path.display()),
+            );
             return false;
         }
     };
@@ -79,7 +83,11 @@ pub fn ctl_bridge() -> bool {
     let mut served = 0u32;
     while !quit {
         if start.elapsed() > SERVE_FOR {
-            step("ctl-bridge: quit", false, format!("no `quit` within {SERVE_FOR:?}"));
+            step(
+                "ctl-bridge: quit",
+                false,
+                format!("no `quit` within {SERVE_FOR:?}"),
+            );
             ok = false;
             break;
         }
@@ -88,7 +96,9 @@ pub fn ctl_bridge() -> bool {
                 served += 1;
                 quit = serve_one(s, &mut open);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => {
                 step("ctl-bridge: accept", false, e.to_string());
                 ok = false;
@@ -121,14 +131,23 @@ struct Frame {
 fn read_frame(s: &mut UnixStream) -> Option<Frame> {
     let mut h = [0u8; 16];
     s.read_exact(&mut h).ok()?;
-    let be32 = |o: usize| h.get(o..o + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).unwrap_or([0; 4]);
+    let be32 = |o: usize| {
+        h.get(o..o + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .unwrap_or([0; 4])
+    };
     let len = u32::from_be_bytes(be32(12)) as usize;
     if len > MAX_DATA || h[1..4] != [0, 0, 0] {
         return None;
     }
     let mut data = vec![0u8; len];
     s.read_exact(&mut data).ok()?;
-    Some(Frame { kind: h[0], uid: u32::from_be_bytes(be32(4)), opt: i32::from_be_bytes(be32(8)), data })
+    Some(Frame {
+        kind: h[0],
+        uid: u32::from_be_bytes(be32(4)),
+        opt: i32::from_be_bytes(be32(8)),
+        data,
+    })
 }
 
 fn answer(s: &mut UnixStream, errno: i32, data: &[u8]) -> bool {
@@ -141,7 +160,9 @@ fn answer(s: &mut UnixStream, errno: i32, data: &[u8]) -> bool {
 
 /// Serves one connection until EOF; returns whether it asked to quit.
 fn serve_one(mut s: UnixStream, open: &mut Vec<sockets::Live>) -> bool {
-    if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(Duration::from_secs(30))).is_err() {
+    if s.set_nonblocking(false).is_err()
+        || s.set_read_timeout(Some(Duration::from_secs(30))).is_err()
+    {
         return false;
     }
     let mut client: Option<ctl::Client> = None;
@@ -187,13 +208,23 @@ fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
     if cmd == "quit" {
         return (0, "bye".into());
     }
-    let Some(dest) = cmd.strip_prefix("open ").and_then(|a| a.trim().parse::<SocketAddr>().ok()) else {
+    let Some(dest) = cmd
+        .strip_prefix("open ")
+        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+    else {
         return (EINVAL, format!("unknown command `{cmd}`"));
     };
     let (local, target) = sockets::open_kept(&format!("bridge {dest}"), dest, b"hello\n", open);
-    step(format!("ctl-bridge: open {dest}"), local.is_some(), format!("local {local:?} target {target:?}"));
+    step(
+        format!("ctl-bridge: open {dest}"),
+        local.is_some(),
+        format!("local {local:?} target {target:?}"),
+    );
     match (local, target) {
         (Some(l), Some(t)) => (0, format!("local {l} target {t}")),
-        _ => (111, format!("connection to {dest} failed (target {target:?})")),
+        _ => (
+            111,
+            format!("connection to {dest} failed (target {target:?})"),
+        ),
     }
 }
