@@ -62,6 +62,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             scenario: args.scenarios.first().cloned().unwrap_or_default(),
             kexts: args.kexts,
             faults: args.faults,
+            ..Default::default()
         };
         std::process::exit(vm::emu::child_main(&child));
     }

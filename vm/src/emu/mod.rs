@@ -16,6 +16,7 @@
 pub mod abi;
 pub mod child;
 pub mod ctl;
+pub mod ctl_bridge;
 pub mod events;
 pub mod fault;
 pub mod image;
@@ -43,10 +44,12 @@ pub struct ChildArgs {
     pub scenario: String,
     pub kexts: Vec<PathBuf>,
     pub faults: Option<String>,
+    /// `--ctl-bridge PATH`: where the `ctl-bridge` scenario serves the kern_controls.
+    pub ctl_bridge: Option<PathBuf>,
 }
 
 impl ChildArgs {
-    /// Parses `--scenario S --kext K… [--faults F]`.
+    /// Parses `--scenario S --kext K… [--faults F] [--ctl-bridge PATH]`.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
         let mut out = ChildArgs::default();
         let mut it = args.into_iter();
@@ -56,6 +59,7 @@ impl ChildArgs {
                 "--scenario" => out.scenario = value("--scenario")?,
                 "--kext" => out.kexts.push(PathBuf::from(value("--kext")?)),
                 "--faults" => out.faults = Some(value("--faults")?),
+                "--ctl-bridge" => out.ctl_bridge = Some(PathBuf::from(value("--ctl-bridge")?)),
                 other => return Err(format!("unexpected argument `{other}`")),
             }
         }
@@ -83,6 +87,7 @@ pub fn child_main(args: &ChildArgs) -> i32 {
             return child::EXIT_SETUP;
         }
     };
+    ctl_bridge::set_path(args.ctl_bridge.clone());
     match scenario::run(&args.scenario, &args.kexts, plan) {
         Ok(_) => child::EXIT_DONE,
         Err(e) => {

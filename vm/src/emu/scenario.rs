@@ -26,6 +26,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "load-unload, plus PrxSocketFilter's acceptance: redirects to a proxy on real IPv4/IPv6 loopback sockets with PROXY v2, original-destination lookup and rule changes through the emulated kern_control, direct connections for non-matching/excluded/proxy processes",
     ),
     (
+        "ctl-bridge",
+        "load-unload, plus: serve the kern_controls on the Unix socket given by --ctl-bridge (prxctl --emu) until a client sends `quit`; see emu::ctl_bridge",
+    ),
+    (
         "ip-tcp",
         "load-unload, plus: a scripted IPv4 TCP exchange (hand-built SYN, SYN-ACK, request, response) through the registered IP filters (ipf_output, ipf_input)",
     ),
@@ -108,6 +112,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),
             "sockfilter" => super::sockets::sockfilter(&mut loaded),
+            "ctl-bridge" => super::ctl_bridge::ctl_bridge(),
             _ => true,
         };
     }

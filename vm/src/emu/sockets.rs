@@ -119,7 +119,7 @@ fn data_through(
 }
 
 /// An emulated TCP socket with its real counterpart.
-struct Live {
+pub(super) struct Live {
     label: String,
     so: u64,
     sid: u64,
@@ -240,7 +240,7 @@ fn send(live: &mut Live, data: &[u8]) -> Result<(), c_int> {
     Ok(())
 }
 
-fn close(live: Live) {
+pub(super) fn close(live: Live) {
     for (_, f, cookie) in attached_filters(live.sid) {
         net::call_sf_detach(f.detach, cookie, live.so);
     }
@@ -248,6 +248,19 @@ fn close(live: Live) {
         k.sflt.sockets.remove(&live.sid);
     });
     deliver_all();
+}
+
+/// Opens a connection to `dest` as [`CLIENT`] through the filters, sends `data`
+/// and keeps it in `open` (for the `ctl-bridge` scenario); returns the
+/// client's local address and where the real connection went.
+pub(super) fn open_kept(label: &str, dest: SocketAddr, data: &[u8], open: &mut Vec<Live>) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let mut c = begin(label, dest, CLIENT);
+    establish(&mut c, CLIENT);
+    let _ = send(&mut c, data);
+    let local = c.stream.as_ref().and_then(|s| s.local_addr().ok());
+    let target = c.target;
+    open.push(c);
+    (local, target)
 }
 
 fn accept_within(l: &TcpListener) -> Option<TcpStream> {

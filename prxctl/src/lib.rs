@@ -1,0 +1,221 @@
+//! `prxctl`: the user-space control tool of PrxSocketFilter.kext.
+//!
+//! ```text
+//! prxctl rules load FILE        replace the rule set (TOML, see below) atomically
+//! prxctl rules check FILE       validate a rule file, change nothing
+//! prxctl status                 enabled flag, rules, proxies, statistics
+//! prxctl lookup ADDR:PORT       the original destination of a redirected client address
+//! prxctl enable | disable       turn filtering on or off
+//! prxctl proxy set ADDR:PORT [ADDR:PORT] [--pid N] [--name NAME]
+//!                               the IPv4 and/or IPv6 proxy, and the proxy's own process
+//! ```
+//!
+//! Everything travels as the versioned, length-checked messages of
+//! `common::net::control` over the kext's privileged kern_control
+//! (`net.prx.kext.SocketFilter.control`), on macOS through a
+//! `PF_SYSTEM`/`SYSPROTO_CONTROL` socket ([`transport::KernCtl`], root only).
+//! With `--emu SOCKET` it talks to the KPI emulator's
+//! kern_control bridge instead ([`transport::EmuBridge`]), which is how it is
+//! tested end to end on Linux.
+//!
+//! # The rule file
+//!
+//! See [`rules_file`]: a `default` action and `[[rule]]` tables (`dst`,
+//! `ports`, `process` or `pid`, `exclude`, `action`), first match wins; every
+//! error names its line and the offending key and value, and a file with an
+//! error changes nothing in the kext.
+
+pub mod rules_file;
+pub mod transport;
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr as StdIp, SocketAddr};
+
+use common::net::addr::{Endpoint, IpAddr};
+use common::net::control::{self, GetRequest, Op, Status};
+use common::net::origdst::Original;
+use common::net::policy::Proxies;
+use common::net::rules::{Action, ProcName};
+use transport::Transport;
+
+/// Converts a socket address into the protocol's endpoint.
+pub fn endpoint(a: SocketAddr) -> Endpoint {
+    let ip = match a.ip() {
+        StdIp::V4(v) => IpAddr::V4(v.octets()),
+        StdIp::V6(v) => IpAddr::V6(v.octets()),
+    };
+    Endpoint::new(ip, a.port())
+}
+
+/// Converts the protocol's endpoint into a socket address.
+pub fn socket_addr(e: &Endpoint) -> SocketAddr {
+    match e.addr {
+        IpAddr::V4(v) => SocketAddr::from((v, e.port)),
+        IpAddr::V6(v) => SocketAddr::from((v, e.port)),
+    }
+}
+
+fn proto(e: control::Error) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("control protocol: {e:?}"),
+    )
+}
+
+/// Replaces the rule set.
+pub fn load_rules(t: &mut dyn Transport, f: &rules_file::RuleFile) -> io::Result<()> {
+    let len = control::rules_len(f.rules.len()).ok_or_else(|| proto(control::Error::TooMany))?;
+    let mut buf = vec![0u8; len];
+    let n = control::encode_rules(f.default, &f.rules, &mut buf).map_err(proto)?;
+    t.setopt(Op::SetRules as i32, buf.get(..n).unwrap_or(&buf))
+}
+
+/// Enables or disables filtering.
+pub fn set_enabled(t: &mut dyn Transport, on: bool) -> io::Result<()> {
+    let mut buf = [0u8; control::HEADER_LEN + 4];
+    let n = control::encode_enabled(on, &mut buf).map_err(proto)?;
+    t.setopt(Op::SetEnabled as i32, buf.get(..n).unwrap_or(&buf))
+}
+
+/// Sets the proxies.
+pub fn set_proxies(t: &mut dyn Transport, p: &Proxies) -> io::Result<()> {
+    let mut buf = [0u8; control::HEADER_LEN + control::PROXIES_LEN];
+    let n = control::encode_proxies(p, &mut buf).map_err(proto)?;
+    t.setopt(Op::SetProxies as i32, buf.get(..n).unwrap_or(&buf))
+}
+
+fn get(t: &mut dyn Transport, req: &GetRequest, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    control::encode_get(req, &mut buf).map_err(proto)?;
+    let op = match req {
+        GetRequest::Stats => Op::GetStats,
+        GetRequest::Status => Op::GetStatus,
+        GetRequest::Lookup(_) => Op::Lookup,
+    };
+    let n = t.getopt(op as i32, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Reads the status.
+pub fn status(t: &mut dyn Transport) -> io::Result<Status> {
+    control::decode_status(&get(t, &GetRequest::Status, control::STATUS_RESPONSE_LEN)?)
+        .map_err(proto)
+}
+
+/// Reads the statistics counters.
+pub fn stats(t: &mut dyn Transport) -> io::Result<Vec<(u32, u64)>> {
+    let buf = get(t, &GetRequest::Stats, 4096)?;
+    let mut out = Vec::new();
+    control::decode_stats(&buf, |id, v| out.push((id, v))).map_err(proto)?;
+    Ok(out)
+}
+
+/// Looks up the original destination of a client address.
+pub fn lookup(t: &mut dyn Transport, client: SocketAddr) -> io::Result<Option<Original>> {
+    let buf = get(
+        t,
+        &GetRequest::Lookup(endpoint(client)),
+        control::LOOKUP_RESPONSE_LEN,
+    )?;
+    control::decode_lookup_response(&buf).map_err(proto)
+}
+
+/// A counter's human name.
+pub fn stat_name(id: u32) -> String {
+    use control::stat::*;
+    match id {
+        CONN_SEEN => "connections seen".into(),
+        CONN_REDIRECTED => "connections redirected".into(),
+        CONN_PASSED => "connections passed".into(),
+        CONN_FAILED => "redirects failed".into(),
+        CONN_BLOCKED => "connections blocked".into(),
+        PROXY_HEADERS => "PROXY v2 headers sent".into(),
+        SOCKETS_ATTACHED => "sockets attached".into(),
+        ORIGDST_FULL => "original destinations dropped (table full)".into(),
+        RULES_GENERATION => "rule sets installed".into(),
+        IP_FLOWS => "IP filter: flows".into(),
+        IP_REDIRECTED_PACKETS => "IP filter: packets redirected".into(),
+        IP_REPLY_PACKETS => "IP filter: reply packets rewritten".into(),
+        id if (IP_DROP_BASE..IP_DROP_BASE + 0x100).contains(&id) => {
+            format!("IP filter: drops (reason {})", id - IP_DROP_BASE)
+        }
+        id => format!("counter {id:#x}"),
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Direct => "direct",
+        Action::Proxy { proxy_v2: false } => "proxy",
+        Action::Proxy { proxy_v2: true } => "proxy-v2",
+        Action::Block => "block",
+    }
+}
+
+fn name_str(n: &ProcName) -> String {
+    String::from_utf8_lossy(n.as_bytes()).into_owned()
+}
+
+/// The status and statistics, for people.
+pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
+    let mut o = String::new();
+    let ep = |e: &Option<Endpoint>| {
+        e.as_ref()
+            .map_or("none".to_string(), |e| socket_addr(e).to_string())
+    };
+    let _ = writeln!(
+        o,
+        "filtering:        {}",
+        if s.enabled { "enabled" } else { "disabled" }
+    );
+    let _ = writeln!(
+        o,
+        "rules:            {} (rule sets installed: {})",
+        s.rules, s.generation
+    );
+    let _ = writeln!(o, "sockets attached: {}", s.attached);
+    let _ = writeln!(o, "control clients:  {}", s.clients);
+    let _ = writeln!(o, "proxy (IPv4):     {}", ep(&s.proxies.v4));
+    let _ = writeln!(o, "proxy (IPv6):     {}", ep(&s.proxies.v6));
+    let who = match (s.proxies.pid, &s.proxies.name) {
+        (None, None) => "not set".to_string(),
+        (Some(p), None) => format!("pid {p}"),
+        (None, Some(n)) => format!("name {}", name_str(n)),
+        (Some(p), Some(n)) => format!("pid {p}, name {}", name_str(n)),
+    };
+    let _ = writeln!(o, "proxy process:    {who}");
+    let _ = writeln!(o, "statistics:");
+    let width = counters
+        .iter()
+        .map(|(id, _)| stat_name(*id).len())
+        .max()
+        .unwrap_or(0);
+    for (id, v) in counters {
+        let _ = writeln!(o, "  {:<width$}  {v:>12}", stat_name(*id));
+    }
+    o
+}
+
+/// A lookup's answer, for people.
+pub fn render_lookup(client: SocketAddr, o: Option<&Original>) -> String {
+    match o {
+        None => format!("{client}: no original destination recorded (not redirected, or closed)\n"),
+        Some(o) => format!(
+            "{client} -> original destination {} (pid {}, rule {})\n",
+            socket_addr(&o.dst),
+            o.pid,
+            o.rule
+        ),
+    }
+}
+
+/// A rule file's summary, for people.
+pub fn render_rules(f: &rules_file::RuleFile) -> String {
+    format!(
+        "{} rules, default {}",
+        f.rules.len(),
+        action_name(f.default)
+    )
+}

@@ -1,0 +1,185 @@
+//! `prxctl`: see the library documentation (`prxctl::`) for the commands and
+//! the rule file format.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use common::net::control::CONTROL_NAME;
+use common::net::policy::Proxies;
+use common::net::rules::{MAX_NAME, ProcName};
+use prxctl::transport::Transport;
+
+#[derive(Parser)]
+#[command(
+    name = "prxctl",
+    about = "Control PrxSocketFilter.kext: rules, proxies, status, lookups"
+)]
+struct Cli {
+    /// Talk to the KPI emulator's kern_control bridge at this Unix socket
+    /// instead of the kernel (default on non-macOS systems: required).
+    #[arg(long, global = true)]
+    emu: Option<PathBuf>,
+    /// Emulator only: the uid to present to the emulated kernel (default: the
+    /// effective uid). The control is privileged: only uid 0 may connect.
+    #[arg(long, global = true)]
+    as_uid: Option<u32>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Rule sets.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+    /// Show whether filtering is enabled, the rules, the proxies and the statistics.
+    Status,
+    /// Show the original destination of a redirected client address.
+    Lookup { client: SocketAddr },
+    /// Enable filtering.
+    Enable,
+    /// Disable filtering (every connection passes unchanged).
+    Disable,
+    /// Proxies.
+    Proxy {
+        #[command(subcommand)]
+        cmd: ProxyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Validate FILE and replace the kext's rule set with it, atomically.
+    Load { file: PathBuf },
+    /// Validate FILE only.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ProxyCmd {
+    /// Set the proxy address(es) (one IPv4 and/or one IPv6) and the proxy's own process.
+    Set {
+        #[arg(required = true, num_args = 1..=2)]
+        addrs: Vec<SocketAddr>,
+        /// The proxy's pid (its connections are never redirected).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// The proxy's process name (its connections are never redirected).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
+    if let Some(path) = &cli.emu {
+        // SAFETY: geteuid cannot fail and has no preconditions.
+        let uid = cli.as_uid.unwrap_or_else(|| unsafe { libc::geteuid() });
+        let b =
+            prxctl::transport::EmuBridge::connect(path, CONTROL_NAME, uid).with_context(|| {
+                format!(
+                    "connecting to {CONTROL_NAME} through the emulator bridge {}",
+                    path.display()
+                )
+            })?;
+        return Ok(Box::new(b));
+    }
+    #[cfg(target_os = "macos")]
+    {
+        let k = prxctl::transport::KernCtl::connect(CONTROL_NAME).with_context(|| {
+            format!("connecting to kern_control {CONTROL_NAME} (is the kext loaded? are you root?)")
+        })?;
+        Ok(Box::new(k))
+    }
+    #[cfg(not(target_os = "macos"))]
+    bail!("no kern_control on this system: pass --emu SOCKET (the KPI emulator's bridge)")
+}
+
+fn read_rules(file: &PathBuf) -> Result<prxctl::rules_file::RuleFile> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    prxctl::rules_file::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", file.display(), e.line, e.column, e.message))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Rules {
+            cmd: RulesCmd::Check { file },
+        } => {
+            let f = read_rules(file)?;
+            println!("{}: ok, {}", file.display(), prxctl::render_rules(&f));
+        }
+        Cmd::Rules {
+            cmd: RulesCmd::Load { file },
+        } => {
+            // Validated in full before anything is sent: a bad file changes nothing.
+            let f = read_rules(file)?;
+            let mut t = open(&cli)?;
+            prxctl::load_rules(t.as_mut(), &f).context("setting the rules")?;
+            println!("loaded {}", prxctl::render_rules(&f));
+        }
+        Cmd::Status => {
+            let mut t = open(&cli)?;
+            let s = prxctl::status(t.as_mut()).context("reading the status")?;
+            let c = prxctl::stats(t.as_mut()).context("reading the statistics")?;
+            print!("{}", prxctl::render_status(&s, &c));
+        }
+        Cmd::Lookup { client } => {
+            let mut t = open(&cli)?;
+            let o = prxctl::lookup(t.as_mut(), *client).context("looking up")?;
+            print!("{}", prxctl::render_lookup(*client, o.as_ref()));
+            if o.is_none() {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Enable | Cmd::Disable => {
+            let on = matches!(cli.cmd, Cmd::Enable);
+            let mut t = open(&cli)?;
+            prxctl::set_enabled(t.as_mut(), on).context("setting the enabled flag")?;
+            println!("filtering {}", if on { "enabled" } else { "disabled" });
+        }
+        Cmd::Proxy {
+            cmd: ProxyCmd::Set { addrs, pid, name },
+        } => {
+            let mut p = Proxies {
+                pid: *pid,
+                ..Proxies::default()
+            };
+            for a in addrs {
+                let slot = if a.is_ipv4() { &mut p.v4 } else { &mut p.v6 };
+                if slot.is_some() {
+                    bail!(
+                        "two {} proxies given",
+                        if a.is_ipv4() { "IPv4" } else { "IPv6" }
+                    );
+                }
+                *slot = Some(prxctl::endpoint(*a));
+            }
+            if let Some(n) = name {
+                if n.is_empty() || n.len() > MAX_NAME || n.contains('\0') {
+                    bail!("--name: a process name is 1 to {MAX_NAME} bytes");
+                }
+                p.name = Some(ProcName::new(n.as_bytes()));
+            }
+            let mut t = open(&cli)?;
+            prxctl::set_proxies(t.as_mut(), &p).context("setting the proxies")?;
+            println!("proxies set");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("prxctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

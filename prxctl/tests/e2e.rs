@@ -1,0 +1,279 @@
+//! End to end: the real PrxSocketFilter.kext release binary runs in the KPI
+//! emulator (`ctl-bridge` scenario, which serves its kern_control on a Unix
+//! socket), and the real `prxctl` binary drives it: an unprivileged client is
+//! refused, `proxy set`, `rules load` (a TOML file), `status`, `lookup` of a
+//! live redirected connection, a malformed rule file rejected with its line
+//! number and nothing changed, `disable`, then the scenario stops and unloads
+//! the kext with clean ledgers.
+//!
+//! `harness = false`: this binary is also the emulator's child process
+//! (`e2e child --ctl-bridge PATH --scenario S --kext K`), as `prx-emu child` is,
+//! because a package's tests only know their own package's binaries.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use prxctl::transport::EmuBridge;
+use vm::emu::{self, RunOptions, Runner};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("child") {
+        match emu::ChildArgs::parse(args) {
+            Ok(a) => std::process::exit(emu::child_main(&a)),
+            Err(e) => {
+                eprintln!("e2e child: {e}");
+                std::process::exit(emu::child::EXIT_SETUP);
+            }
+        }
+    }
+    if std::env::args().any(|a| a == "--list") {
+        println!("prxctl_drives_the_socket_filter_in_the_emulator: test");
+        return;
+    }
+    println!("running 1 test");
+    prxctl_drives_the_socket_filter_in_the_emulator();
+    println!("test prxctl_drives_the_socket_filter_in_the_emulator ... ok");
+}
+
+fn socket_kext() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let opts = xtask::build::BuildOptions {
+        release: true,
+        archs: vec![],
+        kexts: vec!["socket".into()],
+        target_dir: None,
+    };
+    let built = xtask::build::build(&root, &opts)
+        .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
+    built.into_iter().next().expect("one bundle").path
+}
+
+struct Ctl {
+    sock: PathBuf,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_prxctl"))
+            .arg("--emu")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .expect("run prxctl");
+        eprintln!(
+            "$ prxctl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "prxctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "prxctl {args:?} should fail");
+        String::from_utf8(out.stderr).expect("utf-8")
+    }
+}
+
+fn stat(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no statistic {name:?} in\n{status}"))
+}
+
+fn prxctl_drives_the_socket_filter_in_the_emulator() {
+    let kext = socket_kext();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ctl.sock");
+    let proxy = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+    let proxy_addr = proxy.local_addr().expect("addr");
+    let opts = RunOptions {
+        runner: Runner {
+            program: std::env::current_exe().expect("current exe"),
+            args: vec![
+                "child".into(),
+                "--ctl-bridge".into(),
+                sock.display().to_string(),
+            ],
+        },
+        kexts: vec![kext],
+        timeout: Duration::from_secs(150),
+        faults: None,
+    };
+    let scenario = std::thread::spawn(move || emu::run(&opts, "ctl-bridge"));
+    let start = Instant::now();
+    while !sock.exists() {
+        if scenario.is_finished() {
+            let r = scenario.join().expect("scenario thread");
+            panic!("the bridge never listened:\n{}", r.render());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no bridge socket after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ctl = Ctl { sock: sock.clone() };
+
+    // CTL_FLAG_PRIVILEGED: a non-root client is refused before the kext sees it.
+    let e = ctl.fails(&["--as-uid", "501", "status"]);
+    assert!(e.contains("Operation not permitted"), "{e}");
+
+    ctl.ok(&[
+        "--as-uid",
+        "0",
+        "proxy",
+        "set",
+        &proxy_addr.to_string(),
+        "--pid",
+        "5000",
+        "--name",
+        "prx-proxy",
+    ]);
+    let s = ctl.ok(&["status"]);
+    assert!(s.contains("filtering:        enabled"), "{s}");
+    assert!(s.contains("rules:            0 "), "{s}");
+    assert!(
+        s.contains(&format!("proxy (IPv4):     {proxy_addr}")),
+        "{s}"
+    );
+    assert!(
+        s.contains("proxy process:    pid 5000, name prx-proxy"),
+        "{s}"
+    );
+
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "# documentation network to the proxy, with a PROXY v2 header\n\
+         default = \"direct\"\n\
+         \n\
+         [[rule]]\n\
+         process = \"excluded-app\"\n\
+         action = \"direct\"\n\
+         \n\
+         [[rule]]\n\
+         dst = \"203.0.113.0/24\"\n\
+         ports = \"80-443\"\n\
+         action = \"proxy-v2\"\n",
+    )
+    .expect("write rules");
+    let out = ctl.ok(&["rules", "load", rules.to_str().expect("utf-8 path")]);
+    assert!(out.contains("loaded 2 rules"), "{out}");
+    let s = ctl.ok(&["status"]);
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "{s}"
+    );
+
+    // A live redirected connection (opened inside the emulator as pid 4242).
+    let mut cmd = EmuBridge::raw(&sock).expect("bridge");
+    let answer = cmd.command("open 203.0.113.10:80").expect("open");
+    drop(cmd);
+    let mut words = answer.split(' ');
+    assert_eq!(words.next(), Some("local"), "{answer}");
+    let local: SocketAddr = words
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(
+        words.nth(1).and_then(|a| a.parse::<SocketAddr>().ok()),
+        Some(proxy_addr),
+        "redirected: {answer}"
+    );
+    proxy.set_nonblocking(false).expect("blocking");
+    let (mut at_proxy, _) = proxy
+        .accept()
+        .expect("the redirected connection reaches the proxy");
+    at_proxy
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = at_proxy.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11"),
+        "PROXY v2 TCP4 header first: {got:?}"
+    );
+    assert!(
+        got.ends_with(b"hello\n"),
+        "then the client's bytes: {got:?}"
+    );
+
+    let out = ctl.ok(&["lookup", &local.to_string()]);
+    assert!(
+        out.contains("original destination 203.0.113.10:80 (pid 4242, rule 1)"),
+        "{out}"
+    );
+    let out = ctl.run(&["lookup", "127.0.0.1:9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no original destination"));
+
+    // Malformed rule files: rejected with the line and the key; nothing changes.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\ndst = \"203.0.113.0/24\"\naction = \"proxy\"\n\n[[rule]]\ndst = \"198.51.100.7/24\"\naction = \"direct\"\n",
+    )
+    .expect("write");
+    let e = ctl.fails(&["rules", "load", bad.to_str().expect("utf-8")]);
+    assert!(e.contains("bad.toml:6:"), "line 6: {e}");
+    assert!(e.contains("rule 2: `dst` = \"198.51.100.7/24\""), "{e}");
+    std::fs::write(
+        &bad,
+        "default = \"direct\"\n[[rule]]\naction = \"proxy\"\nport = 80\n",
+    )
+    .expect("write");
+    let e = ctl.fails(&["rules", "load", bad.to_str().expect("utf-8")]);
+    assert!(
+        e.contains("bad.toml:4:") && e.contains("port"),
+        "line 4, key `port`: {e}"
+    );
+    let s = ctl.ok(&["status"]);
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "unchanged: {s}"
+    );
+    assert_eq!(stat(&s, "connections redirected"), 1, "{s}");
+    assert_eq!(stat(&s, "PROXY v2 headers sent"), 1, "{s}");
+
+    ctl.ok(&["disable"]);
+    let s = ctl.ok(&["status"]);
+    assert!(s.contains("filtering:        disabled"), "{s}");
+    ctl.ok(&["enable"]);
+    assert!(ctl.ok(&["status"]).contains("filtering:        enabled"));
+
+    let mut cmd = EmuBridge::raw(&sock).expect("bridge");
+    assert_eq!(cmd.command("quit").expect("quit"), "bye");
+    drop(cmd);
+    let r = scenario.join().expect("scenario thread");
+    eprintln!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
