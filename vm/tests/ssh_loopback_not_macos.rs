@@ -220,10 +220,12 @@ fn ssh_backend_full_flow_on_loopback_sshd_with_doubles_not_macos() {
         "kmutil unload -b net.prx.kext.IPFilter",
         "log show --style syslog --start ",
         "--predicate sender == \"PrxSocketFilter\" OR sender == \"PrxIPFilter\"",
-        "prxctl redirect add --from 203.0.113.10:80 --to 127.0.0.1:18080",
+        "prxctl proxy set 127.0.0.1:18080",
+        "prxctl rules load ",
         "nc -l 127.0.0.1 18080",
         "curl -sS -m 5 -o /dev/null http://203.0.113.10:80/prx-vmtest",
-        "prxctl redirect del --from 203.0.113.10:80",
+        "prxctl status",
+        "prxctl disable",
     ] {
         assert!(calls.contains(needle), "`{needle}` not called:\n{calls}");
     }

@@ -575,25 +575,33 @@ impl Flow<'_> {
             return;
         };
         let pid = o.stdout.trim().to_string();
-        let to = format!("127.0.0.1:{port}");
-        let rule = format!(
-            "sudo -n prxctl redirect add --from {} --to {}",
-            sh_quote(&self.cfg.redirect_from),
-            sh_quote(&to)
+        // prxctl's real interface: the listener is the proxy, and a one-rule file
+        // sends the test destination to it with a PROXY v2 header.
+        let (dst_host, dst_port) = self
+            .cfg
+            .redirect_from
+            .rsplit_once(':')
+            .unwrap_or((self.cfg.redirect_from.as_str(), "80"));
+        let rules = format!("{w}/prx-vmtest-rules.toml");
+        let setup = format!(
+            "sudo -n prxctl proxy set 127.0.0.1:{port} && printf '[[rule]]\\ndst = \"%s\"\\nports = \"%s\"\\naction = \"proxy-v2\"\\n' {} {} > {r} && sudo -n prxctl rules load {r}",
+            sh_quote(dst_host),
+            sh_quote(dst_port),
+            r = sh_quote(&rules)
         );
         if self
             .step_run(
                 rep,
-                "add redirect rule (prxctl)",
-                &rule,
+                "set proxy and load redirect rule (prxctl)",
+                &setup,
                 self.cfg.command_timeout,
             )
             .is_some()
         {
             let _ = self.step_run(
                 rep,
-                "look up the rule (prxctl)",
-                "sudo -n prxctl redirect list",
+                "status (prxctl)",
+                "sudo -n prxctl status",
                 self.cfg.command_timeout,
             );
             let url = format!("http://{}/prx-vmtest", self.cfg.redirect_from);
@@ -617,11 +625,8 @@ impl Flow<'_> {
             }
             let _ = self.step_run(
                 rep,
-                "remove redirect rule (prxctl)",
-                &format!(
-                    "sudo -n prxctl redirect del --from {}",
-                    sh_quote(&self.cfg.redirect_from)
-                ),
+                "disable redirection (prxctl)",
+                "sudo -n prxctl disable",
                 self.cfg.command_timeout,
             );
         }
