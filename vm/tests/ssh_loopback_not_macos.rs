@@ -269,8 +269,13 @@ fn ssh_backend_full_flow_on_loopback_sshd_with_doubles_not_macos() {
 fn ssh_backend_macos_10_15_uses_kextload_on_loopback_sshd_not_macos() {
     let s = Sshd::start();
     std::fs::write(s.state().join("version"), "10.15.7\n").unwrap();
-    let r = run(&s, s.guest(), &["load-unload"]);
+    let r = run(&s, s.guest(), &["load-unload", "unload-open"]);
     assert!(r.iter().all(|x| x.passed));
+    let uo = all_text(by_name(&r, "unload-open"));
+    assert!(
+        uo.contains("`sudo -n kextunload -b net.prx.kext.SocketFilter` exited with 1"),
+        "{uo}"
+    );
     let calls = s.calls();
     assert!(
         calls.contains("kextload /Library/Extensions/PrxSocketFilter.kext"),
@@ -420,4 +425,141 @@ fn ssh_backend_time_outs_transport_and_copy_failures_on_loopback_sshd_not_macos(
     let r = run(&s, s.guest(), &["ip-tcp"]);
     assert!(all_text(by_name(&r, "setup")).contains("scenario `ip-tcp` has no guest version"));
     let _ = guest::GUEST_SCENARIOS;
+}
+
+/// No redirected connection the nc double opened is still alive.
+fn open_connections(s: &Sshd) -> Vec<String> {
+    let Ok(d) = std::fs::read_dir(s.state().join("open")) else {
+        return Vec::new();
+    };
+    d.filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .collect()
+}
+
+#[test]
+fn ssh_backend_non_matching_and_unload_open_on_loopback_sshd_not_macos() {
+    let s = Sshd::start();
+    let r = run(&s, s.guest(), &["non-matching", "unload-open"]);
+    assert_eq!(r.len(), 3, "setup + 2 scenarios");
+    assert!(r.iter().all(|x| x.passed), "sshd log:\n{}", s.sshd_log());
+    let calls = s.calls();
+    for needle in [
+        "curl -sS -m 5 -o /dev/null http://198.51.100.7:80/prx-vmtest",
+        "curl -sS -m 5 -o /dev/null http://203.0.113.10:80/prx-vmtest",
+        "nc 203.0.113.10 80",
+        "kmutil unload -b net.prx.kext.SocketFilter",
+    ] {
+        assert!(calls.contains(needle), "`{needle}` not called:\n{calls}");
+    }
+    let nm = all_text(by_name(&r, "non-matching"));
+    assert!(
+        nm.contains("non-matching traffic untouched: the listener received nothing from the connection to 198.51.100.7:80"),
+        "{nm}"
+    );
+    // The control: the matching destination still reaches the listener.
+    assert!(
+        nm.contains(
+            "PROXY v2 header: command 1 family 0x11 src 10.0.0.2:50000 dst 203.0.113.10:80"
+        ),
+        "{nm}"
+    );
+    let uo = all_text(by_name(&r, "unload-open"));
+    assert!(
+        uo.contains(
+            "PROXY v2 header: command 1 family 0x11 src 10.0.0.2:50000 dst 203.0.113.10:80"
+        ),
+        "{uo}"
+    );
+    assert!(
+        uo.contains("unload refused while the connection is open: `sudo -n kmutil unload -b net.prx.kext.SocketFilter` exited with 1")
+            && uo.contains("start/stop routine failed"),
+        "{uo}"
+    );
+    assert!(
+        uo.contains("net.prx.kext.SocketFilter still loaded after the refusal"),
+        "{uo}"
+    );
+    assert!(
+        uo.contains("unload net.prx.kext.SocketFilter after the connection is closed"),
+        "{uo}"
+    );
+    // Refused once, unloaded once; the IP filter unloaded as usual; nothing left behind.
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|l| *l == "kmutil unload -b net.prx.kext.SocketFilter")
+            .count(),
+        // non-matching unloads it once, unload-open twice
+        3,
+        "{calls}"
+    );
+    assert!(calls.contains("kmutil unload -b net.prx.kext.IPFilter"));
+    assert!(
+        std::fs::read_dir(s.state().join("loaded"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(open_connections(&s).is_empty());
+}
+
+#[test]
+fn ssh_backend_non_matching_redirected_is_a_failure_with_evidence_on_loopback_sshd_not_macos() {
+    let s = Sshd::start();
+    // The doubles misbehave: the redirect catches traffic the rule does not match.
+    s.flag("redirect-all");
+    let r = run(&s, s.guest(), &["non-matching"]);
+    let nm = by_name(&r, "non-matching");
+    assert!(!nm.passed);
+    let t = all_text(nm);
+    assert!(
+        t.contains("FAIL non-matching traffic untouched: the connection to 198.51.100.7:80, which the rule (203.0.113.10:80 only) does not match, reached the listener: PROXY v2 header dst 198.51.100.7:80; 76 byte(s)"),
+        "{t}"
+    );
+    assert!(
+        s.calls().contains("prxctl disable")
+            && s.calls()
+                .contains("kmutil unload -b net.prx.kext.SocketFilter")
+    );
+}
+
+#[test]
+fn ssh_backend_unload_while_open_is_a_failure_with_evidence_on_loopback_sshd_not_macos() {
+    let s = Sshd::start();
+    // The doubles misbehave: the socket filter unloads with a redirected connection open.
+    s.flag("unload-while-open");
+    let r = run(&s, s.guest(), &["unload-open"]);
+    let uo = by_name(&r, "unload-open");
+    assert!(!uo.passed);
+    let t = all_text(uo);
+    assert!(
+        t.contains("FAIL unload refused while the connection is open: `sudo -n kmutil unload -b net.prx.kext.SocketFilter` succeeded with a redirected connection open"),
+        "{t}"
+    );
+    let calls = s.calls();
+    // Not unloaded twice; the connection closed and the IP filter unloaded anyway.
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|l| *l == "kmutil unload -b net.prx.kext.SocketFilter")
+            .count(),
+        1,
+        "{calls}"
+    );
+    assert!(calls.contains("kmutil unload -b net.prx.kext.IPFilter"));
+    assert!(open_connections(&s).is_empty());
+
+    // A connection that is never redirected cannot hold the kext: the evidence says so.
+    let s = Sshd::start();
+    s.flag("no-redirect");
+    let r = run(&s, s.guest(), &["unload-open"]);
+    let t = all_text(by_name(&r, "unload-open"));
+    assert!(
+        t.contains(
+            "FAIL listener received: nothing: the connection to 203.0.113.10:80 was not redirected"
+        ) && t.contains("FAIL unload refused while the connection is open"),
+        "{t}"
+    );
 }

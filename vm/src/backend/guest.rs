@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use super::ssh::{CmdOutput, SshError, SshTarget, sh_quote};
 use crate::report::{ScenarioReport, StepReport};
 
-/// The scenarios with a guest version (names shared with the emulator's).
+/// The scenarios with a guest version. `load-unload` and `socket-connect` share
+/// their names with the emulator's; `non-matching` and `unload-open` are
+/// guest-only names (the emulator covers the same ground inside `sockfilter` and
+/// in `load-unload`'s stop-while-busy retries).
 pub const GUEST_SCENARIOS: &[(&str, &str)] = &[
     (
         "load-unload",
@@ -26,7 +29,23 @@ pub const GUEST_SCENARIOS: &[(&str, &str)] = &[
         "socket-connect",
         "load, then the redirection shape: `nc -l` listener on the guest, `prxctl` rule redirecting 203.0.113.10:80 to it, `curl` to 203.0.113.10:80; the listener's bytes (and any PROXY v2 header) are the evidence; unload",
     ),
+    (
+        "non-matching",
+        "load, the same listener and rule, `curl` to 198.51.100.7:80 (not matched by the rule): the listener must receive nothing; then, as a control, `curl` to 203.0.113.10:80 must reach it; unload",
+    ),
+    (
+        "unload-open",
+        "load, the same listener and rule, a redirected `nc 203.0.113.10 80` kept open; unloading PrxSocketFilter must be refused while it is open (its stop returns busy while sockets are attached) and succeed after it is closed; no panic",
+    ),
 ];
+
+/// Where `non-matching` connects: a documentation address (RFC 5737) the
+/// one-rule file does not match, so nothing should answer and the listener
+/// must stay silent.
+pub const NON_MATCHING_DST: &str = "198.51.100.7:80";
+
+/// The bundle id of the kext `unload-open` tries to unload with a connection open.
+pub const SOCKET_FILTER_ID: &str = "net.prx.kext.SocketFilter";
 
 /// The PROXY protocol v2 signature (12 bytes).
 pub const PROXY_V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -231,6 +250,14 @@ pub fn panic_reports(listing: &str) -> Vec<String> {
 /// The macOS major version from `sw_vers -productVersion` (10 for 10.x).
 pub fn major_version(v: &str) -> Option<u32> {
     v.trim().split('.').next()?.parse().ok()
+}
+
+/// The listener and rule of the redirection scenarios.
+struct Redirect {
+    /// Guest file with the listener's bytes.
+    out: String,
+    /// The listener's pid.
+    pid: String,
 }
 
 struct Flow<'a> {
@@ -557,8 +584,10 @@ impl Flow<'_> {
         ok
     }
 
-    /// The redirection shape: listener, rule, client, evidence.
-    fn redirection(&self, rep: &mut Rep) {
+    /// Starts the `nc -l` listener and loads the one-rule redirect through
+    /// prxctl. `None` (with failed steps) when either did not work; the
+    /// listener is then already stopped.
+    fn redirect_setup(&self, rep: &mut Rep) -> Option<Redirect> {
         let w = &self.cfg.work_dir;
         let port = self.cfg.listener_port;
         let out = format!("{w}/listener-{port}.bin");
@@ -566,15 +595,16 @@ impl Flow<'_> {
             "rm -f {o}; nohup nc -l 127.0.0.1 {port} > {o} 2> {o}.err < /dev/null & echo $!",
             o = sh_quote(&out)
         );
-        let Some(o) = self.step_run(
+        let o = self.step_run(
             rep,
             "start listener (nc -l)",
             &listen,
             self.cfg.command_timeout,
-        ) else {
-            return;
+        )?;
+        let r = Redirect {
+            out,
+            pid: o.stdout.trim().to_string(),
         };
-        let pid = o.stdout.trim().to_string();
         // prxctl's real interface: the listener is the proxy, and a one-rule file
         // sends the test destination to it with a PROXY v2 header.
         let (dst_host, dst_port) = self
@@ -596,43 +626,266 @@ impl Flow<'_> {
                 &setup,
                 self.cfg.command_timeout,
             )
-            .is_some()
+            .is_none()
         {
-            let _ = self.step_run(
-                rep,
-                "status (prxctl)",
-                "sudo -n prxctl status",
-                self.cfg.command_timeout,
-            );
-            let url = format!("http://{}/prx-vmtest", self.cfg.redirect_from);
-            let curl = format!(
-                "curl -sS -m 5 -o /dev/null {} ; echo curl-exit=$?",
-                sh_quote(&url)
-            );
-            // curl's own status is evidence only: with a listener that never
-            // answers it times out (28); what the listener received is the verdict.
-            let _ = self.step_run(rep, "client (curl)", &curl, self.cfg.command_timeout);
-            // Give the listener a moment to write what it received.
-            let got = self.run(&format!(
-                "sleep 1; od -An -tx1 -v {} 2>/dev/null; true",
-                sh_quote(&out)
-            ));
-            match got {
-                Ok(o) => self.judge_listener(rep, &parse_od(&o.stdout)),
-                Err(e) => {
-                    rep.step("listener received", false, e.to_string());
+            self.stop_listener(&r);
+            return None;
+        }
+        let _ = self.step_run(
+            rep,
+            "status (prxctl)",
+            "sudo -n prxctl status",
+            self.cfg.command_timeout,
+        );
+        Some(r)
+    }
+
+    /// `prxctl disable`, then stop the listener.
+    fn redirect_teardown(&self, rep: &mut Rep, r: &Redirect) {
+        let _ = self.step_run(
+            rep,
+            "disable redirection (prxctl)",
+            "sudo -n prxctl disable",
+            self.cfg.command_timeout,
+        );
+        self.stop_listener(r);
+    }
+
+    fn stop_listener(&self, r: &Redirect) {
+        if !r.pid.is_empty() {
+            let _ = self.run(&format!("kill {} 2>/dev/null; true", sh_quote(&r.pid)));
+        }
+    }
+
+    /// `curl` to `dst`; its own status is evidence only: with a listener that
+    /// never answers it times out (28), and an unredirected documentation
+    /// address answers nothing.
+    fn curl(&self, rep: &mut Rep, what: &str, dst: &str) {
+        let url = format!("http://{dst}/prx-vmtest");
+        let curl = format!(
+            "curl -sS -m 5 -o /dev/null {} ; echo curl-exit=$?",
+            sh_quote(&url)
+        );
+        let _ = self.step_run(rep, what, &curl, self.cfg.command_timeout);
+    }
+
+    /// What the listener has received so far (after giving it a moment to write).
+    fn listener_bytes(&self, r: &Redirect) -> Result<Vec<u8>, SshError> {
+        let o = self.run(&format!(
+            "sleep 1; od -An -tx1 -v {} 2>/dev/null; true",
+            sh_quote(&r.out)
+        ))?;
+        Ok(parse_od(&o.stdout))
+    }
+
+    /// `socket-connect`: listener, rule, client, evidence.
+    fn redirection(&self, rep: &mut Rep) {
+        let Some(r) = self.redirect_setup(rep) else {
+            return;
+        };
+        self.curl(rep, "client (curl)", &self.cfg.redirect_from);
+        match self.listener_bytes(&r) {
+            Ok(b) => self.judge_listener(rep, &b),
+            Err(e) => {
+                rep.step("listener received", false, e.to_string());
+            }
+        }
+        self.redirect_teardown(rep, &r);
+    }
+
+    /// `non-matching`: with the rule loaded, a connection the rule does not
+    /// match must not reach the listener; a matching one afterwards must (the
+    /// control: without it a filter that redirects nothing would pass).
+    fn non_matching(&self, rep: &mut Rep) {
+        let Some(r) = self.redirect_setup(rep) else {
+            return;
+        };
+        self.curl(
+            rep,
+            "client to a non-matching destination (curl)",
+            NON_MATCHING_DST,
+        );
+        match self.listener_bytes(&r) {
+            Ok(b) if b.is_empty() => {
+                rep.step(
+                    "non-matching traffic untouched",
+                    true,
+                    format!(
+                        "the listener received nothing from the connection to {NON_MATCHING_DST}"
+                    ),
+                );
+                self.curl(
+                    rep,
+                    "control: client to the matching destination (curl)",
+                    &self.cfg.redirect_from,
+                );
+                match self.listener_bytes(&r) {
+                    Ok(b) => self.judge_listener(rep, &b),
+                    Err(e) => {
+                        rep.step("listener received", false, e.to_string());
+                    }
                 }
             }
+            Ok(b) => {
+                let header = match parse_proxy_v2(&b) {
+                    Some(h) => format!("PROXY v2 header dst {}; ", h.dst),
+                    None => String::new(),
+                };
+                rep.step(
+                    "non-matching traffic untouched",
+                    false,
+                    format!(
+                        "the connection to {NON_MATCHING_DST}, which the rule ({} only) does not match, reached the listener: {header}{} byte(s): {}",
+                        self.cfg.redirect_from,
+                        b.len(),
+                        show_bytes(&b[..b.len().min(400)])
+                    ),
+                );
+            }
+            Err(e) => {
+                rep.step("non-matching traffic untouched", false, e.to_string());
+            }
+        }
+        self.redirect_teardown(rep, &r);
+    }
+
+    /// `unload-open`: a redirected connection held open, then unloading the
+    /// socket filter. Expected (prx's stop returns busy while sockets are
+    /// attached): refused while open, success once closed. Returns whether the
+    /// socket-filter kext was unloaded here (the caller then skips it).
+    fn unload_open(&mut self, rep: &mut Rep) -> bool {
+        let Some(k) = self
+            .cfg
+            .kexts
+            .iter()
+            .find(|k| k.bundle_id == SOCKET_FILTER_ID)
+            .cloned()
+        else {
+            rep.fail(format!("no kext {SOCKET_FILTER_ID} in the configuration"));
+            return false;
+        };
+        let Some(r) = self.redirect_setup(rep) else {
+            return false;
+        };
+        let w = &self.cfg.work_dir;
+        let (host, port) = self
+            .cfg
+            .redirect_from
+            .rsplit_once(':')
+            .unwrap_or((self.cfg.redirect_from.as_str(), "80"));
+        let writer_pid = format!("{w}/open-writer.pid");
+        let client_out = format!("{w}/open-client.out");
+        // The writer sends the request and then keeps nc's stdin open (its pid
+        // is recorded; `exec sleep` keeps it), so the connection stays up; $! is nc's pid.
+        let open = format!(
+            "rm -f {wp}; nohup sh -c 'echo $$ > \"$1\"; printf \"GET /prx-vmtest HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n\" \"$2\"; exec sleep 600' sh {wp} {h} < /dev/null 2>/dev/null | nohup nc {h} {p} > {co} 2>&1 & echo $!",
+            wp = sh_quote(&writer_pid),
+            h = sh_quote(host),
+            p = sh_quote(port),
+            co = sh_quote(&client_out)
+        );
+        let nc_pid = self
+            .step_run(
+                rep,
+                "open a redirected connection and keep it open (sleep | nc)",
+                &open,
+                self.cfg.command_timeout,
+            )
+            .map(|o| o.stdout.trim().to_string())
+            .unwrap_or_default();
+        let close = format!(
+            "kill {} $(cat {} 2>/dev/null) 2>/dev/null; sleep 1; true",
+            sh_quote(&nc_pid),
+            sh_quote(&writer_pid)
+        );
+        match self.listener_bytes(&r) {
+            Ok(b) => self.judge_listener(rep, &b),
+            Err(e) => {
+                rep.step("listener received", false, e.to_string());
+            }
+        }
+        if !nc_pid.is_empty() {
             let _ = self.step_run(
                 rep,
-                "disable redirection (prxctl)",
-                "sudo -n prxctl disable",
+                "the connection is still open",
+                &format!("kill -0 {}", sh_quote(&nc_pid)),
                 self.cfg.command_timeout,
             );
         }
-        if !pid.is_empty() {
-            let _ = self.run(&format!("kill {} 2>/dev/null; true", sh_quote(&pid)));
+        let cmd = self.unload_cmd(&k);
+        let mut unloaded = false;
+        match self.run(&cmd) {
+            Ok(o) if o.ok() => {
+                unloaded = true;
+                rep.step(
+                    "unload refused while the connection is open",
+                    false,
+                    format!("`{cmd}` succeeded with a redirected connection open (expected a refusal: PrxSocketFilter's stop returns busy while sockets are attached): {}", o.text()),
+                );
+            }
+            Ok(o) => {
+                rep.step(
+                    "unload refused while the connection is open",
+                    true,
+                    format!("`{cmd}` exited with {}: {}", o.status, o.text()),
+                );
+                match self.is_loaded(&k) {
+                    Ok(true) => rep.step(
+                        format!("{} still loaded after the refusal", k.bundle_id),
+                        true,
+                        format!("`{}` lists it", self.loaded_cmd(&k)),
+                    ),
+                    Ok(false) => rep.step(
+                        format!("{} still loaded after the refusal", k.bundle_id),
+                        false,
+                        "no longer listed although the unload was refused",
+                    ),
+                    Err(e) => rep.step(
+                        format!("{} still loaded after the refusal", k.bundle_id),
+                        false,
+                        e.to_string(),
+                    ),
+                };
+            }
+            Err(e) => {
+                rep.step(
+                    "unload refused while the connection is open",
+                    false,
+                    e.to_string(),
+                );
+            }
         }
+        // The refused stop is the risky moment: look for a panic before going on.
+        self.check_panic(rep);
+        let _ = self.step_run(
+            rep,
+            "close the connection",
+            &close,
+            self.cfg.command_timeout,
+        );
+        self.redirect_teardown(rep, &r);
+        if !unloaded
+            && self
+                .step_run(
+                    rep,
+                    &format!("unload {} after the connection is closed", k.bundle_id),
+                    &cmd,
+                    self.cfg.command_timeout,
+                )
+                .is_some()
+        {
+            unloaded = true;
+            match self.is_loaded(&k) {
+                Ok(false) => rep.step(format!("{} is gone", k.bundle_id), true, "no longer listed"),
+                Ok(true) => rep.step(
+                    format!("{} is gone", k.bundle_id),
+                    false,
+                    "still listed after a successful unload",
+                ),
+                Err(e) => rep.step(format!("{} is gone", k.bundle_id), false, e.to_string()),
+            };
+        }
+        unloaded
     }
 
     fn judge_listener(&self, rep: &mut Rep, bytes: &[u8]) {
@@ -712,8 +965,17 @@ impl Flow<'_> {
         let refused = match self.load_all(&mut rep, &mut loaded) {
             Err(how) => Some(how),
             Ok(true) => {
-                if name == "socket-connect" {
-                    self.redirection(&mut rep);
+                match name {
+                    "socket-connect" => self.redirection(&mut rep),
+                    "non-matching" => self.non_matching(&mut rep),
+                    "unload-open" => {
+                        // Unloaded there (after the connection closed): not again below.
+                        let unloaded = self.unload_open(&mut rep);
+                        if unloaded {
+                            loaded.retain(|k| k.bundle_id != SOCKET_FILTER_ID);
+                        }
+                    }
+                    _ => {}
                 }
                 None
             }
