@@ -28,6 +28,7 @@
 #include "prx/log.h"
 #include "prx/proc.h"
 #include "prx/time.h"
+#include "prx/random.h"
 #include "prx/locks.h"
 #include "prx/osmalloc.h"
 #include "prx/socket.h"

@@ -16,6 +16,7 @@
 #include <kern/locks.h>
 #include <sys/proc.h>
 #include <sys/time.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/sys_domain.h>
 #include <netinet/in.h>

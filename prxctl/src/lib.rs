@@ -1,10 +1,14 @@
-//! `prxctl`: the user-space control tool of PrxSocketFilter.kext.
+//! `prxctl`: the user-space control tool of PrxSocketFilter.kext and
+//! PrxIPFilter.kext.
 //!
 //! ```text
+//! prxctl [--kext socket|ip] COMMAND   which kext (default: socket); each has its
+//!                               own rules, proxies and statistics
 //! prxctl rules load FILE        replace the rule set (TOML, see below) atomically
 //! prxctl rules check FILE       validate a rule file, change nothing
 //! prxctl status                 enabled flag, rules, proxies, statistics
 //! prxctl lookup ADDR:PORT       the original destination of a redirected client address
+//!                               (ip: of the NAT flow whose client endpoint it is)
 //! prxctl enable | disable       turn filtering on or off
 //! prxctl proxy set ADDR:PORT [ADDR:PORT] [--pid N] [--name NAME]
 //!                               the IPv4 and/or IPv6 proxy, and the proxy's own process
@@ -12,7 +16,7 @@
 //!
 //! Everything travels as the versioned, length-checked messages of
 //! `common::net::control` over the kext's privileged kern_control
-//! (`net.prx.kext.SocketFilter.control`), on macOS through a
+//! (`net.prx.kext.SocketFilter.control`, `net.prx.kext.IPFilter.control`), on macOS through a
 //! `PF_SYSTEM`/`SYSPROTO_CONTROL` socket ([`transport::KernCtl`], root only).
 //! With `--emu SOCKET` it talks to the KPI emulator's
 //! kern_control bridge instead ([`transport::EmuBridge`]), which is how it is
@@ -122,6 +126,15 @@ pub fn lookup(t: &mut dyn Transport, client: SocketAddr) -> io::Result<Option<Or
     control::decode_lookup_response(&buf).map_err(proto)
 }
 
+/// Which kext a status is from (the fields mean slightly different things).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KextKind {
+    /// PrxSocketFilter.kext.
+    SocketFilter,
+    /// PrxIPFilter.kext.
+    IpFilter,
+}
+
 /// A counter's human name.
 pub fn stat_name(id: u32) -> String {
     use control::stat::*;
@@ -135,11 +148,19 @@ pub fn stat_name(id: u32) -> String {
         SOCKETS_ATTACHED => "sockets attached".into(),
         ORIGDST_FULL => "original destinations dropped (table full)".into(),
         RULES_GENERATION => "rule sets installed".into(),
-        IP_FLOWS => "IP filter: flows".into(),
-        IP_REDIRECTED_PACKETS => "IP filter: packets redirected".into(),
-        IP_REPLY_PACKETS => "IP filter: reply packets rewritten".into(),
+        IP_FLOWS => "NAT flows".into(),
+        IP_FLOW_CAPACITY => "NAT flow capacity".into(),
+        IP_REDIRECTED_PACKETS => "packets redirected".into(),
+        IP_REPLY_PACKETS => "reply packets rewritten".into(),
+        IP_FILTERS_ATTACHED => "IP filters attached".into(),
         id if (IP_DROP_BASE..IP_DROP_BASE + 0x100).contains(&id) => {
-            format!("IP filter: drops (reason {})", id - IP_DROP_BASE)
+            let reason = usize::try_from(id - IP_DROP_BASE)
+                .ok()
+                .and_then(|i| common::net::filter::DropReason::ALL.get(i));
+            match reason {
+                Some(r) => format!("packets dropped: {}", r.name()),
+                None => format!("packets dropped: reason {}", id - IP_DROP_BASE),
+            }
         }
         id => format!("counter {id:#x}"),
     }
@@ -159,7 +180,7 @@ fn name_str(n: &ProcName) -> String {
 }
 
 /// The status and statistics, for people.
-pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
+pub fn render_status(kind: KextKind, s: &Status, counters: &[(u32, u64)]) -> String {
     let mut o = String::new();
     let ep = |e: &Option<Endpoint>| {
         e.as_ref()
@@ -175,7 +196,14 @@ pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
         "rules:            {} (rule sets installed: {})",
         s.rules, s.generation
     );
-    let _ = writeln!(o, "sockets attached: {}", s.attached);
+    match kind {
+        KextKind::SocketFilter => {
+            let _ = writeln!(o, "sockets attached: {}", s.attached);
+        }
+        KextKind::IpFilter => {
+            let _ = writeln!(o, "filters attached: {} (IPv4, IPv6)", s.attached);
+        }
+    }
     let _ = writeln!(o, "control clients:  {}", s.clients);
     let _ = writeln!(o, "proxy (IPv4):     {}", ep(&s.proxies.v4));
     let _ = writeln!(o, "proxy (IPv6):     {}", ep(&s.proxies.v6));
@@ -185,7 +213,10 @@ pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
         (None, Some(n)) => format!("name {}", name_str(n)),
         (Some(p), Some(n)) => format!("pid {p}, name {}", name_str(n)),
     };
-    let _ = writeln!(o, "proxy process:    {who}");
+    if kind == KextKind::SocketFilter {
+        // The IP filter sees packets, not processes: it has no use for these.
+        let _ = writeln!(o, "proxy process:    {who}");
+    }
     let _ = writeln!(o, "statistics:");
     let width = counters
         .iter()
@@ -202,6 +233,10 @@ pub fn render_status(s: &Status, counters: &[(u32, u64)]) -> String {
 pub fn render_lookup(client: SocketAddr, o: Option<&Original>) -> String {
     match o {
         None => format!("{client}: no original destination recorded (not redirected, or closed)\n"),
+        Some(o) if o.rule == control::RULE_UNKNOWN => format!(
+            "{client} -> original destination {} (NAT flow)\n",
+            socket_addr(&o.dst)
+        ),
         Some(o) => format!(
             "{client} -> original destination {} (pid {}, rule {})\n",
             socket_addr(&o.dst),

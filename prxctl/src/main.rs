@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use common::net::control::CONTROL_NAME;
+use clap::{Parser, Subcommand, ValueEnum};
+use common::net::control::{CONTROL_NAME, IP_CONTROL_NAME};
 use common::net::policy::Proxies;
 use common::net::rules::{MAX_NAME, ProcName};
 use prxctl::transport::Transport;
@@ -15,9 +15,14 @@ use prxctl::transport::Transport;
 #[derive(Parser)]
 #[command(
     name = "prxctl",
-    about = "Control PrxSocketFilter.kext: rules, proxies, status, lookups"
+    about = "Control PrxSocketFilter.kext and PrxIPFilter.kext: rules, proxies, status, lookups"
 )]
 struct Cli {
+    /// Which kext to talk to: the socket filter (connection redirection) or
+    /// the IP filter (NAT). Both speak the same protocol; each has its own
+    /// rules, proxies and statistics.
+    #[arg(long, global = true, value_enum, default_value_t = Kext::Socket)]
+    kext: Kext,
     /// Talk to the KPI emulator's kern_control bridge at this Unix socket
     /// instead of the kernel (default on non-macOS systems: required).
     #[arg(long, global = true)]
@@ -28,6 +33,23 @@ struct Cli {
     as_uid: Option<u32>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kext {
+    /// PrxSocketFilter.kext (net.prx.kext.SocketFilter.control).
+    Socket,
+    /// PrxIPFilter.kext (net.prx.kext.IPFilter.control).
+    Ip,
+}
+
+impl Kext {
+    fn control(self) -> &'static str {
+        match self {
+            Kext::Socket => CONTROL_NAME,
+            Kext::Ip => IP_CONTROL_NAME,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -66,23 +88,25 @@ enum ProxyCmd {
     Set {
         #[arg(required = true, num_args = 1..=2)]
         addrs: Vec<SocketAddr>,
-        /// The proxy's pid (its connections are never redirected).
+        /// The proxy's pid (its connections are never redirected; socket filter
+        /// only: the IP filter sees packets, not processes, and ignores it).
         #[arg(long)]
         pid: Option<u32>,
-        /// The proxy's process name (its connections are never redirected).
+        /// The proxy's process name (as --pid: socket filter only).
         #[arg(long)]
         name: Option<String>,
     },
 }
 
 fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
+    let name = cli.kext.control();
     if let Some(path) = &cli.emu {
         // SAFETY: geteuid cannot fail and has no preconditions.
         let uid = cli.as_uid.unwrap_or_else(|| unsafe { libc::geteuid() });
         let b =
-            prxctl::transport::EmuBridge::connect(path, CONTROL_NAME, uid).with_context(|| {
+            prxctl::transport::EmuBridge::connect(path, name, uid).with_context(|| {
                 format!(
-                    "connecting to {CONTROL_NAME} through the emulator bridge {}",
+                    "connecting to {name} through the emulator bridge {}",
                     path.display()
                 )
             })?;
@@ -90,8 +114,8 @@ fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
     }
     #[cfg(target_os = "macos")]
     {
-        let k = prxctl::transport::KernCtl::connect(CONTROL_NAME).with_context(|| {
-            format!("connecting to kern_control {CONTROL_NAME} (is the kext loaded? are you root?)")
+        let k = prxctl::transport::KernCtl::connect(name).with_context(|| {
+            format!("connecting to kern_control {name} (is the kext loaded? are you root?)")
         })?;
         Ok(Box::new(k))
     }
@@ -127,7 +151,11 @@ fn run(cli: Cli) -> Result<()> {
             let mut t = open(&cli)?;
             let s = prxctl::status(t.as_mut()).context("reading the status")?;
             let c = prxctl::stats(t.as_mut()).context("reading the statistics")?;
-            print!("{}", prxctl::render_status(&s, &c));
+            let kind = match cli.kext {
+                Kext::Socket => prxctl::KextKind::SocketFilter,
+                Kext::Ip => prxctl::KextKind::IpFilter,
+            };
+            print!("{}", prxctl::render_status(kind, &s, &c));
         }
         Cmd::Lookup { client } => {
             let mut t = open(&cli)?;

@@ -30,16 +30,43 @@ fn main() {
             }
         }
     }
+    let tests: [(&str, fn()); 2] = [
+        (
+            "prxctl_drives_the_socket_filter_in_the_emulator",
+            prxctl_drives_the_socket_filter_in_the_emulator,
+        ),
+        (
+            "prxctl_drives_the_ip_filter_in_the_emulator",
+            prxctl_drives_the_ip_filter_in_the_emulator,
+        ),
+    ];
     if std::env::args().any(|a| a == "--list") {
-        println!("prxctl_drives_the_socket_filter_in_the_emulator: test");
+        for (name, _) in &tests {
+            println!("{name}: test");
+        }
         return;
     }
-    println!("running 1 test");
-    prxctl_drives_the_socket_filter_in_the_emulator();
-    println!("test prxctl_drives_the_socket_filter_in_the_emulator ... ok");
+    // Name filters as libtest takes them (substring match), flags ignored.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let chosen: Vec<_> = tests
+        .iter()
+        .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+        .collect();
+    println!("running {} tests", chosen.len());
+    for (name, f) in chosen {
+        f();
+        println!("test {name} ... ok");
+    }
 }
 
 fn socket_kext() -> PathBuf {
+    kext("socket")
+}
+
+fn kext(which: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -47,7 +74,7 @@ fn socket_kext() -> PathBuf {
     let opts = xtask::build::BuildOptions {
         release: true,
         archs: vec![],
-        kexts: vec!["socket".into()],
+        kexts: vec![which.into()],
         target_dir: None,
     };
     let built = xtask::build::build(&root, &opts)
@@ -57,6 +84,55 @@ fn socket_kext() -> PathBuf {
 
 struct Ctl {
     sock: PathBuf,
+    /// Extra arguments before every command (`--kext ip`).
+    pre: Vec<String>,
+}
+
+type Scenario = std::thread::JoinHandle<vm::emu::ScenarioReport>;
+
+/// Starts the `ctl-bridge` scenario with `kext` in the emulator; returns when
+/// the bridge listens on `sock`.
+fn start_bridge(kext: PathBuf, sock: &Path) -> Scenario {
+    let opts = RunOptions {
+        runner: Runner {
+            program: std::env::current_exe().expect("current exe"),
+            args: vec![
+                "child".into(),
+                "--ctl-bridge".into(),
+                sock.display().to_string(),
+            ],
+        },
+        kexts: vec![kext],
+        timeout: Duration::from_secs(150),
+        faults: None,
+    };
+    let scenario = std::thread::spawn(move || emu::run(&opts, "ctl-bridge"));
+    let start = Instant::now();
+    while !sock.exists() {
+        if scenario.is_finished() {
+            let r = scenario.join().expect("scenario thread");
+            panic!("the bridge never listened:\n{}", r.render());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no bridge socket after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    scenario
+}
+
+/// Ends the bridge (`quit`) and checks that the scenario stopped and unloaded
+/// the kext with clean ledgers.
+fn finish_bridge(sock: &Path, scenario: Scenario) -> vm::emu::ScenarioReport {
+    let mut cmd = EmuBridge::raw(sock).expect("bridge");
+    assert_eq!(cmd.command("quit").expect("quit"), "bye");
+    drop(cmd);
+    let r = scenario.join().expect("scenario thread");
+    eprintln!("{}", r.render());
+    assert!(r.passed, "{}", r.render());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    r
 }
 
 impl Ctl {
@@ -64,6 +140,7 @@ impl Ctl {
         let out = Command::new(env!("CARGO_BIN_EXE_prxctl"))
             .arg("--emu")
             .arg(&self.sock)
+            .args(&self.pre)
             .args(args)
             .output()
             .expect("run prxctl");
@@ -108,33 +185,11 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     let sock = dir.path().join("ctl.sock");
     let proxy = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
     let proxy_addr = proxy.local_addr().expect("addr");
-    let opts = RunOptions {
-        runner: Runner {
-            program: std::env::current_exe().expect("current exe"),
-            args: vec![
-                "child".into(),
-                "--ctl-bridge".into(),
-                sock.display().to_string(),
-            ],
-        },
-        kexts: vec![kext],
-        timeout: Duration::from_secs(150),
-        faults: None,
+    let scenario = start_bridge(kext, &sock);
+    let ctl = Ctl {
+        sock: sock.clone(),
+        pre: vec![],
     };
-    let scenario = std::thread::spawn(move || emu::run(&opts, "ctl-bridge"));
-    let start = Instant::now();
-    while !sock.exists() {
-        if scenario.is_finished() {
-            let r = scenario.join().expect("scenario thread");
-            panic!("the bridge never listened:\n{}", r.render());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no bridge socket after 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ctl = Ctl { sock: sock.clone() };
 
     // CTL_FLAG_PRIVILEGED: a non-root client is refused before the kext sees it.
     let e = ctl.fails(&["--as-uid", "501", "status"]);
@@ -269,11 +324,91 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     ctl.ok(&["enable"]);
     assert!(ctl.ok(&["status"]).contains("filtering:        enabled"));
 
+    finish_bridge(&sock, scenario);
+}
+
+/// The IP filter through the same tool: `--kext ip` reaches its own control;
+/// proxies and a TOML rule file configure the NAT; smoltcp traffic (run inside
+/// the emulator on the bridge's command) is redirected; status shows the flow
+/// and the packets; a lookup of the client's address answers from the NAT table.
+fn prxctl_drives_the_ip_filter_in_the_emulator() {
+    let kext = kext("ip");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ctl.sock");
+    let scenario = start_bridge(kext, &sock);
+    let ip = Ctl {
+        sock: sock.clone(),
+        pre: vec!["--kext".into(), "ip".into()],
+    };
+    let socket = Ctl {
+        sock: sock.clone(),
+        pre: vec![],
+    };
+
+    // Only the IP filter is loaded: the socket filter's control is not there.
+    let e = socket.fails(&["status"]);
+    assert!(e.contains("net.prx.kext.SocketFilter.control"), "{e}");
+    let e = ip.fails(&["--as-uid", "501", "status"]);
+    assert!(e.contains("Operation not permitted"), "{e}");
+
+    let s = ip.ok(&["--as-uid", "0", "status"]);
+    assert!(s.contains("filtering:        enabled"), "{s}");
+    assert!(s.contains("rules:            0 (rule sets installed: 0)"), "{s}");
+    assert!(s.contains("filters attached: 2 (IPv4, IPv6)"), "{s}");
+    assert_eq!(stat(&s, "NAT flows"), 0, "{s}");
+    assert_eq!(stat(&s, "NAT flow capacity"), 2048, "{s}");
+
+    ip.ok(&["proxy", "set", "192.0.2.1:3128", "[2001:db8:2::1]:3128"]);
+    let rules = dir.path().join("nat.toml");
+    std::fs::write(
+        &rules,
+        "default = \"direct\"\n\
+         \n\
+         [[rule]]\n\
+         dst = \"203.0.113.0/24\"\n\
+         action = \"proxy\"\n\
+         \n\
+         [[rule]]\n\
+         dst = \"2001:db8:203::/48\"\n\
+         action = \"proxy\"\n",
+    )
+    .expect("write rules");
+    let out = ip.ok(&["rules", "load", rules.to_str().expect("utf-8 path")]);
+    assert!(out.contains("loaded 2 rules"), "{out}");
+
     let mut cmd = EmuBridge::raw(&sock).expect("bridge");
-    assert_eq!(cmd.command("quit").expect("quit"), "bye");
+    assert_eq!(cmd.command("run nat-tcp4").expect("run"), "passed");
+    assert_eq!(cmd.command("run nat-udp6").expect("run"), "passed");
     drop(cmd);
-    let r = scenario.join().expect("scenario thread");
-    eprintln!("{}", r.render());
-    assert!(r.passed, "{}", r.render());
-    assert!(r.violations.is_empty(), "{:?}", r.violations);
+
+    let s = ip.ok(&["status"]);
+    assert!(s.contains("rules:            2 (rule sets installed: 1)"), "{s}");
+    assert!(s.contains("proxy (IPv4):     192.0.2.1:3128"), "{s}");
+    assert!(s.contains("proxy (IPv6):     [2001:db8:2::1]:3128"), "{s}");
+    assert_eq!(stat(&s, "NAT flows"), 2, "a TCP and a UDP flow: {s}");
+    assert!(stat(&s, "packets redirected") > 700, "{s}");
+    assert!(stat(&s, "reply packets rewritten") > 700, "{s}");
+    assert_eq!(stat(&s, "packets dropped: busy"), 0, "{s}");
+    assert_eq!(stat(&s, "packets dropped: unparseable"), 0, "{s}");
+
+    // What the proxy asks: where did the client at 10.0.0.1:49152 want to go?
+    let out = ip.ok(&["lookup", "10.0.0.1:49152"]);
+    assert!(
+        out.contains("original destination 203.0.113.10:80 (NAT flow)"),
+        "{out}"
+    );
+    let out = ip.run(&["lookup", "10.0.0.1:1"]);
+    assert!(!out.status.success());
+
+    ip.ok(&["disable"]);
+    assert!(ip.ok(&["status"]).contains("filtering:        disabled"));
+    ip.ok(&["enable"]);
+
+    let r = finish_bridge(&sock, scenario);
+    assert!(
+        r.log.iter().any(|l| l == "prx: PrxIPFilter flows_v4=1")
+            && r.log.iter().any(|l| l == "prx: PrxIPFilter flows_v6=1"),
+        "{:?}",
+        r.log
+    );
 }

@@ -306,3 +306,28 @@ fn two_clean_builds_are_bit_identical() {
         assert!(a.2 == b.2, "{}: Info.plists differ between clean builds", a.0);
     }
 }
+
+/// The IP filter's NAT tables (two × 1,024 flows with 2 × 2,048-bucket
+/// indexes) are zero-initialised statics: llvm-objdump must find them in the
+/// zerofill `__DATA,__bss` of both slices, with `__DATA,__data` holding only
+/// the small initialised state (kmod_info, filter registrations).
+#[test]
+fn ip_filter_nat_tables_are_zero_fill() {
+    let (_, bundle) = bundles().into_iter().find(|(n, _)| n == "kext-ip").expect("kext-ip");
+    for arch in ["x86_64", "arm64e"] {
+        let exe = thin(&executable_of(&bundle), arch);
+        let out = tool("llvm-objdump-19", &["--macho", "--section-headers", exe.to_str().unwrap()]);
+        let size = |name: &str| -> u64 {
+            out.lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.get(1) == Some(&name)).then(|| u64::from_str_radix(f[2], 16).unwrap())
+                })
+                .unwrap_or(0)
+        };
+        let (data, bss) = (size("__data"), size("__bss"));
+        assert!(bss >= 190_000, "{arch}: __bss {bss} bytes (the NAT tables):\n{out}");
+        assert!(out.lines().any(|l| l.contains("__bss") && l.contains("BSS")), "{arch}: zerofill:\n{out}");
+        assert!(data < 4096, "{arch}: __data {data} bytes: the tables must not be initialised data:\n{out}");
+    }
+}

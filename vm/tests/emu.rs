@@ -493,6 +493,25 @@ fn step_detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no step {what}:\n{}", r.render()))
 }
 
+/// A counter of the IP filter's statistics as the scenario read them back
+/// through its kern_control (step `ip control: statistics`, `id=value` pairs).
+fn ip_stat(r: &ScenarioReport, id: u32) -> Option<u64> {
+    let d = step_detail(r, "ip control: statistics");
+    d.split_whitespace().find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (u32::from_str_radix(k.trim_start_matches("0x"), 16).ok()? == id).then(|| v.parse().ok())?
+    })
+}
+
+/// The scenario configured the kext through its control (proxies and rules).
+fn assert_configured(r: &ScenarioReport) {
+    let c = step_detail(r, "ip control: configure");
+    assert!(
+        r.steps.iter().any(|s| s.what == "ip control: configure" && s.ok),
+        "{c}"
+    );
+}
+
 #[test]
 fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
     let kext = prx_ip_filter();
@@ -527,6 +546,24 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
             "{:?}",
             r.log
         );
+        // Configured through the control; its statistics agree with the wire.
+        assert_configured(&r);
+        let (v4, v6) = if name == "nat-tcp6" { (0, 1) } else { (1, 0) };
+        assert_eq!(ip_stat(&r, 0x100), Some(1), "one flow in the tables");
+        assert_eq!(ip_stat(&r, 0x104), Some(2), "both filters attached");
+        assert_eq!(ip_stat(&r, 0x9), Some(1), "one rule set installed");
+        let redirected = ip_stat(&r, 0x101).unwrap_or(0);
+        let replies = ip_stat(&r, 0x102).unwrap_or(0);
+        assert!(redirected > 700 && replies > 700, "{redirected} {replies}");
+        assert!(
+            r.log.iter().any(|l| *l == format!("prx: PrxIPFilter flows_v4={v4}"))
+                && r.log.iter().any(|l| *l == format!("prx: PrxIPFilter flows_v6={v6}")),
+            "{:?}",
+            r.log
+        );
+        for reason in 0x200..0x207 {
+            assert_eq!(ip_stat(&r, reason), Some(0), "drops {reason:#x}");
+        }
     }
 }
 
@@ -572,6 +609,9 @@ fn prx_ip_filter_nat_udp_v4_v6() {
             e.contains("the client got Some(\"answer to prx udp query\")") && e.contains(origin),
             "{e}"
         );
+        assert_configured(&r);
+        assert_eq!(ip_stat(&r, 0x101), Some(1), "one request redirected");
+        assert_eq!(ip_stat(&r, 0x102), Some(1), "one reply rewritten");
     }
 }
 
@@ -606,6 +646,9 @@ fn prx_ip_filter_hostile_packets_pass_drop_or_redirect_per_policy() {
         "{:?}",
         r.log
     );
+    // The same drops, by reason, through the control protocol's statistics.
+    assert_eq!(ip_stat(&r, 0x200), Some(4), "unparseable");
+    assert_eq!(ip_stat(&r, 0x203), Some(2), "IPv6 UDP checksum 0");
 }
 
 #[test]

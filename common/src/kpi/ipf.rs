@@ -22,7 +22,7 @@
 use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_int, c_void};
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, Ordering};
 
 use super::mbuf::{Errno, Packet, Taken};
 use crate::sys;
@@ -370,6 +370,136 @@ impl<T> TryLockGuard<'_, T> {
     }
 }
 
+/// A non-blocking reader-writer lock for state that IP-filter callbacks read
+/// and the control (user context) replaces: readers never wait for each
+/// other; a writer announces itself (new readers then hold back), waits for
+/// the readers inside to leave and holds the lock only to swap a value.
+/// Both sides spin a bounded number of times and then give up: a callback
+/// drops its packet (counted), the control returns `EBUSY`.
+pub struct TryRwLock<T> {
+    /// Bit 31: a writer holds or waits for the lock; bits 0..31: readers inside.
+    state: AtomicU32,
+    value: UnsafeCell<T>,
+}
+
+const WRITER: u32 = 1 << 31;
+
+// SAFETY: readers get `&T` concurrently (T: Sync), the writer gets `&mut T`
+// alone and may move values in and out (T: Send); `state` serialises them
+// (acquire on entry, release on exit).
+unsafe impl<T: Send + Sync> Sync for TryRwLock<T> {}
+
+impl<T> TryRwLock<T> {
+    /// An unlocked lock holding `value`.
+    pub const fn new(value: T) -> Self {
+        TryRwLock {
+            state: AtomicU32::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Shared access, spinning at most `spins` times while a writer is there.
+    pub fn try_read(&self, spins: u32) -> Option<TryReadGuard<'_, T>> {
+        let mut n = 0u32;
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & WRITER == 0
+                && s < WRITER.wrapping_sub(1)
+                && self
+                    .state
+                    .compare_exchange_weak(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(TryReadGuard { lock: self });
+            }
+            if n >= spins {
+                return None;
+            }
+            n = n.wrapping_add(1);
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Exclusive access: takes the writer bit (spinning while another writer
+    /// has it), then waits for the readers inside to leave; gives up (and
+    /// lets readers in again) after `spins` rounds.
+    pub fn try_write(&self, spins: u32) -> Option<TryWriteGuard<'_, T>> {
+        let mut n = 0u32;
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & WRITER == 0
+                && self
+                    .state
+                    .compare_exchange_weak(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                break;
+            }
+            if n >= spins {
+                return None;
+            }
+            n = n.wrapping_add(1);
+            core::hint::spin_loop();
+        }
+        loop {
+            if self.state.load(Ordering::Acquire) == WRITER {
+                return Some(TryWriteGuard { lock: self });
+            }
+            if n >= spins {
+                self.state.fetch_and(!WRITER, Ordering::Release);
+                return None;
+            }
+            n = n.wrapping_add(1);
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Shared access to a [`TryRwLock`]'s value.
+pub struct TryReadGuard<'a, T> {
+    lock: &'a TryRwLock<T>,
+}
+
+impl<T> Deref for TryReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: counted as a reader; no writer guard exists while readers are inside.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for TryReadGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.state.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Exclusive access to a [`TryRwLock`]'s value.
+pub struct TryWriteGuard<'a, T> {
+    lock: &'a TryRwLock<T>,
+}
+
+impl<T> Deref for TryWriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the writer bit is held and no reader is inside.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for TryWriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above, and `&mut self` makes the access unique.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for TryWriteGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.state.fetch_and(!WRITER, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +543,60 @@ mod tests {
                 .fold(0, u64::wrapping_add)
         });
         assert_eq!(L.try_lock(0).map(|g| *g), Some((done, done)));
+    }
+
+    #[test]
+    fn try_rw_lock_readers_share_writers_exclude() {
+        let l = TryRwLock::new(1u32);
+        let r1 = l.try_read(0);
+        let r2 = l.try_read(0);
+        assert!(r1.is_some() && r2.is_some(), "readers do not exclude each other");
+        assert!(l.try_write(100).is_none(), "readers inside: the writer gives up");
+        assert!(l.try_read(0).is_some(), "a writer that gave up lets readers in again");
+        drop((r1, r2));
+        let w = l.try_write(0);
+        assert!(w.is_some());
+        assert!(l.try_read(100).is_none(), "a writer inside keeps readers out");
+        if let Some(mut w) = w {
+            *w = 2;
+        }
+        assert_eq!(l.try_read(0).map(|r| *r), Some(2));
+    }
+
+    #[test]
+    fn try_rw_lock_writers_never_tear_what_readers_see() {
+        static L: TryRwLock<(u64, u64)> = TryRwLock::new((0, 0));
+        let (reads, writes) = std::thread::scope(|s| {
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut ok = 0u64;
+                        for _ in 0..50_000 {
+                            if let Some(g) = L.try_read(64) {
+                                assert_eq!(g.0, g.1, "a reader saw a half-done write");
+                                ok += 1;
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let writer = s.spawn(|| {
+                let mut ok = 0u64;
+                for _ in 0..2_000 {
+                    if let Some(mut g) = L.try_write(1 << 16) {
+                        g.0 += 1;
+                        std::hint::spin_loop();
+                        g.1 += 1;
+                        ok += 1;
+                    }
+                }
+                ok
+            });
+            let r: u64 = readers.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+            (r, writer.join().unwrap_or(0))
+        });
+        assert!(reads > 0 && writes > 0, "reads {reads} writes {writes}");
+        assert_eq!(L.try_read(0).map(|g| *g), Some((writes, writes)));
     }
 }

@@ -6,6 +6,10 @@
 //! - [`sflt`]: the [`sflt::SocketFilter`] trait and its `sflt_filter` trampolines.
 //! - [`ctl`]: the [`ctl::Control`] trait and its `kern_ctl_reg` trampolines.
 //! - [`proc`]: the current process.
+//! - [`ipf`], [`mbuf`]: the IP filter's trampolines and packets; [`ipf::TryLock`]
+//!   and [`ipf::TryRwLock`], the non-blocking locks of its callbacks.
+//! - [`clock`], [`random`]: uptime and the kernel's random generator.
+//! - [`rules`]: the shared rule set in kernel memory, built from a control message.
 
 pub mod alloc;
 pub mod clock;
@@ -19,6 +23,8 @@ pub mod mbuf;
 pub mod panic;
 pub mod proc;
 pub mod ptrauth;
+pub mod random;
+pub mod rules;
 pub mod sflt;
 
 pub use kmod::KextError;

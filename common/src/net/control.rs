@@ -36,6 +36,12 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// The kern_control name of the socket filter's control.
 pub const CONTROL_NAME: &str = "net.prx.kext.SocketFilter.control";
+/// The kern_control name of the IP filter's control (same protocol; its
+/// `Lookup` answers from the NAT table, with pid 0 and rule [`RULE_UNKNOWN`]).
+pub const IP_CONTROL_NAME: &str = "net.prx.kext.IPFilter.control";
+/// The rule number a lookup reports when the kext does not know it (the IP
+/// filter's NAT flows do not record the rule that created them).
+pub const RULE_UNKNOWN: u32 = u32::MAX;
 /// Length of an encoded [`Endpoint`].
 pub const ENDPOINT_LEN: usize = 20;
 /// Length of an encoded [`Rule`].
@@ -138,7 +144,12 @@ pub mod stat {
     pub const IP_REDIRECTED_PACKETS: u32 = 0x101;
     /// IP filter: packets rewritten back on the reply path.
     pub const IP_REPLY_PACKETS: u32 = 0x102;
-    /// IP filter: drops, by reason: `IP_DROP_BASE + reason`.
+    /// IP filter: flows the NAT tables can hold (both families).
+    pub const IP_FLOW_CAPACITY: u32 = 0x103;
+    /// IP filter: IPv4 and IPv6 filters attached.
+    pub const IP_FILTERS_ATTACHED: u32 = 0x104;
+    /// IP filter: drops, by reason: `IP_DROP_BASE + reason` (the order of
+    /// `common::net::filter::DropReason::ALL`).
     pub const IP_DROP_BASE: u32 = 0x200;
 }
 

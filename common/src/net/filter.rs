@@ -158,6 +158,19 @@ impl DropReason {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// A short name (statistics, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Unparseable => "unparseable",
+            DropReason::TableFull => "table full",
+            DropReason::Collision => "flow collision",
+            DropReason::Udp6ZeroChecksum => "IPv6 UDP checksum 0",
+            DropReason::Busy => "busy",
+            DropReason::Mbuf => "mbuf failure",
+            DropReason::Inject => "inject failure",
+        }
+    }
 }
 
 /// What to do with a packet.

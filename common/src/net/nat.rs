@@ -45,6 +45,26 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl From<Endpoint> for super::addr::Endpoint {
+    fn from(e: Endpoint) -> Self {
+        let a = match e.addr {
+            Addr::V4(b) => super::addr::IpAddr::V4(b),
+            Addr::V6(b) => super::addr::IpAddr::V6(b),
+        };
+        super::addr::Endpoint::new(a, e.port)
+    }
+}
+
+impl From<super::addr::Endpoint> for Endpoint {
+    fn from(e: super::addr::Endpoint) -> Self {
+        let addr = match e.addr {
+            super::addr::IpAddr::V4(b) => Addr::V4(b),
+            super::addr::IpAddr::V6(b) => Addr::V6(b),
+        };
+        Endpoint { addr, port: e.port }
+    }
+}
+
 /// A flow as the client sends it: protocol, client (source), original destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -148,13 +168,18 @@ impl Flow {
     }
 }
 
+/// An entry. `repr(u8)` with `Free` as tag 0 (and [`NONE`] = 0) makes a new
+/// table all zero bytes, so a kext's `static` table is zero-fill (`__bss`),
+/// not initialised data in the binary.
 #[derive(Debug, Clone, Copy)]
+#[repr(u8)]
 enum Slot {
     Free { next: u32 },
     Used(Flow),
 }
 
-const NONE: u32 = u32::MAX;
+/// End of the free list (entries are linked by 1-based id).
+const NONE: u32 = 0;
 
 /// The NAT table: `N` flows, indexes of `SLOTS` buckets (power of two ≥ 2·N).
 #[derive(Debug, Clone)]
@@ -213,6 +238,22 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         assert!(SLOTS >= 2 * N);
     };
 
+    /// An empty, unconfigured table whose bytes are all zero, for a kext's
+    /// `static` (which then costs nothing in the binary: zero-fill). All
+    /// timeouts are 0 (every flow expires at once) until [`NatTable::configure`]
+    /// sets them and the hash seed, which the kext does in its start routine
+    /// before attaching its filters.
+    pub const fn zeroed() -> Self {
+        Self::new(
+            Config {
+                tcp_idle_ms: 0,
+                tcp_closed_grace_ms: 0,
+                udp_idle_ms: 0,
+            },
+            0,
+        )
+    }
+
     /// An empty table (usable in a `static`).
     pub const fn new(cfg: Config, seed: u64) -> Self {
         let () = Self::CHECK;
@@ -227,6 +268,11 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
             fwd: [0; SLOTS],
             rev: [0; SLOTS],
         }
+    }
+
+    /// The timeouts.
+    pub fn config(&self) -> Config {
+        self.cfg
     }
 
     /// Re-keys the hash (only while empty) and sets the timeouts.
@@ -381,7 +427,7 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
             *s = Slot::Free {
                 next: self.free_head,
             };
-            self.free_head = e.wrapping_sub(1);
+            self.free_head = e;
             self.len = self.len.saturating_sub(1);
         }
     }
@@ -478,7 +524,7 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
             }
         }
         let e = if self.free_head != NONE {
-            let e = self.free_head;
+            let e = self.free_head.wrapping_sub(1);
             let next = match self.entries.get(usize::try_from(e).unwrap_or(usize::MAX)) {
                 Some(Slot::Free { next }) => *next,
                 _ => NONE,
@@ -486,7 +532,7 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
             self.free_head = next;
             e
         } else if self.fresh < N {
-            let e = u32::try_from(self.fresh).unwrap_or(NONE);
+            let e = u32::try_from(self.fresh).unwrap_or(u32::MAX);
             self.fresh = self.fresh.wrapping_add(1);
             e
         } else {
@@ -528,7 +574,7 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
             };
             let expired = matches!(self.entries.get(pos), Some(Slot::Used(f)) if f.is_expired(&self.cfg, now));
             if expired {
-                self.remove_entry(u32::try_from(pos).unwrap_or(NONE).wrapping_add(1));
+                self.remove_entry(u32::try_from(pos).unwrap_or(u32::MAX).wrapping_add(1));
                 removed = removed.wrapping_add(1);
             }
         }
@@ -540,11 +586,88 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         *self = Self::new(self.cfg, self.seed);
     }
 
+    /// The live flow whose client endpoint is `client` (a TCP flow before any
+    /// other), for the control's original-destination lookup. A scan of the
+    /// entries (O(N)): for user requests, never for the packet path.
+    pub fn client_flow(&self, client: &Endpoint, now: u64) -> Option<Flow> {
+        let mut found: Option<Flow> = None;
+        for f in self.flows() {
+            if f.key.src != *client || f.is_expired(&self.cfg, now) {
+                continue;
+            }
+            if f.key.protocol == proto::TCP {
+                return Some(*f);
+            }
+            found = found.or(Some(*f));
+        }
+        found
+    }
+
     /// Iterates over the tracked flows (expired ones not yet swept included).
     pub fn flows(&self) -> impl Iterator<Item = &Flow> {
         self.entries.iter().filter_map(|s| match s {
             Slot::Used(f) => Some(f),
             Slot::Free { .. } => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod zeroed_tests {
+    use super::*;
+
+    fn ep(a: [u8; 4], port: u16) -> Endpoint {
+        Endpoint {
+            addr: Addr::V4(a),
+            port,
+        }
+    }
+
+    #[test]
+    fn a_zeroed_table_works_once_configured_and_reuses_freed_entries() {
+        let mut t: NatTable<2, 4> = NatTable::zeroed();
+        assert!(t.is_empty());
+        t.configure(Config::DEFAULT, 0x1234);
+        assert_eq!(t.config(), Config::DEFAULT);
+        let key = |port| FlowKey {
+            protocol: proto::UDP,
+            src: ep([10, 0, 0, 1], port),
+            dst: ep([203, 0, 113, 10], 53),
+        };
+        let proxy = ep([192, 0, 2, 1], 3128);
+        assert!(t.insert(key(1000), proxy, 0, 0).is_ok());
+        assert!(t.insert(key(1001), proxy, 0, 0).is_ok());
+        assert_eq!(t.insert(key(1002), proxy, 0, 0), Err(InsertError::Full));
+        // Expire both (UDP idle), then the free list must hand both entries out again.
+        let later = Config::DEFAULT.udp_idle_ms + 1;
+        assert_eq!(t.sweep(later, 8), 2);
+        assert!(t.is_empty());
+        for port in [2000, 2001] {
+            assert!(t.insert(key(port), proxy, 0, later).is_ok(), "port {port}");
+        }
+        assert_eq!(t.insert(key(2002), proxy, 0, later), Err(InsertError::Full));
+        let f = t.client_flow(&ep([10, 0, 0, 1], 2001), later).map(|f| f.key.dst);
+        assert_eq!(f, Some(ep([203, 0, 113, 10], 53)));
+        assert_eq!(t.client_flow(&ep([10, 0, 0, 1], 1000), later), None, "expired and swept");
+        assert_eq!(t.client_flow(&ep([10, 0, 0, 1], 2001), later + Config::DEFAULT.udp_idle_ms), None, "expired");
+        let back: Endpoint = crate::net::addr::Endpoint::from(proxy).into();
+        assert_eq!(back, proxy);
+        assert_eq!(t.outbound(&key(2001), 0, later), Some(proxy));
+        assert_eq!(
+            t.inbound(proto::UDP, &proxy, &ep([10, 0, 0, 1], 2000), 0, later),
+            Some(ep([203, 0, 113, 10], 53))
+        );
+    }
+
+    #[test]
+    fn unconfigured_tables_expire_everything_at_once() {
+        let mut t: NatTable<2, 4> = NatTable::zeroed();
+        let k = FlowKey {
+            protocol: proto::TCP,
+            src: ep([10, 0, 0, 1], 1),
+            dst: ep([203, 0, 113, 10], 80),
+        };
+        assert!(t.insert(k, ep([192, 0, 2, 1], 3128), tcp::SYN, 5).is_ok());
+        assert_eq!(t.outbound(&k, tcp::ACK, 5), None);
     }
 }

@@ -495,6 +495,7 @@ unsafe extern "C" {
         size: ::core::ffi::c_int,
     );
     pub fn nanouptime(ts: *mut timespec);
+    pub fn read_random(buffer: *mut ::core::ffi::c_void, numBytes: ::core::ffi::c_uint);
     pub fn lck_grp_alloc_init(
         grp_name: *const ::core::ffi::c_char,
         attr: *mut lck_grp_attr_t,

@@ -22,7 +22,10 @@
 //! - kind 4, command (tests, no control client needed): `open ADDR:PORT`
 //!   opens a TCP connection as the process (4242, "prx-emu-client") through
 //!   the socket filters (as the `sockfilter` scenario does) and keeps it open,
-//!   sending `hello\n`; the answer is `local ADDR target ADDR`. `quit` ends the
+//!   sending `hello\n`; the answer is `local ADDR target ADDR`. `run nat-tcp4`
+//!   (`nat-tcp6`, `nat-udp4`, `nat-udp6`) carries that smoltcp traffic through
+//!   the IP filters as configured by the bridge's clients (see
+//!   [`super::stacks`]); the answer is `passed` or `failed`. `quit` ends the
 //!   serving: open connections are closed and the scenario stops and unloads
 //!   the kexts and checks the ledgers as every scenario does.
 
@@ -207,6 +210,18 @@ fn serve_one(mut s: UnixStream, open: &mut Vec<sockets::Live>) -> bool {
 fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
     if cmd == "quit" {
         return (0, "bye".into());
+    }
+    if let Some(name) = cmd.strip_prefix("run ") {
+        // IP-filter traffic between the smoltcp hosts, under whatever the
+        // bridge's clients configured (see `super::stacks`).
+        let passed = match name.trim() {
+            "nat-tcp4" => super::stacks::nat_tcp(false, None),
+            "nat-tcp6" => super::stacks::nat_tcp(true, None),
+            "nat-udp4" => super::stacks::nat_udp(false),
+            "nat-udp6" => super::stacks::nat_udp(true),
+            other => return (EINVAL, format!("unknown traffic `{other}` (nat-tcp4, nat-tcp6, nat-udp4, nat-udp6)")),
+        };
+        return (0, if passed { "passed" } else { "failed" }.into());
     }
     let Some(dest) = cmd
         .strip_prefix("open ")

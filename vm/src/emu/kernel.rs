@@ -114,6 +114,8 @@ pub struct Kernel {
     pub code: Vec<(u64, u64, String)>,
     /// Monotonic emulated clock, nanoseconds.
     pub clock_ns: u64,
+    /// State of the deterministic `read_random` stream.
+    pub random_state: u64,
     /// The current process (pid, name) `proc_selfpid`/`proc_name` report; `None`: the default client.
     pub current_proc: Option<(i32, String)>,
 }
@@ -133,6 +135,7 @@ pub fn reset(faults: FaultPlan) {
         *k = Kernel {
             faults,
             clock_ns: 1_000_000_000,
+            random_state: 0x5052_5800,
             ..Kernel::default()
         };
     });

@@ -20,6 +20,7 @@ pub mod ctl_bridge;
 pub mod events;
 pub mod fault;
 pub mod image;
+pub mod ipctl;
 pub mod ipf;
 pub mod kernel;
 pub mod loader;

@@ -101,6 +101,10 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             }
         }
     }
+    let nat = name.starts_with("nat-");
+    if ok && nat {
+        ok &= super::ipctl::configure(super::ipctl::RuleProtocol::Any) != Some(false);
+    }
     if ok {
         ok &= match name {
             "socket-connect" => traffic::socket_connect(),
@@ -115,6 +119,9 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "ctl-bridge" => super::ctl_bridge::ctl_bridge(),
             _ => true,
         };
+    }
+    if nat {
+        let _ = super::ipctl::stats();
     }
     for k in loaded.iter_mut().rev() {
         ok &= stop_and_unload(k);

@@ -298,13 +298,13 @@ fn hex(b: &[u8]) -> String {
 // ---- control messages (the wire format of common::net::control, written here
 // independently so the emulator does not depend on the kernel crate) ----
 
-fn header(op: u8, len: usize) -> Vec<u8> {
+pub(super) fn header(op: u8, len: usize) -> Vec<u8> {
     let mut v = vec![1, op, 0, 0];
     v.extend_from_slice(&(len as u32).to_be_bytes());
     v
 }
 
-fn endpoint(a: Option<SocketAddr>) -> Vec<u8> {
+pub(super) fn endpoint(a: Option<SocketAddr>) -> Vec<u8> {
     let mut v = vec![0u8; 20];
     match a {
         Some(SocketAddr::V4(x)) => {
@@ -323,7 +323,7 @@ fn endpoint(a: Option<SocketAddr>) -> Vec<u8> {
 }
 
 /// One 48-byte rule record.
-fn rule(dst: Option<(std::net::IpAddr, u8)>, ports: (u16, u16), name: Option<&str>, action: u8, v2: bool) -> Vec<u8> {
+pub(super) fn rule(dst: Option<(std::net::IpAddr, u8)>, ports: (u16, u16), name: Option<&str>, action: u8, v2: bool) -> Vec<u8> {
     let mut r = vec![0u8; 48];
     r[0] = u8::from(dst.is_some());
     r[1] = action;
@@ -350,7 +350,7 @@ fn rule(dst: Option<(std::net::IpAddr, u8)>, ports: (u16, u16), name: Option<&st
     r
 }
 
-fn rules_msg(rules: &[Vec<u8>]) -> Vec<u8> {
+pub(super) fn rules_msg(rules: &[Vec<u8>]) -> Vec<u8> {
     let len = 16 + 48 * rules.len();
     let mut v = header(1, len);
     v.extend_from_slice(&[0, 0, 0, 0]);

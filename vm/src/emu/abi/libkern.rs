@@ -355,6 +355,27 @@ extern "C" fn clock_get_uptime(out: *mut u64) {
     unsafe { put(out, ns) }
 }
 
+/// `read_random`: the emulated kernel's generator is a deterministic
+/// splitmix64 stream (runs are repeatable), not a cryptographic one.
+extern "C" fn read_random(buf: *mut c_void, n: u32) {
+    if buf.is_null() {
+        return;
+    }
+    let bytes: Vec<u8> = kernel::with(|k| {
+        (0..n as usize)
+            .map(|_| {
+                k.random_state = k.random_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = k.random_state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                (z ^ (z >> 31)) as u8
+            })
+            .collect()
+    });
+    // SAFETY: read_random's contract: `buf` is valid for `n` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), bytes.len()) };
+}
+
 /// The pid the emulator reports as the current process.
 pub const EMU_PID: c_int = 4242;
 pub const EMU_PROC_NAME: &str = "prx-emu-client";
@@ -618,6 +639,10 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         sym!(
             "_clock_get_uptime",
             clock_get_uptime as extern "C" fn(*mut u64)
+        ),
+        sym!(
+            "_read_random",
+            read_random as extern "C" fn(*mut c_void, u32)
         ),
         sym!("_proc_selfpid", proc_selfpid as extern "C" fn() -> c_int),
         sym!(
