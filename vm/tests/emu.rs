@@ -670,3 +670,30 @@ fn prx_ip_filter_survives_inject_failures() {
         );
     }
 }
+
+/// Every kernel allocation of the IP filter fails in turn (start's rule set
+/// and state, the control's new rule set), then seeded mixes with inject
+/// failures: no violation, no fault, clean ledgers; each run either passes,
+/// or start fails cleanly, or the control client or the rule set is refused
+/// with ENOMEM and the traffic is not attempted.
+#[test]
+fn prx_ip_filter_allocation_failures_leave_clean_ledgers() {
+    let mut plans: Vec<String> = (1..=6).map(|n| format!("alloc#{n}")).collect();
+    plans.extend((1..=3).map(|s| format!("alloc%300@{s};inject%200@{s}")));
+    for p in &plans {
+        let r = run_with("nat-udp4", &prx_ip_filter(), Some(p), Duration::from_secs(60));
+        assert!(r.violations.is_empty(), "{p}: {:?}", r.violations);
+        assert!(r.fault.is_none(), "{p}: {:?}", r.fault);
+        let clean_start_failure = r.steps.iter().any(|s| s.what.starts_with("start ") && !s.ok)
+            && r.log.iter().any(|l| l.contains("start failed"));
+        let refused = r.steps.iter().any(|s| {
+            (s.what == "ip control: configure" || s.what == "ip control: connect")
+                && !s.ok
+                && s.detail.contains("errno 12")
+        });
+        assert!(r.passed || clean_start_failure || refused, "{p}: {}", r.render());
+    }
+    // The first allocation is start's: the kext does not start and leaves nothing behind.
+    let r = run_with("nat-udp4", &prx_ip_filter(), Some("alloc#1"), Duration::from_secs(60));
+    assert!(!r.passed && r.log.iter().any(|l| l.contains("start failed")), "{}", r.render());
+}
