@@ -39,6 +39,7 @@ use common::kpi::alloc::{self, KSlice};
 use common::kpi::ctl::{self, Control};
 use common::kpi::global::Global;
 use common::kpi::lock::{self, Mutex, RwLock};
+use common::kpi::rules::{self as krules, KRuleSet};
 use common::kpi::sflt::{self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter};
 use common::kpi::{KextError, log, proc};
 use common::net::addr::{Endpoint, Family};
@@ -46,7 +47,7 @@ use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::origdst::{Original, Slot, Table};
 use common::net::policy::{self, Decision, Proxies};
 use common::net::proxy_v2;
-use common::net::rules::{Action, IndexEntry, ProcName, Rule, RuleSet};
+use common::net::rules::{Action, ProcName};
 use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STREAM};
 
 const HANDLE_V4: u32 = 0x5052_5834; // 'PRX4'
@@ -56,11 +57,10 @@ const ORIGDST_CAPACITY: usize = 4096;
 const ENOTCONN: Errno = 57;
 const EPIPE: Errno = 32;
 const ECONNREFUSED: Errno = 61;
-const ENOMEM: Errno = 12;
 const EHOSTUNREACH: Errno = 65;
 const ENOTSUP: Errno = 45;
 
-type Rules = RuleSet<KSlice<Rule>, KSlice<IndexEntry>>;
+type Rules = KRuleSet;
 
 /// One consistent configuration snapshot: what `connect_out` decides with.
 struct Config {
@@ -99,11 +99,6 @@ impl Shared {
 
 static STATE: Global<Shared> = Global::new();
 
-fn empty_rules(default: Action) -> Result<Rules, KextError> {
-    let r = KSlice::try_new(0, Rule::default()).map_err(|_| KextError::Failed)?;
-    let i = KSlice::try_new(0, IndexEntry::default()).map_err(|_| KextError::Failed)?;
-    RuleSet::new(r, i, default).map_err(|_| KextError::Failed)
-}
 
 // ---- the socket filter ----
 
@@ -248,13 +243,7 @@ common::socket_filter!(static FILTER_V6: Filter = handle HANDLE_V6, name c"net.p
 struct Ctl;
 
 fn apply_rules(st: &Shared, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> {
-    let n = msg.count();
-    let mut rules = KSlice::try_new(n, Rule::default()).map_err(|_| ENOMEM)?;
-    for (slot, r) in rules.as_mut().iter_mut().zip(msg.rules()) {
-        *slot = r.map_err(proto::Error::errno)?;
-    }
-    let index = KSlice::try_new(n, IndexEntry::default()).map_err(|_| ENOMEM)?;
-    let set = RuleSet::new(rules, index, msg.default_action()).map_err(|_| proto::Error::Field.errno())?;
+    let set = krules::from_msg(msg)?;
     let old = {
         let mut cfg = st.config.write();
         cfg.generation = cfg.generation.wrapping_add(1);
@@ -333,7 +322,8 @@ common::kern_control!(static CONTROL: Ctl = name proto::CONTROL_NAME, flags CTL_
 // ---- start and stop ----
 
 fn make_state() -> Result<(), KextError> {
-    let config = Config { enabled: true, proxies: Proxies::default(), rules: empty_rules(Action::Direct)?, generation: 0 };
+    let rules = krules::empty(Action::Direct).map_err(|_| KextError::Failed)?;
+    let config = Config { enabled: true, proxies: Proxies::default(), rules, generation: 0 };
     let config = RwLock::try_new(config).map_err(|_| KextError::Failed)?;
     let slots = KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
     let origdst = Mutex::try_new(Table::new(slots)).map_err(|_| KextError::Failed)?;
