@@ -47,7 +47,8 @@ use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::origdst::{Original, Slot, Table};
 use common::net::policy::{self, Decision, Proxies};
 use common::net::proxy_v2;
-use common::net::rules::{Action, ProcName};
+use common::net::rules::{self, Action, ProcName};
+use common::net::wire;
 use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STREAM};
 
 const HANDLE_V4: u32 = 0x5052_5834; // 'PRX4'
@@ -162,7 +163,9 @@ impl SocketFilter for Filter {
         let decision = {
             let cfg = st.config.read();
             let pid = u32::try_from(c.pid).unwrap_or(0);
-            policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &dst, pid, c.name.as_bytes())
+            // The filters are registered for SOCK_STREAM/IPPROTO_TCP only.
+            let conn = rules::Conn { dst, pid, name: c.name.as_bytes(), protocol: wire::proto::TCP };
+            policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &conn)
         };
         match decision {
             Decision::Pass(_) => {

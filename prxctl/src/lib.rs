@@ -24,10 +24,10 @@
 //!
 //! # The rule file
 //!
-//! See [`rules_file`]: a `default` action and `[[rule]]` tables (`dst`,
-//! `ports`, `process` or `pid`, `exclude`, `action`), first match wins; every
-//! error names its line and the offending key and value, and a file with an
-//! error changes nothing in the kext.
+//! See [`rules_file`]: a `default` action and `[[rule]]` tables (`protocol`,
+//! `dst`, `ports`, `process` or `pid`, `exclude`, `action`), first match wins;
+//! every error names its line and the offending key and value, and a file with
+//! an error changes nothing in the kext.
 
 pub mod rules_file;
 pub mod transport;

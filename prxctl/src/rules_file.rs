@@ -8,6 +8,7 @@
 //!
 //! # Rules, first match wins.
 //! [[rule]]
+//! protocol = "tcp"         # tcp | udp | any (omitted: any)
 //! dst = "203.0.113.0/24"   # CIDR (IPv4 or IPv6) or a single address; omitted: any
 //! ports = "80-443"         # a port, "LO-HI", or omitted: every port
 //! action = "proxy-v2"      # direct | proxy | proxy-v2 | block
@@ -19,7 +20,10 @@
 //! action = "direct"
 //! ```
 //!
-//! Unknown keys, wrong types, bad addresses, prefixes with host bits set,
+//! The socket filter sees only TCP connections; the IP filter sees TCP and
+//! UDP, so `protocol = "udp"` rules only ever match there.
+//!
+//! Unknown keys, wrong types, unknown protocols, bad addresses, prefixes with host bits set,
 //! reversed port ranges, over-long process names and more than
 //! [`MAX_RULES`] rules are errors naming the file's line and the key.
 
@@ -27,7 +31,7 @@ use std::net::IpAddr as StdIp;
 use std::ops::Range;
 
 use common::net::addr::IpAddr;
-use common::net::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Rule};
+use common::net::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Protocol, Rule};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -74,6 +78,7 @@ struct Raw {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    protocol: Option<Spanned<String>>,
     dst: Option<Spanned<String>>,
     ports: Option<Spanned<toml::Value>>,
     process: Option<Spanned<String>>,
@@ -104,6 +109,15 @@ fn action(s: &str) -> Option<Action> {
         "proxy" => Action::Proxy { proxy_v2: false },
         "proxy-v2" => Action::Proxy { proxy_v2: true },
         "block" => Action::Block,
+        _ => return None,
+    })
+}
+
+fn protocol(s: &str) -> Option<Protocol> {
+    Some(match s {
+        "any" => Protocol::Any,
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
         _ => return None,
     })
 }
@@ -214,6 +228,17 @@ pub fn parse(src: &str) -> Result<RuleFile, FileError> {
                 "expected direct, proxy, proxy-v2 or block".into(),
             )
         })?;
+        let protocol = match &r.protocol {
+            None => Protocol::Any,
+            Some(p) => protocol(p.get_ref()).ok_or_else(|| {
+                bad(
+                    p.span(),
+                    "protocol",
+                    format!("\"{}\"", p.get_ref()),
+                    "expected tcp, udp or any".into(),
+                )
+            })?,
+        };
         let dst = match &r.dst {
             None => None,
             Some(d) => Some(
@@ -264,6 +289,7 @@ pub fn parse(src: &str) -> Result<RuleFile, FileError> {
             ));
         }
         let rule = Rule {
+            protocol,
             dst,
             port_lo,
             port_hi,
@@ -324,5 +350,43 @@ mod tests {
         assert_eq!(e.line, 3);
         let e = parse("[[rule]]\nactio = \n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn protocol_is_tcp_udp_or_any_and_defaults_to_any() {
+        let f = parse(
+            "[[rule]]\nprotocol = \"tcp\"\naction = \"proxy\"\n\
+             [[rule]]\nprotocol = \"udp\"\nports = 53\naction = \"proxy\"\n\
+             [[rule]]\nprotocol = \"any\"\naction = \"block\"\n\
+             [[rule]]\naction = \"direct\"\n",
+        )
+        .unwrap();
+        let got: Vec<Protocol> = f.rules.iter().map(|r| r.protocol).collect();
+        assert_eq!(
+            got,
+            [Protocol::Tcp, Protocol::Udp, Protocol::Any, Protocol::Any]
+        );
+        assert_eq!(f.rules[1].port_lo, 53);
+    }
+
+    #[test]
+    fn a_bad_protocol_names_the_line_column_key_and_value() {
+        let e = parse(
+            "[[rule]]\naction = \"proxy\"\n\n[[rule]]\nprotocol = \"icmp\"\naction = \"proxy\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (5, 12), "{e}");
+        assert_eq!(
+            e.message, "rule 2: `protocol` = \"icmp\": expected tcp, udp or any",
+            "{e}"
+        );
+        // Case matters, like the other keywords.
+        let e = parse("[[rule]]\nprotocol = \"TCP\"\naction = \"proxy\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("`protocol` = \"TCP\""), "{e}");
+        // Not a string.
+        let e = parse("[[rule]]\nprotocol = 6\naction = \"proxy\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 12), "{e}");
+        assert!(e.message.contains("string"), "{e}");
     }
 }

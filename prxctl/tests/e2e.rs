@@ -366,10 +366,12 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
          \n\
          [[rule]]\n\
          dst = \"203.0.113.0/24\"\n\
+         protocol = \"tcp\"\n\
          action = \"proxy\"\n\
          \n\
          [[rule]]\n\
          dst = \"2001:db8:203::/48\"\n\
+         protocol = \"udp\"\n\
          action = \"proxy\"\n",
     )
     .expect("write rules");

@@ -627,6 +627,31 @@ fn without_a_redirecting_filter_the_nat_scenario_fails() {
     );
 }
 
+/// Rules carry a protocol, and the kext honours it: with the same
+/// destinations selected for UDP only, the TCP connection is not redirected.
+#[test]
+fn prx_ip_filter_rules_select_the_protocol() {
+    let r = run("nat-tcp4-udp-rules", &prx_ip_filter());
+    assert!(!r.passed);
+    assert_configured(&r);
+    assert!(
+        step_detail(&r, "ip control: configure").contains("(Udp)"),
+        "{}",
+        r.render()
+    );
+    assert!(
+        r.steps.iter().any(|s| s.what == "wire: escaped" && !s.ok),
+        "{}",
+        r.render()
+    );
+    assert_eq!(ip_stat(&r, 0x101), Some(0), "nothing redirected");
+    assert_eq!(ip_stat(&r, 0x100), Some(0), "no flow");
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    // The configuration the positive scenarios use names their protocol.
+    let r = run("nat-tcp4", &prx_ip_filter());
+    assert!(r.passed && step_detail(&r, "ip control: configure").contains("(Tcp)"), "{}", r.render());
+}
+
 #[test]
 fn prx_ip_filter_hostile_packets_pass_drop_or_redirect_per_policy() {
     let r = run("nat-hostile", &prx_ip_filter());

@@ -28,7 +28,8 @@
 use super::addr::{Endpoint, IpAddr};
 use super::origdst::Original;
 use super::policy::Proxies;
-use super::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Rule};
+use super::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Protocol, Rule};
+use super::wire::proto;
 
 /// The protocol version.
 pub const VERSION: u8 = 1;
@@ -302,6 +303,15 @@ fn action_bytes(a: Action) -> [u8; 2] {
     }
 }
 
+fn parse_protocol(v: u8) -> Result<Protocol, Error> {
+    match v {
+        0 => Ok(Protocol::Any),
+        proto::TCP => Ok(Protocol::Tcp),
+        proto::UDP => Ok(Protocol::Udp),
+        _ => Err(Error::Field),
+    }
+}
+
 fn parse_name(raw: [u8; MAX_NAME]) -> Result<ProcName, Error> {
     // NUL-padded: after the first NUL everything must be NUL; not empty.
     let len = raw.iter().position(|b| *b == 0).unwrap_or(MAX_NAME);
@@ -319,10 +329,15 @@ fn parse_name(raw: [u8; MAX_NAME]) -> Result<ProcName, Error> {
 /// 2      action flags  bit0 (proxy only): PROXY v2 header
 /// 3      process  0 any, 1 pid, 2 name
 /// 4..6   port_lo  6..8 port_hi
-/// 8      family   4 | 6 (0 without destination)   9 prefix   10..12 reserved
+/// 8      family   4 | 6 (0 without destination)   9 prefix
+/// 10     protocol 0 any, 6 TCP, 17 UDP (IP protocol numbers)
+/// 11     reserved
 /// 12..28 address (IPv4 in the first 4 bytes)
 /// 28..32 pid      32..48 name (NUL-padded)
 /// ```
+///
+/// Byte 10 was reserved (zero) before rules had a protocol, so older
+/// encoders' records still mean "any protocol".
 pub fn parse_rule(rec: &[u8]) -> Result<Rule, Error> {
     if rec.len() != RULE_LEN {
         return Err(Error::Length);
@@ -336,7 +351,8 @@ pub fn parse_rule(rec: &[u8]) -> Result<Rule, Error> {
     let port_hi = r.u16()?;
     let family = r.u8()?;
     let prefix = r.u8()?;
-    r.zero(2)?;
+    let protocol = r.u8()?;
+    r.zero(1)?;
     let addr: [u8; 16] = r.array()?;
     let pid = r.u32()?;
     let name: [u8; MAX_NAME] = r.array()?;
@@ -374,6 +390,7 @@ pub fn parse_rule(rec: &[u8]) -> Result<Rule, Error> {
         _ => return Err(Error::Field),
     };
     let rule = Rule {
+        protocol: parse_protocol(protocol)?,
         dst,
         port_lo,
         port_hi,
@@ -415,7 +432,8 @@ pub fn rule_bytes(rule: &Rule) -> [u8; RULE_LEN] {
     let _ = w.put(&[flags, a, af, pk]);
     let _ = w.put(&rule.port_lo.to_be_bytes());
     let _ = w.put(&rule.port_hi.to_be_bytes());
-    let _ = w.put(&[fam, prefix, 0, 0]);
+    let protocol = rule.protocol.number().unwrap_or(0);
+    let _ = w.put(&[fam, prefix, protocol, 0]);
     let _ = w.put(&addr);
     let _ = w.put(&pid.to_be_bytes());
     let _ = w.put(&name);
@@ -806,6 +824,7 @@ mod tests {
                 ..Rule::default()
             },
             Rule {
+                protocol: Protocol::Tcp,
                 process: ProcSel::Name(ProcName::new(b"curl")),
                 exclude_process: true,
                 action: Action::Block,
@@ -817,6 +836,7 @@ mod tests {
                     32,
                 ),
                 process: ProcSel::Pid(7),
+                protocol: Protocol::Udp,
                 ..Rule::default()
             },
         ]
@@ -873,6 +893,44 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_is_byte_10_and_byte_11_stays_reserved() {
+        let any = rule_bytes(&sample_rules()[0]);
+        assert_eq!(any[10], 0, "any protocol encodes as 0, as before");
+        assert_eq!(rule_bytes(&sample_rules()[1])[10], 6);
+        assert_eq!(rule_bytes(&sample_rules()[2])[10], 17);
+        for (byte, want) in [
+            (0u8, Protocol::Any),
+            (6, Protocol::Tcp),
+            (17, Protocol::Udp),
+        ] {
+            let mut r = any;
+            r[10] = byte;
+            assert_eq!(parse_rule(&r).unwrap().protocol, want);
+        }
+        for byte in [1u8, 2, 5, 7, 16, 18, 58, 255] {
+            let mut r = any;
+            r[10] = byte;
+            assert_eq!(parse_rule(&r).unwrap_err(), Error::Field, "protocol {byte}");
+        }
+        for byte in [1u8, 6, 17, 255] {
+            let mut r = any;
+            r[11] = byte;
+            assert_eq!(
+                parse_rule(&r).unwrap_err(),
+                Error::Reserved,
+                "byte 11 = {byte}"
+            );
+        }
+        // In a message too.
+        let mut v = rules_msg();
+        v[HEADER_LEN + RULES_FIXED + 10] = 1;
+        assert_eq!(decode_set(1, &v).unwrap_err(), Error::Field);
+        let mut v = rules_msg();
+        v[HEADER_LEN + RULES_FIXED + 11] = 1;
+        assert_eq!(decode_set(1, &v).unwrap_err(), Error::Reserved);
+    }
+
+    #[test]
     fn get_requests_and_responses() {
         let client = Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 50000);
         let mut buf = [0u8; 64];
@@ -920,7 +978,63 @@ mod tests {
         );
     }
 
+    fn arb_rule() -> impl Strategy<Value = Rule> {
+        let addr = prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::V4),
+            any::<[u8; 16]>().prop_map(IpAddr::V6),
+        ];
+        let name =
+            proptest::collection::vec(1u8..=255, 1..=MAX_NAME).prop_map(|n| ProcName::new(&n));
+        (
+            prop_oneof![
+                Just(Protocol::Any),
+                Just(Protocol::Tcp),
+                Just(Protocol::Udp)
+            ],
+            proptest::option::of((addr, 0u8..=128)),
+            any::<(u16, u16)>(),
+            prop_oneof![
+                Just(ProcSel::Any),
+                any::<u32>().prop_map(ProcSel::Pid),
+                name.prop_map(ProcSel::Name),
+            ],
+            any::<bool>(),
+            prop_oneof![
+                Just(Action::Direct),
+                Just(Action::Block),
+                any::<bool>().prop_map(|v| Action::Proxy { proxy_v2: v })
+            ],
+        )
+            .prop_map(
+                |(protocol, dst, (a, b), process, exclude_process, action)| Rule {
+                    protocol,
+                    dst: dst.and_then(|(addr, p)| Cidr::new(addr, p % (addr.family().bits() + 1))),
+                    port_lo: a.min(b),
+                    port_hi: a.max(b),
+                    process,
+                    exclude_process,
+                    action,
+                },
+            )
+    }
+
     proptest! {
+        /// Every valid rule set (protocols included) survives encode and decode.
+        #[test]
+        fn arbitrary_rules_round_trip(
+            rules in proptest::collection::vec(arb_rule(), 0..8),
+            default in prop_oneof![Just(Action::Direct), Just(Action::Block)],
+        ) {
+            let mut buf = vec![0u8; rules_len(rules.len()).unwrap()];
+            encode_rules(default, &rules, &mut buf).unwrap();
+            let SetRequest::Rules(m) = decode_set(1, &buf).unwrap() else {
+                panic!()
+            };
+            let got: Vec<Rule> = m.rules().map(Result::unwrap).collect();
+            prop_assert_eq!(got, rules);
+            prop_assert_eq!(m.default_action(), default);
+        }
+
         /// Arbitrary bytes never panic the decoders.
         #[test]
         fn decoders_never_panic(opt in 0i32..20, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -374,7 +374,9 @@ fn to_addr(a: &Addr) -> super::addr::IpAddr {
 /// [`Policy`]. At the IP layer:
 /// - there is no process: rules are evaluated for pid 0 and an empty name, so
 ///   rules that select a process never match (and `exclude_process` ones do);
-/// - rules carry no protocol: a matching `proxy` rule redirects TCP and UDP;
+/// - rules are evaluated with the packet's protocol (TCP or UDP; nothing else
+///   is redirected): a `proxy` rule with protocol `any` redirects both, one
+///   with `tcp` or `udp` only that protocol;
 /// - `block` rules are not enforced here (the packet is left alone);
 /// - the proxy must be of the packet's family (no IPv4-mapped translation).
 #[derive(Debug)]
@@ -402,9 +404,12 @@ where
             self.rules,
             self.proxies,
             a.family(),
-            &super::addr::Endpoint::new(a, dst.port),
-            0,
-            b"",
+            &super::rules::Conn {
+                dst: super::addr::Endpoint::new(a, dst.port),
+                pid: 0,
+                name: b"",
+                protocol,
+            },
         );
         match d {
             super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {

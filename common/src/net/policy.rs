@@ -69,15 +69,14 @@ fn reachable(family: Family, proxies: &Proxies) -> Option<Endpoint> {
     }
 }
 
-/// Decides for a socket of `family` created by `pid`/`name` connecting to `dst`.
+/// Decides for a socket of `family` making the connection `conn` (its
+/// destination, protocol, and the creating process's pid and name).
 pub fn decide<R, I>(
     enabled: bool,
     rules: &RuleSet<R, I>,
     proxies: &Proxies,
     family: Family,
-    dst: &Endpoint,
-    pid: u32,
-    name: &[u8],
+    conn: &Conn<'_>,
 ) -> Decision
 where
     R: AsRef<[Rule]>,
@@ -86,14 +85,15 @@ where
     if !enabled {
         return Decision::Pass(PassReason::Disabled);
     }
-    if proxies.pid == Some(pid)
+    let name = conn.name;
+    if proxies.pid == Some(conn.pid)
         || proxies
             .name
             .is_some_and(|n| n.as_bytes() == name.get(..name.len().min(16)).unwrap_or(&[]))
     {
         return Decision::Pass(PassReason::ProxyProcess);
     }
-    let canon = dst.canonical();
+    let canon = conn.dst.canonical();
     if [proxies.v4, proxies.v6]
         .iter()
         .flatten()
@@ -101,11 +101,7 @@ where
     {
         return Decision::Pass(PassReason::ProxyAddress);
     }
-    let v = rules.lookup(&Conn {
-        dst: *dst,
-        pid,
-        name,
-    });
+    let v = rules.lookup(conn);
     match v.action {
         Action::Direct => Decision::Pass(PassReason::Rules),
         Action::Block => Decision::Block {
@@ -133,7 +129,17 @@ where
 )]
 mod tests {
     use super::*;
-    use crate::net::rules::Cidr;
+    use crate::net::rules::{Cidr, Protocol};
+    use crate::net::wire::proto;
+
+    fn tcp<'a>(dst: &Endpoint, pid: u32, name: &'a [u8]) -> Conn<'a> {
+        Conn {
+            dst: *dst,
+            pid,
+            name,
+            protocol: proto::TCP,
+        }
+    }
 
     #[test]
     fn the_proxy_is_never_redirected_and_families_are_respected() {
@@ -152,23 +158,23 @@ mod tests {
         };
         let d = Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80);
         assert_eq!(
-            decide(true, &rs, &proxies, Family::V4, &d, 9, b"x"),
+            decide(true, &rs, &proxies, Family::V4, &tcp(&d, 9, b"x")),
             Decision::Pass(PassReason::ProxyProcess)
         );
         assert_eq!(
-            decide(true, &rs, &proxies, Family::V4, &d, 8, b"haproxy"),
+            decide(true, &rs, &proxies, Family::V4, &tcp(&d, 8, b"haproxy")),
             Decision::Pass(PassReason::ProxyProcess)
         );
         assert_eq!(
-            decide(true, &rs, &proxies, Family::V4, &p4, 8, b"x"),
+            decide(true, &rs, &proxies, Family::V4, &tcp(&p4, 8, b"x")),
             Decision::Pass(PassReason::ProxyAddress)
         );
         assert_eq!(
-            decide(false, &rs, &proxies, Family::V4, &d, 8, b"x"),
+            decide(false, &rs, &proxies, Family::V4, &tcp(&d, 8, b"x")),
             Decision::Pass(PassReason::Disabled)
         );
         assert_eq!(
-            decide(true, &rs, &proxies, Family::V4, &d, 8, b"x"),
+            decide(true, &rs, &proxies, Family::V4, &tcp(&d, 8, b"x")),
             Decision::Redirect {
                 to: p4,
                 proxy_v2: false,
@@ -179,7 +185,7 @@ mod tests {
             IpAddr::V6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
             80,
         );
-        match decide(true, &rs, &proxies, Family::V6, &d6, 8, b"x") {
+        match decide(true, &rs, &proxies, Family::V6, &tcp(&d6, 8, b"x")) {
             Decision::Redirect { to, .. } => assert_eq!(to.addr.canonical(), p4.addr),
             other => panic!("{other:?}"),
         }
@@ -189,9 +195,55 @@ mod tests {
             ..proxies
         };
         assert_eq!(
-            decide(true, &rs, &only6, Family::V4, &d, 8, b"x"),
+            decide(true, &rs, &only6, Family::V4, &tcp(&d, 8, b"x")),
             Decision::Pass(PassReason::NoProxy)
         );
         let _ = Cidr::new(IpAddr::V4([0; 4]), 0);
+    }
+
+    #[test]
+    fn the_protocol_is_part_of_the_decision() {
+        let rules = vec![
+            Rule {
+                protocol: Protocol::Udp,
+                action: Action::Proxy { proxy_v2: false },
+                ..Rule::default()
+            },
+            Rule {
+                protocol: Protocol::Tcp,
+                port_lo: 443,
+                port_hi: 443,
+                action: Action::Block,
+                ..Rule::default()
+            },
+        ];
+        let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+        let p4 = Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 3128);
+        let proxies = Proxies {
+            v4: Some(p4),
+            ..Proxies::default()
+        };
+        let d = Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 443);
+        let udp = Conn {
+            protocol: proto::UDP,
+            ..tcp(&d, 8, b"x")
+        };
+        assert_eq!(
+            decide(true, &rs, &proxies, Family::V4, &udp),
+            Decision::Redirect {
+                to: p4,
+                proxy_v2: false,
+                rule: 0
+            }
+        );
+        assert_eq!(
+            decide(true, &rs, &proxies, Family::V4, &tcp(&d, 8, b"x")),
+            Decision::Block { rule: 1 }
+        );
+        let d80 = Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80);
+        assert_eq!(
+            decide(true, &rs, &proxies, Family::V4, &tcp(&d80, 8, b"x")),
+            Decision::Pass(PassReason::Rules)
+        );
     }
 }

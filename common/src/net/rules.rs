@@ -1,9 +1,11 @@
-//! The redirection rules: which outgoing TCP connections go to the proxy.
+//! The redirection rules: which outgoing connections go to the proxy.
 //!
-//! A rule matches on the destination (an IPv4 or IPv6 CIDR, or any), a
-//! destination port range and the process (any, a pid or a process name;
-//! `exclude_process` inverts the process test). Rules are ordered; the **first
-//! match wins**; when none matches, the set's default action applies.
+//! A rule matches on the transport protocol (any, TCP or UDP), the destination
+//! (an IPv4 or IPv6 CIDR, or any), a destination port range and the process
+//! (any, a pid or a process name; `exclude_process` inverts the process test).
+//! The socket filter only sees TCP connections; the IP filter sees TCP and
+//! UDP. Rules are ordered; the **first match wins**; when none matches, the
+//! set's default action applies.
 //!
 //! Lookups do not scan every rule: [`RuleSet::new`] builds a sorted index of
 //! `(family, prefix length, masked destination, rule number)`. A lookup visits
@@ -17,6 +19,7 @@
 //! allocates or panics.
 
 use super::addr::{Endpoint, Family, IpAddr, mask};
+use super::wire::proto;
 
 /// Longest process name compared (`MAXCOMLEN`): longer names are truncated,
 /// as the kernel's `p_comm` is.
@@ -72,6 +75,34 @@ pub enum ProcSel {
     Name(ProcName),
 }
 
+/// Which transport protocol a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Every protocol.
+    #[default]
+    Any,
+    /// TCP (IP protocol 6).
+    Tcp,
+    /// UDP (IP protocol 17).
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number, or `None` for [`Protocol::Any`].
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Protocol::Any => None,
+            Protocol::Tcp => Some(proto::TCP),
+            Protocol::Udp => Some(proto::UDP),
+        }
+    }
+
+    /// Whether a connection of IP protocol `ip_proto` is selected.
+    pub fn matches(self, ip_proto: u8) -> bool {
+        self.number().is_none_or(|n| n == ip_proto)
+    }
+}
+
 /// A destination network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -114,6 +145,8 @@ pub enum Action {
 /// One rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
+    /// The transport protocol.
+    pub protocol: Protocol,
     /// Destination network; `None` matches every destination.
     pub dst: Option<Cidr>,
     /// Lowest destination port (inclusive).
@@ -132,6 +165,7 @@ impl Default for Rule {
     /// Matches everything; connects directly.
     fn default() -> Self {
         Rule {
+            protocol: Protocol::Any,
             dst: None,
             port_lo: 0,
             port_hi: u16::MAX,
@@ -151,11 +185,16 @@ pub struct Conn<'a> {
     pub pid: u32,
     /// Its name (as `proc_name` reports it; compared up to [`MAX_NAME`] bytes).
     pub name: &'a [u8],
+    /// The IP protocol number (`wire::proto::TCP` 6, `wire::proto::UDP` 17).
+    pub protocol: u8,
 }
 
 impl Rule {
     /// Whether the rule matches `c` (whose destination is canonical).
     pub fn matches(&self, c: &Conn<'_>) -> bool {
+        if !self.protocol.matches(c.protocol) {
+            return false;
+        }
         if let Some(net) = &self.dst
             && !net.contains(&c.dst.addr)
         {
@@ -487,7 +526,12 @@ mod tests {
             ],
             Action::Direct,
         );
-        let c = |dst, name: &'static [u8]| Conn { dst, pid: 7, name };
+        let c = |dst, name: &'static [u8]| Conn {
+            dst,
+            pid: 7,
+            name,
+            protocol: proto::TCP,
+        };
         assert_eq!(
             rs.lookup(&c(v4([203, 0, 113, 10], 80), b"x")),
             Verdict {
@@ -535,7 +579,8 @@ mod tests {
             rs.lookup(&Conn {
                 dst: mapped,
                 pid: 2,
-                name: b""
+                name: b"",
+                protocol: proto::TCP,
             })
             .action,
             PROXY
@@ -544,11 +589,61 @@ mod tests {
             rs.lookup(&Conn {
                 dst: mapped,
                 pid: 1,
-                name: b""
+                name: b"",
+                protocol: proto::TCP,
             })
             .action,
             Action::Direct
         );
+    }
+
+    #[test]
+    fn the_protocol_selects_tcp_udp_or_any() {
+        assert!(Protocol::Any.matches(proto::TCP));
+        assert!(Protocol::Any.matches(proto::UDP));
+        assert!(Protocol::Any.matches(proto::ICMP));
+        assert!(Protocol::Tcp.matches(6) && !Protocol::Tcp.matches(17));
+        assert!(Protocol::Udp.matches(17) && !Protocol::Udp.matches(6));
+        assert!(!Protocol::Tcp.matches(proto::ICMP) && !Protocol::Udp.matches(proto::ICMP));
+        assert_eq!(Rule::default().protocol, Protocol::Any);
+        let net = Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24);
+        let rs = set(
+            vec![
+                Rule {
+                    protocol: Protocol::Udp,
+                    dst: net,
+                    action: Action::Block,
+                    ..Rule::default()
+                },
+                Rule {
+                    protocol: Protocol::Tcp,
+                    dst: net,
+                    action: PROXY,
+                    ..Rule::default()
+                },
+                Rule {
+                    dst: net,
+                    action: Action::Direct,
+                    ..Rule::default()
+                },
+            ],
+            Action::Block,
+        );
+        let c = |protocol| Conn {
+            dst: v4([203, 0, 113, 10], 53),
+            pid: 0,
+            name: b"",
+            protocol,
+        };
+        assert_eq!(rs.lookup(&c(proto::UDP)).rule, Some(0));
+        assert_eq!(rs.lookup(&c(proto::TCP)).rule, Some(1));
+        assert_eq!(rs.lookup(&c(proto::ICMP)).rule, Some(2));
+        for p in [proto::UDP, proto::TCP, proto::ICMP] {
+            assert_eq!(
+                rs.lookup(&c(p)),
+                lookup_linear(rs.rules(), Action::Block, &c(p))
+            );
+        }
     }
 
     #[test]
@@ -602,7 +697,8 @@ mod tests {
             rs.lookup(&Conn {
                 dst: v4([10, 0, 19, 135], 1),
                 pid: 0,
-                name: b""
+                name: b"",
+                protocol: proto::TCP,
             })
             .rule,
             Some(4999)
@@ -611,7 +707,8 @@ mod tests {
             rs.lookup(&Conn {
                 dst: v4([192, 168, 3, 4], 1),
                 pid: 0,
-                name: b""
+                name: b"",
+                protocol: proto::TCP,
             })
             .rule,
             Some(5000)
@@ -620,7 +717,8 @@ mod tests {
             rs.lookup(&Conn {
                 dst: v4([11, 0, 0, 1], 1),
                 pid: 0,
-                name: b""
+                name: b"",
+                protocol: proto::TCP,
             })
             .rule,
             None
@@ -637,8 +735,22 @@ mod tests {
         ]
     }
 
+    fn arb_protocol() -> impl Strategy<Value = Protocol> {
+        prop_oneof![
+            Just(Protocol::Any),
+            Just(Protocol::Tcp),
+            Just(Protocol::Udp)
+        ]
+    }
+
+    /// IP protocol numbers of connections: TCP, UDP, and one neither selects.
+    fn arb_ip_proto() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(6u8), Just(17u8), Just(1u8)]
+    }
+
     fn arb_rule() -> impl Strategy<Value = Rule> {
         (
+            arb_protocol(),
             proptest::option::of((arb_addr(), 0u8..=128)),
             0u16..6,
             0u16..6,
@@ -654,14 +766,42 @@ mod tests {
                 any::<bool>().prop_map(|v| Action::Proxy { proxy_v2: v })
             ],
         )
-            .prop_map(|(dst, a, b, process, exclude_process, action)| Rule {
-                dst: dst.and_then(|(addr, p)| Cidr::new(addr, p % (addr.family().bits() + 1))),
-                port_lo: a.min(b),
-                port_hi: a.max(b),
-                process,
-                exclude_process,
-                action,
+            .prop_map(
+                |(protocol, dst, a, b, process, exclude_process, action)| Rule {
+                    protocol,
+                    dst: dst.and_then(|(addr, p)| Cidr::new(addr, p % (addr.family().bits() + 1))),
+                    port_lo: a.min(b),
+                    port_hi: a.max(b),
+                    process,
+                    exclude_process,
+                    action,
+                },
+            )
+    }
+
+    /// The matching semantics written out independently of [`Rule::matches`],
+    /// so a bug there is not mirrored by [`lookup_linear`] (which uses it).
+    fn spec_first_match(rules: &[Rule], c: &Conn<'_>) -> Option<u32> {
+        let dst = c.dst.canonical();
+        rules
+            .iter()
+            .position(|r| {
+                let protocol = matches!(
+                    (r.protocol, c.protocol),
+                    (Protocol::Any, _) | (Protocol::Tcp, 6) | (Protocol::Udp, 17)
+                );
+                let net = r.dst.is_none_or(|n| {
+                    n.addr.family() == dst.addr.family() && mask(&dst.addr, n.prefix) == n.addr
+                });
+                let port = (r.port_lo..=r.port_hi).contains(&dst.port);
+                let selected = match r.process {
+                    ProcSel::Any => true,
+                    ProcSel::Pid(p) => p == c.pid,
+                    ProcSel::Name(n) => n.as_bytes() == c.name,
+                };
+                protocol && net && port && selected != r.exclude_process
             })
+            .map(|n| n as u32)
     }
 
     proptest! {
@@ -676,13 +816,18 @@ mod tests {
         #[test]
         fn indexed_lookup_agrees_with_the_linear_first_match(
             rules in proptest::collection::vec(arb_rule(), 0..40),
-            conns in proptest::collection::vec((arb_addr(), 0u16..6, 0u32..3, any::<bool>()), 1..20),
+            conns in proptest::collection::vec(
+                (arb_addr(), 0u16..6, 0u32..3, any::<bool>(), arb_ip_proto()),
+                1..20,
+            ),
         ) {
             let rs = set(rules.clone(), Action::Direct);
-            for (addr, port, pid, curl) in conns {
+            for (addr, port, pid, curl, protocol) in conns {
                 let name: &[u8] = if curl { b"curl" } else { b"wget" };
-                let c = Conn { dst: Endpoint::new(addr, port), pid, name };
-                prop_assert_eq!(rs.lookup(&c), lookup_linear(&rules, Action::Direct, &c));
+                let c = Conn { dst: Endpoint::new(addr, port), pid, name, protocol };
+                let linear = lookup_linear(&rules, Action::Direct, &c);
+                prop_assert_eq!(rs.lookup(&c), linear);
+                prop_assert_eq!(linear.rule, spec_first_match(&rules, &c));
             }
         }
     }

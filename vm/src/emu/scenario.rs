@@ -46,6 +46,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-tcp4 with every packet handed to the filters as a two-mbuf chain split inside the IP header (headers straddle mbufs)",
     ),
     (
+        "nat-tcp4-udp-rules",
+        "nat-tcp4 with the IP filter's rules selecting UDP only: the TCP connection must not be redirected (it escapes, and the scenario fails: a negative control of rule protocols)",
+    ),
+    (
         "nat-udp4",
         "load-unload, plus: a smoltcp UDP request to 203.0.113.10:80, answered by the smoltcp proxy at 192.0.2.1:3128 as from the origin",
     ),
@@ -103,7 +107,17 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
     }
     let nat = name.starts_with("nat-");
     if ok && nat {
-        ok &= super::ipctl::configure(super::ipctl::RuleProtocol::Any) != Some(false);
+        use super::ipctl::RuleProtocol;
+        // Rules select the scenario's own protocol; `nat-tcp4-udp-rules` selects
+        // the other one (a negative control: nothing may be redirected).
+        let protocol = if name == "nat-tcp4-udp-rules" || name.starts_with("nat-udp") {
+            RuleProtocol::Udp
+        } else if name.starts_with("nat-tcp") {
+            RuleProtocol::Tcp
+        } else {
+            RuleProtocol::Any
+        };
+        ok &= super::ipctl::configure(protocol) != Some(false);
     }
     if ok {
         ok &= match name {
@@ -112,6 +126,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-tcp4" => super::stacks::nat_tcp(false, None),
             "nat-tcp6" => super::stacks::nat_tcp(true, None),
             "nat-tcp4-split" => super::stacks::nat_tcp(false, Some(14)),
+            "nat-tcp4-udp-rules" => super::stacks::nat_tcp(false, None),
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),

@@ -322,7 +322,8 @@ pub(super) fn endpoint(a: Option<SocketAddr>) -> Vec<u8> {
     v
 }
 
-/// One 48-byte rule record.
+/// One 48-byte rule record (`common::net::control::parse_rule`); byte 10, the
+/// protocol, stays 0: any protocol (callers may set it).
 pub(super) fn rule(dst: Option<(std::net::IpAddr, u8)>, ports: (u16, u16), name: Option<&str>, action: u8, v2: bool) -> Vec<u8> {
     let mut r = vec![0u8; 48];
     r[0] = u8::from(dst.is_some());

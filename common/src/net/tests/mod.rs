@@ -1094,3 +1094,75 @@ fn the_shared_rule_engine_drives_the_ip_filter() {
         Decision::Pass
     );
 }
+
+#[test]
+fn the_ip_filter_redirects_only_the_rules_protocol() {
+    use crate::net::addr::{Endpoint as Ep, IpAddr};
+    use crate::net::filter::RulesPolicy;
+    use crate::net::policy::Proxies;
+    use crate::net::rules::{Action, Cidr, IndexEntry, Protocol, Rule, RuleSet};
+    let net = Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24);
+    let rules = vec![
+        Rule {
+            protocol: Protocol::Udp,
+            dst: net,
+            port_lo: 53,
+            port_hi: 53,
+            action: Action::Proxy { proxy_v2: false },
+            ..Rule::default()
+        },
+        Rule {
+            protocol: Protocol::Tcp,
+            dst: net,
+            port_lo: 80,
+            port_hi: 80,
+            action: Action::Proxy { proxy_v2: false },
+            ..Rule::default()
+        },
+    ];
+    let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+    let proxies = Proxies {
+        v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)),
+        ..Proxies::default()
+    };
+    let pol = RulesPolicy {
+        enabled: true,
+        rules: &rs,
+        proxies: &proxies,
+    };
+    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+    let mut dst = [0u8; 16];
+    dst[..4].copy_from_slice(&[203, 0, 113, 10]);
+    let spec = |protocol, sport, dport| Spec {
+        v6: false,
+        protocol,
+        src: [10; 16],
+        dst,
+        sport,
+        dport,
+        flags: if protocol == proto::TCP { tcp::SYN } else { 0 },
+        payload: vec![],
+        v4_options: vec![],
+        v6_exts: vec![],
+        udp_no_csum: false,
+    };
+    for (protocol, sport, dport, redirected) in [
+        (proto::UDP, 40000, 53, true),
+        (proto::TCP, 40001, 53, false),
+        (proto::TCP, 40002, 80, true),
+        (proto::UDP, 40003, 80, false),
+    ] {
+        let mut p = build(&spec(protocol, sport, dport));
+        let n = p.len();
+        let d = filter::output(&mut p, n, &mut table, &pol, 0);
+        if redirected {
+            assert!(
+                matches!(d, Decision::Rewritten { .. }),
+                "{protocol}/{dport}: {d:?}"
+            );
+            assert_eq!(&p[16..20], &[192, 0, 2, 1]);
+        } else {
+            assert_eq!(d, Decision::Pass, "{protocol}/{dport}");
+        }
+    }
+}
