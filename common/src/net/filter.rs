@@ -21,11 +21,47 @@
 //!    datagram; mid-stream TCP of an untracked flow passes (the proxy would
 //!    only reset it). A refused flow (table full, reverse-key collision) is
 //!    dropped and counted.
+//! 5. An ICMP/ICMPv6 error the client host sends about a packet it received
+//!    from a translated flow (quoted source = original destination endpoint,
+//!    quoted destination = client endpoint, outer source = the client
+//!    address) is translated so the proxy recognises its own packet: quoted
+//!    source → proxy endpoint, outer destination → proxy address when it is the
+//!    original destination address (see item 4 of Input for the checksums and
+//!    what passes). Like every translated output packet it is re-injected.
+//!    (This check comes right after step 1: such errors are ICMP.)
 //!
-//! Input ([`plan_input`]): a TCP/UDP packet from a proxy endpoint to a client
-//! endpoint of a live flow gets its source rewritten back to the original
-//! destination. Everything else passes untouched.
+//! Input ([`plan_input`]):
+//! 1. A TCP/UDP packet from a proxy endpoint to a client endpoint of a live
+//!    flow gets its source rewritten back to the original destination.
+//! 2. An ICMP error (ICMP types 3 destination unreachable, 11 time exceeded,
+//!    12 parameter problem; ICMPv6 types 1 destination unreachable, 2 packet
+//!    too big, 3 time exceeded, 4 parameter problem) sent to the client address
+//!    and quoting a TCP/UDP packet of a live flow as sent after translation
+//!    (quoted source = client endpoint, quoted destination = proxy endpoint) is
+//!    translated (RFC 5508 §4.2), so PMTU discovery and error reporting work
+//!    for redirected flows: quoted destination → original destination; outer
+//!    source → original destination address only when the error comes from the
+//!    proxy host itself (outer source = proxy address; a router's address is
+//!    kept). The quoted IPv4 header checksum, the quoted transport checksum
+//!    when the quote holds it, the outer IPv4 header checksum and the ICMP
+//!    checksum are updated incrementally ([`icmp_error`]).
+//! 3. Looking a flow up for an ICMP error is side-effect free
+//!    ([`NatTable::peek_reverse`], [`NatTable::peek_forward`]): it neither
+//!    refreshes the flow nor changes its TCP state.
+//! 4. Pass untouched: ICMP errors that match no live flow, errors about ICMP
+//!    (or any protocol but TCP/UDP) or about a non-first fragment, errors whose
+//!    quoted headers up to the ports do not fit in the prefix or the message,
+//!    quotes of the other IP family or malformed (a quote may claim more length
+//!    than it holds: it is parsed with [`ip::transport_quoted`]), and every
+//!    other ICMP message (echo included).
+//! 5. Everything else passes untouched.
+//!
+//! [`Plan::Translate`] carries ICMP errors too: [`apply`] re-parses the
+//! prefix, and for an ICMP error of the packet's family `side` is the outer
+//! side being translated (input: [`Side::Src`], output: [`Side::Dst`]) and
+//! `to` the quoted endpoint's new value (see [`icmp_error::rewrite`]).
 
+use super::icmp_error;
 use super::nat::{Endpoint, FlowKey, InsertError, NatTable};
 use super::translate::{self, Refused, Side};
 use super::wire::ip::{self, Addr, Transport};
@@ -181,7 +217,9 @@ pub enum Plan {
     /// Drop it.
     Drop(DropReason),
     /// Rewrite `side` to `to` (output: destination to the proxy; input: source
-    /// back to the original destination).
+    /// back to the original destination). For an ICMP error, the flow it
+    /// quotes is translated instead (see the module docs and
+    /// [`icmp_error::rewrite`]).
     Translate {
         /// Which endpoint.
         side: Side,
@@ -251,6 +289,25 @@ pub fn plan_output<const N: usize, const S: usize>(
         }
         Err(_) => return Plan::Pass,
     };
+    if let Some(q) = icmp_error::quote(prefix, &t) {
+        // About a packet the client received from a translated flow, which
+        // then came from the original destination to the client endpoint.
+        if t.src != q.dst.addr {
+            return Plan::Pass;
+        }
+        let key = FlowKey {
+            protocol: q.inner.protocol,
+            src: q.dst,
+            dst: q.src,
+        };
+        return match table.peek_forward(&key, now) {
+            Some(f) => Plan::Translate {
+                side: Side::Dst,
+                to: f.proxy,
+            },
+            None => Plan::Pass,
+        };
+    }
     if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
         return Plan::Pass;
     }
@@ -295,7 +352,7 @@ pub fn plan_output<const N: usize, const S: usize>(
 }
 
 /// Decides what to do with an inbound packet: reverse translation of replies
-/// from the proxy.
+/// from the proxy and of ICMP errors about translated flows.
 pub fn plan_input<const N: usize, const S: usize>(
     prefix: &[u8],
     packet_len: usize,
@@ -305,6 +362,20 @@ pub fn plan_input<const N: usize, const S: usize>(
     let Ok(t) = ip::transport_in(prefix, packet_len) else {
         return Plan::Pass;
     };
+    if let Some(q) = icmp_error::quote(prefix, &t) {
+        // About a packet the client sent, as translated: from the client
+        // endpoint to the proxy endpoint; the error goes to the client.
+        if t.dst != q.src.addr {
+            return Plan::Pass;
+        }
+        return match table.peek_reverse(q.inner.protocol, &q.dst, &q.src, now) {
+            Some(f) => Plan::Translate {
+                side: Side::Src,
+                to: f.key.dst,
+            },
+            None => Plan::Pass,
+        };
+    }
     if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
         return Plan::Pass;
     }
@@ -330,7 +401,16 @@ pub fn apply(prefix: &mut [u8], packet_len: usize, plan: Plan) -> Decision {
             let Ok(t) = ip::transport_in(prefix, packet_len) else {
                 return Decision::Drop(DropReason::Unparseable);
             };
-            match translate::rewrite(prefix, &t, side, to.addr, to.port) {
+            let r = if icmp_error::is_error(prefix, &t) {
+                // An ICMP error: translate the flow it quotes.
+                match icmp_error::quote(prefix, &t) {
+                    Some(q) => icmp_error::rewrite(prefix, &t, &q, side, to),
+                    None => return Decision::Drop(DropReason::Unparseable),
+                }
+            } else {
+                translate::rewrite(prefix, &t, side, to.addr, to.port)
+            };
+            match r {
                 Ok(changed) => Decision::Rewritten { changed },
                 Err(Refused::Udp6ZeroChecksum) => Decision::Drop(DropReason::Udp6ZeroChecksum),
                 Err(_) => Decision::Drop(DropReason::Unparseable),

@@ -15,6 +15,7 @@
 //!   ICMP/ICMPv6) in the smoltcp style; checked against etherparse in tests.
 //! - [`checksum`]: internet checksums, pseudo-headers, RFC 1624 updates.
 //! - [`translate`]: rewriting one endpoint of a packet with incremental checksums.
+//! - [`icmp_error`]: translating ICMP/ICMPv6 errors that quote a translated packet.
 //! - [`nat`]: the IP filter's NAT table.
 //! - [`filter`]: the IP filter's per-packet decisions.
 
@@ -22,6 +23,7 @@ pub mod addr;
 pub mod checksum;
 pub mod control;
 pub mod filter;
+pub mod icmp_error;
 pub mod nat;
 pub mod origdst;
 pub mod policy;

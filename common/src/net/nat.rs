@@ -502,6 +502,31 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         None
     }
 
+    /// The live flow `key`, looked up without any side effect: no refresh of
+    /// its idle time, no TCP state change, no removal of an expired entry (it
+    /// reads as absent). For packets that concern a flow without being part of
+    /// it (ICMP errors quoting one of its packets).
+    pub fn peek_forward(&self, key: &FlowKey, now: u64) -> Option<Flow> {
+        let b = self.find(false, key.protocol, &key.src, &key.dst)?;
+        let f = *self.flow(self.entry_at(false, b))?;
+        (!f.is_expired(&self.cfg, now)).then_some(f)
+    }
+
+    /// The live flow whose proxy endpoint is `from` and client endpoint `to`
+    /// (the reverse key of [`NatTable::inbound`]), without side effects (see
+    /// [`NatTable::peek_forward`]).
+    pub fn peek_reverse(
+        &self,
+        protocol: u8,
+        from: &Endpoint,
+        to: &Endpoint,
+        now: u64,
+    ) -> Option<Flow> {
+        let b = self.find(true, protocol, from, to)?;
+        let f = *self.flow(self.entry_at(true, b))?;
+        (!f.is_expired(&self.cfg, now)).then_some(f)
+    }
+
     /// Tracks a new flow `key` → `proxy` (sweeping a few expired entries first).
     pub fn insert(
         &mut self,

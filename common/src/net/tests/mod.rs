@@ -10,6 +10,8 @@ use crate::net::wire::{Error, icmp, ipv4, ipv6, proto, tcp, udp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
+mod icmp_errors;
+
 // ------------------------------------------------------------ generators
 
 #[derive(Debug, Clone)]

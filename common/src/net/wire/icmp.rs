@@ -27,6 +27,37 @@ pub const V6_ECHO_REQUEST: u8 = 128;
 /// ICMPv6 echo reply.
 pub const V6_ECHO_REPLY: u8 = 129;
 
+/// ICMP destination unreachable (fragmentation needed is its code 4).
+pub const V4_DEST_UNREACHABLE: u8 = 3;
+/// ICMP time exceeded.
+pub const V4_TIME_EXCEEDED: u8 = 11;
+/// ICMP parameter problem.
+pub const V4_PARAMETER_PROBLEM: u8 = 12;
+/// ICMPv6 destination unreachable.
+pub const V6_DEST_UNREACHABLE: u8 = 1;
+/// ICMPv6 packet too big.
+pub const V6_PACKET_TOO_BIG: u8 = 2;
+/// ICMPv6 time exceeded.
+pub const V6_TIME_EXCEEDED: u8 = 3;
+/// ICMPv6 parameter problem.
+pub const V6_PARAMETER_PROBLEM: u8 = 4;
+
+/// True for the error messages that quote the offending packet after their
+/// 8-byte header: ICMP types 3, 11, 12 (`v6` false) and ICMPv6 types 1-4.
+pub fn is_error(v6: bool, msg_type: u8) -> bool {
+    if v6 {
+        matches!(
+            msg_type,
+            V6_DEST_UNREACHABLE | V6_PACKET_TOO_BIG | V6_TIME_EXCEEDED | V6_PARAMETER_PROBLEM
+        )
+    } else {
+        matches!(
+            msg_type,
+            V4_DEST_UNREACHABLE | V4_TIME_EXCEEDED | V4_PARAMETER_PROBLEM
+        )
+    }
+}
+
 /// A view of an ICMP or ICMPv6 message in `buffer`.
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {

@@ -105,3 +105,60 @@ pub fn transport_in(prefix: &[u8], packet_len: usize) -> Result<Transport, Error
         _ => Err(Error::Malformed),
     }
 }
+
+/// Parses the IP packet quoted in an ICMP error (RFC 792, RFC 4443 §2.4): a
+/// copy of the offending packet's first bytes, usually truncated, so its length
+/// fields may claim more than `quote` holds. The headers up to the transport
+/// header must lie within `quote` (else [`Error::Truncated`]); the length fields
+/// are only checked for consistency with the header (IPv4: `total ≥ IHL·4`),
+/// never against `quote.len()`. [`Transport::len`] is what the quoted header
+/// claims. IPv6 extension headers are walked within `quote` (at most
+/// [`ipv6::MAX_EXT_HEADERS`]).
+pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
+    match get_u8(quote, 0) >> 4 {
+        4 => {
+            let p = ipv4::Packet::new_unchecked(quote);
+            if quote.len() < ipv4::HEADER_LEN {
+                return Err(Error::Truncated);
+            }
+            let hl = p.header_len();
+            let total = usize::from(p.total_len());
+            if hl < ipv4::HEADER_LEN || total < hl {
+                return Err(Error::Malformed);
+            }
+            if hl > quote.len() {
+                return Err(Error::Truncated);
+            }
+            Ok(Transport {
+                src: Addr::V4(p.src_addr()),
+                dst: Addr::V4(p.dst_addr()),
+                protocol: p.protocol(),
+                offset: hl,
+                len: total.saturating_sub(hl),
+                fragment: p.is_fragment(),
+                has_transport: p.has_transport_header(),
+            })
+        }
+        6 => {
+            let p = ipv6::Packet::new_unchecked(quote);
+            if quote.len() < ipv6::HEADER_LEN {
+                return Err(Error::Truncated);
+            }
+            let end = ipv6::HEADER_LEN.saturating_add(usize::from(p.payload_len()));
+            let w = p.walk_within(quote.len())?;
+            Ok(Transport {
+                src: Addr::V6(p.src_addr()),
+                dst: Addr::V6(p.dst_addr()),
+                protocol: w.protocol,
+                offset: w.offset,
+                len: end.saturating_sub(w.offset),
+                fragment: w.fragment.is_some(),
+                has_transport: w.fragment.is_none_or(|f| f.offset == 0)
+                    && w.protocol != super::proto::ESP
+                    && w.protocol != super::proto::IPV6_NONXT,
+            })
+        }
+        _ if quote.is_empty() => Err(Error::Truncated),
+        _ => Err(Error::Malformed),
+    }
+}
