@@ -722,3 +722,49 @@ fn prx_ip_filter_allocation_failures_leave_clean_ledgers() {
     let r = run_with("nat-udp4", &prx_ip_filter(), Some("alloc#1"), Duration::from_secs(60));
     assert!(!r.passed && r.log.iter().any(|l| l.contains("start failed")), "{}", r.render());
 }
+
+/// ICMP errors produced by real stacks about a NATed UDP flow reach each side
+/// translated (checked by etherparse inside the scenario: outer, ICMP, quoted
+/// IPv4 header and quoted UDP checksums, addresses and ports).
+#[test]
+fn prx_ip_filter_translates_icmp_errors_both_ways_v4_v6() {
+    for name in ["nat-icmp4", "nat-icmp6"] {
+        let r = run(name, &prx_ip_filter());
+        assert!(r.passed, "{}", r.render());
+        assert_configured(&r);
+        for what in ["flow", "inbound error", "outbound error"] {
+            assert!(
+                r.steps.iter().any(|s| s.what == format!("{name} {what}") && s.ok),
+                "{what}: {}",
+                r.render()
+            );
+        }
+        // request + late datagram's error + "again" out; answer + error + late in.
+        assert_eq!(ip_stat(&r, 0x101), Some(3), "{}", r.render());
+        assert_eq!(ip_stat(&r, 0x102), Some(3), "{}", r.render());
+    }
+}
+
+/// Negative control: a NAT that rewrites only TCP/UDP (the C test kext) lets
+/// the proxy host's error reach the client untranslated, and the scenario says so.
+#[test]
+fn without_icmp_translation_the_icmp_scenario_fails() {
+    let kext = c_kext_variant(
+        "ipf_redirect",
+        "ipf_redirect_nat_udp",
+        &["-DORIGIN=203,0,113,10", "-DPROXY=192,0,2,1", "-DPROXY_PORT=3128", "-DPROTO=17"],
+    );
+    let r = run("nat-icmp4", &[kext]);
+    assert!(!r.passed);
+    // The flow itself works through it; only the errors are wrong.
+    assert!(
+        r.steps.iter().any(|s| s.what == "nat-icmp4 flow" && s.ok),
+        "{}",
+        r.render()
+    );
+    assert!(
+        r.steps.iter().any(|s| s.what == "nat-icmp4 inbound error" && !s.ok),
+        "{}",
+        r.render()
+    );
+}

@@ -58,6 +58,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-udp4 over IPv6",
     ),
     (
+        "nat-icmp4",
+        "load-unload, plus: ICMP errors about a NATed UDP flow from smoltcp stacks (port unreachable from the proxy host to the client, and from the client to the origin) must arrive translated: as about the client's flow to the origin, and as about the proxy's own datagram; checked by etherparse",
+    ),
+    (
+        "nat-icmp6",
+        "nat-icmp4 over IPv6 (ICMPv6, pseudo-header checksum)",
+    ),
+    (
         "nat-hostile",
         "load-unload, plus: malformed and unusual packets (truncated headers, bogus IHL, lengths beyond the buffer, long IPv6 extension-header chains, fragments, IPv6 UDP checksum 0), whole and as split mbuf chains, through ipf_output/ipf_input: each passes, drops or is redirected per the documented policy",
     ),
@@ -110,7 +118,10 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         use super::ipctl::RuleProtocol;
         // Rules select the scenario's own protocol; `nat-tcp4-udp-rules` selects
         // the other one (a negative control: nothing may be redirected).
-        let protocol = if name == "nat-tcp4-udp-rules" || name.starts_with("nat-udp") {
+        let protocol = if name == "nat-tcp4-udp-rules"
+            || name.starts_with("nat-udp")
+            || name.starts_with("nat-icmp")
+        {
             RuleProtocol::Udp
         } else if name.starts_with("nat-tcp") {
             RuleProtocol::Tcp
@@ -130,6 +141,8 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),
+            "nat-icmp4" => super::nat_icmp::nat_icmp(false),
+            "nat-icmp6" => super::nat_icmp::nat_icmp(true),
             "sockfilter" => super::sockets::sockfilter(&mut loaded),
             "ctl-bridge" => super::ctl_bridge::ctl_bridge(),
             _ => true,
