@@ -67,9 +67,9 @@ use super::translate::{self, Refused, Side};
 use super::wire::ip::{self, Addr, Transport};
 use super::wire::{Error, get_u8, get_u16, proto};
 
-/// Which flows to redirect and where the proxy is. The shared rule engine
-/// implements this for the kext; [`FixedPolicy`] is a fixed configuration for
-/// tests and for the kext until rules are loaded.
+/// Which flows to redirect and where the proxy is. The kext uses the shared
+/// rule engine ([`RulesPolicy`]); [`FixedPolicy`] is a fixed configuration for
+/// host tests, the fuzz target and benchmarks.
 pub trait Policy {
     /// Where a new flow from `src` to `dst` goes instead, or `None` to leave it.
     fn redirect(&self, protocol: u8, src: &Endpoint, dst: &Endpoint) -> Option<Endpoint>;
@@ -93,7 +93,7 @@ pub struct FixedPolicy {
 
 impl FixedPolicy {
     /// The documentation networks: 203.0.113.0/24 → 192.0.2.1:3128 and
-    /// 2001:db8:203::/48 → [2001:db8:2::1]:3128.
+    /// 2001:db8:203::/48 → `[2001:db8:2::1]:3128`.
     pub const EXAMPLE: FixedPolicy = FixedPolicy {
         v4: ([203, 0, 113, 0], 24),
         v6: (
