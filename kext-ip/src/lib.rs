@@ -313,6 +313,14 @@ impl Control for Ctl {
             }
             SetRequest::Proxies(p) => replace_config(&st, |cfg| cfg.proxies = p),
             SetRequest::Enabled(on) => replace_config(&st, |cfg| cfg.enabled = on),
+            SetRequest::Timeouts(t) => {
+                // Both tables or neither (callbacks hold one table at a time).
+                let mut v4 = NAT_V4.try_lock(CONTROL_SPINS).ok_or(EBUSY)?;
+                let mut v6 = NAT_V6.try_lock(CONTROL_SPINS).ok_or(EBUSY)?;
+                v4.set_config(t.nat_config());
+                v6.set_config(t.nat_config());
+                Ok(())
+            }
         }
     }
 
@@ -343,7 +351,7 @@ impl Control for Ctl {
                     .try_read(CONTROL_SPINS)
                     .ok_or(EBUSY)?
                     .generation;
-                let mut out = [(0u32, 0u64); 16];
+                let mut out = [(0u32, 0u64); 24];
                 let mut n = 0usize;
                 let mut push = |id: u32, v: u64| {
                     if let Some(o) = out.get_mut(n) {
@@ -368,6 +376,12 @@ impl Control for Ctl {
                     u64::from(STATS.attached.load(Ordering::Relaxed)),
                 );
                 push(stat::RULES_GENERATION, u64::from(generation));
+                if let Some(t) = NAT_V4.try_lock(CONTROL_SPINS) {
+                    let t = proto::Timeouts::of(&t.config());
+                    push(stat::IP_TCP_IDLE_S, u64::from(t.tcp_idle_s));
+                    push(stat::IP_TCP_CLOSED_S, u64::from(t.tcp_closed_s));
+                    push(stat::IP_UDP_IDLE_S, u64::from(t.udp_idle_s));
+                }
                 for (r, c) in DropReason::ALL.iter().zip(STATS.drops.iter()) {
                     let id = u32::try_from(r.index())
                         .ok()

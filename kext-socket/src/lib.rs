@@ -275,6 +275,8 @@ impl Control for Ctl {
                 st.config.write().enabled = on;
                 Ok(())
             }
+            // NAT timeouts are the IP filter's.
+            SetRequest::Timeouts(_) => Err(ENOTSUP),
         }
     }
 

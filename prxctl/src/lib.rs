@@ -10,6 +10,8 @@
 //! prxctl lookup ADDR:PORT       the original destination of a redirected client address
 //!                               (ip: of the NAT flow whose client endpoint it is)
 //! prxctl enable | disable       turn filtering on or off
+//! prxctl --kext ip timeouts [--tcp-idle S] [--tcp-closed S] [--udp-idle S]
+//!                               show or set the IP filter's NAT timeouts
 //! prxctl proxy set ADDR:PORT [ADDR:PORT] [--pid N] [--name NAME]
 //!                               the IPv4 and/or IPv6 proxy, and the proxy's own process
 //! ```
@@ -80,6 +82,56 @@ pub fn set_enabled(t: &mut dyn Transport, on: bool) -> io::Result<()> {
     let mut buf = [0u8; control::HEADER_LEN + 4];
     let n = control::encode_enabled(on, &mut buf).map_err(proto)?;
     t.setopt(Op::SetEnabled as i32, buf.get(..n).unwrap_or(&buf))
+}
+
+/// Sets the IP filter's NAT timeouts (validated here first: 1 to
+/// `MAX_TIMEOUT_S` seconds each, as the kext requires).
+pub fn set_timeouts(t: &mut dyn Transport, to: &control::Timeouts) -> io::Result<()> {
+    for (name, v) in [
+        ("--tcp-idle", to.tcp_idle_s),
+        ("--tcp-closed", to.tcp_closed_s),
+        ("--udp-idle", to.udp_idle_s),
+    ] {
+        if !(1..=control::MAX_TIMEOUT_S).contains(&v) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name} {v}: a timeout is 1 to {} seconds", control::MAX_TIMEOUT_S),
+            ));
+        }
+    }
+    let mut buf = [0u8; control::HEADER_LEN + control::TIMEOUTS_LEN];
+    let n = control::encode_timeouts(to, &mut buf).map_err(proto)?;
+    t.setopt(Op::SetTimeouts as i32, buf.get(..n).unwrap_or(&buf))
+}
+
+/// Reads the IP filter's NAT timeouts (from its statistics).
+pub fn timeouts(t: &mut dyn Transport) -> io::Result<control::Timeouts> {
+    let c = stats(t)?;
+    let get = |id: u32| {
+        c.iter()
+            .find(|(i, _)| *i == id)
+            .and_then(|(_, v)| u32::try_from(*v).ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the kext reports no counter {id:#x}: not the IP filter?"),
+                )
+            })
+    };
+    use control::stat::{IP_TCP_CLOSED_S, IP_TCP_IDLE_S, IP_UDP_IDLE_S};
+    Ok(control::Timeouts {
+        tcp_idle_s: get(IP_TCP_IDLE_S)?,
+        tcp_closed_s: get(IP_TCP_CLOSED_S)?,
+        udp_idle_s: get(IP_UDP_IDLE_S)?,
+    })
+}
+
+/// The NAT timeouts, for people.
+pub fn render_timeouts(t: &control::Timeouts) -> String {
+    format!(
+        "TCP idle {} s, TCP after close {} s, UDP idle {} s\n",
+        t.tcp_idle_s, t.tcp_closed_s, t.udp_idle_s
+    )
 }
 
 /// Sets the proxies.
@@ -153,6 +205,9 @@ pub fn stat_name(id: u32) -> String {
         IP_REDIRECTED_PACKETS => "packets redirected".into(),
         IP_REPLY_PACKETS => "reply packets rewritten".into(),
         IP_FILTERS_ATTACHED => "IP filters attached".into(),
+        IP_TCP_IDLE_S => "NAT timeout: TCP idle (s)".into(),
+        IP_TCP_CLOSED_S => "NAT timeout: TCP after close (s)".into(),
+        IP_UDP_IDLE_S => "NAT timeout: UDP idle (s)".into(),
         id if (IP_DROP_BASE..IP_DROP_BASE + 0x100).contains(&id) => {
             let reason = usize::try_from(id - IP_DROP_BASE)
                 .ok()

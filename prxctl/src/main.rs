@@ -67,6 +67,20 @@ enum Cmd {
     Enable,
     /// Disable filtering (every connection passes unchanged).
     Disable,
+    /// The IP filter's NAT timeouts, in seconds (with --kext ip; each 1 to
+    /// 604800). Omitted ones keep their current value; with none given, shows them.
+    /// They apply to live flows too.
+    Timeouts {
+        /// TCP flows without packets expire after this long.
+        #[arg(long, value_name = "SECS")]
+        tcp_idle: Option<u32>,
+        /// TCP flows expire this long after a RST or FINs both ways.
+        #[arg(long, value_name = "SECS")]
+        tcp_closed: Option<u32>,
+        /// UDP flows without packets expire after this long.
+        #[arg(long, value_name = "SECS")]
+        udp_idle: Option<u32>,
+    },
     /// Proxies.
     Proxy {
         #[command(subcommand)]
@@ -170,6 +184,26 @@ fn run(cli: Cli) -> Result<()> {
             let mut t = open(&cli)?;
             prxctl::set_enabled(t.as_mut(), on).context("setting the enabled flag")?;
             println!("filtering {}", if on { "enabled" } else { "disabled" });
+        }
+        Cmd::Timeouts {
+            tcp_idle,
+            tcp_closed,
+            udp_idle,
+        } => {
+            if cli.kext != Kext::Ip {
+                bail!("NAT timeouts belong to the IP filter: use --kext ip");
+            }
+            let mut t = open(&cli)?;
+            let current = prxctl::timeouts(t.as_mut()).context("reading the timeouts")?;
+            let want = common::net::control::Timeouts {
+                tcp_idle_s: tcp_idle.unwrap_or(current.tcp_idle_s),
+                tcp_closed_s: tcp_closed.unwrap_or(current.tcp_closed_s),
+                udp_idle_s: udp_idle.unwrap_or(current.udp_idle_s),
+            };
+            if want != current {
+                prxctl::set_timeouts(t.as_mut(), &want).context("setting the timeouts")?;
+            }
+            print!("{}", prxctl::render_timeouts(&want));
         }
         Cmd::Proxy {
             cmd: ProxyCmd::Set { addrs, pid, name },

@@ -402,6 +402,21 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
     let out = ip.run(&["lookup", "10.0.0.1:1"]);
     assert!(!out.status.success());
 
+    // NAT timeouts: shown, set (one at a time; the others kept), validated, and
+    // the socket filter has none.
+    let out = ip.ok(&["timeouts"]);
+    assert_eq!(out, "TCP idle 7200 s, TCP after close 10 s, UDP idle 60 s\n");
+    let out = ip.ok(&["timeouts", "--udp-idle", "30", "--tcp-closed", "5"]);
+    assert_eq!(out, "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n");
+    let s = ip.ok(&["status"]);
+    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
+    assert_eq!(stat(&s, "NAT timeout: TCP after close (s)"), 5, "{s}");
+    let e = ip.fails(&["timeouts", "--udp-idle", "0"]);
+    assert!(e.contains("--udp-idle 0: a timeout is 1 to 604800 seconds"), "{e}");
+    let e = socket.fails(&["timeouts", "--udp-idle", "5"]);
+    assert!(e.contains("use --kext ip"), "{e}");
+    assert_eq!(ip.ok(&["timeouts"]), "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n");
+
     ip.ok(&["disable"]);
     assert!(ip.ok(&["status"]).contains("filtering:        disabled"));
     ip.ok(&["enable"]);

@@ -62,6 +62,8 @@ pub enum Op {
     SetProxies = 2,
     /// set: enable or disable filtering.
     SetEnabled = 3,
+    /// set: the IP filter's NAT timeouts ([`Timeouts`]; the socket filter refuses it).
+    SetTimeouts = 4,
     /// get: statistics.
     GetStats = 16,
     /// get: the original destination of a client address.
@@ -77,6 +79,7 @@ impl Op {
             Op::SetRules,
             Op::SetProxies,
             Op::SetEnabled,
+            Op::SetTimeouts,
             Op::GetStats,
             Op::Lookup,
             Op::GetStatus,
@@ -149,6 +152,12 @@ pub mod stat {
     pub const IP_FLOW_CAPACITY: u32 = 0x103;
     /// IP filter: IPv4 and IPv6 filters attached.
     pub const IP_FILTERS_ATTACHED: u32 = 0x104;
+    /// IP filter: TCP flows without packets expire after this many seconds.
+    pub const IP_TCP_IDLE_S: u32 = 0x105;
+    /// IP filter: TCP flows expire this many seconds after RST or FIN both ways.
+    pub const IP_TCP_CLOSED_S: u32 = 0x106;
+    /// IP filter: UDP flows without packets expire after this many seconds.
+    pub const IP_UDP_IDLE_S: u32 = 0x107;
     /// IP filter: drops, by reason: `IP_DROP_BASE + reason` (the order of
     /// `common::net::filter::DropReason::ALL`).
     pub const IP_DROP_BASE: u32 = 0x200;
@@ -464,6 +473,51 @@ impl<'a> RulesMsg<'a> {
     }
 }
 
+/// Longest NAT timeout accepted, in seconds (7 days).
+pub const MAX_TIMEOUT_S: u32 = 7 * 24 * 3600;
+/// Body length of `SetTimeouts`.
+pub const TIMEOUTS_LEN: usize = 12;
+
+/// The IP filter's NAT timeouts, in seconds, each 1 to [`MAX_TIMEOUT_S`]:
+/// body of `SetTimeouts` (three big-endian u32s in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP flows without packets expire after this long.
+    pub tcp_idle_s: u32,
+    /// TCP flows expire this long after a RST or FINs in both directions.
+    pub tcp_closed_s: u32,
+    /// UDP flows without packets expire after this long.
+    pub udp_idle_s: u32,
+}
+
+impl Timeouts {
+    /// The NAT table's configuration (milliseconds).
+    pub fn nat_config(&self) -> super::nat::Config {
+        let ms = |s: u32| u64::from(s).saturating_mul(1000);
+        super::nat::Config {
+            tcp_idle_ms: ms(self.tcp_idle_s),
+            tcp_closed_grace_ms: ms(self.tcp_closed_s),
+            udp_idle_ms: ms(self.udp_idle_s),
+        }
+    }
+
+    /// The timeouts of a NAT configuration, in whole seconds (rounded down).
+    pub fn of(c: &super::nat::Config) -> Timeouts {
+        let s = |ms: u64| u32::try_from(ms / 1000).unwrap_or(u32::MAX);
+        Timeouts {
+            tcp_idle_s: s(c.tcp_idle_ms),
+            tcp_closed_s: s(c.tcp_closed_grace_ms),
+            udp_idle_s: s(c.udp_idle_ms),
+        }
+    }
+
+    fn valid(&self) -> bool {
+        [self.tcp_idle_s, self.tcp_closed_s, self.udp_idle_s]
+            .iter()
+            .all(|t| (1..=MAX_TIMEOUT_S).contains(t))
+    }
+}
+
 /// A decoded `setsockopt` message.
 #[derive(Debug, Clone, Copy)]
 pub enum SetRequest<'a> {
@@ -473,6 +527,8 @@ pub enum SetRequest<'a> {
     Proxies(Proxies),
     /// Enable (true) or disable filtering.
     Enabled(bool),
+    /// The IP filter's NAT timeouts.
+    Timeouts(Timeouts),
 }
 
 /// Decodes a `setsockopt(opt, buf)` message. Every rule record is validated here
@@ -562,6 +618,24 @@ pub fn decode_set(opt: i32, buf: &[u8]) -> Result<SetRequest<'_>, Error> {
                 _ => Err(Error::Field),
             }
         }
+        Op::SetTimeouts => {
+            if body_len != TIMEOUTS_LEN {
+                return Err(if body_len < TIMEOUTS_LEN {
+                    Error::Truncated
+                } else {
+                    Error::Length
+                });
+            }
+            let t = Timeouts {
+                tcp_idle_s: r.u32()?,
+                tcp_closed_s: r.u32()?,
+                udp_idle_s: r.u32()?,
+            };
+            if !t.valid() {
+                return Err(Error::Field);
+            }
+            Ok(SetRequest::Timeouts(t))
+        }
         Op::GetStats | Op::Lookup | Op::GetStatus => Err(Error::Op),
     }
 }
@@ -611,6 +685,16 @@ pub fn encode_enabled(on: bool, out: &mut [u8]) -> Result<usize, Error> {
     let mut w = Writer { buf: out, pos: 0 };
     write_header(&mut w, Op::SetEnabled, HEADER_LEN + 4)?;
     w.put(&[u8::from(on), 0, 0, 0])?;
+    Ok(w.pos)
+}
+
+/// Encodes `SetTimeouts`; returns the length written.
+pub fn encode_timeouts(t: &Timeouts, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::SetTimeouts, HEADER_LEN + TIMEOUTS_LEN)?;
+    w.put(&t.tcp_idle_s.to_be_bytes())?;
+    w.put(&t.tcp_closed_s.to_be_bytes())?;
+    w.put(&t.udp_idle_s.to_be_bytes())?;
     Ok(w.pos)
 }
 
@@ -859,6 +943,41 @@ mod tests {
         let got: Vec<Rule> = m.rules().map(Result::unwrap).collect();
         assert_eq!(got, sample_rules());
         assert_eq!(m.default_action(), Action::Direct);
+    }
+
+    #[test]
+    fn timeouts_round_trip_and_bounds() {
+        let t = Timeouts {
+            tcp_idle_s: 7200,
+            tcp_closed_s: 10,
+            udp_idle_s: 60,
+        };
+        let mut buf = [0u8; HEADER_LEN + TIMEOUTS_LEN];
+        assert_eq!(encode_timeouts(&t, &mut buf), Ok(20));
+        assert_eq!(&buf[..8], &[1, 4, 0, 0, 0, 0, 0, 20]);
+        assert_eq!(&buf[8..], &[0, 0, 0x1c, 0x20, 0, 0, 0, 10, 0, 0, 0, 60]);
+        let SetRequest::Timeouts(back) = decode_set(4, &buf).unwrap() else {
+            panic!("not timeouts")
+        };
+        assert_eq!(back, t);
+        assert_eq!(back.nat_config(), crate::net::nat::Config::DEFAULT);
+        assert_eq!(Timeouts::of(&crate::net::nat::Config::DEFAULT), t);
+        // Zero and more than a week are refused, as are wrong lengths and ops.
+        for (at, v) in [(8, 0u32), (12, 0), (16, 0), (8, MAX_TIMEOUT_S + 1)] {
+            let mut b = buf;
+            b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+            assert_eq!(decode_set(4, &b).unwrap_err(), Error::Field, "{at} {v}");
+        }
+        let mut b = buf;
+        b[8..12].copy_from_slice(&MAX_TIMEOUT_S.to_be_bytes());
+        assert!(decode_set(4, &b).is_ok());
+        assert_eq!(decode_set(4, &buf[..19]).unwrap_err(), Error::Truncated);
+        assert_eq!(decode_set(3, &buf).unwrap_err(), Error::Op);
+        let mut long = buf.to_vec();
+        long.extend([0, 0, 0, 0]);
+        long[7] = 24;
+        assert_eq!(decode_set(4, &long).unwrap_err(), Error::Length);
+        assert_eq!(decode_get(4, &buf).unwrap_err(), Error::Op);
     }
 
     #[test]

@@ -275,6 +275,12 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         self.cfg
     }
 
+    /// Sets the timeouts (they apply to live flows too: expiry is computed
+    /// from each flow's last packet when it is looked at).
+    pub fn set_config(&mut self, cfg: Config) {
+        self.cfg = cfg;
+    }
+
     /// Re-keys the hash (only while empty) and sets the timeouts.
     pub fn configure(&mut self, cfg: Config, seed: u64) {
         self.cfg = cfg;

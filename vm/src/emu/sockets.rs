@@ -446,6 +446,13 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     );
     let e = ctl::setopt(client, 1, &msg);
     check("control: set rules", e == 0, format!("4 rules, setsockopt returned {e}"));
+    // NAT timeouts (op 4: TCP idle, TCP closed, UDP idle seconds) are the IP filter's.
+    let mut t = header(4, 20);
+    for v in [7200u32, 10, 60] {
+        t.extend(v.to_be_bytes());
+    }
+    let e = ctl::setopt(client, 4, &t);
+    check("control: NAT timeouts refused", e == 45, format!("setsockopt returned {e} (want ENOTSUP, 45)"));
 
     let request = b"GET / HTTP/1.0\r\nHost: example\r\n\r\n";
     // A: IPv4 documentation address, PROXY v2.
