@@ -55,55 +55,7 @@ pub fn transport_in(prefix: &[u8], packet_len: usize) -> Result<Transport, Error
     if prefix.len() > packet_len {
         return Err(Error::Malformed);
     }
-    match get_u8(prefix, 0) >> 4 {
-        4 => {
-            let p = ipv4::Packet::new_unchecked(prefix);
-            if prefix.len() < ipv4::HEADER_LEN {
-                return Err(Error::Truncated);
-            }
-            let hl = p.header_len();
-            let total = usize::from(p.total_len());
-            if hl < ipv4::HEADER_LEN || total < hl {
-                return Err(Error::Malformed);
-            }
-            if total > packet_len || hl > prefix.len() {
-                return Err(Error::Truncated);
-            }
-            Ok(Transport {
-                src: Addr::V4(p.src_addr()),
-                dst: Addr::V4(p.dst_addr()),
-                protocol: p.protocol(),
-                offset: hl,
-                len: total.saturating_sub(hl),
-                fragment: p.is_fragment(),
-                has_transport: p.has_transport_header(),
-            })
-        }
-        6 => {
-            let p = ipv6::Packet::new_unchecked(prefix);
-            if prefix.len() < ipv6::HEADER_LEN {
-                return Err(Error::Truncated);
-            }
-            let end = ipv6::HEADER_LEN.saturating_add(usize::from(p.payload_len()));
-            if end > packet_len {
-                return Err(Error::Truncated);
-            }
-            let w = p.walk_within(end.min(prefix.len()))?;
-            Ok(Transport {
-                src: Addr::V6(p.src_addr()),
-                dst: Addr::V6(p.dst_addr()),
-                protocol: w.protocol,
-                offset: w.offset,
-                len: end.saturating_sub(w.offset),
-                fragment: w.fragment.is_some(),
-                has_transport: w.fragment.is_none_or(|f| f.offset == 0)
-                    && w.protocol != super::proto::ESP
-                    && w.protocol != super::proto::IPV6_NONXT,
-            })
-        }
-        _ if prefix.is_empty() => Err(Error::Truncated),
-        _ => Err(Error::Malformed),
-    }
+    parse(prefix, Some(packet_len))
 }
 
 /// Parses the IP packet quoted in an ICMP error (RFC 792, RFC 4443 §2.4): a
@@ -115,10 +67,17 @@ pub fn transport_in(prefix: &[u8], packet_len: usize) -> Result<Transport, Error
 /// claims. IPv6 extension headers are walked within `quote` (at most
 /// [`ipv6::MAX_EXT_HEADERS`]).
 pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
-    match get_u8(quote, 0) >> 4 {
+    parse(quote, None)
+}
+
+/// The walk shared by [`transport_in`] (`packet_len`: the whole packet's
+/// length, which the length fields must fit) and [`transport_quoted`]
+/// (`None`: a truncated quote whose length fields are not checked against it).
+fn parse(buf: &[u8], packet_len: Option<usize>) -> Result<Transport, Error> {
+    match get_u8(buf, 0) >> 4 {
         4 => {
-            let p = ipv4::Packet::new_unchecked(quote);
-            if quote.len() < ipv4::HEADER_LEN {
+            let p = ipv4::Packet::new_unchecked(buf);
+            if buf.len() < ipv4::HEADER_LEN {
                 return Err(Error::Truncated);
             }
             let hl = p.header_len();
@@ -126,7 +85,7 @@ pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
             if hl < ipv4::HEADER_LEN || total < hl {
                 return Err(Error::Malformed);
             }
-            if hl > quote.len() {
+            if packet_len.is_some_and(|n| total > n) || hl > buf.len() {
                 return Err(Error::Truncated);
             }
             Ok(Transport {
@@ -140,12 +99,20 @@ pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
             })
         }
         6 => {
-            let p = ipv6::Packet::new_unchecked(quote);
-            if quote.len() < ipv6::HEADER_LEN {
+            let p = ipv6::Packet::new_unchecked(buf);
+            if buf.len() < ipv6::HEADER_LEN {
                 return Err(Error::Truncated);
             }
             let end = ipv6::HEADER_LEN.saturating_add(usize::from(p.payload_len()));
-            let w = p.walk_within(quote.len())?;
+            if packet_len.is_some_and(|n| end > n) {
+                return Err(Error::Truncated);
+            }
+            let within = if packet_len.is_some() {
+                end.min(buf.len())
+            } else {
+                buf.len()
+            };
+            let w = p.walk_within(within)?;
             Ok(Transport {
                 src: Addr::V6(p.src_addr()),
                 dst: Addr::V6(p.dst_addr()),
@@ -158,7 +125,7 @@ pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
                     && w.protocol != super::proto::IPV6_NONXT,
             })
         }
-        _ if quote.is_empty() => Err(Error::Truncated),
+        _ if buf.is_empty() => Err(Error::Truncated),
         _ => Err(Error::Malformed),
     }
 }
