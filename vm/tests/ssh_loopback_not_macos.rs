@@ -1,6 +1,6 @@
 //! The `ssh` backend end to end against a REAL OpenSSH server on loopback, with
 //! the macOS-only commands (`installer`, `kmutil`, `kextload`, `log`, `sw_vers`,
-//! `sysctl kern.boottime`, `nc`, `curl`, `prxctl`, `sudo`) replaced by the shell
+//! `sysctl kern.boottime`, `nc`, `curl`, `prxctl`, `sudo`, `route`, `ipconfig`) replaced by the shell
 //! test doubles in `vm/tests/doubles/` on the remote PATH.
 //!
 //! THIS DOES NOT TEST macOS. It tests prx's side: the ssh/scp transport and its
@@ -560,6 +560,122 @@ fn ssh_backend_unload_while_open_is_a_failure_with_evidence_on_loopback_sshd_not
         t.contains(
             "FAIL listener received: nothing: the connection to 203.0.113.10:80 was not redirected"
         ) && t.contains("FAIL unload refused while the connection is open"),
+        "{t}"
+    );
+}
+
+/// Position of `needle` in the calls (panics with the calls when missing).
+fn call_at(calls: &str, needle: &str) -> usize {
+    calls
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not called:\n{calls}"))
+}
+
+#[test]
+fn ssh_backend_ip_nat_on_loopback_sshd_not_macos() {
+    let s = Sshd::start();
+    // The guest's address comes from route/ipconfig, not from a constant.
+    std::fs::write(s.state().join("ifaddr"), "192.168.64.5\n").unwrap();
+    let g = s.guest();
+    let rules = PathBuf::from(&g.work_dir).join("prx-vmtest-ip-rules.toml");
+    let r = run(&s, g, &["ip-nat"]);
+    assert_eq!(r.len(), 2, "setup + 1 scenario");
+    assert!(r.iter().all(|x| x.passed), "sshd log:\n{}", s.sshd_log());
+    let calls = s.calls();
+    let order = [
+        "route -n get 203.0.113.10",
+        "ipconfig getifaddr en0",
+        "nc -l 192.168.64.5 18080",
+        "sudo -n prxctl --kext ip proxy set 192.168.64.5:18080",
+        "sudo -n prxctl --kext ip rules load ",
+        "sudo -n prxctl --kext ip status",
+        "curl -sS -m 5 -o /dev/null http://203.0.113.10:80/prx-vmtest",
+        "sudo -n prxctl --kext ip disable",
+        "kmutil unload -b net.prx.kext.IPFilter",
+    ];
+    let at: Vec<usize> = order.iter().map(|n| call_at(&calls, n)).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{calls}");
+    // The status is read again after the client (the counters' evidence).
+    let curl = call_at(&calls, "curl -sS");
+    assert!(calls[curl..].contains("prxctl --kext ip status"), "{calls}");
+    // Only the IP filter is configured: the socket filter gets no proxy or rule.
+    assert!(!calls.contains("prxctl proxy set"), "{calls}");
+    assert!(!calls.contains("prxctl rules load"), "{calls}");
+    let toml = std::fs::read_to_string(&rules).unwrap();
+    assert_eq!(
+        toml,
+        "[[rule]]\ndst = \"203.0.113.10\"\nports = \"80\"\nprotocol = \"tcp\"\naction = \"proxy\"\n"
+    );
+    let t = all_text(by_name(&r, "ip-nat"));
+    assert!(
+        t.contains("guest address: 192.168.64.5 on en0: the proxy is 192.168.64.5:18080"),
+        "{t}"
+    );
+    assert!(
+        t.contains("listener received: 48 byte(s): GET /prx-vmtest HTTP/1.1\\r\\nHost: 203.0.113.10\\r\\n\\r\\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("IP filter counters after the client (prxctl --kext ip status): packets redirected 6, NAT flows 1"),
+        "{t}"
+    );
+    assert!(
+        std::fs::read_dir(s.state().join("loaded"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn ssh_backend_ip_nat_failures_with_evidence_on_loopback_sshd_not_macos() {
+    // The redirect is missing: the listener receives nothing, the counters stay 0.
+    let s = Sshd::start();
+    s.flag("no-redirect");
+    let r = run(&s, s.guest(), &["ip-nat"]);
+    let ipn = by_name(&r, "ip-nat");
+    assert!(!ipn.passed);
+    let t = all_text(ipn);
+    assert!(
+        t.contains("FAIL listener received: nothing: the connection to 203.0.113.10:80 was not redirected to the listener at 10.0.2.15:18080"),
+        "{t}"
+    );
+    assert!(
+        t.contains("FAIL IP filter counters after the client (prxctl --kext ip status): packets redirected 0, NAT flows 0"),
+        "{t}"
+    );
+    // Torn down and unloaded anyway.
+    let calls = s.calls();
+    assert!(calls.contains("prxctl --kext ip disable"), "{calls}");
+    assert!(
+        calls.contains("kmutil unload -b net.prx.kext.IPFilter"),
+        "{calls}"
+    );
+
+    // The request arrives but the IP filter's status counts no redirected packet.
+    let s = Sshd::start();
+    s.flag("ip-stats-zero");
+    let r = run(&s, s.guest(), &["ip-nat"]);
+    let ipn = by_name(&r, "ip-nat");
+    assert!(!ipn.passed);
+    let t = all_text(ipn);
+    assert!(
+        t.contains("listener received: 48 byte(s)") && !t.contains("FAIL listener received"),
+        "{t}"
+    );
+    assert!(
+        t.contains("FAIL IP filter counters after the client (prxctl --kext ip status): packets redirected 0, NAT flows 1"),
+        "{t}"
+    );
+    assert_eq!(ipn.failures.len(), 1, "{:?}", ipn.failures);
+
+    // The socket filter redirected it (a rule left in it): a PROXY v2 header is a failure.
+    let s = Sshd::start();
+    std::fs::write(s.state().join("rule"), "203.0.113.10:80 10.0.2.15:18080\n").unwrap();
+    let r = run(&s, s.guest(), &["ip-nat"]);
+    let t = all_text(by_name(&r, "ip-nat"));
+    assert!(
+        t.contains("FAIL listener received: a PROXY v2 header (dst 203.0.113.10:80): the socket filter redirected the connection, not the IP filter"),
         "{t}"
     );
 }

@@ -2,7 +2,8 @@
 //! copy the .pkg, `sudo installer`, then per scenario: load the kexts
 //! (`kmutil load` on macOS 11+, `kextload` on 10.15 and older), stop with
 //! instructions when macOS has not approved them, run the scenario with built-in
-//! macOS tools (`nc -l` as the listener, `curl` as the client) and `prxctl`,
+//! macOS tools (`nc -l` as the listener, `curl` as the client, `route` and
+//! `ipconfig` for the guest's address) and `prxctl`,
 //! unload, collect `log show` for the scenario's window, and look for kernel
 //! panics (a new panic report, a changed `kern.boottime`, an unreachable guest).
 //!
@@ -17,9 +18,9 @@ use super::ssh::{CmdOutput, SshError, SshTarget, sh_quote};
 use crate::report::{ScenarioReport, StepReport};
 
 /// The scenarios with a guest version. `load-unload` and `socket-connect` share
-/// their names with the emulator's; `non-matching` and `unload-open` are
-/// guest-only names (the emulator covers the same ground inside `sockfilter` and
-/// in `load-unload`'s stop-while-busy retries).
+/// their names with the emulator's; `non-matching`, `unload-open` and `ip-nat`
+/// are guest-only names (the emulator covers the same ground inside `sockfilter`,
+/// in `load-unload`'s stop-while-busy retries and in the `nat-*` scenarios).
 pub const GUEST_SCENARIOS: &[(&str, &str)] = &[
     (
         "load-unload",
@@ -36,6 +37,10 @@ pub const GUEST_SCENARIOS: &[(&str, &str)] = &[
     (
         "unload-open",
         "load, the same listener and rule, a redirected `nc 203.0.113.10 80` kept open; unloading PrxSocketFilter must be refused while it is open (its stop returns busy while sockets are attached) and succeed after it is closed; no panic",
+    ),
+    (
+        "ip-nat",
+        "load, then PrxIPFilter's NAT: the guest's own IPv4 address (`route -n get 203.0.113.10`, `ipconfig getifaddr IF`) with an `nc -l` listener on it as the proxy, `prxctl --kext ip` proxy and a one-rule file (203.0.113.10, port 80, tcp), `curl` to 203.0.113.10:80 (a new flow: the IP filter translates only flows that start after the rules are loaded); the listener must receive the plain request (a PROXY v2 header would mean the socket filter redirected it) and `prxctl --kext ip status` must count packets redirected > 0 and NAT flows >= 1; `prxctl --kext ip disable`; unload",
     ),
 ];
 
@@ -250,6 +255,89 @@ pub fn panic_reports(listing: &str) -> Vec<String> {
 /// The macOS major version from `sw_vers -productVersion` (10 for 10.x).
 pub fn major_version(v: &str) -> Option<u32> {
     v.trim().split('.').next()?.parse().ok()
+}
+
+/// The outgoing interface in `route -n get HOST`'s answer (its `interface: en0` line).
+pub fn parse_route_interface(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("interface:")?.trim();
+        (!v.is_empty() && !v.contains(char::is_whitespace)).then(|| v.to_string())
+    })
+}
+
+/// The address `ipconfig getifaddr IF` printed: one IPv4 address that another
+/// host could send to (not loopback, unspecified, multicast or broadcast).
+pub fn parse_ifaddr(text: &str) -> Option<std::net::Ipv4Addr> {
+    let a: std::net::Ipv4Addr = text.trim().parse().ok()?;
+    (!a.is_loopback() && !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast()).then_some(a)
+}
+
+/// The `statistics:` list of `prxctl status` as (name, value): the value is a
+/// line's last whitespace-separated field, the name the fields before it.
+pub fn parse_status_counters(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .skip_while(|l| l.trim() != "statistics:")
+        .skip(1)
+        .take_while(|l| l.starts_with(char::is_whitespace) && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut f: Vec<&str> = l.split_whitespace().collect();
+            let v = f.pop()?.parse().ok()?;
+            (!f.is_empty()).then(|| (f.join(" "), v))
+        })
+        .collect()
+}
+
+/// `ip-nat`'s verdict on `prxctl --kext ip status` after the client ran:
+/// `packets redirected` > 0 and `NAT flows` >= 1. `Err` names what is missing.
+pub fn judge_ip_counters(status: &str) -> Result<String, String> {
+    let c = parse_status_counters(status);
+    let get = |n: &str| c.iter().find(|(k, _)| k == n).map(|&(_, v)| v);
+    match (get("packets redirected"), get("NAT flows")) {
+        (Some(p), Some(f)) if p > 0 && f >= 1 => {
+            Ok(format!("packets redirected {p}, NAT flows {f}"))
+        }
+        (Some(p), Some(f)) => Err(format!(
+            "packets redirected {p}, NAT flows {f} (expected packets redirected > 0 and NAT flows >= 1: the IP filter did not translate the flow)"
+        )),
+        (p, f) => Err(format!(
+            "no {} counter in the statistics",
+            match (p, f) {
+                (None, None) => "`packets redirected` or `NAT flows`",
+                (None, _) => "`packets redirected`",
+                _ => "`NAT flows`",
+            }
+        )),
+    }
+}
+
+/// `ip-nat`'s verdict on the listener's bytes: the client's plain request
+/// (the IP filter rewrites packets, it adds nothing); a PROXY v2 header means
+/// the socket filter redirected the connection, not the IP filter.
+pub fn judge_ip_listener(bytes: &[u8], redirect_from: &str, proxy: &str) -> Result<String, String> {
+    let shown = || {
+        format!(
+            "{} byte(s): {}",
+            bytes.len(),
+            show_bytes(&bytes[..bytes.len().min(400)])
+        )
+    };
+    if bytes.is_empty() {
+        return Err(format!(
+            "nothing: the connection to {redirect_from} was not redirected to the listener at {proxy}"
+        ));
+    }
+    if bytes.starts_with(PROXY_V2_SIGNATURE) {
+        let dst = parse_proxy_v2(bytes).map_or(String::new(), |h| format!(" (dst {})", h.dst));
+        return Err(format!(
+            "a PROXY v2 header{dst}: the socket filter redirected the connection, not the IP filter; {}",
+            shown()
+        ));
+    }
+    if String::from_utf8_lossy(bytes).contains("GET /prx-vmtest HTTP/1.1") {
+        Ok(shown())
+    } else {
+        Err(format!("not the client's request: {}", shown()))
+    }
 }
 
 /// The listener and rule of the redirection scenarios.
@@ -590,21 +678,7 @@ impl Flow<'_> {
     fn redirect_setup(&self, rep: &mut Rep) -> Option<Redirect> {
         let w = &self.cfg.work_dir;
         let port = self.cfg.listener_port;
-        let out = format!("{w}/listener-{port}.bin");
-        let listen = format!(
-            "rm -f {o}; nohup nc -l 127.0.0.1 {port} > {o} 2> {o}.err < /dev/null & echo $!",
-            o = sh_quote(&out)
-        );
-        let o = self.step_run(
-            rep,
-            "start listener (nc -l)",
-            &listen,
-            self.cfg.command_timeout,
-        )?;
-        let r = Redirect {
-            out,
-            pid: o.stdout.trim().to_string(),
-        };
+        let r = self.start_listener(rep, "127.0.0.1")?;
         // prxctl's real interface: the listener is the proxy, and a one-rule file
         // sends the test destination to it with a PROXY v2 header.
         let (dst_host, dst_port) = self
@@ -638,6 +712,28 @@ impl Flow<'_> {
             self.cfg.command_timeout,
         );
         Some(r)
+    }
+
+    /// Starts `nc -l BIND PORT` in the background, recording what it receives.
+    fn start_listener(&self, rep: &mut Rep, bind: &str) -> Option<Redirect> {
+        let w = &self.cfg.work_dir;
+        let port = self.cfg.listener_port;
+        let out = format!("{w}/listener-{port}.bin");
+        let listen = format!(
+            "rm -f {o}; nohup nc -l {b} {port} > {o} 2> {o}.err < /dev/null & echo $!",
+            o = sh_quote(&out),
+            b = sh_quote(bind)
+        );
+        let o = self.step_run(
+            rep,
+            "start listener (nc -l)",
+            &listen,
+            self.cfg.command_timeout,
+        )?;
+        Some(Redirect {
+            out,
+            pid: o.stdout.trim().to_string(),
+        })
     }
 
     /// `prxctl disable`, then stop the listener.
@@ -747,6 +843,137 @@ impl Flow<'_> {
             }
         }
         self.redirect_teardown(rep, &r);
+    }
+
+    /// `ip-nat`: PrxIPFilter rewrites the destination of the client's packets
+    /// to the proxy, so the proxy must be an address those packets can reach:
+    /// the guest's own address on the interface towards the test destination,
+    /// with the listener bound to it. Only flows that start after the rules are
+    /// loaded are translated (TCP: on a SYN); `curl` opens a new one.
+    fn ip_nat(&self, rep: &mut Rep) {
+        let (host, port) = self
+            .cfg
+            .redirect_from
+            .rsplit_once(':')
+            .unwrap_or((self.cfg.redirect_from.as_str(), "80"));
+        let route = format!("route -n get {}", sh_quote(host));
+        let Some(o) = self.step_run(
+            rep,
+            "route to the test destination",
+            &route,
+            self.cfg.command_timeout,
+        ) else {
+            return;
+        };
+        let Some(ifname) = parse_route_interface(&o.stdout) else {
+            rep.step(
+                "outgoing interface",
+                false,
+                format!("no `interface:` line in `{route}`'s answer: {}", o.text()),
+            );
+            return;
+        };
+        let getaddr = format!("ipconfig getifaddr {}", sh_quote(&ifname));
+        let Some(o) = self.step_run(
+            rep,
+            "guest address (ipconfig getifaddr)",
+            &getaddr,
+            self.cfg.command_timeout,
+        ) else {
+            return;
+        };
+        let Some(addr) = parse_ifaddr(&o.stdout) else {
+            rep.step(
+                "guest address",
+                false,
+                format!(
+                    "`{getaddr}` gave no usable IPv4 address (loopback, unspecified and multicast are not): {}",
+                    o.text()
+                ),
+            );
+            return;
+        };
+        let lport = self.cfg.listener_port;
+        let proxy = format!("{addr}:{lport}");
+        rep.step(
+            "guest address",
+            true,
+            format!("{addr} on {ifname}: the proxy is {proxy}"),
+        );
+        let Some(r) = self.start_listener(rep, &addr.to_string()) else {
+            return;
+        };
+        let rules = format!("{}/prx-vmtest-ip-rules.toml", self.cfg.work_dir);
+        let setup = format!(
+            "sudo -n prxctl --kext ip proxy set {p} && printf '[[rule]]\\ndst = \"%s\"\\nports = \"%s\"\\nprotocol = \"tcp\"\\naction = \"proxy\"\\n' {} {} > {r} && sudo -n prxctl --kext ip rules load {r}",
+            sh_quote(host),
+            sh_quote(port),
+            p = sh_quote(&proxy),
+            r = sh_quote(&rules)
+        );
+        if self
+            .step_run(
+                rep,
+                "set proxy and load NAT rule (prxctl --kext ip)",
+                &setup,
+                self.cfg.command_timeout,
+            )
+            .is_none()
+        {
+            self.stop_listener(&r);
+            return;
+        }
+        let status = "sudo -n prxctl --kext ip status";
+        let _ = self.step_run(
+            rep,
+            "status before (prxctl --kext ip)",
+            status,
+            self.cfg.command_timeout,
+        );
+        self.curl(rep, "client, a new flow (curl)", &self.cfg.redirect_from);
+        match self.listener_bytes(&r) {
+            Ok(b) => {
+                let v = judge_ip_listener(&b, &self.cfg.redirect_from, &proxy);
+                let ok = v.is_ok();
+                rep.step("listener received", ok, v.unwrap_or_else(|e| e));
+            }
+            Err(e) => {
+                rep.step("listener received", false, e.to_string());
+            }
+        }
+        match self.run(status) {
+            Ok(o) if o.ok() => {
+                let v = judge_ip_counters(&o.stdout);
+                let ok = v.is_ok();
+                let d = v.unwrap_or_else(|e| e);
+                rep.step(
+                    "IP filter counters after the client (prxctl --kext ip status)",
+                    ok,
+                    format!("{d}; `{status}`: {}", o.text()),
+                );
+            }
+            Ok(o) => {
+                rep.step(
+                    "IP filter counters after the client (prxctl --kext ip status)",
+                    false,
+                    format!("`{status}` exited with {}: {}", o.status, o.text()),
+                );
+            }
+            Err(e) => {
+                rep.step(
+                    "IP filter counters after the client (prxctl --kext ip status)",
+                    false,
+                    e.to_string(),
+                );
+            }
+        }
+        let _ = self.step_run(
+            rep,
+            "disable NAT (prxctl --kext ip)",
+            "sudo -n prxctl --kext ip disable",
+            self.cfg.command_timeout,
+        );
+        self.stop_listener(&r);
     }
 
     /// `unload-open`: a redirected connection held open, then unloading the
@@ -968,6 +1195,7 @@ impl Flow<'_> {
                 match name {
                     "socket-connect" => self.redirection(&mut rep),
                     "non-matching" => self.non_matching(&mut rep),
+                    "ip-nat" => self.ip_nat(&mut rep),
                     "unload-open" => {
                         // Unloaded there (after the connection closed): not again below.
                         let unloaded = self.unload_open(&mut rep);
@@ -1168,5 +1396,73 @@ mod tests {
         assert_eq!(major_version("10.15.7\n"), Some(10));
         assert_eq!(major_version("14.5"), Some(14));
         assert_eq!(major_version("Linux"), None);
+    }
+    #[test]
+    fn guest_address_from_route_and_ipconfig() {
+        let route = "   route to: 203.0.113.10\ndestination: default\n       mask: default\n    gateway: 10.0.2.2\n  interface: en0\n      flags: <UP,GATEWAY,DONE,STATIC,PRCLONING>\n recvpipe  sendpipe  ssthresh  rtt,msec    rttvar  hopcount      mtu     expire\n       0         0         0         0         0         0      1500         0\n";
+        assert_eq!(parse_route_interface(route).as_deref(), Some("en0"));
+        assert_eq!(
+            parse_route_interface("route: writing to routing socket: not in table\n"),
+            None
+        );
+        assert_eq!(parse_route_interface("  interface: \n"), None);
+        assert_eq!(parse_ifaddr("10.0.2.15\n"), Some([10, 0, 2, 15].into()));
+        assert_eq!(parse_ifaddr("127.0.0.1\n"), None);
+        assert_eq!(parse_ifaddr("0.0.0.0"), None);
+        assert_eq!(parse_ifaddr(""), None);
+        assert_eq!(parse_ifaddr("fe80::1"), None);
+        assert_eq!(parse_ifaddr("10.0.2.15\n192.168.1.2\n"), None);
+    }
+
+    const IP_STATUS: &str = "filtering:        enabled\nrules:            1 (rule sets installed: 1)\nfilters attached: 2 (IPv4, IPv6)\ncontrol clients:  1\nproxy (IPv4):     10.0.2.15:18080\nproxy (IPv6):     none\nstatistics:\n  NAT flows                           1\n  NAT flow capacity                4096\n  packets redirected                 12\n  reply packets rewritten            10\n  packets dropped: busy               0\n";
+
+    #[test]
+    fn ip_status_counters_are_parsed_and_judged() {
+        let c = parse_status_counters(IP_STATUS);
+        assert_eq!(c.len(), 5);
+        assert_eq!(c[0], ("NAT flows".to_string(), 1));
+        assert_eq!(c[1], ("NAT flow capacity".to_string(), 4096));
+        assert_eq!(c[4], ("packets dropped: busy".to_string(), 0));
+        assert_eq!(
+            judge_ip_counters(IP_STATUS),
+            Ok("packets redirected 12, NAT flows 1".into())
+        );
+        let zero = IP_STATUS.replace(
+            "redirected                 12",
+            "redirected                  0",
+        );
+        assert!(
+            judge_ip_counters(&zero)
+                .unwrap_err()
+                .starts_with("packets redirected 0, NAT flows 1")
+        );
+        let no_flows = IP_STATUS.replace("NAT flows                           1", "NAT flows 0");
+        assert!(judge_ip_counters(&no_flows).is_err());
+        // Lines before `statistics:` ("rules: 1 ...") are not counters.
+        assert_eq!(
+            judge_ip_counters("rules:            1\nNAT flows 3\n").unwrap_err(),
+            "no `packets redirected` or `NAT flows` counter in the statistics"
+        );
+    }
+
+    #[test]
+    fn ip_listener_bytes_are_judged() {
+        let req = b"GET /prx-vmtest HTTP/1.1\r\nHost: 203.0.113.10\r\n\r\n";
+        assert!(judge_ip_listener(req, "203.0.113.10:80", "10.0.2.15:18080").is_ok());
+        assert_eq!(
+            judge_ip_listener(b"", "203.0.113.10:80", "10.0.2.15:18080").unwrap_err(),
+            "nothing: the connection to 203.0.113.10:80 was not redirected to the listener at 10.0.2.15:18080"
+        );
+        let mut v2 = PROXY_V2_SIGNATURE.to_vec();
+        v2.extend([
+            0x21, 0x11, 0, 12, 10, 0, 0, 2, 203, 0, 113, 10, 0xC3, 0x50, 0, 80,
+        ]);
+        v2.extend(req);
+        let e = judge_ip_listener(&v2, "203.0.113.10:80", "10.0.2.15:18080").unwrap_err();
+        assert!(
+            e.starts_with("a PROXY v2 header (dst 203.0.113.10:80): the socket filter"),
+            "{e}"
+        );
+        assert!(judge_ip_listener(b"SSH-2.0-x\r\n", "203.0.113.10:80", "p").is_err());
     }
 }
