@@ -1,6 +1,7 @@
 //! prx's build driver, as a library so the end-to-end tests run exactly the code
 //! `cargo xtask` runs. The binary (`src/main.rs`) is a thin clap dispatcher.
 
+pub mod bench;
 pub mod bindgen;
 pub mod build;
 pub mod kpi;

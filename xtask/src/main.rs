@@ -56,6 +56,9 @@ enum Cmd {
     /// Codesign the release kexts and write target/pkg/prx-<version>.pkg and a .zip
     /// (or, with --check PKG, expand a package the way Installer does and report).
     Package(Box<xtask::package::Args>),
+    /// Count the instructions per operation of common::net's hot paths under
+    /// callgrind (needs valgrind); prints a table, optionally writes JSON.
+    Bench(xtask::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
         Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
         Cmd::Package(args) => xtask::package::run(&root, *args),
+        Cmd::Bench(args) => xtask::bench::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
