@@ -10,9 +10,11 @@
 //! Lookups do not scan every rule: [`RuleSet::new`] builds a sorted index of
 //! `(family, prefix length, masked destination, rule number)`. A lookup visits
 //! only the prefix lengths present in the set (a bitmap per family), finds the
-//! rules for each with a binary search, and scans those candidates (and the
+//! rules for each with a binary search, and scans those candidates (then the
 //! rules without a destination) in rule order, stopping at the first that
-//! matches or at a rule number past the best match so far.
+//! matches or at a rule number past the best match so far (the rules without a
+//! destination last, so the best match found through the index cuts them
+//! short). Sets of fewer than [`INDEXED_FROM`] rules are simply scanned in order.
 //!
 //! The storage is the caller's (`R: AsRef<[Rule]>`, `I: AsMut<[IndexEntry]>`):
 //! the kernel uses fallibly allocated slices, tests use `Vec`s. Nothing here
@@ -24,6 +26,9 @@ use super::wire::proto;
 /// Longest process name compared (`MAXCOMLEN`): longer names are truncated,
 /// as the kernel's `p_comm` is.
 pub const MAX_NAME: usize = 16;
+
+/// From this many rules on, [`RuleSet::lookup`] uses the index.
+pub const INDEXED_FROM: usize = 32;
 
 /// Most rules one set may hold (the control protocol enforces it too).
 pub const MAX_RULES: usize = 16384;
@@ -357,14 +362,24 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         self.rules.as_ref()
     }
 
-    /// The action for `c`: the first matching rule's, or the default.
+    /// The action for `c`: the first matching rule's, or the default. Sets of
+    /// fewer than [`INDEXED_FROM`] rules are scanned in order (cheaper than the
+    /// index's per-prefix walk there: `cargo xtask bench`), larger ones go
+    /// through the index ([`RuleSet::lookup_indexed`]).
     pub fn lookup(&self, c: &Conn<'_>) -> Verdict {
+        if self.len() < INDEXED_FROM {
+            lookup_linear(self.rules.as_ref(), self.default, c)
+        } else {
+            self.lookup_indexed(c)
+        }
+    }
+
+    /// The action for `c` through the index, whatever the set's size.
+    pub fn lookup_indexed(&self, c: &Conn<'_>) -> Verdict {
         let dst = c.dst.canonical();
         let c = Conn { dst, ..*c };
         let fam = dst.addr.family();
         let mut best: Option<u32> = None;
-        // Rules without a destination.
-        self.scan(0, 0, [0; 16], &c, &mut best);
         let bits = fam.bits();
         let mut p = 0u8;
         loop {
@@ -386,6 +401,10 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             }
             p = p.saturating_add(1);
         }
+        // Rules without a destination last: the best match found through the
+        // index so far ends their scan early (the order of the scans does not
+        // change the result, the lowest matching rule number).
+        self.scan(0, 0, [0; 16], &c, &mut best);
         match best.and_then(|n| self.rules.as_ref().get(n as usize).map(|r| (n, r))) {
             Some((n, r)) => Verdict {
                 action: r.action,
@@ -457,7 +476,8 @@ fn heapsort<T: Ord>(v: &mut [T]) {
 }
 
 /// The reference semantics: the first rule in order that matches, by a linear
-/// scan. [`RuleSet::lookup`] must agree with it (property-tested).
+/// scan. [`RuleSet::lookup_indexed`] must agree with it (property-tested);
+/// [`RuleSet::lookup`] uses it for small sets.
 pub fn lookup_linear(rules: &[Rule], default: Action, c: &Conn<'_>) -> Verdict {
     let c = Conn {
         dst: c.dst.canonical(),
@@ -488,6 +508,17 @@ pub fn lookup_linear(rules: &[Rule], default: Action, c: &Conn<'_>) -> Verdict {
 )]
 mod tests {
     use super::*;
+
+    /// `lookup` (linear below INDEXED_FROM rules) and the index always agree.
+    fn lk<R, I>(rs: &RuleSet<R, I>, c: &Conn<'_>) -> Verdict
+    where
+        R: AsRef<[Rule]>,
+        I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>,
+    {
+        let v = rs.lookup(c);
+        assert_eq!(v, rs.lookup_indexed(c), "index and scan disagree");
+        v
+    }
     use proptest::prelude::*;
 
     fn v4(a: [u8; 4], port: u16) -> Endpoint {
@@ -533,28 +564,28 @@ mod tests {
             protocol: proto::TCP,
         };
         assert_eq!(
-            rs.lookup(&c(v4([203, 0, 113, 10], 80), b"x")),
+            lk(&rs, &c(v4([203, 0, 113, 10], 80), b"x")),
             Verdict {
                 action: PROXY,
                 rule: Some(0)
             }
         );
         assert_eq!(
-            rs.lookup(&c(v4([203, 0, 113, 10], 81), b"x")),
+            lk(&rs, &c(v4([203, 0, 113, 10], 81), b"x")),
             Verdict {
                 action: Action::Block,
                 rule: Some(1)
             }
         );
         assert_eq!(
-            rs.lookup(&c(v4([198, 51, 100, 1], 81), b"curl")),
+            lk(&rs, &c(v4([198, 51, 100, 1], 81), b"curl")),
             Verdict {
                 action: Action::Block,
                 rule: Some(2)
             }
         );
         assert_eq!(
-            rs.lookup(&c(v4([198, 51, 100, 1], 81), b"wget")),
+            lk(&rs, &c(v4([198, 51, 100, 1], 81), b"wget")),
             Verdict {
                 action: Action::Direct,
                 rule: None
@@ -576,7 +607,7 @@ mod tests {
         );
         let mapped = Endpoint::new(IpAddr::V6(IpAddr::V4([10, 1, 2, 3]).to_v6_mapped()), 443);
         assert_eq!(
-            rs.lookup(&Conn {
+            lk(&rs, &Conn {
                 dst: mapped,
                 pid: 2,
                 name: b"",
@@ -586,7 +617,7 @@ mod tests {
             PROXY
         );
         assert_eq!(
-            rs.lookup(&Conn {
+            lk(&rs, &Conn {
                 dst: mapped,
                 pid: 1,
                 name: b"",
@@ -635,12 +666,12 @@ mod tests {
             name: b"",
             protocol,
         };
-        assert_eq!(rs.lookup(&c(proto::UDP)).rule, Some(0));
-        assert_eq!(rs.lookup(&c(proto::TCP)).rule, Some(1));
-        assert_eq!(rs.lookup(&c(proto::ICMP)).rule, Some(2));
+        assert_eq!(lk(&rs, &c(proto::UDP)).rule, Some(0));
+        assert_eq!(lk(&rs, &c(proto::TCP)).rule, Some(1));
+        assert_eq!(lk(&rs, &c(proto::ICMP)).rule, Some(2));
         for p in [proto::UDP, proto::TCP, proto::ICMP] {
             assert_eq!(
-                rs.lookup(&c(p)),
+                lk(&rs, &c(p)),
                 lookup_linear(rs.rules(), Action::Block, &c(p))
             );
         }
@@ -694,7 +725,7 @@ mod tests {
         });
         let rs = set(rules, Action::Direct);
         assert_eq!(
-            rs.lookup(&Conn {
+            lk(&rs, &Conn {
                 dst: v4([10, 0, 19, 135], 1),
                 pid: 0,
                 name: b"",
@@ -704,7 +735,7 @@ mod tests {
             Some(4999)
         );
         assert_eq!(
-            rs.lookup(&Conn {
+            lk(&rs, &Conn {
                 dst: v4([192, 168, 3, 4], 1),
                 pid: 0,
                 name: b"",
@@ -714,7 +745,7 @@ mod tests {
             Some(5000)
         );
         assert_eq!(
-            rs.lookup(&Conn {
+            lk(&rs, &Conn {
                 dst: v4([11, 0, 0, 1], 1),
                 pid: 0,
                 name: b"",
@@ -826,7 +857,8 @@ mod tests {
                 let name: &[u8] = if curl { b"curl" } else { b"wget" };
                 let c = Conn { dst: Endpoint::new(addr, port), pid, name, protocol };
                 let linear = lookup_linear(&rules, Action::Direct, &c);
-                prop_assert_eq!(rs.lookup(&c), linear);
+                prop_assert_eq!(lk(&rs, &c), linear);
+                prop_assert_eq!(rs.lookup_indexed(&c), linear);
                 prop_assert_eq!(linear.rule, spec_first_match(&rules, &c));
             }
         }

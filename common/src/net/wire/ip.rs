@@ -73,6 +73,7 @@ pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
 /// The walk shared by [`transport_in`] (`packet_len`: the whole packet's
 /// length, which the length fields must fit) and [`transport_quoted`]
 /// (`None`: a truncated quote whose length fields are not checked against it).
+#[inline(always)]
 fn parse(buf: &[u8], packet_len: Option<usize>) -> Result<Transport, Error> {
     match get_u8(buf, 0) >> 4 {
         4 => {
