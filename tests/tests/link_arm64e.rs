@@ -103,16 +103,24 @@ fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
                 }
             }
             assert_eq!(kmod_slots, 2, "{name}: kmod_info start and stop");
+            // Callback slots the kernel calls are signed with their function-type
+            // discriminators: both kexts register one kern_control (ctl_connect
+            // 0xBCAD, ctl_disconnect 0x392E, ctl_setopt 0x5070, ctl_getopt 0x821F);
+            // the IP filter also two ipf_filter registrations (IPv4, IPv6:
+            // ipf_input 0x78FF, ipf_output 0xBCAD — the same function type as
+            // ctl_connect — and ipf_detach 0x2ABE).
+            let signed = |disc: u16| {
+                fx.fixups
+                    .iter()
+                    .filter(|f| matches!(f.kind, FixupKind::AuthRebase { key: 0, addr_div: false, diversity, .. } if diversity == disc))
+                    .count()
+            };
+            for disc in [0x392E, 0x5070, 0x821F] {
+                assert_eq!(signed(disc), 1, "{name}: kern_control slot with discriminator {disc:#06x}");
+            }
             if name.contains("ip") {
-                // The IP filter's callback slots (two registrations: IPv4, IPv6) are
-                // signed with their function-type discriminators.
-                for disc in [0x78FF, 0xBCAD, 0x2ABE] {
-                    let n = fx
-                        .fixups
-                        .iter()
-                        .filter(|f| matches!(f.kind, FixupKind::AuthRebase { key: 0, addr_div: false, diversity, .. } if diversity == disc))
-                        .count();
-                    assert_eq!(n, 2, "{name}: ipf_filter slots with discriminator {disc:#06x}");
+                for (disc, n) in [(0x78FF, 2), (0xBCAD, 3), (0x2ABE, 2)] {
+                    assert_eq!(signed(disc), n, "{name}: callback slots with discriminator {disc:#06x}");
                 }
             }
             // Split-seg info: every adrp and every bl has a record.
