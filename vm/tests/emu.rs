@@ -768,3 +768,29 @@ fn without_icmp_translation_the_icmp_scenario_fails() {
         r.render()
     );
 }
+
+/// Fault injection on `mbuf_pullup`: PrxIPFilter copies headers out
+/// (`mbuf_copydata`) instead of pulling them up, so a pullup plan is never
+/// reached — the report counts the calls — and the hostile and split-chain
+/// scenarios behave exactly as without it; with inject failures mixed in, the
+/// TCP transfer still completes (retransmissions) with clean ledgers.
+#[test]
+fn prx_ip_filter_under_pullup_and_inject_fault_plans() {
+    for scenario in ["nat-hostile", "nat-tcp4-split"] {
+        let r = run_with(scenario, &prx_ip_filter(), Some("pullup#1,2,3"), Duration::from_secs(60));
+        assert!(r.passed, "{scenario}: {}", r.render());
+        assert_eq!(step_detail(&r, "fault plan"), "pullup reached 0 times", "{scenario}");
+    }
+    let r = run_with(
+        "nat-tcp4-split",
+        &prx_ip_filter(),
+        Some("pullup%500@1;inject%50@2"),
+        Duration::from_secs(60),
+    );
+    assert!(r.passed, "{}", r.render());
+    assert!(r.violations.is_empty());
+    let d = step_detail(&r, "fault plan");
+    assert!(d.starts_with("pullup reached 0 times, inject reached "), "{d}");
+    let dropped = ip_stat(&r, 0x206).unwrap_or(0);
+    assert!(dropped > 0, "some injections failed and were counted: {}", r.render());
+}

@@ -154,6 +154,19 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
     for k in loaded.iter_mut().rev() {
         ok &= stop_and_unload(k);
     }
+    // How often each point of the fault plan was reached (a plan whose points
+    // the kext never reaches tests nothing: the report says so).
+    let reached = kernel::with(|k| {
+        let counts = k.faults.counts();
+        k.faults
+            .rules
+            .keys()
+            .map(|p| format!("{} reached {} times", p.name(), counts.get(p).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+    });
+    if !reached.is_empty() {
+        step("fault plan", true, reached.join(", "));
+    }
     ok &= check_ledgers();
     let clean = kernel::with(|k| k.violations.is_empty());
     Ok(ok && clean)
