@@ -79,7 +79,12 @@ fn clang_numbers(target: &str, table: &[(&str, &str, usize)]) -> Vec<u64> {
 }
 
 /// Compiles a probe of `table` over `header` (with `args`) and reads the numbers back.
-fn probe_numbers(target: &str, header: &str, args: &[&str], table: &[(&str, &str, usize)]) -> Vec<u64> {
+fn probe_numbers(
+    target: &str,
+    header: &str,
+    args: &[&str],
+    table: &[(&str, &str, usize)],
+) -> Vec<u64> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("layout-probe");
     std::fs::create_dir_all(&dir).unwrap();
     let stem = format!("{target}-{}", header.trim_end_matches(".h"));
@@ -96,7 +101,10 @@ fn probe_numbers(target: &str, header: &str, args: &[&str], table: &[(&str, &str
         .arg(&src)
         .output()
         .unwrap_or_else(|e| {
-            panic!("running {}: {e}\ninstall clang-19 (apt-get install clang-19) or set PRX_CLANG", clang())
+            panic!(
+                "running {}: {e}\ninstall clang-19 (apt-get install clang-19) or set PRX_CLANG",
+                clang()
+            )
         });
     assert!(
         out.status.success(),
@@ -106,17 +114,29 @@ fn probe_numbers(target: &str, header: &str, args: &[&str], table: &[(&str, &str
     );
     let data = std::fs::read(&obj).unwrap();
     let file = object::File::parse(&*data).unwrap();
-    assert_eq!(file.format(), object::BinaryFormat::MachO, "{target}: probe is not Mach-O");
+    assert_eq!(
+        file.format(),
+        object::BinaryFormat::MachO,
+        "{target}: probe is not Mach-O"
+    );
     let sym = file
         .symbols()
-        .find(|s| s.name().map(|n| n.trim_start_matches('_') == PROBE_SYMBOL).unwrap_or(false))
+        .find(|s| {
+            s.name()
+                .map(|n| n.trim_start_matches('_') == PROBE_SYMBOL)
+                .unwrap_or(false)
+        })
         .unwrap_or_else(|| panic!("{target}: no {PROBE_SYMBOL} symbol in the probe object"));
-    let section = file.section_by_index(sym.section_index().expect("probe symbol has a section")).unwrap();
+    let section = file
+        .section_by_index(sym.section_index().expect("probe symbol has a section"))
+        .unwrap();
     let bytes = section.data().unwrap();
     let start = usize::try_from(sym.address() - section.address()).unwrap();
     let len = table.len() * 8;
     let raw = &bytes[start..start + len];
-    raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect()
+    raw.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// Compares one architecture; returns one line per mismatch.
@@ -126,14 +146,22 @@ fn cross_check(target: &str, table: &[(&str, &str, usize)]) -> Vec<String> {
     let mut errors = Vec::new();
     for ((ty, what, rust), c) in table.iter().zip(&numbers) {
         if *rust as u64 != *c {
-            errors.push(format!("{target}: {ty} {what}: clang {c}, generated Rust {rust}"));
+            errors.push(format!(
+                "{target}: {ty} {what}: clang {c}, generated Rust {rust}"
+            ));
         }
     }
     for (ty, size) in KNOWN_SIZES {
-        match table.iter().zip(&numbers).find(|((t, w, _), _)| t == ty && *w == "sizeof") {
+        match table
+            .iter()
+            .zip(&numbers)
+            .find(|((t, w, _), _)| t == ty && *w == "sizeof")
+        {
             Some((_, c)) if *c == *size as u64 => {}
             Some((_, c)) => errors.push(format!("{target}: {ty} is {c} bytes, xnu's is {size}")),
-            None => errors.push(format!("{target}: {ty} missing from the generated bindings")),
+            None => errors.push(format!(
+                "{target}: {ty} missing from the generated bindings"
+            )),
         }
     }
     errors
@@ -164,11 +192,17 @@ fn arm64e_layout_matches_clang() {
 #[test]
 fn a_wrong_offset_is_reported() {
     let mut table: Vec<(&str, &str, usize)> = x86_64::layout::TABLE.to_vec();
-    let i = table.iter().position(|(t, w, _)| *t == "struct sflt_filter" && *w == "sf_attach").unwrap();
+    let i = table
+        .iter()
+        .position(|(t, w, _)| *t == "struct sflt_filter" && *w == "sf_attach")
+        .unwrap();
     table[i].2 += 8;
     let errors = cross_check("x86_64-apple-macos10.13", &table);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("struct sflt_filter sf_attach"), "{errors:?}");
+    assert!(
+        errors[0].contains("struct sflt_filter sf_attach"),
+        "{errors:?}"
+    );
 }
 
 /// Every struct in the known-size list is in both tables, so the check above
@@ -177,7 +211,10 @@ fn a_wrong_offset_is_reported() {
 fn tables_cover_the_known_structs() {
     for table in [x86_64::layout::TABLE, arm64e::layout::TABLE] {
         for (ty, _) in KNOWN_SIZES {
-            assert!(table.iter().any(|(t, w, _)| t == ty && *w == "sizeof"), "{ty} missing");
+            assert!(
+                table.iter().any(|(t, w, _)| t == ty && *w == "sizeof"),
+                "{ty} missing"
+            );
         }
     }
 }
@@ -191,8 +228,10 @@ fn tables_cover_the_known_structs() {
 #[test]
 #[ignore = "needs a macOS kernel SDK: set PRX_KERNEL_SDK (see the doc comment)"]
 fn header_set_matches_a_real_sdk() {
-    let sdk = std::env::var("PRX_KERNEL_SDK").expect("set PRX_KERNEL_SDK to a Kernel.framework/Headers directory");
-    let archs = std::env::var("PRX_KERNEL_SDK_TARGETS").unwrap_or_else(|_| "x86_64,arm64e".to_owned());
+    let sdk = std::env::var("PRX_KERNEL_SDK")
+        .expect("set PRX_KERNEL_SDK to a Kernel.framework/Headers directory");
+    let archs =
+        std::env::var("PRX_KERNEL_SDK_TARGETS").unwrap_or_else(|_| "x86_64,arm64e".to_owned());
     let mut errors = Vec::new();
     for (arch, target, table) in [
         ("x86_64", "x86_64-apple-macos10.13", x86_64::layout::TABLE),
@@ -201,14 +240,29 @@ fn header_set_matches_a_real_sdk() {
         if !archs.split(',').any(|a| a == arch) {
             continue;
         }
-        let table: Vec<_> = table.iter().copied().filter(|(t, _, _)| *t != "union in6_addr_words").collect();
+        let table: Vec<_> = table
+            .iter()
+            .copied()
+            .filter(|(t, _, _)| *t != "union in6_addr_words")
+            .collect();
         let ours = clang_numbers(target, &table);
-        let apple = probe_numbers(target, "prx_sdk.h", &["-nostdlibinc", "-DKERNEL", "-isystem", &sdk], &table);
+        let apple = probe_numbers(
+            target,
+            "prx_sdk.h",
+            &["-nostdlibinc", "-DKERNEL", "-isystem", &sdk],
+            &table,
+        );
         for (((ty, what, _), a), b) in table.iter().zip(&ours).zip(&apple) {
             if a != b {
-                errors.push(format!("{target}: {ty} {what}: prx header set {a}, SDK {b}"));
+                errors.push(format!(
+                    "{target}: {ty} {what}: prx header set {a}, SDK {b}"
+                ));
             }
         }
     }
-    assert!(errors.is_empty(), "the header set disagrees with the SDK:\n  {}", errors.join("\n  "));
+    assert!(
+        errors.is_empty(),
+        "the header set disagrees with the SDK:\n  {}",
+        errors.join("\n  ")
+    );
 }

@@ -7,7 +7,9 @@ use common::net::control;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&opt, msg)) = data.split_first() else { return };
+    let Some((&opt, msg)) = data.split_first() else {
+        return;
+    };
     let opt = i32::from(opt % 24);
     if let Ok(control::SetRequest::Rules(m)) = control::decode_set(opt, msg) {
         for r in m.rules() {

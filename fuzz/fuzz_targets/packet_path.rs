@@ -29,8 +29,12 @@ const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const ORIG6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0x02, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];
-const PROXY6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const ROUTER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const PROXY6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+const ROUTER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+];
 const CPORT: u16 = 40000;
 
 fn addr(a: &[u8]) -> Addr {
@@ -126,8 +130,12 @@ fn valid(p: &[u8]) -> (bool, bool) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
-    let Some((&mode, rest)) = rest.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&mode, rest)) = rest.split_first() else {
+        return;
+    };
     let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 1);
     let policy = FixedPolicy::EXAMPLE;
     // Live flows, opened as the kext would (index: bit 0 IPv6, bit 1 TCP).
@@ -135,7 +143,11 @@ fuzz_target!(|data: &[u8]| {
     for i in 0..4u8 {
         let v6 = i & 1 != 0;
         let protocol = if i & 2 != 0 { proto::TCP } else { proto::UDP };
-        let (c, o): (&[u8], &[u8]) = if v6 { (&CLIENT6, &ORIG6) } else { (&CLIENT4, &ORIG4) };
+        let (c, o): (&[u8], &[u8]) = if v6 {
+            (&CLIENT6, &ORIG6)
+        } else {
+            (&CLIENT4, &ORIG4)
+        };
         let mut p = segment(protocol, c, CPORT, o, 53);
         let n = p.len();
         let d = filter::output(&mut p, n, &mut table, &policy, 0);

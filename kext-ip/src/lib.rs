@@ -255,10 +255,16 @@ impl IpFilter for Nat {
 }
 
 common::ip_filter!(
-    static V4: Registration<Nat> = Nat { family: Family::V4, table: &NAT_V4 };
+    static V4: Registration<Nat> = Nat {
+        family: Family::V4,
+        table: &NAT_V4,
+    };
 );
 common::ip_filter!(
-    static V6: Registration<Nat> = Nat { family: Family::V6, table: &NAT_V6 };
+    static V6: Registration<Nat> = Nat {
+        family: Family::V6,
+        table: &NAT_V6,
+    };
 );
 
 // ---- the control ----
@@ -346,11 +352,7 @@ impl Control for Ctl {
                 proto::encode_status(&s, buf)
             }
             GetRequest::Stats => {
-                let generation = st
-                    .config
-                    .try_read(CONTROL_SPINS)
-                    .ok_or(EBUSY)?
-                    .generation;
+                let generation = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?.generation;
                 let mut out = [(0u32, 0u64); 24];
                 let mut n = 0usize;
                 let mut push = |id: u32, v: u64| {
@@ -370,7 +372,10 @@ impl Control for Ctl {
                     stat::IP_REDIRECTED_PACKETS,
                     STATS.redirected.load(Ordering::Relaxed),
                 );
-                push(stat::IP_REPLY_PACKETS, STATS.replies.load(Ordering::Relaxed));
+                push(
+                    stat::IP_REPLY_PACKETS,
+                    STATS.replies.load(Ordering::Relaxed),
+                );
                 push(
                     stat::IP_FILTERS_ATTACHED,
                     u64::from(STATS.attached.load(Ordering::Relaxed)),

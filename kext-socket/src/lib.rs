@@ -40,7 +40,9 @@ use common::kpi::ctl::{self, Control};
 use common::kpi::global::Global;
 use common::kpi::lock::{self, Mutex, RwLock};
 use common::kpi::rules::{self as krules, KRuleSet};
-use common::kpi::sflt::{self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter};
+use common::kpi::sflt::{
+    self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
+};
 use common::kpi::{KextError, log, proc};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
@@ -92,14 +94,17 @@ struct Shared {
 
 impl Shared {
     fn count(&self, id: u32) {
-        if let Some(c) = COUNTERS.iter().position(|i| *i == id).and_then(|i| self.counters.get(i)) {
+        if let Some(c) = COUNTERS
+            .iter()
+            .position(|i| *i == id)
+            .and_then(|i| self.counters.get(i))
+        {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 static STATE: Global<Shared> = Global::new();
-
 
 // ---- the socket filter ----
 
@@ -145,7 +150,13 @@ impl SocketFilter for Filter {
             return Err(ENOTSUP); // kernel sockets: not ours to redirect
         }
         let family = so.family().ok_or(ENOTSUP)?;
-        Ok(Conn { pid, name: proc::name(pid), family, redirect: None, header: Header::None })
+        Ok(Conn {
+            pid,
+            name: proc::name(pid),
+            family,
+            redirect: None,
+            header: Header::None,
+        })
     }
 
     fn detach(c: Conn, _so: &Socket) {
@@ -158,13 +169,20 @@ impl SocketFilter for Filter {
 
     fn connect_out(c: &mut Conn, _so: &Socket, to: &mut SockAddrMut<'_>) -> Result<(), Errno> {
         let Some(st) = STATE.get() else { return Ok(()) };
-        let Some(dst) = to.endpoint() else { return Ok(()) };
+        let Some(dst) = to.endpoint() else {
+            return Ok(());
+        };
         st.count(stat::CONN_SEEN);
         let decision = {
             let cfg = st.config.read();
             let pid = u32::try_from(c.pid).unwrap_or(0);
             // The filters are registered for SOCK_STREAM/IPPROTO_TCP only.
-            let conn = rules::Conn { dst, pid, name: c.name.as_bytes(), protocol: wire::proto::TCP };
+            let conn = rules::Conn {
+                dst,
+                pid,
+                name: c.name.as_bytes(),
+                protocol: wire::proto::TCP,
+            };
             policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &conn)
         };
         match decision {
@@ -176,15 +194,27 @@ impl SocketFilter for Filter {
                 st.count(stat::CONN_BLOCKED);
                 Err(ECONNREFUSED)
             }
-            Decision::Redirect { to: proxy, proxy_v2, rule } => {
+            Decision::Redirect {
+                to: proxy,
+                proxy_v2,
+                rule,
+            } => {
                 if to.set(&proxy).is_err() {
                     // The address is untouched: fail the connection rather than
                     // let it go direct against the rules.
                     st.count(stat::CONN_FAILED);
                     return Err(EHOSTUNREACH);
                 }
-                c.redirect = Some(Redirected { orig: dst, rule, recorded: None });
-                c.header = if proxy_v2 { Header::Pending } else { Header::None };
+                c.redirect = Some(Redirected {
+                    orig: dst,
+                    rule,
+                    recorded: None,
+                });
+                c.header = if proxy_v2 {
+                    Header::Pending
+                } else {
+                    Header::None
+                };
                 st.count(stat::CONN_REDIRECTED);
                 Ok(())
             }
@@ -199,7 +229,11 @@ impl SocketFilter for Filter {
         let r = c.redirect.as_mut()?;
         let client = so.local();
         if let Some(client) = client {
-            let o = Original { dst: r.orig, pid: u32::try_from(c.pid).unwrap_or(0), rule: r.rule };
+            let o = Original {
+                dst: r.orig,
+                pid: u32::try_from(c.pid).unwrap_or(0),
+                rule: r.rule,
+            };
             if st.origdst.lock().insert(&client, o).is_ok() {
                 r.recorded = Some(client);
             } else {
@@ -209,7 +243,9 @@ impl SocketFilter for Filter {
         if c.header != Header::Pending {
             return None;
         }
-        let inj = client.and_then(|client| Injection::new(proxy_v2::encode(&client, &r.orig).as_bytes(), Some(st.tag)));
+        let inj = client.and_then(|client| {
+            Injection::new(proxy_v2::encode(&client, &r.orig).as_bytes(), Some(st.tag))
+        });
         if inj.is_none() {
             Self::header_failed(c, &st);
         }
@@ -328,12 +364,23 @@ common::kern_control!(static CONTROL: Ctl = name proto::CONTROL_NAME, flags CTL_
 
 fn make_state() -> Result<(), KextError> {
     let rules = krules::empty(Action::Direct).map_err(|_| KextError::Failed)?;
-    let config = Config { enabled: true, proxies: Proxies::default(), rules, generation: 0 };
+    let config = Config {
+        enabled: true,
+        proxies: Proxies::default(),
+        rules,
+        generation: 0,
+    };
     let config = RwLock::try_new(config).map_err(|_| KextError::Failed)?;
-    let slots = KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
+    let slots =
+        KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
     let origdst = Mutex::try_new(Table::new(slots)).map_err(|_| KextError::Failed)?;
     let tag = MbufTag::find(c"net.prx.kext.SocketFilter", 1).map_err(|_| KextError::Failed)?;
-    let shared = Shared { config, origdst, counters: [const { AtomicU64::new(0) }; 8], tag };
+    let shared = Shared {
+        config,
+        origdst,
+        counters: [const { AtomicU64::new(0) }; 8],
+        tag,
+    };
     let b = alloc::KBox::try_new(shared).map_err(|_| KextError::Failed)?;
     STATE.set(b).map_err(|_| KextError::Failed)
 }
@@ -352,8 +399,14 @@ fn start() -> Result<(), KextError> {
     }
     let registered = make_state()
         .and_then(|()| ctl::register(&CONTROL).map_err(|_| KextError::Failed))
-        .and_then(|()| sflt::register(&FILTER_V4, PF_INET, SOCK_STREAM, IPPROTO_TCP).map_err(|_| KextError::Failed))
-        .and_then(|()| sflt::register(&FILTER_V6, PF_INET6, SOCK_STREAM, IPPROTO_TCP).map_err(|_| KextError::Failed));
+        .and_then(|()| {
+            sflt::register(&FILTER_V4, PF_INET, SOCK_STREAM, IPPROTO_TCP)
+                .map_err(|_| KextError::Failed)
+        })
+        .and_then(|()| {
+            sflt::register(&FILTER_V6, PF_INET6, SOCK_STREAM, IPPROTO_TCP)
+                .map_err(|_| KextError::Failed)
+        });
     if registered.is_err() {
         log::line(c"PrxSocketFilter: start failed; unregistering");
         let _ = ctl::deregister(&CONTROL);
@@ -376,7 +429,10 @@ fn stop() -> Result<(), KextError> {
     if a.is_err() || b.is_err() {
         return Err(KextError::Busy);
     }
-    if !sflt::is_unregistered(HANDLE_V4) || !sflt::is_unregistered(HANDLE_V6) || sflt::attached() != 0 {
+    if !sflt::is_unregistered(HANDLE_V4)
+        || !sflt::is_unregistered(HANDLE_V6)
+        || sflt::attached() != 0
+    {
         return Err(KextError::Busy);
     }
     teardown_runtime()?;

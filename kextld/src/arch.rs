@@ -45,7 +45,9 @@ impl FromStr for Arch {
         match s {
             "x86_64" => Ok(Arch::X86_64),
             "arm64e" => Ok(Arch::Arm64e),
-            other => Err(format!("unknown architecture {other:?} (expected x86_64 or arm64e)")),
+            other => Err(format!(
+                "unknown architecture {other:?} (expected x86_64 or arm64e)"
+            )),
         }
     }
 }
@@ -61,9 +63,15 @@ pub struct MinOs {
 
 impl MinOs {
     /// macOS 10.13, the default for x86_64.
-    pub const X86_64_DEFAULT: MinOs = MinOs { major: 10, minor: 13 };
+    pub const X86_64_DEFAULT: MinOs = MinOs {
+        major: 10,
+        minor: 13,
+    };
     /// macOS 11.0, the default (and the minimum) for arm64e.
-    pub const ARM64E_DEFAULT: MinOs = MinOs { major: 11, minor: 0 };
+    pub const ARM64E_DEFAULT: MinOs = MinOs {
+        major: 11,
+        minor: 0,
+    };
 
     /// The default minimum for an architecture.
     pub fn default_for(arch: Arch) -> MinOs {
@@ -76,7 +84,11 @@ impl MinOs {
     /// The Darwin major version of this release (10.13 → 17, 11 → 20, 12 → 21):
     /// the version kexts built for it declare for their KPI libraries.
     pub fn darwin_major(self) -> u32 {
-        if self.major == 10 { self.minor + 4 } else { self.major + 9 }
+        if self.major == 10 {
+            self.minor + 4
+        } else {
+            self.major + 9
+        }
     }
 }
 

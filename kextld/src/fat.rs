@@ -24,7 +24,9 @@ pub enum FatError {
     #[error("two {0} slices; a universal binary holds one slice per architecture")]
     DuplicateArch(Arch),
     /// A slice's Mach-O header does not match its declared architecture.
-    #[error("the {arch} slice is not a 64-bit {arch} Mach-O (cputype {cputype:#x}, cpusubtype {cpusubtype:#x})")]
+    #[error(
+        "the {arch} slice is not a 64-bit {arch} Mach-O (cputype {cputype:#x}, cpusubtype {cpusubtype:#x})"
+    )]
     WrongSlice {
         /// Declared architecture.
         arch: Arch,
@@ -81,13 +83,25 @@ pub fn write(slices: &[(Arch, &[u8])]) -> Result<Vec<u8>, FatError> {
     for &(arch, bytes) in &sorted {
         let (cputype, cpusubtype) = cpu_of(arch);
         let found = (le32(bytes, 4).unwrap_or(0), le32(bytes, 8).unwrap_or(0));
-        if le32(bytes, 0) != Some(0xFEED_FACF) || found.0 != cputype || found.1 & 0x00FF_FFFF != cpusubtype & 0x00FF_FFFF {
-            return Err(FatError::WrongSlice { arch, cputype: found.0, cpusubtype: found.1 });
+        if le32(bytes, 0) != Some(0xFEED_FACF)
+            || found.0 != cputype
+            || found.1 & 0x00FF_FFFF != cpusubtype & 0x00FF_FFFF
+        {
+            return Err(FatError::WrongSlice {
+                arch,
+                cputype: found.0,
+                cpusubtype: found.1,
+            });
         }
         let align = 1usize << align_log2(arch);
         offset = offset.div_ceil(align) * align;
-        let header = [cputype, found.1, u32::try_from(offset).map_err(|_| FatError::TooLarge)?,
-            u32::try_from(bytes.len()).map_err(|_| FatError::TooLarge)?, align_log2(arch)];
+        let header = [
+            cputype,
+            found.1,
+            u32::try_from(offset).map_err(|_| FatError::TooLarge)?,
+            u32::try_from(bytes.len()).map_err(|_| FatError::TooLarge)?,
+            align_log2(arch),
+        ];
         for v in header {
             out.extend_from_slice(&v.to_be_bytes());
         }
@@ -147,7 +161,13 @@ mod tests {
     fn rejects_bad_input() {
         let x = thin(Arch::X86_64, 64);
         assert_eq!(write(&[]), Err(FatError::Empty));
-        assert_eq!(write(&[(Arch::X86_64, &x), (Arch::X86_64, &x)]), Err(FatError::DuplicateArch(Arch::X86_64)));
-        assert!(matches!(write(&[(Arch::Arm64e, &x)]), Err(FatError::WrongSlice { .. })));
+        assert_eq!(
+            write(&[(Arch::X86_64, &x), (Arch::X86_64, &x)]),
+            Err(FatError::DuplicateArch(Arch::X86_64))
+        );
+        assert!(matches!(
+            write(&[(Arch::Arm64e, &x)]),
+            Err(FatError::WrongSlice { .. })
+        ));
     }
 }

@@ -224,17 +224,23 @@ impl KpiTables {
         let mut wildcards = Vec::new();
         for (i, line) in table.body.lines().enumerate() {
             let lineno = table.body_first_line + i;
-            let bad = |message: String| KpiError::Table { line: lineno, message };
+            let bad = |message: String| KpiError::Table {
+                line: lineno,
+                message,
+            };
             let mut fields = line.split(' ');
             let (Some(symbol), Some(set), Some(arches), None) =
                 (fields.next(), fields.next(), fields.next(), fields.next())
             else {
-                return Err(bad(format!("expected `<symbol> <set> <arches>`, found {line:?}")));
+                return Err(bad(format!(
+                    "expected `<symbol> <set> <arches>`, found {line:?}"
+                )));
             };
             if !symbol.starts_with('_') {
                 return Err(bad(format!("symbol {symbol:?} does not start with '_'")));
             }
-            let set = KpiSet::from_short_name(set).ok_or_else(|| bad(format!("unknown KPI set {set:?}")))?;
+            let set = KpiSet::from_short_name(set)
+                .ok_or_else(|| bad(format!("unknown KPI set {set:?}")))?;
             let mut mask = 0;
             for a in arches.split(',') {
                 let arch: Arch = a.parse().map_err(bad)?;
@@ -249,7 +255,11 @@ impl KpiTables {
                 }
             }
         }
-        Ok(KpiTables { provenance: table.xnu_tag, exact, wildcards })
+        Ok(KpiTables {
+            provenance: table.xnu_tag,
+            exact,
+            wildcards,
+        })
     }
 
     /// Every set that exports `symbol` (with its leading `_`) on `arch`, in
@@ -258,7 +268,12 @@ impl KpiTables {
         let bit = arch_bit(arch);
         let mut sets = BTreeSet::new();
         if let Some(entries) = self.exact.get(symbol) {
-            sets.extend(entries.iter().filter(|(_, m)| m & bit != 0).map(|(s, _)| *s));
+            sets.extend(
+                entries
+                    .iter()
+                    .filter(|(_, m)| m & bit != 0)
+                    .map(|(s, _)| *s),
+            );
         }
         for (prefix, set, mask) in &self.wildcards {
             if mask & bit != 0 && symbol.starts_with(prefix.as_str()) {
@@ -377,7 +392,11 @@ pub fn os_bundle_libraries_multi(
                 Lookup::Private => UnresolvedKind::Private,
                 Lookup::Unknown => UnresolvedKind::Unknown,
             };
-            unresolved.insert(Unresolved { arch: *arch, symbol: symbol.clone(), kind });
+            unresolved.insert(Unresolved {
+                arch: *arch,
+                symbol: symbol.clone(),
+                kind,
+            });
         }
     }
     if unresolved.is_empty() {
@@ -402,7 +421,11 @@ mod tests {
     fn both(symbol: &str) -> Lookup {
         let t = KpiTables::builtin();
         let x86 = t.lookup(Arch::X86_64, symbol);
-        assert_eq!(x86, t.lookup(Arch::Arm64e, symbol), "{symbol} differs between arches");
+        assert_eq!(
+            x86,
+            t.lookup(Arch::Arm64e, symbol),
+            "{symbol} differs between arches"
+        );
         x86
     }
 
@@ -412,7 +435,13 @@ mod tests {
         for s in ["_printf", "_memcpy", "_lck_mtx_lock", "_OSMalloc"] {
             assert_eq!(both(s), LIBKERN, "{s}");
         }
-        for s in ["_sflt_register", "_ipf_addv4", "_mbuf_pullup", "_ctl_register", "_sock_inject_data_out"] {
+        for s in [
+            "_sflt_register",
+            "_ipf_addv4",
+            "_mbuf_pullup",
+            "_ctl_register",
+            "_sock_inject_data_out",
+        ] {
             assert_eq!(both(s), BSD, "{s}");
         }
         assert_eq!(both("_IOLog"), IOKIT);
@@ -438,8 +467,14 @@ mod tests {
         // Private.exports: `__ZN5IOCPU*`.
         assert_eq!(both("__ZN5IOCPU5startEP9IOService"), Lookup::Private);
         // Private.x86_64.exports only: `_hv_get*`.
-        assert_eq!(t.lookup(Arch::X86_64, "_hv_get_vmx_capability"), Lookup::Private);
-        assert_eq!(t.lookup(Arch::Arm64e, "_hv_get_vmx_capability"), Lookup::Unknown);
+        assert_eq!(
+            t.lookup(Arch::X86_64, "_hv_get_vmx_capability"),
+            Lookup::Private
+        );
+        assert_eq!(
+            t.lookup(Arch::Arm64e, "_hv_get_vmx_capability"),
+            Lookup::Unknown
+        );
     }
 
     #[test]
@@ -453,7 +488,10 @@ mod tests {
     fn public_wins_over_private() {
         // `_hz` is in both Unsupported.exports and Private.exports.
         let t = KpiTables::builtin();
-        assert_eq!(t.exporters(Arch::X86_64, "_hz"), [KpiSet::Unsupported, KpiSet::Private]);
+        assert_eq!(
+            t.exporters(Arch::X86_64, "_hz"),
+            [KpiSet::Unsupported, KpiSet::Private]
+        );
         assert_eq!(both("_hz"), UNSUPPORTED);
     }
 
@@ -478,7 +516,13 @@ mod tests {
     #[test]
     fn bundle_libraries_for_a_socket_filter() {
         let t = KpiTables::builtin();
-        let undefined = syms(&["_sflt_register", "_mbuf_pullup", "_printf", "_OSMalloc", "_IOLog"]);
+        let undefined = syms(&[
+            "_sflt_register",
+            "_mbuf_pullup",
+            "_printf",
+            "_OSMalloc",
+            "_IOLog",
+        ]);
         let libs = os_bundle_libraries(t, Arch::X86_64, &undefined, MinOs::X86_64_DEFAULT).unwrap();
         let expected: BTreeMap<String, String> = [
             ("com.apple.kpi.bsd", "17.0.0"),
@@ -489,22 +533,39 @@ mod tests {
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
         .collect();
         assert_eq!(libs, expected);
-        let libs = os_bundle_libraries(t, Arch::Arm64e, &syms(&["_printf"]), MinOs::ARM64E_DEFAULT).unwrap();
-        assert_eq!(libs.get("com.apple.kpi.libkern").map(String::as_str), Some("20.0.0"));
+        let libs = os_bundle_libraries(t, Arch::Arm64e, &syms(&["_printf"]), MinOs::ARM64E_DEFAULT)
+            .unwrap();
+        assert_eq!(
+            libs.get("com.apple.kpi.libkern").map(String::as_str),
+            Some("20.0.0")
+        );
         assert_eq!(libs.len(), 1);
-        assert!(os_bundle_libraries(t, Arch::X86_64, &[], MinOs::X86_64_DEFAULT).unwrap().is_empty());
+        assert!(
+            os_bundle_libraries(t, Arch::X86_64, &[], MinOs::X86_64_DEFAULT)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn unresolved_symbols_are_named_with_advice() {
         let t = KpiTables::builtin();
         let undefined = syms(&["_printf", "_no_such_symbol", "_ext_paniclog_claim_buffer"]);
-        let e = os_bundle_libraries(t, Arch::X86_64, &undefined, MinOs::X86_64_DEFAULT).unwrap_err();
+        let e =
+            os_bundle_libraries(t, Arch::X86_64, &undefined, MinOs::X86_64_DEFAULT).unwrap_err();
         assert_eq!(e.symbols.len(), 2);
         let msg = e.to_string();
         assert!(msg.starts_with("2 undefined symbols are"), "{msg}");
-        assert!(msg.contains("_no_such_symbol (x86_64): exported by no KPI set"), "{msg}");
-        assert!(msg.contains("_ext_paniclog_claim_buffer (x86_64): exported only by com.apple.kpi.private"), "{msg}");
+        assert!(
+            msg.contains("_no_such_symbol (x86_64): exported by no KPI set"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "_ext_paniclog_claim_buffer (x86_64): exported only by com.apple.kpi.private"
+            ),
+            "{msg}"
+        );
         assert!(msg.contains("xnu-11417.101.15"), "{msg}");
     }
 
@@ -515,21 +576,38 @@ mod tests {
         let arm = syms(&["_proc_ucred", "_IOLog"]);
         let libs = os_bundle_libraries_multi(
             t,
-            &[(Arch::X86_64, &x86, MinOs::X86_64_DEFAULT), (Arch::Arm64e, &arm, MinOs::ARM64E_DEFAULT)],
+            &[
+                (Arch::X86_64, &x86, MinOs::X86_64_DEFAULT),
+                (Arch::Arm64e, &arm, MinOs::ARM64E_DEFAULT),
+            ],
         )
         .unwrap();
         let got: Vec<(&str, &str)> = libs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert_eq!(
             got,
-            [("com.apple.kpi.bsd", "17.0.0"), ("com.apple.kpi.iokit", "17.0.0"), ("com.apple.kpi.libkern", "17.0.0")]
+            [
+                ("com.apple.kpi.bsd", "17.0.0"),
+                ("com.apple.kpi.iokit", "17.0.0"),
+                ("com.apple.kpi.libkern", "17.0.0")
+            ]
         );
         // `_proc_ucred` is private on x86_64: the same symbol list fails there.
         let e = os_bundle_libraries_multi(
             t,
-            &[(Arch::X86_64, &arm, MinOs::X86_64_DEFAULT), (Arch::Arm64e, &arm, MinOs::ARM64E_DEFAULT)],
+            &[
+                (Arch::X86_64, &arm, MinOs::X86_64_DEFAULT),
+                (Arch::Arm64e, &arm, MinOs::ARM64E_DEFAULT),
+            ],
         )
         .unwrap_err();
-        assert_eq!(e.symbols, [Unresolved { arch: Arch::X86_64, symbol: "_proc_ucred".into(), kind: UnresolvedKind::Private }]);
+        assert_eq!(
+            e.symbols,
+            [Unresolved {
+                arch: Arch::X86_64,
+                symbol: "_proc_ucred".into(),
+                kind: UnresolvedKind::Private
+            }]
+        );
     }
 
     #[test]
@@ -538,9 +616,19 @@ mod tests {
         let e = KpiTables::parse(&text).unwrap_err().to_string();
         assert!(e.contains("nosuchset"), "{e}");
         let text = generate::tests_support::table_with_body("_a bsd ppc\n");
-        assert!(KpiTables::parse(&text).unwrap_err().to_string().contains("ppc"));
+        assert!(
+            KpiTables::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("ppc")
+        );
         let text = generate::tests_support::table_with_body("_a bsd\n");
-        assert!(KpiTables::parse(&text).unwrap_err().to_string().contains("expected"));
+        assert!(
+            KpiTables::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("expected")
+        );
         assert!(KpiTables::parse("").is_err());
     }
 }

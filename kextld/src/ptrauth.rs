@@ -132,7 +132,11 @@ impl Signing {
     /// A function pointer the kernel calls through a type-discriminated
     /// pointer: key IA, no address diversity, the type's discriminator.
     pub const fn kernel_function_pointer(discriminator: u16) -> Signing {
-        Signing { key: Key::IA, addr_div: false, diversity: discriminator }
+        Signing {
+            key: Key::IA,
+            addr_div: false,
+            diversity: discriminator,
+        }
     }
 
     /// The schema of `kmod_info_t.start` / `.stop`.
@@ -140,12 +144,20 @@ impl Signing {
 
     /// An `__auth_got` slot read by an auth stub (`braa x16, x17` with x17 =
     /// the slot's address): key IA, address-diversified, discriminator 0.
-    pub const AUTH_GOT: Signing = Signing { key: Key::IA, addr_div: true, diversity: 0 };
+    pub const AUTH_GOT: Signing = Signing {
+        key: Key::IA,
+        addr_div: true,
+        diversity: 0,
+    };
 
     /// The discriminator to sign with when the pointer is stored at
     /// `slot_address` (run-time signing: `pacia ptr, disc`).
     pub const fn discriminator_at(self, slot_address: u64) -> u64 {
-        if self.addr_div { blend(slot_address, self.diversity) } else { self.diversity as u64 }
+        if self.addr_div {
+            blend(slot_address, self.diversity)
+        } else {
+            self.diversity as u64
+        }
     }
 }
 
@@ -171,30 +183,60 @@ pub const CALLBACKS: &[(&str, &str)] = &[
     ("void (*)(sflt_handle handle)", "FviE"),
     ("errno_t (*)(void **cookie, socket_t so)", "FiPPE"),
     ("void (*)(void *cookie, socket_t so)", "FvPPE"),
-    ("void (*)(void *cookie, socket_t so, sflt_event_t event, void *param)", "FvPPiPE"),
-    ("int (*)(void *cookie, socket_t so, struct sockaddr **sa)", "FiPPPE"),
+    (
+        "void (*)(void *cookie, socket_t so, sflt_event_t event, void *param)",
+        "FvPPiPE",
+    ),
+    (
+        "int (*)(void *cookie, socket_t so, struct sockaddr **sa)",
+        "FiPPPE",
+    ),
     (
         "errno_t (*)(void *cookie, socket_t so, const struct sockaddr *from, mbuf_t *data, \
          mbuf_t *control, sflt_data_flag_t flags)",
         "FiPPPPPiE",
     ),
-    ("errno_t (*)(void *cookie, socket_t so, const struct sockaddr *to)", "FiPPPE"),
-    ("errno_t (*)(void *cookie, socket_t so, sockopt_t opt)", "FiPPPE"),
+    (
+        "errno_t (*)(void *cookie, socket_t so, const struct sockaddr *to)",
+        "FiPPPE",
+    ),
+    (
+        "errno_t (*)(void *cookie, socket_t so, sockopt_t opt)",
+        "FiPPPE",
+    ),
     ("errno_t (*)(void *cookie, socket_t so)", "FiPPE"),
-    ("errno_t (*)(void *cookie, socket_t so, unsigned long request, const char *argp)", "FiPPiPE"),
+    (
+        "errno_t (*)(void *cookie, socket_t so, unsigned long request, const char *argp)",
+        "FiPPiPE",
+    ),
     (
         "errno_t (*)(void *cookie, socket_t so_listen, socket_t so, const struct sockaddr *local, \
          const struct sockaddr *remote)",
         "FiPPPPPE",
     ),
     // bsd/netinet/kpi_ipfilter.h, struct ipf_filter
-    ("errno_t (*)(void *cookie, mbuf_t *data, int offset, u_int8_t protocol)", "FiPPiiE"),
-    ("errno_t (*)(void *cookie, mbuf_t *data, ipf_pktopts_t options)", "FiPPPE"),
+    (
+        "errno_t (*)(void *cookie, mbuf_t *data, int offset, u_int8_t protocol)",
+        "FiPPiiE",
+    ),
+    (
+        "errno_t (*)(void *cookie, mbuf_t *data, ipf_pktopts_t options)",
+        "FiPPPE",
+    ),
     ("void (*)(void *cookie)", "FvPE"),
     // bsd/sys/kern_control.h, struct kern_ctl_reg (connect and bind share a type)
-    ("errno_t (*)(kern_ctl_ref kctlref, struct sockaddr_ctl *sac, void **unitinfo)", "FiPPPE"),
-    ("errno_t (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo)", "FiPiPE"),
-    ("errno_t (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo, mbuf_t m, int flags)", "FiPiPPiE"),
+    (
+        "errno_t (*)(kern_ctl_ref kctlref, struct sockaddr_ctl *sac, void **unitinfo)",
+        "FiPPPE",
+    ),
+    (
+        "errno_t (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo)",
+        "FiPiPE",
+    ),
+    (
+        "errno_t (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo, mbuf_t m, int flags)",
+        "FiPiPPiE",
+    ),
     (
         "errno_t (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo, int opt, void *data, \
          size_t len)",
@@ -205,7 +247,10 @@ pub const CALLBACKS: &[(&str, &str)] = &[
          size_t *len)",
         "FiPiPiPPE",
     ),
-    ("void (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo, int flags)", "FvPiPiE"),
+    (
+        "void (*)(kern_ctl_ref kctlref, u_int32_t unit, void *unitinfo, int flags)",
+        "FvPiPiE",
+    ),
 ];
 
 /// The discriminator clang gives a function pointer type whose encoding (see
@@ -223,14 +268,19 @@ pub fn stable_discriminator(s: &str) -> u16 {
 }
 
 /// The fixed key of LLVM's stable SipHash (`llvm/lib/Support/SipHash.cpp`).
-const STABLE_HASH_KEY: [u8; 16] =
-    [0xb5, 0xd4, 0xc9, 0xeb, 0x79, 0x10, 0x4a, 0x79, 0x6f, 0xec, 0x8b, 0x1b, 0x42, 0x87, 0x81, 0xd4];
+const STABLE_HASH_KEY: [u8; 16] = [
+    0xb5, 0xd4, 0xc9, 0xeb, 0x79, 0x10, 0x4a, 0x79, 0x6f, 0xec, 0x8b, 0x1b, 0x42, 0x87, 0x81, 0xd4,
+];
 
 /// SipHash-2-4 with 64-bit output (Aumasson & Bernstein, 2012), returned as the
 /// little-endian interpretation of the 8 output bytes.
 pub fn siphash24(key: &[u8; 16], message: &[u8]) -> u64 {
-    let k0 = u64::from_le_bytes([key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]]);
-    let k1 = u64::from_le_bytes([key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15]]);
+    let k0 = u64::from_le_bytes([
+        key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7],
+    ]);
+    let k1 = u64::from_le_bytes([
+        key[8], key[9], key[10], key[11], key[12], key[13], key[14], key[15],
+    ]);
     let mut v = [
         k0 ^ 0x736f_6d65_7073_6575, // "somepseu"
         k1 ^ 0x646f_7261_6e64_6f6d, // "dorandom"
@@ -316,7 +366,11 @@ mod tests {
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
         let message: Vec<u8> = (0u8..64).collect();
         for (len, expected) in REFERENCE_SIP64.iter().enumerate() {
-            assert_eq!(siphash24(&key, &message[..len]), *expected, "message of {len} bytes");
+            assert_eq!(
+                siphash24(&key, &message[..len]),
+                *expected,
+                "message of {len} bytes"
+            );
         }
     }
 
@@ -373,19 +427,31 @@ struct sockaddr_ctl;
         // type discriminator builtin does not depend on
         // -fptrauth-function-pointer-type-discrimination.
         let out = Command::new("clang-19")
-            .args(["-target", "arm64e-apple-macos11", "-fptrauth-intrinsics", "-c"])
+            .args([
+                "-target",
+                "arm64e-apple-macos11",
+                "-fptrauth-intrinsics",
+                "-c",
+            ])
             .arg(&c)
             .arg("-o")
             .arg(&o)
             .output()
             .unwrap_or_else(|e| panic!("cannot run clang-19 ({e}); install Debian's clang-19"));
-        assert!(out.status.success(), "clang-19 failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "clang-19 failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let bytes = std::fs::read(&o).unwrap();
         let file = object::File::parse(&*bytes).unwrap();
         (0..count)
             .map(|i| {
                 let name = format!("_v{i}");
-                let sym = file.symbols().find(|s| s.name() == Ok(&name)).unwrap_or_else(|| panic!("{name}"));
+                let sym = file
+                    .symbols()
+                    .find(|s| s.name() == Ok(&name))
+                    .unwrap_or_else(|| panic!("{name}"));
                 let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
                 let data = section.data().unwrap();
                 let at = (sym.address() - section.address()) as usize;
@@ -396,10 +462,20 @@ struct sockaddr_ctl;
 
     #[test]
     fn string_discriminators_match_clang() {
-        let strings = ["", "foo", "FiPPE", "FiE", "1234567", "12345678", "a slightly longer string, 42"];
+        let strings = [
+            "",
+            "foo",
+            "FiPPE",
+            "FiE",
+            "1234567",
+            "12345678",
+            "a slightly longer string, 42",
+        ];
         let mut source = String::new();
         for (i, s) in strings.iter().enumerate() {
-            source.push_str(&format!("const unsigned v{i} = __builtin_ptrauth_string_discriminator(\"{s}\");\n"));
+            source.push_str(&format!(
+                "const unsigned v{i} = __builtin_ptrauth_string_discriminator(\"{s}\");\n"
+            ));
         }
         let dir = tempfile::tempdir().unwrap();
         let values = clang_values(dir.path(), &source, strings.len());
@@ -412,12 +488,18 @@ struct sockaddr_ctl;
     fn every_callback_matches_clang() {
         let mut source = String::from(XNU_TYPES);
         for (i, (ty, _)) in CALLBACKS.iter().enumerate() {
-            source.push_str(&format!("const unsigned v{i} = __builtin_ptrauth_type_discriminator({ty});\n"));
+            source.push_str(&format!(
+                "const unsigned v{i} = __builtin_ptrauth_type_discriminator({ty});\n"
+            ));
         }
         let dir = tempfile::tempdir().unwrap();
         let values = clang_values(dir.path(), &source, CALLBACKS.len());
         for ((ty, encoding), v) in CALLBACKS.iter().zip(values) {
-            assert_eq!(u32::from(function_type_discriminator(encoding)), v, "{ty} encoded as {encoding}");
+            assert_eq!(
+                u32::from(function_type_discriminator(encoding)),
+                v,
+                "{ty} encoded as {encoding}"
+            );
         }
         assert_eq!(
             u32::from(KMOD_START_STOP),
@@ -437,7 +519,10 @@ struct sockaddr_ctl;
     fn doc_table_values() {
         let doc = include_str!("ptrauth.rs");
         for (_, encoding) in CALLBACKS {
-            let row = format!("`{encoding}` | `0x{:04X}` |", function_type_discriminator(encoding));
+            let row = format!(
+                "`{encoding}` | `0x{:04X}` |",
+                function_type_discriminator(encoding)
+            );
             assert!(doc.contains(&row), "module docs lack the row {row}");
         }
     }

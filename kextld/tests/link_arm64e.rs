@@ -23,8 +23,14 @@ use decoder::{FixupKind, MachO};
 use kextld::link::{LinkError, Linked, link_buffers};
 use kextld::{Arch, MinOs};
 
-const MACOS11: MinOs = MinOs { major: 11, minor: 0 };
-const MACOS12: MinOs = MinOs { major: 12, minor: 0 };
+const MACOS11: MinOs = MinOs {
+    major: 11,
+    minor: 0,
+};
+const MACOS12: MinOs = MinOs {
+    major: 12,
+    minor: 0,
+};
 
 fn run(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
@@ -57,7 +63,10 @@ fn compile_asm(dir: &Path, name: &str, text: &str) -> Vec<u8> {
 }
 
 fn link(min_os: MinOs, inputs: &[(&str, &[u8])]) -> Result<Linked, LinkError> {
-    let inputs: Vec<(String, Vec<u8>)> = inputs.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
+    let inputs: Vec<(String, Vec<u8>)> = inputs
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.to_vec()))
+        .collect();
     link_buffers(Arch::Arm64e, min_os, 0, &inputs)
 }
 
@@ -116,7 +125,10 @@ fn check_structure(path: &str, bytes: &[u8], auth_stubs: bool) -> BTreeMap<u64, 
     assert_eq!(&bytes[12..16], &11u32.to_le_bytes());
     assert_eq!(&bytes[24..28], &0x85u32.to_le_bytes());
     let otool = run("llvm-otool-19", &["-hlv", path]);
-    assert!(otool.contains("ARM64          E  0xc0  KEXTBUNDLE"), "{otool}");
+    assert!(
+        otool.contains("ARM64          E  0xc0  KEXTBUNDLE"),
+        "{otool}"
+    );
     let cmds: Vec<&str> = otool
         .lines()
         .filter_map(|l| l.trim().strip_prefix("cmd "))
@@ -140,24 +152,51 @@ fn check_structure(path: &str, bytes: &[u8], auth_stubs: bool) -> BTreeMap<u64, 
     // Segment names and protections (maxprot/initprot lines belong to segments only).
     let m = MachO::parse(bytes).expect("decoder parses the kext");
     let names: Vec<&str> = m.segments.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["__TEXT", "__TEXT_EXEC", "__DATA", "__DATA_CONST", "__LINKEDIT"]);
-    let first_seg = otool.find("segname __TEXT\n").expect("segment __TEXT listed");
-    assert!(otool[first_seg..].contains("segname __TEXT_EXEC"), "otool lists the segments");
-    let prots: Vec<&str> = otool.lines().filter_map(|l| l.trim().strip_prefix("initprot ")).collect();
+    assert_eq!(
+        names,
+        [
+            "__TEXT",
+            "__TEXT_EXEC",
+            "__DATA",
+            "__DATA_CONST",
+            "__LINKEDIT"
+        ]
+    );
+    let first_seg = otool
+        .find("segname __TEXT\n")
+        .expect("segment __TEXT listed");
+    assert!(
+        otool[first_seg..].contains("segname __TEXT_EXEC"),
+        "otool lists the segments"
+    );
+    let prots: Vec<&str> = otool
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("initprot "))
+        .collect();
     assert_eq!(prots, ["r--", "r-x", "rw-", "rw-", "r--"]);
-    assert!(otool.contains("nextrel 0") && otool.contains("nlocrel 0"), "no classic relocations");
+    assert!(
+        otool.contains("nextrel 0") && otool.contains("nlocrel 0"),
+        "no classic relocations"
+    );
 
     // The independent decoder.
     for s in &m.segments {
         assert_eq!(s.vmaddr % 0x4000, 0, "{} 16 KiB aligned", s.name);
         assert_eq!(s.fileoff, s.vmaddr, "{} fileoff == vmaddr", s.name);
     }
-    let fx = m.chained_fixups().expect("chained fixups decode").expect("LC_DYLD_CHAINED_FIXUPS");
+    let fx = m
+        .chained_fixups()
+        .expect("chained fixups decode")
+        .expect("LC_DYLD_CHAINED_FIXUPS");
     assert_eq!((fx.header.imports_format, fx.header.symbols_format), (1, 0));
     assert_eq!(fx.seg_count, 5);
     for st in &fx.starts {
         let seg = &m.segments[st.segment_index];
-        assert!(["__DATA", "__DATA_CONST"].contains(&seg.name.as_str()), "starts for {}", seg.name);
+        assert!(
+            ["__DATA", "__DATA_CONST"].contains(&seg.name.as_str()),
+            "starts for {}",
+            seg.name
+        );
         assert_eq!((st.page_size, st.pointer_format), (0x1000, 7));
     }
     for i in &fx.imports {
@@ -166,11 +205,18 @@ fn check_structure(path: &str, bytes: &[u8], auth_stubs: bool) -> BTreeMap<u64, 
     let mut out = BTreeMap::new();
     for f in &fx.fixups {
         let seg = m.segment_at(f.vmaddr, 8).expect("fixup inside a segment");
-        assert!(seg.initprot & 2 != 0, "fixup at {:#x} in writable segment {}", f.vmaddr, seg.name);
+        assert!(
+            seg.initprot & 2 != 0,
+            "fixup at {:#x} in writable segment {}",
+            f.vmaddr,
+            seg.name
+        );
         assert_eq!(f.vmaddr % 4, 0);
         if let FixupKind::Rebase { target, .. } | FixupKind::AuthRebase { target, .. } = f.kind {
             assert!(
-                m.sections.iter().any(|s| s.addr <= target && target <= s.addr + s.size),
+                m.sections
+                    .iter()
+                    .any(|s| s.addr <= target && target <= s.addr + s.size),
                 "rebase target {target:#x} lands in a section"
             );
         }
@@ -178,32 +224,58 @@ fn check_structure(path: &str, bytes: &[u8], auth_stubs: bool) -> BTreeMap<u64, 
     }
 
     // Split-seg info covers every adrp and every bl to a stub.
-    let split = m.split_seg_info().expect("split-seg decodes").expect("LC_SEGMENT_SPLIT_INFO");
+    let split = m
+        .split_seg_info()
+        .expect("split-seg decodes")
+        .expect("LC_SEGMENT_SPLIT_INFO");
     let mut from: BTreeMap<u8, BTreeSet<u64>> = BTreeMap::new();
     for r in &split {
-        from.entry(r.kind).or_default().insert(m.split_seg_address(r.from_section, r.from_offset).unwrap());
+        from.entry(r.kind)
+            .or_default()
+            .insert(m.split_seg_address(r.from_section, r.from_offset).unwrap());
     }
     for (addr, text) in disassemble(path) {
         if text.starts_with("adrp") {
-            assert!(from[&5].contains(&addr), "adrp at {addr:#x} has a split-seg ADRP record");
+            assert!(
+                from[&5].contains(&addr),
+                "adrp at {addr:#x} has a split-seg ADRP record"
+            );
         }
         if text.starts_with("bl\t") && text.contains("symbol stub") {
-            assert!(from[&7].contains(&addr), "bl at {addr:#x} has a split-seg BR26 record");
+            assert!(
+                from[&7].contains(&addr),
+                "bl at {addr:#x} has a split-seg BR26 record"
+            );
         }
     }
-    let stubs = if auth_stubs { "__auth_stubs" } else { "__stubs" };
+    let stubs = if auth_stubs {
+        "__auth_stubs"
+    } else {
+        "__stubs"
+    };
     if m.sections.iter().any(|s| s.sectname == stubs) {
         let code = disassemble_section(path, stubs);
         assert!(!code.is_empty(), "{stubs} disassembles");
         let pattern: &[&str] = if auth_stubs {
-            &["adrp\tx17", "add\tx17, x17", "ldr\tx16, [x17]", "braa\tx16, x17"]
+            &[
+                "adrp\tx17",
+                "add\tx17, x17",
+                "ldr\tx16, [x17]",
+                "braa\tx16, x17",
+            ]
         } else {
             &["adrp\tx16", "ldr\tx16, [x16", "br\tx16"]
         };
         for (k, (addr, text)) in code.iter().enumerate() {
-            assert!(text.starts_with(pattern[k % pattern.len()]), "stub instruction at {addr:#x}: {text}");
+            assert!(
+                text.starts_with(pattern[k % pattern.len()]),
+                "stub instruction at {addr:#x}: {text}"
+            );
             if text.starts_with("adrp") {
-                assert!(from[&5].contains(addr), "stub adrp at {addr:#x} has a split-seg ADRP record");
+                assert!(
+                    from[&5].contains(addr),
+                    "stub adrp at {addr:#x} has a split-seg ADRP record"
+                );
             }
         }
     }
@@ -211,7 +283,9 @@ fn check_structure(path: &str, bytes: &[u8], auth_stubs: bool) -> BTreeMap<u64, 
     for (at, k) in &out {
         match k {
             FixupKind::Rebase { .. } => assert!(from[&2].contains(at), "POINTER_64 for {at:#x}"),
-            FixupKind::AuthRebase { .. } => assert!(from[&13].contains(at), "THREADED_POINTER_64 for {at:#x}"),
+            FixupKind::AuthRebase { .. } => {
+                assert!(from[&13].contains(at), "THREADED_POINTER_64 for {at:#x}")
+            }
             _ => {}
         }
     }
@@ -220,12 +294,22 @@ fn check_structure(path: &str, bytes: &[u8], auth_stubs: bool) -> BTreeMap<u64, 
 
 /// kmod_info start/stop are auth rebases (key IA, no address diversity,
 /// 0xE4FE) to the named functions.
-fn check_kmod_info(fixups: &BTreeMap<u64, FixupKind>, syms: &BTreeMap<String, u64>, start: &str, stop: &str) {
+fn check_kmod_info(
+    fixups: &BTreeMap<u64, FixupKind>,
+    syms: &BTreeMap<String, u64>,
+    start: &str,
+    stop: &str,
+) {
     let k = syms["_kmod_info"];
     for (off, f) in [(180, start), (188, stop)] {
         assert_eq!(
             fixups.get(&(k + off)),
-            Some(&FixupKind::AuthRebase { target: syms[f], key: 0, addr_div: false, diversity: 0xE4FE }),
+            Some(&FixupKind::AuthRebase {
+                target: syms[f],
+                key: 0,
+                addr_div: false,
+                diversity: 0xE4FE
+            }),
             "kmod_info+{off}"
         );
     }
@@ -241,19 +325,45 @@ fn c_kext_links_for_macos11_with_plain_stubs() {
     let dir = tempfile::tempdir().unwrap();
     let obj = ckext(dir.path());
     let linked = link(MACOS11, &[("ckext.o", &obj)]).expect("links");
-    assert_eq!(linked.undefined, ["_bzero", "_kpi_data_symbol", "_kpi_func_symbol", "_memset", "_printf"]);
-    assert_eq!(linked.defined_exports, ["_ckext_call", "_kmod_info", "_kpi_func_ptr"]);
+    assert_eq!(
+        linked.undefined,
+        [
+            "_bzero",
+            "_kpi_data_symbol",
+            "_kpi_func_symbol",
+            "_memset",
+            "_printf"
+        ]
+    );
+    assert_eq!(
+        linked.defined_exports,
+        ["_ckext_call", "_kmod_info", "_kpi_func_ptr"]
+    );
     let path = save(dir.path(), "ckext", &linked.bytes);
     let fixups = check_structure(&path, &linked.bytes, false);
     let syms = nm(&path);
     check_kmod_info(&fixups, &syms, "_ckext_start", "_ckext_stop");
     // kpi_func_ptr = kpi_func_symbol: a plain bind; table[] = {helper, other}: plain rebases.
-    assert!(matches!(&fixups[&syms["_kpi_func_ptr"]], FixupKind::Bind { name, addend: 0, .. } if name == "_kpi_func_symbol"));
-    assert_eq!(fixups[&syms["_table"]], FixupKind::Rebase { target: syms["_helper"], high8: 0 });
+    assert!(
+        matches!(&fixups[&syms["_kpi_func_ptr"]], FixupKind::Bind { name, addend: 0, .. } if name == "_kpi_func_symbol")
+    );
+    assert_eq!(
+        fixups[&syms["_table"]],
+        FixupKind::Rebase {
+            target: syms["_helper"],
+            high8: 0
+        }
+    );
     // Plain stubs: adrp x16 / ldr x16 / br x16 over __got binds; indirect symbols name them.
     let ind = run("llvm-objdump-19", &["--macho", "--indirect-symbols", &path]);
-    assert!(ind.contains("Indirect symbols for (__TEXT_EXEC,__stubs) 3 entries"), "{ind}");
-    assert!(ind.contains("Indirect symbols for (__DATA_CONST,__got) 4 entries"), "{ind}");
+    assert!(
+        ind.contains("Indirect symbols for (__TEXT_EXEC,__stubs) 3 entries"),
+        "{ind}"
+    );
+    assert!(
+        ind.contains("Indirect symbols for (__DATA_CONST,__got) 4 entries"),
+        "{ind}"
+    );
     let dis = run("llvm-objdump-19", &["--macho", "-d", &path]);
     assert!(dis.contains("symbol stub for: _memset"), "{dis}");
     let binds: BTreeSet<&str> = fixups
@@ -263,7 +373,17 @@ fn c_kext_links_for_macos11_with_plain_stubs() {
             _ => None,
         })
         .collect();
-    assert_eq!(binds, ["_bzero", "_kpi_data_symbol", "_kpi_func_symbol", "_memset", "_printf"].into());
+    assert_eq!(
+        binds,
+        [
+            "_bzero",
+            "_kpi_data_symbol",
+            "_kpi_func_symbol",
+            "_memset",
+            "_printf"
+        ]
+        .into()
+    );
 }
 
 #[test]
@@ -276,19 +396,57 @@ fn c_kext_links_for_macos12_with_auth_stubs() {
     let syms = nm(&path);
     check_kmod_info(&fixups, &syms, "_ckext_start", "_ckext_stop");
     let ind = run("llvm-objdump-19", &["--macho", "--indirect-symbols", &path]);
-    assert!(ind.contains("Indirect symbols for (__TEXT_EXEC,__auth_stubs) 3 entries"), "{ind}");
-    assert!(ind.contains("Indirect symbols for (__DATA_CONST,__auth_got) 3 entries"), "{ind}");
-    assert!(ind.contains("Indirect symbols for (__DATA_CONST,__got) 1 entries"), "{ind}");
+    assert!(
+        ind.contains("Indirect symbols for (__TEXT_EXEC,__auth_stubs) 3 entries"),
+        "{ind}"
+    );
+    assert!(
+        ind.contains("Indirect symbols for (__DATA_CONST,__auth_got) 3 entries"),
+        "{ind}"
+    );
+    assert!(
+        ind.contains("Indirect symbols for (__DATA_CONST,__got) 1 entries"),
+        "{ind}"
+    );
     // __auth_got slots are auth binds: key IA, address-diversified, discriminator 0.
-    let auth_binds: Vec<&FixupKind> = fixups.values().filter(|k| matches!(k, FixupKind::AuthBind { .. })).collect();
+    let auth_binds: Vec<&FixupKind> = fixups
+        .values()
+        .filter(|k| matches!(k, FixupKind::AuthBind { .. }))
+        .collect();
     assert_eq!(auth_binds.len(), 3);
     for k in auth_binds {
-        assert!(matches!(k, FixupKind::AuthBind { key: 0, addr_div: true, diversity: 0, .. }), "{k:?}");
+        assert!(
+            matches!(
+                k,
+                FixupKind::AuthBind {
+                    key: 0,
+                    addr_div: true,
+                    diversity: 0,
+                    ..
+                }
+            ),
+            "{k:?}"
+        );
     }
     // The section order in the otool listing: auth GOT before GOT before const.
     let otool = run("llvm-otool-19", &["-lv", &path]);
-    let sects: Vec<&str> = otool.lines().filter_map(|l| l.trim().strip_prefix("sectname ")).collect();
-    assert_eq!(sects, ["__cstring", "__text", "__auth_stubs", "__data", "__bss", "__auth_got", "__got", "__const"]);
+    let sects: Vec<&str> = otool
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("sectname "))
+        .collect();
+    assert_eq!(
+        sects,
+        [
+            "__cstring",
+            "__text",
+            "__auth_stubs",
+            "__data",
+            "__bss",
+            "__auth_got",
+            "__got",
+            "__const"
+        ]
+    );
 }
 
 const ASM: &str = r#"
@@ -368,7 +526,11 @@ fn asm_fixture_resolves_every_relocation_form() {
     let imm12 = |at: u64| u64::from((insn_at(b, at) >> 10) & 0xfff);
     // GOT_LOAD to a defined symbol: relaxed to adrp + add of the symbol itself.
     assert_eq!(adrp_target(entry), data & !0xfff);
-    assert!(dis[&(entry + 4)].starts_with("add\tx0, x0"), "{}", dis[&(entry + 4)]);
+    assert!(
+        dis[&(entry + 4)].starts_with("add\tx0, x0"),
+        "{}",
+        dis[&(entry + 4)]
+    );
     assert_eq!(imm12(entry + 4), data & 0xfff);
     // GOT_LOAD to an undefined symbol: ldr from a __got slot bound to it.
     let slot = adrp_target(entry + 8) + 8 * imm12(entry + 12);
@@ -382,25 +544,64 @@ fn asm_fixture_resolves_every_relocation_form() {
     assert_eq!(imm12(entry + 36), (data + 5) & 0xfff);
     // BRANCH26: defined direct, undefined through stubs.
     assert_eq!(dis[&(entry + 40)], "bl\t_helper");
-    assert!(dis[&(entry + 44)].contains("symbol stub for: _kpi_func"), "{}", dis[&(entry + 44)]);
-    assert!(dis[&(entry + 48)].contains("symbol stub for: _kpi_tail"), "{}", dis[&(entry + 48)]);
+    assert!(
+        dis[&(entry + 44)].contains("symbol stub for: _kpi_func"),
+        "{}",
+        dis[&(entry + 44)]
+    );
+    assert!(
+        dis[&(entry + 48)].contains("symbol stub for: _kpi_tail"),
+        "{}",
+        dis[&(entry + 48)]
+    );
     // Data: rebase, bind, rebase with addend, SUBTRACTOR differences, POINTER_TO_GOT deltas.
-    assert_eq!(fixups[&(data + 64)], FixupKind::Rebase { target: syms["_helper"], high8: 0 });
-    assert!(matches!(&fixups[&(data + 72)], FixupKind::Bind { name, addend: 0, .. } if name == "_kpi_func"));
-    assert_eq!(fixups[&(data + 80)], FixupKind::Rebase { target: data + 8, high8: 0 });
+    assert_eq!(
+        fixups[&(data + 64)],
+        FixupKind::Rebase {
+            target: syms["_helper"],
+            high8: 0
+        }
+    );
+    assert!(
+        matches!(&fixups[&(data + 72)], FixupKind::Bind { name, addend: 0, .. } if name == "_kpi_func")
+    );
+    assert_eq!(
+        fixups[&(data + 80)],
+        FixupKind::Rebase {
+            target: data + 8,
+            high8: 0
+        }
+    );
     let other = syms["_other_data"];
     let u64_at = |a: u64| u64::from_le_bytes(b[a as usize..][..8].try_into().unwrap());
     assert_eq!(u64_at(data + 88), other - data);
     assert_eq!(u64_at(data + 96) as u32 as u64, other - data);
-    assert_eq!((data + 104).wrapping_add(u64_at(data + 104)), slot, "64-bit POINTER_TO_GOT delta");
-    assert_eq!(other.wrapping_add(u64_at(other) as u32 as i32 as i64 as u64), slot, "32-bit POINTER_TO_GOT delta");
+    assert_eq!(
+        (data + 104).wrapping_add(u64_at(data + 104)),
+        slot,
+        "64-bit POINTER_TO_GOT delta"
+    );
+    assert_eq!(
+        other.wrapping_add(u64_at(other) as u32 as i32 as i64 as u64),
+        slot,
+        "32-bit POINTER_TO_GOT delta"
+    );
     // Reproducible.
-    assert_eq!(link(MACOS11, &[("relocs.o", &obj)]).unwrap().bytes, linked.bytes);
+    assert_eq!(
+        link(MACOS11, &[("relocs.o", &obj)]).unwrap().bytes,
+        linked.bytes
+    );
 }
 
 /// Rewrites the type (high nibble of word 1) of the `n`-th relocation of the
 /// object (in file order over all sections) and, optionally, 8 bytes at `slot`.
-fn patch_reloc(obj: &mut [u8], sect: &str, r_address: u32, new_type: u8, slot: Option<(usize, u64)>) {
+fn patch_reloc(
+    obj: &mut [u8],
+    sect: &str,
+    r_address: u32,
+    new_type: u8,
+    slot: Option<(usize, u64)>,
+) {
     let m = MachO::parse(obj).unwrap();
     let s = m.sections.iter().position(|s| s.sectname == sect).unwrap();
     // section_64: reloff at +56, nreloc at +60 of the header, which follows the segment command.
@@ -479,21 +680,40 @@ fn authenticated_pointer_relocations_become_auth_fixups() {
     // the schema lost), so the input is made by patching one: type 11, slot =
     // addend 8 | diversity 0x1234 | addrDiv | key DA | bit 63.
     let dir = tempfile::tempdir().unwrap();
-    let asm = format!("{KMOD}\n    .globl _ptrs\n    .p2align 3\n_ptrs:\n    .quad _callback\n    .quad _kpi_func\n");
+    let asm = format!(
+        "{KMOD}\n    .globl _ptrs\n    .p2align 3\n_ptrs:\n    .quad _callback\n    .quad _kpi_func\n"
+    );
     let mut obj = compile_asm(dir.path(), "auth", &asm);
     let data = section_file_offset(&obj, "__data");
     let ptrs = 196 + 4; // _kmod_info (196 bytes) rounded up to 8
     let slot = 8 | (0x1234 << 32) | (1 << 48) | (2 << 49) | (1 << 63);
-    patch_reloc(&mut obj, "__data", ptrs as u32, 11, Some((data + ptrs, slot)));
+    patch_reloc(
+        &mut obj,
+        "__data",
+        ptrs as u32,
+        11,
+        Some((data + ptrs, slot)),
+    );
     let slot2 = 0xA51Fu64 << 32 | (1 << 63);
-    patch_reloc(&mut obj, "__data", ptrs as u32 + 8, 11, Some((data + ptrs + 8, slot2)));
+    patch_reloc(
+        &mut obj,
+        "__data",
+        ptrs as u32 + 8,
+        11,
+        Some((data + ptrs + 8, slot2)),
+    );
     let linked = link(MACOS11, &[("auth.o", &obj)]).expect("links");
     let path = save(dir.path(), "auth", &linked.bytes);
     let fixups = check_structure(&path, &linked.bytes, false);
     let syms = nm(&path);
     assert_eq!(
         fixups[&syms["_ptrs"]],
-        FixupKind::AuthRebase { target: syms["_callback"] + 8, key: 2, addr_div: true, diversity: 0x1234 }
+        FixupKind::AuthRebase {
+            target: syms["_callback"] + 8,
+            key: 2,
+            addr_div: true,
+            diversity: 0x1234
+        }
     );
     assert!(matches!(
         &fixups[&(syms["_ptrs"] + 8)],
@@ -503,7 +723,10 @@ fn authenticated_pointer_relocations_become_auth_fixups() {
     let mut bad = obj.clone();
     bad[data + ptrs..data + ptrs + 8].copy_from_slice(&8u64.to_le_bytes());
     let err = link(MACOS11, &[("bad.o", &bad)]).unwrap_err().to_string();
-    assert!(err.contains("ARM64_RELOC_AUTHENTICATED_POINTER") && err.contains("malformed"), "{err}");
+    assert!(
+        err.contains("ARM64_RELOC_AUTHENTICATED_POINTER") && err.contains("malformed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -523,10 +746,18 @@ fn marked_slots_become_auth_rebases_and_bad_marks_are_errors() {
     let syms = nm(&path);
     assert_eq!(
         fixups[&(syms["_filter"] + 8)],
-        FixupKind::AuthRebase { target: syms["_callback"], key: 0, addr_div: false, diversity: 0x0F74 }
+        FixupKind::AuthRebase {
+            target: syms["_callback"],
+            key: 0,
+            addr_div: false,
+            diversity: 0x0F74
+        }
     );
     let otool = run("llvm-otool-19", &["-l", &path]);
-    assert!(!otool.contains("__prx_auth"), "the mark section is consumed");
+    assert!(
+        !otool.contains("__prx_auth"),
+        "the mark section is consumed"
+    );
 
     // A marked slot holding no function pointer: the kernel would call garbage.
     let obj = compile_asm(dir.path(), "null", &marks(".quad 0", 0x0F74));
@@ -539,11 +770,23 @@ fn marked_slots_become_auth_rebases_and_bad_marks_are_errors() {
     // A marked slot pointing at data, not code.
     let obj = compile_asm(dir.path(), "data", &marks(".quad _not_code", 0x0F74));
     let err = link(MACOS11, &[("data.o", &obj)]).unwrap_err().to_string();
-    assert!(err.contains("points at _not_code") && err.contains("not at a function in __TEXT_EXEC"), "{err}");
+    assert!(
+        err.contains("points at _not_code") && err.contains("not at a function in __TEXT_EXEC"),
+        "{err}"
+    );
     // kmod_info.start pointing at data.
-    let obj = compile_asm(dir.path(), "kmodbad", &KMOD.replace(".quad _start_fn", ".quad _kmod_info"));
-    let err = link(MACOS11, &[("kmodbad.o", &obj)]).unwrap_err().to_string();
-    assert!(err.contains("_kmod_info.start points at _kmod_info"), "{err}");
+    let obj = compile_asm(
+        dir.path(),
+        "kmodbad",
+        &KMOD.replace(".quad _start_fn", ".quad _kmod_info"),
+    );
+    let err = link(MACOS11, &[("kmodbad.o", &obj)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("_kmod_info.start points at _kmod_info"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -553,7 +796,9 @@ fn unsupported_relocations_are_rejected_naming_object_section_offset_and_type() 
     let asm = format!("{KMOD}\n    .p2align 3\n_p:\n    .quad _callback\n");
     let mut obj = compile_asm(dir.path(), "unknown", &asm);
     patch_reloc(&mut obj, "__data", 200, 12, None);
-    let err = link(MACOS11, &[("unknown.o", &obj)]).unwrap_err().to_string();
+    let err = link(MACOS11, &[("unknown.o", &obj)])
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "unknown.o: section __DATA,__data offset 0xc8: unknown ARM64 relocation type to _callback: \
@@ -562,23 +807,38 @@ fn unsupported_relocations_are_rejected_naming_object_section_offset_and_type() 
          report it with the object attached"
     );
     // 32-bit absolute pointer.
-    let obj = compile_asm(dir.path(), "abs32", &format!("{KMOD}\n_w:\n    .long _callback\n"));
+    let obj = compile_asm(
+        dir.path(),
+        "abs32",
+        &format!("{KMOD}\n_w:\n    .long _callback\n"),
+    );
     let err = link(MACOS11, &[("abs32.o", &obj)]).unwrap_err().to_string();
-    assert!(err.contains("offset 0xc4: ARM64_RELOC_UNSIGNED to _callback: 32-bit absolute address"), "{err}");
+    assert!(
+        err.contains("offset 0xc4: ARM64_RELOC_UNSIGNED to _callback: 32-bit absolute address"),
+        "{err}"
+    );
     // Thread-local variables.
     let tlv = format!(
         "{KMOD}\n    .section __TEXT,__text,regular,pure_instructions\n_t:\n    adrp x0, _tv@TLVPPAGE\n    ldr x0, [x0, _tv@TLVPPAGEOFF]\n    ret\n"
     );
     let obj = compile_asm(dir.path(), "tlv", &tlv);
     let err = link(MACOS11, &[("tlv.o", &obj)]).unwrap_err().to_string();
-    assert!(err.contains("to _tv: thread-local variables are not supported"), "{err}");
+    assert!(
+        err.contains("to _tv: thread-local variables are not supported"),
+        "{err}"
+    );
     // Page-relative reference to undefined data (needs the GOT).
     let adrp = format!(
         "{KMOD}\n    .section __TEXT,__text,regular,pure_instructions\n_u:\n    adrp x0, _kdata@PAGE\n    ret\n"
     );
     let obj = compile_asm(dir.path(), "adrp", &adrp);
     let err = link(MACOS11, &[("adrp.o", &obj)]).unwrap_err().to_string();
-    assert!(err.contains("ARM64_RELOC_PAGE21 to _kdata: page-relative reference to an undefined symbol"), "{err}");
+    assert!(
+        err.contains(
+            "ARM64_RELOC_PAGE21 to _kdata: page-relative reference to an undefined symbol"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -589,8 +849,9 @@ fn misaligned_fixups_are_rejected() {
     let obj = compile_asm(dir.path(), "odd", &asm);
     let err = link(MACOS11, &[("odd.o", &obj)]).unwrap_err().to_string();
     assert!(
-        err.contains("section __DATA,__data offset 0xc5: ARM64_RELOC_UNSIGNED to _callback: pointer at")
-            && err.contains("is not 4-byte aligned"),
+        err.contains(
+            "section __DATA,__data offset 0xc5: ARM64_RELOC_UNSIGNED to _callback: pointer at"
+        ) && err.contains("is not 4-byte aligned"),
         "{err}"
     );
     // A 64-bit load from an address that is not 8-byte aligned.
@@ -599,7 +860,10 @@ fn misaligned_fixups_are_rejected() {
     );
     let obj = compile_asm(dir.path(), "ldr", &asm);
     let err = link(MACOS11, &[("ldr.o", &obj)]).unwrap_err().to_string();
-    assert!(err.contains("ARM64_RELOC_PAGEOFF12 to _v") && err.contains("misaligned target"), "{err}");
+    assert!(
+        err.contains("ARM64_RELOC_PAGEOFF12 to _v") && err.contains("misaligned target"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -611,7 +875,19 @@ fn missing_kmod_info_and_wrong_arch() {
     let x86 = dir.path().join("x.s");
     std::fs::write(&x86, "    .text\n_f:\n    retq\n").unwrap();
     let out = dir.path().join("x.o");
-    run("clang-19", &["-target", "x86_64-apple-macos10.13", "-c", x86.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    let err = link(MACOS11, &[("x.o", &std::fs::read(out).unwrap())]).unwrap_err().to_string();
+    run(
+        "clang-19",
+        &[
+            "-target",
+            "x86_64-apple-macos10.13",
+            "-c",
+            x86.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = link(MACOS11, &[("x.o", &std::fs::read(out).unwrap())])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("wrong architecture"), "{err}");
 }

@@ -617,7 +617,10 @@ fn missing_kmod_info_garbage_truncated_wrong_arch_duplicates() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("x.o: wrong architecture: cputype 0x1000007, expected 0x100000c"), "{e}");
+    assert!(
+        e.contains("x.o: wrong architecture: cputype 0x1000007, expected 0x100000c"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -678,7 +681,16 @@ fn cli_links_reproducibly_like_the_library() {
     std::fs::write(&input, &obj).unwrap();
     let out = dir.path().join("ckext.kext");
     let status = Command::new(env!("CARGO_BIN_EXE_kextld"))
-        .args(["link", "--arch", "x86_64", "--min-os", "10.13", "--source-version", "1.2.3", "-o"])
+        .args([
+            "link",
+            "--arch",
+            "x86_64",
+            "--min-os",
+            "10.13",
+            "--source-version",
+            "1.2.3",
+            "-o",
+        ])
         .arg(&out)
         .arg(&input)
         .status()

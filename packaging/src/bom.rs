@@ -168,7 +168,9 @@ pub fn write(tree: &PayloadTree) -> Vec<u8> {
         children.entry(parent).or_default().push(i);
     }
     for list in children.values_mut() {
-        list.sort_by(|&a, &b| base_name(&tree.entries[a].path).cmp(base_name(&tree.entries[b].path)));
+        list.sort_by(|&a, &b| {
+            base_name(&tree.entries[a].path).cmp(base_name(&tree.entries[b].path))
+        });
     }
     // Breadth-first: (entry index, parent id); ids are positions + 1.
     let mut order: Vec<(usize, u32)> = Vec::with_capacity(tree.entries.len());

@@ -46,7 +46,9 @@ pub enum BundleError {
         source: std::io::Error,
     },
     /// Something that is not a directory is in the bundle's place.
-    #[error("{path}: exists and is not a directory; remove it so the kext bundle can be written there")]
+    #[error(
+        "{path}: exists and is not a directory; remove it so the kext bundle can be written there"
+    )]
     NotADirectory {
         /// The bundle path.
         path: PathBuf,
@@ -66,7 +68,11 @@ pub struct BundleWritten {
 
 fn io_err(path: &Path, action: impl Into<String>) -> impl FnOnce(std::io::Error) -> BundleError {
     let (path, action) = (path.to_owned(), action.into());
-    move |source| BundleError::Io { path, action, source }
+    move |source| BundleError::Io {
+        path,
+        action,
+        source,
+    }
 }
 
 /// Writes (or leaves alone, if identical) `<out_dir>/<meta.executable>.kext`.
@@ -78,7 +84,11 @@ pub fn write_bundle(
 ) -> Result<BundleWritten, BundleError> {
     let name = format!("{}.kext", meta.executable);
     let path = out_dir.join(&name);
-    let written = |changed| BundleWritten { path: path.clone(), executable_size: executable.len() as u64, changed };
+    let written = |changed| BundleWritten {
+        path: path.clone(),
+        executable_size: executable.len() as u64,
+        changed,
+    };
 
     let existing = fs::symlink_metadata(&path).ok();
     if let Some(m) = &existing {
@@ -125,11 +135,14 @@ pub fn write_bundle(
             let _ = fs::rename(old.keep(), &path);
         }
         let _ = fs::remove_dir_all(&new_path);
-        return Err(io_err(&new_path, format!("rename to {}", path.display()))(e));
+        return Err(io_err(&new_path, format!("rename to {}", path.display()))(
+            e,
+        ));
     }
     if let Some(old) = old {
         let old_path = old.path().to_owned();
-        old.close().map_err(io_err(&old_path, "remove the replaced bundle"))?;
+        old.close()
+            .map_err(io_err(&old_path, "remove the replaced bundle"))?;
     }
     sync_dir(out_dir);
     Ok(written(true))
@@ -139,9 +152,12 @@ pub fn write_bundle(
 /// with these bytes (and modes, on unix).
 fn is_identical(bundle: &Path, exe: &str, info_plist: &[u8], executable: &[u8]) -> bool {
     let only = |dir: &Path, names: &[&str]| -> bool {
-        let Ok(entries) = fs::read_dir(dir) else { return false };
-        let mut found: Vec<String> =
-            entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
+        let mut found: Vec<String> = entries
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
         found.sort();
         found == names
     };
@@ -155,8 +171,13 @@ fn is_identical(bundle: &Path, exe: &str, info_plist: &[u8], executable: &[u8]) 
 }
 
 fn same_file(path: &Path, bytes: &[u8], mode: u32) -> bool {
-    let Ok(m) = fs::symlink_metadata(path) else { return false };
-    m.is_file() && m.len() == bytes.len() as u64 && mode_is(&m, mode) && fs::read(path).is_ok_and(|b| b == bytes)
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    m.is_file()
+        && m.len() == bytes.len() as u64
+        && mode_is(&m, mode)
+        && fs::read(path).is_ok_and(|b| b == bytes)
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BundleError> {
@@ -180,7 +201,8 @@ fn mode_is(_: &fs::Metadata, _: u32) -> bool {
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> Result<(), BundleError> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path, format!("chmod {mode:o}")))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_err(path, format!("chmod {mode:o}")))
 }
 
 #[cfg(not(unix))]
@@ -215,8 +237,10 @@ mod tests {
 
     /// Names in `dir`, sorted.
     fn listing(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -226,9 +250,22 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out/kexts");
         let w = write_bundle(&out, &meta(), b"<plist/>", b"\xcf\xfa\xed\xfe binary").unwrap();
-        assert_eq!(w, BundleWritten { path: out.join("PrxX.kext"), executable_size: 11, changed: true });
-        assert_eq!(fs::read(w.path.join("Contents/Info.plist")).unwrap(), b"<plist/>");
-        assert_eq!(fs::read(w.path.join("Contents/MacOS/PrxX")).unwrap(), b"\xcf\xfa\xed\xfe binary");
+        assert_eq!(
+            w,
+            BundleWritten {
+                path: out.join("PrxX.kext"),
+                executable_size: 11,
+                changed: true
+            }
+        );
+        assert_eq!(
+            fs::read(w.path.join("Contents/Info.plist")).unwrap(),
+            b"<plist/>"
+        );
+        assert_eq!(
+            fs::read(w.path.join("Contents/MacOS/PrxX")).unwrap(),
+            b"\xcf\xfa\xed\xfe binary"
+        );
         assert_eq!(listing(&out), ["PrxX.kext"], "no temporary leftovers");
         #[cfg(unix)]
         {
@@ -244,7 +281,10 @@ mod tests {
     fn identical_bundle_is_not_rewritten() {
         let tmp = tempfile::tempdir().unwrap();
         let w = write_bundle(tmp.path(), &meta(), b"plist", b"exe").unwrap();
-        let files = [w.path.join("Contents/Info.plist"), w.path.join("Contents/MacOS/PrxX")];
+        let files = [
+            w.path.join("Contents/Info.plist"),
+            w.path.join("Contents/MacOS/PrxX"),
+        ];
         let before: Vec<_> = files.iter().map(|f| mtime(f)).collect();
         let bundle_before = mtime(&w.path);
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -273,13 +313,19 @@ mod tests {
         let w3 = write_bundle(tmp.path(), &meta(), b"plist", b"new executable").unwrap();
         assert!(w3.changed);
         assert_eq!(w3.executable_size, 14);
-        assert_eq!(fs::read(w.path.join("Contents/MacOS/PrxX")).unwrap(), b"new executable");
+        assert_eq!(
+            fs::read(w.path.join("Contents/MacOS/PrxX")).unwrap(),
+            b"new executable"
+        );
         assert_eq!(listing(&w.path.join("Contents")), ["Info.plist", "MacOS"]);
         assert_eq!(listing(tmp.path()), ["PrxX.kext"], "no temporary leftovers");
 
         let w4 = write_bundle(tmp.path(), &meta(), b"new plist", b"new executable").unwrap();
         assert!(w4.changed);
-        assert_eq!(fs::read(w.path.join("Contents/Info.plist")).unwrap(), b"new plist");
+        assert_eq!(
+            fs::read(w.path.join("Contents/Info.plist")).unwrap(),
+            b"new plist"
+        );
     }
 
     #[cfg(unix)]
@@ -290,20 +336,34 @@ mod tests {
         let w = write_bundle(tmp.path(), &meta(), b"plist", b"exe").unwrap();
         let exe = w.path.join("Contents/MacOS/PrxX");
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(write_bundle(tmp.path(), &meta(), b"plist", b"exe").unwrap().changed);
-        assert_eq!(fs::metadata(&exe).unwrap().permissions().mode() & 0o777, 0o755);
+        assert!(
+            write_bundle(tmp.path(), &meta(), b"plist", b"exe")
+                .unwrap()
+                .changed
+        );
+        assert_eq!(
+            fs::metadata(&exe).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
     }
 
     #[test]
     fn errors_name_the_path() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("PrxX.kext"), b"not a bundle").unwrap();
-        let e = write_bundle(tmp.path(), &meta(), b"p", b"e").unwrap_err().to_string();
-        assert!(e.contains("PrxX.kext") && e.contains("not a directory"), "{e}");
+        let e = write_bundle(tmp.path(), &meta(), b"p", b"e")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("PrxX.kext") && e.contains("not a directory"),
+            "{e}"
+        );
 
         let file = tmp.path().join("a-file");
         fs::write(&file, b"x").unwrap();
-        let e = write_bundle(&file.join("sub"), &meta(), b"p", b"e").unwrap_err().to_string();
+        let e = write_bundle(&file.join("sub"), &meta(), b"p", b"e")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a-file/sub"), "{e}");
     }
 }

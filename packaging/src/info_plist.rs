@@ -73,9 +73,14 @@ pub fn generate(
     libraries: &BTreeMap<String, String>,
     min_macos: MinOs,
 ) -> Result<Vec<u8>, InfoPlistError> {
-    let invalid = |message: String| InfoPlistError::Invalid { crate_name: meta.crate_name.clone(), message };
+    let invalid = |message: String| InfoPlistError::Invalid {
+        crate_name: meta.crate_name.clone(),
+        message,
+    };
     if libraries.is_empty() {
-        return Err(InfoPlistError::NoLibraries { crate_name: meta.crate_name.clone() });
+        return Err(InfoPlistError::NoLibraries {
+            crate_name: meta.crate_name.clone(),
+        });
     }
     check_kext_version(&meta.version).map_err(|m| {
         invalid(format!(
@@ -90,7 +95,10 @@ pub fn generate(
     }
 
     let string = |s: &str| Value::String(s.to_owned());
-    let libs: Dictionary = libraries.iter().map(|(k, v)| (k.clone(), string(v))).collect();
+    let libs: Dictionary = libraries
+        .iter()
+        .map(|(k, v)| (k.clone(), string(v)))
+        .collect();
     let mut entries: BTreeMap<&str, Value> = BTreeMap::new();
     entries.insert("CFBundleDevelopmentRegion", string(DEVELOPMENT_REGION));
     entries.insert("CFBundleExecutable", string(&meta.executable));
@@ -100,18 +108,30 @@ pub fn generate(
     entries.insert("CFBundlePackageType", string("KEXT"));
     entries.insert("CFBundleShortVersionString", string(&meta.version));
     entries.insert("CFBundleSignature", string("????"));
-    entries.insert("CFBundleSupportedPlatforms", Value::Array(vec![string("MacOSX")]));
+    entries.insert(
+        "CFBundleSupportedPlatforms",
+        Value::Array(vec![string("MacOSX")]),
+    );
     entries.insert("CFBundleVersion", string(&meta.version));
     entries.insert("LSMinimumSystemVersion", string(&min_macos.to_string()));
     entries.insert("NSHumanReadableCopyright", string(&meta.copyright));
     entries.insert("OSBundleLibraries", Value::Dictionary(libs));
     // Dictionary keeps insertion order; the BTreeMap makes it sorted.
-    let dict: Dictionary = entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let dict: Dictionary = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
 
     let mut out = Vec::new();
     Value::Dictionary(dict)
-        .to_writer_xml_with_options(&mut out, &plist::XmlWriteOptions::default().indent(b'\t', 1))
-        .map_err(|source| InfoPlistError::Plist { crate_name: meta.crate_name.clone(), source })?;
+        .to_writer_xml_with_options(
+            &mut out,
+            &plist::XmlWriteOptions::default().indent(b'\t', 1),
+        )
+        .map_err(|source| InfoPlistError::Plist {
+            crate_name: meta.crate_name.clone(),
+            source,
+        })?;
     if out.last() != Some(&b'\n') {
         out.push(b'\n');
     }
@@ -123,7 +143,9 @@ pub fn generate(
 /// digits and MINOR and REVISION of 1-2 digits.
 fn check_kext_version(v: &str) -> Result<(), String> {
     let parts: Vec<&str> = v.split('.').collect();
-    let digits = |p: &str, max: usize| !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit());
+    let digits = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+    };
     let ok = (1..=3).contains(&parts.len())
         && digits(parts[0], 4)
         && parts[1..].iter().all(|p| digits(p, 2));
@@ -159,10 +181,13 @@ copyright = "Copyright © 2026 The prx developers"
     }
 
     fn libs() -> BTreeMap<String, String> {
-        [("com.apple.kpi.libkern", "17.0.0"), ("com.apple.kpi.bsd", "17.0.0")]
-            .into_iter()
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            .collect()
+        [
+            ("com.apple.kpi.libkern", "17.0.0"),
+            ("com.apple.kpi.bsd", "17.0.0"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect()
     }
 
     #[test]
@@ -170,7 +195,11 @@ copyright = "Copyright © 2026 The prx developers"
         let xml = generate(&meta(), &libs(), MinOs::X86_64_DEFAULT).unwrap();
         let v = Value::from_reader(std::io::Cursor::new(&xml)).unwrap();
         let d = v.as_dictionary().unwrap();
-        let s = |k: &str| d.get(k).and_then(Value::as_string).unwrap_or_else(|| panic!("{k} missing"));
+        let s = |k: &str| {
+            d.get(k)
+                .and_then(Value::as_string)
+                .unwrap_or_else(|| panic!("{k} missing"))
+        };
         assert_eq!(s("CFBundleDevelopmentRegion"), "en");
         assert_eq!(s("CFBundleExecutable"), "PrxX");
         assert_eq!(s("CFBundleIdentifier"), "net.prx.kext.X");
@@ -181,12 +210,30 @@ copyright = "Copyright © 2026 The prx developers"
         assert_eq!(s("CFBundleSignature"), "????");
         assert_eq!(s("CFBundleVersion"), "1.2.3");
         assert_eq!(s("LSMinimumSystemVersion"), "10.13");
-        assert_eq!(s("NSHumanReadableCopyright"), "Copyright © 2026 The prx developers");
-        let platforms = d.get("CFBundleSupportedPlatforms").and_then(Value::as_array).unwrap();
+        assert_eq!(
+            s("NSHumanReadableCopyright"),
+            "Copyright © 2026 The prx developers"
+        );
+        let platforms = d
+            .get("CFBundleSupportedPlatforms")
+            .and_then(Value::as_array)
+            .unwrap();
         assert_eq!(platforms, &vec![Value::String("MacOSX".into())]);
-        let l = d.get("OSBundleLibraries").and_then(Value::as_dictionary).unwrap();
-        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_string().unwrap())).collect();
-        assert_eq!(l, [("com.apple.kpi.bsd", "17.0.0"), ("com.apple.kpi.libkern", "17.0.0")]);
+        let l = d
+            .get("OSBundleLibraries")
+            .and_then(Value::as_dictionary)
+            .unwrap();
+        let l: Vec<(&str, &str)> = l
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_string().unwrap()))
+            .collect();
+        assert_eq!(
+            l,
+            [
+                ("com.apple.kpi.bsd", "17.0.0"),
+                ("com.apple.kpi.libkern", "17.0.0")
+            ]
+        );
         // Sorted keys, nothing else.
         let keys: Vec<&str> = d.keys().map(String::as_str).collect();
         let mut sorted = keys.clone();
@@ -197,24 +244,43 @@ copyright = "Copyright © 2026 The prx developers"
         // arm64e minimum.
         let xml = generate(&meta(), &libs(), MinOs::ARM64E_DEFAULT).unwrap();
         let v = Value::from_reader(std::io::Cursor::new(&xml)).unwrap();
-        assert_eq!(v.as_dictionary().unwrap().get("LSMinimumSystemVersion").unwrap().as_string(), Some("11.0"));
+        assert_eq!(
+            v.as_dictionary()
+                .unwrap()
+                .get("LSMinimumSystemVersion")
+                .unwrap()
+                .as_string(),
+            Some("11.0")
+        );
     }
 
     #[test]
     fn xml_is_well_formed_with_plist_doctype() {
         // Independent of the plist crate's reader: a small tag-balance check.
-        let xml = String::from_utf8(generate(&meta(), &libs(), MinOs::X86_64_DEFAULT).unwrap()).unwrap();
+        let xml =
+            String::from_utf8(generate(&meta(), &libs(), MinOs::X86_64_DEFAULT).unwrap()).unwrap();
         let mut lines = xml.lines();
-        assert_eq!(lines.next(), Some(r#"<?xml version="1.0" encoding="UTF-8"?>"#));
         assert_eq!(
             lines.next(),
-            Some(r#"<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">"#)
+            Some(r#"<?xml version="1.0" encoding="UTF-8"?>"#)
+        );
+        assert_eq!(
+            lines.next(),
+            Some(
+                r#"<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">"#
+            )
         );
         assert_eq!(lines.next(), Some(r#"<plist version="1.0">"#));
         assert!(xml.ends_with("</plist>\n"), "{xml}");
-        assert!(xml.contains("\t<key>CFBundleDevelopmentRegion</key>\n\t<string>en</string>\n"), "{xml}");
+        assert!(
+            xml.contains("\t<key>CFBundleDevelopmentRegion</key>\n\t<string>en</string>\n"),
+            "{xml}"
+        );
         // Special characters are escaped, so the only '<' and '&' are markup.
-        assert!(xml.contains("<string>prx &lt;X&gt; &amp; co</string>"), "{xml}");
+        assert!(
+            xml.contains("<string>prx &lt;X&gt; &amp; co</string>"),
+            "{xml}"
+        );
         let mut stack: Vec<&str> = Vec::new();
         let mut rest = xml.split_once("<plist").unwrap().1;
         rest = &rest[rest.find('>').unwrap() + 1..];
@@ -238,20 +304,35 @@ copyright = "Copyright © 2026 The prx developers"
     #[test]
     fn deterministic() {
         let a = generate(&meta(), &libs(), MinOs::X86_64_DEFAULT).unwrap();
-        assert_eq!(a, generate(&meta(), &libs(), MinOs::X86_64_DEFAULT).unwrap());
+        assert_eq!(
+            a,
+            generate(&meta(), &libs(), MinOs::X86_64_DEFAULT).unwrap()
+        );
     }
 
     #[test]
     fn rejects_what_the_kernel_would() {
-        let e = generate(&meta(), &BTreeMap::new(), MinOs::X86_64_DEFAULT).unwrap_err().to_string();
-        assert!(e.contains("kext-x") && e.contains("OSBundleLibraries"), "{e}");
+        let e = generate(&meta(), &BTreeMap::new(), MinOs::X86_64_DEFAULT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kext-x") && e.contains("OSBundleLibraries"),
+            "{e}"
+        );
         let mut m = meta();
         m.version = "1.2.3-beta.1".into();
-        let e = generate(&m, &libs(), MinOs::X86_64_DEFAULT).unwrap_err().to_string();
-        assert!(e.contains("1.2.3-beta.1") && e.contains("kext-x/Cargo.toml"), "{e}");
+        let e = generate(&m, &libs(), MinOs::X86_64_DEFAULT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1.2.3-beta.1") && e.contains("kext-x/Cargo.toml"),
+            "{e}"
+        );
         let mut bad = libs();
         bad.insert("com.apple.kpi.mach".into(), "seventeen".into());
-        let e = generate(&meta(), &bad, MinOs::X86_64_DEFAULT).unwrap_err().to_string();
+        let e = generate(&meta(), &bad, MinOs::X86_64_DEFAULT)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("com.apple.kpi.mach"), "{e}");
         for ok in ["0.1.0", "17.0.0", "9999.99.99", "1", "1.0"] {
             assert!(check_kext_version(ok).is_ok(), "{ok}");
@@ -275,11 +356,17 @@ mod real_kext_tests {
     fn socket_filter_plist() {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kext-socket/Cargo.toml");
         let meta = KextMetadata::load(&manifest).unwrap();
-        let undefined: Vec<String> =
-            ["_sflt_register", "_sflt_unregister", "_sock_inject_data_out", "_mbuf_pullup", "_printf", "_OSMalloc"]
-                .into_iter()
-                .map(String::from)
-                .collect();
+        let undefined: Vec<String> = [
+            "_sflt_register",
+            "_sflt_unregister",
+            "_sock_inject_data_out",
+            "_mbuf_pullup",
+            "_printf",
+            "_OSMalloc",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
         let libraries = os_bundle_libraries_multi(
             KpiTables::builtin(),
             &[
@@ -298,7 +385,13 @@ mod real_kext_tests {
             ),
             "{xml}"
         );
-        assert!(xml.contains("<string>net.prx.kext.SocketFilter</string>"), "{xml}");
-        assert!(xml.contains("<key>LSMinimumSystemVersion</key>\n\t<string>10.13</string>"), "{xml}");
+        assert!(
+            xml.contains("<string>net.prx.kext.SocketFilter</string>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<key>LSMinimumSystemVersion</key>\n\t<string>10.13</string>"),
+            "{xml}"
+        );
     }
 }

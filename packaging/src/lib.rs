@@ -30,5 +30,5 @@ pub mod zip_kexts;
 
 pub use bundle::{BundleError, BundleWritten, write_bundle};
 pub use info_plist::InfoPlistError;
-pub use metadata::{KextMetadata, MetadataError};
 pub use kextld::{Arch, MinOs};
+pub use metadata::{KextMetadata, MetadataError};

@@ -106,35 +106,51 @@ impl KextMetadata {
 
     /// Validates manifest text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<KextMetadata, MetadataError> {
-        let invalid = |message: String| MetadataError::Invalid { path: path.to_owned(), message };
-        let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
+        let invalid = |message: String| MetadataError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| invalid(e.message().to_owned()))?;
         let raw = manifest
             .package
             .metadata
             .and_then(|m| m.kext)
             .ok_or_else(|| invalid("the table is missing; a kext crate must declare it".into()))?;
 
-        check_bundle_identifier(&raw.bundle_identifier)
-            .map_err(|m| invalid(format!("bundle-identifier = {:?}: {m}", raw.bundle_identifier)))?;
+        check_bundle_identifier(&raw.bundle_identifier).map_err(|m| {
+            invalid(format!(
+                "bundle-identifier = {:?}: {m}",
+                raw.bundle_identifier
+            ))
+        })?;
         check_field_64("version", &manifest.package.version).map_err(invalid)?;
         if raw.executable.is_empty()
-            || !raw.executable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !raw
+                .executable
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(invalid(format!(
                 "executable = {:?}: must be a non-empty file name of letters, digits, '_' or '-'",
                 raw.executable
             )));
         }
-        for (key, value) in [("display-name", &raw.display_name), ("copyright", &raw.copyright)] {
+        for (key, value) in [
+            ("display-name", &raw.display_name),
+            ("copyright", &raw.copyright),
+        ] {
             if value.trim().is_empty() {
                 return Err(invalid(format!("{key} must not be empty")));
             }
         }
-        let min = |key: &str, v: Option<String>, default: MinOs| match v {
+        let min = |key: &str, v: Option<String>, default: MinOs| {
+            match v {
             None => Ok(default),
             Some(s) => s.parse::<MinOs>().map_err(|_| {
                 invalid(format!("minimum-macos.{key} = {s:?}: expected a macOS version such as \"10.13\" or \"11.0\""))
             }),
+        }
         };
         let (x86, arm) = match raw.minimum_macos {
             None => (None, None),
@@ -175,7 +191,10 @@ impl KextMetadata {
 
 fn check_field_64(key: &str, value: &str) -> Result<(), String> {
     if value.len() >= 64 {
-        return Err(format!("{key} = {value:?} is {} bytes; kmod_info holds at most 63", value.len()));
+        return Err(format!(
+            "{key} = {value:?} is {} bytes; kmod_info holds at most 63",
+            value.len()
+        ));
     }
     Ok(())
 }
@@ -184,11 +203,13 @@ fn check_bundle_identifier(id: &str) -> Result<(), String> {
     check_field_64("bundle-identifier", id)?;
     let ok = !id.is_empty()
         && id.split('.').count() >= 2
-        && id
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && id.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if !ok {
-        return Err("must be a reverse-DNS identifier (letters, digits, '-', separated by '.')".into());
+        return Err(
+            "must be a reverse-DNS identifier (letters, digits, '-', separated by '.')".into(),
+        );
     }
     if id.starts_with("com.apple.") {
         return Err("the com.apple. namespace is reserved for Apple".into());
@@ -228,20 +249,31 @@ copyright = "(c) prx"
     fn missing_key_is_named() {
         let text = GOOD.replace("copyright = \"(c) prx\"\n", "");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("kext-x/Cargo.toml") && e.contains("copyright"), "{e}");
+        assert!(
+            e.contains("kext-x/Cargo.toml") && e.contains("copyright"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_key_is_named() {
         let text = format!("{GOOD}bundle-id = \"oops\"\n");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("bundle-id") && e.contains("kext-x/Cargo.toml"), "{e}");
+        assert!(
+            e.contains("bundle-id") && e.contains("kext-x/Cargo.toml"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_table_is_an_error() {
-        let e = parse("[package]\nname = \"a\"\nversion = \"1.0.0\"\n").unwrap_err().to_string();
-        assert!(e.contains("[package.metadata.kext]") && e.contains("missing"), "{e}");
+        let e = parse("[package]\nname = \"a\"\nversion = \"1.0.0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[package.metadata.kext]") && e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -254,7 +286,9 @@ copyright = "(c) prx"
             let e = parse(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
-        let e = parse(&format!("{GOOD}minimum-macos = {{ x86_64 = \"9.1\" }}\n")).unwrap_err().to_string();
+        let e = parse(&format!("{GOOD}minimum-macos = {{ x86_64 = \"9.1\" }}\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("minimum-macos.x86_64"), "{e}");
     }
 }

@@ -186,9 +186,8 @@ impl Identity {
             }
             IdentitySource::Pem { key, certs } => {
                 let key_data = read(key)?;
-                let pems = pem::parse_many(&key_data).map_err(|e| {
-                    SignError::Identity(format!("{}: not PEM: {e}", key.display()))
-                })?;
+                let pems = pem::parse_many(&key_data)
+                    .map_err(|e| SignError::Identity(format!("{}: not PEM: {e}", key.display())))?;
                 let key_pem = pems
                     .iter()
                     .find(|p| p.tag().ends_with("PRIVATE KEY"))
@@ -200,11 +199,15 @@ impl Identity {
                 } else {
                     InMemoryPrivateKey::from_pkcs8_der(key_pem.contents())
                 }
-                .map_err(|e| SignError::Identity(format!("{}: bad private key: {e}", key.display())))?;
+                .map_err(|e| {
+                    SignError::Identity(format!("{}: bad private key: {e}", key.display()))
+                })?;
                 let mut all = Vec::new();
                 for c in certs {
-                    let parsed = CapturedX509Certificate::from_pem_multiple(read(c)?)
-                        .map_err(|e| SignError::Identity(format!("{}: bad certificate: {e}", c.display())))?;
+                    let parsed =
+                        CapturedX509Certificate::from_pem_multiple(read(c)?).map_err(|e| {
+                            SignError::Identity(format!("{}: bad certificate: {e}", c.display()))
+                        })?;
                     all.extend(parsed);
                 }
                 if all.is_empty() {
@@ -269,14 +272,21 @@ pub fn check_notarizable(
         )));
     };
     let (wanted, name) = match purpose {
-        Purpose::Kext => (CertificateProfile::DeveloperIdApplication, "Developer ID Application"),
-        Purpose::Installer => (CertificateProfile::DeveloperIdInstaller, "Developer ID Installer"),
+        Purpose::Kext => (
+            CertificateProfile::DeveloperIdApplication,
+            "Developer ID Application",
+        ),
+        Purpose::Installer => (
+            CertificateProfile::DeveloperIdInstaller,
+            "Developer ID Installer",
+        ),
     };
     if id.profile() != Some(wanted) {
         return Err(SignError::Policy(format!(
             "notarization: the certificate for {what} ({:?}) is not a {name} certificate (it looks like {})",
             id.name(),
-            id.profile().map_or("no Apple profile".to_string(), |p| format!("{p:?}"))
+            id.profile()
+                .map_or("no Apple profile".to_string(), |p| format!("{p:?}"))
         )));
     }
     if !id.cert.time_constraints_valid(Some(now)) {
@@ -410,7 +420,9 @@ pub fn verify_kext(bundle: &Path) -> Result<KextSignature, SignError> {
             .map_err(|e| verr(e.to_string()))?
             .ok_or_else(|| verr("no code directory".into()))?;
         if cd.flags.contains(CodeSignatureFlags::RUNTIME) {
-            return Err(verr("the hardened-runtime flag is set; kexts must not use it".into()));
+            return Err(verr(
+                "the hardened-runtime flag is set; kexts must not use it".into(),
+            ));
         }
         // Ad-hoc: the CMS blob is absent or empty.
         let has_cms = sig
@@ -421,7 +433,11 @@ pub fn verify_kext(bundle: &Path) -> Result<KextSignature, SignError> {
             sig.signed_data()
                 .map_err(|e| verr(e.to_string()))?
                 // apple-codesign embeds the signing certificate first.
-                .and_then(|sd| sd.certificates().next().and_then(|c| c.subject_common_name()))
+                .and_then(|sd| {
+                    sd.certificates()
+                        .next()
+                        .and_then(|c| c.subject_common_name())
+                })
         } else {
             None
         };

@@ -113,7 +113,8 @@ pub fn write(members: &[Member], epoch: i64) -> Result<Vec<u8>, PkgError> {
                 let mut z = ZlibEncoder::new(Vec::new(), Compression::best());
                 z.write_all(data)
                     .map_err(|e| PkgError::Archive(format!("zlib: {e}")))?;
-                z.finish().map_err(|e| PkgError::Archive(format!("zlib: {e}")))?
+                z.finish()
+                    .map_err(|e| PkgError::Archive(format!("zlib: {e}")))?
             }
         };
         let offset = SHA1_LEN + heap_data.len() as u64;
@@ -146,7 +147,10 @@ pub fn write(members: &[Member], epoch: i64) -> Result<Vec<u8>, PkgError> {
                 .iter()
                 .position(|n| n.member.data.is_none() && last(&n.member.path) == *part)
                 .ok_or_else(|| {
-                    PkgError::Archive(format!("xar: {}: parent directory not listed before it", m.path))
+                    PkgError::Archive(format!(
+                        "xar: {}: parent directory not listed before it",
+                        m.path
+                    ))
                 })?;
             level = &mut level[pos].children;
         }
@@ -171,7 +175,11 @@ pub fn write(members: &[Member], epoch: i64) -> Result<Vec<u8>, PkgError> {
             "<mtime>{time}</mtime><group>wheel</group><gid>0</gid><user>root</user><uid>0</uid>\
              <mode>{:04o}</mode><type>{}</type><name>{}</name>",
             m.perm,
-            if m.data.is_some() { "file" } else { "directory" },
+            if m.data.is_some() {
+                "file"
+            } else {
+                "directory"
+            },
             xml_escape(last(&m.path)),
         );
         for c in &n.children {
@@ -188,7 +196,9 @@ pub fn write(members: &[Member], epoch: i64) -> Result<Vec<u8>, PkgError> {
     let mut z = ZlibEncoder::new(Vec::new(), Compression::best());
     z.write_all(toc.as_bytes())
         .map_err(|e| PkgError::Archive(format!("zlib: {e}")))?;
-    let toc_z = z.finish().map_err(|e| PkgError::Archive(format!("zlib: {e}")))?;
+    let toc_z = z
+        .finish()
+        .map_err(|e| PkgError::Archive(format!("zlib: {e}")))?;
 
     let mut out = Vec::with_capacity(28 + toc_z.len() + 20 + heap_data.len());
     out.extend_from_slice(b"xar!");
@@ -228,11 +238,18 @@ pub fn sign(
                 .map_err(|e| PkgError::Archive(format!("time-stamp URL {u:?}: {e}")))
         })
         .transpose()?;
-    let reader = XarReader::new(Cursor::new(unsigned)).map_err(xar_err("reading the XAR to sign"))?;
+    let reader =
+        XarReader::new(Cursor::new(unsigned)).map_err(xar_err("reading the XAR to sign"))?;
     let mut signer = XarSigner::new(reader);
     let mut out = Vec::new();
     signer
-        .sign(&mut out, key, cert, timestamp_url.as_ref(), chain.iter().cloned())
+        .sign(
+            &mut out,
+            key,
+            cert,
+            timestamp_url.as_ref(),
+            chain.iter().cloned(),
+        )
         .map_err(xar_err("signing the XAR"))?;
     Ok(out)
 }
@@ -277,7 +294,9 @@ pub fn verify(xar: &[u8]) -> Result<XarVerification, PkgError> {
             .digest_data(&stored)
             .map_err(xar_err("digesting"))?;
         if hex(&archived) != data.archived_checksum.checksum.to_ascii_lowercase() {
-            return Err(PkgError::Verify(format!("{path}: archived checksum mismatch")));
+            return Err(PkgError::Verify(format!(
+                "{path}: archived checksum mismatch"
+            )));
         }
         let mut decoded = Vec::new();
         r.write_file_data_decoded_from_file(&file, &mut decoded)
@@ -288,7 +307,9 @@ pub fn verify(xar: &[u8]) -> Result<XarVerification, PkgError> {
             .digest_data(&decoded)
             .map_err(xar_err("digesting"))?;
         if hex(&extracted) != data.extracted_checksum.checksum.to_ascii_lowercase() {
-            return Err(PkgError::Verify(format!("{path}: extracted checksum mismatch")));
+            return Err(PkgError::Verify(format!(
+                "{path}: extracted checksum mismatch"
+            )));
         }
         file_checksums += 1;
     }
@@ -298,7 +319,10 @@ pub fn verify(xar: &[u8]) -> Result<XarVerification, PkgError> {
     let cms_signature = r
         .verify_cms_signature()
         .map_err(xar_err("CMS signature does not verify"))?;
-    let signer = match r.rsa_signature().map_err(xar_err("reading the RSA signature"))? {
+    let signer = match r
+        .rsa_signature()
+        .map_err(xar_err("reading the RSA signature"))?
+    {
         Some((_, certs)) => certs.first().and_then(|c| c.subject_common_name()),
         None => None,
     };

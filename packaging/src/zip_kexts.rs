@@ -37,7 +37,9 @@ pub fn zip_tree(tree: &PayloadTree, epoch: i64) -> Result<Vec<u8>, PkgError> {
             .last_modified_time(time)
             .unix_permissions(e.perm);
         match &e.kind {
-            EntryKind::Dir => zip.add_directory(format!("{name}/"), options).map_err(err)?,
+            EntryKind::Dir => zip
+                .add_directory(format!("{name}/"), options)
+                .map_err(err)?,
             EntryKind::File(data) => {
                 zip.start_file(name, options).map_err(err)?;
                 zip.write_all(data)

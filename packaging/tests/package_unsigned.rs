@@ -22,8 +22,16 @@ fn spec(dir: &Path, epoch: i64) -> PkgSpec {
         require_restart: true,
         epoch,
         kexts: vec![
-            KextInput { bundle: a, bundle_identifier: "net.prx.kext.SocketFilter".into(), version: "0.1.0".into() },
-            KextInput { bundle: b, bundle_identifier: "net.prx.kext.IPFilter".into(), version: "0.1.0".into() },
+            KextInput {
+                bundle: a,
+                bundle_identifier: "net.prx.kext.SocketFilter".into(),
+                version: "0.1.0".into(),
+            },
+            KextInput {
+                bundle: b,
+                bundle_identifier: "net.prx.kext.IPFilter".into(),
+                version: "0.1.0".into(),
+            },
         ],
     }
 }
@@ -41,8 +49,18 @@ fn bsdtar_lists_distribution_and_the_component() {
     let pkg = write_pkg(d.path());
     let (ok, out) = run("bsdtar", &["-tvf", pkg.to_str().unwrap()], None);
     assert!(ok, "{out}");
-    for name in ["Distribution", "prx.pkg", "prx.pkg/Bom", "prx.pkg/Payload", "prx.pkg/Scripts", "prx.pkg/PackageInfo"] {
-        assert!(out.lines().any(|l| l.ends_with(&format!(" {name}"))), "{name} missing in:\n{out}");
+    for name in [
+        "Distribution",
+        "prx.pkg",
+        "prx.pkg/Bom",
+        "prx.pkg/Payload",
+        "prx.pkg/Scripts",
+        "prx.pkg/PackageInfo",
+    ] {
+        assert!(
+            out.lines().any(|l| l.ends_with(&format!(" {name}"))),
+            "{name} missing in:\n{out}"
+        );
     }
     assert!(out.contains("root") && out.contains("wheel"), "{out}");
 }
@@ -68,15 +86,28 @@ fn seven_zip_tests_the_archive_without_errors() {
 /// extracting with --no-preserve-owner would lose owners, so owners come from
 /// bsdtar's numeric listing and modes from both.
 fn payload_listing(dir: &Path, pkg: &Path) -> Vec<(String, String, String, String)> {
-    let (ok, out) = run("bsdtar", &["-xf", pkg.to_str().unwrap(), "-C", dir.to_str().unwrap()], None);
+    let (ok, out) = run(
+        "bsdtar",
+        &["-xf", pkg.to_str().unwrap(), "-C", dir.to_str().unwrap()],
+        None,
+    );
     assert!(ok, "{out}");
     let payload = dir.join("prx.pkg/Payload");
-    let (ok, out) = run("bsdtar", &["-tvnf", payload.to_str().unwrap(), "--numeric-owner"], None);
+    let (ok, out) = run(
+        "bsdtar",
+        &["-tvnf", payload.to_str().unwrap(), "--numeric-owner"],
+        None,
+    );
     assert!(ok, "{out}");
     out.lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[f.len() - 1].to_string(), f[0].to_string(), f[2].to_string(), f[3].to_string())
+            (
+                f[f.len() - 1].to_string(),
+                f[0].to_string(),
+                f[2].to_string(),
+                f[3].to_string(),
+            )
         })
         .collect()
 }
@@ -118,11 +149,30 @@ fn payload_has_the_kext_tree_as_root_wheel_with_the_right_modes() {
     }
     // GNU cpio reads the same odc archive and agrees.
     let raw = x.join("payload.cpio");
-    let (ok, out) = run("sh", &["-c", &format!("gzip -dc {} > {}", x.join("prx.pkg/Payload").display(), raw.display())], None);
+    let (ok, out) = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "gzip -dc {} > {}",
+                x.join("prx.pkg/Payload").display(),
+                raw.display()
+            ),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
-    let (ok, out) = run("cpio", &["-itv", "--numeric-uid-gid", "-F", raw.to_str().unwrap()], None);
+    let (ok, out) = run(
+        "cpio",
+        &["-itv", "--numeric-uid-gid", "-F", raw.to_str().unwrap()],
+        None,
+    );
     assert!(ok, "{out}");
-    let cpio_paths: Vec<&str> = out.lines().filter(|l| !l.contains("block")).map(|l| l.split_whitespace().last().unwrap()).collect();
+    let cpio_paths: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.contains("block"))
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
     assert_eq!(cpio_paths, paths, "{out}");
     for l in out.lines().filter(|l| !l.contains("block")) {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -131,11 +181,18 @@ fn payload_has_the_kext_tree_as_root_wheel_with_the_right_modes() {
     // Extracting with cpio gives the modes on disk.
     let ex = x.join("cpio-out");
     std::fs::create_dir(&ex).unwrap();
-    let (ok, out) = run("cpio", &["-id", "--quiet", "-F", raw.to_str().unwrap()], Some(&ex));
+    let (ok, out) = run(
+        "cpio",
+        &["-id", "--quiet", "-F", raw.to_str().unwrap()],
+        Some(&ex),
+    );
     assert!(ok, "{out}");
     use std::os::unix::fs::PermissionsExt;
     let m = |p: &str| std::fs::metadata(ex.join(p)).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(m("PrxSocketFilter.kext/Contents/MacOS/PrxSocketFilter"), 0o755);
+    assert_eq!(
+        m("PrxSocketFilter.kext/Contents/MacOS/PrxSocketFilter"),
+        0o755
+    );
     assert_eq!(m("PrxSocketFilter.kext/Contents/Info.plist"), 0o644);
     assert_eq!(m("PrxSocketFilter.kext/Contents"), 0o755);
 }
@@ -161,7 +218,10 @@ fn read_bom(bom: &[u8]) -> BTreeMap<String, (u16, u32, u32, u32)> {
     for _ in 0..be32(bom, vars_off) {
         let idx = be32(bom, at) as usize;
         let n = bom[at + 4] as usize;
-        vars.insert(String::from_utf8(bom[at + 5..at + 5 + n].to_vec()).unwrap(), idx);
+        vars.insert(
+            String::from_utf8(bom[at + 5..at + 5 + n].to_vec()).unwrap(),
+            idx,
+        );
         at += 5 + n;
     }
     for v in ["BomInfo", "Paths", "HLIndex", "VIndex", "Size64"] {
@@ -181,7 +241,8 @@ fn read_bom(bom: &[u8]) -> BTreeMap<String, (u16, u32, u32, u32)> {
             out.push(id);
         } else {
             for k in 0..n {
-                let child = u32::from_be_bytes(node[12 + 8 * k..16 + 8 * k].try_into().unwrap()) as usize;
+                let child =
+                    u32::from_be_bytes(node[12 + 8 * k..16 + 8 * k].try_into().unwrap()) as usize;
                 walk(blocks, child, out);
             }
         }
@@ -194,12 +255,25 @@ fn read_bom(bom: &[u8]) -> BTreeMap<String, (u16, u32, u32, u32)> {
             let info1 = blocks[be32(node, 12 + 8 * k) as usize];
             let file = blocks[be32(node, 16 + 8 * k) as usize];
             let info2 = blocks[be32(info1, 4) as usize];
-            let name = String::from_utf8(file[4..file.iter().rposition(|&c| c == 0).unwrap()].to_vec()).unwrap();
-            raw.push((be32(info1, 0), be32(file, 0), name, (be16(info2, 4), be32(info2, 6), be32(info2, 10), be32(info2, 18))));
+            let name =
+                String::from_utf8(file[4..file.iter().rposition(|&c| c == 0).unwrap()].to_vec())
+                    .unwrap();
+            raw.push((
+                be32(info1, 0),
+                be32(file, 0),
+                name,
+                (
+                    be16(info2, 4),
+                    be32(info2, 6),
+                    be32(info2, 10),
+                    be32(info2, 18),
+                ),
+            ));
         }
     }
     assert_eq!(raw.len(), count, "pathCount");
-    let by_id: BTreeMap<u32, (u32, String)> = raw.iter().map(|r| (r.0, (r.1, r.2.clone()))).collect();
+    let by_id: BTreeMap<u32, (u32, String)> =
+        raw.iter().map(|r| (r.0, (r.1, r.2.clone()))).collect();
     let full = |mut id: u32| {
         let mut parts = Vec::new();
         while id != 0 {
@@ -249,29 +323,80 @@ fn toc_uses_sha1_and_metadata_is_what_installer_reads() {
     let bytes = std::fs::read(&pkg).unwrap();
     assert_eq!(&bytes[..4], b"xar!");
     assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 28);
-    assert_eq!(u32::from_be_bytes(bytes[24..28].try_into().unwrap()), 1, "sha1");
+    assert_eq!(
+        u32::from_be_bytes(bytes[24..28].try_into().unwrap()),
+        1,
+        "sha1"
+    );
     let x = d.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    let (ok, out) = run("bsdtar", &["-xf", pkg.to_str().unwrap(), "-C", x.to_str().unwrap()], None);
+    let (ok, out) = run(
+        "bsdtar",
+        &["-xf", pkg.to_str().unwrap(), "-C", x.to_str().unwrap()],
+        None,
+    );
     assert!(ok, "{out}");
     let dist = std::fs::read_to_string(x.join("Distribution")).unwrap();
-    for needle in ["<title>prx test</title>", "hostArchitectures=\"x86_64,arm64\"", "rootVolumeOnly=\"true\"", "<os-version min=\"10.13\"/>", "onConclusion=\"RequireRestart\"", "#prx.pkg</pkg-ref>"] {
+    for needle in [
+        "<title>prx test</title>",
+        "hostArchitectures=\"x86_64,arm64\"",
+        "rootVolumeOnly=\"true\"",
+        "<os-version min=\"10.13\"/>",
+        "onConclusion=\"RequireRestart\"",
+        "#prx.pkg</pkg-ref>",
+    ] {
         assert!(dist.contains(needle), "{needle} in {dist}");
     }
     let info = std::fs::read_to_string(x.join("prx.pkg/PackageInfo")).unwrap();
-    for needle in ["install-location=\"/Library/Extensions\"", "auth=\"root\"", "format-version=\"2\"", "numberOfFiles=\"11\"", "<postinstall file=\"./postinstall\"/>"] {
+    for needle in [
+        "install-location=\"/Library/Extensions\"",
+        "auth=\"root\"",
+        "format-version=\"2\"",
+        "numberOfFiles=\"11\"",
+        "<postinstall file=\"./postinstall\"/>",
+    ] {
         assert!(info.contains(needle), "{needle} in {info}");
     }
-    let (ok, out) = run("bsdtar", &["-tvnf", x.join("prx.pkg/Scripts").to_str().unwrap(), "--numeric-owner"], None);
+    let (ok, out) = run(
+        "bsdtar",
+        &[
+            "-tvnf",
+            x.join("prx.pkg/Scripts").to_str().unwrap(),
+            "--numeric-owner",
+        ],
+        None,
+    );
     assert!(ok, "{out}");
-    assert!(out.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./postinstall")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./postinstall")),
+        "{out}"
+    );
     // The postinstall script is valid sh.
-    let (ok, out) = run("bsdtar", &["-xf", x.join("prx.pkg/Scripts").to_str().unwrap(), "-C", x.to_str().unwrap()], None);
+    let (ok, out) = run(
+        "bsdtar",
+        &[
+            "-xf",
+            x.join("prx.pkg/Scripts").to_str().unwrap(),
+            "-C",
+            x.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
     let (ok, out) = run("sh", &["-n", x.join("postinstall").to_str().unwrap()], None);
     assert!(ok, "{out}");
     // Run against a non-root target it does nothing and succeeds.
-    let (ok, out) = run("sh", &[x.join("postinstall").to_str().unwrap(), "pkg", "/tmp/t", "/Volumes/Other"], None);
+    let (ok, out) = run(
+        "sh",
+        &[
+            x.join("postinstall").to_str().unwrap(),
+            "pkg",
+            "/tmp/t",
+            "/Volumes/Other",
+        ],
+        None,
+    );
     assert!(ok, "{out}");
 }
 
@@ -299,8 +424,17 @@ fn install_check_reports_root_wheel_under_library_extensions() {
     assert_eq!(c.install_location, "/Library/Extensions");
     assert_eq!(c.scripts, [("postinstall".to_string(), 0o100755)]);
     assert!(c.installed.iter().all(|i| i.uid == 0 && i.gid == 0));
-    assert!(c.installed.iter().any(|i| i.path == "/Library/Extensions/PrxIPFilter.kext/Contents/MacOS/PrxIPFilter" && i.mode == 0o100755));
-    assert!(staging.join("Library/Extensions/PrxSocketFilter.kext/Contents/Info.plist").is_file());
+    assert!(c.installed.iter().any(|i| i.path
+        == "/Library/Extensions/PrxIPFilter.kext/Contents/MacOS/PrxIPFilter"
+        && i.mode == 0o100755));
+    assert!(
+        staging
+            .join("Library/Extensions/PrxSocketFilter.kext/Contents/Info.plist")
+            .is_file()
+    );
     let text = report.to_string();
-    assert!(text.contains("drwxr-xr-x root:wheel        0 /Library/Extensions/PrxSocketFilter.kext\n"), "{text}");
+    assert!(
+        text.contains("drwxr-xr-x root:wheel        0 /Library/Extensions/PrxSocketFilter.kext\n"),
+        "{text}"
+    );
 }

@@ -95,7 +95,10 @@ pub fn set_timeouts(t: &mut dyn Transport, to: &control::Timeouts) -> io::Result
         if !(1..=control::MAX_TIMEOUT_S).contains(&v) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{name} {v}: a timeout is 1 to {} seconds", control::MAX_TIMEOUT_S),
+                format!(
+                    "{name} {v}: a timeout is 1 to {} seconds",
+                    control::MAX_TIMEOUT_S
+                ),
             ));
         }
     }

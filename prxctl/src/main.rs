@@ -117,13 +117,12 @@ fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
     if let Some(path) = &cli.emu {
         // SAFETY: geteuid cannot fail and has no preconditions.
         let uid = cli.as_uid.unwrap_or_else(|| unsafe { libc::geteuid() });
-        let b =
-            prxctl::transport::EmuBridge::connect(path, name, uid).with_context(|| {
-                format!(
-                    "connecting to {name} through the emulator bridge {}",
-                    path.display()
-                )
-            })?;
+        let b = prxctl::transport::EmuBridge::connect(path, name, uid).with_context(|| {
+            format!(
+                "connecting to {name} through the emulator bridge {}",
+                path.display()
+            )
+        })?;
         return Ok(Box::new(b));
     }
     #[cfg(target_os = "macos")]

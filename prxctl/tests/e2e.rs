@@ -353,7 +353,10 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
 
     let s = ip.ok(&["--as-uid", "0", "status"]);
     assert!(s.contains("filtering:        enabled"), "{s}");
-    assert!(s.contains("rules:            0 (rule sets installed: 0)"), "{s}");
+    assert!(
+        s.contains("rules:            0 (rule sets installed: 0)"),
+        "{s}"
+    );
     assert!(s.contains("filters attached: 2 (IPv4, IPv6)"), "{s}");
     assert_eq!(stat(&s, "NAT flows"), 0, "{s}");
     assert_eq!(stat(&s, "NAT flow capacity"), 2048, "{s}");
@@ -384,7 +387,10 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
     drop(cmd);
 
     let s = ip.ok(&["status"]);
-    assert!(s.contains("rules:            2 (rule sets installed: 1)"), "{s}");
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "{s}"
+    );
     assert!(s.contains("proxy (IPv4):     192.0.2.1:3128"), "{s}");
     assert!(s.contains("proxy (IPv6):     [2001:db8:2::1]:3128"), "{s}");
     assert_eq!(stat(&s, "NAT flows"), 2, "a TCP and a UDP flow: {s}");
@@ -405,17 +411,26 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
     // NAT timeouts: shown, set (one at a time; the others kept), validated, and
     // the socket filter has none.
     let out = ip.ok(&["timeouts"]);
-    assert_eq!(out, "TCP idle 7200 s, TCP after close 10 s, UDP idle 60 s\n");
+    assert_eq!(
+        out,
+        "TCP idle 7200 s, TCP after close 10 s, UDP idle 60 s\n"
+    );
     let out = ip.ok(&["timeouts", "--udp-idle", "30", "--tcp-closed", "5"]);
     assert_eq!(out, "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n");
     let s = ip.ok(&["status"]);
     assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
     assert_eq!(stat(&s, "NAT timeout: TCP after close (s)"), 5, "{s}");
     let e = ip.fails(&["timeouts", "--udp-idle", "0"]);
-    assert!(e.contains("--udp-idle 0: a timeout is 1 to 604800 seconds"), "{e}");
+    assert!(
+        e.contains("--udp-idle 0: a timeout is 1 to 604800 seconds"),
+        "{e}"
+    );
     let e = socket.fails(&["timeouts", "--udp-idle", "5"]);
     assert!(e.contains("use --kext ip"), "{e}");
-    assert_eq!(ip.ok(&["timeouts"]), "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n");
+    assert_eq!(
+        ip.ok(&["timeouts"]),
+        "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n"
+    );
 
     ip.ok(&["disable"]);
     assert!(ip.ok(&["status"]).contains("filtering:        disabled"));

@@ -59,7 +59,10 @@ fn slice<'d>(data: &'d [u8], at: u64, len: u64, what: &str) -> Result<&'d [u8]> 
     let end = at.checked_add(len);
     match end {
         Some(end) if end <= data.len() as u64 => Ok(&data[at as usize..end as usize]),
-        _ => err(format!("{what}: {len} bytes at 0x{at:x} run past the end (0x{:x})", data.len())),
+        _ => err(format!(
+            "{what}: {len} bytes at 0x{at:x} run past the end (0x{:x})",
+            data.len()
+        )),
     }
 }
 
@@ -88,7 +91,9 @@ fn name16(data: &[u8], at: u64, what: &str) -> Result<String> {
 
 fn c_string(data: &[u8], at: u64, what: &str) -> Result<String> {
     let rest = data.get(at as usize..).filter(|_| at <= data.len() as u64);
-    let Some(rest) = rest else { return err(format!("{what}: offset 0x{at:x} is outside its table")) };
+    let Some(rest) = rest else {
+        return err(format!("{what}: offset 0x{at:x} is outside its table"));
+    };
     let Some(end) = rest.iter().position(|&c| c == 0) else {
         return err(format!("{what}: string at 0x{at:x} has no terminating NUL"));
     };
@@ -152,7 +157,9 @@ impl<'a> MachO<'a> {
     pub fn parse(data: &'a [u8]) -> Result<MachO<'a>> {
         let magic = u32_at(data, 0, "mach header")?;
         if magic != MH_MAGIC_64 {
-            return err(format!("not a thin 64-bit little-endian Mach-O (magic 0x{magic:08x})"));
+            return err(format!(
+                "not a thin 64-bit little-endian Mach-O (magic 0x{magic:08x})"
+            ));
         }
         let cputype = u32_at(data, 4, "mach header")?;
         if cputype != CPU_TYPE_ARM64 {
@@ -165,13 +172,22 @@ impl<'a> MachO<'a> {
         let cmds_end = 32 + sizeofcmds;
         slice(data, 32, sizeofcmds, "load commands")?;
 
-        let mut m = MachO { data, cpusubtype, filetype, load_commands: vec![], segments: vec![], sections: vec![] };
+        let mut m = MachO {
+            data,
+            cpusubtype,
+            filetype,
+            load_commands: vec![],
+            segments: vec![],
+            sections: vec![],
+        };
         let mut at = 32u64;
         for i in 0..ncmds {
             let cmd = u32_at(data, at, "load command")?;
             let size = u32_at(data, at + 4, "load command")? as u64;
             if size < 8 || at + size > cmds_end {
-                return err(format!("load command {i} (0x{cmd:x}) at 0x{at:x} has bad size {size}"));
+                return err(format!(
+                    "load command {i} (0x{cmd:x}) at 0x{at:x} has bad size {size}"
+                ));
             }
             m.load_commands.push((cmd, at));
             if cmd == LC_SEGMENT_64 {
@@ -180,7 +196,9 @@ impl<'a> MachO<'a> {
                 }
                 let nsects = u32_at(data, at + 64, "segment")? as u64;
                 if 72 + nsects * 80 > size {
-                    return err(format!("LC_SEGMENT_64 at 0x{at:x}: {nsects} sections do not fit in {size} bytes"));
+                    return err(format!(
+                        "LC_SEGMENT_64 at 0x{at:x}: {nsects} sections do not fit in {size} bytes"
+                    ));
                 }
                 m.segments.push(Segment {
                     name: name16(data, at + 8, "segment name")?,
@@ -210,7 +228,11 @@ impl<'a> MachO<'a> {
     /// The vm address of the image start: `__TEXT`'s (the segment mapping file
     /// offset 0), which is what "vm offset" targets are relative to.
     pub fn base_address(&self) -> Result<u64> {
-        match self.segments.iter().find(|s| s.fileoff == 0 && s.filesize > 0) {
+        match self
+            .segments
+            .iter()
+            .find(|s| s.fileoff == 0 && s.filesize > 0)
+        {
             Some(s) => Ok(s.vmaddr),
             None => err("no segment maps the start of the file (no __TEXT)"),
         }
@@ -218,7 +240,9 @@ impl<'a> MachO<'a> {
 
     /// The segment containing vm address `addr` (`len` bytes), if any.
     pub fn segment_at(&self, addr: u64, len: u64) -> Option<&Segment> {
-        self.segments.iter().find(|s| addr >= s.vmaddr && addr.saturating_add(len) <= s.vmaddr.saturating_add(s.vmsize))
+        self.segments.iter().find(|s| {
+            addr >= s.vmaddr && addr.saturating_add(len) <= s.vmaddr.saturating_add(s.vmsize)
+        })
     }
 
     /// The 8 bytes at vm address `addr`, read from the file.
@@ -228,14 +252,19 @@ impl<'a> MachO<'a> {
         };
         let in_seg = addr - seg.vmaddr;
         if in_seg + 8 > seg.filesize {
-            return err(format!("fixup at 0x{addr:x} lies in the zero-fill part of {}", seg.name));
+            return err(format!(
+                "fixup at 0x{addr:x} lies in the zero-fill part of {}",
+                seg.name
+            ));
         }
         u64_at(self.data, seg.fileoff + in_seg, "fixup slot")
     }
 
     /// (dataoff, datasize) of the `linkedit_data_command` `cmd`, if present.
     fn linkedit_data(&self, cmd: u32) -> Result<Option<&'a [u8]>> {
-        let Some(&(_, at)) = self.load_commands.iter().find(|(c, _)| *c == cmd) else { return Ok(None) };
+        let Some(&(_, at)) = self.load_commands.iter().find(|(c, _)| *c == cmd) else {
+            return Ok(None);
+        };
         let off = u32_at(self.data, at + 8, "linkedit_data_command")? as u64;
         let size = u32_at(self.data, at + 12, "linkedit_data_command")? as u64;
         slice(self.data, off, size, "linkedit data").map(Some)
@@ -265,10 +294,16 @@ impl<'a> MachO<'a> {
         } else {
             match self.sections.get(section_index as usize - 1) {
                 Some(s) => s.addr,
-                None => return err(format!("split-seg section index {section_index} names no section")),
+                None => {
+                    return err(format!(
+                        "split-seg section index {section_index} names no section"
+                    ));
+                }
             }
         };
-        start.checked_add(offset).map_or_else(|| err("split-seg address overflows"), Ok)
+        start
+            .checked_add(offset)
+            .map_or_else(|| err("split-seg address overflows"), Ok)
     }
 }
 
@@ -341,11 +376,26 @@ pub enum FixupKind {
     /// A plain pointer to `target` (unslid vm address) with `high8` as its top byte.
     Rebase { target: u64, high8: u8 },
     /// A signed pointer to `target` (unslid vm address).
-    AuthRebase { target: u64, key: u8, addr_div: bool, diversity: u16 },
+    AuthRebase {
+        target: u64,
+        key: u8,
+        addr_div: bool,
+        diversity: u16,
+    },
     /// The address of import `name`, plus `addend` (the pointer's and the import's).
-    Bind { name: String, lib_ordinal: i32, addend: i64 },
+    Bind {
+        name: String,
+        lib_ordinal: i32,
+        addend: i64,
+    },
     /// The signed address of import `name` (no addend in the auth layout).
-    AuthBind { name: String, lib_ordinal: i32, key: u8, addr_div: bool, diversity: u16 },
+    AuthBind {
+        name: String,
+        lib_ordinal: i32,
+        key: u8,
+        addr_div: bool,
+        diversity: u16,
+    },
 }
 
 /// One fixup: the slot's vm address, its raw 64-bit content and its meaning.
@@ -384,10 +434,26 @@ pub fn stride(pointer_format: u16) -> Result<u64> {
 /// place. Exposed for tests of the bit layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawPointer {
-    Rebase { target: u64, high8: u8 },
-    AuthRebase { target: u64, key: u8, addr_div: bool, diversity: u16 },
-    Bind { ordinal: u32, addend: i64 },
-    AuthBind { ordinal: u32, key: u8, addr_div: bool, diversity: u16 },
+    Rebase {
+        target: u64,
+        high8: u8,
+    },
+    AuthRebase {
+        target: u64,
+        key: u8,
+        addr_div: bool,
+        diversity: u16,
+    },
+    Bind {
+        ordinal: u32,
+        addend: i64,
+    },
+    AuthBind {
+        ordinal: u32,
+        key: u8,
+        addr_div: bool,
+        diversity: u16,
+    },
 }
 
 /// Splits a chained pointer of `pointer_format` into `(next, fields)`. Rebase
@@ -400,14 +466,20 @@ pub fn decode_pointer(pointer_format: u16, raw: u64) -> Result<(u64, RawPointer)
             let bind = bits(raw, 62, 1) == 1;
             let next = bits(raw, 51, 11);
             let fields = match (auth, bind) {
-                (false, false) => RawPointer::Rebase { target: bits(raw, 0, 43), high8: bits(raw, 43, 8) as u8 },
+                (false, false) => RawPointer::Rebase {
+                    target: bits(raw, 0, 43),
+                    high8: bits(raw, 43, 8) as u8,
+                },
                 (false, true) => {
                     if bits(raw, 16, 16) != 0 {
                         return err(format!("arm64e bind 0x{raw:016x} has non-zero bits 16..32"));
                     }
                     // addend: 19-bit signed at bit 32.
                     let addend = ((bits(raw, 32, 19) << 45) as i64) >> 45;
-                    RawPointer::Bind { ordinal: bits(raw, 0, 16) as u32, addend }
+                    RawPointer::Bind {
+                        ordinal: bits(raw, 0, 16) as u32,
+                        addend,
+                    }
                 }
                 (true, false) => RawPointer::AuthRebase {
                     target: bits(raw, 0, 32),
@@ -417,7 +489,9 @@ pub fn decode_pointer(pointer_format: u16, raw: u64) -> Result<(u64, RawPointer)
                 },
                 (true, true) => {
                     if bits(raw, 16, 16) != 0 {
-                        return err(format!("arm64e auth bind 0x{raw:016x} has non-zero bits 16..32"));
+                        return err(format!(
+                            "arm64e auth bind 0x{raw:016x} has non-zero bits 16..32"
+                        ));
                     }
                     RawPointer::AuthBind {
                         ordinal: bits(raw, 0, 16) as u32,
@@ -433,9 +507,15 @@ pub fn decode_pointer(pointer_format: u16, raw: u64) -> Result<(u64, RawPointer)
             // bit 63 bind, bits 51..63 next (12 bits).
             let next = bits(raw, 51, 12);
             let fields = if bits(raw, 63, 1) == 1 {
-                RawPointer::Bind { ordinal: bits(raw, 0, 24) as u32, addend: bits(raw, 24, 8) as i64 }
+                RawPointer::Bind {
+                    ordinal: bits(raw, 0, 24) as u32,
+                    addend: bits(raw, 24, 8) as i64,
+                }
             } else {
-                RawPointer::Rebase { target: bits(raw, 0, 36), high8: bits(raw, 36, 8) as u8 }
+                RawPointer::Rebase {
+                    target: bits(raw, 0, 36),
+                    high8: bits(raw, 36, 8) as u8,
+                }
             };
             Ok((next, fields))
         }
@@ -446,7 +526,11 @@ pub fn decode_pointer(pointer_format: u16, raw: u64) -> Result<(u64, RawPointer)
 /// Ordinals above 0xF0 (0xFFF0) are the special negative ones, as in dyld.
 fn lib_ordinal(v: u64, width: u32) -> i32 {
     let special = (1u64 << width) - 16;
-    if v > special { v as i32 - (1i32 << width) } else { v as i32 }
+    if v > special {
+        v as i32 - (1i32 << width)
+    } else {
+        v as i32
+    }
 }
 
 fn decode_chained_fixups(m: &MachO<'_>, blob: &[u8]) -> Result<ChainedFixups> {
@@ -460,16 +544,27 @@ fn decode_chained_fixups(m: &MachO<'_>, blob: &[u8]) -> Result<ChainedFixups> {
         symbols_format: u32_at(blob, 24, "chained fixups header")?,
     };
     if header.fixups_version != 0 {
-        return err(format!("chained fixups version {} (only 0 is defined)", header.fixups_version));
+        return err(format!(
+            "chained fixups version {} (only 0 is defined)",
+            header.fixups_version
+        ));
     }
     if header.symbols_format != 0 {
-        return err(format!("symbols_format {} (compressed symbol pools are not supported)", header.symbols_format));
+        return err(format!(
+            "symbols_format {} (compressed symbol pools are not supported)",
+            header.symbols_format
+        ));
     }
 
     // Imports and their names.
-    let symbols = blob.get(header.symbols_offset as usize..).filter(|_| header.symbols_offset as usize <= blob.len());
+    let symbols = blob
+        .get(header.symbols_offset as usize..)
+        .filter(|_| header.symbols_offset as usize <= blob.len());
     let Some(symbols) = symbols else {
-        return err(format!("symbols_offset 0x{:x} is past the end of the fixups data", header.symbols_offset));
+        return err(format!(
+            "symbols_offset 0x{:x} is past the end of the fixups data",
+            header.symbols_offset
+        ));
     };
     let entry_size: u64 = match header.imports_format {
         1 => 4,
@@ -477,7 +572,12 @@ fn decode_chained_fixups(m: &MachO<'_>, blob: &[u8]) -> Result<ChainedFixups> {
         3 => 16,
         f => return err(format!("imports_format {f} is not 1, 2 or 3")),
     };
-    let table = slice(blob, header.imports_offset as u64, entry_size * header.imports_count as u64, "imports table")?;
+    let table = slice(
+        blob,
+        header.imports_offset as u64,
+        entry_size * header.imports_count as u64,
+        "imports table",
+    )?;
     let mut imports = Vec::new();
     for i in 0..header.imports_count as u64 {
         let at = i * entry_size;
@@ -485,25 +585,42 @@ fn decode_chained_fixups(m: &MachO<'_>, blob: &[u8]) -> Result<ChainedFixups> {
             1 | 2 => {
                 let v = u32_at(table, at, "import")? as u64;
                 let ordinal = lib_ordinal(bits(v, 0, 8), 8);
-                let addend =
-                    if header.imports_format == 2 { u32_at(table, at + 4, "import")? as i32 as i64 } else { 0 };
+                let addend = if header.imports_format == 2 {
+                    u32_at(table, at + 4, "import")? as i32 as i64
+                } else {
+                    0
+                };
                 (ordinal, bits(v, 8, 1) == 1, bits(v, 9, 23) as u32, addend)
             }
             _ => {
                 let v = u64_at(table, at, "import")?;
                 let ordinal = lib_ordinal(bits(v, 0, 16), 16);
-                (ordinal, bits(v, 16, 1) == 1, bits(v, 32, 32) as u32, u64_at(table, at + 8, "import")? as i64)
+                (
+                    ordinal,
+                    bits(v, 16, 1) == 1,
+                    bits(v, 32, 32) as u32,
+                    u64_at(table, at + 8, "import")? as i64,
+                )
             }
         };
         let name = c_string(symbols, name_offset as u64, &format!("import {i} name"))?;
-        imports.push(Import { lib_ordinal, weak_import, name_offset, name, addend });
+        imports.push(Import {
+            lib_ordinal,
+            weak_import,
+            name_offset,
+            name,
+            addend,
+        });
     }
 
     // Starts.
     let image = header.starts_offset as u64;
     let seg_count = u32_at(blob, image, "dyld_chained_starts_in_image")?;
     if seg_count as usize > m.segments.len() {
-        return err(format!("starts_in_image lists {seg_count} segments; the file has {}", m.segments.len()));
+        return err(format!(
+            "starts_in_image lists {seg_count} segments; the file has {}",
+            m.segments.len()
+        ));
     }
     let base = m.base_address()?;
     let mut starts = Vec::new();
@@ -519,10 +636,14 @@ fn decode_chained_fixups(m: &MachO<'_>, blob: &[u8]) -> Result<ChainedFixups> {
         let page_count = u16_at(blob, at + 20, &what)?;
         // page_start[] begins at byte 22; its length comes from `size`.
         if (size as u64) < 22 + 2 * page_count as u64 {
-            return err(format!("{what}: size {size} is too small for {page_count} pages"));
+            return err(format!(
+                "{what}: size {size} is too small for {page_count} pages"
+            ));
         }
         let entries = (size as u64 - 22) / 2;
-        let page_start = (0..entries).map(|i| u16_at(blob, at + 22 + 2 * i, &what)).collect::<Result<Vec<u16>>>()?;
+        let page_start = (0..entries)
+            .map(|i| u16_at(blob, at + 22 + 2 * i, &what))
+            .collect::<Result<Vec<u16>>>()?;
         let s = SegmentStarts {
             segment_index: seg as usize,
             info_offset,
@@ -537,21 +658,39 @@ fn decode_chained_fixups(m: &MachO<'_>, blob: &[u8]) -> Result<ChainedFixups> {
         walk_segment(m, base, &s, &imports, &mut fixups)?;
         starts.push(s);
     }
-    Ok(ChainedFixups { header, seg_count, starts, imports, fixups })
+    Ok(ChainedFixups {
+        header,
+        seg_count,
+        starts,
+        imports,
+        fixups,
+    })
 }
 
-fn walk_segment(m: &MachO<'_>, base: u64, s: &SegmentStarts, imports: &[Import], out: &mut Vec<Fixup>) -> Result<()> {
+fn walk_segment(
+    m: &MachO<'_>,
+    base: u64,
+    s: &SegmentStarts,
+    imports: &[Import],
+    out: &mut Vec<Fixup>,
+) -> Result<()> {
     let stride = stride(s.pointer_format)?;
     if s.page_size == 0 {
         return err(format!("segment {}: page_size 0", s.segment_index));
     }
-    let seg_start = base
-        .checked_add(s.segment_offset)
-        .ok_or_else(|| DecodeError(format!("segment {}: segment_offset overflows", s.segment_index)))?;
+    let seg_start = base.checked_add(s.segment_offset).ok_or_else(|| {
+        DecodeError(format!(
+            "segment {}: segment_offset overflows",
+            s.segment_index
+        ))
+    })?;
     let page_entry = |i: usize| -> Result<u16> {
         match s.page_start.get(i) {
             Some(v) => Ok(*v),
-            None => err(format!("segment {}: page_start index {i} is out of range", s.segment_index)),
+            None => err(format!(
+                "segment {}: page_start index {i} is out of range",
+                s.segment_index
+            )),
         }
     };
     for page in 0..s.page_count as u64 {
@@ -561,7 +700,15 @@ fn walk_segment(m: &MachO<'_>, base: u64, s: &SegmentStarts, imports: &[Import],
         }
         let page_addr = seg_start.wrapping_add(page * s.page_size as u64);
         if start & PTR_START_MULTI == 0 {
-            walk_chain(m, base, page_addr.wrapping_add(start as u64), stride, s.pointer_format, imports, out)?;
+            walk_chain(
+                m,
+                base,
+                page_addr.wrapping_add(start as u64),
+                stride,
+                s.pointer_format,
+                imports,
+                out,
+            )?;
         } else {
             let mut i = (start & !PTR_START_MULTI) as usize;
             loop {
@@ -594,29 +741,69 @@ fn walk_chain(
         let import = |ordinal: u32| -> Result<&Import> {
             match imports.get(ordinal as usize) {
                 Some(i) => Ok(i),
-                None => err(format!("fixup at 0x{addr:x} binds import {ordinal}; there are {}", imports.len())),
+                None => err(format!(
+                    "fixup at 0x{addr:x} binds import {ordinal}; there are {}",
+                    imports.len()
+                )),
             }
         };
         // Targets stored as offsets are relative to the image start.
-        let absolute = |target: u64, is_offset: bool| if is_offset { base.wrapping_add(target) } else { target };
+        let absolute = |target: u64, is_offset: bool| {
+            if is_offset {
+                base.wrapping_add(target)
+            } else {
+                target
+            }
+        };
         let kind = match fields {
             RawPointer::Rebase { target, high8 } => {
                 let is_offset = matches!(format, PTR_ARM64E_KERNEL | PTR_64_OFFSET);
-                FixupKind::Rebase { target: absolute(target, is_offset), high8 }
+                FixupKind::Rebase {
+                    target: absolute(target, is_offset),
+                    high8,
+                }
             }
-            RawPointer::AuthRebase { target, key, addr_div, diversity } => {
-                FixupKind::AuthRebase { target: absolute(target, true), key, addr_div, diversity }
-            }
+            RawPointer::AuthRebase {
+                target,
+                key,
+                addr_div,
+                diversity,
+            } => FixupKind::AuthRebase {
+                target: absolute(target, true),
+                key,
+                addr_div,
+                diversity,
+            },
             RawPointer::Bind { ordinal, addend } => {
                 let i = import(ordinal)?;
-                FixupKind::Bind { name: i.name.clone(), lib_ordinal: i.lib_ordinal, addend: addend + i.addend }
+                FixupKind::Bind {
+                    name: i.name.clone(),
+                    lib_ordinal: i.lib_ordinal,
+                    addend: addend + i.addend,
+                }
             }
-            RawPointer::AuthBind { ordinal, key, addr_div, diversity } => {
+            RawPointer::AuthBind {
+                ordinal,
+                key,
+                addr_div,
+                diversity,
+            } => {
                 let i = import(ordinal)?;
-                FixupKind::AuthBind { name: i.name.clone(), lib_ordinal: i.lib_ordinal, key, addr_div, diversity }
+                FixupKind::AuthBind {
+                    name: i.name.clone(),
+                    lib_ordinal: i.lib_ordinal,
+                    key,
+                    addr_div,
+                    diversity,
+                }
             }
         };
-        out.push(Fixup { vmaddr: addr, raw, pointer_format: format, kind });
+        out.push(Fixup {
+            vmaddr: addr,
+            raw,
+            pointer_format: format,
+            kind,
+        });
         if next == 0 {
             return Ok(());
         }
@@ -624,7 +811,11 @@ fn walk_chain(
         // chain leaves its segment, so the walk ends.
         addr = match addr.checked_add(next * stride) {
             Some(a) => a,
-            None => return err(format!("chain from 0x{first:x} runs past the end of the address space")),
+            None => {
+                return err(format!(
+                    "chain from 0x{first:x} runs past the end of the address space"
+                ));
+            }
         };
     }
 }
@@ -668,12 +859,16 @@ fn uleb(data: &[u8], at: &mut usize, what: &str) -> Result<u64> {
     let mut shift = 0u32;
     loop {
         let Some(&byte) = data.get(*at) else {
-            return err(format!("split-seg info: {what}: ULEB128 runs past the end (at byte {at})"));
+            return err(format!(
+                "split-seg info: {what}: ULEB128 runs past the end (at byte {at})"
+            ));
         };
         *at += 1;
         let low = (byte & 0x7f) as u64;
         if shift >= 64 || (shift > 0 && low.checked_shl(shift).map(|v| v >> shift) != Some(low)) {
-            return err(format!("split-seg info: {what}: ULEB128 overflows 64 bits (ending at byte {at})"));
+            return err(format!(
+                "split-seg info: {what}: ULEB128 overflows 64 bits (ending at byte {at})"
+            ));
         }
         value |= low << shift;
         if byte & 0x80 == 0 {
@@ -697,7 +892,11 @@ fn uleb(data: &[u8], at: &mut usize, what: &str) -> Result<u64> {
 pub fn decode_split_seg_v2(blob: &[u8]) -> Result<Vec<SplitSegRef>> {
     match blob.first() {
         Some(&SPLIT_SEG_V2_FORMAT) => {}
-        Some(b) => return err(format!("split-seg info starts with 0x{b:02x}, not 0x7F (v1 is not supported)")),
+        Some(b) => {
+            return err(format!(
+                "split-seg info starts with 0x{b:02x}, not 0x7F (v1 is not supported)"
+            ));
+        }
         None => return err("split-seg info is empty"),
     }
     let mut at = 1usize;
@@ -710,7 +909,9 @@ pub fn decode_split_seg_v2(blob: &[u8]) -> Result<Vec<SplitSegRef>> {
         let mut to_offset = 0u64;
         for _ in 0..to_count {
             let delta = uleb(blob, &mut at, "to-offset delta")?;
-            to_offset = to_offset.checked_add(delta).ok_or_else(|| DecodeError("to-offset overflows".into()))?;
+            to_offset = to_offset
+                .checked_add(delta)
+                .ok_or_else(|| DecodeError("to-offset overflows".into()))?;
             let kinds = uleb(blob, &mut at, "from-offset group count")?;
             for _ in 0..kinds {
                 let kind = uleb(blob, &mut at, "kind")?;
@@ -721,15 +922,25 @@ pub fn decode_split_seg_v2(blob: &[u8]) -> Result<Vec<SplitSegRef>> {
                 let mut from_offset = 0u64;
                 for _ in 0..count {
                     let delta = uleb(blob, &mut at, "from-offset delta")?;
-                    from_offset =
-                        from_offset.checked_add(delta).ok_or_else(|| DecodeError("from-offset overflows".into()))?;
-                    out.push(SplitSegRef { kind: kind as u8, from_section, from_offset, to_section, to_offset });
+                    from_offset = from_offset
+                        .checked_add(delta)
+                        .ok_or_else(|| DecodeError("from-offset overflows".into()))?;
+                    out.push(SplitSegRef {
+                        kind: kind as u8,
+                        from_section,
+                        from_offset,
+                        to_section,
+                        to_offset,
+                    });
                 }
             }
         }
     }
     if let Some(pos) = blob[at..].iter().position(|&b| b != 0) {
-        return err(format!("split-seg info: non-zero byte after the last entry (at byte {})", at + pos));
+        return err(format!(
+            "split-seg info: non-zero byte after the last entry (at byte {})",
+            at + pos
+        ));
     }
     Ok(out)
 }
@@ -769,39 +980,96 @@ mod tests {
     #[test]
     fn arm64e_pointer_layout_literals() {
         // Worked by hand from the bit layout.
-        assert_eq!(e_auth_rebase(0x1234, 0xE4FE, 0, 0, 2), 0x8010_E4FE_0000_1234);
+        assert_eq!(
+            e_auth_rebase(0x1234, 0xE4FE, 0, 0, 2),
+            0x8010_E4FE_0000_1234
+        );
         assert_eq!(
             decode_pointer(PTR_ARM64E_KERNEL, 0x8010_E4FE_0000_1234),
-            Ok((2, RawPointer::AuthRebase { target: 0x1234, key: 0, addr_div: false, diversity: 0xE4FE }))
+            Ok((
+                2,
+                RawPointer::AuthRebase {
+                    target: 0x1234,
+                    key: 0,
+                    addr_div: false,
+                    diversity: 0xE4FE
+                }
+            ))
         );
         assert_eq!(
             decode_pointer(PTR_ARM64E, 0x8005_0042_0000_0010),
-            Ok((0, RawPointer::AuthRebase { target: 0x10, key: 2, addr_div: true, diversity: 0x42 }))
+            Ok((
+                0,
+                RawPointer::AuthRebase {
+                    target: 0x10,
+                    key: 2,
+                    addr_div: true,
+                    diversity: 0x42
+                }
+            ))
         );
         assert_eq!(e_bind(5, -3, 0), 0x4007_FFFD_0000_0005);
         assert_eq!(
             decode_pointer(PTR_ARM64E, 0x4007_FFFD_0000_0005),
-            Ok((0, RawPointer::Bind { ordinal: 5, addend: -3 }))
+            Ok((
+                0,
+                RawPointer::Bind {
+                    ordinal: 5,
+                    addend: -3
+                }
+            ))
         );
         assert_eq!(
             decode_pointer(PTR_ARM64E, 0x4003_FFFF_0000_0005),
-            Ok((0, RawPointer::Bind { ordinal: 5, addend: 0x3FFFF }))
+            Ok((
+                0,
+                RawPointer::Bind {
+                    ordinal: 5,
+                    addend: 0x3FFFF
+                }
+            ))
         );
         assert_eq!(e_rebase(0x7_0000_1000, 0x80, 1), 0x000C_0007_0000_1000);
         assert_eq!(
             decode_pointer(PTR_ARM64E, 0x000C_0007_0000_1000),
-            Ok((1, RawPointer::Rebase { target: 0x7_0000_1000, high8: 0x80 }))
+            Ok((
+                1,
+                RawPointer::Rebase {
+                    target: 0x7_0000_1000,
+                    high8: 0x80
+                }
+            ))
         );
         assert_eq!(
             decode_pointer(PTR_ARM64E_KERNEL, 0xFFFF_0000_0000_FFFF),
-            Ok((0x7FF, RawPointer::AuthBind { ordinal: 0xFFFF, key: 3, addr_div: true, diversity: 0 }))
+            Ok((
+                0x7FF,
+                RawPointer::AuthBind {
+                    ordinal: 0xFFFF,
+                    key: 3,
+                    addr_div: true,
+                    diversity: 0
+                }
+            ))
         );
-        assert!(decode_pointer(PTR_ARM64E, 0x4000_0000_0001_0000).is_err(), "bind with non-zero reserved bits");
-        assert!(decode_pointer(3, 0).is_err(), "32-bit formats are not supported");
+        assert!(
+            decode_pointer(PTR_ARM64E, 0x4000_0000_0001_0000).is_err(),
+            "bind with non-zero reserved bits"
+        );
+        assert!(
+            decode_pointer(3, 0).is_err(),
+            "32-bit formats are not supported"
+        );
         // Format 2: bind ordinal:24 addend:8 reserved:19 next:12 bind:1.
         assert_eq!(
             decode_pointer(PTR_64, 0x8020_0000_0C00_0000),
-            Ok((4, RawPointer::Bind { ordinal: 0, addend: 0xC }))
+            Ok((
+                4,
+                RawPointer::Bind {
+                    ordinal: 0,
+                    addend: 0xC
+                }
+            ))
         );
     }
 
@@ -832,9 +1100,27 @@ mod tests {
     /// (vm address, raw value) written into `__DATA`.
     fn synthetic(slots: &[(u64, u64)], fixups: &[u8], split: &[u8]) -> Vec<u8> {
         let segs = [
-            Seg { name: "__TEXT", vm: 0, size: 0x4000, prot: 5, sects: vec![("__text", 0x1000, 0x800)] },
-            Seg { name: "__DATA", vm: 0x4000, size: 0x4000, prot: 3, sects: vec![("__data", 0x4000, 0x4000)] },
-            Seg { name: "__LINKEDIT", vm: 0x8000, size: 0x4000, prot: 1, sects: vec![] },
+            Seg {
+                name: "__TEXT",
+                vm: 0,
+                size: 0x4000,
+                prot: 5,
+                sects: vec![("__text", 0x1000, 0x800)],
+            },
+            Seg {
+                name: "__DATA",
+                vm: 0x4000,
+                size: 0x4000,
+                prot: 3,
+                sects: vec![("__data", 0x4000, 0x4000)],
+            },
+            Seg {
+                name: "__LINKEDIT",
+                vm: 0x8000,
+                size: 0x4000,
+                prot: 1,
+                sects: vec![],
+            },
         ];
         let mut cmds = Vec::new();
         let mut ncmds = 0;
@@ -860,16 +1146,26 @@ mod tests {
             ncmds += 1;
         }
         let split_off = 0x8000 + fixups.len().next_multiple_of(8) as u32;
-        for (cmd, off, size) in
-            [(LC_DYLD_CHAINED_FIXUPS, 0x8000, fixups.len()), (LC_SEGMENT_SPLIT_INFO, split_off, split.len())]
-        {
+        for (cmd, off, size) in [
+            (LC_DYLD_CHAINED_FIXUPS, 0x8000, fixups.len()),
+            (LC_SEGMENT_SPLIT_INFO, split_off, split.len()),
+        ] {
             for x in [cmd, 16, off, size as u32] {
                 put32(&mut cmds, x);
             }
             ncmds += 1;
         }
         let mut f = Vec::new();
-        for x in [MH_MAGIC_64, CPU_TYPE_ARM64, 0xC000_0002, 11, ncmds, cmds.len() as u32, 0x85, 0] {
+        for x in [
+            MH_MAGIC_64,
+            CPU_TYPE_ARM64,
+            0xC000_0002,
+            11,
+            ncmds,
+            cmds.len() as u32,
+            0x85,
+            0,
+        ] {
             put32(&mut f, x);
         }
         f.extend_from_slice(&cmds);
@@ -883,7 +1179,12 @@ mod tests {
     }
 
     /// The chained-fixups blob: one starts entry for `__DATA` (segment 1).
-    fn fixups_blob(format: u16, page_start: &[u16], page_count: u16, imports: &[(u8, &str)]) -> Vec<u8> {
+    fn fixups_blob(
+        format: u16,
+        page_start: &[u16],
+        page_count: u16,
+        imports: &[(u8, &str)],
+    ) -> Vec<u8> {
         let mut starts = Vec::new();
         put32(&mut starts, 3); // seg_count
         for x in [0, 16, 0] {
@@ -910,7 +1211,15 @@ mod tests {
         let imports_offset = (starts_offset + starts.len() as u32).next_multiple_of(4);
         let symbols_offset = imports_offset + table.len() as u32;
         let mut b = Vec::new();
-        for x in [0, starts_offset, imports_offset, symbols_offset, imports.len() as u32, 1, 0] {
+        for x in [
+            0,
+            starts_offset,
+            imports_offset,
+            symbols_offset,
+            imports.len() as u32,
+            1,
+            0,
+        ] {
             put32(&mut b, x);
         }
         b.resize(starts_offset as usize, 0);
@@ -969,8 +1278,20 @@ mod tests {
             (0x6010, e_rebase(0x4000, 0x12, 0)),
             (0x6020, e_auth_rebase(0x1000, 0x0A98, 0, 0, 0)),
         ];
-        let pages = [0x0000, PTR_START_NONE, PTR_START_MULTI | 4, PTR_START_NONE, 0x10, PTR_START_LAST | 0x20];
-        let blob = fixups_blob(PTR_ARM64E_KERNEL, &pages, 4, &[(0xFE, "_IOLog"), (0xFE, "_sflt_register")]);
+        let pages = [
+            0x0000,
+            PTR_START_NONE,
+            PTR_START_MULTI | 4,
+            PTR_START_NONE,
+            0x10,
+            PTR_START_LAST | 0x20,
+        ];
+        let blob = fixups_blob(
+            PTR_ARM64E_KERNEL,
+            &pages,
+            4,
+            &[(0xFE, "_IOLog"), (0xFE, "_sflt_register")],
+        );
         synthetic(&slots, &blob, SPLIT)
     }
 
@@ -985,27 +1306,81 @@ mod tests {
         assert_eq!(cf.starts.len(), 1);
         let s = &cf.starts[0];
         assert_eq!(
-            (s.segment_index, s.page_size, s.pointer_format, s.segment_offset, s.page_count),
+            (
+                s.segment_index,
+                s.page_size,
+                s.pointer_format,
+                s.segment_offset,
+                s.page_count
+            ),
             (1, 0x1000, 7, 0x4000, 4)
         );
         assert_eq!(
-            cf.imports.iter().map(|i| (i.lib_ordinal, i.name.as_str())).collect::<Vec<_>>(),
+            cf.imports
+                .iter()
+                .map(|i| (i.lib_ordinal, i.name.as_str()))
+                .collect::<Vec<_>>(),
             [(-2, "_IOLog"), (-2, "_sflt_register")]
         );
-        let kinds: Vec<(u64, FixupKind)> = cf.fixups.iter().map(|f| (f.vmaddr, f.kind.clone())).collect();
+        let kinds: Vec<(u64, FixupKind)> = cf
+            .fixups
+            .iter()
+            .map(|f| (f.vmaddr, f.kind.clone()))
+            .collect();
         let ext = |n: &str| n.to_string();
         assert_eq!(
             kinds,
             vec![
-                (0x4000, FixupKind::AuthRebase { target: 0x1234, key: 0, addr_div: false, diversity: 0xE4FE }),
-                (0x4008, FixupKind::Rebase { target: 0x2000, high8: 0 }),
-                (0x4014, FixupKind::Bind { name: ext("_sflt_register"), lib_ordinal: -2, addend: -3 }),
+                (
+                    0x4000,
+                    FixupKind::AuthRebase {
+                        target: 0x1234,
+                        key: 0,
+                        addr_div: false,
+                        diversity: 0xE4FE
+                    }
+                ),
+                (
+                    0x4008,
+                    FixupKind::Rebase {
+                        target: 0x2000,
+                        high8: 0
+                    }
+                ),
+                (
+                    0x4014,
+                    FixupKind::Bind {
+                        name: ext("_sflt_register"),
+                        lib_ordinal: -2,
+                        addend: -3
+                    }
+                ),
                 (
                     0x401C,
-                    FixupKind::AuthBind { name: ext("_IOLog"), lib_ordinal: -2, key: 0, addr_div: true, diversity: 0 }
+                    FixupKind::AuthBind {
+                        name: ext("_IOLog"),
+                        lib_ordinal: -2,
+                        key: 0,
+                        addr_div: true,
+                        diversity: 0
+                    }
                 ),
-                (0x6010, FixupKind::Rebase { target: 0x4000, high8: 0x12 }),
-                (0x6020, FixupKind::AuthRebase { target: 0x1000, key: 0, addr_div: false, diversity: 0x0A98 }),
+                (
+                    0x6010,
+                    FixupKind::Rebase {
+                        target: 0x4000,
+                        high8: 0x12
+                    }
+                ),
+                (
+                    0x6020,
+                    FixupKind::AuthRebase {
+                        target: 0x1000,
+                        key: 0,
+                        addr_div: false,
+                        diversity: 0x0A98
+                    }
+                ),
             ]
         );
 
@@ -1022,17 +1397,40 @@ mod tests {
         assert_eq!(decode_split_seg_v2(SPLIT).unwrap(), split_expected());
         assert!(decode_split_seg_v2(&[]).is_err());
         assert!(decode_split_seg_v2(&[0x01, 0x00]).is_err(), "v1");
-        assert!(decode_split_seg_v2(&[0x7F, 0x01, 0x01, 0x02, 0x01, 0x00, 0x01, 0x0E, 0x01, 0x00]).is_err(), "kind 14");
-        assert!(decode_split_seg_v2(&[0x7F, 0x01, 0x01, 0x02, 0x01, 0x00, 0x01, 0x00, 0x01, 0x00]).is_err(), "kind 0");
-        assert!(decode_split_seg_v2(&[0x7F, 0x01, 0x01, 0x82]).is_err(), "truncated ULEB");
         assert!(
-            decode_split_seg_v2(&[0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]).is_err(),
+            decode_split_seg_v2(&[0x7F, 0x01, 0x01, 0x02, 0x01, 0x00, 0x01, 0x0E, 0x01, 0x00])
+                .is_err(),
+            "kind 14"
+        );
+        assert!(
+            decode_split_seg_v2(&[0x7F, 0x01, 0x01, 0x02, 0x01, 0x00, 0x01, 0x00, 0x01, 0x00])
+                .is_err(),
+            "kind 0"
+        );
+        assert!(
+            decode_split_seg_v2(&[0x7F, 0x01, 0x01, 0x82]).is_err(),
+            "truncated ULEB"
+        );
+        assert!(
+            decode_split_seg_v2(&[
+                0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F
+            ])
+            .is_err(),
             "ULEB > 64 bits"
         );
-        assert!(decode_split_seg_v2(&[0x7F, 0x00, 0x00, 0x01]).is_err(), "garbage after the end");
-        assert_eq!(decode_split_seg_v2(&[0x7F, 0x00, 0x00, 0x00]).unwrap(), vec![]);
+        assert!(
+            decode_split_seg_v2(&[0x7F, 0x00, 0x00, 0x01]).is_err(),
+            "garbage after the end"
+        );
+        assert_eq!(
+            decode_split_seg_v2(&[0x7F, 0x00, 0x00, 0x00]).unwrap(),
+            vec![]
+        );
         for len in 0..SPLIT.len() - 3 {
-            assert!(decode_split_seg_v2(&SPLIT[..len]).is_err(), "truncated to {len}");
+            assert!(
+                decode_split_seg_v2(&SPLIT[..len]).is_err(),
+                "truncated to {len}"
+            );
         }
     }
 
@@ -1051,7 +1449,10 @@ mod tests {
         for len in (0..good.len()).step_by(7) {
             let _ = decode(&good[..len]);
         }
-        let interesting = (0..0x200).chain(0x4000..0x4024).chain(0x6010..0x6028).chain(0x8000..0x8100);
+        let interesting = (0..0x200)
+            .chain(0x4000..0x4024)
+            .chain(0x6010..0x6028)
+            .chain(0x8000..0x8100);
         for at in interesting {
             for v in [0x00, 0x01, 0x7F, 0x80, 0xFF] {
                 let mut f = good.clone();
@@ -1073,7 +1474,8 @@ mod tests {
         // A chain whose next runs off __DATA into __LINKEDIT's end.
         let mut f = good.clone();
         f[0x6020..0x6028].copy_from_slice(&e_rebase(0, 0, 0x7FF).to_le_bytes());
-        f[0x6020 + 0x7FF * 4..0x6020 + 0x7FF * 4 + 8].copy_from_slice(&e_rebase(0, 0, 0x7FF).to_le_bytes());
+        f[0x6020 + 0x7FF * 4..0x6020 + 0x7FF * 4 + 8]
+            .copy_from_slice(&e_rebase(0, 0, 0x7FF).to_le_bytes());
         let _ = decode(&f);
         // A bind to an import that does not exist.
         let mut f = good.clone();
@@ -1100,9 +1502,15 @@ mod tests {
         let out = Command::new(program)
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}; install Debian's clang-19, lld-19 and llvm-19"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run {program}: {e}; install Debian's clang-19, lld-19 and llvm-19")
+            });
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() { Ok(text) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     fn scratch(name: &str) -> PathBuf {
@@ -1134,22 +1542,51 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
         let o = dir.join("lib.o");
         let dylib = dir.join("lib.dylib");
         std::fs::write(&c, LIB_C).unwrap();
-        let (c, o, d) = (c.to_str().unwrap(), o.to_str().unwrap(), dylib.to_str().unwrap());
-        run("clang-19", &["-target", "arm64-apple-macos11", "-O1", "-c", c, "-o", o]).unwrap();
-        let link = ["-arch", "arm64", "-platform_version", "macos", "11.0", "11.0", "-fixup_chains", "-dylib"];
-        run("ld64.lld-19", &[&link[..], &["-undefined", "dynamic_lookup", o, "-o", d]].concat()).unwrap();
+        let (c, o, d) = (
+            c.to_str().unwrap(),
+            o.to_str().unwrap(),
+            dylib.to_str().unwrap(),
+        );
+        run(
+            "clang-19",
+            &["-target", "arm64-apple-macos11", "-O1", "-c", c, "-o", o],
+        )
+        .unwrap();
+        let link = [
+            "-arch",
+            "arm64",
+            "-platform_version",
+            "macos",
+            "11.0",
+            "11.0",
+            "-fixup_chains",
+            "-dylib",
+        ];
+        run(
+            "ld64.lld-19",
+            &[&link[..], &["-undefined", "dynamic_lookup", o, "-o", d]].concat(),
+        )
+        .unwrap();
         dylib
     }
 
     /// One row of `llvm-objdump --macho --dyld-info`.
     #[derive(Debug, Clone, PartialEq)]
     enum Row {
-        Rebase { addr: u64, target: u64 },
-        Bind { addr: u64, addend: i64, name: String },
+        Rebase {
+            addr: u64,
+            target: u64,
+        },
+        Bind {
+            addr: u64,
+            addend: i64,
+            name: String,
+        },
     }
 
     fn hex(s: &str) -> u64 {
-        u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or_else(|_| panic!("not hex: {s}"))
+        u64::from_str_radix(s.trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("not hex: {s}"))
     }
 
     fn dyld_info_rows(text: &str) -> Vec<Row> {
@@ -1157,8 +1594,15 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
             .filter_map(|l| {
                 let t: Vec<&str> = l.split_whitespace().collect();
                 match t.get(4) {
-                    Some(&"rebase") => Some(Row::Rebase { addr: hex(t[2]), target: hex(t[5]) }),
-                    Some(&"bind") => Some(Row::Bind { addr: hex(t[2]), addend: hex(t[5]) as i64, name: t[7].into() }),
+                    Some(&"rebase") => Some(Row::Rebase {
+                        addr: hex(t[2]),
+                        target: hex(t[5]),
+                    }),
+                    Some(&"bind") => Some(Row::Bind {
+                        addr: hex(t[2]),
+                        addend: hex(t[5]) as i64,
+                        name: t[7].into(),
+                    }),
                     _ => None,
                 }
             })
@@ -1169,10 +1613,15 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
         cf.fixups
             .iter()
             .map(|f| match &f.kind {
-                FixupKind::Rebase { target, .. } => Row::Rebase { addr: f.vmaddr, target: *target },
-                FixupKind::Bind { name, addend, .. } => {
-                    Row::Bind { addr: f.vmaddr, addend: *addend, name: name.clone() }
-                }
+                FixupKind::Rebase { target, .. } => Row::Rebase {
+                    addr: f.vmaddr,
+                    target: *target,
+                },
+                FixupKind::Bind { name, addend, .. } => Row::Bind {
+                    addr: f.vmaddr,
+                    addend: *addend,
+                    name: name.clone(),
+                },
                 other => panic!("unexpected {other:?} in an arm64 image"),
             })
             .collect()
@@ -1183,7 +1632,12 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
     fn objdump_pairs(text: &str) -> Vec<(String, String)> {
         text.lines()
             .filter_map(|l| l.split_once(" = "))
-            .map(|(k, v)| (k.trim().to_string(), v.split_whitespace().next().unwrap_or("").to_string()))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_string(),
+                    v.split_whitespace().next().unwrap_or("").to_string(),
+                )
+            })
             .collect()
     }
 
@@ -1227,7 +1681,12 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
 
     fn info_offsets(cf: &ChainedFixups, m: &MachO<'_>) -> Vec<u32> {
         (0..cf.seg_count as usize)
-            .map(|i| cf.starts.iter().find(|s| s.segment_index == i).map_or(0, |s| s.info_offset))
+            .map(|i| {
+                cf.starts
+                    .iter()
+                    .find(|s| s.segment_index == i)
+                    .map_or(0, |s| s.info_offset)
+            })
             .take(m.segments.len())
             .collect()
     }
@@ -1239,15 +1698,27 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
         let path = dylib.to_str().unwrap();
         let file = std::fs::read(&dylib).unwrap();
         let m = MachO::parse(&file).unwrap();
-        let cf = m.chained_fixups().unwrap().expect("lld wrote LC_DYLD_CHAINED_FIXUPS");
+        let cf = m
+            .chained_fixups()
+            .unwrap()
+            .expect("lld wrote LC_DYLD_CHAINED_FIXUPS");
         assert!(cf.starts.iter().all(|s| s.pointer_format == PTR_64));
 
-        let rows = dyld_info_rows(&run("llvm-objdump-19", &["--macho", "--dyld-info", path]).unwrap());
-        assert_eq!(rows.len(), 11, "the fixture has 3 GOT binds and 8 data slots");
+        let rows =
+            dyld_info_rows(&run("llvm-objdump-19", &["--macho", "--dyld-info", path]).unwrap());
+        assert_eq!(
+            rows.len(),
+            11,
+            "the fixture has 3 GOT binds and 8 data slots"
+        );
         assert_eq!(our_rows(&cf), rows);
-        let pairs = objdump_pairs(&run("llvm-objdump-19", &["--macho", "--chained-fixups", path]).unwrap());
+        let pairs =
+            objdump_pairs(&run("llvm-objdump-19", &["--macho", "--chained-fixups", path]).unwrap());
         assert_eq!(our_pairs(&cf, &info_offsets(&cf, &m)), pairs);
-        assert!(m.split_seg_info().unwrap().is_none(), "ld64.lld-19 writes no LC_SEGMENT_SPLIT_INFO");
+        assert!(
+            m.split_seg_info().unwrap().is_none(),
+            "ld64.lld-19 writes no LC_SEGMENT_SPLIT_INFO"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1261,12 +1732,19 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
         let dylib = lld_dylib(&dir);
         let path = dylib.to_str().unwrap();
         let original = std::fs::read(&dylib).unwrap();
-        let rows = dyld_info_rows(&run("llvm-objdump-19", &["--macho", "--dyld-info", path]).unwrap());
+        let rows =
+            dyld_info_rows(&run("llvm-objdump-19", &["--macho", "--dyld-info", path]).unwrap());
         let names: Vec<String> = run("llvm-objdump-19", &["--macho", "--chained-fixups", path])
             .unwrap()
             .lines()
             .filter_map(|l| l.trim().strip_prefix("name_offset = "))
-            .map(|v| v.split_once('(').unwrap().1.trim_end_matches(')').to_string())
+            .map(|v| {
+                v.split_once('(')
+                    .unwrap()
+                    .1
+                    .trim_end_matches(')')
+                    .to_string()
+            })
             .collect();
         let text_end = 0x4000; // __TEXT of the lld dylib is 0..0x4000
 
@@ -1282,16 +1760,32 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
                 let at = (seg.fileoff + addr - seg.vmaddr) as usize;
                 let old = u64::from_le_bytes(file[at..at + 8].try_into().unwrap());
                 let next4 = (old >> 51) & 0xFFF; // format 2: next:12 in 4-byte units
-                let next = if format == PTR_ARM64E { next4 / 2 } else { next4 };
-                assert!(next < 0x800 && (format != PTR_ARM64E || next4 % 2 == 0), "fixture chain fits");
+                let next = if format == PTR_ARM64E {
+                    next4 / 2
+                } else {
+                    next4
+                };
+                assert!(
+                    next < 0x800 && (format != PTR_ARM64E || next4 % 2 == 0),
+                    "fixture chain fits"
+                );
                 let (raw, kind) = match row {
                     Row::Rebase { target, .. } if *target < text_end => (
                         e_auth_rebase(*target, 0xE4FE, 0, 0, next),
-                        FixupKind::AuthRebase { target: *target, key: 0, addr_div: false, diversity: 0xE4FE },
+                        FixupKind::AuthRebase {
+                            target: *target,
+                            key: 0,
+                            addr_div: false,
+                            diversity: 0xE4FE,
+                        },
                     ),
-                    Row::Rebase { target, .. } => {
-                        (e_rebase(*target, 0, next), FixupKind::Rebase { target: *target, high8: 0 })
-                    }
+                    Row::Rebase { target, .. } => (
+                        e_rebase(*target, 0, next),
+                        FixupKind::Rebase {
+                            target: *target,
+                            high8: 0,
+                        },
+                    ),
                     Row::Bind { name, addend, .. } => {
                         let ordinal = names.iter().position(|n| n == name).unwrap() as u64;
                         if name == "_ext_func" {
@@ -1304,7 +1798,11 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
                             };
                             (e_auth_bind(ordinal, 0x1234, 1, 0, next), kind)
                         } else {
-                            let kind = FixupKind::Bind { name: name.clone(), lib_ordinal: -2, addend: *addend };
+                            let kind = FixupKind::Bind {
+                                name: name.clone(),
+                                lib_ordinal: -2,
+                                addend: *addend,
+                            };
                             (e_bind(ordinal, *addend, next), kind)
                         }
                     }
@@ -1314,8 +1812,14 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
             }
             // Set pointer_format in each segment's starts.
             let cf = m.chained_fixups().unwrap().unwrap();
-            let &(_, lc) = m.load_commands.iter().find(|(c, _)| *c == LC_DYLD_CHAINED_FIXUPS).unwrap();
-            let dataoff = u32::from_le_bytes(file[lc as usize + 8..lc as usize + 12].try_into().unwrap()) as usize;
+            let &(_, lc) = m
+                .load_commands
+                .iter()
+                .find(|(c, _)| *c == LC_DYLD_CHAINED_FIXUPS)
+                .unwrap();
+            let dataoff =
+                u32::from_le_bytes(file[lc as usize + 8..lc as usize + 12].try_into().unwrap())
+                    as usize;
             for s in &cf.starts {
                 let at = dataoff + cf.header.starts_offset as usize + s.info_offset as usize + 6;
                 file[at..at + 2].copy_from_slice(&format.to_le_bytes());
@@ -1325,20 +1829,37 @@ int use(int x) { other_func(); return ext_func(x) + ext_data + helper(x); }
 
             let m2 = MachO::parse(&file).unwrap();
             let cf2 = m2.chained_fixups().unwrap().unwrap();
-            let got: Vec<(u64, FixupKind)> = cf2.fixups.iter().map(|f| (f.vmaddr, f.kind.clone())).collect();
+            let got: Vec<(u64, FixupKind)> = cf2
+                .fixups
+                .iter()
+                .map(|f| (f.vmaddr, f.kind.clone()))
+                .collect();
             assert_eq!(got, expected, "pointer format {format}");
 
             // llvm-objdump-19 reads the header and starts of formats 1 and 7 ...
             let p = patched.to_str().unwrap();
             let text = run("llvm-objdump-19", &["--macho", "--chained-fixups", p]).unwrap();
-            assert_eq!(our_pairs(&cf2, &info_offsets(&cf2, &m2)), objdump_pairs(&text));
-            let name =
-                if format == PTR_ARM64E { "(DYLD_CHAINED_PTR_ARM64E)" } else { "(DYLD_CHAINED_PTR_ARM64E_KERNEL)" };
+            assert_eq!(
+                our_pairs(&cf2, &info_offsets(&cf2, &m2)),
+                objdump_pairs(&text)
+            );
+            let name = if format == PTR_ARM64E {
+                "(DYLD_CHAINED_PTR_ARM64E)"
+            } else {
+                "(DYLD_CHAINED_PTR_ARM64E_KERNEL)"
+            };
             assert!(text.contains(name), "{text}");
             // ... but cannot walk their chains (so it is no oracle for the slots).
             match run("llvm-objdump-19", &["--macho", "--dyld-info", p]) {
-                Err(e) => assert!(e.contains(&format!("unsupported chained fixup pointer_format {format}")), "{e}"),
-                Ok(out) => eprintln!("note: this llvm-objdump walks pointer format {format}; compare it:\n{out}"),
+                Err(e) => assert!(
+                    e.contains(&format!(
+                        "unsupported chained fixup pointer_format {format}"
+                    )),
+                    "{e}"
+                ),
+                Ok(out) => eprintln!(
+                    "note: this llvm-objdump walks pointer format {format}; compare it:\n{out}"
+                ),
             }
         }
         let _ = std::fs::remove_dir_all(&dir);

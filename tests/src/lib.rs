@@ -8,7 +8,10 @@ use std::sync::OnceLock;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Runs an external tool and returns its stdout; panics with a useful message
@@ -31,7 +34,9 @@ pub fn tool_status(program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; install Debian's llvm-19/clang-19 packages"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e}; install Debian's llvm-19/clang-19 packages")
+        });
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -42,7 +47,12 @@ pub fn tool_status(program: &str, args: &[&str]) -> (bool, String) {
 pub fn release_bundles() -> &'static [xtask::build::BuiltBundle] {
     static BUILT: OnceLock<Vec<xtask::build::BuiltBundle>> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let opts = xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![], target_dir: None };
+        let opts = xtask::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec![],
+            target_dir: None,
+        };
         match xtask::build::build(&root(), &opts) {
             Ok(b) => b,
             Err(e) => panic!("cargo xtask build --release failed: {e:#}"),
@@ -52,7 +62,8 @@ pub fn release_bundles() -> &'static [xtask::build::BuiltBundle] {
 
 /// `Contents/MacOS/<CFBundleExecutable>` of a bundle.
 pub fn executable_of(bundle: &Path) -> PathBuf {
-    let plist = plist::Value::from_file(bundle.join("Contents/Info.plist")).expect("Info.plist parses");
+    let plist =
+        plist::Value::from_file(bundle.join("Contents/Info.plist")).expect("Info.plist parses");
     let exe = plist
         .as_dictionary()
         .and_then(|d| d.get("CFBundleExecutable"))
@@ -66,11 +77,20 @@ pub fn executable_of(bundle: &Path) -> PathBuf {
 pub fn thin(universal: &Path, arch: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = universal.file_name().and_then(|n| n.to_str()).unwrap_or("kext");
+    let name = universal
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("kext");
     let out = std::env::temp_dir().join(format!("prx-{}-{n}-{name}.{arch}", std::process::id()));
     tool(
         "llvm-lipo-19",
-        &[universal.to_str().expect("UTF-8 path"), "-thin", arch, "-output", out.to_str().expect("UTF-8 path")],
+        &[
+            universal.to_str().expect("UTF-8 path"),
+            "-thin",
+            arch,
+            "-output",
+            out.to_str().expect("UTF-8 path"),
+        ],
     );
     out
 }

@@ -11,7 +11,10 @@ fn bundles() -> Vec<(String, std::path::PathBuf)> {
     let built = release_bundles();
     let names: Vec<&str> = built.iter().map(|b| b.crate_name.as_str()).collect();
     assert_eq!(names, ["kext-ip", "kext-socket"], "both kexts are built");
-    built.iter().map(|b| (b.crate_name.clone(), b.path.clone())).collect()
+    built
+        .iter()
+        .map(|b| (b.crate_name.clone(), b.path.clone()))
+        .collect()
 }
 
 fn info_plist(bundle: &Path) -> plist::Dictionary {
@@ -25,14 +28,30 @@ fn info_plist(bundle: &Path) -> plist::Dictionary {
 fn bundles_have_the_expected_layout() {
     for (name, bundle) in bundles() {
         let dir = bundle.file_name().unwrap().to_str().unwrap().to_owned();
-        let expected = if name == "kext-socket" { "PrxSocketFilter.kext" } else { "PrxIPFilter.kext" };
+        let expected = if name == "kext-socket" {
+            "PrxSocketFilter.kext"
+        } else {
+            "PrxIPFilter.kext"
+        };
         assert_eq!(dir, expected);
-        assert!(bundle.ends_with(Path::new("target/kext/release").join(expected)), "{}", bundle.display());
+        assert!(
+            bundle.ends_with(Path::new("target/kext/release").join(expected)),
+            "{}",
+            bundle.display()
+        );
         let exe = executable_of(&bundle);
         assert!(exe.is_file(), "{} exists", exe.display());
         let plist = info_plist(&bundle);
-        assert_eq!(plist.get("CFBundlePackageType").and_then(|v| v.as_string()), Some("KEXT"));
-        assert_eq!(plist.get("CFBundleInfoDictionaryVersion").and_then(|v| v.as_string()), Some("6.0"));
+        assert_eq!(
+            plist.get("CFBundlePackageType").and_then(|v| v.as_string()),
+            Some("KEXT")
+        );
+        assert_eq!(
+            plist
+                .get("CFBundleInfoDictionaryVersion")
+                .and_then(|v| v.as_string()),
+            Some("6.0")
+        );
     }
 }
 
@@ -48,7 +67,12 @@ fn lipo_sees_a_universal_x86_64_and_arm64e_binary() {
         assert_eq!(be(0), 0xCAFE_BABE);
         assert_eq!(be(4), 2);
         for i in 0..2 {
-            let (cputype, subtype, offset, align) = (be(8 + 20 * i), be(12 + 20 * i), be(16 + 20 * i), be(24 + 20 * i));
+            let (cputype, subtype, offset, align) = (
+                be(8 + 20 * i),
+                be(12 + 20 * i),
+                be(16 + 20 * i),
+                be(24 + 20 * i),
+            );
             match cputype {
                 0x0100_0007 => assert_eq!((subtype, align), (3, 12)),
                 0x0100_000C => assert_eq!((subtype, align), (0xC000_0002, 14)),
@@ -65,14 +89,21 @@ fn otool_sees_an_arm64e_kext_slice_with_the_kernel_collection_layout() {
         let slice = thin(&executable_of(&bundle), "arm64e");
         let exe = slice.to_str().unwrap();
         let header = tool("llvm-otool-19", &["-hv", exe]);
-        assert!(header.contains("KEXTBUNDLE") && header.contains("ARM64"), "{header}");
+        assert!(
+            header.contains("KEXTBUNDLE") && header.contains("ARM64"),
+            "{header}"
+        );
         let raw = tool("llvm-otool-19", &["-h", exe]);
         let fields: Vec<&str> = raw.lines().last().unwrap().split_whitespace().collect();
         // cputype, cpusubtype (ARM64E = 2), caps 0xc0 (PTRAUTH_ABI | kernel ABI), flags.
         assert_eq!(&fields[1..4], ["16777228", "2", "0xc0"], "{raw}");
         assert_eq!(fields.last().copied(), Some("0x00000085"), "{raw}");
         let lc = tool("llvm-otool-19", &["-l", exe]);
-        let cmds: Vec<&str> = lc.lines().filter_map(|l| l.trim().strip_prefix("cmd ")).map(str::trim).collect();
+        let cmds: Vec<&str> = lc
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("cmd "))
+            .map(str::trim)
+            .collect();
         assert_eq!(
             cmds,
             [
@@ -94,23 +125,56 @@ fn otool_sees_an_arm64e_kext_slice_with_the_kernel_collection_layout() {
             .split("Load command")
             .filter(|block| block.contains("cmd LC_SEGMENT_64"))
             .map(|block| {
-                let get = |k: &str| block.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_owned();
+                let get = |k: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix(k))
+                        .unwrap()
+                        .trim()
+                        .to_owned()
+                };
                 (get("segname "), get("vmaddr "), get("initprot "))
             })
             .collect();
         let names: Vec<&str> = segs.iter().map(|s| s.0.as_str()).collect();
-        assert_eq!(names, ["__TEXT", "__TEXT_EXEC", "__DATA", "__DATA_CONST", "__LINKEDIT"]);
+        assert_eq!(
+            names,
+            [
+                "__TEXT",
+                "__TEXT_EXEC",
+                "__DATA",
+                "__DATA_CONST",
+                "__LINKEDIT"
+            ]
+        );
         let prots: Vec<&str> = segs.iter().map(|s| s.2.as_str()).collect();
-        assert_eq!(prots, ["0x00000001", "0x00000005", "0x00000003", "0x00000003", "0x00000001"]);
+        assert_eq!(
+            prots,
+            [
+                "0x00000001",
+                "0x00000005",
+                "0x00000003",
+                "0x00000003",
+                "0x00000001"
+            ]
+        );
         for (name, vmaddr, _) in &segs {
             let v = u64::from_str_radix(vmaddr.trim_start_matches("0x"), 16).unwrap();
             assert_eq!(v % 0x4000, 0, "{name} at {vmaddr} is not 16 KiB aligned");
         }
         // No classic relocations anywhere in the arm64e slice.
         let relocs = tool("llvm-objdump-19", &["--macho", "-r", exe]);
-        assert!(!relocs.lines().any(|l| l.contains("UNSIGND") || l.contains("BR26")), "{relocs}");
+        assert!(
+            !relocs
+                .lines()
+                .any(|l| l.contains("UNSIGND") || l.contains("BR26")),
+            "{relocs}"
+        );
         let fixups = tool("llvm-objdump-19", &["--macho", "--chained-fixups", exe]);
-        assert!(fixups.contains("pointer_format = 7 (DYLD_CHAINED_PTR_ARM64E_KERNEL)"), "{fixups}");
+        assert!(
+            fixups.contains("pointer_format = 7 (DYLD_CHAINED_PTR_ARM64E_KERNEL)"),
+            "{fixups}"
+        );
         assert!(fixups.contains("page_size = 0x1000"), "{fixups}");
         std::fs::remove_file(&slice).ok();
     }
@@ -131,11 +195,18 @@ fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
         // Raw flags word: exactly 0x85.
         let raw = tool("llvm-otool-19", &["-h", exe]);
         let fields: Vec<&str> = raw.lines().last().unwrap().split_whitespace().collect();
-        assert_eq!(fields.last().copied(), Some("0x00000085"), "flags in\n{raw}");
+        assert_eq!(
+            fields.last().copied(),
+            Some("0x00000085"),
+            "flags in\n{raw}"
+        );
 
         let lc = tool("llvm-otool-19", &["-l", exe]);
-        let cmds: Vec<&str> =
-            lc.lines().filter_map(|l| l.trim().strip_prefix("cmd ")).map(str::trim).collect();
+        let cmds: Vec<&str> = lc
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("cmd "))
+            .map(str::trim)
+            .collect();
         assert_eq!(
             cmds,
             [
@@ -153,13 +224,21 @@ fn otool_sees_a_kext_bundle_with_only_accepted_load_commands() {
         let segs: Vec<&str> = lc
             .split("Load command")
             .filter(|block| block.contains("cmd LC_SEGMENT_64"))
-            .filter_map(|block| block.lines().find_map(|l| l.trim().strip_prefix("segname ")).map(str::trim))
+            .filter_map(|block| {
+                block
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("segname "))
+                    .map(str::trim)
+            })
             .collect();
         assert_eq!(segs, ["__TEXT", "__DATA", "__LINKEDIT"]);
         // __TEXT at vmaddr 0, fileoff 0.
         let text = lc.split("segname __TEXT").nth(1).unwrap();
         let field = |name: &str| {
-            text.lines().find_map(|l| l.trim().strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap()
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap()
         };
         assert_eq!(field("vmaddr "), "0x0000000000000000");
         assert_eq!(field("fileoff "), "0");
@@ -191,7 +270,10 @@ fn objdump_sees_only_the_relocations_kexts_may_have() {
             kinds.contains_key(&("False", "quad", "False", "UNSIGND")),
             "kmod_info's start/stop need local relocations:\n{out}"
         );
-        assert!(kinds.contains_key(&("True", "long", "True", "BRANCH")), "calls to printf:\n{out}");
+        assert!(
+            kinds.contains_key(&("True", "long", "True", "BRANCH")),
+            "calls to printf:\n{out}"
+        );
     }
 }
 
@@ -202,7 +284,11 @@ fn nm_lists_only_kpi_exported_undefined_symbols() {
         for arch in [kextld::Arch::X86_64, kextld::Arch::Arm64e] {
             let exe = thin(&executable_of(&bundle), arch.name());
             let undefined = tool("llvm-nm-19", &["-u", exe.to_str().unwrap()]);
-            let syms: Vec<&str> = undefined.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let syms: Vec<&str> = undefined
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             assert!(syms.contains(&"_printf"), "{arch}: {syms:?}");
             for s in &syms {
                 match tables.lookup(arch, s) {
@@ -212,9 +298,13 @@ fn nm_lists_only_kpi_exported_undefined_symbols() {
             }
         }
         let plist = info_plist(&bundle);
-        let libs = plist.get("OSBundleLibraries").and_then(|v| v.as_dictionary()).expect("OSBundleLibraries");
+        let libs = plist
+            .get("OSBundleLibraries")
+            .and_then(|v| v.as_dictionary())
+            .expect("OSBundleLibraries");
         assert_eq!(
-            libs.get("com.apple.kpi.libkern").and_then(|v| v.as_string()),
+            libs.get("com.apple.kpi.libkern")
+                .and_then(|v| v.as_string()),
             Some("17.0.0"),
             "printf comes from kpi.libkern, version of macOS 10.13"
         );
@@ -229,30 +319,64 @@ fn kmod_info_bytes_match_the_info_plist() {
         let exe = thin(&executable_of(&bundle), "x86_64");
         let exe_s = exe.to_str().unwrap();
         let nm = tool("llvm-nm-19", &["-m", exe_s]);
-        let line = nm.lines().find(|l| l.ends_with(" _kmod_info")).expect("_kmod_info in nm output");
+        let line = nm
+            .lines()
+            .find(|l| l.ends_with(" _kmod_info"))
+            .expect("_kmod_info in nm output");
         assert!(line.contains("(__DATA,__data) external"), "{line}");
         let addr = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
         let lc = tool("llvm-otool-19", &["-l", exe_s]);
         let sect = lc.split("sectname __data").nth(1).expect("__data section");
-        let get = |k: &str| sect.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_owned();
+        let get = |k: &str| {
+            sect.lines()
+                .find_map(|l| l.trim().strip_prefix(k))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
         let sect_addr = u64::from_str_radix(get("addr ").trim_start_matches("0x"), 16).unwrap();
         let sect_off: u64 = get("offset ").parse().unwrap();
         let bytes = std::fs::read(&exe).unwrap();
         let off = (addr - sect_addr + sect_off) as usize;
         let k = &bytes[off..off + 196];
-        let cstr = |b: &[u8]| String::from_utf8(b.iter().take_while(|&&c| c != 0).copied().collect()).unwrap();
-        assert_eq!(i32::from_le_bytes(k[8..12].try_into().unwrap()), 1, "info_version");
+        let cstr = |b: &[u8]| {
+            String::from_utf8(b.iter().take_while(|&&c| c != 0).copied().collect()).unwrap()
+        };
+        assert_eq!(
+            i32::from_le_bytes(k[8..12].try_into().unwrap()),
+            1,
+            "info_version"
+        );
         let plist = info_plist(&bundle);
-        assert_eq!(cstr(&k[16..80]), plist.get("CFBundleIdentifier").unwrap().as_string().unwrap());
-        assert_eq!(cstr(&k[80..144]), plist.get("CFBundleVersion").unwrap().as_string().unwrap());
+        assert_eq!(
+            cstr(&k[16..80]),
+            plist
+                .get("CFBundleIdentifier")
+                .unwrap()
+                .as_string()
+                .unwrap()
+        );
+        assert_eq!(
+            cstr(&k[80..144]),
+            plist.get("CFBundleVersion").unwrap().as_string().unwrap()
+        );
         // start/stop hold unslid addresses inside __text.
         let text = lc.split("sectname __text").nth(1).expect("__text section");
-        let tget = |k: &str| text.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_owned();
+        let tget = |k: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(k))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
         let t_addr = u64::from_str_radix(tget("addr ").trim_start_matches("0x"), 16).unwrap();
         let t_size = u64::from_str_radix(tget("size ").trim_start_matches("0x"), 16).unwrap();
         for at in [180, 188] {
             let p = u64::from_le_bytes(k[at..at + 8].try_into().unwrap());
-            assert!((t_addr..t_addr + t_size).contains(&p), "slot {at}: {p:#x} outside __text");
+            assert!(
+                (t_addr..t_addr + t_size).contains(&p),
+                "slot {at}: {p:#x} outside __text"
+            );
         }
     }
 }
@@ -262,16 +386,32 @@ fn a_second_build_rewrites_nothing() {
     let first = release_bundles();
     let mtimes: Vec<_> = first
         .iter()
-        .map(|b| std::fs::metadata(executable_of(&b.path)).unwrap().modified().unwrap())
+        .map(|b| {
+            std::fs::metadata(executable_of(&b.path))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
         .collect();
     let again = xtask::build::build(
         &prx_tests::root(),
-        &xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec![], target_dir: None },
+        &xtask::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec![],
+            target_dir: None,
+        },
     )
     .expect("second build");
     for (b, m) in again.iter().zip(mtimes) {
         assert!(!b.changed, "{} was rewritten", b.path.display());
-        assert_eq!(std::fs::metadata(executable_of(&b.path)).unwrap().modified().unwrap(), m);
+        assert_eq!(
+            std::fs::metadata(executable_of(&b.path))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            m
+        );
     }
 }
 
@@ -302,8 +442,16 @@ fn two_clean_builds_are_bit_identical() {
     assert_eq!(digests[0].len(), 2);
     for (a, b) in digests[0].iter().zip(&digests[1]) {
         assert_eq!(a.0, b.0);
-        assert!(a.1 == b.1, "{}: executables differ between clean builds", a.0);
-        assert!(a.2 == b.2, "{}: Info.plists differ between clean builds", a.0);
+        assert!(
+            a.1 == b.1,
+            "{}: executables differ between clean builds",
+            a.0
+        );
+        assert!(
+            a.2 == b.2,
+            "{}: Info.plists differ between clean builds",
+            a.0
+        );
     }
 }
 
@@ -313,10 +461,16 @@ fn two_clean_builds_are_bit_identical() {
 /// the small initialised state (kmod_info, filter registrations).
 #[test]
 fn ip_filter_nat_tables_are_zero_fill() {
-    let (_, bundle) = bundles().into_iter().find(|(n, _)| n == "kext-ip").expect("kext-ip");
+    let (_, bundle) = bundles()
+        .into_iter()
+        .find(|(n, _)| n == "kext-ip")
+        .expect("kext-ip");
     for arch in ["x86_64", "arm64e"] {
         let exe = thin(&executable_of(&bundle), arch);
-        let out = tool("llvm-objdump-19", &["--macho", "--section-headers", exe.to_str().unwrap()]);
+        let out = tool(
+            "llvm-objdump-19",
+            &["--macho", "--section-headers", exe.to_str().unwrap()],
+        );
         let size = |name: &str| -> u64 {
             out.lines()
                 .find_map(|l| {
@@ -326,8 +480,18 @@ fn ip_filter_nat_tables_are_zero_fill() {
                 .unwrap_or(0)
         };
         let (data, bss) = (size("__data"), size("__bss"));
-        assert!(bss >= 190_000, "{arch}: __bss {bss} bytes (the NAT tables):\n{out}");
-        assert!(out.lines().any(|l| l.contains("__bss") && l.contains("BSS")), "{arch}: zerofill:\n{out}");
-        assert!(data < 4096, "{arch}: __data {data} bytes: the tables must not be initialised data:\n{out}");
+        assert!(
+            bss >= 190_000,
+            "{arch}: __bss {bss} bytes (the NAT tables):\n{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.contains("__bss") && l.contains("BSS")),
+            "{arch}: zerofill:\n{out}"
+        );
+        assert!(
+            data < 4096,
+            "{arch}: __data {data} bytes: the tables must not be initialised data:\n{out}"
+        );
     }
 }

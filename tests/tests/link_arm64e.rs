@@ -28,39 +28,75 @@ fn staticlibs() -> std::collections::BTreeMap<String, std::path::PathBuf> {
 }
 
 fn link_lib(lib: &std::path::Path, min_os: MinOs) -> kextld::link::Linked {
-    link(&LinkOptions { arch: Arch::Arm64e, min_os, inputs: vec![lib.to_path_buf()], source_version: 0 })
-        .expect("links")
+    link(&LinkOptions {
+        arch: Arch::Arm64e,
+        min_os,
+        inputs: vec![lib.to_path_buf()],
+        source_version: 0,
+    })
+    .expect("links")
 }
 
 #[test]
 fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
     for (name, lib) in staticlibs() {
-        for min_os in [MinOs::ARM64E_DEFAULT, MinOs { major: 12, minor: 0 }] {
+        for min_os in [
+            MinOs::ARM64E_DEFAULT,
+            MinOs {
+                major: 12,
+                minor: 0,
+            },
+        ] {
             let a = link_lib(&lib, min_os);
             let b = link_lib(&lib, min_os);
             assert!(a.bytes == b.bytes, "{name}: two links differ");
-            assert!(a.undefined.iter().any(|u| u == "_printf"), "{name}: {:?}", a.undefined);
+            assert!(
+                a.undefined.iter().any(|u| u == "_printf"),
+                "{name}: {:?}",
+                a.undefined
+            );
             for u in &a.undefined {
                 assert!(
-                    matches!(KpiTables::builtin().lookup(Arch::Arm64e, u), Lookup::Public(_)),
+                    matches!(
+                        KpiTables::builtin().lookup(Arch::Arm64e, u),
+                        Lookup::Public(_)
+                    ),
                     "{name}: {u} is KPI-exported"
                 );
             }
             assert_eq!(a.defined_exports, ["_kmod_info"], "{name}");
-            eprintln!("{name} (macOS {min_os}): arm64e slice {} bytes", a.bytes.len());
+            eprintln!(
+                "{name} (macOS {min_os}): arm64e slice {} bytes",
+                a.bytes.len()
+            );
 
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(&name);
             std::fs::write(&path, &a.bytes).unwrap();
             let path = path.to_str().unwrap();
             let otool = tool("llvm-otool-19", &["-hlv", path]);
-            assert!(otool.contains("ARM64          E  0xc0  KEXTBUNDLE"), "{otool}");
+            assert!(
+                otool.contains("ARM64          E  0xc0  KEXTBUNDLE"),
+                "{otool}"
+            );
 
             let m = MachO::parse(&a.bytes).expect("decoder parses");
             assert_eq!(m.cpusubtype, 0xC000_0002);
             let segs: Vec<&str> = m.segments.iter().map(|s| s.name.as_str()).collect();
-            assert_eq!(segs, ["__TEXT", "__TEXT_EXEC", "__DATA", "__DATA_CONST", "__LINKEDIT"]);
-            let fx = m.chained_fixups().expect("chained fixups decode").expect("present");
+            assert_eq!(
+                segs,
+                [
+                    "__TEXT",
+                    "__TEXT_EXEC",
+                    "__DATA",
+                    "__DATA_CONST",
+                    "__LINKEDIT"
+                ]
+            );
+            let fx = m
+                .chained_fixups()
+                .expect("chained fixups decode")
+                .expect("present");
             let syms = tool("llvm-nm-19", &["-m", path]);
             let addr_of = |sym: &str| {
                 syms.lines()
@@ -77,29 +113,46 @@ fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
             let mut kmod_slots = 0;
             for f in &fx.fixups {
                 let seg = m.segment_at(f.vmaddr, 8).expect("fixup in a segment");
-                assert!(seg.initprot & 2 != 0 && f.vmaddr % 4 == 0, "{name}: fixup {f:?}");
+                assert!(
+                    seg.initprot & 2 != 0 && f.vmaddr % 4 == 0,
+                    "{name}: fixup {f:?}"
+                );
                 match &f.kind {
                     FixupKind::Rebase { target, .. } | FixupKind::AuthRebase { target, .. } => {
                         assert!(
                             defined.contains(target)
-                                || m.sections.iter().any(|s| s.addr <= *target && *target <= s.addr + s.size),
+                                || m.sections
+                                    .iter()
+                                    .any(|s| s.addr <= *target && *target <= s.addr + s.size),
                             "{name}: rebase target {target:#x} is a symbol or inside a section"
                         );
                     }
                     FixupKind::Bind { name: sym, .. } | FixupKind::AuthBind { name: sym, .. } => {
                         assert!(
-                            matches!(KpiTables::builtin().lookup(Arch::Arm64e, sym), Lookup::Public(_)),
+                            matches!(
+                                KpiTables::builtin().lookup(Arch::Arm64e, sym),
+                                Lookup::Public(_)
+                            ),
                             "{name}: bind {sym} is KPI-exported"
                         );
                     }
                 }
                 if f.vmaddr == kmod + 180 || f.vmaddr == kmod + 188 {
                     kmod_slots += 1;
-                    let FixupKind::AuthRebase { target, key, addr_div, diversity } = f.kind else {
+                    let FixupKind::AuthRebase {
+                        target,
+                        key,
+                        addr_div,
+                        diversity,
+                    } = f.kind
+                    else {
                         panic!("{name}: kmod_info start/stop must be auth rebases: {f:?}");
                     };
                     assert_eq!((key, addr_div, diversity), (0, false, 0xE4FE), "{name}");
-                    assert!(defined.contains(&target), "{name}: start/stop is a function symbol");
+                    assert!(
+                        defined.contains(&target),
+                        "{name}: start/stop is a function symbol"
+                    );
                 }
             }
             assert_eq!(kmod_slots, 2, "{name}: kmod_info start and stop");
@@ -116,15 +169,26 @@ fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
                     .count()
             };
             for disc in [0x392E, 0x5070, 0x821F] {
-                assert_eq!(signed(disc), 1, "{name}: kern_control slot with discriminator {disc:#06x}");
+                assert_eq!(
+                    signed(disc),
+                    1,
+                    "{name}: kern_control slot with discriminator {disc:#06x}"
+                );
             }
             if name.contains("ip") {
                 for (disc, n) in [(0x78FF, 2), (0xBCAD, 3), (0x2ABE, 2)] {
-                    assert_eq!(signed(disc), n, "{name}: callback slots with discriminator {disc:#06x}");
+                    assert_eq!(
+                        signed(disc),
+                        n,
+                        "{name}: callback slots with discriminator {disc:#06x}"
+                    );
                 }
             }
             // Split-seg info: every adrp and every bl has a record.
-            let split = m.split_seg_info().expect("split-seg decodes").expect("present");
+            let split = m
+                .split_seg_info()
+                .expect("split-seg decodes")
+                .expect("present");
             let from = |kind: u8| -> BTreeSet<u64> {
                 split
                     .iter()
@@ -136,8 +200,12 @@ fn rust_kexts_link_for_arm64e_and_the_independent_decoder_agrees() {
             let dis = tool("llvm-objdump-19", &["--macho", "-d", path]);
             let mut seen = 0;
             for l in dis.lines() {
-                let Some((addr, rest)) = l.trim_start().split_once(":\t") else { continue };
-                let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+                let Some((addr, rest)) = l.trim_start().split_once(":\t") else {
+                    continue;
+                };
+                let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                    continue;
+                };
                 if rest.contains("\tadrp\t") {
                     assert!(adrps.contains(&addr), "{name}: adrp at {addr:#x} covered");
                     seen += 1;

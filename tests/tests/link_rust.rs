@@ -20,8 +20,13 @@ fn staticlibs() -> std::collections::BTreeMap<String, std::path::PathBuf> {
 }
 
 fn link_paths(inputs: Vec<std::path::PathBuf>) -> kextld::link::Linked {
-    link(&LinkOptions { arch: Arch::X86_64, min_os: MinOs::X86_64_DEFAULT, inputs, source_version: 0 })
-        .expect("links")
+    link(&LinkOptions {
+        arch: Arch::X86_64,
+        min_os: MinOs::X86_64_DEFAULT,
+        inputs,
+        source_version: 0,
+    })
+    .expect("links")
 }
 
 #[test]
@@ -31,7 +36,11 @@ fn kext_staticlibs_link_reproducibly_with_only_kpi_symbols_undefined() {
         let b = link_paths(vec![lib.clone()]);
         assert!(a.bytes == b.bytes, "{name}: two links differ");
         // Only KPI-exported symbols stay undefined (the kexts now use real KPIs).
-        assert!(a.undefined.iter().any(|u| u == "_printf"), "{name}: {:?}", a.undefined);
+        assert!(
+            a.undefined.iter().any(|u| u == "_printf"),
+            "{name}: {:?}",
+            a.undefined
+        );
         for u in &a.undefined {
             assert!(
                 matches!(
@@ -68,7 +77,10 @@ fn c_kext_takes_memset_from_a_rust_staticlibs_compiler_builtins() {
     // loaded: ckext.o already defines it. Its compiler_builtins members (with
     // __LLVM bitcode and unwind info) provide the hidden _memset.
     let linked = link_paths(vec![obj, staticlibs()["kext-socket"].clone()]);
-    assert_eq!(linked.undefined, ["_bzero", "_kpi_data_symbol", "_kpi_func_symbol", "_printf"]);
+    assert_eq!(
+        linked.undefined,
+        ["_bzero", "_kpi_data_symbol", "_kpi_func_symbol", "_printf"]
+    );
     let out = dir.path().join("mixed");
     std::fs::write(&out, &linked.bytes).unwrap();
     let out = out.to_str().unwrap();
@@ -85,7 +97,10 @@ fn c_kext_takes_memset_from_a_rust_staticlibs_compiler_builtins() {
         .find_map(|l| {
             let (addr, rest) = l.trim_start().split_once(":\t")?;
             let (bytes, _) = rest.split_once('\t')?;
-            let bytes: Vec<u8> = bytes.split_whitespace().filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+            let bytes: Vec<u8> = bytes
+                .split_whitespace()
+                .filter_map(|b| u8::from_str_radix(b, 16).ok())
+                .collect();
             (bytes.first() == Some(&0xe8)).then(|| (u64::from_str_radix(addr, 16).ok(), bytes))
         })
         .expect("a call to _memset");

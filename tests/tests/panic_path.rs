@@ -8,8 +8,15 @@ use kextld::{Arch, MinOs};
 #[test]
 fn surviving_panic_path_is_rejected_by_the_verifier() {
     let root = prx_tests::root();
-    let libs = xtask::build::build_staticlibs(&root, &root.join("target"), Arch::X86_64, MinOs::X86_64_DEFAULT, true, &["kext-panicky"])
-        .expect("the fixture compiles");
+    let libs = xtask::build::build_staticlibs(
+        &root,
+        &root.join("target"),
+        Arch::X86_64,
+        MinOs::X86_64_DEFAULT,
+        true,
+        &["kext-panicky"],
+    )
+    .expect("the fixture compiles");
     let linked = kextld::link::link(&kextld::link::LinkOptions {
         arch: Arch::X86_64,
         min_os: MinOs::X86_64_DEFAULT,
@@ -18,19 +25,27 @@ fn surviving_panic_path_is_rejected_by_the_verifier() {
     })
     .expect("the fixture links (the verifier, not the linker, rejects it)");
     assert!(
-        linked.undefined.iter().any(|s| s == "_prx_panic_path_survived_optimisation"),
+        linked
+            .undefined
+            .iter()
+            .any(|s| s == "_prx_panic_path_survived_optimisation"),
         "the panic handler's symbol is referenced: {:?}",
         linked.undefined
     );
     let report = kextld::verify::verify(&linked.bytes, kextld::kpi::KpiTables::builtin());
-    assert!(!report.is_ok(), "verify accepted a kext with a panic path:\n{report}");
+    assert!(
+        !report.is_ok(),
+        "verify accepted a kext with a panic path:\n{report}"
+    );
     let finding = report
         .findings
         .iter()
         .find(|f| f.check == "panic-path")
         .unwrap_or_else(|| panic!("no panic-path finding in:\n{report}"));
     assert!(
-        finding.message.contains("reachable from kext_panicky::__prx_kmod_start"),
+        finding
+            .message
+            .contains("reachable from kext_panicky::__prx_kmod_start"),
         "names the kext function, demangled: {}",
         finding.message
     );

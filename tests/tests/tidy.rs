@@ -48,7 +48,11 @@ fn unsafe_only_in_common_sys_and_kpi() {
             }
         }
     }
-    assert!(offenders.is_empty(), "unsafe outside common::sys/common::kpi:\n{}", offenders.join("\n"));
+    assert!(
+        offenders.is_empty(),
+        "unsafe outside common::sys/common::kpi:\n{}",
+        offenders.join("\n")
+    );
 }
 
 /// Every `unsafe` block or impl in kernel code has a `// SAFETY:` comment on one
@@ -77,7 +81,11 @@ fn every_unsafe_block_has_a_safety_comment() {
             }
         }
     }
-    assert!(missing.is_empty(), "unsafe without a // SAFETY: comment:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "unsafe without a // SAFETY: comment:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// clippy with the crate-root lints (no unwrap/expect/panic/indexing/overflowing
@@ -85,8 +93,25 @@ fn every_unsafe_block_has_a_safety_comment() {
 #[test]
 fn clippy_is_clean_on_kernel_crates() {
     let root = prx_tests::root();
-    let mut cmd = xtask::build::kernel_cargo(&root, &root.join("target"), "clippy", Arch::X86_64, MinOs::X86_64_DEFAULT, true);
-    cmd.args(["-p", "common", "-p", "kext-socket", "-p", "kext-ip", "--", "-D", "warnings"]);
+    let mut cmd = xtask::build::kernel_cargo(
+        &root,
+        &root.join("target"),
+        "clippy",
+        Arch::X86_64,
+        MinOs::X86_64_DEFAULT,
+        true,
+    );
+    cmd.args([
+        "-p",
+        "common",
+        "-p",
+        "kext-socket",
+        "-p",
+        "kext-ip",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     let out = cmd.output().expect("running cargo clippy");
     assert!(
         out.status.success(),
@@ -100,16 +125,36 @@ fn clippy_is_clean_on_kernel_crates() {
 #[test]
 fn prxctl_macos_transport_type_checks() {
     let root = prx_tests::root();
-    let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(&root)
-        .args(["check", "-p", "prxctl", "--target", "x86_64-apple-darwin"])
-        .env("CARGO_TARGET_DIR", root.join("target/darwin-check"))
-        .output()
-        .expect("running cargo check");
+    let out =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(&root)
+            .args(["check", "-p", "prxctl", "--target", "x86_64-apple-darwin"])
+            .env("CARGO_TARGET_DIR", root.join("target/darwin-check"))
+            .output()
+            .expect("running cargo check");
     assert!(
         out.status.success(),
         "cargo check -p prxctl --target x86_64-apple-darwin failed (rustup target add x86_64-apple-darwin \
          installs the target; .ci/run does):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every crate of the workspace (the kexts included) and the fuzz targets are
+/// formatted by rustfmt's defaults (no rustfmt.toml): `cargo fmt --all` fixes it.
+#[test]
+fn rustfmt_is_clean() {
+    let root = prx_tests::root();
+    for manifest in ["Cargo.toml", "fuzz/Cargo.toml"] {
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["fmt", "--all", "--manifest-path", manifest, "--", "--check"])
+            .output()
+            .expect("running cargo fmt");
+        assert!(
+            out.status.success(),
+            "cargo fmt --check ({manifest}) found unformatted code; run `cargo fmt --all` (and in fuzz/):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

@@ -507,7 +507,9 @@ fn ip_stat(r: &ScenarioReport, id: u32) -> Option<u64> {
 fn assert_configured(r: &ScenarioReport) {
     let c = step_detail(r, "ip control: configure");
     assert!(
-        r.steps.iter().any(|s| s.what == "ip control: configure" && s.ok),
+        r.steps
+            .iter()
+            .any(|s| s.what == "ip control: configure" && s.ok),
         "{c}"
     );
 }
@@ -556,8 +558,12 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
         let replies = ip_stat(&r, 0x102).unwrap_or(0);
         assert!(redirected > 700 && replies > 700, "{redirected} {replies}");
         assert!(
-            r.log.iter().any(|l| *l == format!("prx: PrxIPFilter flows_v4={v4}"))
-                && r.log.iter().any(|l| *l == format!("prx: PrxIPFilter flows_v6={v6}")),
+            r.log
+                .iter()
+                .any(|l| *l == format!("prx: PrxIPFilter flows_v4={v4}"))
+                && r.log
+                    .iter()
+                    .any(|l| *l == format!("prx: PrxIPFilter flows_v6={v6}")),
             "{:?}",
             r.log
         );
@@ -575,13 +581,19 @@ fn c_ip_filter_kext_carries_smoltcp_tcp_to_the_far_stack() {
     let kext = c_kext_variant(
         "ipf_redirect",
         "ipf_redirect_nat",
-        &["-DORIGIN=203,0,113,10", "-DPROXY=192,0,2,1", "-DPROXY_PORT=3128"],
+        &[
+            "-DORIGIN=203,0,113,10",
+            "-DPROXY=192,0,2,1",
+            "-DPROXY_PORT=3128",
+        ],
     );
     let r = run("nat-tcp4", &[kext]);
     assert!(r.passed, "{}", r.render());
     let hs = step_detail(&r, "nat-tcp4 handshake");
     assert!(
-        hs.contains("client's remote endpoint Some(Endpoint { addr: Ipv4(203.0.113.10), port: 80 })"),
+        hs.contains(
+            "client's remote endpoint Some(Endpoint { addr: Ipv4(203.0.113.10), port: 80 })"
+        ),
         "{hs}"
     );
     let t = step_detail(&r, "nat-tcp4 transfer");
@@ -591,8 +603,16 @@ fn c_ip_filter_kext_carries_smoltcp_tcp_to_the_far_stack() {
             && t.contains("data intact: true"),
         "{t}"
     );
-    assert!(r.log.iter().any(|l| l.starts_with("redirect out")), "{:?}", r.log);
-    assert!(r.log.iter().any(|l| l.starts_with("rewrite in")), "{:?}", r.log);
+    assert!(
+        r.log.iter().any(|l| l.starts_with("redirect out")),
+        "{:?}",
+        r.log
+    );
+    assert!(
+        r.log.iter().any(|l| l.starts_with("rewrite in")),
+        "{:?}",
+        r.log
+    );
 }
 
 #[test]
@@ -649,7 +669,11 @@ fn prx_ip_filter_rules_select_the_protocol() {
     assert!(r.violations.is_empty(), "{:?}", r.violations);
     // The configuration the positive scenarios use names their protocol.
     let r = run("nat-tcp4", &prx_ip_filter());
-    assert!(r.passed && step_detail(&r, "ip control: configure").contains("(Tcp)"), "{}", r.render());
+    assert!(
+        r.passed && step_detail(&r, "ip control: configure").contains("(Tcp)"),
+        "{}",
+        r.render()
+    );
 }
 
 #[test]
@@ -706,21 +730,42 @@ fn prx_ip_filter_allocation_failures_leave_clean_ledgers() {
     let mut plans: Vec<String> = (1..=6).map(|n| format!("alloc#{n}")).collect();
     plans.extend((1..=3).map(|s| format!("alloc%300@{s};inject%200@{s}")));
     for p in &plans {
-        let r = run_with("nat-udp4", &prx_ip_filter(), Some(p), Duration::from_secs(60));
+        let r = run_with(
+            "nat-udp4",
+            &prx_ip_filter(),
+            Some(p),
+            Duration::from_secs(60),
+        );
         assert!(r.violations.is_empty(), "{p}: {:?}", r.violations);
         assert!(r.fault.is_none(), "{p}: {:?}", r.fault);
-        let clean_start_failure = r.steps.iter().any(|s| s.what.starts_with("start ") && !s.ok)
+        let clean_start_failure = r
+            .steps
+            .iter()
+            .any(|s| s.what.starts_with("start ") && !s.ok)
             && r.log.iter().any(|l| l.contains("start failed"));
         let refused = r.steps.iter().any(|s| {
             (s.what == "ip control: configure" || s.what == "ip control: connect")
                 && !s.ok
                 && s.detail.contains("errno 12")
         });
-        assert!(r.passed || clean_start_failure || refused, "{p}: {}", r.render());
+        assert!(
+            r.passed || clean_start_failure || refused,
+            "{p}: {}",
+            r.render()
+        );
     }
     // The first allocation is start's: the kext does not start and leaves nothing behind.
-    let r = run_with("nat-udp4", &prx_ip_filter(), Some("alloc#1"), Duration::from_secs(60));
-    assert!(!r.passed && r.log.iter().any(|l| l.contains("start failed")), "{}", r.render());
+    let r = run_with(
+        "nat-udp4",
+        &prx_ip_filter(),
+        Some("alloc#1"),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !r.passed && r.log.iter().any(|l| l.contains("start failed")),
+        "{}",
+        r.render()
+    );
 }
 
 /// ICMP errors produced by real stacks about a NATed UDP flow reach each side
@@ -734,7 +779,9 @@ fn prx_ip_filter_translates_icmp_errors_both_ways_v4_v6() {
         assert_configured(&r);
         for what in ["flow", "inbound error", "outbound error"] {
             assert!(
-                r.steps.iter().any(|s| s.what == format!("{name} {what}") && s.ok),
+                r.steps
+                    .iter()
+                    .any(|s| s.what == format!("{name} {what}") && s.ok),
                 "{what}: {}",
                 r.render()
             );
@@ -752,7 +799,12 @@ fn without_icmp_translation_the_icmp_scenario_fails() {
     let kext = c_kext_variant(
         "ipf_redirect",
         "ipf_redirect_nat_udp",
-        &["-DORIGIN=203,0,113,10", "-DPROXY=192,0,2,1", "-DPROXY_PORT=3128", "-DPROTO=17"],
+        &[
+            "-DORIGIN=203,0,113,10",
+            "-DPROXY=192,0,2,1",
+            "-DPROXY_PORT=3128",
+            "-DPROTO=17",
+        ],
     );
     let r = run("nat-icmp4", &[kext]);
     assert!(!r.passed);
@@ -763,7 +815,9 @@ fn without_icmp_translation_the_icmp_scenario_fails() {
         r.render()
     );
     assert!(
-        r.steps.iter().any(|s| s.what == "nat-icmp4 inbound error" && !s.ok),
+        r.steps
+            .iter()
+            .any(|s| s.what == "nat-icmp4 inbound error" && !s.ok),
         "{}",
         r.render()
     );
@@ -777,9 +831,18 @@ fn without_icmp_translation_the_icmp_scenario_fails() {
 #[test]
 fn prx_ip_filter_under_pullup_and_inject_fault_plans() {
     for scenario in ["nat-hostile", "nat-tcp4-split"] {
-        let r = run_with(scenario, &prx_ip_filter(), Some("pullup#1,2,3"), Duration::from_secs(60));
+        let r = run_with(
+            scenario,
+            &prx_ip_filter(),
+            Some("pullup#1,2,3"),
+            Duration::from_secs(60),
+        );
         assert!(r.passed, "{scenario}: {}", r.render());
-        assert_eq!(step_detail(&r, "fault plan"), "pullup reached 0 times", "{scenario}");
+        assert_eq!(
+            step_detail(&r, "fault plan"),
+            "pullup reached 0 times",
+            "{scenario}"
+        );
     }
     let r = run_with(
         "nat-tcp4-split",
@@ -790,7 +853,14 @@ fn prx_ip_filter_under_pullup_and_inject_fault_plans() {
     assert!(r.passed, "{}", r.render());
     assert!(r.violations.is_empty());
     let d = step_detail(&r, "fault plan");
-    assert!(d.starts_with("pullup reached 0 times, inject reached "), "{d}");
+    assert!(
+        d.starts_with("pullup reached 0 times, inject reached "),
+        "{d}"
+    );
     let dropped = ip_stat(&r, 0x206).unwrap_or(0);
-    assert!(dropped > 0, "some injections failed and were counted: {}", r.render());
+    assert!(
+        dropped > 0,
+        "some injections failed and were counted: {}",
+        r.render()
+    );
 }

@@ -15,16 +15,28 @@ use vm::emu::{self, RunOptions, Runner, ScenarioReport};
 fn socket_kext() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-        let opts = xtask::build::BuildOptions { release: true, archs: vec![], kexts: vec!["socket".into()], target_dir: None };
-        let built = xtask::build::build(&root, &opts).unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let opts = xtask::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec!["socket".into()],
+            target_dir: None,
+        };
+        let built = xtask::build::build(&root, &opts)
+            .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
         built.into_iter().next().expect("one bundle").path
     })
 }
 
 fn run(faults: Option<&str>) -> ScenarioReport {
     let opts = RunOptions {
-        runner: Runner { program: PathBuf::from(env!("CARGO_BIN_EXE_prx-emu")), args: vec!["child".into()] },
+        runner: Runner {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_prx-emu")),
+            args: vec!["child".into()],
+        },
         kexts: vec![socket_kext().clone()],
         timeout: Duration::from_secs(60),
         faults: faults.map(str::to_string),
@@ -35,7 +47,9 @@ fn run(faults: Option<&str>) -> ScenarioReport {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex")).collect()
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
 }
 
 /// What a PROXY v2 header says (HAProxy's spec, section 2.2), parsed from scratch.
@@ -52,7 +66,10 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
         return Err("no PROXY v2 signature".into());
     }
     if b[12] != 0x21 {
-        return Err(format!("version/command {:#x}, want 0x21 (v2, PROXY)", b[12]));
+        return Err(format!(
+            "version/command {:#x}, want 0x21 (v2, PROXY)",
+            b[12]
+        ));
     }
     let len = u16::from_be_bytes([b[14], b[15]]) as usize;
     let body = b.get(16..16 + len).ok_or("truncated address block")?;
@@ -63,7 +80,10 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
             }
             let ip = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&body[o..o + 4]).unwrap());
             let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (SocketAddr::new(ip(0), port(8)), SocketAddr::new(ip(4), port(10)))
+            (
+                SocketAddr::new(ip(0), port(8)),
+                SocketAddr::new(ip(4), port(10)),
+            )
         }
         0x21 => {
             if len != 36 {
@@ -71,15 +91,26 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
             }
             let ip = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&body[o..o + 16]).unwrap());
             let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (SocketAddr::new(ip(0), port(32)), SocketAddr::new(ip(16), port(34)))
+            (
+                SocketAddr::new(ip(0), port(32)),
+                SocketAddr::new(ip(16), port(34)),
+            )
         }
         f => return Err(format!("family/protocol {f:#x}")),
     };
-    Ok(ProxyHeader { src, dst, header_len: 16 + len })
+    Ok(ProxyHeader {
+        src,
+        dst,
+        header_len: 16 + len,
+    })
 }
 
 fn detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
-    &r.steps.iter().find(|s| s.what == what).unwrap_or_else(|| panic!("no step {what:?}")).detail
+    &r.steps
+        .iter()
+        .find(|s| s.what == what)
+        .unwrap_or_else(|| panic!("no step {what:?}"))
+        .detail
 }
 
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: example\r\n\r\n";
@@ -93,9 +124,20 @@ fn check_at_proxy(r: &ScenarioReport, label: &str, want_dst: &str) {
     assert_eq!(it.next(), Some("bytes"));
     let bytes = unhex(it.next().unwrap());
     let h = parse_proxy_v2(&bytes).unwrap_or_else(|e| panic!("{label}: {e}: {d}"));
-    assert_eq!(h.src, client, "{label}: the header names the client's address");
-    assert_eq!(h.dst, want_dst.parse::<SocketAddr>().unwrap(), "{label}: the original destination");
-    assert_eq!(&bytes[h.header_len..], REQUEST, "{label}: then the client's bytes, unchanged");
+    assert_eq!(
+        h.src, client,
+        "{label}: the header names the client's address"
+    );
+    assert_eq!(
+        h.dst,
+        want_dst.parse::<SocketAddr>().unwrap(),
+        "{label}: the original destination"
+    );
+    assert_eq!(
+        &bytes[h.header_len..],
+        REQUEST,
+        "{label}: then the client's bytes, unchanged"
+    );
 }
 
 #[test]
@@ -112,8 +154,17 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
     assert_eq!(&resp[8..12], &[0, 0, 0, 1]);
     assert_eq!(&resp[12..20], &[4, 0, 0, 80, 203, 0, 113, 10]);
     assert_eq!(&resp[32..40], &[0, 0, 0x10, 0x92, 0, 0, 0, 1]);
-    for label in ["C (no rule)", "D (excluded process)", "E (proxy's own process)"] {
-        assert!(r.steps.iter().any(|s| s.what == format!("{label}: direct") && s.ok), "{label}");
+    for label in [
+        "C (no rule)",
+        "D (excluded process)",
+        "E (proxy's own process)",
+    ] {
+        assert!(
+            r.steps
+                .iter()
+                .any(|s| s.what == format!("{label}: direct") && s.ok),
+            "{label}"
+        );
     }
     // In flight: G keeps generation 1's decision (no header); H gets generation 2's.
     assert!(detail(&r, "G: old rules").ends_with("proxy got 470a"));
@@ -122,12 +173,22 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
     let ph = parse_proxy_v2(&bytes).unwrap();
     assert_eq!(ph.dst.ip(), IpAddr::from([127, 0, 0, 2]));
     assert_eq!(&bytes[ph.header_len..], b"H\n");
-    assert!(r.steps.iter().any(|s| s.what == "stop while a control client is connected" && s.ok));
+    assert!(
+        r.steps
+            .iter()
+            .any(|s| s.what == "stop while a control client is connected" && s.ok)
+    );
 }
 
 #[test]
 fn fault_injection_on_every_allocation_and_injection_point_leaves_clean_ledgers() {
-    let mut plans: Vec<String> = vec!["inject#1".into(), "inject#2".into(), "inject#3".into(), "mbuf-alloc#1".into(), "mbuf-alloc#2".into()];
+    let mut plans: Vec<String> = vec![
+        "inject#1".into(),
+        "inject#2".into(),
+        "inject#3".into(),
+        "mbuf-alloc#1".into(),
+        "mbuf-alloc#2".into(),
+    ];
     // Every OSMalloc in turn (start's allocations, cookies), then seeded mixes.
     plans.extend((1..=12).map(|n| format!("alloc#{n}")));
     plans.extend((1..=4).map(|s| format!("alloc%250@{s};inject%400@{s};mbuf-alloc%300@{s}")));
@@ -136,12 +197,19 @@ fn fault_injection_on_every_allocation_and_injection_point_leaves_clean_ledgers(
         assert!(r.violations.is_empty(), "{p}: {:?}", r.violations);
         assert!(r.fault.is_none(), "{p}: {:?}", r.fault);
         // Either the scenario ran through, or start failed cleanly (nothing left registered).
-        let clean_start_failure = r.steps.iter().any(|s| s.what.starts_with("start ") && !s.ok)
+        let clean_start_failure = r
+            .steps
+            .iter()
+            .any(|s| s.what.starts_with("start ") && !s.ok)
             && r.log.iter().any(|l| l.contains("start failed"));
         assert!(r.passed || clean_start_failure, "{p}: {}", r.render());
     }
     // A failed PROXY v2 injection refuses the connection's data instead of sending it bare.
     let r = run(Some("inject#1"));
-    assert!(detail(&r, "A: at proxy").ends_with("bytes "), "{}", detail(&r, "A: at proxy"));
+    assert!(
+        detail(&r, "A: at proxy").ends_with("bytes "),
+        "{}",
+        detail(&r, "A: at proxy")
+    );
     assert!(r.log.iter().any(|l| l.contains("PROXY v2 header not sent")));
 }

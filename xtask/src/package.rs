@@ -16,9 +16,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use packaging::pkg::{self, KextInput, PkgSpec};
 use packaging::notary::api::{Endpoints, HttpNotary};
 use packaging::notary::{self, ApiKey, NotaryService, WaitOptions};
+use packaging::pkg::{self, KextInput, PkgSpec};
 use packaging::sign::{self, Identity, IdentitySource, KextSignature, PasswordSource};
 
 /// The default SOURCE_DATE_EPOCH (2026-01-01T00:00:00Z) when the variable is unset.
@@ -116,7 +116,9 @@ pub fn epoch_from_env() -> Result<i64> {
             .parse::<i64>()
             .ok()
             .filter(|e| (0..=i64::from(u32::MAX)).contains(e))
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds in 0..2^32")),
+            .with_context(|| {
+                format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds in 0..2^32")
+            }),
         Err(_) => Ok(DEFAULT_EPOCH),
     }
 }
@@ -172,7 +174,8 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
             );
         }
     }
-    let kext_identity = Identity::load(&opts.kext_identity).context("loading the kext signing identity")?;
+    let kext_identity =
+        Identity::load(&opts.kext_identity).context("loading the kext signing identity")?;
     let installer_identity = match &opts.installer_identity {
         Some(src) => Some(
             Identity::load(src)
@@ -185,14 +188,28 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         let now = chrono::Utc::now();
         let ts = opts.timestamp_url.as_deref();
         sign::check_notarizable(kext_identity.as_ref(), sign::Purpose::Kext, ts, now)?;
-        sign::check_notarizable(installer_identity.as_ref(), sign::Purpose::Installer, ts, now)?;
+        sign::check_notarizable(
+            installer_identity.as_ref(),
+            sign::Purpose::Installer,
+            ts,
+            now,
+        )?;
     }
-    std::fs::create_dir_all(&opts.out_dir)
-        .with_context(|| format!("{}: cannot create the output directory", opts.out_dir.display()))?;
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| {
+        format!(
+            "{}: cannot create the output directory",
+            opts.out_dir.display()
+        )
+    })?;
     let staging = tempfile::Builder::new()
         .prefix(".prx-package-")
         .tempdir_in(&opts.out_dir)
-        .with_context(|| format!("{}: output directory is not writable", opts.out_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: output directory is not writable",
+                opts.out_dir.display()
+            )
+        })?;
 
     // Sign and verify each bundle.
     let mut kexts = Vec::new();
@@ -206,7 +223,12 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
             .to_string();
         let signed = staging.path().join("kexts").join(&name);
         std::fs::create_dir_all(staging.path().join("kexts"))?;
-        sign::sign_kext(b, &signed, kext_identity.as_ref(), opts.timestamp_url.as_deref())?;
+        sign::sign_kext(
+            b,
+            &signed,
+            kext_identity.as_ref(),
+            opts.timestamp_url.as_deref(),
+        )?;
         let sig = sign::verify_kext(&signed)?;
         let dict = plist::Value::from_file(signed.join("Contents/Info.plist"))
             .with_context(|| format!("{}: reading Info.plist", signed.display()))?
@@ -273,8 +295,10 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
     let zip_name = format!("prx-{version}-kexts.zip");
     let staged_pkg = staging.path().join(&pkg_name);
     let staged_zip = staging.path().join(&zip_name);
-    std::fs::write(&staged_pkg, &pkg_bytes).with_context(|| format!("writing {}", staged_pkg.display()))?;
-    std::fs::write(&staged_zip, &zip_bytes).with_context(|| format!("writing {}", staged_zip.display()))?;
+    std::fs::write(&staged_pkg, &pkg_bytes)
+        .with_context(|| format!("writing {}", staged_pkg.display()))?;
+    std::fs::write(&staged_zip, &zip_bytes)
+        .with_context(|| format!("writing {}", staged_zip.display()))?;
 
     let pkg_path = opts.out_dir.join(&pkg_name);
     let zip_path = opts.out_dir.join(&zip_name);
@@ -301,11 +325,19 @@ pub fn check(pkg_path: &Path) -> Result<pkg::check::CheckReport> {
     let mut problems = Vec::new();
     for c in &report.components {
         if c.install_location != pkg::INSTALL_LOCATION {
-            problems.push(format!("{}: install location {} is not {}", c.name, c.install_location, pkg::INSTALL_LOCATION));
+            problems.push(format!(
+                "{}: install location {} is not {}",
+                c.name,
+                c.install_location,
+                pkg::INSTALL_LOCATION
+            ));
         }
         for i in &c.installed {
             if i.uid != 0 || i.gid != 0 {
-                problems.push(format!("{} is owned by {}:{}, not root:wheel", i.path, i.uid, i.gid));
+                problems.push(format!(
+                    "{} is owned by {}:{}, not root:wheel",
+                    i.path, i.uid, i.gid
+                ));
             }
         }
     }
@@ -333,7 +365,10 @@ pub struct Args {
     #[command(flatten, next_help_heading = "Kext signing (Developer ID Application)")]
     pub kext: KextIdentityArgs,
     /// Installer identity (Developer ID Installer): unsigned pkg when none is given.
-    #[command(flatten, next_help_heading = "Installer signing (Developer ID Installer)")]
+    #[command(
+        flatten,
+        next_help_heading = "Installer signing (Developer ID Installer)"
+    )]
     pub installer: InstallerIdentityArgs,
     /// RFC 3161 time-stamp server (Apple's: http://timestamp.apple.com/ts01;
     /// required for notarization).
@@ -346,13 +381,30 @@ pub struct Args {
     /// App Store Connect API key, JSON {"issuer_id","key_id","private_key"} (the
     /// format of `rcodesign encode-app-store-connect-api-key`); default: the
     /// file named by $PRX_NOTARY_API_KEY.
-    #[arg(long, value_name = "FILE", requires = "notarize", help_heading = "Notarization")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "notarize",
+        help_heading = "Notarization"
+    )]
     pub api_key: Option<PathBuf>,
     /// Give up waiting for Apple's verdict after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 1800, requires = "notarize", help_heading = "Notarization")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 1800,
+        requires = "notarize",
+        help_heading = "Notarization"
+    )]
     pub wait_timeout: u64,
     /// Seconds between status requests.
-    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "notarize", help_heading = "Notarization")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 10,
+        requires = "notarize",
+        help_heading = "Notarization"
+    )]
     pub poll_interval: u64,
     /// Once accepted, staple the notarization ticket to the pkg.
     #[arg(long, requires = "notarize", help_heading = "Notarization")]
@@ -387,7 +439,8 @@ pub fn notarize(
     staple: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let bytes = std::fs::read(pkg_path).with_context(|| format!("reading {}", pkg_path.display()))?;
+    let bytes =
+        std::fs::read(pkg_path).with_context(|| format!("reading {}", pkg_path.display()))?;
     let name = pkg_path
         .file_name()
         .and_then(|n| n.to_str())
@@ -397,7 +450,10 @@ pub fn notarize(
     if staple {
         let record = notary::staple_pkg_file(service, pkg_path)
             .with_context(|| format!("stapling {}", pkg_path.display()))?;
-        progress(&format!("stapled the notarization ticket ({record}) to {}", pkg_path.display()));
+        progress(&format!(
+            "stapled the notarization ticket ({record}) to {}",
+            pkg_path.display()
+        ));
     }
     Ok(())
 }
@@ -409,10 +465,18 @@ pub struct KextIdentityArgs {
     #[arg(long = "kext-p12", id = "kext-p12", value_name = "FILE")]
     pub p12: Option<PathBuf>,
     /// Environment variable holding its password.
-    #[arg(long = "kext-p12-password-env", id = "kext-p12-password-env", value_name = "VAR")]
+    #[arg(
+        long = "kext-p12-password-env",
+        id = "kext-p12-password-env",
+        value_name = "VAR"
+    )]
     pub p12_password_env: Option<String>,
     /// File whose first line is its password.
-    #[arg(long = "kext-p12-password-file", id = "kext-p12-password-file", value_name = "FILE")]
+    #[arg(
+        long = "kext-p12-password-file",
+        id = "kext-p12-password-file",
+        value_name = "FILE"
+    )]
     pub p12_password_file: Option<PathBuf>,
     /// PEM private key.
     #[arg(long = "kext-key", id = "kext-key", value_name = "FILE")]
@@ -429,10 +493,18 @@ pub struct InstallerIdentityArgs {
     #[arg(long = "installer-p12", id = "installer-p12", value_name = "FILE")]
     pub p12: Option<PathBuf>,
     /// Environment variable holding its password.
-    #[arg(long = "installer-p12-password-env", id = "installer-p12-password-env", value_name = "VAR")]
+    #[arg(
+        long = "installer-p12-password-env",
+        id = "installer-p12-password-env",
+        value_name = "VAR"
+    )]
     pub p12_password_env: Option<String>,
     /// File whose first line is its password.
-    #[arg(long = "installer-p12-password-file", id = "installer-p12-password-file", value_name = "FILE")]
+    #[arg(
+        long = "installer-p12-password-file",
+        id = "installer-p12-password-file",
+        value_name = "FILE"
+    )]
     pub p12_password_file: Option<PathBuf>,
     /// PEM private key.
     #[arg(long = "installer-key", id = "installer-key", value_name = "FILE")]
@@ -471,7 +543,11 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     if let Some(pkg) = &args.check {
         let report = check(pkg)?;
         print!("{report}");
-        println!("ok: {} installs as root:wheel into {}", pkg.display(), pkg::INSTALL_LOCATION);
+        println!(
+            "ok: {} installs as root:wheel into {}",
+            pkg.display(),
+            pkg::INSTALL_LOCATION
+        );
         return Ok(());
     }
     // The API key is read first: a bad one fails before anything is written.
@@ -487,11 +563,21 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     } else {
         None
     };
-    let out_dir = if args.out.is_absolute() { args.out.clone() } else { root.join(&args.out) };
+    let out_dir = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
     let opts = PackageOptions {
-        bundles: if args.bundles.is_empty() { default_bundles(root)? } else { args.bundles.clone() },
+        bundles: if args.bundles.is_empty() {
+            default_bundles(root)?
+        } else {
+            args.bundles.clone()
+        },
         out_dir,
-        kext_identity: IdentityArgs::from(&args.kext).source()?.unwrap_or(IdentitySource::AdHoc),
+        kext_identity: IdentityArgs::from(&args.kext)
+            .source()?
+            .unwrap_or(IdentitySource::AdHoc),
         installer_identity: IdentityArgs::from(&args.installer).source()?,
         timestamp_url: args.timestamp_url.clone(),
         epoch: epoch_from_env()?,
@@ -501,7 +587,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     for (name, sig) in &done.kexts {
         println!(
             "{name}: signed {} ({} slice(s), identifier {}, team {}, flags {:#x}), verified",
-            sig.signer.as_deref().map_or("ad-hoc".to_string(), |s| format!("by {s:?}")),
+            sig.signer
+                .as_deref()
+                .map_or("ad-hoc".to_string(), |s| format!("by {s:?}")),
             sig.slices,
             sig.identifier,
             sig.team_id.as_deref().unwrap_or("none"),
@@ -512,7 +600,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     println!(
         "{}  {size} bytes  {}",
         done.pkg.display(),
-        done.pkg_signer.as_deref().map_or("unsigned".to_string(), |s| format!("signed by {s:?}"))
+        done.pkg_signer
+            .as_deref()
+            .map_or("unsigned".to_string(), |s| format!("signed by {s:?}"))
     );
     println!("{}", done.zip.display());
     if let Some(service) = &service {
@@ -520,7 +610,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             timeout: std::time::Duration::from_secs(args.wait_timeout),
             poll_interval: std::time::Duration::from_secs(args.poll_interval.max(1)),
         };
-        notarize(service, &done.pkg, wait, args.staple, &mut |l| println!("{l}"))?;
+        notarize(service, &done.pkg, wait, args.staple, &mut |l| {
+            println!("{l}")
+        })?;
     }
     Ok(())
 }

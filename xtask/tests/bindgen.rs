@@ -26,7 +26,10 @@ fn check_fails_after_editing_a_generated_file() {
     let _guard = LIBCLANG.lock().unwrap_or_else(|e| e.into_inner());
     let root = xtask::workspace_root();
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&root.join(bindgen::INCLUDE_DIR), &tmp.path().join(bindgen::INCLUDE_DIR));
+    copy_dir(
+        &root.join(bindgen::INCLUDE_DIR),
+        &tmp.path().join(bindgen::INCLUDE_DIR),
+    );
     for t in bindgen::TARGETS {
         let to = tmp.path().join(t.file);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
@@ -40,7 +43,10 @@ fn check_fails_after_editing_a_generated_file() {
     let edited = text.replacen("pub sf_flags: ::core::ffi::c_int,", "pub sf_flags: u32,", 1);
     assert_ne!(text, edited, "the edit must apply");
     std::fs::write(&file, &edited).unwrap();
-    let line = 1 + text.lines().take_while(|l| !l.contains("pub sf_flags:")).count();
+    let line = 1 + text
+        .lines()
+        .take_while(|l| !l.contains("pub sf_flags:"))
+        .count();
 
     let err = format!("{:#}", bindgen::check(tmp.path(), None).unwrap_err());
     assert!(err.contains(bindgen::TARGETS[1].file), "{err}");

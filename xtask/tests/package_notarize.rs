@@ -18,13 +18,31 @@ use xtask::package::{PackageOptions, check, notarize, package};
 
 fn pem_identity(dir: &Path, g: &support::Generated) -> IdentitySource {
     let (key, cert, _) = support::write_identity(dir, g);
-    IdentitySource::Pem { key, certs: vec![cert] }
+    IdentitySource::Pem {
+        key,
+        certs: vec![cert],
+    }
 }
 
-fn options(d: &Path, kext: IdentitySource, installer: Option<IdentitySource>, timestamp: Option<&str>) -> PackageOptions {
+fn options(
+    d: &Path,
+    kext: IdentitySource,
+    installer: Option<IdentitySource>,
+    timestamp: Option<&str>,
+) -> PackageOptions {
     let bundles: Vec<PathBuf> = vec![
-        support::make_bundle(&d.join("in"), "PrxSocketFilter", "net.prx.kext.SocketFilter", "0.1.0"),
-        support::make_bundle(&d.join("in"), "PrxIPFilter", "net.prx.kext.IPFilter", "0.1.0"),
+        support::make_bundle(
+            &d.join("in"),
+            "PrxSocketFilter",
+            "net.prx.kext.SocketFilter",
+            "0.1.0",
+        ),
+        support::make_bundle(
+            &d.join("in"),
+            "PrxIPFilter",
+            "net.prx.kext.IPFilter",
+            "0.1.0",
+        ),
     ];
     PackageOptions {
         bundles,
@@ -49,13 +67,31 @@ fn notarize_refuses_ad_hoc_non_developer_id_and_untimestamped_before_writing() {
     let dev = pem_identity(&d.path().join("dev"), &support::development());
     let ts = Some("http://timestamp.invalid/ts01");
     let cases = [
-        (IdentitySource::AdHoc, Some(inst.clone()), ts, "notarization needs kexts signed with a Developer ID certificate, not ad-hoc"),
-        (app.clone(), None, ts, "notarization needs the pkg signed with a Developer ID certificate, not ad-hoc"),
-        (dev, Some(inst.clone()), ts, "is not a Developer ID Application certificate"),
+        (
+            IdentitySource::AdHoc,
+            Some(inst.clone()),
+            ts,
+            "notarization needs kexts signed with a Developer ID certificate, not ad-hoc",
+        ),
+        (
+            app.clone(),
+            None,
+            ts,
+            "notarization needs the pkg signed with a Developer ID certificate, not ad-hoc",
+        ),
+        (
+            dev,
+            Some(inst.clone()),
+            ts,
+            "is not a Developer ID Application certificate",
+        ),
         (app, Some(inst), None, "secure timestamp"),
     ];
     for (kext, installer, ts, want) in cases {
-        let e = format!("{:#}", package(&options(d.path(), kext, installer, ts)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            package(&options(d.path(), kext, installer, ts)).unwrap_err()
+        );
         assert!(e.contains(want), "{e}");
         assert!(out_is_empty(d.path()), "{e}: something was written");
     }
@@ -75,13 +111,26 @@ fn packaged_pkg_is_notarized_and_stapled_in_place() {
 
     let (key, public) = api_key();
     let stub = Stub::start(public, &["In Progress", "Accepted"], json!({}));
-    let wait = WaitOptions { timeout: Duration::from_secs(20), poll_interval: Duration::from_millis(20) };
+    let wait = WaitOptions {
+        timeout: Duration::from_secs(20),
+        poll_interval: Duration::from_millis(20),
+    };
     let mut lines = Vec::new();
-    notarize(&service(&stub, &key), &done.pkg, wait, true, &mut |l| lines.push(l.to_string())).unwrap();
+    notarize(&service(&stub, &key), &done.pkg, wait, true, &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
     assert_eq!(stub.errors(), Vec::<String>::new());
     let text = lines.join("\n");
-    assert!(text.contains("notarization: prx-0.1.0.pkg accepted") && text.contains("stapled the notarization ticket (2/1/"), "{text}");
-    assert_eq!(stub.state.lock().unwrap().uploaded.as_deref(), Some(&signed[..]));
+    assert!(
+        text.contains("notarization: prx-0.1.0.pkg accepted")
+            && text.contains("stapled the notarization ticket (2/1/"),
+        "{text}"
+    );
+    assert_eq!(
+        stub.state.lock().unwrap().uploaded.as_deref(),
+        Some(&signed[..])
+    );
     let stapled = std::fs::read(&done.pkg).unwrap();
     assert_eq!(&stapled[..signed.len()], &signed[..]);
     assert_eq!(packaging::notary::staple::ticket(&stapled), Some(TICKET));
@@ -96,7 +145,11 @@ fn packaged_pkg_is_notarized_and_stapled_in_place() {
     let stub = Stub::start(api_key_public(&key), &["Invalid"], invalid_log());
     let e = notarize(&service(&stub, &key), &p2, wait, true, &mut |_| {}).unwrap_err();
     let e = format!("{e:#}");
-    assert!(e.contains("notarization Invalid") && e.contains("The binary is not signed with a valid Developer ID certificate."), "{e}");
+    assert!(
+        e.contains("notarization Invalid")
+            && e.contains("The binary is not signed with a valid Developer ID certificate."),
+        "{e}"
+    );
     assert_eq!(std::fs::read(&p2).unwrap(), signed);
     assert!(stub.state.lock().unwrap().lookups.is_empty());
 }

@@ -35,7 +35,15 @@ pub fn init(name: &'static CStr) -> Result<(), AllocError> {
     if tag.is_null() {
         return Err(AllocError);
     }
-    if TAG.compare_exchange(core::ptr::null_mut(), tag, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if TAG
+        .compare_exchange(
+            core::ptr::null_mut(),
+            tag,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
         // SAFETY: `tag` was just allocated and is not shared.
         unsafe { sys::OSMalloc_Tagfree(tag) };
         return Err(AllocError);
@@ -108,7 +116,10 @@ impl<T> KBox<T> {
                 let ptr = p.cast::<T>();
                 // SAFETY: freshly allocated, large and aligned enough for T.
                 unsafe { ptr.as_ptr().write(v) };
-                Ok(KBox { ptr, _own: PhantomData })
+                Ok(KBox {
+                    ptr,
+                    _own: PhantomData,
+                })
             }
             Err(e) => Err((e, v)),
         }
@@ -126,7 +137,10 @@ impl<T> KBox<T> {
     /// # Safety
     /// `p` came from [`KBox::into_raw`] and is not used again.
     pub(crate) unsafe fn from_raw(p: NonNull<T>) -> Self {
-        KBox { ptr: p, _own: PhantomData }
+        KBox {
+            ptr: p,
+            _own: PhantomData,
+        }
     }
 }
 

@@ -68,7 +68,10 @@ unsafe impl Sync for CtlDef {}
 )]
 pub const fn name96(s: &str) -> [c_char; MAX_KCTL_NAME] {
     let b = s.as_bytes();
-    assert!(b.len() < MAX_KCTL_NAME, "kern_control name must be shorter than 96 bytes");
+    assert!(
+        b.len() < MAX_KCTL_NAME,
+        "kern_control name must be shorter than 96 bytes"
+    );
     let mut out = [0 as c_char; MAX_KCTL_NAME];
     let mut i = 0;
     while i < b.len() {
@@ -132,7 +135,11 @@ impl<C: Control> VTable<C> {
         }
     }
 
-    unsafe extern "C" fn connect(_k: kern_ctl_ref, sac: *mut sockaddr_ctl, unitinfo: *mut *mut c_void) -> c_int {
+    unsafe extern "C" fn connect(
+        _k: kern_ctl_ref,
+        sac: *mut sockaddr_ctl,
+        unitinfo: *mut *mut c_void,
+    ) -> c_int {
         if sac.is_null() || unitinfo.is_null() {
             return EINVAL;
         }
@@ -174,7 +181,9 @@ impl<C: Control> VTable<C> {
         data: *mut c_void,
         len: usize,
     ) -> c_int {
-        let Some(mut st) = NonNull::new(unitinfo.cast::<C::Unit>()) else { return EINVAL };
+        let Some(mut st) = NonNull::new(unitinfo.cast::<C::Unit>()) else {
+            return EINVAL;
+        };
         let bytes: &[u8] = if data.is_null() || len == 0 {
             &[]
         } else {
@@ -196,7 +205,9 @@ impl<C: Control> VTable<C> {
         data: *mut c_void,
         len: *mut usize,
     ) -> c_int {
-        let Some(mut st) = NonNull::new(unitinfo.cast::<C::Unit>()) else { return EINVAL };
+        let Some(mut st) = NonNull::new(unitinfo.cast::<C::Unit>()) else {
+            return EINVAL;
+        };
         if len.is_null() {
             return EINVAL;
         }
@@ -233,21 +244,42 @@ impl<C: Control> VTable<C> {
 #[macro_export]
 macro_rules! kern_control {
     (static $name:ident : $c:ty = name $cname:expr, flags $flags:expr) => {
-        static $name: $crate::kpi::ctl::CtlDef = $crate::kpi::ctl::VTable::<$c>::def($cname, $flags);
+        static $name: $crate::kpi::ctl::CtlDef =
+            $crate::kpi::ctl::VTable::<$c>::def($cname, $flags);
         $crate::sign_slot!(
-            (&raw const $name.raw).cast::<u8>().wrapping_add(::core::mem::offset_of!($crate::sys::kern_ctl_reg, ctl_connect)),
+            (&raw const $name.raw)
+                .cast::<u8>()
+                .wrapping_add(::core::mem::offset_of!(
+                    $crate::sys::kern_ctl_reg,
+                    ctl_connect
+                )),
             0xBCAD
         );
         $crate::sign_slot!(
-            (&raw const $name.raw).cast::<u8>().wrapping_add(::core::mem::offset_of!($crate::sys::kern_ctl_reg, ctl_disconnect)),
+            (&raw const $name.raw)
+                .cast::<u8>()
+                .wrapping_add(::core::mem::offset_of!(
+                    $crate::sys::kern_ctl_reg,
+                    ctl_disconnect
+                )),
             0x392E
         );
         $crate::sign_slot!(
-            (&raw const $name.raw).cast::<u8>().wrapping_add(::core::mem::offset_of!($crate::sys::kern_ctl_reg, ctl_setopt)),
+            (&raw const $name.raw)
+                .cast::<u8>()
+                .wrapping_add(::core::mem::offset_of!(
+                    $crate::sys::kern_ctl_reg,
+                    ctl_setopt
+                )),
             0x5070
         );
         $crate::sign_slot!(
-            (&raw const $name.raw).cast::<u8>().wrapping_add(::core::mem::offset_of!($crate::sys::kern_ctl_reg, ctl_getopt)),
+            (&raw const $name.raw)
+                .cast::<u8>()
+                .wrapping_add(::core::mem::offset_of!(
+                    $crate::sys::kern_ctl_reg,
+                    ctl_getopt
+                )),
             0x821F
         );
     };

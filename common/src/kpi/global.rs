@@ -25,13 +25,19 @@ unsafe impl<T: Send + Sync> Sync for Global<T> {}
 impl<T> Global<T> {
     /// An empty slot.
     pub const fn new() -> Self {
-        Global { ptr: AtomicPtr::new(core::ptr::null_mut()), users: AtomicUsize::new(0) }
+        Global {
+            ptr: AtomicPtr::new(core::ptr::null_mut()),
+            users: AtomicUsize::new(0),
+        }
     }
 
     /// Installs the state; gives it back if one is installed already.
     pub fn set(&self, v: KBox<T>) -> Result<(), KBox<T>> {
         let p = KBox::into_raw(v);
-        match self.ptr.compare_exchange(core::ptr::null_mut(), p.as_ptr(), SeqCst, SeqCst) {
+        match self
+            .ptr
+            .compare_exchange(core::ptr::null_mut(), p.as_ptr(), SeqCst, SeqCst)
+        {
             Ok(_) => Ok(()),
             // SAFETY: `p` came from into_raw just above and was not published.
             Err(_) => Err(unsafe { KBox::from_raw(p) }),
@@ -53,7 +59,9 @@ impl<T> Global<T> {
     /// Removes the state (to drop it); `Err(Busy)` while a callback uses it.
     pub fn take(&self) -> Result<Option<KBox<T>>, Busy> {
         let p = self.ptr.swap(core::ptr::null_mut(), SeqCst);
-        let Some(p) = NonNull::new(p) else { return Ok(None) };
+        let Some(p) = NonNull::new(p) else {
+            return Ok(None);
+        };
         if self.users.load(SeqCst) != 0 {
             self.ptr.store(p.as_ptr(), SeqCst);
             return Err(Busy);

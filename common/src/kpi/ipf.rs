@@ -407,7 +407,12 @@ impl<T> TryRwLock<T> {
                 && s < WRITER.wrapping_sub(1)
                 && self
                     .state
-                    .compare_exchange_weak(s, s.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange_weak(
+                        s,
+                        s.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
             {
                 return Some(TryReadGuard { lock: self });
@@ -550,13 +555,25 @@ mod tests {
         let l = TryRwLock::new(1u32);
         let r1 = l.try_read(0);
         let r2 = l.try_read(0);
-        assert!(r1.is_some() && r2.is_some(), "readers do not exclude each other");
-        assert!(l.try_write(100).is_none(), "readers inside: the writer gives up");
-        assert!(l.try_read(0).is_some(), "a writer that gave up lets readers in again");
+        assert!(
+            r1.is_some() && r2.is_some(),
+            "readers do not exclude each other"
+        );
+        assert!(
+            l.try_write(100).is_none(),
+            "readers inside: the writer gives up"
+        );
+        assert!(
+            l.try_read(0).is_some(),
+            "a writer that gave up lets readers in again"
+        );
         drop((r1, r2));
         let w = l.try_write(0);
         assert!(w.is_some());
-        assert!(l.try_read(100).is_none(), "a writer inside keeps readers out");
+        assert!(
+            l.try_read(100).is_none(),
+            "a writer inside keeps readers out"
+        );
         if let Some(mut w) = w {
             *w = 2;
         }

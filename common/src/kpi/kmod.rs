@@ -112,7 +112,10 @@ mod tests {
     fn field64_pads_with_nul() {
         let f = field64("net.prx.kext");
         let mut expected = [0u8; KMOD_MAX_NAME];
-        expected.iter_mut().zip(b"net.prx.kext").for_each(|(d, s)| *d = *s);
+        expected
+            .iter_mut()
+            .zip(b"net.prx.kext")
+            .for_each(|(d, s)| *d = *s);
         assert_eq!(f.map(|c| c as u8), expected);
     }
 

@@ -25,7 +25,15 @@ pub fn init(name: &'static CStr) -> Result<(), AllocError> {
     if g.is_null() {
         return Err(AllocError);
     }
-    if GROUP.compare_exchange(core::ptr::null_mut(), g, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if GROUP
+        .compare_exchange(
+            core::ptr::null_mut(),
+            g,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
         // SAFETY: `g` was just allocated and is not shared.
         unsafe { sys::lck_grp_free(g) };
         return Err(AllocError);
@@ -66,13 +74,18 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 impl<T> Mutex<T> {
     /// A new mutex; gives `v` back on failure.
     pub fn try_new(v: T) -> Result<Self, (AllocError, T)> {
-        let Ok(g) = group() else { return Err((AllocError, v)) };
+        let Ok(g) = group() else {
+            return Err((AllocError, v));
+        };
         // SAFETY: a live group; NULL attribute = defaults.
         let l = unsafe { sys::lck_mtx_alloc_init(g, core::ptr::null_mut()) };
         match NonNull::new(l) {
             Some(lck) => {
                 LIVE.fetch_add(1, Ordering::AcqRel);
-                Ok(Mutex { lck, data: UnsafeCell::new(v) })
+                Ok(Mutex {
+                    lck,
+                    data: UnsafeCell::new(v),
+                })
             }
             None => Err((AllocError, v)),
         }
@@ -138,13 +151,18 @@ unsafe impl<T: Send> Send for RwLock<T> {}
 impl<T> RwLock<T> {
     /// A new lock; gives `v` back on failure.
     pub fn try_new(v: T) -> Result<Self, (AllocError, T)> {
-        let Ok(g) = group() else { return Err((AllocError, v)) };
+        let Ok(g) = group() else {
+            return Err((AllocError, v));
+        };
         // SAFETY: a live group; NULL attribute = defaults.
         let l = unsafe { sys::lck_rw_alloc_init(g, core::ptr::null_mut()) };
         match NonNull::new(l) {
             Some(lck) => {
                 LIVE.fetch_add(1, Ordering::AcqRel);
-                Ok(RwLock { lck, data: UnsafeCell::new(v) })
+                Ok(RwLock {
+                    lck,
+                    data: UnsafeCell::new(v),
+                })
             }
             None => Err((AllocError, v)),
         }

@@ -18,6 +18,11 @@ pub fn counter(what: &CStr, name: &CStr, value: u64) {
     // SAFETY: the format has two `%s` matched by NUL-terminated C strings and
     // one `%llu` matched by a u64 (`unsigned long long` on both kernels).
     unsafe {
-        sys::printf(c"prx: %s %s=%llu\n".as_ptr(), what.as_ptr(), name.as_ptr(), value);
+        sys::printf(
+            c"prx: %s %s=%llu\n".as_ptr(),
+            what.as_ptr(),
+            name.as_ptr(),
+            value,
+        );
     }
 }

@@ -52,7 +52,13 @@ unsafe impl Sync for AuthMark {}
 impl AuthMark {
     /// A mark for a kernel callback: key IA, no address diversity.
     pub const fn kernel_callback(slot: *const (), discriminator: u16) -> AuthMark {
-        AuthMark { slot, discriminator, key: KEY_IA, addr_div: 0, reserved: 0 }
+        AuthMark {
+            slot,
+            discriminator,
+            key: KEY_IA,
+            addr_div: 0,
+            reserved: 0,
+        }
     }
 }
 
@@ -85,6 +91,9 @@ mod tests {
     fn record_layout_matches_kextld() {
         static SLOT: u64 = 0;
         let m = AuthMark::kernel_callback(&raw const SLOT as *const (), 0xE4FE);
-        assert_eq!((m.discriminator, m.key, m.addr_div, m.reserved), (0xE4FE, 0, 0, 0));
+        assert_eq!(
+            (m.discriminator, m.key, m.addr_div, m.reserved),
+            (0xE4FE, 0, 0, 0)
+        );
     }
 }

@@ -40,8 +40,8 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use super::alloc::KBox;
 use crate::net::addr::{Endpoint, Family, IpAddr};
 use crate::sys::{
-    self, AF_INET, AF_INET6, EINVAL, ENOMEM, MBUF_DONTWAIT, SFLT_EXTENDED, SFLT_GLOBAL, mbuf_t, sflt_filter,
-    sflt_filter_ext, sockaddr, socket_t,
+    self, AF_INET, AF_INET6, EINVAL, ENOMEM, MBUF_DONTWAIT, SFLT_EXTENDED, SFLT_GLOBAL, mbuf_t,
+    sflt_filter, sflt_filter_ext, sockaddr, socket_t,
 };
 
 /// A positive errno value.
@@ -137,12 +137,15 @@ impl Socket {
     fn inject_data_out(&self, bytes: &[u8], tag: Option<MbufTag>) -> Result<(), Errno> {
         let mut m: mbuf_t = core::ptr::null_mut();
         // SAFETY: out-parameter `m`; NULL maxchunks is allowed.
-        let r = unsafe { sys::mbuf_allocpacket(MBUF_DONTWAIT, bytes.len(), core::ptr::null_mut(), &mut m) };
+        let r = unsafe {
+            sys::mbuf_allocpacket(MBUF_DONTWAIT, bytes.len(), core::ptr::null_mut(), &mut m)
+        };
         if r != 0 || m.is_null() {
             return Err(if r != 0 { r } else { ENOMEM });
         }
         // SAFETY: `m` is a packet of `bytes.len()` bytes that we own; `bytes` is readable.
-        let r = unsafe { sys::mbuf_copyback(m, 0, bytes.len(), bytes.as_ptr().cast(), MBUF_DONTWAIT) };
+        let r =
+            unsafe { sys::mbuf_copyback(m, 0, bytes.len(), bytes.as_ptr().cast(), MBUF_DONTWAIT) };
         if r != 0 {
             // SAFETY: we own `m` and give it back once.
             unsafe { sys::mbuf_freem(m) };
@@ -159,7 +162,9 @@ impl Socket {
             }
         }
         // SAFETY: `m` is ours to give; sock_inject_data_out always consumes it.
-        match unsafe { sys::sock_inject_data_out(self.so, core::ptr::null(), m, core::ptr::null_mut(), 0) } {
+        match unsafe {
+            sys::sock_inject_data_out(self.so, core::ptr::null(), m, core::ptr::null_mut(), 0)
+        } {
             0 => Ok(()),
             e => Err(e),
         }
@@ -314,7 +319,11 @@ pub trait SocketFilter: 'static {
     /// The outcome of the injection `notify` asked for.
     fn injected(_cookie: &mut Self::Cookie, _so: &Socket, _result: Result<(), Errno>) {}
     /// An outgoing connection; `to` may be rewritten. `Err` fails the connect.
-    fn connect_out(_cookie: &mut Self::Cookie, _so: &Socket, _to: &mut SockAddrMut<'_>) -> Result<(), Errno> {
+    fn connect_out(
+        _cookie: &mut Self::Cookie,
+        _so: &Socket,
+        _to: &mut SockAddrMut<'_>,
+    ) -> Result<(), Errno> {
         Ok(())
     }
     /// Outgoing data. `Err` drops it (the stack frees it and reports the error).
@@ -345,7 +354,9 @@ static HANDLES: [AtomicU32; MAX_HANDLES] = [const { AtomicU32::new(0) }; MAX_HAN
 static STATES: [AtomicU32; MAX_HANDLES] = [const { AtomicU32::new(0) }; MAX_HANDLES];
 
 fn slot(handle: u32) -> Option<usize> {
-    HANDLES.iter().position(|h| h.load(Ordering::Acquire) == handle)
+    HANDLES
+        .iter()
+        .position(|h| h.load(Ordering::Acquire) == handle)
 }
 
 fn set_state(handle: u32, state: u32) {
@@ -362,13 +373,21 @@ pub struct FilterDef(pub sflt_filter);
 unsafe impl Sync for FilterDef {}
 
 /// Registers `def` for `domain`/`type`/`protocol` (e.g. PF_INET, SOCK_STREAM, IPPROTO_TCP).
-pub fn register(def: &'static FilterDef, domain: c_int, ty: c_int, protocol: c_int) -> Result<(), Errno> {
+pub fn register(
+    def: &'static FilterDef,
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+) -> Result<(), Errno> {
     let handle = def.0.sf_handle;
     let i = match slot(handle) {
         Some(i) => i,
         None => HANDLES
             .iter()
-            .position(|h| h.compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire).is_ok())
+            .position(|h| {
+                h.compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
             .ok_or(ENOMEM)?,
     };
     // SAFETY: a complete sflt_filter with attach/detach, non-zero handle, zeroed reserved fields;
@@ -386,8 +405,18 @@ pub fn register(def: &'static FilterDef, domain: c_int, ty: c_int, protocol: c_i
 
 /// Starts unregistering `handle` (once); `sf_unregistered` completes it later.
 pub fn unregister(handle: u32) -> Result<(), Errno> {
-    let Some(st) = slot(handle).and_then(|i| STATES.get(i)) else { return Ok(()) };
-    if st.compare_exchange(STATE_REGISTERED, STATE_UNREGISTERING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    let Some(st) = slot(handle).and_then(|i| STATES.get(i)) else {
+        return Ok(());
+    };
+    if st
+        .compare_exchange(
+            STATE_REGISTERED,
+            STATE_UNREGISTERING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
         return Ok(()); // never registered, or already unregistering/unregistered
     }
     // SAFETY: a handle this kext registered.
@@ -472,7 +501,11 @@ impl<F: SocketFilter> VTable<F> {
 
     /// # Safety
     /// `cookie` is NULL or a cookie `attach` made and `detach` has not consumed.
-    unsafe fn with_cookie<R>(cookie: *mut c_void, default: R, f: impl FnOnce(&mut F::Cookie) -> R) -> R {
+    unsafe fn with_cookie<R>(
+        cookie: *mut c_void,
+        default: R,
+        f: impl FnOnce(&mut F::Cookie) -> R,
+    ) -> R {
         match NonNull::new(cookie.cast::<F::Cookie>()) {
             // SAFETY: the caller's contract: the cookie is alive and the kernel
             // serialises callbacks on one socket (socket lock).
@@ -493,10 +526,17 @@ impl<F: SocketFilter> VTable<F> {
         }
     }
 
-    unsafe extern "C" fn notify(cookie: *mut c_void, so: socket_t, event: u32, _param: *mut c_void) {
+    unsafe extern "C" fn notify(
+        cookie: *mut c_void,
+        so: socket_t,
+        event: u32,
+        _param: *mut c_void,
+    ) {
         let s = Socket { so };
         // SAFETY: an attached socket's cookie.
-        let inj = unsafe { Self::with_cookie(cookie, None, |c| F::notify(c, &s, Event::from_raw(event))) };
+        let inj = unsafe {
+            Self::with_cookie(cookie, None, |c| F::notify(c, &s, Event::from_raw(event)))
+        };
         if let Some(inj) = inj {
             // The cookie is not borrowed here: the kernel runs data_out (which
             // borrows it) from inside sock_inject_data_out.
@@ -506,11 +546,21 @@ impl<F: SocketFilter> VTable<F> {
         }
     }
 
-    unsafe extern "C" fn connect_out(cookie: *mut c_void, so: socket_t, to: *const sockaddr) -> c_int {
-        let Some(sa) = NonNull::new(to.cast_mut().cast::<u8>()) else { return 0 };
+    unsafe extern "C" fn connect_out(
+        cookie: *mut c_void,
+        so: socket_t,
+        to: *const sockaddr,
+    ) -> c_int {
+        let Some(sa) = NonNull::new(to.cast_mut().cast::<u8>()) else {
+            return 0;
+        };
         // SAFETY: `to` points to a sockaddr whose first byte is its length.
         let len = usize::from(unsafe { sa.as_ptr().read() }).min(SOCKADDR_MAX);
-        let mut a = SockAddrMut { sa, len, _p: PhantomData };
+        let mut a = SockAddrMut {
+            sa,
+            len,
+            _p: PhantomData,
+        };
         let s = Socket { so };
         // SAFETY: an attached socket's cookie.
         let r = unsafe { Self::with_cookie(cookie, Ok(()), |c| F::connect_out(c, &s, &mut a)) };
@@ -530,7 +580,13 @@ impl<F: SocketFilter> VTable<F> {
         let s = Socket { so };
         // SAFETY: an attached socket's cookie.
         let r = unsafe {
-            Self::with_cookie(cookie, Ok(()), |c| if out { F::data_out(c, &s, &d) } else { F::data_in(c, &s, &d) })
+            Self::with_cookie(cookie, Ok(()), |c| {
+                if out {
+                    F::data_out(c, &s, &d)
+                } else {
+                    F::data_in(c, &s, &d)
+                }
+            })
         };
         // Never EJUSTRETURN: the stack keeps (and on error frees) the mbuf.
         match r {
@@ -579,7 +635,8 @@ fn take_box<T>(b: KBox<T>) -> T {
 #[macro_export]
 macro_rules! socket_filter {
     (static $name:ident : $f:ty = handle $handle:expr, name $cname:expr) => {
-        static $name: $crate::kpi::sflt::FilterDef = $crate::kpi::sflt::VTable::<$f>::filter($handle, $cname);
+        static $name: $crate::kpi::sflt::FilterDef =
+            $crate::kpi::sflt::VTable::<$f>::filter($handle, $cname);
         $crate::sign_slot!(&raw const $name.0.sf_unregistered, 0x0A98);
         $crate::sign_slot!(&raw const $name.0.sf_attach, 0xE4FE);
         $crate::sign_slot!(&raw const $name.0.sf_detach, 0x73D8);
@@ -598,14 +655,23 @@ mod tests {
     #[test]
     fn sockaddr_round_trip_keeps_the_family() {
         let mut v4 = [16u8, 2, 0, 80, 203, 0, 113, 10, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(parse_sockaddr(&v4), Some(Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80)));
+        assert_eq!(
+            parse_sockaddr(&v4),
+            Some(Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80))
+        );
         write_sockaddr(&Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 3128), &mut v4).unwrap();
         assert_eq!(&v4[..8], &[16, 2, 0x0c, 0x38, 127, 0, 0, 1]);
-        assert_eq!(write_sockaddr(&Endpoint::new(IpAddr::V6([0; 16]), 1), &mut v4), Err(EINVAL));
+        assert_eq!(
+            write_sockaddr(&Endpoint::new(IpAddr::V6([0; 16]), 1), &mut v4),
+            Err(EINVAL)
+        );
         let mut v6 = [0u8; 28];
         v6[0] = 28;
         v6[1] = 30;
         write_sockaddr(&Endpoint::new(IpAddr::V6([1; 16]), 443), &mut v6).unwrap();
-        assert_eq!(parse_sockaddr(&v6), Some(Endpoint::new(IpAddr::V6([1; 16]), 443)));
+        assert_eq!(
+            parse_sockaddr(&v6),
+            Some(Endpoint::new(IpAddr::V6([1; 16]), 443))
+        );
     }
 }

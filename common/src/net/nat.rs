@@ -677,10 +677,23 @@ mod zeroed_tests {
             assert!(t.insert(key(port), proxy, 0, later).is_ok(), "port {port}");
         }
         assert_eq!(t.insert(key(2002), proxy, 0, later), Err(InsertError::Full));
-        let f = t.client_flow(&ep([10, 0, 0, 1], 2001), later).map(|f| f.key.dst);
+        let f = t
+            .client_flow(&ep([10, 0, 0, 1], 2001), later)
+            .map(|f| f.key.dst);
         assert_eq!(f, Some(ep([203, 0, 113, 10], 53)));
-        assert_eq!(t.client_flow(&ep([10, 0, 0, 1], 1000), later), None, "expired and swept");
-        assert_eq!(t.client_flow(&ep([10, 0, 0, 1], 2001), later + Config::DEFAULT.udp_idle_ms), None, "expired");
+        assert_eq!(
+            t.client_flow(&ep([10, 0, 0, 1], 1000), later),
+            None,
+            "expired and swept"
+        );
+        assert_eq!(
+            t.client_flow(
+                &ep([10, 0, 0, 1], 2001),
+                later + Config::DEFAULT.udp_idle_ms
+            ),
+            None,
+            "expired"
+        );
         let back: Endpoint = crate::net::addr::Endpoint::from(proxy).into();
         assert_eq!(back, proxy);
         assert_eq!(t.outbound(&key(2001), 0, later), Some(proxy));

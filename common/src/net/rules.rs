@@ -441,7 +441,9 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
 fn heapsort<T: Ord>(v: &mut [T]) {
     fn sift_down<T: Ord>(v: &mut [T], mut root: usize, end: usize) {
         loop {
-            let Some(left) = root.checked_mul(2).and_then(|x| x.checked_add(1)) else { return };
+            let Some(left) = root.checked_mul(2).and_then(|x| x.checked_add(1)) else {
+                return;
+            };
             if left >= end {
                 return;
             }
@@ -607,22 +609,28 @@ mod tests {
         );
         let mapped = Endpoint::new(IpAddr::V6(IpAddr::V4([10, 1, 2, 3]).to_v6_mapped()), 443);
         assert_eq!(
-            lk(&rs, &Conn {
-                dst: mapped,
-                pid: 2,
-                name: b"",
-                protocol: proto::TCP,
-            })
+            lk(
+                &rs,
+                &Conn {
+                    dst: mapped,
+                    pid: 2,
+                    name: b"",
+                    protocol: proto::TCP,
+                }
+            )
             .action,
             PROXY
         );
         assert_eq!(
-            lk(&rs, &Conn {
-                dst: mapped,
-                pid: 1,
-                name: b"",
-                protocol: proto::TCP,
-            })
+            lk(
+                &rs,
+                &Conn {
+                    dst: mapped,
+                    pid: 1,
+                    name: b"",
+                    protocol: proto::TCP,
+                }
+            )
             .action,
             Action::Direct
         );
@@ -725,32 +733,41 @@ mod tests {
         });
         let rs = set(rules, Action::Direct);
         assert_eq!(
-            lk(&rs, &Conn {
-                dst: v4([10, 0, 19, 135], 1),
-                pid: 0,
-                name: b"",
-                protocol: proto::TCP,
-            })
+            lk(
+                &rs,
+                &Conn {
+                    dst: v4([10, 0, 19, 135], 1),
+                    pid: 0,
+                    name: b"",
+                    protocol: proto::TCP,
+                }
+            )
             .rule,
             Some(4999)
         );
         assert_eq!(
-            lk(&rs, &Conn {
-                dst: v4([192, 168, 3, 4], 1),
-                pid: 0,
-                name: b"",
-                protocol: proto::TCP,
-            })
+            lk(
+                &rs,
+                &Conn {
+                    dst: v4([192, 168, 3, 4], 1),
+                    pid: 0,
+                    name: b"",
+                    protocol: proto::TCP,
+                }
+            )
             .rule,
             Some(5000)
         );
         assert_eq!(
-            lk(&rs, &Conn {
-                dst: v4([11, 0, 0, 1], 1),
-                pid: 0,
-                name: b"",
-                protocol: proto::TCP,
-            })
+            lk(
+                &rs,
+                &Conn {
+                    dst: v4([11, 0, 0, 1], 1),
+                    pid: 0,
+                    name: b"",
+                    protocol: proto::TCP,
+                }
+            )
             .rule,
             None
         );

@@ -139,7 +139,11 @@ fn verify(path: &Path) -> ExitCode {
     match kextld::verify::verify_path(path, KpiTables::builtin()) {
         Ok(report) => {
             println!("{report}");
-            if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("kextld: error: {e}");

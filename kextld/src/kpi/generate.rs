@@ -88,8 +88,11 @@ pub fn generate(exports_dir: &Path) -> Result<String, KpiError> {
 
     let mut body = String::new();
     for ((symbol, set), mask) in &entries {
-        let arches: Vec<&str> =
-            Arch::ALL.iter().filter(|a| mask & arch_bit(**a) != 0).map(|a| a.name()).collect();
+        let arches: Vec<&str> = Arch::ALL
+            .iter()
+            .filter(|a| mask & arch_bit(**a) != 0)
+            .map(|a| a.name())
+            .collect();
         writeln!(body, "{symbol} {} {}", set.short_name(), arches.join(",")).unwrap();
     }
 
@@ -98,7 +101,12 @@ pub fn generate(exports_dir: &Path) -> Result<String, KpiError> {
     for (name, sha) in &inputs {
         writeln!(out, "# input: {sha}  {name}").unwrap();
     }
-    writeln!(out, "{BODY_HASH_KEY}{}", hex(&Sha256::digest(body.as_bytes()))).unwrap();
+    writeln!(
+        out,
+        "{BODY_HASH_KEY}{}",
+        hex(&Sha256::digest(body.as_bytes()))
+    )
+    .unwrap();
     out.push_str(&body);
     Ok(out)
 }
@@ -138,7 +146,9 @@ fn header(xnu_tag: &str) -> String {
 fn find_xnu_tag(text: &str) -> Option<String> {
     text.match_indices("xnu-").find_map(|(i, _)| {
         let rest = &text[i + 4..];
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let version = rest[..end].trim_end_matches('.');
         (!version.is_empty() && version.starts_with(|c: char| c.is_ascii_digit()))
             .then(|| format!("xnu-{version}"))
@@ -175,7 +185,11 @@ fn classify(name: &str) -> Result<Option<(KpiSet, u8)>, String> {
         Some("x86_64") => arch_bit(Arch::X86_64),
         Some("arm64") => arch_bit(Arch::Arm64e),
         Some(a) if IGNORED_ARCHES.contains(&a) => return Ok(None),
-        Some(a) => return Err(format!("unknown architecture {a:?} (expected x86_64 or arm64)")),
+        Some(a) => {
+            return Err(format!(
+                "unknown architecture {a:?} (expected x86_64 or arm64)"
+            ));
+        }
     };
     Ok(Some((set, mask)))
 }
@@ -200,16 +214,20 @@ fn parse_line(line: &str) -> Result<Option<&str>, String> {
         || body.len() < 2
         || body.contains(|c: char| c.is_whitespace() || c == '*' || c == ',')
     {
-        return Err(format!("{symbol:?} is not a symbol (expected `_name`, `_name*` or `_name:_target`)"));
+        return Err(format!(
+            "{symbol:?} is not a symbol (expected `_name`, `_name*` or `_name:_target`)"
+        ));
     }
     Ok(Some(symbol))
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        write!(s, "{b:02x}").unwrap();
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            write!(s, "{b:02x}").unwrap();
+            s
+        })
 }
 
 /// A table split into its header fields and body.
@@ -226,7 +244,10 @@ impl SplitTable<'_> {
     pub fn verify_body_hash(&self) -> Result<(), KpiError> {
         let actual = hex(&Sha256::digest(self.body.as_bytes()));
         if actual != self.recorded_body_hash {
-            return Err(KpiError::BodyHash { recorded: self.recorded_body_hash.to_owned(), actual });
+            return Err(KpiError::BodyHash {
+                recorded: self.recorded_body_hash.to_owned(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -259,7 +280,10 @@ pub(super) fn split_table(text: &str) -> Result<SplitTable<'_>, KpiError> {
             });
         }
     }
-    Err(KpiError::Table { line: 1, message: format!("no `{}` line", BODY_HASH_KEY.trim()) })
+    Err(KpiError::Table {
+        line: 1,
+        message: format!("no `{}` line", BODY_HASH_KEY.trim()),
+    })
 }
 
 /// Regenerates the table from `exports_dir` and compares it with `committed_text`;
@@ -286,7 +310,11 @@ pub fn check(exports_dir: &Path, committed_text: &str) -> Result<(), String> {
         exports_dir.display(),
         show(old),
         show(new),
-        if old.is_none() && new.is_none() { "; line endings differ" } else { "" },
+        if old.is_none() && new.is_none() {
+            "; line endings differ"
+        } else {
+            ""
+        },
     ))
 }
 
@@ -296,7 +324,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn workspace_root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned()
     }
 
     /// The xnu exports directory, if present. A directory named explicitly by
@@ -304,9 +335,11 @@ mod tests {
     fn locate(explicit: Option<PathBuf>, default: PathBuf) -> Result<Option<PathBuf>, String> {
         match explicit {
             Some(dir) if dir.is_dir() => Ok(Some(dir)),
-            Some(dir) => {
-                Err(format!("${} = {} is not a directory", super::super::EXPORTS_DIR_ENV, dir.display()))
-            }
+            Some(dir) => Err(format!(
+                "${} = {} is not a directory",
+                super::super::EXPORTS_DIR_ENV,
+                dir.display()
+            )),
             None => Ok(default.is_dir().then_some(default)),
         }
     }
@@ -328,7 +361,11 @@ mod tests {
         assert_eq!(locate(None, gone.clone()), Ok(None));
         assert_eq!(locate(None, here.clone()), Ok(Some(here.clone())));
         assert_eq!(locate(Some(here.clone()), gone.clone()), Ok(Some(here)));
-        assert!(locate(Some(gone.clone()), gone).unwrap_err().contains("PRX_XNU_EXPORTS"));
+        assert!(
+            locate(Some(gone.clone()), gone)
+                .unwrap_err()
+                .contains("PRX_XNU_EXPORTS")
+        );
     }
 
     fn committed() -> String {
@@ -358,13 +395,19 @@ mod tests {
     #[test]
     fn hand_edit_is_detected() {
         let text = committed().replacen("_IOLog iokit", "_IOLogX iokit", 1);
-        let e = super::super::KpiTables::parse(&text).unwrap_err().to_string();
+        let e = super::super::KpiTables::parse(&text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("edited by hand") && e.contains("gen-kpi"), "{e}");
     }
 
     fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("README.md"), "copied from tag xnu-1234.5.6 of xnu\n").unwrap();
+        std::fs::write(
+            dir.path().join("README.md"),
+            "copied from tag xnu-1234.5.6 of xnu\n",
+        )
+        .unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
@@ -374,9 +417,15 @@ mod tests {
     #[test]
     fn generates_from_a_small_directory() {
         let dir = fixture(&[
-            ("BSDKernel.exports", "# comment\n\n_sock_send\n _mbuf_free \n"),
+            (
+                "BSDKernel.exports",
+                "# comment\n\n_sock_send\n _mbuf_free \n",
+            ),
             ("BSDKernel.x86_64.exports", "_x86_only\n"),
-            ("BSDKernel.arm64.MacOSX.exports", "_arm_alias : _arm_target\n"),
+            (
+                "BSDKernel.arm64.MacOSX.exports",
+                "_arm_alias : _arm_target\n",
+            ),
             ("BSDKernel.arm.exports", "_ignored_32bit_arm\n"),
             ("Private.exports", "_hv_get*\n_sock_send\n"),
         ]);
@@ -394,10 +443,22 @@ mod tests {
         // The generated text parses and answers lookups.
         let t = super::super::KpiTables::parse(&text).unwrap();
         assert_eq!(t.provenance(), "xnu-1234.5.6");
-        assert_eq!(t.lookup(Arch::Arm64e, "_arm_alias"), super::super::Lookup::Public("com.apple.kpi.bsd"));
-        assert_eq!(t.lookup(Arch::X86_64, "_arm_alias"), super::super::Lookup::Unknown);
-        assert_eq!(t.lookup(Arch::X86_64, "_arm_target"), super::super::Lookup::Unknown);
-        assert_eq!(t.lookup(Arch::X86_64, "_sock_send"), super::super::Lookup::Public("com.apple.kpi.bsd"));
+        assert_eq!(
+            t.lookup(Arch::Arm64e, "_arm_alias"),
+            super::super::Lookup::Public("com.apple.kpi.bsd")
+        );
+        assert_eq!(
+            t.lookup(Arch::X86_64, "_arm_alias"),
+            super::super::Lookup::Unknown
+        );
+        assert_eq!(
+            t.lookup(Arch::X86_64, "_arm_target"),
+            super::super::Lookup::Unknown
+        );
+        assert_eq!(
+            t.lookup(Arch::X86_64, "_sock_send"),
+            super::super::Lookup::Public("com.apple.kpi.bsd")
+        );
     }
 
     #[test]
@@ -406,17 +467,29 @@ mod tests {
         let text = generate(dir.path()).unwrap();
         assert!(check(dir.path(), &text).is_ok());
         let e = check(dir.path(), &text.replace("_b mach", "_c mach")).unwrap_err();
-        assert!(e.contains("_b mach") && e.contains("_c mach") && e.contains("cargo xtask gen-kpi"), "{e}");
+        assert!(
+            e.contains("_b mach") && e.contains("_c mach") && e.contains("cargo xtask gen-kpi"),
+            "{e}"
+        );
         assert!(e.contains(&format!("line {}", text.lines().count())), "{e}");
     }
 
     #[test]
     fn bad_inputs_are_named() {
-        let e = generate(fixture(&[("Kasan.exports", "_a\n")]).path()).unwrap_err().to_string();
-        assert!(e.contains("Kasan.exports") && e.contains("unknown export set"), "{e}");
-        let e = generate(fixture(&[("Mach.exports", "_a\nnot a symbol\n")]).path()).unwrap_err().to_string();
+        let e = generate(fixture(&[("Kasan.exports", "_a\n")]).path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Kasan.exports") && e.contains("unknown export set"),
+            "{e}"
+        );
+        let e = generate(fixture(&[("Mach.exports", "_a\nnot a symbol\n")]).path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Mach.exports:2"), "{e}");
-        let e = generate(fixture(&[("Mach.ppc.exports", "_a\n")]).path()).unwrap_err().to_string();
+        let e = generate(fixture(&[("Mach.ppc.exports", "_a\n")]).path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Mach.ppc.exports") && e.contains("ppc"), "{e}");
         let dir = fixture(&[("Mach.exports", "_a\n")]);
         std::fs::write(dir.path().join("README.md"), "no tag here\n").unwrap();
@@ -431,6 +504,9 @@ pub(super) mod tests_support {
 
     /// A minimal well-formed table (valid header and body hash) around `body`.
     pub fn table_with_body(body: &str) -> String {
-        format!("{XNU_TAG_KEY}xnu-1.0\n{BODY_HASH_KEY}{}\n{body}", hex(&Sha256::digest(body.as_bytes())))
+        format!(
+            "{XNU_TAG_KEY}xnu-1.0\n{BODY_HASH_KEY}{}\n{body}",
+            hex(&Sha256::digest(body.as_bytes()))
+        )
     }
 }

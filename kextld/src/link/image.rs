@@ -150,7 +150,10 @@ pub(super) fn section_delta(
     let p = place[obj].get(sect).copied().flatten()?;
     let out = &sections[p.out];
     let in_addr = objects[obj].sections[sect].addr;
-    Some(((out.addr + p.offset) as i64 - in_addr as i64, p.out as u32 + 1))
+    Some((
+        (out.addr + p.offset) as i64 - in_addr as i64,
+        p.out as u32 + 1,
+    ))
 }
 
 /// Assigns each output section's inputs their offsets (in load order, aligned)
@@ -165,7 +168,10 @@ pub(super) fn place_inputs(
         for &(o, i) in &out.inputs {
             let s = &objects[o].sections[i];
             off = off.div_ceil(1 << s.align) * (1 << s.align);
-            place[o][i] = Some(Placement { out: idx, offset: off });
+            place[o][i] = Some(Placement {
+                out: idx,
+                offset: off,
+            });
             off += s.size;
         }
         if !out.inputs.is_empty() {
@@ -274,7 +280,10 @@ pub(super) fn symbol_table(
     let nextdef = out.len() - nlocal;
     let mut undef_index = BTreeMap::new();
     for name in referenced_undef {
-        let weak = matches!(loaded.globals.get(name), Some(Global::Undefined { weak: true }));
+        let weak = matches!(
+            loaded.globals.get(name),
+            Some(Global::Undefined { weak: true })
+        );
         undef_index.insert(name.clone(), out.len() as u32);
         out.push(OutSymbol {
             name: name.clone(),
@@ -290,7 +299,13 @@ pub(super) fn symbol_table(
             what: format!("{} output sections (at most 255)", sections.len()),
         });
     }
-    Ok(SymbolTable { symbols: out, nlocal, nextdef, nundef, undef_index })
+    Ok(SymbolTable {
+        symbols: out,
+        nlocal,
+        nextdef,
+        nundef,
+        undef_index,
+    })
 }
 
 /// Serialises symbols as `nlist_64`s and their string table (starting with

@@ -19,13 +19,14 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
 
 use super::upload::{self, SigV4Request};
-use super::{ApiKey, AwsCredentials, NotaryError, NotaryService, Status, Submission, UploadTarget, jwt};
+use super::{
+    ApiKey, AwsCredentials, NotaryError, NotaryService, Status, Submission, UploadTarget, jwt,
+};
 
 /// Apple's Notary API v2 base URL.
 pub const APPLE_NOTARY_URL: &str = "https://appstoreconnect.apple.com/notary/v2";
 /// Apple's ticket lookup (CloudKit) URL.
-pub const APPLE_TICKET_LOOKUP_URL: &str =
-    "https://api.apple-cloudkit.com/database/1/com.apple.gk.ticket-delivery/production/public/records/lookup";
+pub const APPLE_TICKET_LOOKUP_URL: &str = "https://api.apple-cloudkit.com/database/1/com.apple.gk.ticket-delivery/production/public/records/lookup";
 
 /// The URLs the service talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,10 +93,12 @@ fn json(resp: Response, what: &str) -> Result<Value, NotaryError> {
 }
 
 fn field<'a>(v: &'a Value, pointer: &str, what: &str) -> Result<&'a str, NotaryError> {
-    v.pointer(pointer).and_then(Value::as_str).ok_or_else(|| NotaryError::Http {
-        what: what.to_string(),
-        message: format!("answer has no {pointer}"),
-    })
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .ok_or_else(|| NotaryError::Http {
+            what: what.to_string(),
+            message: format!("answer has no {pointer}"),
+        })
 }
 
 impl HttpNotary {
@@ -107,7 +110,11 @@ impl HttpNotary {
             .timeout(Duration::from_secs(600))
             .build()
             .map_err(http("creating the HTTP client"))?;
-        Ok(HttpNotary { client, key, endpoints })
+        Ok(HttpNotary {
+            client,
+            key,
+            endpoints,
+        })
     }
 
     fn bearer(&self) -> Result<String, NotaryError> {
@@ -162,8 +169,12 @@ impl HttpNotary {
 impl NotaryService for HttpNotary {
     fn submit(&self, name: &str, sha256_hex: &str) -> Result<Submission, NotaryError> {
         let what = "notary submission";
-        let url = format!("{}/submissions", self.endpoints.notary.trim_end_matches('/'));
-        let body = serde_json::json!({"submissionName": name, "sha256": sha256_hex, "notifications": []});
+        let url = format!(
+            "{}/submissions",
+            self.endpoints.notary.trim_end_matches('/')
+        );
+        let body =
+            serde_json::json!({"submissionName": name, "sha256": sha256_hex, "notifications": []});
         let req = self
             .client
             .post(url)
@@ -235,7 +246,10 @@ impl NotaryService for HttpNotary {
         let what = "notary log";
         let v = self.notary_get(&format!("/submissions/{id}/logs"), what)?;
         let url = field(&v, "/data/attributes/developerLogUrl", what)?;
-        json(send(self.client.get(url), "developer log download")?, "developer log download")
+        json(
+            send(self.client.get(url), "developer log download")?,
+            "developer log download",
+        )
     }
 
     fn ticket_lookup(&self, record_name: &str) -> Result<Vec<u8>, NotaryError> {
@@ -251,22 +265,34 @@ impl NotaryService for HttpNotary {
         let rec = v
             .get("records")
             .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|r| r.get("recordName").and_then(Value::as_str) == Some(record_name)))
+            .and_then(|a| {
+                a.iter()
+                    .find(|r| r.get("recordName").and_then(Value::as_str) == Some(record_name))
+            })
             .ok_or_else(|| NotaryError::Ticket(format!("no record {record_name} in the answer")))?;
         if let Some(reason) = rec.get("reason").and_then(Value::as_str) {
-            let code = rec.get("serverErrorCode").and_then(Value::as_str).unwrap_or("?");
-            return Err(NotaryError::Ticket(format!("{record_name}: {code}: {reason}")));
+            let code = rec
+                .get("serverErrorCode")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            return Err(NotaryError::Ticket(format!(
+                "{record_name}: {code}: {reason}"
+            )));
         }
         let f = rec
             .pointer("/fields/signedTicket")
             .ok_or_else(|| NotaryError::Ticket(format!("{record_name}: no signedTicket")))?;
         if f.get("type").and_then(Value::as_str) != Some("BYTES") {
-            return Err(NotaryError::Ticket(format!("{record_name}: signedTicket is not BYTES")));
+            return Err(NotaryError::Ticket(format!(
+                "{record_name}: signedTicket is not BYTES"
+            )));
         }
         let b64 = f.get("value").and_then(Value::as_str).unwrap_or("");
         let ticket = base64::engine::general_purpose::STANDARD
             .decode(b64)
-            .map_err(|e| NotaryError::Ticket(format!("{record_name}: signedTicket is not base64: {e}")))?;
+            .map_err(|e| {
+                NotaryError::Ticket(format!("{record_name}: signedTicket is not base64: {e}"))
+            })?;
         if ticket.is_empty() {
             return Err(NotaryError::Ticket(format!("{record_name}: empty ticket")));
         }

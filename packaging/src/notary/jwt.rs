@@ -28,7 +28,11 @@ pub fn token(key: &ApiKey, now: u64) -> Result<String, NotaryError> {
         "exp": now + LIFETIME_SECS,
         "aud": AUDIENCE,
     });
-    let signing_input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
     let sig = key
         .key_pair()?
         .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())

@@ -88,7 +88,12 @@ pub enum NotaryError {
     Staple(String),
 }
 
-fn not_accepted_message(status: Status, id: &str, summary: Option<&str>, issues: &[LogIssue]) -> String {
+fn not_accepted_message(
+    status: Status,
+    id: &str,
+    summary: Option<&str>,
+    issues: &[LogIssue],
+) -> String {
     let mut s = format!("notarization {status}: submission {id}");
     if let Some(sum) = summary {
         s.push_str(&format!(" ({sum})"));
@@ -299,7 +304,9 @@ impl ApiKey {
             .decode(f.private_key.trim())
             .map_err(|_| NotaryError::Key("private_key is not base64".into()))?;
         if f.issuer_id.is_empty() || f.key_id.is_empty() {
-            return Err(NotaryError::Key("issuer_id and key_id must not be empty".into()));
+            return Err(NotaryError::Key(
+                "issuer_id and key_id must not be empty".into(),
+            ));
         }
         let key = ApiKey {
             issuer_id: f.issuer_id,
@@ -339,7 +346,11 @@ impl ApiKey {
             &self.pkcs8,
             &ring::rand::SystemRandom::new(),
         )
-        .map_err(|e| NotaryError::Key(format!("private_key is not a PKCS#8 P-256 (ES256) key: {e}")))
+        .map_err(|e| {
+            NotaryError::Key(format!(
+                "private_key is not a PKCS#8 P-256 (ES256) key: {e}"
+            ))
+        })
     }
 }
 
@@ -403,7 +414,10 @@ pub fn notarize(
     check_pkg_submittable(pkg)?;
     let sha = sha256_hex(pkg);
     let sub = service.submit(name, &sha)?;
-    progress(&format!("notarization: submission {} created for {name} (sha256 {sha})", sub.id));
+    progress(&format!(
+        "notarization: submission {} created for {name} (sha256 {sha})",
+        sub.id
+    ));
     service.upload(pkg, &sub.upload)?;
     progress(&format!(
         "notarization: uploaded {} bytes to s3://{}/{}",
@@ -431,14 +445,21 @@ pub fn notarize(
         };
         let waited = start.elapsed();
         if failures == 0 {
-            progress(&format!("notarization: {} after {}s", status, waited.as_secs()));
+            progress(&format!(
+                "notarization: {} after {}s",
+                status,
+                waited.as_secs()
+            ));
         }
         match status {
             Status::Accepted => return Ok(sub.id),
             Status::Invalid | Status::Rejected => {
                 let (summary, issues) = match service.log(&sub.id) {
                     Ok(log) => log_issues(&log),
-                    Err(e) => (Some(format!("the developer log could not be fetched: {e}")), Vec::new()),
+                    Err(e) => (
+                        Some(format!("the developer log could not be fetched: {e}")),
+                        Vec::new(),
+                    ),
                 };
                 return Err(NotaryError::NotAccepted {
                     status,

@@ -33,7 +33,8 @@ fn trailer(typ: u16, length: u32) -> [u8; TRAILER_LEN] {
 
 /// The bytes appended to a XAR to staple `ticket`.
 pub fn notarization_trailer(ticket: &[u8]) -> Result<Vec<u8>, NotaryError> {
-    let len = u32::try_from(ticket.len()).map_err(|_| NotaryError::Staple("ticket too large".into()))?;
+    let len =
+        u32::try_from(ticket.len()).map_err(|_| NotaryError::Staple("ticket too large".into()))?;
     if ticket.is_empty() {
         return Err(NotaryError::Staple("empty ticket".into()));
     }
@@ -83,7 +84,11 @@ pub fn record_name(pkg: &[u8]) -> Result<String, NotaryError> {
         ChecksumType::Sha1 => 1,
         ChecksumType::Sha256 => 2,
         ChecksumType::Sha512 => 5,
-        other => return Err(NotaryError::Staple(format!("unsupported TOC checksum {other:?}"))),
+        other => {
+            return Err(NotaryError::Staple(format!(
+                "unsupported TOC checksum {other:?}"
+            )));
+        }
     };
     let mut digest = r
         .checksum_data()
@@ -114,21 +119,28 @@ pub fn staple_file(path: &Path, ticket: &[u8]) -> Result<(), NotaryError> {
         }
     };
     let data = std::fs::read(path).map_err(io("cannot read the pkg"))?;
-    let perms = std::fs::metadata(path).map_err(io("cannot stat the pkg"))?.permissions();
+    let perms = std::fs::metadata(path)
+        .map_err(io("cannot stat the pkg"))?
+        .permissions();
     let stapled = staple(&data, ticket)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".prx-staple-")
         .tempfile_in(dir)
         .map_err(io("cannot create a temporary file next to the pkg"))?;
-    tmp.write_all(&stapled).map_err(io("writing the stapled pkg"))?;
-    tmp.as_file().sync_all().map_err(io("writing the stapled pkg"))?;
+    tmp.write_all(&stapled)
+        .map_err(io("writing the stapled pkg"))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io("writing the stapled pkg"))?;
     std::fs::set_permissions(tmp.path(), perms).map_err(io("setting permissions"))?;
-    tmp.persist(path)
-        .map_err(|e| NotaryError::Io {
-            path: path.to_path_buf(),
-            action: "renaming the stapled pkg into place",
-            source: e.error,
-        })?;
+    tmp.persist(path).map_err(|e| NotaryError::Io {
+        path: path.to_path_buf(),
+        action: "renaming the stapled pkg into place",
+        source: e.error,
+    })?;
     Ok(())
 }

@@ -60,14 +60,28 @@ pub fn authorization(req: &SigV4Request<'_>, access_key_id: &str, secret: &str) 
     let mut headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.split_whitespace().collect::<Vec<_>>().join(" ")))
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
         .collect();
     headers.sort();
     let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let signed_headers = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+    let signed_headers = headers
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
     let canonical_request = format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
-        req.method, req.canonical_uri, req.canonical_query, canonical_headers, signed_headers, req.payload_sha256
+        req.method,
+        req.canonical_uri,
+        req.canonical_query,
+        canonical_headers,
+        signed_headers,
+        req.payload_sha256
     );
     let date = &req.amz_date[..8];
     let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
@@ -81,5 +95,7 @@ pub fn authorization(req: &SigV4Request<'_>, access_key_id: &str, secret: &str) 
     let k_service = hmac256(&k_region, req.service.as_bytes());
     let k_signing = hmac256(&k_service, b"aws4_request");
     let signature = hex(&hmac256(&k_signing, string_to_sign.as_bytes()));
-    format!("AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}")
+    format!(
+        "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+    )
 }

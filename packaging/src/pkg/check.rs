@@ -40,7 +40,11 @@ impl Installed {
     /// `ls -l`-style rendering of the mode, e.g. `drwxr-xr-x`.
     pub fn mode_string(&self) -> String {
         let mut s = String::with_capacity(10);
-        s.push(if self.mode & 0o170000 == 0o040000 { 'd' } else { '-' });
+        s.push(if self.mode & 0o170000 == 0o040000 {
+            'd'
+        } else {
+            '-'
+        });
         for shift in [6, 3, 0] {
             let bits = (self.mode >> shift) & 7;
             s.push(if bits & 4 != 0 { 'r' } else { '-' });
@@ -95,8 +99,16 @@ impl std::fmt::Display for CheckReport {
             f,
             "xar: TOC checksum ok, {} file checksums ok, RSA signature: {}, CMS signature: {}{}",
             self.xar.file_checksums,
-            if self.xar.rsa_signature { "valid" } else { "none" },
-            if self.xar.cms_signature { "valid" } else { "none" },
+            if self.xar.rsa_signature {
+                "valid"
+            } else {
+                "none"
+            },
+            if self.xar.cms_signature {
+                "valid"
+            } else {
+                "none"
+            },
             self.xar
                 .signer
                 .as_ref()
@@ -144,7 +156,11 @@ impl std::fmt::Display for CheckReport {
 }
 
 fn owner(id: u32, zero: &str) -> String {
-    if id == 0 { zero.to_string() } else { id.to_string() }
+    if id == 0 {
+        zero.to_string()
+    } else {
+        id.to_string()
+    }
 }
 
 /// Elements of an XML document: (name, attributes, text).
@@ -218,11 +234,15 @@ pub fn check(pkg: &Path, staging: &Path) -> Result<CheckReport, PkgError> {
     let members = xar::read_all(&bytes)?;
     let dist = xml_elements(&member(&members, "Distribution")?.data, "Distribution")?;
     let find = |name: &str| dist.iter().find(|e| e.0 == name);
-    let title = find("title").map(|e| e.2.trim().to_string()).unwrap_or_default();
+    let title = find("title")
+        .map(|e| e.2.trim().to_string())
+        .unwrap_or_default();
     let min_os = find("os-version").and_then(|e| e.1.get("min").cloned());
     let options = find("options");
     let host_architectures = options.and_then(|e| e.1.get("hostArchitectures").cloned());
-    let root_volume_only = options.and_then(|e| e.1.get("rootVolumeOnly")).is_some_and(|v| v == "true");
+    let root_volume_only = options
+        .and_then(|e| e.1.get("rootVolumeOnly"))
+        .is_some_and(|v| v == "true");
     let mut on_conclusion = Vec::new();
     let mut components = Vec::new();
     for e in dist.iter().filter(|e| e.0 == "pkg-ref") {
@@ -234,12 +254,16 @@ pub fn check(pkg: &Path, staging: &Path) -> Result<CheckReport, PkgError> {
             on_conclusion.push(c.clone());
         }
         let name = target.strip_prefix('#').ok_or_else(|| {
-            PkgError::Verify(format!("Distribution: pkg-ref {target:?} is not a member reference (#name)"))
+            PkgError::Verify(format!(
+                "Distribution: pkg-ref {target:?} is not a member reference (#name)"
+            ))
         })?;
         components.push(component(&members, name, staging)?);
     }
     if components.is_empty() {
-        return Err(PkgError::Verify("Distribution references no component package".into()));
+        return Err(PkgError::Verify(
+            "Distribution references no component package".into(),
+        ));
     }
     Ok(CheckReport {
         xar: verification,
@@ -252,8 +276,15 @@ pub fn check(pkg: &Path, staging: &Path) -> Result<CheckReport, PkgError> {
     })
 }
 
-fn component(members: &[xar::ReadMember], name: &str, staging: &Path) -> Result<ComponentReport, PkgError> {
-    let info = xml_elements(&member(members, &format!("{name}/PackageInfo"))?.data, "PackageInfo")?;
+fn component(
+    members: &[xar::ReadMember],
+    name: &str,
+    staging: &Path,
+) -> Result<ComponentReport, PkgError> {
+    let info = xml_elements(
+        &member(members, &format!("{name}/PackageInfo"))?.data,
+        "PackageInfo",
+    )?;
     let pi = info
         .iter()
         .find(|e| e.0 == "pkg-info")
@@ -265,7 +296,10 @@ fn component(members: &[xar::ReadMember], name: &str, staging: &Path) -> Result<
             "{name}/PackageInfo: install-location {install_location:?} is not absolute"
         )));
     }
-    let payload = read_cpio_gz(&member(members, &format!("{name}/Payload"))?.data, "Payload")?;
+    let payload = read_cpio_gz(
+        &member(members, &format!("{name}/Payload"))?.data,
+        "Payload",
+    )?;
     let bom = crate::bom::read(&member(members, &format!("{name}/Bom"))?.data)
         .map_err(|e| PkgError::Verify(format!("{name}/Bom: {e}")))?;
 
@@ -286,12 +320,16 @@ fn component(members: &[xar::ReadMember], name: &str, staging: &Path) -> Result<
             }))
             .collect();
         match mode & 0o170000 {
-            0o040000 => fs::create_dir_all(&dest).map_err(PkgError::io(&dest, "create directory"))?,
+            0o040000 => {
+                fs::create_dir_all(&dest).map_err(PkgError::io(&dest, "create directory"))?
+            }
             0o100000 => {
                 fs::write(&dest, data).map_err(PkgError::io(&dest, "write"))?;
             }
             other => {
-                return Err(PkgError::Verify(format!("Payload: {path}: unsupported file type {other:o}")));
+                return Err(PkgError::Verify(format!(
+                    "Payload: {path}: unsupported file type {other:o}"
+                )));
             }
         }
         fs::set_permissions(&dest, fs::Permissions::from_mode(mode & 0o7777))
@@ -315,7 +353,15 @@ fn component(members: &[xar::ReadMember], name: &str, staging: &Path) -> Result<
         .collect();
     let mut from_bom: Vec<(String, u32, u32, u32, u64)> = bom
         .iter()
-        .map(|b| (b.path.clone(), u32::from(b.mode), b.uid, b.gid, u64::from(b.size)))
+        .map(|b| {
+            (
+                b.path.clone(),
+                u32::from(b.mode),
+                b.uid,
+                b.gid,
+                u64::from(b.size),
+            )
+        })
         .collect();
     from_payload.sort();
     from_bom.sort();

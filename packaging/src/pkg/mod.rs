@@ -114,7 +114,10 @@ fn esc(s: &str) -> String {
 pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
     let mtime = u32::try_from(spec.epoch).map_err(|_| PkgError::Input {
         path: PathBuf::from("SOURCE_DATE_EPOCH"),
-        what: format!("{} is outside what cpio and BOM can store (0..2^32)", spec.epoch),
+        what: format!(
+            "{} is outside what cpio and BOM can store (0..2^32)",
+            spec.epoch
+        ),
     })?;
     let mut tree = PayloadTree::new(mtime);
     for k in &spec.kexts {
@@ -166,7 +169,11 @@ pub fn package_info(spec: &PkgSpec, tree: &PayloadTree) -> String {
 </pkg-info>
 "#,
         id = esc(&spec.identifier),
-        action = if spec.require_restart { "restart" } else { "none" },
+        action = if spec.require_restart {
+            "restart"
+        } else {
+            "none"
+        },
         version = esc(&spec.version),
         loc = INSTALL_LOCATION,
         files = tree.len(),

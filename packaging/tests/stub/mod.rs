@@ -103,7 +103,10 @@ pub struct Request {
 
 impl Request {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -130,7 +133,12 @@ pub fn read_request(conn: &TcpStream) -> Option<Request> {
         .map_or(0, |(_, v)| v.parse().unwrap_or(0));
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    Some(Request { method, path, headers, body })
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
 pub fn respond(mut conn: &TcpStream, code: u16, body: &str) {
@@ -144,19 +152,25 @@ pub fn respond(mut conn: &TcpStream, code: u16, body: &str) {
 }
 
 pub fn unb64url(s: &str) -> Vec<u8> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap_or_default()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .unwrap_or_default()
 }
 
 /// The checks Apple makes of the token, with the key's public half.
 pub fn verify_jwt(req: &Request, public_key: &[u8]) -> Result<(), String> {
-    let auth = req.header("authorization").ok_or("no Authorization header")?;
+    let auth = req
+        .header("authorization")
+        .ok_or("no Authorization header")?;
     let token = auth.strip_prefix("Bearer ").ok_or("not a Bearer token")?;
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
         return Err(format!("JWT has {} parts", parts.len()));
     }
-    let header: Value = serde_json::from_slice(&unb64url(parts[0])).map_err(|e| format!("header: {e}"))?;
-    let claims: Value = serde_json::from_slice(&unb64url(parts[1])).map_err(|e| format!("claims: {e}"))?;
+    let header: Value =
+        serde_json::from_slice(&unb64url(parts[0])).map_err(|e| format!("header: {e}"))?;
+    let claims: Value =
+        serde_json::from_slice(&unb64url(parts[1])).map_err(|e| format!("claims: {e}"))?;
     if header != json!({"alg": "ES256", "kid": KID, "typ": "JWT"}) {
         return Err(format!("bad header {header}"));
     }
@@ -164,8 +178,14 @@ pub fn verify_jwt(req: &Request, public_key: &[u8]) -> Result<(), String> {
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, public_key)
         .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
         .map_err(|_| "ES256 signature does not verify".to_string())?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let (iat, exp) = (claims["iat"].as_u64().ok_or("no iat")?, claims["exp"].as_u64().ok_or("no exp")?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (iat, exp) = (
+        claims["iat"].as_u64().ok_or("no iat")?,
+        claims["exp"].as_u64().ok_or("no exp")?,
+    );
     if claims["iss"] != ISSUER || claims["aud"] != "appstoreconnect-v1" {
         return Err(format!("bad iss/aud in {claims}"));
     }
@@ -176,18 +196,34 @@ pub fn verify_jwt(req: &Request, public_key: &[u8]) -> Result<(), String> {
 }
 
 pub fn is_hex(s: &str, n: usize) -> bool {
-    s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == n
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// SigV4 `Authorization` shape, session token and body digest.
 pub fn check_upload(req: &Request, submitted_sha: Option<&str>) -> Result<(), String> {
-    let auth = req.header("authorization").ok_or("no Authorization header")?;
-    let rest = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=").ok_or(format!("bad scheme: {auth}"))?;
-    let (cred, rest) = rest.split_once(", SignedHeaders=").ok_or(format!("no SignedHeaders: {auth}"))?;
-    let (signed, sig) = rest.split_once(", Signature=").ok_or(format!("no Signature: {auth}"))?;
+    let auth = req
+        .header("authorization")
+        .ok_or("no Authorization header")?;
+    let rest = auth
+        .strip_prefix("AWS4-HMAC-SHA256 Credential=")
+        .ok_or(format!("bad scheme: {auth}"))?;
+    let (cred, rest) = rest
+        .split_once(", SignedHeaders=")
+        .ok_or(format!("no SignedHeaders: {auth}"))?;
+    let (signed, sig) = rest
+        .split_once(", Signature=")
+        .ok_or(format!("no Signature: {auth}"))?;
     let c: Vec<&str> = cred.split('/').collect();
     let date = req.header("x-amz-date").ok_or("no x-amz-date")?;
-    if c.len() != 5 || c[0] != AKID || c[1] != &date[..8] || c[2] != "us-west-2" || c[3] != "s3" || c[4] != "aws4_request" {
+    if c.len() != 5
+        || c[0] != AKID
+        || c[1] != &date[..8]
+        || c[2] != "us-west-2"
+        || c[3] != "s3"
+        || c[4] != "aws4_request"
+    {
         return Err(format!("bad credential scope {cred}"));
     }
     if date.len() != 16 || !date.ends_with('Z') {
@@ -200,14 +236,18 @@ pub fn check_upload(req: &Request, submitted_sha: Option<&str>) -> Result<(), St
         return Err("wrong session token".into());
     }
     let body_sha = notary::sha256_hex(&req.body);
-    if req.header("x-amz-content-sha256") != Some(body_sha.as_str()) || submitted_sha != Some(body_sha.as_str()) {
+    if req.header("x-amz-content-sha256") != Some(body_sha.as_str())
+        || submitted_sha != Some(body_sha.as_str())
+    {
         return Err("x-amz-content-sha256 / submitted sha256 do not match the body".into());
     }
     Ok(())
 }
 
 pub fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
-    let Some(req) = read_request(&conn) else { return };
+    let Some(req) = read_request(&conn) else {
+        return;
+    };
     let mut st = state.lock().unwrap();
     st.requests.push(format!("{} {}", req.method, req.path));
     let sub_path = format!("/notary/v2/submissions/{SUB_ID}");
@@ -215,7 +255,11 @@ pub fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
         && let Err(e) = verify_jwt(&req, &st.public_key)
     {
         st.errors.push(format!("{} {}: {e}", req.method, req.path));
-        return respond(&conn, 401, r#"{"errors":[{"status":"401","code":"NOT_AUTHORIZED"}]}"#);
+        return respond(
+            &conn,
+            401,
+            r#"{"errors":[{"status":"401","code":"NOT_AUTHORIZED"}]}"#,
+        );
     }
     match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/notary/v2/submissions") => {
@@ -235,7 +279,11 @@ pub fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
                 }
                 Err(e) => {
                     st.errors.push(format!("upload: {e}"));
-                    respond(&conn, 403, "<Error><Code>SignatureDoesNotMatch</Code></Error>");
+                    respond(
+                        &conn,
+                        403,
+                        "<Error><Code>SignatureDoesNotMatch</Code></Error>",
+                    );
                 }
             }
         }
@@ -247,7 +295,11 @@ pub fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
                 st.status_failures -= 1;
                 return respond(&conn, 503, r#"{"errors":[{"status":"503"}]}"#);
             }
-            let s = if st.statuses.len() > 1 { st.statuses.pop_front().unwrap() } else { st.statuses[0] };
+            let s = if st.statuses.len() > 1 {
+                st.statuses.pop_front().unwrap()
+            } else {
+                st.statuses[0]
+            };
             let body = json!({"data": {"id": SUB_ID, "type": "submissions", "attributes": {
                 "createdDate": "2026-11-28T10:00:00.000Z", "name": "prx-0.1.0.pkg", "status": s}}, "meta": {}});
             respond(&conn, 200, &body.to_string());
@@ -259,13 +311,17 @@ pub fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
         }
         ("GET", p) if p == format!("/logs/{SUB_ID}.json") => {
             if req.header("authorization").is_some() {
-                st.errors.push("the pre-signed log URL was sent a token".into());
+                st.errors
+                    .push("the pre-signed log URL was sent a token".into());
             }
             respond(&conn, 200, &st.log.to_string());
         }
         ("POST", "/cloudkit/lookup") => {
             let b: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
-            let name = b["records"][0]["recordName"].as_str().unwrap_or("").to_string();
+            let name = b["records"][0]["recordName"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             st.lookups.push(name.clone());
             if st.no_ticket {
                 let body = json!({"records": [{"recordName": name, "reason": "Record not found", "serverErrorCode": "NOT_FOUND"}]});
@@ -276,7 +332,8 @@ pub fn serve(conn: TcpStream, state: &Mutex<State>, base: &str) {
             respond(&conn, 200, &body.to_string());
         }
         _ => {
-            st.errors.push(format!("unexpected request {} {}", req.method, req.path));
+            st.errors
+                .push(format!("unexpected request {} {}", req.method, req.path));
             respond(&conn, 404, "{}");
         }
     }
@@ -290,7 +347,10 @@ pub fn api_key() -> (String, Vec<u8>) {
     let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
     let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
     let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
-    (ApiKey::to_json(ISSUER, KID, pkcs8.as_ref()), pair.public_key().as_ref().to_vec())
+    (
+        ApiKey::to_json(ISSUER, KID, pkcs8.as_ref()),
+        pair.public_key().as_ref().to_vec(),
+    )
 }
 
 pub fn service(stub: &Stub, key_json: &str) -> HttpNotary {
@@ -303,7 +363,10 @@ pub fn expected_record_name(pkg: &[u8]) -> String {
     assert_eq!(&pkg[..4], b"xar!");
     let header = u16::from_be_bytes([pkg[4], pkg[5]]) as usize;
     let toc_len = u64::from_be_bytes(pkg[8..16].try_into().unwrap()) as usize;
-    let d = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &pkg[header..header + toc_len]);
+    let d = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &pkg[header..header + toc_len],
+    );
     let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("2/1/{hex}")
 }
@@ -329,9 +392,12 @@ pub fn invalid_log() -> Value {
 /// The public key of a key file's private key.
 pub fn api_key_public(key_json: &str) -> Vec<u8> {
     let v: Value = serde_json::from_str(key_json).unwrap();
-    let der = base64::engine::general_purpose::STANDARD.decode(v["private_key"].as_str().unwrap()).unwrap();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(v["private_key"].as_str().unwrap())
+        .unwrap();
     let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, &der, &ring::rand::SystemRandom::new()).unwrap();
+    let pair =
+        ring::signature::EcdsaKeyPair::from_pkcs8(alg, &der, &ring::rand::SystemRandom::new())
+            .unwrap();
     pair.public_key().as_ref().to_vec()
 }
-

@@ -26,7 +26,13 @@ pub fn tiny_macho() -> Vec<u8> {
     u32le(&mut b, 144 + 80);
     u32le(&mut b, 1); // MH_NOUNDEFS
     u32le(&mut b, 0);
-    let seg = |b: &mut Vec<u8>, name: &str, vmaddr: u64, fileoff: u64, filesize: u64, prot: u32, nsects: u32| {
+    let seg = |b: &mut Vec<u8>,
+               name: &str,
+               vmaddr: u64,
+               fileoff: u64,
+               filesize: u64,
+               prot: u32,
+               nsects: u32| {
         u32le(b, 0x19);
         u32le(b, 72 + 80 * nsects);
         let mut n = [0u8; 16];
@@ -137,7 +143,13 @@ pub fn application() -> &'static Generated {
 /// Developer ID Installer (RSA 2048), valid for a day.
 pub fn installer() -> &'static Generated {
     static G: OnceLock<Generated> = OnceLock::new();
-    G.get_or_init(|| generate(KeyAlgorithm::Rsa, CertificateProfile::DeveloperIdInstaller, 24))
+    G.get_or_init(|| {
+        generate(
+            KeyAlgorithm::Rsa,
+            CertificateProfile::DeveloperIdInstaller,
+            24,
+        )
+    })
 }
 
 /// Apple Development (not Developer ID), ECDSA.
@@ -161,7 +173,11 @@ pub fn expired_application() -> Generated {
 /// Writes the identity's files into `dir`: key.pem, cert.pem, id.p12.
 pub fn write_identity(dir: &Path, g: &Generated) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
-    let (k, c, p) = (dir.join("key.pem"), dir.join("cert.pem"), dir.join("id.p12"));
+    let (k, c, p) = (
+        dir.join("key.pem"),
+        dir.join("cert.pem"),
+        dir.join("id.p12"),
+    );
     std::fs::write(&k, &g.key_pem).unwrap();
     std::fs::write(&c, &g.cert_pem).unwrap();
     std::fs::write(&p, &g.p12).unwrap();

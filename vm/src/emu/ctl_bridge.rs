@@ -219,7 +219,12 @@ fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
             "nat-tcp6" => super::stacks::nat_tcp(true, None),
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
-            other => return (EINVAL, format!("unknown traffic `{other}` (nat-tcp4, nat-tcp6, nat-udp4, nat-udp6)")),
+            other => {
+                return (
+                    EINVAL,
+                    format!("unknown traffic `{other}` (nat-tcp4, nat-tcp6, nat-udp4, nat-udp6)"),
+                );
+            }
         };
         return (0, if passed { "passed" } else { "failed" }.into());
     }

@@ -116,7 +116,10 @@ fn parse_stats(b: &[u8]) -> Option<Vec<(u32, u64)>> {
     (0..n)
         .map(|i| {
             let o = 12 + 12 * i;
-            Some((be32(o)?, u64::from_be_bytes(b.get(o + 4..o + 12)?.try_into().ok()?)))
+            Some((
+                be32(o)?,
+                u64::from_be_bytes(b.get(o + 4..o + 12)?.try_into().ok()?),
+            ))
         })
         .collect()
 }

@@ -89,7 +89,11 @@ fn examine(p: &[u8]) -> Result<Seen, String> {
         if h.to_header().calc_header_checksum() != h.header_checksum() {
             return Err("bad quoted IPv4 header checksum".into());
         }
-        (h.source().to_vec(), h.destination().to_vec(), h.slice().len())
+        (
+            h.source().to_vec(),
+            h.destination().to_vec(),
+            h.slice().len(),
+        )
     } else {
         let h = Ipv6HeaderSlice::from_slice(&quote).map_err(|e| format!("quoted IPv6: {e}"))?;
         (h.source().to_vec(), h.destination().to_vec(), 40)
@@ -97,7 +101,9 @@ fn examine(p: &[u8]) -> Result<Seen, String> {
     let udp_bytes = quote.get(l4..).ok_or("quote ends before UDP")?;
     let u = UdpHeaderSlice::from_slice(udp_bytes).map_err(|e| format!("quoted UDP: {e}"))?;
     // The quote holds the whole datagram here (smoltcp quotes up to the minimum MTU).
-    let payload = udp_bytes.get(8..usize::from(u.length())).ok_or("quoted UDP truncated")?;
+    let payload = udp_bytes
+        .get(8..usize::from(u.length()))
+        .ok_or("quoted UDP truncated")?;
     let computed = match (qs.len(), qd.len()) {
         (4, 4) => u.to_header().calc_checksum_ipv4_raw(
             qs.as_slice().try_into().map_err(|_| "address")?,
@@ -170,7 +176,10 @@ pub fn nat_icmp(v6: bool) -> bool {
     let ch = client.sockets.add(udp_socket());
     let ph = proxy.sockets.add(udp_socket());
     let _ = client.sockets.get_mut::<udp::Socket>(ch).bind(CLIENT_PORT);
-    let _ = proxy.sockets.get_mut::<udp::Socket>(ph).bind(plan.proxy.port);
+    let _ = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .bind(plan.proxy.port);
     let _ = client
         .sockets
         .get_mut::<udp::Socket>(ch)
@@ -180,19 +189,34 @@ pub fn nat_icmp(v6: bool) -> bool {
         proxy.dev.rx.push_back(p);
     }
     proxy.poll(1);
-    let asked = proxy.sockets.get_mut::<udp::Socket>(ph).recv().map(|(_, m)| m.endpoint).ok();
-    let _ = proxy.sockets.get_mut::<udp::Socket>(ph).send_slice(b"answer", client_ep);
+    let asked = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .recv()
+        .map(|(_, m)| m.endpoint)
+        .ok();
+    let _ = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .send_slice(b"answer", client_ep);
     proxy.poll(2);
     for p in proxy_in(&mut proxy, &mut wire) {
         client.dev.rx.push_back(p);
     }
     client.poll(3);
-    let answered = client.sockets.get_mut::<udp::Socket>(ch).recv().map(|(_, m)| m.endpoint).ok();
+    let answered = client
+        .sockets
+        .get_mut::<udp::Socket>(ch)
+        .recv()
+        .map(|(_, m)| m.endpoint)
+        .ok();
     let flow = asked == Some(client_ep) && answered == Some(plan.origin);
     step(
         format!("{name} flow"),
         flow,
-        format!("the proxy host got the request from {asked:?}; the client got the answer from {answered:?}"),
+        format!(
+            "the proxy host got the request from {asked:?}; the client got the answer from {answered:?}"
+        ),
     );
     ok &= flow;
 
@@ -207,7 +231,10 @@ pub fn nat_icmp(v6: bool) -> bool {
         proxy.dev.rx.push_back(p);
     }
     proxy.poll(5);
-    let errors: Vec<Vec<u8>> = proxy_in(&mut proxy, &mut wire).into_iter().filter(|p| is_icmp(p)).collect();
+    let errors: Vec<Vec<u8>> = proxy_in(&mut proxy, &mut wire)
+        .into_iter()
+        .filter(|p| is_icmp(p))
+        .collect();
     let want = Seen {
         outer: (plan.origin.addr, plan.client),
         quoted: (client_ep, plan.origin),
@@ -230,14 +257,23 @@ pub fn nat_icmp(v6: bool) -> bool {
     //    host (as from the origin) draws port unreachable from the client.
     client.sockets.remove(ch);
     let ph = proxy.sockets.add(udp_socket());
-    let _ = proxy.sockets.get_mut::<udp::Socket>(ph).bind(plan.proxy.port);
-    let _ = proxy.sockets.get_mut::<udp::Socket>(ph).send_slice(b"late", client_ep);
+    let _ = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .bind(plan.proxy.port);
+    let _ = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .send_slice(b"late", client_ep);
     proxy.poll(7);
     for p in proxy_in(&mut proxy, &mut wire) {
         client.dev.rx.push_back(p);
     }
     client.poll(8);
-    let errors: Vec<Vec<u8>> = client_out(&mut client, &mut wire).into_iter().filter(|p| is_icmp(p)).collect();
+    let errors: Vec<Vec<u8>> = client_out(&mut client, &mut wire)
+        .into_iter()
+        .filter(|p| is_icmp(p))
+        .collect();
     let want = Seen {
         outer: (plan.client, plan.proxy.addr),
         quoted: (plan.proxy, client_ep),

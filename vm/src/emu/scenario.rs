@@ -53,10 +53,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-udp4",
         "load-unload, plus: a smoltcp UDP request to 203.0.113.10:80, answered by the smoltcp proxy at 192.0.2.1:3128 as from the origin",
     ),
-    (
-        "nat-udp6",
-        "nat-udp4 over IPv6",
-    ),
+    ("nat-udp6", "nat-udp4 over IPv6"),
     (
         "nat-icmp4",
         "load-unload, plus: ICMP errors about a NATed UDP flow from smoltcp stacks (port unreachable from the proxy host to the client, and from the client to the origin) must arrive translated: as about the client's flow to the origin, and as about the proxy's own datagram; checked by etherparse",
@@ -161,7 +158,13 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         k.faults
             .rules
             .keys()
-            .map(|p| format!("{} reached {} times", p.name(), counts.get(p).copied().unwrap_or(0)))
+            .map(|p| {
+                format!(
+                    "{} reached {} times",
+                    p.name(),
+                    counts.get(p).copied().unwrap_or(0)
+                )
+            })
             .collect::<Vec<_>>()
     });
     if !reached.is_empty() {

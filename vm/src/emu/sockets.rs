@@ -37,7 +37,9 @@ pub type Tags = Vec<(u32, u16, Box<[u8]>)>;
 /// (as xnu's `sosend` does for `sock_inject_data_out`), then queues what the
 /// filters let through for the wire.
 pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
-    let Some(sid) = kernel::unhandle(so, Kind::Socket) else { return 22 };
+    let Some(sid) = kernel::unhandle(so, Kind::Socket) else {
+        return 22;
+    };
     let attached = attached_filters(sid);
     match data_through(so, &attached, bytes, &tags) {
         Ok(b) => {
@@ -54,7 +56,12 @@ pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
 
 fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
     kernel::with(|k| {
-        let pairs = k.sflt.sockets.get(&sid).map(|s| s.attached.clone()).unwrap_or_default();
+        let pairs = k
+            .sflt
+            .sockets
+            .get(&sid)
+            .map(|s| s.attached.clone())
+            .unwrap_or_default();
         pairs
             .into_iter()
             .filter_map(|(h, c)| k.sflt.regs.get(&h).map(|r| (h, r.filter, c)))
@@ -80,12 +87,15 @@ fn data_through(
             }
             id
         });
-        let Some((r, m)) = net::call_sf_data(f.data_out, "sf_data_out", *cookie, so, net::mbuf_handle(id)) else {
+        let Some((r, m)) =
+            net::call_sf_data(f.data_out, "sf_data_out", *cookie, so, net::mbuf_handle(id))
+        else {
             return Err(22);
         };
         match r {
             0 => {
-                let mid = kernel::with(|k| k.mbuf_live(m, "the stack, after sf_data_out returned 0"));
+                let mid =
+                    kernel::with(|k| k.mbuf_live(m, "the stack, after sf_data_out returned 0"));
                 let Some(mid) = mid else { return Err(22) };
                 bytes = kernel::with(|k| k.mbuf_bytes(mid));
                 kernel::with(|k| {
@@ -100,7 +110,12 @@ fn data_through(
                     if let Some(mid) = kernel::unhandle(m, Kind::Mbuf)
                         && matches!(k.mbufs.all.get(&mid).map(|x| &x.owner), Some(Owner::Stack))
                     {
-                        k.mbuf_set_owner(mid, Owner::Kext { since: "EJUSTRETURN from sf_data_out".into() });
+                        k.mbuf_set_owner(
+                            mid,
+                            Owner::Kext {
+                                since: "EJUSTRETURN from sf_data_out".into(),
+                            },
+                        );
                     }
                 });
                 return Err(EJUSTRETURN);
@@ -142,7 +157,12 @@ fn begin(label: &str, dest: SocketAddr, proc_: (i32, &str)) -> Live {
         k.sflt
             .regs
             .values()
-            .filter(|r| r.state == RegState::Registered && r.domain == domain && r.ty == 1 && (r.protocol == 0 || r.protocol == 6))
+            .filter(|r| {
+                r.state == RegState::Registered
+                    && r.domain == domain
+                    && r.ty == 1
+                    && (r.protocol == 0 || r.protocol == 6)
+            })
             .map(|r| (r.filter.handle, r.filter))
             .collect()
     });
@@ -157,7 +177,14 @@ fn begin(label: &str, dest: SocketAddr, proc_: (i32, &str)) -> Live {
             s.attached = attached.clone();
         }
     });
-    let mut live = Live { label: label.into(), so, sid, target: None, refused: None, stream: None };
+    let mut live = Live {
+        label: label.into(),
+        so,
+        sid,
+        target: None,
+        refused: None,
+        stream: None,
+    };
     // xnu: a zeroed SOCK_MAXADDRLEN buffer holding the address; sa_len bytes copied back.
     let orig = net::sockaddr(dest);
     let mut buf = vec![0u8; 255];
@@ -205,7 +232,11 @@ fn establish(live: &mut Live, proc_: (i32, &str)) {
             // that could not be allocated leaves the socket unfiltered), and
             // documentation addresses are unreachable: reported, not failed.
             let strict = kernel::with(|k| k.faults.rules.is_empty());
-            step(format!("{}: connect", live.label), !strict, format!("real connect to {target} failed: {e}"));
+            step(
+                format!("{}: connect", live.label),
+                !strict,
+                format!("real connect to {target} failed: {e}"),
+            );
             return;
         }
     }
@@ -220,7 +251,13 @@ fn establish(live: &mut Live, proc_: (i32, &str)) {
 }
 
 fn flush_injected(live: &mut Live) {
-    let out = kernel::with(|k| k.sflt.sockets.get_mut(&live.sid).map(|s| std::mem::take(&mut s.injected_out)).unwrap_or_default());
+    let out = kernel::with(|k| {
+        k.sflt
+            .sockets
+            .get_mut(&live.sid)
+            .map(|s| std::mem::take(&mut s.injected_out))
+            .unwrap_or_default()
+    });
     if let Some(s) = live.stream.as_mut() {
         for b in out {
             let _ = s.write_all(&b);
@@ -253,7 +290,12 @@ pub(super) fn close(live: Live) {
 /// Opens a connection to `dest` as [`CLIENT`] through the filters, sends `data`
 /// and keeps it in `open` (for the `ctl-bridge` scenario); returns the
 /// client's local address and where the real connection went.
-pub(super) fn open_kept(label: &str, dest: SocketAddr, data: &[u8], open: &mut Vec<Live>) -> (Option<SocketAddr>, Option<SocketAddr>) {
+pub(super) fn open_kept(
+    label: &str,
+    dest: SocketAddr,
+    data: &[u8],
+    open: &mut Vec<Live>,
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let mut c = begin(label, dest, CLIENT);
     establish(&mut c, CLIENT);
     let _ = send(&mut c, data);
@@ -273,7 +315,9 @@ fn accept_within(l: &TcpListener) -> Option<TcpStream> {
                 s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
                 return Some(s);
             }
-            Err(_) if start.elapsed() < Duration::from_secs(2) => std::thread::sleep(Duration::from_millis(2)),
+            Err(_) if start.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
             Err(_) => return None,
         }
     }
@@ -324,7 +368,13 @@ pub(super) fn endpoint(a: Option<SocketAddr>) -> Vec<u8> {
 
 /// One 48-byte rule record (`common::net::control::parse_rule`); byte 10, the
 /// protocol, stays 0: any protocol (callers may set it).
-pub(super) fn rule(dst: Option<(std::net::IpAddr, u8)>, ports: (u16, u16), name: Option<&str>, action: u8, v2: bool) -> Vec<u8> {
+pub(super) fn rule(
+    dst: Option<(std::net::IpAddr, u8)>,
+    ports: (u16, u16),
+    name: Option<&str>,
+    action: u8,
+    v2: bool,
+) -> Vec<u8> {
     let mut r = vec![0u8; 48];
     r[0] = u8::from(dst.is_some());
     r[1] = action;
@@ -376,8 +426,13 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         ok &= cond || !strict;
     };
     let bind = |a: &str| TcpListener::bind(a);
-    let (Ok(p4), Ok(p6), Ok(direct1)) = (bind("127.0.0.1:0"), bind("[::1]:0"), bind("127.0.0.1:0")) else {
-        step("listeners", false, "cannot bind loopback listeners (IPv4 and IPv6)");
+    let (Ok(p4), Ok(p6), Ok(direct1)) = (bind("127.0.0.1:0"), bind("[::1]:0"), bind("127.0.0.1:0"))
+    else {
+        step(
+            "listeners",
+            false,
+            "cannot bind loopback listeners (IPv4 and IPv6)",
+        );
         return false;
     };
     let Ok(direct2) = TcpListener::bind(("127.0.0.2", 0)) else {
@@ -390,17 +445,35 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         direct1.local_addr().ok(),
         direct2.local_addr().ok(),
     );
-    let (Some(a4), Some(a6), Some(d1), Some(d2)) = (a4, a6, d1, d2) else { return false };
-    step("listeners", true, format!("proxy {a4} and {a6}; direct servers {d1} and {d2}"));
+    let (Some(a4), Some(a6), Some(d1), Some(d2)) = (a4, a6, d1, d2) else {
+        return false;
+    };
+    step(
+        "listeners",
+        true,
+        format!("proxy {a4} and {a6}; direct servers {d1} and {d2}"),
+    );
 
     match ctl::connect(CONTROL_NAME, false) {
-        Err(1) => step("control: unprivileged client", true, "refused with EPERM (CTL_FLAG_PRIVILEGED)"),
-        other => check("control: unprivileged client", false, format!("expected EPERM, got {other:?}")),
+        Err(1) => step(
+            "control: unprivileged client",
+            true,
+            "refused with EPERM (CTL_FLAG_PRIVILEGED)",
+        ),
+        other => check(
+            "control: unprivileged client",
+            false,
+            format!("expected EPERM, got {other:?}"),
+        ),
     }
     let client = match ctl::connect(CONTROL_NAME, true) {
         Ok(c) => c,
         Err(e) => {
-            check("control: connect", false, format!("privileged connect failed: {e}"));
+            check(
+                "control: connect",
+                false,
+                format!("privileged connect failed: {e}"),
+            );
             return ok;
         }
     };
@@ -414,9 +487,16 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     name[..9].copy_from_slice(b"prx-proxy");
     m.extend(name);
     let e = ctl::setopt(client, 2, &m);
-    check("control: set proxies", e == 0, format!("setsockopt returned {e}"));
+    check(
+        "control: set proxies",
+        e == 0,
+        format!("setsockopt returned {e}"),
+    );
     let doc4: std::net::IpAddr = [203, 0, 113, 0].into();
-    let doc6: std::net::IpAddr = "2001:db8::".parse::<Ipv6Addr>().map(Into::into).unwrap_or(doc4);
+    let doc6: std::net::IpAddr = "2001:db8::"
+        .parse::<Ipv6Addr>()
+        .map(Into::into)
+        .unwrap_or(doc4);
     let lo2: std::net::IpAddr = [127, 0, 0, 2].into();
     let gen1 = vec![
         rule(None, (0, 65535), Some("excluded-app"), 0, false),
@@ -438,60 +518,106 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         b.resize(256, 0);
         b
     });
-    let rules_before = status.get(12..16).map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])));
+    let rules_before = status
+        .get(12..16)
+        .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])));
     check(
         "control: malformed rules",
         e1 != 0 && e2 != 0 && e3 != 0 && rules_before == Some(0),
         format!("short {e1}, long {e2}, wrong version {e3}; rule count still {rules_before:?}"),
     );
     let e = ctl::setopt(client, 1, &msg);
-    check("control: set rules", e == 0, format!("4 rules, setsockopt returned {e}"));
+    check(
+        "control: set rules",
+        e == 0,
+        format!("4 rules, setsockopt returned {e}"),
+    );
     // NAT timeouts (op 4: TCP idle, TCP closed, UDP idle seconds) are the IP filter's.
     let mut t = header(4, 20);
     for v in [7200u32, 10, 60] {
         t.extend(v.to_be_bytes());
     }
     let e = ctl::setopt(client, 4, &t);
-    check("control: NAT timeouts refused", e == 45, format!("setsockopt returned {e} (want ENOTSUP, 45)"));
+    check(
+        "control: NAT timeouts refused",
+        e == 45,
+        format!("setsockopt returned {e} (want ENOTSUP, 45)"),
+    );
 
     let request = b"GET / HTTP/1.0\r\nHost: example\r\n\r\n";
     // A: IPv4 documentation address, PROXY v2.
     for (label, dest, listener) in [
         ("A", SocketAddr::from(([203, 0, 113, 10], 80)), &p4),
-        ("B", SocketAddr::new(std::net::IpAddr::V6("2001:db8::10".parse().unwrap_or(Ipv6Addr::LOCALHOST)), 80), &p6),
+        (
+            "B",
+            SocketAddr::new(
+                std::net::IpAddr::V6("2001:db8::10".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+                80,
+            ),
+            &p6,
+        ),
     ] {
         let mut c = begin(label, dest, CLIENT);
         let expected = if dest.is_ipv4() { a4 } else { a6 };
-        check(&format!("{label}: redirect"), c.target == Some(expected), format!("{dest} -> {:?} (refused: {:?})", c.target, c.refused));
+        check(
+            &format!("{label}: redirect"),
+            c.target == Some(expected),
+            format!("{dest} -> {:?} (refused: {:?})", c.target, c.refused),
+        );
         establish(&mut c, CLIENT);
         let sent = send(&mut c, request);
-        let got = accept_within(listener).map(|mut s| read_all(&mut s)).unwrap_or_default();
+        let got = accept_within(listener)
+            .map(|mut s| read_all(&mut s))
+            .unwrap_or_default();
         let local = c.stream.as_ref().and_then(|s| s.local_addr().ok());
         check(
             &format!("{label}: at proxy"),
             !got.is_empty() && sent.is_ok(),
-            format!("client {} bytes {}", local.map(|l| l.to_string()).unwrap_or_default(), hex(&got)),
+            format!(
+                "client {} bytes {}",
+                local.map(|l| l.to_string()).unwrap_or_default(),
+                hex(&got)
+            ),
         );
         // Lookup of the live connection through the control.
         let mut q = header(17, 28);
         q.extend(endpoint(local));
         q.resize(64, 0);
         let (e, resp) = ctl::getopt(client, 17, &q);
-        check(&format!("{label}: lookup"), e == 0 && resp.len() == 40, format!("errno {e}, response {}", hex(&resp)));
+        check(
+            &format!("{label}: lookup"),
+            e == 0 && resp.len() == 40,
+            format!("errno {e}, response {}", hex(&resp)),
+        );
         close(c);
     }
     // Direct cases.
     for (label, dest, proc_, listener) in [
         ("C (no rule)", d1, CLIENT, &direct1),
         ("D (excluded process)", d2, (777, "excluded-app"), &direct2),
-        ("E (proxy's own process)", d2, (PROXY_PID, "prx-proxy"), &direct2),
+        (
+            "E (proxy's own process)",
+            d2,
+            (PROXY_PID, "prx-proxy"),
+            &direct2,
+        ),
     ] {
         let mut c = begin(label, dest, proc_);
-        check(&format!("{label}: direct"), c.target == Some(dest), format!("{dest} -> {:?}", c.target));
+        check(
+            &format!("{label}: direct"),
+            c.target == Some(dest),
+            format!("{dest} -> {:?}", c.target),
+        );
         establish(&mut c, proc_);
         let _ = send(&mut c, b"direct\n");
-        let got = accept_within(listener).map(|mut s| read_all(&mut s)).unwrap_or_default();
-        check(&format!("{label}: at server"), got == b"direct\n", format!("server got {:?}", String::from_utf8_lossy(&got)));
+        let got = accept_within(listener)
+            .map(|mut s| read_all(&mut s))
+            .unwrap_or_default();
+        check(
+            &format!("{label}: at server"),
+            got == b"direct\n",
+            format!("server got {:?}", String::from_utf8_lossy(&got)),
+        );
         close(c);
     }
     // Rules replaced while a connection is in flight.
@@ -499,20 +625,38 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     let mut gen2 = gen1.clone();
     gen2[3] = rule(Some((lo2, 32)), (0, 65535), None, 1, true);
     let e = ctl::setopt(client, 1, &rules_msg(&gen2));
-    step("control: rules replaced", e == 0 || !strict, format!("while G is between connect_out and connected: {e}"));
+    step(
+        "control: rules replaced",
+        e == 0 || !strict,
+        format!("while G is between connect_out and connected: {e}"),
+    );
     establish(&mut g, CLIENT);
     let _ = send(&mut g, b"G\n");
-    let got_g = accept_within(&p4).map(|mut s| read_all(&mut s)).unwrap_or_default();
-    check("G: old rules", got_g == b"G\n", format!("decided under generation 1 (no PROXY header): proxy got {}", hex(&got_g)));
+    let got_g = accept_within(&p4)
+        .map(|mut s| read_all(&mut s))
+        .unwrap_or_default();
+    check(
+        "G: old rules",
+        got_g == b"G\n",
+        format!(
+            "decided under generation 1 (no PROXY header): proxy got {}",
+            hex(&got_g)
+        ),
+    );
     close(g);
     let mut h = begin("H", d2, CLIENT);
     establish(&mut h, CLIENT);
     let _ = send(&mut h, b"H\n");
-    let got_h = accept_within(&p4).map(|mut s| read_all(&mut s)).unwrap_or_default();
+    let got_h = accept_within(&p4)
+        .map(|mut s| read_all(&mut s))
+        .unwrap_or_default();
     check(
         "H: new rules",
         got_h.len() == 28 + 2 && got_h.ends_with(b"H\n"),
-        format!("decided under generation 2 (PROXY header): proxy got {}", hex(&got_h)),
+        format!(
+            "decided under generation 2 (PROXY header): proxy got {}",
+            hex(&got_h)
+        ),
     );
     close(h);
     // Statistics.
@@ -525,10 +669,16 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         if k.loaded.stop == 0 {
             continue;
         }
-        let r = super::abi::invoke(k.loaded.stop, &format!("stop {} (control client connected)", k.label), || {
-            k.loaded.call_entry(k.loaded.stop)
-        });
-        check("stop while a control client is connected", r.is_some_and(|r| r != 0), format!("stop returned {r:?}"));
+        let r = super::abi::invoke(
+            k.loaded.stop,
+            &format!("stop {} (control client connected)", k.label),
+            || k.loaded.call_entry(k.loaded.stop),
+        );
+        check(
+            "stop while a control client is connected",
+            r.is_some_and(|r| r != 0),
+            format!("stop returned {r:?}"),
+        );
     }
     ctl::disconnect(client);
     step("control: disconnect", true, "client closed");

@@ -55,7 +55,11 @@ const HINT_MARK: &str = "mark only slots that hold a function defined in the kex
      (common::kpi::ptrauth::sign_slot!), and give them a non-null function";
 
 fn error(input: &str, problem: String, hint: &'static str) -> LinkError {
-    LinkError::PointerAuth { input: input.to_string(), problem, hint }
+    LinkError::PointerAuth {
+        input: input.to_string(),
+        problem,
+        hint,
+    }
 }
 
 /// Decodes the slot of an `ARM64_RELOC_AUTHENTICATED_POINTER`: addend in bits
@@ -70,7 +74,11 @@ pub(super) fn decode_auth_slot(v: u64) -> Result<(i64, Signing), String> {
     let key = Key::from_bits(((v >> 49) & 3) as u8).expect("2-bit key");
     Ok((
         i64::from(v as u32 as i32),
-        Signing { key, addr_div: (v >> 48) & 1 == 1, diversity: (v >> 32) as u16 },
+        Signing {
+            key,
+            addr_div: (v >> 48) & 1 == 1,
+            diversity: (v >> 32) as u16,
+        },
     ))
 }
 
@@ -106,7 +114,13 @@ impl Linker<'_, '_> {
 
     /// Makes the fixup at `slot` authenticated with `signing`; `what` names the
     /// slot in errors.
-    fn authenticate(&mut self, input: &str, slot: u64, what: &str, signing: Signing) -> Result<(), LinkError> {
+    fn authenticate(
+        &mut self,
+        input: &str,
+        slot: u64,
+        what: &str,
+        signing: Signing,
+    ) -> Result<(), LinkError> {
         match self.fixups.get(&slot).copied() {
             Some(Fixup::Rebase { target, auth: None }) => {
                 if self.segment_of(target) != Some(SEG_TEXT_EXEC) {
@@ -121,33 +135,68 @@ impl Linker<'_, '_> {
                     ));
                 }
                 if target > super::fixups::MAX_AUTH_REBASE_TARGET {
-                    return Err(error(input, format!("{what}: target {target:#x} beyond 4 GiB"), HINT_MARK));
+                    return Err(error(
+                        input,
+                        format!("{what}: target {target:#x} beyond 4 GiB"),
+                        HINT_MARK,
+                    ));
                 }
-                self.fixups.insert(slot, Fixup::Rebase { target, auth: Some(signing) });
+                self.fixups.insert(
+                    slot,
+                    Fixup::Rebase {
+                        target,
+                        auth: Some(signing),
+                    },
+                );
                 if let Some((sect, off)) = self.locate(slot) {
                     for e in &mut self.split {
-                        if e.from_sect == sect && e.from_off == off && e.kind == split_seg::POINTER_64 {
+                        if e.from_sect == sect
+                            && e.from_off == off
+                            && e.kind == split_seg::POINTER_64
+                        {
                             e.kind = split_seg::THREADED_POINTER_64;
                         }
                     }
                 }
                 Ok(())
             }
-            Some(Fixup::Bind { ordinal, addend: 0, auth: None }) => {
-                self.fixups.insert(slot, Fixup::Bind { ordinal, addend: 0, auth: Some(signing) });
+            Some(Fixup::Bind {
+                ordinal,
+                addend: 0,
+                auth: None,
+            }) => {
+                self.fixups.insert(
+                    slot,
+                    Fixup::Bind {
+                        ordinal,
+                        addend: 0,
+                        auth: Some(signing),
+                    },
+                );
                 Ok(())
             }
-            Some(Fixup::Rebase { auth: Some(s), .. } | Fixup::Bind { auth: Some(s), .. }) if s == signing => Ok(()),
-            Some(Fixup::Rebase { auth: Some(s), .. } | Fixup::Bind { auth: Some(s), .. }) => Err(error(
-                input,
-                format!(
-                    "{what} is already signed with key {:?}, discriminator {:#06x}, address \
+            Some(Fixup::Rebase { auth: Some(s), .. } | Fixup::Bind { auth: Some(s), .. })
+                if s == signing =>
+            {
+                Ok(())
+            }
+            Some(Fixup::Rebase { auth: Some(s), .. } | Fixup::Bind { auth: Some(s), .. }) => {
+                Err(error(
+                    input,
+                    format!(
+                        "{what} is already signed with key {:?}, discriminator {:#06x}, address \
                      diversity {}, but must be signed with key {:?}, discriminator {:#06x}, address \
                      diversity {}",
-                    s.key, s.diversity, s.addr_div, signing.key, signing.diversity, signing.addr_div
-                ),
-                "use the discriminator of the C function type the kernel calls through",
-            )),
+                        s.key,
+                        s.diversity,
+                        s.addr_div,
+                        signing.key,
+                        signing.diversity,
+                        signing.addr_div
+                    ),
+                    "use the discriminator of the C function type the kernel calls through",
+                ))
+            }
             Some(Fixup::Bind { .. }) => Err(error(
                 input,
                 format!("{what} binds a kernel symbol with an addend; it cannot be signed"),
@@ -180,20 +229,26 @@ pub(super) fn sign_kmod_info(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
             "define kmod_info in __DATA,__data (common::kext! does)",
         ));
     }
-    let signing = Signing::kernel_function_pointer(ptrauth::function_type_discriminator(KMOD_START_STOP_ENCODING));
+    let signing = Signing::kernel_function_pointer(ptrauth::function_type_discriminator(
+        KMOD_START_STOP_ENCODING,
+    ));
     debug_assert_eq!(signing, Signing::KMOD_START_STOP);
     for (off, field) in KMOD_START_STOP_OFFSETS {
         let slot = base + off;
         if !l.fixups.contains_key(&slot) {
             let (ord, so) = l.locate(slot).expect("kmod_info is in a section");
             let data = &l.sections[ord as usize - 1].data;
-            let value = data.get(so as usize..so as usize + 8).map(|b| get_u64(b, 0));
+            let value = data
+                .get(so as usize..so as usize + 8)
+                .map(|b| get_u64(b, 0));
             if value == Some(0) {
                 continue; // no start/stop routine
             }
             return Err(error(
                 &input,
-                format!("_kmod_info.{field} (offset {off}) holds {value:#x?}, which is not a pointer fix-up"),
+                format!(
+                    "_kmod_info.{field} (offset {off}) holds {value:#x?}, which is not a pointer fix-up"
+                ),
                 "kmod_info.start/stop must be null or point at a function of the kext",
             ));
         }
@@ -211,7 +266,10 @@ pub(super) fn apply_marks(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
         if s.is_zerofill() || !s.data.len().is_multiple_of(MARK_SIZE) {
             return Err(error(
                 &input,
-                format!("__DATA,{MARK_SECTION} is {} bytes, not a whole number of 16-byte records", s.size),
+                format!(
+                    "__DATA,{MARK_SECTION} is {} bytes, not a whole number of 16-byte records",
+                    s.size
+                ),
                 "emit marks only with common::kpi::ptrauth::sign_slot!",
             ));
         }
@@ -219,25 +277,44 @@ pub(super) fn apply_marks(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
             let at = (k * MARK_SIZE) as u32;
             let rec = &s.data[k * MARK_SIZE..(k + 1) * MARK_SIZE];
             let what = format!("__DATA,{MARK_SECTION} record {k}");
-            let r = s
-                .relocs
-                .iter()
-                .find(|r| r.r_address == at && r.r_type == ARM64_RELOC_UNSIGNED && r.r_length == 3 && !r.r_pcrel);
+            let r = s.relocs.iter().find(|r| {
+                r.r_address == at
+                    && r.r_type == ARM64_RELOC_UNSIGNED
+                    && r.r_length == 3
+                    && !r.r_pcrel
+            });
             let Some(r) = r else {
                 return Err(error(
                     &input,
-                    format!("{what} does not point at a slot (no 64-bit pointer relocation at its start)"),
+                    format!(
+                        "{what} does not point at a slot (no 64-bit pointer relocation at its start)"
+                    ),
                     "emit marks only with common::kpi::ptrauth::sign_slot!",
                 ));
             };
-            if s.relocs.iter().any(|x| x.r_address > at && x.r_address < at + MARK_SIZE as u32) {
-                return Err(error(&input, format!("{what} has relocations in its key/discriminator fields"), HINT_MARK));
+            if s.relocs
+                .iter()
+                .any(|x| x.r_address > at && x.r_address < at + MARK_SIZE as u32)
+            {
+                return Err(error(
+                    &input,
+                    format!("{what} has relocations in its key/discriminator fields"),
+                    HINT_MARK,
+                ));
             }
             let key = Key::from_bits(rec[10]).filter(|_| rec[10] < 4);
             let (Some(key), addr_div @ (0 | 1)) = (key, rec[11]) else {
-                return Err(error(&input, format!("{what} has key {} / address diversity {}", rec[10], rec[11]), HINT_MARK));
+                return Err(error(
+                    &input,
+                    format!("{what} has key {} / address diversity {}", rec[10], rec[11]),
+                    HINT_MARK,
+                ));
             };
-            let signing = Signing { key, addr_div: addr_div == 1, diversity: u16::from_le_bytes([rec[8], rec[9]]) };
+            let signing = Signing {
+                key,
+                addr_div: addr_div == 1,
+                diversity: u16::from_le_bytes([rec[8], rec[9]]),
+            };
             let stored = get_u64(rec, 0);
             let site = super::Site { obj, sect: s, r };
             let slot = match l.resolve(o, &site, stored)? {
@@ -246,7 +323,10 @@ pub(super) fn apply_marks(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
                 _ => {
                     return Err(error(
                         &input,
-                        format!("{what} points at {}, which is not a slot in the kext", site.target_name()),
+                        format!(
+                            "{what} points at {}, which is not a slot in the kext",
+                            site.target_name()
+                        ),
                         HINT_MARK,
                     ));
                 }
@@ -254,7 +334,10 @@ pub(super) fn apply_marks(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
             if !matches!(l.segment_of(slot), Some(SEG_DATA | SEG_DATA_CONST)) {
                 return Err(error(
                     &input,
-                    format!("{what} marks {}, which is not in __DATA or __DATA_CONST", l.describe(slot)),
+                    format!(
+                        "{what} marks {}, which is not in __DATA or __DATA_CONST",
+                        l.describe(slot)
+                    ),
                     HINT_MARK,
                 ));
             }

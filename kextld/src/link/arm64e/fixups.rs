@@ -42,7 +42,11 @@ pub(super) enum Fixup {
     /// The slot holds `target` (a vm offset from `__TEXT`) plus the load address.
     Rebase { target: u64, auth: Option<Signing> },
     /// The slot holds the address of import `ordinal` plus `addend`.
-    Bind { ordinal: u32, addend: i64, auth: Option<Signing> },
+    Bind {
+        ordinal: u32,
+        addend: i64,
+        auth: Option<Signing>,
+    },
 }
 
 /// Largest plain-rebase target (43 bits).
@@ -66,18 +70,25 @@ impl Fixup {
         };
         match self {
             Fixup::Rebase { target, auth: None } => (target & MAX_REBASE_TARGET) | next,
-            Fixup::Rebase { target, auth: Some(s) } => {
-                (target & MAX_AUTH_REBASE_TARGET) | auth_bits(s) | next
-            }
-            Fixup::Bind { ordinal, addend, auth: None } => {
+            Fixup::Rebase {
+                target,
+                auth: Some(s),
+            } => (target & MAX_AUTH_REBASE_TARGET) | auth_bits(s) | next,
+            Fixup::Bind {
+                ordinal,
+                addend,
+                auth: None,
+            } => {
                 u64::from(ordinal & 0xffff)
                     | (((addend as u64) & 0x7_ffff) << 32)
                     | next
                     | (1 << 62)
             }
-            Fixup::Bind { ordinal, auth: Some(s), .. } => {
-                u64::from(ordinal & 0xffff) | auth_bits(s) | next | (1 << 62)
-            }
+            Fixup::Bind {
+                ordinal,
+                auth: Some(s),
+                ..
+            } => u64::from(ordinal & 0xffff) | auth_bits(s) | next | (1 << 62),
         }
     }
 }
@@ -131,7 +142,10 @@ pub(super) fn encode(
         out[offsets_at + 4 * i..][..4].copy_from_slice(&seg_info.to_le_bytes());
         let page_count = seg.vmsize.div_ceil(CHAIN_PAGE) as usize;
         let mut starts = vec![START_NONE; page_count];
-        for &at in fixups.range(seg.vmaddr..seg.vmaddr + seg.vmsize).map(|(a, _)| a) {
+        for &at in fixups
+            .range(seg.vmaddr..seg.vmaddr + seg.vmsize)
+            .map(|(a, _)| a)
+        {
             let page = ((at - seg.vmaddr) / CHAIN_PAGE) as usize;
             if starts[page] == START_NONE {
                 starts[page] = ((at - seg.vmaddr) % CHAIN_PAGE) as u16;
@@ -151,7 +165,8 @@ pub(super) fn encode(
     let imports_offset = out.len();
     let mut names = Vec::new();
     for (name, weak) in imports {
-        let import = u32::from(LIB_ORDINAL_FLAT) | (u32::from(*weak) << 8) | ((names.len() as u32) << 9);
+        let import =
+            u32::from(LIB_ORDINAL_FLAT) | (u32::from(*weak) << 8) | ((names.len() as u32) << 9);
         push_u32(&mut out, import);
         names.extend_from_slice(name.as_bytes());
         names.push(0);
@@ -172,7 +187,10 @@ pub(super) fn encode(
         push_u32(&mut header, v);
     }
     out[..28].copy_from_slice(&header);
-    Encoded { slots, payload: out }
+    Encoded {
+        slots,
+        payload: out,
+    }
 }
 
 #[cfg(test)]
@@ -182,27 +200,62 @@ mod tests {
 
     #[test]
     fn pointer_encodings() {
-        let r = Fixup::Rebase { target: 0x4010, auth: None }.encode(2);
+        let r = Fixup::Rebase {
+            target: 0x4010,
+            auth: None,
+        }
+        .encode(2);
         assert_eq!(r, 0x4010 | (2 << 51));
-        let a = Fixup::Rebase { target: 0x4010, auth: Some(Signing::KMOD_START_STOP) }.encode(0);
+        let a = Fixup::Rebase {
+            target: 0x4010,
+            auth: Some(Signing::KMOD_START_STOP),
+        }
+        .encode(0);
         assert_eq!(a, 0x4010 | (0xe4fe << 32) | (1 << 63));
-        let b = Fixup::Bind { ordinal: 3, addend: -8, auth: None }.encode(0);
+        let b = Fixup::Bind {
+            ordinal: 3,
+            addend: -8,
+            auth: None,
+        }
+        .encode(0);
         assert_eq!(b & 0xffff, 3);
         assert_eq!((b >> 32) & 0x7_ffff, 0x7_fff8);
         assert_eq!(b >> 62, 1);
-        let ab = Fixup::Bind { ordinal: 1, addend: 0, auth: Some(Signing::AUTH_GOT) }.encode(1);
-        assert_eq!(ab, 1 | (1 << 48) | ((Key::IA as u64) << 49) | (1 << 51) | (3 << 62));
+        let ab = Fixup::Bind {
+            ordinal: 1,
+            addend: 0,
+            auth: Some(Signing::AUTH_GOT),
+        }
+        .encode(1);
+        assert_eq!(
+            ab,
+            1 | (1 << 48) | ((Key::IA as u64) << 49) | (1 << 51) | (3 << 62)
+        );
     }
 
     #[test]
     fn chains_break_at_4k_pages_and_starts_are_per_page() {
         let segs = [
-            Segment { vmaddr: 0, vmsize: 0x4000, has_starts: false },
-            Segment { vmaddr: 0x4000, vmsize: 0x4000, has_starts: true },
+            Segment {
+                vmaddr: 0,
+                vmsize: 0x4000,
+                has_starts: false,
+            },
+            Segment {
+                vmaddr: 0x4000,
+                vmsize: 0x4000,
+                has_starts: true,
+            },
         ];
         let mut f = BTreeMap::new();
         for at in [0x4008, 0x4010, 0x4ffc, 0x5000] {
-            f.insert(at, Fixup::Rebase { target: 0x100, auth: None });
+            f.insert(
+                at,
+                Fixup::Rebase {
+                    target: 0x100,
+                    auth: None,
+                },
+            );
         }
         let e = encode(&segs, &f, &[("_printf".into(), false)]);
         let next = |v: u64| (v >> 51) & 0x7ff;
@@ -215,8 +268,12 @@ mod tests {
         assert_eq!(u32_at(0x24), 0);
         let seg = 0x20 + u32_at(0x28) as usize;
         assert_eq!(u32_at(seg), 22 + 2 * 4);
-        let page_start = |i: usize| u16::from_le_bytes(p[seg + 22 + 2 * i..][..2].try_into().unwrap());
-        assert_eq!([page_start(0), page_start(1), page_start(2)], [8, 0, 0xffff]);
+        let page_start =
+            |i: usize| u16::from_le_bytes(p[seg + 22 + 2 * i..][..2].try_into().unwrap());
+        assert_eq!(
+            [page_start(0), page_start(1), page_start(2)],
+            [8, 0, 0xffff]
+        );
         let imports = u32_at(8) as usize;
         assert_eq!(u32_at(imports), 0xfe);
         assert_eq!(&p[u32_at(12) as usize..][..8], b"_printf\0");

@@ -11,7 +11,9 @@ pub(super) fn patch_branch26(insn: u32, delta: i64) -> Result<u32, String> {
         return Err(format!("instruction {insn:#010x} is not b/bl"));
     }
     if delta % 4 != 0 {
-        return Err(format!("branch displacement {delta:#x} is not a multiple of 4"));
+        return Err(format!(
+            "branch displacement {delta:#x} is not a multiple of 4"
+        ));
     }
     if !(-BRANCH26_RANGE..BRANCH26_RANGE).contains(&delta) {
         return Err(format!(
@@ -28,7 +30,9 @@ pub(super) fn patch_adrp(insn: u32, pc: u64, target: u64) -> Result<u32, String>
     }
     let pages = ((target & !0xfff) as i64).wrapping_sub((pc & !0xfff) as i64) >> 12;
     if !(-(1 << 20)..(1 << 20)).contains(&pages) {
-        return Err(format!("page delta {pages:#x} is beyond the ±4 GiB range of adrp"));
+        return Err(format!(
+            "page delta {pages:#x} is beyond the ±4 GiB range of adrp"
+        ));
     }
     let imm = pages as u32 & 0x1f_ffff;
     Ok((insn & 0x9f00_001f) | ((imm & 3) << 29) | ((imm >> 2) << 5))
@@ -129,12 +133,24 @@ mod tests {
         assert_eq!(imm, (0x0123_4000u64 - 0x4000) as u32 >> 12);
         assert_eq!(i & 31, 8);
         // ldr x8, [x8, #off] scaled by 8; ldr w8 by 4; ldrb by 1; ldr q0 by 16.
-        assert_eq!(patch_pageoff12(0xf940_0108, 0x2018).unwrap(), 0xf940_0108 | (3 << 10));
-        assert_eq!(patch_pageoff12(0xb940_0108, 0x2018).unwrap(), 0xb940_0108 | (6 << 10));
-        assert_eq!(patch_pageoff12(0x3940_0108, 0x2019).unwrap(), 0x3940_0108 | (0x19 << 10));
+        assert_eq!(
+            patch_pageoff12(0xf940_0108, 0x2018).unwrap(),
+            0xf940_0108 | (3 << 10)
+        );
+        assert_eq!(
+            patch_pageoff12(0xb940_0108, 0x2018).unwrap(),
+            0xb940_0108 | (6 << 10)
+        );
+        assert_eq!(
+            patch_pageoff12(0x3940_0108, 0x2019).unwrap(),
+            0x3940_0108 | (0x19 << 10)
+        );
         assert_eq!(ldst_scale(0x3dc0_0000), Some(4));
         assert!(patch_pageoff12(0xf940_0108, 0x2014).is_err());
-        assert_eq!(patch_pageoff12(0x9100_0108, 0x2abc).unwrap(), 0x9100_0108 | (0xabc << 10));
+        assert_eq!(
+            patch_pageoff12(0x9100_0108, 0x2abc).unwrap(),
+            0x9100_0108 | (0xabc << 10)
+        );
         assert!(patch_pageoff12(0xd503_201f, 0).is_err()); // nop
     }
 

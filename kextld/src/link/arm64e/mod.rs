@@ -67,7 +67,10 @@ const PAGE: u64 = 0x4000;
 /// Largest input section alignment honoured (a 16 KiB page).
 const MAX_ALIGN_LOG2: u32 = 14;
 /// First release with `__auth_stubs`.
-const AUTH_STUBS_FROM: MinOs = MinOs { major: 12, minor: 0 };
+const AUTH_STUBS_FROM: MinOs = MinOs {
+    major: 12,
+    minor: 0,
+};
 
 /// Output segments, in file order (before `__LINKEDIT`).
 const SEGMENTS: [&str; 4] = ["__TEXT", "__TEXT_EXEC", "__DATA", "__DATA_CONST"];
@@ -80,7 +83,10 @@ const SEG_DATA_CONST: usize = 3;
 const STUB_FLAGS: u32 = S_SYMBOL_STUBS | S_ATTR_PURE_INSTRUCTIONS | S_ATTR_SOME_INSTRUCTIONS;
 
 fn seg_index(segname: &str) -> usize {
-    SEGMENTS.iter().position(|s| *s == segname).expect("known output segment")
+    SEGMENTS
+        .iter()
+        .position(|s| *s == segname)
+        .expect("known output segment")
 }
 
 /// Output segment of a kept input section.
@@ -241,7 +247,11 @@ pub(super) fn link(
     debug_assert_eq!(Arch::Arm64e.page_size(), PAGE);
     let mut l = Linker {
         loaded,
-        place: loaded.objects.iter().map(|o| vec![None; o.sections.len()]).collect(),
+        place: loaded
+            .objects
+            .iter()
+            .map(|o| vec![None; o.sections.len()])
+            .collect(),
         sections: Vec::new(),
         auth_stubs: min_os >= AUTH_STUBS_FROM,
         stubs: Vec::new(),
@@ -327,7 +337,10 @@ impl<'a> Linker<'_, 'a> {
                     ));
                 }
                 if s.is_zerofill() && !s.relocs.is_empty() {
-                    return Err(err("zerofill section with relocations".into(), HINT_CORRUPT));
+                    return Err(err(
+                        "zerofill section with relocations".into(),
+                        HINT_CORRUPT,
+                    ));
                 }
                 let seg = output_segment(s);
                 let key = (seg, s.sectname.clone());
@@ -370,7 +383,11 @@ impl<'a> Linker<'_, 'a> {
     fn scan_relocations(&mut self) -> Result<(), LinkError> {
         let loaded = self.loaded;
         for (o, obj) in loaded.objects.iter().enumerate() {
-            for s in obj.sections.iter().filter(|s| s.disposition == Disposition::Keep) {
+            for s in obj
+                .sections
+                .iter()
+                .filter(|s| s.disposition == Disposition::Keep)
+            {
                 if s.segname == "__DATA" && s.sectname == auth::MARK_SECTION {
                     continue;
                 }
@@ -389,19 +406,27 @@ impl<'a> Linker<'_, 'a> {
                         self.referenced_undef.insert(name.clone());
                     }
                     match (r.r_type, &target) {
-                        (ARM64_RELOC_BRANCH26, Target::Undefined(name)) if !self.stub_index.contains_key(name) => {
+                        (ARM64_RELOC_BRANCH26, Target::Undefined(name))
+                            if !self.stub_index.contains_key(name) =>
+                        {
                             self.stub_index.insert(name.clone(), self.stubs.len());
                             self.stubs.push(name.clone());
                             if !self.auth_stubs {
                                 self.add_got(target.clone());
                             }
                         }
-                        (ARM64_RELOC_GOT_LOAD_PAGE21 | ARM64_RELOC_GOT_LOAD_PAGEOFF12, Target::Defined { .. }) => {
+                        (
+                            ARM64_RELOC_GOT_LOAD_PAGE21 | ARM64_RELOC_GOT_LOAD_PAGEOFF12,
+                            Target::Defined { .. },
+                        ) => {
                             // relaxed to adrp/add: no slot
                         }
-                        (ARM64_RELOC_GOT_LOAD_PAGE21 | ARM64_RELOC_GOT_LOAD_PAGEOFF12 | ARM64_RELOC_POINTER_TO_GOT, _) => {
-                            self.add_got(target.clone())
-                        }
+                        (
+                            ARM64_RELOC_GOT_LOAD_PAGE21
+                            | ARM64_RELOC_GOT_LOAD_PAGEOFF12
+                            | ARM64_RELOC_POINTER_TO_GOT,
+                            _,
+                        ) => self.add_got(target.clone()),
                         _ => {}
                     }
                 }
@@ -449,7 +474,9 @@ impl<'a> Linker<'_, 'a> {
         self.sections
             .sort_by_key(|s| (seg_index(&s.segname), rank(s), s.first_seen));
         let find = |secs: &[OutSection], name: &str| {
-            secs.iter().position(|s| s.sectname == name && s.inputs.is_empty() && s.first_seen == usize::MAX)
+            secs.iter().position(|s| {
+                s.sectname == name && s.inputs.is_empty() && s.first_seen == usize::MAX
+            })
         };
         self.stubs_sect = find(&self.sections, "__stubs").or(find(&self.sections, "__auth_stubs"));
         self.auth_got_sect = find(&self.sections, "__auth_got");
@@ -472,7 +499,11 @@ impl<'a> Linker<'_, 'a> {
         let mut seg_start = 0u64;
         for seg in 0..SEGMENTS.len() {
             let mut file_end = cur;
-            for s in self.sections.iter_mut().filter(|s| seg_index(&s.segname) == seg) {
+            for s in self
+                .sections
+                .iter_mut()
+                .filter(|s| seg_index(&s.segname) == seg)
+            {
                 cur = align_up(cur, 1 << s.align);
                 s.addr = cur;
                 cur += s.size;
@@ -508,7 +539,11 @@ impl<'a> Linker<'_, 'a> {
             .sections
             .iter()
             .position(|s| s.addr <= addr && addr < s.addr + s.size)
-            .or_else(|| self.sections.iter().position(|s| s.addr + s.size == addr && s.size > 0))?;
+            .or_else(|| {
+                self.sections
+                    .iter()
+                    .position(|s| s.addr + s.size == addr && s.size > 0)
+            })?;
         Some((inside as u32 + 1, addr - self.sections[inside].addr))
     }
 
@@ -523,12 +558,23 @@ impl<'a> Linker<'_, 'a> {
     /// in the image.
     fn split_entry(&mut self, from: u64, to: u64, kind: u8) {
         if let (Some((fs, fo)), Some((ts, to))) = (self.locate(from), self.locate(to)) {
-            self.split.push(Entry { from_sect: fs, from_off: fo, to_sect: ts, to_off: to, kind });
+            self.split.push(Entry {
+                from_sect: fs,
+                from_off: fo,
+                to_sect: ts,
+                to_off: to,
+                kind,
+            });
         }
     }
 
     /// The address a defined target resolves to, or an error naming the site.
-    fn defined_address(&self, site: &Site<'_, '_>, obj: usize, sym: usize) -> Result<u64, LinkError> {
+    fn defined_address(
+        &self,
+        site: &Site<'_, '_>,
+        obj: usize,
+        sym: usize,
+    ) -> Result<u64, LinkError> {
         self.symbol_address(obj, sym)
             .map(|(a, _)| a)
             .ok_or_else(|| site.error("target lies in a dropped section", HINT_DROPPED))
@@ -539,8 +585,12 @@ impl<'a> Linker<'_, 'a> {
     fn resolve(&self, o: usize, site: &Site<'_, '_>, stored: u64) -> Result<Resolved, LinkError> {
         let r = site.r;
         if r.r_extern {
-            match image::resolve_extern(self.loaded, o, r.r_symbolnum).ok_or_else(|| site.unsupported())? {
-                Target::Defined { obj, sym } => Ok(Resolved::Address(self.defined_address(site, obj, sym)?)),
+            match image::resolve_extern(self.loaded, o, r.r_symbolnum)
+                .ok_or_else(|| site.unsupported())?
+            {
+                Target::Defined { obj, sym } => {
+                    Ok(Resolved::Address(self.defined_address(site, obj, sym)?))
+                }
                 Target::Undefined(name) => Ok(Resolved::Undefined(name)),
                 Target::Absolute(v) => Ok(Resolved::Constant(v)),
             }
@@ -562,7 +612,10 @@ impl<'a> Linker<'_, 'a> {
     /// Adds a chained fixup at `at`, checking the loader's rules.
     fn add_fixup(&mut self, site: &Site<'_, '_>, at: u64, fixup: Fixup) -> Result<(), LinkError> {
         if !at.is_multiple_of(4) {
-            return Err(site.error(format!("pointer at {at:#x} is not 4-byte aligned"), HINT_ALIGN));
+            return Err(site.error(
+                format!("pointer at {at:#x} is not 4-byte aligned"),
+                HINT_ALIGN,
+            ));
         }
         match self.segment_of(at) {
             Some(SEG_DATA | SEG_DATA_CONST) => {}
@@ -574,7 +627,11 @@ impl<'a> Linker<'_, 'a> {
                 ));
             }
         }
-        let overlaps = self.fixups.range(at.saturating_sub(7)..at + 8).next().is_some();
+        let overlaps = self
+            .fixups
+            .range(at.saturating_sub(7)..at + 8)
+            .next()
+            .is_some();
         if overlaps {
             return Err(site.error(
                 format!("pointer at {at:#x} overlaps another pointer fix-up"),
@@ -586,8 +643,18 @@ impl<'a> Linker<'_, 'a> {
     }
 
     /// A rebase to `target` (+ `auth`), range-checked.
-    fn rebase(&mut self, site: &Site<'_, '_>, at: u64, target: u64, auth: Option<Signing>) -> Result<(), LinkError> {
-        let max = if auth.is_some() { fixups::MAX_AUTH_REBASE_TARGET } else { fixups::MAX_REBASE_TARGET };
+    fn rebase(
+        &mut self,
+        site: &Site<'_, '_>,
+        at: u64,
+        target: u64,
+        auth: Option<Signing>,
+    ) -> Result<(), LinkError> {
+        let max = if auth.is_some() {
+            fixups::MAX_AUTH_REBASE_TARGET
+        } else {
+            fixups::MAX_REBASE_TARGET
+        };
         if target > max {
             return Err(site.error(
                 format!("rebase target {target:#x} does not fit the chained pointer"),
@@ -595,13 +662,24 @@ impl<'a> Linker<'_, 'a> {
             ));
         }
         self.add_fixup(site, at, Fixup::Rebase { target, auth })?;
-        let kind = if auth.is_some() { split_seg::THREADED_POINTER_64 } else { split_seg::POINTER_64 };
+        let kind = if auth.is_some() {
+            split_seg::THREADED_POINTER_64
+        } else {
+            split_seg::POINTER_64
+        };
         self.split_entry(at, target, kind);
         Ok(())
     }
 
     /// A bind of `name` (+ `addend`, + `auth`), range-checked.
-    fn bind(&mut self, site: &Site<'_, '_>, at: u64, name: &str, addend: i64, auth: Option<Signing>) -> Result<(), LinkError> {
+    fn bind(
+        &mut self,
+        site: &Site<'_, '_>,
+        at: u64,
+        name: &str,
+        addend: i64,
+        auth: Option<Signing>,
+    ) -> Result<(), LinkError> {
         if (auth.is_some() && addend != 0) || !fixups::BIND_ADDEND.contains(&addend) {
             return Err(site.error(
                 format!("addend {addend:#x} to an undefined symbol does not fit the chained bind"),
@@ -609,12 +687,23 @@ impl<'a> Linker<'_, 'a> {
             ));
         }
         let ordinal = self.import_ordinal(name);
-        self.add_fixup(site, at, Fixup::Bind { ordinal, addend, auth })
+        self.add_fixup(
+            site,
+            at,
+            Fixup::Bind {
+                ordinal,
+                addend,
+                auth,
+            },
+        )
     }
 
     /// Imports are the referenced undefined symbols, in symbol-table order.
     fn import_ordinal(&self, name: &str) -> u32 {
-        self.referenced_undef.iter().position(|n| n == name).expect("referenced") as u32
+        self.referenced_undef
+            .iter()
+            .position(|n| n == name)
+            .expect("referenced") as u32
     }
 
     fn got_slot_address(&self, target: &Target) -> u64 {
@@ -622,7 +711,11 @@ impl<'a> Linker<'_, 'a> {
     }
 
     fn stub_address(&self, name: &str) -> u64 {
-        let size = if self.auth_stubs { insn::AUTH_STUB_SIZE } else { insn::STUB_SIZE };
+        let size = if self.auth_stubs {
+            insn::AUTH_STUB_SIZE
+        } else {
+            insn::STUB_SIZE
+        };
         self.sections[self.stubs_sect.expect("stubs")].addr + size * self.stub_index[name] as u64
     }
 
@@ -667,7 +760,9 @@ impl<'a> Linker<'_, 'a> {
                                 n.r_address == r.r_address
                                     && matches!(
                                         n.r_type,
-                                        ARM64_RELOC_BRANCH26 | ARM64_RELOC_PAGE21 | ARM64_RELOC_PAGEOFF12
+                                        ARM64_RELOC_BRANCH26
+                                            | ARM64_RELOC_PAGE21
+                                            | ARM64_RELOC_PAGEOFF12
                                     )
                             });
                             if !next_ok {
@@ -711,7 +806,10 @@ impl<'a> Linker<'_, 'a> {
                         | ARM64_RELOC_PAGEOFF12
                         | ARM64_RELOC_GOT_LOAD_PAGE21
                         | ARM64_RELOC_GOT_LOAD_PAGEOFF12 => {
-                            let page21 = matches!(r.r_type, ARM64_RELOC_PAGE21 | ARM64_RELOC_GOT_LOAD_PAGE21);
+                            let page21 = matches!(
+                                r.r_type,
+                                ARM64_RELOC_PAGE21 | ARM64_RELOC_GOT_LOAD_PAGE21
+                            );
                             if r.r_pcrel != page21 {
                                 return Err(site.unsupported());
                             }
@@ -722,7 +820,9 @@ impl<'a> Linker<'_, 'a> {
                             let resolved = self.resolve(o, &site, 0)?;
                             // (address the instruction refers to, relax ldr → add)
                             let (target, relax) = match (got, resolved) {
-                                (false, Resolved::Address(a)) => (a.wrapping_add(pending as u64), false),
+                                (false, Resolved::Address(a)) => {
+                                    (a.wrapping_add(pending as u64), false)
+                                }
                                 (true, Resolved::Address(a)) => (a, true),
                                 (false, Resolved::Undefined(_)) => {
                                     return Err(site.error(
@@ -737,7 +837,8 @@ impl<'a> Linker<'_, 'a> {
                                     ));
                                 }
                                 (true, _) => {
-                                    let t = image::resolve_extern(loaded, o, r.r_symbolnum).expect("resolved");
+                                    let t = image::resolve_extern(loaded, o, r.r_symbolnum)
+                                        .expect("resolved");
                                     (self.got_slot_address(&t), false)
                                 }
                             };
@@ -767,13 +868,17 @@ impl<'a> Linker<'_, 'a> {
                             if !r.r_extern {
                                 return Err(site.unsupported());
                             }
-                            let t = image::resolve_extern(loaded, o, r.r_symbolnum).ok_or_else(|| site.unsupported())?;
+                            let t = image::resolve_extern(loaded, o, r.r_symbolnum)
+                                .ok_or_else(|| site.unsupported())?;
                             let slot = self.got_slot_address(&t);
                             match (r.r_pcrel, r.r_length) {
                                 (true, 2) => {
                                     let delta = slot as i64 - pc as i64;
                                     let v = i32::try_from(delta).map_err(|_| {
-                                        site.error(format!("delta {delta:#x} does not fit in 32 bits"), HINT_CORRUPT)
+                                        site.error(
+                                            format!("delta {delta:#x} does not fit in 32 bits"),
+                                            HINT_CORRUPT,
+                                        )
                                     })?;
                                     self.split_entry(pc, slot, split_seg::DELTA_32);
                                     patches.push((p.out, patch_at, v.to_le_bytes().to_vec()));
@@ -795,7 +900,10 @@ impl<'a> Linker<'_, 'a> {
                             }
                             if r.r_length != 3 {
                                 return Err(site.error(
-                                    format!("{}-bit absolute address: the kernel cannot slide it", width * 8),
+                                    format!(
+                                        "{}-bit absolute address: the kernel cannot slide it",
+                                        width * 8
+                                    ),
                                     HINT_ABS32,
                                 ));
                             }
@@ -813,7 +921,9 @@ impl<'a> Linker<'_, 'a> {
                                 }
                                 // section-relative: `stored` already was the target
                                 Resolved::Address(a) => self.rebase(&site, pc, a, auth)?,
-                                Resolved::Undefined(name) => self.bind(&site, pc, &name, addend, auth)?,
+                                Resolved::Undefined(name) => {
+                                    self.bind(&site, pc, &name, addend, auth)?
+                                }
                                 Resolved::Constant(v) => {
                                     if auth.is_some() {
                                         return Err(site.error(
@@ -821,14 +931,19 @@ impl<'a> Linker<'_, 'a> {
                                             "sign only pointers into the kext or the kernel",
                                         ));
                                     }
-                                    let v = if r.r_extern { v.wrapping_add(addend as u64) } else { v };
+                                    let v = if r.r_extern {
+                                        v.wrapping_add(addend as u64)
+                                    } else {
+                                        v
+                                    };
                                     patches.push((p.out, patch_at, v.to_le_bytes().to_vec()));
                                 }
                             }
                         }
                         ARM64_RELOC_SUBTRACTOR => {
                             let Some(minuend) = s.relocs.get(ri) else {
-                                return Err(site.error("not followed by ARM64_RELOC_UNSIGNED", HINT_CORRUPT));
+                                return Err(site
+                                    .error("not followed by ARM64_RELOC_UNSIGNED", HINT_CORRUPT));
                             };
                             ri += 1;
                             if minuend.r_type != ARM64_RELOC_UNSIGNED
@@ -843,7 +958,11 @@ impl<'a> Linker<'_, 'a> {
                                     HINT_CORRUPT,
                                 ));
                             }
-                            let msite = Site { obj, sect: s, r: minuend };
+                            let msite = Site {
+                                obj,
+                                sect: s,
+                                r: minuend,
+                            };
                             let term = |l: &Self, st: &Site<'_, '_>| -> Result<(i64, Option<u64>), LinkError> {
                                 match l.resolve(o, st, 0)? {
                                     Resolved::Address(a) if st.r.r_extern => Ok((a as i64, Some(a))),
@@ -872,12 +991,19 @@ impl<'a> Linker<'_, 'a> {
                             if let (Some(aa), Some(ba)) = (a_addr, b_addr)
                                 && self.segment_of(aa) != self.segment_of(ba)
                             {
-                                let kind = if r.r_length == 3 { split_seg::DELTA_64 } else { split_seg::DELTA_32 };
+                                let kind = if r.r_length == 3 {
+                                    split_seg::DELTA_64
+                                } else {
+                                    split_seg::DELTA_32
+                                };
                                 self.split_entry(pc, aa, kind);
                             }
                             if r.r_length == 2 {
                                 let v = i32::try_from(value).map_err(|_| {
-                                    site.error(format!("difference {value:#x} does not fit in 32 bits"), HINT_CORRUPT)
+                                    site.error(
+                                        format!("difference {value:#x} does not fit in 32 bits"),
+                                        HINT_CORRUPT,
+                                    )
                                 })?;
                                 patches.push((p.out, patch_at, v.to_le_bytes().to_vec()));
                             } else {
@@ -895,7 +1021,8 @@ impl<'a> Linker<'_, 'a> {
                 }
                 if addend.is_some() {
                     let r = s.relocs.last().expect("addend");
-                    return Err(Site { obj, sect: s, r }.error("ARM64_RELOC_ADDEND at the end", HINT_CORRUPT));
+                    return Err(Site { obj, sect: s, r }
+                        .error("ARM64_RELOC_ADDEND at the end", HINT_CORRUPT));
                 }
             }
         }
@@ -917,12 +1044,20 @@ impl<'a> Linker<'_, 'a> {
             let stub = self.stub_address(name);
             let mut code = Vec::new();
             if self.auth_stubs {
-                let slot = self.sections[self.auth_got_sect.expect("__auth_got")].addr + 8 * k as u64;
+                let slot =
+                    self.sections[self.auth_got_sect.expect("__auth_got")].addr + 8 * k as u64;
                 for w in insn::auth_stub(stub, slot) {
                     push_u32(&mut code, w);
                 }
                 let ordinal = self.import_ordinal(name);
-                self.fixups.insert(slot, Fixup::Bind { ordinal, addend: 0, auth: Some(Signing::AUTH_GOT) });
+                self.fixups.insert(
+                    slot,
+                    Fixup::Bind {
+                        ordinal,
+                        addend: 0,
+                        auth: Some(Signing::AUTH_GOT),
+                    },
+                );
                 self.split_entry(stub, slot, split_seg::ARM64_ADRP);
                 self.split_entry(stub + 4, slot, split_seg::ARM64_OFF12);
             } else {
@@ -942,15 +1077,28 @@ impl<'a> Linker<'_, 'a> {
             match t {
                 Target::Defined { obj, sym } => {
                     let name = &self.objects()[*obj].symbols[*sym].name;
-                    let (a, _) = self
-                        .symbol_address(*obj, *sym)
-                        .ok_or_else(|| err(name, "GOT entry for a symbol in a dropped section".into()))?;
-                    self.fixups.insert(at, Fixup::Rebase { target: a, auth: None });
+                    let (a, _) = self.symbol_address(*obj, *sym).ok_or_else(|| {
+                        err(name, "GOT entry for a symbol in a dropped section".into())
+                    })?;
+                    self.fixups.insert(
+                        at,
+                        Fixup::Rebase {
+                            target: a,
+                            auth: None,
+                        },
+                    );
                     self.split_entry(at, a, split_seg::POINTER_64);
                 }
                 Target::Undefined(name) => {
                     let ordinal = self.import_ordinal(name);
-                    self.fixups.insert(at, Fixup::Bind { ordinal, addend: 0, auth: None });
+                    self.fixups.insert(
+                        at,
+                        Fixup::Bind {
+                            ordinal,
+                            addend: 0,
+                            auth: None,
+                        },
+                    );
                 }
                 Target::Absolute(v) => {
                     let s = &mut self.sections[self.got_sect.expect("__got")];
@@ -975,7 +1123,11 @@ impl<'a> Linker<'_, 'a> {
     }
 
     /// Chains the fixups, builds `__LINKEDIT` and the load commands, and serialises.
-    fn write(mut self, table: &image::SymbolTable, source_version: u64) -> Result<Vec<u8>, LinkError> {
+    fn write(
+        mut self,
+        table: &image::SymbolTable,
+        source_version: u64,
+    ) -> Result<Vec<u8>, LinkError> {
         // Chained fixups into the segments' bytes.
         let segments: Vec<fixups::Segment> = self
             .segs
@@ -986,17 +1138,33 @@ impl<'a> Linker<'_, 'a> {
                 vmsize,
                 has_starts: i == SEG_DATA || i == SEG_DATA_CONST,
             })
-            .chain(std::iter::once(fixups::Segment { vmaddr: 0, vmsize: 0, has_starts: false }))
+            .chain(std::iter::once(fixups::Segment {
+                vmaddr: 0,
+                vmsize: 0,
+                has_starts: false,
+            }))
             .collect();
         let imports: Vec<(String, bool)> = self
             .referenced_undef
             .iter()
-            .map(|n| (n.clone(), matches!(self.loaded.globals.get(n), Some(Global::Undefined { weak: true }))))
+            .map(|n| {
+                (
+                    n.clone(),
+                    matches!(
+                        self.loaded.globals.get(n),
+                        Some(Global::Undefined { weak: true })
+                    ),
+                )
+            })
             .collect();
         let chained = fixups::encode(&segments, &self.fixups, &imports);
         for &(at, value) in &chained.slots {
             let (ord, off) = self.locate(at).expect("fixups lie in sections");
-            put_u64(&mut self.sections[ord as usize - 1].data, off as usize, value);
+            put_u64(
+                &mut self.sections[ord as usize - 1].data,
+                off as usize,
+                value,
+            );
         }
         let split = split_seg::encode(&self.split);
         let indirect = self.indirect_symbols();
@@ -1022,7 +1190,9 @@ impl<'a> Linker<'_, 'a> {
         let linkedit_size = le.len() as u64;
         let end = linkedit_off + linkedit_size;
         if end > u64::from(u32::MAX) {
-            return Err(LinkError::TooLarge { what: format!("file size {end:#x}") });
+            return Err(LinkError::TooLarge {
+                what: format!("file size {end:#x}"),
+            });
         }
 
         // Header and load commands.
@@ -1039,14 +1209,35 @@ impl<'a> Linker<'_, 'a> {
         let r = VM_PROT_READ;
         let rx = VM_PROT_READ | VM_PROT_EXECUTE;
         let rw = VM_PROT_READ | VM_PROT_WRITE;
-        for (seg, prot) in [(SEG_TEXT, r), (SEG_TEXT_EXEC, rx), (SEG_DATA, rw), (SEG_DATA_CONST, rw)] {
-            let secs: Vec<&OutSection> =
-                self.sections.iter().filter(|s| seg_index(&s.segname) == seg).collect();
+        for (seg, prot) in [
+            (SEG_TEXT, r),
+            (SEG_TEXT_EXEC, rx),
+            (SEG_DATA, rw),
+            (SEG_DATA_CONST, rw),
+        ] {
+            let secs: Vec<&OutSection> = self
+                .sections
+                .iter()
+                .filter(|s| seg_index(&s.segname) == seg)
+                .collect();
             let (addr, vmsize, filesize) = self.segs[seg];
             segment_command(&mut h, SEGMENTS[seg], addr, vmsize, filesize, prot, &secs);
         }
-        segment_command(&mut h, "__LINKEDIT", linkedit_off, align_up(linkedit_size, PAGE), linkedit_size, r, &[]);
-        linkedit_data(&mut h, LC_DYLD_CHAINED_FIXUPS, chained_off, chained.payload.len());
+        segment_command(
+            &mut h,
+            "__LINKEDIT",
+            linkedit_off,
+            align_up(linkedit_size, PAGE),
+            linkedit_size,
+            r,
+            &[],
+        );
+        linkedit_data(
+            &mut h,
+            LC_DYLD_CHAINED_FIXUPS,
+            chained_off,
+            chained.payload.len(),
+        );
         push_u32(&mut h, LC_SYMTAB);
         push_u32(&mut h, SYMTAB_COMMAND_SIZE as u32);
         push_u32(&mut h, symoff as u32);
@@ -1068,7 +1259,14 @@ impl<'a> Linker<'_, 'a> {
         for _ in 0..6 {
             push_u32(&mut h, 0); // tocoff, ntoc, modtaboff, nmodtab, extrefsymoff, nextrefsyms
         }
-        push_u32(&mut h, if indirect.is_empty() { 0 } else { indirect_off as u32 });
+        push_u32(
+            &mut h,
+            if indirect.is_empty() {
+                0
+            } else {
+                indirect_off as u32
+            },
+        );
         push_u32(&mut h, indirect.len() as u32);
         for _ in 0..4 {
             push_u32(&mut h, 0); // extreloff, nextrel, locreloff, nlocrel: no classic relocations
@@ -1081,7 +1279,11 @@ impl<'a> Linker<'_, 'a> {
         push_u32(&mut h, SOURCE_VERSION_COMMAND_SIZE as u32);
         push_u64(&mut h, source_version);
         linkedit_data(&mut h, LC_SEGMENT_SPLIT_INFO, split_off, split.len());
-        assert_eq!(h.len(), MACH_HEADER_64_SIZE + sizeofcmds, "load command sizes");
+        assert_eq!(
+            h.len(),
+            MACH_HEADER_64_SIZE + sizeofcmds,
+            "load command sizes"
+        );
 
         let mut file = vec![0u8; end as usize];
         file[..h.len()].copy_from_slice(&h);
@@ -1111,7 +1313,10 @@ fn segment_command(
     secs: &[&OutSection],
 ) {
     push_u32(h, LC_SEGMENT_64);
-    push_u32(h, (SEGMENT_COMMAND_64_SIZE + secs.len() * SECTION_64_SIZE) as u32);
+    push_u32(
+        h,
+        (SEGMENT_COMMAND_64_SIZE + secs.len() * SECTION_64_SIZE) as u32,
+    );
     push_name16(h, name);
     push_u64(h, addr);
     push_u64(h, vmsize);

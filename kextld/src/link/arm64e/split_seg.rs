@@ -106,17 +106,45 @@ mod tests {
 
     #[test]
     fn encodes_like_ld64() {
-        let e = |from_off, to_off, kind| Entry { from_sect: 3, from_off, to_sect: 1, to_off, kind };
-        let bytes = encode(&[e(0x20, 0x10, ARM64_OFF12), e(0x1c, 0x10, ARM64_ADRP), e(0x4, 0x200, ARM64_ADRP)]);
+        let e = |from_off, to_off, kind| Entry {
+            from_sect: 3,
+            from_off,
+            to_sect: 1,
+            to_off,
+            kind,
+        };
+        let bytes = encode(&[
+            e(0x20, 0x10, ARM64_OFF12),
+            e(0x1c, 0x10, ARM64_ADRP),
+            e(0x4, 0x200, ARM64_ADRP),
+        ]);
         assert_eq!(
             bytes,
             [
-                0x7f, 1, // one FromToSection
-                3, 1, 2, // from 3 to 1, two to-offsets
-                0x10, 2, // to 0x10, two kinds
-                ARM64_ADRP, 1, 0x1c, ARM64_OFF12, 1, 0x20, //
-                0xf0, 0x03, 1, ARM64_ADRP, 1, 4, // to 0x200 (delta 0x1f0)
-                0, 0, 0, 0, 0, // padding to 24
+                0x7f,
+                1, // one FromToSection
+                3,
+                1,
+                2, // from 3 to 1, two to-offsets
+                0x10,
+                2, // to 0x10, two kinds
+                ARM64_ADRP,
+                1,
+                0x1c,
+                ARM64_OFF12,
+                1,
+                0x20, //
+                0xf0,
+                0x03,
+                1,
+                ARM64_ADRP,
+                1,
+                4, // to 0x200 (delta 0x1f0)
+                0,
+                0,
+                0,
+                0,
+                0, // padding to 24
             ]
         );
     }

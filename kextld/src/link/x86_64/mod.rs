@@ -448,7 +448,12 @@ impl<'a> Linker<'_, 'a> {
     /// Builds the symbol table: locals, external definitions, undefined.
     #[allow(clippy::type_complexity)]
     fn symbol_table(&mut self) -> Result<(Vec<OutSymbol>, usize, usize, usize), LinkError> {
-        let t = image::symbol_table(self.loaded, &self.place, &self.sections, &self.referenced_undef)?;
+        let t = image::symbol_table(
+            self.loaded,
+            &self.place,
+            &self.sections,
+            &self.referenced_undef,
+        )?;
         self.undef_symidx = t.undef_index;
         Ok((t.symbols, t.nlocal, t.nextdef, t.nundef))
     }

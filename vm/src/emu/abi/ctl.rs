@@ -56,7 +56,10 @@ extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_int {
         }
         for (n, a) in cbs {
             if a != 0 && !k.is_kext_code(a) {
-                k.violation("callback-outside-kext", format!("ctl_register: {n} = {a:#x} is not in the kext's code"));
+                k.violation(
+                    "callback-outside-kext",
+                    format!("ctl_register: {n} = {a:#x} is not in the kext's code"),
+                );
                 return Err(EINVAL);
             }
         }
@@ -100,7 +103,10 @@ fn reg_mut(k: &mut kernel::Kernel, h: u64) -> Option<&mut CtlReg> {
 extern "C" fn ctl_deregister(h: u64) -> c_int {
     kernel::with(|k| {
         let Some(r) = reg_mut(k, h) else {
-            k.violation("ctl-bad-ref", format!("ctl_deregister({h:#x}): not a registered control"));
+            k.violation(
+                "ctl-bad-ref",
+                format!("ctl_deregister({h:#x}): not a registered control"),
+            );
             return EINVAL;
         };
         if !r.clients.is_empty() {
@@ -111,7 +117,13 @@ extern "C" fn ctl_deregister(h: u64) -> c_int {
     })
 }
 
-extern "C" fn ctl_enqueuedata(h: u64, unit: u32, data: *const c_void, len: usize, _flags: u32) -> c_int {
+extern "C" fn ctl_enqueuedata(
+    h: u64,
+    unit: u32,
+    data: *const c_void,
+    len: usize,
+    _flags: u32,
+) -> c_int {
     let bytes = if data.is_null() || len == 0 {
         Vec::new()
     } else {
@@ -122,7 +134,9 @@ extern "C" fn ctl_enqueuedata(h: u64, unit: u32, data: *const c_void, len: usize
         if k.faults.should_fail(FaultPoint::CtlEnqueue) {
             return ENOBUFS;
         }
-        let Some(r) = reg_mut(k, h) else { return EINVAL };
+        let Some(r) = reg_mut(k, h) else {
+            return EINVAL;
+        };
         let id = r.id;
         if !r.clients.iter().any(|(u, _)| *u == unit) {
             return ENOENT;
@@ -152,14 +166,26 @@ pub struct Client {
 }
 
 fn find(reg: u64) -> Option<CtlReg> {
-    kernel::with(|k| k.ctl.regs.iter().find(|r| r.id == reg && r.registered).cloned())
+    kernel::with(|k| {
+        k.ctl
+            .regs
+            .iter()
+            .find(|r| r.id == reg && r.registered)
+            .cloned()
+    })
 }
 
 /// Connects to the control named `name`; `privileged` says whether the client
 /// is root (xnu refuses unprivileged clients of a `CTL_FLAG_PRIVILEGED` control
 /// with EPERM, before the kext sees them).
 pub fn connect(name: &str, privileged: bool) -> Result<Client, c_int> {
-    let Some(r) = kernel::with(|k| k.ctl.regs.iter().find(|r| r.registered && r.name == name).cloned()) else {
+    let Some(r) = kernel::with(|k| {
+        k.ctl
+            .regs
+            .iter()
+            .find(|r| r.registered && r.name == name)
+            .cloned()
+    }) else {
         return Err(ENOENT);
     };
     if r.flags & CTL_FLAG_PRIVILEGED != 0 && !privileged {
@@ -176,7 +202,8 @@ pub fn connect(name: &str, privileged: bool) -> Result<Client, c_int> {
     let kref = kernel::handle(Kind::KernCtl, r.id);
     let res = invoke(r.connect, "ctl_connect", || {
         // SAFETY: ctl_connect: `errno_t (*)(kern_ctl_ref, struct sockaddr_ctl *, void **)`.
-        let f: extern "C" fn(u64, *mut u8, *mut u64) -> c_int = unsafe { std::mem::transmute(r.connect as usize) };
+        let f: extern "C" fn(u64, *mut u8, *mut u64) -> c_int =
+            unsafe { std::mem::transmute(r.connect as usize) };
         f(kref, sac.as_mut_ptr(), &mut unitinfo)
     })
     .ok_or(EINVAL)?;
@@ -199,7 +226,9 @@ fn unitinfo(c: Client) -> Option<(CtlReg, u64)> {
 
 /// `setsockopt(opt, data)` on the client's socket.
 pub fn setopt(c: Client, opt: c_int, data: &[u8]) -> c_int {
-    let Some((r, ui)) = unitinfo(c) else { return ENOENT };
+    let Some((r, ui)) = unitinfo(c) else {
+        return ENOENT;
+    };
     if r.setopt == 0 {
         return 45; // ENOTSUP
     }
@@ -210,7 +239,11 @@ pub fn setopt(c: Client, opt: c_int, data: &[u8]) -> c_int {
         // SAFETY: ctl_setopt: `errno_t (*)(kern_ctl_ref, u_int32_t, void *, int, void *, size_t)`.
         let f: extern "C" fn(u64, u32, u64, c_int, *mut u8, usize) -> c_int =
             unsafe { std::mem::transmute(r.setopt as usize) };
-        let p = if copy.is_empty() { std::ptr::null_mut() } else { copy.as_mut_ptr() };
+        let p = if copy.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            copy.as_mut_ptr()
+        };
         f(kref, c.unit, ui, opt, p, copy.len())
     })
     .unwrap_or(EINVAL)
@@ -220,7 +253,9 @@ pub fn setopt(c: Client, opt: c_int, data: &[u8]) -> c_int {
 /// errno and the bytes the control reported (never more than `buf.len()`: a
 /// larger length is a violation — xnu panics).
 pub fn getopt(c: Client, opt: c_int, buf: &[u8]) -> (c_int, Vec<u8>) {
-    let Some((r, ui)) = unitinfo(c) else { return (ENOENT, Vec::new()) };
+    let Some((r, ui)) = unitinfo(c) else {
+        return (ENOENT, Vec::new());
+    };
     if r.getopt == 0 {
         return (45, Vec::new());
     }
@@ -231,7 +266,11 @@ pub fn getopt(c: Client, opt: c_int, buf: &[u8]) -> (c_int, Vec<u8>) {
         // SAFETY: ctl_getopt: `errno_t (*)(kern_ctl_ref, u_int32_t, void *, int, void *, size_t *)`.
         let f: extern "C" fn(u64, u32, u64, c_int, *mut u8, *mut usize) -> c_int =
             unsafe { std::mem::transmute(r.getopt as usize) };
-        let p = if copy.is_empty() { std::ptr::null_mut() } else { copy.as_mut_ptr() };
+        let p = if copy.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            copy.as_mut_ptr()
+        };
         f(kref, c.unit, ui, opt, p, &mut len)
     })
     .unwrap_or(EINVAL);
@@ -239,7 +278,10 @@ pub fn getopt(c: Client, opt: c_int, buf: &[u8]) -> (c_int, Vec<u8>) {
         kernel::with(|k| {
             k.violation(
                 "ctl-getopt-length",
-                format!("ctl_getopt reported {len} bytes for a {}-byte buffer (xnu panics)", copy.len()),
+                format!(
+                    "ctl_getopt reported {len} bytes for a {}-byte buffer (xnu panics)",
+                    copy.len()
+                ),
             )
         });
         len = copy.len();
@@ -260,7 +302,8 @@ pub fn disconnect(c: Client) {
         let kref = kernel::handle(Kind::KernCtl, r.id);
         invoke(r.disconnect, "ctl_disconnect", || {
             // SAFETY: ctl_disconnect: `errno_t (*)(kern_ctl_ref, u_int32_t, void *)`.
-            let f: extern "C" fn(u64, u32, u64) -> c_int = unsafe { std::mem::transmute(r.disconnect as usize) };
+            let f: extern "C" fn(u64, u32, u64) -> c_int =
+                unsafe { std::mem::transmute(r.disconnect as usize) };
             f(kref, c.unit, ui)
         });
     }
@@ -274,12 +317,21 @@ macro_rules! sym {
 
 pub fn symbols() -> Vec<(&'static str, u64)> {
     vec![
-        sym!("_ctl_register", ctl_register as extern "C" fn(*mut [u8; REG_SIZE], *mut u64) -> c_int),
-        sym!("_ctl_deregister", ctl_deregister as extern "C" fn(u64) -> c_int),
+        sym!(
+            "_ctl_register",
+            ctl_register as extern "C" fn(*mut [u8; REG_SIZE], *mut u64) -> c_int
+        ),
+        sym!(
+            "_ctl_deregister",
+            ctl_deregister as extern "C" fn(u64) -> c_int
+        ),
         sym!(
             "_ctl_enqueuedata",
             ctl_enqueuedata as extern "C" fn(u64, u32, *const c_void, usize, u32) -> c_int
         ),
-        sym!("_ctl_getenqueuespace", ctl_getenqueuespace as extern "C" fn(u64, u32, *mut usize) -> c_int),
+        sym!(
+            "_ctl_getenqueuespace",
+            ctl_getenqueuespace as extern "C" fn(u64, u32, *mut usize) -> c_int
+        ),
     ]
 }

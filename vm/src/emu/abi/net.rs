@@ -228,7 +228,12 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
             return EINVAL;
         };
         let bytes = k.mbuf_bytes(id);
-        let tags = k.mbuf(id).pkthdr.as_ref().map(|h| h.tags.clone()).unwrap_or_default();
+        let tags = k
+            .mbuf(id)
+            .pkthdr
+            .as_ref()
+            .map(|h| h.tags.clone())
+            .unwrap_or_default();
         let during = k.during();
         k.mbuf_set_owner(
             id,
@@ -676,7 +681,8 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
 pub fn call_sf_notify(f: u64, cookie: u64, so: u64, event: u32) {
     invoke(f, "sf_notify", || {
         // SAFETY: sf_notify: `void (*)(void *, socket_t, sflt_event_t, void *)`.
-        let cb: extern "C" fn(u64, u64, u32, *mut c_void) = unsafe { std::mem::transmute(f as usize) };
+        let cb: extern "C" fn(u64, u64, u32, *mut c_void) =
+            unsafe { std::mem::transmute(f as usize) };
         cb(cookie, so, event, std::ptr::null_mut())
     });
 }
