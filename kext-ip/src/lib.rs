@@ -167,26 +167,43 @@ impl Nat {
         };
         filter::plan_output(bytes, len, &mut table, &policy, clock::uptime_ms())
     }
+
+    /// The input plan (reverse translation needs only the table).
+    fn plan_input(&self, bytes: &[u8], len: usize) -> Plan {
+        let Some(mut table) = self.table.try_lock(SPINS) else {
+            return Plan::Drop(DropReason::Busy);
+        };
+        filter::plan_input(bytes, len, &mut table, clock::uptime_ms())
+    }
+}
+
+/// Settles the packets a plan leaves alone or drops (`Err`: the verdict);
+/// `Ok` gives the packet back for rewriting.
+fn settle(plan: Plan, pkt: Packet<'_>) -> Result<Packet<'_>, Verdict<'_>> {
+    match plan {
+        Plan::Pass => Err(Verdict::Pass(pkt)),
+        Plan::Drop(r) => {
+            count_drop(r);
+            Err(Verdict::Drop(pkt))
+        }
+        Plan::Translate { .. } => Ok(pkt),
+    }
 }
 
 impl IpFilter for Nat {
     const NAME: &'static core::ffi::CStr = c"net.prx.kext.IPFilter";
 
-    fn output<'a>(&self, mut pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
+    fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
         let mut buf = [0u8; PREFIX];
         let len = pkt.len();
         let Some(n) = prefix(&pkt, &mut buf) else {
             return Verdict::Pass(pkt);
         };
         let plan = self.plan_output(buf.get(..n).unwrap_or(&[]), len);
-        match plan {
-            Plan::Pass => return Verdict::Pass(pkt),
-            Plan::Drop(r) => {
-                count_drop(r);
-                return Verdict::Drop(pkt);
-            }
-            _ => {}
-        }
+        let mut pkt = match settle(plan, pkt) {
+            Ok(p) => p,
+            Err(v) => return v,
+        };
         // The transport checksum may still be a pseudo-header seed: finalize first.
         pkt.outbound_finalize(self.family.af(), 0);
         match rewrite(&mut pkt, plan) {
@@ -209,7 +226,7 @@ impl IpFilter for Nat {
 
     fn input<'a>(
         &self,
-        mut pkt: Packet<'a>,
+        pkt: Packet<'a>,
         _offset: usize,
         _protocol: u8,
         _inj: Input<'a>,
@@ -219,26 +236,11 @@ impl IpFilter for Nat {
         let Some(n) = prefix(&pkt, &mut buf) else {
             return Verdict::Pass(pkt);
         };
-        let plan = {
-            let Some(mut table) = self.table.try_lock(SPINS) else {
-                count_drop(DropReason::Busy);
-                return Verdict::Drop(pkt);
-            };
-            filter::plan_input(
-                buf.get(..n).unwrap_or(&[]),
-                len,
-                &mut table,
-                clock::uptime_ms(),
-            )
+        let plan = self.plan_input(buf.get(..n).unwrap_or(&[]), len);
+        let mut pkt = match settle(plan, pkt) {
+            Ok(p) => p,
+            Err(v) => return v,
         };
-        match plan {
-            Plan::Pass => return Verdict::Pass(pkt),
-            Plan::Drop(r) => {
-                count_drop(r);
-                return Verdict::Drop(pkt);
-            }
-            _ => {}
-        }
         match rewrite(&mut pkt, plan) {
             Decision::Rewritten { .. } => {
                 pkt.inbound_modified();
