@@ -80,14 +80,14 @@ static NAT_V6: TryLock<Table> = TryLock::new(NatTable::zeroed());
 struct Stats {
     redirected: AtomicU64,
     replies: AtomicU64,
-    drops: [AtomicU64; 7],
+    drops: [AtomicU64; DropReason::ALL.len()],
     attached: AtomicU32,
 }
 
 static STATS: Stats = Stats {
     redirected: AtomicU64::new(0),
     replies: AtomicU64::new(0),
-    drops: [const { AtomicU64::new(0) }; 7],
+    drops: [const { AtomicU64::new(0) }; DropReason::ALL.len()],
     attached: AtomicU32::new(0),
 };
 
@@ -355,7 +355,7 @@ impl Control for Ctl {
             }
             GetRequest::Stats => {
                 let generation = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?.generation;
-                let mut out = [(0u32, 0u64); 24];
+                let mut out = [(0u32, 0u64); 32];
                 let mut n = 0usize;
                 let mut push = |id: u32, v: u64| {
                     if let Some(o) = out.get_mut(n) {
@@ -501,7 +501,7 @@ fn stop() -> Result<(), KextError> {
         c"reversed",
         STATS.replies.load(Ordering::Relaxed),
     );
-    let names = [
+    let names: [&core::ffi::CStr; DropReason::ALL.len()] = [
         c"drop_unparseable",
         c"drop_table_full",
         c"drop_collision",
@@ -509,6 +509,7 @@ fn stop() -> Result<(), KextError> {
         c"drop_busy",
         c"drop_mbuf",
         c"drop_inject",
+        c"drop_blocked",
     ];
     for (name, c) in names.iter().zip(STATS.drops.iter()) {
         log::counter(c"PrxIPFilter", name, c.load(Ordering::Relaxed));

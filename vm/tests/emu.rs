@@ -567,7 +567,7 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
             "{:?}",
             r.log
         );
-        for reason in 0x200..0x207 {
+        for reason in 0x200..0x208 {
             assert_eq!(ip_stat(&r, reason), Some(0), "drops {reason:#x}");
         }
     }
@@ -861,6 +861,44 @@ fn prx_ip_filter_under_pullup_and_inject_fault_plans() {
     assert!(
         dropped > 0,
         "some injections failed and were counted: {}",
+        r.render()
+    );
+}
+
+/// `block` rules at the IP layer: the client's SYNs (first and retransmitted)
+/// are dropped and counted; nothing reaches the wire. Without a blocking
+/// filter the same scenario fails (the SYNs escape).
+#[test]
+fn prx_ip_filter_block_rules_drop_new_flows() {
+    for name in ["nat-block-tcp4", "nat-block-tcp6"] {
+        let r = run(name, &prx_ip_filter());
+        assert!(r.passed, "{}", r.render());
+        assert!(
+            step_detail(&r, "ip control: configure").contains("→ Block"),
+            "{}",
+            r.render()
+        );
+        let d = step_detail(&r, &format!("{name} blocked"));
+        let sent: u64 = d
+            .strip_prefix("client sent ")
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(sent >= 2, "{d}");
+        assert_eq!(
+            ip_stat(&r, 0x207),
+            Some(sent),
+            "every SYN counted as blocked: {d}"
+        );
+        assert_eq!(ip_stat(&r, 0x100), Some(0), "blocked flows are not tracked");
+    }
+    let r = run("nat-block-tcp4", &[c_kext("hello")]);
+    assert!(!r.passed);
+    assert!(
+        r.steps
+            .iter()
+            .any(|s| s.what == "nat-block-tcp4 blocked" && !s.ok),
+        "{}",
         r.render()
     );
 }

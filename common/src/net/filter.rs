@@ -20,7 +20,8 @@
 //!    when the [`Policy`] redirects it, on a TCP SYN (without ACK) or any UDP
 //!    datagram; mid-stream TCP of an untracked flow passes (the proxy would
 //!    only reset it). A refused flow (table full, reverse-key collision) is
-//!    dropped and counted.
+//!    dropped and counted, and so is the opening packet of a flow the policy
+//!    blocks ([`NewFlow::Block`]).
 //! 5. An ICMP/ICMPv6 error the client host sends about a packet it received
 //!    from a translated flow (quoted source = original destination endpoint,
 //!    quoted destination = client endpoint, outer source = the client
@@ -71,10 +72,21 @@ use super::wire::{Error, get_u8, get_u16, proto};
 /// rule engine ([`RulesPolicy`]); [`FixedPolicy`] is a fixed configuration for
 /// host tests, the fuzz target and benchmarks.
 pub trait Policy {
-    /// Where a new flow from `src` to `dst` goes instead, or `None` to leave it.
-    fn redirect(&self, protocol: u8, src: &Endpoint, dst: &Endpoint) -> Option<Endpoint>;
+    /// What happens to a new flow of `protocol` from `src` to `dst`.
+    fn new_flow(&self, protocol: u8, src: &Endpoint, dst: &Endpoint) -> NewFlow;
     /// True for the proxy's own addresses (never redirected, in either direction).
     fn is_proxy(&self, addr: &Addr) -> bool;
+}
+
+/// A [`Policy`]'s answer for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewFlow {
+    /// Leave it alone.
+    Leave,
+    /// Send it to this proxy endpoint instead.
+    Redirect(Endpoint),
+    /// Refuse it: its opening packets are dropped ([`DropReason::Blocked`]).
+    Block,
 }
 
 /// One destination prefix per family redirected to one proxy per family
@@ -134,20 +146,20 @@ pub fn in_prefix(a: &[u8], net: &[u8], bits: u8) -> bool {
 }
 
 impl Policy for FixedPolicy {
-    fn redirect(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> Option<Endpoint> {
+    fn new_flow(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> NewFlow {
         if protocol != proto::TCP && protocol != proto::UDP {
-            return None;
+            return NewFlow::Leave;
         }
         match dst.addr {
-            Addr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => Some(Endpoint {
+            Addr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => NewFlow::Redirect(Endpoint {
                 addr: Addr::V4(self.proxy_v4.0),
                 port: self.proxy_v4.1,
             }),
-            Addr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => Some(Endpoint {
+            Addr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => NewFlow::Redirect(Endpoint {
                 addr: Addr::V6(self.proxy_v6.0),
                 port: self.proxy_v6.1,
             }),
-            _ => None,
+            _ => NewFlow::Leave,
         }
     }
 
@@ -176,11 +188,13 @@ pub enum DropReason {
     Mbuf,
     /// Re-injection failed (the mbuf was consumed anyway).
     Inject,
+    /// A `block` rule refused the new flow.
+    Blocked,
 }
 
 impl DropReason {
     /// Every reason, in statistics order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Unparseable,
         DropReason::TableFull,
         DropReason::Collision,
@@ -188,6 +202,7 @@ impl DropReason {
         DropReason::Busy,
         DropReason::Mbuf,
         DropReason::Inject,
+        DropReason::Blocked,
     ];
 
     /// Index into a statistics array.
@@ -205,6 +220,7 @@ impl DropReason {
             DropReason::Busy => "busy",
             DropReason::Mbuf => "mbuf failure",
             DropReason::Inject => "inject failure",
+            DropReason::Blocked => "blocked by a rule",
         }
     }
 }
@@ -333,14 +349,18 @@ pub fn plan_output<const N: usize, const S: usize>(
             to,
         };
     }
-    let Some(to) = policy.redirect(t.protocol, &src, &dst) else {
-        return Plan::Pass;
-    };
+    // Only a flow's opening packet (TCP SYN without ACK, any UDP datagram)
+    // creates or refuses it: mid-stream TCP of an untracked flow passes.
     let opens = t.protocol == proto::UDP
         || flags & super::wire::tcp::SYN != 0 && flags & super::wire::tcp::ACK == 0;
     if !opens {
         return Plan::Pass;
     }
+    let to = match policy.new_flow(t.protocol, &src, &dst) {
+        NewFlow::Leave => return Plan::Pass,
+        NewFlow::Block => return Plan::Drop(DropReason::Blocked),
+        NewFlow::Redirect(to) => to,
+    };
     match table.insert(key, to, flags, now) {
         Ok(_) => Plan::Translate {
             side: Side::Dst,
@@ -457,7 +477,9 @@ fn to_addr(a: &Addr) -> super::addr::IpAddr {
 /// - rules are evaluated with the packet's protocol (TCP or UDP; nothing else
 ///   is redirected): a `proxy` rule with protocol `any` redirects both, one
 ///   with `tcp` or `udp` only that protocol;
-/// - `block` rules are not enforced here (the packet is left alone);
+/// - a `block` rule refuses a new flow: its opening packets (TCP SYN, UDP
+///   datagrams) are dropped and counted ([`DropReason::Blocked`]); flows that
+///   were already established keep going;
 /// - the proxy must be of the packet's family (no IPv4-mapped translation).
 #[derive(Debug)]
 pub struct RulesPolicy<'a, R, I> {
@@ -474,9 +496,9 @@ where
     R: AsRef<[super::rules::Rule]>,
     I: AsRef<[super::rules::IndexEntry]> + AsMut<[super::rules::IndexEntry]>,
 {
-    fn redirect(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> Option<Endpoint> {
+    fn new_flow(&self, protocol: u8, _src: &Endpoint, dst: &Endpoint) -> NewFlow {
         if protocol != proto::TCP && protocol != proto::UDP {
-            return None;
+            return NewFlow::Leave;
         }
         let a = to_addr(&dst.addr);
         let d = super::policy::decide(
@@ -493,19 +515,20 @@ where
         );
         match d {
             super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {
-                (super::addr::IpAddr::V4(p), Addr::V4(_)) => Some(Endpoint {
+                (super::addr::IpAddr::V4(p), Addr::V4(_)) => NewFlow::Redirect(Endpoint {
                     addr: Addr::V4(p),
                     port: to.port,
                 }),
                 (super::addr::IpAddr::V6(p), Addr::V6(_)) if to.addr.v4_mapped().is_none() => {
-                    Some(Endpoint {
+                    NewFlow::Redirect(Endpoint {
                         addr: Addr::V6(p),
                         port: to.port,
                     })
                 }
-                _ => None,
+                _ => NewFlow::Leave,
             },
-            _ => None,
+            super::policy::Decision::Block { .. } => NewFlow::Block,
+            super::policy::Decision::Pass(_) => NewFlow::Leave,
         }
     }
 

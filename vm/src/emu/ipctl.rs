@@ -25,15 +25,23 @@ pub enum RuleProtocol {
     Udp = 17,
 }
 
+/// What the scenario's rules do (byte 1 of a rule record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    Proxy = 1,
+    Block = 2,
+}
+
 fn registered() -> bool {
     kernel::with(|k| k.ctl.live().iter().any(|r| r.name == IP_CONTROL_NAME))
 }
 
 /// The scenarios' configuration: proxies 192.0.2.1:3128 and
 /// [2001:db8:2::1]:3128; 203.0.113.0/24 and 2001:db8:203::/48 redirected for
-/// `protocol`; everything else direct. Returns `None` when no prx IP filter
-/// is loaded, else whether every message was accepted.
-pub fn configure(protocol: RuleProtocol) -> Option<bool> {
+/// `protocol` (or blocked, with [`RuleAction::Block`]); everything else direct.
+/// Returns `None` when no prx IP filter is loaded, else whether every message
+/// was accepted.
+pub fn configure(protocol: RuleProtocol, action: RuleAction) -> Option<bool> {
     if !registered() {
         step(
             "ip control",
@@ -63,8 +71,20 @@ pub fn configure(protocol: RuleProtocol) -> Option<bool> {
     let net4: IpAddr = [203, 0, 113, 0].into();
     let net6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0).into();
     let rules = vec![
-        with_proto(rule(Some((net4, 24)), (0, 65535), None, 1, false)),
-        with_proto(rule(Some((net6, 48)), (0, 65535), None, 1, false)),
+        with_proto(rule(
+            Some((net4, 24)),
+            (0, 65535),
+            None,
+            action as u8,
+            false,
+        )),
+        with_proto(rule(
+            Some((net6, 48)),
+            (0, 65535),
+            None,
+            action as u8,
+            false,
+        )),
     ];
     let e2 = ctl::setopt(c, 1, &rules_msg(&rules));
     ctl::disconnect(c);
@@ -73,7 +93,7 @@ pub fn configure(protocol: RuleProtocol) -> Option<bool> {
         "ip control: configure",
         ok,
         format!(
-            "proxies {p4} and {p6}: errno {e1}; rules {net4}/24 and {net6}/48 ({protocol:?}) → proxy: errno {e2}"
+            "proxies {p4} and {p6}: errno {e1}; rules {net4}/24 and {net6}/48 ({protocol:?}) → {action:?}: errno {e2}"
         ),
     );
     Some(ok)

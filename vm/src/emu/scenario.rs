@@ -55,6 +55,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     ("nat-udp6", "nat-udp4 over IPv6"),
     (
+        "nat-block-tcp4",
+        "load-unload, plus: the IP filter's rules block 203.0.113.0/24 for TCP; a smoltcp client's connection attempts to 203.0.113.10:80 must not leave the host (its SYNs are dropped: none reaches the wire, redirected or not)",
+    ),
+    (
+        "nat-block-tcp6",
+        "nat-block-tcp4 over IPv6 (2001:db8:203::/48)",
+    ),
+    (
         "nat-icmp4",
         "load-unload, plus: ICMP errors about a NATed UDP flow from smoltcp stacks (port unreachable from the proxy host to the client, and from the client to the origin) must arrive translated: as about the client's flow to the origin, and as about the proxy's own datagram; checked by etherparse",
     ),
@@ -112,7 +120,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
     }
     let nat = name.starts_with("nat-");
     if ok && nat {
-        use super::ipctl::RuleProtocol;
+        use super::ipctl::{RuleAction, RuleProtocol};
         // Rules select the scenario's own protocol; `nat-tcp4-udp-rules` selects
         // the other one (a negative control: nothing may be redirected).
         let protocol = if name == "nat-tcp4-udp-rules"
@@ -125,7 +133,12 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         } else {
             RuleProtocol::Any
         };
-        ok &= super::ipctl::configure(protocol) != Some(false);
+        let action = if name.starts_with("nat-block") {
+            RuleAction::Block
+        } else {
+            RuleAction::Proxy
+        };
+        ok &= super::ipctl::configure(protocol, action) != Some(false);
     }
     if ok {
         ok &= match name {
@@ -138,6 +151,8 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),
+            "nat-block-tcp4" => super::stacks::nat_blocked(false),
+            "nat-block-tcp6" => super::stacks::nat_blocked(true),
             "nat-icmp4" => super::nat_icmp::nat_icmp(false),
             "nat-icmp6" => super::nat_icmp::nat_icmp(true),
             "sockfilter" => super::sockets::sockfilter(&mut loaded),

@@ -418,6 +418,56 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
     ok && established && believed && transfer_ok && closed
 }
 
+/// `nat-block-tcp4`/`nat-block-tcp6`: with the origin's network blocked, the
+/// client's SYNs (first and retransmitted) must all be taken by the filters:
+/// nothing reaches the wire and the client never connects.
+pub fn nat_blocked(v6: bool) -> bool {
+    let plan = if v6 { Plan::v6() } else { Plan::v4() };
+    let name = if v6 {
+        "nat-block-tcp6"
+    } else {
+        "nat-block-tcp4"
+    };
+    let mut client = Host::new(plan.client);
+    let mut proxy = Host::new(plan.proxy.addr);
+    let ch: SocketHandle = client.sockets.add(tcp_socket());
+    let cx = client.iface.context();
+    if let Err(e) = client
+        .sockets
+        .get_mut::<tcp::Socket>(ch)
+        .connect(cx, plan.origin, 49152)
+    {
+        step(name, false, format!("smoltcp connect: {e}"));
+        return false;
+    }
+    let mut wire = Wire::default();
+    let mut n = Counts::default();
+    // Long enough for the SYN and several retransmissions (smoltcp's RTO starts at 1 s).
+    for ms in (0..8_000).step_by(10) {
+        client.poll(ms);
+        shuttle(&mut client, &mut proxy, &plan, &mut wire, &mut n);
+        proxy.poll(ms);
+    }
+    let state = client.sockets.get::<tcp::Socket>(ch).state();
+    let ok = n.client_sent >= 2
+        && n.to_proxy == 0
+        && n.escaped.is_empty()
+        && state == tcp::State::SynSent;
+    step(
+        format!("{name} blocked"),
+        ok,
+        format!(
+            "client sent {} packets (SYN and retransmissions); {} reached the proxy, {} escaped un-redirected, {} taken by the filters; client {state}",
+            n.client_sent,
+            n.to_proxy,
+            n.escaped.len(),
+            wire.taken
+        ),
+    );
+    flush_log();
+    ok && wire.rejected.is_empty()
+}
+
 /// `nat-udp4`/`nat-udp6`: a request to the origin answered by the proxy.
 pub fn nat_udp(v6: bool) -> bool {
     let plan = if v6 { Plan::v6() } else { Plan::v4() };

@@ -1168,3 +1168,86 @@ fn the_ip_filter_redirects_only_the_rules_protocol() {
         }
     }
 }
+
+/// A `block` rule at the IP layer drops the opening packets of new flows it
+/// matches (TCP SYN, any UDP datagram), counted as `Blocked`; mid-stream TCP
+/// of untracked flows and other destinations pass, and earlier rules win.
+#[test]
+fn the_ip_filter_drops_opening_packets_of_blocked_flows() {
+    use crate::net::addr::{Endpoint as Ep, IpAddr};
+    use crate::net::filter::RulesPolicy;
+    use crate::net::policy::Proxies;
+    use crate::net::rules::{Action, Cidr, IndexEntry, Rule, RuleSet};
+    let rules = vec![
+        Rule {
+            dst: Cidr::new(IpAddr::V4([203, 0, 113, 7]), 32),
+            action: Action::Proxy { proxy_v2: false },
+            ..Rule::default()
+        },
+        Rule {
+            dst: Cidr::new(IpAddr::V4([203, 0, 113, 0]), 24),
+            action: Action::Block,
+            ..Rule::default()
+        },
+    ];
+    let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+    let proxies = Proxies {
+        v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)),
+        ..Proxies::default()
+    };
+    let spec = |protocol, last: u8, flags| {
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[203, 0, 113, last]);
+        Spec {
+            v6: false,
+            protocol,
+            src: [10; 16],
+            dst,
+            sport: 40000,
+            dport: 443,
+            flags,
+            payload: vec![],
+            v4_options: vec![],
+            v6_exts: vec![],
+            udp_no_csum: false,
+        }
+    };
+    for enabled in [true, false] {
+        // A fresh table each time: tracked flows keep being translated when disabled.
+        let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+        let pol = RulesPolicy {
+            enabled,
+            rules: &rs,
+            proxies: &proxies,
+        };
+        for (protocol, last, flags, want) in [
+            (proto::TCP, 10, tcp::SYN, Some(DropReason::Blocked)),
+            (proto::UDP, 10, 0, Some(DropReason::Blocked)),
+            (proto::TCP, 10, tcp::ACK, None),
+            (proto::TCP, 10, tcp::SYN | tcp::ACK, None),
+        ] {
+            let mut p = build(&spec(protocol, last, flags));
+            let n = p.len();
+            let before = p.clone();
+            let d = filter::output(&mut p, n, &mut table, &pol, 0);
+            match want {
+                Some(r) if enabled => assert_eq!(d, Decision::Drop(r), "{protocol} {flags:#x}"),
+                _ => {
+                    assert_eq!(d, Decision::Pass, "{protocol} {flags:#x} enabled={enabled}");
+                    assert_eq!(p, before);
+                }
+            }
+        }
+        // The earlier proxy rule wins over the block for its host.
+        let mut p = build(&spec(proto::TCP, 7, tcp::SYN));
+        let n = p.len();
+        let d = filter::output(&mut p, n, &mut table, &pol, 0);
+        if enabled {
+            assert!(matches!(d, Decision::Rewritten { .. }), "{d:?}");
+            assert_eq!(table.len(), 1, "blocked flows are not tracked");
+        } else {
+            assert_eq!(d, Decision::Pass);
+            assert!(table.is_empty());
+        }
+    }
+}
