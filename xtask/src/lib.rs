@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bindgen;
 pub mod build;
 pub mod kpi;
+#[cfg(feature = "package")]
 pub mod package;
 pub mod toolchain;
 pub mod vm_test;

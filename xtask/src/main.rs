@@ -55,10 +55,54 @@ enum Cmd {
     VmTest(Box<xtask::vm_test::Args>),
     /// Codesign the release kexts and write target/pkg/prx-<version>.pkg and a .zip
     /// (or, with --check PKG, expand a package the way Installer does and report).
+    #[cfg(feature = "package")]
     Package(Box<xtask::package::Args>),
+    /// Codesign the release kexts and write target/pkg/prx-<version>.pkg and a .zip
+    /// (or, with --check PKG, expand a package the way Installer does and report).
+    /// This xtask was built without the signing stack: it runs
+    /// `cargo run -p xtask --features package -- package ARGS…` (compiled once).
+    #[cfg(not(feature = "package"))]
+    #[command(disable_help_flag = true)]
+    Package {
+        /// Passed on unchanged (see `cargo xtask package --help` once built).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Count the instructions per operation of common::net's hot paths under
     /// callgrind (needs valgrind); prints a table, optionally writes JSON.
     Bench(xtask::bench::Args),
+}
+
+/// Runs `cargo xtask package ARGS` in an xtask built with `--features package`
+/// (the signing, pkg and notarization stack), building it first if needed.
+#[cfg(not(feature = "package"))]
+fn with_signing_stack(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
+    use anyhow::{Context, bail};
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "xtask: `package` needs the signing stack; running `cargo run -p xtask --features package -- package{}{}` (the first time compiles it: a few minutes)",
+        if args.is_empty() { "" } else { " " },
+        args.join(" ")
+    );
+    let status = std::process::Command::new(&cargo)
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "xtask",
+            "--features",
+            "package",
+            "--",
+            "package",
+        ])
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
+    if !status.success() {
+        bail!("cargo xtask package failed ({status})");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -102,7 +146,10 @@ fn main() -> ExitCode {
         Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
         Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
+        #[cfg(feature = "package")]
         Cmd::Package(args) => xtask::package::run(&root, *args),
+        #[cfg(not(feature = "package"))]
+        Cmd::Package { args } => with_signing_stack(&root, &args),
         Cmd::Bench(args) => xtask::bench::run(&root, args),
     };
     match result {
