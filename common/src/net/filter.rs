@@ -462,13 +462,6 @@ pub fn input<const N: usize, const S: usize>(
     apply(prefix, packet_len, plan)
 }
 
-fn to_addr(a: &Addr) -> super::addr::IpAddr {
-    match a {
-        Addr::V4(b) => super::addr::IpAddr::V4(*b),
-        Addr::V6(b) => super::addr::IpAddr::V6(*b),
-    }
-}
-
 /// The shared rule engine ([`super::rules`] with [`super::policy`]'s proxy
 /// configuration, as the socket filter uses them) as the IP filter's
 /// [`Policy`]. At the IP layer:
@@ -500,7 +493,7 @@ where
         if protocol != proto::TCP && protocol != proto::UDP {
             return NewFlow::Leave;
         }
-        let a = to_addr(&dst.addr);
+        let a = super::addr::IpAddr::from(dst.addr);
         let d = super::policy::decide(
             self.enabled,
             self.rules,
@@ -533,7 +526,7 @@ where
     }
 
     fn is_proxy(&self, addr: &Addr) -> bool {
-        let a = to_addr(addr).canonical();
+        let a = super::addr::IpAddr::from(*addr).canonical();
         [self.proxies.v4, self.proxies.v6]
             .iter()
             .flatten()

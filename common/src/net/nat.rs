@@ -47,21 +47,16 @@ pub struct Endpoint {
 
 impl From<Endpoint> for super::addr::Endpoint {
     fn from(e: Endpoint) -> Self {
-        let a = match e.addr {
-            Addr::V4(b) => super::addr::IpAddr::V4(b),
-            Addr::V6(b) => super::addr::IpAddr::V6(b),
-        };
-        super::addr::Endpoint::new(a, e.port)
+        super::addr::Endpoint::new(e.addr.into(), e.port)
     }
 }
 
 impl From<super::addr::Endpoint> for Endpoint {
     fn from(e: super::addr::Endpoint) -> Self {
-        let addr = match e.addr {
-            super::addr::IpAddr::V4(b) => Addr::V4(b),
-            super::addr::IpAddr::V6(b) => Addr::V6(b),
-        };
-        Endpoint { addr, port: e.port }
+        Endpoint {
+            addr: e.addr.into(),
+            port: e.port,
+        }
     }
 }
 

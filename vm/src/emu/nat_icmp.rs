@@ -23,9 +23,8 @@ use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::abi::libkern::flush_log;
-use super::abi::mbuf::{REQ_IP, REQ_UDP};
 use super::scenario::step;
-use super::stacks::{Host, Plan};
+use super::stacks::{Host, Plan, defer_checksums, udp_socket};
 use super::traffic::{Wire, ip_path};
 
 const CLIENT_PORT: u16 = 5000;
@@ -125,26 +124,10 @@ fn examine(p: &[u8]) -> Result<Seen, String> {
     })
 }
 
-fn udp_socket() -> udp::Socket<'static> {
-    udp::Socket::new(
-        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
-        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
-    )
-}
-
 /// Client → filters' output → what reaches the wire.
 fn client_out(client: &mut Host, wire: &mut Wire) -> Vec<Vec<u8>> {
     while let Some(mut p) = client.dev.tx.pop_front() {
-        let mut req = 0;
-        if p.first().is_some_and(|b| b >> 4 == 4) {
-            p[10] = 0;
-            p[11] = 0;
-            req |= REQ_IP;
-        }
-        if super::packet::transport(&p).is_some_and(|t| t.protocol == 17) {
-            super::packet::seed_l4(&mut p);
-            req |= REQ_UDP;
-        }
+        let req = defer_checksums(&mut p);
         ip_path(wire, p, req, true, None);
     }
     wire.out.drain(..).collect()

@@ -182,6 +182,27 @@ fn endpoints(p: &[u8]) -> Option<(IpAddress, u16, IpAddress, u16)> {
     Some((addr(t.src), sp?, addr(t.dst), dp?))
 }
 
+/// Makes an outbound packet look as xnu hands it to filters, checksums left to
+/// the NIC: IPv4 header checksum zero, the TCP/UDP field holding the
+/// pseudo-header seed. Returns the checksums requested of the NIC.
+pub(crate) fn defer_checksums(p: &mut [u8]) -> u32 {
+    let l4 = match super::packet::transport(p).map(|t| t.protocol) {
+        Some(6) => REQ_TCP,
+        Some(17) => REQ_UDP,
+        _ => 0,
+    };
+    let mut req = l4;
+    if p.first().is_some_and(|b| b >> 4 == 4) {
+        p[10] = 0;
+        p[11] = 0;
+        req |= REQ_IP;
+    }
+    if l4 != 0 {
+        super::packet::seed_l4(p);
+    }
+    req
+}
+
 /// Moves packets once in each direction: client → filters' output → wire →
 /// proxy, and proxy → filters' input → client.
 pub(crate) fn shuttle(
@@ -193,21 +214,7 @@ pub(crate) fn shuttle(
 ) {
     while let Some(mut p) = client.dev.tx.pop_front() {
         n.client_sent += 1;
-        // As xnu hands outbound packets to filters: checksums left to the NIC.
-        let l4 = match super::packet::transport(&p).map(|t| t.protocol) {
-            Some(6) => REQ_TCP,
-            Some(17) => REQ_UDP,
-            _ => 0,
-        };
-        let mut req = l4;
-        if p.first().is_some_and(|b| b >> 4 == 4) {
-            p[10] = 0;
-            p[11] = 0;
-            req |= REQ_IP;
-        }
-        if l4 != 0 {
-            super::packet::seed_l4(&mut p);
-        }
+        let req = defer_checksums(&mut p);
         ip_path(wire, p, req, true, None);
         for q in wire.out.drain(..) {
             match endpoints(&q) {
@@ -235,6 +242,31 @@ pub(crate) fn shuttle(
 
 fn pattern(i: usize, salt: u8) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 9)) as u8 ^ salt
+}
+
+pub(crate) fn udp_socket() -> udp::Socket<'static> {
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+    )
+}
+
+/// A TCP socket on `client` connecting from port 49152 to the plan's origin;
+/// `None` (with a failed step) when smoltcp refuses.
+fn connect_to_origin(client: &mut Host, plan: &Plan, name: &str) -> Option<SocketHandle> {
+    let ch: SocketHandle = client.sockets.add(tcp_socket());
+    let cx = client.iface.context();
+    match client
+        .sockets
+        .get_mut::<tcp::Socket>(ch)
+        .connect(cx, plan.origin, 49152)
+    {
+        Ok(()) => Some(ch),
+        Err(e) => {
+            step(name, false, format!("smoltcp connect: {e}"));
+            None
+        }
+    }
 }
 
 fn tcp_socket() -> tcp::Socket<'static> {
@@ -323,21 +355,14 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
     let name = if v6 { "nat-tcp6" } else { "nat-tcp4" };
     let mut client = Host::new(plan.client);
     let mut proxy = Host::new(plan.proxy.addr);
-    let ch: SocketHandle = client.sockets.add(tcp_socket());
     let ph: SocketHandle = proxy.sockets.add(tcp_socket());
     let _ = proxy
         .sockets
         .get_mut::<tcp::Socket>(ph)
         .listen(plan.proxy.port);
-    let cx = client.iface.context();
-    if let Err(e) = client
-        .sockets
-        .get_mut::<tcp::Socket>(ch)
-        .connect(cx, plan.origin, 49152)
-    {
-        step(name, false, format!("smoltcp connect: {e}"));
+    let Some(ch) = connect_to_origin(&mut client, &plan, name) else {
         return false;
-    }
+    };
     let mut wire = Wire {
         split,
         ..Wire::default()
@@ -430,16 +455,9 @@ pub fn nat_blocked(v6: bool) -> bool {
     };
     let mut client = Host::new(plan.client);
     let mut proxy = Host::new(plan.proxy.addr);
-    let ch: SocketHandle = client.sockets.add(tcp_socket());
-    let cx = client.iface.context();
-    if let Err(e) = client
-        .sockets
-        .get_mut::<tcp::Socket>(ch)
-        .connect(cx, plan.origin, 49152)
-    {
-        step(name, false, format!("smoltcp connect: {e}"));
+    let Some(ch) = connect_to_origin(&mut client, &plan, name) else {
         return false;
-    }
+    };
     let mut wire = Wire::default();
     let mut n = Counts::default();
     // Long enough for the SYN and several retransmissions (smoltcp's RTO starts at 1 s).
@@ -474,12 +492,6 @@ pub fn nat_udp(v6: bool) -> bool {
     let name = if v6 { "nat-udp6" } else { "nat-udp4" };
     let mut client = Host::new(plan.client);
     let mut proxy = Host::new(plan.proxy.addr);
-    let udp_socket = || {
-        udp::Socket::new(
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
-        )
-    };
     let ch = client.sockets.add(udp_socket());
     let ph = proxy.sockets.add(udp_socket());
     let _ = client.sockets.get_mut::<udp::Socket>(ch).bind(5000);

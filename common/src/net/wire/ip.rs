@@ -22,6 +22,24 @@ impl Addr {
     }
 }
 
+impl From<Addr> for crate::net::addr::IpAddr {
+    fn from(a: Addr) -> Self {
+        match a {
+            Addr::V4(b) => Self::V4(b),
+            Addr::V6(b) => Self::V6(b),
+        }
+    }
+}
+
+impl From<crate::net::addr::IpAddr> for Addr {
+    fn from(a: crate::net::addr::IpAddr) -> Self {
+        match a {
+            crate::net::addr::IpAddr::V4(b) => Addr::V4(b),
+            crate::net::addr::IpAddr::V6(b) => Addr::V6(b),
+        }
+    }
+}
+
 /// Where the transport header of an IP packet is, and what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
