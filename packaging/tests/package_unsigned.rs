@@ -392,7 +392,7 @@ fn toc_uses_sha1_and_metadata_is_what_installer_reads() {
         &[
             x.join("postinstall").to_str().unwrap(),
             "pkg",
-            "/tmp/t",
+            x.to_str().unwrap(),
             "/Volumes/Other",
         ],
         None,

@@ -7,6 +7,7 @@ pub mod build;
 pub mod kpi;
 #[cfg(feature = "package")]
 pub mod package;
+pub mod suite;
 pub mod toolchain;
 pub mod vm_test;
 

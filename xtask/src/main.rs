@@ -68,6 +68,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Install what the test suite needs when it is missing (Debian packages,
+    /// rustup components and targets; each named with the reason), then run
+    /// the whole suite with `cargo test`.
+    Test(xtask::suite::Args),
     /// Count the instructions per operation of common::net's hot paths under
     /// callgrind (needs valgrind); prints a table, optionally writes JSON.
     Bench(xtask::bench::Args),
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "package"))]
         Cmd::Package { args } => with_signing_stack(&root, &args),
         Cmd::Bench(args) => xtask::bench::run(&root, args),
+        Cmd::Test(args) => xtask::suite::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

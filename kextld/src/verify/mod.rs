@@ -4,7 +4,7 @@
 //! (fat) file and returns a [`Report`]: a list of [`Finding`]s, each naming the
 //! symbol or address at fault and saying what to do, plus a [`SliceSummary`] per
 //! architecture (kmod name/version, undefined symbols and the KPI sets that
-//! export them). The rules are those of `/work/shared/kext-format.md`:
+//! export them). The rules are those of `../shared/kext-format.md` (from the project root):
 //!
 //! | check id | what |
 //! |---|---|

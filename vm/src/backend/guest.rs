@@ -109,7 +109,7 @@ impl GuestConfig {
         GuestConfig {
             pkg,
             kexts: default_kexts(),
-            work_dir: "/tmp/prx-vmtest".into(),
+            work_dir: "/tmp/prx-vmtest".into(), // tidy: a path on the macOS guest
             command_timeout: Duration::from_secs(60),
             install_timeout: Duration::from_secs(600),
             panic_report_dirs: DEFAULT_PANIC_REPORT_DIRS
