@@ -625,6 +625,7 @@ fn load_commands_segments_and_relocations() {
     };
     let mut bytes = good.clone();
     put32(&mut bytes, seg_cmd("__TEXT_EXEC") + 56, 7);
+    put32(&mut bytes, seg_cmd("__TEXT_EXEC") + 60, 7);
     let report = run(&bytes);
     assert!(
         has_error(&report, "segments", "writable and executable"),
@@ -634,7 +635,7 @@ fn load_commands_segments_and_relocations() {
         has_error(
             &report,
             "segments",
-            "__TEXT_EXEC has initprot 0x5 maxprot 0x7"
+            "__TEXT_EXEC has initprot 0x7 maxprot 0x7"
         ),
         "{report}"
     );
