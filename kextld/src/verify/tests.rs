@@ -853,3 +853,70 @@ fn bundles_and_plist_cross_check() {
         Err(VerifyError::Bundle { .. })
     ));
 }
+
+/// Appends an `LC_DATA_IN_CODE` command covering `[fileoff, fileoff + len)`,
+/// its one entry stored in the header padding (room the builder leaves).
+fn add_data_in_code(bytes: &mut Vec<u8>, fileoff: u32, len: u16) {
+    let ncmds = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+    let sizeofcmds = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
+    let at = 32 + sizeofcmds as usize;
+    let entry_at = (at + 16 + 7) / 8 * 8;
+    put32(bytes, at, 0x29); // LC_DATA_IN_CODE
+    put32(bytes, at + 4, 16);
+    put32(bytes, at + 8, entry_at as u32);
+    put32(bytes, at + 12, 8);
+    put32(bytes, entry_at, fileoff);
+    bytes[entry_at + 4..entry_at + 6].copy_from_slice(&len.to_le_bytes());
+    bytes[entry_at + 6..entry_at + 8].copy_from_slice(&2u16.to_le_bytes()); // DICE_KIND_JUMP_TABLE32
+    put32(bytes, 16, ncmds + 1);
+    put32(bytes, 20, sizeofcmds + 16);
+}
+
+/// A jump table of `db f1 ff ff` entries inside a function decodes as `fcomi`
+/// (x87) if taken for code; with the data-in-code entry the compiler's linker
+/// writes for it, it is not decoded, while the real `movsd` before it still is.
+#[test]
+fn jump_tables_in_code_are_not_decoded_but_real_sse_is() {
+    let (code, functions) = assemble(
+        "
+        .globl _prx_start
+_prx_start:
+        xorl %eax, %eax
+        retq
+        .globl _dispatch
+_dispatch:
+        movsd (%rdi), %xmm0
+        jmpq *%rax
+        .byte 0xdb, 0xf1, 0xff, 0xff, 0xdb, 0xf1, 0xff, 0xff
+        retq
+        ",
+    );
+    let mut spec = Spec::good(Arch::X86_64, &[]);
+    let table = code
+        .windows(4)
+        .position(|w| w == [0xdb, 0xf1, 0xff, 0xff])
+        .unwrap() as u64;
+    spec.code = code;
+    spec.start = functions[0].1;
+    spec.stop = functions[0].1;
+    spec.functions = functions;
+    let built = build(&spec);
+    let report = run(&built.bytes);
+    let e = errors(&report, "sse");
+    // Without data-in-code the table is taken for x87 code.
+    assert!(e.iter().any(|m| m.contains("fcomi")), "{report}");
+    let mut bytes = built.bytes.clone();
+    add_data_in_code(&mut bytes, (built.text_addr + table) as u32, 8);
+    let report = run(&bytes);
+    let e = errors(&report, "sse");
+    assert_eq!(e.len(), 1, "{report}");
+    assert!(
+        e[0].contains("_dispatch+0x0") && e[0].contains("movsd") && e[0].contains("SSE"),
+        "{report}"
+    );
+    // For a third-party kext the same finding is a warning: no loader refuses it.
+    let history = crate::kpi::KpiHistory::builtin();
+    let report = verify_with(&bytes, &Options::third_party(tables(), history));
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.by_check("sse").count(), 1, "{report}");
+}
