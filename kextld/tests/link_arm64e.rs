@@ -891,3 +891,40 @@ fn missing_kmod_info_and_wrong_arch() {
         .to_string();
     assert!(err.contains("wrong architecture"), "{err}");
 }
+
+/// An arm64 (non-e) object given to `kextld link --arch arm64e` fails naming
+/// the ABI: its function pointers would stay unsigned.
+#[test]
+fn plain_arm64_objects_are_rejected_naming_the_abi() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("plain.c");
+    std::fs::write(&src, "int plain(int x) { return x + 1; }\n").unwrap();
+    let obj = dir.path().join("plain.o");
+    run(
+        "clang-19",
+        &[
+            "-target",
+            "arm64-apple-macos11",
+            "-c",
+            src.to_str().unwrap(),
+            "-o",
+            obj.to_str().unwrap(),
+        ],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kextld"))
+        .args(["link", "--arch", "arm64e", "-o"])
+        .arg(dir.path().join("out"))
+        .arg(&obj)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("plain.o")
+            && stderr.contains("incompatible arm64e ABI")
+            && stderr.contains("a plain arm64 object")
+            && stderr.contains("arm64e-apple-macos11"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists());
+}
