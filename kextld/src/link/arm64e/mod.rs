@@ -1,7 +1,7 @@
 //! The arm64e backend: lays out `__TEXT`/`__TEXT_EXEC`/`__DATA`/`__DATA_CONST`/
 //! `__LINKEDIT` on 16 KiB boundaries, resolves relocations, signs the function
-//! pointers the kernel calls, and writes the kext exactly as kext-format.md
-//! "arm64e" describes.
+//! pointers the kernel calls, and writes the kext exactly as docs/kext-format.md
+//! ("arm64e ABI", "Segments in the file") describes.
 //!
 //! Memory layout (zero-fill takes no file space: each segment's file bytes
 //! follow the previous segment's file bytes, so a segment after `__DATA`'s

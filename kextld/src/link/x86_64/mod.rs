@@ -1,5 +1,5 @@
 //! The x86_64 backend: lays out `__TEXT`/`__DATA`/`__LINKEDIT`, resolves
-//! relocations and writes the kext exactly as kext-format.md "x86_64" describes.
+//! relocations and writes the kext as docs/kext-format.md describes.
 //!
 //! File layout (4 KiB pages; `__TEXT` and `__DATA` have fileoff == vmaddr,
 //! `__LINKEDIT` follows the last file-backed byte):
