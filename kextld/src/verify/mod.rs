@@ -27,6 +27,7 @@
 //! | `sse` | no SSE/AVX/MMX/x87 instruction in x86_64 code (only code is decoded) |
 //! | `chained-fixups` | (arm64e) LC_DYLD_CHAINED_FIXUPS decodes: header, imports, starts, chains; fixups 4-byte aligned in writable segments; bind ordinals, rebase targets |
 //! | `split-seg` | (arm64e) LC_SEGMENT_SPLIT_INFO v2 decodes and covers every ADRP, branch to a stub and rebased pointer |
+//! | `ptrauth` | (arm64e) warning: plain rebases pointing into executable code (unsigned function pointers) |
 //! | `bundle` | (bundles only) kmod name/version equal the Info.plist's |
 //!
 //! Every read is bounds-checked: garbage or truncated input yields `macho`
