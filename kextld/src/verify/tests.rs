@@ -856,11 +856,11 @@ fn bundles_and_plist_cross_check() {
 
 /// Appends an `LC_DATA_IN_CODE` command covering `[fileoff, fileoff + len)`,
 /// its one entry stored in the header padding (room the builder leaves).
-fn add_data_in_code(bytes: &mut Vec<u8>, fileoff: u32, len: u16) {
+fn add_data_in_code(bytes: &mut [u8], fileoff: u32, len: u16) {
     let ncmds = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
     let sizeofcmds = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
     let at = 32 + sizeofcmds as usize;
-    let entry_at = (at + 16 + 7) / 8 * 8;
+    let entry_at = (at + 16).div_ceil(8) * 8;
     put32(bytes, at, 0x29); // LC_DATA_IN_CODE
     put32(bytes, at + 4, 16);
     put32(bytes, at + 8, entry_at as u32);
