@@ -920,3 +920,30 @@ _dispatch:
     assert!(report.is_ok(), "{report}");
     assert_eq!(report.by_check("sse").count(), 1, "{report}");
 }
+
+/// Third-party policy: a symbol of older macOS releases' KPI lists and a vtable
+/// pad slot are accounted for (noted), where prx's rules make them errors.
+#[test]
+fn other_releases_and_pad_slots_under_both_policies() {
+    let b = good(&["_StartIOKit", "__ZN9IOService19_RESERVEDIOService0Ev"]);
+    let strict = run(&b.bytes);
+    assert_eq!(errors(&strict, "kpi-symbol").len(), 2, "{strict}");
+    let history = crate::kpi::KpiHistory::builtin();
+    let report = verify_with(&b.bytes, &Options::third_party(tables(), history));
+    assert!(report.is_ok(), "{report}");
+    let notes = messages(&report, "kpi-symbol");
+    assert!(
+        notes
+            .iter()
+            .any(|m| m.starts_with("info[kpi-symbol]")
+                && m.contains("_StartIOKit (macOS 10.13–10.15)")),
+        "{report}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|m| m.contains("vtable pad slots (__ZN9IOService19_RESERVEDIOService0Ev)")),
+        "{report}"
+    );
+    assert!(report.slices[0].kpi_sets.contains("com.apple.kpi.iokit"));
+}
