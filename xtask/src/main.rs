@@ -40,6 +40,13 @@ enum Cmd {
         /// Directory holding the *.exports files (default: $PRX_XNU_EXPORTS or ../shared/xnu-exports).
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
+        /// Regenerate the multi-release table (kextld/kpi/history.txt) instead, from the
+        /// xnu tags of every macOS release since 10.13 (needs --xnu-git).
+        #[arg(long, requires = "xnu_git")]
+        history: bool,
+        /// A git clone of https://github.com/apple-oss-distributions/xnu with its tags.
+        #[arg(long, value_name = "DIR")]
+        xnu_git: Option<PathBuf>,
     },
     /// Regenerate common::sys's KPI bindings with bindgen (needs libclang 19).
     Bindgen {
@@ -147,7 +154,13 @@ fn main() -> ExitCode {
                 );
             })
         }
-        Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
+        Cmd::GenKpi {
+            check,
+            from: _,
+            history: true,
+            xnu_git: Some(git),
+        } => xtask::kpi::run_history(&root, &git, check),
+        Cmd::GenKpi { check, from, .. } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
         Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
         #[cfg(feature = "package")]
