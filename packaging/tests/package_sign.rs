@@ -192,6 +192,8 @@ fn unsigned_pkg(dir: &std::path::Path) -> Vec<u8> {
             bundle_identifier: "net.prx.kext.SocketFilter".into(),
             version: "0.1.0".into(),
         }],
+        tools: Vec::new(),
+        example_config: b"# example\n".to_vec(),
     })
     .unwrap()
 }

@@ -45,6 +45,8 @@ fn options(out: &Path) -> PackageOptions {
         timestamp_url: None,
         epoch: xtask::package::DEFAULT_EPOCH,
         notarize: false,
+        tools: xtask::package::default_tools(&xtask::workspace_root()).unwrap(),
+        example_config: xtask::package::default_example_config(&xtask::workspace_root()),
     }
 }
 

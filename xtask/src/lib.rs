@@ -8,6 +8,7 @@ pub mod kpi;
 #[cfg(feature = "package")]
 pub mod package;
 pub mod toolchain;
+pub mod tools;
 pub mod vm_test;
 
 use std::path::PathBuf;
