@@ -15,6 +15,7 @@ use prxctl::transport::Transport;
 #[derive(Parser)]
 #[command(
     name = "prxctl",
+    version,
     about = "Control PrxSocketFilter.kext and PrxIPFilter.kext: rules, proxies, status, lookups"
 )]
 struct Cli {
