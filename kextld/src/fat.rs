@@ -36,7 +36,9 @@ pub enum FatError {
         cpusubtype: u32,
     },
     /// A slice is not a 64-bit Mach-O of the cputype given for it.
-    #[error("a slice given as cputype {cputype:#x} is not a 64-bit Mach-O of that cputype (found {found:#x})")]
+    #[error(
+        "a slice given as cputype {cputype:#x} is not a 64-bit Mach-O of that cputype (found {found:#x})"
+    )]
     WrongCpu {
         /// cputype given.
         cputype: u32,
@@ -149,7 +151,9 @@ pub fn write_slices(slices: &[Slice<'_>]) -> Result<Vec<u8>, FatError> {
             out.extend_from_slice(&v.to_be_bytes());
         }
         placed.push((offset, s.bytes));
-        offset = offset.checked_add(s.bytes.len()).ok_or(FatError::TooLarge)?;
+        offset = offset
+            .checked_add(s.bytes.len())
+            .ok_or(FatError::TooLarge)?;
     }
     u32::try_from(offset).map_err(|_| FatError::TooLarge)?;
     for (at, bytes) in placed {

@@ -425,9 +425,15 @@ fn toc_uses_sha1_and_metadata_is_what_installer_reads() {
             .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./postinstall")),
         "{out}"
     );
-    for name in ["Resources/en.lproj/welcome.html", "Resources/en.lproj/conclusion.html"] {
+    for name in [
+        "Resources/en.lproj/welcome.html",
+        "Resources/en.lproj/conclusion.html",
+    ] {
         let page = std::fs::read_to_string(x.join(name)).unwrap();
-        assert!(page.contains("Reduced Security") || page.contains("uninstall.sh"), "{name}");
+        assert!(
+            page.contains("Reduced Security") || page.contains("uninstall.sh"),
+            "{name}"
+        );
     }
     // The scripts themselves are checked (sh -n, shellcheck, runs against a
     // fake root) in tests/scripts.rs.

@@ -201,11 +201,7 @@ impl Fake {
         let u = self.root.join(pkg::system::UNINSTALLER);
         run(
             "sh",
-            &[
-                u.to_str().unwrap(),
-                "--root",
-                self.root.to_str().unwrap(),
-            ],
+            &[u.to_str().unwrap(), "--root", self.root.to_str().unwrap()],
             None,
         )
     }
@@ -239,7 +235,10 @@ fn fresh_install_creates_the_configuration_loads_the_kexts_and_starts_the_daemon
     for load in expected_loads() {
         assert!(calls.contains(&load), "{load} in {calls:?}");
     }
-    assert!(!calls.iter().any(|c| c.starts_with("kextload")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("kextload")),
+        "{calls:?}"
+    );
     assert!(
         calls.contains(
             &"launchctl bootstrap system /Library/LaunchDaemons/net.prx.apply.plist".to_string()
@@ -250,7 +249,10 @@ fn fresh_install_creates_the_configuration_loads_the_kexts_and_starts_the_daemon
     assert!(out.contains("created"), "{out}");
     assert!(out.contains("loaded PrxSocketFilter.kext"), "{out}");
     let plist = fake.file("Library/LaunchDaemons/net.prx.apply.plist");
-    assert!(plist.contains("<string>/usr/local/bin/prxctl</string>"), "{plist}");
+    assert!(
+        plist.contains("<string>/usr/local/bin/prxctl</string>"),
+        "{plist}"
+    );
     assert!(plist.contains("<string>apply</string>") && plist.contains("<key>RunAtLoad</key>"));
 }
 
@@ -279,10 +281,17 @@ fn upgrade_keeps_the_edited_configuration_and_unloads_the_old_kexts_first() {
     let start = pos("launchctl bootstrap system /Library/LaunchDaemons/net.prx.apply.plist");
     assert!(stop < unload && unload < load && load < start, "{calls:?}");
     assert_eq!(fake.file(CONFIG), edited, "the user's prx.toml is kept");
-    assert_eq!(fake.file(EXAMPLE), EXAMPLE_NEW, "the example is the new one");
+    assert_eq!(
+        fake.file(EXAMPLE),
+        EXAMPLE_NEW,
+        "the example is the new one"
+    );
     assert_eq!(fake.file("usr/local/bin/prxctl"), "stand-in prxctl 0.1.0\n");
     assert!(out.contains("keeping the existing"), "{out}");
-    assert!(out.contains("unloaded the old PrxSocketFilter.kext"), "{out}");
+    assert!(
+        out.contains("unloaded the old PrxSocketFilter.kext"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -296,11 +305,18 @@ fn refused_kext_loads_do_not_fail_the_install_and_say_what_to_do() {
         out.contains("PrxSocketFilter.kext PrxIPFilter.kext installed but not loaded yet"),
         "{out}"
     );
-    assert!(out.contains("System Settings > Privacy & Security"), "{out}");
+    assert!(
+        out.contains("System Settings > Privacy & Security"),
+        "{out}"
+    );
     assert!(out.contains("Reduced Security"), "{out}");
     assert!(out.contains("applied at the next boot"), "{out}");
     // The daemon is still started (it applies the configuration once loaded).
-    assert!(fake.take_calls().iter().any(|c| c.starts_with("launchctl bootstrap")));
+    assert!(
+        fake.take_calls()
+            .iter()
+            .any(|c| c.starts_with("launchctl bootstrap"))
+    );
 
     // macOS 10.15: kextload, System Preferences.
     let fake = Fake::new("10.15.7");
@@ -312,7 +328,10 @@ fn refused_kext_loads_do_not_fail_the_install_and_say_what_to_do() {
         "{calls:?}"
     );
     assert!(!calls.iter().any(|c| c.starts_with("kmutil")), "{calls:?}");
-    assert!(out.contains("System Preferences > Security & Privacy"), "{out}");
+    assert!(
+        out.contains("System Preferences > Security & Privacy"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -353,13 +372,12 @@ fn uninstall_leaves_nothing_but_what_the_user_made() {
     fake.install(&spec(&d.path().join("new"), "0.1.0", EXAMPLE_NEW));
     let (ok, out) = fake.uninstall();
     assert!(ok, "{out}");
-    assert!(out.contains("kept /Library/Application Support/prx/prx.toml"), "{out}");
-    let left: Vec<String> = fake.tree().difference(&before).cloned().collect();
-    assert_eq!(
-        left,
-        ["Library/Application Support/prx/", CONFIG],
+    assert!(
+        out.contains("kept /Library/Application Support/prx/prx.toml"),
         "{out}"
     );
+    let left: Vec<String> = fake.tree().difference(&before).cloned().collect();
+    assert_eq!(left, ["Library/Application Support/prx/", CONFIG], "{out}");
     assert_eq!(fake.file(CONFIG), "# mine\n");
 }
 
@@ -371,7 +389,10 @@ fn uninstaller_refuses_unknown_arguments() {
     let u = fake.root.join(pkg::system::UNINSTALLER);
     let (ok, out) = run("sh", &[u.to_str().unwrap(), "--bogus"], None);
     assert!(!ok && out.contains("unknown argument '--bogus'"), "{out}");
-    assert!(fake.root.join("usr/local/bin/prxctl").is_file(), "nothing removed");
+    assert!(
+        fake.root.join("usr/local/bin/prxctl").is_file(),
+        "nothing removed"
+    );
 }
 
 #[test]

@@ -269,7 +269,11 @@ mod tests {
     fn errors_name_line_column_and_key() {
         let e = parse("[socket-filter]\nproxy = [\"127.0.0.1\"]\n").unwrap_err();
         assert_eq!((e.line, e.column), (2, 10), "{e}");
-        assert!(e.message.contains("[socket-filter] `proxy` = \"127.0.0.1\""), "{e}");
+        assert!(
+            e.message
+                .contains("[socket-filter] `proxy` = \"127.0.0.1\""),
+            "{e}"
+        );
 
         let e = parse("[ip-filter]\n[[ip-filter.rule]]\nports = \"9-1\"\naction = \"proxy\"\n")
             .unwrap_err();

@@ -273,10 +273,15 @@ fn apply(
     let path = file.unwrap_or(std::path::Path::new(prxctl::config::DEFAULT_PATH));
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = prxctl::config::parse(&text)
-        .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message))?;
+    let config = prxctl::config::parse(&text).map_err(|e| {
+        anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message)
+    })?;
     if check {
-        println!("{}: ok; {}", path.display(), prxctl::apply::summary(&config));
+        println!(
+            "{}: ok; {}",
+            path.display(),
+            prxctl::apply::summary(&config)
+        );
         return Ok(());
     }
     if load && cli.emu.is_some() {

@@ -498,7 +498,10 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
         pre: vec![],
     };
     let out = nowhere.ok(&["apply", "--check", conf_arg]);
-    assert!(out.contains(": ok; socket-filter: enabled, 1 rules"), "{out}");
+    assert!(
+        out.contains(": ok; socket-filter: enabled, 1 rules"),
+        "{out}"
+    );
     assert!(out.contains("ip-filter: disabled, 2 rules"), "{out}");
 
     let scenario = start_bridge_with(kexts, &sock);
@@ -531,11 +534,17 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
     assert!(!out.contains("socket-filter: enabled"), "{out}");
     let s = ctl.ok(&["status"]);
     assert!(s.contains("filtering:        enabled"), "{s}");
-    assert!(s.contains("rules:            1 (rule sets installed: 1)"), "{s}");
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 1)"),
+        "{s}"
+    );
     assert!(s.contains("proxy process:    name microsocks"), "{s}");
     let s = ip.ok(&["status"]);
     assert!(s.contains("filtering:        disabled"), "{s}");
-    assert!(s.contains("rules:            2 (rule sets installed: 1)"), "{s}");
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "{s}"
+    );
     assert!(s.contains("proxy (IPv6):     [2001:db8:2::1]:3128"), "{s}");
     assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
 
@@ -543,7 +552,10 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
     let out = ctl.ok(&apply);
     assert_eq!(out, "socket-filter: unchanged\nip-filter: unchanged\n");
     let s = ctl.ok(&["status"]);
-    assert!(s.contains("rules:            1 (rule sets installed: 1)"), "{s}");
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 1)"),
+        "{s}"
+    );
 
     // Someone else changes the socket filter's rules: apply puts them back.
     let other = dir.path().join("other.toml");
@@ -563,16 +575,27 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
         "socket-filter: rules: 1 rules, default direct\nip-filter: unchanged\n"
     );
     let s = ctl.ok(&["status"]);
-    assert!(s.contains("rules:            1 (rule sets installed: 4)"), "{s}");
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 4)"),
+        "{s}"
+    );
 
     // A bad file (an error in the IP filter's part) changes nothing, not even
     // the socket filter's valid part.
     let bad = config("192.0.2.0/24").replace("udp-idle = 30", "udp-idle = 0");
     std::fs::write(&conf, bad).expect("write prx.toml");
     let e = ctl.fails(&apply);
-    assert!(e.contains(&format!("{conf_arg}:14:12: [ip-filter] `timeouts.udp-idle` = 0")), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{conf_arg}:14:12: [ip-filter] `timeouts.udp-idle` = 0"
+        )),
+        "{e}"
+    );
     let s = ctl.ok(&["status"]);
-    assert!(s.contains("rules:            1 (rule sets installed: 4)"), "{s}");
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 4)"),
+        "{s}"
+    );
     let s = ip.ok(&["status"]);
     assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
 

@@ -99,7 +99,12 @@ fn developer_id_signed_kexts_and_pkg_verify_and_install_as_root_wheel() {
     assert_eq!(sig.slices, 2);
     assert_eq!(sig.identifier, "net.prx.prxctl");
     assert_ne!(sig.flags & 0x10000, 0, "hardened runtime");
-    assert!(sig.signer.as_deref().unwrap().starts_with("Developer ID Application:"));
+    assert!(
+        sig.signer
+            .as_deref()
+            .unwrap()
+            .starts_with("Developer ID Application:")
+    );
     assert!(done.pkg.ends_with("prx-0.1.0.pkg"));
     let bytes = std::fs::read(&done.pkg).unwrap();
     let v = packaging::xar::verify(&bytes).unwrap();
@@ -312,7 +317,10 @@ fn check_code_signature(slice: &[u8]) -> (String, u32) {
     let code_limit = be32(cd, 32) as usize;
     let (hash_size, hash_type, page_log2) = (cd[36] as usize, cd[37], cd[39]);
     assert_eq!((hash_size, hash_type), (32, 2), "SHA-256");
-    assert_eq!(code_limit, off, "the code directory covers everything before it");
+    assert_eq!(
+        code_limit, off,
+        "the code directory covers everything before it"
+    );
     let page = 1usize << page_log2;
     assert_eq!(n_code, code_limit.div_ceil(page));
     for i in 0..n_code {
@@ -331,7 +339,10 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
     let d = tempfile::tempdir().unwrap();
     let done = package(&options(&d.path().join("out"))).unwrap();
     let (name, sig) = &done.tools[0];
-    assert_eq!((name.as_str(), sig.slices, sig.signer.as_deref()), ("prxctl", 2, None));
+    assert_eq!(
+        (name.as_str(), sig.slices, sig.signer.as_deref()),
+        ("prxctl", 2, None)
+    );
 
     // Out of the pkg with bsdtar only.
     let x = d.path().join("x");
@@ -372,7 +383,10 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
         &xtask::workspace_root().join("target"),
     ))
     .unwrap();
-    for (arch, target, min) in [("x86_64", "x86_64-macos", "10.13"), ("arm64", "arm64-macos", "11.0")] {
+    for (arch, target, min) in [
+        ("x86_64", "x86_64-macos", "10.13"),
+        ("arm64", "arm64-macos", "11.0"),
+    ] {
         let t = thin(&prxctl, arch);
         let ts = t.to_str().unwrap();
         let hv = tool("llvm-otool-19", &["-hv", ts]);
@@ -380,7 +394,10 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
         let libs = tool("llvm-otool-19", &["-L", ts]);
         let libs: Vec<&str> = libs.lines().skip(1).map(|l| l.trim()).collect();
         assert_eq!(libs.len(), 1, "{arch}: {libs:?}");
-        assert!(libs[0].starts_with("/usr/lib/libSystem.B.dylib "), "{arch}: {libs:?}");
+        assert!(
+            libs[0].starts_with("/usr/lib/libSystem.B.dylib "),
+            "{arch}: {libs:?}"
+        );
         // The minimum macOS: LC_BUILD_VERSION for arm64 (11.0); for x86_64's
         // 10.13, LC_VERSION_MIN_MACOSX, as Apple's ld64 also writes below 10.14.
         let l = tool("llvm-otool-19", &["-l", ts]);
@@ -389,19 +406,31 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
         } else {
             ("LC_VERSION_MIN_MACOSX", "version")
         };
-        let block = l.split("Load command").find(|b| b.contains(cmd)).unwrap_or_else(|| panic!("{arch}: no {cmd}"));
+        let block = l
+            .split("Load command")
+            .find(|b| b.contains(cmd))
+            .unwrap_or_else(|| panic!("{arch}: no {cmd}"));
         assert!(
-            block.lines().any(|x| x.split_whitespace().collect::<Vec<_>>() == [key, min]),
+            block
+                .lines()
+                .any(|x| x.split_whitespace().collect::<Vec<_>>() == [key, min]),
             "{arch}: {block}"
         );
         // Every undefined symbol is exported by the stub, for this target.
         let exports = tbd_exports(&tbd, target);
         assert!(exports.len() > 1000, "{target}: {} exports", exports.len());
         let undefined = tool("llvm-nm-19", &["-u", ts]);
-        let undefined: Vec<&str> = undefined.lines().map(str::trim).filter(|s| !s.is_empty()).collect();
+        let undefined: Vec<&str> = undefined
+            .lines()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         assert!(undefined.len() > 20, "{arch}: {undefined:?}");
         for s in &undefined {
-            assert!(exports.contains(*s), "{arch}: {s} is not exported by libSystem.tbd");
+            assert!(
+                exports.contains(*s),
+                "{arch}: {s} is not exported by libSystem.tbd"
+            );
         }
         // The signature, checked without apple-codesign.
         let bytes = std::fs::read(&t).unwrap();

@@ -719,7 +719,10 @@ fn uninstall_scenario_runs_the_uninstaller_and_checks_nothing_is_left_not_macos(
     }
     let calls = s.calls();
     let un = calls.find("uninstall.sh").expect("uninstaller called");
-    assert!(calls[un..].contains("pkgutil --pkg-info net.prx.kext.pkg"), "{calls}");
+    assert!(
+        calls[un..].contains("pkgutil --pkg-info net.prx.kext.pkg"),
+        "{calls}"
+    );
     // The uninstaller unloaded the kexts: the flow does not unload them again.
     assert!(!calls[un..].contains("kmutil unload"), "{calls}");
 
@@ -729,7 +732,11 @@ fn uninstall_scenario_runs_the_uninstaller_and_checks_nothing_is_left_not_macos(
     let r = run(&s, s.guest(), &["uninstall"]);
     let u = by_name(&r, "uninstall");
     assert!(!u.passed);
-    assert!(all_text(u).contains("still loaded after the uninstaller"), "{}", all_text(u));
+    assert!(
+        all_text(u).contains("still loaded after the uninstaller"),
+        "{}",
+        all_text(u)
+    );
 
     // `uninstall` must come last.
     let s = Sshd::start();
@@ -745,7 +752,8 @@ fn a_different_installed_prxctl_stops_the_run_not_macos() {
     assert!(!r[0].passed);
     let t = all_text(&r[0]);
     assert!(
-        t.contains("installed prxctl is the built version") && t.contains("expected `prxctl 0.1.0`"),
+        t.contains("installed prxctl is the built version")
+            && t.contains("expected `prxctl 0.1.0`"),
         "{t}"
     );
     assert!(!r[1].passed && all_text(&r[1]).contains("not the one built"));

@@ -206,7 +206,10 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         }
     }
     let example_config = std::fs::read(&opts.example_config).with_context(|| {
-        format!("reading the example configuration {}", opts.example_config.display())
+        format!(
+            "reading the example configuration {}",
+            opts.example_config.display()
+        )
     })?;
     let kext_identity =
         Identity::load(&opts.kext_identity).context("loading the kext signing identity")?;

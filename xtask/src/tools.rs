@@ -144,8 +144,7 @@ pub fn ensure_stub(target: &Path) -> Result<PathBuf> {
         return Ok(sdk);
     }
     let parent = target.join("macos-sdk");
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     eprintln!(
         "xtask: the libSystem link stub for macOS executables is missing; running \
          `python3 -m pip install ziglang=={ZIGLANG_VERSION}` into a temporary directory \
@@ -169,7 +168,9 @@ pub fn ensure_stub(target: &Path) -> Result<PathBuf> {
         .arg(tmp.path())
         .arg(format!("ziglang=={ZIGLANG_VERSION}"))
         .status()
-        .context("running `python3 -m pip` (install python3 and pip: apt-get install python3-pip)")?;
+        .context(
+            "running `python3 -m pip` (install python3 and pip: apt-get install python3-pip)",
+        )?;
     if !status.success() {
         bail!(
             "`python3 -m pip install ziglang=={ZIGLANG_VERSION}` failed ({status}); \
@@ -192,14 +193,22 @@ pub fn ensure_stub(target: &Path) -> Result<PathBuf> {
     let lib = stage.path().join("usr/lib");
     std::fs::create_dir_all(&lib)?;
     std::fs::copy(&src, lib.join("libSystem.tbd")).context("copying libSystem.tbd")?;
-    for name in ["libc", "libm", "libiconv", "libpthread", "libdl", "libresolv"] {
+    for name in [
+        "libc",
+        "libm",
+        "libiconv",
+        "libpthread",
+        "libdl",
+        "libresolv",
+    ] {
         std::os::unix::fs::symlink("libSystem.tbd", lib.join(format!("{name}.tbd")))?;
     }
     if zig.join("LICENSE").is_file() {
         std::fs::copy(zig.join("LICENSE"), stage.path().join("ZIG-LICENSE"))?;
     }
     let stage = stage.keep();
-    std::fs::rename(&stage, &sdk).with_context(|| format!("moving the stub to {}", sdk.display()))?;
+    std::fs::rename(&stage, &sdk)
+        .with_context(|| format!("moving the stub to {}", sdk.display()))?;
     Ok(sdk)
 }
 
@@ -299,10 +308,8 @@ fn build_slice(
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        let (Some(name), Some(exe)) = (
-            msg["target"]["name"].as_str(),
-            msg["executable"].as_str(),
-        ) else {
+        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        else {
             continue;
         };
         if tools.iter().any(|t| t == name) {
@@ -319,7 +326,10 @@ fn build_slice(
     }
     for t in tools {
         if !found.iter().any(|(n, _)| n == t) {
-            bail!("cargo build for {} reported no executable {t}", slice.triple);
+            bail!(
+                "cargo build for {} reported no executable {t}",
+                slice.triple
+            );
         }
     }
     Ok(found)
@@ -383,10 +393,7 @@ pub fn build(root: &Path, target: &Path, release: bool) -> Result<Vec<BuiltTool>
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, &universal)
                 .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::set_permissions(
-                &tmp,
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )?;
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("moving {} into place", path.display()))?;
         }

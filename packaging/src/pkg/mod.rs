@@ -152,7 +152,9 @@ pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
     for t in &spec.tools {
         let data = std::fs::read(&t.path).map_err(|e| PkgError::Input {
             path: t.path.clone(),
-            what: format!("cannot read the executable ({e}); run `cargo xtask build --release` first"),
+            what: format!(
+                "cannot read the executable ({e}); run `cargo xtask build --release` first"
+            ),
         })?;
         tree.add_file(
             &format!("{}/{}", system::TOOL_DIR, t.name),

@@ -1473,7 +1473,11 @@ pub fn run(t: &SshTarget, cfg: &GuestConfig, scenarios: &[String]) -> Vec<Scenar
             );
         }
         (Err(e), _) => {
-            setup.step("installed prxctl is the built version", false, e.to_string());
+            setup.step(
+                "installed prxctl is the built version",
+                false,
+                e.to_string(),
+            );
         }
     }
     if !setup.r.failures.is_empty() {
