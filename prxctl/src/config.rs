@@ -97,9 +97,9 @@ pub fn default_timeouts() -> Timeouts {
     let d = common::net::nat::Config::DEFAULT;
     let s = |ms: u64| u32::try_from(ms / 1000).unwrap_or(u32::MAX);
     Timeouts {
-        tcp_idle_s: s(u64::from(d.tcp_idle_ms)),
-        tcp_closed_s: s(u64::from(d.tcp_closed_grace_ms)),
-        udp_idle_s: s(u64::from(d.udp_idle_ms)),
+        tcp_idle_s: s(d.tcp_idle_ms),
+        tcp_closed_s: s(d.tcp_closed_grace_ms),
+        udp_idle_s: s(d.udp_idle_ms),
     }
 }
 
