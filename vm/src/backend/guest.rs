@@ -1554,6 +1554,11 @@ mod tests {
             ]
         );
         assert_eq!(major_version("10.15.7\n"), Some(10));
+        assert_eq!(
+            pkg_version(std::path::Path::new("/x/prx-0.1.0.pkg")).as_deref(),
+            Some("0.1.0")
+        );
+        assert_eq!(pkg_version(std::path::Path::new("/x/other.pkg")), None);
         assert_eq!(major_version("14.5"), Some(14));
         assert_eq!(major_version("Linux"), None);
     }
