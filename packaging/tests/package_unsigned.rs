@@ -401,6 +401,7 @@ fn toc_uses_sha1_and_metadata_is_what_installer_reads() {
     let info = std::fs::read_to_string(x.join("prx.pkg/PackageInfo")).unwrap();
     for needle in [
         "install-location=\"/\"",
+        "overwrite-permissions=\"false\"",
         "auth=\"root\"",
         "format-version=\"2\"",
         "numberOfFiles=\"25\"",

@@ -189,7 +189,11 @@ pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
     Ok(tree)
 }
 
-/// `PackageInfo` of the component.
+/// `PackageInfo` of the component. `overwrite-permissions="false"`: the
+/// payload holds `/Library`, `/usr/local/bin` and other existing directories,
+/// whose owners and modes Installer must not change (Homebrew owns
+/// `/usr/local/bin` on Intel Macs); what prx installs is new and gets the
+/// payload's root:wheel and modes.
 pub fn package_info(spec: &PkgSpec, tree: &PayloadTree) -> String {
     let mut bundles = String::new();
     for k in &spec.kexts {
@@ -204,7 +208,7 @@ pub fn package_info(spec: &PkgSpec, tree: &PayloadTree) -> String {
     }
     format!(
         r#"<?xml version="1.0" encoding="utf-8" standalone="no"?>
-<pkg-info overwrite-permissions="true" relocatable="false" identifier="{id}" postinstall-action="{action}" version="{version}" format-version="2" generator-version="prx-xtask" install-location="{loc}" auth="root">
+<pkg-info overwrite-permissions="false" relocatable="false" identifier="{id}" postinstall-action="{action}" version="{version}" format-version="2" generator-version="prx-xtask" install-location="{loc}" auth="root">
     <payload numberOfFiles="{files}" installKBytes="{kb}"/>
     <bundle-version>
 {bundles}    </bundle-version>
