@@ -31,6 +31,8 @@
 //! every error names its line and the offending key and value, and a file with
 //! an error changes nothing in the kext.
 
+pub mod apply;
+pub mod config;
 pub mod rules_file;
 pub mod transport;
 

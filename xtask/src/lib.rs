@@ -9,6 +9,7 @@ pub mod kpi;
 pub mod package;
 pub mod suite;
 pub mod toolchain;
+pub mod tools;
 pub mod vm_test;
 
 use std::path::PathBuf;

@@ -153,6 +153,8 @@ fn main() -> ExitCode {
                     started.elapsed().as_secs_f64()
                 );
             })
+            // The macOS executables ([workspace.metadata.prx] tools).
+            .and_then(|()| xtask::tools::build_and_report(&root, &root.join("target"), release))
         }
         Cmd::GenKpi {
             check,

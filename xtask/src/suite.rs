@@ -21,6 +21,8 @@ pub enum Probe {
     Program(&'static str),
     /// A file at a fixed path (libraries, daemons outside PATH).
     File(&'static str),
+    /// A command that succeeds when the need is met (e.g. a Python module).
+    Runs(&'static [&'static str]),
 }
 
 /// One thing the suite uses from outside the Rust toolchain.
@@ -93,6 +95,16 @@ pub const NEEDS: &[Need] = &[
         "openssh-client",
         "host and user keys for the loopback sshd",
     ),
+    program(
+        "shellcheck",
+        "shellcheck",
+        "checking the installer's scripts",
+    ),
+    Need {
+        probe: Probe::Runs(&["python3", "-m", "pip", "--version"]),
+        package: "python3-pip",
+        why: "fetching the libSystem link stub (ziglang from PyPI) for the macOS tools",
+    },
 ];
 
 /// Rustup components of the pinned toolchain that the suite uses.
@@ -103,10 +115,13 @@ pub const COMPONENTS: &[(&str, &str)] = &[
 ];
 
 /// Rustup targets of the pinned toolchain that the suite uses.
-pub const TARGETS: &[(&str, &str)] = &[(
-    "x86_64-apple-darwin",
-    "type-checking prxctl's macOS kern_control transport",
-)];
+pub const TARGETS: &[(&str, &str)] = &[
+    (
+        "x86_64-apple-darwin",
+        "the macOS tools' x86_64 slice and their macOS-only code",
+    ),
+    ("aarch64-apple-darwin", "the macOS tools' arm64 slice"),
+];
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
@@ -126,12 +141,21 @@ impl Need {
         match self.probe {
             Probe::Program(p) => on_path(p),
             Probe::File(f) => Path::new(f).exists(),
+            Probe::Runs(argv) => argv.split_first().is_some_and(|(p, rest)| {
+                Command::new(p)
+                    .args(rest)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self.probe {
             Probe::Program(p) | Probe::File(p) => p,
+            Probe::Runs(argv) => argv.get(2).copied().unwrap_or("a command"),
         }
     }
 }
