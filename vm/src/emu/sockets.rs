@@ -652,7 +652,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         .unwrap_or_default();
     check(
         "H: new rules",
-        got_h.len() == 28 + 2 && got_h.ends_with(b"H\n"),
+        common::net::proxy_v2::parse(&got_h).is_ok_and(|p| got_h.get(p.len..) == Some(&b"H\n"[..])),
         format!(
             "decided under generation 2 (PROXY header): proxy got {}",
             hex(&got_h)
