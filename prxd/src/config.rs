@@ -21,7 +21,7 @@
 //! password_file = "/etc/prx/corp.password"   # or password_env = "CORP_PASSWORD"
 //!
 //! [[prxd.route]]                # first match wins; else `default`
-//! rule = 3                      # the kext rule that redirected the connection
+//! rule = 3                      # the kext rule that redirected it, as `prxctl lookup` shows it (0: the first)
 //! dst = "10.0.0.0/8"            # and/or the original destination
 //! ports = "443"                 # "80-443"
 //! upstream = "corp"             # or "direct"
@@ -101,7 +101,7 @@ impl fmt::Display for Via {
 /// One `[[prxd.route]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// The kext rule number (1-based), if given.
+    /// The kext rule number (as `prxctl lookup` shows it: 0 is the first rule), if given.
     pub rule: Option<u32>,
     /// Destination network, if given.
     pub dst: Option<(IpAddr, u8)>,

@@ -22,7 +22,26 @@ pub const PROCESS_NAME: &str = "prxd";
 pub struct Control {
     /// Which kext.
     pub kext: Kext,
-    t: Mutex<Box<dyn Transport + Send>>,
+    /// The connected control; `None` with the emulator's bridge, which serves
+    /// one client at a time: there every use connects anew and lets go.
+    t: Mutex<Option<Box<dyn Transport + Send>>>,
+    emu: Option<std::path::PathBuf>,
+}
+
+impl Control {
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Transport) -> io::Result<T>) -> io::Result<T> {
+        let mut g = self
+            .t
+            .lock()
+            .map_err(|_| io::Error::other("control lock poisoned"))?;
+        match (&mut *g, &self.emu) {
+            (Some(t), _) => f(t.as_mut()),
+            (None, emu) => {
+                let mut t = connect(self.kext, emu.as_deref())?;
+                f(t.as_mut())
+            }
+        }
+    }
 }
 
 /// The open controls.
@@ -61,7 +80,8 @@ impl Controls {
             match connect(k, emu) {
                 Ok(t) => open.push(Control {
                     kext: k,
-                    t: Mutex::new(t),
+                    t: Mutex::new(if emu.is_some() { None } else { Some(t) }),
+                    emu: emu.map(Path::to_path_buf),
                 }),
                 Err(e) => errors.push(format!(
                     "{} control ({}): {e}",
@@ -99,10 +119,7 @@ impl Controls {
             name: Some(ProcName::new(PROCESS_NAME.as_bytes())),
         };
         for c in &self.open {
-            let mut t =
-                c.t.lock()
-                    .map_err(|_| "control lock poisoned".to_string())?;
-            prxctl::set_proxies(t.as_mut(), &p).map_err(|e| {
+            c.with(|t| prxctl::set_proxies(t, &p)).map_err(|e| {
                 format!(
                     "registering with {} as the proxy (pid {}): {e}",
                     kext_name(c.kext),
@@ -117,10 +134,7 @@ impl Controls {
     pub fn lookup(&self, client: SocketAddr) -> io::Result<Option<(Kext, Original)>> {
         let mut last_err = None;
         for c in &self.open {
-            let mut t =
-                c.t.lock()
-                    .map_err(|_| io::Error::other("control lock poisoned"))?;
-            match prxctl::lookup(t.as_mut(), client) {
+            match c.with(|t| prxctl::lookup(t, client)) {
                 Ok(Some(o)) => return Ok(Some((c.kext, o))),
                 Ok(None) => {}
                 Err(e) => last_err = Some(e),

@@ -449,8 +449,12 @@ impl Daemon {
             (None, None) => return Outcome::NoDestination,
         };
         rec.dst = Some(dst);
+        // Rule numbers as `prxctl lookup` shows them (0: the first [[rule]]).
+        let unknown = common::net::control::RULE_UNKNOWN;
         rec.rule = Some(match rule {
+            Some((Kext::Socket, r)) if r == unknown => "socket:default".into(),
             Some((Kext::Socket, r)) => format!("socket:{r}"),
+            Some((Kext::Ip, r)) if r == unknown => "ip:nat".into(),
             Some((Kext::Ip, r)) => format!("ip:{r}"),
             None => "header".into(),
         });

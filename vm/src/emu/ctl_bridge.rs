@@ -22,7 +22,10 @@
 //! - kind 4, command (tests, no control client needed): `open ADDR:PORT`
 //!   opens a TCP connection as the process (4242, "prx-emu-client") through
 //!   the socket filters (as the `sockfilter` scenario does) and keeps it open,
-//!   sending `hello\n`; the answer is `local ADDR target ADDR`. `run nat-tcp4`
+//!   sending `hello\n`; the answer is `local ADDR target ADDR`. `recv` reads
+//!   what the last opened connection's peer sent until it closed (2 s at
+//!   most; the answer is the bytes); `close` closes (detaches) that
+//!   connection. `run nat-tcp4`
 //!   (`nat-tcp6`, `nat-udp4`, `nat-udp6`) carries that smoltcp traffic through
 //!   the IP filters as configured by the bridge's clients (see
 //!   [`super::stacks`]); the answer is `passed` or `failed`. `quit` ends the
@@ -210,6 +213,21 @@ fn serve_one(mut s: UnixStream, open: &mut Vec<sockets::Live>) -> bool {
 fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
     if cmd == "quit" {
         return (0, "bye".into());
+    }
+    if cmd == "recv" {
+        return match sockets::recv_kept(open) {
+            Some(b) => (0, String::from_utf8_lossy(&b).into_owned()),
+            None => (ENOTCONN, "no open connection".into()),
+        };
+    }
+    if cmd == "close" {
+        return match open.pop() {
+            Some(live) => {
+                sockets::close(live);
+                (0, "closed".into())
+            }
+            None => (ENOTCONN, "no open connection".into()),
+        };
     }
     if let Some(name) = cmd.strip_prefix("run ") {
         // IP-filter traffic between the smoltcp hosts, under whatever the

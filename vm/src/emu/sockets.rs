@@ -305,6 +305,14 @@ pub(super) fn open_kept(
     (local, target)
 }
 
+/// What the peer of the last connection in `open` sent, until it closed
+/// (or 2 s passed); `None` without a connection.
+pub(super) fn recv_kept(open: &mut [Live]) -> Option<Vec<u8>> {
+    let s = open.last_mut()?.stream.as_mut()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    Some(read_all(s))
+}
+
 fn accept_within(l: &TcpListener) -> Option<TcpStream> {
     l.set_nonblocking(true).ok()?;
     let start = std::time::Instant::now();
