@@ -228,6 +228,39 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
         assert!(line.contains("outcome=\"ok\""), "{line}");
     }
 
+    // Never a loop: the last rule sends everything else to the proxy, yet a
+    // connection by prxd's own process (the pid and name it registered) goes
+    // straight to its destination.
+    let answer = command(&sock, &format!("open-as {} prxd {o_plain}", p.child.id()));
+    assert!(
+        answer.ends_with(&format!("target {o_plain}")),
+        "prxd's own connection is not redirected: {answer}"
+    );
+    let got = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("direct to the origin");
+    assert_eq!(got, b"hello\n");
+    assert_eq!(command(&sock, "close"), "closed");
+    // Any other process's connection to a third origin goes to prxd (the
+    // default action), and prxd forwards it there: its own connection to
+    // that origin was not redirected back to itself.
+    let (tx3, rx3) = mpsc::channel();
+    let o_other = reporting_origin(tx3);
+    let answer = command(&sock, &format!("open {o_other}"));
+    assert!(
+        answer.ends_with(&format!("target {}", p.listen)),
+        "the catch-all rule redirects others: {answer}"
+    );
+    let got = rx3
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("nothing reached the third origin:\n{}", p.log_text()));
+    assert_eq!(got, b"hello\n");
+    assert_eq!(command(&sock, "recv"), "pong:hello\n");
+    assert_eq!(command(&sock, "close"), "closed");
+    let line = p.wait_line(&[&format!("dst={o_other}")]);
+    assert!(line.contains("rule=socket:default"), "{line}");
+    assert!(line.contains("outcome=\"ok\""), "{line}");
+
     // A header of its own making from a process the kext did not redirect.
     let forged = exchange(
         p.listen,
@@ -239,7 +272,8 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
     assert!(line.contains(&format!("dst={o_v2}")), "{line}");
     assert_eq!(p.counter("refused_forged_header"), 1);
     assert!(rx.try_recv().is_err(), "nothing reached the origin");
-    assert_eq!(p.counter("completed"), 2);
+    assert_eq!(p.counter("completed"), 3);
+    assert_eq!(p.counter("refused_loop"), 0);
 
     drop(p);
     assert_eq!(command(&sock, "quit"), "bye");

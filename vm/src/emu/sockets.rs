@@ -296,8 +296,19 @@ pub(super) fn open_kept(
     data: &[u8],
     open: &mut Vec<Live>,
 ) -> (Option<SocketAddr>, Option<SocketAddr>) {
-    let mut c = begin(label, dest, CLIENT);
-    establish(&mut c, CLIENT);
+    open_kept_as(label, dest, data, open, CLIENT)
+}
+
+/// [`open_kept`] as the process `proc_` (pid, name).
+pub(super) fn open_kept_as(
+    label: &str,
+    dest: SocketAddr,
+    data: &[u8],
+    open: &mut Vec<Live>,
+    proc_: (i32, &str),
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let mut c = begin(label, dest, proc_);
+    establish(&mut c, proc_);
     let _ = send(&mut c, data);
     let local = c.stream.as_ref().and_then(|s| s.local_addr().ok());
     let target = c.target;
