@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::net::addr::IpAddr as PIp;
 use common::net::proxy_v2::{self, Addresses, Command};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -564,16 +564,18 @@ enum PumpError {
 
 /// Copies `r` to `w` through one bounded buffer (a full `w` stops reading `r`:
 /// back-pressure), then half-closes `w`. Fails when neither direction moved a
-/// byte for the idle timeout.
-async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    r: &mut R,
+/// byte for the idle timeout. The buffer exists only while bytes flow: it is
+/// allocated when `r` becomes readable and given back when `r` runs dry, so an
+/// idle connection holds no relay memory.
+async fn pump<W: AsyncWrite + Unpin>(
+    r: &mut tokio::net::tcp::ReadHalf<'_>,
     w: &mut W,
     cfg: &Config,
     last: &AtomicU64,
     total: &AtomicU64,
     epoch: Instant,
 ) -> Result<(), PumpError> {
-    let mut buf = vec![0u8; cfg.buffer_bytes];
+    let mut buf: Option<Vec<u8>> = None;
     let idle = cfg.idle_timeout;
     let quiet = |last: &AtomicU64| {
         let now = epoch.elapsed().as_millis() as u64;
@@ -582,20 +584,31 @@ async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let touch =
         |last: &AtomicU64| last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     loop {
-        let n = match timeout(idle, r.read(&mut buf)).await {
-            Err(_) if quiet(last) => return Err(PumpError::Idle),
-            Err(_) => continue,
-            Ok(Ok(0)) => {
+        if buf.is_none() {
+            match timeout(idle, r.readable()).await {
+                Err(_) if quiet(last) => return Err(PumpError::Idle),
+                Err(_) => continue,
+                Ok(Err(e)) => return Err(PumpError::Io(e)),
+                Ok(Ok(())) => {}
+            }
+        }
+        let b = buf.get_or_insert_with(|| vec![0u8; cfg.buffer_bytes]);
+        let n = match r.try_read(b) {
+            Ok(0) => {
                 let _ = w.shutdown().await;
                 return Ok(());
             }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(PumpError::Io(e)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buf = None; // dry: give the memory back until the next bytes
+                continue;
+            }
+            Err(e) => return Err(PumpError::Io(e)),
         };
         touch(last);
         let mut off = 0;
         while off < n {
-            match timeout(idle, w.write(&buf[off..n])).await {
+            match timeout(idle, w.write(&b[off..n])).await {
                 Err(_) if quiet(last) => return Err(PumpError::Idle),
                 Err(_) => continue,
                 Ok(Ok(0)) => return Err(PumpError::Io(io::ErrorKind::WriteZero.into())),

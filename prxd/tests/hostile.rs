@@ -269,3 +269,43 @@ fn an_upstream_that_never_answers_times_out_while_others_are_served_and_reload_a
         p.log_text()
     );
 }
+
+#[test]
+fn idle_relayed_connections_hold_no_relay_buffers() {
+    let hold = holding_origin();
+    let p = Prxd::run(&["--trust-header", "--controls", "none"], &[]);
+    // Warm up the runtime's own allocations first.
+    let warm: Vec<TcpStream> = (0..50)
+        .map(|i| {
+            let mut s = TcpStream::connect(p.listen).unwrap();
+            s.write_all(&header(
+                format!("127.0.0.1:{}", 2000 + i).parse().unwrap(),
+                hold,
+            ))
+            .unwrap();
+            s
+        })
+        .collect();
+    p.wait_counter("active", 50);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = p.rss_kib();
+    let n = 1000u64;
+    let idle: Vec<TcpStream> = (0..n)
+        .map(|i| {
+            let mut s = TcpStream::connect(p.listen).unwrap();
+            s.write_all(&header(
+                format!("127.0.0.1:{}", 3000 + i).parse().unwrap(),
+                hold,
+            ))
+            .unwrap();
+            s
+        })
+        .collect();
+    p.wait_counter("active", 50 + n);
+    std::thread::sleep(Duration::from_millis(300));
+    let per = (p.rss_kib().saturating_sub(before)) as f64 / n as f64;
+    eprintln!("{per:.1} KiB per idle relayed connection");
+    // Two 16 KiB relay buffers would be 32 KiB; an idle connection holds none.
+    assert!(per < 12.0, "{per:.1} KiB per idle connection");
+    drop((warm, idle));
+}
