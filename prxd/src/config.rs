@@ -7,7 +7,7 @@
 //! trust_header = false          # accept PROXY v2 headers without the kext's word
 //! controls = ["socket", "ip"]   # the kexts to ask and to register with
 //! max_connections = 4096        # beyond it: refused and counted
-//! buffer_bytes = 16384          # per direction and connection
+//! buffer_bytes = 65536          # per direction, only while bytes flow
 //! connect_timeout_s = 10
 //! idle_timeout_s = 300
 //! header_timeout_s = 5          # a PROXY v2 header must be complete by then
@@ -185,7 +185,7 @@ impl Default for Config {
             trust_header: false,
             controls: vec![Kext::Socket, Kext::Ip],
             max_connections: 4096,
-            buffer_bytes: 16 * 1024,
+            buffer_bytes: 64 * 1024,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             header_timeout: Duration::from_secs(5),
