@@ -72,7 +72,7 @@ impl Upstream {
     /// Parses `socks5://[USER@]HOST:PORT` or `http://[USER@]HOST[:PORT]`; the
     /// password is given separately (a file or the environment), never in the URL.
     pub fn parse(url: &str, password: Option<Secret>) -> Result<Self, String> {
-        let u = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let u = url::Url::parse(url).map_err(|e| format!("`{}` is not a URL: {e}", redact(url)))?;
         let kind = match u.scheme() {
             "socks5" | "socks5h" => Kind::Socks5,
             "http" => Kind::Http,
@@ -92,7 +92,7 @@ impl Upstream {
             Some(url::Host::Domain(d)) => d.to_string(),
             Some(url::Host::Ipv4(a)) => a.to_string(),
             Some(url::Host::Ipv6(a)) => a.to_string(),
-            None => return Err(format!("`{url}` names no host")),
+            None => return Err(format!("`{}` names no host", redact(url))),
         };
         let port = match (u.port(), kind) {
             (Some(p), _) => p,
@@ -133,6 +133,15 @@ impl Upstream {
     /// `host:port` for connecting (brackets around IPv6).
     pub fn authority(&self) -> String {
         authority(&self.host, self.port)
+    }
+}
+
+/// `url` for messages: anything between `://` and the last `@` (user and
+/// password) replaced, so a password put in the URL is never echoed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
     }
 }
 
