@@ -12,7 +12,8 @@
 //!   redirected. A failed rewrite fails the connection; it is never half-done.
 //! - When a redirected connection is established, its original destination is
 //!   recorded under the client's address (for `prxctl lookup`) and, if the rule
-//!   asks, a PROXY v2 header is injected as the first bytes of the stream,
+//!   asks, a PROXY v2 header (with the client's pid and process name as
+//!   custom TLVs) is injected as the first bytes of the stream,
 //!   tagged so this filter lets it through; application data is refused until
 //!   the header is out, and if the header cannot be sent the connection's data
 //!   is refused (EPIPE) rather than sent without it.
@@ -243,8 +244,11 @@ impl SocketFilter for Filter {
         if c.header != Header::Pending {
             return None;
         }
+        // The client's pid and process name ride along as custom TLVs.
+        let pid = u32::try_from(c.pid).unwrap_or(0);
         let inj = client.and_then(|client| {
-            Injection::new(proxy_v2::encode(&client, &r.orig).as_bytes(), Some(st.tag))
+            let h = proxy_v2::encode(&client, &r.orig, pid, c.name.as_bytes());
+            Injection::new(h.as_bytes(), Some(st.tag))
         });
         if inj.is_none() {
             Self::header_failed(c, &st);

@@ -120,21 +120,30 @@ fn clippy_is_clean_on_kernel_crates() {
     );
 }
 
-/// prxctl's kern_control transport only exists on macOS; type-check it for
-/// x86_64-apple-darwin so it cannot rot unseen (running it needs a Mac).
+/// prxctl's kern_control transport (and prxd, which uses it) only exist on
+/// macOS; type-check them for x86_64-apple-darwin so they cannot rot unseen
+/// (running them needs a Mac).
 #[test]
 fn prxctl_macos_transport_type_checks() {
     let root = prx_tests::root();
     let out =
         std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .current_dir(&root)
-            .args(["check", "-p", "prxctl", "--target", "x86_64-apple-darwin"])
+            .args([
+                "check",
+                "-p",
+                "prxctl",
+                "-p",
+                "prxd",
+                "--target",
+                "x86_64-apple-darwin",
+            ])
             .env("CARGO_TARGET_DIR", root.join("target/darwin-check"))
             .output()
             .expect("running cargo check");
     assert!(
         out.status.success(),
-        "cargo check -p prxctl --target x86_64-apple-darwin failed (rustup target add x86_64-apple-darwin \
+        "cargo check -p prxctl -p prxd --target x86_64-apple-darwin failed (rustup target add x86_64-apple-darwin \
          installs the target; .ci/run does):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );

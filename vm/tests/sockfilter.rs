@@ -58,6 +58,17 @@ struct ProxyHeader {
     src: SocketAddr,
     dst: SocketAddr,
     header_len: usize,
+    /// The TLVs after the addresses: (type, value).
+    tlvs: Vec<(u8, Vec<u8>)>,
+}
+
+impl ProxyHeader {
+    fn tlv(&self, kind: u8) -> Option<&[u8]> {
+        self.tlvs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
@@ -75,7 +86,7 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
     let body = b.get(16..16 + len).ok_or("truncated address block")?;
     let (src, dst) = match b[13] {
         0x11 => {
-            if len != 12 {
+            if len < 12 {
                 return Err(format!("TCP4 length {len}"));
             }
             let ip = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&body[o..o + 4]).unwrap());
@@ -86,7 +97,7 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
             )
         }
         0x21 => {
-            if len != 36 {
+            if len < 36 {
                 return Err(format!("TCP6 length {len}"));
             }
             let ip = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&body[o..o + 16]).unwrap());
@@ -98,10 +109,22 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
         }
         f => return Err(format!("family/protocol {f:#x}")),
     };
+    let mut tlvs = Vec::new();
+    let mut rest = &body[if b[13] == 0x11 { 12 } else { 36 }..];
+    while !rest.is_empty() {
+        if rest.len() < 3 {
+            return Err("truncated TLV header".into());
+        }
+        let n = u16::from_be_bytes([rest[1], rest[2]]) as usize;
+        let v = rest.get(3..3 + n).ok_or("truncated TLV value")?;
+        tlvs.push((rest[0], v.to_vec()));
+        rest = &rest[3 + n..];
+    }
     Ok(ProxyHeader {
         src,
         dst,
         header_len: 16 + len,
+        tlvs,
     })
 }
 
@@ -132,6 +155,17 @@ fn check_at_proxy(r: &ScenarioReport, label: &str, want_dst: &str) {
         h.dst,
         want_dst.parse::<SocketAddr>().unwrap(),
         "{label}: the original destination"
+    );
+    // The custom TLVs (0xE0 pid, 0xE1 process name): the emulated client.
+    assert_eq!(
+        h.tlv(0xE0),
+        Some(&4242u32.to_be_bytes()[..]),
+        "{label}: pid TLV"
+    );
+    assert_eq!(
+        h.tlv(0xE1),
+        Some(&b"prx-emu-client"[..]),
+        "{label}: process TLV"
     );
     assert_eq!(
         &bytes[h.header_len..],

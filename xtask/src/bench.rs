@@ -32,6 +32,42 @@ pub struct Args {
     /// Also write the results to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Instead: prxd side by side with haproxy (throughput and memory per idle
+    /// connection on loopback; `prxd/examples/vs_haproxy.rs`).
+    #[arg(long)]
+    pub proxy: bool,
+    /// With --proxy: idle connections to hold (each proxy needs two descriptors per connection).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub idle: usize,
+}
+
+/// `cargo xtask bench --proxy`: builds prxd and the comparison in release and runs it.
+fn run_proxy(root: &Path, idle: usize) -> Result<()> {
+    eprintln!("bench: building prxd and prxd/examples/vs_haproxy (release)");
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "prxd",
+            "--bin",
+            "prxd",
+            "--example",
+            "vs_haproxy",
+        ])
+        .status()
+        .context("running cargo build")?;
+    ensure!(st.success(), "cargo build -p prxd --release failed");
+    let dir = root.join("target/release");
+    let st = Command::new(dir.join("examples/vs_haproxy"))
+        .arg("--prxd")
+        .arg(dir.join("prxd"))
+        .args(["--idle", &idle.to_string()])
+        .status()
+        .context("running vs_haproxy (needs haproxy: `cargo xtask test` installs it)")?;
+    ensure!(st.success(), "vs_haproxy failed");
+    Ok(())
 }
 
 /// The function callgrind collects in (a pattern: the generic instances have
@@ -293,6 +329,9 @@ fn to_json(results: &[Measured], valgrind: &str) -> serde_json::Value {
 
 /// Runs `cargo xtask bench`.
 pub fn run(root: &Path, args: Args) -> Result<()> {
+    if args.proxy {
+        return run_proxy(root, args.idle);
+    }
     let valgrind = valgrind_version()?;
     let bin = build_bench(root)?;
     let all = list_cases(&bin)?;

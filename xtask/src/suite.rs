@@ -90,6 +90,21 @@ pub const NEEDS: &[Need] = &[
         "the ssh backend's loopback tests",
     ),
     program("ssh", "openssh-client", "the ssh backend's loopback tests"),
+    file(
+        "/usr/sbin/haproxy",
+        "haproxy",
+        "prxd's tests: a PROXY v2 sender that is not ours",
+    ),
+    program(
+        "microsocks",
+        "microsocks",
+        "prxd's tests: a SOCKS5 upstream with username/password",
+    ),
+    program(
+        "tinyproxy",
+        "tinyproxy",
+        "prxd's tests: an HTTP CONNECT upstream with Basic auth",
+    ),
     program(
         "ssh-keygen",
         "openssh-client",

@@ -171,20 +171,26 @@ impl Socket {
     }
 }
 
-/// Bytes a filter wants injected on the outbound path (at most 64), with the
-/// tag that marks them as its own.
+/// The most bytes one [`Injection`] carries (a PROXY v2 header with the
+/// socket filter's TLVs: `proxy_v2::MAX_LEN`).
+pub const MAX_INJECTION: usize = 96;
+
+/// Bytes a filter wants injected on the outbound path (at most
+/// [`MAX_INJECTION`]), with the tag that marks them as its own.
 #[derive(Debug, Clone, Copy)]
 pub struct Injection {
-    bytes: [u8; 64],
+    bytes: [u8; MAX_INJECTION],
     len: u8,
     tag: Option<MbufTag>,
 }
 
 impl Injection {
-    /// `bytes` (at most 64; `None` when longer) tagged with `tag`.
+    /// `bytes` (at most [`MAX_INJECTION`]; `None` when longer) tagged with `tag`.
     pub fn new(bytes: &[u8], tag: Option<MbufTag>) -> Option<Injection> {
-        let len = u8::try_from(bytes.len()).ok().filter(|l| *l <= 64)?;
-        let mut b = [0u8; 64];
+        let len = u8::try_from(bytes.len())
+            .ok()
+            .filter(|l| usize::from(*l) <= MAX_INJECTION)?;
+        let mut b = [0u8; MAX_INJECTION];
         for (d, s) in b.iter_mut().zip(bytes) {
             *d = *s;
         }

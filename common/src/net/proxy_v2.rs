@@ -1,19 +1,34 @@
 //! The PROXY protocol version 2 header (HAProxy, "The PROXY protocol",
-//! section 2.2), `PROXY` command over TCP:
+//! section 2.2): one codec for the socket filter (which writes it), prxd
+//! (which reads it) and the tests.
 //!
 //! ```text
 //! 0..12   signature  0D 0A 0D 0A 00 0D 0A 51 55 49 54 0A
-//! 12      0x21       version 2, command PROXY
-//! 13      0x11|0x21  TCP over IPv4 | TCP over IPv6
-//! 14..16  length of the address block, big-endian: 12 | 36
-//! 16..    source address, destination address, source port, destination port
+//! 12      0x2C       version 2 (high nibble), command (low: 0 LOCAL, 1 PROXY)
+//! 13      0xFT       address family (0 UNSPEC, 1 INET, 2 INET6, 3 UNIX),
+//!                    transport (0 UNSPEC, 1 STREAM, 2 DGRAM)
+//! 14..16  length of the rest, big-endian
+//! 16..    addresses (INET 12, INET6 36, UNIX 216 bytes): source address,
+//!         destination address, source port, destination port; then TLVs
+//!         (type u8, length u16 big-endian, value)
 //! ```
 //!
-//! The source is the client (the connecting socket's local address), the
-//! destination the address the client asked for before the redirect. When the
-//! two families differ, both are written as IPv6 (IPv4-mapped).
+//! [`emit`] writes the `PROXY` command over TCP: the source is the client (the
+//! connecting socket's local address), the destination the address the
+//! client asked for before the redirect; when the two families differ both are
+//! written as IPv6 (IPv4-mapped). The socket filter adds the client's pid
+//! ([`TLV_PID`], u32 big-endian) and process name ([`TLV_PROCESS`]) as TLVs
+//! from the range the specification leaves to custom use (0xE0–0xEF).
+//!
+//! [`parse`] reads a header at the start of a buffer and returns either the
+//! decoded header, [`Error::Incomplete`] (how many bytes it needs at least:
+//! read more and call again), or one error per malformed case. It never
+//! allocates and never panics; it is property-tested here and fuzzed
+//! (`fuzz/fuzz_targets/proxy_v2_parse.rs`), and checked against headers
+//! HAProxy itself sends (prxd's tests).
 
 use super::addr::{Endpoint, IpAddr};
+use super::rules::MAX_NAME;
 
 /// The 12-byte signature.
 pub const SIGNATURE: [u8; 12] = [
@@ -21,12 +36,333 @@ pub const SIGNATURE: [u8; 12] = [
 ];
 /// Version 2, command PROXY.
 pub const VER_CMD_PROXY: u8 = 0x21;
+/// Version 2, command LOCAL (health checks: use the connection's own addresses).
+pub const VER_CMD_LOCAL: u8 = 0x20;
 /// AF_INET, SOCK_STREAM.
 pub const FAM_TCP4: u8 = 0x11;
 /// AF_INET6, SOCK_STREAM.
 pub const FAM_TCP6: u8 = 0x21;
-/// The longest header [`encode`] writes (TCP6).
-pub const MAX_LEN: usize = 52;
+/// The fixed part: signature, version/command, family, length.
+pub const FIXED_LEN: usize = 16;
+/// The client's pid: u32, big-endian (custom range).
+pub const TLV_PID: u8 = 0xE0;
+/// The client's process name: bytes, at most [`MAX_NAME`] (custom range).
+pub const TLV_PROCESS: u8 = 0xE1;
+/// The longest header [`encode`] writes: TCP6 addresses, a pid TLV and a
+/// process-name TLV of [`MAX_NAME`] bytes.
+pub const MAX_LEN: usize = FIXED_LEN + 36 + (3 + 4) + (3 + MAX_NAME);
+
+/// Why bytes are not a PROXY v2 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The bytes so far are a valid beginning; at least `need` bytes in all are
+    /// needed to go on.
+    Incomplete {
+        /// Total bytes needed (at least).
+        need: usize,
+    },
+    /// The first 12 bytes are not the signature (byte `at` differs).
+    Signature {
+        /// The first differing offset.
+        at: usize,
+    },
+    /// The version nibble is not 2.
+    Version(u8),
+    /// The command nibble is neither LOCAL (0) nor PROXY (1).
+    Command(u8),
+    /// The address family nibble is not 0–3.
+    Family(u8),
+    /// The transport nibble is not 0–2.
+    Transport(u8),
+    /// The length field is shorter than the family's address block.
+    AddressesTooShort {
+        /// The family/transport byte.
+        family: u8,
+        /// The length field.
+        len: u16,
+    },
+    /// A TLV runs past the end of the header.
+    TlvTruncated {
+        /// Its offset from the start of the header.
+        at: usize,
+    },
+    /// The output buffer is too small ([`emit`]), or a TLV value is longer than
+    /// 65535 bytes.
+    NoRoom,
+}
+
+impl Error {
+    /// A short explanation for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Error::Incomplete { .. } => "incomplete header",
+            Error::Signature { .. } => "not a PROXY v2 signature",
+            Error::Version(_) => "version is not 2",
+            Error::Command(_) => "command is neither LOCAL nor PROXY",
+            Error::Family(_) => "unknown address family",
+            Error::Transport(_) => "unknown transport protocol",
+            Error::AddressesTooShort { .. } => "length shorter than the address block",
+            Error::TlvTruncated { .. } => "a TLV runs past the header's end",
+            Error::NoRoom => "no room",
+        }
+    }
+}
+
+/// The header's command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// LOCAL: the connection is the sender's own (no addresses apply).
+    Local,
+    /// PROXY: relayed on behalf of a client.
+    Proxy,
+}
+
+/// The transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Unspecified.
+    Unspec,
+    /// SOCK_STREAM (TCP).
+    Stream,
+    /// SOCK_DGRAM (UDP).
+    Dgram,
+}
+
+/// The addresses carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addresses {
+    /// AF_UNSPEC (or the LOCAL command): none.
+    None,
+    /// AF_INET or AF_INET6: source (client) and destination.
+    Ip {
+        /// The client.
+        src: Endpoint,
+        /// The original destination.
+        dst: Endpoint,
+    },
+    /// AF_UNIX: skipped (not used by prx).
+    Unix,
+}
+
+/// A decoded header; `tlvs` borrows from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// LOCAL or PROXY.
+    pub command: Command,
+    /// The transport.
+    pub transport: Transport,
+    /// The addresses.
+    pub addrs: Addresses,
+    /// The raw TLV area (checked to be well-formed; see [`Parsed::tlvs`]).
+    tlv_bytes: &'a [u8],
+    /// The header's total length: the payload starts here.
+    pub len: usize,
+}
+
+/// One TLV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tlv<'a> {
+    /// Its type.
+    pub kind: u8,
+    /// Its value.
+    pub value: &'a [u8],
+}
+
+/// Iterates over well-formed TLVs.
+#[derive(Debug, Clone)]
+pub struct Tlvs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Tlvs<'a> {
+    type Item = Tlv<'a>;
+    fn next(&mut self) -> Option<Tlv<'a>> {
+        let (&kind, rest) = self.rest.split_first()?;
+        let (l, rest) = rest.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_be_bytes(*l));
+        let value = rest.get(..n)?;
+        self.rest = rest.get(n..).unwrap_or(&[]);
+        Some(Tlv { kind, value })
+    }
+}
+
+impl<'a> Parsed<'a> {
+    /// The TLVs.
+    pub fn tlvs(&self) -> Tlvs<'a> {
+        Tlvs {
+            rest: self.tlv_bytes,
+        }
+    }
+
+    /// The first TLV of type `kind`.
+    pub fn tlv(&self, kind: u8) -> Option<&'a [u8]> {
+        self.tlvs().find(|t| t.kind == kind).map(|t| t.value)
+    }
+
+    /// The client's pid ([`TLV_PID`]), if present and 4 bytes long.
+    pub fn pid(&self) -> Option<u32> {
+        let v: [u8; 4] = self.tlv(TLV_PID)?.try_into().ok()?;
+        Some(u32::from_be_bytes(v))
+    }
+
+    /// The client's process name ([`TLV_PROCESS`]), if present.
+    pub fn process(&self) -> Option<&'a [u8]> {
+        self.tlv(TLV_PROCESS)
+    }
+}
+
+/// Decodes the header at the start of `b` (see the module documentation).
+pub fn parse(b: &[u8]) -> Result<Parsed<'_>, Error> {
+    for (i, (x, s)) in b.iter().zip(SIGNATURE.iter()).enumerate() {
+        if x != s {
+            return Err(Error::Signature { at: i });
+        }
+    }
+    let fixed = b
+        .first_chunk::<FIXED_LEN>()
+        .ok_or(Error::Incomplete { need: FIXED_LEN })?;
+    let [.., vc, ft, l0, l1] = *fixed;
+    if vc >> 4 != 2 {
+        return Err(Error::Version(vc >> 4));
+    }
+    let command = match vc & 0x0F {
+        0 => Command::Local,
+        1 => Command::Proxy,
+        c => return Err(Error::Command(c)),
+    };
+    let transport = match ft & 0x0F {
+        0 => Transport::Unspec,
+        1 => Transport::Stream,
+        2 => Transport::Dgram,
+        t => return Err(Error::Transport(t)),
+    };
+    let alen: usize = match ft >> 4 {
+        0 => 0,
+        1 => 12,
+        2 => 36,
+        3 => 216,
+        f => return Err(Error::Family(f)),
+    };
+    let len16 = u16::from_be_bytes([l0, l1]);
+    let len = usize::from(len16);
+    if len < alen {
+        return Err(Error::AddressesTooShort {
+            family: ft,
+            len: len16,
+        });
+    }
+    let total = FIXED_LEN.saturating_add(len);
+    let body = b
+        .get(FIXED_LEN..total)
+        .ok_or(Error::Incomplete { need: total })?;
+    let (a, tlv_bytes) = body.split_at_checked(alen).unwrap_or((&[], &[]));
+    let addrs = match (command, ft >> 4) {
+        (Command::Local, _) | (_, 0) => Addresses::None,
+        (_, 3) => Addresses::Unix,
+        (_, 1) => {
+            let a: &[u8; 12] = a.first_chunk().ok_or(Error::NoRoom)?;
+            let [s0, s1, s2, s3, d0, d1, d2, d3, p0, p1, q0, q1] = *a;
+            Addresses::Ip {
+                src: Endpoint::new(IpAddr::V4([s0, s1, s2, s3]), u16::from_be_bytes([p0, p1])),
+                dst: Endpoint::new(IpAddr::V4([d0, d1, d2, d3]), u16::from_be_bytes([q0, q1])),
+            }
+        }
+        _ => {
+            let (s, rest) = a.split_first_chunk::<16>().ok_or(Error::NoRoom)?;
+            let (d, rest) = rest.split_first_chunk::<16>().ok_or(Error::NoRoom)?;
+            let (p, rest) = rest.split_first_chunk::<2>().ok_or(Error::NoRoom)?;
+            let (q, _) = rest.split_first_chunk::<2>().ok_or(Error::NoRoom)?;
+            Addresses::Ip {
+                src: Endpoint::new(IpAddr::V6(*s), u16::from_be_bytes(*p)),
+                dst: Endpoint::new(IpAddr::V6(*d), u16::from_be_bytes(*q)),
+            }
+        }
+    };
+    // Every TLV must fit exactly.
+    let mut rest = tlv_bytes;
+    let mut at = FIXED_LEN.saturating_add(alen);
+    while !rest.is_empty() {
+        let n = rest
+            .get(1..3)
+            .and_then(|l| <[u8; 2]>::try_from(l).ok())
+            .map(|l| usize::from(u16::from_be_bytes(l)).saturating_add(3))
+            .ok_or(Error::TlvTruncated { at })?;
+        rest = rest.get(n..).ok_or(Error::TlvTruncated { at })?;
+        at = at.saturating_add(n);
+    }
+    Ok(Parsed {
+        command,
+        transport,
+        addrs,
+        tlv_bytes,
+        len: total,
+    })
+}
+
+/// Writes a `PROXY` header for a TCP connection from `src` (the client) to
+/// `dst` (the original destination) with `tlvs` into `out`; returns its length.
+pub fn emit(
+    src: &Endpoint,
+    dst: &Endpoint,
+    tlvs: &[Tlv<'_>],
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    let (fam, s6, d6);
+    let addrs: [&[u8]; 2] = match (src.addr, dst.addr) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => {
+            fam = FAM_TCP4;
+            [src.addr.octets(), dst.addr.octets()]
+        }
+        _ => {
+            fam = FAM_TCP6;
+            s6 = src.addr.to_v6_mapped();
+            d6 = dst.addr.to_v6_mapped();
+            [&s6, &d6]
+        }
+    };
+    let mut rest: usize = if fam == FAM_TCP4 { 12 } else { 36 };
+    for t in tlvs {
+        if t.value.len() > usize::from(u16::MAX) {
+            return Err(Error::NoRoom);
+        }
+        rest = rest.saturating_add(3).saturating_add(t.value.len());
+    }
+    let block = u16::try_from(rest).map_err(|_| Error::NoRoom)?;
+    let sp = src.port.to_be_bytes();
+    let dp = dst.port.to_be_bytes();
+    let mut w = Writer { out, len: 0 };
+    w.put(&SIGNATURE)?;
+    w.put(&[VER_CMD_PROXY, fam])?;
+    w.put(&block.to_be_bytes())?;
+    w.put(addrs[0])?;
+    w.put(addrs[1])?;
+    w.put(&sp)?;
+    w.put(&dp)?;
+    for t in tlvs {
+        let l = u16::try_from(t.value.len()).map_err(|_| Error::NoRoom)?;
+        w.put(&[t.kind])?;
+        w.put(&l.to_be_bytes())?;
+        w.put(t.value)?;
+    }
+    Ok(w.len)
+}
+
+struct Writer<'o> {
+    out: &'o mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, b: &[u8]) -> Result<(), Error> {
+        let end = self.len.checked_add(b.len()).ok_or(Error::NoRoom)?;
+        self.out
+            .get_mut(self.len..end)
+            .ok_or(Error::NoRoom)?
+            .copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+}
 
 /// A header, at most [`MAX_LEN`] bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,46 +378,34 @@ impl Header {
     }
 }
 
-/// Encodes the header for a TCP connection from `src` (the client) to `dst`
-/// (the original destination).
-pub fn encode(src: &Endpoint, dst: &Endpoint) -> Header {
+/// The socket filter's header: `src` (the client) to `dst` (the original
+/// destination), with the client's `pid` and process `name` (truncated to
+/// [`MAX_NAME`] bytes) as TLVs; an empty name is left out.
+pub fn encode(src: &Endpoint, dst: &Endpoint, pid: u32, name: &[u8]) -> Header {
     let mut bytes = [0u8; MAX_LEN];
-    let (fam, addrs): (u8, [&[u8]; 2]);
-    let (s6, d6);
-    match (src.addr, dst.addr) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => {
-            fam = FAM_TCP4;
-            addrs = [src.addr.octets(), dst.addr.octets()];
-        }
-        _ => {
-            fam = FAM_TCP6;
-            s6 = src.addr.to_v6_mapped();
-            d6 = dst.addr.to_v6_mapped();
-            addrs = [&s6, &d6];
-        }
-    }
-    let block: u16 = if fam == FAM_TCP4 { 12 } else { 36 };
-    let sp = src.port.to_be_bytes();
-    let dp = dst.port.to_be_bytes();
-    let parts: [&[u8]; 8] = [
-        &SIGNATURE,
-        &[VER_CMD_PROXY],
-        &[fam],
-        &block.to_be_bytes(),
-        addrs[0],
-        addrs[1],
-        &sp,
-        &dp,
+    let pid = pid.to_be_bytes();
+    let name = name.get(..MAX_NAME).unwrap_or(name);
+    let both = [
+        Tlv {
+            kind: TLV_PID,
+            value: &pid,
+        },
+        Tlv {
+            kind: TLV_PROCESS,
+            value: name,
+        },
     ];
-    let mut out = bytes.iter_mut();
-    let mut len = 0u8;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        if let Some(d) = out.next() {
-            *d = *b;
-            len = len.saturating_add(1);
-        }
+    let tlvs = if name.is_empty() {
+        both.get(..1).unwrap_or(&[])
+    } else {
+        &both
+    };
+    // Cannot fail: MAX_LEN covers the longest case.
+    let len = emit(src, dst, tlvs, &mut bytes).unwrap_or(0);
+    Header {
+        bytes,
+        len: u8::try_from(len).unwrap_or(0),
     }
-    Header { bytes, len }
 }
 
 #[cfg(test)]
@@ -95,18 +419,45 @@ pub fn encode(src: &Endpoint, dst: &Endpoint) -> Header {
 )]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_longest_header_fits_one_injection() {
+        const { assert!(MAX_LEN <= crate::kpi::sflt::MAX_INJECTION) };
+    }
+
+    fn v4(a: [u8; 4], p: u16) -> Endpoint {
+        Endpoint::new(IpAddr::V4(a), p)
+    }
 
     #[test]
     fn tcp4_header_matches_the_spec_byte_for_byte() {
         let h = encode(
-            &Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 50000),
-            &Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80),
+            &v4([127, 0, 0, 1], 50000),
+            &v4([203, 0, 113, 10], 80),
+            4242,
+            b"curl",
         );
         let mut want = SIGNATURE.to_vec();
         want.extend([
-            0x21, 0x11, 0, 12, 127, 0, 0, 1, 203, 0, 113, 10, 0xC3, 0x50, 0, 80,
+            0x21, 0x11, 0, 26, 127, 0, 0, 1, 203, 0, 113, 10, 0xC3, 0x50, 0, 80,
         ]);
+        want.extend([0xE0, 0, 4, 0, 0, 0x10, 0x92, 0xE1, 0, 4]);
+        want.extend(b"curl");
         assert_eq!(h.as_bytes(), want.as_slice());
+        let p = parse(&want).unwrap();
+        assert_eq!(p.len, want.len());
+        assert_eq!(p.pid(), Some(4242));
+        assert_eq!(p.process(), Some(&b"curl"[..]));
+        assert_eq!(p.command, Command::Proxy);
+        assert_eq!(p.transport, Transport::Stream);
+        assert_eq!(
+            p.addrs,
+            Addresses::Ip {
+                src: v4([127, 0, 0, 1], 50000),
+                dst: v4([203, 0, 113, 10], 80)
+            }
+        );
     }
 
     #[test]
@@ -115,18 +466,132 @@ mod tests {
         let h = encode(
             &Endpoint::new(IpAddr::V6([0; 16]), 1),
             &Endpoint::new(d, 443),
+            1,
+            b"",
         );
-        assert_eq!(h.as_bytes().len(), 52);
-        assert_eq!(&h.as_bytes()[12..16], &[0x21, 0x21, 0, 36]);
+        assert_eq!(h.as_bytes().len(), 52 + 7);
+        assert_eq!(&h.as_bytes()[12..16], &[0x21, 0x21, 0, 36 + 7]);
         assert_eq!(&h.as_bytes()[32..48], d.octets());
         assert_eq!(&h.as_bytes()[48..52], &[0, 1, 1, 187]);
-        let m = encode(
-            &Endpoint::new(IpAddr::V4([1, 2, 3, 4]), 1),
-            &Endpoint::new(d, 443),
-        );
+        let m = encode(&v4([1, 2, 3, 4], 1), &Endpoint::new(d, 443), 1, b"x");
         assert_eq!(
             &m.as_bytes()[16..32],
             &IpAddr::V4([1, 2, 3, 4]).to_v6_mapped()
         );
+        let long = encode(&Endpoint::new(d, 1), &Endpoint::new(d, 2), 7, &[b'a'; 40]);
+        assert_eq!(long.as_bytes().len(), MAX_LEN);
+        assert_eq!(
+            parse(long.as_bytes()).unwrap().process(),
+            Some(&[b'a'; MAX_NAME][..])
+        );
+    }
+
+    #[test]
+    fn each_malformed_case_has_its_error() {
+        let good = encode(&v4([10, 0, 0, 2], 5), &v4([10, 0, 0, 3], 6), 9, b"nc");
+        let g = good.as_bytes();
+        assert_eq!(parse(&g[..5]), Err(Error::Incomplete { need: 16 }));
+        assert_eq!(parse(&g[..20]), Err(Error::Incomplete { need: g.len() }));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n"),
+            Err(Error::Signature { at: 0 })
+        );
+        assert_eq!(
+            parse(b"\r\n\r\n\0\r\nQUIX"),
+            Err(Error::Signature { at: 10 })
+        );
+        let with = |i: usize, v: u8| {
+            let mut b = g.to_vec();
+            b[i] = v;
+            parse(&b).map(|p| (p.command, p.addrs))
+        };
+        assert_eq!(with(12, 0x11), Err(Error::Version(1)));
+        assert_eq!(with(12, 0x22), Err(Error::Command(2)));
+        assert_eq!(with(13, 0x41), Err(Error::Family(4)));
+        assert_eq!(with(13, 0x13), Err(Error::Transport(3)));
+        assert_eq!(
+            with(15, 11),
+            Err(Error::AddressesTooShort {
+                family: 0x11,
+                len: 11
+            })
+        );
+        // Length cut inside the second TLV.
+        assert_eq!(with(15, 12 + 7 + 2), Err(Error::TlvTruncated { at: 35 }));
+        // LOCAL: addresses ignored; UNSPEC: none.
+        assert_eq!(with(12, 0x20), Ok((Command::Local, Addresses::None)));
+        let mut unspec = SIGNATURE.to_vec();
+        unspec.extend([0x21, 0x00, 0, 0]);
+        assert_eq!(parse(&unspec).unwrap().addrs, Addresses::None);
+    }
+
+    #[test]
+    fn emit_refuses_a_short_buffer() {
+        let mut small = [0u8; 27];
+        assert_eq!(
+            emit(&v4([1, 1, 1, 1], 1), &v4([2, 2, 2, 2], 2), &[], &mut small),
+            Err(Error::NoRoom)
+        );
+        let mut ok = [0u8; 28];
+        assert_eq!(
+            emit(&v4([1, 1, 1, 1], 1), &v4([2, 2, 2, 2], 2), &[], &mut ok),
+            Ok(28)
+        );
+    }
+
+    fn endpoint() -> impl Strategy<Value = Endpoint> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(a, p)| v4(a, p)),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(a, p)| Endpoint::new(IpAddr::V6(a), p)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn emit_then_parse_round_trips(
+            src in endpoint(),
+            dst in endpoint(),
+            tlvs in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)), 0..5),
+            payload in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let t: Vec<Tlv<'_>> = tlvs.iter().map(|(k, v)| Tlv { kind: *k, value: v }).collect();
+            let mut out = vec![0u8; 1024];
+            let n = emit(&src, &dst, &t, &mut out).unwrap();
+            out.truncate(n);
+            out.extend(&payload);
+            let p = parse(&out).unwrap();
+            prop_assert_eq!(p.len, n);
+            let (s, d) = match (src.addr, dst.addr) {
+                (IpAddr::V4(_), IpAddr::V4(_)) => (src, dst),
+                _ => (
+                    Endpoint::new(IpAddr::V6(src.addr.to_v6_mapped()), src.port),
+                    Endpoint::new(IpAddr::V6(dst.addr.to_v6_mapped()), dst.port),
+                ),
+            };
+            prop_assert_eq!(p.addrs, Addresses::Ip { src: s, dst: d });
+            let got: Vec<Tlv<'_>> = p.tlvs().collect();
+            prop_assert_eq!(got, t);
+            // Every strict prefix is incomplete, never an error or a success.
+            for cut in 0..n {
+                let r = parse(&out[..cut]);
+                prop_assert!(matches!(r, Err(Error::Incomplete { need }) if need > cut), "cut {}: {:?}", cut, r);
+            }
+        }
+
+        #[test]
+        fn hostile_bytes_never_panic(
+            mut b in proptest::collection::vec(any::<u8>(), 0..300),
+            keep in 0usize..17,
+        ) {
+            // Often a valid beginning, so parsing gets past the signature.
+            let k = keep.min(b.len());
+            let prefix = [&SIGNATURE[..], &[0x21, 0x11, 0, 12]].concat();
+            b[..k].copy_from_slice(&prefix[..k]);
+            if let Ok(p) = parse(&b) {
+                prop_assert!(p.len <= b.len());
+                prop_assert!(p.len >= FIXED_LEN);
+                let _ = p.tlvs().count();
+            }
+        }
     }
 }

@@ -204,55 +204,41 @@ pub fn refusal_instructions(r: LoadRefusal, major: u32) -> String {
     }
 }
 
-/// A decoded PROXY v2 header (TCP over IPv4 only; others are described, not decoded).
+/// A decoded PROXY v2 header (by `common::net::proxy_v2`, the codec the kext
+/// and prxd use), described for reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyV2 {
     pub command: u8,
     pub family: u8,
     pub src: String,
     pub dst: String,
-    /// Header length in bytes (16 + address block).
+    /// The pid and process-name TLVs, if present.
+    pub pid: Option<u32>,
+    pub process: Option<String>,
+    /// Header length in bytes (16 + address block + TLVs).
     pub len: usize,
 }
 
-/// Decodes a PROXY v2 header at the start of `b`, if there is one.
+/// Decodes a PROXY v2 header at the start of `b`, if there is a well-formed one.
 pub fn parse_proxy_v2(b: &[u8]) -> Option<ProxyV2> {
-    let rest = b.strip_prefix(PROXY_V2_SIGNATURE)?;
-    let (&ver_cmd, rest) = rest.split_first()?;
-    let (&fam, rest) = rest.split_first()?;
-    let (lenb, rest) = rest.split_first_chunk::<2>()?;
-    let alen = u16::from_be_bytes(*lenb) as usize;
-    let addr = rest.get(..alen)?;
-    if ver_cmd >> 4 != 2 {
-        return None;
-    }
-    let (src, dst) = match (fam, addr.first_chunk::<12>()) {
-        (0x11, Some(a)) => (
-            format!(
-                "{}.{}.{}.{}:{}",
-                a[0],
-                a[1],
-                a[2],
-                a[3],
-                u16::from_be_bytes([a[8], a[9]])
-            ),
-            format!(
-                "{}.{}.{}.{}:{}",
-                a[4],
-                a[5],
-                a[6],
-                a[7],
-                u16::from_be_bytes([a[10], a[11]])
-            ),
-        ),
-        _ => (String::from("?"), String::from("?")),
+    use common::net::proxy_v2::{self, Addresses};
+    let p = proxy_v2::parse(b).ok()?;
+    let show = |e: &common::net::addr::Endpoint| match e.addr {
+        common::net::addr::IpAddr::V4(a) => std::net::SocketAddr::from((a, e.port)).to_string(),
+        common::net::addr::IpAddr::V6(a) => std::net::SocketAddr::from((a, e.port)).to_string(),
+    };
+    let (src, dst) = match p.addrs {
+        Addresses::Ip { src, dst } => (show(&src), show(&dst)),
+        Addresses::None | Addresses::Unix => (String::from("?"), String::from("?")),
     };
     Some(ProxyV2 {
-        command: ver_cmd & 0xF,
-        family: fam,
+        command: b.get(12).map_or(0, |v| v & 0xF),
+        family: b.get(13).copied().unwrap_or(0),
         src,
         dst,
-        len: 16 + alen,
+        pid: p.pid(),
+        process: p.process().map(|n| String::from_utf8_lossy(n).into_owned()),
+        len: p.len,
     })
 }
 

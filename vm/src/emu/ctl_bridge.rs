@@ -22,7 +22,11 @@
 //! - kind 4, command (tests, no control client needed): `open ADDR:PORT`
 //!   opens a TCP connection as the process (4242, "prx-emu-client") through
 //!   the socket filters (as the `sockfilter` scenario does) and keeps it open,
-//!   sending `hello\n`; the answer is `local ADDR target ADDR`. `run nat-tcp4`
+//!   sending `hello\n`; the answer is `local ADDR target ADDR`; `open-as PID
+//!   NAME ADDR:PORT` does the same as another process. `recv` reads
+//!   what the last opened connection's peer sent until it closed (2 s at
+//!   most; the answer is the bytes); `close` closes (detaches) that
+//!   connection. `run nat-tcp4`
 //!   (`nat-tcp6`, `nat-udp4`, `nat-udp6`) carries that smoltcp traffic through
 //!   the IP filters as configured by the bridge's clients (see
 //!   [`super::stacks`]); the answer is `passed` or `failed`. `quit` ends the
@@ -211,6 +215,21 @@ fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
     if cmd == "quit" {
         return (0, "bye".into());
     }
+    if cmd == "recv" {
+        return match sockets::recv_kept(open) {
+            Some(b) => (0, String::from_utf8_lossy(&b).into_owned()),
+            None => (ENOTCONN, "no open connection".into()),
+        };
+    }
+    if cmd == "close" {
+        return match open.pop() {
+            Some(live) => {
+                sockets::close(live);
+                (0, "closed".into())
+            }
+            None => (ENOTCONN, "no open connection".into()),
+        };
+    }
     if let Some(name) = cmd.strip_prefix("run ") {
         // IP-filter traffic between the smoltcp hosts, under whatever the
         // bridge's clients configured (see `super::stacks`).
@@ -228,13 +247,27 @@ fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
         };
         return (0, if passed { "passed" } else { "failed" }.into());
     }
-    let Some(dest) = cmd
-        .strip_prefix("open ")
-        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-    else {
+    // `open-as PID NAME ADDR:PORT`: as `open`, by another process.
+    let (as_proc, rest) = match cmd.strip_prefix("open-as ").map(|r| {
+        let mut w = r.split_whitespace();
+        (
+            w.next().and_then(|p| p.parse::<i32>().ok()),
+            w.next(),
+            w.next(),
+        )
+    }) {
+        Some((Some(pid), Some(name), Some(addr))) => (Some((pid, name)), Some(addr)),
+        Some(_) => return (EINVAL, "usage: open-as PID NAME ADDR:PORT".into()),
+        None => (None, cmd.strip_prefix("open ")),
+    };
+    let Some(dest) = rest.and_then(|a| a.trim().parse::<SocketAddr>().ok()) else {
         return (EINVAL, format!("unknown command `{cmd}`"));
     };
-    let (local, target) = sockets::open_kept(&format!("bridge {dest}"), dest, b"hello\n", open);
+    let label = format!("bridge {dest}");
+    let (local, target) = match as_proc {
+        Some(p) => sockets::open_kept_as(&label, dest, b"hello\n", open, p),
+        None => sockets::open_kept(&label, dest, b"hello\n", open),
+    };
     step(
         format!("ctl-bridge: open {dest}"),
         local.is_some(),

@@ -296,13 +296,32 @@ pub(super) fn open_kept(
     data: &[u8],
     open: &mut Vec<Live>,
 ) -> (Option<SocketAddr>, Option<SocketAddr>) {
-    let mut c = begin(label, dest, CLIENT);
-    establish(&mut c, CLIENT);
+    open_kept_as(label, dest, data, open, CLIENT)
+}
+
+/// [`open_kept`] as the process `proc_` (pid, name).
+pub(super) fn open_kept_as(
+    label: &str,
+    dest: SocketAddr,
+    data: &[u8],
+    open: &mut Vec<Live>,
+    proc_: (i32, &str),
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let mut c = begin(label, dest, proc_);
+    establish(&mut c, proc_);
     let _ = send(&mut c, data);
     let local = c.stream.as_ref().and_then(|s| s.local_addr().ok());
     let target = c.target;
     open.push(c);
     (local, target)
+}
+
+/// What the peer of the last connection in `open` sent, until it closed
+/// (or 2 s passed); `None` without a connection.
+pub(super) fn recv_kept(open: &mut [Live]) -> Option<Vec<u8>> {
+    let s = open.last_mut()?.stream.as_mut()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    Some(read_all(s))
 }
 
 fn accept_within(l: &TcpListener) -> Option<TcpStream> {
@@ -652,7 +671,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         .unwrap_or_default();
     check(
         "H: new rules",
-        got_h.len() == 28 + 2 && got_h.ends_with(b"H\n"),
+        common::net::proxy_v2::parse(&got_h).is_ok_and(|p| got_h.get(p.len..) == Some(&b"H\n"[..])),
         format!(
             "decided under generation 2 (PROXY header): proxy got {}",
             hex(&got_h)

@@ -1,0 +1,283 @@
+//! prxd behind the real PrxSocketFilter.kext binary running in the KPI
+//! emulator (`ctl-bridge` scenario): prxd registers itself as the proxy
+//! through the emulated kern_control, a real loopback connection opened
+//! inside the emulator (pid 4242, "prx-emu-client") is redirected by the kext
+//! to prxd — with a PROXY v2 header (`proxy-v2` rule) or without (`proxy`
+//! rule: prxd asks the kext) — and prxd forwards it to a local origin: bytes
+//! intact both ways, a clean close, the log line naming the pid/process and
+//! the original destination. A header forged by a process the kext did not
+//! redirect is refused and counted.
+//!
+//! `harness = false`: this binary is also the emulator's child process
+//! (`emu child --ctl-bridge PATH --scenario S --kext K`).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use prxctl::transport::EmuBridge;
+use support::*;
+use vm::emu::{self, RunOptions, Runner};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("child") {
+        match emu::ChildArgs::parse(args) {
+            Ok(a) => std::process::exit(emu::child_main(&a)),
+            Err(e) => {
+                eprintln!("emu child: {e}");
+                std::process::exit(emu::child::EXIT_SETUP);
+            }
+        }
+    }
+    let tests: [(&str, fn()); 1] = [(
+        "prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator",
+        prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator,
+    )];
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in &tests {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let chosen: Vec<_> = tests
+        .iter()
+        .filter(|(n, _)| filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str())))
+        .collect();
+    println!("running {} tests", chosen.len());
+    for (name, f) in chosen {
+        f();
+        println!("test {name} ... ok");
+    }
+}
+
+fn socket_kext() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let opts = xtask::build::BuildOptions {
+        release: true,
+        archs: vec![],
+        kexts: vec!["socket".into()],
+        target_dir: None,
+    };
+    let built = xtask::build::build(&root, &opts)
+        .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
+    built.into_iter().next().expect("one bundle").path
+}
+
+type Scenario = std::thread::JoinHandle<vm::emu::ScenarioReport>;
+
+fn start_bridge(kext: PathBuf, sock: &Path) -> Scenario {
+    let opts = RunOptions {
+        runner: Runner {
+            program: std::env::current_exe().expect("current exe"),
+            args: vec![
+                "child".into(),
+                "--ctl-bridge".into(),
+                sock.display().to_string(),
+            ],
+        },
+        kexts: vec![kext],
+        timeout: Duration::from_secs(150),
+        faults: None,
+    };
+    let scenario = std::thread::spawn(move || emu::run(&opts, "ctl-bridge"));
+    let start = Instant::now();
+    while !sock.exists() {
+        if scenario.is_finished() {
+            let r = scenario.join().expect("scenario thread");
+            panic!("the bridge never listened:\n{}", r.render());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no bridge socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    scenario
+}
+
+fn command(sock: &Path, cmd: &str) -> String {
+    let mut b = EmuBridge::raw(sock).expect("bridge");
+    b.command(cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+/// An origin that reports each connection's first line on `tx`, answers
+/// `pong:` + that line, and closes (after the client's half-close arrives).
+fn reporting_origin(tx: mpsc::Sender<Vec<u8>>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("origin");
+    let a = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut b = [0u8; 1];
+                while !got.ends_with(b"\n") {
+                    match s.read(&mut b) {
+                        Ok(1) => got.push(b[0]),
+                        _ => break,
+                    }
+                }
+                let _ = tx.send(got.clone());
+                let mut reply = b"pong:".to_vec();
+                reply.extend(&got);
+                let _ = s.write_all(&reply);
+            });
+        }
+    });
+    a
+}
+
+fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
+    let kext = socket_kext();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ctl.sock");
+    let scenario = start_bridge(kext, &sock);
+    let (tx, rx) = mpsc::channel();
+    let o_v2 = reporting_origin(tx.clone());
+    let o_plain = reporting_origin(tx);
+
+    // Rules through prxctl's library: one origin with a header, one without,
+    // and a last rule matching everything else (prxd's own connections must
+    // still never come back to it).
+    let rules = prxctl::rules_file::parse(&format!(
+        "default = \"proxy\"\n\
+         [[rule]]\ndst = \"127.0.0.1/32\"\nports = \"{}\"\naction = \"proxy-v2\"\n\
+         [[rule]]\ndst = \"127.0.0.1/32\"\nports = \"{}\"\naction = \"proxy\"\n",
+        o_v2.port(),
+        o_plain.port()
+    ))
+    .expect("rules");
+    {
+        let mut c =
+            EmuBridge::connect(&sock, common::net::control::CONTROL_NAME, 0).expect("control");
+        prxctl::load_rules(&mut c, &rules).expect("load rules");
+    }
+
+    let p = Prxd::run(
+        &["--controls", "socket", "--emu", sock.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        p.log_text().contains(&format!(
+            "registered with PrxSocketFilter as the proxy (pid {}, name prxd)",
+            p.child.id()
+        )),
+        "{}",
+        p.log_text()
+    );
+    {
+        let mut c =
+            EmuBridge::connect(&sock, common::net::control::CONTROL_NAME, 0).expect("control");
+        let st = prxctl::status(&mut c).expect("status");
+        let shown = prxctl::render_status(prxctl::KextKind::SocketFilter, &st, &[]);
+        assert!(
+            shown.contains(&format!("proxy (IPv4):     {}", p.listen)),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!(
+                "proxy process:    pid {}, name prxd",
+                p.child.id()
+            )),
+            "the kext knows prxd as the proxy process: {shown}"
+        );
+    }
+
+    for (origin, action) in [(o_v2, "proxy-v2"), (o_plain, "proxy")] {
+        let answer = command(&sock, &format!("open {origin}"));
+        assert!(
+            answer.ends_with(&format!("target {}", p.listen)),
+            "{action}: redirected to prxd: {answer}"
+        );
+        let got = rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("{action}: nothing reached the origin:\n{}", p.log_text()));
+        assert_eq!(
+            got, b"hello\n",
+            "{action}: the client's bytes, without the header"
+        );
+        let back = command(&sock, "recv");
+        assert_eq!(
+            back, "pong:hello\n",
+            "{action}: the origin's bytes reach the client"
+        );
+        assert_eq!(command(&sock, "close"), "closed");
+        let line = p.wait_line(&[&format!("dst={origin}")]);
+        assert!(line.contains("pid=4242"), "{action}: {line}");
+        if action == "proxy-v2" {
+            assert!(line.contains("process=prx-emu-client"), "{line}");
+            assert!(line.contains("rule=socket:0"), "{line}");
+        } else {
+            assert!(line.contains("rule=socket:1"), "{line}");
+        }
+        assert!(line.contains("upstream=direct"), "{line}");
+        assert!(line.contains("up=6 down=11"), "{line}");
+        assert!(line.contains("outcome=\"ok\""), "{line}");
+    }
+
+    // Never a loop: the last rule sends everything else to the proxy, yet a
+    // connection by prxd's own process (the pid and name it registered) goes
+    // straight to its destination.
+    let answer = command(&sock, &format!("open-as {} prxd {o_plain}", p.child.id()));
+    assert!(
+        answer.ends_with(&format!("target {o_plain}")),
+        "prxd's own connection is not redirected: {answer}"
+    );
+    let got = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("direct to the origin");
+    assert_eq!(got, b"hello\n");
+    assert_eq!(command(&sock, "close"), "closed");
+    // Any other process's connection to a third origin goes to prxd (the
+    // default action), and prxd forwards it there: its own connection to
+    // that origin was not redirected back to itself.
+    let (tx3, rx3) = mpsc::channel();
+    let o_other = reporting_origin(tx3);
+    let answer = command(&sock, &format!("open {o_other}"));
+    assert!(
+        answer.ends_with(&format!("target {}", p.listen)),
+        "the catch-all rule redirects others: {answer}"
+    );
+    let got = rx3
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("nothing reached the third origin:\n{}", p.log_text()));
+    assert_eq!(got, b"hello\n");
+    assert_eq!(command(&sock, "recv"), "pong:hello\n");
+    assert_eq!(command(&sock, "close"), "closed");
+    let line = p.wait_line(&[&format!("dst={o_other}")]);
+    assert!(line.contains("rule=socket:default"), "{line}");
+    assert!(line.contains("outcome=\"ok\""), "{line}");
+
+    // A header of its own making from a process the kext did not redirect.
+    let forged = exchange(
+        p.listen,
+        &header("127.0.0.1:1".parse().unwrap(), o_v2),
+        b"x\n",
+    );
+    assert!(forged.is_empty(), "{forged:?}");
+    let line = p.wait_line(&["not vouched for"]);
+    assert!(line.contains(&format!("dst={o_v2}")), "{line}");
+    assert_eq!(p.counter("refused_forged_header"), 1);
+    assert!(rx.try_recv().is_err(), "nothing reached the origin");
+    assert_eq!(p.counter("completed"), 3);
+    assert_eq!(p.counter("refused_loop"), 0);
+
+    drop(p);
+    assert_eq!(command(&sock, "quit"), "bye");
+    let r = scenario.join().expect("scenario thread");
+    assert!(r.passed, "{}", r.render());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
