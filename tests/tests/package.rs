@@ -45,6 +45,7 @@ fn options(out: &Path) -> PackageOptions {
         timestamp_url: None,
         epoch: xtask::package::DEFAULT_EPOCH,
         notarize: false,
+        default_bundles: false,
     }
 }
 

@@ -45,22 +45,35 @@ pub struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    /// The identity source; `None` when nothing was given.
-    pub fn source(&self) -> Result<Option<IdentitySource>> {
+    /// The identity source; `None` when nothing was given. `prefix` is the
+    /// flags' role prefix (`kext-`, `installer-` or empty), for error messages.
+    /// A .p12 needs a password flag: checked here, before any file is read.
+    pub fn source_for(&self, prefix: &str) -> Result<Option<IdentitySource>> {
         if let Some(p12) = &self.p12 {
             let password = match (&self.p12_password_env, &self.p12_password_file) {
                 (Some(var), _) => PasswordSource::Env(var.clone()),
                 (None, Some(f)) => PasswordSource::File(f.clone()),
-                (None, None) => PasswordSource::Empty,
+                (None, None) => bail!(
+                    "--{prefix}p12 {} needs its password: add --{prefix}p12-password-env VAR \
+                     (a variable holding it) or --{prefix}p12-password-file FILE (its first line; \
+                     an empty line for a .p12 without a password)",
+                    p12.display()
+                ),
             };
+            if !p12.is_file() {
+                bail!("--{prefix}p12 {}: no such file", p12.display());
+            }
             return Ok(Some(IdentitySource::Pkcs12 {
                 path: p12.clone(),
                 password,
             }));
         }
+        if self.p12_password_env.is_some() || self.p12_password_file.is_some() {
+            bail!("--{prefix}p12-password-env/-file without --{prefix}p12 FILE: add the .p12 file");
+        }
         if let Some(key) = &self.key {
             if self.certs.is_empty() {
-                bail!("--key needs --cert (the certificate, then its issuers)");
+                bail!("--{prefix}key needs --{prefix}cert (the certificate, then its issuers)");
             }
             return Ok(Some(IdentitySource::Pem {
                 key: key.clone(),
@@ -68,9 +81,14 @@ impl IdentityArgs {
             }));
         }
         if !self.certs.is_empty() {
-            bail!("--cert needs --key");
+            bail!("--{prefix}cert needs --{prefix}key (the PEM private key)");
         }
         Ok(None)
+    }
+
+    /// [`IdentityArgs::source_for`] with the unprefixed flag names.
+    pub fn source(&self) -> Result<Option<IdentitySource>> {
+        self.source_for("")
     }
 }
 
@@ -93,6 +111,27 @@ pub struct PackageOptions {
     /// (Developer ID kext and Installer identities, valid now, time stamps)
     /// before anything is written.
     pub notarize: bool,
+    /// `bundles` are the defaults (not given with --bundle): decides the
+    /// advice when one is missing.
+    pub default_bundles: bool,
+}
+
+/// The error for a bundle that is not there: the default bundles are made by
+/// `cargo xtask build --release`; a `--bundle` path is the user's.
+fn missing_bundle(b: &Path, default: bool) -> String {
+    if default {
+        format!(
+            "missing kext bundle {}: run `cargo xtask build --release` first (or pass --bundle DIR)",
+            b.display()
+        )
+    } else if !b.exists() {
+        format!("--bundle {}: no such directory", b.display())
+    } else {
+        format!(
+            "--bundle {}: not a kext bundle (no Contents/Info.plist): pass the .kext directory",
+            b.display()
+        )
+    }
 }
 
 /// What `package` produced.
@@ -168,10 +207,7 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
     }
     for b in &opts.bundles {
         if !b.join("Contents/Info.plist").is_file() {
-            bail!(
-                "missing kext bundle {}: run `cargo xtask build --release` first",
-                b.display()
-            );
+            bail!("{}", missing_bundle(b, opts.default_bundles));
         }
     }
     let kext_identity =
@@ -541,6 +577,9 @@ impl From<&InstallerIdentityArgs> for IdentityArgs {
 /// Runs `cargo xtask package`.
 pub fn run(root: &Path, args: Args) -> Result<()> {
     if let Some(pkg) = &args.check {
+        if !pkg.is_file() {
+            bail!("--check {}: no such file", pkg.display());
+        }
         let report = check(pkg)?;
         print!("{report}");
         println!(
@@ -568,17 +607,26 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     } else {
         root.join(&args.out)
     };
+    // Usage first: every flag is checked before anything is read or written.
+    let kext_identity = IdentityArgs::from(&args.kext)
+        .source_for("kext-")?
+        .unwrap_or(IdentitySource::AdHoc);
+    let installer_identity = IdentityArgs::from(&args.installer).source_for("installer-")?;
+    for b in &args.bundles {
+        if !b.join("Contents/Info.plist").is_file() {
+            bail!("{}", missing_bundle(b, false));
+        }
+    }
     let opts = PackageOptions {
+        default_bundles: args.bundles.is_empty(),
         bundles: if args.bundles.is_empty() {
             default_bundles(root)?
         } else {
             args.bundles.clone()
         },
         out_dir,
-        kext_identity: IdentityArgs::from(&args.kext)
-            .source()?
-            .unwrap_or(IdentitySource::AdHoc),
-        installer_identity: IdentityArgs::from(&args.installer).source()?,
+        kext_identity,
+        installer_identity,
         timestamp_url: args.timestamp_url.clone(),
         epoch: epoch_from_env()?,
         notarize: args.notarize,

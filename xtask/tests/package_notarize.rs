@@ -52,6 +52,7 @@ fn options(
         timestamp_url: timestamp.map(str::to_string),
         epoch: xtask::package::DEFAULT_EPOCH,
         notarize: true,
+        default_bundles: false,
     }
 }
 
