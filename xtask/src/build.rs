@@ -30,7 +30,8 @@ pub struct BuildOptions {
     /// Kext short names (`socket`, `ip`: crate `kext-<name>`); empty means all.
     pub kexts: Vec<String>,
     /// Base output directory (kernel builds in `<dir>/kernel`, bundles in
-    /// `<dir>/kext/<profile>`); `None` means the workspace's `target/`.
+    /// `<dir>/kext/<profile>`); `None` means cargo's target directory
+    /// ([`crate::target_dir`]: `CARGO_TARGET_DIR`, else the workspace's `target/`).
     pub target_dir: Option<PathBuf>,
 }
 
@@ -39,7 +40,7 @@ impl BuildOptions {
     pub fn target_dir(&self, root: &Path) -> PathBuf {
         self.target_dir
             .clone()
-            .unwrap_or_else(|| root.join("target"))
+            .unwrap_or_else(|| crate::target_dir(root))
     }
 }
 

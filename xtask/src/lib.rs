@@ -12,6 +12,23 @@ pub mod vm_test;
 
 use std::path::PathBuf;
 
+/// Cargo's target directory, as cargo itself decides it from the environment:
+/// `CARGO_TARGET_DIR` (or `CARGO_BUILD_TARGET_DIR`), relative paths taken from
+/// the current directory; else `<root>/target`. Bundles, packages and the
+/// kernel builds all go under it, so CI caches and shared target directories
+/// find them.
+pub fn target_dir(root: &std::path::Path) -> PathBuf {
+    let from_env = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .find(|v| !v.is_empty());
+    match from_env.map(PathBuf::from) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => std::env::current_dir().map_or(p.clone(), |cwd| cwd.join(p)),
+        None => root.join("target"),
+    }
+}
+
 /// The workspace root (the directory holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

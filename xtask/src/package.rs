@@ -162,13 +162,15 @@ pub fn epoch_from_env() -> Result<i64> {
     }
 }
 
-/// The default bundles: `target/kext/release/<Executable>.kext` per workspace kext.
+/// The default bundles: `<target>/kext/release/<Executable>.kext` per workspace
+/// kext (`<target>`: `CARGO_TARGET_DIR`, else `target`).
 pub fn default_bundles(root: &Path) -> Result<Vec<PathBuf>> {
     let kexts = crate::build::kext_crates(root)?;
     Ok(kexts
         .iter()
         .map(|k| {
-            root.join("target/kext/release")
+            crate::target_dir(root)
+                .join("kext/release")
                 .join(format!("{}.kext", k.executable))
         })
         .collect())
@@ -356,8 +358,16 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
 /// return the report.
 pub fn check(pkg_path: &Path) -> Result<pkg::check::CheckReport> {
     let staging = tempfile::tempdir().context("creating a staging root")?;
-    let report = pkg::check::check(pkg_path, staging.path())
-        .with_context(|| format!("checking {}", pkg_path.display()))?;
+    let report = pkg::check::check(pkg_path, staging.path()).map_err(|e| {
+        // Name the package once: most errors already start with its path.
+        let shown = pkg_path.display().to_string();
+        let msg = e.to_string();
+        if msg.contains(&shown) {
+            anyhow::Error::msg(msg)
+        } else {
+            anyhow::Error::msg(format!("checking {shown}: {msg}"))
+        }
+    })?;
     let mut problems = Vec::new();
     for c in &report.components {
         if c.install_location != pkg::INSTALL_LOCATION {
@@ -394,9 +404,9 @@ pub struct Args {
     /// Kext bundle(s) to package (default: target/kext/release/<each kext>.kext).
     #[arg(long = "bundle", value_name = "DIR")]
     pub bundles: Vec<PathBuf>,
-    /// Output directory.
-    #[arg(long, value_name = "DIR", default_value = "target/pkg")]
-    pub out: PathBuf,
+    /// Output directory (default: <target>/pkg, <target> being $CARGO_TARGET_DIR or target).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Kext identity (Developer ID Application): ad-hoc when none is given.
     #[command(flatten, next_help_heading = "Kext signing (Developer ID Application)")]
     pub kext: KextIdentityArgs,
@@ -602,10 +612,10 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     } else {
         None
     };
-    let out_dir = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        root.join(&args.out)
+    let out_dir = match &args.out {
+        Some(o) if o.is_absolute() => o.clone(),
+        Some(o) => root.join(o),
+        None => crate::target_dir(root).join("pkg"),
     };
     // Usage first: every flag is checked before anything is read or written.
     let kext_identity = IdentityArgs::from(&args.kext)
