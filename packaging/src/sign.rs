@@ -228,13 +228,12 @@ impl Identity {
             IdentitySource::Pkcs12 { path, password } => {
                 let data = read(path)?;
                 let password = password.read()?;
-                let (key, cert, chain) =
-                    parse_pkcs12(&data, password.expose()).map_err(|why| {
-                        SignError::Identity(format!(
-                            "{}: cannot open the PKCS#12 file: {why}",
-                            path.display()
-                        ))
-                    })?;
+                let (key, cert, chain) = parse_pkcs12(&data, password.expose()).map_err(|why| {
+                    SignError::Identity(format!(
+                        "{}: cannot open the PKCS#12 file: {why}",
+                        path.display()
+                    ))
+                })?;
                 Ok(Some(Identity { key, cert, chain }))
             }
             IdentitySource::Pem { key, certs } => {

@@ -366,5 +366,8 @@ fn p12_wrong_password_and_unsupported_algorithms_are_named() {
     })
     .unwrap_err()
     .to_string();
-    assert!(e.contains("cert.pem") && e.contains("not a PKCS#12 file"), "{e}");
+    assert!(
+        e.contains("cert.pem") && e.contains("not a PKCS#12 file"),
+        "{e}"
+    );
 }

@@ -149,7 +149,10 @@ pub fn kernel_cargo(
         .env("RUSTC_BOOTSTRAP", "1")
         .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // No jump tables: on x86_64 Mach-O LLVM puts them inside __text
+        // (data in code), which `kextld verify` (like kexts in general)
+        // does not allow: it decodes __text as instructions throughout.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cjump-tables=no")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     cmd

@@ -68,6 +68,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Serve the release kexts' controls from the KPI emulator on a Unix socket,
+    /// for trying `prxctl --emu SOCKET` on Linux.
+    EmuBridge(xtask::emu_bridge::Args),
     /// Count the instructions per operation of common::net's hot paths under
     /// callgrind (needs valgrind); prints a table, optionally writes JSON.
     Bench(xtask::bench::Args),
@@ -195,6 +198,7 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "package"))]
         Cmd::Package { args } => with_signing_stack(&root, &args),
         Cmd::Bench(args) => xtask::bench::run(&root, args),
+        Cmd::EmuBridge(args) => xtask::emu_bridge::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,6 +53,12 @@ pub struct Args {
     /// Internal: run one scenario in this process (the child side of the emu backend).
     #[arg(long, hide = true)]
     pub emu_child: bool,
+    /// Internal (emu child, `cargo xtask emu-bridge`): the ctl-bridge socket.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub ctl_bridge: Option<PathBuf>,
+    /// Internal (emu child, `cargo xtask emu-bridge`): how long ctl-bridge serves.
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub serve_for: Option<u64>,
 }
 
 /// Runs `vm-test`; fails when any scenario fails.
@@ -62,7 +68,8 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             scenario: args.scenarios.first().cloned().unwrap_or_default(),
             kexts: args.kexts,
             faults: args.faults,
-            ..Default::default()
+            ctl_bridge: args.ctl_bridge,
+            serve_for: args.serve_for.map(Duration::from_secs),
         };
         std::process::exit(vm::emu::child_main(&child));
     }
@@ -339,6 +346,8 @@ mod tests {
             timeout: 30.0,
             faults: None,
             emu_child: false,
+            ctl_bridge: None,
+            serve_for: None,
         }
     }
 

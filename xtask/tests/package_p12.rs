@@ -141,6 +141,9 @@ fn usage_errors_name_the_flag_and_the_fix_before_any_work() {
         // Flag messages name the path given.
         let want = want.replace("--kext-p12 needs", &format!("--kext-p12 {p12} needs"));
         assert!(e.contains(&want), "{args:?}: {e}");
-        assert!(!d.path().join("out").exists(), "{args:?}: something was written");
+        assert!(
+            !d.path().join("out").exists(),
+            "{args:?}: something was written"
+        );
     }
 }
