@@ -106,6 +106,20 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the emulator thread panicked"))?;
     print!("{}", report.render());
+    // Serving until --serve-for ran out is how a bridge nobody `quit` ends.
+    let timed_out = |f: &String| {
+        f.starts_with("ctl-bridge: quit: no `quit` within") || f.starts_with("ctl-bridge: served:")
+    };
+    if report.failures.iter().all(timed_out)
+        && !report.failures.is_empty()
+        && report.violations.is_empty()
+    {
+        eprintln!(
+            "emu-bridge: stopped after --serve-for {} s (the kexts were unloaded and checked)",
+            args.serve_for
+        );
+        return Ok(());
+    }
     if !report.passed {
         bail!("the emulator bridge failed (report above)");
     }
