@@ -23,10 +23,55 @@ pub fn target_dir(root: &std::path::Path) -> PathBuf {
         .iter()
         .filter_map(std::env::var_os)
         .find(|v| !v.is_empty());
-    match from_env.map(PathBuf::from) {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => std::env::current_dir().map_or(p.clone(), |cwd| cwd.join(p)),
-        None => root.join("target"),
+    resolve_target_dir(
+        from_env.map(PathBuf::from),
+        std::env::current_dir().ok(),
+        root,
+    )
+}
+
+/// [`target_dir`]'s rule, given the variable's value and the current directory.
+pub fn resolve_target_dir(
+    from_env: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+    root: &std::path::Path,
+) -> PathBuf {
+    match (from_env, cwd) {
+        (Some(p), _) if p.is_absolute() => p,
+        (Some(p), Some(cwd)) => cwd.join(p),
+        (Some(p), None) => root.join(p),
+        (None, _) => root.join("target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_target_dir_decides_where_bundles_go() {
+        let root = PathBuf::from("/ws");
+        let cwd = Some(PathBuf::from("/home/me/ws/sub"));
+        assert_eq!(
+            resolve_target_dir(None, cwd.clone(), &root),
+            root.join("target")
+        );
+        assert_eq!(
+            resolve_target_dir(Some("/cache/tgt".into()), cwd.clone(), &root),
+            PathBuf::from("/cache/tgt")
+        );
+        assert_eq!(
+            resolve_target_dir(Some("tgt".into()), cwd, &root),
+            PathBuf::from("/home/me/ws/sub/tgt")
+        );
+        // The build's bundles and kernel builds follow it.
+        let opts = build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec![],
+            target_dir: Some(PathBuf::from("/cache/tgt")),
+        };
+        assert_eq!(opts.target_dir(&root), PathBuf::from("/cache/tgt"));
     }
 }
 
