@@ -126,7 +126,12 @@ fn with_signing_stack(root: &std::path::Path, args: &[String]) -> anyhow::Result
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
-        if msg["fresh"] == false && !noted {
+        // A dependency being compiled: the signing stack itself, not just
+        // the workspace's own crates.
+        let dependency = msg["package_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("registry+"));
+        if msg["fresh"] == false && dependency && !noted {
             noted = true;
             eprintln!(
                 "xtask: compiling `package`'s signing stack (apple-codesign, reqwest, …): the first time takes a few minutes, later runs reuse it"
