@@ -208,6 +208,23 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
         "{e}"
     );
 
+    // Errors name the expected form; emulator flags have their own heading.
+    let e = ctl.fails(&["proxy", "set", "127.0.0.1"]);
+    assert!(
+        e.contains("expected ADDR:PORT (the port is missing), e.g. 127.0.0.1:3128"),
+        "{e}"
+    );
+    let e = ctl.fails(&["lookup", "localhost"]);
+    assert!(e.contains("expected ADDR:PORT, e.g. 127.0.0.1:3128"), "{e}");
+    let help = ctl.ok(&["status", "--help"]);
+    let heading = help
+        .find("Emulator only (trying prxctl on Linux):")
+        .unwrap_or_else(|| panic!("{help}"));
+    assert!(
+        help[heading..].contains("--emu <SOCKET>") && help[heading..].contains("--as-uid <UID>"),
+        "{help}"
+    );
+
     ctl.ok(&[
         "--as-uid",
         "0",
