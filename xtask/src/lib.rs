@@ -44,6 +44,12 @@ pub fn resolve_target_dir(
     }
 }
 
+/// The workspace root (the directory holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,10 +79,4 @@ mod tests {
         };
         assert_eq!(opts.target_dir(&root), PathBuf::from("/cache/tgt"));
     }
-}
-
-/// The workspace root (the directory holding the top-level Cargo.toml).
-pub fn workspace_root() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.parent().map(PathBuf::from).unwrap_or(here)
 }
