@@ -125,3 +125,39 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_kext_name_or_a_busy_socket_fails_before_any_build() {
+        let d = tempfile::tempdir().unwrap();
+        // The root has no Cargo.toml: a build would fail differently.
+        let e = run(
+            d.path(),
+            Args {
+                socket: Some(d.path().join("b.sock")),
+                kexts: vec!["bogus".into()],
+                serve_for: 5,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--kext bogus: no such kext (socket, ip)"), "{e}");
+        let sock = d.path().join("busy.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let e = run(
+            d.path(),
+            Args {
+                socket: Some(sock.clone()),
+                kexts: vec![],
+                serve_for: 5,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a bridge is already serving there"), "{e}");
+        assert!(sock.exists(), "a live socket is left alone");
+    }
+}
