@@ -1,6 +1,6 @@
 //! PrxSocketFilter.kext: rule-based redirection of outgoing TCP connections to a proxy.
 //!
-//! How it works (see README.md, "How the socket filter works"):
+//! How it works (see docs/filters.md, "How the socket filter works"):
 //! - Two global socket filters (PF_INET and PF_INET6, SOCK_STREAM/TCP) attach to
 //!   every TCP socket a user process creates (kernel sockets, pid 0, are left
 //!   alone) and remember the creating pid and process name in the cookie.

@@ -35,6 +35,16 @@ pub enum FatError {
         /// cpusubtype found in the slice.
         cpusubtype: u32,
     },
+    /// A slice is not a 64-bit Mach-O of the cputype given for it.
+    #[error(
+        "a slice given as cputype {cputype:#x} is not a 64-bit Mach-O of that cputype (found {found:#x})"
+    )]
+    WrongCpu {
+        /// cputype given.
+        cputype: u32,
+        /// cputype found in the slice.
+        found: u32,
+    },
     /// The file is too large for 32-bit fat offsets.
     #[error("slices too large for a 32-bit fat header")]
     TooLarge,
@@ -61,13 +71,23 @@ fn le32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Writes a universal binary from thin slices, in [`Arch::ALL`] order. Each
+/// One thin slice for [`write_slices`]: its `fat_arch` fields and bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Slice<'a> {
+    /// `cputype` (must equal the slice's Mach-O header).
+    pub cputype: u32,
+    /// `cpusubtype` as written in the fat header.
+    pub cpusubtype: u32,
+    /// log2 of the slice's alignment in the file.
+    pub align_log2: u32,
+    /// The 64-bit Mach-O.
+    pub bytes: &'a [u8],
+}
+
+/// Writes a universal binary from thin kext slices, in [`Arch::ALL`] order. Each
 /// slice must be a 64-bit Mach-O of its architecture (cpusubtype compared with
 /// the capability bits masked, so arm64e's ABI bits need not be set yet).
 pub fn write(slices: &[(Arch, &[u8])]) -> Result<Vec<u8>, FatError> {
-    if slices.is_empty() {
-        return Err(FatError::Empty);
-    }
     let mut sorted: Vec<(Arch, &[u8])> = slices.to_vec();
     sorted.sort_by_key(|(a, _)| *a);
     for pair in sorted.windows(2) {
@@ -76,10 +96,6 @@ pub fn write(slices: &[(Arch, &[u8])]) -> Result<Vec<u8>, FatError> {
         }
     }
     let mut out = Vec::new();
-    out.extend_from_slice(&FAT_MAGIC.to_be_bytes());
-    out.extend_from_slice(&(sorted.len() as u32).to_be_bytes());
-    let mut offset = FAT_HEADER_SIZE + FAT_ARCH_SIZE * sorted.len();
-    let mut placed = Vec::new();
     for &(arch, bytes) in &sorted {
         let (cputype, cpusubtype) = cpu_of(arch);
         let found = (le32(bytes, 4).unwrap_or(0), le32(bytes, 8).unwrap_or(0));
@@ -93,20 +109,51 @@ pub fn write(slices: &[(Arch, &[u8])]) -> Result<Vec<u8>, FatError> {
                 cpusubtype: found.1,
             });
         }
-        let align = 1usize << align_log2(arch);
+        out.push(Slice {
+            cputype,
+            cpusubtype: found.1,
+            align_log2: align_log2(arch),
+            bytes,
+        });
+    }
+    write_slices(&out)
+}
+
+/// Writes a universal binary from slices whose `fat_arch` fields the caller
+/// chose (user-space executables: x86_64 and arm64), in the given order. Each
+/// slice must be a 64-bit Mach-O whose header has the slice's cputype.
+pub fn write_slices(slices: &[Slice<'_>]) -> Result<Vec<u8>, FatError> {
+    if slices.is_empty() {
+        return Err(FatError::Empty);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&FAT_MAGIC.to_be_bytes());
+    out.extend_from_slice(&(slices.len() as u32).to_be_bytes());
+    let mut offset = FAT_HEADER_SIZE + FAT_ARCH_SIZE * slices.len();
+    let mut placed = Vec::new();
+    for s in slices {
+        if le32(s.bytes, 0) != Some(0xFEED_FACF) || le32(s.bytes, 4) != Some(s.cputype) {
+            return Err(FatError::WrongCpu {
+                cputype: s.cputype,
+                found: le32(s.bytes, 4).unwrap_or(0),
+            });
+        }
+        let align = 1usize << s.align_log2;
         offset = offset.div_ceil(align) * align;
         let header = [
-            cputype,
-            found.1,
+            s.cputype,
+            s.cpusubtype,
             u32::try_from(offset).map_err(|_| FatError::TooLarge)?,
-            u32::try_from(bytes.len()).map_err(|_| FatError::TooLarge)?,
-            align_log2(arch),
+            u32::try_from(s.bytes.len()).map_err(|_| FatError::TooLarge)?,
+            s.align_log2,
         ];
         for v in header {
             out.extend_from_slice(&v.to_be_bytes());
         }
-        placed.push((offset, bytes));
-        offset = offset.checked_add(bytes.len()).ok_or(FatError::TooLarge)?;
+        placed.push((offset, s.bytes));
+        offset = offset
+            .checked_add(s.bytes.len())
+            .ok_or(FatError::TooLarge)?;
     }
     u32::try_from(offset).map_err(|_| FatError::TooLarge)?;
     for (at, bytes) in placed {

@@ -22,6 +22,7 @@
 //! the least about, so a symbol that is also in a stable set is bound there.
 
 mod generate;
+pub mod history;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -31,6 +32,7 @@ use std::sync::OnceLock;
 use crate::arch::{Arch, MinOs};
 
 pub use generate::{check, generate};
+pub use history::{HISTORY_PATH, KpiHistory, generate_history};
 
 /// Where the committed table lives, relative to the workspace root.
 pub const TABLE_PATH: &str = "kextld/kpi/exports.txt";

@@ -891,3 +891,109 @@ fn missing_kmod_info_and_wrong_arch() {
         .to_string();
     assert!(err.contains("wrong architecture"), "{err}");
 }
+
+/// An arm64 (non-e) object given to `kextld link --arch arm64e` fails naming
+/// the ABI: its function pointers would stay unsigned.
+#[test]
+fn plain_arm64_objects_are_rejected_naming_the_abi() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("plain.c");
+    std::fs::write(&src, "int plain(int x) { return x + 1; }\n").unwrap();
+    let obj = dir.path().join("plain.o");
+    run(
+        "clang-19",
+        &[
+            "-target",
+            "arm64-apple-macos11",
+            "-c",
+            src.to_str().unwrap(),
+            "-o",
+            obj.to_str().unwrap(),
+        ],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kextld"))
+        .args(["link", "--arch", "arm64e", "-o"])
+        .arg(dir.path().join("out"))
+        .arg(&obj)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("plain.o")
+            && stderr.contains("incompatible arm64e ABI")
+            && stderr.contains("a plain arm64 object")
+            && stderr.contains("arm64e-apple-macos11"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists());
+}
+
+/// Zero-fill takes no file space: with a 192 KiB `__bss` in `__DATA`, the
+/// segments after it (`__DATA_CONST`, `__LINKEDIT`) sit in the file right after
+/// the previous file bytes; llvm-objdump decodes the chained fixups there and
+/// kextld's verifier accepts the image.
+#[test]
+fn zerofill_takes_no_file_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.c");
+    let ckext = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ckext.c"),
+    )
+    .unwrap();
+    std::fs::write(
+        &src,
+        format!(
+            "{ckext}\nstatic unsigned char big_table[192 * 1024];\n\
+             unsigned char *prx_table(unsigned i) {{ return &big_table[i]; }}\n"
+        ),
+    )
+    .unwrap();
+    let obj = compile(dir.path(), "big", &src);
+    let linked = link(MACOS11, &[("big.o", &obj)]).unwrap();
+    assert!(
+        linked.bytes.len() < 128 * 1024,
+        "{} bytes",
+        linked.bytes.len()
+    );
+    let path = save(dir.path(), "big", &linked.bytes);
+    let otool = run("llvm-otool-19", &["-l", &path]);
+    let mut file_end = 0;
+    let mut moved = 0;
+    for seg in otool.split("cmd LC_SEGMENT_64").skip(1) {
+        let get = |key: &str| -> u64 {
+            let v = seg
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(key))
+                .unwrap()
+                .trim()
+                .to_string();
+            match v.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).unwrap(),
+                None => v.parse().unwrap(),
+            }
+        };
+        let (vmaddr, fileoff, filesize) = (get("vmaddr "), get("fileoff "), get("filesize "));
+        assert_eq!(fileoff, file_end, "{otool}");
+        file_end = fileoff + filesize;
+        if fileoff < vmaddr {
+            moved += 1;
+        }
+    }
+    assert_eq!(file_end, linked.bytes.len() as u64);
+    assert!(
+        moved >= 2,
+        "__DATA_CONST and __LINKEDIT follow the zero-fill\n{otool}"
+    );
+    let fixups = run("llvm-objdump-19", &["--macho", "--chained-fixups", &path]);
+    assert!(fixups.contains("dyld chained import"), "{fixups}");
+    let report = kextld::verify::verify(&linked.bytes, kextld::kpi::KpiTables::builtin());
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| (f.check == "kpi-symbol" && f.message.contains("_kpi_"))
+                || f.check == "ptrauth"),
+        "{report}"
+    );
+}

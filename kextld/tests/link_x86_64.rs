@@ -735,3 +735,69 @@ fn cli_reports_errors_and_writes_nothing() {
     assert!(err.contains("junk.o: is neither"), "{err}");
     assert!(!out.exists());
 }
+
+/// Zero-fill takes no file space, as with ld64: a 192 KiB `__bss` leaves the file
+/// small, `__LINKEDIT` follows `__DATA`'s file bytes (fileoff below its vmaddr),
+/// llvm-otool reads the result and kextld's verifier accepts it.
+#[test]
+fn zerofill_takes_no_file_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.c");
+    let ckext = std::fs::read_to_string(fixtures().join("ckext.c")).unwrap();
+    std::fs::write(
+        &src,
+        format!(
+            "{ckext}\nstatic unsigned char big_table[192 * 1024];\n\
+             unsigned char *prx_table(unsigned i) {{ return &big_table[i]; }}\n"
+        ),
+    )
+    .unwrap();
+    let obj = compile(dir.path(), &src, &[]);
+    let linked = link(&[("big.o", &obj)]).unwrap();
+    assert!(
+        linked.bytes.len() < 64 * 1024,
+        "{} bytes",
+        linked.bytes.len()
+    );
+    let path = save(dir.path(), "big", &linked.bytes);
+    let otool = run("llvm-otool-19", &["-l", &path]);
+    let field = |seg: &str, key: &str| -> u64 {
+        let at = otool.find(&format!("segname {seg}\n")).unwrap();
+        let line = otool[at..]
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .trim()
+            .to_string();
+        match line.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+            None => line.parse().unwrap(),
+        }
+    };
+    let data_vm = field("__DATA", "vmsize ");
+    let data_file = field("__DATA", "filesize ");
+    assert!(data_vm >= 192 * 1024 && data_file < data_vm, "{otool}");
+    let (le_vm, le_off) = (
+        field("__LINKEDIT", "vmaddr "),
+        field("__LINKEDIT", "fileoff "),
+    );
+    assert_eq!(le_off, field("__DATA", "fileoff ") + data_file, "{otool}");
+    assert_eq!(le_vm, field("__DATA", "vmaddr ") + data_vm, "{otool}");
+    assert!(le_off < le_vm);
+    assert_eq!(
+        le_off + field("__LINKEDIT", "filesize "),
+        linked.bytes.len() as u64
+    );
+    // llvm-nm reads the symbol table at its (moved) file offset.
+    let nm = run("llvm-nm-19", &[&path]);
+    assert!(nm.contains(" _kmod_info\n"), "{nm}");
+    // The segment rules pass (the fixture's made-up KPI names are its only errors).
+    let report = kextld::verify::verify(&linked.bytes, kextld::kpi::KpiTables::builtin());
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.check == "kpi-symbol" && f.message.contains("_kpi_")),
+        "{report}"
+    );
+}

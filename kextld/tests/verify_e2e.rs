@@ -1,10 +1,11 @@
-//! End to end: C sources compiled with clang-19 (`-mkernel`) and the sample
-//! rustc-built kext archives, linked with `kextld::link`, then verified, through
-//! the library and through `kextld verify`.
+//! End to end: C sources compiled with clang-19 (`-mkernel`), linked with
+//! `kextld::link`, then verified, through the library and through `kextld verify`.
+//! (The rustc-built kexts' staticlibs are linked and verified in
+//! `tests/tests/link_rust.rs`, which builds them.)
 //!
 //! These tests need clang-19; they fail (they do not skip) when it is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kextld::kpi::KpiTables;
@@ -183,28 +184,6 @@ fn data_references_through_got_and_pointers_name_their_users() {
     assert_eq!(e.len(), 2, "{report}");
     assert!(e[0].starts_with("_not_a_kpi_callback is exported by no KPI set for x86_64 (referenced from the pointer at _callbacks ("), "{report}");
     assert!(e[1].starts_with("_not_a_kpi_variable is exported by no KPI set for x86_64 (referenced from _prx_start via __DATA,__got+0x0 ("), "{report}");
-}
-
-/// The rustc-built sample kexts (common's kext! macro, fat LTO) link and verify.
-#[test]
-fn sample_rust_kexts_verify_clean() {
-    for (lib, id) in [
-        ("libkext_socket.a", "net.prx.kext.SocketFilter"),
-        ("libkext_ip.a", "net.prx.kext.IPFilter"),
-    ] {
-        let path = PathBuf::from("/work/sample").join(lib);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let linked = link_buffers(
-            Arch::X86_64,
-            MinOs::X86_64_DEFAULT,
-            0,
-            &[(lib.to_string(), bytes)],
-        )
-        .unwrap_or_else(|e| panic!("linking {lib}: {e}"));
-        let report = verify(&linked.bytes, KpiTables::builtin());
-        assert!(report.findings.is_empty(), "{lib}: {report}");
-        assert_eq!(report.slices[0].kmod_name.as_deref(), Some(id));
-    }
 }
 
 #[test]

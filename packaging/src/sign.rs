@@ -432,6 +432,75 @@ pub fn verify_kext(bundle: &Path) -> Result<KextSignature, SignError> {
         .ok_or_else(|| verr("Info.plist has no CFBundleExecutable".into()))?;
     let exe_path = bundle.join("Contents/MacOS").join(exe);
     let data = read(&exe_path)?;
+    verify_macho(bundle, &data, Runtime::Forbidden)
+}
+
+/// Whether a signature must, or must not, carry the hardened-runtime flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// Kexts: never.
+    Forbidden,
+    /// Executables signed with an identity: always (ad-hoc: either).
+    RequiredWhenSigned,
+}
+
+/// Signs the Mach-O executable `src` (thin or universal) into `dst`, with
+/// `identifier` in its code directory. `identity: None` signs ad-hoc (arm64
+/// macOS kills unsigned code); with an identity, the hardened runtime and
+/// `timestamp_url`'s secure timestamp, which notarization requires of
+/// executables.
+pub fn sign_executable(
+    src: &Path,
+    dst: &Path,
+    identifier: &str,
+    identity: Option<&Identity>,
+    timestamp_url: Option<&str>,
+) -> Result<(), SignError> {
+    let sign_err = |message: String| SignError::Sign {
+        path: src.to_path_buf(),
+        message,
+    };
+    let mut settings = SigningSettings::default();
+    settings.set_binary_identifier(SettingsScope::Main, identifier);
+    let flags = if let Some(id) = identity {
+        settings.set_signing_key(&id.key, id.cert.clone());
+        for c in &id.chain {
+            settings.chain_certificate(c.clone());
+        }
+        if settings.set_team_id_from_signing_certificate().is_none()
+            && let Some(team) = id.team_id()
+        {
+            settings.set_team_id(team);
+        }
+        if let Some(url) = timestamp_url {
+            settings
+                .set_time_stamp_url(url)
+                .map_err(|e| sign_err(format!("bad time-stamp URL {url}: {e}")))?;
+        }
+        CodeSignatureFlags::RUNTIME
+    } else {
+        CodeSignatureFlags::empty()
+    };
+    settings.set_code_signature_flags(SettingsScope::Main, flags);
+    UnifiedSigner::new(settings)
+        .sign_path(src, dst)
+        .map_err(|e| sign_err(e.to_string()))
+}
+
+/// Verifies a signed executable (digests and CMS signature of every slice,
+/// with apple-codesign's verifier); a Developer ID signature must have the
+/// hardened-runtime flag.
+pub fn verify_executable(path: &Path) -> Result<KextSignature, SignError> {
+    let data = read(path)?;
+    verify_macho(path, &data, Runtime::RequiredWhenSigned)
+}
+
+fn verify_macho(path: &Path, data: &[u8], runtime: Runtime) -> Result<KextSignature, SignError> {
+    let verr = |message: String| SignError::Verify {
+        path: path.to_path_buf(),
+        message,
+    };
+    let data = data.to_vec();
     let mach = MachFile::parse(&data).map_err(|e| verr(e.to_string()))?;
     // Ad-hoc signatures carry an empty CMS blob, which the verifier reports as
     // a CMS problem; for them only the digests are checked.
@@ -471,7 +540,8 @@ pub fn verify_kext(bundle: &Path) -> Result<KextSignature, SignError> {
             .code_directory()
             .map_err(|e| verr(e.to_string()))?
             .ok_or_else(|| verr("no code directory".into()))?;
-        if cd.flags.contains(CodeSignatureFlags::RUNTIME) {
+        let has_runtime = cd.flags.contains(CodeSignatureFlags::RUNTIME);
+        if runtime == Runtime::Forbidden && has_runtime {
             return Err(verr(
                 "the hardened-runtime flag is set; kexts must not use it".into(),
             ));
@@ -493,6 +563,11 @@ pub fn verify_kext(bundle: &Path) -> Result<KextSignature, SignError> {
         } else {
             None
         };
+        if runtime == Runtime::RequiredWhenSigned && has_cms && !has_runtime {
+            return Err(verr(
+                "signed with an identity but without the hardened runtime, which notarization requires".into(),
+            ));
+        }
         let this = KextSignature {
             signer,
             team_id: cd.team_name.as_ref().map(|t| t.to_string()),

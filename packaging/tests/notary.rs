@@ -32,6 +32,8 @@ fn pkg_spec(dir: &Path) -> PkgSpec {
             bundle_identifier: "net.prx.kext.SocketFilter".into(),
             version: "0.1.0".into(),
         }],
+        tools: Vec::new(),
+        example_config: b"# example\n".to_vec(),
     }
 }
 

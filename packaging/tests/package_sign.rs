@@ -192,6 +192,8 @@ fn unsigned_pkg(dir: &std::path::Path) -> Vec<u8> {
             bundle_identifier: "net.prx.kext.SocketFilter".into(),
             version: "0.1.0".into(),
         }],
+        tools: Vec::new(),
+        example_config: b"# example\n".to_vec(),
     })
     .unwrap()
 }
@@ -216,7 +218,8 @@ fn signed_pkg_has_valid_toc_checksum_rsa_and_cms_signatures() {
         v.signer.as_deref(),
         Some("Developer ID Installer: prx test DeveloperIdInstaller (PRXTEAM001)")
     );
-    assert_eq!(v.file_checksums, 5);
+    // Distribution, the two Resources pages, Bom, Payload, Scripts, PackageInfo.
+    assert_eq!(v.file_checksums, 7);
     assert_eq!(packaging::xar::toc_checksum_style(&signed).unwrap(), "sha1");
     // Independent tools still read it.
     let path = d.path().join("signed.pkg");

@@ -33,7 +33,19 @@ fn spec(dir: &Path, epoch: i64) -> PkgSpec {
                 version: "0.1.0".into(),
             },
         ],
+        tools: vec![pkg::system::ToolInput {
+            path: tool(dir, "prxctl"),
+            name: "prxctl".into(),
+        }],
+        example_config: b"# example configuration\n".to_vec(),
     }
+}
+
+/// A stand-in executable (the packaging code does not look inside it).
+fn tool(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, b"\xcf\xfa\xed\xfe stand-in executable").unwrap();
+    path
 }
 
 fn write_pkg(dir: &Path) -> PathBuf {
@@ -103,7 +115,8 @@ fn payload_listing(dir: &Path, pkg: &Path) -> Vec<(String, String, String, Strin
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (
-                f[f.len() - 1].to_string(),
+                // The name is everything after the date (it may hold spaces).
+                f[8..].join(" "),
                 f[0].to_string(),
                 f[2].to_string(),
                 f[3].to_string(),
@@ -124,26 +137,57 @@ fn payload_has_the_kext_tree_as_root_wheel_with_the_right_modes() {
         paths,
         [
             ".",
-            "./PrxSocketFilter.kext",
-            "./PrxSocketFilter.kext/Contents",
-            "./PrxSocketFilter.kext/Contents/Info.plist",
-            "./PrxSocketFilter.kext/Contents/MacOS",
-            "./PrxSocketFilter.kext/Contents/MacOS/PrxSocketFilter",
-            "./PrxIPFilter.kext",
-            "./PrxIPFilter.kext/Contents",
-            "./PrxIPFilter.kext/Contents/Info.plist",
-            "./PrxIPFilter.kext/Contents/MacOS",
-            "./PrxIPFilter.kext/Contents/MacOS/PrxIPFilter",
+            "./Library",
+            "./Library/Application Support",
+            "./Library/Application Support/prx",
+            "./Library/Application Support/prx/prx.toml.example",
+            "./Library/Extensions",
+            "./Library/Extensions/PrxIPFilter.kext",
+            "./Library/Extensions/PrxIPFilter.kext/Contents",
+            "./Library/Extensions/PrxIPFilter.kext/Contents/Info.plist",
+            "./Library/Extensions/PrxIPFilter.kext/Contents/MacOS",
+            "./Library/Extensions/PrxIPFilter.kext/Contents/MacOS/PrxIPFilter",
+            "./Library/Extensions/PrxSocketFilter.kext",
+            "./Library/Extensions/PrxSocketFilter.kext/Contents",
+            "./Library/Extensions/PrxSocketFilter.kext/Contents/Info.plist",
+            "./Library/Extensions/PrxSocketFilter.kext/Contents/MacOS",
+            "./Library/Extensions/PrxSocketFilter.kext/Contents/MacOS/PrxSocketFilter",
+            "./Library/LaunchDaemons",
+            "./Library/LaunchDaemons/net.prx.apply.plist",
+            "./usr",
+            "./usr/local",
+            "./usr/local/bin",
+            "./usr/local/bin/prxctl",
+            "./usr/local/share",
+            "./usr/local/share/prx",
+            "./usr/local/share/prx/uninstall.sh",
         ]
     );
+    let files = [
+        "prx.toml.example",
+        "Info.plist",
+        "PrxIPFilter",
+        "PrxSocketFilter",
+        "net.prx.apply.plist",
+        "prxctl",
+        "uninstall.sh",
+    ];
+    let dirs: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| !files.iter().any(|f| p.ends_with(&format!("/{f}"))))
+        .collect();
     for (path, mode, uid, gid) in &listing {
         assert_eq!((uid.as_str(), gid.as_str()), ("0", "0"), "{path}");
-        let want = if path.ends_with("Info.plist") {
-            "-rw-r--r--"
-        } else if path.contains("/MacOS/") {
+        let want = if dirs.contains(&path.as_str()) {
+            "drwxr-xr-x"
+        } else if path.contains("/MacOS/")
+            || path.starts_with("./usr/local/bin/")
+            || path.ends_with("uninstall.sh")
+        {
             "-rwxr-xr-x"
         } else {
-            "drwxr-xr-x"
+            "-rw-r--r--"
         };
         assert_eq!(mode, want, "{path}");
     }
@@ -168,10 +212,13 @@ fn payload_has_the_kext_tree_as_root_wheel_with_the_right_modes() {
         None,
     );
     assert!(ok, "{out}");
-    let cpio_paths: Vec<&str> = out
+    let cpio_paths: Vec<String> = out
         .lines()
         .filter(|l| !l.contains("block"))
-        .map(|l| l.split_whitespace().last().unwrap())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f[8..].join(" ")
+        })
         .collect();
     assert_eq!(cpio_paths, paths, "{out}");
     for l in out.lines().filter(|l| !l.contains("block")) {
@@ -189,12 +236,14 @@ fn payload_has_the_kext_tree_as_root_wheel_with_the_right_modes() {
     assert!(ok, "{out}");
     use std::os::unix::fs::PermissionsExt;
     let m = |p: &str| std::fs::metadata(ex.join(p)).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(
-        m("PrxSocketFilter.kext/Contents/MacOS/PrxSocketFilter"),
-        0o755
-    );
-    assert_eq!(m("PrxSocketFilter.kext/Contents/Info.plist"), 0o644);
-    assert_eq!(m("PrxSocketFilter.kext/Contents"), 0o755);
+    let k = "Library/Extensions/PrxSocketFilter.kext/Contents";
+    assert_eq!(m(&format!("{k}/MacOS/PrxSocketFilter")), 0o755);
+    assert_eq!(m(&format!("{k}/Info.plist")), 0o644);
+    assert_eq!(m(k), 0o755);
+    assert_eq!(m("usr/local/bin/prxctl"), 0o755);
+    assert_eq!(m("usr/local/share/prx/uninstall.sh"), 0o755);
+    assert_eq!(m("Library/LaunchDaemons/net.prx.apply.plist"), 0o644);
+    assert_eq!(m("Library/Application Support/prx/prx.toml.example"), 0o644);
 }
 
 /// An independent BOM reader: the block table and vars, then the Paths B-tree
@@ -344,16 +393,21 @@ fn toc_uses_sha1_and_metadata_is_what_installer_reads() {
         "<os-version min=\"10.13\"/>",
         "onConclusion=\"RequireRestart\"",
         "#prx.pkg</pkg-ref>",
+        "<welcome file=\"welcome.html\" mime-type=\"text/html\"/>",
+        "<conclusion file=\"conclusion.html\" mime-type=\"text/html\"/>",
     ] {
         assert!(dist.contains(needle), "{needle} in {dist}");
     }
     let info = std::fs::read_to_string(x.join("prx.pkg/PackageInfo")).unwrap();
     for needle in [
-        "install-location=\"/Library/Extensions\"",
+        "install-location=\"/\"",
+        "overwrite-permissions=\"false\"",
         "auth=\"root\"",
         "format-version=\"2\"",
-        "numberOfFiles=\"11\"",
+        "numberOfFiles=\"25\"",
+        "<preinstall file=\"./preinstall\"/>",
         "<postinstall file=\"./postinstall\"/>",
+        "path=\"./Library/Extensions/PrxSocketFilter.kext\"",
     ] {
         assert!(info.contains(needle), "{needle} in {info}");
     }
@@ -372,32 +426,18 @@ fn toc_uses_sha1_and_metadata_is_what_installer_reads() {
             .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("./postinstall")),
         "{out}"
     );
-    // The postinstall script is valid sh.
-    let (ok, out) = run(
-        "bsdtar",
-        &[
-            "-xf",
-            x.join("prx.pkg/Scripts").to_str().unwrap(),
-            "-C",
-            x.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
-    let (ok, out) = run("sh", &["-n", x.join("postinstall").to_str().unwrap()], None);
-    assert!(ok, "{out}");
-    // Run against a non-root target it does nothing and succeeds.
-    let (ok, out) = run(
-        "sh",
-        &[
-            x.join("postinstall").to_str().unwrap(),
-            "pkg",
-            "/tmp/t",
-            "/Volumes/Other",
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
+    for name in [
+        "Resources/en.lproj/welcome.html",
+        "Resources/en.lproj/conclusion.html",
+    ] {
+        let page = std::fs::read_to_string(x.join(name)).unwrap();
+        assert!(
+            page.contains("Reduced Security") || page.contains("uninstall.sh"),
+            "{name}"
+        );
+    }
+    // The scripts themselves are checked (sh -n, shellcheck, runs against a
+    // fake root) in tests/scripts.rs.
 }
 
 #[test]
@@ -421,8 +461,14 @@ fn install_check_reports_root_wheel_under_library_extensions() {
     let report = pkg::check::check(&pkg, &staging).unwrap();
     assert!(report.xar.toc_checksum && !report.xar.rsa_signature && !report.xar.cms_signature);
     let c = &report.components[0];
-    assert_eq!(c.install_location, "/Library/Extensions");
-    assert_eq!(c.scripts, [("postinstall".to_string(), 0o100755)]);
+    assert_eq!(c.install_location, "/");
+    assert_eq!(
+        c.scripts,
+        [
+            ("postinstall".to_string(), 0o100755),
+            ("preinstall".to_string(), 0o100755)
+        ]
+    );
     assert!(c.installed.iter().all(|i| i.uid == 0 && i.gid == 0));
     assert!(c.installed.iter().any(|i| i.path
         == "/Library/Extensions/PrxIPFilter.kext/Contents/MacOS/PrxIPFilter"

@@ -36,6 +36,8 @@
 //! an error changes nothing in the kext.
 
 pub mod applicability;
+pub mod apply;
+pub mod config;
 pub mod rules_file;
 pub mod show;
 pub mod transport;

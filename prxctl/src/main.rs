@@ -30,6 +30,7 @@ fn socket_addr_arg(s: &str) -> Result<SocketAddr, String> {
 #[derive(Parser)]
 #[command(
     name = "prxctl",
+    version,
     about = "Control PrxSocketFilter.kext and PrxIPFilter.kext: rules, proxies, status, lookups"
 )]
 struct Cli {
@@ -106,6 +107,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ProxyCmd,
     },
+    /// Bring both kexts to the configuration FILE (default: /Library/Application
+    /// Support/prx/prx.toml): the whole file is checked first, then only what
+    /// differs is changed, and printed.
+    Apply {
+        /// The configuration (TOML; see prx.toml.example).
+        file: Option<PathBuf>,
+        /// Only check the file; change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Load the kexts first when they are not loaded (kmutil or kextload).
+        #[arg(long, conflicts_with = "check")]
+        load: bool,
+        /// Where apply remembers the rule sets it installed.
+        #[arg(long, hide = true, value_name = "DIR", default_value = prxctl::apply::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// What the kext logs: off (start and stop only), decisions (also rule
     /// changes, redirects, blocks, failures: the default) or debug (also what
     /// passes). Rate-limited; with no level given, shows it.
@@ -162,7 +179,10 @@ enum ProxyCmd {
 }
 
 fn open(cli: &Cli) -> Result<Box<dyn Transport>> {
-    let name = cli.kext.control();
+    open_control(cli, cli.kext.control())
+}
+
+fn open_control(cli: &Cli, name: &str) -> Result<Box<dyn Transport>> {
     if let Some(path) = &cli.emu {
         // SAFETY: geteuid cannot fail and has no preconditions.
         let uid = cli.as_uid.unwrap_or_else(|| unsafe { libc::geteuid() });
@@ -213,6 +233,12 @@ fn warn_inapplicable(cli: &Cli, file: &std::path::Path, f: &prxctl::rules_file::
 
 fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
+        Cmd::Apply {
+            file,
+            check,
+            load,
+            state_dir,
+        } => apply(&cli, file.as_deref(), *check, *load, state_dir)?,
         Cmd::Rules {
             cmd: RulesCmd::Check { file },
         } => {
@@ -330,6 +356,93 @@ fn run(cli: Cli) -> Result<()> {
             let mut t = open(&cli)?;
             prxctl::set_proxies(t.as_mut(), &p).context("setting the proxies")?;
             println!("proxies set");
+        }
+    }
+    Ok(())
+}
+
+/// `prxctl apply` (see `prxctl::apply`).
+fn apply(
+    cli: &Cli,
+    file: Option<&std::path::Path>,
+    check: bool,
+    load: bool,
+    state_dir: &std::path::Path,
+) -> Result<()> {
+    use prxctl::apply::{KEXTS, part};
+    let path = file.unwrap_or(std::path::Path::new(prxctl::config::DEFAULT_PATH));
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = prxctl::config::parse(&text).map_err(|e| {
+        anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message)
+    })?;
+    if check {
+        println!(
+            "{}: ok; {}",
+            path.display(),
+            prxctl::apply::summary(&config)
+        );
+        return Ok(());
+    }
+    if load && cli.emu.is_some() {
+        bail!("--load loads kexts into macOS; the emulator behind --emu loads its own");
+    }
+    // Every configured kext is reached (and answers) before anything changes;
+    // then each is configured over a connection of its own (the emulator's
+    // bridge serves one connection at a time).
+    let mut targets = Vec::new();
+    for k in &KEXTS {
+        let Some(want) = part(&config, k) else {
+            println!("{}: not in {}; left as it is", k.table, path.display());
+            continue;
+        };
+        let t = match open_control(cli, k.control) {
+            Ok(t) => t,
+            Err(e) if load => {
+                let major = prxctl::apply::macos_major().context("reading the macOS version")?;
+                let (prog, args) = prxctl::apply::load_command(major, k);
+                println!("{}: not loaded; running {prog} {}", k.table, args.join(" "));
+                let status = std::process::Command::new(&prog)
+                    .args(&args)
+                    .status()
+                    .with_context(|| format!("running {prog}"))?;
+                if !status.success() {
+                    bail!(
+                        "{prog} {} failed ({status}): approve the kext in System Settings > Privacy & Security and restart (first error: {e:#})",
+                        args.join(" ")
+                    );
+                }
+                let mut last = e;
+                let mut opened = None;
+                for _ in 0..20 {
+                    match open_control(cli, k.control) {
+                        Ok(t) => {
+                            opened = Some(t);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                opened.with_context(|| format!("{} loaded, but: {last:#}", k.bundle))?
+            }
+            Err(e) => return Err(e.context(format!("{}: nothing was changed", k.table))),
+        };
+        let mut t = t;
+        prxctl::status(t.as_mut())
+            .with_context(|| format!("{}: reading the status; nothing was changed", k.table))?;
+        drop(t);
+        targets.push((k, want));
+    }
+    for (k, want) in targets {
+        let mut t = open_control(cli, k.control)?;
+        let changed = prxctl::apply::apply_kext(t.as_mut(), k, want, state_dir)
+            .with_context(|| format!("applying [{}]", k.table))?;
+        if changed.is_empty() {
+            println!("{}: unchanged", k.table);
+        }
+        for c in changed {
+            println!("{}: {c}", k.table);
         }
     }
     Ok(())

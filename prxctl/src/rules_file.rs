@@ -69,15 +69,16 @@ pub struct RuleFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Raw {
-    default: Option<Spanned<String>>,
+pub(crate) struct Raw {
+    pub(crate) default: Option<Spanned<String>>,
     #[serde(default)]
-    rule: Vec<RawRule>,
+    pub(crate) rule: Vec<RawRule>,
 }
 
-#[derive(Deserialize)]
+/// One `[[rule]]` table as written (also inside `prx.toml`'s kext tables).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
+pub(crate) struct RawRule {
     protocol: Option<Spanned<String>>,
     dst: Option<Spanned<String>>,
     ports: Option<Spanned<toml::Value>>,
@@ -94,7 +95,7 @@ fn position(src: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn err_at(src: &str, span: Range<usize>, message: String) -> FileError {
+pub(crate) fn err_at(src: &str, span: Range<usize>, message: String) -> FileError {
     let (line, column) = position(src, span.start);
     FileError {
         line,
@@ -194,6 +195,11 @@ pub fn parse(src: &str) -> Result<RuleFile, FileError> {
         let span = e.span().unwrap_or(0..0);
         err_at(src, span, e.message().trim().to_string())
     })?;
+    from_raw(src, &raw)
+}
+
+/// Validates a rule set deserialized from `src` (spans are offsets in `src`).
+pub(crate) fn from_raw(src: &str, raw: &Raw) -> Result<RuleFile, FileError> {
     let default = match &raw.default {
         None => Action::Direct,
         Some(d) => action(d.get_ref()).ok_or_else(|| {

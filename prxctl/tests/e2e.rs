@@ -30,7 +30,7 @@ fn main() {
             }
         }
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
         (
             "prxctl_drives_the_socket_filter_in_the_emulator",
             prxctl_drives_the_socket_filter_in_the_emulator,
@@ -38,6 +38,10 @@ fn main() {
         (
             "prxctl_drives_the_ip_filter_in_the_emulator",
             prxctl_drives_the_ip_filter_in_the_emulator,
+        ),
+        (
+            "prxctl_applies_prx_toml_to_both_kexts_in_the_emulator",
+            prxctl_applies_prx_toml_to_both_kexts_in_the_emulator,
         ),
     ];
     if std::env::args().any(|a| a == "--list") {
@@ -93,6 +97,11 @@ type Scenario = std::thread::JoinHandle<vm::emu::ScenarioReport>;
 /// Starts the `ctl-bridge` scenario with `kext` in the emulator; returns when
 /// the bridge listens on `sock`.
 fn start_bridge(kext: PathBuf, sock: &Path) -> Scenario {
+    start_bridge_with(vec![kext], sock)
+}
+
+/// [`start_bridge`] with several kexts loaded.
+fn start_bridge_with(kexts: Vec<PathBuf>, sock: &Path) -> Scenario {
     let opts = RunOptions {
         runner: Runner {
             program: std::env::current_exe().expect("current exe"),
@@ -102,7 +111,7 @@ fn start_bridge(kext: PathBuf, sock: &Path) -> Scenario {
                 sock.display().to_string(),
             ],
         },
-        kexts: vec![kext],
+        kexts,
         timeout: Duration::from_secs(150),
         faults: None,
     };
@@ -615,4 +624,152 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
         "{:?}",
         r.log
     );
+}
+
+/// `prxctl apply`: one prx.toml brings both kexts (loaded together in the
+/// emulator) to its state; a second apply changes nothing; an edit changes
+/// only what it edits; a bad file changes nothing and names its line.
+fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
+    let kexts = vec![kext("socket"), kext("ip")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ctl.sock");
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().expect("utf-8 path");
+    let conf = dir.path().join("prx.toml");
+    let conf_arg = conf.to_str().expect("utf-8 path");
+    let config = |socket_dst: &str| {
+        format!(
+            "[socket-filter]\n\
+             enabled = true\n\
+             proxy = [\"127.0.0.1:1080\"]\n\
+             proxy-process = \"microsocks\"\n\
+             default = \"direct\"\n\
+             [[socket-filter.rule]]\n\
+             dst = \"{socket_dst}\"\n\
+             action = \"proxy\"\n\
+             \n\
+             [ip-filter]\n\
+             enabled = false\n\
+             proxy = [\"192.0.2.1:3128\", \"[2001:db8:2::1]:3128\"]\n\
+             [ip-filter.timeouts]\n\
+             udp-idle = 30\n\
+             [[ip-filter.rule]]\n\
+             protocol = \"udp\"\n\
+             dst = \"198.51.100.0/24\"\n\
+             action = \"proxy\"\n\
+             [[ip-filter.rule]]\n\
+             dst = \"203.0.113.0/24\"\n\
+             action = \"block\"\n"
+        )
+    };
+    std::fs::write(&conf, config("203.0.113.0/24")).expect("write prx.toml");
+
+    // --check needs no kext.
+    let nowhere = Ctl {
+        sock: dir.path().join("no-bridge.sock"),
+        pre: vec![],
+    };
+    let out = nowhere.ok(&["apply", "--check", conf_arg]);
+    assert!(
+        out.contains(": ok; socket-filter: enabled, 1 rules"),
+        "{out}"
+    );
+    assert!(out.contains("ip-filter: disabled, 2 rules"), "{out}");
+
+    let scenario = start_bridge_with(kexts, &sock);
+    let ctl = Ctl {
+        sock: sock.clone(),
+        pre: vec!["--as-uid".into(), "0".into()],
+    };
+    let ip = Ctl {
+        sock: sock.clone(),
+        pre: vec!["--as-uid".into(), "0".into(), "--kext".into(), "ip".into()],
+    };
+    let apply = ["apply", conf_arg, "--state-dir", state_arg];
+
+    // The emulator loads its own kexts: --load is refused, nothing changes.
+    let e = ctl.fails(&["apply", conf_arg, "--state-dir", state_arg, "--load"]);
+    assert!(e.contains("--load"), "{e}");
+
+    let out = ctl.ok(&apply);
+    for line in [
+        "socket-filter: proxies 127.0.0.1:1080 process microsocks (were none)",
+        "socket-filter: rules: 1 rules, default direct",
+        "ip-filter: disabled",
+        "ip-filter: proxies 192.0.2.1:3128 [2001:db8:2::1]:3128 (were none)",
+        "ip-filter: NAT timeouts TCP idle 7200 s, TCP after close 10 s, UDP idle 30 s",
+        "ip-filter: rules: 2 rules, default direct",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    // The socket filter starts enabled: nothing to say about it.
+    assert!(!out.contains("socket-filter: enabled"), "{out}");
+    let s = ctl.ok(&["status"]);
+    assert!(s.contains("filtering:        enabled"), "{s}");
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 1)"),
+        "{s}"
+    );
+    assert!(s.contains("proxy process:    name microsocks"), "{s}");
+    let s = ip.ok(&["status"]);
+    assert!(s.contains("filtering:        disabled"), "{s}");
+    assert!(
+        s.contains("rules:            2 (rule sets installed: 1)"),
+        "{s}"
+    );
+    assert!(s.contains("proxy (IPv6):     [2001:db8:2::1]:3128"), "{s}");
+    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
+
+    // Idempotent.
+    let out = ctl.ok(&apply);
+    assert_eq!(out, "socket-filter: unchanged\nip-filter: unchanged\n");
+    let s = ctl.ok(&["status"]);
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 1)"),
+        "{s}"
+    );
+
+    // Someone else changes the socket filter's rules: apply puts them back.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "default = \"block\"\n").expect("write");
+    ctl.ok(&["rules", "load", other.to_str().expect("utf-8 path")]);
+    let out = ctl.ok(&apply);
+    assert_eq!(
+        out,
+        "socket-filter: rules: 1 rules, default direct\nip-filter: unchanged\n"
+    );
+
+    // An edit changes what it edits.
+    std::fs::write(&conf, config("198.18.0.0/15")).expect("write prx.toml");
+    let out = ctl.ok(&apply);
+    assert_eq!(
+        out,
+        "socket-filter: rules: 1 rules, default direct\nip-filter: unchanged\n"
+    );
+    let s = ctl.ok(&["status"]);
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 4)"),
+        "{s}"
+    );
+
+    // A bad file (an error in the IP filter's part) changes nothing, not even
+    // the socket filter's valid part.
+    let bad = config("192.0.2.0/24").replace("udp-idle = 30", "udp-idle = 0");
+    std::fs::write(&conf, bad).expect("write prx.toml");
+    let e = ctl.fails(&apply);
+    assert!(
+        e.contains(&format!(
+            "{conf_arg}:14:12: [ip-filter] `timeouts.udp-idle` = 0"
+        )),
+        "{e}"
+    );
+    let s = ctl.ok(&["status"]);
+    assert!(
+        s.contains("rules:            1 (rule sets installed: 4)"),
+        "{s}"
+    );
+    let s = ip.ok(&["status"]);
+    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
+
+    finish_bridge(&sock, scenario);
 }

@@ -60,6 +60,19 @@ pub fn release_bundles() -> &'static [xtask::build::BuiltBundle] {
     })
 }
 
+/// The release macOS tools (universal prxctl, …), built once per test process
+/// by the same code `cargo xtask build --release` runs.
+pub fn release_tools() -> &'static [xtask::tools::BuiltTool] {
+    static BUILT: OnceLock<Vec<xtask::tools::BuiltTool>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = root();
+        match xtask::tools::build(&root, &root.join("target"), true) {
+            Ok(t) => t,
+            Err(e) => panic!("building the macOS tools failed: {e:#}"),
+        }
+    })
+}
+
 /// `Contents/MacOS/<CFBundleExecutable>` of a bundle.
 pub fn executable_of(bundle: &Path) -> PathBuf {
     let plist =

@@ -54,6 +54,31 @@ fn kext_staticlibs_link_reproducibly_with_only_kpi_symbols_undefined() {
     }
 }
 
+/// The kexts' staticlibs, linked by kextld's library entry point, verify with no
+/// finding at all and carry their own bundle identifiers in `kmod_info`.
+#[test]
+fn kext_staticlibs_link_and_verify_clean() {
+    let ids = [
+        ("kext-socket", "net.prx.kext.SocketFilter"),
+        ("kext-ip", "net.prx.kext.IPFilter"),
+    ];
+    let libs = staticlibs();
+    for (name, id) in ids {
+        let lib = &libs[name];
+        let bytes = std::fs::read(lib).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
+        let linked = kextld::link::link_buffers(
+            Arch::X86_64,
+            MinOs::X86_64_DEFAULT,
+            0,
+            &[(name.to_string(), bytes)],
+        )
+        .unwrap_or_else(|e| panic!("linking {name}: {e}"));
+        let report = kextld::verify::verify(&linked.bytes, kextld::kpi::KpiTables::builtin());
+        assert!(report.findings.is_empty(), "{name}: {report}");
+        assert_eq!(report.slices[0].kmod_name.as_deref(), Some(id), "{name}");
+    }
+}
+
 #[test]
 fn c_kext_takes_memset_from_a_rust_staticlibs_compiler_builtins() {
     let dir = tempfile::tempdir().unwrap();

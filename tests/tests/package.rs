@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use apple_codesign::{CertificateProfile, create_self_signed_code_signing_certificate};
 use packaging::sign::{IdentitySource, PasswordSource};
-use prx_tests::{release_bundles, tool, tool_status};
+use prx_tests::{release_bundles, release_tools, thin, tool, tool_status};
 use x509_certificate::KeyAlgorithm;
 use xtask::package::{PackageOptions, package};
 
@@ -45,6 +45,8 @@ fn options(out: &Path) -> PackageOptions {
         timestamp_url: None,
         epoch: xtask::package::DEFAULT_EPOCH,
         notarize: false,
+        tools: release_tools().iter().map(|t| t.path.clone()).collect(),
+        example_config: xtask::package::default_example_config(&xtask::workspace_root()),
         default_bundles: false,
     }
 }
@@ -92,6 +94,18 @@ fn developer_id_signed_kexts_and_pkg_verify_and_install_as_root_wheel() {
             .unwrap()
             .starts_with("Developer ID Installer:")
     );
+    // prxctl: Developer ID Application, hardened runtime, both slices.
+    let (name, sig) = &done.tools[0];
+    assert_eq!(name, "prxctl");
+    assert_eq!(sig.slices, 2);
+    assert_eq!(sig.identifier, "net.prx.prxctl");
+    assert_ne!(sig.flags & 0x10000, 0, "hardened runtime");
+    assert!(
+        sig.signer
+            .as_deref()
+            .unwrap()
+            .starts_with("Developer ID Application:")
+    );
     assert!(done.pkg.ends_with("prx-0.1.0.pkg"));
     let bytes = std::fs::read(&done.pkg).unwrap();
     let v = packaging::xar::verify(&bytes).unwrap();
@@ -108,7 +122,7 @@ fn developer_id_signed_kexts_and_pkg_verify_and_install_as_root_wheel() {
 
     let report = xtask::package::check(&done.pkg).unwrap();
     let c = &report.components[0];
-    assert_eq!(c.install_location, "/Library/Extensions");
+    assert_eq!(c.install_location, "/");
     for exe in [
         "PrxSocketFilter.kext/Contents/MacOS/PrxSocketFilter",
         "PrxIPFilter.kext/Contents/MacOS/PrxIPFilter",
@@ -213,4 +227,220 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
     let e = format!("{:#}", package(&options(&blocker)).unwrap_err());
     assert!(e.contains("blocker"), "{e}");
     assert_eq!(std::fs::read(&blocker).unwrap(), b"not a directory");
+}
+
+/// The exports of a libSystem text stub (TAPI .tbd v4, YAML) for `target`
+/// (`x86_64-macos`, `arm64-macos`): every `symbols`, `weak-symbols` and
+/// `thread-local-symbols` list under `exports`/`reexports` of an entry whose
+/// `targets` include it, in every document (libSystem and the libraries it
+/// re-exports). Written here, independently of the linker.
+fn tbd_exports(text: &str, target: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut section = String::new();
+    let mut targets_ok = false;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with([' ', '-']) {
+            section = line.split(':').next().unwrap_or("").to_string();
+        }
+        let t = line.trim_start().trim_start_matches("- ").trim_start();
+        let Some((key, rest)) = t.split_once(':') else {
+            continue;
+        };
+        if !rest.trim_start().starts_with('[') {
+            continue;
+        }
+        let mut list = rest.to_string();
+        while !list.contains(']') {
+            list.push_str(lines.next().expect("unterminated list"));
+        }
+        let items = list
+            .trim()
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap()
+            .split(',')
+            .map(|s| s.trim().trim_matches('\'').to_string())
+            .filter(|s| !s.is_empty());
+        match key {
+            "targets" => targets_ok = items.clone().any(|s| s == target),
+            "symbols" | "weak-symbols" | "thread-local-symbols"
+                if targets_ok && (section == "exports" || section == "reexports") =>
+            {
+                out.extend(items)
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// An independent check of a thin slice's code signature: LC_CODE_SIGNATURE
+/// → SuperBlob → CodeDirectory (SHA-256), every page hash recomputed over the
+/// file up to codeLimit (which must be where the signature starts). Returns
+/// (identifier, flags).
+fn check_code_signature(slice: &[u8]) -> (String, u32) {
+    assert_eq!(le32(slice, 0), 0xFEED_FACF);
+    let ncmds = le32(slice, 16) as usize;
+    let mut at = 32;
+    let mut sig = None;
+    for _ in 0..ncmds {
+        let (cmd, size) = (le32(slice, at), le32(slice, at + 4) as usize);
+        if cmd == 0x1d {
+            sig = Some((le32(slice, at + 8) as usize, le32(slice, at + 12) as usize));
+        }
+        at += size;
+    }
+    let (off, size) = sig.expect("LC_CODE_SIGNATURE");
+    assert_eq!(off + size, slice.len(), "the signature ends the slice");
+    let sb = &slice[off..off + size];
+    assert_eq!(be32(sb, 0), 0xFADE_0CC0, "embedded-signature SuperBlob");
+    let count = be32(sb, 8) as usize;
+    let cd_off = (0..count)
+        .find(|i| be32(sb, 12 + i * 8) == 0)
+        .map(|i| be32(sb, 16 + i * 8) as usize)
+        .expect("a CodeDirectory slot");
+    let cd = &sb[cd_off..];
+    assert_eq!(be32(cd, 0), 0xFADE_0C02, "CodeDirectory magic");
+    let flags = be32(cd, 12);
+    let hash_offset = be32(cd, 16) as usize;
+    let ident_offset = be32(cd, 20) as usize;
+    let n_code = be32(cd, 28) as usize;
+    let code_limit = be32(cd, 32) as usize;
+    let (hash_size, hash_type, page_log2) = (cd[36] as usize, cd[37], cd[39]);
+    assert_eq!((hash_size, hash_type), (32, 2), "SHA-256");
+    assert_eq!(
+        code_limit, off,
+        "the code directory covers everything before it"
+    );
+    let page = 1usize << page_log2;
+    assert_eq!(n_code, code_limit.div_ceil(page));
+    for i in 0..n_code {
+        let chunk = &slice[i * page..((i + 1) * page).min(code_limit)];
+        let want = &cd[hash_offset + i * hash_size..hash_offset + (i + 1) * hash_size];
+        let got = <sha2::Sha256 as sha2::Digest>::digest(chunk);
+        assert_eq!(got.as_slice(), want, "page {i} hash");
+    }
+    let ident = &cd[ident_offset..];
+    let end = ident.iter().position(|b| *b == 0).unwrap();
+    (String::from_utf8(ident[..end].to_vec()).unwrap(), flags)
+}
+
+#[test]
+fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem() {
+    let d = tempfile::tempdir().unwrap();
+    let done = package(&options(&d.path().join("out"))).unwrap();
+    let (name, sig) = &done.tools[0];
+    assert_eq!(
+        (name.as_str(), sig.slices, sig.signer.as_deref()),
+        ("prxctl", 2, None)
+    );
+
+    // Out of the pkg with bsdtar only.
+    let x = d.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    tool(
+        "bsdtar",
+        &["-xf", done.pkg.to_str().unwrap(), "-C", x.to_str().unwrap()],
+    );
+    let root = x.join("root");
+    std::fs::create_dir(&root).unwrap();
+    tool(
+        "bsdtar",
+        &[
+            "-xf",
+            x.join("prx.pkg/Payload").to_str().unwrap(),
+            "-C",
+            root.to_str().unwrap(),
+        ],
+    );
+    for f in [
+        "Library/LaunchDaemons/net.prx.apply.plist",
+        "Library/Application Support/prx/prx.toml.example",
+        "usr/local/share/prx/uninstall.sh",
+    ] {
+        assert!(root.join(f).is_file(), "{f} in the payload");
+    }
+    let example =
+        std::fs::read_to_string(root.join("Library/Application Support/prx/prx.toml.example"))
+            .unwrap();
+    prxctl::config::parse(&example).expect("the shipped example configuration is valid");
+
+    let prxctl = root.join("usr/local/bin/prxctl");
+    let p = prxctl.to_str().unwrap();
+    let info = tool("llvm-lipo-19", &["-info", p]);
+    assert!(info.trim_end().ends_with("are: x86_64 arm64"), "{info}");
+
+    let tbd = std::fs::read_to_string(xtask::tools::libsystem_stub(
+        &xtask::workspace_root().join("target"),
+    ))
+    .unwrap();
+    for (arch, target, min) in [
+        ("x86_64", "x86_64-macos", "10.13"),
+        ("arm64", "arm64-macos", "11.0"),
+    ] {
+        let t = thin(&prxctl, arch);
+        let ts = t.to_str().unwrap();
+        let hv = tool("llvm-otool-19", &["-hv", ts]);
+        assert!(hv.contains(" EXECUTE "), "{arch}: {hv}");
+        let libs = tool("llvm-otool-19", &["-L", ts]);
+        let libs: Vec<&str> = libs.lines().skip(1).map(|l| l.trim()).collect();
+        assert_eq!(libs.len(), 1, "{arch}: {libs:?}");
+        assert!(
+            libs[0].starts_with("/usr/lib/libSystem.B.dylib "),
+            "{arch}: {libs:?}"
+        );
+        // The minimum macOS: LC_BUILD_VERSION for arm64 (11.0); for x86_64's
+        // 10.13, LC_VERSION_MIN_MACOSX, as Apple's ld64 also writes below 10.14.
+        let l = tool("llvm-otool-19", &["-l", ts]);
+        let (cmd, key) = if arch == "arm64" {
+            ("LC_BUILD_VERSION", "minos")
+        } else {
+            ("LC_VERSION_MIN_MACOSX", "version")
+        };
+        let block = l
+            .split("Load command")
+            .find(|b| b.contains(cmd))
+            .unwrap_or_else(|| panic!("{arch}: no {cmd}"));
+        assert!(
+            block
+                .lines()
+                .any(|x| x.split_whitespace().collect::<Vec<_>>() == [key, min]),
+            "{arch}: {block}"
+        );
+        // Every undefined symbol is exported by the stub, for this target.
+        let exports = tbd_exports(&tbd, target);
+        assert!(exports.len() > 1000, "{target}: {} exports", exports.len());
+        let undefined = tool("llvm-nm-19", &["-u", ts]);
+        let undefined: Vec<&str> = undefined
+            .lines()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert!(undefined.len() > 20, "{arch}: {undefined:?}");
+        for s in &undefined {
+            assert!(
+                exports.contains(*s),
+                "{arch}: {s} is not exported by libSystem.tbd"
+            );
+        }
+        // The signature, checked without apple-codesign.
+        let bytes = std::fs::read(&t).unwrap();
+        let (ident, flags) = check_code_signature(&bytes);
+        assert_eq!(ident, "net.prx.prxctl", "{arch}");
+        assert_eq!(flags & 0x2, 0x2, "{arch}: ad-hoc");
+        std::fs::remove_file(&t).unwrap();
+    }
+    // And apple-codesign's verifier, on the file as installed.
+    let v = packaging::sign::verify_executable(&prxctl).unwrap();
+    assert_eq!(v.slices, 2);
 }

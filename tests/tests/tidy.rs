@@ -158,3 +158,109 @@ fn rustfmt_is_clean() {
         );
     }
 }
+
+/// Directories whose absolute paths belong to one development machine: a
+/// workspace, root's or a user's home, or a fixed temporary directory. Written
+/// without their slashes so that this file does not name them itself.
+const MACHINE_DIRS: [&str; 8] = [
+    "work",
+    "root",
+    "home",
+    "Users",
+    "tmp",
+    "var tmp",
+    "var folders",
+    "private tmp",
+];
+
+/// A line may name a path on the macOS guest (the ssh backend's work directory)
+/// when it says so with this marker.
+const GUEST_PATH_MARKER: &str = "tidy: a path on the macOS guest";
+
+/// The absolute machine paths `line` names: an occurrence of `/<dir>/` for a dir
+/// of [`MACHINE_DIRS`] that starts a path (not `target/tmp/`, `../work/`, `~/tmp/`).
+fn machine_paths(line: &str) -> Vec<String> {
+    if line.contains(GUEST_PATH_MARKER) {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for dir in MACHINE_DIRS {
+        let needle = format!("/{}/", dir.replace(' ', "/"));
+        for (at, _) in line.match_indices(&needle) {
+            let starts_path = line[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || "._-/~$".contains(c)));
+            if starts_path {
+                let end = line[at..]
+                    .find(|c: char| c.is_whitespace() || "\"'`),;]>".contains(c))
+                    .map_or(line.len(), |n| at + n);
+                found.push(line[at..end].to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// The files git tracks, read as text (binary files are skipped: they cannot
+/// name a path a test would open).
+fn tracked_text_files(root: &Path) -> Vec<(String, String)> {
+    let out = std::process::Command::new("git")
+        .current_dir(root)
+        .args(["ls-files", "-z"])
+        .output()
+        .expect("running `git ls-files` (the tidy checks read the files git tracks)");
+    assert!(out.status.success(), "git ls-files failed");
+    out.stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| {
+            let rel = String::from_utf8_lossy(p).into_owned();
+            let text = String::from_utf8(std::fs::read(root.join(&rel)).ok()?).ok()?;
+            Some((rel, text))
+        })
+        .collect()
+}
+
+/// No tracked file (source, test, script, doc, configuration) names an absolute
+/// path of a development machine: a test that reads one passes only where that
+/// path happens to exist. Paths made at run time under `std::env::temp_dir()`
+/// or a `tempfile` directory are fine; the shared documents are `../shared/`.
+#[test]
+fn no_tracked_file_names_a_development_machine_path() {
+    let root = prx_tests::root();
+    let mut offenders = Vec::new();
+    for (rel, text) in tracked_text_files(&root) {
+        if rel == "Cargo.lock" {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            for path in machine_paths(line) {
+                offenders.push(format!("{rel}:{}: {path}", n + 1));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "tracked files name absolute paths of a development machine; build them at run time \
+         (std::env::temp_dir(), tempfile, the workspace root from CARGO_MANIFEST_DIR) or, for a \
+         path on the macOS guest, say so with `{GUEST_PATH_MARKER}` on the line:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn machine_paths_are_recognised_where_they_start_a_path() {
+    let p = |s: &str| machine_paths(s);
+    let tmp = format!("/{}/", "tmp");
+    let work = format!("/{}/", "work");
+    assert_eq!(
+        p(&format!("let path = PathBuf::from(\"{work}sample\");")),
+        [format!("{work}sample")]
+    );
+    assert_eq!(p(&format!("cd {tmp}clean && ls")), [format!("{tmp}clean")]);
+    let home = format!("/{}/ann/x/y.md", "home");
+    assert_eq!(p(&format!("see `{home}`")), [home.clone()]);
+    assert!(p("target/tmp/x and ../work/y and ~/tmp/z and $TMPDIR/x").is_empty());
+    assert!(p(&format!("w = \"{tmp}w\" # {GUEST_PATH_MARKER}")).is_empty());
+}

@@ -164,6 +164,15 @@ impl Sshd {
         g.panic_report_dirs = vec![self.state().join("reports").display().to_string()];
         g.command_timeout = Duration::from_secs(20);
         g.install_timeout = Duration::from_secs(20);
+        // What the pkg installs at /usr/local/bin/prxctl and
+        // /usr/local/share/prx/uninstall.sh: the installer double copies the
+        // doubles below the state directory.
+        let root = self.state().join("root");
+        g.prxctl = root.join("usr/local/bin/prxctl").display().to_string();
+        g.uninstaller = root
+            .join("usr/local/share/prx/uninstall.sh")
+            .display()
+            .to_string();
         g
     }
 }
@@ -248,10 +257,22 @@ fn ssh_backend_full_flow_on_loopback_sshd_with_doubles_not_macos() {
         "nc -l 127.0.0.1 18080",
         "curl -sS -m 5 -o /dev/null http://203.0.113.10:80/prx-vmtest",
         "prxctl status",
+        "prxctl enable",
         "prxctl disable",
+        "prxctl --version",
     ] {
         assert!(calls.contains(needle), "`{needle}` not called:\n{calls}");
     }
+    // The installed prxctl, by its absolute path, is the one used.
+    assert!(
+        calls.contains("sudo -n /") && !calls.contains("sudo -n prxctl"),
+        "{calls}"
+    );
+    assert!(
+        all_text(&r[0]).contains("installed prxctl is the built version"),
+        "{}",
+        all_text(&r[0])
+    );
     // IP filter unloaded before the socket filter (reverse load order).
     let ip = calls
         .find("kmutil unload -b net.prx.kext.IPFilter")
@@ -609,11 +630,11 @@ fn ssh_backend_ip_nat_on_loopback_sshd_not_macos() {
         "route -n get 203.0.113.10",
         "ipconfig getifaddr en0",
         "nc -l 192.168.64.5 18080",
-        "sudo -n prxctl --kext ip proxy set 192.168.64.5:18080",
-        "sudo -n prxctl --kext ip rules load ",
-        "sudo -n prxctl --kext ip status",
+        "prxctl --kext ip proxy set 192.168.64.5:18080",
+        "prxctl --kext ip rules load ",
+        "prxctl --kext ip status",
         "curl -sS -m 5 -o /dev/null http://203.0.113.10:80/prx-vmtest",
-        "sudo -n prxctl --kext ip disable",
+        "prxctl --kext ip disable",
         "kmutil unload -b net.prx.kext.IPFilter",
     ];
     let at: Vec<usize> = order.iter().map(|n| call_at(&calls, n)).collect();
@@ -701,4 +722,62 @@ fn ssh_backend_ip_nat_failures_with_evidence_on_loopback_sshd_not_macos() {
         t.contains("FAIL listener received: a PROXY v2 header (dst 203.0.113.10:80): the socket filter redirected the connection, not the IP filter"),
         "{t}"
     );
+}
+
+#[test]
+fn uninstall_scenario_runs_the_uninstaller_and_checks_nothing_is_left_not_macos() {
+    let s = Sshd::start();
+    let r = run(&s, s.guest(), &["load-unload", "uninstall"]);
+    assert_eq!(r.len(), 3);
+    let u = by_name(&r, "uninstall");
+    assert!(u.passed, "{}", all_text(u));
+    let t = all_text(u);
+    for needle in [
+        "run the uninstaller",
+        "net.prx.kext.SocketFilter is unloaded",
+        "installed files are gone",
+        "the receipt is forgotten",
+    ] {
+        assert!(t.contains(needle), "{needle} in {t}");
+    }
+    let calls = s.calls();
+    let un = calls.find("uninstall.sh").expect("uninstaller called");
+    assert!(
+        calls[un..].contains("pkgutil --pkg-info net.prx.kext.pkg"),
+        "{calls}"
+    );
+    // The uninstaller unloaded the kexts: the flow does not unload them again.
+    assert!(!calls[un..].contains("kmutil unload"), "{calls}");
+
+    // An uninstaller that leaves a kext loaded fails the scenario.
+    let s = Sshd::start();
+    std::fs::write(s.state().join("uninstall-leaves-loaded"), "").unwrap();
+    let r = run(&s, s.guest(), &["uninstall"]);
+    let u = by_name(&r, "uninstall");
+    assert!(!u.passed);
+    assert!(
+        all_text(u).contains("still loaded after the uninstaller"),
+        "{}",
+        all_text(u)
+    );
+
+    // `uninstall` must come last.
+    let s = Sshd::start();
+    let r = run(&s, s.guest(), &["uninstall", "load-unload"]);
+    assert!(!r[0].passed && all_text(&r[0]).contains("list it last"));
+}
+
+#[test]
+fn a_different_installed_prxctl_stops_the_run_not_macos() {
+    let s = Sshd::start();
+    std::fs::write(s.state().join("prxctl-version"), "prxctl 0.0.9\n").unwrap();
+    let r = run(&s, s.guest(), &["load-unload"]);
+    assert!(!r[0].passed);
+    let t = all_text(&r[0]);
+    assert!(
+        t.contains("installed prxctl is the built version")
+            && t.contains("expected `prxctl 0.1.0`"),
+        "{t}"
+    );
+    assert!(!r[1].passed && all_text(&r[1]).contains("not the one built"));
 }

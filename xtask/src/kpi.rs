@@ -1,4 +1,4 @@
-//! `cargo xtask gen-kpi [--check] [--from DIR]`: regenerates kextld's committed
+//! `cargo xtask gen-kpi [--check] [--from DIR] [--history --xnu-git DIR]`: regenerates kextld's committed
 //! KPI symbol table from xnu's `config/*.exports` files.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,39 @@ pub fn default_exports_dir(root: &Path) -> PathBuf {
     std::env::var_os("PRX_XNU_EXPORTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/xnu-exports"))
+}
+
+/// Writes (or with `check`, compares) the multi-release table from an xnu clone.
+pub fn run_history(root: &Path, xnu_git: &Path, check: bool) -> Result<()> {
+    let table = root.join(kextld::kpi::HISTORY_PATH);
+    eprintln!(
+        "reading config/*.exports at {} xnu tags from {}",
+        kextld::kpi::history::RELEASES.len(),
+        xnu_git.display()
+    );
+    let text = kextld::kpi::generate_history(xnu_git)
+        .with_context(|| format!("generating from {}", xnu_git.display()))?;
+    let old = std::fs::read_to_string(&table).unwrap_or_default();
+    if check {
+        if old != text {
+            bail!(
+                "{} is out of date with {}: run `cargo xtask gen-kpi --history --xnu-git {}` \
+                 and commit the result",
+                table.display(),
+                xnu_git.display(),
+                xnu_git.display()
+            );
+        }
+        eprintln!("{} is up to date", table.display());
+    } else if old == text {
+        eprintln!("{} unchanged", table.display());
+    } else {
+        let tmp = table.with_extension("txt.tmp");
+        std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &table).with_context(|| format!("replacing {}", table.display()))?;
+        eprintln!("wrote {} ({} bytes)", table.display(), text.len());
+    }
+    Ok(())
 }
 
 /// Writes (or with `check`, compares) the table.

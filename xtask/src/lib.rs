@@ -8,7 +8,9 @@ pub mod emu_bridge;
 pub mod kpi;
 #[cfg(feature = "package")]
 pub mod package;
+pub mod suite;
 pub mod toolchain;
+pub mod tools;
 pub mod vm_test;
 
 use std::path::PathBuf;

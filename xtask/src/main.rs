@@ -40,6 +40,13 @@ enum Cmd {
         /// Directory holding the *.exports files (default: $PRX_XNU_EXPORTS or ../shared/xnu-exports).
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
+        /// Regenerate the multi-release table (kextld/kpi/history.txt) instead, from the
+        /// xnu tags of every macOS release since 10.13 (needs --xnu-git).
+        #[arg(long, requires = "xnu_git")]
+        history: bool,
+        /// A git clone of https://github.com/apple-oss-distributions/xnu with its tags.
+        #[arg(long, value_name = "DIR")]
+        xnu_git: Option<PathBuf>,
     },
     /// Regenerate common::sys's KPI bindings with bindgen (needs libclang 19).
     Bindgen {
@@ -71,6 +78,10 @@ enum Cmd {
     /// Serve the release kexts' controls from the KPI emulator on a Unix socket,
     /// for trying `prxctl --emu SOCKET` on Linux.
     EmuBridge(xtask::emu_bridge::Args),
+    /// Install what the test suite needs when it is missing (Debian packages,
+    /// rustup components and targets; each named with the reason), then run
+    /// the whole suite with `cargo test`.
+    Test(xtask::suite::Args),
     /// Count the instructions per operation of common::net's hot paths under
     /// callgrind (needs valgrind); prints a table, optionally writes JSON.
     Bench(xtask::bench::Args),
@@ -194,8 +205,18 @@ fn main() -> ExitCode {
                     started.elapsed().as_secs_f64()
                 );
             })
+            // The macOS executables ([workspace.metadata.prx] tools).
+            .and_then(|()| {
+                xtask::tools::build_and_report(&root, &xtask::target_dir(&root), release)
+            })
         }
-        Cmd::GenKpi { check, from } => xtask::kpi::run(&root, from, check),
+        Cmd::GenKpi {
+            check,
+            from: _,
+            history: true,
+            xnu_git: Some(git),
+        } => xtask::kpi::run_history(&root, &git, check),
+        Cmd::GenKpi { check, from, .. } => xtask::kpi::run(&root, from, check),
         Cmd::Bindgen { check, sdk } => xtask::bindgen::run(&root, sdk.as_deref(), check),
         Cmd::VmTest(args) => xtask::vm_test::run(&root, *args),
         #[cfg(feature = "package")]
@@ -204,6 +225,7 @@ fn main() -> ExitCode {
         Cmd::Package { args } => with_signing_stack(&root, &args),
         Cmd::Bench(args) => xtask::bench::run(&root, args),
         Cmd::EmuBridge(args) => xtask::emu_bridge::run(&root, args),
+        Cmd::Test(args) => xtask::suite::run(&root, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

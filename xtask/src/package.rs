@@ -111,6 +111,12 @@ pub struct PackageOptions {
     /// (Developer ID kext and Installer identities, valid now, time stamps)
     /// before anything is written.
     pub notarize: bool,
+    /// The macOS tools for `/usr/local/bin` (universal executables, unsigned;
+    /// signed here with the kext identity: ad-hoc, or Developer ID Application
+    /// with the hardened runtime). Default: [`default_tools`].
+    pub tools: Vec<PathBuf>,
+    /// The example configuration (default `prxctl/prx.toml.example`).
+    pub example_config: PathBuf,
     /// `bundles` are the defaults (not given with --bundle): decides the
     /// advice when one is missing.
     pub default_bundles: bool,
@@ -145,6 +151,8 @@ pub struct Packaged {
     pub kexts: Vec<(String, KextSignature)>,
     /// Signer of the pkg, if signed.
     pub pkg_signer: Option<String>,
+    /// Per tool: name and its verified signature.
+    pub tools: Vec<(String, KextSignature)>,
 }
 
 /// SOURCE_DATE_EPOCH from the environment, or [`DEFAULT_EPOCH`].
@@ -174,6 +182,21 @@ pub fn default_bundles(root: &Path) -> Result<Vec<PathBuf>> {
                 .join(format!("{}.kext", k.executable))
         })
         .collect())
+}
+
+/// The default tools: `<target>/macos/universal-apple-darwin/release/<tool>` per
+/// `[workspace.metadata.prx] tools`.
+pub fn default_tools(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = crate::tools::out_dir(&crate::target_dir(root), true);
+    Ok(crate::tools::tool_crates(root)?
+        .iter()
+        .map(|t| dir.join(t))
+        .collect())
+}
+
+/// The example configuration shipped as `prx.toml.example`.
+pub fn default_example_config(root: &Path) -> PathBuf {
+    root.join("prxctl/prx.toml.example")
 }
 
 fn plist_string(dict: &plist::Dictionary, key: &str, bundle: &Path) -> Result<String> {
@@ -212,6 +235,20 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
             bail!("{}", missing_bundle(b, opts.default_bundles));
         }
     }
+    for t in &opts.tools {
+        if !t.is_file() {
+            bail!(
+                "missing macOS executable {}: run `cargo xtask build --release` first",
+                t.display()
+            );
+        }
+    }
+    let example_config = std::fs::read(&opts.example_config).with_context(|| {
+        format!(
+            "reading the example configuration {}",
+            opts.example_config.display()
+        )
+    })?;
     let kext_identity =
         Identity::load(&opts.kext_identity).context("loading the kext signing identity")?;
     let installer_identity = match &opts.installer_identity {
@@ -295,6 +332,29 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         .bundle_identifier
         .rsplit_once('.')
         .map_or(inputs[0].bundle_identifier.as_str(), |(a, _)| a);
+    // The tools: signed like the kexts' identity says (ad-hoc, or Developer ID
+    // Application with the hardened runtime and the time stamp), then verified.
+    let org = base.rsplit_once('.').map_or(base, |(a, _)| a);
+    let mut tools = Vec::new();
+    let mut tool_inputs = Vec::new();
+    for t in &opts.tools {
+        let name = t
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: bad executable name", t.display()))?
+            .to_string();
+        std::fs::create_dir_all(staging.path().join("tools"))?;
+        let signed = staging.path().join("tools").join(&name);
+        sign::sign_executable(
+            t,
+            &signed,
+            &format!("{org}.{name}"),
+            kext_identity.as_ref(),
+            opts.timestamp_url.as_deref(),
+        )?;
+        tools.push((name.clone(), sign::verify_executable(&signed)?));
+        tool_inputs.push(pkg::system::ToolInput { path: signed, name });
+    }
     let spec = PkgSpec {
         identifier: format!("{base}.pkg"),
         version: version.clone(),
@@ -304,6 +364,8 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         require_restart: true,
         epoch: opts.epoch,
         kexts: inputs,
+        tools: tool_inputs,
+        example_config,
     };
 
     let unsigned = pkg::build_unsigned(&spec)?;
@@ -351,6 +413,7 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
         zip: zip_path,
         kexts,
         pkg_signer,
+        tools,
     })
 }
 
@@ -640,6 +703,8 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         timestamp_url: args.timestamp_url.clone(),
         epoch: epoch_from_env()?,
         notarize: args.notarize,
+        tools: default_tools(root)?,
+        example_config: default_example_config(root),
     };
     let done = package(&opts)?;
     for (name, sig) in &done.kexts {
@@ -652,6 +717,22 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             sig.identifier,
             sig.team_id.as_deref().unwrap_or("none"),
             sig.flags
+        );
+    }
+    for (name, sig) in &done.tools {
+        println!(
+            "{name}: signed {} ({} slice(s), identifier {}, flags {:#x}{}), verified",
+            sig.signer
+                .as_deref()
+                .map_or("ad-hoc".to_string(), |s| format!("by {s:?}")),
+            sig.slices,
+            sig.identifier,
+            sig.flags,
+            if sig.flags & 0x1_0000 != 0 {
+                ", hardened runtime"
+            } else {
+                ""
+            }
         );
     }
     let size = std::fs::metadata(&done.pkg).map(|m| m.len()).unwrap_or(0);

@@ -52,6 +52,8 @@ fn options(
         timestamp_url: timestamp.map(str::to_string),
         epoch: xtask::package::DEFAULT_EPOCH,
         notarize: true,
+        tools: Vec::new(),
+        example_config: xtask::package::default_example_config(&xtask::workspace_root()),
         default_bundles: false,
     }
 }

@@ -63,6 +63,8 @@ fn openssl3_default_and_legacy_p12_sign_the_kexts_and_the_pkg() {
             epoch: xtask::package::DEFAULT_EPOCH,
             notarize: false,
             default_bundles: false,
+            tools: Vec::new(),
+            example_config: xtask::package::default_example_config(&xtask::workspace_root()),
         })
         .unwrap_or_else(|e| panic!("{file}: {e:#}"));
         assert_eq!(done.kexts.len(), 2);

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kextld link --arch x86_64 -o OUT [--min-os 10.13] [--source-version V] INPUT.o|INPUT.a...
-//! kextld verify BUNDLE.kext|BINARY
+//! kextld verify [--prx] [--dependency DEP.kext]... BUNDLE.kext|BINARY
 //! ```
 
 use std::io::Write;
@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kextld::kpi::KpiTables;
+use kextld::kpi::{KpiHistory, KpiTables};
 use kextld::link::{LinkOptions, link};
+use kextld::verify::{Dependency, Options};
 use kextld::{Arch, MinOs};
 
 #[derive(Parser)]
@@ -47,7 +48,18 @@ enum Command {
     },
     /// Check a kext binary (thin or universal) or .kext bundle against the loaders'
     /// rules: prints one line per finding and a summary per slice; exits 1 on any error.
+    /// Undefined symbols are looked up in the KPI lists of every macOS release from
+    /// 10.13 on; those left to non-KPI OSBundleLibraries are checked against the
+    /// bundles given with --dependency.
     Verify {
+        /// Also enforce prx's own build rules as errors (no FPU/SIMD, no panic
+        /// path, symbols of the current KPI table only), as `cargo xtask build` does.
+        #[arg(long)]
+        prx: bool,
+        /// A dependency .kext bundle (e.g. Lilu.kext) whose exported symbols resolve
+        /// the kext's imports from it; repeatable.
+        #[arg(long = "dependency", value_name = "DEP.kext")]
+        dependencies: Vec<PathBuf>,
         /// A kext binary or a .kext bundle directory.
         path: PathBuf,
     },
@@ -130,13 +142,31 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Verify { path } => verify(&path),
+        Command::Verify {
+            prx,
+            dependencies,
+            path,
+        } => verify(&path, prx, &dependencies),
     }
 }
 
 /// `kextld verify`: prints the report; exit status 1 on any error finding.
-fn verify(path: &Path) -> ExitCode {
-    match kextld::verify::verify_path(path, KpiTables::builtin()) {
+fn verify(path: &Path, prx: bool, dependencies: &[PathBuf]) -> ExitCode {
+    let mut opts = if prx {
+        Options::prx(KpiTables::builtin())
+    } else {
+        Options::third_party(KpiTables::builtin(), KpiHistory::builtin())
+    };
+    for dep in dependencies {
+        match Dependency::read(dep) {
+            Ok(d) => opts.dependencies.push(d),
+            Err(e) => {
+                eprintln!("kextld: error: --dependency {}: {e}", dep.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match kextld::verify::verify_path_with(path, &opts) {
         Ok(report) => {
             println!("{report}");
             if report.is_ok() {

@@ -157,7 +157,7 @@ fn find_xnu_tag(text: &str) -> Option<String> {
 
 /// Maps an export file name to its set and the architectures it applies to, or
 /// `None` for architectures prx ignores.
-fn classify(name: &str) -> Result<Option<(KpiSet, u8)>, String> {
+pub(super) fn classify(name: &str) -> Result<Option<(KpiSet, u8)>, String> {
     let stem = name.strip_suffix(".exports").unwrap_or(name);
     let mut parts = stem.split('.');
     let set_name = parts.next().unwrap_or_default();
@@ -195,7 +195,7 @@ fn classify(name: &str) -> Result<Option<(KpiSet, u8)>, String> {
 }
 
 /// One line of an xnu export file → the symbol a kext binds, if any.
-fn parse_line(line: &str) -> Result<Option<&str>, String> {
+pub(super) fn parse_line(line: &str) -> Result<Option<&str>, String> {
     let line = line.split('#').next().unwrap_or_default().trim();
     if line.is_empty() {
         return Ok(None);

@@ -1,6 +1,6 @@
 //! Pieces both backends share once the inputs are resolved: what a relocation
 //! targets, where each kept input section landed in the output, symbol
-//! addresses, the kext symbol table (kext-format.md "Both architectures") and
+//! addresses, the kext symbol table (docs/kext-format.md, "Symbols") and
 //! the content-derived LC_UUID.
 //!
 //! The backends own their section order and layout; they keep the merged

@@ -240,6 +240,27 @@ pub(crate) fn parse_object(
             "build every input for the architecture being linked",
         ));
     }
+    // arm64e objects say so in cpusubtype: CPU_SUBTYPE_ARM64E (2), with or
+    // without CPU_SUBTYPE_PTRAUTH_ABI (0x80000000; upstream clang-19's object
+    // writer leaves it clear). Code compiled for plain arm64 leaves function
+    // pointers unsigned, and the arm64e kernel faults on the first authenticated
+    // call through one (docs/kext-format.md, "arm64e ABI").
+    if cputype == CPU_TYPE_ARM64 {
+        let sub = header.cpusubtype(e).0;
+        if sub & 0xff != 2 {
+            let what = "a plain arm64 object";
+            return Err(bad(
+                &name,
+                format!(
+                    "incompatible arm64e ABI: cpusubtype {sub:#010x} is {what}, not the arm64e \
+                     pointer-authentication ABI (CPU_SUBTYPE_ARM64E | CPU_SUBTYPE_PTRAUTH_ABI, \
+                     0x80000002)"
+                ),
+                "compile every input for arm64e (clang --target arm64e-apple-macos11, or the prx \
+                 kernel target aarch64-apple-macos-kernel)",
+            ));
+        }
+    }
     let filetype = header.filetype(e).0;
     if filetype != MH_OBJECT {
         return Err(bad(

@@ -1,6 +1,6 @@
 //! The kext linker: Mach-O objects and static archives in, one `MH_KEXT_BUNDLE`
 //! binary out, with exactly the structure Apple's `ld -kext` emits (see
-//! `/work/shared/kext-format.md` and ARCHITECTURE.md).
+//! docs/kext-format.md and ARCHITECTURE.md).
 //!
 //! Pipeline, one module per step:
 //! 1. [`input`]: parse each input (objects, archive members) into a neutral model

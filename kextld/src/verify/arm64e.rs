@@ -304,6 +304,7 @@ pub(super) fn check(image: &Image<'_>, ctx: &mut Ctx) -> Analysis {
     let fixups = decode_fixups(image, ctx);
     if let Some(f) = &fixups {
         check_fixup_targets(image, f, ctx);
+        check_unsigned_code_pointers(image, f, ctx);
     }
     let code = Code::scan(image);
     let split = decode_split_seg(image, ctx);
@@ -315,6 +316,45 @@ pub(super) fn check(image: &Image<'_>, ctx: &mut Ctx) -> Analysis {
         .map(|f| references(image, &code, f))
         .unwrap_or_default();
     Analysis { fixups, refs }
+}
+
+/// A plain (unauthenticated) rebase pointing into executable code is a function
+/// pointer the arm64e kernel cannot call: kernel code authenticates the
+/// function pointers it calls (`blraa` and friends), so an unsigned one faults
+/// on the first call. Typical cause: an object compiled without the arm64e
+/// pointer-auth ABI, or a callback slot not marked for signing
+/// (docs/kext-format.md, "arm64e ABI"). A warning: the pointer may only be
+/// compared or called by the kext's own unauthenticated code.
+fn check_unsigned_code_pointers(image: &Image<'_>, fixups: &Fixups, ctx: &mut Ctx) {
+    let exec = |addr: u64| {
+        image.segments.iter().any(|s| {
+            s.initprot & super::consts::VM_PROT_EXECUTE != 0 && addr >= s.vmaddr && addr < s.end()
+        })
+    };
+    let mut found = Vec::new();
+    for (&slot, fixup) in &fixups.slots {
+        if let Fixup::Rebase { target, .. } = *fixup
+            && exec(target)
+        {
+            found.push(format!(
+                "{} → {}",
+                image.describe(slot),
+                image.describe(target)
+            ));
+        }
+    }
+    if !found.is_empty() {
+        ctx.warn(
+            "ptrauth",
+            format!(
+                "{} plain (unsigned) rebases point into executable code: {}; the arm64e kernel \
+                 authenticates the function pointers it calls and faults on unsigned ones: compile \
+                 for arm64e and mark kernel-called slots for signing (common's sign_slot!)",
+                found.len(),
+                super::checks::list(&found)
+            ),
+        );
+    }
 }
 
 fn check_no_classic_relocations(image: &Image<'_>, ctx: &mut Ctx) {

@@ -8,7 +8,7 @@ use super::consts as macho;
 use super::image::{HEADER_SIZE, Image, Reloc, u32_at, u64_at};
 use super::{Finding, Report, Severity, SliceSummary, arm64e, disasm};
 use crate::Arch;
-use crate::kpi::{KpiTables, Lookup};
+use crate::kpi::Lookup;
 
 /// The undefined symbol common's `#[panic_handler]` calls (Mach-O spelling).
 pub(super) const PANIC_PATH_SYMBOL: &str = "_prx_panic_path_survived_optimisation";
@@ -82,7 +82,7 @@ pub(super) fn list(names: &[String]) -> String {
 pub(super) fn verify_slice(
     bytes: &[u8],
     fat_arch: Option<Arch>,
-    tables: &KpiTables,
+    opts: &super::Options<'_>,
     report: &mut Report,
 ) {
     let mut ctx = Ctx {
@@ -93,7 +93,7 @@ pub(super) fn verify_slice(
         arch: fat_arch,
         ..SliceSummary::default()
     };
-    run(bytes, fat_arch, tables, &mut ctx, &mut summary);
+    run(bytes, fat_arch, opts, &mut ctx, &mut summary);
     report.findings.append(&mut ctx.findings);
     report.slices.push(summary);
 }
@@ -101,7 +101,7 @@ pub(super) fn verify_slice(
 fn run(
     bytes: &[u8],
     fat_arch: Option<Arch>,
-    tables: &KpiTables,
+    opts: &super::Options<'_>,
     ctx: &mut Ctx,
     summary: &mut SliceSummary,
 ) {
@@ -157,10 +157,10 @@ fn run(
             (analysis.refs, analysis.fixups, BTreeMap::new())
         }
     };
-    check_symbols(&image, arch, tables, &refs, &got_users, ctx, summary);
+    check_symbols(&image, arch, opts, &refs, &got_users, ctx, summary);
     check_kmod_info(&image, arch, fixups.as_ref(), ctx, summary);
     if arch == Arch::X86_64 {
-        disasm::check_no_simd(&image, ctx);
+        disasm::check_no_simd(&image, opts.prx_rules, ctx);
     }
 }
 
@@ -283,6 +283,12 @@ fn check_load_commands(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
     .chain(arm64e_required)
     {
         match counts.get(&cmd).copied().unwrap_or(0) {
+            // kxld and the kernel-collection builder load kexts without a UUID
+            // (xnu's OSKext only logs it); kextd/kernelmanagerd's caches key on it.
+            0 if cmd == macho::LC_UUID => ctx.warn(
+                "load-commands",
+                format!("{} is missing: {what}", lc_name(cmd)),
+            ),
             0 => ctx.error(
                 "load-commands",
                 format!("{} is missing: {what}", lc_name(cmd)),
@@ -341,14 +347,26 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
         );
     }
     let mut prev_end: Option<(String, u64)> = None;
+    // Loaders copy each segment's `filesize` bytes from `fileoff` to its vmaddr
+    // and zero the rest (docs/kext-format.md, "Segments in the file"): file
+    // ranges must lie in the file, in segment order, without overlapping; a
+    // file offset need not equal the vmaddr (ld64 packs `__LINKEDIT` right after
+    // the last file-backed byte, below its vmaddr when there is zero-fill).
+    let mut prev_file_end: Option<(String, u64)> = None;
     for (i, seg) in image.segments.iter().enumerate() {
         let name = &seg.name;
         let mut bad = Vec::new();
-        if seg.fileoff != seg.vmaddr && seg.filesize > 0 {
-            bad.push(format!(
-                "fileoff {:#x} != vmaddr {:#x} (kext segments are mapped at their file offset)",
-                seg.fileoff, seg.vmaddr
-            ));
+        if seg.filesize > 0 {
+            if let Some((prev, end)) = &prev_file_end
+                && seg.fileoff < *end
+            {
+                bad.push(format!(
+                    "file range starts at {:#x}, inside {prev}'s file range (which ends at \
+                     {end:#x}): segments' file bytes must follow each other in order",
+                    seg.fileoff
+                ));
+            }
+            prev_file_end = Some((name.clone(), seg.fileoff.saturating_add(seg.filesize)));
         }
         if seg.vmaddr % page != 0 || seg.fileoff % page != 0 {
             bad.push(format!(
@@ -395,11 +413,13 @@ fn check_segments(image: &Image<'_>, arch: Arch, ctx: &mut Ctx) {
         for b in bad {
             ctx.error("segments", format!("segment {name}: {b}"));
         }
-        if seg.writable() && seg.executable() {
+        // What the loaders apply is initprot; a maxprot of rwx is what older ld64
+        // versions wrote for every segment and means nothing for a kext.
+        if seg.initprot & macho::VM_PROT_WRITE != 0 && seg.initprot & macho::VM_PROT_EXECUTE != 0 {
             let msg = format!(
-                "segment {name} is writable and executable (initprot {:#x}, maxprot {:#x}); make \
-                 code segments r-x and data segments rw-",
-                seg.initprot, seg.maxprot
+                "segment {name} is writable and executable (initprot {:#x}); make code segments \
+                 r-x and data segments rw-",
+                seg.initprot
             );
             match arch {
                 Arch::X86_64 => ctx.warn("segments", msg),
@@ -713,7 +733,7 @@ fn check_slot(image: &Image<'_>, r: &Reloc, len: u64, ctx: &mut Ctx, kind: &str)
 fn check_symbols(
     image: &Image<'_>,
     arch: Arch,
-    tables: &KpiTables,
+    opts: &super::Options<'_>,
     refs: &References,
     got_users: &BTreeMap<u64, BTreeSet<String>>,
     ctx: &mut Ctx,
@@ -812,6 +832,9 @@ fn check_symbols(
             Some(_) => {}
         }
     }
+    let tables = opts.tables;
+    let mut unresolved = Unresolved::default();
+    let min_os = image.min_os();
     for (index, s) in image.symbols.iter().enumerate() {
         if !s.is_undefined() {
             continue;
@@ -861,7 +884,7 @@ fn check_symbols(
                 ),
             );
         }
-        if s.name == PANIC_PATH_SYMBOL {
+        if s.name == PANIC_PATH_SYMBOL && opts.prx_rules {
             let direct: BTreeSet<String> = refs
                 .get(&(index as u32))
                 .into_iter()
@@ -898,10 +921,30 @@ fn check_symbols(
             );
             continue;
         }
-        match tables.lookup(arch, &s.name) {
-            Lookup::Public(set) => {
-                summary.kpi_sets.insert(set.to_string());
+        let lookup = tables.lookup(arch, &s.name);
+        if let Lookup::Public(set) = lookup {
+            summary.kpi_sets.insert(set.to_string());
+            continue;
+        }
+        if !opts.prx_rules {
+            if resolve_elsewhere(opts, arch, min_os, &s.name, &mut unresolved, summary) {
+                continue;
             }
+            if lookup == Lookup::Private {
+                ctx.warn(
+                    "kpi-private",
+                    format!(
+                        "{} is exported only by com.apple.kpi.private ({users}), which kexts not \
+                         signed by Apple cannot declare: it loads only where the kernel's symbols \
+                         are bound without that rule (e.g. kexts injected by a boot loader)",
+                        s.name
+                    ),
+                );
+                continue;
+            }
+        }
+        match lookup {
+            Lookup::Public(_) => {}
             Lookup::Private => ctx.error(
                 "kpi-private",
                 format!(
@@ -913,13 +956,170 @@ fn check_symbols(
             Lookup::Unknown => ctx.error(
                 "kpi-symbol",
                 format!(
-                    "{} is exported by no KPI set for {arch} ({users}); the kernel would refuse \
-                     to load the kext: define it in the kext or stop using it",
-                    s.name
+                    "{} is exported by no KPI set for {arch} ({users}){}; the kernel would refuse \
+                     to load the kext (the loader binds every undefined symbol against the \
+                     declared libraries: docs/kext-format.md, \"Symbols\"): define it in the kext \
+                     or stop using it",
+                    s.name,
+                    unresolved.libraries_note(opts)
                 ),
             ),
         }
     }
+    unresolved.report(opts, ctx);
+}
+
+/// Undefined symbols resolved elsewhere than the current KPI table, for one summary each.
+#[derive(Default)]
+struct Unresolved {
+    /// Pad slots left for the vtable patcher.
+    padslots: Vec<String>,
+    /// Found in other macOS releases' KPI lists: (symbol, releases).
+    other_releases: Vec<(String, String)>,
+    /// Exported by KPI sets only in releases before the kext's minimum macOS.
+    outside_range: Vec<(String, String)>,
+    /// Resolved against a dependency bundle: id → count.
+    by_dependency: BTreeMap<String, usize>,
+    /// Left for non-KPI OSBundleLibraries dependencies not given to check.
+    unchecked: Vec<String>,
+}
+
+impl Unresolved {
+    /// ", and by none of …" naming the dependencies consulted, for the error.
+    fn libraries_note(&self, opts: &super::Options<'_>) -> String {
+        let given: Vec<&str> = opts.dependencies.iter().map(|d| d.id.as_str()).collect();
+        if given.is_empty() {
+            String::new()
+        } else {
+            format!(" nor by the dependencies {}", given.join(", "))
+        }
+    }
+
+    fn report(self, opts: &super::Options<'_>, ctx: &mut Ctx) {
+        if !self.padslots.is_empty() {
+            ctx.push(
+                Severity::Info,
+                "kpi-symbol",
+                format!(
+                    "{} reserved vtable pad slots ({}) are left to the loader's vtable patcher, \
+                     which replaces them with the superclass's entries (xnu \
+                     libkern/kxld/kxld_vtable.c)",
+                    self.padslots.len(),
+                    list(&self.padslots)
+                ),
+            );
+        }
+        if !self.other_releases.is_empty() {
+            let v: Vec<String> = self
+                .other_releases
+                .iter()
+                .map(|(s, r)| format!("{s} (macOS {r})"))
+                .collect();
+            ctx.push(
+                Severity::Info,
+                "kpi-symbol",
+                format!(
+                    "{} symbols are exported by KPI sets of other macOS releases than the current \
+                     table's ({}): {}",
+                    v.len(),
+                    opts.tables.provenance(),
+                    list(&v)
+                ),
+            );
+        }
+        if !self.outside_range.is_empty() {
+            let v: Vec<String> = self
+                .outside_range
+                .iter()
+                .map(|(s, r)| format!("{s} (macOS {r})"))
+                .collect();
+            ctx.warn(
+                "kpi-symbol",
+                format!(
+                    "{} symbols are exported only by macOS releases older than the kext's \
+                     minimum: {}; it will not load where they are missing",
+                    v.len(),
+                    list(&v)
+                ),
+            );
+        }
+        for (id, n) in &self.by_dependency {
+            ctx.push(
+                Severity::Info,
+                "kpi-symbol",
+                format!("{n} symbols resolved against the dependency {id}"),
+            );
+        }
+        if !self.unchecked.is_empty() {
+            let libs = opts.non_kpi_libraries();
+            ctx.warn(
+                "kpi-symbol",
+                format!(
+                    "{} symbols are exported by no KPI set and are left to the non-KPI \
+                     OSBundleLibraries ({}), which were not given: {}; pass those bundles with \
+                     --dependency to check them",
+                    self.unchecked.len(),
+                    libs.join(", "),
+                    list(&self.unchecked)
+                ),
+            );
+        }
+    }
+}
+
+/// Resolves an undefined symbol that the current KPI table does not export
+/// publicly: other macOS releases' KPI lists, vtable pad slots, dependency
+/// bundles, or the declared non-KPI libraries. True if accounted for.
+fn resolve_elsewhere(
+    opts: &super::Options<'_>,
+    arch: Arch,
+    min_os: Option<crate::MinOs>,
+    name: &str,
+    unresolved: &mut Unresolved,
+    summary: &mut SliceSummary,
+) -> bool {
+    if let Some(history) = opts.history {
+        let exported: Vec<_> = history
+            .exporters(arch, name)
+            .into_iter()
+            .filter(|e| !e.set.is_private())
+            .collect();
+        if let Some(first) = exported.first() {
+            let all = exported.iter().fold(0, |m, e| m | e.releases);
+            summary.kpi_sets.insert(first.set.bundle_id().to_string());
+            let in_range = min_os.map_or(all, |m| all & history.from_release(m));
+            if in_range == 0 {
+                unresolved
+                    .outside_range
+                    .push((name.to_owned(), history.describe(all)));
+            } else {
+                unresolved
+                    .other_releases
+                    .push((name.to_owned(), history.describe(all)));
+            }
+            return true;
+        }
+    }
+    if name.contains("_RESERVED") {
+        unresolved.padslots.push(name.to_owned());
+        return true;
+    }
+    for dep in &opts.dependencies {
+        if dep.exports(arch, name) {
+            *unresolved.by_dependency.entry(dep.id.clone()).or_default() += 1;
+            return true;
+        }
+    }
+    let given: Vec<&str> = opts.dependencies.iter().map(|d| d.id.as_str()).collect();
+    let unchecked = opts
+        .non_kpi_libraries()
+        .iter()
+        .any(|l| !given.contains(&l.as_str()));
+    if unchecked {
+        unresolved.unchecked.push(name.to_owned());
+        return true;
+    }
+    false
 }
 
 /// Who a relocation at `addr` stands for: the function containing it, or, for a

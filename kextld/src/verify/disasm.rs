@@ -2,9 +2,15 @@
 //! around kext code, so one SSE/AVX/MMX/x87 instruction in a kext corrupts the
 //! interrupted thread's registers.
 //!
-//! Code sections are decoded function by function (from each symbol to the next,
-//! so data between functions is not decoded as code); a section without symbols
-//! is decoded linearly. Instructions are classified with iced-x86's CPUID feature
+//! Only code is decoded: code sections are split at every function start
+//! (symbols and `LC_FUNCTION_STARTS`), and the `LC_DATA_IN_CODE` ranges (jump
+//! tables, literal pools among instructions) are cut out, so data is never
+//! decoded as instructions; a section without either is decoded linearly.
+//!
+//! For prx's own kexts ([`super::Options::prx_rules`]) a finding is an error: prx
+//! builds soft-float. For other kexts it is a warning: no loader refuses FPU/SIMD
+//! code, but the x86_64 kernel does not save that state for kext code
+//! (docs/kext-format.md, "FPU and SIMD"). Instructions are classified with iced-x86's CPUID feature
 //! table and operand register classes, not by mnemonic.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +19,7 @@ use iced_x86::{
     CpuidFeature, Decoder, DecoderOptions, FastFormatter, Instruction, OpKind, Register,
 };
 
+use super::Severity;
 use super::checks::Ctx;
 use super::image::{Image, slice_at};
 
@@ -98,10 +105,15 @@ fn forbidden(instr: &Instruction) -> Option<&'static str> {
 }
 
 /// Reports every FPU/SIMD instruction in the image's code sections.
-pub(super) fn check_no_simd(image: &Image<'_>, ctx: &mut Ctx) {
+pub(super) fn check_no_simd(image: &Image<'_>, prx_rules: bool, ctx: &mut Ctx) {
     let mut formatter = FastFormatter::new();
+    let severity = if prx_rules {
+        Severity::Error
+    } else {
+        Severity::Warning
+    };
     for f in functions(image) {
-        check_function(f.bytes, f.start, &f.name, &mut formatter, ctx);
+        check_function(f.bytes, f.start, &f.name, &mut formatter, severity, ctx);
     }
 }
 
@@ -117,6 +129,8 @@ struct Function<'a> {
 /// `segment,section`.
 fn functions<'a>(image: &Image<'a>) -> Vec<Function<'a>> {
     let mut out = Vec::new();
+    let fn_starts = image.function_start_addrs();
+    let data_in_code = image.data_in_code_ranges();
     for (index, sect) in image.sections.iter().enumerate() {
         if !sect.has_code() || sect.is_zerofill() || sect.size == 0 {
             continue;
@@ -137,14 +151,55 @@ fn functions<'a>(image: &Image<'a>) -> Vec<Function<'a>> {
                 _ => starts.push((s.n_value, s.name.as_str())),
             }
         }
+        // Function starts without a symbol of their own are named after the
+        // preceding symbol (`name+offset`).
+        let mut starts: Vec<(u64, String)> =
+            starts.into_iter().map(|(a, n)| (a, n.to_owned())).collect();
+        for a in &fn_starts {
+            if *a >= sect.addr && *a < sect.end() && starts.iter().all(|s| s.0 != *a) {
+                let name = match starts.iter().rev().find(|s| s.0 < *a) {
+                    Some((b, n)) => format!("{n}+{:#x}", a - b),
+                    None => format!("{}+{:#x}", sect.display(), a - sect.addr),
+                };
+                starts.push((*a, name));
+            }
+        }
+        starts.sort();
+        // Data-in-code ranges end a stretch; the code after one restarts it.
+        let mut cuts: Vec<(u64, u64)> = data_in_code
+            .iter()
+            .copied()
+            .filter(|&(s, e)| e > sect.addr && s < sect.end())
+            .collect();
+        cuts.sort();
         let mut ranges: Vec<(u64, u64, String)> = Vec::new();
+        let mut push = |start: u64, end: u64, name: String| {
+            let mut from = start;
+            for &(s, e) in &cuts {
+                if e <= from || s >= end {
+                    continue;
+                }
+                if s > from {
+                    ranges.push((from, s, name.clone()));
+                }
+                from = e.max(from);
+            }
+            if from < end {
+                let name = if from == start {
+                    name
+                } else {
+                    format!("{name}+{:#x}", from - start)
+                };
+                ranges.push((from, end, name));
+            }
+        };
         if starts.first().is_none_or(|s| s.0 > sect.addr) {
             let end = starts.first().map_or(sect.end(), |s| s.0);
-            ranges.push((sect.addr, end, sect.display()));
+            push(sect.addr, end, sect.display());
         }
-        for (k, &(start, name)) in starts.iter().enumerate() {
+        for (k, (start, name)) in starts.iter().enumerate() {
             let end = starts.get(k + 1).map_or(sect.end(), |s| s.0);
-            ranges.push((start, end, name.to_string()));
+            push(*start, end, name.clone());
         }
         for (start, end, name) in ranges {
             let (Some(from), Some(len)) = (start.checked_sub(sect.addr), end.checked_sub(start))
@@ -194,6 +249,7 @@ fn check_function(
     start: u64,
     name: &str,
     formatter: &mut FastFormatter,
+    severity: Severity,
     ctx: &mut Ctx,
 ) {
     let mut decoder = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
@@ -216,7 +272,8 @@ fn check_function(
         let mut text = String::new();
         formatter.format(&instr, &mut text);
         let offset = instr.ip() - start;
-        ctx.error(
+        ctx.push(
+            severity,
             "sse",
             format!(
                 "{name}+{offset:#x} ({:#x}): `{text}` uses {kind}; {ADVICE}",
@@ -225,7 +282,8 @@ fn check_function(
         );
     }
     if more > 0 {
-        ctx.error(
+        ctx.push(
+            severity,
             "sse",
             format!("{name}: {more} more FPU/SIMD instructions not listed; {ADVICE}"),
         );

@@ -6,7 +6,6 @@ use super::checks::{Ctx, arch_of, verify_slice};
 use super::image::be_u32_at;
 use super::{Report, Severity};
 use crate::Arch;
-use crate::kpi::KpiTables;
 
 const FAT_HEADER_SIZE: u64 = 8;
 const FAT_ARCH_SIZE: u64 = 20;
@@ -19,12 +18,32 @@ pub(super) fn is_fat(bytes: &[u8]) -> bool {
     )
 }
 
+/// The x86_64/arm64e slices of a thin or universal file (unchecked beyond bounds).
+pub(super) fn thin_slices(bytes: &[u8]) -> Vec<(Arch, &[u8])> {
+    if !is_fat(bytes) || be_u32_at(bytes, 0) != Some(macho::FAT_MAGIC) {
+        return super::image::u32_at(bytes, 4)
+            .and_then(arch_of)
+            .map(|a| vec![(a, bytes)])
+            .unwrap_or_default();
+    }
+    let n = be_u32_at(bytes, 4).unwrap_or(0);
+    (0..u64::from(n))
+        .filter_map(|i| {
+            let e = FAT_HEADER_SIZE + i * FAT_ARCH_SIZE;
+            let arch = arch_of(be_u32_at(bytes, e)?)?;
+            let off = u64::from(be_u32_at(bytes, e + 8)?);
+            let size = u64::from(be_u32_at(bytes, e + 12)?);
+            Some((arch, super::image::slice_at(bytes, off, size)?))
+        })
+        .collect()
+}
+
 /// The slice alignment (log2) lipo uses for an architecture: its page size.
 fn required_align(arch: Arch) -> u32 {
     arch.page_size().trailing_zeros()
 }
 
-pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) {
+pub(super) fn verify_fat(bytes: &[u8], opts: &super::Options<'_>, report: &mut Report) {
     let mut ctx = Ctx {
         arch: None,
         findings: Vec::new(),
@@ -65,11 +84,14 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
         let (cputype, cpusubtype, offset, size, align) =
             (field(0), field(1), field(2), field(3), field(4));
         let Some(arch) = arch_of(cputype) else {
-            ctx.error(
+            // The kernel picks its own architecture's slice and ignores the
+            // others (docs/kext-format.md, "Universal files").
+            ctx.push(
+                Severity::Info,
                 "fat",
                 format!(
-                    "slice {i} has cputype {cputype:#010x} (subtype {cpusubtype:#x}); kexts \
-                     contain only x86_64 and arm64e slices: remove it (llvm-lipo -remove)"
+                    "slice {i} has cputype {cputype:#010x} (subtype {cpusubtype:#x}), which no \
+                     kernel prx targets loads; ignored"
                 ),
             );
             continue;
@@ -137,7 +159,7 @@ pub(super) fn verify_fat(bytes: &[u8], tables: &KpiTables, report: &mut Report) 
         let before = report.findings.len();
         // `start`/`end` were checked against the file length above.
         let data = bytes.get(start as usize..end as usize).unwrap_or(&[]);
-        verify_slice(data, Some(arch), tables, report);
+        verify_slice(data, Some(arch), opts, report);
         let same_cpu = super::image::u32_at(data, 4).and_then(super::checks::arch_of) == Some(arch);
         let subtype_in_header = super::image::u32_at(data, 8);
         if same_cpu && subtype_in_header.is_some_and(|s| s != cpusubtype) {

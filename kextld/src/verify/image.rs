@@ -77,9 +77,6 @@ impl Segment {
     pub fn writable(&self) -> bool {
         (self.initprot | self.maxprot) & macho::VM_PROT_WRITE != 0
     }
-    pub fn executable(&self) -> bool {
-        (self.initprot | self.maxprot) & macho::VM_PROT_EXECUTE != 0
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +210,12 @@ pub(super) struct Image<'a> {
     pub external_relocs: Vec<Reloc>,
     /// Parts of the image that could not be read (each makes a `macho` error).
     pub problems: Vec<String>,
+    /// `LC_FUNCTION_STARTS` (dataoff, datasize), if present.
+    pub function_starts: Option<(u32, u32)>,
+    /// `LC_DATA_IN_CODE` (dataoff, datasize), if present.
+    pub data_in_code: Option<(u32, u32)>,
+    /// The minimum macOS of `LC_BUILD_VERSION`/`LC_VERSION_MIN_MACOSX`, if present.
+    pub min_os_version: Option<u32>,
     /// Defined section symbols sorted by address (indices into `symbols`).
     by_addr: Vec<usize>,
 }
@@ -275,6 +278,9 @@ impl<'a> Image<'a> {
             local_relocs: Vec::new(),
             external_relocs: Vec::new(),
             problems: Vec::new(),
+            function_starts: None,
+            data_in_code: None,
+            min_os_version: None,
             by_addr: Vec::new(),
         };
         image.parse_commands(cmds_end)?;
@@ -344,6 +350,14 @@ impl<'a> Image<'a> {
                         nlocrel: v[17],
                     });
                 }
+                macho::LC_FUNCTION_STARTS => {
+                    self.function_starts = f32(8).zip(f32(12));
+                }
+                macho::LC_DATA_IN_CODE => {
+                    self.data_in_code = f32(8).zip(f32(12));
+                }
+                macho::LC_VERSION_MIN_MACOSX => self.min_os_version = f32(8),
+                macho::LC_BUILD_VERSION => self.min_os_version = f32(12),
                 _ => {}
             }
             self.commands.push(LoadCommand { cmd, offset: off });
@@ -463,6 +477,67 @@ impl<'a> Image<'a> {
                 self.local_relocs = relocs;
             }
         }
+    }
+
+    /// The kext's minimum macOS (from LC_BUILD_VERSION or LC_VERSION_MIN_MACOSX).
+    pub fn min_os(&self) -> Option<crate::MinOs> {
+        self.min_os_version.map(|v| crate::MinOs {
+            major: v >> 16,
+            minor: (v >> 8) & 0xff,
+        })
+    }
+
+    /// Addresses of `LC_FUNCTION_STARTS` (ULEB128 deltas from `__TEXT`'s vmaddr).
+    pub fn function_start_addrs(&self) -> Vec<u64> {
+        let Some((off, size)) = self.function_starts else {
+            return Vec::new();
+        };
+        let Some(bytes) = slice_at(self.data, off.into(), size.into()) else {
+            return Vec::new();
+        };
+        let mut addr = self.segments.first().map_or(0, |s| s.vmaddr);
+        let mut out = Vec::new();
+        let (mut value, mut shift) = (0u64, 0u32);
+        for &b in bytes {
+            if shift < 64 {
+                value |= u64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 != 0 {
+                continue;
+            }
+            if value == 0 {
+                break;
+            }
+            addr = addr.wrapping_add(value);
+            out.push(addr);
+            (value, shift) = (0, 0);
+        }
+        out
+    }
+
+    /// `LC_DATA_IN_CODE` entries as address ranges `[start, end)`: data (jump
+    /// tables, literal pools) that the compiler placed among instructions.
+    pub fn data_in_code_ranges(&self) -> Vec<(u64, u64)> {
+        let Some((off, size)) = self.data_in_code else {
+            return Vec::new();
+        };
+        let Some(bytes) = slice_at(self.data, off.into(), size.into()) else {
+            return Vec::new();
+        };
+        bytes
+            .chunks_exact(8)
+            .filter_map(|e| {
+                let fileoff = u64::from(u32_at(e, 0)?);
+                let len = u64::from(u16_at(e, 4)?);
+                // Entries give file offsets; map them through the segments.
+                let seg = self.segments.iter().find(|s| {
+                    fileoff >= s.fileoff && fileoff < s.fileoff.saturating_add(s.filesize)
+                })?;
+                let addr = seg.vmaddr + (fileoff - seg.fileoff);
+                Some((addr, addr + len))
+            })
+            .collect()
     }
 
     /// The section with 1-based ordinal `n`.

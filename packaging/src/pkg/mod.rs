@@ -8,14 +8,20 @@
 //!   OS, host architectures, root volume only, restart, the choice that installs
 //!   the component) plus the component as a directory `prx.pkg/`.
 //! - **component package**: `PackageInfo` (identifier, version, install
-//!   location `/Library/Extensions`, auth root, postinstall action), `Bom` (the
+//!   location `/`, auth root, pre/postinstall, postinstall action), `Bom` (the
 //!   receipt, [`crate::bom`]), `Payload` (gzipped cpio odc of the tree,
-//!   [`crate::cpio`]) and `Scripts` (gzipped cpio holding `postinstall`).
-//! - **payload tree** ([`tree::PayloadTree`]): `.` = `/Library/Extensions`,
-//!   `./PrxSocketFilter.kext/...`; root:wheel, directories and the bundle
-//!   executables 0755, other files 0644.
+//!   [`crate::cpio`]) and `Scripts` (gzipped cpio holding `preinstall` and
+//!   `postinstall`).
+//! - **Resources**: `en.lproj/welcome.html` and `conclusion.html`, the pages
+//!   Installer shows first and last (approval, restart, Reduced Security,
+//!   uninstalling).
+//! - **payload tree** ([`tree::PayloadTree`]): `.` = `/`,
+//!   `./Library/Extensions/PrxSocketFilter.kext/...`, `./usr/local/bin/prxctl`,
+//!   … ([`system`]); root:wheel, directories and executables 0755, other
+//!   files 0644.
 
 pub mod check;
+pub mod system;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
@@ -24,8 +30,9 @@ use tree::PayloadTree;
 
 use crate::xar::{Encoding, Member};
 
-/// Where the kexts are installed.
-pub const INSTALL_LOCATION: &str = "/Library/Extensions";
+/// The component's install location: the volume root (kexts go to
+/// `/Library/Extensions`, the tools to `/usr/local/bin`, see [`system`]).
+pub const INSTALL_LOCATION: &str = "/";
 /// The component's directory name inside the product archive.
 pub const COMPONENT: &str = "prx.pkg";
 
@@ -101,6 +108,10 @@ pub struct PkgSpec {
     pub epoch: i64,
     /// The kexts, in install order.
     pub kexts: Vec<KextInput>,
+    /// The macOS tools for `/usr/local/bin` (signed universal executables).
+    pub tools: Vec<system::ToolInput>,
+    /// The example configuration (`prx.toml.example`).
+    pub example_config: Vec<u8>,
 }
 
 fn esc(s: &str) -> String {
@@ -120,6 +131,7 @@ pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
         ),
     })?;
     let mut tree = PayloadTree::new(mtime);
+    tree.add_dirs(system::KEXT_DIR, mtime);
     for k in &spec.kexts {
         if !k.bundle.join("Contents/Info.plist").is_file() {
             return Err(PkgError::Input {
@@ -135,26 +147,68 @@ pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
                 path: k.bundle.clone(),
                 what: "bundle name is not UTF-8".into(),
             })?;
-        tree.add_dir(&k.bundle, name, mtime)?;
+        tree.add_dir(&k.bundle, &format!("{}/{name}", system::KEXT_DIR), mtime)?;
     }
+    for t in &spec.tools {
+        let data = std::fs::read(&t.path).map_err(|e| PkgError::Input {
+            path: t.path.clone(),
+            what: format!(
+                "cannot read the executable ({e}); run `cargo xtask build --release` first"
+            ),
+        })?;
+        tree.add_file(
+            &format!("{}/{}", system::TOOL_DIR, t.name),
+            data,
+            tree::EXEC_MODE,
+            mtime,
+        );
+    }
+    for d in system::daemons() {
+        tree.add_file(
+            &format!("{}/{}.plist", system::LAUNCH_DAEMONS, d.label),
+            system::launchd_plist(&d),
+            tree::FILE_MODE,
+            mtime,
+        );
+    }
+    tree.add_file(
+        system::EXAMPLE_FILE,
+        spec.example_config.clone(),
+        tree::FILE_MODE,
+        mtime,
+    );
+    let mut files = system::removable_files(&tree);
+    files.push(system::UNINSTALLER.into());
+    tree.add_file(
+        system::UNINSTALLER,
+        system::uninstaller(spec, &files).into_bytes(),
+        tree::EXEC_MODE,
+        mtime,
+    );
+    tree.sort();
     Ok(tree)
 }
 
-/// `PackageInfo` of the component.
+/// `PackageInfo` of the component. `overwrite-permissions="false"`: the
+/// payload holds `/Library`, `/usr/local/bin` and other existing directories,
+/// whose owners and modes Installer must not change (Homebrew owns
+/// `/usr/local/bin` on Intel Macs); what prx installs is new and gets the
+/// payload's root:wheel and modes.
 pub fn package_info(spec: &PkgSpec, tree: &PayloadTree) -> String {
     let mut bundles = String::new();
     for k in &spec.kexts {
         let name = k.bundle.file_name().and_then(|n| n.to_str()).unwrap_or("");
         bundles.push_str(&format!(
-            "        <bundle id=\"{id}\" CFBundleIdentifier=\"{id}\" path=\"./{name}\" CFBundleVersion=\"{v}\" CFBundleShortVersionString=\"{v}\"/>\n",
+            "        <bundle id=\"{id}\" CFBundleIdentifier=\"{id}\" path=\"./{dir}/{name}\" CFBundleVersion=\"{v}\" CFBundleShortVersionString=\"{v}\"/>\n",
             id = esc(&k.bundle_identifier),
+            dir = system::KEXT_DIR,
             name = esc(name),
             v = esc(&k.version),
         ));
     }
     format!(
         r#"<?xml version="1.0" encoding="utf-8" standalone="no"?>
-<pkg-info overwrite-permissions="true" relocatable="false" identifier="{id}" postinstall-action="{action}" version="{version}" format-version="2" generator-version="prx-xtask" install-location="{loc}" auth="root">
+<pkg-info overwrite-permissions="false" relocatable="false" identifier="{id}" postinstall-action="{action}" version="{version}" format-version="2" generator-version="prx-xtask" install-location="{loc}" auth="root">
     <payload numberOfFiles="{files}" installKBytes="{kb}"/>
     <bundle-version>
 {bundles}    </bundle-version>
@@ -164,6 +218,7 @@ pub fn package_info(spec: &PkgSpec, tree: &PayloadTree) -> String {
     <strict-identifier/>
     <relocate/>
     <scripts>
+        <preinstall file="./preinstall"/>
         <postinstall file="./postinstall"/>
     </scripts>
 </pkg-info>
@@ -187,6 +242,8 @@ pub fn distribution(spec: &PkgSpec, tree: &PayloadTree) -> String {
         r#"<?xml version="1.0" encoding="utf-8" standalone="no"?>
 <installer-gui-script minSpecVersion="2">
     <title>{title}</title>
+    <welcome file="welcome.html" mime-type="text/html"/>
+    <conclusion file="conclusion.html" mime-type="text/html"/>
     <options customize="never" require-scripts="false" hostArchitectures="{arch}" rootVolumeOnly="true"/>
     <domains enable_anywhere="false" enable_currentUserHome="false" enable_localSystem="true"/>
     <allowed-os-versions>
@@ -220,60 +277,23 @@ pub fn distribution(spec: &PkgSpec, tree: &PayloadTree) -> String {
     )
 }
 
-/// The `postinstall` script: load each kext with `kmutil load` (macOS 11+) or
-/// `kextload` (earlier); when loading is refused (user approval, reboot into
-/// the new auxiliary kernel collection) say what to do, and never fail the
-/// installation for it.
+/// The `postinstall` script ([`system::postinstall`]): creates `prx.toml` from
+/// the example when there is none, loads each kext (`kmutil load` on macOS 11+,
+/// `kextload` before; a refusal says what to do and never fails the
+/// installation), starts the daemons.
 pub fn postinstall(spec: &PkgSpec) -> String {
-    let mut kexts = String::new();
-    for k in &spec.kexts {
-        let name = k.bundle.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        kexts.push_str(&format!(" \"{name}\""));
-    }
-    format!(
-        r#"#!/bin/sh
-# prx postinstall (generated by `cargo xtask package`).
-# $1: package path, $2: target location, $3: target volume.
-# Loading a kext can be refused until the user approves it (System Settings >
-# Privacy & Security) and restarts; that is normal and must not fail the install.
-target="${{3:-/}}"
-ext="${{target%/}}{loc}"
-[ "$target" = "/" ] || exit 0
-for kext in{kexts}; do
-    path="$ext/$kext"
-    [ -d "$path" ] || continue
-    if [ -x /usr/bin/kmutil ]; then
-        if /usr/bin/kmutil load -p "$path"; then
-            echo "prx: loaded $kext"
-        else
-            echo "prx: $kext is installed but not loaded yet: approve it in System Settings > Privacy & Security (allow system software from the developer), then restart."
-        fi
-    elif [ -x /sbin/kextload ]; then
-        /usr/bin/touch "$ext" 2>/dev/null
-        if /sbin/kextload "$path"; then
-            echo "prx: loaded $kext"
-        else
-            echo "prx: $kext is installed but not loaded: allow it in System Preferences > Security & Privacy, then restart."
-        fi
-    fi
-done
-exit 0
-"#,
-        loc = INSTALL_LOCATION,
-    )
+    system::postinstall(spec)
 }
 
-/// The `Scripts` archive: `.` and `./postinstall` (0755), gzipped cpio.
+/// The `Scripts` archive: `.`, `./postinstall` and `./preinstall` (0755), gzipped cpio.
 pub fn scripts_archive(spec: &PkgSpec, mtime: u32) -> Result<Vec<u8>, PkgError> {
     let mut t = PayloadTree::new(mtime);
-    t.entries.push(tree::Entry {
-        path: "./postinstall".into(),
-        kind: tree::EntryKind::File(postinstall(spec).into_bytes()),
-        perm: 0o755,
-        uid: tree::ROOT_UID,
-        gid: tree::WHEEL_GID,
-        mtime,
-    });
+    for (name, text) in [
+        ("postinstall", system::postinstall(spec)),
+        ("preinstall", system::preinstall(spec)),
+    ] {
+        t.add_file(name, text.into_bytes(), 0o755, mtime);
+    }
     crate::cpio::payload(&t)
 }
 
@@ -286,6 +306,26 @@ pub fn build_unsigned(spec: &PkgSpec) -> Result<Vec<u8>, PkgError> {
         Member {
             path: "Distribution".into(),
             data: Some((distribution(spec, &tree).into_bytes(), Encoding::Zlib)),
+            perm: 0o644,
+        },
+        Member {
+            path: "Resources".into(),
+            data: None,
+            perm: 0o755,
+        },
+        Member {
+            path: "Resources/en.lproj".into(),
+            data: None,
+            perm: 0o755,
+        },
+        Member {
+            path: "Resources/en.lproj/conclusion.html".into(),
+            data: Some((system::CONCLUSION_HTML.as_bytes().to_vec(), Encoding::Zlib)),
+            perm: 0o644,
+        },
+        Member {
+            path: "Resources/en.lproj/welcome.html".into(),
+            data: Some((system::WELCOME_HTML.as_bytes().to_vec(), Encoding::Zlib)),
             perm: 0o644,
         },
         Member {

@@ -148,6 +148,49 @@ impl PayloadTree {
         Ok(())
     }
 
+    /// Adds the directory `./<path>` and its missing parents (root:wheel 0755).
+    pub fn add_dirs(&mut self, path: &str, mtime: u32) {
+        let mut at = String::from(".");
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            at = format!("{at}/{part}");
+            if !self.entries.iter().any(|e| e.path == at) {
+                self.entries.push(Entry {
+                    path: at.clone(),
+                    kind: EntryKind::Dir,
+                    perm: DIR_MODE,
+                    uid: ROOT_UID,
+                    gid: WHEEL_GID,
+                    mtime,
+                });
+            }
+        }
+    }
+
+    /// Adds the file `./<path>` (root:wheel, `perm`) and its missing parents.
+    pub fn add_file(&mut self, path: &str, data: Vec<u8>, perm: u32, mtime: u32) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.add_dirs(parent, mtime);
+        }
+        self.entries.push(Entry {
+            path: format!("./{path}"),
+            kind: EntryKind::File(data),
+            perm,
+            uid: ROOT_UID,
+            gid: WHEEL_GID,
+            mtime,
+        });
+    }
+
+    /// Puts the entries in archive order: `.` first, parents before children,
+    /// siblings by name (bytewise).
+    pub fn sort(&mut self) {
+        self.entries.sort_by(|a, b| {
+            let ka: Vec<&str> = a.path.split('/').collect();
+            let kb: Vec<&str> = b.path.split('/').collect();
+            ka.cmp(&kb)
+        });
+    }
+
     /// Number of entries (what PackageInfo calls `numberOfFiles`).
     pub fn len(&self) -> usize {
         self.entries.len()

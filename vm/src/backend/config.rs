@@ -145,7 +145,6 @@ impl VmConfig {
     pub fn guest(&self, pkg: PathBuf) -> GuestConfig {
         let g = &self.guest;
         GuestConfig {
-            pkg,
             kexts: g.kexts.clone(),
             work_dir: g.work_dir.clone(),
             command_timeout: Duration::from_secs(g.command_timeout_secs),
@@ -153,6 +152,10 @@ impl VmConfig {
             panic_report_dirs: g.panic_report_dirs.clone(),
             listener_port: g.listener_port,
             redirect_from: g.redirect_from.clone(),
+            prxctl: super::guest::DEFAULT_PRXCTL.into(),
+            uninstaller: super::guest::DEFAULT_UNINSTALLER.into(),
+            expect_version: super::guest::pkg_version(&pkg),
+            pkg,
         }
     }
 }

@@ -39,6 +39,10 @@ pub const GUEST_SCENARIOS: &[(&str, &str)] = &[
         "load, the same listener and rule, a redirected `nc 203.0.113.10 80` kept open; unloading PrxSocketFilter must be refused while it is open (its stop returns busy while sockets are attached) and succeed after it is closed; no panic",
     ),
     (
+        "uninstall",
+        "load, then `sudo /usr/local/share/prx/uninstall.sh` (the pkg's uninstaller): it must succeed, no prx kext may stay loaded, none of the installed files may remain, and `pkgutil --pkg-info net.prx.kext.pkg` must fail (receipt forgotten); runs last",
+    ),
+    (
         "ip-nat",
         "load, then PrxIPFilter's NAT: the guest's own IPv4 address (`route -n get 203.0.113.10`, `ipconfig getifaddr IF`) with an `nc -l` listener on it as the proxy, `prxctl --kext ip` proxy and a one-rule file (203.0.113.10, port 80, tcp), `curl` to 203.0.113.10:80 (a new flow: the IP filter translates only flows that start after the rules are loaded); the listener must receive the plain request (a PROXY v2 header would mean the socket filter redirected it) and `prxctl --kext ip status` must count packets redirected > 0 and NAT flows >= 1; `prxctl --kext ip disable`; unload",
     ),
@@ -54,6 +58,27 @@ pub const SOCKET_FILTER_ID: &str = "net.prx.kext.SocketFilter";
 
 /// The PROXY protocol v2 signature (12 bytes).
 pub const PROXY_V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Where the .pkg installs prxctl.
+pub const DEFAULT_PRXCTL: &str = "/usr/local/bin/prxctl";
+/// Where the .pkg installs its uninstaller.
+pub const DEFAULT_UNINSTALLER: &str = "/usr/local/share/prx/uninstall.sh";
+/// The package's receipt id.
+pub const PKG_ID: &str = "net.prx.kext.pkg";
+/// Installed files besides the kexts, prxctl and the uninstaller, which
+/// `uninstall` checks are gone.
+pub const OTHER_INSTALLED: &[&str] = &[
+    "/Library/LaunchDaemons/net.prx.apply.plist",
+    "/Library/Application Support/prx/prx.toml.example",
+];
+
+/// The version in a package named `prx-VERSION.pkg`, which the installed
+/// `prxctl --version` must report.
+pub fn pkg_version(pkg: &std::path::Path) -> Option<String> {
+    let name = pkg.file_name()?.to_str()?;
+    let v = name.strip_prefix("prx-")?.strip_suffix(".pkg")?;
+    (!v.is_empty()).then(|| v.to_string())
+}
 
 /// The macOS directories where kernel panic reports appear.
 pub const DEFAULT_PANIC_REPORT_DIRS: &[&str] = &[
@@ -102,14 +127,22 @@ pub struct GuestConfig {
     pub listener_port: u16,
     /// Where `curl` connects (a documentation address: only the filter's redirect reaches anything).
     pub redirect_from: String,
+    /// The installed prxctl ([`DEFAULT_PRXCTL`]).
+    pub prxctl: String,
+    /// The installed uninstaller ([`DEFAULT_UNINSTALLER`]).
+    pub uninstaller: String,
+    /// The version `prxctl --version` must report after the install
+    /// ([`pkg_version`] of the package; `None`: not compared).
+    pub expect_version: Option<String>,
 }
 
 impl GuestConfig {
     pub fn new(pkg: PathBuf) -> Self {
         GuestConfig {
+            expect_version: pkg_version(&pkg),
             pkg,
             kexts: default_kexts(),
-            work_dir: "/tmp/prx-vmtest".into(),
+            work_dir: "/tmp/prx-vmtest".into(), // tidy: a path on the macOS guest
             command_timeout: Duration::from_secs(60),
             install_timeout: Duration::from_secs(600),
             panic_report_dirs: DEFAULT_PANIC_REPORT_DIRS
@@ -118,6 +151,8 @@ impl GuestConfig {
                 .collect(),
             listener_port: 18080,
             redirect_from: "203.0.113.10:80".into(),
+            prxctl: DEFAULT_PRXCTL.into(),
+            uninstaller: DEFAULT_UNINSTALLER.into(),
         }
     }
 }
@@ -416,6 +451,11 @@ fn not_run(name: &str, kexts: &[GuestKext], why: &str) -> ScenarioReport {
 }
 
 impl Flow<'_> {
+    /// `sudo -n` and the installed prxctl.
+    fn prxctl(&self) -> String {
+        format!("sudo -n {}", sh_quote(&self.cfg.prxctl))
+    }
+
     fn run(&self, cmd: &str) -> Result<CmdOutput, SshError> {
         self.t.run(cmd, self.cfg.command_timeout)
     }
@@ -699,10 +739,11 @@ impl Flow<'_> {
             .unwrap_or((self.cfg.redirect_from.as_str(), "80"));
         let rules = format!("{w}/prx-vmtest-rules.toml");
         let setup = format!(
-            "sudo -n prxctl proxy set 127.0.0.1:{port} && printf '[[rule]]\\ndst = \"%s\"\\nports = \"%s\"\\naction = \"proxy-v2\"\\n' {} {} > {r} && sudo -n prxctl rules load {r}",
+            "{x} proxy set 127.0.0.1:{port} && printf '[[rule]]\\ndst = \"%s\"\\nports = \"%s\"\\naction = \"proxy-v2\"\\n' {} {} > {r} && {x} rules load {r} && {x} enable",
             sh_quote(dst_host),
             sh_quote(dst_port),
-            r = sh_quote(&rules)
+            r = sh_quote(&rules),
+            x = self.prxctl()
         );
         if self
             .step_run(
@@ -719,7 +760,7 @@ impl Flow<'_> {
         let _ = self.step_run(
             rep,
             "status (prxctl)",
-            "sudo -n prxctl status",
+            &format!("{} status", self.prxctl()),
             self.cfg.command_timeout,
         );
         Some(r)
@@ -752,7 +793,7 @@ impl Flow<'_> {
         let _ = self.step_run(
             rep,
             "disable redirection (prxctl)",
-            "sudo -n prxctl disable",
+            &format!("{} disable", self.prxctl()),
             self.cfg.command_timeout,
         );
         self.stop_listener(r);
@@ -916,11 +957,12 @@ impl Flow<'_> {
         };
         let rules = format!("{}/prx-vmtest-ip-rules.toml", self.cfg.work_dir);
         let setup = format!(
-            "sudo -n prxctl --kext ip proxy set {p} && printf '[[rule]]\\ndst = \"%s\"\\nports = \"%s\"\\nprotocol = \"tcp\"\\naction = \"proxy\"\\n' {} {} > {r} && sudo -n prxctl --kext ip rules load {r}",
+            "{x} --kext ip proxy set {p} && printf '[[rule]]\\ndst = \"%s\"\\nports = \"%s\"\\nprotocol = \"tcp\"\\naction = \"proxy\"\\n' {} {} > {r} && {x} --kext ip rules load {r} && {x} --kext ip enable",
             sh_quote(host),
             sh_quote(port),
             p = sh_quote(&proxy),
-            r = sh_quote(&rules)
+            r = sh_quote(&rules),
+            x = self.prxctl()
         );
         if self
             .step_run(
@@ -934,7 +976,7 @@ impl Flow<'_> {
             self.stop_listener(&r);
             return;
         }
-        let status = "sudo -n prxctl --kext ip status";
+        let status = &format!("{} --kext ip status", self.prxctl());
         let _ = self.step_run(
             rep,
             "status before (prxctl --kext ip)",
@@ -981,7 +1023,7 @@ impl Flow<'_> {
         let _ = self.step_run(
             rep,
             "disable NAT (prxctl --kext ip)",
-            "sudo -n prxctl --kext ip disable",
+            &format!("{} --kext ip disable", self.prxctl()),
             self.cfg.command_timeout,
         );
         self.stop_listener(&r);
@@ -1182,6 +1224,75 @@ impl Flow<'_> {
         );
     }
 
+    /// `uninstall`: the pkg's uninstaller, then nothing of prx may remain:
+    /// no kext loaded, no installed file, no receipt.
+    fn uninstall(&self, rep: &mut Rep) {
+        let cmd = format!("sudo -n {}", sh_quote(&self.cfg.uninstaller));
+        if self
+            .step_run(rep, "run the uninstaller", &cmd, self.cfg.install_timeout)
+            .is_none()
+        {
+            return;
+        }
+        for k in &self.cfg.kexts {
+            match self.is_loaded(k) {
+                Ok(false) => rep.step(
+                    format!("{} is unloaded", k.bundle_id),
+                    true,
+                    format!("`{}` does not list it", self.loaded_cmd(k)),
+                ),
+                Ok(true) => rep.step(
+                    format!("{} is unloaded", k.bundle_id),
+                    false,
+                    "still loaded after the uninstaller",
+                ),
+                Err(e) => rep.step(format!("{} is unloaded", k.bundle_id), false, e.to_string()),
+            };
+        }
+        let mut paths: Vec<String> = self.cfg.kexts.iter().map(|k| k.path.clone()).collect();
+        paths.push(self.cfg.prxctl.clone());
+        paths.push(self.cfg.uninstaller.clone());
+        paths.extend(OTHER_INSTALLED.iter().map(|p| p.to_string()));
+        let quoted: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
+        let cmd = format!(
+            "for p in {}; do [ -e \"$p\" ] && echo \"$p\"; done; true",
+            quoted.join(" ")
+        );
+        match self.run(&cmd) {
+            Ok(o) if o.ok() => {
+                let left = o.stdout.trim();
+                rep.step(
+                    "installed files are gone",
+                    left.is_empty(),
+                    if left.is_empty() {
+                        format!("none of {} remains", paths.join(", "))
+                    } else {
+                        format!("still there: {}", left.replace('\n', ", "))
+                    },
+                );
+            }
+            Ok(o) => {
+                rep.step(
+                    "installed files are gone",
+                    false,
+                    format!("`{cmd}` exited with {}: {}", o.status, o.text()),
+                );
+            }
+            Err(e) => {
+                rep.step("installed files are gone", false, e.to_string());
+            }
+        }
+        let cmd = format!("pkgutil --pkg-info {PKG_ID}");
+        match self.run(&cmd) {
+            Ok(o) => rep.step(
+                "the receipt is forgotten",
+                !o.ok(),
+                format!("`{cmd}` exited with {}: {}", o.status, o.text()),
+            ),
+            Err(e) => rep.step("the receipt is forgotten", false, e.to_string()),
+        };
+    }
+
     fn scenario(&mut self, name: &str) -> (ScenarioReport, Option<String>) {
         let mut rep = Rep::new(name, &self.cfg.kexts);
         let since = match self.run("date '+%Y-%m-%d %H:%M:%S'") {
@@ -1207,6 +1318,11 @@ impl Flow<'_> {
                     "socket-connect" => self.redirection(&mut rep),
                     "non-matching" => self.non_matching(&mut rep),
                     "ip-nat" => self.ip_nat(&mut rep),
+                    "uninstall" => {
+                        // The uninstaller unloads the kexts itself.
+                        self.uninstall(&mut rep);
+                        loaded.clear();
+                    }
                     "unload-open" => {
                         // Unloaded there (after the connection closed): not again below.
                         let unloaded = self.unload_open(&mut rep);
@@ -1254,8 +1370,13 @@ pub fn run(t: &SshTarget, cfg: &GuestConfig, scenarios: &[String]) -> Vec<Scenar
             ));
         }
     }
+    if let Some(i) = scenarios.iter().position(|s| s == "uninstall")
+        && i + 1 != scenarios.len()
+    {
+        setup.fail("`uninstall` removes prx: list it last".to_string());
+    }
     if !setup.r.failures.is_empty() {
-        return fail_all(setup, "unknown scenario");
+        return fail_all(setup, "unknown scenario or order");
     }
     let Some(v) = flow.step_run(
         &mut setup,
@@ -1334,6 +1455,45 @@ pub fn run(t: &SshTarget, cfg: &GuestConfig, scenarios: &[String]) -> Vec<Scenar
     {
         return fail_all(setup, "the package did not install");
     }
+    // The installed prxctl is the one the package carries.
+    let cmd = format!("{} --version", sh_quote(&cfg.prxctl));
+    match (flow.run(&cmd), &cfg.expect_version) {
+        (Ok(o), Some(v)) if o.ok() => {
+            let want = format!("prxctl {v}");
+            setup.step(
+                "installed prxctl is the built version",
+                o.stdout.trim() == want,
+                format!("`{cmd}`: {} (expected `{want}`)", o.stdout.trim()),
+            );
+        }
+        (Ok(o), None) if o.ok() => {
+            setup.step(
+                "installed prxctl answers",
+                true,
+                format!(
+                    "`{cmd}`: {} (the package name has no version to compare)",
+                    o.stdout.trim()
+                ),
+            );
+        }
+        (Ok(o), _) => {
+            setup.step(
+                "installed prxctl is the built version",
+                false,
+                format!("`{cmd}` exited with {}: {}", o.status, o.text()),
+            );
+        }
+        (Err(e), _) => {
+            setup.step(
+                "installed prxctl is the built version",
+                false,
+                e.to_string(),
+            );
+        }
+    }
+    if !setup.r.failures.is_empty() {
+        return fail_all(setup, "the installed prxctl is not the one built");
+    }
     reports.push(setup.finish());
     let mut stop: Option<String> = None;
     for s in scenarios {
@@ -1405,6 +1565,11 @@ mod tests {
             ]
         );
         assert_eq!(major_version("10.15.7\n"), Some(10));
+        assert_eq!(
+            pkg_version(std::path::Path::new("/x/prx-0.1.0.pkg")).as_deref(),
+            Some("0.1.0")
+        );
+        assert_eq!(pkg_version(std::path::Path::new("/x/other.pkg")), None);
         assert_eq!(major_version("14.5"), Some(14));
         assert_eq!(major_version("Linux"), None);
     }

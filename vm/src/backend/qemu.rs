@@ -220,7 +220,7 @@ fn on_path(prog: &str) -> bool {
 }
 
 /// Lines of the serial console that show a kernel panic (macOS prints them there
-/// when the guest boots with `serial=3` / `debug=` boot-args, see the README).
+/// when the guest boots with `serial=3` / `debug=` boot-args, see docs/real-macos.md).
 pub fn panic_lines(serial: &str) -> Vec<String> {
     serial
         .lines()

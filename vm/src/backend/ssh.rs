@@ -319,17 +319,17 @@ mod tests {
             assert!(a.contains(needle), "{needle} not in {a}");
         }
         let s = target()
-            .scp_args(Path::new("/tmp/p.pkg"), "/tmp/w/p.pkg")
+            .scp_args(Path::new("dist/p.pkg"), "prx-vmtest/p.pkg")
             .join(" ");
         assert!(
-            s.ends_with("-q -P 2222 -- /tmp/p.pkg admin@mac.example:/tmp/w/p.pkg"),
+            s.ends_with("-q -P 2222 -- dist/p.pkg admin@mac.example:prx-vmtest/p.pkg"),
             "{s}"
         );
     }
 
     #[test]
     fn shell_quoting() {
-        assert_eq!(sh_quote("/tmp/a.pkg"), "/tmp/a.pkg");
+        assert_eq!(sh_quote("dist/a-1.0.pkg"), "dist/a-1.0.pkg");
         assert_eq!(sh_quote("it's"), "'it'\\''s'");
         assert_eq!(sh_quote("sender == \"X\""), "'sender == \"X\"'");
         assert_eq!(sh_quote(""), "''");

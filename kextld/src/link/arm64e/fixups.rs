@@ -1,6 +1,6 @@
 //! `LC_DYLD_CHAINED_FIXUPS` with pointer format 7
 //! (`DYLD_CHAINED_PTR_ARM64E_KERNEL`), as dyld's `<mach-o/fixup-chains.h>`
-//! defines it and kext-format.md "arm64e" prescribes:
+//! defines it and docs/kext-format.md ("arm64e ABI", "Relocations") prescribes:
 //!
 //! ```text
 //! dyld_chained_fixups_header   version 0, imports_format 1, symbols_format 0

@@ -1,9 +1,11 @@
 //! The arm64e backend: lays out `__TEXT`/`__TEXT_EXEC`/`__DATA`/`__DATA_CONST`/
 //! `__LINKEDIT` on 16 KiB boundaries, resolves relocations, signs the function
-//! pointers the kernel calls, and writes the kext exactly as kext-format.md
-//! "arm64e" describes.
+//! pointers the kernel calls, and writes the kext exactly as docs/kext-format.md
+//! ("arm64e ABI", "Segments in the file") describes.
 //!
-//! File layout (fileoff == vmaddr for every segment):
+//! Memory layout (zero-fill takes no file space: each segment's file bytes
+//! follow the previous segment's file bytes, so a segment after `__DATA`'s
+//! zerofill has fileoff < vmaddr; see docs/kext-format.md, "Segments in the file"):
 //!
 //! ```text
 //! __TEXT        r--  mach_header_64, load commands, ≥ 32 bytes free, __cstring, __const, ...
@@ -233,6 +235,8 @@ struct Linker<'l, 'a> {
     auth_got_sect: Option<usize>,
     /// Segment (vmaddr, vmsize, filesize), in [`SEGMENTS`] order.
     segs: [(u64, u64, u64); 4],
+    /// Segment file offsets, in [`SEGMENTS`] order.
+    fileoffs: [u64; 4],
     undef_symidx: BTreeMap<String, u32>,
     fixups: BTreeMap<u64, Fixup>,
     split: Vec<Entry>,
@@ -264,6 +268,7 @@ pub(super) fn link(
         got_sect: None,
         auth_got_sect: None,
         segs: [(0, 0, 0); 4],
+        fileoffs: [0; 4],
         undef_symidx: BTreeMap::new(),
         fixups: BTreeMap::new(),
         split: Vec::new(),
@@ -497,6 +502,7 @@ impl<'a> Linker<'_, 'a> {
     fn layout(&mut self, header_size: u64) -> Result<(), LinkError> {
         let mut cur = header_size + MIN_HEADER_PADDING as u64;
         let mut seg_start = 0u64;
+        let mut file_pos = 0u64;
         for seg in 0..SEGMENTS.len() {
             let mut file_end = cur;
             for s in self
@@ -514,6 +520,8 @@ impl<'a> Linker<'_, 'a> {
             let vmsize = align_up(cur - seg_start, PAGE);
             let filesize = align_up(file_end - seg_start, PAGE);
             self.segs[seg] = (seg_start, vmsize, filesize);
+            self.fileoffs[seg] = file_pos;
+            file_pos += filesize;
             seg_start += vmsize;
             cur = seg_start;
         }
@@ -545,6 +553,17 @@ impl<'a> Linker<'_, 'a> {
                     .position(|s| s.addr + s.size == addr && s.size > 0)
             })?;
         Some((inside as u32 + 1, addr - self.sections[inside].addr))
+    }
+
+    /// The file offset of a file-backed address (segments are never empty
+    /// in memory and sorted, so the last segment starting at or below it holds it).
+    fn file_offset(&self, addr: u64) -> u64 {
+        let seg = self
+            .segs
+            .iter()
+            .rposition(|&(start, _, _)| start <= addr)
+            .unwrap_or(0);
+        addr - self.segs[seg].0 + self.fileoffs[seg]
     }
 
     /// The segment index holding `addr`.
@@ -1170,8 +1189,9 @@ impl<'a> Linker<'_, 'a> {
         let indirect = self.indirect_symbols();
 
         // __LINKEDIT.
-        let (last_start, last_size, _) = self.segs[SEG_DATA_CONST];
-        let linkedit_off = last_start + last_size;
+        let (last_start, last_size, last_filesize) = self.segs[SEG_DATA_CONST];
+        let linkedit_vmaddr = last_start + last_size;
+        let linkedit_off = self.fileoffs[SEG_DATA_CONST] + last_filesize;
         let mut le = Vec::new();
         let chained_off = linkedit_off;
         le.extend_from_slice(&chained.payload);
@@ -1221,14 +1241,21 @@ impl<'a> Linker<'_, 'a> {
                 .filter(|s| seg_index(&s.segname) == seg)
                 .collect();
             let (addr, vmsize, filesize) = self.segs[seg];
-            segment_command(&mut h, SEGMENTS[seg], addr, vmsize, filesize, prot, &secs);
+            let fileoff = self.fileoffs[seg];
+            segment_command(
+                &mut h,
+                SEGMENTS[seg],
+                (addr, vmsize),
+                (fileoff, filesize),
+                prot,
+                &secs,
+            );
         }
         segment_command(
             &mut h,
             "__LINKEDIT",
-            linkedit_off,
-            align_up(linkedit_size, PAGE),
-            linkedit_size,
+            (linkedit_vmaddr, align_up(linkedit_size, PAGE)),
+            (linkedit_off, linkedit_size),
             r,
             &[],
         );
@@ -1288,7 +1315,8 @@ impl<'a> Linker<'_, 'a> {
         let mut file = vec![0u8; end as usize];
         file[..h.len()].copy_from_slice(&h);
         for s in self.sections.iter().filter(|s| !s.zerofill) {
-            file[s.addr as usize..][..s.data.len()].copy_from_slice(&s.data);
+            let off = self.file_offset(s.addr) as usize;
+            file[off..][..s.data.len()].copy_from_slice(&s.data);
         }
         file[linkedit_off as usize..].copy_from_slice(&le);
         image::stamp_uuid(&mut file, uuid_at);
@@ -1303,12 +1331,14 @@ fn linkedit_data(h: &mut Vec<u8>, cmd: u32, off: u64, size: usize) {
     push_u32(h, size as u32);
 }
 
+/// An `LC_SEGMENT_64` with its sections; `vm` is (vmaddr, vmsize), `file`
+/// (fileoff, filesize). A section's file offset is its address's offset in the
+/// segment added to the segment's file offset.
 fn segment_command(
     h: &mut Vec<u8>,
     name: &str,
-    addr: u64,
-    vmsize: u64,
-    filesize: u64,
+    (addr, vmsize): (u64, u64),
+    (fileoff, filesize): (u64, u64),
     prot: u32,
     secs: &[&OutSection],
 ) {
@@ -1320,7 +1350,7 @@ fn segment_command(
     push_name16(h, name);
     push_u64(h, addr);
     push_u64(h, vmsize);
-    push_u64(h, addr); // fileoff == vmaddr
+    push_u64(h, fileoff);
     push_u64(h, filesize);
     push_u32(h, prot);
     push_u32(h, prot);
@@ -1331,7 +1361,14 @@ fn segment_command(
         push_name16(h, &s.segname);
         push_u64(h, s.addr);
         push_u64(h, s.size);
-        push_u32(h, if s.zerofill { 0 } else { s.addr as u32 });
+        push_u32(
+            h,
+            if s.zerofill {
+                0
+            } else {
+                (s.addr - addr + fileoff) as u32
+            },
+        );
         push_u32(h, s.align);
         push_u32(h, 0); // reloff
         push_u32(h, 0); // nreloc

@@ -1,7 +1,8 @@
 //! The x86_64 backend: lays out `__TEXT`/`__DATA`/`__LINKEDIT`, resolves
-//! relocations and writes the kext exactly as kext-format.md "x86_64" describes.
+//! relocations and writes the kext as docs/kext-format.md describes.
 //!
-//! File layout (4 KiB pages, fileoff == vmaddr for every segment):
+//! File layout (4 KiB pages; `__TEXT` and `__DATA` have fileoff == vmaddr,
+//! `__LINKEDIT` follows the last file-backed byte):
 //!
 //! ```text
 //! 0            mach_header_64, load commands, ≥ 32 bytes free for LC_CODE_SIGNATURE
@@ -12,9 +13,11 @@
 //! __LINKEDIT   local relocs, symbol table, external relocs, string table (8-aligned)
 //! ```
 //!
-//! When zerofill extends `__DATA` past its last file page, `__DATA.filesize <
-//! vmsize` and `__LINKEDIT` still starts at fileoff == vmaddr, leaving zeros in
-//! the file between them (the loaders copy segments by vmaddr).
+//! Zero-fill takes no file space, as with ld64: when zerofill extends `__DATA`
+//! past its last file page, `__DATA.filesize < vmsize` and `__LINKEDIT` starts
+//! in the file right after `__DATA`'s file pages (at a file offset below its
+//! vmaddr). The loaders copy each segment's `filesize` bytes from `fileoff` to
+//! its vmaddr and zero the rest (docs/kext-format.md, "Segments in the file").
 //!
 //! The LC_UUID is the first 16 bytes of the SHA-256 of the file with the UUID
 //! field zeroed, with the RFC 4122 version set to 4 and the variant to 10xx:
@@ -826,8 +829,10 @@ fn write(
 ) -> Result<Vec<u8>, LinkError> {
     let ntext = img.sections.iter().filter(|s| s.is_text()).count();
     let ndata = img.sections.len() - ntext;
-    // __LINKEDIT contents.
-    let linkedit_off = img.data_vmaddr + img.data_vmsize;
+    // __LINKEDIT contents: in memory after __DATA's zerofill, in the file after
+    // __DATA's file-backed pages (docs/kext-format.md, "Segments in the file").
+    let linkedit_vmaddr = img.data_vmaddr + img.data_vmsize;
+    let linkedit_off = img.data_vmaddr + img.data_filesize;
     let mut le = Vec::new();
     let locreloff = linkedit_off + le.len() as u64;
     for &(addr, ord) in &img.local_relocs {
@@ -879,6 +884,7 @@ fn write(
                    name: &str,
                    addr: u64,
                    vmsize: u64,
+                   fileoff: u64,
                    filesize: u64,
                    prot: u32,
                    secs: &[&OutSection]| {
@@ -890,7 +896,7 @@ fn write(
         push_name16(h, name);
         push_u64(h, addr);
         push_u64(h, vmsize);
-        push_u64(h, addr); // fileoff == vmaddr
+        push_u64(h, fileoff);
         push_u64(h, filesize);
         push_u32(h, prot);
         push_u32(h, prot);
@@ -901,6 +907,7 @@ fn write(
             push_name16(h, &s.segname);
             push_u64(h, s.addr);
             push_u64(h, s.size);
+            // __TEXT and __DATA have fileoff == vmaddr.
             push_u32(h, if s.zerofill { 0 } else { s.addr as u32 });
             push_u32(h, s.align);
             push_u32(h, 0); // reloff
@@ -914,12 +921,22 @@ fn write(
     let text: Vec<&OutSection> = img.sections.iter().filter(|s| s.is_text()).collect();
     let data: Vec<&OutSection> = img.sections.iter().filter(|s| !s.is_text()).collect();
     debug_assert_eq!((text.len(), data.len()), (ntext, ndata));
-    segment(&mut h, "__TEXT", 0, img.text_size, img.text_size, rx, &text);
+    segment(
+        &mut h,
+        "__TEXT",
+        0,
+        img.text_size,
+        0,
+        img.text_size,
+        rx,
+        &text,
+    );
     segment(
         &mut h,
         "__DATA",
         img.data_vmaddr,
         img.data_vmsize,
+        img.data_vmaddr,
         img.data_filesize,
         rw,
         &data,
@@ -927,8 +944,9 @@ fn write(
     segment(
         &mut h,
         "__LINKEDIT",
-        linkedit_off,
+        linkedit_vmaddr,
         align_up(linkedit_size, PAGE),
+        linkedit_off,
         linkedit_size,
         VM_PROT_READ,
         &[],

@@ -1,0 +1,414 @@
+//! `cargo xtask test`: make sure this machine has what the test suite uses, install
+//! what is missing (saying what and why), then run the suite (`cargo test`).
+//!
+//! The suite cross-checks prx's output with independent tools and real
+//! third-party programs; every one of them is listed in [`NEEDS`], with the
+//! Debian package that provides it. A test never skips because a tool is
+//! missing: it fails and names the tool. This command is what makes a fresh
+//! machine with nothing but rustup able to run the suite; `.ci/run` calls it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::toolchain;
+
+/// How to tell whether a need is met.
+#[derive(Clone, Copy, Debug)]
+pub enum Probe {
+    /// A program on PATH.
+    Program(&'static str),
+    /// A file at a fixed path (libraries, daemons outside PATH).
+    File(&'static str),
+    /// A command that succeeds when the need is met (e.g. a Python module).
+    Runs(&'static [&'static str]),
+}
+
+/// One thing the suite uses from outside the Rust toolchain.
+#[derive(Clone, Copy, Debug)]
+pub struct Need {
+    pub probe: Probe,
+    /// The Debian package that provides it.
+    pub package: &'static str,
+    /// What the tests use it for.
+    pub why: &'static str,
+}
+
+const fn program(name: &'static str, package: &'static str, why: &'static str) -> Need {
+    Need {
+        probe: Probe::Program(name),
+        package,
+        why,
+    }
+}
+
+const fn file(path: &'static str, package: &'static str, why: &'static str) -> Need {
+    Need {
+        probe: Probe::File(path),
+        package,
+        why,
+    }
+}
+
+/// Everything outside the Rust toolchain that the suite runs.
+pub const NEEDS: &[Need] = &[
+    program(
+        "llvm-otool-19",
+        "llvm-19",
+        "reading the kexts' load commands",
+    ),
+    program(
+        "llvm-objdump-19",
+        "llvm-19",
+        "disassembling and decoding fixups",
+    ),
+    program("llvm-nm-19", "llvm-19", "listing symbols"),
+    program("llvm-lipo-19", "llvm-19", "splitting universal binaries"),
+    program("llvm-readobj-19", "llvm-19", "reading Mach-O structures"),
+    program("clang-19", "clang-19", "C test kexts and layout probes"),
+    program(
+        "ld64.lld-19",
+        "lld-19",
+        "linking arm64 fixtures for the fixup decoder",
+    ),
+    file(
+        "/usr/lib/llvm-19/lib/libclang.so",
+        "libclang-19-dev",
+        "checking the committed KPI bindings with bindgen",
+    ),
+    program(
+        "bsdtar",
+        "libarchive-tools",
+        "reading the .pkg and its payload",
+    ),
+    program("cpio", "cpio", "reading the .pkg payload"),
+    program("7zz", "7zip", "reading the .pkg and the .zip"),
+    file(
+        "/usr/sbin/sshd",
+        "openssh-server",
+        "the ssh backend's loopback tests",
+    ),
+    program("ssh", "openssh-client", "the ssh backend's loopback tests"),
+    program(
+        "ssh-keygen",
+        "openssh-client",
+        "host and user keys for the loopback sshd",
+    ),
+    program(
+        "shellcheck",
+        "shellcheck",
+        "checking the installer's scripts",
+    ),
+    program(
+        "openssl",
+        "openssl",
+        "making the .p12 files (OpenSSL 3 default and -legacy) the signing tests read",
+    ),
+    Need {
+        probe: Probe::Runs(&["python3", "-m", "pip", "--version"]),
+        package: "python3-pip",
+        why: "fetching the libSystem link stub (ziglang from PyPI) for the macOS tools",
+    },
+];
+
+/// Rustup components of the pinned toolchain that the suite uses.
+pub const COMPONENTS: &[(&str, &str)] = &[
+    ("rust-src", "-Zbuild-std for the kernel targets"),
+    ("clippy", "the tidy test's kernel-target clippy run"),
+    ("rustfmt", "the tidy test's formatting check"),
+];
+
+/// Rustup targets of the pinned toolchain that the suite uses.
+pub const TARGETS: &[(&str, &str)] = &[
+    (
+        "x86_64-apple-darwin",
+        "the macOS tools' x86_64 slice and their macOS-only code",
+    ),
+    ("aarch64-apple-darwin", "the macOS tools' arm64 slice"),
+];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let p = dir.join(program);
+            p.is_file()
+                && std::fs::metadata(&p).is_ok_and(|m| {
+                    use std::os::unix::fs::PermissionsExt;
+                    m.permissions().mode() & 0o111 != 0
+                })
+        })
+    })
+}
+
+impl Need {
+    pub fn met(&self) -> bool {
+        match self.probe {
+            Probe::Program(p) => on_path(p),
+            Probe::File(f) => Path::new(f).exists(),
+            Probe::Runs(argv) => argv.split_first().is_some_and(|(p, rest)| {
+                Command::new(p)
+                    .args(rest)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.probe {
+            Probe::Program(p) | Probe::File(p) => p,
+            Probe::Runs(argv) => argv.get(2).copied().unwrap_or("a command"),
+        }
+    }
+}
+
+/// The Debian packages to install for the needs that are not met, each once,
+/// in the order of [`NEEDS`].
+pub fn missing_packages(needs: &[Need]) -> Vec<&'static str> {
+    let mut pkgs: Vec<&'static str> = Vec::new();
+    for n in needs.iter().filter(|n| !n.met()) {
+        if !pkgs.contains(&n.package) {
+            pkgs.push(n.package);
+        }
+    }
+    pkgs
+}
+
+/// Runs a command with root's rights: directly as root, else through `sudo`.
+fn as_root(args: &[&str]) -> Result<()> {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let mut cmd = if is_root {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        c
+    } else {
+        if !on_path("sudo") {
+            bail!(
+                "installing needs root and sudo is not installed: run `{}` as root, then `cargo xtask test` again",
+                args.join(" ")
+            );
+        }
+        let mut c = Command::new("sudo");
+        c.args(args);
+        c
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    let status = cmd
+        .status()
+        .with_context(|| format!("running `{}`", args.join(" ")))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Installs the Debian packages the suite needs and lacks, saying which and why.
+pub fn ensure_debian_packages() -> Result<()> {
+    let pkgs = missing_packages(NEEDS);
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    for n in NEEDS.iter().filter(|n| !n.met()) {
+        eprintln!(
+            "xtask test: {} is missing (Debian package {}; the tests use it for {})",
+            n.name(),
+            n.package,
+            n.why
+        );
+    }
+    if !on_path("apt-get") {
+        bail!(
+            "this machine has no apt-get: install the packages providing the tools above ({}) by hand, then run `cargo xtask test` again",
+            pkgs.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask test: installing Debian packages: {} (apt-get)",
+        pkgs.join(" ")
+    );
+    as_root(&["apt-get", "update", "-qq"])?;
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&pkgs);
+    as_root(&install)?;
+    let still: Vec<&str> = NEEDS
+        .iter()
+        .filter(|n| !n.met())
+        .map(|n| n.name())
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "after installing {}, still missing: {} (is this Debian 12 or newer with its llvm-19 packages?)",
+            pkgs.join(" "),
+            still.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn rustup_list(root: &Path, what: &str, channel: &str) -> Result<Vec<String>> {
+    let out = Command::new("rustup")
+        .current_dir(root)
+        .args([what, "list", "--installed", "--toolchain", channel])
+        .output()
+        .context("running rustup (install rustup from https://rustup.rs)")?;
+    if !out.status.success() {
+        bail!(
+            "`rustup {what} list --installed --toolchain {channel}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .collect())
+}
+
+/// Adds the rustup components and targets the suite uses to the pinned toolchain.
+pub fn ensure_rustup_parts(root: &Path) -> Result<()> {
+    let channel = toolchain::pinned_channel(root)?;
+    let installed = rustup_list(root, "component", &channel)?;
+    for (component, why) in COMPONENTS {
+        // `rustup component list --installed` names components with their host
+        // triple (`clippy-x86_64-unknown-linux-gnu`), rust-src without one.
+        let have = installed
+            .iter()
+            .any(|c| c == component || c.starts_with(&format!("{component}-")));
+        if !have {
+            eprintln!(
+                "xtask test: adding rustup component {component} to toolchain {channel} (for {why})"
+            );
+            rustup(
+                root,
+                &["component", "add", component, "--toolchain", &channel],
+            )?;
+        }
+    }
+    let installed = rustup_list(root, "target", &channel)?;
+    for (target, why) in TARGETS {
+        if !installed.iter().any(|t| t == target) {
+            eprintln!(
+                "xtask test: adding rustup target {target} to toolchain {channel} (for {why})"
+            );
+            rustup(root, &["target", "add", target, "--toolchain", &channel])?;
+        }
+    }
+    Ok(())
+}
+
+fn rustup(root: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new("rustup")
+        .current_dir(root)
+        .args(args)
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("`rustup {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// A `cargo` command for the workspace without the variables `cargo run` set
+/// for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
+/// watch them would otherwise see a different environment than a plain
+/// `cargo test` and rebuild.
+pub fn clean_cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(toolchain::cargo());
+    cmd.current_dir(root);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo_run = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            );
+        if set_by_cargo_run {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// `cargo xtask test [--no-install] [-- ARGS]`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Do not install anything: fail, naming what is missing and how to install it.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Passed on to `cargo test` (e.g. `-p common`, or `-- --test-threads 1`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CARGO_TEST_ARGS"
+    )]
+    pub cargo_test_args: Vec<String>,
+}
+
+pub fn run(root: &Path, args: Args) -> Result<()> {
+    if args.no_install {
+        let missing: Vec<String> = NEEDS
+            .iter()
+            .filter(|n| !n.met())
+            .map(|n| format!("{} (Debian package {})", n.name(), n.package))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "--no-install: missing {}; run `cargo xtask test` without --no-install to install them",
+                missing.join(", ")
+            );
+        }
+    } else {
+        ensure_debian_packages()?;
+        ensure_rustup_parts(root)?;
+    }
+    eprintln!(
+        "xtask test: running `cargo test{}{}`",
+        if args.cargo_test_args.is_empty() {
+            ""
+        } else {
+            " "
+        },
+        args.cargo_test_args.join(" ")
+    );
+    let status = clean_cargo(root)
+        .arg("test")
+        .args(&args.cargo_test_args)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("the test suite failed ({status}); the failing tests are listed above");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_package_named_once_in_order() {
+        let needs = [
+            file("/nonexistent/a", "pkg-a", "x"),
+            file("/nonexistent/b", "pkg-b", "x"),
+            file("/nonexistent/c", "pkg-a", "x"),
+            file("/", "pkg-present", "x"),
+        ];
+        assert_eq!(missing_packages(&needs), ["pkg-a", "pkg-b"]);
+    }
+
+    #[test]
+    fn a_program_on_path_is_found_and_a_made_up_one_is_not() {
+        assert!(on_path("sh"));
+        assert!(!on_path("prx-no-such-program-xyz"));
+    }
+}
