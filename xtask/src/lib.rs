@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn cargo_target_dir_decides_where_bundles_go() {
         let root = PathBuf::from("/ws");
-        let cwd = Some(PathBuf::from("/home/me/ws/sub"));
+        let cwd = Some(PathBuf::from("/srv/ws/sub"));
         assert_eq!(
             resolve_target_dir(None, cwd.clone(), &root),
             root.join("target")
@@ -70,7 +70,7 @@ mod tests {
         );
         assert_eq!(
             resolve_target_dir(Some("tgt".into()), cwd, &root),
-            PathBuf::from("/home/me/ws/sub/tgt")
+            PathBuf::from("/srv/ws/sub/tgt")
         );
         // The build's bundles and kernel builds follow it.
         let opts = build::BuildOptions {
