@@ -235,20 +235,8 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
             bail!("{}", missing_bundle(b, opts.default_bundles));
         }
     }
-    for t in &opts.tools {
-        if !t.is_file() {
-            bail!(
-                "missing macOS executable {}: run `cargo xtask build --release` first",
-                t.display()
-            );
-        }
-    }
-    let example_config = std::fs::read(&opts.example_config).with_context(|| {
-        format!(
-            "reading the example configuration {}",
-            opts.example_config.display()
-        )
-    })?;
+    // The identities first of the remaining inputs: a wrong password or a
+    // missing variable is the likeliest mistake and names itself.
     let kext_identity =
         Identity::load(&opts.kext_identity).context("loading the kext signing identity")?;
     let installer_identity = match &opts.installer_identity {
@@ -270,6 +258,20 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
             now,
         )?;
     }
+    for t in &opts.tools {
+        if !t.is_file() {
+            bail!(
+                "missing macOS executable {}: run `cargo xtask build --release` first",
+                t.display()
+            );
+        }
+    }
+    let example_config = std::fs::read(&opts.example_config).with_context(|| {
+        format!(
+            "reading the example configuration {}",
+            opts.example_config.display()
+        )
+    })?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| {
         format!(
             "{}: cannot create the output directory",
