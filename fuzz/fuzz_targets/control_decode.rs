@@ -20,4 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = control::decode_status(msg);
     let _ = control::decode_lookup_response(msg);
     let _ = control::decode_stats(msg, |_, _| {});
+    if let Ok(m) = control::decode_rules_response(msg) {
+        for r in m.rules() {
+            assert!(r.is_ok_and(|r| r.validate().is_ok()));
+        }
+    }
 });

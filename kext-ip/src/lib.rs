@@ -48,6 +48,7 @@ use common::kpi::sflt::Errno;
 use common::kpi::{KextError, clock, log, random};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::filter::{self, Decision, DropReason, Plan, RulesPolicy};
+use common::net::kextlog::{Ep, LogLevel};
 use common::net::nat::{self, Config, NatTable};
 use common::net::origdst::Original;
 use common::net::policy::Proxies;
@@ -94,6 +95,33 @@ static STATS: Stats = Stats {
 fn count_drop(r: DropReason) {
     if let Some(c) = STATS.drops.get(r.index()) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    // Blocks are logged with their addresses where they are decided.
+    let level = match r {
+        DropReason::Blocked => return,
+        DropReason::TableFull | DropReason::Collision | DropReason::Mbuf | DropReason::Inject => {
+            LogLevel::Decisions
+        }
+        _ => LogLevel::Debug,
+    };
+    LOG.log(level, format_args!("packet dropped: {}", r.name()));
+}
+
+/// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
+static LOG: log::Logger = log::Logger::new(c"PrxIPFilter");
+
+/// A flow for log lines: `TCP 10.0.0.1:49152 -> 203.0.113.10:80`.
+struct FlowText(nat::FlowKey);
+
+impl core::fmt::Display for FlowText {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let p = match self.0.protocol {
+            common::net::wire::proto::TCP => "TCP",
+            _ => "UDP",
+        };
+        let src: common::net::addr::Endpoint = self.0.src.into();
+        let dst: common::net::addr::Endpoint = self.0.dst.into();
+        write!(f, "{p} {} -> {}", Ep(&src), Ep(&dst))
     }
 }
 
@@ -165,7 +193,32 @@ impl Nat {
         let Some(mut table) = self.table.try_lock(SPINS) else {
             return Plan::Drop(DropReason::Busy);
         };
-        filter::plan_output(bytes, len, &mut table, &policy, clock::uptime_ms())
+        let before = table.len();
+        let plan = filter::plan_output(bytes, len, &mut table, &policy, clock::uptime_ms());
+        let created = table.len() > before;
+        drop(table);
+        drop(cfg);
+        // Logged outside the locks (the logger never blocks).
+        let blocked = plan == Plan::Drop(DropReason::Blocked);
+        if (created || blocked)
+            && LOG.enabled(LogLevel::Decisions)
+            && let Some(flow) = filter::outbound_flow(bytes, len)
+        {
+            match plan {
+                Plan::Translate { to, .. } => {
+                    let to: common::net::addr::Endpoint = to.into();
+                    LOG.log(
+                        LogLevel::Decisions,
+                        format_args!("redirect {} to {}", FlowText(flow), Ep(&to)),
+                    );
+                }
+                _ => LOG.log(
+                    LogLevel::Decisions,
+                    format_args!("block {}", FlowText(flow)),
+                ),
+            }
+        }
+        plan
     }
 
     /// The input plan (reverse translation needs only the table).
@@ -317,6 +370,14 @@ impl Control for Ctl {
                     core::mem::swap(&mut cfg.rules, &mut set);
                 })?;
                 drop(set); // the old rules (or the refused new ones), freed outside the lock
+                LOG.log(
+                    LogLevel::Decisions,
+                    format_args!(
+                        "rules: {} rule(s), default {:?}",
+                        m.count(),
+                        m.default_action()
+                    ),
+                );
                 Ok(())
             }
             SetRequest::Proxies(p) => replace_config(&st, |cfg| cfg.proxies = p),
@@ -327,6 +388,10 @@ impl Control for Ctl {
                 let mut v6 = NAT_V6.try_lock(CONTROL_SPINS).ok_or(EBUSY)?;
                 v4.set_config(t.nat_config());
                 v6.set_config(t.nat_config());
+                Ok(())
+            }
+            SetRequest::LogLevel(l) => {
+                LOG.set_level(l);
                 Ok(())
             }
         }
@@ -352,6 +417,10 @@ impl Control for Ctl {
                     }
                 };
                 proto::encode_status(&s, buf)
+            }
+            GetRequest::Rules => {
+                let cfg = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?;
+                proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
             }
             GetRequest::Stats => {
                 let generation = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?.generation;
@@ -397,6 +466,8 @@ impl Control for Ctl {
                         push(id, c.load(Ordering::Relaxed));
                     }
                 }
+                push(stat::LOG_LEVEL, LOG.level() as u64);
+                push(stat::LOG_SUPPRESSED, LOG.suppressed());
                 proto::encode_stats(out.get(..n).unwrap_or(&[]), buf)
             }
         };

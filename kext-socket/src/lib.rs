@@ -47,6 +47,7 @@ use common::kpi::sflt::{
 use common::kpi::{KextError, log, proc};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
+use common::net::kextlog::{Ep, LogLevel, RuleNo};
 use common::net::origdst::{Original, Slot, Table};
 use common::net::policy::{self, Decision, Proxies};
 use common::net::proxy_v2;
@@ -107,6 +108,19 @@ impl Shared {
 
 static STATE: Global<Shared> = Global::new();
 
+/// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
+static LOG: log::Logger = log::Logger::new(c"PrxSocketFilter");
+
+/// The pid and name of a connection, for log lines.
+struct Who<'a>(&'a Conn);
+
+impl core::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = core::str::from_utf8(self.0.name.as_bytes()).unwrap_or("?");
+        write!(f, "pid {} {name}", self.0.pid)
+    }
+}
+
 // ---- the socket filter ----
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -138,7 +152,13 @@ impl Filter {
     fn header_failed(c: &mut Conn, st: &Shared) {
         c.header = Header::Failed;
         st.count(stat::CONN_FAILED);
-        log::line(c"PrxSocketFilter: PROXY v2 header not sent; refusing the connection's data");
+        LOG.log(
+            LogLevel::Decisions,
+            format_args!(
+                "PROXY v2 header not sent ({}); refusing the connection's data",
+                Who(c)
+            ),
+        );
     }
 }
 
@@ -187,12 +207,20 @@ impl SocketFilter for Filter {
             policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &conn)
         };
         match decision {
-            Decision::Pass(_) => {
+            Decision::Pass(why) => {
                 st.count(stat::CONN_PASSED);
+                LOG.log(
+                    LogLevel::Debug,
+                    format_args!("pass {} ({why:?}; {})", Ep(&dst), Who(c)),
+                );
                 Ok(())
             }
-            Decision::Block { .. } => {
+            Decision::Block { rule } => {
                 st.count(stat::CONN_BLOCKED);
+                LOG.log(
+                    LogLevel::Decisions,
+                    format_args!("block {} ({}; {})", Ep(&dst), RuleNo(rule), Who(c)),
+                );
                 Err(ECONNREFUSED)
             }
             Decision::Redirect {
@@ -204,8 +232,28 @@ impl SocketFilter for Filter {
                     // The address is untouched: fail the connection rather than
                     // let it go direct against the rules.
                     st.count(stat::CONN_FAILED);
+                    LOG.log(
+                        LogLevel::Decisions,
+                        format_args!(
+                            "redirect of {} to {} failed: the address could not be rewritten ({})",
+                            Ep(&dst),
+                            Ep(&proxy),
+                            Who(c)
+                        ),
+                    );
                     return Err(EHOSTUNREACH);
                 }
+                LOG.log(
+                    LogLevel::Decisions,
+                    format_args!(
+                        "redirect {} -> {}{} ({}; {})",
+                        Ep(&dst),
+                        Ep(&proxy),
+                        if proxy_v2 { " with PROXY v2" } else { "" },
+                        RuleNo(rule),
+                        Who(c)
+                    ),
+                );
                 c.redirect = Some(Redirected {
                     orig: dst,
                     rule,
@@ -287,12 +335,20 @@ struct Ctl;
 
 fn apply_rules(st: &Shared, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> {
     let set = krules::from_msg(msg)?;
-    let old = {
+    let (old, generation) = {
         let mut cfg = st.config.write();
         cfg.generation = cfg.generation.wrapping_add(1);
-        core::mem::replace(&mut cfg.rules, set)
+        (core::mem::replace(&mut cfg.rules, set), cfg.generation)
     };
     drop(old); // freed outside the lock
+    LOG.log(
+        LogLevel::Decisions,
+        format_args!(
+            "rules: {} rule(s), default {:?} (rule set {generation})",
+            msg.count(),
+            msg.default_action()
+        ),
+    );
     Ok(())
 }
 
@@ -317,6 +373,10 @@ impl Control for Ctl {
             }
             // NAT timeouts are the IP filter's.
             SetRequest::Timeouts(_) => Err(ENOTSUP),
+            SetRequest::LogLevel(l) => {
+                LOG.set_level(l);
+                Ok(())
+            }
         }
     }
 
@@ -341,8 +401,12 @@ impl Control for Ctl {
                 };
                 proto::encode_status(&s, buf)
             }
+            GetRequest::Rules => {
+                let cfg = st.config.read();
+                proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
+            }
             GetRequest::Stats => {
-                let mut out = [(0u32, 0u64); 10];
+                let mut out = [(0u32, 0u64); 11];
                 for ((o, id), c) in out.iter_mut().zip(COUNTERS).zip(st.counters.iter()) {
                     *o = (id, c.load(Ordering::Relaxed));
                 }
@@ -354,7 +418,13 @@ impl Control for Ctl {
                 if let Some(o) = out.get_mut(8) {
                     *o = (stat::RULES_GENERATION, generation);
                 }
-                let used: &[(u32, u64)] = out.get(..9).unwrap_or(&[]);
+                if let Some(o) = out.get_mut(9) {
+                    *o = (stat::LOG_LEVEL, LOG.level() as u64);
+                }
+                if let Some(o) = out.get_mut(10) {
+                    *o = (stat::LOG_SUPPRESSED, LOG.suppressed());
+                }
+                let used: &[(u32, u64)] = out.get(..11).unwrap_or(&[]);
                 proto::encode_stats(used, buf)
             }
         };
@@ -422,6 +492,14 @@ fn start() -> Result<(), KextError> {
     Ok(())
 }
 
+/// The counters, one line each, when the kext stops.
+fn log_counters() {
+    let Some(st) = STATE.get() else { return };
+    for (id, c) in COUNTERS.iter().zip(st.counters.iter()) {
+        LOG.counter(*id, c.load(Ordering::Relaxed));
+    }
+}
+
 fn stop() -> Result<(), KextError> {
     if ctl::clients() != 0 {
         log::line(c"PrxSocketFilter: stop refused: control clients connected");
@@ -439,6 +517,7 @@ fn stop() -> Result<(), KextError> {
     {
         return Err(KextError::Busy);
     }
+    log_counters();
     teardown_runtime()?;
     log::line(c"PrxSocketFilter stopped");
     Ok(())

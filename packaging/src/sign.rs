@@ -19,7 +19,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use apple_codesign::cryptography::{InMemoryPrivateKey, parse_pfx_data};
+use apple_codesign::cryptography::InMemoryPrivateKey;
 use apple_codesign::{
     AppleCertificate, CertificateProfile, CodeSignatureFlags, MachFile, SettingsScope,
     SigningSettings, UnifiedSigner,
@@ -158,6 +158,68 @@ fn read(path: &Path) -> Result<Vec<u8>, SignError> {
     })
 }
 
+/// The algorithms [`parse_pkcs12`] reads, for error messages.
+pub const PKCS12_SUPPORTED: &str = "PBES2 (PBKDF2 with AES-CBC: OpenSSL 3's default), \
+pbeWithSHAAnd3-KeyTripleDES-CBC and pbeWithSHAAnd40BitRC2-CBC (`openssl pkcs12 -legacy`, \
+Keychain Access exports); MACs HMAC-SHA-1 and HMAC-SHA-2";
+
+/// Decodes a PKCS#12 file: the private key, the certificate that goes with
+/// it and the further certificates (its issuers). Reads what OpenSSL 3 writes
+/// by default (PBES2/AES-256-CBC, HMAC-SHA-256 MAC), what `openssl pkcs12
+/// -legacy` and Keychain Access write (3DES/RC2-40, HMAC-SHA-1), with the
+/// `p12-keystore` crate. Errors say "wrong password" when the MAC (or, for a
+/// file without one, the padding) does not check out, and name the supported
+/// algorithms for anything else it cannot decrypt.
+pub fn parse_pkcs12(
+    data: &[u8],
+    password: &str,
+) -> Result<
+    (
+        InMemoryPrivateKey,
+        CapturedX509Certificate,
+        Vec<CapturedX509Certificate>,
+    ),
+    String,
+> {
+    use p12_keystore::error::Error as P12Error;
+    use p12_keystore::{KeyStore, Pkcs12ImportPolicy};
+    let store = KeyStore::from_pkcs12(data, password, Pkcs12ImportPolicy::Relaxed).map_err(
+        |e| match e {
+            P12Error::MacError(_) => "wrong password".to_string(),
+            P12Error::UnpadError | P12Error::Pkcs5Error(_) => {
+                format!("wrong password (or a damaged file: {e})")
+            }
+            P12Error::UnsupportedEncryptionScheme | P12Error::UnsupportedMacAlgorithm => format!(
+                "it is protected with an algorithm prx does not read (supported: {PKCS12_SUPPORTED}); \
+                 export it again with `openssl pkcs12 -export` or from Keychain Access"
+            ),
+            P12Error::DerError(e) => format!("not a PKCS#12 file ({e})"),
+            other => format!("not a usable PKCS#12 file ({other})"),
+        },
+    )?;
+    let (alias, chain) = store.private_key_chain().ok_or_else(|| {
+        "it holds no private key (export the certificate together with its key: \
+         in Keychain Access, select the identity under My Certificates)"
+            .to_string()
+    })?;
+    let key = InMemoryPrivateKey::from_pkcs8_der(chain.key().as_der())
+        .map_err(|e| format!("the private key of {alias:?} is not usable: {e}"))?;
+    let mut certs = Vec::new();
+    for c in chain.certs() {
+        certs.push(
+            CapturedX509Certificate::from_der(c.as_der().to_vec())
+                .map_err(|e| format!("bad certificate {:?}: {e}", c.subject()))?,
+        );
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "it holds no certificate for the private key {alias:?} (export the identity, not the key alone)"
+        ));
+    }
+    let cert = certs.remove(0);
+    Ok((key, cert, certs))
+}
+
 impl Identity {
     /// Loads `source`; `Ok(None)` for ad-hoc.
     pub fn load(source: &IdentitySource) -> Result<Option<Identity>, SignError> {
@@ -166,23 +228,13 @@ impl Identity {
             IdentitySource::Pkcs12 { path, password } => {
                 let data = read(path)?;
                 let password = password.read()?;
-                let (cert, key) = parse_pfx_data(&data, password.expose()).map_err(|e| {
-                    let why = match e {
-                        apple_codesign::AppleCodesignError::PfxBadPassword => {
-                            "wrong password".to_string()
-                        }
-                        other => other.to_string(),
-                    };
+                let (key, cert, chain) = parse_pkcs12(&data, password.expose()).map_err(|why| {
                     SignError::Identity(format!(
                         "{}: cannot open the PKCS#12 file: {why}",
                         path.display()
                     ))
                 })?;
-                Ok(Some(Identity {
-                    key,
-                    cert,
-                    chain: Vec::new(),
-                }))
+                Ok(Some(Identity { key, cert, chain }))
             }
             IdentitySource::Pem { key, certs } => {
                 let key_data = read(key)?;

@@ -265,3 +265,112 @@ fn ad_hoc_cannot_sign_a_pkg_and_pkg_signing_needs_rsa() {
         }
     }
 }
+
+/// Loads `file` (in `dir`, written by `write_identity`) with the test password.
+fn load_p12(dir: &std::path::Path, file: &str) -> Identity {
+    let pw = dir.join("pw.txt");
+    std::fs::write(&pw, format!("{P12_PASSWORD}\n")).unwrap();
+    Identity::load(&IdentitySource::Pkcs12 {
+        path: dir.join(file),
+        password: PasswordSource::File(pw),
+    })
+    .unwrap_or_else(|e| panic!("{file}: {e}"))
+    .unwrap()
+}
+
+#[test]
+fn openssl3_default_and_legacy_p12_files_sign_kexts_and_the_pkg() {
+    let d = tempfile::tempdir().unwrap();
+    let src = make_bundle(d.path(), "PrxIPFilter", "net.prx.kext.IPFilter", "0.1.0");
+    let unsigned = unsigned_pkg(&d.path().join("in"));
+    write_identity(&d.path().join("app"), support::application());
+    write_identity(&d.path().join("inst"), support::installer());
+    // id.p12: OpenSSL 3 defaults (AES-256-CBC, SHA-256 MAC);
+    // id-legacy.p12: `-legacy` (3DES/RC2-40, SHA-1 MAC), as Keychain exports.
+    for file in ["id.p12", "id-legacy.p12"] {
+        let app = load_p12(&d.path().join("app"), file);
+        assert_eq!(app.team_id().as_deref(), Some(TEAM), "{file}");
+        let dst = d.path().join(file).join("PrxIPFilter.kext");
+        sign::sign_kext(&src, &dst, Some(&app), None).unwrap();
+        let s = sign::verify_kext(&dst).unwrap();
+        assert_eq!(
+            s.signer.as_deref(),
+            Some("Developer ID Application: prx test DeveloperIdApplication (PRXTEAM001)"),
+            "{file}"
+        );
+
+        let inst = load_p12(&d.path().join("inst"), file);
+        let signed =
+            packaging::xar::sign(&unsigned, &inst.key, &inst.cert, &inst.chain, None).unwrap();
+        let v = packaging::xar::verify(&signed).unwrap();
+        assert!(v.rsa_signature && v.cms_signature, "{file}: {v:?}");
+        assert_eq!(
+            v.signer.as_deref(),
+            Some("Developer ID Installer: prx test DeveloperIdInstaller (PRXTEAM001)"),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn p12_wrong_password_and_unsupported_algorithms_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    write_identity(&d.path().join("id"), support::application());
+    // SAFETY: test-local variable name.
+    unsafe { std::env::set_var("PRX_TEST_P12_PASSWORD_WRONG2", "not-the-password") };
+    for file in ["id.p12", "id-legacy.p12"] {
+        let e = Identity::load(&IdentitySource::Pkcs12 {
+            path: d.path().join("id").join(file),
+            password: PasswordSource::Env("PRX_TEST_P12_PASSWORD_WRONG2".into()),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(file) && e.ends_with("wrong password"), "{e}");
+    }
+    // A MAC digest outside SHA-1/SHA-2 (MD5), made by openssl itself.
+    let (k, c) = (d.path().join("id/key.pem"), d.path().join("id/cert.pem"));
+    let p = d.path().join("md5.p12");
+    let pass = format!("pass:{P12_PASSWORD}");
+    let (ok, out) = support::run(
+        "openssl",
+        &[
+            "pkcs12",
+            "-export",
+            "-macalg",
+            "md5",
+            "-inkey",
+            k.to_str().unwrap(),
+            "-in",
+            c.to_str().unwrap(),
+            "-out",
+            p.to_str().unwrap(),
+            "-passout",
+            &pass,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let pw = d.path().join("pw.txt");
+    std::fs::write(&pw, P12_PASSWORD).unwrap();
+    let e = Identity::load(&IdentitySource::Pkcs12 {
+        path: p,
+        password: PasswordSource::File(pw.clone()),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("md5.p12") && e.contains("algorithm prx does not read") && e.contains("PBES2"),
+        "{e}"
+    );
+    // Not a PKCS#12 file at all.
+    let e = Identity::load(&IdentitySource::Pkcs12 {
+        path: d.path().join("id/cert.pem"),
+        password: PasswordSource::File(pw),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cert.pem") && e.contains("not a PKCS#12 file"),
+        "{e}"
+    );
+}

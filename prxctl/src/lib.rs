@@ -5,13 +5,17 @@
 //! prxctl [--kext socket|ip] COMMAND   which kext (default: socket); each has its
 //!                               own rules, proxies and statistics
 //! prxctl rules load FILE        replace the rule set (TOML, see below) atomically
-//! prxctl rules check FILE       validate a rule file, change nothing
+//! prxctl rules check FILE       validate a rule file, change nothing (warns about
+//!                               rules the chosen kext can never apply)
+//! prxctl rules show             the installed rules, as a file `rules load` takes back
 //! prxctl status                 enabled flag, rules, proxies, statistics
 //! prxctl lookup ADDR:PORT       the original destination of a redirected client address
 //!                               (ip: of the NAT flow whose client endpoint it is)
 //! prxctl enable | disable       turn filtering on or off
 //! prxctl --kext ip timeouts [--tcp-idle S] [--tcp-closed S] [--udp-idle S]
 //!                               show or set the IP filter's NAT timeouts
+//! prxctl log-level [off|decisions|debug]
+//!                               show or set what the kext logs (rate-limited)
 //! prxctl proxy set ADDR:PORT [ADDR:PORT] [--pid N] [--name NAME]
 //!                               the IPv4 and/or IPv6 proxy, and the proxy's own process
 //! ```
@@ -31,9 +35,11 @@
 //! every error names its line and the offending key and value, and a file with
 //! an error changes nothing in the kext.
 
+pub mod applicability;
 pub mod apply;
 pub mod config;
 pub mod rules_file;
+pub mod show;
 pub mod transport;
 
 use std::fmt::Write as _;
@@ -152,6 +158,7 @@ fn get(t: &mut dyn Transport, req: &GetRequest, size: usize) -> io::Result<Vec<u
     let op = match req {
         GetRequest::Stats => Op::GetStats,
         GetRequest::Status => Op::GetStatus,
+        GetRequest::Rules => Op::GetRules,
         GetRequest::Lookup(_) => Op::Lookup,
     };
     let n = t.getopt(op as i32, &mut buf)?;
@@ -192,38 +199,34 @@ pub enum KextKind {
     IpFilter,
 }
 
-/// A counter's human name.
+/// A counter's human name (`common::net::control::stat::StatName`, shared
+/// with the emulator's reports).
 pub fn stat_name(id: u32) -> String {
-    use control::stat::*;
-    match id {
-        CONN_SEEN => "connections seen".into(),
-        CONN_REDIRECTED => "connections redirected".into(),
-        CONN_PASSED => "connections passed".into(),
-        CONN_FAILED => "redirects failed".into(),
-        CONN_BLOCKED => "connections blocked".into(),
-        PROXY_HEADERS => "PROXY v2 headers sent".into(),
-        SOCKETS_ATTACHED => "sockets attached".into(),
-        ORIGDST_FULL => "original destinations dropped (table full)".into(),
-        RULES_GENERATION => "rule sets installed".into(),
-        IP_FLOWS => "NAT flows".into(),
-        IP_FLOW_CAPACITY => "NAT flow capacity".into(),
-        IP_REDIRECTED_PACKETS => "packets redirected".into(),
-        IP_REPLY_PACKETS => "reply packets rewritten".into(),
-        IP_FILTERS_ATTACHED => "IP filters attached".into(),
-        IP_TCP_IDLE_S => "NAT timeout: TCP idle (s)".into(),
-        IP_TCP_CLOSED_S => "NAT timeout: TCP after close (s)".into(),
-        IP_UDP_IDLE_S => "NAT timeout: UDP idle (s)".into(),
-        id if (IP_DROP_BASE..IP_DROP_BASE + 0x100).contains(&id) => {
-            let reason = usize::try_from(id - IP_DROP_BASE)
-                .ok()
-                .and_then(|i| common::net::filter::DropReason::ALL.get(i));
-            match reason {
-                Some(r) => format!("packets dropped: {}", r.name()),
-                None => format!("packets dropped: reason {}", id - IP_DROP_BASE),
-            }
-        }
-        id => format!("counter {id:#x}"),
-    }
+    control::stat::StatName(id).to_string()
+}
+
+/// Sets the kext's log level.
+pub fn set_log_level(t: &mut dyn Transport, level: control::LogLevel) -> io::Result<()> {
+    let mut buf = [0u8; control::HEADER_LEN + 4];
+    let n = control::encode_log_level(level, &mut buf).map_err(proto)?;
+    t.setopt(Op::SetLogLevel as i32, buf.get(..n).unwrap_or(&buf))
+}
+
+/// The kext's log level and the lines its rate limiter dropped (from its
+/// statistics).
+pub fn log_level(t: &mut dyn Transport) -> io::Result<(control::LogLevel, u64)> {
+    let c = stats(t)?;
+    let get = |id: u32| c.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    let level = get(control::stat::LOG_LEVEL)
+        .and_then(|v| u8::try_from(v).ok())
+        .and_then(control::LogLevel::from_u8)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the kext reports no log level (built before log levels?)",
+            )
+        })?;
+    Ok((level, get(control::stat::LOG_SUPPRESSED).unwrap_or(0)))
 }
 
 fn action_name(a: Action) -> &'static str {
@@ -313,4 +316,20 @@ pub fn render_rules(f: &rules_file::RuleFile) -> String {
         f.rules.len(),
         action_name(f.default)
     )
+}
+
+#[cfg(test)]
+mod stat_name_tests {
+    /// The emulator's report names (vm::emu::stat_names, which cannot link
+    /// `common`) are the names `prxctl status` prints.
+    #[test]
+    fn the_emulator_names_every_counter_as_prxctl_does() {
+        for (id, name) in vm::emu::stat_names::NAMES {
+            assert_eq!(super::stat_name(*id), *name, "{id:#x}");
+        }
+        for id in 0x200..0x200 + 10 {
+            assert_eq!(super::stat_name(id), vm::emu::stat_names::name(id));
+        }
+        assert_eq!(vm::emu::stat_names::name(0x4242), super::stat_name(0x4242));
+    }
 }

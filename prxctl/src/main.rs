@@ -12,6 +12,21 @@ use common::net::policy::Proxies;
 use common::net::rules::{MAX_NAME, ProcName};
 use prxctl::transport::Transport;
 
+/// The help heading of the flags that only matter with the KPI emulator.
+const EMU_HEADING: &str = "Emulator only (trying prxctl on Linux)";
+
+/// `ADDR:PORT` for clap, with an error that shows the expected form.
+fn socket_addr_arg(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        let hint = if s.parse::<std::net::IpAddr>().is_ok() {
+            " (the port is missing)"
+        } else {
+            ""
+        };
+        format!("expected ADDR:PORT{hint}, e.g. 127.0.0.1:3128 or [::1]:3128 (IPv6 in brackets)")
+    })
+}
+
 #[derive(Parser)]
 #[command(
     name = "prxctl",
@@ -25,12 +40,13 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Kext::Socket)]
     kext: Kext,
     /// Talk to the KPI emulator's kern_control bridge at this Unix socket
-    /// instead of the kernel (default on non-macOS systems: required).
-    #[arg(long, global = true)]
+    /// instead of the kernel (required on non-macOS systems; start one with
+    /// `cargo xtask emu-bridge`).
+    #[arg(long, global = true, value_name = "SOCKET", help_heading = EMU_HEADING)]
     emu: Option<PathBuf>,
-    /// Emulator only: the uid to present to the emulated kernel (default: the
-    /// effective uid). The control is privileged: only uid 0 may connect.
-    #[arg(long, global = true)]
+    /// The uid to present to the emulated kernel (default: the effective
+    /// uid). The control is privileged: only uid 0 may connect.
+    #[arg(long, global = true, value_name = "UID", help_heading = EMU_HEADING)]
     as_uid: Option<u32>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -63,7 +79,11 @@ enum Cmd {
     /// Show whether filtering is enabled, the rules, the proxies and the statistics.
     Status,
     /// Show the original destination of a redirected client address.
-    Lookup { client: SocketAddr },
+    Lookup {
+        /// The client's address, as the proxy sees it.
+        #[arg(value_name = "ADDR:PORT", value_parser = socket_addr_arg)]
+        client: SocketAddr,
+    },
     /// Enable filtering.
     Enable,
     /// Disable filtering (every connection passes unchanged).
@@ -103,21 +123,50 @@ enum Cmd {
         #[arg(long, hide = true, value_name = "DIR", default_value = prxctl::apply::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// What the kext logs: off (start and stop only), decisions (also rule
+    /// changes, redirects, blocks, failures: the default) or debug (also what
+    /// passes). Rate-limited; with no level given, shows it.
+    LogLevel {
+        #[arg(value_enum)]
+        level: Option<LevelArg>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LevelArg {
+    /// Start and stop only.
+    Off,
+    /// Rule changes, redirects, blocks and failures.
+    Decisions,
+    /// Also every connection or flow that passes unchanged.
+    Debug,
+}
+
+impl From<LevelArg> for common::net::control::LogLevel {
+    fn from(l: LevelArg) -> Self {
+        match l {
+            LevelArg::Off => Self::Off,
+            LevelArg::Decisions => Self::Decisions,
+            LevelArg::Debug => Self::Debug,
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum RulesCmd {
     /// Validate FILE and replace the kext's rule set with it, atomically.
     Load { file: PathBuf },
-    /// Validate FILE only.
+    /// Validate FILE only (and warn about rules the chosen kext never applies).
     Check { file: PathBuf },
+    /// Print the installed rules as a rules file (`rules load` takes it back).
+    Show,
 }
 
 #[derive(Subcommand)]
 enum ProxyCmd {
     /// Set the proxy address(es) (one IPv4 and/or one IPv6) and the proxy's own process.
     Set {
-        #[arg(required = true, num_args = 1..=2)]
+        #[arg(required = true, num_args = 1..=2, value_name = "ADDR:PORT", value_parser = socket_addr_arg)]
         addrs: Vec<SocketAddr>,
         /// The proxy's pid (its connections are never redirected; socket filter
         /// only: the IP filter sees packets, not processes, and ignores it).
@@ -153,7 +202,9 @@ fn open_control(cli: &Cli, name: &str) -> Result<Box<dyn Transport>> {
         Ok(Box::new(k))
     }
     #[cfg(not(target_os = "macos"))]
-    bail!("no kern_control on this system: pass --emu SOCKET (the KPI emulator's bridge)")
+    bail!(
+        "no kern_control on this system: pass --emu SOCKET, the KPI emulator's bridge (start one with `cargo xtask emu-bridge`)"
+    )
 }
 
 fn read_rules(file: &PathBuf) -> Result<prxctl::rules_file::RuleFile> {
@@ -161,6 +212,23 @@ fn read_rules(file: &PathBuf) -> Result<prxctl::rules_file::RuleFile> {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     prxctl::rules_file::parse(&text)
         .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", file.display(), e.line, e.column, e.message))
+}
+
+impl Kext {
+    fn kind(self) -> prxctl::KextKind {
+        match self {
+            Kext::Socket => prxctl::KextKind::SocketFilter,
+            Kext::Ip => prxctl::KextKind::IpFilter,
+        }
+    }
+}
+
+/// Prints a warning per rule the chosen kext can never apply.
+fn warn_inapplicable(cli: &Cli, file: &std::path::Path, f: &prxctl::rules_file::RuleFile) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    for w in prxctl::applicability::warnings(cli.kext.kind(), f, &text) {
+        eprintln!("prxctl: warning: {}:{w}", file.display());
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -175,13 +243,38 @@ fn run(cli: Cli) -> Result<()> {
             cmd: RulesCmd::Check { file },
         } => {
             let f = read_rules(file)?;
+            warn_inapplicable(&cli, file, &f);
             println!("{}: ok, {}", file.display(), prxctl::render_rules(&f));
+        }
+        Cmd::Rules {
+            cmd: RulesCmd::Show,
+        } => {
+            let mut t = open(&cli)?;
+            let f = prxctl::show::read_rules(t.as_mut()).context("reading the rules")?;
+            let s = prxctl::status(t.as_mut()).context("reading the status")?;
+            print!(
+                "{}",
+                prxctl::show::render_rule_file(
+                    &f,
+                    &format!(
+                        "The rules installed in {} (rule set {}); `prxctl{} rules load FILE` takes this back.",
+                        cli.kext.control(),
+                        s.generation,
+                        if cli.kext == Kext::Ip {
+                            " --kext ip"
+                        } else {
+                            ""
+                        }
+                    )
+                )
+            );
         }
         Cmd::Rules {
             cmd: RulesCmd::Load { file },
         } => {
             // Validated in full before anything is sent: a bad file changes nothing.
             let f = read_rules(file)?;
+            warn_inapplicable(&cli, file, &f);
             let mut t = open(&cli)?;
             prxctl::load_rules(t.as_mut(), &f).context("setting the rules")?;
             println!("loaded {}", prxctl::render_rules(&f));
@@ -190,11 +283,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut t = open(&cli)?;
             let s = prxctl::status(t.as_mut()).context("reading the status")?;
             let c = prxctl::stats(t.as_mut()).context("reading the statistics")?;
-            let kind = match cli.kext {
-                Kext::Socket => prxctl::KextKind::SocketFilter,
-                Kext::Ip => prxctl::KextKind::IpFilter,
-            };
-            print!("{}", prxctl::render_status(kind, &s, &c));
+            print!("{}", prxctl::render_status(cli.kext.kind(), &s, &c));
         }
         Cmd::Lookup { client } => {
             let mut t = open(&cli)?;
@@ -229,6 +318,17 @@ fn run(cli: Cli) -> Result<()> {
                 prxctl::set_timeouts(t.as_mut(), &want).context("setting the timeouts")?;
             }
             print!("{}", prxctl::render_timeouts(&want));
+        }
+        Cmd::LogLevel { level } => {
+            let mut t = open(&cli)?;
+            if let Some(l) = level {
+                prxctl::set_log_level(t.as_mut(), (*l).into()).context("setting the log level")?;
+            }
+            let (l, dropped) = prxctl::log_level(t.as_mut()).context("reading the log level")?;
+            println!(
+                "log level {} ({dropped} line(s) dropped by the rate limit so far)",
+                l.name()
+            );
         }
         Cmd::Proxy {
             cmd: ProxyCmd::Set { addrs, pid, name },
@@ -348,11 +448,32 @@ fn apply(
     Ok(())
 }
 
+/// The fix for a refused privileged control, when `e` is one.
+fn privilege_hint(e: &anyhow::Error, emu: bool) -> Option<&'static str> {
+    let refused = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::PermissionDenied || io.raw_os_error() == Some(1)
+        })
+    });
+    match (refused, emu) {
+        (false, _) => None,
+        (true, false) => Some("the kext's control is for root only: run prxctl with sudo"),
+        (true, true) => Some(
+            "the kext's control is for root only: run prxctl with sudo (with --emu: add --as-uid 0)",
+        ),
+    }
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let emu = cli.emu.is_some();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prxctl: {e:#}");
+            if let Some(hint) = privilege_hint(&e, emu) {
+                eprintln!("prxctl: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -188,6 +188,14 @@ fn stat(status: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no statistic {name:?} in\n{status}"))
 }
 
+/// A rules file without its `#` comment lines.
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn prxctl_drives_the_socket_filter_in_the_emulator() {
     let kext = socket_kext();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -200,9 +208,31 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
         pre: vec![],
     };
 
-    // CTL_FLAG_PRIVILEGED: a non-root client is refused before the kext sees it.
+    // CTL_FLAG_PRIVILEGED: a non-root client is refused before the kext sees
+    // it, and told how to fix it.
     let e = ctl.fails(&["--as-uid", "501", "status"]);
     assert!(e.contains("Operation not permitted"), "{e}");
+    assert!(
+        e.contains("run prxctl with sudo (with --emu: add --as-uid 0)"),
+        "{e}"
+    );
+
+    // Errors name the expected form; emulator flags have their own heading.
+    let e = ctl.fails(&["proxy", "set", "127.0.0.1"]);
+    assert!(
+        e.contains("expected ADDR:PORT (the port is missing), e.g. 127.0.0.1:3128"),
+        "{e}"
+    );
+    let e = ctl.fails(&["lookup", "localhost"]);
+    assert!(e.contains("expected ADDR:PORT, e.g. 127.0.0.1:3128"), "{e}");
+    let help = ctl.ok(&["status", "--help"]);
+    let heading = help
+        .find("Emulator only (trying prxctl on Linux):")
+        .unwrap_or_else(|| panic!("{help}"));
+    assert!(
+        help[heading..].contains("--emu <SOCKET>") && help[heading..].contains("--as-uid <UID>"),
+        "{help}"
+    );
 
     ctl.ok(&[
         "--as-uid",
@@ -327,13 +357,98 @@ fn prxctl_drives_the_socket_filter_in_the_emulator() {
     assert_eq!(stat(&s, "connections redirected"), 1, "{s}");
     assert_eq!(stat(&s, "PROXY v2 headers sent"), 1, "{s}");
 
+    // `rules show`: the installed rules as a file `rules load` takes back.
+    let shown = ctl.ok(&["rules", "show"]);
+    assert!(
+        shown.contains("default = \"direct\"")
+            && shown.contains("process = \"excluded-app\"")
+            && shown
+                .contains("dst = \"203.0.113.0/24\"\nports = \"80-443\"\naction = \"proxy-v2\"")
+            && shown.contains("(rule set 1)"),
+        "{shown}"
+    );
+    let back = dir.path().join("shown.toml");
+    std::fs::write(&back, &shown).expect("write");
+    let out = ctl.ok(&["rules", "load", back.to_str().expect("utf-8")]);
+    assert!(out.contains("loaded 2 rules, default direct"), "{out}");
+    let again = ctl.ok(&["rules", "show"]);
+    assert!(again.contains("(rule set 2)"), "{again}");
+    assert_eq!(
+        without_comments(&again),
+        without_comments(&shown),
+        "the same rules after the round trip"
+    );
+
+    // A UDP rule can never apply to the socket filter: loaded, with a warning
+    // naming the file, the line and the kext it is for.
+    let udp = dir.path().join("udp.toml");
+    std::fs::write(
+        &udp,
+        "[[rule]]\ndst = \"203.0.113.0/24\"\naction = \"proxy\"\n\n[[rule]]\nprotocol = \"udp\"\naction = \"block\"\n",
+    )
+    .expect("write");
+    let out = ctl.run(&["rules", "load", udp.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("prxctl: warning: ")
+            && e.contains(
+                "udp.toml:5: rule 2: protocol \"udp\": the socket filter sees TCP connections only"
+            )
+            && e.contains("--kext ip"),
+        "{e}"
+    );
+    assert_eq!(e.matches("warning").count(), 1, "{e}");
+    assert!(ctl.ok(&["rules", "show"]).contains("protocol = \"udp\""));
+
     ctl.ok(&["disable"]);
     let s = ctl.ok(&["status"]);
     assert!(s.contains("filtering:        disabled"), "{s}");
     ctl.ok(&["enable"]);
     assert!(ctl.ok(&["status"]).contains("filtering:        enabled"));
 
-    finish_bridge(&sock, scenario);
+    // The log level: decisions by default, set through the control.
+    let out = ctl.ok(&["log-level"]);
+    assert!(out.starts_with("log level decisions"), "{out}");
+    let out = ctl.ok(&["log-level", "debug"]);
+    assert!(out.starts_with("log level debug"), "{out}");
+    let s = ctl.ok(&["status"]);
+    assert_eq!(
+        stat(&s, "log level (0 off, 1 decisions, 2 debug)"),
+        2,
+        "{s}"
+    );
+    ctl.ok(&["log-level", "off"]);
+    let e = ctl.fails(&["log-level", "verbose"]);
+    assert!(e.contains("possible values: off, decisions, debug"), "{e}");
+
+    let r = finish_bridge(&sock, scenario);
+    // What the kext logged at `decisions`: rule changes and the redirect,
+    // each line with the greppable `prx: PrxSocketFilter: ` prefix.
+    let logged = |prefix: &str| r.log.iter().any(|l| l.starts_with(prefix));
+    assert!(
+        logged("prx: PrxSocketFilter: rules: 2 rule(s), default Direct (rule set 1)"),
+        "{:#?}",
+        r.log
+    );
+    assert!(
+        logged(&format!(
+            "prx: PrxSocketFilter: redirect 203.0.113.10:80 -> {proxy_addr} with PROXY v2 (rule 1; pid 4242 "
+        )),
+        "{:#?}",
+        r.log
+    );
+    assert!(
+        logged("prx: PrxSocketFilter: log level debug"),
+        "{:#?}",
+        r.log
+    );
+    // Counters are named when the kext stops.
+    assert!(
+        logged("prx: PrxSocketFilter: connections redirected = 1"),
+        "{:#?}",
+        r.log
+    );
 }
 
 /// The IP filter through the same tool: `--kext ip` reaches its own control;
@@ -441,11 +556,68 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
         "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n"
     );
 
+    // Rules the IP filter can never apply as written: a process selector (it
+    // sees packets, not processes) and a PROXY v2 header (it sends none). Each
+    // is a warning; the file still loads; `rules show` gives it back.
+    let odd = dir.path().join("odd.toml");
+    std::fs::write(
+        &odd,
+        "default = \"direct\"\n\n[[rule]]\nprocess = \"curl\"\naction = \"proxy\"\n\n[[rule]]\ndst = \"203.0.113.0/24\"\nprotocol = \"tcp\"\naction = \"proxy-v2\"\n",
+    )
+    .expect("write");
+    let out = ip.run(&["rules", "load", odd.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("odd.toml:3: rule 1: the IP filter sees packets, not processes: a `process` rule never applies there"),
+        "{e}"
+    );
+    assert!(
+        e.contains(
+            "odd.toml:7: rule 2: action \"proxy-v2\": the IP filter sends no PROXY v2 header"
+        ),
+        "{e}"
+    );
+    assert_eq!(e.matches("warning").count(), 2, "{e}");
+    // The same file is fine for the socket filter: no warning there.
+    let out = socket.run(&["rules", "check", odd.to_str().expect("utf-8")]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    let shown = ip.ok(&["rules", "show"]);
+    assert!(
+        shown.contains("rules load FILE")
+            && shown.contains("--kext ip")
+            && shown.contains("process = \"curl\"")
+            && shown.contains("action = \"proxy-v2\""),
+        "{shown}"
+    );
+    let back = dir.path().join("ip-shown.toml");
+    std::fs::write(&back, &shown).expect("write");
+    ip.ok(&["rules", "load", back.to_str().expect("utf-8")]);
+    assert_eq!(
+        without_comments(&ip.ok(&["rules", "show"])),
+        without_comments(&shown)
+    );
+
     ip.ok(&["disable"]);
     assert!(ip.ok(&["status"]).contains("filtering:        disabled"));
     ip.ok(&["enable"]);
 
     let r = finish_bridge(&sock, scenario);
+    // Decisions in the kernel log: the redirected flows and the rule changes.
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l == "prx: PrxIPFilter: redirect TCP 10.0.0.1:49152 -> 203.0.113.10:80 to 192.0.2.1:3128"),
+        "{:#?}",
+        r.log
+    );
+    assert!(
+        r.log
+            .iter()
+            .any(|l| l.starts_with("prx: PrxIPFilter: rules: 2 rule(s), default Direct")),
+        "{:#?}",
+        r.log
+    );
     assert!(
         r.log.iter().any(|l| l == "prx: PrxIPFilter flows_v4=1")
             && r.log.iter().any(|l| l == "prx: PrxIPFilter flows_v6=1"),

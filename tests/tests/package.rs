@@ -47,6 +47,8 @@ fn options(out: &Path) -> PackageOptions {
         notarize: false,
         tools: release_tools().iter().map(|t| t.path.clone()).collect(),
         example_config: xtask::package::default_example_config(&xtask::workspace_root()),
+        // The release bundles `cargo xtask build --release` writes, as by default.
+        default_bundles: true,
     }
 }
 

@@ -22,4 +22,5 @@
 
 pub mod backend;
 pub mod emu;
+pub mod progress;
 pub mod report;

@@ -494,12 +494,14 @@ fn step_detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
 }
 
 /// A counter of the IP filter's statistics as the scenario read them back
-/// through its kern_control (step `ip control: statistics`, `id=value` pairs).
+/// through its kern_control (step `ip control: statistics`: `name value`
+/// items, named by `vm::emu::stat_names`).
 fn ip_stat(r: &ScenarioReport, id: u32) -> Option<u64> {
     let d = step_detail(r, "ip control: statistics");
-    d.split_whitespace().find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (u32::from_str_radix(k.trim_start_matches("0x"), 16).ok()? == id).then(|| v.parse().ok())?
+    let name = vm::emu::stat_names::name(id);
+    d.split("; ").find_map(|kv| {
+        let v = kv.strip_prefix(name.as_str())?.strip_prefix(' ')?;
+        v.parse().ok()
     })
 }
 

@@ -209,9 +209,32 @@ fn ssh_backend_full_flow_on_loopback_sshd_with_doubles_not_macos() {
     let s = Sshd::start();
     let g = s.guest();
     let pkg_bytes = std::fs::read(&g.pkg).unwrap();
+    // Progress as it happens: a line per guest step and per finished scenario
+    // (other tests of this binary may add theirs: only presence is checked).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let sink = std::sync::Arc::clone(&seen);
+    vm::progress::set_sink(Some(Box::new(move |e| {
+        sink.lock().unwrap().push((Instant::now(), e.line()))
+    })));
     let r = run(&s, g, &["load-unload", "socket-connect"]);
+    vm::progress::set_sink(None);
+    let returned = Instant::now();
     assert_eq!(r.len(), 3, "setup + 2 scenarios");
     assert!(r.iter().all(|x| x.passed), "sshd log:\n{}", s.sshd_log());
+    let seen = seen.lock().unwrap();
+    let at = |needle: &str| {
+        seen.iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("no progress line with {needle:?}: {seen:#?}"))
+    };
+    let installed = at("  setup: install the package ok (");
+    let first = at("load-unload: passed in ");
+    let last = at("socket-connect: passed in ");
+    assert!(
+        installed < first && first < last && last <= returned,
+        "progress lines come as the steps end: {seen:#?}"
+    );
     // The package arrived byte for byte and was installed with installer.
     assert_eq!(
         std::fs::read(s.state().join("installed.pkg")).unwrap(),

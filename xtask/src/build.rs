@@ -30,7 +30,8 @@ pub struct BuildOptions {
     /// Kext short names (`socket`, `ip`: crate `kext-<name>`); empty means all.
     pub kexts: Vec<String>,
     /// Base output directory (kernel builds in `<dir>/kernel`, bundles in
-    /// `<dir>/kext/<profile>`); `None` means the workspace's `target/`.
+    /// `<dir>/kext/<profile>`); `None` means cargo's target directory
+    /// ([`crate::target_dir`]: `CARGO_TARGET_DIR`, else the workspace's `target/`).
     pub target_dir: Option<PathBuf>,
 }
 
@@ -39,7 +40,7 @@ impl BuildOptions {
     pub fn target_dir(&self, root: &Path) -> PathBuf {
         self.target_dir
             .clone()
-            .unwrap_or_else(|| root.join("target"))
+            .unwrap_or_else(|| crate::target_dir(root))
     }
 }
 
@@ -148,7 +149,10 @@ pub fn kernel_cargo(
         .env("RUSTC_BOOTSTRAP", "1")
         .env("MACOSX_DEPLOYMENT_TARGET", min_os.to_string())
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // No jump tables: on x86_64 Mach-O LLVM puts them inside __text
+        // (data in code), which `kextld verify` (like kexts in general)
+        // does not allow: it decodes __text as instructions throughout.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Cjump-tables=no")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     cmd

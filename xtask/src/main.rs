@@ -75,6 +75,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Serve the release kexts' controls from the KPI emulator on a Unix socket,
+    /// for trying `prxctl --emu SOCKET` on Linux.
+    EmuBridge(xtask::emu_bridge::Args),
     /// Install what the test suite needs when it is missing (Debian packages,
     /// rustup components and targets; each named with the reason), then run
     /// the whole suite with `cargo test`.
@@ -86,34 +89,83 @@ enum Cmd {
 
 /// Runs `cargo xtask package ARGS` in an xtask built with `--features package`
 /// (the signing, pkg and notarization stack), building it first if needed.
+/// Cargo's own `Compiling …` lines show the build's progress; a note says
+/// that the first build takes minutes only when something is really compiled.
+/// The package run's exit status is passed on as is (its `error:` line is the
+/// only one).
 #[cfg(not(feature = "package"))]
 fn with_signing_stack(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
     use anyhow::{Context, bail};
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "xtask: `package` needs the signing stack; running `cargo run -p xtask --features package -- package{}{}` (the first time compiles it: a few minutes)",
-        if args.is_empty() { "" } else { " " },
-        args.join(" ")
-    );
-    let status = std::process::Command::new(&cargo)
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let cargo = xtask::toolchain::cargo();
+    let mut child = Command::new(&cargo)
         .current_dir(root)
         .args([
-            "run",
-            "--quiet",
+            "build",
             "-p",
             "xtask",
             "--features",
             "package",
-            "--",
-            "package",
+            "--message-format=json-render-diagnostics",
         ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", cargo.display()))?;
+    // Cargo's status lines and diagnostics, except the `Finished` of a build
+    // that had nothing to do.
+    let stderr = child.stderr.take().context("cargo's stderr")?;
+    let forward = std::thread::spawn(move || {
+        let mut compiled = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let t = line.trim_start();
+            compiled |= t.starts_with("Compiling ");
+            if t.starts_with("Finished ") && !compiled {
+                continue;
+            }
+            eprintln!("{line}");
+        }
+    });
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    let mut exe = None;
+    let mut noted = false;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        // A dependency being compiled: the signing stack itself, not just
+        // the workspace's own crates.
+        let dependency = msg["package_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("registry+"));
+        if msg["fresh"] == false && dependency && !noted {
+            noted = true;
+            eprintln!(
+                "xtask: compiling `package`'s signing stack (apple-codesign, reqwest, …): the first time takes a few minutes, later runs reuse it"
+            );
+        }
+        if msg["target"]["name"] == "xtask"
+            && let Some(e) = msg["executable"].as_str()
+        {
+            exe = Some(std::path::PathBuf::from(e));
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    let _ = forward.join();
+    if !status.success() {
+        bail!("building xtask with --features package failed (cargo's errors above)");
+    }
+    let exe = exe.context("cargo built no xtask executable")?;
+    let status = Command::new(&exe)
+        .arg("package")
         .args(args)
         .status()
-        .with_context(|| format!("running {}", cargo.to_string_lossy()))?;
-    if !status.success() {
-        bail!("cargo xtask package failed ({status})");
-    }
-    Ok(())
+        .with_context(|| format!("running {}", exe.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn main() -> ExitCode {
@@ -154,7 +206,9 @@ fn main() -> ExitCode {
                 );
             })
             // The macOS executables ([workspace.metadata.prx] tools).
-            .and_then(|()| xtask::tools::build_and_report(&root, &root.join("target"), release))
+            .and_then(|()| {
+                xtask::tools::build_and_report(&root, &xtask::target_dir(&root), release)
+            })
         }
         Cmd::GenKpi {
             check,
@@ -170,6 +224,7 @@ fn main() -> ExitCode {
         #[cfg(not(feature = "package"))]
         Cmd::Package { args } => with_signing_stack(&root, &args),
         Cmd::Bench(args) => xtask::bench::run(&root, args),
+        Cmd::EmuBridge(args) => xtask::emu_bridge::run(&root, args),
         Cmd::Test(args) => xtask::suite::run(&root, args),
     };
     match result {

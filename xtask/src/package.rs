@@ -45,22 +45,35 @@ pub struct IdentityArgs {
 }
 
 impl IdentityArgs {
-    /// The identity source; `None` when nothing was given.
-    pub fn source(&self) -> Result<Option<IdentitySource>> {
+    /// The identity source; `None` when nothing was given. `prefix` is the
+    /// flags' role prefix (`kext-`, `installer-` or empty), for error messages.
+    /// A .p12 needs a password flag: checked here, before any file is read.
+    pub fn source_for(&self, prefix: &str) -> Result<Option<IdentitySource>> {
         if let Some(p12) = &self.p12 {
             let password = match (&self.p12_password_env, &self.p12_password_file) {
                 (Some(var), _) => PasswordSource::Env(var.clone()),
                 (None, Some(f)) => PasswordSource::File(f.clone()),
-                (None, None) => PasswordSource::Empty,
+                (None, None) => bail!(
+                    "--{prefix}p12 {} needs its password: add --{prefix}p12-password-env VAR \
+                     (a variable holding it) or --{prefix}p12-password-file FILE (its first line; \
+                     an empty line for a .p12 without a password)",
+                    p12.display()
+                ),
             };
+            if !p12.is_file() {
+                bail!("--{prefix}p12 {}: no such file", p12.display());
+            }
             return Ok(Some(IdentitySource::Pkcs12 {
                 path: p12.clone(),
                 password,
             }));
         }
+        if self.p12_password_env.is_some() || self.p12_password_file.is_some() {
+            bail!("--{prefix}p12-password-env/-file without --{prefix}p12 FILE: add the .p12 file");
+        }
         if let Some(key) = &self.key {
             if self.certs.is_empty() {
-                bail!("--key needs --cert (the certificate, then its issuers)");
+                bail!("--{prefix}key needs --{prefix}cert (the certificate, then its issuers)");
             }
             return Ok(Some(IdentitySource::Pem {
                 key: key.clone(),
@@ -68,9 +81,14 @@ impl IdentityArgs {
             }));
         }
         if !self.certs.is_empty() {
-            bail!("--cert needs --key");
+            bail!("--{prefix}cert needs --{prefix}key (the PEM private key)");
         }
         Ok(None)
+    }
+
+    /// [`IdentityArgs::source_for`] with the unprefixed flag names.
+    pub fn source(&self) -> Result<Option<IdentitySource>> {
+        self.source_for("")
     }
 }
 
@@ -99,6 +117,27 @@ pub struct PackageOptions {
     pub tools: Vec<PathBuf>,
     /// The example configuration (default `prxctl/prx.toml.example`).
     pub example_config: PathBuf,
+    /// `bundles` are the defaults (not given with --bundle): decides the
+    /// advice when one is missing.
+    pub default_bundles: bool,
+}
+
+/// The error for a bundle that is not there: the default bundles are made by
+/// `cargo xtask build --release`; a `--bundle` path is the user's.
+fn missing_bundle(b: &Path, default: bool) -> String {
+    if default {
+        format!(
+            "missing kext bundle {}: run `cargo xtask build --release` first (or pass --bundle DIR)",
+            b.display()
+        )
+    } else if !b.exists() {
+        format!("--bundle {}: no such directory", b.display())
+    } else {
+        format!(
+            "--bundle {}: not a kext bundle (no Contents/Info.plist): pass the .kext directory",
+            b.display()
+        )
+    }
 }
 
 /// What `package` produced.
@@ -131,22 +170,24 @@ pub fn epoch_from_env() -> Result<i64> {
     }
 }
 
-/// The default bundles: `target/kext/release/<Executable>.kext` per workspace kext.
+/// The default bundles: `<target>/kext/release/<Executable>.kext` per workspace
+/// kext (`<target>`: `CARGO_TARGET_DIR`, else `target`).
 pub fn default_bundles(root: &Path) -> Result<Vec<PathBuf>> {
     let kexts = crate::build::kext_crates(root)?;
     Ok(kexts
         .iter()
         .map(|k| {
-            root.join("target/kext/release")
+            crate::target_dir(root)
+                .join("kext/release")
                 .join(format!("{}.kext", k.executable))
         })
         .collect())
 }
 
-/// The default tools: `target/macos/universal-apple-darwin/release/<tool>` per
+/// The default tools: `<target>/macos/universal-apple-darwin/release/<tool>` per
 /// `[workspace.metadata.prx] tools`.
 pub fn default_tools(root: &Path) -> Result<Vec<PathBuf>> {
-    let dir = crate::tools::out_dir(&root.join("target"), true);
+    let dir = crate::tools::out_dir(&crate::target_dir(root), true);
     Ok(crate::tools::tool_crates(root)?
         .iter()
         .map(|t| dir.join(t))
@@ -191,26 +232,11 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
     }
     for b in &opts.bundles {
         if !b.join("Contents/Info.plist").is_file() {
-            bail!(
-                "missing kext bundle {}: run `cargo xtask build --release` first",
-                b.display()
-            );
+            bail!("{}", missing_bundle(b, opts.default_bundles));
         }
     }
-    for t in &opts.tools {
-        if !t.is_file() {
-            bail!(
-                "missing macOS executable {}: run `cargo xtask build --release` first",
-                t.display()
-            );
-        }
-    }
-    let example_config = std::fs::read(&opts.example_config).with_context(|| {
-        format!(
-            "reading the example configuration {}",
-            opts.example_config.display()
-        )
-    })?;
+    // The identities first of the remaining inputs: a wrong password or a
+    // missing variable is the likeliest mistake and names itself.
     let kext_identity =
         Identity::load(&opts.kext_identity).context("loading the kext signing identity")?;
     let installer_identity = match &opts.installer_identity {
@@ -232,6 +258,20 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
             now,
         )?;
     }
+    for t in &opts.tools {
+        if !t.is_file() {
+            bail!(
+                "missing macOS executable {}: run `cargo xtask build --release` first",
+                t.display()
+            );
+        }
+    }
+    let example_config = std::fs::read(&opts.example_config).with_context(|| {
+        format!(
+            "reading the example configuration {}",
+            opts.example_config.display()
+        )
+    })?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| {
         format!(
             "{}: cannot create the output directory",
@@ -383,8 +423,16 @@ pub fn package(opts: &PackageOptions) -> Result<Packaged> {
 /// return the report.
 pub fn check(pkg_path: &Path) -> Result<pkg::check::CheckReport> {
     let staging = tempfile::tempdir().context("creating a staging root")?;
-    let report = pkg::check::check(pkg_path, staging.path())
-        .with_context(|| format!("checking {}", pkg_path.display()))?;
+    let report = pkg::check::check(pkg_path, staging.path()).map_err(|e| {
+        // Name the package once: most errors already start with its path.
+        let shown = pkg_path.display().to_string();
+        let msg = e.to_string();
+        if msg.contains(&shown) {
+            anyhow::Error::msg(msg)
+        } else {
+            anyhow::Error::msg(format!("checking {shown}: {msg}"))
+        }
+    })?;
     let mut problems = Vec::new();
     for c in &report.components {
         if c.install_location != pkg::INSTALL_LOCATION {
@@ -421,9 +469,9 @@ pub struct Args {
     /// Kext bundle(s) to package (default: target/kext/release/<each kext>.kext).
     #[arg(long = "bundle", value_name = "DIR")]
     pub bundles: Vec<PathBuf>,
-    /// Output directory.
-    #[arg(long, value_name = "DIR", default_value = "target/pkg")]
-    pub out: PathBuf,
+    /// Output directory (default: <target>/pkg, <target> being $CARGO_TARGET_DIR or target).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Kext identity (Developer ID Application): ad-hoc when none is given.
     #[command(flatten, next_help_heading = "Kext signing (Developer ID Application)")]
     pub kext: KextIdentityArgs,
@@ -604,6 +652,9 @@ impl From<&InstallerIdentityArgs> for IdentityArgs {
 /// Runs `cargo xtask package`.
 pub fn run(root: &Path, args: Args) -> Result<()> {
     if let Some(pkg) = &args.check {
+        if !pkg.is_file() {
+            bail!("--check {}: no such file", pkg.display());
+        }
         let report = check(pkg)?;
         print!("{report}");
         println!(
@@ -626,22 +677,31 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     } else {
         None
     };
-    let out_dir = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        root.join(&args.out)
+    let out_dir = match &args.out {
+        Some(o) if o.is_absolute() => o.clone(),
+        Some(o) => root.join(o),
+        None => crate::target_dir(root).join("pkg"),
     };
+    // Usage first: every flag is checked before anything is read or written.
+    let kext_identity = IdentityArgs::from(&args.kext)
+        .source_for("kext-")?
+        .unwrap_or(IdentitySource::AdHoc);
+    let installer_identity = IdentityArgs::from(&args.installer).source_for("installer-")?;
+    for b in &args.bundles {
+        if !b.join("Contents/Info.plist").is_file() {
+            bail!("{}", missing_bundle(b, false));
+        }
+    }
     let opts = PackageOptions {
+        default_bundles: args.bundles.is_empty(),
         bundles: if args.bundles.is_empty() {
             default_bundles(root)?
         } else {
             args.bundles.clone()
         },
         out_dir,
-        kext_identity: IdentityArgs::from(&args.kext)
-            .source()?
-            .unwrap_or(IdentitySource::AdHoc),
-        installer_identity: IdentityArgs::from(&args.installer).source()?,
+        kext_identity,
+        installer_identity,
         timestamp_url: args.timestamp_url.clone(),
         epoch: epoch_from_env()?,
         notarize: args.notarize,

@@ -115,6 +115,11 @@ pub const NEEDS: &[Need] = &[
         "shellcheck",
         "checking the installer's scripts",
     ),
+    program(
+        "openssl",
+        "openssl",
+        "making the .p12 files (OpenSSL 3 default and -legacy) the signing tests read",
+    ),
     Need {
         probe: Probe::Runs(&["python3", "-m", "pip", "--version"]),
         package: "python3-pip",

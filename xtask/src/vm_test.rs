@@ -53,6 +53,12 @@ pub struct Args {
     /// Internal: run one scenario in this process (the child side of the emu backend).
     #[arg(long, hide = true)]
     pub emu_child: bool,
+    /// Internal (emu child, `cargo xtask emu-bridge`): the ctl-bridge socket.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub ctl_bridge: Option<PathBuf>,
+    /// Internal (emu child, `cargo xtask emu-bridge`): how long ctl-bridge serves.
+    #[arg(long, hide = true, value_name = "SECS")]
+    pub serve_for: Option<u64>,
 }
 
 /// Runs `vm-test`; fails when any scenario fails.
@@ -62,7 +68,8 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             scenario: args.scenarios.first().cloned().unwrap_or_default(),
             kexts: args.kexts,
             faults: args.faults,
-            ..Default::default()
+            ctl_bridge: args.ctl_bridge,
+            serve_for: args.serve_for.map(Duration::from_secs),
         };
         std::process::exit(vm::emu::child_main(&child));
     }
@@ -91,6 +98,16 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     }
     if scenarios.is_empty() {
         scenarios.push("load-unload".into());
+    }
+    // Usage errors before anything is built.
+    check_scenarios(&scenarios, vm::emu::SCENARIOS, "emu")?;
+    for k in &args.kexts {
+        if !k.exists() {
+            bail!(
+                "--kext {}: no such kext bundle or binary (pass a .kext built by `cargo xtask build`, or leave --kext out to build and test the prx kexts)",
+                k.display()
+            );
+        }
     }
     let kexts = if args.kexts.is_empty() {
         let opts = crate::build::BuildOptions {
@@ -122,13 +139,51 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     finish(&mut b, &scenarios, args.junit.as_deref())
 }
 
-/// Runs `scenarios` on `b`, prints each report, writes JUnit; fails on any failure.
+/// Fails, listing the valid names, when a scenario is not one of `known`.
+fn check_scenarios(
+    scenarios: &[String],
+    known: &[(&str, &str)],
+    backend: &str,
+) -> anyhow::Result<()> {
+    let unknown: Vec<&str> = scenarios
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !known.iter().any(|(n, _)| n == s))
+        .collect();
+    if !unknown.is_empty() {
+        let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "--scenario {}: no such scenario for the {backend} backend; valid names: {} (`--scenario list` describes them)",
+            unknown.join(", "),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs `scenarios` on `b`, prints a line per step and scenario as they end
+/// (stderr), then each report, writes JUnit; fails on any failure.
 fn finish(
     b: &mut dyn vm::backend::Backend,
     scenarios: &[String],
     junit: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let name = b.name();
+    let started = std::time::Instant::now();
+    eprintln!(
+        "vm-test ({name}): running {} scenario(s): {}",
+        scenarios.len(),
+        scenarios.join(", ")
+    );
+    vm::progress::set_sink(Some(Box::new(move |e| {
+        eprintln!(
+            "vm-test ({name}) [{:>6.1} s] {}",
+            started.elapsed().as_secs_f64(),
+            e.line()
+        )
+    })));
     let reports = b.run(scenarios);
+    vm::progress::set_sink(None);
     for r in &reports {
         print!("{}", r.render());
     }
@@ -156,7 +211,7 @@ fn find_pkg(root: &Path, pkg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         }
         return Ok(p);
     }
-    let dir = root.join("target/pkg");
+    let dir = crate::target_dir(root).join("pkg");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -206,6 +261,7 @@ fn run_guest(
     if scenarios.is_empty() {
         scenarios.push("load-unload".into());
     }
+    check_scenarios(&scenarios, GUEST_SCENARIOS, backend)?;
     if !args.kexts.is_empty() || args.faults.is_some() {
         bail!("--kext and --faults are emu-only; the {backend} backend installs the .pkg (--pkg)");
     }
@@ -245,7 +301,7 @@ fn run_guest(
                 cfg: q,
                 target,
                 guest: config.guest(pkg),
-                run_dir: root.join("target/vm/qemu"),
+                run_dir: crate::target_dir(root).join("vm/qemu"),
                 kvm: PathBuf::from("/dev/kvm"),
             };
             // Fail fast, before anything starts, naming what is missing.
@@ -290,6 +346,8 @@ mod tests {
             timeout: 30.0,
             faults: None,
             emu_child: false,
+            ctl_bridge: None,
+            serve_for: None,
         }
     }
 
@@ -316,6 +374,37 @@ mod tests {
             e.contains("no OVMF code") && e.contains("no OVMF vars"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn vm_test_usage_errors_come_before_any_build() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("vm.toml");
+        std::fs::write(&cfg, "").unwrap();
+        // The root has no Cargo.toml: any build attempt would fail differently.
+        let mut a = args("emu", &cfg);
+        a.scenarios = vec!["load-unload".into(), "nosuch".into()];
+        let started = std::time::Instant::now();
+        let e = format!("{:#}", run(d.path(), a).unwrap_err());
+        assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+        assert!(
+            e.contains("--scenario nosuch: no such scenario for the emu backend")
+                && e.contains("valid names: load-unload"),
+            "{e}"
+        );
+        let mut a = args("emu", &cfg);
+        a.kexts = vec![PathBuf::from("/nonexistent/Prx.kext")];
+        let started = std::time::Instant::now();
+        let e = format!("{:#}", run(d.path(), a).unwrap_err());
+        assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+        assert!(
+            e.contains("--kext /nonexistent/Prx.kext: no such kext bundle"),
+            "{e}"
+        );
+        let mut a = args("ssh", &cfg);
+        a.scenarios = vec!["nosuch".into()];
+        let e = format!("{:#}", run(d.path(), a).unwrap_err());
+        assert!(e.contains("no such scenario for the ssh backend"), "{e}");
     }
 
     #[test]

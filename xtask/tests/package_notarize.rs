@@ -54,6 +54,7 @@ fn options(
         notarize: true,
         tools: Vec::new(),
         example_config: xtask::package::default_example_config(&xtask::workspace_root()),
+        default_bundles: false,
     }
 }
 

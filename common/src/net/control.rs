@@ -26,6 +26,7 @@
 //! ignore ids they do not know.
 
 use super::addr::{Endpoint, IpAddr};
+pub use super::kextlog::LogLevel;
 use super::origdst::Original;
 use super::policy::Proxies;
 use super::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Protocol, Rule};
@@ -64,12 +65,17 @@ pub enum Op {
     SetEnabled = 3,
     /// set: the IP filter's NAT timeouts ([`Timeouts`]; the socket filter refuses it).
     SetTimeouts = 4,
+    /// set: the kext's log level (body: level u8 as [`LogLevel`], 3 zero bytes).
+    SetLogLevel = 5,
     /// get: statistics.
     GetStats = 16,
     /// get: the original destination of a client address.
     Lookup = 17,
     /// get: enabled flag, rule count, rules generation, proxies.
     GetStatus = 18,
+    /// get: the installed rule set, in `SetRules`' layout (op `GetRules`), so
+    /// that `prxctl rules show` can print it as a rules file.
+    GetRules = 19,
 }
 
 impl Op {
@@ -80,9 +86,11 @@ impl Op {
             Op::SetProxies,
             Op::SetEnabled,
             Op::SetTimeouts,
+            Op::SetLogLevel,
             Op::GetStats,
             Op::Lookup,
             Op::GetStatus,
+            Op::GetRules,
         ]
         .into_iter()
         .find(|o| *o as u8 == v)
@@ -161,6 +169,57 @@ pub mod stat {
     /// IP filter: drops, by reason: `IP_DROP_BASE + reason` (the order of
     /// `common::net::filter::DropReason::ALL`).
     pub const IP_DROP_BASE: u32 = 0x200;
+    /// Both kexts: the log level (`LogLevel` as a number).
+    pub const LOG_LEVEL: u32 = 0x300;
+    /// Both kexts: log lines dropped by the rate limiter since start.
+    pub const LOG_SUPPRESSED: u32 = 0x301;
+
+    /// A counter's name, for every report (`prxctl status`, the emulator's):
+    /// `StatName(id).to_string()`; ids nobody named show as `counter 0x…`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct StatName(pub u32);
+
+    impl core::fmt::Display for StatName {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            let id = self.0;
+            let fixed = match id {
+                CONN_SEEN => "connections seen",
+                CONN_REDIRECTED => "connections redirected",
+                CONN_PASSED => "connections passed",
+                CONN_FAILED => "redirects failed",
+                CONN_BLOCKED => "connections blocked",
+                PROXY_HEADERS => "PROXY v2 headers sent",
+                SOCKETS_ATTACHED => "sockets attached",
+                ORIGDST_FULL => "original destinations dropped (table full)",
+                RULES_GENERATION => "rule sets installed",
+                IP_FLOWS => "NAT flows",
+                IP_FLOW_CAPACITY => "NAT flow capacity",
+                IP_REDIRECTED_PACKETS => "packets redirected",
+                IP_REPLY_PACKETS => "reply packets rewritten",
+                IP_FILTERS_ATTACHED => "IP filters attached",
+                IP_TCP_IDLE_S => "NAT timeout: TCP idle (s)",
+                IP_TCP_CLOSED_S => "NAT timeout: TCP after close (s)",
+                IP_UDP_IDLE_S => "NAT timeout: UDP idle (s)",
+                LOG_LEVEL => "log level (0 off, 1 decisions, 2 debug)",
+                LOG_SUPPRESSED => "log lines suppressed (rate limit)",
+                _ => "",
+            };
+            if !fixed.is_empty() {
+                return f.write_str(fixed);
+            }
+            let reason = id
+                .checked_sub(IP_DROP_BASE)
+                .filter(|r| *r < 0x100)
+                .and_then(|r| usize::try_from(r).ok());
+            match reason {
+                Some(r) => match crate::net::filter::DropReason::ALL.get(r) {
+                    Some(d) => write!(f, "packets dropped: {}", d.name()),
+                    None => write!(f, "packets dropped: reason {r}"),
+                },
+                None => write!(f, "counter {id:#x}"),
+            }
+        }
+    }
 }
 
 // ---- cursor helpers (never panic) ----
@@ -529,6 +588,8 @@ pub enum SetRequest<'a> {
     Enabled(bool),
     /// The IP filter's NAT timeouts.
     Timeouts(Timeouts),
+    /// The log level.
+    LogLevel(LogLevel),
 }
 
 /// Decodes a `setsockopt(opt, buf)` message. Every rule record is validated here
@@ -543,32 +604,7 @@ pub fn decode_set(opt: i32, buf: &[u8]) -> Result<SetRequest<'_>, Error> {
     }
     let body_len = r.buf.len();
     match h.op {
-        Op::SetRules => {
-            let kind = r.u8()?;
-            let flags = r.u8()?;
-            r.zero(2)?;
-            let count = r.u32()? as usize;
-            let default = parse_action(kind, flags)?;
-            if count > MAX_RULES {
-                return Err(Error::TooMany);
-            }
-            let need = count.checked_mul(RULE_LEN).ok_or(Error::TooMany)?;
-            if r.buf.len() != need {
-                return Err(if r.buf.len() < need {
-                    Error::Truncated
-                } else {
-                    Error::Length
-                });
-            }
-            let msg = RulesMsg {
-                default,
-                records: r.buf,
-            };
-            for rule in msg.rules() {
-                rule?;
-            }
-            Ok(SetRequest::Rules(msg))
-        }
+        Op::SetRules => Ok(SetRequest::Rules(decode_rules_body(r.buf)?)),
         Op::SetProxies => {
             if body_len != PROXIES_LEN {
                 return Err(if body_len < PROXIES_LEN {
@@ -636,8 +672,52 @@ pub fn decode_set(opt: i32, buf: &[u8]) -> Result<SetRequest<'_>, Error> {
             }
             Ok(SetRequest::Timeouts(t))
         }
-        Op::GetStats | Op::Lookup | Op::GetStatus => Err(Error::Op),
+        Op::SetLogLevel => {
+            if body_len != 4 {
+                return Err(if body_len < 4 {
+                    Error::Truncated
+                } else {
+                    Error::Length
+                });
+            }
+            let v = r.u8()?;
+            r.zero(3)?;
+            LogLevel::from_u8(v)
+                .map(SetRequest::LogLevel)
+                .ok_or(Error::Field)
+        }
+        Op::GetStats | Op::Lookup | Op::GetStatus | Op::GetRules => Err(Error::Op),
     }
+}
+
+/// The body of `SetRules` (and of the `GetRules` response): default action,
+/// count, records; every record validated.
+fn decode_rules_body(body: &[u8]) -> Result<RulesMsg<'_>, Error> {
+    let mut r = Reader { buf: body };
+    let kind = r.u8()?;
+    let flags = r.u8()?;
+    r.zero(2)?;
+    let count = r.u32()? as usize;
+    let default = parse_action(kind, flags)?;
+    if count > MAX_RULES {
+        return Err(Error::TooMany);
+    }
+    let need = count.checked_mul(RULE_LEN).ok_or(Error::TooMany)?;
+    if r.buf.len() != need {
+        return Err(if r.buf.len() < need {
+            Error::Truncated
+        } else {
+            Error::Length
+        });
+    }
+    let msg = RulesMsg {
+        default,
+        records: r.buf,
+    };
+    for rule in msg.rules() {
+        rule?;
+    }
+    Ok(msg)
 }
 
 /// Body length of `SetProxies`: two endpoints, flags, pid, name.
@@ -652,12 +732,43 @@ pub fn rules_len(count: usize) -> Option<usize> {
 
 /// Encodes `SetRules`; returns the length written.
 pub fn encode_rules(default: Action, rules: &[Rule], out: &mut [u8]) -> Result<usize, Error> {
+    encode_rules_as(Op::SetRules, default, rules, out)
+}
+
+/// Encodes the `GetRules` response: `SetRules`' layout under op `GetRules`
+/// ([`Error::NoSpace`] when `out` is too short); returns the length written.
+pub fn encode_rules_response(
+    default: Action,
+    rules: &[Rule],
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    encode_rules_as(Op::GetRules, default, rules, out)
+}
+
+/// Decodes a `GetRules` response, every record validated as `SetRules` does.
+pub fn decode_rules_response(buf: &[u8]) -> Result<RulesMsg<'_>, Error> {
+    let (h, _) = parse_header(buf)?;
+    if h.op != Op::GetRules || h.len != buf.len() {
+        return Err(Error::Length);
+    }
+    decode_rules_body(buf.get(HEADER_LEN..).ok_or(Error::Truncated)?)
+}
+
+fn encode_rules_as(
+    op: Op,
+    default: Action,
+    rules: &[Rule],
+    out: &mut [u8],
+) -> Result<usize, Error> {
     if rules.len() > MAX_RULES {
         return Err(Error::TooMany);
     }
     let len = rules_len(rules.len()).ok_or(Error::TooMany)?;
+    if len > out.len() {
+        return Err(Error::NoSpace);
+    }
     let mut w = Writer { buf: out, pos: 0 };
-    write_header(&mut w, Op::SetRules, len)?;
+    write_header(&mut w, op, len)?;
     let [k, f] = action_bytes(default);
     w.put(&[k, f, 0, 0])?;
     w.put(&(rules.len() as u32).to_be_bytes())?;
@@ -688,6 +799,14 @@ pub fn encode_enabled(on: bool, out: &mut [u8]) -> Result<usize, Error> {
     Ok(w.pos)
 }
 
+/// Encodes `SetLogLevel`; returns the length written.
+pub fn encode_log_level(level: LogLevel, out: &mut [u8]) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::SetLogLevel, HEADER_LEN + 4)?;
+    w.put(&[level as u8, 0, 0, 0])?;
+    Ok(w.pos)
+}
+
 /// Encodes `SetTimeouts`; returns the length written.
 pub fn encode_timeouts(t: &Timeouts, out: &mut [u8]) -> Result<usize, Error> {
     let mut w = Writer { buf: out, pos: 0 };
@@ -709,6 +828,8 @@ pub enum GetRequest {
     Lookup(Endpoint),
     /// Status.
     Status,
+    /// The installed rules.
+    Rules,
 }
 
 /// Length of a `Lookup` request.
@@ -726,7 +847,7 @@ pub fn decode_get(opt: i32, buf: &[u8]) -> Result<GetRequest, Error> {
         return Err(Error::Op);
     }
     let want = match h.op {
-        Op::GetStats | Op::GetStatus => HEADER_LEN,
+        Op::GetStats | Op::GetStatus | Op::GetRules => HEADER_LEN,
         Op::Lookup => LOOKUP_REQUEST_LEN,
         _ => return Err(Error::Op),
     };
@@ -736,6 +857,7 @@ pub fn decode_get(opt: i32, buf: &[u8]) -> Result<GetRequest, Error> {
     match h.op {
         Op::GetStats => Ok(GetRequest::Stats),
         Op::GetStatus => Ok(GetRequest::Status),
+        Op::GetRules => Ok(GetRequest::Rules),
         _ => match parse_endpoint(&mut r)? {
             Some(e) => Ok(GetRequest::Lookup(e)),
             None => Err(Error::Field),
@@ -749,6 +871,7 @@ pub fn encode_get(req: &GetRequest, out: &mut [u8]) -> Result<usize, Error> {
     match req {
         GetRequest::Stats => write_header(&mut w, Op::GetStats, HEADER_LEN)?,
         GetRequest::Status => write_header(&mut w, Op::GetStatus, HEADER_LEN)?,
+        GetRequest::Rules => write_header(&mut w, Op::GetRules, HEADER_LEN)?,
         GetRequest::Lookup(e) => {
             write_header(&mut w, Op::Lookup, LOOKUP_REQUEST_LEN)?;
             w.put(&endpoint_bytes(Some(e)))?;
@@ -943,6 +1066,66 @@ mod tests {
         let got: Vec<Rule> = m.rules().map(Result::unwrap).collect();
         assert_eq!(got, sample_rules());
         assert_eq!(m.default_action(), Action::Direct);
+    }
+
+    #[test]
+    fn log_level_messages_and_stat_names() {
+        let mut buf = [0u8; HEADER_LEN + 4];
+        for l in [LogLevel::Off, LogLevel::Decisions, LogLevel::Debug] {
+            assert_eq!(encode_log_level(l, &mut buf), Ok(HEADER_LEN + 4));
+            assert!(matches!(decode_set(5, &buf), Ok(SetRequest::LogLevel(x)) if x == l));
+        }
+        buf[8] = 3;
+        assert_eq!(decode_set(5, &buf).err(), Some(Error::Field));
+        buf[8] = 1;
+        buf[9] = 1;
+        assert_eq!(decode_set(5, &buf).err(), Some(Error::Reserved));
+        use stat::StatName;
+        assert_eq!(StatName(stat::IP_FLOWS).to_string(), "NAT flows");
+        assert_eq!(
+            StatName(stat::IP_DROP_BASE + 7).to_string(),
+            "packets dropped: blocked by a rule"
+        );
+        assert_eq!(
+            StatName(stat::IP_DROP_BASE + 0x80).to_string(),
+            "packets dropped: reason 128"
+        );
+        assert_eq!(StatName(0x4242).to_string(), "counter 0x4242");
+        assert_eq!(
+            StatName(stat::LOG_SUPPRESSED).to_string(),
+            "log lines suppressed (rate limit)"
+        );
+    }
+
+    #[test]
+    fn get_rules_request_and_response() {
+        let mut req = [0u8; HEADER_LEN];
+        assert_eq!(encode_get(&GetRequest::Rules, &mut req), Ok(HEADER_LEN));
+        assert_eq!(decode_get(Op::GetRules as i32, &req), Ok(GetRequest::Rules));
+        // A request with a body is refused; so is setting op 19.
+        let mut long = [0u8; HEADER_LEN + 4];
+        long[..HEADER_LEN].copy_from_slice(&req);
+        long[7] = (HEADER_LEN + 4) as u8;
+        assert_eq!(decode_get(19, &long), Err(Error::Length));
+        assert_eq!(decode_set(19, &req).err(), Some(Error::Op));
+        let rules = sample_rules();
+        let len = rules_len(rules.len()).unwrap();
+        let mut short = vec![0u8; len - 1];
+        assert_eq!(
+            encode_rules_response(Action::Block, &rules, &mut short),
+            Err(Error::NoSpace)
+        );
+        let mut buf = vec![0u8; len + 10];
+        let n = encode_rules_response(Action::Block, &rules, &mut buf).unwrap();
+        assert_eq!(n, len);
+        let m = decode_rules_response(&buf[..n]).unwrap();
+        assert_eq!(m.default_action(), Action::Block);
+        assert_eq!(m.rules().map(Result::unwrap).collect::<Vec<_>>(), rules);
+        // A SetRules message is not a GetRules response.
+        assert_eq!(
+            decode_rules_response(&rules_msg()).err(),
+            Some(Error::Length)
+        );
     }
 
     #[test]
@@ -1150,8 +1333,15 @@ mod tests {
                 panic!()
             };
             let got: Vec<Rule> = m.rules().map(Result::unwrap).collect();
-            prop_assert_eq!(got, rules);
+            prop_assert_eq!(&got, &rules);
             prop_assert_eq!(m.default_action(), default);
+            // The GetRules response carries the same set back.
+            let mut resp = vec![0u8; rules_len(rules.len()).unwrap()];
+            encode_rules_response(default, &rules, &mut resp).unwrap();
+            let back = decode_rules_response(&resp).unwrap();
+            let got: Vec<Rule> = back.rules().map(Result::unwrap).collect();
+            prop_assert_eq!(got, rules);
+            prop_assert_eq!(back.default_action(), default);
         }
 
         /// Arbitrary bytes never panic the decoders.
@@ -1162,6 +1352,7 @@ mod tests {
             let _ = decode_status(&bytes);
             let _ = decode_lookup_response(&bytes);
             let _ = decode_stats(&bytes, |_, _| {});
+            let _ = decode_rules_response(&bytes);
         }
 
         /// Truncating or extending a valid message by any amount, or changing the

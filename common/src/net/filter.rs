@@ -287,6 +287,21 @@ fn tcp_flags(prefix: &[u8], t: &Transport) -> u8 {
     }
 }
 
+/// The TCP or UDP flow an outbound packet belongs to (for log lines), if it
+/// is one whose headers are all in `prefix`.
+pub fn outbound_flow(prefix: &[u8], packet_len: usize) -> Option<super::nat::FlowKey> {
+    let t = ip::transport_in(prefix, packet_len).ok()?;
+    if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
+        return None;
+    }
+    let (src, dst) = endpoints(prefix, &t)?;
+    Some(FlowKey {
+        protocol: t.protocol,
+        src,
+        dst,
+    })
+}
+
 /// Decides what to do with an outbound packet of `packet_len` bytes whose
 /// first bytes are `prefix`; creates the NAT flow when a rule redirects it.
 pub fn plan_output<const N: usize, const S: usize>(

@@ -18,12 +18,14 @@
 //! - [`icmp_error`]: translating ICMP/ICMPv6 errors that quote a translated packet.
 //! - [`nat`]: the IP filter's NAT table.
 //! - [`filter`]: the IP filter's per-packet decisions.
+//! - [`kextlog`]: log levels, the log rate limiter, allocation-free log lines.
 
 pub mod addr;
 pub mod checksum;
 pub mod control;
 pub mod filter;
 pub mod icmp_error;
+pub mod kextlog;
 pub mod nat;
 pub mod origdst;
 pub mod policy;

@@ -314,6 +314,27 @@ pub fn verify_with(bytes: &[u8], opts: &Options<'_>) -> Report {
     report
 }
 
+/// Why an Info.plist does not parse, naming the file: the plist crate's error,
+/// with what the file looks like when that error alone says little (an empty
+/// or non-plist file gives "UnexpectedEndOfEventStream").
+fn plist_error(path: &Path, bytes: &[u8], e: &plist::Error) -> String {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map_or(&[][..], |i| &bytes[i..]);
+    let what = if bytes.is_empty() {
+        "the file is empty".to_string()
+    } else if !(start.starts_with(b"<") || start.starts_with(b"bplist")) {
+        "it is not a property list (an XML plist begins with <?xml or <plist, a binary one with bplist00)".to_string()
+    } else {
+        format!("parse error: {e}")
+    };
+    format!(
+        "{}: {what}; fix it or regenerate the bundle with `cargo xtask build`",
+        path.display()
+    )
+}
+
 /// What [`read_bundle`] found in Info.plist: (CFBundleIdentifier,
 /// CFBundleVersion, OSBundleLibraries per arch key).
 type BundleInfo = (Option<String>, Option<String>, Vec<(String, Vec<String>)>);
@@ -333,8 +354,9 @@ fn read_bundle(path: &Path) -> Result<(Option<BundleInfo>, Option<PathBuf>), Ver
     let plist_path = contents.join("Info.plist");
     let macos = contents.join("MacOS");
     if plist_path.is_file() {
-        let dict = plist::Value::from_file(&plist_path)
-            .map_err(|e| bundle_err(format!("cannot parse Contents/Info.plist: {e}")))?;
+        let bytes = std::fs::read(&plist_path).map_err(io(&plist_path))?;
+        let dict = plist::Value::from_reader(std::io::Cursor::new(&bytes))
+            .map_err(|e| bundle_err(plist_error(&plist_path, &bytes, &e)))?;
         let dict = dict
             .as_dictionary()
             .ok_or_else(|| bundle_err("Contents/Info.plist is not a dictionary".into()))?;

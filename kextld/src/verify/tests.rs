@@ -848,10 +848,23 @@ fn bundles_and_plist_cross_check() {
     let err = verify_path(&dir.path().join("nope"), tables()).unwrap_err();
     assert!(err.to_string().contains("cannot read"), "{err}");
     std::fs::write(bundle.join("Contents/Info.plist"), "garbage").unwrap();
-    assert!(matches!(
-        verify_path(&bundle, tables()),
-        Err(VerifyError::Bundle { .. })
-    ));
+    let err = verify_path(&bundle, tables()).unwrap_err();
+    assert!(matches!(err, VerifyError::Bundle { .. }));
+    let e = err.to_string();
+    assert!(
+        e.contains("Contents/Info.plist: it is not a property list"),
+        "{e}"
+    );
+    std::fs::write(
+        bundle.join("Contents/Info.plist"),
+        "<?xml version=\"1.0\"?>\n<plist version=\"1.0\"><dict><key>A</key>",
+    )
+    .unwrap();
+    let e = verify_path(&bundle, tables()).unwrap_err().to_string();
+    assert!(e.contains("Contents/Info.plist: parse error: "), "{e}");
+    std::fs::write(bundle.join("Contents/Info.plist"), "").unwrap();
+    let e = verify_path(&bundle, tables()).unwrap_err().to_string();
+    assert!(e.contains("Contents/Info.plist: the file is empty"), "{e}");
 }
 
 /// Appends an `LC_DATA_IN_CODE` command covering `[fileoff, fileoff + len)`,

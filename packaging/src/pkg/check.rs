@@ -230,6 +230,20 @@ pub fn read_cpio_gz(data: &[u8], what: &str) -> Result<Vec<CpioMember>, PkgError
 /// Expands `pkg` into `staging` (which must not exist or be empty) and reports.
 pub fn check(pkg: &Path, staging: &Path) -> Result<CheckReport, PkgError> {
     let bytes = fs::read(pkg).map_err(PkgError::io(pkg, "read"))?;
+    // A flat package is a XAR archive: "xar!" then a 28-byte header.
+    if bytes.len() < 28 || &bytes[..4] != b"xar!" {
+        return Err(PkgError::Input {
+            path: pkg.to_path_buf(),
+            what: format!(
+                "not a .pkg: a flat installer package is a XAR archive starting with \"xar!\", this {}",
+                if bytes.len() < 4 {
+                    format!("is {} byte(s) long", bytes.len())
+                } else {
+                    format!("starts with {:02x?}", &bytes[..4])
+                }
+            ),
+        });
+    }
     let verification = xar::verify(&bytes)?;
     let members = xar::read_all(&bytes)?;
     let dist = xml_elements(&member(&members, "Distribution")?.data, "Distribution")?;

@@ -97,11 +97,70 @@ pub fn make_bundle(dir: &Path, exe: &str, id: &str, version: &str) -> PathBuf {
     bundle
 }
 
-/// PEM key, PEM certificate, PKCS#12 (with `password`) of one identity.
+/// PEM key, PEM certificate, PKCS#12 files (with [`P12_PASSWORD`]) of one identity.
 pub struct Generated {
     pub key_pem: String,
     pub cert_pem: String,
+    /// Made by `openssl pkcs12 -export` with OpenSSL 3's defaults: PBES2
+    /// (PBKDF2, AES-256-CBC) for key and certificates, HMAC-SHA-256 MAC.
     pub p12: Vec<u8>,
+    /// Made by `openssl pkcs12 -export -legacy`: 3DES key bag, RC2-40
+    /// certificate bag, HMAC-SHA-1 MAC (also what Keychain Access writes).
+    pub p12_legacy: Vec<u8>,
+}
+
+/// `openssl pkcs12 -export` of the key and certificate (`-legacy` with `legacy`).
+/// The file's algorithms are checked with `openssl pkcs12 -info`, so a change
+/// of OpenSSL's defaults cannot silently turn one kind into the other.
+pub fn openssl_p12(key_pem: &str, cert_pem: &str, legacy: bool) -> Vec<u8> {
+    let d = tempfile::tempdir().unwrap();
+    let (k, c, p) = (
+        d.path().join("key.pem"),
+        d.path().join("cert.pem"),
+        d.path().join("id.p12"),
+    );
+    std::fs::write(&k, key_pem).unwrap();
+    std::fs::write(&c, cert_pem).unwrap();
+    let pass = format!("pass:{P12_PASSWORD}");
+    let mut args = vec!["pkcs12", "-export", "-name", "code-signing"];
+    if legacy {
+        args.push("-legacy");
+    }
+    args.extend([
+        "-inkey",
+        k.to_str().unwrap(),
+        "-in",
+        c.to_str().unwrap(),
+        "-out",
+        p.to_str().unwrap(),
+        "-passout",
+        &pass,
+    ]);
+    let (ok, out) = run("openssl", &args, None);
+    assert!(ok, "openssl pkcs12 -export: {out}");
+    let mut info = vec![
+        "pkcs12",
+        "-info",
+        "-noout",
+        "-in",
+        p.to_str().unwrap(),
+        "-passin",
+        &pass,
+    ];
+    if legacy {
+        info.push("-legacy");
+    }
+    let (ok, out) = run("openssl", &info, None);
+    assert!(ok, "openssl pkcs12 -info: {out}");
+    if legacy {
+        assert!(out.contains("MAC: sha1"), "{out}");
+        assert!(out.contains("pbeWithSHA1And3-KeyTripleDES-CBC"), "{out}");
+    } else {
+        assert!(out.contains("MAC: sha256"), "{out}");
+        assert!(out.contains("PBES2, PBKDF2, AES-256-CBC"), "{out}");
+        assert!(!out.contains("pbeWithSHA1"), "{out}");
+    }
+    std::fs::read(&p).unwrap()
 }
 
 pub const P12_PASSWORD: &str = "correct horse battery staple";
@@ -117,14 +176,13 @@ fn generate(algorithm: KeyAlgorithm, profile: CertificateProfile, hours: i64) ->
     )
     .unwrap();
     let key_der = key.to_pkcs8_one_asymmetric_key_der();
-    let cert_der = cert.encode_der().unwrap();
-    let p12 = p12::PFX::new(&cert_der, &key_der, None, P12_PASSWORD, "code-signing")
-        .unwrap()
-        .to_der();
+    let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", key_der.to_vec()));
+    let cert_pem = cert.encode_pem();
     Generated {
-        key_pem: pem::encode(&pem::Pem::new("PRIVATE KEY", key_der.to_vec())),
-        cert_pem: cert.encode_pem(),
-        p12,
+        p12: openssl_p12(&key_pem, &cert_pem, false),
+        p12_legacy: openssl_p12(&key_pem, &cert_pem, true),
+        key_pem,
+        cert_pem,
     }
 }
 
@@ -170,7 +228,8 @@ pub fn expired_application() -> Generated {
     )
 }
 
-/// Writes the identity's files into `dir`: key.pem, cert.pem, id.p12.
+/// Writes the identity's files into `dir`: key.pem, cert.pem, id.p12 (OpenSSL 3
+/// defaults) and id-legacy.p12 (`-legacy`); returns the first three.
 pub fn write_identity(dir: &Path, g: &Generated) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let (k, c, p) = (
@@ -181,6 +240,7 @@ pub fn write_identity(dir: &Path, g: &Generated) -> (PathBuf, PathBuf, PathBuf) 
     std::fs::write(&k, &g.key_pem).unwrap();
     std::fs::write(&c, &g.cert_pem).unwrap();
     std::fs::write(&p, &g.p12).unwrap();
+    std::fs::write(dir.join("id-legacy.p12"), &g.p12_legacy).unwrap();
     (k, c, p)
 }
 

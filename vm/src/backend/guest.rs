@@ -406,6 +406,12 @@ impl Rep {
         if !ok {
             self.r.failures.push(format!("{what}: {detail}"));
         }
+        crate::progress::emit(crate::progress::Event::Step {
+            scenario: self.r.scenario.clone(),
+            what: what.clone(),
+            ok,
+            elapsed: self.started.elapsed(),
+        });
         self.r.steps.push(StepReport { what, ok, detail });
         ok
     }
@@ -415,6 +421,11 @@ impl Rep {
     fn finish(mut self) -> ScenarioReport {
         self.r.passed = self.r.failures.is_empty();
         self.r.duration = self.started.elapsed();
+        crate::progress::emit(crate::progress::Event::Finished {
+            scenario: self.r.scenario.clone(),
+            passed: self.r.passed,
+            elapsed: self.r.duration,
+        });
         self.r
     }
 }

@@ -41,7 +41,15 @@ impl Backend for Emu {
     fn run(&mut self, scenarios: &[String]) -> Vec<ScenarioReport> {
         scenarios
             .iter()
-            .map(|s| crate::emu::run(&self.opts, s))
+            .map(|s| {
+                let r = crate::emu::run(&self.opts, s);
+                crate::progress::emit(crate::progress::Event::Finished {
+                    scenario: r.scenario.clone(),
+                    passed: r.passed,
+                    elapsed: r.duration,
+                });
+                r
+            })
             .collect()
     }
 }

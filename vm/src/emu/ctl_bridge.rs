@@ -52,8 +52,18 @@ const MAX_DATA: usize = 1 << 20;
 const EINVAL: i32 = 22;
 const ENOTCONN: i32 = 57;
 const EISCONN: i32 = 56;
-/// How long the scenario serves at most without a `quit`.
+/// How long the scenario serves at most without a `quit`, unless
+/// [`set_serve_for`] says otherwise.
 const SERVE_FOR: Duration = Duration::from_secs(120);
+
+static SERVE_LIMIT: Mutex<Option<Duration>> = Mutex::new(None);
+
+/// Sets how long the `ctl-bridge` scenario serves without a `quit` (`--serve-for`).
+pub fn set_serve_for(d: Duration) {
+    if let Ok(mut g) = SERVE_LIMIT.lock() {
+        *g = Some(d);
+    }
+}
 
 static PATH: Mutex<Option<PathBuf>> = Mutex::new(None);
 
@@ -67,6 +77,11 @@ pub fn set_path(p: Option<PathBuf>) {
 /// The `ctl-bridge` scenario.
 pub fn ctl_bridge() -> bool {
     let path = PATH.lock().ok().and_then(|g| g.clone());
+    let serve_for = SERVE_LIMIT
+        .lock()
+        .ok()
+        .and_then(|g| *g)
+        .unwrap_or(SERVE_FOR);
     let Some(path) = path else {
         step("ctl-bridge: listen", false, "no --ctl-bridge PATH given");
         return false;
@@ -89,11 +104,11 @@ pub fn ctl_bridge() -> bool {
     let mut quit = false;
     let mut served = 0u32;
     while !quit {
-        if start.elapsed() > SERVE_FOR {
+        if start.elapsed() > serve_for {
             step(
                 "ctl-bridge: quit",
                 false,
-                format!("no `quit` within {SERVE_FOR:?}"),
+                format!("no `quit` within {serve_for:?}"),
             );
             ok = false;
             break;

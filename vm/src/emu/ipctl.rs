@@ -113,18 +113,14 @@ pub fn stats() -> Option<Vec<(u32, u64)>> {
     ctl::disconnect(c);
     let parsed = (e == 0).then(|| parse_stats(&resp)).flatten();
     let detail = match &parsed {
-        Some(v) => v
-            .iter()
-            .map(|(id, v)| format!("{id:#x}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(v) => super::stat_names::render(v),
         None => format!("getsockopt errno {e}, {} bytes", resp.len()),
     };
     step("ip control: statistics", parsed.is_some(), detail);
     parsed
 }
 
-fn parse_stats(b: &[u8]) -> Option<Vec<(u32, u64)>> {
+pub(crate) fn parse_stats(b: &[u8]) -> Option<Vec<(u32, u64)>> {
     let be32 = |o: usize| Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?));
     if b.get(..4)? != [1, 16, 0, 0] || be32(4)? as usize != b.len() {
         return None;

@@ -33,6 +33,7 @@ pub mod scenario;
 pub mod sflt;
 pub mod sockets;
 pub mod stacks;
+pub mod stat_names;
 pub mod traffic;
 
 pub use runner::{RunOptions, Runner, ScenarioReport, junit, run};
@@ -48,10 +49,13 @@ pub struct ChildArgs {
     pub faults: Option<String>,
     /// `--ctl-bridge PATH`: where the `ctl-bridge` scenario serves the kern_controls.
     pub ctl_bridge: Option<PathBuf>,
+    /// `--serve-for SECS`: how long `ctl-bridge` serves without a `quit`
+    /// (default 120 s; `cargo xtask emu-bridge` serves for hours).
+    pub serve_for: Option<std::time::Duration>,
 }
 
 impl ChildArgs {
-    /// Parses `--scenario S --kext K… [--faults F] [--ctl-bridge PATH]`.
+    /// Parses `--scenario S --kext K… [--faults F] [--ctl-bridge PATH] [--serve-for SECS]`.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
         let mut out = ChildArgs::default();
         let mut it = args.into_iter();
@@ -62,6 +66,13 @@ impl ChildArgs {
                 "--kext" => out.kexts.push(PathBuf::from(value("--kext")?)),
                 "--faults" => out.faults = Some(value("--faults")?),
                 "--ctl-bridge" => out.ctl_bridge = Some(PathBuf::from(value("--ctl-bridge")?)),
+                "--serve-for" => {
+                    let v = value("--serve-for")?;
+                    let secs: u64 = v
+                        .parse()
+                        .map_err(|_| format!("--serve-for {v}: not a number of seconds"))?;
+                    out.serve_for = Some(std::time::Duration::from_secs(secs));
+                }
                 other => return Err(format!("unexpected argument `{other}`")),
             }
         }
@@ -90,6 +101,9 @@ pub fn child_main(args: &ChildArgs) -> i32 {
         }
     };
     ctl_bridge::set_path(args.ctl_bridge.clone());
+    if let Some(d) = args.serve_for {
+        ctl_bridge::set_serve_for(d);
+    }
     match scenario::run(&args.scenario, &args.kexts, plan) {
         Ok(_) => child::EXIT_DONE,
         Err(e) => {

@@ -682,7 +682,12 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     let mut q = header(16, 8);
     q.resize(256, 0);
     let (e, st) = ctl::getopt(client, 16, &q);
-    check("control: stats", e == 0, format!("errno {e}, {}", hex(&st)));
+    let named = super::ipctl::parse_stats(&st).map(|c| super::stat_names::render(&c));
+    check(
+        "control: stats",
+        e == 0 && named.is_some(),
+        named.unwrap_or_else(|| format!("errno {e}, {}", hex(&st))),
+    );
     // Stop refused while the client is connected.
     for k in kexts.iter_mut() {
         if k.loaded.stop == 0 {
