@@ -269,7 +269,7 @@ fn machine_paths_are_recognised_where_they_start_a_path() {
     );
     assert_eq!(p(&format!("cd {tmp}clean && ls")), [format!("{tmp}clean")]);
     let home = format!("/{}/ann/x/y.md", "home");
-    assert_eq!(p(&format!("see `{home}`")), [home.clone()]);
+    assert_eq!(p(&format!("see `{home}`")), [home]);
     assert!(p("target/tmp/x and ../work/y and ~/tmp/z and $TMPDIR/x").is_empty());
     assert!(p(&format!("w = \"{tmp}w\" # {GUEST_PATH_MARKER}")).is_empty());
 }
