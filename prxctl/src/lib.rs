@@ -11,6 +11,7 @@
 //!                               (ip: of the NAT flow whose client endpoint it is)
 //! prxctl enable | disable       turn filtering on or off
 //! prxctl --kext ip timeouts [--tcp-idle S] [--tcp-closed S] [--udp-idle S]
+//!                               (RFC minimums: 7440, 240, 120)
 //!                               show or set the IP filter's NAT timeouts
 //! prxctl proxy set ADDR:PORT [ADDR:PORT] [--pid N] [--name NAME]
 //!                               the IPv4 and/or IPv6 proxy, and the proxy's own process
@@ -84,19 +85,25 @@ pub fn set_enabled(t: &mut dyn Transport, on: bool) -> io::Result<()> {
     t.setopt(Op::SetEnabled as i32, buf.get(..n).unwrap_or(&buf))
 }
 
-/// Sets the IP filter's NAT timeouts (validated here first: 1 to
-/// `MAX_TIMEOUT_S` seconds each, as the kext requires).
+/// Sets the IP filter's NAT timeouts (validated here first: from the RFCs'
+/// minimum to `MAX_TIMEOUT_S` seconds each, as the kext requires).
 pub fn set_timeouts(t: &mut dyn Transport, to: &control::Timeouts) -> io::Result<()> {
-    for (name, v) in [
-        ("--tcp-idle", to.tcp_idle_s),
-        ("--tcp-closed", to.tcp_closed_s),
-        ("--udp-idle", to.udp_idle_s),
+    let min = control::Timeouts::MIN;
+    for (name, v, lo, rfc) in [
+        ("--tcp-idle", to.tcp_idle_s, min.tcp_idle_s, "RFC 5382"),
+        (
+            "--tcp-closed",
+            to.tcp_closed_s,
+            min.tcp_closed_s,
+            "RFC 5382",
+        ),
+        ("--udp-idle", to.udp_idle_s, min.udp_idle_s, "RFC 4787"),
     ] {
-        if !(1..=control::MAX_TIMEOUT_S).contains(&v) {
+        if !(lo..=control::MAX_TIMEOUT_S).contains(&v) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{name} {v}: a timeout is 1 to {} seconds",
+                    "{name} {v}: this timeout is {lo} ({rfc}'s minimum) to {} seconds",
                     control::MAX_TIMEOUT_S
                 ),
             ));
@@ -132,7 +139,7 @@ pub fn timeouts(t: &mut dyn Transport) -> io::Result<control::Timeouts> {
 /// The NAT timeouts, for people.
 pub fn render_timeouts(t: &control::Timeouts) -> String {
     format!(
-        "TCP idle {} s, TCP after close {} s, UDP idle {} s\n",
+        "TCP idle {} s, TCP SYN-sent/closing {} s, UDP idle {} s\n",
         t.tcp_idle_s, t.tcp_closed_s, t.udp_idle_s
     )
 }
@@ -209,7 +216,9 @@ pub fn stat_name(id: u32) -> String {
         IP_REPLY_PACKETS => "reply packets rewritten".into(),
         IP_FILTERS_ATTACHED => "IP filters attached".into(),
         IP_TCP_IDLE_S => "NAT timeout: TCP idle (s)".into(),
-        IP_TCP_CLOSED_S => "NAT timeout: TCP after close (s)".into(),
+        IP_TCP_CLOSED_S => "NAT timeout: TCP SYN-sent/closing (s)".into(),
+        IP_FLOWS_EXPIRED => "NAT flows expired".into(),
+        IP_FLOWS_EVICTED => "NAT flows evicted early (unestablished)".into(),
         IP_UDP_IDLE_S => "NAT timeout: UDP idle (s)".into(),
         id if (IP_DROP_BASE..IP_DROP_BASE + 0x100).contains(&id) => {
             let reason = usize::try_from(id - IP_DROP_BASE)

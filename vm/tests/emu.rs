@@ -698,6 +698,7 @@ fn prx_ip_filter_hostile_packets_pass_drop_or_redirect_per_policy() {
     // The same drops, by reason, through the control protocol's statistics.
     assert_eq!(ip_stat(&r, 0x200), Some(4), "unparseable");
     assert_eq!(ip_stat(&r, 0x203), Some(2), "IPv6 UDP checksum 0");
+    assert_eq!(ip_stat(&r, 0x208), Some(2), "untracked mid-flow TCP");
 }
 
 #[test]

@@ -685,10 +685,10 @@ fn hostile_set() -> Vec<Hostile> {
         .ack(9)
         .write(&mut p, b"mid");
     h(
-        "mid-stream TCP of an untracked redirected flow",
+        "mid-stream TCP of an untracked redirected flow (never leaked to the origin)",
         p,
         true,
-        Outcome::Passed,
+        Outcome::Dropped,
     );
     h("inbound: 3 bytes", vec![0x60, 0, 0], false, Outcome::Passed);
     let mut p = v4_udp([10, 0, 0, 1], b"in");
