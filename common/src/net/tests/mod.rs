@@ -10,6 +10,7 @@ use crate::net::wire::{Error, icmp, ipv4, ipv6, proto, tcp, udp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
+mod fuzz_seeds;
 mod icmp_errors;
 mod nat_lifecycle;
 
