@@ -504,15 +504,30 @@ fn start() -> Result<(), KextError> {
     Ok(())
 }
 
+/// How long stop waits for a late `ipf_detach` (a packet still in the filter
+/// on another CPU when `ipf_remove` ran).
+const DETACH_WAIT_MS: u64 = 2_000;
+
+/// xnu does not call a refused stop again (kextunload reports the failure and
+/// the kext stays loaded), so stop refuses only before removing anything, and
+/// once it has removed the filters it waits for their detach rather than
+/// return busy with the kext inert.
 fn stop() -> Result<(), KextError> {
     if ctl::clients() != 0 {
         log::line(c"PrxIPFilter: stop refused: control clients connected");
         return Err(KextError::Busy);
     }
-    ctl::deregister(&CONTROL).map_err(|_| KextError::Busy)?;
+    if ctl::deregister(&CONTROL).is_err() {
+        log::line(c"PrxIPFilter: stop refused: the control could not be deregistered");
+        return Err(KextError::Busy);
+    }
     V4.remove();
     V6.remove();
-    if !(V4.is_detached() && V6.is_detached()) {
+    if !clock::wait_until(DETACH_WAIT_MS, || V4.is_detached() && V6.is_detached()) {
+        // Not undoable: the filters are gone. Keep the control so prxctl still
+        // works; a later kextunload completes the stop.
+        let _ = ctl::register(&CONTROL);
+        log::line(c"PrxIPFilter: stop refused: ipf_detach still pending after 2 s");
         return Err(KextError::Busy);
     }
     STATS.attached.store(0, Ordering::Relaxed);
