@@ -980,3 +980,18 @@ fn a_failed_start_leaves_nothing_registered() {
     assert!(r.passed, "{}", r.render());
     assert!(r.log.iter().any(|l| l.contains("IPv4 only")), "{:?}", r.log);
 }
+
+/// Issue 16, defects 1-2 at the kext level: the scenario advances the
+/// emulated clock so the NAT's timeouts fire in the real PrxIPFilter binary;
+/// nothing of an expired flow reaches the origin.
+#[test]
+fn prx_ip_filter_nat_timeouts_fire_and_expired_flows_never_leak() {
+    let r = run("nat-expiry", &prx_ip_filter());
+    assert!(r.passed, "{}", r.render());
+    assert_eq!(r.steps.iter().filter(|s| s.what == "expiry").count(), 9);
+    assert_eq!(ip_stat(&r, 0x208), Some(2), "untracked mid-flow TCP drops");
+    assert!(
+        ip_stat(&r, 0x108).is_some_and(|n| n >= 2),
+        "expired flows counted"
+    );
+}

@@ -71,6 +71,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-icmp4 over IPv6 (ICMPv6, pseudo-header checksum)",
     ),
     (
+        "nat-expiry",
+        "load-unload, plus: the scenario advances the emulated clock so the NAT's timeouts fire: a TCP flow idle 2 h is still translated, one idle 2 h 5 min is expired and its next packet dropped (never sent to the origin), an unanswered SYN expires after 4 min, an idle UDP flow reopens to the proxy",
+    ),
+    (
         "nat-hostile",
         "load-unload, plus: malformed and unusual packets (truncated headers, bogus IHL, lengths beyond the buffer, long IPv6 extension-header chains, fragments, IPv6 UDP checksum 0), whole and as split mbuf chains, through ipf_output/ipf_input: each passes, drops or is redirected per the documented policy",
     ),
@@ -153,6 +157,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),
+            "nat-expiry" => super::stacks::nat_expiry(),
             "nat-block-tcp4" => super::stacks::nat_blocked(false),
             "nat-block-tcp6" => super::stacks::nat_blocked(true),
             "nat-icmp4" => super::nat_icmp::nat_icmp(false),
