@@ -9,7 +9,7 @@ use common::net::addr::IpAddr;
 use common::net::checksum;
 use common::net::control::{self, Op, SetRequest};
 use common::net::filter::{self, Decision, RulesPolicy};
-use common::net::nat::{Config, Endpoint, FlowKey, NatTable};
+use common::net::nat::{Config, Endpoint, Entry, FlowKey, NatTable};
 use common::net::policy::Proxies;
 use common::net::rules::{self, Action, Cidr, IndexEntry, Protocol, Rule, RuleSet, Verdict};
 use common::net::translate::{self, Side};
@@ -116,7 +116,7 @@ pub static ALL: &[Case] = &[
         name: "nat-insert",
         iterations: (100, 1_100),
         baseline: None,
-        what: "NatTable::insert of a new flow (with its 8-entry sweep), table 90 % full",
+        what: "NatTable::insert of a new flow (with its reclamation check), table 90 % full",
         run: nat_insert,
     },
     Case {
@@ -152,8 +152,8 @@ pub static ALL: &[Case] = &[
 /// Flows and the kext's table have the same load factor here; the instruction
 /// counts depend on the load factor (probe lengths), not on the size. This
 /// size leaves room for the inserting cases' iterations (the kext's own table
-/// is smaller).
-type Table = NatTable<65_536, 131_072>;
+/// is smaller by default).
+type Table = NatTable<Vec<Entry>>;
 const CAPACITY: usize = 65_536;
 /// 90 % of the table.
 const FILL90: usize = CAPACITY * 9 / 10;
@@ -179,7 +179,10 @@ fn rule_set(rules: Vec<Rule>, default: Action) -> Result<Rules> {
 }
 
 fn new_table() -> Box<Table> {
-    Box::new(Table::new(Config::DEFAULT, SEED))
+    match NatTable::new(vec![Entry::EMPTY; CAPACITY], Config::DEFAULT, SEED) {
+        Ok(t) => Box::new(t),
+        Err(e) => unreachable!("{CAPACITY} is a valid capacity: {e:?}"),
+    }
 }
 
 /// The `i`-th filler flow (distinct client endpoints, so distinct reverse keys):

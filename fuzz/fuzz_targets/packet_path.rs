@@ -16,7 +16,7 @@
 
 use common::net::checksum;
 use common::net::filter::{self, Decision, FixedPolicy};
-use common::net::nat::{Config, NatTable};
+use common::net::nat::{Config, Entry, NatTable};
 use common::net::wire::ip::{self, Addr};
 use common::net::wire::{ipv4, proto};
 use libfuzzer_sys::fuzz_target;
@@ -136,7 +136,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = rest.split_first() else {
         return;
     };
-    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 1);
+    let Ok(mut table) = NatTable::new([Entry::EMPTY; 16], Config::DEFAULT, 1) else {
+        return;
+    };
     let policy = FixedPolicy::EXAMPLE;
     // Live flows, opened as the kext would (index: bit 0 IPv6, bit 1 TCP).
     let mut sent = Vec::new();
@@ -212,4 +214,5 @@ fuzz_target!(|data: &[u8]| {
             assert!(!before.1 || after.1, "transport checksum broken");
         }
     }
+    assert_eq!(table.check(), Ok(()), "NAT table invariants");
 });

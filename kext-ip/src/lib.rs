@@ -13,12 +13,21 @@
 //!   EJUSTRETURN).
 //! - `ipf_input`: reverse-translate replies from the proxy in place and call
 //!   `mbuf_inbound_modified`.
-//! - The NAT tables (one per family) are zero-initialised statics (zero-fill,
-//!   nothing in the binary), keyed with `read_random` and given their timeouts
-//!   in start, and sit behind non-blocking try-locks; the configuration
-//!   (enabled, proxies, rules) sits behind a non-blocking reader-writer lock
-//!   that the control replaces in one swap. A contended callback drops the
-//!   packet (counted as `busy`), it never waits.
+//! - The NAT tables (one per family) are allocated in start with the capacity
+//!   configured in `[package.metadata.prx-ip] nat-flows` (build.rs), keyed with
+//!   `read_random`, and sit behind xnu mutexes (`lck_mtx`); the configuration
+//!   (enabled, proxies, rules) sits behind an xnu reader-writer lock
+//!   (`lck_rw`, taken shared per packet) that the control replaces in one
+//!   swap. Both callbacks run where blocking is allowed: xnu's `ip_input`,
+//!   `ip_output`, `ip6_input` and `ip6_output` call `ipf_ref()`, which takes the
+//!   `kipf_lock` mutex, right before calling the filters
+//!   (`bsd/netinet/kpi_ipfilter.c`), and `ipf_detach` runs with that lock
+//!   dropped. So a contended callback waits a few hundred nanoseconds (the
+//!   holders do O(1) work and never call out of the kext while holding a
+//!   lock); it never drops the packet and never spins unboundedly. The locks
+//!   are leaves: nothing is locked or called into the kernel while one is
+//!   held except the lock order config → table (packet path) and v4 → v6
+//!   table (the control).
 //! - A privileged kern_control (`net.prx.kext.IPFilter.control`) carries the
 //!   control protocol of `common::net::control` (rules, proxies, enable,
 //!   status, statistics, and lookups answered from the NAT tables).
@@ -38,10 +47,11 @@
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use common::kpi::alloc::{self, KBox};
+use common::kpi::alloc::{self, KBox, KSlice};
 use common::kpi::ctl::{self, Control};
 use common::kpi::global::Global;
-use common::kpi::ipf::{Family, Input, IpFilter, Output, TryLock, TryRwLock, Verdict};
+use common::kpi::ipf::{Family, Input, IpFilter, Output, Verdict};
+use common::kpi::lock::{self, Mutex, RwLock};
 use common::kpi::mbuf::Packet;
 use common::kpi::rules::{self as krules, KRuleSet};
 use common::kpi::sflt::Errno;
@@ -49,33 +59,44 @@ use common::kpi::{KextError, clock, log, random};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::filter::{self, Decision, DropReason, Plan, RulesPolicy};
 use common::net::kextlog::{Ep, LogLevel};
-use common::net::nat::{self, Config, NatTable};
+use common::net::nat::{self, Config, Entry, NatTable};
 use common::net::origdst::Original;
 use common::net::policy::Proxies;
 use common::net::rules::Action;
 use common::sys::CTL_FLAG_PRIVILEGED;
 
-/// Flows per family.
-const FLOWS: usize = 1024;
-/// Index buckets per family (power of two ≥ 2 × FLOWS).
-const SLOTS: usize = 2048;
+/// Flows per family: `[package.metadata.prx-ip] nat-flows` (validated by build.rs).
+const FLOWS: usize = parse_usize(env!("PRX_NAT_FLOWS"));
 /// Header bytes copied out of each packet (IP header with options or IPv6
 /// extension headers, plus the transport header up to its checksum). Packets
 /// whose headers do not fit are handled by `filter`'s policy.
 const PREFIX: usize = 256;
-/// Spins before a contended callback gives up on a NAT table or the configuration.
-const SPINS: u32 = 64;
-/// Spins the control (user context) allows itself before answering EBUSY.
-const CONTROL_SPINS: u32 = 1 << 20;
 
 const ENOTCONN: Errno = 57;
-const EBUSY: Errno = 16;
 
-type Table = NatTable<FLOWS, SLOTS>;
+/// A decimal number at compile time (build.rs has validated it; anything else
+/// gives 0, which `NatTable::new` refuses in start).
+const fn parse_usize(s: &str) -> usize {
+    let mut b = s.as_bytes();
+    let mut n: usize = 0;
+    while let [d, rest @ ..] = b {
+        let digit = match d.checked_sub(b'0') {
+            Some(x) if x <= 9 => x as usize,
+            _ => return 0,
+        };
+        n = match n.checked_mul(10) {
+            Some(x) => match x.checked_add(digit) {
+                Some(y) => y,
+                None => return 0,
+            },
+            None => return 0,
+        };
+        b = rest;
+    }
+    n
+}
 
-/// The NAT tables: all zero bytes until start configures them.
-static NAT_V4: TryLock<Table> = TryLock::new(NatTable::zeroed());
-static NAT_V6: TryLock<Table> = TryLock::new(NatTable::zeroed());
+type Table = NatTable<KSlice<Entry>>;
 
 /// Counters (statics of zero: zero-fill).
 struct Stats {
@@ -134,7 +155,18 @@ struct IpConfig {
 }
 
 struct Shared {
-    config: TryRwLock<IpConfig>,
+    config: RwLock<IpConfig>,
+    nat_v4: Mutex<Table>,
+    nat_v6: Mutex<Table>,
+}
+
+impl Shared {
+    fn table(&self, f: Family) -> &Mutex<Table> {
+        match f {
+            Family::V4 => &self.nat_v4,
+            Family::V6 => &self.nat_v6,
+        }
+    }
 }
 
 static STATE: Global<Shared> = Global::new();
@@ -143,7 +175,6 @@ static STATE: Global<Shared> = Global::new();
 
 struct Nat {
     family: Family,
-    table: &'static TryLock<Table>,
 }
 
 /// Copies the header prefix of `pkt` into `buf`; returns its length.
@@ -182,20 +213,24 @@ impl Nat {
         let Some(st) = STATE.get() else {
             return Plan::Pass;
         };
-        let Some(cfg) = st.config.try_read(SPINS) else {
-            return Plan::Drop(DropReason::Busy);
-        };
+        let cfg = st.config.read();
         let policy = RulesPolicy {
             enabled: cfg.enabled,
             rules: &cfg.rules,
             proxies: &cfg.proxies,
         };
-        let Some(mut table) = self.table.try_lock(SPINS) else {
-            return Plan::Drop(DropReason::Busy);
+        let mut table = st.table(self.family).lock();
+        // Flows ever inserted: live ones plus those reclaimed (expired or evicted).
+        let inserted = |t: &Table| {
+            let s = t.stats();
+            u64::try_from(s.flows)
+                .unwrap_or(u64::MAX)
+                .saturating_add(s.expired)
+                .saturating_add(s.evicted)
         };
-        let before = table.len();
+        let before = inserted(&table);
         let plan = filter::plan_output(bytes, len, &mut table, &policy, clock::uptime_ms());
-        let created = table.len() > before;
+        let created = inserted(&table) > before;
         drop(table);
         drop(cfg);
         // Logged outside the locks (the logger never blocks).
@@ -223,9 +258,10 @@ impl Nat {
 
     /// The input plan (reverse translation needs only the table).
     fn plan_input(&self, bytes: &[u8], len: usize) -> Plan {
-        let Some(mut table) = self.table.try_lock(SPINS) else {
-            return Plan::Drop(DropReason::Busy);
+        let Some(st) = STATE.get() else {
+            return Plan::Pass;
         };
+        let mut table = st.table(self.family).lock();
         filter::plan_input(bytes, len, &mut table, clock::uptime_ms())
     }
 }
@@ -250,7 +286,9 @@ impl IpFilter for Nat {
         let mut buf = [0u8; PREFIX];
         let len = pkt.len();
         let Some(n) = prefix(&pkt, &mut buf) else {
-            return Verdict::Pass(pkt);
+            // Headers that cannot be read cannot be judged: fail closed.
+            count_drop(DropReason::Mbuf);
+            return Verdict::Drop(pkt);
         };
         let plan = self.plan_output(buf.get(..n).unwrap_or(&[]), len);
         let mut pkt = match settle(plan, pkt) {
@@ -310,42 +348,34 @@ impl IpFilter for Nat {
 }
 
 common::ip_filter!(
-    static V4: Registration<Nat> = Nat {
-        family: Family::V4,
-        table: &NAT_V4,
-    };
+    static V4: Registration<Nat> = Nat { family: Family::V4 };
 );
 common::ip_filter!(
-    static V6: Registration<Nat> = Nat {
-        family: Family::V6,
-        table: &NAT_V6,
-    };
+    static V6: Registration<Nat> = Nat { family: Family::V6 };
 );
 
 // ---- the control ----
 
 struct Ctl;
 
-fn replace_config(st: &Shared, f: impl FnOnce(&mut IpConfig)) -> Result<(), Errno> {
-    let mut cfg = st.config.try_write(CONTROL_SPINS).ok_or(EBUSY)?;
-    f(&mut cfg);
-    Ok(())
+fn replace_config(st: &Shared, f: impl FnOnce(&mut IpConfig)) {
+    f(&mut st.config.write());
 }
 
-fn flows(spins: u32) -> Option<u64> {
-    let a = NAT_V4.try_lock(spins)?.len();
-    let b = NAT_V6.try_lock(spins)?.len();
-    u64::try_from(a.saturating_add(b)).ok()
+fn flows(st: &Shared) -> u64 {
+    let a = st.nat_v4.lock().len();
+    let b = st.nat_v6.lock().len();
+    u64::try_from(a.saturating_add(b)).unwrap_or(u64::MAX)
 }
 
-fn lookup(client: &common::net::addr::Endpoint) -> Option<Original> {
+fn lookup(st: &Shared, client: &common::net::addr::Endpoint) -> Option<Original> {
     let now = clock::uptime_ms();
     let c = nat::Endpoint::from(*client);
-    let table = match client.addr {
-        common::net::addr::IpAddr::V4(_) => &NAT_V4,
-        common::net::addr::IpAddr::V6(_) => &NAT_V6,
+    let family = match client.addr {
+        common::net::addr::IpAddr::V4(_) => Family::V4,
+        common::net::addr::IpAddr::V6(_) => Family::V6,
     };
-    let f = table.try_lock(CONTROL_SPINS)?.client_flow(&c, now)?;
+    let f = st.table(family).lock().client_flow(&c, now)?;
     Some(Original {
         dst: f.key.dst.into(),
         pid: 0,
@@ -368,8 +398,8 @@ impl Control for Ctl {
                 replace_config(&st, |cfg| {
                     cfg.generation = cfg.generation.wrapping_add(1);
                     core::mem::swap(&mut cfg.rules, &mut set);
-                })?;
-                drop(set); // the old rules (or the refused new ones), freed outside the lock
+                });
+                drop(set); // the old rules, freed outside the lock
                 LOG.log(
                     LogLevel::Decisions,
                     format_args!(
@@ -380,12 +410,18 @@ impl Control for Ctl {
                 );
                 Ok(())
             }
-            SetRequest::Proxies(p) => replace_config(&st, |cfg| cfg.proxies = p),
-            SetRequest::Enabled(on) => replace_config(&st, |cfg| cfg.enabled = on),
+            SetRequest::Proxies(p) => {
+                replace_config(&st, |cfg| cfg.proxies = p);
+                Ok(())
+            }
+            SetRequest::Enabled(on) => {
+                replace_config(&st, |cfg| cfg.enabled = on);
+                Ok(())
+            }
             SetRequest::Timeouts(t) => {
-                // Both tables or neither (callbacks hold one table at a time).
-                let mut v4 = NAT_V4.try_lock(CONTROL_SPINS).ok_or(EBUSY)?;
-                let mut v6 = NAT_V6.try_lock(CONTROL_SPINS).ok_or(EBUSY)?;
+                // Both tables at once (callbacks hold one table at a time).
+                let mut v4 = st.nat_v4.lock();
+                let mut v6 = st.nat_v6.lock();
                 v4.set_config(t.nat_config());
                 v6.set_config(t.nat_config());
                 Ok(())
@@ -401,12 +437,12 @@ impl Control for Ctl {
         let st = STATE.get().ok_or(ENOTCONN)?;
         let r = match proto::decode_get(opt, buf).map_err(proto::Error::errno)? {
             GetRequest::Lookup(client) => {
-                let found = lookup(&client);
+                let found = lookup(&st, &client);
                 proto::encode_lookup_response(found.as_ref(), buf)
             }
             GetRequest::Status => {
                 let s = {
-                    let cfg = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?;
+                    let cfg = st.config.read();
                     Status {
                         enabled: cfg.enabled,
                         rules: u32::try_from(cfg.rules.len()).unwrap_or(u32::MAX),
@@ -419,11 +455,11 @@ impl Control for Ctl {
                 proto::encode_status(&s, buf)
             }
             GetRequest::Rules => {
-                let cfg = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?;
+                let cfg = st.config.read();
                 proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
             }
             GetRequest::Stats => {
-                let generation = st.config.try_read(CONTROL_SPINS).ok_or(EBUSY)?.generation;
+                let generation = st.config.read().generation;
                 let mut out = [(0u32, 0u64); 32];
                 let mut n = 0usize;
                 let mut push = |id: u32, v: u64| {
@@ -432,12 +468,20 @@ impl Control for Ctl {
                         n = n.saturating_add(1);
                     }
                 };
-                if let Some(f) = flows(CONTROL_SPINS) {
-                    push(stat::IP_FLOWS, f);
-                }
+                push(stat::IP_FLOWS, flows(&st));
+                let (v4s, v6s) = (st.nat_v4.lock().stats(), st.nat_v6.lock().stats());
+                push(
+                    stat::IP_FLOWS_EXPIRED,
+                    v4s.expired.saturating_add(v6s.expired),
+                );
+                push(
+                    stat::IP_FLOWS_EVICTED,
+                    v4s.evicted.saturating_add(v6s.evicted),
+                );
                 push(
                     stat::IP_FLOW_CAPACITY,
-                    u64::try_from(FLOWS.saturating_mul(2)).unwrap_or(u64::MAX),
+                    u64::try_from(st.nat_v4.lock().capacity().saturating_mul(2))
+                        .unwrap_or(u64::MAX),
                 );
                 push(
                     stat::IP_REDIRECTED_PACKETS,
@@ -452,12 +496,10 @@ impl Control for Ctl {
                     u64::from(STATS.attached.load(Ordering::Relaxed)),
                 );
                 push(stat::RULES_GENERATION, u64::from(generation));
-                if let Some(t) = NAT_V4.try_lock(CONTROL_SPINS) {
-                    let t = proto::Timeouts::of(&t.config());
-                    push(stat::IP_TCP_IDLE_S, u64::from(t.tcp_idle_s));
-                    push(stat::IP_TCP_CLOSED_S, u64::from(t.tcp_closed_s));
-                    push(stat::IP_UDP_IDLE_S, u64::from(t.udp_idle_s));
-                }
+                let t = proto::Timeouts::of(&st.nat_v4.lock().config());
+                push(stat::IP_TCP_IDLE_S, u64::from(t.tcp_idle_s));
+                push(stat::IP_TCP_CLOSED_S, u64::from(t.tcp_closed_s));
+                push(stat::IP_UDP_IDLE_S, u64::from(t.udp_idle_s));
                 for (r, c) in DropReason::ALL.iter().zip(STATS.drops.iter()) {
                     let id = u32::try_from(r.index())
                         .ok()
@@ -479,6 +521,15 @@ common::kern_control!(static CONTROL: Ctl = name proto::IP_CONTROL_NAME, flags C
 
 // ---- start and stop ----
 
+/// A NAT table of the configured capacity, empty, keyed from the kernel's
+/// random generator, with the default (RFC) timeouts.
+fn make_table() -> Result<Mutex<Table>, KextError> {
+    let store = KSlice::try_new(FLOWS, Entry::EMPTY).map_err(|_| KextError::Failed)?;
+    let table =
+        NatTable::new(store, Config::DEFAULT, random::u64()).map_err(|_| KextError::Failed)?;
+    Mutex::try_new(table).map_err(|_| KextError::Failed)
+}
+
 fn make_state() -> Result<(), KextError> {
     let config = IpConfig {
         enabled: true,
@@ -487,33 +538,27 @@ fn make_state() -> Result<(), KextError> {
         generation: 0,
     };
     let shared = Shared {
-        config: TryRwLock::new(config),
+        config: RwLock::try_new(config).map_err(|_| KextError::Failed)?,
+        nat_v4: make_table()?,
+        nat_v6: make_table()?,
     };
     let b = KBox::try_new(shared).map_err(|_| KextError::Failed)?;
     STATE.set(b).map_err(|_| KextError::Failed)
 }
 
-/// Empties both tables, keys their hashes from the kernel's random generator
-/// and sets the timeouts (nothing is attached yet: the locks are free).
-fn configure_tables() -> Result<(), KextError> {
-    for t in [&NAT_V4, &NAT_V6] {
-        let mut t = t.try_lock(CONTROL_SPINS).ok_or(KextError::Failed)?;
-        t.clear();
-        t.configure(Config::DEFAULT, random::u64());
-    }
-    Ok(())
-}
-
 fn teardown_runtime() -> Result<(), KextError> {
     drop(STATE.take().map_err(|_| KextError::Busy)?);
+    lock::fini().map_err(|_| KextError::Busy)?;
     alloc::fini().map_err(|_| KextError::Busy)
 }
 
 fn start() -> Result<(), KextError> {
     alloc::init(c"net.prx.kext.IPFilter").map_err(|_| KextError::Failed)?;
-    let ready = configure_tables()
-        .and_then(|()| make_state())
-        .and_then(|()| ctl::register(&CONTROL).map_err(|_| KextError::Failed));
+    if lock::init(c"net.prx.kext.IPFilter").is_err() {
+        let _ = alloc::fini();
+        return Err(KextError::Failed);
+    }
+    let ready = make_state().and_then(|()| ctl::register(&CONTROL).map_err(|_| KextError::Failed));
     if ready.is_err() {
         log::line(c"PrxIPFilter: start failed");
         let _ = ctl::deregister(&CONTROL);
@@ -538,30 +583,57 @@ fn start() -> Result<(), KextError> {
     Ok(())
 }
 
+/// How long stop waits for a late `ipf_detach` (a packet still in the filter
+/// on another CPU when `ipf_remove` ran).
+const DETACH_WAIT_MS: u64 = 2_000;
+
+/// xnu does not call a refused stop again (kextunload reports the failure and
+/// the kext stays loaded), so stop refuses only before removing anything, and
+/// once it has removed the filters it waits for their detach rather than
+/// return busy with the kext inert.
 fn stop() -> Result<(), KextError> {
     if ctl::clients() != 0 {
         log::line(c"PrxIPFilter: stop refused: control clients connected");
         return Err(KextError::Busy);
     }
-    ctl::deregister(&CONTROL).map_err(|_| KextError::Busy)?;
+    if ctl::deregister(&CONTROL).is_err() {
+        log::line(c"PrxIPFilter: stop refused: the control could not be deregistered");
+        return Err(KextError::Busy);
+    }
     V4.remove();
     V6.remove();
-    if !(V4.is_detached() && V6.is_detached()) {
+    if !clock::wait_until(DETACH_WAIT_MS, || V4.is_detached() && V6.is_detached()) {
+        // Not undoable: the filters are gone. Keep the control so prxctl still
+        // works; a later kextunload completes the stop.
+        let _ = ctl::register(&CONTROL);
+        log::line(c"PrxIPFilter: stop refused: ipf_detach still pending after 2 s");
         return Err(KextError::Busy);
     }
     STATS.attached.store(0, Ordering::Relaxed);
+    if let Some(st) = STATE.get() {
+        let (a, b) = (st.nat_v4.lock().stats(), st.nat_v6.lock().stats());
+        log::counter(
+            c"PrxIPFilter",
+            c"flows_v4",
+            u64::try_from(a.flows).unwrap_or(0),
+        );
+        log::counter(
+            c"PrxIPFilter",
+            c"flows_v6",
+            u64::try_from(b.flows).unwrap_or(0),
+        );
+        log::counter(
+            c"PrxIPFilter",
+            c"flows_expired",
+            a.expired.saturating_add(b.expired),
+        );
+        log::counter(
+            c"PrxIPFilter",
+            c"flows_evicted",
+            a.evicted.saturating_add(b.evicted),
+        );
+    }
     teardown_runtime()?;
-    let flows = |t: &TryLock<Table>| t.try_lock(SPINS).map(|t| t.len()).unwrap_or(0);
-    log::counter(
-        c"PrxIPFilter",
-        c"flows_v4",
-        u64::try_from(flows(&NAT_V4)).unwrap_or(0),
-    );
-    log::counter(
-        c"PrxIPFilter",
-        c"flows_v6",
-        u64::try_from(flows(&NAT_V6)).unwrap_or(0),
-    );
     log::counter(
         c"PrxIPFilter",
         c"redirected",
@@ -581,6 +653,7 @@ fn stop() -> Result<(), KextError> {
         c"drop_mbuf",
         c"drop_inject",
         c"drop_blocked",
+        c"drop_untracked",
     ];
     for (name, c) in names.iter().zip(STATS.drops.iter()) {
         log::counter(c"PrxIPFilter", name, c.load(Ordering::Relaxed));

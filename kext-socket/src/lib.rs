@@ -44,7 +44,7 @@ use common::kpi::rules::{self as krules, KRuleSet};
 use common::kpi::sflt::{
     self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
 };
-use common::kpi::{KextError, log, proc};
+use common::kpi::{KextError, clock, log, proc};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::kextlog::{Ep, LogLevel, RuleNo};
@@ -483,8 +483,14 @@ fn start() -> Result<(), KextError> {
         });
     if registered.is_err() {
         log::line(c"PrxSocketFilter: start failed; unregistering");
-        let _ = ctl::deregister(&CONTROL);
-        let _ = sflt::unregister(HANDLE_V4);
+        if !undo_registrations() {
+            // The kernel would unload code it can still call: stay loaded,
+            // inactive, until stop can complete.
+            log::line(
+                c"PrxSocketFilter: start failed and could not be undone yet; staying loaded: unload it later",
+            );
+            return Ok(());
+        }
         let _ = teardown_runtime();
         return Err(KextError::Failed);
     }
@@ -500,21 +506,46 @@ fn log_counters() {
     }
 }
 
+/// How long start and stop wait for `sf_unregistered` and the sockets'
+/// `sf_detach` (xnu's socket-filter cleanup thread runs them after
+/// `sflt_unregister` when sockets held the filter).
+const UNREGISTER_WAIT_MS: u64 = 2_000;
+
+fn unregistered() -> bool {
+    sflt::is_unregistered(HANDLE_V4) && sflt::is_unregistered(HANDLE_V6) && sflt::attached() == 0
+}
+
+/// Deregisters the control and unregisters both filters (those registered),
+/// then waits for the kernel to let go of them. True when nothing of the kext
+/// is registered any more.
+fn undo_registrations() -> bool {
+    let ctl_gone = ctl::deregister(&CONTROL).is_ok();
+    let a = sflt::unregister(HANDLE_V4);
+    let b = sflt::unregister(HANDLE_V6);
+    ctl_gone && a.is_ok() && b.is_ok() && clock::wait_until(UNREGISTER_WAIT_MS, unregistered)
+}
+
+/// xnu does not call a refused stop again (kextunload reports the failure and
+/// the kext stays loaded), so stop refuses before removing anything when it
+/// can tell, and once it has unregistered the filters it waits for the kernel
+/// to release them rather than return busy with the kext inert.
 fn stop() -> Result<(), KextError> {
     if ctl::clients() != 0 {
         log::line(c"PrxSocketFilter: stop refused: control clients connected");
         return Err(KextError::Busy);
     }
-    ctl::deregister(&CONTROL).map_err(|_| KextError::Busy)?;
-    let a = sflt::unregister(HANDLE_V4);
-    let b = sflt::unregister(HANDLE_V6);
-    if a.is_err() || b.is_err() {
+    if ctl::deregister(&CONTROL).is_err() {
+        log::line(c"PrxSocketFilter: stop refused: the control could not be deregistered");
         return Err(KextError::Busy);
     }
-    if !sflt::is_unregistered(HANDLE_V4)
-        || !sflt::is_unregistered(HANDLE_V6)
-        || sflt::attached() != 0
-    {
+    let a = sflt::unregister(HANDLE_V4);
+    let b = sflt::unregister(HANDLE_V6);
+    if a.is_err() || b.is_err() || !clock::wait_until(UNREGISTER_WAIT_MS, unregistered) {
+        // Sockets still hold the filters after 2 s (or the kernel refused):
+        // keep the control so prxctl still works; a later kextunload completes
+        // the stop once the cleanup thread has released them.
+        let _ = ctl::register(&CONTROL);
+        log::line(c"PrxSocketFilter: stop refused: the filters are still being released");
         return Err(KextError::Busy);
     }
     log_counters();

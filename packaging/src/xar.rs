@@ -34,6 +34,10 @@ use crate::pkg::PkgError;
 
 /// XAR header size.
 pub const HEADER_SIZE: u16 = 28;
+/// Most bytes a read TOC may decompress to (prx's are a few KiB).
+pub const MAX_TOC_BYTES: u64 = 16 << 20;
+/// Most bytes one member read from a XAR may decompress to.
+pub const MAX_MEMBER_BYTES: u64 = 64 << 20;
 /// Checksum algorithm id for sha1.
 pub const CKSUM_SHA1: u32 = 1;
 const SHA1_LEN: u64 = 20;
@@ -269,11 +273,126 @@ pub struct XarVerification {
     pub file_checksums: usize,
 }
 
+/// A writer that refuses to grow past `limit` bytes (decompression bombs).
+struct Bounded<'a> {
+    out: &'a mut Vec<u8>,
+    limit: u64,
+    what: String,
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() as u64 + buf.len() as u64 > self.limit {
+            return Err(std::io::Error::other(format!(
+                "{} expands beyond {} bytes (a decompression bomb?)",
+                self.what, self.limit
+            )));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn be_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+/// Opens a XAR read from an untrusted file: every length and offset the
+/// header and the TOC declare is checked against the file (and the TOC's and
+/// members' expansion bounded) *before* `apple-xar` allocates by them, so a
+/// hostile archive gets an error, never an abort (`apple-xar` allocates the
+/// declared uncompressed TOC length, and checksum and signature sizes, up front).
+fn open(xar: &[u8]) -> Result<XarReader<Cursor<&[u8]>>, PkgError> {
+    let bad = |m: String| PkgError::Verify(format!("not a valid XAR: {m}"));
+    if xar.len() < usize::from(HEADER_SIZE) || &xar[..4] != b"xar!" {
+        return Err(bad("no 28-byte header starting with \"xar!\"".into()));
+    }
+    let header = u64::from(be_u16(xar, 4));
+    let toc_z = be_u64(xar, 8);
+    let toc_len = be_u64(xar, 16);
+    let file = xar.len() as u64;
+    if header < u64::from(HEADER_SIZE) || header > file {
+        return Err(bad(format!(
+            "header size {header} (28 to the file's {file} bytes)"
+        )));
+    }
+    if toc_z > file - header {
+        return Err(bad(format!(
+            "the compressed TOC length {toc_z} runs past the end of the {file}-byte file"
+        )));
+    }
+    if toc_len > MAX_TOC_BYTES {
+        return Err(bad(format!(
+            "the TOC claims {toc_len} bytes uncompressed (at most {MAX_TOC_BYTES} accepted)"
+        )));
+    }
+    // Decompress the TOC here, bounded, before apple-xar does it unbounded.
+    let start = header as usize;
+    let mut toc = Vec::new();
+    let mut w = Bounded {
+        out: &mut toc,
+        limit: toc_len,
+        what: "the TOC".into(),
+    };
+    let mut z = flate2::write::ZlibDecoder::new(&mut w);
+    z.write_all(&xar[start..start + toc_z as usize])
+        .and_then(|()| z.finish().map(|_| ()))
+        .map_err(|e| bad(format!("TOC: {e}")))?;
+    let r = XarReader::new(Cursor::new(xar)).map_err(xar_err("reading the XAR"))?;
+    let heap = file - header - toc_z;
+    let within = |what: &str, offset: u64, size: u64| {
+        if offset.checked_add(size).is_none_or(|end| end > heap) {
+            Err(bad(format!(
+                "{what} (offset {offset}, {size} bytes) lies outside the {heap}-byte heap"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let t = r.table_of_contents();
+    within("the TOC checksum", t.checksum.offset, t.checksum.size)?;
+    for sig in t.signatures() {
+        within("a signature", sig.offset, sig.size)?;
+    }
+    for (path, f) in r.files().map_err(xar_err("listing the XAR"))? {
+        if let Some(d) = &f.data {
+            within(&path, d.offset, d.length)?;
+        }
+    }
+    Ok(r)
+}
+
+/// Decodes `file`'s data, at most [`MAX_MEMBER_BYTES`].
+fn decoded(
+    r: &mut XarReader<Cursor<&[u8]>>,
+    path: &str,
+    file: &apple_xar::table_of_contents::File,
+) -> Result<Vec<u8>, PkgError> {
+    let mut data = Vec::new();
+    let mut w = Bounded {
+        out: &mut data,
+        limit: MAX_MEMBER_BYTES,
+        what: path.to_string(),
+    };
+    r.write_file_data_decoded_from_file(file, &mut w)
+        .map_err(xar_err("decoding file data"))?;
+    Ok(data)
+}
+
 /// Verifies a XAR: the TOC checksum, each file's archived/extracted checksum,
 /// and the RSA and CMS signatures when present. Any mismatch is an error; an
 /// absent signature is reported as `false`.
 pub fn verify(xar: &[u8]) -> Result<XarVerification, PkgError> {
-    let mut r = XarReader::new(Cursor::new(xar)).map_err(xar_err("reading the XAR"))?;
+    let mut r = open(xar)?;
     let toc_checksum = r
         .verify_table_of_contents_checksum()
         .map_err(xar_err("checking the TOC checksum"))?;
@@ -298,9 +417,7 @@ pub fn verify(xar: &[u8]) -> Result<XarVerification, PkgError> {
                 "{path}: archived checksum mismatch"
             )));
         }
-        let mut decoded = Vec::new();
-        r.write_file_data_decoded_from_file(&file, &mut decoded)
-            .map_err(xar_err("decoding file data"))?;
+        let decoded = decoded(&mut r, &path, &file)?;
         let extracted = data
             .extracted_checksum
             .style
@@ -350,14 +467,14 @@ pub struct ReadMember {
 
 /// Reads every member of a XAR (decoded).
 pub fn read_all(xar: &[u8]) -> Result<Vec<ReadMember>, PkgError> {
-    let mut r = XarReader::new(Cursor::new(xar)).map_err(xar_err("reading the XAR"))?;
+    let mut r = open(xar)?;
     let mut out = Vec::new();
     for (path, file) in r.files().map_err(xar_err("listing the XAR"))? {
-        let mut data = Vec::new();
-        if file.data.is_some() {
-            r.write_file_data_decoded_from_file(&file, &mut data)
-                .map_err(xar_err("decoding file data"))?;
-        }
+        let data = if file.data.is_some() {
+            decoded(&mut r, &path, &file)?
+        } else {
+            Vec::new()
+        };
         out.push(ReadMember {
             path,
             is_dir: matches!(file.file_type, FileType::Directory),
@@ -370,7 +487,7 @@ pub fn read_all(xar: &[u8]) -> Result<Vec<ReadMember>, PkgError> {
 
 /// The checksum algorithm the TOC declares (prx writes sha1).
 pub fn toc_checksum_style(xar: &[u8]) -> Result<&'static str, PkgError> {
-    let r = XarReader::new(Cursor::new(xar)).map_err(xar_err("reading the XAR"))?;
+    let r = open(xar)?;
     Ok(match r.table_of_contents().checksum.style {
         ChecksumType::Sha1 => "sha1",
         ChecksumType::Sha256 => "sha256",

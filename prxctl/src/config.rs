@@ -98,7 +98,7 @@ pub fn default_timeouts() -> Timeouts {
     let s = |ms: u64| u32::try_from(ms / 1000).unwrap_or(u32::MAX);
     Timeouts {
         tcp_idle_s: s(d.tcp_idle_ms),
-        tcp_closed_s: s(d.tcp_closed_grace_ms),
+        tcp_closed_s: s(d.tcp_transitory_ms),
         udp_idle_s: s(d.udp_idle_ms),
     }
 }

@@ -13,6 +13,7 @@
 //!                               (ip: of the NAT flow whose client endpoint it is)
 //! prxctl enable | disable       turn filtering on or off
 //! prxctl --kext ip timeouts [--tcp-idle S] [--tcp-closed S] [--udp-idle S]
+//!                               (RFC minimums: 7440, 240, 120)
 //!                               show or set the IP filter's NAT timeouts
 //! prxctl log-level [off|decisions|debug]
 //!                               show or set what the kext logs (rate-limited)
@@ -92,19 +93,25 @@ pub fn set_enabled(t: &mut dyn Transport, on: bool) -> io::Result<()> {
     t.setopt(Op::SetEnabled as i32, buf.get(..n).unwrap_or(&buf))
 }
 
-/// Sets the IP filter's NAT timeouts (validated here first: 1 to
-/// `MAX_TIMEOUT_S` seconds each, as the kext requires).
+/// Sets the IP filter's NAT timeouts (validated here first: from the RFCs'
+/// minimum to `MAX_TIMEOUT_S` seconds each, as the kext requires).
 pub fn set_timeouts(t: &mut dyn Transport, to: &control::Timeouts) -> io::Result<()> {
-    for (name, v) in [
-        ("--tcp-idle", to.tcp_idle_s),
-        ("--tcp-closed", to.tcp_closed_s),
-        ("--udp-idle", to.udp_idle_s),
+    let min = control::Timeouts::MIN;
+    for (name, v, lo, rfc) in [
+        ("--tcp-idle", to.tcp_idle_s, min.tcp_idle_s, "RFC 5382"),
+        (
+            "--tcp-closed",
+            to.tcp_closed_s,
+            min.tcp_closed_s,
+            "RFC 5382",
+        ),
+        ("--udp-idle", to.udp_idle_s, min.udp_idle_s, "RFC 4787"),
     ] {
-        if !(1..=control::MAX_TIMEOUT_S).contains(&v) {
+        if !(lo..=control::MAX_TIMEOUT_S).contains(&v) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{name} {v}: a timeout is 1 to {} seconds",
+                    "{name} {v}: this timeout is {lo} ({rfc}'s minimum) to {} seconds",
                     control::MAX_TIMEOUT_S
                 ),
             ));
@@ -140,7 +147,7 @@ pub fn timeouts(t: &mut dyn Transport) -> io::Result<control::Timeouts> {
 /// The NAT timeouts, for people.
 pub fn render_timeouts(t: &control::Timeouts) -> String {
     format!(
-        "TCP idle {} s, TCP after close {} s, UDP idle {} s\n",
+        "TCP idle {} s, TCP SYN-sent/closing {} s, UDP idle {} s\n",
         t.tcp_idle_s, t.tcp_closed_s, t.udp_idle_s
     )
 }
@@ -316,20 +323,4 @@ pub fn render_rules(f: &rules_file::RuleFile) -> String {
         f.rules.len(),
         action_name(f.default)
     )
-}
-
-#[cfg(test)]
-mod stat_name_tests {
-    /// The emulator's report names (vm::emu::stat_names, which cannot link
-    /// `common`) are the names `prxctl status` prints.
-    #[test]
-    fn the_emulator_names_every_counter_as_prxctl_does() {
-        for (id, name) in vm::emu::stat_names::NAMES {
-            assert_eq!(super::stat_name(*id), *name, "{id:#x}");
-        }
-        for id in 0x200..0x200 + 10 {
-            assert_eq!(super::stat_name(id), vm::emu::stat_names::name(id));
-        }
-        assert_eq!(vm::emu::stat_names::name(0x4242), super::stat_name(0x4242));
-    }
 }

@@ -88,17 +88,18 @@ enum Cmd {
     Enable,
     /// Disable filtering (every connection passes unchanged).
     Disable,
-    /// The IP filter's NAT timeouts, in seconds (with --kext ip; each 1 to
-    /// 604800). Omitted ones keep their current value; with none given, shows them.
-    /// They apply to live flows too.
+    /// The IP filter's NAT timeouts, in seconds (with --kext ip; each from its
+    /// RFC minimum to 604800). Omitted ones keep their current value; with none
+    /// given, shows them. They apply to live flows too.
     Timeouts {
-        /// TCP flows without packets expire after this long.
+        /// Established TCP flows without packets expire after this long (≥ 7440).
         #[arg(long, value_name = "SECS")]
         tcp_idle: Option<u32>,
-        /// TCP flows expire this long after a RST or FINs both ways.
+        /// TCP flows in SYN-sent or closing state (after a FIN or RST) without
+        /// packets expire after this long (≥ 240).
         #[arg(long, value_name = "SECS")]
         tcp_closed: Option<u32>,
-        /// UDP flows without packets expire after this long.
+        /// UDP flows without packets expire after this long (≥ 120).
         #[arg(long, value_name = "SECS")]
         udp_idle: Option<u32>,
     },

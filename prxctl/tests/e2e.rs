@@ -483,7 +483,9 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
     );
     assert!(s.contains("filters attached: 2 (IPv4, IPv6)"), "{s}");
     assert_eq!(stat(&s, "NAT flows"), 0, "{s}");
-    assert_eq!(stat(&s, "NAT flow capacity"), 2048, "{s}");
+    // kext-ip's [package.metadata.prx-ip] nat-flows, per family.
+    assert_eq!(stat(&s, "NAT flow capacity"), 2 * 16384, "{s}");
+    assert_eq!(stat(&s, "NAT flows expired"), 0, "{s}");
 
     ip.ok(&["proxy", "set", "192.0.2.1:3128", "[2001:db8:2::1]:3128"]);
     let rules = dir.path().join("nat.toml");
@@ -537,23 +539,30 @@ fn prxctl_drives_the_ip_filter_in_the_emulator() {
     let out = ip.ok(&["timeouts"]);
     assert_eq!(
         out,
-        "TCP idle 7200 s, TCP after close 10 s, UDP idle 60 s\n"
+        "TCP idle 7440 s, TCP SYN-sent/closing 240 s, UDP idle 300 s\n"
     );
-    let out = ip.ok(&["timeouts", "--udp-idle", "30", "--tcp-closed", "5"]);
-    assert_eq!(out, "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n");
+    let out = ip.ok(&["timeouts", "--udp-idle", "600", "--tcp-closed", "300"]);
+    assert_eq!(
+        out,
+        "TCP idle 7440 s, TCP SYN-sent/closing 300 s, UDP idle 600 s\n"
+    );
     let s = ip.ok(&["status"]);
-    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
-    assert_eq!(stat(&s, "NAT timeout: TCP after close (s)"), 5, "{s}");
-    let e = ip.fails(&["timeouts", "--udp-idle", "0"]);
+    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 600, "{s}");
+    assert_eq!(
+        stat(&s, "NAT timeout: TCP SYN-sent/closing (s)"),
+        300,
+        "{s}"
+    );
+    let e = ip.fails(&["timeouts", "--udp-idle", "60"]);
     assert!(
-        e.contains("--udp-idle 0: a timeout is 1 to 604800 seconds"),
+        e.contains("--udp-idle 60: this timeout is 120 (RFC 4787's minimum) to 604800 seconds"),
         "{e}"
     );
-    let e = socket.fails(&["timeouts", "--udp-idle", "5"]);
+    let e = socket.fails(&["timeouts", "--udp-idle", "500"]);
     assert!(e.contains("use --kext ip"), "{e}");
     assert_eq!(
         ip.ok(&["timeouts"]),
-        "TCP idle 7200 s, TCP after close 5 s, UDP idle 30 s\n"
+        "TCP idle 7440 s, TCP SYN-sent/closing 300 s, UDP idle 600 s\n"
     );
 
     // Rules the IP filter can never apply as written: a process selector (it

@@ -17,3 +17,21 @@ pub fn uptime_ms() -> u64 {
         .unwrap_or(0);
     s.saturating_mul(1000).saturating_add(ms)
 }
+
+/// Waits (spinning, for entry points that may block: start and stop) until
+/// `done` holds or `limit_ms` of uptime have passed; returns `done()`'s last
+/// value. For kernel work another CPU finishes shortly — a late `ipf_detach`
+/// (a packet still in the filter) or `sf_unregistered` (the socket-filter
+/// cleanup thread) — which start and stop must not return before.
+pub fn wait_until(limit_ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = uptime_ms().saturating_add(limit_ms);
+    loop {
+        if done() {
+            return true;
+        }
+        if uptime_ms() >= deadline {
+            return done();
+        }
+        core::hint::spin_loop();
+    }
+}

@@ -91,6 +91,18 @@ impl<T> Mutex<T> {
         }
     }
 
+    /// Frees the lock and gives the value back.
+    pub fn into_inner(self) -> T {
+        let this = core::mem::ManuallyDrop::new(self);
+        if let Ok(g) = group() {
+            // SAFETY: the type invariant; owning `self` proves nobody holds the lock.
+            unsafe { sys::lck_mtx_free(this.lck.as_ptr(), g) };
+        }
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+        // SAFETY: `this` is never used or dropped again; the value is moved out once.
+        unsafe { core::ptr::read(this.data.get()) }
+    }
+
     /// Takes the lock.
     pub fn lock(&self) -> MutexGuard<'_, T> {
         // SAFETY: the type invariant.

@@ -6,8 +6,7 @@
 //! - [`sflt`]: the [`sflt::SocketFilter`] trait and its `sflt_filter` trampolines.
 //! - [`ctl`]: the [`ctl::Control`] trait and its `kern_ctl_reg` trampolines.
 //! - [`proc`]: the current process.
-//! - [`ipf`], [`mbuf`]: the IP filter's trampolines and packets; [`ipf::TryLock`]
-//!   and [`ipf::TryRwLock`], the non-blocking locks of its callbacks.
+//! - [`ipf`], [`mbuf`]: the IP filter's trampolines and packets.
 //! - [`clock`], [`random`]: uptime and the kernel's random generator.
 //! - [`rules`]: the shared rule set in kernel memory, built from a control message.
 

@@ -4,10 +4,19 @@
 //! `extern "C"` trampolines that builds the 192-byte `sflt_filter` as a constant.
 //!
 //! - The per-socket **cookie** is owned by the wrapper: [`SocketFilter::attach`]
-//!   returns it, the trampoline moves it into a [`KBox`] (a failed allocation
-//!   declines the socket: the filter is simply not attached to it), every other
-//!   callback borrows it, and [`SocketFilter::detach`] receives it by value — it
-//!   is dropped exactly once, there.
+//!   returns it, the trampoline moves it into a [`KBox`] behind its own xnu
+//!   mutex (a failed allocation declines the socket: the filter is simply not
+//!   attached to it — fail-open, see README), every other callback borrows it
+//!   *under that mutex*, and [`SocketFilter::detach`] receives it by value — it
+//!   is dropped exactly once, there. The mutex is needed: xnu drops the socket
+//!   lock before calling `sf_notify`, `sf_connect_out` and the data hooks
+//!   (`sflt_notify_internal`, `sflt_data_out`… in bsd/kern/kpi_socketfilter.c
+//!   call `socket_unlock(so, 0)` before the filter), so two callbacks of one
+//!   socket can run at once on two CPUs. Blocking is allowed there (the socket
+//!   lock was just dropped; xnu itself takes `sock_filter_lock`, an `lck_rw`,
+//!   around each call). `sf_attach` and `sf_detach` need no lock: attach
+//!   creates the cookie, and xnu calls detach only when the last reference to
+//!   the filter entry is gone (no callback can be running).
 //! - `connect_out`'s destination is a [`SockAddrMut`]: read it as an
 //!   [`Endpoint`], rewrite it in place with one of the socket's family (the
 //!   kernel copies back only the original `sa_len` bytes, so a family change
@@ -38,6 +47,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::alloc::KBox;
+use super::lock::Mutex;
 use crate::net::addr::{Endpoint, Family, IpAddr};
 use crate::sys::{
     self, AF_INET, AF_INET6, EINVAL, ENOMEM, MBUF_DONTWAIT, SFLT_EXTENDED, SFLT_GLOBAL, mbuf_t,
@@ -491,6 +501,13 @@ impl<F: SocketFilter> VTable<F> {
             Ok(c) => c,
             Err(e) => return e,
         };
+        let c = match Mutex::try_new(c) {
+            Ok(m) => m,
+            Err((_, c)) => {
+                F::detach(c, &s);
+                return ENOMEM;
+            }
+        };
         match KBox::try_new(c) {
             Ok(b) => {
                 // SAFETY: `cookie` is the kernel's out-parameter (checked non-NULL).
@@ -499,7 +516,7 @@ impl<F: SocketFilter> VTable<F> {
                 0
             }
             Err((_, c)) => {
-                F::detach(c, &s);
+                F::detach(c.into_inner(), &s);
                 ENOMEM
             }
         }
@@ -512,23 +529,28 @@ impl<F: SocketFilter> VTable<F> {
         default: R,
         f: impl FnOnce(&mut F::Cookie) -> R,
     ) -> R {
-        match NonNull::new(cookie.cast::<F::Cookie>()) {
-            // SAFETY: the caller's contract: the cookie is alive and the kernel
-            // serialises callbacks on one socket (socket lock).
-            Some(mut p) => f(unsafe { p.as_mut() }),
+        match NonNull::new(cookie.cast::<Mutex<F::Cookie>>()) {
+            Some(p) => {
+                // Callbacks of one socket may run concurrently (the socket lock
+                // is dropped around them): the `&mut` comes from the cookie's mutex.
+                // SAFETY: the caller's contract: the cookie is alive (xnu holds
+                // a reference to the filter entry for the call).
+                let m = unsafe { p.as_ref() };
+                f(&mut m.lock())
+            }
             None => default,
         }
     }
 
     unsafe extern "C" fn detach(cookie: *mut c_void, so: socket_t) {
-        if let Some(p) = NonNull::new(cookie.cast::<F::Cookie>()) {
+        if let Some(p) = NonNull::new(cookie.cast::<Mutex<F::Cookie>>()) {
             // SAFETY: the kernel calls detach once per successful attach, with that cookie.
             let b = unsafe { KBox::from_raw(p) };
             ATTACHED.fetch_sub(1, Ordering::AcqRel);
             let s = Socket { so };
-            // Move the cookie out of the box: the box frees its memory and
-            // `detach` drops the value, once each.
-            F::detach(take_box(b), &s);
+            // Move the cookie out of the box and its mutex: the box frees its
+            // memory, the mutex its lock, and `detach` drops the value, once each.
+            F::detach(take_box(b).into_inner(), &s);
         }
     }
 

@@ -162,10 +162,15 @@ pub mod stat {
     pub const IP_FILTERS_ATTACHED: u32 = 0x104;
     /// IP filter: TCP flows without packets expire after this many seconds.
     pub const IP_TCP_IDLE_S: u32 = 0x105;
-    /// IP filter: TCP flows expire this many seconds after RST or FIN both ways.
+    /// IP filter: TCP flows in a transitory state (SYN sent, closing) expire
+    /// after this many seconds without packets.
     pub const IP_TCP_CLOSED_S: u32 = 0x106;
     /// IP filter: UDP flows without packets expire after this many seconds.
     pub const IP_UDP_IDLE_S: u32 = 0x107;
+    /// IP filter: NAT flows removed because they expired.
+    pub const IP_FLOWS_EXPIRED: u32 = 0x108;
+    /// IP filter: unestablished NAT flows evicted early to make room.
+    pub const IP_FLOWS_EVICTED: u32 = 0x109;
     /// IP filter: drops, by reason: `IP_DROP_BASE + reason` (the order of
     /// `common::net::filter::DropReason::ALL`).
     pub const IP_DROP_BASE: u32 = 0x200;
@@ -198,7 +203,9 @@ pub mod stat {
                 IP_REPLY_PACKETS => "reply packets rewritten",
                 IP_FILTERS_ATTACHED => "IP filters attached",
                 IP_TCP_IDLE_S => "NAT timeout: TCP idle (s)",
-                IP_TCP_CLOSED_S => "NAT timeout: TCP after close (s)",
+                IP_TCP_CLOSED_S => "NAT timeout: TCP SYN-sent/closing (s)",
+                IP_FLOWS_EXPIRED => "NAT flows expired",
+                IP_FLOWS_EVICTED => "NAT flows evicted early (unestablished)",
                 IP_UDP_IDLE_S => "NAT timeout: UDP idle (s)",
                 LOG_LEVEL => "log level (0 off, 1 decisions, 2 debug)",
                 LOG_SUPPRESSED => "log lines suppressed (rate limit)",
@@ -537,25 +544,34 @@ pub const MAX_TIMEOUT_S: u32 = 7 * 24 * 3600;
 /// Body length of `SetTimeouts`.
 pub const TIMEOUTS_LEN: usize = 12;
 
-/// The IP filter's NAT timeouts, in seconds, each 1 to [`MAX_TIMEOUT_S`]:
-/// body of `SetTimeouts` (three big-endian u32s in this order).
+/// The IP filter's NAT timeouts, in seconds, each from its RFC minimum
+/// ([`Timeouts::MIN`]: 7,440, 240, 120) to [`MAX_TIMEOUT_S`]: body of
+/// `SetTimeouts` (three big-endian u32s in this order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP flows without packets expire after this long.
+    /// Established TCP flows without packets expire after this long.
     pub tcp_idle_s: u32,
-    /// TCP flows expire this long after a RST or FINs in both directions.
+    /// TCP flows in a transitory state (SYN sent, or closing after a FIN or
+    /// RST) without packets expire after this long.
     pub tcp_closed_s: u32,
     /// UDP flows without packets expire after this long.
     pub udp_idle_s: u32,
 }
 
 impl Timeouts {
+    /// The smallest timeouts accepted: the RFCs' (`nat::Config::RFC_MIN`).
+    pub const MIN: Timeouts = Timeouts {
+        tcp_idle_s: 7_440,
+        tcp_closed_s: 240,
+        udp_idle_s: 120,
+    };
+
     /// The NAT table's configuration (milliseconds).
     pub fn nat_config(&self) -> super::nat::Config {
         let ms = |s: u32| u64::from(s).saturating_mul(1000);
         super::nat::Config {
             tcp_idle_ms: ms(self.tcp_idle_s),
-            tcp_closed_grace_ms: ms(self.tcp_closed_s),
+            tcp_transitory_ms: ms(self.tcp_closed_s),
             udp_idle_ms: ms(self.udp_idle_s),
         }
     }
@@ -565,15 +581,20 @@ impl Timeouts {
         let s = |ms: u64| u32::try_from(ms / 1000).unwrap_or(u32::MAX);
         Timeouts {
             tcp_idle_s: s(c.tcp_idle_ms),
-            tcp_closed_s: s(c.tcp_closed_grace_ms),
+            tcp_closed_s: s(c.tcp_transitory_ms),
             udp_idle_s: s(c.udp_idle_ms),
         }
     }
 
-    fn valid(&self) -> bool {
-        [self.tcp_idle_s, self.tcp_closed_s, self.udp_idle_s]
-            .iter()
-            .all(|t| (1..=MAX_TIMEOUT_S).contains(t))
+    /// True when every timeout is within its bounds.
+    pub fn valid(&self) -> bool {
+        [
+            (self.tcp_idle_s, Self::MIN.tcp_idle_s),
+            (self.tcp_closed_s, Self::MIN.tcp_closed_s),
+            (self.udp_idle_s, Self::MIN.udp_idle_s),
+        ]
+        .iter()
+        .all(|(t, min)| (*min..=MAX_TIMEOUT_S).contains(t))
     }
 }
 
@@ -1131,14 +1152,15 @@ mod tests {
     #[test]
     fn timeouts_round_trip_and_bounds() {
         let t = Timeouts {
-            tcp_idle_s: 7200,
-            tcp_closed_s: 10,
-            udp_idle_s: 60,
+            tcp_idle_s: 7440,
+            tcp_closed_s: 240,
+            udp_idle_s: 300,
         };
         let mut buf = [0u8; HEADER_LEN + TIMEOUTS_LEN];
         assert_eq!(encode_timeouts(&t, &mut buf), Ok(20));
         assert_eq!(&buf[..8], &[1, 4, 0, 0, 0, 0, 0, 20]);
-        assert_eq!(&buf[8..], &[0, 0, 0x1c, 0x20, 0, 0, 0, 10, 0, 0, 0, 60]);
+        assert_eq!(&buf[8..], &[0, 0, 0x1d, 0x10, 0, 0, 0, 240, 0, 0, 1, 44]);
+        assert_eq!(Timeouts::MIN.nat_config(), crate::net::nat::Config::RFC_MIN);
         let SetRequest::Timeouts(back) = decode_set(4, &buf).unwrap() else {
             panic!("not timeouts")
         };
@@ -1146,7 +1168,15 @@ mod tests {
         assert_eq!(back.nat_config(), crate::net::nat::Config::DEFAULT);
         assert_eq!(Timeouts::of(&crate::net::nat::Config::DEFAULT), t);
         // Zero and more than a week are refused, as are wrong lengths and ops.
-        for (at, v) in [(8, 0u32), (12, 0), (16, 0), (8, MAX_TIMEOUT_S + 1)] {
+        for (at, v) in [
+            (8, 0u32),
+            (12, 0),
+            (16, 0),
+            (8, MAX_TIMEOUT_S + 1),
+            (8, 7439),
+            (12, 239),
+            (16, 119),
+        ] {
             let mut b = buf;
             b[at..at + 4].copy_from_slice(&v.to_be_bytes());
             assert_eq!(decode_set(4, &b).unwrap_err(), Error::Field, "{at} {v}");

@@ -18,10 +18,15 @@
 //!    never are (no loops).
 //! 4. A tracked flow is translated to its proxy. An untracked one is created
 //!    when the [`Policy`] redirects it, on a TCP SYN (without ACK) or any UDP
-//!    datagram; mid-stream TCP of an untracked flow passes (the proxy would
-//!    only reset it). A refused flow (table full, reverse-key collision) is
-//!    dropped and counted, and so is the opening packet of a flow the policy
-//!    blocks ([`NewFlow::Block`]).
+//!    datagram. A TCP packet that does not open a flow, of an untracked flow
+//!    the policy redirects or blocks (a flow that expired, was never seen, or
+//!    was opened before the rule existed), is **dropped** and counted
+//!    ([`DropReason::Untracked`]): it never reaches the original destination
+//!    (fail-closed; the client's retransmissions and keepalives fail the same
+//!    way until it gives up; a RST would need a packet built and injected
+//!    inbound, which the filter does not do). A refused flow (table full,
+//!    reverse-key collision) is dropped and counted, and so is the opening
+//!    packet of a flow the policy blocks ([`NewFlow::Block`]).
 //! 5. An ICMP/ICMPv6 error the client host sends about a packet it received
 //!    from a translated flow (quoted source = original destination endpoint,
 //!    quoted destination = client endpoint, outer source = the client
@@ -63,7 +68,7 @@
 //! `to` the quoted endpoint's new value (see [`icmp_error::rewrite`]).
 
 use super::icmp_error;
-use super::nat::{Endpoint, FlowKey, InsertError, NatTable};
+use super::nat::{Endpoint, FlowKey, InsertError, NatTable, Store};
 use super::translate::{self, Refused, Side};
 use super::wire::ip::{self, Addr, Transport};
 use super::wire::{Error, get_u8, get_u16, proto};
@@ -190,11 +195,14 @@ pub enum DropReason {
     Inject,
     /// A `block` rule refused the new flow.
     Blocked,
+    /// A TCP packet that opens no flow, of an untracked flow the policy
+    /// redirects or blocks (expired, never seen, or older than the rule).
+    Untracked,
 }
 
 impl DropReason {
     /// Every reason, in statistics order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Unparseable,
         DropReason::TableFull,
         DropReason::Collision,
@@ -203,6 +211,7 @@ impl DropReason {
         DropReason::Mbuf,
         DropReason::Inject,
         DropReason::Blocked,
+        DropReason::Untracked,
     ];
 
     /// Index into a statistics array.
@@ -221,6 +230,7 @@ impl DropReason {
             DropReason::Mbuf => "mbuf failure",
             DropReason::Inject => "inject failure",
             DropReason::Blocked => "blocked by a rule",
+            DropReason::Untracked => "untracked mid-flow TCP",
         }
     }
 }
@@ -304,10 +314,10 @@ pub fn outbound_flow(prefix: &[u8], packet_len: usize) -> Option<super::nat::Flo
 
 /// Decides what to do with an outbound packet of `packet_len` bytes whose
 /// first bytes are `prefix`; creates the NAT flow when a rule redirects it.
-pub fn plan_output<const N: usize, const S: usize>(
+pub fn plan_output<S: Store>(
     prefix: &[u8],
     packet_len: usize,
-    table: &mut NatTable<N, S>,
+    table: &mut NatTable<S>,
     policy: &impl Policy,
     now: u64,
 ) -> Plan {
@@ -365,14 +375,13 @@ pub fn plan_output<const N: usize, const S: usize>(
         };
     }
     // Only a flow's opening packet (TCP SYN without ACK, any UDP datagram)
-    // creates or refuses it: mid-stream TCP of an untracked flow passes.
+    // creates or refuses it; mid-stream TCP of an untracked flow the policy
+    // would redirect or block is dropped (never leaked to the origin).
     let opens = t.protocol == proto::UDP
         || flags & super::wire::tcp::SYN != 0 && flags & super::wire::tcp::ACK == 0;
-    if !opens {
-        return Plan::Pass;
-    }
     let to = match policy.new_flow(t.protocol, &src, &dst) {
         NewFlow::Leave => return Plan::Pass,
+        _ if !opens => return Plan::Drop(DropReason::Untracked),
         NewFlow::Block => return Plan::Drop(DropReason::Blocked),
         NewFlow::Redirect(to) => to,
     };
@@ -388,10 +397,10 @@ pub fn plan_output<const N: usize, const S: usize>(
 
 /// Decides what to do with an inbound packet: reverse translation of replies
 /// from the proxy and of ICMP errors about translated flows.
-pub fn plan_input<const N: usize, const S: usize>(
+pub fn plan_input<S: Store>(
     prefix: &[u8],
     packet_len: usize,
-    table: &mut NatTable<N, S>,
+    table: &mut NatTable<S>,
     now: u64,
 ) -> Plan {
     let Ok(t) = ip::transport_in(prefix, packet_len) else {
@@ -455,10 +464,10 @@ pub fn apply(prefix: &mut [u8], packet_len: usize, plan: Plan) -> Decision {
 }
 
 /// [`plan_output`] and [`apply`] for a packet whose checksums are final.
-pub fn output<const N: usize, const S: usize>(
+pub fn output<S: Store>(
     prefix: &mut [u8],
     packet_len: usize,
-    table: &mut NatTable<N, S>,
+    table: &mut NatTable<S>,
     policy: &impl Policy,
     now: u64,
 ) -> Decision {
@@ -467,10 +476,10 @@ pub fn output<const N: usize, const S: usize>(
 }
 
 /// [`plan_input`] and [`apply`].
-pub fn input<const N: usize, const S: usize>(
+pub fn input<S: Store>(
     prefix: &mut [u8],
     packet_len: usize,
-    table: &mut NatTable<N, S>,
+    table: &mut NatTable<S>,
     now: u64,
 ) -> Decision {
     let plan = plan_input(prefix, packet_len, table, now);
@@ -486,8 +495,10 @@ pub fn input<const N: usize, const S: usize>(
 ///   is redirected): a `proxy` rule with protocol `any` redirects both, one
 ///   with `tcp` or `udp` only that protocol;
 /// - a `block` rule refuses a new flow: its opening packets (TCP SYN, UDP
-///   datagrams) are dropped and counted ([`DropReason::Blocked`]); flows that
-///   were already established keep going;
+///   datagrams) are dropped and counted ([`DropReason::Blocked`]), and so are
+///   the mid-flow TCP packets of connections it meets already open
+///   ([`DropReason::Untracked`]: the filter cannot tell them from expired
+///   redirected flows);
 /// - the proxy must be of the packet's family (no IPv4-mapped translation).
 #[derive(Debug)]
 pub struct RulesPolicy<'a, R, I> {

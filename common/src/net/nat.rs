@@ -3,38 +3,62 @@
 //! proxy; replies from the proxy are looked up by the reverse key and
 //! rewritten back to the original destination.
 //!
-//! Design:
-//! - **Bounded, no allocation**: `N` flow entries and two open-addressing
+//! Design (docs/nat.md has the reasoning and the figures):
+//! - **Storage is the caller's, sized at run time**: one slice of [`Entry`]
+//!   whose length (a power of two, 2 to [`MAX_FLOWS`]) is the capacity. Each
+//!   entry carries a flow and two buckets of each of the two open-addressing
 //!   indexes (forward: client → original destination; reverse: proxy →
-//!   client) of `SLOTS` buckets each (a power of two ≥ 2·N, checked at compile
-//!   time), all inline, so the table can live in a kext's static.
+//!   client), so there are 2 buckets per flow and one allocation. The kext
+//!   allocates it in start from its configured capacity; host tests use a
+//!   `Vec` or an array. [`ENTRY_BYTES`] is the cost of one flow.
 //! - **O(1) lookups**: keyed hashing (a per-table seed), linear probing,
 //!   backward-shift deletion (no tombstones, so probe chains never degrade).
-//! - **Expiry** (lazy, with a clock hand): a TCP flow expires
-//!   [`Config::tcp_closed_grace_ms`] after a RST or after FINs in both
-//!   directions, otherwise after [`Config::tcp_idle_ms`] without packets; UDP
-//!   and other protocols after [`Config::udp_idle_ms`]. Lookups drop expired
-//!   flows they meet; each insertion sweeps a few entries
-//!   ([`SWEEP_PER_INSERT`]). A SYN on a closed flow reopens it (port reuse).
-//! - **When full**: after the sweep, a new flow is refused
-//!   ([`InsertError::Full`]); existing flows are never evicted while live (that
-//!   would break them silently). The IP filter drops the refused packet and
-//!   counts it; TCP retries its SYN later, when flows may have expired.
+//! - **Lifecycle** (RFC 5382 for TCP, RFC 4787 for UDP, RFC 7857 §2.2 for
+//!   RST): a TCP flow is [`FlowState::SynSent`] from the client's SYN until
+//!   the proxy's SYN-ACK, then [`FlowState::Established`]; a FIN or RST in
+//!   either direction makes it [`FlowState::Closing`]; a new SYN on a closing
+//!   flow (port reuse) makes it `SynSent` again. SYN-sent and closing flows
+//!   expire after [`Config::tcp_transitory_ms`] idle (RFC 5382 REQ-5: ≥ 4 min),
+//!   established ones after [`Config::tcp_idle_ms`] (≥ 2 h 4 min). UDP flows
+//!   are [`FlowState::UdpNew`] until the first reply, then
+//!   [`FlowState::UdpReplied`]; both expire after [`Config::udp_idle_ms`]
+//!   idle (RFC 4787 REQ-5: ≥ 2 min). [`Config::DEFAULT`] keeps every RFC
+//!   minimum; the control protocol refuses timeouts below them.
+//! - **Reclamation cannot be starved**: every flow sits on one list per state,
+//!   in the order of its last packet (the table's clock never goes back), so
+//!   each list's oldest flow is its head and the first to expire. Each
+//!   insertion first removes up to [`RECLAIM_PER_INSERT`] expired heads of
+//!   every list: whenever any flow has expired, an insertion into a full table
+//!   finds it. Lookups also remove the expired flows they meet.
+//! - **Pressure**: when the table is full of live flows, an insertion evicts
+//!   the least recently active *unestablished* flow (SYN-sent TCP, UDP without
+//!   a reply), which is what an exhausting source creates; established and
+//!   closing flows are never evicted while live (that would break them
+//!   silently). Fairness follows: a legitimate flow, once its handshake
+//!   completes, cannot be evicted, and before that it is evicted only after
+//!   every unestablished flow older than it — a source must open more than the
+//!   whole capacity in new flows within one handshake round trip to deny
+//!   another's. Only when every flow is established or closing is a new one
+//!   refused ([`InsertError::Full`]); the counters say how many expired and how
+//!   many were evicted ([`Stats`]).
 //! - **Collisions**: a new flow whose reverse key (proxy, client endpoint,
 //!   protocol) is already used by another live flow (the same client port
 //!   redirected from two destinations to one proxy) is refused
 //!   ([`InsertError::Collision`]): replies could not be told apart.
-//! - **Concurrency**: the table is plain data behind `&mut self`. The kext keeps
-//!   it behind a non-blocking try-lock (`common::kpi::ipf::TryLock`): callbacks
-//!   on other CPUs never wait for it; a callback that cannot take it at once
-//!   (after a short bounded spin) drops the packet and counts it (TCP
-//!   retransmits), because a filter must never block in `ipf_output`.
+//! - **Concurrency**: the table is plain data behind `&mut self`; the kext
+//!   keeps it behind a lock (see kext-ip).
 
 use super::wire::ip::Addr;
 use super::wire::{proto, tcp};
 
-/// Entries swept (expired ones removed) on each insertion.
-pub const SWEEP_PER_INSERT: usize = 8;
+/// Expired flows reclaimed from the head of each state list on each insertion.
+pub const RECLAIM_PER_INSERT: usize = 4;
+
+/// The largest capacity (entries are linked by 32-bit ids, buckets are 2 per entry).
+pub const MAX_FLOWS: usize = 1 << 24;
+
+/// Bytes one flow costs: its [`Entry`], indexes included.
+pub const ENTRY_BYTES: usize = core::mem::size_of::<Entry>();
 
 /// An address and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +67,13 @@ pub struct Endpoint {
     pub addr: Addr,
     /// The port (0 for protocols without ports).
     pub port: u16,
+}
+
+impl Endpoint {
+    const ZERO: Endpoint = Endpoint {
+        addr: Addr::V4([0; 4]),
+        port: 0,
+    };
 }
 
 impl From<Endpoint> for super::addr::Endpoint {
@@ -74,35 +105,108 @@ pub struct FlowKey {
 /// Timeouts, in milliseconds of the clock the caller passes as `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
-    /// TCP without packets for this long expires.
+    /// An established TCP flow without packets for this long expires.
     pub tcp_idle_ms: u64,
-    /// TCP after RST, or FIN both ways, expires this long after the last packet.
-    pub tcp_closed_grace_ms: u64,
+    /// A TCP flow in a transitory state (SYN sent, or closing after a FIN or
+    /// RST in either direction) without packets for this long expires.
+    pub tcp_transitory_ms: u64,
     /// UDP (and other protocols) without packets for this long expires.
     pub udp_idle_ms: u64,
 }
 
 impl Config {
-    /// Defaults: TCP idle 2 h, closed grace 10 s, UDP idle 60 s.
-    pub const DEFAULT: Config = Config {
-        tcp_idle_ms: 7_200_000,
-        tcp_closed_grace_ms: 10_000,
-        udp_idle_ms: 60_000,
+    /// The RFCs' minimums: TCP established 2 h 4 min (RFC 5382 REQ-5), TCP
+    /// transitory 4 min (RFC 5382 REQ-5, RFC 7857 §2.2 for RST), UDP 2 min
+    /// (RFC 4787 REQ-5).
+    pub const RFC_MIN: Config = Config {
+        tcp_idle_ms: 7_440_000,
+        tcp_transitory_ms: 240_000,
+        udp_idle_ms: 120_000,
     };
+
+    /// Defaults: TCP established 2 h 4 min, transitory 4 min, UDP 5 min
+    /// (RFC 4787's recommendation).
+    pub const DEFAULT: Config = Config {
+        tcp_idle_ms: 7_440_000,
+        tcp_transitory_ms: 240_000,
+        udp_idle_ms: 300_000,
+    };
+
+    /// True when no timeout is below [`Config::RFC_MIN`].
+    pub fn meets_rfcs(&self) -> bool {
+        self.tcp_idle_ms >= Self::RFC_MIN.tcp_idle_ms
+            && self.tcp_transitory_ms >= Self::RFC_MIN.tcp_transitory_ms
+            && self.udp_idle_ms >= Self::RFC_MIN.udp_idle_ms
+    }
+
+    fn timeout(&self, s: FlowState) -> u64 {
+        match s {
+            FlowState::SynSent | FlowState::Closing => self.tcp_transitory_ms,
+            FlowState::Established => self.tcp_idle_ms,
+            FlowState::UdpNew | FlowState::UdpReplied => self.udp_idle_ms,
+        }
+    }
 }
 
 /// Why a flow was not created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertError {
-    /// The table is full of live flows.
+    /// The table is full of established or closing flows.
     Full,
     /// Another live flow uses the same reverse key.
     Collision,
 }
 
-const CLOSED_FIN_OUT: u8 = 1;
-const CLOSED_FIN_IN: u8 = 2;
-const CLOSED_RST: u8 = 4;
+/// Why a table could not be made over a storage slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadCapacity(pub usize);
+
+/// Where a flow is in its life (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowState {
+    /// TCP: the client's SYN was seen, the proxy has not answered.
+    SynSent = 0,
+    /// TCP: the proxy answered with a SYN-ACK.
+    Established = 1,
+    /// TCP: a FIN or RST was seen.
+    Closing = 2,
+    /// UDP (or another protocol): no reply yet.
+    UdpNew = 3,
+    /// UDP: the proxy replied.
+    UdpReplied = 4,
+}
+
+const STATES: usize = 5;
+
+impl FlowState {
+    fn list(self) -> usize {
+        self as usize
+    }
+
+    /// True for the states early eviction may take (no reply seen yet).
+    pub fn unestablished(self) -> bool {
+        matches!(self, FlowState::SynSent | FlowState::UdpNew)
+    }
+
+    /// The state after a packet with TCP `flags` (0 for other protocols).
+    fn next(self, flags: u8, outbound: bool) -> FlowState {
+        match self {
+            FlowState::UdpNew if !outbound => FlowState::UdpReplied,
+            FlowState::UdpNew | FlowState::UdpReplied => self,
+            _ if flags & (tcp::RST | tcp::FIN) != 0 => FlowState::Closing,
+            FlowState::Closing if outbound && flags & (tcp::SYN | tcp::ACK) == tcp::SYN => {
+                FlowState::SynSent
+            }
+            FlowState::SynSent
+                if !outbound && flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK =>
+            {
+                FlowState::Established
+            }
+            s => s,
+        }
+    }
+}
 
 /// One translated flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,49 +217,18 @@ pub struct Flow {
     pub proxy: Endpoint,
     /// Time of the last packet (either direction).
     pub last_seen: u64,
-    close: u8,
+    /// Where it is in its life.
+    pub state: FlowState,
 }
 
 impl Flow {
-    fn expires_at(&self, cfg: &Config) -> u64 {
-        let t = if self.key.protocol != proto::TCP {
-            cfg.udp_idle_ms
-        } else if self.close & CLOSED_RST != 0
-            || self.close & (CLOSED_FIN_OUT | CLOSED_FIN_IN) == CLOSED_FIN_OUT | CLOSED_FIN_IN
-        {
-            cfg.tcp_closed_grace_ms
-        } else {
-            cfg.tcp_idle_ms
-        };
-        self.last_seen.saturating_add(t)
+    /// When it expires under `cfg` if no packet comes.
+    pub fn expires_at(&self, cfg: &Config) -> u64 {
+        self.last_seen.saturating_add(cfg.timeout(self.state))
     }
 
     fn is_expired(&self, cfg: &Config, now: u64) -> bool {
         now >= self.expires_at(cfg)
-    }
-
-    fn is_closed(&self) -> bool {
-        self.close & CLOSED_RST != 0 || self.close & 3 == 3
-    }
-
-    /// Records a packet with TCP `flags` (0 for other protocols).
-    fn touch(&mut self, flags: u8, outbound: bool, now: u64) {
-        if self.key.protocol == proto::TCP {
-            if flags & tcp::SYN != 0 && flags & tcp::ACK == 0 && self.is_closed() {
-                self.close = 0; // the client reuses the port: a new connection
-            }
-            if flags & tcp::RST != 0 {
-                self.close |= CLOSED_RST;
-            }
-            if flags & tcp::FIN != 0 {
-                self.close |= if outbound {
-                    CLOSED_FIN_OUT
-                } else {
-                    CLOSED_FIN_IN
-                };
-            }
-        }
-        self.last_seen = self.last_seen.max(now);
     }
 
     fn rev_key(&self) -> (u8, Endpoint, Endpoint) {
@@ -163,41 +236,78 @@ impl Flow {
     }
 }
 
-/// An entry. `repr(u8)` with `Free` as tag 0 (and [`NONE`] = 0) makes a new
-/// table all zero bytes, so a kext's `static` table is zero-fill (`__bss`),
-/// not initialised data in the binary.
+/// One slot of a table's storage: a flow (when used), its links on its state
+/// list (or the free list) and two buckets of each index.
 #[derive(Debug, Clone, Copy)]
-#[repr(u8)]
-enum Slot {
-    Free { next: u32 },
-    Used(Flow),
+pub struct Entry {
+    flow: Flow,
+    used: bool,
+    prev: u32,
+    next: u32,
+    fwd: [u32; 2],
+    rev: [u32; 2],
 }
 
-/// End of the free list (entries are linked by 1-based id).
+impl Entry {
+    /// An unused entry (fill a new storage slice with it).
+    pub const EMPTY: Entry = Entry {
+        flow: Flow {
+            key: FlowKey {
+                protocol: 0,
+                src: Endpoint::ZERO,
+                dst: Endpoint::ZERO,
+            },
+            proxy: Endpoint::ZERO,
+            last_seen: 0,
+            state: FlowState::UdpNew,
+        },
+        used: false,
+        prev: NONE,
+        next: NONE,
+        fwd: [0; 2],
+        rev: [0; 2],
+    };
+}
+
+/// No entry (ids are 1-based).
 const NONE: u32 = 0;
 
-/// The NAT table: `N` flows, indexes of `SLOTS` buckets (power of two ≥ 2·N).
+/// A table's storage: a slice of entries.
+pub trait Store: AsRef<[Entry]> + AsMut<[Entry]> {}
+impl<T: AsRef<[Entry]> + AsMut<[Entry]> + ?Sized> Store for T {}
+
+/// The NAT table over storage `S` (module docs).
 #[derive(Debug, Clone)]
-pub struct NatTable<const N: usize, const SLOTS: usize> {
+pub struct NatTable<S> {
     cfg: Config,
     seed: u64,
-    entries: [Slot; N],
-    /// Entries `fresh..N` were never used.
+    store: S,
+    /// Entries `fresh..capacity` were never used.
     fresh: usize,
     free_head: u32,
     len: usize,
-    hand: usize,
-    fwd: [u32; SLOTS],
-    rev: [u32; SLOTS],
+    heads: [u32; STATES],
+    tails: [u32; STATES],
+    counts: [usize; STATES],
+    /// The latest `now` seen: the table's clock never goes back.
+    clock: u64,
+    expired: u64,
+    evicted: u64,
 }
 
 /// Statistics of a table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Live entries (some may be expired and not yet swept).
+    /// Tracked entries (some may be expired and not yet reclaimed).
     pub flows: usize,
     /// Capacity.
     pub capacity: usize,
+    /// Of `flows`, those not yet answered (SYN sent, UDP without reply).
+    pub unestablished: usize,
+    /// Flows removed because they expired, since the table was made.
+    pub expired: u64,
+    /// Unestablished flows evicted early to make room for a new one.
+    pub evicted: u64,
 }
 
 fn mix(mut h: u64, b: u8) -> u64 {
@@ -226,43 +336,33 @@ fn hash3(seed: u64, protocol: u8, a: &Endpoint, b: &Endpoint) -> u64 {
     z ^ (z >> 31)
 }
 
-impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
-    const CHECK: () = {
-        assert!(N > 0 && N < (u32::MAX as usize));
-        assert!(SLOTS.is_power_of_two());
-        assert!(SLOTS >= 2 * N);
-    };
+fn pos(id: u32) -> Option<usize> {
+    usize::try_from(id).ok()?.checked_sub(1)
+}
 
-    /// An empty, unconfigured table whose bytes are all zero, for a kext's
-    /// `static` (which then costs nothing in the binary: zero-fill). All
-    /// timeouts are 0 (every flow expires at once) until [`NatTable::configure`]
-    /// sets them and the hash seed, which the kext does in its start routine
-    /// before attaching its filters.
-    pub const fn zeroed() -> Self {
-        Self::new(
-            Config {
-                tcp_idle_ms: 0,
-                tcp_closed_grace_ms: 0,
-                udp_idle_ms: 0,
-            },
-            0,
-        )
-    }
-
-    /// An empty table (usable in a `static`).
-    pub const fn new(cfg: Config, seed: u64) -> Self {
-        let () = Self::CHECK;
-        NatTable {
+impl<S: Store> NatTable<S> {
+    /// An empty table over `store`, whose length (a power of two, 2 to
+    /// [`MAX_FLOWS`]) is the capacity; every entry is reset.
+    pub fn new(mut store: S, cfg: Config, seed: u64) -> Result<Self, BadCapacity> {
+        let n = store.as_ref().len();
+        if !(2..=MAX_FLOWS).contains(&n) || !n.is_power_of_two() {
+            return Err(BadCapacity(n));
+        }
+        store.as_mut().fill(Entry::EMPTY);
+        Ok(NatTable {
             cfg,
             seed,
-            entries: [Slot::Free { next: NONE }; N],
+            store,
             fresh: 0,
             free_head: NONE,
             len: 0,
-            hand: 0,
-            fwd: [0; SLOTS],
-            rev: [0; SLOTS],
-        }
+            heads: [NONE; STATES],
+            tails: [NONE; STATES],
+            counts: [0; STATES],
+            clock: 0,
+            expired: 0,
+            evicted: 0,
+        })
     }
 
     /// The timeouts.
@@ -271,25 +371,36 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
     }
 
     /// Sets the timeouts (they apply to live flows too: expiry is computed
-    /// from each flow's last packet when it is looked at).
+    /// from each flow's last packet; each state list stays in expiry order).
     pub fn set_config(&mut self, cfg: Config) {
         self.cfg = cfg;
     }
 
-    /// Re-keys the hash (only while empty) and sets the timeouts.
-    pub fn configure(&mut self, cfg: Config, seed: u64) {
-        self.cfg = cfg;
-        if self.len == 0 {
-            self.seed = seed;
+    /// Live entries, capacity and counters.
+    pub fn stats(&self) -> Stats {
+        let unestablished = self
+            .counts
+            .get(FlowState::SynSent.list())
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(
+                self.counts
+                    .get(FlowState::UdpNew.list())
+                    .copied()
+                    .unwrap_or(0),
+            );
+        Stats {
+            flows: self.len,
+            capacity: self.capacity(),
+            unestablished,
+            expired: self.expired,
+            evicted: self.evicted,
         }
     }
 
-    /// Live entries and capacity.
-    pub fn stats(&self) -> Stats {
-        Stats {
-            flows: self.len,
-            capacity: N,
-        }
+    /// How many flows the table holds at most.
+    pub fn capacity(&self) -> usize {
+        self.store.as_ref().len()
     }
 
     /// Number of entries.
@@ -303,13 +414,42 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
     }
 
     fn mask(&self) -> usize {
-        SLOTS.wrapping_sub(1)
+        self.capacity().wrapping_mul(2).wrapping_sub(1)
     }
 
-    fn flow(&self, e: u32) -> Option<&Flow> {
-        match self.entries.get(usize::try_from(e).ok()?.checked_sub(1)?) {
-            Some(Slot::Used(f)) => Some(f),
-            _ => None,
+    fn tick(&mut self, now: u64) -> u64 {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
+    fn entry(&self, id: u32) -> Option<&Entry> {
+        self.store.as_ref().get(pos(id)?)
+    }
+
+    fn entry_mut(&mut self, id: u32) -> Option<&mut Entry> {
+        self.store.as_mut().get_mut(pos(id)?)
+    }
+
+    fn flow(&self, id: u32) -> Option<&Flow> {
+        self.entry(id).filter(|e| e.used).map(|e| &e.flow)
+    }
+
+    fn bucket(&self, reverse: bool, i: usize) -> u32 {
+        match self.store.as_ref().get(i >> 1) {
+            Some(e) => {
+                let b = if reverse { &e.rev } else { &e.fwd };
+                b.get(i & 1).copied().unwrap_or(0)
+            }
+            None => 0,
+        }
+    }
+
+    fn set_bucket(&mut self, reverse: bool, i: usize, v: u32) {
+        if let Some(e) = self.store.as_mut().get_mut(i >> 1) {
+            let b = if reverse { &mut e.rev } else { &mut e.fwd };
+            if let Some(s) = b.get_mut(i & 1) {
+                *s = v;
+            }
         }
     }
 
@@ -322,13 +462,19 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         (hash3(self.seed, p, &a, &b) as usize) & self.mask()
     }
 
-    /// Bucket index in `fwd` (or `rev`) holding the entry matching, or None.
-    fn find(&self, reverse: bool, protocol: u8, a: &Endpoint, b: &Endpoint) -> Option<usize> {
-        let idx = if reverse { &self.rev } else { &self.fwd };
-        let mut i = (hash3(self.seed, protocol, a, b) as usize) & self.mask();
-        for _ in 0..SLOTS {
-            let e = *idx.get(i)?;
-            if e == 0 {
+    /// The id of the entry matching in the forward (or reverse) index, and its bucket.
+    fn find(
+        &self,
+        reverse: bool,
+        protocol: u8,
+        a: &Endpoint,
+        b: &Endpoint,
+    ) -> Option<(u32, usize)> {
+        let mask = self.mask();
+        let mut i = (hash3(self.seed, protocol, a, b) as usize) & mask;
+        for _ in 0..=mask {
+            let e = self.bucket(reverse, i);
+            if e == NONE {
                 return None;
             }
             if let Some(f) = self.flow(e) {
@@ -338,30 +484,23 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
                     f.key.protocol == protocol && f.key.src == *a && f.key.dst == *b
                 };
                 if hit {
-                    return Some(i);
+                    return Some((e, i));
                 }
             }
-            i = i.wrapping_add(1) & self.mask();
+            i = i.wrapping_add(1) & mask;
         }
         None
     }
 
     fn index_insert(&mut self, reverse: bool, home: usize, e: u32) {
         let mask = self.mask();
-        let idx = if reverse {
-            &mut self.rev
-        } else {
-            &mut self.fwd
-        };
         let mut i = home;
-        for _ in 0..SLOTS {
-            match idx.get_mut(i) {
-                Some(s) if *s == 0 => {
-                    *s = e;
-                    return;
-                }
-                _ => i = i.wrapping_add(1) & mask,
+        for _ in 0..=mask {
+            if self.bucket(reverse, i) == NONE {
+                self.set_bucket(reverse, i, e);
+                return;
             }
+            i = i.wrapping_add(1) & mask;
         }
     }
 
@@ -369,12 +508,10 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
     fn index_remove(&mut self, reverse: bool, mut hole: usize) {
         let mask = self.mask();
         let mut j = hole;
-        for _ in 0..SLOTS {
+        for _ in 0..=mask {
             j = j.wrapping_add(1) & mask;
-            let e = *(if reverse { &self.rev } else { &self.fwd })
-                .get(j)
-                .unwrap_or(&0);
-            if e == 0 {
+            let e = self.bucket(reverse, j);
+            if e == NONE {
                 break;
             }
             let Some(f) = self.flow(e) else { break };
@@ -391,89 +528,187 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
             if stays {
                 continue;
             }
-            let idx = if reverse {
-                &mut self.rev
-            } else {
-                &mut self.fwd
-            };
-            if let Some(s) = idx.get_mut(hole) {
-                *s = e;
-            }
+            self.set_bucket(reverse, hole, e);
             hole = j;
         }
-        let idx = if reverse {
-            &mut self.rev
-        } else {
-            &mut self.fwd
-        };
-        if let Some(s) = idx.get_mut(hole) {
-            *s = 0;
+        self.set_bucket(reverse, hole, NONE);
+    }
+
+    // ---- state lists ----
+
+    fn unlink(&mut self, id: u32) {
+        let Some(e) = self.entry(id) else { return };
+        let (prev, next, list) = (e.prev, e.next, e.flow.state.list());
+        match self.entry_mut(prev) {
+            Some(p) => p.next = next,
+            None => {
+                if let Some(h) = self.heads.get_mut(list) {
+                    *h = next;
+                }
+            }
+        }
+        match self.entry_mut(next) {
+            Some(n) => n.prev = prev,
+            None => {
+                if let Some(t) = self.tails.get_mut(list) {
+                    *t = prev;
+                }
+            }
+        }
+        if let Some(c) = self.counts.get_mut(list) {
+            *c = c.saturating_sub(1);
+        }
+        if let Some(e) = self.entry_mut(id) {
+            e.prev = NONE;
+            e.next = NONE;
         }
     }
 
-    /// Removes entry `e` (1-based) from both indexes and frees it.
-    fn remove_entry(&mut self, e: u32) {
-        let Some(f) = self.flow(e).copied() else {
+    fn push_tail(&mut self, id: u32) {
+        let Some(list) = self.flow(id).map(|f| f.state.list()) else {
             return;
         };
-        if let Some(i) = self.find(false, f.key.protocol, &f.key.src, &f.key.dst) {
+        let tail = self.tails.get(list).copied().unwrap_or(NONE);
+        if let Some(e) = self.entry_mut(id) {
+            e.prev = tail;
+            e.next = NONE;
+        }
+        match self.entry_mut(tail) {
+            Some(t) => t.next = id,
+            None => {
+                if let Some(h) = self.heads.get_mut(list) {
+                    *h = id;
+                }
+            }
+        }
+        if let Some(t) = self.tails.get_mut(list) {
+            *t = id;
+        }
+        if let Some(c) = self.counts.get_mut(list) {
+            *c = c.saturating_add(1);
+        }
+    }
+
+    /// Removes entry `id` from its list and both indexes and frees it.
+    fn remove_entry(&mut self, id: u32) {
+        let Some(f) = self.flow(id).copied() else {
+            return;
+        };
+        self.unlink(id);
+        if let Some((_, i)) = self.find(false, f.key.protocol, &f.key.src, &f.key.dst) {
             self.index_remove(false, i);
         }
         let (p, a, b) = f.rev_key();
-        if let Some(i) = self.find(true, p, &a, &b) {
+        if let Some((_, i)) = self.find(true, p, &a, &b) {
             self.index_remove(true, i);
         }
-        let pos = usize::try_from(e).unwrap_or(0).wrapping_sub(1);
-        if let Some(s) = self.entries.get_mut(pos) {
-            *s = Slot::Free {
-                next: self.free_head,
-            };
-            self.free_head = e;
+        let head = self.free_head;
+        if let Some(e) = self.entry_mut(id) {
+            e.used = false;
+            e.next = head;
+            self.free_head = id;
             self.len = self.len.saturating_sub(1);
         }
     }
 
-    fn entry_at(&self, reverse: bool, bucket: usize) -> u32 {
-        *(if reverse { &self.rev } else { &self.fwd })
-            .get(bucket)
-            .unwrap_or(&0)
+    /// Records a packet on live entry `id`: new state, last seen, moved to
+    /// the tail of its state's list.
+    fn touch(&mut self, id: u32, flags: u8, outbound: bool, now: u64) {
+        self.unlink(id);
+        if let Some(e) = self.entry_mut(id) {
+            e.flow.state = e.flow.state.next(flags, outbound);
+            e.flow.last_seen = e.flow.last_seen.max(now);
+        }
+        self.push_tail(id);
+    }
+
+    /// Removes up to `budget` expired flows from the head of each state list.
+    fn reclaim(&mut self, now: u64, budget: usize) -> usize {
+        let mut removed = 0usize;
+        for list in 0..STATES {
+            for _ in 0..budget {
+                let head = self.heads.get(list).copied().unwrap_or(NONE);
+                match self.flow(head) {
+                    Some(f) if f.is_expired(&self.cfg, now) => {
+                        self.remove_entry(head);
+                        removed = removed.saturating_add(1);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.expired = self.expired.saturating_add(removed as u64);
+        removed
+    }
+
+    /// Evicts the least recently active unestablished flow; false if none.
+    fn evict_unestablished(&mut self) -> bool {
+        let head = |s: FlowState| {
+            let id = self.heads.get(s.list()).copied().unwrap_or(NONE);
+            self.flow(id).map(|f| (f.last_seen, id))
+        };
+        let victim = match (head(FlowState::SynSent), head(FlowState::UdpNew)) {
+            (Some(a), Some(b)) => {
+                if a.0 <= b.0 {
+                    a.1
+                } else {
+                    b.1
+                }
+            }
+            (Some(a), None) => a.1,
+            (None, Some(b)) => b.1,
+            (None, None) => return false,
+        };
+        self.remove_entry(victim);
+        self.evicted = self.evicted.saturating_add(1);
+        true
+    }
+
+    fn alloc_id(&mut self) -> Option<u32> {
+        if self.free_head != NONE {
+            let id = self.free_head;
+            self.free_head = self.entry(id).map(|e| e.next).unwrap_or(NONE);
+            return Some(id);
+        }
+        if self.fresh < self.capacity() {
+            self.fresh = self.fresh.wrapping_add(1);
+            return u32::try_from(self.fresh).ok();
+        }
+        None
+    }
+
+    /// Removes the entry `id` if its flow has expired; true if it did.
+    fn drop_if_expired(&mut self, id: u32, now: u64) -> bool {
+        match self.flow(id) {
+            Some(f) if f.is_expired(&self.cfg, now) => {
+                self.remove_entry(id);
+                self.expired = self.expired.saturating_add(1);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The flow `key` if it is tracked and live (an expired one is removed).
     pub fn get(&mut self, key: &FlowKey, now: u64) -> Option<Flow> {
-        let b = self.find(false, key.protocol, &key.src, &key.dst)?;
-        let e = self.entry_at(false, b);
-        let f = *self.flow(e)?;
-        if f.is_expired(&self.cfg, now) {
-            self.remove_entry(e);
+        let now = self.tick(now);
+        let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
+        if self.drop_if_expired(id, now) {
             return None;
         }
-        Some(f)
+        self.flow(id).copied()
     }
 
     /// An outbound packet of flow `key` with TCP `flags`: the proxy endpoint of
     /// a live tracked flow (refreshed), or None.
     pub fn outbound(&mut self, key: &FlowKey, flags: u8, now: u64) -> Option<Endpoint> {
-        let b = self.find(false, key.protocol, &key.src, &key.dst)?;
-        let e = self.entry_at(false, b);
-        let cfg = self.cfg;
-        let pos = usize::try_from(e).ok()?.checked_sub(1)?;
-        let expired = match self.entries.get_mut(pos) {
-            Some(Slot::Used(f)) => {
-                // A new SYN may reopen a closed flow before it expires.
-                if f.is_expired(&cfg, now) {
-                    true
-                } else {
-                    f.touch(flags, true, now);
-                    return Some(f.proxy);
-                }
-            }
-            _ => return None,
-        };
-        if expired {
-            self.remove_entry(e);
+        let now = self.tick(now);
+        let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
+        if self.drop_if_expired(id, now) {
+            return None;
         }
-        None
+        self.touch(id, flags, true, now);
+        self.flow(id).map(|f| f.proxy)
     }
 
     /// An inbound packet from `from` to `to` (protocol, TCP `flags`): the original
@@ -487,20 +722,13 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         flags: u8,
         now: u64,
     ) -> Option<Endpoint> {
-        let b = self.find(true, protocol, from, to)?;
-        let e = self.entry_at(true, b);
-        let cfg = self.cfg;
-        let pos = usize::try_from(e).ok()?.checked_sub(1)?;
-        match self.entries.get_mut(pos) {
-            Some(Slot::Used(f)) if !f.is_expired(&cfg, now) => {
-                f.touch(flags, false, now);
-                return Some(f.key.dst);
-            }
-            Some(Slot::Used(_)) => {}
-            _ => return None,
+        let now = self.tick(now);
+        let (id, _) = self.find(true, protocol, from, to)?;
+        if self.drop_if_expired(id, now) {
+            return None;
         }
-        self.remove_entry(e);
-        None
+        self.touch(id, flags, false, now);
+        self.flow(id).map(|f| f.key.dst)
     }
 
     /// The live flow `key`, looked up without any side effect: no refresh of
@@ -508,9 +736,9 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
     /// reads as absent). For packets that concern a flow without being part of
     /// it (ICMP errors quoting one of its packets).
     pub fn peek_forward(&self, key: &FlowKey, now: u64) -> Option<Flow> {
-        let b = self.find(false, key.protocol, &key.src, &key.dst)?;
-        let f = *self.flow(self.entry_at(false, b))?;
-        (!f.is_expired(&self.cfg, now)).then_some(f)
+        let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
+        let f = *self.flow(id)?;
+        (!f.is_expired(&self.cfg, now.max(self.clock))).then_some(f)
     }
 
     /// The live flow whose proxy endpoint is `from` and client endpoint `to`
@@ -523,12 +751,13 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         to: &Endpoint,
         now: u64,
     ) -> Option<Flow> {
-        let b = self.find(true, protocol, from, to)?;
-        let f = *self.flow(self.entry_at(true, b))?;
-        (!f.is_expired(&self.cfg, now)).then_some(f)
+        let (id, _) = self.find(true, protocol, from, to)?;
+        let f = *self.flow(id)?;
+        (!f.is_expired(&self.cfg, now.max(self.clock))).then_some(f)
     }
 
-    /// Tracks a new flow `key` → `proxy` (sweeping a few expired entries first).
+    /// Tracks a new flow `key` → `proxy` opened by a packet with TCP `flags`
+    /// (module docs: reclamation first, then early eviction under pressure).
     pub fn insert(
         &mut self,
         key: FlowKey,
@@ -536,50 +765,44 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         flags: u8,
         now: u64,
     ) -> Result<Flow, InsertError> {
-        self.sweep(now, SWEEP_PER_INSERT);
-        if let Some(b) = self.find(false, key.protocol, &key.src, &key.dst) {
-            // Already tracked (or expired and about to be replaced).
-            let e = self.entry_at(false, b);
-            self.remove_entry(e);
+        let now = self.tick(now);
+        self.reclaim(now, RECLAIM_PER_INSERT);
+        if let Some((id, _)) = self.find(false, key.protocol, &key.src, &key.dst) {
+            // Tracked already (a new connection on the same 5-tuple): replaced.
+            self.remove_entry(id);
         }
-        if let Some(b) = self.find(true, key.protocol, &proxy, &key.src) {
-            let e = self.entry_at(true, b);
-            match self.flow(e) {
-                Some(f) if f.is_expired(&self.cfg, now) => self.remove_entry(e),
-                _ => return Err(InsertError::Collision),
+        if let Some((id, _)) = self.find(true, key.protocol, &proxy, &key.src)
+            && !self.drop_if_expired(id, now)
+        {
+            return Err(InsertError::Collision);
+        }
+        let id = match self.alloc_id() {
+            Some(id) => id,
+            None => {
+                if !self.evict_unestablished() {
+                    return Err(InsertError::Full);
+                }
+                self.alloc_id().ok_or(InsertError::Full)?
             }
-        }
-        let e = if self.free_head != NONE {
-            let e = self.free_head.wrapping_sub(1);
-            let next = match self.entries.get(usize::try_from(e).unwrap_or(usize::MAX)) {
-                Some(Slot::Free { next }) => *next,
-                _ => NONE,
-            };
-            self.free_head = next;
-            e
-        } else if self.fresh < N {
-            let e = u32::try_from(self.fresh).unwrap_or(u32::MAX);
-            self.fresh = self.fresh.wrapping_add(1);
-            e
-        } else {
-            return Err(InsertError::Full);
         };
-        let mut flow = Flow {
+        let state = if key.protocol == proto::TCP {
+            FlowState::SynSent.next(flags, true)
+        } else {
+            FlowState::UdpNew
+        };
+        let flow = Flow {
             key,
             proxy,
             last_seen: now,
-            close: 0,
+            state,
         };
-        flow.touch(flags, true, now);
-        let Some(slot) = self
-            .entries
-            .get_mut(usize::try_from(e).unwrap_or(usize::MAX))
-        else {
+        let Some(e) = self.entry_mut(id) else {
             return Err(InsertError::Full);
         };
-        *slot = Slot::Used(flow);
+        e.flow = flow;
+        e.used = true;
         self.len = self.len.wrapping_add(1);
-        let id = e.wrapping_add(1);
+        self.push_tail(id);
         let fh = self.fwd_home(&flow);
         let rh = self.rev_home(&flow);
         self.index_insert(false, fh, id);
@@ -587,35 +810,35 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         Ok(flow)
     }
 
-    /// Removes up to `budget` expired entries, continuing where the last sweep
-    /// stopped (a clock hand over the entries). Returns how many were removed.
+    /// Removes up to `budget` expired flows from the head of each state list.
+    /// Returns how many were removed.
     pub fn sweep(&mut self, now: u64, budget: usize) -> usize {
-        let mut removed = 0usize;
-        for _ in 0..budget.min(N) {
-            let pos = self.hand;
-            self.hand = if pos.wrapping_add(1) >= N {
-                0
-            } else {
-                pos.wrapping_add(1)
-            };
-            let expired = matches!(self.entries.get(pos), Some(Slot::Used(f)) if f.is_expired(&self.cfg, now));
-            if expired {
-                self.remove_entry(u32::try_from(pos).unwrap_or(u32::MAX).wrapping_add(1));
-                removed = removed.wrapping_add(1);
-            }
-        }
-        removed
+        let now = self.tick(now);
+        self.reclaim(now, budget)
     }
 
-    /// Removes every flow.
-    pub fn clear(&mut self) {
-        *self = Self::new(self.cfg, self.seed);
+    /// Removes every flow, re-keys the hash and sets the timeouts (the
+    /// counters restart).
+    pub fn reset(&mut self, cfg: Config, seed: u64) {
+        self.store.as_mut().fill(Entry::EMPTY);
+        self.cfg = cfg;
+        self.seed = seed;
+        self.fresh = 0;
+        self.free_head = NONE;
+        self.len = 0;
+        self.heads = [NONE; STATES];
+        self.tails = [NONE; STATES];
+        self.counts = [0; STATES];
+        self.clock = 0;
+        self.expired = 0;
+        self.evicted = 0;
     }
 
     /// The live flow whose client endpoint is `client` (a TCP flow before any
     /// other), for the control's original-destination lookup. A scan of the
-    /// entries (O(N)): for user requests, never for the packet path.
+    /// entries (O(capacity)): for user requests, never for the packet path.
     pub fn client_flow(&self, client: &Endpoint, now: u64) -> Option<Flow> {
+        let now = now.max(self.clock);
         let mut found: Option<Flow> = None;
         for f in self.flows() {
             if f.key.src != *client || f.is_expired(&self.cfg, now) {
@@ -629,84 +852,75 @@ impl<const N: usize, const SLOTS: usize> NatTable<N, SLOTS> {
         found
     }
 
-    /// Iterates over the tracked flows (expired ones not yet swept included).
+    /// Iterates over the tracked flows (expired ones not yet reclaimed included).
     pub fn flows(&self) -> impl Iterator<Item = &Flow> {
-        self.entries.iter().filter_map(|s| match s {
-            Slot::Used(f) => Some(f),
-            Slot::Free { .. } => None,
-        })
+        self.store
+            .as_ref()
+            .iter()
+            .filter(|e| e.used)
+            .map(|e| &e.flow)
     }
-}
 
-#[cfg(test)]
-mod zeroed_tests {
-    use super::*;
-
-    fn ep(a: [u8; 4], port: u16) -> Endpoint {
-        Endpoint {
-            addr: Addr::V4(a),
-            port,
+    /// Checks the table's internal invariants (for tests and the emulator's
+    /// soak): every used entry is on exactly the list of its state, lists are
+    /// in order of last packet, both indexes find every flow, the counts add
+    /// up. Returns a description of the first violation.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let mut on_lists = 0usize;
+        for s in [
+            FlowState::SynSent,
+            FlowState::Established,
+            FlowState::Closing,
+            FlowState::UdpNew,
+            FlowState::UdpReplied,
+        ] {
+            let mut id = self.heads.get(s.list()).copied().unwrap_or(NONE);
+            let mut prev = NONE;
+            let mut last = 0u64;
+            let mut n = 0usize;
+            while id != NONE {
+                let e = self.entry(id).ok_or("a list links outside the table")?;
+                if !e.used || e.flow.state != s {
+                    return Err("a list holds an entry of another state or a free one");
+                }
+                if e.prev != prev {
+                    return Err("a list's back link is wrong");
+                }
+                if e.flow.last_seen < last {
+                    return Err("a list is out of order of last packet");
+                }
+                last = e.flow.last_seen;
+                n = n.saturating_add(1);
+                if n > self.capacity() {
+                    return Err("a list has a cycle");
+                }
+                prev = id;
+                id = e.next;
+            }
+            if self.tails.get(s.list()).copied() != Some(prev) {
+                return Err("a list's tail is wrong");
+            }
+            if self.counts.get(s.list()).copied() != Some(n) {
+                return Err("a list's count is wrong");
+            }
+            on_lists = on_lists.saturating_add(n);
         }
-    }
-
-    #[test]
-    fn a_zeroed_table_works_once_configured_and_reuses_freed_entries() {
-        let mut t: NatTable<2, 4> = NatTable::zeroed();
-        assert!(t.is_empty());
-        t.configure(Config::DEFAULT, 0x1234);
-        assert_eq!(t.config(), Config::DEFAULT);
-        let key = |port| FlowKey {
-            protocol: proto::UDP,
-            src: ep([10, 0, 0, 1], port),
-            dst: ep([203, 0, 113, 10], 53),
-        };
-        let proxy = ep([192, 0, 2, 1], 3128);
-        assert!(t.insert(key(1000), proxy, 0, 0).is_ok());
-        assert!(t.insert(key(1001), proxy, 0, 0).is_ok());
-        assert_eq!(t.insert(key(1002), proxy, 0, 0), Err(InsertError::Full));
-        // Expire both (UDP idle), then the free list must hand both entries out again.
-        let later = Config::DEFAULT.udp_idle_ms + 1;
-        assert_eq!(t.sweep(later, 8), 2);
-        assert!(t.is_empty());
-        for port in [2000, 2001] {
-            assert!(t.insert(key(port), proxy, 0, later).is_ok(), "port {port}");
+        if on_lists != self.len || self.flows().count() != self.len {
+            return Err("the lists do not hold every used entry");
         }
-        assert_eq!(t.insert(key(2002), proxy, 0, later), Err(InsertError::Full));
-        let f = t
-            .client_flow(&ep([10, 0, 0, 1], 2001), later)
-            .map(|f| f.key.dst);
-        assert_eq!(f, Some(ep([203, 0, 113, 10], 53)));
-        assert_eq!(
-            t.client_flow(&ep([10, 0, 0, 1], 1000), later),
-            None,
-            "expired and swept"
-        );
-        assert_eq!(
-            t.client_flow(
-                &ep([10, 0, 0, 1], 2001),
-                later + Config::DEFAULT.udp_idle_ms
-            ),
-            None,
-            "expired"
-        );
-        let back: Endpoint = crate::net::addr::Endpoint::from(proxy).into();
-        assert_eq!(back, proxy);
-        assert_eq!(t.outbound(&key(2001), 0, later), Some(proxy));
-        assert_eq!(
-            t.inbound(proto::UDP, &proxy, &ep([10, 0, 0, 1], 2000), 0, later),
-            Some(ep([203, 0, 113, 10], 53))
-        );
-    }
-
-    #[test]
-    fn unconfigured_tables_expire_everything_at_once() {
-        let mut t: NatTable<2, 4> = NatTable::zeroed();
-        let k = FlowKey {
-            protocol: proto::TCP,
-            src: ep([10, 0, 0, 1], 1),
-            dst: ep([203, 0, 113, 10], 80),
-        };
-        assert!(t.insert(k, ep([192, 0, 2, 1], 3128), tcp::SYN, 5).is_ok());
-        assert_eq!(t.outbound(&k, tcp::ACK, 5), None);
+        for f in self.flows() {
+            if self
+                .find(false, f.key.protocol, &f.key.src, &f.key.dst)
+                .and_then(|(id, _)| self.flow(id))
+                != Some(f)
+            {
+                return Err("the forward index misses a flow");
+            }
+            let (p, a, b) = f.rev_key();
+            if self.find(true, p, &a, &b).and_then(|(id, _)| self.flow(id)) != Some(f) {
+                return Err("the reverse index misses a flow");
+            }
+        }
+        Ok(())
     }
 }

@@ -206,12 +206,30 @@ fn member<'a>(members: &'a [xar::ReadMember], path: &str) -> Result<&'a xar::Rea
 /// One cpio member: (name, mode, uid, gid, data).
 pub type CpioMember = (String, u32, u32, u32, Vec<u8>);
 
-/// Reads a gzipped cpio odc archive.
+/// Most bytes a `Payload` or `Scripts` archive may decompress to.
+pub const MAX_EXPANDED_BYTES: u64 = 64 << 20;
+
+/// Reads a gzipped cpio odc archive (at most [`MAX_EXPANDED_BYTES`] expanded).
 pub fn read_cpio_gz(data: &[u8], what: &str) -> Result<Vec<CpioMember>, PkgError> {
+    read_cpio_gz_limited(data, what, MAX_EXPANDED_BYTES)
+}
+
+/// [`read_cpio_gz`] with a chosen expansion limit.
+pub fn read_cpio_gz_limited(
+    data: &[u8],
+    what: &str,
+    limit: u64,
+) -> Result<Vec<CpioMember>, PkgError> {
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(data)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut raw)
         .map_err(|e| PkgError::Verify(format!("{what}: not gzip: {e}")))?;
+    if raw.len() as u64 > limit {
+        return Err(PkgError::Verify(format!(
+            "{what}: expands beyond {limit} bytes (a decompression bomb?); refused"
+        )));
+    }
     let mut reader = cpio_archive::odc::OdcReader::new(std::io::Cursor::new(raw));
     let mut out = Vec::new();
     while let Some(h) = reader
@@ -308,6 +326,18 @@ fn component(
     if !install_location.starts_with('/') {
         return Err(PkgError::Verify(format!(
             "{name}/PackageInfo: install-location {install_location:?} is not absolute"
+        )));
+    }
+    // Only plain names below the root: `..` would leave the staging directory.
+    if Path::new(&install_location).components().any(|c| {
+        !matches!(
+            c,
+            Component::RootDir | Component::CurDir | Component::Normal(_)
+        )
+    }) {
+        return Err(PkgError::Verify(format!(
+            "{name}/PackageInfo: install-location {install_location:?} climbs out of the \
+             volume root (`..`): refused, nothing was written"
         )));
     }
     let payload = read_cpio_gz(

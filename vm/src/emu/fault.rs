@@ -1,7 +1,9 @@
 //! Fault injection: a seedable plan that makes chosen KPI calls fail, so a kext
 //! can be shown to survive each failure point.
 //!
-//! A plan names points (`alloc`, `mbuf-alloc`, `pullup`, `inject`, `ctl-enqueue`)
+//! A plan names points (`alloc`, `mbuf-alloc`, `pullup`, `inject`, `ctl-enqueue`,
+//! `sflt-register`, `ipf-add`, `ctl-register`, `ctl-deregister`,
+//! `sflt-unregister-late`, `ipf-detach-late`)
 //! and either the ordinal calls to fail (`pullup#1,3`: the first and third
 //! `mbuf_pullup`) or a seeded rate (`alloc%250@7`: each allocation fails with
 //! probability 250/1000, from seed 7). Same plan, same failures.
@@ -24,15 +26,36 @@ pub enum FaultPoint {
     Inject,
     /// `ctl_enqueuedata`/`ctl_enqueuembuf`: ENOBUFS.
     CtlEnqueue,
+    /// `sflt_register`: ENOMEM (nothing registered).
+    SfltRegister,
+    /// `ipf_addv4`/`ipf_addv6`: ENOMEM (nothing attached).
+    IpfAdd,
+    /// `ctl_register`: ENOMEM (nothing registered).
+    CtlRegister,
+    /// `ctl_deregister`: EBUSY (still registered), as when a client connects.
+    CtlDeregister,
+    /// `sflt_unregister`: `sf_unregistered` comes 1 ms later (emulated time)
+    /// instead of at once, as when sockets still hold the filter (xnu's cleanup
+    /// thread).
+    SfltUnregisterLate,
+    /// `ipf_remove`: `ipf_detach` comes 1 ms later, as when a packet is in the
+    /// filter on another CPU (`kipf_ref` != 0).
+    IpfDetachLate,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 5] = [
+    pub const ALL: [FaultPoint; 11] = [
         FaultPoint::Alloc,
         FaultPoint::MbufAlloc,
         FaultPoint::Pullup,
         FaultPoint::Inject,
         FaultPoint::CtlEnqueue,
+        FaultPoint::SfltRegister,
+        FaultPoint::IpfAdd,
+        FaultPoint::CtlRegister,
+        FaultPoint::CtlDeregister,
+        FaultPoint::SfltUnregisterLate,
+        FaultPoint::IpfDetachLate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +65,12 @@ impl FaultPoint {
             FaultPoint::Pullup => "pullup",
             FaultPoint::Inject => "inject",
             FaultPoint::CtlEnqueue => "ctl-enqueue",
+            FaultPoint::SfltRegister => "sflt-register",
+            FaultPoint::IpfAdd => "ipf-add",
+            FaultPoint::CtlRegister => "ctl-register",
+            FaultPoint::CtlDeregister => "ctl-deregister",
+            FaultPoint::SfltUnregisterLate => "sflt-unregister-late",
+            FaultPoint::IpfDetachLate => "ipf-detach-late",
         }
     }
 

@@ -114,6 +114,10 @@ pub struct Kernel {
     pub code: Vec<(u64, u64, String)>,
     /// Monotonic emulated clock, nanoseconds.
     pub clock_ns: u64,
+    /// Kernel work due at an emulated time (another CPU finishing): delivered
+    /// when the clock passes it (the kext waiting on the clock sees it happen),
+    /// or with the rest of the deferred work between entry points.
+    pub timed: Vec<(u64, Deferred)>,
     /// State of the deterministic `read_random` stream.
     pub random_state: u64,
     /// The current process (pid, name) `proc_selfpid`/`proc_name` report; `None`: the default client.

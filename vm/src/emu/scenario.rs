@@ -71,13 +71,19 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-icmp4 over IPv6 (ICMPv6, pseudo-header checksum)",
     ),
     (
+        "nat-expiry",
+        "load-unload, plus: the scenario advances the emulated clock so the NAT's timeouts fire: a TCP flow idle 2 h is still translated, one idle 2 h 5 min is expired and its next packet dropped (never sent to the origin), an unanswered SYN expires after 4 min, an idle UDP flow reopens to the proxy",
+    ),
+    (
         "nat-hostile",
         "load-unload, plus: malformed and unusual packets (truncated headers, bogus IHL, lengths beyond the buffer, long IPv6 extension-header chains, fragments, IPv6 UDP checksum 0), whole and as split mbuf chains, through ipf_output/ipf_input: each passes, drops or is redirected per the documented policy",
     ),
 ];
 
-/// How many times the emulator calls a stop routine that returns busy, delivering
-/// pending kernel work (sf_unregistered, ipf_detach) between attempts.
+/// How many times the emulator calls a stop routine that returns busy (as a user
+/// running kextunload again: the kernel itself never retries), delivering
+/// pending kernel work (sf_unregistered, ipf_detach) between attempts. A refused
+/// stop must leave everything the kext registered in place (`stop-refused-inert`).
 const STOP_ATTEMPTS: u32 = 8;
 
 pub fn step(what: impl Into<String>, ok: bool, detail: impl Into<String>) {
@@ -151,6 +157,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-udp4" => super::stacks::nat_udp(false),
             "nat-udp6" => super::stacks::nat_udp(true),
             "nat-hostile" => super::stacks::nat_hostile(),
+            "nat-expiry" => super::stacks::nat_expiry(),
             "nat-block-tcp4" => super::stacks::nat_blocked(false),
             "nat-block-tcp6" => super::stacks::nat_blocked(true),
             "nat-icmp4" => super::nat_icmp::nat_icmp(false),
@@ -254,8 +261,10 @@ fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
                 false,
                 format!("returned {r}; the kernel unloads the kext without calling stop"),
             );
-            deliver_all();
+            // The kernel unloads the kext at once: nothing may still be registered
+            // (pending work is not waited for).
             check_nothing_registered(&kext, &label, "start failed");
+            deliver_all();
             Ok(None)
         }
         None => Ok(None),
@@ -265,7 +274,17 @@ fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
 /// Delivers all pending deferred kernel work; returns how many items ran.
 pub fn deliver_all() -> usize {
     let mut n = 0;
-    while let Some(d) = kernel::with(|k| k.deferred.pop_front()) {
+    loop {
+        let next = kernel::with(|k| {
+            k.deferred.pop_front().or_else(|| {
+                // Then late work, in time order (the clock jumps to it).
+                let i = (0..k.timed.len()).min_by_key(|&i| k.timed[i].0)?;
+                let (at, d) = k.timed.remove(i);
+                k.clock_ns = k.clock_ns.max(at);
+                Some(d)
+            })
+        });
+        let Some(d) = next else { break };
         abi::net::deliver(d);
         n += 1;
     }
@@ -278,9 +297,27 @@ fn stop_and_unload(k: &mut Kext) -> bool {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let before = working(&k.loaded);
             let r = abi::invoke(k.loaded.stop, &format!("stop {label}"), || {
                 k.loaded.call_entry(k.loaded.stop)
             });
+            if matches!(r, Some(r) if r != 0) {
+                // xnu does not retry a refused stop: the kext stays loaded and
+                // must keep working as before.
+                let after = working(&k.loaded);
+                let lost: Vec<&String> = before.difference(&after).collect();
+                if !lost.is_empty() {
+                    kernel::with(|kern| {
+                        kern.violation(
+                            "stop-refused-inert",
+                            format!(
+                                "stop of {label} returned busy after removing {}: the kernel does not call stop again, so the kext stays loaded without them",
+                                lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        )
+                    });
+                }
+            }
             match r {
                 Some(0) => {
                     step(
@@ -339,6 +376,33 @@ fn stop_and_unload(k: &mut Kext) -> bool {
             false
         }
     }
+}
+
+/// What the kext has registered and working: controls, socket filters, IP filters.
+fn working(kext: &LoadedKext) -> std::collections::BTreeSet<String> {
+    let owns = |addrs: &[u64]| addrs.iter().any(|&a| a != 0 && kext.contains_code(a));
+    kernel::with(|k| {
+        let mut set = std::collections::BTreeSet::new();
+        for r in k.sflt.regs.values() {
+            let addrs: Vec<u64> = r.filter.callbacks().iter().map(|&(_, a)| a).collect();
+            if r.state == super::sflt::RegState::Registered && owns(&addrs) {
+                set.insert(format!("socket filter '{}'", r.name));
+            }
+        }
+        for r in &k.ipf.regs {
+            if r.state == super::ipf::IpfState::Attached
+                && owns(&[r.filter.input, r.filter.output, r.filter.detach])
+            {
+                set.insert(format!("IP filter '{}'", r.name));
+            }
+        }
+        for r in &k.ctl.regs {
+            if r.registered && owns(&[r.connect, r.disconnect, r.send, r.setopt, r.getopt]) {
+                set.insert(format!("kern_control '{}'", r.name));
+            }
+        }
+        set
+    })
 }
 
 /// After a successful stop (or a failed start) nothing of this kext may stay

@@ -22,7 +22,7 @@ const ROUTER6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
 ];
 
-type Table = NatTable<16, 32>;
+type Table = NatTable<Vec<Entry>>;
 
 fn wide(a: &[u8]) -> [u8; 16] {
     let mut w = [0u8; 16];
@@ -202,7 +202,7 @@ fn run(p: &mut [u8], table: &mut Table, inbound: bool, now: u64) -> Decision {
 
 #[test]
 fn v4_udp_port_unreachable_from_the_proxy_fully_quoted() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::UDP, 40000, b"query");
     let mut e = icmp4_error(PROXY4, CLIENT4, port_unreachable4(), &sent);
     let before = e.clone();
@@ -228,7 +228,7 @@ fn v4_udp_port_unreachable_from_the_proxy_fully_quoted() {
 
 #[test]
 fn v4_tcp_fragmentation_needed_from_a_router_with_an_8_byte_quote() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::TCP, 40001, b"");
     // RFC 792: the IP header and the first 8 bytes of the datagram.
     let mut e = icmp4_error(ROUTER4, CLIENT4, frag_needed4(), &sent[..28]);
@@ -255,7 +255,7 @@ fn v4_tcp_fragmentation_needed_from_a_router_with_an_8_byte_quote() {
 
 #[test]
 fn v4_tcp_full_header_quote_from_the_proxy() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::TCP, 40002, b"");
     let mut e = icmp4_error(PROXY4, CLIENT4, port_unreachable4(), &sent);
     assert!(
@@ -273,7 +273,7 @@ fn v4_tcp_full_header_quote_from_the_proxy() {
 
 #[test]
 fn v6_udp_port_unreachable_from_the_proxy_and_tcp_packet_too_big_from_a_router() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, true, proto::UDP, 40000, b"query");
     let mut e = icmp6_error(PROXY6, CLIENT6, port_unreachable6(), &sent);
     assert!(matches!(
@@ -329,7 +329,7 @@ fn v6_udp_port_unreachable_from_the_proxy_and_tcp_packet_too_big_from_a_router()
 
 #[test]
 fn errors_about_unknown_flows_icmp_or_short_quotes_pass_untouched() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::UDP, 40000, b"query");
     let pass = |e: &[u8], table: &mut Table| {
         let mut x = e.to_vec();
@@ -409,7 +409,7 @@ fn errors_about_unknown_flows_icmp_or_short_quotes_pass_untouched() {
 
 #[test]
 fn hostile_quotes_never_panic_and_pass() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::UDP, 40000, b"query");
     let sent6 = open_flow(&mut table, true, proto::UDP, 40000, b"query");
     let mut cases: Vec<Vec<u8>> = Vec::new();
@@ -487,7 +487,7 @@ fn hostile_quotes_never_panic_and_pass() {
 
 #[test]
 fn quoted_extension_headers_are_walked() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let s = Spec {
         v6: true,
         protocol: proto::UDP,
@@ -520,7 +520,7 @@ fn quoted_extension_headers_are_walked() {
 
 #[test]
 fn errors_do_not_touch_the_flow_state() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::TCP, 40003, b"");
     let before: Vec<_> = table.flows().copied().collect();
     // An RST quoted in the error does not close the flow, nor refresh it.
@@ -535,14 +535,14 @@ fn errors_do_not_touch_the_flow_state() {
     assert_eq!(before, after);
     // The flow expires at the same time as without the error.
     let f = before[0];
+    let end = f.expires_at(&Config::DEFAULT);
     assert_eq!(
-        table.peek_forward(&f.key, Config::DEFAULT.tcp_idle_ms - 1),
-        Some(f)
+        end,
+        Config::DEFAULT.tcp_transitory_ms,
+        "SYN sent: transitory"
     );
-    assert_eq!(
-        table.peek_forward(&f.key, Config::DEFAULT.tcp_idle_ms),
-        None
-    );
+    assert_eq!(table.peek_forward(&f.key, end - 1), Some(f));
+    assert_eq!(table.peek_forward(&f.key, end), None);
     assert_eq!(
         table.peek_reverse(proto::TCP, &f.proxy, &f.key.src, 5),
         Some(f)
@@ -552,7 +552,7 @@ fn errors_do_not_touch_the_flow_state() {
 #[test]
 fn outbound_errors_about_received_packets_go_to_the_proxy() {
     for v6 in [false, true] {
-        let mut table = Table::new(Config::DEFAULT, 7);
+        let mut table = super::nat(16, Config::DEFAULT, 7);
         let _ = open_flow(&mut table, v6, proto::UDP, 40000, b"query");
         let (c, o, p): (&[u8], &[u8], &[u8]) = if v6 {
             (&CLIENT6, &ORIG6, &PROXY6)
@@ -691,7 +691,7 @@ proptest! {
             (client[..4].to_vec(), vec![203, 0, 113, host], PROXY4.to_vec(), ROUTER4.to_vec())
         };
         prop_assume!(client != proxy && client != orig && client != router);
-        let mut table = Table::new(Config::DEFAULT, 11);
+        let mut table = super::nat(16, Config::DEFAULT, 11);
         let mut first = client_packet(v6, protocol, &client, cport, &orig, oport, &payload);
         let n = first.len();
         let d = filter::output(&mut first, n, &mut table, &FixedPolicy::EXAMPLE, 0);
@@ -766,7 +766,7 @@ proptest! {
 
 #[test]
 fn quote_parsing_matches_the_module_api() {
-    let mut table = Table::new(Config::DEFAULT, 7);
+    let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::UDP, 40000, b"query");
     let e = icmp4_error(PROXY4, CLIENT4, port_unreachable4(), &sent);
     let t = ip::transport(&e).unwrap();

@@ -3,14 +3,16 @@
 
 use crate::net::checksum;
 use crate::net::filter::{self, Decision, DropReason, FixedPolicy};
-use crate::net::nat::{Config, Endpoint, FlowKey, InsertError, NatTable};
+use crate::net::nat::{Config, Endpoint, Entry, NatTable};
 use crate::net::translate::{self, Refused, Side};
 use crate::net::wire::ip::{self, Addr};
 use crate::net::wire::{Error, icmp, ipv4, ipv6, proto, tcp, udp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
+mod fuzz_seeds;
 mod icmp_errors;
+mod nat_lifecycle;
 
 // ------------------------------------------------------------ generators
 
@@ -524,7 +526,7 @@ proptest! {
 
 fn exercise(b: &[u8]) {
     // The fuzz target's body: the filter's packet path on a prefix.
-    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 1);
+    let mut table = nat(16, Config::DEFAULT, 1);
     for cut in [b.len(), b.len() / 2] {
         for output in [true, false, true] {
             let mut pre = b[..cut].to_vec();
@@ -721,178 +723,14 @@ fn ipv6_udp_zero_checksum_is_refused_and_ipv4_zero_kept() {
 
 // ------------------------------------------------------------ NAT table
 
-fn ep4(a: u8, port: u16) -> Endpoint {
-    Endpoint {
-        addr: Addr::V4([10, 0, 0, a]),
-        port,
-    }
-}
-
-#[test]
-fn nat_translates_both_ways_and_expires() {
-    let cfg = Config {
-        tcp_idle_ms: 1000,
-        tcp_closed_grace_ms: 100,
-        udp_idle_ms: 500,
-    };
-    let mut t: NatTable<4, 8> = NatTable::new(cfg, 42);
-    let key = FlowKey {
-        protocol: proto::TCP,
-        src: ep4(1, 40000),
-        dst: ep4(200, 80),
-    };
-    let proxy = ep4(99, 8080);
-    t.insert(key, proxy, tcp::SYN, 0).unwrap();
-    assert_eq!(t.outbound(&key, tcp::ACK, 10), Some(proxy));
-    assert_eq!(
-        t.inbound(proto::TCP, &proxy, &key.src, tcp::SYN | tcp::ACK, 20),
-        Some(key.dst)
-    );
-    assert_eq!(
-        t.inbound(proto::TCP, &ep4(98, 8080), &key.src, 0, 20),
-        None,
-        "only the proxy's replies"
-    );
-    assert_eq!(
-        t.inbound(proto::UDP, &proxy, &key.src, 0, 20),
-        None,
-        "protocol is part of the key"
-    );
-    // FIN both ways: grace period.
-    t.outbound(&key, tcp::FIN | tcp::ACK, 30);
-    t.inbound(proto::TCP, &proxy, &key.src, tcp::FIN | tcp::ACK, 40);
-    assert_eq!(t.outbound(&key, tcp::ACK, 139), Some(proxy));
-    assert_eq!(
-        t.outbound(&key, tcp::ACK, 239),
-        None,
-        "expired 100 ms after the last packet"
-    );
-    assert!(t.is_empty());
-    // Idle expiry, and RST.
-    t.insert(key, proxy, tcp::SYN, 1000).unwrap();
-    assert_eq!(t.outbound(&key, 0, 1999), Some(proxy));
-    assert_eq!(
-        t.inbound(proto::TCP, &proxy, &key.src, tcp::RST, 2000),
-        Some(key.dst)
-    );
-    assert_eq!(t.outbound(&key, 0, 2100), None);
-    // UDP idle.
-    let u = FlowKey {
-        protocol: proto::UDP,
-        ..key
-    };
-    t.insert(u, proxy, 0, 0).unwrap();
-    assert_eq!(
-        t.inbound(proto::UDP, &proxy, &key.src, 0, 499),
-        Some(key.dst)
-    );
-    assert_eq!(t.inbound(proto::UDP, &proxy, &key.src, 0, 999), None);
-}
-
-#[test]
-fn nat_full_policy_refuses_new_flows_and_sweeps_expired_ones() {
-    let cfg = Config {
-        tcp_idle_ms: 1000,
-        tcp_closed_grace_ms: 100,
-        udp_idle_ms: 500,
-    };
-    let mut t: NatTable<4, 8> = NatTable::new(cfg, 7);
-    let proxy = ep4(99, 8080);
-    let key = |p| FlowKey {
-        protocol: proto::TCP,
-        src: ep4(1, p),
-        dst: ep4(200, 80),
-    };
-    for p in 0..4 {
-        t.insert(key(p), proxy, tcp::SYN, 0).unwrap();
-    }
-    assert_eq!(
-        t.insert(key(9), proxy, tcp::SYN, 10),
-        Err(InsertError::Full)
-    );
-    for p in 0..4 {
-        assert_eq!(
-            t.outbound(&key(p), 0, 10),
-            Some(proxy),
-            "existing flows survive a full table"
-        );
-    }
-    // Once they have expired, the sweep on insertion makes room.
-    assert!(t.insert(key(9), proxy, tcp::SYN, 5000).is_ok());
-    assert_eq!(t.len(), 1);
-    // Reverse-key collision: same client port to another destination, same proxy.
-    let other = FlowKey {
-        dst: ep4(201, 80),
-        ..key(9)
-    };
-    assert_eq!(
-        t.insert(other, proxy, tcp::SYN, 5000),
-        Err(InsertError::Collision)
-    );
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Insert(u8, u16, u8),
-    Out(u8, u16, u8),
-    In(u8, u16),
-    Advance(u16),
-}
-
-proptest! {
-    /// The table behaves like a simple map model under random operations:
-    /// lookups in both directions, expiry, capacity, collisions.
-    #[test]
-    fn nat_matches_a_model(ops in proptest::collection::vec(
-        prop_oneof![
-            (0u8..6, 0u16..6, 0u8..3).prop_map(|(a, p, d)| Op::Insert(a, p, d)),
-            (0u8..6, 0u16..6, 0u8..3).prop_map(|(a, p, d)| Op::Out(a, p, d)),
-            (0u8..6, 0u16..6).prop_map(|(a, p)| Op::In(a, p)),
-            (0u16..400).prop_map(Op::Advance),
-        ], 1..200)) {
-        use std::collections::HashMap;
-        let cfg = Config { tcp_idle_ms: 1000, tcp_closed_grace_ms: 100, udp_idle_ms: 300 };
-        let mut t: NatTable<8, 16> = NatTable::new(cfg, 1);
-        // model: key -> (proxy, last_seen, expiry span)
-        let mut m: HashMap<FlowKey, (Endpoint, u64)> = HashMap::new();
-        let mut now = 0u64;
-        let proxy = ep4(99, 3128);
-        for op in ops {
-            m.retain(|k, v| now < v.1 + if k.protocol == proto::TCP { 1000 } else { 300 });
-            match op {
-                Op::Insert(a, p, d) => {
-                    let key = FlowKey { protocol: if d == 2 { proto::UDP } else { proto::TCP }, src: ep4(a, p), dst: ep4(200 + d, 80) };
-                    let collide = m.iter().any(|(k, _)| k.src == key.src && k.protocol == key.protocol && k.dst != key.dst);
-                    let full = !m.contains_key(&key) && m.len() >= 8;
-                    match t.insert(key, proxy, 0, now) {
-                        Ok(_) => { prop_assert!(!collide); m.insert(key, (proxy, now)); }
-                        Err(InsertError::Collision) => prop_assert!(collide),
-                        Err(InsertError::Full) => prop_assert!(full, "full with {} live (the sweep covers the whole table)", m.len()),
-                    }
-                }
-                Op::Out(a, p, d) => {
-                    let key = FlowKey { protocol: if d == 2 { proto::UDP } else { proto::TCP }, src: ep4(a, p), dst: ep4(200 + d, 80) };
-                    let got = t.outbound(&key, 0, now);
-                    let want = m.get_mut(&key).map(|v| { v.1 = now; v.0 });
-                    prop_assert_eq!(got, want);
-                }
-                Op::In(a, p) => {
-                    for protocol in [proto::TCP, proto::UDP] {
-                        let got = t.inbound(protocol, &proxy, &ep4(a, p), 0, now);
-                        let want = m.iter_mut().find(|(k, _)| k.protocol == protocol && k.src == ep4(a, p)).map(|(k, v)| { v.1 = now; k.dst });
-                        prop_assert_eq!(got, want);
-                    }
-                }
-                Op::Advance(d) => now += u64::from(d),
-            }
-            prop_assert!(t.len() >= m.len());
-        }
-    }
+/// A table of `n` flows (a power of two) in a `Vec`.
+fn nat(n: usize, cfg: Config, seed: u64) -> NatTable<Vec<Entry>> {
+    NatTable::new(vec![Entry::EMPTY; n], cfg, seed).unwrap()
 }
 
 #[test]
 fn filter_redirects_a_tcp_flow_and_reverse_translates_replies() {
-    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+    let mut table = nat(16, Config::DEFAULT, 3);
     let pol = FixedPolicy::EXAMPLE;
     let client = [10, 0, 0, 1];
     let origin = [203, 0, 113, 10];
@@ -911,11 +749,12 @@ fn filter_redirects_a_tcp_flow_and_reverse_translates_replies() {
     };
     s.src[..4].copy_from_slice(&client);
     s.dst[..4].copy_from_slice(&origin);
-    // Mid-stream TCP of an untracked flow passes; a SYN opens the flow.
+    // Mid-stream TCP of an untracked flow is dropped (never leaked to the
+    // origin); a SYN opens the flow.
     let mut p = build(&s);
     assert_eq!(
         filter::output(&mut p, 65535, &mut table, &pol, 0),
-        Decision::Pass
+        Decision::Drop(DropReason::Untracked)
     );
     s.flags = tcp::SYN;
     let mut p = build(&s);
@@ -971,7 +810,7 @@ fn filter_redirects_a_tcp_flow_and_reverse_translates_replies() {
 
 #[test]
 fn filter_drops_what_it_cannot_see_through() {
-    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+    let mut table = nat(16, Config::DEFAULT, 3);
     // 9 extension headers: dropped on output, passed on input.
     let mut p = vec![0u8; 40];
     p[0] = 0x60;
@@ -1057,7 +896,7 @@ fn the_shared_rule_engine_drives_the_ip_filter() {
         rules: &rs,
         proxies: &proxies,
     };
-    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+    let mut table = nat(16, Config::DEFAULT, 3);
     let mut s = Spec {
         v6: false,
         protocol: proto::TCP,
@@ -1132,7 +971,7 @@ fn the_ip_filter_redirects_only_the_rules_protocol() {
         rules: &rs,
         proxies: &proxies,
     };
-    let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+    let mut table = nat(16, Config::DEFAULT, 3);
     let mut dst = [0u8; 16];
     dst[..4].copy_from_slice(&[203, 0, 113, 10]);
     let spec = |protocol, sport, dport| Spec {
@@ -1214,7 +1053,7 @@ fn the_ip_filter_drops_opening_packets_of_blocked_flows() {
     };
     for enabled in [true, false] {
         // A fresh table each time: tracked flows keep being translated when disabled.
-        let mut table: NatTable<16, 32> = NatTable::new(Config::DEFAULT, 3);
+        let mut table = nat(16, Config::DEFAULT, 3);
         let pol = RulesPolicy {
             enabled,
             rules: &rs,
@@ -1223,8 +1062,14 @@ fn the_ip_filter_drops_opening_packets_of_blocked_flows() {
         for (protocol, last, flags, want) in [
             (proto::TCP, 10, tcp::SYN, Some(DropReason::Blocked)),
             (proto::UDP, 10, 0, Some(DropReason::Blocked)),
-            (proto::TCP, 10, tcp::ACK, None),
-            (proto::TCP, 10, tcp::SYN | tcp::ACK, None),
+            // Mid-flow TCP of a connection the filter never saw open.
+            (proto::TCP, 10, tcp::ACK, Some(DropReason::Untracked)),
+            (
+                proto::TCP,
+                10,
+                tcp::SYN | tcp::ACK,
+                Some(DropReason::Untracked),
+            ),
         ] {
             let mut p = build(&spec(protocol, last, flags));
             let n = p.len();

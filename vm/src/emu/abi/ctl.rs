@@ -43,6 +43,10 @@ extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_int {
         if k.ctl.regs.iter().any(|r| r.registered && r.name == name) {
             return Err(17); // EEXIST
         }
+        if k.faults.should_fail(FaultPoint::CtlRegister) {
+            k.record(format!("ctl_register '{name}' (fault: ENOMEM)"), 12);
+            return Err(12); // ENOMEM
+        }
         let cbs = [
             ("ctl_connect", q(&b, 120)),
             ("ctl_disconnect", q(&b, 128)),
@@ -112,6 +116,13 @@ extern "C" fn ctl_deregister(h: u64) -> c_int {
         if !r.clients.is_empty() {
             return EBUSY;
         }
+        if k.faults.should_fail(FaultPoint::CtlDeregister) {
+            k.record("ctl_deregister (fault: EBUSY)", EBUSY.into());
+            return EBUSY;
+        }
+        let Some(r) = reg_mut(k, h) else {
+            return EINVAL;
+        };
         r.registered = false;
         0
     })

@@ -317,10 +317,25 @@ struct Timespec {
 }
 
 fn tick() -> u64 {
-    kernel::with(|k| {
+    let (now, due) = kernel::with(|k| {
         k.clock_ns += 1_000; // time moves on by 1 µs per query: deterministic and monotonic.
-        k.clock_ns
-    })
+        let now = k.clock_ns;
+        let mut due = Vec::new();
+        k.timed.retain(|(at, d)| {
+            if *at <= now {
+                due.push(d.clone());
+                false
+            } else {
+                true
+            }
+        });
+        (now, due)
+    });
+    // Work another CPU finished meanwhile runs now (outside the kernel borrow).
+    for d in due {
+        super::net::deliver(d);
+    }
+    now
 }
 
 extern "C" fn microuptime(tv: *mut Timeval) {

@@ -87,6 +87,13 @@ extern "C" fn sflt_register(
         {
             return EEXIST;
         }
+        if k.faults.should_fail(FaultPoint::SfltRegister) {
+            k.record(
+                format!("sflt_register handle {:#x} (fault: ENOMEM)", f.handle),
+                12,
+            );
+            return 12; // ENOMEM
+        }
         k.sflt.regs.insert(
             f.handle,
             Registration {
@@ -103,21 +110,47 @@ extern "C" fn sflt_register(
     })
 }
 
+/// Emulated time until late kernel work (another CPU, the cleanup thread) is done.
+const LATE_NS: u64 = 1_000_000;
+
+/// As xnu (bsd/kern/kpi_socketfilter.c): the filter leaves the global list at
+/// once; `sf_unregistered` runs inside the call when nothing holds the filter
+/// (`sflt_release_locked`), or later, from the cleanup thread, once the
+/// sockets still attached have been detached (modelled as 1 ms of emulated
+/// time: delivered when the clock passes it, or between entry points).
 extern "C" fn sflt_unregister(handle: u32) -> c_int {
-    kernel::with(|k| match k.sflt.regs.get_mut(&handle) {
+    let now = kernel::with(|k| match k.sflt.regs.get_mut(&handle) {
         Some(r) if r.state == RegState::Registered => {
             r.state = RegState::Unregistering;
-            k.deferred.push_back(Deferred::SfUnregistered { handle });
-            0
+            let held = k
+                .sflt
+                .sockets
+                .values()
+                .any(|s| s.attached.iter().any(|&(h, _)| h == handle));
+            if held || k.faults.should_fail(FaultPoint::SfltUnregisterLate) {
+                let at = k.clock_ns + LATE_NS;
+                k.timed.push((at, Deferred::SfUnregistered { handle }));
+                Some(false)
+            } else {
+                Some(true)
+            }
         }
         _ => {
             k.violation(
                 "sflt-unregister-unknown",
                 format!("sflt_unregister({handle:#x}): no such registered filter"),
             );
-            ENOENT
+            None
         }
-    })
+    });
+    match now {
+        Some(true) => {
+            deliver(Deferred::SfUnregistered { handle });
+            0
+        }
+        Some(false) => 0,
+        None => ENOENT,
+    }
 }
 
 /// `struct sockaddr_in`/`sockaddr_in6` bytes for a host address.
@@ -320,6 +353,10 @@ fn ipf_add(filter: *const [u8; IpfFilter::SIZE], out: *mut u64, v6: bool) -> c_i
     // SAFETY: `name` is a NUL-terminated string when not NULL.
     let name = unsafe { c_string(f.name as *const _) };
     let r = kernel::with(|k| {
+        if k.faults.should_fail(FaultPoint::IpfAdd) {
+            k.record(format!("{op} (fault: ENOMEM)"), 12);
+            return Err(12); // ENOMEM
+        }
         if name.is_none() || (f.input == 0 && f.output == 0) {
             k.violation(
                 "ipf-required-field",
@@ -375,25 +412,43 @@ extern "C" fn ipf_addv6(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> 
     ipf_add(filter, out, true)
 }
 
+/// As xnu (bsd/netinet/kpi_ipfilter.c): `ipf_detach` runs inside the call
+/// when no packet is in the filters (`kipf_ref` == 0: always so here between
+/// packets), or later, from `ipf_unref` on the CPU that held the last
+/// reference (fault point `ipf-detach-late`: 1 ms of emulated time).
 extern "C" fn ipf_remove(r: u64) -> c_int {
-    kernel::with(|k| {
+    let now = kernel::with(|k| {
         let id = kernel::unhandle(r, Kind::IpFilter);
+        let late = k.faults.should_fail(FaultPoint::IpfDetachLate);
+        let at = k.clock_ns + LATE_NS;
         match id.and_then(|id| k.ipf.regs.iter_mut().find(|x| x.id == id)) {
             Some(reg) if reg.state == IpfState::Attached => {
                 reg.state = IpfState::Removing;
                 let id = reg.id;
-                k.deferred.push_back(Deferred::IpfDetach { id });
-                0
+                if late {
+                    k.timed.push((at, Deferred::IpfDetach { id }));
+                    Ok(None)
+                } else {
+                    Ok(Some(id))
+                }
             }
             _ => {
                 k.violation(
                     "ipf-remove-unknown",
                     format!("ipf_remove({r:#x}): not an attached IP filter"),
                 );
-                ENOENT
+                Err(ENOENT)
             }
         }
-    })
+    });
+    match now {
+        Ok(Some(id)) => {
+            deliver(Deferred::IpfDetach { id });
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => e,
+    }
 }
 
 fn ipf_inject(m: u64, r: u64, output: bool) -> c_int {
