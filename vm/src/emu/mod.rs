@@ -12,8 +12,12 @@
 //! - [`child`], [`runner`]: one child process per scenario, with a time limit;
 //!   fatal signals are reported with the faulting address mapped to a kext symbol.
 //! - [`fault`]: the seedable fault-injection plan.
+//! - [`arch`]: the host-specific part — x86_64, or aarch64 under
+//!   `qemu-aarch64 -cpu max` running the arm64e slice with pointer authentication
+//!   (chained fixups, PAC signing, authenticated calls, signal contexts).
 
 pub mod abi;
+pub mod arch;
 pub mod child;
 pub mod ctl;
 pub mod ctl_bridge;

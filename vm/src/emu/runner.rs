@@ -159,10 +159,12 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
                 size,
                 stubs,
                 stub_symbols,
+                cputype,
                 ..
             } => mapped.push(Mapped {
                 kext,
-                image: image::read(Path::new(&path)).ok(),
+                image: image::read_arch(Path::new(&path), cputype.unwrap_or(image::NATIVE_CPUTYPE))
+                    .ok(),
                 base,
                 size,
                 stubs,
@@ -191,8 +193,12 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
                 addr,
                 rip,
                 ret,
+                call,
             } => {
-                let f = describe_fault(&mapped, signal, addr, rip, ret);
+                let mut f = describe_fault(&mapped, signal, addr, rip, ret);
+                if let Some(pac) = describe_pac_failure(&mapped, addr, &call) {
+                    f = format!("{pac}; {f}");
+                }
                 report.failures.push(f.clone());
                 report.fault = Some(f);
             }
@@ -273,6 +279,22 @@ fn where_is(mapped: &[Mapped], addr: u64) -> String {
         return "a NULL pointer (page zero)".into();
     }
     "outside every kext image and its stubs".into()
+}
+
+/// A fault at an address with the PAC error bits set (arm64e under qemu-aarch64):
+/// an authenticated branch or `aut*` whose signature did not verify.
+fn describe_pac_failure(mapped: &[Mapped], addr: u64, call: &str) -> Option<String> {
+    let (key, plain) = super::arch::pac_failure(addr)?;
+    let calling = if call.is_empty() {
+        String::new()
+    } else {
+        format!(" calling the kext's {call} callback")
+    };
+    Some(format!(
+        "pointer authentication failure (PAC, key {key}){calling}: the signature of the \
+         pointer to {plain:#x} ({}) did not verify against the discriminator the kernel uses",
+        where_is(mapped, plain)
+    ))
 }
 
 fn describe_fault(mapped: &[Mapped], signal: i32, addr: u64, rip: u64, ret: u64) -> String {
