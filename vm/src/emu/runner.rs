@@ -67,6 +67,8 @@ struct Mapped {
     stubs: u64,
     stub_symbols: Vec<String>,
     unloaded: bool,
+    /// An arm64e slice (run under qemu-aarch64): the return address is the link register.
+    arm64: bool,
 }
 
 /// Runs `scenario` in a child process and reports on it.
@@ -170,6 +172,7 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
                 stubs,
                 stub_symbols,
                 unloaded: false,
+                arm64: cputype == Some(image::CPU_TYPE_ARM64),
             }),
             Event::Unloaded { kext } => {
                 for m in mapped.iter_mut().filter(|m| m.kext == kext) {
@@ -308,8 +311,13 @@ fn describe_fault(mapped: &[Mapped], signal: i32, addr: u64, rip: u64, ret: u64)
         .iter()
         .any(|m| rip >= m.base && rip < m.base + m.size);
     if !rip_in_kext && ret != 0 {
+        let whence = if mapped.iter().any(|m| m.arm64) {
+            "in the link register"
+        } else {
+            "on the stack"
+        };
         s.push_str(&format!(
-            "; return address on the stack {ret:#x} ({})",
+            "; return address {whence} {ret:#x} ({})",
             where_is(mapped, ret)
         ));
     }
