@@ -263,8 +263,8 @@ mod tests {
             })
         );
         assert_eq!(
-            f[1].auth.unwrap().discriminator_at(0x7f00_0000_1018),
-            0xE4FE_7f00_0000_1018
+            f[1].auth.unwrap().discriminator_at(0x7F00_0000_1018),
+            0xE4FE_7F00_0000_1018
         );
         assert_eq!(
             f[2].target,

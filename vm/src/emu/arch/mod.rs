@@ -69,12 +69,17 @@ pub fn set_current_call(what: &str) {
     use std::collections::HashMap;
     use std::sync::Mutex;
     static NAMES: Mutex<Option<HashMap<String, &'static str>>> = Mutex::new(None);
-    let name: &'static str = match NAMES.lock() {
-        Ok(mut g) => *g
-            .get_or_insert_with(HashMap::new)
-            .entry(what.to_string())
-            .or_insert_with(|| Box::leak(what.to_string().into_boxed_str())),
-        Err(_) => return,
+    let Ok(mut guard) = NAMES.lock() else {
+        return;
+    };
+    let names = guard.get_or_insert_with(HashMap::new);
+    let name: &'static str = match names.get(what) {
+        Some(n) => n,
+        None => {
+            let n: &'static str = Box::leak(what.to_string().into_boxed_str());
+            names.insert(what.to_string(), n);
+            n
+        }
     };
     CURRENT_CALL[1].store(name.len(), Ordering::Relaxed);
     CURRENT_CALL[0].store(name.as_ptr() as usize, Ordering::Relaxed);
