@@ -324,6 +324,15 @@ fn protect(addr: u64, len: u64, prot: libc::c_int) -> Result<(), LoadError> {
 }
 
 impl LoadedKext {
+    /// How the KPIs were bound, for the load step's report.
+    pub fn binding_kind(&self) -> &'static str {
+        if self.image.cputype == image::CPU_TYPE_ARM64 {
+            "through chained fixups (authenticated ones PAC-signed)"
+        } else {
+            "through stubs"
+        }
+    }
+
     /// Whether slid address `addr` is in one of the kext's executable segments.
     pub fn contains_code(&self, addr: u64) -> bool {
         addr >= self.base && addr < self.base + self.size && self.image.is_code(addr - self.base)

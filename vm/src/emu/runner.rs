@@ -287,6 +287,9 @@ fn where_is(mapped: &[Mapped], addr: u64) -> String {
 /// A fault at an address with the PAC error bits set (arm64e under qemu-aarch64):
 /// an authenticated branch or `aut*` whose signature did not verify.
 fn describe_pac_failure(mapped: &[Mapped], addr: u64, call: &str) -> Option<String> {
+    if !mapped.iter().any(|m| m.arm64) {
+        return None;
+    }
     let (key, plain) = super::arch::pac_failure(addr)?;
     let calling = if call.is_empty() {
         String::new()

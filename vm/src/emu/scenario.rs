@@ -217,11 +217,12 @@ fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
         format!("load {label}"),
         true,
         format!(
-            "version {}, {} bytes at {:#x}, {} KPI symbols bound through stubs",
+            "version {}, {} bytes at {:#x}, {} KPI symbols bound {}",
             kext.version,
             kext.size,
             kext.base,
-            kext.stub_symbols.len()
+            kext.stub_symbols.len(),
+            kext.binding_kind()
         ),
     );
     for init in kext.initialisers("__mod_init_func") {
