@@ -1,4 +1,5 @@
-//! Reading a kext binary: the x86_64 slice of a (possibly universal) Mach-O of
+//! Reading a kext binary: the x86_64 or arm64e slice (the host's, or the one
+//! asked for) of a (possibly universal) Mach-O of
 //! type `MH_KEXT_BUNDLE`, with the pieces the loader needs — segments, sections,
 //! symbols, and the relocation tables of `LC_DYSYMTAB`.
 //!

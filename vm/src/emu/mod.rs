@@ -1,5 +1,7 @@
-//! Backend `emu`: an XNU KPI emulator that loads the shipped x86_64 kext binary
-//! into this (x86_64 Linux) process and drives it.
+//! Backend `emu`: an XNU KPI emulator that loads the shipped kext binary into
+//! this process and drives it — the x86_64 slice on x86_64 Linux, the arm64e
+//! slice (pointer authentication included) when built for aarch64 and run under
+//! `qemu-aarch64 -cpu max`.
 //!
 //! - [`image`]: read the kext's Mach-O (universal or thin) — safe.
 //! - [`reloc`]: kxld's relocation rules as a pure function — safe.
