@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bindgen;
 pub mod build;
+pub mod emu_arm64e;
 pub mod emu_bridge;
 pub mod kpi;
 #[cfg(feature = "package")]

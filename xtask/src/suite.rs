@@ -51,8 +51,32 @@ const fn file(path: &'static str, package: &'static str, why: &'static str) -> N
     }
 }
 
+/// What the emulator's arm64e runs need (`vm-test --arch arm64e`, the vm
+/// crate's arm64e tests): the aarch64 cross linker and C library, and QEMU's
+/// user-mode emulator, which implements pointer authentication (`-cpu max`).
+pub const ARM64E_NEEDS: &[Need] = &[
+    program(
+        "qemu-aarch64",
+        "qemu-user",
+        "running the emulator as an aarch64 program with pointer authentication (arm64e slices)",
+    ),
+    program(
+        "aarch64-linux-gnu-gcc",
+        "gcc-aarch64-linux-gnu",
+        "linking the aarch64 build of the emulator (prx-emu) and compiling its C shims",
+    ),
+    file(
+        "/usr/aarch64-linux-gnu/lib/crt1.o",
+        "libc6-dev-arm64-cross",
+        "the aarch64 C library the emulator links against and qemu-aarch64 loads (-L /usr/aarch64-linux-gnu)",
+    ),
+];
+
 /// Everything outside the Rust toolchain that the suite runs.
 pub const NEEDS: &[Need] = &[
+    ARM64E_NEEDS[0],
+    ARM64E_NEEDS[1],
+    ARM64E_NEEDS[2],
     program(
         "llvm-otool-19",
         "llvm-19",
@@ -141,6 +165,10 @@ pub const TARGETS: &[(&str, &str)] = &[
         "the macOS tools' x86_64 slice and their macOS-only code",
     ),
     ("aarch64-apple-darwin", "the macOS tools' arm64 slice"),
+    (
+        "aarch64-unknown-linux-gnu",
+        "the aarch64 build of the emulator that runs the arm64e slices under qemu-aarch64",
+    ),
 ];
 
 fn on_path(program: &str) -> bool {
@@ -225,13 +253,19 @@ fn as_root(args: &[&str]) -> Result<()> {
 
 /// Installs the Debian packages the suite needs and lacks, saying which and why.
 pub fn ensure_debian_packages() -> Result<()> {
-    let pkgs = missing_packages(NEEDS);
+    ensure_debian_packages_for(NEEDS, "xtask test")
+}
+
+/// Installs the Debian packages of `needs` that are missing, saying which and
+/// why (`who` starts each message, e.g. `xtask vm-test`).
+pub fn ensure_debian_packages_for(needs: &[Need], who: &str) -> Result<()> {
+    let pkgs = missing_packages(needs);
     if pkgs.is_empty() {
         return Ok(());
     }
-    for n in NEEDS.iter().filter(|n| !n.met()) {
+    for n in needs.iter().filter(|n| !n.met()) {
         eprintln!(
-            "xtask test: {} is missing (Debian package {}; the tests use it for {})",
+            "{who}: {} is missing (Debian package {}; the tests use it for {})",
             n.name(),
             n.package,
             n.why
@@ -244,14 +278,14 @@ pub fn ensure_debian_packages() -> Result<()> {
         );
     }
     eprintln!(
-        "xtask test: installing Debian packages: {} (apt-get)",
+        "{who}: installing Debian packages: {} (apt-get)",
         pkgs.join(" ")
     );
     as_root(&["apt-get", "update", "-qq"])?;
     let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
     install.extend(&pkgs);
     as_root(&install)?;
-    let still: Vec<&str> = NEEDS
+    let still: Vec<&str> = needs
         .iter()
         .filter(|n| !n.met())
         .map(|n| n.name())

@@ -50,6 +50,11 @@ pub struct Args {
     /// Fault-injection plan, e.g. `alloc#1` or `pullup%200@7` (see vm::emu::fault).
     #[arg(long, value_name = "PLAN")]
     pub faults: Option<String>,
+    /// emu: the slice to run — x86_64 (natively) or arm64e (the emulator cross-built
+    /// for aarch64 and run under `qemu-aarch64 -cpu max`, with pointer authentication;
+    /// installs qemu-user, the aarch64 cross toolchain and the rustup target when missing).
+    #[arg(long, default_value = "x86_64", value_name = "ARCH")]
+    pub arch: String,
     /// Internal: run one scenario in this process (the child side of the emu backend).
     #[arg(long, hide = true)]
     pub emu_child: bool,
@@ -124,13 +129,17 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     } else {
         args.kexts
     };
-    let exe = std::env::current_exe()
-        .context("locating the xtask executable (it runs each scenario as a child)")?;
-    let opts = vm::emu::RunOptions {
-        runner: vm::emu::Runner {
-            program: exe,
+    let runner = match args.arch.as_str() {
+        "x86_64" => vm::emu::Runner {
+            program: std::env::current_exe()
+                .context("locating the xtask executable (it runs each scenario as a child)")?,
             args: vec!["vm-test".into(), "--emu-child".into()],
         },
+        "arm64e" => crate::emu_arm64e::prepare(root, "xtask vm-test")?,
+        other => bail!("--arch {other}: the emu backend runs x86_64 or arm64e"),
+    };
+    let opts = vm::emu::RunOptions {
+        runner,
         kexts,
         timeout: Duration::from_secs_f64(args.timeout),
         faults: args.faults,
@@ -261,6 +270,12 @@ fn run_guest(
     if scenarios.is_empty() {
         scenarios.push("load-unload".into());
     }
+    if args.arch != "x86_64" {
+        bail!(
+            "--arch {} is emu-only: the {backend} backend installs the .pkg on an Intel Mac",
+            args.arch
+        );
+    }
     check_scenarios(&scenarios, GUEST_SCENARIOS, backend)?;
     if !args.kexts.is_empty() || args.faults.is_some() {
         bail!("--kext and --faults are emu-only; the {backend} backend installs the .pkg (--pkg)");
@@ -345,6 +360,7 @@ mod tests {
             junit: None,
             timeout: 30.0,
             faults: None,
+            arch: "x86_64".into(),
             emu_child: false,
             ctl_bridge: None,
             serve_for: None,

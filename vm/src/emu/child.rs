@@ -3,8 +3,9 @@
 //!
 //! A fatal signal (a fault in kext code, a jump to a bad address, an illegal
 //! instruction) is caught on an alternate stack; the handler writes one `fault`
-//! event with the signal, the faulting address, the instruction pointer and the
-//! word at the stack pointer (the return address after a bad `call`), using only
+//! event with the signal, the faulting address, the instruction pointer, the
+//! return address (x86_64: the word at the stack pointer, after a bad `call`;
+//! aarch64: the link register) and the kext callback being called, using only
 //! async-signal-safe `write(2)`, then exits. The parent maps the addresses back to
 //! kext symbols.
 
@@ -64,18 +65,12 @@ extern "C" fn on_fatal_signal(
     unsafe {
         let addr = (*info).si_addr() as u64;
         let uc = ctx.cast::<libc::ucontext_t>();
-        let rip = (*uc).uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
-        let rsp = (*uc).uc_mcontext.gregs[libc::REG_RSP as usize] as u64;
-        let (lo, hi) = (
+        let stack = (
             STACK_LO.load(Ordering::Relaxed),
             STACK_HI.load(Ordering::Relaxed),
         );
-        let ret = if rsp >= lo && rsp + 8 <= hi && rsp.is_multiple_of(8) {
-            (rsp as *const u64).read()
-        } else {
-            0
-        };
-        let mut buf = [0u8; 192];
+        let (rip, ret) = super::arch::fault_regs(uc, stack);
+        let mut buf = [0u8; 320];
         let mut at = 0;
         put_str(&mut buf, &mut at, b"{\"ev\":\"fault\",\"signal\":");
         put_dec(&mut buf, &mut at, sig as u64);
@@ -85,7 +80,16 @@ extern "C" fn on_fatal_signal(
         put_dec(&mut buf, &mut at, rip);
         put_str(&mut buf, &mut at, b",\"ret\":");
         put_dec(&mut buf, &mut at, ret);
-        put_str(&mut buf, &mut at, b"}\n");
+        put_str(&mut buf, &mut at, b",\"call\":\"");
+        for &b in super::arch::current_call().iter().take(96) {
+            let b = if b == b'"' || b == b'\\' || b < 0x20 {
+                b'_'
+            } else {
+                b
+            };
+            put_str(&mut buf, &mut at, &[b]);
+        }
+        put_str(&mut buf, &mut at, b"\"}\n");
         libc::write(1, buf.as_ptr().cast(), at);
         libc::_exit(EXIT_FAULT);
     }

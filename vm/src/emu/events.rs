@@ -26,6 +26,9 @@ pub enum Event {
         stubs: u64,
         stubs_len: u64,
         stub_symbols: Vec<String>,
+        /// The slice that was mapped (`image::CPU_TYPE_*`); absent means the runner's own.
+        #[serde(default)]
+        cputype: Option<u32>,
     },
     /// A kext was unloaded (its image made inaccessible).
     Unloaded { kext: String },
@@ -43,6 +46,9 @@ pub enum Event {
         addr: u64,
         rip: u64,
         ret: u64,
+        /// The kext callback the emulator was calling (`sf_data_in`, …), if any.
+        #[serde(default)]
+        call: String,
     },
 }
 

@@ -1,4 +1,5 @@
-//! Reading a kext binary: the x86_64 slice of a (possibly universal) Mach-O of
+//! Reading a kext binary: the x86_64 or arm64e slice (the host's, or the one
+//! asked for) of a (possibly universal) Mach-O of
 //! type `MH_KEXT_BUNDLE`, with the pieces the loader needs — segments, sections,
 //! symbols, and the relocation tables of `LC_DYSYMTAB`.
 //!
@@ -19,7 +20,18 @@ const N_TYPE: u8 = 0x0e;
 const N_UNDF: u8 = 0x0;
 const N_ABS: u8 = 0x2;
 const N_SECT: u8 = 0xe;
-const CPU_TYPE_X86_64: u32 = 0x0100_0007;
+pub const CPU_TYPE_X86_64: u32 = 0x0100_0007;
+/// `CPU_TYPE_ARM64` (the arm64e slice has cpusubtype 2, `CPU_SUBTYPE_ARM64E`).
+pub const CPU_TYPE_ARM64: u32 = 0x0100_000C;
+/// `LC_DYLD_CHAINED_FIXUPS`.
+const LC_DYLD_CHAINED_FIXUPS: u32 = 0x8000_0034;
+
+/// The slice this process can execute: x86_64 on an x86_64 host, arm64(e) on aarch64.
+pub const NATIVE_CPUTYPE: u32 = if cfg!(target_arch = "aarch64") {
+    CPU_TYPE_ARM64
+} else {
+    CPU_TYPE_X86_64
+};
 const MH_KEXT_BUNDLE: u32 = 11;
 
 /// Why a kext binary could not be read.
@@ -34,9 +46,9 @@ pub enum ImageError {
     Bundle { path: PathBuf, why: String },
     #[error("not a Mach-O file (magic {0:#x})")]
     NotMachO(u32),
-    #[error("universal binary has no x86_64 slice (it has: {0})")]
+    #[error("universal binary has no {native} slice (it has: {0})", native = arch_name(NATIVE_CPUTYPE))]
     NoX86Slice(String),
-    #[error("not an x86_64 Mach-O (cputype {0:#x}); the emu backend runs x86_64 kexts only")]
+    #[error("not an x86_64 or arm64(e) Mach-O (cputype {0:#x}); the emu backend runs those only")]
     WrongArch(u32),
     #[error("Mach-O filetype {0} is not MH_KEXT_BUNDLE (11)")]
     NotKext(u32),
@@ -118,6 +130,20 @@ pub struct KextImage {
     pub external_relocs: Vec<Reloc>,
     /// Bytes from vmaddr 0 to the end of the last segment.
     pub vm_size: u64,
+    /// The slice's `cputype` ([`CPU_TYPE_X86_64`] or [`CPU_TYPE_ARM64`]).
+    pub cputype: u32,
+    /// `LC_DYLD_CHAINED_FIXUPS` (`dataoff`, `datasize`) in [`Self::bytes`], if any
+    /// (arm64e: every rebase and bind is a chained fixup, see [`super::arch::chained`]).
+    pub chained_fixups: Option<(u32, u32)>,
+}
+
+/// `x86_64` / `arm64e` for a cputype.
+pub fn arch_name(cputype: u32) -> &'static str {
+    match cputype {
+        CPU_TYPE_X86_64 => "x86_64",
+        CPU_TYPE_ARM64 => "arm64e",
+        _ => "unknown",
+    }
 }
 
 /// The executable inside a `.kext` bundle (`Contents/MacOS/<CFBundleExecutable>`),
@@ -148,23 +174,35 @@ pub fn resolve_executable(path: &Path) -> Result<PathBuf, ImageError> {
     Ok(path.join("Contents/MacOS").join(exe))
 }
 
-/// Reads the kext binary at `path` (a bundle directory or a Mach-O file).
+/// Reads the kext binary at `path` (a bundle directory or a Mach-O file): the
+/// slice this process runs ([`NATIVE_CPUTYPE`]).
 pub fn read(path: &Path) -> Result<KextImage, ImageError> {
+    read_arch(path, NATIVE_CPUTYPE)
+}
+
+/// Reads the slice of `cputype` of the kext binary at `path` (the runner reads the
+/// arm64e slice a child under qemu-aarch64 ran, to map its faults to symbols).
+pub fn read_arch(path: &Path, cputype: u32) -> Result<KextImage, ImageError> {
     let exe = resolve_executable(path)?;
     let bytes = std::fs::read(&exe).map_err(|source| ImageError::Read {
         path: exe.clone(),
         source,
     })?;
-    parse(&bytes)
+    parse_arch(&bytes, cputype)
 }
 
-/// Parses a kext binary held in memory (thin or universal).
+/// Parses a kext binary held in memory (thin or universal): the native slice.
 pub fn parse(file: &[u8]) -> Result<KextImage, ImageError> {
-    let slice = x86_64_slice(file)?;
+    parse_arch(file, NATIVE_CPUTYPE)
+}
+
+/// Parses the slice of `cputype` of a kext binary held in memory.
+pub fn parse_arch(file: &[u8], cputype: u32) -> Result<KextImage, ImageError> {
+    let slice = arch_slice(file, cputype)?;
     parse_thin(slice)
 }
 
-fn x86_64_slice(file: &[u8]) -> Result<&[u8], ImageError> {
+fn arch_slice(file: &[u8], cputype: u32) -> Result<&[u8], ImageError> {
     if file.len() < 4 {
         return Err(ImageError::NotMachO(0));
     }
@@ -172,20 +210,24 @@ fn x86_64_slice(file: &[u8]) -> Result<&[u8], ImageError> {
     match magic_be {
         macho::FAT_MAGIC => {
             let fat = MachOFatFile32::parse(file)?;
-            pick_slice(file, fat.arches())
+            pick_slice(file, fat.arches(), cputype)
         }
         macho::FAT_MAGIC_64 => {
             let fat = MachOFatFile64::parse(file)?;
-            pick_slice(file, fat.arches())
+            pick_slice(file, fat.arches(), cputype)
         }
         _ => Ok(file),
     }
 }
 
-fn pick_slice<'a, A: FatArch>(file: &'a [u8], arches: &[A]) -> Result<&'a [u8], ImageError> {
+fn pick_slice<'a, A: FatArch>(
+    file: &'a [u8],
+    arches: &[A],
+    cputype: u32,
+) -> Result<&'a [u8], ImageError> {
     let mut seen = Vec::new();
     for a in arches {
-        if a.cputype().0 == CPU_TYPE_X86_64 {
+        if a.cputype().0 == cputype {
             return Ok(a.data(file)?);
         }
         seen.push(format!("cputype {:#x}", a.cputype().0));
@@ -207,7 +249,8 @@ fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
         ImageError::NotMachO(magic)
     })?;
     let e = LE;
-    if header.cputype(e).0 != CPU_TYPE_X86_64 {
+    let cputype = header.cputype(e).0;
+    if cputype != CPU_TYPE_X86_64 && cputype != CPU_TYPE_ARM64 {
         return Err(ImageError::WrongArch(header.cputype(e).0));
     }
     if header.filetype(e).0 != MH_KEXT_BUNDLE {
@@ -217,6 +260,7 @@ fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
     let mut sections = Vec::new();
     let mut symtab = None;
     let mut dysymtab = None;
+    let mut chained_fixups = None;
     let mut cmds = header.load_commands(e, data, 0)?;
     while let Some(cmd) = cmds.next()? {
         if let Some((seg, seg_data)) = cmd.segment_64()? {
@@ -241,6 +285,9 @@ fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
             symtab = Some(st);
         } else if let Some(dst) = cmd.dysymtab()? {
             dysymtab = Some(*dst);
+        } else if cmd.cmd().0 == LC_DYLD_CHAINED_FIXUPS {
+            let led: &macho::LinkeditDataCommand<LE> = cmd.data()?;
+            chained_fixups = Some((led.dataoff.get(e), led.datasize.get(e)));
         }
     }
     if segments.is_empty() {
@@ -310,6 +357,8 @@ fn parse_thin(data: &[u8]) -> Result<KextImage, ImageError> {
         local_relocs,
         external_relocs,
         vm_size,
+        cputype,
+        chained_fixups,
     })
 }
 

@@ -16,7 +16,8 @@
 
 use std::ffi::c_void;
 
-use super::image::KextImage;
+use super::arch;
+use super::image::{self, KextImage};
 use super::reloc::{self, Binding};
 
 const PAGE: u64 = 4096;
@@ -52,6 +53,8 @@ pub enum LoadError {
     InfoVersion(i32),
     #[error("kmod_info.{field} is {addr:#x}, which is not in the kext's code")]
     EntryOutsideCode { field: &'static str, addr: u64 },
+    #[error("arm64e chained fixups: {0}")]
+    Chained(String),
 }
 
 /// A kext mapped in this process.
@@ -146,25 +149,21 @@ pub fn load(
         img_mem[seg.vmaddr as usize..seg.vmaddr as usize + from.len()].copy_from_slice(from);
     }
 
-    // Stubs: `jmp qword ptr [rip+0]` followed by the 8-byte host address.
-    let mut bindings = std::collections::HashMap::new();
-    for (i, (name, addr)) in bound.iter().enumerate() {
-        let off = i * STUB_SIZE as usize;
-        let stub = &mut stub_mem[off..off + STUB_SIZE as usize];
-        stub[..6].copy_from_slice(&[0xFF, 0x25, 0, 0, 0, 0]);
-        stub[6..14].copy_from_slice(&addr.to_le_bytes());
-        stub[14..16].copy_from_slice(&[0xCC, 0xCC]);
-        bindings.insert(
-            name.clone(),
-            Binding {
-                absolute: *addr,
-                branch: kext.stubs + off as u64,
-            },
-        );
+    if kext.image.cputype == image::CPU_TYPE_ARM64 {
+        // arm64e: every rebase and bind is a chained fixup; calls to the KPIs go
+        // through `__auth_got` slots (no jump stubs needed).
+        let missing: Vec<String> = undefined
+            .iter()
+            .filter(|n| !bound.iter().any(|(b, _)| b == *n))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(reloc::RelocError::Unbound(missing).into());
+        }
+        apply_chained(&kext.image, img_mem, base_addr, &bound)?;
+    } else {
+        bind_x86_64(&kext, img_mem, stub_mem, base_addr, &bound)?;
     }
-    reloc::apply(&kext.image, img_mem, base_addr, &|n| {
-        bindings.get(n).copied()
-    })?;
 
     // kmod_info, as OSKext::load fills it in before calling start.
     let ki = kext
@@ -202,7 +201,7 @@ pub fn load(
     k[kmod_info::SIZE..kmod_info::SIZE + 8].copy_from_slice(&size.to_le_bytes());
     kext.kmod_info = base_addr + ki;
     for (field, addr) in [("start", kext.start), ("stop", kext.stop)] {
-        if addr != 0 && !kext.contains_code(addr) {
+        if addr != 0 && !kext.contains_code(arch::strip(addr)) {
             return Err(LoadError::EntryOutsideCode { field, addr });
         }
     }
@@ -219,6 +218,84 @@ pub fn load(
     }
     protect(kext.stubs, stubs_len, libc::PROT_READ | libc::PROT_EXEC)?;
     Ok(kext)
+}
+
+/// x86_64: jump stubs for the bound symbols, then kxld's relocation rules.
+fn bind_x86_64(
+    kext: &LoadedKext,
+    img_mem: &mut [u8],
+    stub_mem: &mut [u8],
+    base_addr: u64,
+    bound: &[(String, u64)],
+) -> Result<(), LoadError> {
+    // Stubs: `jmp qword ptr [rip+0]` followed by the 8-byte host address.
+    let mut bindings = std::collections::HashMap::new();
+    for (i, (name, addr)) in bound.iter().enumerate() {
+        let off = i * STUB_SIZE as usize;
+        let stub = &mut stub_mem[off..off + STUB_SIZE as usize];
+        stub[..6].copy_from_slice(&[0xFF, 0x25, 0, 0, 0, 0]);
+        stub[6..14].copy_from_slice(&addr.to_le_bytes());
+        stub[14..16].copy_from_slice(&[0xCC, 0xCC]);
+        bindings.insert(
+            name.clone(),
+            Binding {
+                absolute: *addr,
+                branch: kext.stubs + off as u64,
+            },
+        );
+    }
+    reloc::apply(&kext.image, img_mem, base_addr, &|n| {
+        bindings.get(n).copied()
+    })?;
+    Ok(())
+}
+
+/// arm64e: applies the chained fixups as the kernel-collection builder does —
+/// rebases to the mapped address, binds to the emulator's KPI entry points, each
+/// authenticated one signed with its key and discriminator (blended with the
+/// slot's address when address-diversified).
+fn apply_chained(
+    image: &KextImage,
+    mem: &mut [u8],
+    base: u64,
+    bound: &[(String, u64)],
+) -> Result<(), LoadError> {
+    let (off, len) = image.chained_fixups.ok_or_else(|| {
+        LoadError::Chained("the arm64e slice has no LC_DYLD_CHAINED_FIXUPS".into())
+    })?;
+    let blob = image
+        .bytes
+        .get(off as usize..off as usize + len as usize)
+        .ok_or_else(|| LoadError::Chained(format!("blob at {off:#x}+{len:#x} past the end")))?;
+    let fixups = arch::chained::decode(blob, mem).map_err(LoadError::Chained)?;
+    for f in fixups {
+        let value = match &f.target {
+            arch::chained::Target::Rebase { offset, high8 } => {
+                (base + offset) | (u64::from(*high8) << 56)
+            }
+            arch::chained::Target::Bind { symbol, addend } => {
+                let a = bound
+                    .iter()
+                    .find(|(n, _)| n == symbol)
+                    .map(|(_, a)| *a)
+                    .ok_or_else(|| reloc::RelocError::Unbound(vec![symbol.clone()]))?;
+                a.wrapping_add_signed(*addend)
+            }
+        };
+        let slot = base + f.slot;
+        let value = match f.auth {
+            None => value,
+            Some(a) => arch::sign(value, a.key, a.discriminator_at(slot)).ok_or_else(|| {
+                LoadError::Chained(format!(
+                    "slot {:#x} is signed (key {}): pointer authentication needs the aarch64 emulator",
+                    f.slot,
+                    a.key_name()
+                ))
+            })?,
+        };
+        mem[f.slot as usize..f.slot as usize + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    Ok(())
 }
 
 fn prot_of(initprot: u32) -> libc::c_int {
@@ -247,6 +324,15 @@ fn protect(addr: u64, len: u64, prot: libc::c_int) -> Result<(), LoadError> {
 }
 
 impl LoadedKext {
+    /// How the KPIs were bound, for the load step's report.
+    pub fn binding_kind(&self) -> &'static str {
+        if self.image.cputype == image::CPU_TYPE_ARM64 {
+            "through chained fixups (authenticated ones PAC-signed)"
+        } else {
+            "through stubs"
+        }
+    }
+
     /// Whether slid address `addr` is in one of the kext's executable segments.
     pub fn contains_code(&self, addr: u64) -> bool {
         addr >= self.base && addr < self.base + self.size && self.image.is_code(addr - self.base)
@@ -279,19 +365,19 @@ impl LoadedKext {
     /// Calls a kmod entry point (`start`/`stop`): `kern_return_t (*)(kmod_info_t *, void *)`.
     pub fn call_entry(&self, addr: u64) -> i32 {
         assert!(
-            self.contains_code(addr) && !self.unloaded,
+            self.contains_code(arch::strip(addr)) && !self.unloaded,
             "entry point outside the loaded kext's code"
         );
         // SAFETY: `addr` is inside the kext's executable segment (asserted), the
         // image is relocated and bound, and kmod entry points have this C
-        // signature (the SysV ABI matches macOS x86_64 for these arguments). What
-        // the kext code does is its own: faults end the child process, which is
-        // why scenarios run in one.
-        unsafe {
-            let f: extern "C" fn(*mut c_void, *mut c_void) -> i32 =
-                std::mem::transmute(addr as usize);
-            f(self.kmod_info as *mut c_void, std::ptr::null_mut())
-        }
+        // signature (the SysV ABI matches macOS x86_64 for these arguments; on
+        // arm64e the call is `blraa` with the type's discriminator, as xnu's).
+        // What the kext code does is its own: faults end the child process, which
+        // is why scenarios run in one.
+        arch::set_current_call("kmod_info start/stop");
+        let r = unsafe { arch::call_kmod_entry(addr, self.kmod_info) };
+        arch::clear_current_call();
+        r
     }
 
     /// Calls a static initialiser/terminator: `void (*)(void)`.

@@ -1,5 +1,7 @@
-//! Backend `emu`: an XNU KPI emulator that loads the shipped x86_64 kext binary
-//! into this (x86_64 Linux) process and drives it.
+//! Backend `emu`: an XNU KPI emulator that loads the shipped kext binary into
+//! this process and drives it — the x86_64 slice on x86_64 Linux, the arm64e
+//! slice (pointer authentication included) when built for aarch64 and run under
+//! `qemu-aarch64 -cpu max`.
 //!
 //! - [`image`]: read the kext's Mach-O (universal or thin) — safe.
 //! - [`reloc`]: kxld's relocation rules as a pure function — safe.
@@ -12,8 +14,12 @@
 //! - [`child`], [`runner`]: one child process per scenario, with a time limit;
 //!   fatal signals are reported with the faulting address mapped to a kext symbol.
 //! - [`fault`]: the seedable fault-injection plan.
+//! - [`arch`]: the host-specific part — x86_64, or aarch64 under
+//!   `qemu-aarch64 -cpu max` running the arm64e slice with pointer authentication
+//!   (chained fixups, PAC signing, authenticated calls, signal contexts).
 
 pub mod abi;
+pub mod arch;
 pub mod child;
 pub mod ctl;
 pub mod ctl_bridge;

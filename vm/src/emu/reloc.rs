@@ -267,6 +267,8 @@ mod tests {
             local_relocs: local,
             external_relocs: external,
             vm_size: 0x2000,
+            cputype: crate::emu::image::CPU_TYPE_X86_64,
+            chained_fixups: None,
         }
     }
 

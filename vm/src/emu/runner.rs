@@ -67,6 +67,8 @@ struct Mapped {
     stubs: u64,
     stub_symbols: Vec<String>,
     unloaded: bool,
+    /// An arm64e slice (run under qemu-aarch64): the return address is the link register.
+    arm64: bool,
 }
 
 /// Runs `scenario` in a child process and reports on it.
@@ -159,15 +161,18 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
                 size,
                 stubs,
                 stub_symbols,
+                cputype,
                 ..
             } => mapped.push(Mapped {
                 kext,
-                image: image::read(Path::new(&path)).ok(),
+                image: image::read_arch(Path::new(&path), cputype.unwrap_or(image::NATIVE_CPUTYPE))
+                    .ok(),
                 base,
                 size,
                 stubs,
                 stub_symbols,
                 unloaded: false,
+                arm64: cputype == Some(image::CPU_TYPE_ARM64),
             }),
             Event::Unloaded { kext } => {
                 for m in mapped.iter_mut().filter(|m| m.kext == kext) {
@@ -191,8 +196,12 @@ pub fn run(opts: &RunOptions, scenario: &str) -> ScenarioReport {
                 addr,
                 rip,
                 ret,
+                call,
             } => {
-                let f = describe_fault(&mapped, signal, addr, rip, ret);
+                let mut f = describe_fault(&mapped, signal, addr, rip, ret);
+                if let Some(pac) = describe_pac_failure(&mapped, addr, &call) {
+                    f = format!("{pac}; {f}");
+                }
                 report.failures.push(f.clone());
                 report.fault = Some(f);
             }
@@ -275,6 +284,25 @@ fn where_is(mapped: &[Mapped], addr: u64) -> String {
     "outside every kext image and its stubs".into()
 }
 
+/// A fault at an address with the PAC error bits set (arm64e under qemu-aarch64):
+/// an authenticated branch or `aut*` whose signature did not verify.
+fn describe_pac_failure(mapped: &[Mapped], addr: u64, call: &str) -> Option<String> {
+    if !mapped.iter().any(|m| m.arm64) {
+        return None;
+    }
+    let (key, plain) = super::arch::pac_failure(addr)?;
+    let calling = if call.is_empty() {
+        String::new()
+    } else {
+        format!(" calling the kext's {call} callback")
+    };
+    Some(format!(
+        "pointer authentication failure (PAC, key {key}){calling}: the signature of the \
+         pointer to {plain:#x} ({}) did not verify against the discriminator the kernel uses",
+        where_is(mapped, plain)
+    ))
+}
+
 fn describe_fault(mapped: &[Mapped], signal: i32, addr: u64, rip: u64, ret: u64) -> String {
     let mut s = format!(
         "{} at address {addr:#x} ({}); instruction pointer {rip:#x} ({})",
@@ -286,8 +314,13 @@ fn describe_fault(mapped: &[Mapped], signal: i32, addr: u64, rip: u64, ret: u64)
         .iter()
         .any(|m| rip >= m.base && rip < m.base + m.size);
     if !rip_in_kext && ret != 0 {
+        let whence = if mapped.iter().any(|m| m.arm64) {
+            "in the link register"
+        } else {
+            "on the stack"
+        };
         s.push_str(&format!(
-            "; return address on the stack {ret:#x} ({})",
+            "; return address {whence} {ret:#x} ({})",
             where_is(mapped, ret)
         ));
     }

@@ -213,6 +213,7 @@ fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
         stubs: kext.stubs,
         stubs_len: kext.stubs_len,
         stub_symbols: kext.stub_symbols.clone(),
+        cputype: Some(kext.image.cputype),
     });
     kernel::with(|k| {
         for (s, e) in kext.code_ranges() {
@@ -223,11 +224,12 @@ fn load_and_start(path: &Path, tag: i32) -> Result<Option<Kext>, String> {
         format!("load {label}"),
         true,
         format!(
-            "version {}, {} bytes at {:#x}, {} KPI symbols bound through stubs",
+            "version {}, {} bytes at {:#x}, {} KPI symbols bound {}",
             kext.version,
             kext.size,
             kext.base,
-            kext.stub_symbols.len()
+            kext.stub_symbols.len(),
+            kext.binding_kind()
         ),
     );
     for init in kext.initialisers("__mod_init_func") {
@@ -408,7 +410,11 @@ fn working(kext: &LoadedKext) -> std::collections::BTreeSet<String> {
 /// After a successful stop (or a failed start) nothing of this kext may stay
 /// registered with the kernel: its callbacks would run in unloaded memory.
 fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
-    let owns = |addrs: &[u64]| addrs.iter().any(|&a| a != 0 && kext.contains_code(a));
+    let owns = |addrs: &[u64]| {
+        addrs
+            .iter()
+            .any(|&a| a != 0 && kext.contains_code(super::arch::strip(a)))
+    };
     kernel::with(|k| {
         let mut found = Vec::new();
         for r in k.sflt.live() {

@@ -59,7 +59,7 @@ extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_int {
             return Err(EINVAL);
         }
         for (n, a) in cbs {
-            if a != 0 && !k.is_kext_code(a) {
+            if a != 0 && !k.is_kext_code(crate::emu::arch::strip(a)) {
                 k.violation(
                     "callback-outside-kext",
                     format!("ctl_register: {n} = {a:#x} is not in the kext's code"),
@@ -213,8 +213,12 @@ pub fn connect(name: &str, privileged: bool) -> Result<Client, c_int> {
     let kref = kernel::handle(Kind::KernCtl, r.id);
     let res = invoke(r.connect, "ctl_connect", || {
         // SAFETY: ctl_connect: `errno_t (*)(kern_ctl_ref, struct sockaddr_ctl *, void **)`.
-        let f: extern "C" fn(u64, *mut u8, *mut u64) -> c_int =
-            unsafe { std::mem::transmute(r.connect as usize) };
+        let f: extern "C" fn(u64, *mut u8, *mut u64) -> c_int = unsafe {
+            std::mem::transmute(crate::emu::arch::auth_fn(
+                r.connect,
+                crate::emu::arch::disc::CTL_CONNECT,
+            ) as usize)
+        };
         f(kref, sac.as_mut_ptr(), &mut unitinfo)
     })
     .ok_or(EINVAL)?;
@@ -248,8 +252,12 @@ pub fn setopt(c: Client, opt: c_int, data: &[u8]) -> c_int {
     let kref = kernel::handle(Kind::KernCtl, r.id);
     invoke(r.setopt, "ctl_setopt", || {
         // SAFETY: ctl_setopt: `errno_t (*)(kern_ctl_ref, u_int32_t, void *, int, void *, size_t)`.
-        let f: extern "C" fn(u64, u32, u64, c_int, *mut u8, usize) -> c_int =
-            unsafe { std::mem::transmute(r.setopt as usize) };
+        let f: extern "C" fn(u64, u32, u64, c_int, *mut u8, usize) -> c_int = unsafe {
+            std::mem::transmute(crate::emu::arch::auth_fn(
+                r.setopt,
+                crate::emu::arch::disc::CTL_SETOPT,
+            ) as usize)
+        };
         let p = if copy.is_empty() {
             std::ptr::null_mut()
         } else {
@@ -275,8 +283,12 @@ pub fn getopt(c: Client, opt: c_int, buf: &[u8]) -> (c_int, Vec<u8>) {
     let kref = kernel::handle(Kind::KernCtl, r.id);
     let e = invoke(r.getopt, "ctl_getopt", || {
         // SAFETY: ctl_getopt: `errno_t (*)(kern_ctl_ref, u_int32_t, void *, int, void *, size_t *)`.
-        let f: extern "C" fn(u64, u32, u64, c_int, *mut u8, *mut usize) -> c_int =
-            unsafe { std::mem::transmute(r.getopt as usize) };
+        let f: extern "C" fn(u64, u32, u64, c_int, *mut u8, *mut usize) -> c_int = unsafe {
+            std::mem::transmute(crate::emu::arch::auth_fn(
+                r.getopt,
+                crate::emu::arch::disc::CTL_GETOPT,
+            ) as usize)
+        };
         let p = if copy.is_empty() {
             std::ptr::null_mut()
         } else {
@@ -313,8 +325,12 @@ pub fn disconnect(c: Client) {
         let kref = kernel::handle(Kind::KernCtl, r.id);
         invoke(r.disconnect, "ctl_disconnect", || {
             // SAFETY: ctl_disconnect: `errno_t (*)(kern_ctl_ref, u_int32_t, void *)`.
-            let f: extern "C" fn(u64, u32, u64) -> c_int =
-                unsafe { std::mem::transmute(r.disconnect as usize) };
+            let f: extern "C" fn(u64, u32, u64) -> c_int = unsafe {
+                std::mem::transmute(crate::emu::arch::auth_fn(
+                    r.disconnect,
+                    crate::emu::arch::disc::CTL_DISCONNECT,
+                ) as usize)
+            };
             f(kref, c.unit, ui)
         });
     }

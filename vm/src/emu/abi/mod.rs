@@ -62,7 +62,7 @@ pub(crate) unsafe fn put<T>(out: *mut T, v: T) {
 /// callback for reports. After it returns, the return-to-stack checks run.
 pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Option<R> {
     let ok = kernel::with(|k| {
-        if k.is_kext_code(addr) {
+        if k.is_kext_code(super::arch::strip(addr)) {
             k.context.push(what.to_string());
             true
         } else {
@@ -76,7 +76,9 @@ pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Opti
     if !ok {
         return None;
     }
+    super::arch::set_current_call(what);
     let r = call();
+    super::arch::clear_current_call();
     libkern::flush_log();
     kernel::with(|k: &mut Kernel| {
         kernel::check_return(k, what);

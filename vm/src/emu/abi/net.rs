@@ -18,7 +18,7 @@ pub const EJUSTRETURN: c_int = -2;
 fn check_code(k: &mut Kernel, what: &str, callbacks: &[(&str, u64)]) -> bool {
     let mut ok = true;
     for &(name, a) in callbacks {
-        if a != 0 && !k.is_kext_code(a) {
+        if a != 0 && !k.is_kext_code(crate::emu::arch::strip(a)) {
             k.violation(
                 "callback-outside-kext",
                 format!("{what}: {name} = {a:#x} is not in the kext's code"),
@@ -545,7 +545,12 @@ pub fn deliver(d: Deferred) {
             if cb.0 != 0 {
                 invoke(cb.0, "sf_unregistered", || {
                     // SAFETY: sf_unregistered: `void (*)(sflt_handle)`; address checked by `invoke`.
-                    let f: extern "C" fn(u32) = unsafe { std::mem::transmute(cb.0 as usize) };
+                    let f: extern "C" fn(u32) = unsafe {
+                        std::mem::transmute(crate::emu::arch::auth_fn(
+                            cb.0,
+                            crate::emu::arch::disc::SF_UNREGISTERED,
+                        ) as usize)
+                    };
                     f(handle)
                 });
             }
@@ -562,7 +567,12 @@ pub fn deliver(d: Deferred) {
             {
                 invoke(f.detach, "ipf_detach", || {
                     // SAFETY: ipf_detach: `void (*)(void *cookie)`; address checked by `invoke`.
-                    let d: extern "C" fn(u64) = unsafe { std::mem::transmute(f.detach as usize) };
+                    let d: extern "C" fn(u64) = unsafe {
+                        std::mem::transmute(crate::emu::arch::auth_fn(
+                            f.detach,
+                            crate::emu::arch::disc::IPF_DETACH,
+                        ) as usize)
+                    };
                     d(f.cookie)
                 });
             }
@@ -579,7 +589,11 @@ pub fn call_sf_attach(f: u64, so: u64) -> Option<(c_int, u64)> {
     let mut cookie: u64 = 0;
     let r = invoke(f, "sf_attach", || {
         // SAFETY: sf_attach: `errno_t (*)(void **cookie, socket_t so)`; `cookie` lives on this frame.
-        let cb: extern "C" fn(*mut u64, u64) -> c_int = unsafe { std::mem::transmute(f as usize) };
+        let cb: extern "C" fn(*mut u64, u64) -> c_int = unsafe {
+            std::mem::transmute(
+                crate::emu::arch::auth_fn(f, crate::emu::arch::disc::SF_ATTACH) as usize,
+            )
+        };
         cb(&mut cookie, so)
     })?;
     Some((r, cookie))
@@ -588,7 +602,11 @@ pub fn call_sf_attach(f: u64, so: u64) -> Option<(c_int, u64)> {
 pub fn call_sf_detach(f: u64, cookie: u64, so: u64) {
     invoke(f, "sf_detach", || {
         // SAFETY: sf_detach: `void (*)(void *cookie, socket_t so)`.
-        let cb: extern "C" fn(u64, u64) = unsafe { std::mem::transmute(f as usize) };
+        let cb: extern "C" fn(u64, u64) = unsafe {
+            std::mem::transmute(
+                crate::emu::arch::auth_fn(f, crate::emu::arch::disc::SF_DETACH) as usize,
+            )
+        };
         cb(cookie, so)
     });
 }
@@ -598,8 +616,11 @@ pub fn call_sf_connect_out(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Optio
     invoke(f, "sf_connect_out", || {
         // SAFETY: sf_connect_out: `errno_t (*)(void *, socket_t, const struct sockaddr *)`;
         // the kernel passes a writable copy it reads back (xnu-3789+), as `to` is here.
-        let cb: extern "C" fn(u64, u64, *mut u8) -> c_int =
-            unsafe { std::mem::transmute(f as usize) };
+        let cb: extern "C" fn(u64, u64, *mut u8) -> c_int = unsafe {
+            std::mem::transmute(
+                crate::emu::arch::auth_fn(f, crate::emu::arch::disc::SF_CONNECT_OUT) as usize,
+            )
+        };
         cb(cookie, so, to.as_mut_ptr())
     })
 }
@@ -612,8 +633,11 @@ pub fn call_sf_data(f: u64, what: &str, cookie: u64, so: u64, data: u64) -> Opti
     let r = invoke(f, what, || {
         // SAFETY: sf_data_in/out: `errno_t (*)(void *, socket_t, const struct sockaddr *,
         // mbuf_t *, mbuf_t *, sflt_data_flag_t)`; the mbuf_t slots live on this frame.
-        let cb: extern "C" fn(u64, u64, *const u8, *mut u64, *mut u64, u32) -> c_int =
-            unsafe { std::mem::transmute(f as usize) };
+        let cb: extern "C" fn(u64, u64, *const u8, *mut u64, *mut u64, u32) -> c_int = unsafe {
+            std::mem::transmute(
+                crate::emu::arch::auth_fn(f, crate::emu::arch::disc::SF_DATA) as usize,
+            )
+        };
         cb(cookie, so, std::ptr::null(), &mut m, &mut control, 0)
     })?;
     Some((r, m))
@@ -642,13 +666,21 @@ pub fn call_ipf(
     let r = invoke(addr, &what, || {
         if output {
             // SAFETY: ipf_output: `errno_t (*)(void *cookie, mbuf_t *data, ipf_pktopts_t)`.
-            let cb: extern "C" fn(u64, *mut u64, *mut c_void) -> c_int =
-                unsafe { std::mem::transmute(addr as usize) };
+            let cb: extern "C" fn(u64, *mut u64, *mut c_void) -> c_int = unsafe {
+                std::mem::transmute(crate::emu::arch::auth_fn(
+                    addr,
+                    crate::emu::arch::disc::IPF_OUTPUT,
+                ) as usize)
+            };
             cb(cookie, &mut m, std::ptr::null_mut())
         } else {
             // SAFETY: ipf_input: `errno_t (*)(void *cookie, mbuf_t *data, int offset, u_int8_t protocol)`.
-            let cb: extern "C" fn(u64, *mut u64, c_int, u8) -> c_int =
-                unsafe { std::mem::transmute(addr as usize) };
+            let cb: extern "C" fn(u64, *mut u64, c_int, u8) -> c_int = unsafe {
+                std::mem::transmute(crate::emu::arch::auth_fn(
+                    addr,
+                    crate::emu::arch::disc::IPF_INPUT,
+                ) as usize)
+            };
             cb(cookie, &mut m, offset, protocol)
         }
     })?;
@@ -736,8 +768,11 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
 pub fn call_sf_notify(f: u64, cookie: u64, so: u64, event: u32) {
     invoke(f, "sf_notify", || {
         // SAFETY: sf_notify: `void (*)(void *, socket_t, sflt_event_t, void *)`.
-        let cb: extern "C" fn(u64, u64, u32, *mut c_void) =
-            unsafe { std::mem::transmute(f as usize) };
+        let cb: extern "C" fn(u64, u64, u32, *mut c_void) = unsafe {
+            std::mem::transmute(
+                crate::emu::arch::auth_fn(f, crate::emu::arch::disc::SF_NOTIFY) as usize,
+            )
+        };
         cb(cookie, so, event, std::ptr::null_mut())
     });
 }
