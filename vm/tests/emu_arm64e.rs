@@ -107,7 +107,59 @@ fn comparable(r: &ScenarioReport) -> (bool, Vec<(String, bool, String)>, Vec<Str
             (s.what.clone(), s.ok, detail)
         })
         .collect();
-    (r.passed, steps, r.log.clone())
+    let log = r.log.iter().map(|l| mask_loopback_ports(l)).collect();
+    (r.passed, steps, log)
+}
+
+/// `line` with the port of every loopback socket address (`127.0.0.N:PORT`,
+/// `[::1]:PORT`) replaced by `PORT`: the kext logs the real sockets' ephemeral
+/// ports, which differ between any two runs.
+fn mask_loopback_ports(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = ["127.0.0.", "[::1]:"]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, *p)))
+        .min()
+    {
+        let (i, prefix) = at;
+        out.push_str(&rest[..i + prefix.len()]);
+        rest = &rest[i + prefix.len()..];
+        if prefix == "127.0.0." {
+            // the host part, then `:PORT`
+            let host = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            out.push_str(&rest[..host]);
+            rest = &rest[host..];
+            match rest.strip_prefix(':') {
+                Some(r) => rest = r,
+                None => continue,
+            }
+            out.push(':');
+        }
+        let port = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if port > 0 {
+            out.push_str("PORT");
+        }
+        rest = &rest[port..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn loopback_ports_are_masked_and_nothing_else() {
+    assert_eq!(
+        mask_loopback_ports("redirect 203.0.113.10:80 -> 127.0.0.1:37541 and [::1]:43599 x"),
+        "redirect 203.0.113.10:80 -> 127.0.0.1:PORT and [::1]:PORT x"
+    );
+    assert_eq!(
+        mask_loopback_ports("127.0.0.2 no port"),
+        "127.0.0.2 no port"
+    );
 }
 
 fn same_on_both(scenario: &str, kexts: &[PathBuf], expect_pass: bool) {

@@ -551,9 +551,10 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         e == 0,
         format!("4 rules, setsockopt returned {e}"),
     );
-    // NAT timeouts (op 4: TCP idle, TCP closed, UDP idle seconds) are the IP filter's.
+    // NAT timeouts (op 4: TCP idle, TCP SYN-sent/closing, UDP idle seconds) are the IP
+    // filter's: valid ones (RFC 5382/4787 minimums) get ENOTSUP from the socket filter.
     let mut t = header(4, 20);
-    for v in [7200u32, 10, 60] {
+    for v in [7440u32, 240, 300] {
         t.extend(v.to_be_bytes());
     }
     let e = ctl::setopt(client, 4, &t);
