@@ -89,10 +89,7 @@ fn an_install_location_climbing_out_of_the_root_writes_nothing_outside_staging()
         if path.ends_with("PackageInfo") {
             String::from_utf8(data)
                 .unwrap()
-                .replace(
-                    "install-location=\"/\"",
-                    "install-location=\"/../../..\"",
-                )
+                .replace("install-location=\"/\"", "install-location=\"/../../..\"")
                 .into_bytes()
         } else {
             data

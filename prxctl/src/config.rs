@@ -14,10 +14,10 @@
 //! action = "proxy"
 //!
 //! [ip-filter]                     # PrxIPFilter.kext: the same keys, and
-//! [ip-filter.timeouts]            # NAT timeouts in seconds (1 to 604800);
-//! tcp-idle = 7200                 # omitted ones are the kext's defaults
-//! tcp-closed = 10
-//! udp-idle = 60
+//! [ip-filter.timeouts]            # NAT timeouts in seconds (RFC minimums to 604800);
+//! tcp-idle = 7440                 # omitted ones are the kext's defaults
+//! tcp-closed = 240
+//! udp-idle = 300
 //! ```
 //!
 //! A `[prxd]` table is reserved for the prx daemon (a later version). Every
@@ -206,26 +206,44 @@ fn kext(
         (None, true) => Some(default_timeouts()),
         (Some(t), true) => {
             let d = default_timeouts();
-            let get = |v: &Option<Spanned<i64>>, key: &str, dflt: u32| match v {
+            let get = |v: &Option<Spanned<i64>>, key: &str, dflt: u32, min: u32| {
+                match v {
                 None => Ok(dflt),
                 Some(v) => u32::try_from(*v.get_ref())
                     .ok()
-                    .filter(|s| (1..=MAX_TIMEOUT_S).contains(s))
+                    .filter(|s| (min..=MAX_TIMEOUT_S).contains(s))
                     .ok_or_else(|| {
                         bad(
                             v.span(),
                             format!(
-                                "`timeouts.{key}` = {}: a timeout is 1 to {MAX_TIMEOUT_S} seconds",
+                                "`timeouts.{key}` = {}: this timeout is {min} to {MAX_TIMEOUT_S} seconds \
+                                 (the minimum is RFC 5382/4787's)",
                                 v.get_ref()
                             ),
                         )
                     }),
+            }
             };
             let t = t.get_ref();
             Some(Timeouts {
-                tcp_idle_s: get(&t.tcp_idle, "tcp-idle", d.tcp_idle_s)?,
-                tcp_closed_s: get(&t.tcp_closed, "tcp-closed", d.tcp_closed_s)?,
-                udp_idle_s: get(&t.udp_idle, "udp-idle", d.udp_idle_s)?,
+                tcp_idle_s: get(
+                    &t.tcp_idle,
+                    "tcp-idle",
+                    d.tcp_idle_s,
+                    Timeouts::MIN.tcp_idle_s,
+                )?,
+                tcp_closed_s: get(
+                    &t.tcp_closed,
+                    "tcp-closed",
+                    d.tcp_closed_s,
+                    Timeouts::MIN.tcp_closed_s,
+                )?,
+                udp_idle_s: get(
+                    &t.udp_idle,
+                    "udp-idle",
+                    d.udp_idle_s,
+                    Timeouts::MIN.udp_idle_s,
+                )?,
             })
         }
     };
@@ -283,6 +301,9 @@ mod tests {
         let e = parse("[ip-filter.timeouts]\ntcp-idle = 0\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("tcp-idle"), "{e}");
+        // Below RFC 5382's 2 h 4 min: refused before any kext is asked.
+        let e = parse("[ip-filter.timeouts]\ntcp-idle = 7200\n").unwrap_err();
+        assert!(e.message.contains("7440 to 604800"), "{e}");
 
         let e = parse("[socket-filter.timeouts]\ntcp-idle = 5\n").unwrap_err();
         assert!(e.message.contains("[ip-filter.timeouts]"), "{e}");
@@ -304,9 +325,9 @@ mod tests {
         assert!(ip.enabled);
         assert_eq!(ip.proxies, Proxies::default());
         assert!(ip.rules.rules.is_empty());
-        let c = parse("[ip-filter.timeouts]\nudp-idle = 30\n").unwrap();
+        let c = parse("[ip-filter.timeouts]\nudp-idle = 600\n").unwrap();
         let t = c.ip_filter.unwrap().timeouts.unwrap();
-        assert_eq!(t.udp_idle_s, 30);
+        assert_eq!(t.udp_idle_s, 600);
         assert_eq!(t.tcp_idle_s, default_timeouts().tcp_idle_s);
     }
 }

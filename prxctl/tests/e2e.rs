@@ -661,7 +661,7 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
              enabled = false\n\
              proxy = [\"192.0.2.1:3128\", \"[2001:db8:2::1]:3128\"]\n\
              [ip-filter.timeouts]\n\
-             udp-idle = 30\n\
+             udp-idle = 900\n\
              [[ip-filter.rule]]\n\
              protocol = \"udp\"\n\
              dst = \"198.51.100.0/24\"\n\
@@ -706,7 +706,7 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
         "socket-filter: rules: 1 rules, default direct",
         "ip-filter: disabled",
         "ip-filter: proxies 192.0.2.1:3128 [2001:db8:2::1]:3128 (were none)",
-        "ip-filter: NAT timeouts TCP idle 7200 s, TCP after close 10 s, UDP idle 30 s",
+        "ip-filter: NAT timeouts TCP idle 7440 s, TCP SYN-sent/closing 240 s, UDP idle 900 s",
         "ip-filter: rules: 2 rules, default direct",
     ] {
         assert!(out.contains(line), "{line:?} in\n{out}");
@@ -727,7 +727,7 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
         "{s}"
     );
     assert!(s.contains("proxy (IPv6):     [2001:db8:2::1]:3128"), "{s}");
-    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
+    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 900, "{s}");
 
     // Idempotent.
     let out = ctl.ok(&apply);
@@ -763,7 +763,7 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
 
     // A bad file (an error in the IP filter's part) changes nothing, not even
     // the socket filter's valid part.
-    let bad = config("192.0.2.0/24").replace("udp-idle = 30", "udp-idle = 0");
+    let bad = config("192.0.2.0/24").replace("udp-idle = 900", "udp-idle = 0");
     std::fs::write(&conf, bad).expect("write prx.toml");
     let e = ctl.fails(&apply);
     assert!(
@@ -778,7 +778,7 @@ fn prxctl_applies_prx_toml_to_both_kexts_in_the_emulator() {
         "{s}"
     );
     let s = ip.ok(&["status"]);
-    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 30, "{s}");
+    assert_eq!(stat(&s, "NAT timeout: UDP idle (s)"), 900, "{s}");
 
     finish_bridge(&sock, scenario);
 }
