@@ -421,7 +421,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         ensure_rustup_parts(root)?;
     }
     eprintln!(
-        "xtask test: running `cargo test{}{}`",
+        "xtask test: running `cargo test --no-fail-fast{}{}`",
         if args.cargo_test_args.is_empty() {
             ""
         } else {
@@ -429,8 +429,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         },
         args.cargo_test_args.join(" ")
     );
+    // --no-fail-fast: every test binary runs, so one run lists every failure.
     let status = clean_cargo(root)
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .args(&args.cargo_test_args)
         .status()
         .context("running cargo test")?;
