@@ -68,9 +68,8 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
         .join(format!("{}-apple-macos-kernel.json", arch.name()))
 }
 
-/// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
-/// its validated `[package.metadata.kext]`.
-pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
+/// `cargo metadata --no-deps` of the workspace, parsed.
+pub fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
     let out = Command::new(toolchain::cargo())
         .args([
             "metadata",
@@ -86,8 +85,13 @@ pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
     if !out.status.success() {
         bail!("cargo metadata failed");
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    serde_json::from_slice(&out.stdout).context("parsing cargo metadata")
+}
+
+/// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
+/// its validated `[package.metadata.kext]`.
+pub fn kext_crates(root: &Path) -> Result<Vec<KextMetadata>> {
+    let meta = workspace_metadata(root)?;
     let names = meta["metadata"]["prx"]["kexts"]
         .as_array()
         .context("Cargo.toml: [workspace.metadata.prx] kexts = [...] is missing")?;

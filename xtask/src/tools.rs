@@ -81,23 +81,7 @@ pub struct BuiltTool {
 /// Adding a tool (a workspace package with a binary of its name) to that list
 /// is all it takes to build, sign and install it.
 pub fn tool_crates(root: &Path) -> Result<Vec<String>> {
-    let out = Command::new(toolchain::cargo())
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo metadata")?;
-    if !out.status.success() {
-        bail!("cargo metadata failed");
-    }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta = crate::build::workspace_metadata(root)?;
     let names = meta["metadata"]["prx"]["tools"]
         .as_array()
         .context("Cargo.toml: [workspace.metadata.prx] tools = [...] is missing")?;
