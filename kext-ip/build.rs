@@ -37,6 +37,11 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+    // The arm64e negative control builds a copy with one callback slot left
+    // unmarked (common::sign_slot!'s label form).
+    println!(
+        "cargo::rustc-check-cfg=cfg(prx_unmarked_slot, values(\"ipf_input\", \"ipf_output\", \"ipf_detach\"))"
+    );
     let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
     let manifest = Path::new(&dir).join("Cargo.toml");
     match nat_flows(&manifest) {

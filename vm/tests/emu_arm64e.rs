@@ -6,7 +6,8 @@
 //! does — an authenticated branch with the discriminator of the function-pointer
 //! type. Each scenario's verdict, steps and kext log (statistics included) must
 //! equal the x86_64 run's. Negative controls patch one slot of a copy of the
-//! slice and expect a pointer-authentication fault naming the callback.
+//! slice, or rebuild the kext with one slot's `sign_slot!` mark left out, and
+//! expect a pointer-authentication fault naming the callback.
 //! Missing tools (qemu-user, the aarch64 cross gcc and libc, the rustup target)
 //! are installed by `xtask::emu_arm64e::ensure_tools`, which says so; if that is
 //! impossible the tests fail, never skip.
@@ -363,17 +364,66 @@ fn a_plain_start_stop_rebase_faults_at_start() {
     assert!(r.log.is_empty(), "start never ran: {:?}", r.log);
 }
 
-/// What kextld writes for a callback slot without `sign_slot!`: a plain
-/// rebase. xnu's `blraa` (here: `autia` + `blr`) then fails.
+/// The fixups of a bundle's arm64e slice.
+fn arm64e_fixups(bundle: &Path) -> Vec<chained::Fixup> {
+    let exe = image::resolve_executable(bundle).expect("bundle executable");
+    let file = std::fs::read(&exe).expect("read kext");
+    let img = image::parse_arch(&file, CPU_TYPE_ARM64).expect("arm64e slice parses");
+    let mut mem = vec![0u8; img.vm_size as usize];
+    for s in &img.segments {
+        mem[s.vmaddr as usize..(s.vmaddr + s.filesize) as usize]
+            .copy_from_slice(&img.bytes[s.fileoff as usize..(s.fileoff + s.filesize) as usize]);
+    }
+    let (off, len) = img.chained_fixups.expect("LC_DYLD_CHAINED_FIXUPS");
+    chained::decode(&img.bytes[off as usize..(off + len) as usize], &mem)
+        .expect("chained fixups decode")
+}
+
+/// PrxIPFilter rebuilt from source with the `sign_slot!` mark of its
+/// `ipf_input` slots left out (`--cfg prx_unmarked_slot="ipf_input"`, which
+/// `common::ip_filter!` honours), linked and bundled by the same build as
+/// `cargo xtask build --release`, in a target directory of its own. kextld then
+/// writes a plain rebase for the slot, and xnu's authenticated call (here:
+/// `autia` + `blr`) fails.
 #[test]
-fn an_unsigned_callback_slot_faults() {
-    let (copy, _) = patched_bundle(
-        "PrxIPFilter",
-        "PrxIPFilterUnsigned",
-        |f, _| is_auth_rebase_with(f, vm::emu::arch::disc::IPF_INPUT),
-        make_plain,
-    );
-    let r = run(arm64e(), "ip-tcp", &[copy]);
+fn a_callback_slot_built_without_its_mark_faults() {
+    let target = xtask::target_dir(&root()).join("prx-tests/unmarked-ipf-input");
+    let opts = xtask::build::BuildOptions {
+        release: true,
+        archs: vec![kextld::Arch::Arm64e],
+        kexts: vec!["ip".into()],
+        target_dir: Some(target),
+    };
+    let built = xtask::build::build_variant(&root(), &opts, &["prx_unmarked_slot=\"ipf_input\""])
+        .unwrap_or_else(|e| panic!("building PrxIPFilter without the ipf_input mark: {e:#}"));
+    let variant = built
+        .iter()
+        .find(|b| b.path.ends_with("PrxIPFilter.kext"))
+        .expect("PrxIPFilter.kext built")
+        .path
+        .clone();
+
+    // The normal build signs both ipf_input slots (IPv4 and IPv6 filters);
+    // the variant signs none of them, and everything else as before.
+    let signed = |b: &Path, disc: u16| {
+        arm64e_fixups(b)
+            .iter()
+            .filter(|f| is_auth_rebase_with(f, disc))
+            .count()
+    };
+    let normal = bundle("PrxIPFilter");
+    use vm::emu::arch::disc;
+    assert_eq!(signed(&normal, disc::IPF_INPUT), 2, "normal build");
+    assert_eq!(signed(&variant, disc::IPF_INPUT), 0, "unmarked build");
+    for d in [disc::IPF_OUTPUT, disc::IPF_DETACH] {
+        assert_eq!(
+            signed(&variant, d),
+            signed(&normal, d),
+            "discriminator {d:#x}"
+        );
+    }
+
+    let r = run(arm64e(), "ip-tcp", &[variant]);
     let fault = r.fault.as_deref().expect("a fault");
     assert!(fault.contains("calling the kext's ipf_input"), "{fault}");
 }

@@ -172,7 +172,29 @@ pub fn build_staticlibs(
     release: bool,
     packages: &[&str],
 ) -> Result<BTreeMap<String, PathBuf>> {
+    build_staticlibs_with(root, target, arch, min_os, release, packages, &[])
+}
+
+/// [`build_staticlibs`] with extra `--cfg` settings for the compiler (tests'
+/// variants only; see [`build_variant`]).
+fn build_staticlibs_with(
+    root: &Path,
+    target: &Path,
+    arch: Arch,
+    min_os: MinOs,
+    release: bool,
+    packages: &[&str],
+    cfgs: &[&str],
+) -> Result<BTreeMap<String, PathBuf>> {
     let mut cmd = kernel_cargo(root, target, "build", arch, min_os, release);
+    if !cfgs.is_empty() {
+        let mut flags = String::from("-Cjump-tables=no");
+        for c in cfgs {
+            flags.push_str("\x1f--cfg\x1f");
+            flags.push_str(c);
+        }
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", flags);
+    }
     cmd.arg("--message-format=json-render-diagnostics");
     for p in packages {
         cmd.args(["-p", p]);
@@ -237,6 +259,14 @@ fn source_version(version: &str) -> u64 {
 
 /// `cargo xtask build`.
 pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
+    build_variant(root, opts, &[])
+}
+
+/// [`build`] with extra `--cfg` settings (e.g. `prx_unmarked_slot="ipf_input"`)
+/// passed to the compiler for every kernel crate. For tests' negative
+/// controls: give such a build its own `target_dir`, since the settings change
+/// every crate's build (the normal build's output is left alone).
+pub fn build_variant(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<Vec<BuiltBundle>> {
     toolchain::ensure_rust_src(root)?;
     let archs: Vec<Arch> = if opts.archs.is_empty() {
         SUPPORTED_ARCHS.to_vec()
@@ -279,7 +309,7 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
         }
         for (min, group) in by_min {
             let names: Vec<&str> = group.iter().map(|k| k.crate_name.as_str()).collect();
-            let libs = build_staticlibs(root, &target, arch, min, opts.release, &names)?;
+            let libs = build_staticlibs_with(root, &target, arch, min, opts.release, &names, cfgs)?;
             for k in group {
                 let lib = &libs[&k.crate_name];
                 let linked = kextld::link::link(&kextld::link::LinkOptions {

@@ -289,8 +289,8 @@ macro_rules! ip_filter {
     (static $name:ident : Registration<$t:ty> = $init:expr;) => {
         static $name: $crate::kpi::ipf::Registration<$t> =
             $crate::kpi::ipf::Registration::new($init, &raw const $name);
-        $crate::sign_slot!(&raw const $name.c.ipf_input, 0x78FF);
-        $crate::sign_slot!(&raw const $name.c.ipf_output, 0xBCAD);
-        $crate::sign_slot!(&raw const $name.c.ipf_detach, 0x2ABE);
+        $crate::sign_slot!(&raw const $name.c.ipf_input, 0x78FF, "ipf_input");
+        $crate::sign_slot!(&raw const $name.c.ipf_output, 0xBCAD, "ipf_output");
+        $crate::sign_slot!(&raw const $name.c.ipf_detach, 0x2ABE, "ipf_detach");
     };
 }

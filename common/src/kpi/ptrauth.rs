@@ -70,8 +70,20 @@ impl AuthMark {
 /// ```
 ///
 /// `$slot` is a constant raw pointer to the slot (`&raw const STATIC.field`).
+///
+/// A third argument names the slot for tests:
+/// `sign_slot!(&raw const F.ipf_input, 0x78FF, "ipf_input")` leaves the mark
+/// out when the crate using the macro is compiled with
+/// `--cfg prx_unmarked_slot="ipf_input"`. Only the arm64e negative control
+/// (`vm/tests/emu_arm64e.rs`) builds that way: it shows what a callback slot
+/// without its mark does (kextld writes a plain rebase and the kernel's
+/// authenticated call faults). Release builds never set the cfg.
 #[macro_export]
 macro_rules! sign_slot {
+    ($slot:expr, $discriminator:expr, $label:literal $(,)?) => {
+        #[cfg(not(prx_unmarked_slot = $label))]
+        $crate::sign_slot!($slot, $discriminator);
+    };
     ($slot:expr, $discriminator:expr $(,)?) => {
         #[cfg(target_arch = "aarch64")]
         const _: () = {
