@@ -273,3 +273,62 @@ fn machine_paths_are_recognised_where_they_start_a_path() {
     assert!(p("target/tmp/x and ../work/y and ~/tmp/z and $TMPDIR/x").is_empty());
     assert!(p(&format!("w = \"{tmp}w\" # {GUEST_PATH_MARKER}")).is_empty());
 }
+
+/// The one file of kextld's linker that writes Mach-O headers (ARCHITECTURE.md, `kextld`).
+const LINK_WRITER: &str = "writer.rs";
+
+/// The lines of `code` (outside comments and string literals) that write a
+/// segment or section header: `LC_SEGMENT_64` or a 16-byte Mach-O name.
+fn segment_writing_lines(code: &str) -> Vec<usize> {
+    code.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            !l.starts_with("//")
+                && !l.contains('"')
+                && (l.contains("LC_SEGMENT_64") || l.contains("push_name16("))
+        })
+        .map(|(n, _)| n + 1)
+        .collect()
+}
+
+/// kextld's linker has one segment writer, `link::writer`, shared by x86_64 and
+/// arm64e: no other file of `kextld/src/link` (the architectures' layout,
+/// relocate and write phases included) writes an `LC_SEGMENT_64` or a section
+/// header itself, so the two architectures cannot write them two ways.
+#[test]
+fn the_linker_has_one_segment_writer() {
+    let root = prx_tests::root();
+    let link = root.join("kextld/src/link");
+    let mut files = Vec::new();
+    rust_files(&link, &mut files);
+    let mut offenders = Vec::new();
+    let mut writers = 0;
+    for f in &files {
+        let code = std::fs::read_to_string(f).unwrap();
+        if f.parent() == Some(link.as_path()) && f.file_name().is_some_and(|n| n == LINK_WRITER) {
+            writers += code.matches("fn segment_command(").count();
+            continue;
+        }
+        for n in segment_writing_lines(&code) {
+            let rel = f.strip_prefix(&root).unwrap_or(f);
+            offenders.push(format!("{}:{n}", rel.display()));
+        }
+    }
+    assert_eq!(
+        writers, 1,
+        "kextld/src/link/{LINK_WRITER} must define the one `segment_command`"
+    );
+    assert!(
+        offenders.is_empty(),
+        "only kextld/src/link/{LINK_WRITER} writes segment and section headers; call \
+         `writer::segment_command` instead:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn segment_writing_lines_are_recognised() {
+    let code = "/// An LC_SEGMENT_64 with its sections\nfn f(h: &mut Vec<u8>) {\n    push_u32(h, LC_SEGMENT_64);\n    push_name16(h, name);\n    bad(format!(\"bad LC_SEGMENT_64: {e}\"));\n}\n";
+    assert_eq!(segment_writing_lines(code), [3, 4]);
+}

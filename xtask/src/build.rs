@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use kextld::kpi::KpiTables;
 use kextld::{Arch, MinOs};
 use packaging::KextMetadata;
+use xshell::cmd;
 
 use crate::toolchain;
 
@@ -70,22 +71,16 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
 
 /// `cargo metadata --no-deps` of the workspace, parsed.
 pub fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
-    let out = Command::new(toolchain::cargo())
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo metadata")?;
-    if !out.status.success() {
-        bail!("cargo metadata failed");
-    }
-    serde_json::from_slice(&out.stdout).context("parsing cargo metadata")
+    let sh = toolchain::shell(root)?;
+    let cargo = toolchain::cargo();
+    let out = cmd!(
+        sh,
+        "{cargo} metadata --no-deps --format-version 1 --offline"
+    )
+    .quiet()
+    .read()
+    .context("running cargo metadata (its errors are above)")?;
+    serde_json::from_str(&out).context("parsing cargo metadata")
 }
 
 /// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with

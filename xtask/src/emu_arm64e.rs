@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use xshell::cmd;
 
 use crate::suite;
 
@@ -23,26 +24,26 @@ pub const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 pub fn ensure_tools(root: &Path, who: &str) -> Result<()> {
     suite::ensure_debian_packages_for(suite::ARM64E_NEEDS, who)?;
     let channel = crate::toolchain::pinned_channel(root)?;
-    let out = std::process::Command::new("rustup")
-        .current_dir(root)
-        .args(["target", "list", "--installed", "--toolchain", &channel])
-        .output()
-        .context("running rustup (install rustup from https://rustup.rs)")?;
-    let have = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == TARGET);
+    let sh = crate::toolchain::shell(root)?;
+    let out = cmd!(sh, "rustup target list --installed --toolchain {channel}")
+        .quiet()
+        .read()
+        .with_context(|| {
+            format!(
+                "listing the installed targets of toolchain {channel} (rustup: https://rustup.rs)"
+            )
+        })?;
+    let have = out.lines().any(|l| l.trim() == TARGET);
     if !have {
         eprintln!(
             "{who}: adding rustup target {TARGET} to toolchain {channel} (the aarch64 build of the emulator)"
         );
-        let st = std::process::Command::new("rustup")
-            .current_dir(root)
-            .args(["target", "add", TARGET, "--toolchain", &channel])
-            .status()
-            .context("running rustup")?;
-        if !st.success() {
-            bail!("`rustup target add {TARGET} --toolchain {channel}` failed ({st})");
-        }
+        cmd!(sh, "rustup target add {TARGET} --toolchain {channel}")
+            .quiet()
+            .run()
+            .with_context(|| {
+                format!("`rustup target add {TARGET} --toolchain {channel}` failed")
+            })?;
     }
     Ok(())
 }
@@ -51,7 +52,8 @@ pub fn ensure_tools(root: &Path, who: &str) -> Result<()> {
 pub fn build_emulator(root: &Path) -> Result<PathBuf> {
     let target_dir = root.join("target/emu-aarch64");
     eprintln!("building the emulator for {TARGET} (prx-emu, for qemu-aarch64 -cpu max)…");
-    let status = suite::clean_cargo(root)
+    let sh = crate::toolchain::shell(root)?;
+    suite::clean_cargo(&sh)
         .args([
             "build",
             "--package",
@@ -68,11 +70,9 @@ pub fn build_emulator(root: &Path) -> Result<PathBuf> {
         )
         .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
         .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar")
-        .status()
-        .context("running cargo build for the aarch64 emulator")?;
-    if !status.success() {
-        bail!("cargo build --target {TARGET} of prx-emu failed ({status})");
-    }
+        .quiet()
+        .run()
+        .with_context(|| format!("cargo build --target {TARGET} of prx-emu failed"))?;
     let exe = target_dir.join(TARGET).join("debug/prx-emu");
     if !exe.is_file() {
         bail!("{} was not produced by the build", exe.display());

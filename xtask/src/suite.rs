@@ -8,9 +8,9 @@
 //! machine with nothing but rustup able to run the suite; `.ci/run` calls it.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use xshell::{Cmd, Shell, cmd};
 
 use crate::toolchain;
 
@@ -190,12 +190,14 @@ impl Need {
             Probe::Program(p) => on_path(p),
             Probe::File(f) => Path::new(f).exists(),
             Probe::Runs(argv) => argv.split_first().is_some_and(|(p, rest)| {
-                Command::new(p)
-                    .args(rest)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
+                Shell::new().is_ok_and(|sh| {
+                    cmd!(sh, "{p} {rest...}")
+                        .quiet()
+                        .ignore_stdout()
+                        .ignore_stderr()
+                        .run()
+                        .is_ok()
+                })
             }),
         }
     }
@@ -222,14 +224,16 @@ pub fn missing_packages(needs: &[Need]) -> Vec<&'static str> {
 
 /// Runs a command with root's rights: directly as root, else through `sudo`.
 fn as_root(args: &[&str]) -> Result<()> {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let mut cmd = if is_root {
-        let mut c = Command::new(args[0]);
-        c.args(&args[1..]);
-        c
+    let sh = Shell::new().context("starting a shell for external commands")?;
+    let is_root = cmd!(sh, "id -u")
+        .quiet()
+        .read()
+        .is_ok_and(|u| u.trim() == "0");
+    let Some((program, rest)) = args.split_first() else {
+        bail!("as_root: no command");
+    };
+    let cmd = if is_root {
+        cmd!(sh, "{program} {rest...}")
     } else {
         if !on_path("sudo") {
             bail!(
@@ -237,18 +241,12 @@ fn as_root(args: &[&str]) -> Result<()> {
                 args.join(" ")
             );
         }
-        let mut c = Command::new("sudo");
-        c.args(args);
-        c
+        cmd!(sh, "sudo {args...}")
     };
-    cmd.env("DEBIAN_FRONTEND", "noninteractive");
-    let status = cmd
-        .status()
-        .with_context(|| format!("running `{}`", args.join(" ")))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", args.join(" "));
-    }
-    Ok(())
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .quiet()
+        .run()
+        .with_context(|| format!("`{}` failed", args.join(" ")))
 }
 
 /// Installs the Debian packages the suite needs and lacks, saying which and why.
@@ -301,21 +299,16 @@ pub fn ensure_debian_packages_for(needs: &[Need], who: &str) -> Result<()> {
 }
 
 fn rustup_list(root: &Path, what: &str, channel: &str) -> Result<Vec<String>> {
-    let out = Command::new("rustup")
-        .current_dir(root)
-        .args([what, "list", "--installed", "--toolchain", channel])
-        .output()
-        .context("running rustup (install rustup from https://rustup.rs)")?;
-    if !out.status.success() {
-        bail!(
-            "`rustup {what} list --installed --toolchain {channel}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .collect())
+    let sh = toolchain::shell(root)?;
+    let out = cmd!(sh, "rustup {what} list --installed --toolchain {channel}")
+        .quiet()
+        .read()
+        .with_context(|| {
+            format!(
+                "listing the installed {what}s of toolchain {channel} (rustup: https://rustup.rs)"
+            )
+        })?;
+    Ok(out.lines().map(|l| l.trim().to_owned()).collect())
 }
 
 /// Adds the rustup components and targets the suite uses to the pinned toolchain.
@@ -351,24 +344,20 @@ pub fn ensure_rustup_parts(root: &Path) -> Result<()> {
 }
 
 fn rustup(root: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("rustup")
-        .current_dir(root)
-        .args(args)
-        .status()
-        .context("running rustup")?;
-    if !status.success() {
-        bail!("`rustup {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
+    let sh = toolchain::shell(root)?;
+    cmd!(sh, "rustup {args...}")
+        .quiet()
+        .run()
+        .with_context(|| format!("`rustup {}` failed", args.join(" ")))
 }
 
 /// A `cargo` command for the workspace without the variables `cargo run` set
 /// for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
 /// watch them would otherwise see a different environment than a plain
-/// `cargo test` and rebuild.
-pub fn clean_cargo(root: &Path) -> Command {
-    let mut cmd = Command::new(toolchain::cargo());
-    cmd.current_dir(root);
+/// `cargo test` and rebuild. It runs in `sh`'s directory.
+pub fn clean_cargo(sh: &Shell) -> Cmd<'_> {
+    let cargo = toolchain::cargo();
+    let mut cmd = cmd!(sh, "{cargo}");
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let set_by_cargo_run = key.starts_with("CARGO_PKG_")
@@ -382,7 +371,7 @@ pub fn clean_cargo(root: &Path) -> Command {
                     | "CARGO_RUSTC_CURRENT_DIR"
             );
         if set_by_cargo_run {
-            cmd.env_remove(key);
+            cmd = cmd.env_remove(key);
         }
     }
     cmd
@@ -430,15 +419,13 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         args.cargo_test_args.join(" ")
     );
     // --no-fail-fast: every test binary runs, so one run lists every failure.
-    let status = clean_cargo(root)
+    let sh = toolchain::shell(root)?;
+    clean_cargo(&sh)
         .args(["test", "--no-fail-fast"])
         .args(&args.cargo_test_args)
-        .status()
-        .context("running cargo test")?;
-    if !status.success() {
-        bail!("the test suite failed ({status}); the failing tests are listed above");
-    }
-    Ok(())
+        .quiet()
+        .run()
+        .map_err(|e| anyhow!("the test suite failed ({e}); the failing tests are listed above"))
 }
 
 #[cfg(test)]
@@ -454,6 +441,31 @@ mod tests {
             file("/", "pkg-present", "x"),
         ];
         assert_eq!(missing_packages(&needs), ["pkg-a", "pkg-b"]);
+    }
+
+    /// `cargo test` sets `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME` for this test
+    /// as `cargo run` does for xtask: the nested cargo must not see them.
+    #[test]
+    fn the_nested_cargo_runs_without_cargo_runs_variables() {
+        let sh = Shell::new().unwrap();
+        let cmd = std::process::Command::from(clean_cargo(&sh));
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for key in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION"] {
+            assert!(
+                std::env::var_os(key).is_some(),
+                "{key} is set under cargo test"
+            );
+            assert!(
+                removed.iter().any(|k| k == key),
+                "{key} not removed: {removed:?}"
+            );
+        }
+        assert!(!removed.iter().any(|k| k == "PATH" || k == "CARGO_HOME"));
+        assert_eq!(cmd.get_program(), toolchain::cargo().as_os_str());
     }
 
     #[test]

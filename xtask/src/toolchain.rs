@@ -1,9 +1,22 @@
 //! The pinned toolchain and its `rust-src` component (needed by `-Zbuild-std`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
+
+/// A shell for xtask's external commands, working in `dir`. xtask runs the
+/// programs it needs through xshell's `cmd!`, as the design asks: a value
+/// interpolated into a command line is passed as one argument (never split or
+/// re-quoted by a shell), and a failure names the command line and its exit
+/// code (or "command not found"). Commands xtask already announces are run
+/// `quiet()` (no second `$ command` echo); only cargo runs whose JSON output
+/// xtask reads as it comes keep `std::process::Command`.
+pub fn shell(dir: &Path) -> Result<Shell> {
+    let sh = Shell::new().context("starting a shell for external commands")?;
+    sh.change_dir(dir);
+    Ok(sh)
+}
 
 /// The `cargo` to run: the one that started us (so the pinned toolchain), else
 /// `cargo` from PATH.
@@ -28,19 +41,12 @@ pub fn pinned_channel(root: &Path) -> Result<String> {
 
 /// The sysroot of the toolchain that builds in `root`.
 fn sysroot(root: &Path) -> Result<PathBuf> {
-    let out = Command::new("rustc")
-        .arg("--print")
-        .arg("sysroot")
-        .current_dir(root)
-        .output()
+    let sh = shell(root)?;
+    let out = cmd!(sh, "rustc --print sysroot")
+        .quiet()
+        .read()
         .context("running `rustc --print sysroot` (is rustup installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "`rustc --print sysroot` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    Ok(PathBuf::from(out.trim()))
 }
 
 /// Makes sure the pinned toolchain has `rust-src`, installing it with rustup
@@ -56,11 +62,17 @@ pub fn ensure_rust_src(root: &Path) -> Result<()> {
         "xtask: the rust-src component is missing from toolchain {channel} (-Zbuild-std needs it); \
          running `rustup component add rust-src --toolchain {channel}`"
     );
-    let status = Command::new("rustup")
-        .args(["component", "add", "rust-src", "--toolchain", &channel])
-        .status()
-        .context("running rustup (install rustup, or add rust-src to the toolchain by hand)")?;
-    if !status.success() || !core.is_file() {
+    let sh = shell(root)?;
+    cmd!(sh, "rustup component add rust-src --toolchain {channel}")
+        .quiet()
+        .run()
+        .with_context(|| {
+            format!(
+                "could not install rust-src for toolchain {channel}: install rustup, or run \
+                 `rustup component add rust-src --toolchain {channel}`"
+            )
+        })?;
+    if !core.is_file() {
         bail!(
             "could not install rust-src for toolchain {channel}: run `rustup component add rust-src --toolchain {channel}`"
         );

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use xshell::{Shell, cmd};
 
 use crate::toolchain;
 
@@ -139,28 +140,20 @@ pub fn ensure_stub(target: &Path) -> Result<PathBuf> {
         .prefix(".ziglang-")
         .tempdir_in(&parent)
         .with_context(|| format!("{}: not writable", parent.display()))?;
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--target",
-        ])
-        .arg(tmp.path())
-        .arg(format!("ziglang=={ZIGLANG_VERSION}"))
-        .status()
-        .context(
-            "running `python3 -m pip` (install python3 and pip: apt-get install python3-pip)",
-        )?;
-    if !status.success() {
-        bail!(
-            "`python3 -m pip install ziglang=={ZIGLANG_VERSION}` failed ({status}); \
-             install it by hand and rerun"
-        );
-    }
+    let sh = toolchain::shell(&parent)?;
+    let dir = tmp.path();
+    cmd!(
+        sh,
+        "python3 -m pip install --quiet --disable-pip-version-check --no-deps --target {dir} ziglang=={ZIGLANG_VERSION}"
+    )
+    .quiet()
+    .run()
+    .with_context(|| {
+        format!(
+            "`python3 -m pip install ziglang=={ZIGLANG_VERSION}` failed (python3 and pip: \
+             apt-get install python3-pip); install it by hand and rerun"
+        )
+    })?;
     let zig = tmp.path().join("ziglang");
     let src = zig.join("lib/libc/darwin/libSystem.tbd");
     if !src.is_file() {
@@ -200,11 +193,15 @@ pub fn ensure_stub(target: &Path) -> Result<PathBuf> {
 /// target, installing it with rustup (and saying so) when missing.
 pub fn ensure_targets(root: &Path) -> Result<()> {
     let channel = toolchain::pinned_channel(root)?;
-    let out = Command::new("rustup")
-        .args(["target", "list", "--installed", "--toolchain", &channel])
-        .output()
-        .context("running rustup (install rustup)")?;
-    let installed = String::from_utf8_lossy(&out.stdout);
+    let sh = toolchain::shell(root)?;
+    let installed = cmd!(sh, "rustup target list --installed --toolchain {channel}")
+        .quiet()
+        .read()
+        .with_context(|| {
+            format!(
+                "listing the installed targets of toolchain {channel} (rustup: https://rustup.rs)"
+            )
+        })?;
     for s in SLICES {
         if installed.lines().any(|l| l.trim() == s.triple) {
             continue;
@@ -214,29 +211,31 @@ pub fn ensure_targets(root: &Path) -> Result<()> {
              running `rustup target add {0} --toolchain {channel}`",
             s.triple
         );
-        let status = Command::new("rustup")
-            .args(["target", "add", s.triple, "--toolchain", &channel])
-            .status()
-            .context("running rustup")?;
-        if !status.success() {
-            bail!(
-                "could not install {0}: run `rustup target add {0} --toolchain {channel}`",
-                s.triple
-            );
-        }
+        let triple = s.triple;
+        cmd!(sh, "rustup target add {triple} --toolchain {channel}")
+            .quiet()
+            .run()
+            .with_context(|| {
+                format!(
+                    "could not install {triple}: run `rustup target add {triple} --toolchain {channel}`"
+                )
+            })?;
     }
     Ok(())
 }
 
 /// Checks the linker is there before any work starts.
 fn ensure_linker() -> Result<()> {
-    match Command::new(LINKER)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+    let sh = Shell::new().context("starting a shell for external commands")?;
+    // Only whether it starts matters (its exit status is not looked at).
+    match cmd!(sh, "{LINKER} --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .ignore_status()
+        .run()
     {
-        Ok(_) => Ok(()),
+        Ok(()) => Ok(()),
         Err(_) => bail!(
             "{LINKER} not found: macOS executables are linked with lld's Mach-O port \
              (Debian: apt-get install lld-19)"

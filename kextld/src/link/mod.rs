@@ -8,11 +8,14 @@
 //!    bitcode are dropped; thread-local and dyld-only sections are rejected).
 //! 2. [`resolve`]: load objects and, to a fixed point, the archive members that
 //!    define undefined names; detect duplicate definitions.
-//! 3. a per-architecture backend lays out segments, resolves relocations and
-//!    writes the file: [`x86_64`] (classic relocations) and [`arm64e`] (chained
-//!    fixups, split-seg info, stubs, pointer authentication). What both need
-//!    once inputs are resolved (targets, placements, the symbol table, the
-//!    LC_UUID) is in [`image`].
+//! 3. a per-architecture backend, one module per phase (`layout`, `relocate`,
+//!    `write`), lays out segments, resolves relocations and writes the file:
+//!    [`x86_64`] (classic relocations) and [`arm64e`] (chained fixups,
+//!    split-seg info, stubs, pointer authentication). What both need once
+//!    inputs are resolved (targets, placements, the symbol table, the LC_UUID)
+//!    is in [`image`]; the bytes of the header, the segment commands (one
+//!    segment writer), the symbol-table commands and the file assembly are
+//!    in [`writer`].
 //!
 //! Output is a pure function of the inputs' bytes and order: no timestamps, no
 //! hash-map iteration order, and an LC_UUID derived from the content.
@@ -22,6 +25,7 @@ pub(crate) mod error;
 mod image;
 mod input;
 mod resolve;
+mod writer;
 mod x86_64;
 
 use std::path::PathBuf;
