@@ -191,6 +191,39 @@ impl Kernel {
         }
     }
 
+    /// The stack frees what a callback left in its `mbuf_t *` slot after
+    /// returning an error (xnu's `ipf_output`/`ipf_input`/`sflt_data_*` free the
+    /// packet then): a chain the kext already freed or handed to an injection
+    /// KPI is a double free on a real kernel, and is reported as such.
+    pub fn mbuf_stack_free_returned(&mut self, h: u64, what: &str) {
+        if h == 0 {
+            return;
+        }
+        let Some(id) = kernel::unhandle(h, Kind::Mbuf).filter(|id| self.mbufs.all.contains_key(id))
+        else {
+            self.violation(
+                "mbuf-bad-handle",
+                format!("{what} returned an error leaving {h:#x} in its mbuf_t * slot: not an mbuf_t made by the kernel"),
+            );
+            return;
+        };
+        match self.mbufs.all[&id].owner.clone() {
+            Owner::Consumed { during, by } => self.violation(
+                "mbuf-freed-after-inject",
+                format!(
+                    "{what} returned an error, so the stack frees mbuf #{id}, which was handed to the stack by {by} during {during}: a double free"
+                ),
+            ),
+            Owner::Freed { during, by } => self.violation(
+                "mbuf-double-free",
+                format!(
+                    "{what} returned an error, so the stack frees mbuf #{id}, which was already freed by {by} during {during}"
+                ),
+            ),
+            Owner::Stack | Owner::Kext { .. } => self.mbuf_free_chain(id, "the stack"),
+        }
+    }
+
     /// The stack frees a chain it owns (after a callback returned it).
     pub fn mbuf_stack_free(&mut self, id: u64) {
         if matches!(

@@ -121,11 +121,7 @@ fn data_through(
                 return Err(EJUSTRETURN);
             }
             e => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf) {
-                        k.mbuf_stack_free(mid);
-                    }
-                });
+                kernel::with(|k| k.mbuf_stack_free_returned(m, "sf_data_out"));
                 return Err(e);
             }
         }
