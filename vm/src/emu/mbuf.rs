@@ -53,7 +53,15 @@ pub struct Mbuf {
 pub struct Mbufs {
     pub all: std::collections::BTreeMap<u64, Mbuf>,
     pub tag_ids: Vec<String>,
+    /// Freed and consumed mbufs, oldest first: their records (and buffers) are
+    /// kept while they are among the last [`QUARANTINE`], so a late use names
+    /// them; older ones are forgotten (a use is then a `mbuf-bad-handle`), so
+    /// long runs (the soak) do not grow without bound.
+    pub retired: std::collections::VecDeque<u64>,
 }
+
+/// How many freed/consumed mbufs keep their records and buffers.
+pub const QUARANTINE: usize = 1 << 16;
 
 use super::kernel::{self, Kernel, Kind};
 
@@ -175,8 +183,28 @@ impl Kernel {
 
     /// Marks every mbuf of the chain with `owner`.
     pub fn mbuf_set_owner(&mut self, id: u64, owner: Owner) {
+        let retired = matches!(owner, Owner::Freed { .. } | Owner::Consumed { .. });
         for i in self.mbuf_chain(id) {
             self.mbuf_mut(i).owner = owner.clone();
+            if retired {
+                self.mbuf_retire(i);
+            }
+        }
+    }
+
+    /// Puts a freed or consumed mbuf in quarantine (see [`Mbufs::retired`]).
+    pub fn mbuf_retire(&mut self, id: u64) {
+        self.mbufs.retired.push_back(id);
+        while self.mbufs.retired.len() > QUARANTINE {
+            let Some(old) = self.mbufs.retired.pop_front() else {
+                break;
+            };
+            if matches!(
+                self.mbufs.all.get(&old).map(|m| &m.owner),
+                Some(Owner::Freed { .. } | Owner::Consumed { .. })
+            ) {
+                self.mbufs.all.remove(&old);
+            }
         }
     }
 
@@ -188,6 +216,7 @@ impl Kernel {
                 during: during.clone(),
                 by: by.to_string(),
             };
+            self.mbuf_retire(i);
         }
     }
 

@@ -54,7 +54,7 @@ pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
     }
 }
 
-fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
+pub(super) fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
     kernel::with(|k| {
         let pairs = k
             .sflt
@@ -70,7 +70,7 @@ fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
 }
 
 /// Runs `bytes` through each filter's `sf_data_out`; Ok(bytes the stack sends) or the errno.
-fn data_through(
+pub(super) fn data_through(
     so: u64,
     attached: &[(u32, SfltFilter, u64)],
     mut bytes: Vec<u8>,
@@ -429,7 +429,7 @@ pub(super) fn rules_msg(rules: &[Vec<u8>]) -> Vec<u8> {
 
 /// The control name the socket filter registers.
 pub const CONTROL_NAME: &str = "net.prx.kext.SocketFilter.control";
-const PROXY_PID: i32 = 5000;
+pub(super) const PROXY_PID: i32 = 5000;
 const CLIENT: (i32, &str) = (4242, "prx-emu-client");
 
 /// The `sockfilter` scenario.

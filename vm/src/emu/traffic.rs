@@ -233,7 +233,7 @@ pub(crate) fn ip_path(
 }
 
 fn drain_injected(wire: &mut Wire) {
-    while let Some(inj) = kernel::with(|k| k.ipf.injected.pop_front()) {
+    while let Some(inj) = kernel::with(|k| k.ipf.pop_injected()) {
         ip_path(wire, inj.bytes, inj.csum_requested, inj.output, inj.after);
     }
 }

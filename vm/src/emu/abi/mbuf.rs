@@ -242,6 +242,7 @@ extern "C" fn mbuf_free(m: u64) -> u64 {
             during,
             by: "mbuf_free".into(),
         };
+        k.mbuf_retire(id);
         next.map(handle_of).unwrap_or(0)
     })
 }
