@@ -29,6 +29,9 @@ static SEED: AtomicU64 = AtomicU64::new(0);
 static PREEMPTIONS: AtomicU64 = AtomicU64::new(0);
 static CONTENDED: AtomicU64 = AtomicU64::new(0);
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+static MAX_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+static OVERLAPPED: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
@@ -132,6 +135,29 @@ pub fn skipped_unlock(h: u64) -> bool {
             None => false,
         }
     })
+}
+
+/// A callback into the kext begins (any thread): counts callbacks that began
+/// while another was running, and the most running at once.
+pub fn callback_begins() {
+    let n = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    if n > 1 {
+        OVERLAPPED.fetch_add(1, Ordering::Relaxed);
+    }
+    MAX_IN_FLIGHT.fetch_max(n, Ordering::Relaxed);
+}
+
+/// A callback into the kext returned.
+pub fn callback_ends() {
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// (callbacks that began while another ran, most callbacks running at once).
+pub fn overlap() -> (u64, u64) {
+    (
+        OVERLAPPED.load(Ordering::Relaxed),
+        MAX_IN_FLIGHT.load(Ordering::Relaxed),
+    )
 }
 
 /// (preemptions, contended lock acquisitions, skipped lock calls) so far.

@@ -126,6 +126,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
     kernel::reset(faults);
     let mut ok = true;
     let mut soak_line = None;
+    let mut ip_configured = false;
     let mut loaded = Vec::new();
     for (i, path) in kexts.iter().enumerate() {
         match load_and_start(path, 100 + i as i32) {
@@ -157,7 +158,9 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         } else {
             RuleAction::Proxy
         };
-        ok &= super::ipctl::configure(protocol, action) != Some(false);
+        let c = super::ipctl::configure(protocol, action);
+        ip_configured = c == Some(true);
+        ok &= c != Some(false);
     }
     if ok {
         ok &= match name {
@@ -180,7 +183,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
                 let args = super::soak::args();
                 super::mt::enable(0x5052_5816);
                 let r = match name {
-                    "mt-nat" => super::soak::mt_nat(args.threads),
+                    "mt-nat" => super::soak::mt_nat(args.threads, ip_configured),
                     "mt-sockfilter" => super::soak::mt_sockfilter(args.threads),
                     _ => {
                         let (good, line) = super::soak::soak(args);

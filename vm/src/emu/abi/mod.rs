@@ -79,8 +79,10 @@ pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Opti
     super::arch::set_current_call(what);
     // The CPU may be taken away just as the callback begins (multi-threaded
     // scenarios only), so callbacks of other threads overlap it.
+    super::mt::callback_begins();
     super::mt::point();
     let r = call();
+    super::mt::callback_ends();
     super::arch::clear_current_call();
     libkern::flush_log();
     kernel::with(|k: &mut Kernel| {
