@@ -346,11 +346,7 @@ fn broken_ip_filters_are_each_caught_precisely() {
             "IP filter 'com.example.ipfbroken' is being removed: ipf_detach has not run yet",
         ),
         // After ipf_inject_* consumed the mbuf, whatever frees it again is caught.
-        (
-            "6",
-            "mbuf-freed-after-inject",
-            "mbuf_freem: mbuf #",
-        ),
+        ("6", "mbuf-freed-after-inject", "mbuf_freem: mbuf #"),
         (
             "7",
             "mbuf-use-after-handoff",

@@ -151,7 +151,10 @@ fn ip_filter_from_four_threads_redirects_every_packet_and_never_drops_under_cont
     );
     assert!(t.contains("0 leaks") && t.contains("kext drops []"), "{t}");
     let c = step(&r, "mt-nat: concurrency");
-    assert!(count_before(c, "callbacks began while another ran") > 0, "{c}");
+    assert!(
+        count_before(c, "callbacks began while another ran") > 0,
+        "{c}"
+    );
     assert!(count_before(c, "contended lock acquisitions") > 0, "{c}");
     assert!(count_before(c, "preemptions") > 0, "{c}");
     assert!(rules(&r).is_empty(), "{:?}", r.violations);
@@ -231,7 +234,11 @@ fn a_planted_race_in_an_ip_filter_is_caught_and_its_lock_keeps_it_out() {
 #[test]
 fn a_planted_double_free_or_free_after_inject_is_caught_under_threads() {
     for (n, rule) in [("2", "mbuf-double-free"), ("6", "mbuf-freed-after-inject")] {
-        let k = c_kext("ipf_broken", &format!("mt_ipf_broken{n}"), &[&format!("-DBROKEN={n}")]);
+        let k = c_kext(
+            "ipf_broken",
+            &format!("mt_ipf_broken{n}"),
+            &[&format!("-DBROKEN={n}")],
+        );
         let r = run("mt-nat", &[k], None, &[]);
         assert!(!r.passed, "BROKEN={n}: {}", r.render());
         assert!(rules(&r).contains(&rule), "BROKEN={n}: {:?}", r.violations);

@@ -270,7 +270,8 @@ fn fault_injection_on_every_allocation_and_injection_point_leaves_clean_ledgers(
     let r = run(Some("inject#1"));
     assert!(r.passed, "{}", r.render());
     assert!(
-        detail(&r, "A: at proxy").ends_with("bytes  (data refused with errno Some(32): fail-closed)"),
+        detail(&r, "A: at proxy")
+            .ends_with("bytes  (data refused with errno Some(32): fail-closed)"),
         "{}",
         detail(&r, "A: at proxy")
     );

@@ -172,7 +172,8 @@ pub fn pop_context() {
 
 /// The innermost callback of this thread (`emulator` outside callbacks).
 pub fn current_context() -> String {
-    CONTEXT.with(|c| c.borrow().last().cloned())
+    CONTEXT
+        .with(|c| c.borrow().last().cloned())
         .unwrap_or_else(|| "emulator".into())
 }
 
@@ -494,11 +495,20 @@ mod tests {
         with(|k| {
             push_context("start");
             let m = k.new_lock(Kind::Mutex);
-            assert_eq!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"), Acquire::Got);
-            assert_eq!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"), Acquire::Refused);
+            assert_eq!(
+                k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"),
+                Acquire::Got
+            );
+            assert_eq!(
+                k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"),
+                Acquire::Refused
+            );
             check_return(k, "start");
             k.lock_release(m, Kind::Mutex, "lck_mtx_unlock");
-            assert_eq!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"), Acquire::Got);
+            assert_eq!(
+                k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"),
+                Acquire::Got
+            );
             k.lock_free(m, Kind::Mutex, "lck_mtx_free");
             pop_context();
             let rules: Vec<&str> = k.violations.iter().map(|v| v.rule.as_str()).collect();

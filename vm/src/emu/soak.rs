@@ -204,7 +204,9 @@ fn one_packet(f: &Flow, output: bool, bytes: Vec<u8>, tally: &Tally) {
     }
     if output {
         match wire.out.first().and_then(|p| ends(p)) {
-            Some((s, sp, d, dp)) if d == PROXY4 && dp == PROXY_PORT && s == f.src && sp == f.sport => {
+            Some((s, sp, d, dp))
+                if d == PROXY4 && dp == PROXY_PORT && s == f.src && sp == f.sport =>
+            {
                 tally.redirected.fetch_add(1, Ordering::Relaxed);
             }
             Some((_, _, d, _)) if d[..3] == [203, 0, 113] => {
@@ -425,16 +427,16 @@ pub fn run(load: &Load) -> Tally {
                     for (output, bytes) in packets(&f) {
                         one_packet(&f, output, bytes, tally);
                         sent += 1;
-                        if t == 0 && load.advance_ns > 0 && sent % 100 == 0 {
+                        if t == 0 && load.advance_ns > 0 && sent.is_multiple_of(100) {
                             kernel::with(|k| k.clock_ns += load.advance_ns);
                         }
                     }
-                    if load.socket_every > 0 && n % load.socket_every == 0 {
+                    if load.socket_every > 0 && n.is_multiple_of(load.socket_every) {
                         one_socket(t, n, t % 2 == 1, tally);
                     }
                     n += 1;
                     let done = progress.fetch_add(1, Ordering::Relaxed) + 1;
-                    if done % 20_000 == 0 {
+                    if done.is_multiple_of(20_000) {
                         step(
                             "progress",
                             true,
@@ -487,7 +489,9 @@ pub fn configure_sockets() -> Option<bool> {
     step(
         "socket control: configure",
         ok,
-        format!("proxy 127.0.0.1:3129: errno {e1}; 203.0.113.0/24 → proxy with PROXY v2: errno {e2}"),
+        format!(
+            "proxy 127.0.0.1:3129: errno {e1}; 203.0.113.0/24 → proxy with PROXY v2: errno {e2}"
+        ),
     );
     Some(ok)
 }
@@ -507,13 +511,19 @@ fn ip_counters(stats: &[(u32, u64)]) -> (Vec<(String, u64)>, u64, u64) {
             .map(|(_, v)| *v)
             .unwrap_or(0)
     };
-    (drops, get(stat::IP_FLOWS_EXPIRED), get(stat::IP_FLOWS_EVICTED))
+    (
+        drops,
+        get(stat::IP_FLOWS_EXPIRED),
+        get(stat::IP_FLOWS_EVICTED),
+    )
 }
 
 fn contention_line() -> String {
     let (pre, contended, skipped) = mt::stats();
     let (overlapped, most) = mt::overlap();
-    format!("{overlapped} callbacks began while another ran (at most {most} at once), {pre} preemptions, {contended} contended lock acquisitions, {skipped} skipped lock calls (lock-skip)")
+    format!(
+        "{overlapped} callbacks began while another ran (at most {most} at once), {pre} preemptions, {contended} contended lock acquisitions, {skipped} skipped lock calls (lock-skip)"
+    )
 }
 
 /// Whether the run really delivered callbacks at once.
@@ -550,7 +560,11 @@ pub fn mt_nat(threads: usize, configured: bool) -> bool {
         all_good,
         format!(
             "{}{threads} threads, {} packets, {} flows: {} redirected, {} replies translated, {} untranslated, dropped {} out / {} in, {} leaks, {} wrong; kext drops {:?}{}",
-            if configured { "" } else { "not a prx IP filter (driven as it is): " },
+            if configured {
+                ""
+            } else {
+                "not a prx IP filter (driven as it is): "
+            },
             g(&t.packets),
             g(&t.flows),
             g(&t.redirected),
@@ -561,7 +575,11 @@ pub fn mt_nat(threads: usize, configured: bool) -> bool {
             g(&t.leaks),
             g(&t.wrong),
             drops,
-            if problems.is_empty() { String::new() } else { format!("; {problems}") }
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {problems}")
+            }
         ),
     );
     let concurrent = concurrent();
@@ -579,7 +597,11 @@ pub fn mt_nat(threads: usize, configured: bool) -> bool {
 /// `mt-sockfilter`: see the module documentation.
 pub fn mt_sockfilter(threads: usize) -> bool {
     let Some(true) = configure_sockets() else {
-        step("mt-sockfilter", false, "PrxSocketFilter's control is not registered or refused the configuration");
+        step(
+            "mt-sockfilter",
+            false,
+            "PrxSocketFilter's control is not registered or refused the configuration",
+        );
         return false;
     };
     let tally = Tally::default();
@@ -597,7 +619,11 @@ pub fn mt_sockfilter(threads: usize) -> bool {
         }
     });
     let g = Tally::get;
-    let problems = tally.problems.lock().map(|p| p.join("; ")).unwrap_or_default();
+    let problems = tally
+        .problems
+        .lock()
+        .map(|p| p.join("; "))
+        .unwrap_or_default();
     let good = g(&tally.sock_leaks) == 0
         && g(&tally.header_missing) == 0
         && g(&tally.sock_redirected) == g(&tally.sockets)
@@ -614,7 +640,11 @@ pub fn mt_sockfilter(threads: usize) -> bool {
             g(&tally.data_refused),
             g(&tally.header_missing),
             g(&tally.sock_leaks),
-            if problems.is_empty() { String::new() } else { format!("; {problems}") }
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {problems}")
+            }
         ),
     );
     let concurrent = concurrent();
@@ -723,4 +753,3 @@ pub fn soak(args: SoakArgs) -> (bool, String) {
 pub fn summary_line(traffic: &str, violations: usize) -> String {
     format!("soak summary: {traffic} ledger-violations {violations}")
 }
-

@@ -650,7 +650,10 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
                 step(
                     format!("{label}: redirect"),
                     true,
-                    format!("{dest}: {:?} under the fault plan (a counted fail-open, or fail-closed); not connected", treated(&c)),
+                    format!(
+                        "{dest}: {:?} under the fault plan (a counted fail-open, or fail-closed); not connected",
+                        treated(&c)
+                    ),
                 );
                 close(c);
                 continue;
@@ -698,7 +701,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         });
         check(
             &format!("{label}: lookup"),
-            (e == 0 && resp.len() == 40) || (refused && e == 0),
+            e == 0 && (resp.len() == 40 || refused),
             format!("errno {e}, response {}", hex(&resp)),
         );
         close(c);
@@ -755,7 +758,8 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     }
     check(
         "G: redirect",
-        g_treated == Treated::To(Some(a4)) || (g_excused && matches!(g_treated, Treated::Unfiltered | Treated::Refused(_))),
+        g_treated == Treated::To(Some(a4))
+            || (g_excused && matches!(g_treated, Treated::Unfiltered | Treated::Refused(_))),
         format!("{d2}: {g_treated:?}"),
     );
     establish(&mut g, CLIENT);
@@ -784,7 +788,8 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     }
     check(
         "H: redirect",
-        h_treated == Treated::To(Some(a4)) || (h_excused && matches!(h_treated, Treated::Unfiltered | Treated::Refused(_))),
+        h_treated == Treated::To(Some(a4))
+            || (h_excused && matches!(h_treated, Treated::Unfiltered | Treated::Refused(_))),
         format!("{d2}: {h_treated:?}"),
     );
     establish(&mut h, CLIENT);
@@ -799,7 +804,8 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     check(
         "H: new rules",
         h_excused
-            || common::net::proxy_v2::parse(&got_h).is_ok_and(|p| got_h.get(p.len..) == Some(&b"H\n"[..]))
+            || common::net::proxy_v2::parse(&got_h)
+                .is_ok_and(|p| got_h.get(p.len..) == Some(&b"H\n"[..]))
             || (faults && got_h.is_empty() && sent_h.is_err()),
         format!(
             "decided under generation 2 (PROXY header): proxy got {}",

@@ -598,7 +598,7 @@ fn data_through(
                 return None;
             }
             e => {
-                kernel::with(|k| k.mbuf_stack_free_returned(m, &what));
+                kernel::with(|k| k.mbuf_stack_free_returned(m, what));
                 step(
                     what,
                     true,

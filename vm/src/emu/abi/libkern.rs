@@ -252,7 +252,9 @@ extern "C" fn lck_mtx_try_lock(m: u64) -> c_int {
         // xnu's try-lock of a mutex this thread holds just fails.
         let mine = kernel::unhandle(m, Kind::Mutex)
             .and_then(|id| k.locks.get(&id))
-            .is_some_and(|l| matches!(&l.state, kernel::LockState::Held { owner, .. } if *owner == me));
+            .is_some_and(
+                |l| matches!(&l.state, kernel::LockState::Held { owner, .. } if *owner == me),
+            );
         !mine && k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_try_lock") == kernel::Acquire::Got
     }))
 }

@@ -614,7 +614,9 @@ pub fn call_sf_detach(f: u64, cookie: u64, so: u64) {
 
 /// `sf_connect_out(cookie, so, to)`; `to` may be rewritten by the filter.
 pub fn call_sf_connect_out(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Option<c_int> {
-    watched(cookie, "sf_connect_out", || call_sf_connect_out_(f, cookie, so, to))
+    watched(cookie, "sf_connect_out", || {
+        call_sf_connect_out_(f, cookie, so, to)
+    })
 }
 
 /// Runs a cookie-receiving callback under the cookie-race check
@@ -788,7 +790,9 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
 
 /// `sf_notify(cookie, so, event, NULL)`.
 pub fn call_sf_notify(f: u64, cookie: u64, so: u64, event: u32) {
-    watched(cookie, "sf_notify", || call_sf_notify_(f, cookie, so, event))
+    watched(cookie, "sf_notify", || {
+        call_sf_notify_(f, cookie, so, event)
+    })
 }
 
 fn call_sf_notify_(f: u64, cookie: u64, so: u64, event: u32) {
