@@ -442,6 +442,44 @@ mod tests {
     }
 
     #[test]
+    fn soak_and_threads_usage_errors_come_before_any_build() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("vm.toml");
+        std::fs::write(&cfg, "").unwrap();
+        let cases: [(Option<u64>, Option<usize>, Vec<String>, &str); 4] = [
+            (
+                Some(0),
+                None,
+                vec![],
+                "--soak 0: give the number of packets",
+            ),
+            (
+                Some(1000),
+                None,
+                vec!["mt-nat".into()],
+                "--soak runs the `soak` scenario; leave out --scenario mt-nat",
+            ),
+            (None, Some(0), vec![], "--threads 0: use 1 to 64 threads"),
+            (
+                None,
+                Some(65),
+                vec!["mt-nat".into()],
+                "--threads 65: use 1 to 64",
+            ),
+        ];
+        for (soak, threads, scenarios, want) in cases {
+            let mut a = args("emu", &cfg);
+            a.soak = soak;
+            a.threads = threads;
+            a.scenarios = scenarios;
+            let started = std::time::Instant::now();
+            let e = format!("{:#}", run(d.path(), a).unwrap_err());
+            assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn vm_test_usage_errors_come_before_any_build() {
         let d = tempfile::tempdir().unwrap();
         let cfg = d.path().join("vm.toml");
