@@ -406,7 +406,7 @@ impl Control for Ctl {
                 proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
             }
             GetRequest::Stats => {
-                let mut out = [(0u32, 0u64); 11];
+                let mut out = [(0u32, 0u64); 12];
                 for ((o, id), c) in out.iter_mut().zip(COUNTERS).zip(st.counters.iter()) {
                     *o = (id, c.load(Ordering::Relaxed));
                 }
@@ -424,7 +424,11 @@ impl Control for Ctl {
                 if let Some(o) = out.get_mut(10) {
                     *o = (stat::LOG_SUPPRESSED, LOG.suppressed());
                 }
-                let used: &[(u32, u64)] = out.get(..11).unwrap_or(&[]);
+                if let Some(o) = out.get_mut(11) {
+                    let n = u64::try_from(sflt::unfiltered()).unwrap_or(u64::MAX);
+                    *o = (stat::SOCKETS_UNFILTERED, n);
+                }
+                let used: &[(u32, u64)] = out.get(..12).unwrap_or(&[]);
                 proto::encode_stats(used, buf)
             }
         };

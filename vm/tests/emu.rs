@@ -327,7 +327,7 @@ fn ip_filter_redirects_by_reinjection_and_rewrites_replies() {
 
 #[test]
 fn broken_ip_filters_are_each_caught_precisely() {
-    let cases: [(&str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str); 9] = [
         (
             "1",
             "mbuf-leak",
@@ -345,6 +345,19 @@ fn broken_ip_filters_are_each_caught_precisely() {
             "stop-while-registered",
             "IP filter 'com.example.ipfbroken' is being removed: ipf_detach has not run yet",
         ),
+        // After ipf_inject_* consumed the mbuf, whatever frees it again is caught.
+        ("6", "mbuf-freed-after-inject", "mbuf_freem: mbuf #"),
+        (
+            "7",
+            "mbuf-use-after-handoff",
+            "the stack, after ipf_output of 'com.example.ipfbroken' returned 0",
+        ),
+        (
+            "8",
+            "mbuf-freed-after-inject",
+            "ipf_output of 'com.example.ipfbroken' returned an error, so the stack frees mbuf #",
+        ),
+        ("9", "mbuf-freed-after-inject", "mbuf_free: mbuf #"),
     ];
     for (n, rule, detail) in cases {
         let define = format!("-DBROKEN={n}");
@@ -375,7 +388,7 @@ fn broken_ip_filters_are_each_caught_precisely() {
                 "{v:?}"
             );
         }
-        if n == "3" {
+        if matches!(n, "3" | "6" | "7" | "8" | "9") {
             assert!(
                 v.detail
                     .contains("handed to the stack by ipf_inject_output"),

@@ -212,6 +212,33 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
             .iter()
             .any(|s| s.what == "stop while a control client is connected" && s.ok)
     );
+    // A `block` rule refuses the connection at connect.
+    assert!(
+        detail(&r, "K: blocked").ends_with("Refused(61) (want refused with ECONNREFUSED, 61)"),
+        "{}",
+        detail(&r, "K: blocked")
+    );
+}
+
+#[test]
+fn a_socket_left_unfiltered_by_a_fault_is_counted_by_the_kext() {
+    // The cookie allocation of connection A (the 8th OSMalloc) or B (the 9th)
+    // fails: that socket goes unfiltered — the documented fail-open — and the
+    // kext counts it (step `fail-open counted`); nothing else is excused.
+    for (plan, label) in [("alloc#8", "A"), ("alloc#9", "B")] {
+        let r = run(Some(plan));
+        assert!(r.passed, "{plan}: {}", r.render());
+        assert!(
+            detail(&r, &format!("{label}: redirect")).contains("Unfiltered under the fault plan"),
+            "{plan}: {}",
+            r.render()
+        );
+        assert_eq!(
+            detail(&r, "fail-open counted"),
+            "1 connection(s) of the scenario left unfiltered; the kext counts Some(1) (sockets left unfiltered)",
+            "{plan}"
+        );
+    }
 }
 
 #[test]
@@ -238,10 +265,13 @@ fn fault_injection_on_every_allocation_and_injection_point_leaves_clean_ledgers(
             && r.log.iter().any(|l| l.contains("start failed"));
         assert!(r.passed || clean_start_failure, "{p}: {}", r.render());
     }
-    // A failed PROXY v2 injection refuses the connection's data instead of sending it bare.
+    // A failed PROXY v2 injection refuses the connection's data (EPIPE) instead
+    // of sending it bare; the scenario, strict under every plan, accepts only that.
     let r = run(Some("inject#1"));
+    assert!(r.passed, "{}", r.render());
     assert!(
-        detail(&r, "A: at proxy").ends_with("bytes "),
+        detail(&r, "A: at proxy")
+            .ends_with("bytes  (data refused with errno Some(32): fail-closed)"),
         "{}",
         detail(&r, "A: at proxy")
     );

@@ -44,9 +44,10 @@ pub struct Args {
     /// Also write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Time limit for each scenario, in seconds.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    pub timeout: f64,
+    /// Time limit for each scenario, in seconds (default 30; with --soak, 60 plus
+    /// 1 per 1,000 packets).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
     /// Fault-injection plan, e.g. `alloc#1` or `pullup%200@7` (see vm::emu::fault).
     #[arg(long, value_name = "PLAN")]
     pub faults: Option<String>,
@@ -55,6 +56,14 @@ pub struct Args {
     /// installs qemu-user, the aarch64 cross toolchain and the rustup target when missing).
     #[arg(long, default_value = "x86_64", value_name = "ARCH")]
     pub arch: String,
+    /// emu: run the `soak` scenario with PACKETS packets through the IP filter (and a
+    /// socket connection through the socket filter every 16 flows), on --threads
+    /// threads, under --faults; ends with a summary line.
+    #[arg(long, value_name = "PACKETS")]
+    pub soak: Option<u64>,
+    /// emu: threads delivering callbacks at once in the `mt-*` and `soak` scenarios (1-64, default 4).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Internal: run one scenario in this process (the child side of the emu backend).
     #[arg(long, hide = true)]
     pub emu_child: bool,
@@ -75,6 +84,8 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             faults: args.faults,
             ctl_bridge: args.ctl_bridge,
             serve_for: args.serve_for.map(Duration::from_secs),
+            soak: args.soak,
+            threads: args.threads,
         };
         std::process::exit(vm::emu::child_main(&child));
     }
@@ -101,10 +112,29 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Usage errors before anything is built.
+    if let Some(n) = args.soak {
+        if n == 0 {
+            bail!("--soak 0: give the number of packets to send (e.g. --soak 1000000)");
+        }
+        if scenarios.iter().any(|s| s != "soak") {
+            bail!(
+                "--soak runs the `soak` scenario; leave out --scenario {} (run it separately)",
+                scenarios.join(", ")
+            );
+        }
+        if scenarios.is_empty() {
+            scenarios.push("soak".into());
+        }
+    }
+    if let Some(t) = args.threads
+        && !(1..=64).contains(&t)
+    {
+        bail!("--threads {t}: use 1 to 64 threads");
+    }
     if scenarios.is_empty() {
         scenarios.push("load-unload".into());
     }
-    // Usage errors before anything is built.
     check_scenarios(&scenarios, vm::emu::SCENARIOS, "emu")?;
     for k in &args.kexts {
         if !k.exists() {
@@ -129,7 +159,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
     } else {
         args.kexts
     };
-    let runner = match args.arch.as_str() {
+    let mut runner = match args.arch.as_str() {
         "x86_64" => vm::emu::Runner {
             program: std::env::current_exe()
                 .context("locating the xtask executable (it runs each scenario as a child)")?,
@@ -138,10 +168,20 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
         "arm64e" => crate::emu_arm64e::prepare(root, "xtask vm-test")?,
         other => bail!("--arch {other}: the emu backend runs x86_64 or arm64e"),
     };
+    if let Some(n) = args.soak {
+        runner.args.extend(["--soak".into(), n.to_string()]);
+    }
+    if let Some(t) = args.threads {
+        runner.args.extend(["--threads".into(), t.to_string()]);
+    }
+    let timeout = args.timeout.unwrap_or_else(|| match args.soak {
+        Some(n) => 60.0 + n as f64 / 1000.0,
+        None => 30.0,
+    });
     let opts = vm::emu::RunOptions {
         runner,
         kexts,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: Duration::from_secs_f64(timeout),
         faults: args.faults,
     };
     let mut b = vm::backend::Emu { opts };
@@ -206,6 +246,13 @@ fn finish(
         b.name(),
         reports.len() - failed
     );
+    // The soak ends with its summary line (packets, flows, expired, drops by
+    // reason, leaks to the origin, ledger violations).
+    for r in &reports {
+        if let Some(s) = r.steps.iter().rfind(|s| s.what == "soak: summary") {
+            println!("{}", s.detail);
+        }
+    }
     if failed > 0 {
         bail!("{failed} of {} report(s) failed", reports.len());
     }
@@ -358,7 +405,9 @@ mod tests {
             kexts: vec![],
             scenarios: vec![],
             junit: None,
-            timeout: 30.0,
+            timeout: Some(30.0),
+            soak: None,
+            threads: None,
             faults: None,
             arch: "x86_64".into(),
             emu_child: false,
@@ -390,6 +439,44 @@ mod tests {
             e.contains("no OVMF code") && e.contains("no OVMF vars"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn soak_and_threads_usage_errors_come_before_any_build() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("vm.toml");
+        std::fs::write(&cfg, "").unwrap();
+        let cases: [(Option<u64>, Option<usize>, Vec<String>, &str); 4] = [
+            (
+                Some(0),
+                None,
+                vec![],
+                "--soak 0: give the number of packets",
+            ),
+            (
+                Some(1000),
+                None,
+                vec!["mt-nat".into()],
+                "--soak runs the `soak` scenario; leave out --scenario mt-nat",
+            ),
+            (None, Some(0), vec![], "--threads 0: use 1 to 64 threads"),
+            (
+                None,
+                Some(65),
+                vec!["mt-nat".into()],
+                "--threads 65: use 1 to 64",
+            ),
+        ];
+        for (soak, threads, scenarios, want) in cases {
+            let mut a = args("emu", &cfg);
+            a.soak = soak;
+            a.threads = threads;
+            a.scenarios = scenarios;
+            let started = std::time::Instant::now();
+            let e = format!("{:#}", run(d.path(), a).unwrap_err());
+            assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

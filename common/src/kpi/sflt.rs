@@ -361,6 +361,14 @@ pub fn attached() -> usize {
     ATTACHED.load(Ordering::Acquire)
 }
 
+static UNFILTERED: AtomicUsize = AtomicUsize::new(0);
+
+/// Sockets left unfiltered because their cookie (or its lock) could not be
+/// allocated at attach: the documented fail-open of the socket filter.
+pub fn unfiltered() -> usize {
+    UNFILTERED.load(Ordering::Acquire)
+}
+
 const MAX_HANDLES: usize = 4;
 const STATE_REGISTERED: u32 = 1;
 const STATE_UNREGISTERING: u32 = 2;
@@ -505,6 +513,7 @@ impl<F: SocketFilter> VTable<F> {
             Ok(m) => m,
             Err((_, c)) => {
                 F::detach(c, &s);
+                UNFILTERED.fetch_add(1, Ordering::AcqRel);
                 return ENOMEM;
             }
         };
@@ -517,6 +526,7 @@ impl<F: SocketFilter> VTable<F> {
             }
             Err((_, c)) => {
                 F::detach(c.into_inner(), &s);
+                UNFILTERED.fetch_add(1, Ordering::AcqRel);
                 ENOMEM
             }
         }

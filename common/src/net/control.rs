@@ -150,6 +150,9 @@ pub mod stat {
     pub const ORIGDST_FULL: u32 = 8;
     /// Rule sets installed since start (the generation).
     pub const RULES_GENERATION: u32 = 9;
+    /// Sockets left unfiltered because their cookie could not be allocated
+    /// (the socket filter's fail-open).
+    pub const SOCKETS_UNFILTERED: u32 = 10;
     /// IP filter: flows in the NAT table.
     pub const IP_FLOWS: u32 = 0x100;
     /// IP filter: packets redirected.
@@ -197,6 +200,7 @@ pub mod stat {
                 SOCKETS_ATTACHED => "sockets attached",
                 ORIGDST_FULL => "original destinations dropped (table full)",
                 RULES_GENERATION => "rule sets installed",
+                SOCKETS_UNFILTERED => "sockets left unfiltered (no memory for the cookie)",
                 IP_FLOWS => "NAT flows",
                 IP_FLOW_CAPACITY => "NAT flow capacity",
                 IP_REDIRECTED_PACKETS => "packets redirected",

@@ -1,7 +1,7 @@
 //! `prx-emu`: the emu backend's own command.
 //!
-//! - `prx-emu run --scenario S --kext K… [--faults F] [--timeout SECS]`: run a
-//!   scenario in a child process and print the report (exit 1 on failure).
+//! - `prx-emu run --scenario S --kext K… [--faults F] [--timeout SECS] [--soak PACKETS]
+//!   [--threads N]`: run a scenario in a child process and print the report (exit 1 on failure).
 //! - `prx-emu child --scenario S --kext K… [--faults F]`: the child side (used by `run`
 //!   and by the tests).
 //! - `prx-emu symbols`: list the KPI symbols the emulator provides.
@@ -41,10 +41,17 @@ fn main() -> ExitCode {
                 }
             };
             let exe = std::env::current_exe().unwrap_or_else(|_| "prx-emu".into());
+            let mut child_args = vec!["child".to_string()];
+            if let Some(n) = a.soak {
+                child_args.extend(["--soak".into(), n.to_string()]);
+            }
+            if let Some(n) = a.threads {
+                child_args.extend(["--threads".into(), n.to_string()]);
+            }
             let opts = emu::RunOptions {
                 runner: emu::Runner {
                     program: exe,
-                    args: vec!["child".into()],
+                    args: child_args,
                 },
                 kexts: a.kexts,
                 timeout,

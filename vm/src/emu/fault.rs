@@ -3,7 +3,7 @@
 //!
 //! A plan names points (`alloc`, `mbuf-alloc`, `pullup`, `inject`, `ctl-enqueue`,
 //! `sflt-register`, `ipf-add`, `ctl-register`, `ctl-deregister`,
-//! `sflt-unregister-late`, `ipf-detach-late`)
+//! `sflt-unregister-late`, `ipf-detach-late`, and `lock-skip`, a planted race)
 //! and either the ordinal calls to fail (`pullup#1,3`: the first and third
 //! `mbuf_pullup`) or a seeded rate (`alloc%250@7`: each allocation fails with
 //! probability 250/1000, from seed 7). Same plan, same failures.
@@ -41,10 +41,14 @@ pub enum FaultPoint {
     /// `ipf_remove`: `ipf_detach` comes 1 ms later, as when a packet is in the
     /// filter on another CPU (`kipf_ref` != 0).
     IpfDetachLate,
+    /// `lck_mtx_lock`/`lck_rw_lock_*`/`lck_spin_lock` return without taking
+    /// the lock (and the matching unlock does nothing): a planted race, for
+    /// negative controls of the multi-threaded scenarios.
+    LockSkip,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 11] = [
+    pub const ALL: [FaultPoint; 12] = [
         FaultPoint::Alloc,
         FaultPoint::MbufAlloc,
         FaultPoint::Pullup,
@@ -56,6 +60,7 @@ impl FaultPoint {
         FaultPoint::CtlDeregister,
         FaultPoint::SfltUnregisterLate,
         FaultPoint::IpfDetachLate,
+        FaultPoint::LockSkip,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl FaultPoint {
             FaultPoint::CtlDeregister => "ctl-deregister",
             FaultPoint::SfltUnregisterLate => "sflt-unregister-late",
             FaultPoint::IpfDetachLate => "ipf-detach-late",
+            FaultPoint::LockSkip => "lock-skip",
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Injected {
     /// The injecting filter's id: the packet continues with the filters after it.
     pub after: Option<u64>,
     pub output: bool,
+    /// The thread whose callback injected it: the packet continues on that
+    /// thread's path (the multi-threaded scenarios run one path per thread).
+    pub thread: std::thread::ThreadId,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +67,13 @@ pub struct IpFilters {
 }
 
 impl IpFilters {
+    /// The oldest packet injected by the calling thread's callbacks.
+    pub fn pop_injected(&mut self) -> Option<Injected> {
+        let me = std::thread::current().id();
+        let i = self.injected.iter().position(|x| x.thread == me)?;
+        self.injected.remove(i)
+    }
+
     pub fn live(&self) -> Vec<&IpfReg> {
         self.regs
             .iter()

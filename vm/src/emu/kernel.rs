@@ -3,12 +3,18 @@
 //!
 //! Everything here is safe Rust over plain integers and byte vectors; the raw
 //! pointers a kext passes are turned into these by [`super::abi`]. The state is
-//! per thread (a scenario runs the kext on one thread) and is reached through
-//! [`with`]; no borrow is held while the kext runs, because the kext may call
-//! back into the KPIs from its callbacks.
+//! one per process, behind a mutex, and is reached through [`with`]; it is never
+//! held while the kext runs, because the kext may call back into the KPIs from
+//! its callbacks, and in the multi-threaded scenarios ([`super::mt`]) several
+//! threads run the kext at once. The callback stack ([`push_context`]) is per
+//! thread; a lock the kext holds names its owning thread, so a lock taken by
+//! another thread blocks (as xnu's `lck_mtx`/`lck_rw` do) instead of counting
+//! as recursion.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{LazyLock, Mutex};
+use std::thread::ThreadId;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +73,11 @@ pub struct Allocation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockState {
     Free,
-    Held { during: String, exclusive: bool },
+    Held {
+        during: String,
+        exclusive: bool,
+        owner: ThreadId,
+    },
     Destroyed,
 }
 
@@ -75,7 +85,19 @@ pub enum LockState {
 pub struct Lock {
     pub kind: Kind,
     pub state: LockState,
-    pub readers: u32,
+    /// Threads holding it shared (one entry per hold).
+    pub readers: Vec<ThreadId>,
+}
+
+/// What an attempt to take a lock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// Taken.
+    Got,
+    /// Held by another thread: a blocking lock waits, a try-lock fails.
+    Busy,
+    /// A contract violation (recorded): not taken, and the caller must not wait.
+    Refused,
 }
 
 /// One entry of the run's trace: what the emulator called and what came back.
@@ -95,8 +117,6 @@ pub enum Deferred {
 /// The whole emulated kernel.
 #[derive(Default)]
 pub struct Kernel {
-    /// Callback/entry-point stack, innermost last.
-    pub context: Vec<String>,
     pub violations: Vec<Violation>,
     pub trace: Vec<Call>,
     pub log: Vec<String>,
@@ -124,13 +144,37 @@ pub struct Kernel {
     pub current_proc: Option<(i32, String)>,
 }
 
+static KERNEL: LazyLock<Mutex<Kernel>> = LazyLock::new(|| Mutex::new(Kernel::default()));
+
 thread_local! {
-    static KERNEL: RefCell<Kernel> = RefCell::new(Kernel::default());
+    /// This thread's callback/entry-point stack, innermost last.
+    static CONTEXT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with the kernel state. Never call into the kext from inside `f`.
+/// Runs `f` with the kernel state (one thread at a time). Never call into the
+/// kext from inside `f`, and never call `with` again from inside it.
 pub fn with<R>(f: impl FnOnce(&mut Kernel) -> R) -> R {
-    KERNEL.with(|k| f(&mut k.borrow_mut()))
+    // A panic inside `f` (an emulator bug) fails the scenario anyway; the
+    // state stays usable for the report.
+    let mut k = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut k)
+}
+
+/// Enters a callback or entry point on this thread.
+pub fn push_context(what: &str) {
+    CONTEXT.with(|c| c.borrow_mut().push(what.to_string()));
+}
+
+/// Leaves the innermost callback or entry point of this thread.
+pub fn pop_context() {
+    CONTEXT.with(|c| c.borrow_mut().pop());
+}
+
+/// The innermost callback of this thread (`emulator` outside callbacks).
+pub fn current_context() -> String {
+    CONTEXT
+        .with(|c| c.borrow().last().cloned())
+        .unwrap_or_else(|| "emulator".into())
 }
 
 /// Replaces the kernel state with a fresh one (a new scenario).
@@ -151,12 +195,9 @@ impl Kernel {
         self.next_id
     }
 
-    /// The innermost running entry point or callback.
+    /// The innermost running entry point or callback (of the calling thread).
     pub fn during(&self) -> String {
-        self.context
-            .last()
-            .cloned()
-            .unwrap_or_else(|| "emulator".into())
+        current_context()
     }
 
     pub fn violation(&mut self, rule: &str, detail: impl Into<String>) {
@@ -232,7 +273,7 @@ impl Kernel {
             Lock {
                 kind,
                 state: LockState::Free,
-                readers: 0,
+                readers: Vec::new(),
             },
         );
         handle(kind, id)
@@ -249,13 +290,15 @@ impl Kernel {
         id
     }
 
-    pub fn lock_acquire(&mut self, h: u64, kind: Kind, exclusive: bool, op: &str) -> bool {
+    /// Takes lock `h` for the calling thread, or says it is another thread's.
+    pub fn lock_acquire(&mut self, h: u64, kind: Kind, exclusive: bool, op: &str) -> Acquire {
         let Some(id) = self.lock_mut(h, kind, op) else {
-            return false;
+            return Acquire::Refused;
         };
         let during = self.during();
+        let me = std::thread::current().id();
         let Some(l) = self.locks.get_mut(&id) else {
-            return false;
+            return Acquire::Refused;
         };
         match l.state.clone() {
             LockState::Destroyed => {
@@ -263,26 +306,40 @@ impl Kernel {
                     "lock-use-after-free",
                     format!("{op}: {kind:?} #{id} was freed"),
                 );
-                false
+                Acquire::Refused
             }
-            LockState::Held { during: held, .. } => {
+            LockState::Held {
+                during: held,
+                owner,
+                ..
+            } if owner == me => {
                 self.violation(
                     "lock-recursion",
                     format!("{op}: {kind:?} #{id} is already held (taken in {held}); on a real kernel this deadlocks or panics"),
                 );
-                false
+                Acquire::Refused
             }
-            LockState::Free if !exclusive && l.readers > 0 => {
-                l.readers += 1;
-                true
+            LockState::Held { .. } => Acquire::Busy,
+            LockState::Free if exclusive && l.readers.contains(&me) => {
+                self.violation(
+                    "lock-recursion",
+                    format!("{op}: {kind:?} #{id} is held shared by this thread; taking it exclusive deadlocks on a real kernel"),
+                );
+                Acquire::Refused
             }
+            LockState::Free if exclusive && !l.readers.is_empty() => Acquire::Busy,
             LockState::Free => {
                 if exclusive {
-                    l.state = LockState::Held { during, exclusive };
+                    l.state = LockState::Held {
+                        during,
+                        exclusive,
+                        owner: me,
+                    };
+                    self.sflt.watch.note_lock(id);
                 } else {
-                    l.readers += 1;
+                    l.readers.push(me);
                 }
-                true
+                Acquire::Got
             }
         }
     }
@@ -291,15 +348,27 @@ impl Kernel {
         let Some(id) = self.lock_mut(h, kind, op) else {
             return;
         };
+        let me = std::thread::current().id();
         let Some(l) = self.locks.get_mut(&id) else {
             return;
         };
-        match l.state {
-            LockState::Held { .. } => l.state = LockState::Free,
-            LockState::Free if l.readers > 0 => l.readers -= 1,
-            LockState::Free => {
-                self.violation("lock-not-held", format!("{op}: {kind:?} #{id} is not held"))
+        match &l.state {
+            LockState::Held { owner, .. } if *owner == me => l.state = LockState::Free,
+            LockState::Held { during, .. } => {
+                let during = during.clone();
+                self.violation(
+                    "lock-not-owner",
+                    format!("{op}: {kind:?} #{id} is held by another thread (taken in {during})"),
+                )
             }
+            LockState::Free => match l.readers.iter().position(|t| *t == me) {
+                Some(i) => {
+                    l.readers.swap_remove(i);
+                }
+                None => {
+                    self.violation("lock-not-held", format!("{op}: {kind:?} #{id} is not held"))
+                }
+            },
             LockState::Destroyed => self.violation(
                 "lock-use-after-free",
                 format!("{op}: {kind:?} #{id} was freed"),
@@ -315,7 +384,7 @@ impl Kernel {
             return;
         };
         let was = std::mem::replace(&mut l.state, LockState::Destroyed);
-        let readers = l.readers;
+        let readers = l.readers.len();
         match was {
             LockState::Destroyed => self.violation(
                 "lock-double-free",
@@ -333,19 +402,40 @@ impl Kernel {
         }
     }
 
-    /// Locks (not groups/attributes) held right now, described.
-    pub fn held_locks(&self) -> Vec<String> {
+    /// Locks (not groups/attributes) held right now by `thread` (any thread
+    /// for `None`), described.
+    pub fn held_locks_by(&self, thread: Option<ThreadId>) -> Vec<String> {
         self.locks
             .iter()
             .filter_map(|(id, l)| match &l.state {
-                LockState::Held { during, .. } => {
+                LockState::Held { during, owner, .. } if thread.is_none_or(|t| t == *owner) => {
                     Some(format!("{:?} #{id} (taken in {during})", l.kind))
                 }
-                LockState::Free if l.readers > 0 => {
-                    Some(format!("{:?} #{id} ({} reader(s))", l.kind, l.readers))
+                LockState::Free => {
+                    let n = l
+                        .readers
+                        .iter()
+                        .filter(|r| thread.is_none_or(|t| t == **r))
+                        .count();
+                    (n > 0).then(|| format!("{:?} #{id} ({n} reader(s))", l.kind))
                 }
                 _ => None,
             })
+            .collect()
+    }
+
+    /// Locks (not groups/attributes) held right now, by any thread, described.
+    pub fn held_locks(&self) -> Vec<String> {
+        self.held_locks_by(None)
+    }
+
+    /// Ids of the exclusive locks the calling thread holds right now.
+    pub fn my_exclusive_locks(&self) -> Vec<u64> {
+        let me = std::thread::current().id();
+        self.locks
+            .iter()
+            .filter(|(_, l)| matches!(&l.state, LockState::Held { owner, .. } if *owner == me))
+            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -362,7 +452,8 @@ impl Kernel {
 /// Checks run when control returns from the kext to the "stack" (after every
 /// callback and entry point): no lock may be held.
 pub fn check_return(k: &mut Kernel, what: &str) {
-    let held = k.held_locks();
+    let me = std::thread::current().id();
+    let held = k.held_locks_by(Some(me));
     if !held.is_empty() {
         k.violation(
             "lock-held-on-return",
@@ -370,10 +461,10 @@ pub fn check_return(k: &mut Kernel, what: &str) {
         );
         // Release them so one mistake is reported once, not at every later return.
         for l in k.locks.values_mut() {
-            if matches!(l.state, LockState::Held { .. }) {
+            if matches!(&l.state, LockState::Held { owner, .. } if *owner == me) {
                 l.state = LockState::Free;
             }
-            l.readers = 0;
+            l.readers.retain(|r| *r != me);
         }
     }
 }
@@ -381,6 +472,9 @@ pub fn check_return(k: &mut Kernel, what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel state is one per process: tests that reset it run one at a time.
+    pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
     #[test]
     fn handles_round_trip_and_are_non_canonical() {
@@ -396,16 +490,27 @@ mod tests {
 
     #[test]
     fn lock_ledger_reports_recursion_held_on_return_and_free_while_held() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         reset(FaultPlan::default());
         with(|k| {
-            k.context.push("start".into());
+            push_context("start");
             let m = k.new_lock(Kind::Mutex);
-            assert!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
-            assert!(!k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
+            assert_eq!(
+                k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"),
+                Acquire::Got
+            );
+            assert_eq!(
+                k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"),
+                Acquire::Refused
+            );
             check_return(k, "start");
             k.lock_release(m, Kind::Mutex, "lck_mtx_unlock");
-            assert!(k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
+            assert_eq!(
+                k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"),
+                Acquire::Got
+            );
             k.lock_free(m, Kind::Mutex, "lck_mtx_free");
+            pop_context();
             let rules: Vec<&str> = k.violations.iter().map(|v| v.rule.as_str()).collect();
             assert_eq!(
                 rules,
@@ -421,6 +526,7 @@ mod tests {
 
     #[test]
     fn memory_ledger_catches_double_free_and_size_mismatch() {
+        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         reset(FaultPlan::default());
         with(|k| {
             k.note_alloc(0x1000, 16, "OSMalloc");

@@ -53,7 +53,15 @@ pub struct Mbuf {
 pub struct Mbufs {
     pub all: std::collections::BTreeMap<u64, Mbuf>,
     pub tag_ids: Vec<String>,
+    /// Freed and consumed mbufs, oldest first: their records (and buffers) are
+    /// kept while they are among the last [`QUARANTINE`], so a late use names
+    /// them; older ones are forgotten (a use is then a `mbuf-bad-handle`), so
+    /// long runs (the soak) do not grow without bound.
+    pub retired: std::collections::VecDeque<u64>,
 }
+
+/// How many freed/consumed mbufs keep their records and buffers.
+pub const QUARANTINE: usize = 1 << 16;
 
 use super::kernel::{self, Kernel, Kind};
 
@@ -175,8 +183,28 @@ impl Kernel {
 
     /// Marks every mbuf of the chain with `owner`.
     pub fn mbuf_set_owner(&mut self, id: u64, owner: Owner) {
+        let retired = matches!(owner, Owner::Freed { .. } | Owner::Consumed { .. });
         for i in self.mbuf_chain(id) {
             self.mbuf_mut(i).owner = owner.clone();
+            if retired {
+                self.mbuf_retire(i);
+            }
+        }
+    }
+
+    /// Puts a freed or consumed mbuf in quarantine (see [`Mbufs::retired`]).
+    pub fn mbuf_retire(&mut self, id: u64) {
+        self.mbufs.retired.push_back(id);
+        while self.mbufs.retired.len() > QUARANTINE {
+            let Some(old) = self.mbufs.retired.pop_front() else {
+                break;
+            };
+            if matches!(
+                self.mbufs.all.get(&old).map(|m| &m.owner),
+                Some(Owner::Freed { .. } | Owner::Consumed { .. })
+            ) {
+                self.mbufs.all.remove(&old);
+            }
         }
     }
 
@@ -188,6 +216,40 @@ impl Kernel {
                 during: during.clone(),
                 by: by.to_string(),
             };
+            self.mbuf_retire(i);
+        }
+    }
+
+    /// The stack frees what a callback left in its `mbuf_t *` slot after
+    /// returning an error (xnu's `ipf_output`/`ipf_input`/`sflt_data_*` free the
+    /// packet then): a chain the kext already freed or handed to an injection
+    /// KPI is a double free on a real kernel, and is reported as such.
+    pub fn mbuf_stack_free_returned(&mut self, h: u64, what: &str) {
+        if h == 0 {
+            return;
+        }
+        let Some(id) = kernel::unhandle(h, Kind::Mbuf).filter(|id| self.mbufs.all.contains_key(id))
+        else {
+            self.violation(
+                "mbuf-bad-handle",
+                format!("{what} returned an error leaving {h:#x} in its mbuf_t * slot: not an mbuf_t made by the kernel"),
+            );
+            return;
+        };
+        match self.mbufs.all[&id].owner.clone() {
+            Owner::Consumed { during, by } => self.violation(
+                "mbuf-freed-after-inject",
+                format!(
+                    "{what} returned an error, so the stack frees mbuf #{id}, which was handed to the stack by {by} during {during}: a double free"
+                ),
+            ),
+            Owner::Freed { during, by } => self.violation(
+                "mbuf-double-free",
+                format!(
+                    "{what} returned an error, so the stack frees mbuf #{id}, which was already freed by {by} during {during}"
+                ),
+            ),
+            Owner::Stack | Owner::Kext { .. } => self.mbuf_free_chain(id, "the stack"),
         }
     }
 

@@ -31,12 +31,14 @@ pub mod ipf;
 pub mod kernel;
 pub mod loader;
 pub mod mbuf;
+pub mod mt;
 pub mod nat_icmp;
 pub mod packet;
 pub mod reloc;
 pub mod runner;
 pub mod scenario;
 pub mod sflt;
+pub mod soak;
 pub mod sockets;
 pub mod stacks;
 pub mod stat_names;
@@ -58,6 +60,10 @@ pub struct ChildArgs {
     /// `--serve-for SECS`: how long `ctl-bridge` serves without a `quit`
     /// (default 120 s; `cargo xtask emu-bridge` serves for hours).
     pub serve_for: Option<std::time::Duration>,
+    /// `--soak PACKETS`: packets of the `soak` scenario.
+    pub soak: Option<u64>,
+    /// `--threads N`: threads of the `mt-*` and `soak` scenarios (default 4).
+    pub threads: Option<usize>,
 }
 
 impl ChildArgs {
@@ -78,6 +84,23 @@ impl ChildArgs {
                         .parse()
                         .map_err(|_| format!("--serve-for {v}: not a number of seconds"))?;
                     out.serve_for = Some(std::time::Duration::from_secs(secs));
+                }
+                "--soak" => {
+                    let v = value("--soak")?;
+                    out.soak = Some(
+                        v.parse()
+                            .map_err(|_| format!("--soak {v}: not a number of packets"))?,
+                    );
+                }
+                "--threads" => {
+                    let v = value("--threads")?;
+                    let n: usize = v
+                        .parse()
+                        .map_err(|_| format!("--threads {v}: not a number of threads"))?;
+                    if !(1..=64).contains(&n) {
+                        return Err(format!("--threads {v}: use 1 to 64"));
+                    }
+                    out.threads = Some(n);
                 }
                 other => return Err(format!("unexpected argument `{other}`")),
             }
@@ -107,6 +130,11 @@ pub fn child_main(args: &ChildArgs) -> i32 {
         }
     };
     ctl_bridge::set_path(args.ctl_bridge.clone());
+    let d = soak::args();
+    soak::set_args(soak::SoakArgs {
+        packets: args.soak.unwrap_or(d.packets),
+        threads: args.threads.unwrap_or(d.threads),
+    });
     if let Some(d) = args.serve_for {
         ctl_bridge::set_serve_for(d);
     }

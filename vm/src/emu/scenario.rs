@@ -75,6 +75,18 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "load-unload, plus: the scenario advances the emulated clock so the NAT's timeouts fire: a TCP flow idle 2 h is still translated, one idle 2 h 5 min is expired and its next packet dropped (never sent to the origin), an unanswered SYN expires after 4 min, an idle UDP flow reopens to the proxy",
     ),
     (
+        "mt-nat",
+        "load-unload, plus: 4 threads (--threads) push TCP and UDP flows through ipf_output/ipf_input at once, preempted inside the kext's lock operations: every packet redirected or translated back, none dropped or leaked, locks seen contended",
+    ),
+    (
+        "mt-sockfilter",
+        "load-unload, plus: for each of many sockets, sf_notify(connected) on one thread while another sends through sf_data_out (xnu drops the socket lock around both): data never before the PROXY v2 header, the header once, callbacks of one socket sharing a lock (cookie-race check)",
+    ),
+    (
+        "soak",
+        "load-unload, plus: both kexts under many flows (--soak PACKETS, --threads N), the emulated clock advanced so NAT timeouts fire, the table filling and wrapping, the run's fault plan; ends with a summary line (packets, flows, expired, drops by reason, leaks to the origin, ledger violations)",
+    ),
+    (
         "nat-hostile",
         "load-unload, plus: malformed and unusual packets (truncated headers, bogus IHL, lengths beyond the buffer, long IPv6 extension-header chains, fragments, IPv6 UDP checksum 0), whole and as split mbuf chains, through ipf_output/ipf_input: each passes, drops or is redirected per the documented policy",
     ),
@@ -113,6 +125,8 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
     }
     kernel::reset(faults);
     let mut ok = true;
+    let mut soak_line = None;
+    let mut ip_configured = false;
     let mut loaded = Vec::new();
     for (i, path) in kexts.iter().enumerate() {
         match load_and_start(path, 100 + i as i32) {
@@ -124,7 +138,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             }
         }
     }
-    let nat = name.starts_with("nat-");
+    let nat = name.starts_with("nat-") || name == "mt-nat" || name == "soak";
     if ok && nat {
         use super::ipctl::{RuleAction, RuleProtocol};
         // Rules select the scenario's own protocol; `nat-tcp4-udp-rules` selects
@@ -144,7 +158,9 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
         } else {
             RuleAction::Proxy
         };
-        ok &= super::ipctl::configure(protocol, action) != Some(false);
+        let c = super::ipctl::configure(protocol, action);
+        ip_configured = c == Some(true);
+        ok &= c != Some(false);
     }
     if ok {
         ok &= match name {
@@ -163,6 +179,21 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "nat-icmp4" => super::nat_icmp::nat_icmp(false),
             "nat-icmp6" => super::nat_icmp::nat_icmp(true),
             "sockfilter" => super::sockets::sockfilter(&mut loaded),
+            "mt-nat" | "mt-sockfilter" | "soak" => {
+                let args = super::soak::args();
+                super::mt::enable(0x5052_5816);
+                let r = match name {
+                    "mt-nat" => super::soak::mt_nat(args.threads, ip_configured),
+                    "mt-sockfilter" => super::soak::mt_sockfilter(args.threads),
+                    _ => {
+                        let (good, line) = super::soak::soak(args);
+                        soak_line = Some(line);
+                        good
+                    }
+                };
+                super::mt::disable();
+                r
+            }
             "ctl-bridge" => super::ctl_bridge::ctl_bridge(),
             _ => true,
         };
@@ -194,6 +225,14 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
     }
     ok &= check_ledgers();
     let clean = kernel::with(|k| k.violations.is_empty());
+    if let Some(line) = soak_line {
+        let n = kernel::with(|k| k.violations.len());
+        step(
+            "soak: summary",
+            ok && clean,
+            super::soak::summary_line(&line, n),
+        );
+    }
     Ok(ok && clean)
 }
 

@@ -133,6 +133,124 @@ pub struct Socket {
 pub struct SocketFilters {
     pub regs: BTreeMap<u32, Registration>,
     pub sockets: BTreeMap<u64, Socket>,
+    /// Callbacks running now or finished with a partner still running (the
+    /// cookie-race check, [`CookieWatch`]).
+    pub watch: CookieWatch,
+}
+
+/// A socket-filter callback that receives a cookie (`sf_notify`,
+/// `sf_connect_out`, `sf_data_in`/`sf_data_out`): xnu drops the socket lock
+/// before calling these (bsd/kern/kpi_socketfilter.c), so on a real kernel two
+/// of them can run at once for one socket, on two CPUs, both with the cookie.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub cookie: u64,
+    pub what: String,
+    pub thread: std::thread::ThreadId,
+    /// Exclusive locks this callback took (lock ids), while it ran.
+    pub locks: std::collections::BTreeSet<u64>,
+    /// Runs of the same cookie that overlapped this one in time.
+    pub partners: Vec<u64>,
+    pub done: bool,
+}
+
+/// The cookie-race check (an Eraser-style lockset check at callback
+/// granularity): two callbacks of one cookie that overlap in time must both
+/// have taken a common exclusive lock (the cookie's own lock, typically);
+/// otherwise both may use the cookie at once, and `cookie-race` is reported.
+/// Single-threaded scenarios never overlap; the multi-threaded ones do.
+#[derive(Debug, Default)]
+pub struct CookieWatch {
+    pub runs: BTreeMap<u64, Run>,
+    next: u64,
+    /// Cookies already reported (once each).
+    pub reported: std::collections::BTreeSet<u64>,
+}
+
+impl CookieWatch {
+    /// A callback with `cookie` begins on the calling thread; returns its run id.
+    pub fn enter(&mut self, cookie: u64, what: &str) -> u64 {
+        let me = std::thread::current().id();
+        self.next += 1;
+        let id = self.next;
+        let partners: Vec<u64> = self
+            .runs
+            .iter()
+            // Nested callbacks on one thread (data_out re-entered by an
+            // injection) do not run at once.
+            .filter(|(_, r)| r.cookie == cookie && !r.done && r.thread != me)
+            .map(|(i, _)| *i)
+            .collect();
+        for p in &partners {
+            if let Some(r) = self.runs.get_mut(p) {
+                r.partners.push(id);
+            }
+        }
+        self.runs.insert(
+            id,
+            Run {
+                cookie,
+                what: what.to_string(),
+                thread: me,
+                locks: Default::default(),
+                partners,
+                done: false,
+            },
+        );
+        id
+    }
+
+    /// The calling thread took exclusive lock `lock`.
+    pub fn note_lock(&mut self, lock: u64) {
+        let me = std::thread::current().id();
+        for r in self.runs.values_mut() {
+            if r.thread == me && !r.done {
+                r.locks.insert(lock);
+            }
+        }
+    }
+
+    /// Run `id` ended; returns a description of each race found (a partner
+    /// that also ended, with which it shared no lock).
+    pub fn leave(&mut self, id: u64) -> Vec<String> {
+        let mut found = Vec::new();
+        let Some(me) = self.runs.get_mut(&id) else {
+            return found;
+        };
+        me.done = true;
+        let me = me.clone();
+        for p in &me.partners {
+            let Some(other) = self.runs.get(p) else {
+                continue;
+            };
+            if other.done
+                && me.locks.is_disjoint(&other.locks)
+                && !self.reported.contains(&me.cookie)
+            {
+                self.reported.insert(me.cookie);
+                found.push(format!(
+                    "{} and {} ran at once on two threads with cookie {:#x} (xnu drops the socket lock around both) and took no common lock: both may use the cookie at the same time",
+                    other.what, me.what, me.cookie
+                ));
+            }
+        }
+        // Forget runs whose partners have all ended.
+        let finished: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| {
+                r.done
+                    && r.partners
+                        .iter()
+                        .all(|p| self.runs.get(p).is_none_or(|x| x.done))
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        for i in finished {
+            self.runs.remove(&i);
+        }
+        found
+    }
 }
 
 impl SocketFilters {

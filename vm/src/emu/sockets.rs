@@ -54,7 +54,7 @@ pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
     }
 }
 
-fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
+pub(super) fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
     kernel::with(|k| {
         let pairs = k
             .sflt
@@ -70,7 +70,7 @@ fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
 }
 
 /// Runs `bytes` through each filter's `sf_data_out`; Ok(bytes the stack sends) or the errno.
-fn data_through(
+pub(super) fn data_through(
     so: u64,
     attached: &[(u32, SfltFilter, u64)],
     mut bytes: Vec<u8>,
@@ -121,11 +121,7 @@ fn data_through(
                 return Err(EJUSTRETURN);
             }
             e => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf) {
-                        k.mbuf_stack_free(mid);
-                    }
-                });
+                kernel::with(|k| k.mbuf_stack_free_returned(m, "sf_data_out"));
                 return Err(e);
             }
         }
@@ -433,16 +429,62 @@ pub(super) fn rules_msg(rules: &[Vec<u8>]) -> Vec<u8> {
 
 /// The control name the socket filter registers.
 pub const CONTROL_NAME: &str = "net.prx.kext.SocketFilter.control";
-const PROXY_PID: i32 = 5000;
+pub(super) const PROXY_PID: i32 = 5000;
 const CLIENT: (i32, &str) = (4242, "prx-emu-client");
 
-/// The `sockfilter` scenario.
+/// Whether a fault plan is in force (failures are then expected, bypasses never).
+fn faulting() -> bool {
+    kernel::with(|k| !k.faults.rules.is_empty())
+}
+
+/// A control call, retried (as an administrator would rerun prxctl) while a
+/// fault plan makes the kext answer ENOMEM or ENOBUFS; the kext must have
+/// changed nothing when it refused.
+fn retried(mut call: impl FnMut() -> c_int) -> c_int {
+    let mut e = call();
+    for _ in 0..16 {
+        if !(faulting() && (e == 12 || e == 55)) {
+            break;
+        }
+        e = call();
+    }
+    e
+}
+
+/// How the socket filter treated a connection that the rules redirect or block.
+#[derive(Debug, PartialEq, Eq)]
+enum Treated {
+    /// No filter attached (the cookie could not be allocated): the documented,
+    /// counted fail-open (`sockets left unfiltered`). Only under a fault plan.
+    Unfiltered,
+    /// `connect_out` refused it (fail-closed).
+    Refused(c_int),
+    /// The destination the filter left.
+    To(Option<SocketAddr>),
+}
+
+fn treated(c: &Live) -> Treated {
+    if attached_filters(c.sid).is_empty() {
+        Treated::Unfiltered
+    } else if let Some(e) = c.refused {
+        Treated::Refused(e)
+    } else {
+        Treated::To(c.target)
+    }
+}
+
+/// The `sockfilter` scenario. Strict under every fault plan: a redirect or
+/// `block` bypassed, or a PROXY v2 connection whose proxy gets data without
+/// the header, fails it; what a fault plan may cause instead is a counted
+/// fail-open (a socket left unfiltered, checked against the kext's counter)
+/// or a fail-closed connection (refused, or its data refused).
 pub fn sockfilter(kexts: &mut [Kext]) -> bool {
-    let strict = kernel::with(|k| k.faults.rules.is_empty());
+    let faults = faulting();
     let mut ok = true;
+    let mut unfiltered_seen = 0u64;
     let mut check = |what: &str, cond: bool, detail: String| {
-        step(what, cond || !strict, detail);
-        ok &= cond || !strict;
+        step(what, cond, detail);
+        ok &= cond;
     };
     let bind = |a: &str| TcpListener::bind(a);
     let (Ok(p4), Ok(p6), Ok(direct1)) = (bind("127.0.0.1:0"), bind("[::1]:0"), bind("127.0.0.1:0"))
@@ -473,7 +515,14 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         format!("proxy {a4} and {a6}; direct servers {d1} and {d2}"),
     );
 
-    match ctl::connect(CONTROL_NAME, false) {
+    let mut unpriv = ctl::connect(CONTROL_NAME, false);
+    for _ in 0..16 {
+        if !(faults && matches!(unpriv, Err(12) | Err(55))) {
+            break;
+        }
+        unpriv = ctl::connect(CONTROL_NAME, false);
+    }
+    match unpriv {
         Err(1) => step(
             "control: unprivileged client",
             true,
@@ -485,7 +534,14 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
             format!("expected EPERM, got {other:?}"),
         ),
     }
-    let client = match ctl::connect(CONTROL_NAME, true) {
+    let mut privileged = ctl::connect(CONTROL_NAME, true);
+    for _ in 0..16 {
+        if !(faults && matches!(privileged, Err(12) | Err(55))) {
+            break;
+        }
+        privileged = ctl::connect(CONTROL_NAME, true);
+    }
+    let client = match privileged {
         Ok(c) => c,
         Err(e) => {
             check(
@@ -505,7 +561,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     let mut name = [0u8; 16];
     name[..9].copy_from_slice(b"prx-proxy");
     m.extend(name);
-    let e = ctl::setopt(client, 2, &m);
+    let e = retried(|| ctl::setopt(client, 2, &m));
     check(
         "control: set proxies",
         e == 0,
@@ -517,11 +573,13 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         .map(Into::into)
         .unwrap_or(doc4);
     let lo2: std::net::IpAddr = [127, 0, 0, 2].into();
+    let lo3: std::net::IpAddr = [127, 0, 0, 3].into();
     let gen1 = vec![
         rule(None, (0, 65535), Some("excluded-app"), 0, false),
         rule(Some((doc4, 24)), (80, 80), None, 1, true),
         rule(Some((doc6, 32)), (0, 65535), None, 1, true),
         rule(Some((lo2, 32)), (0, 65535), None, 1, false),
+        rule(Some((lo3, 32)), (0, 65535), None, 2, false),
     ];
     let msg = rules_msg(&gen1);
     // Malformed first: one byte short and one byte long; nothing may change.
@@ -532,10 +590,15 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     let mut badver = msg.clone();
     badver[0] = 2;
     let e3 = ctl::setopt(client, 1, &badver);
-    let (_, status) = ctl::getopt(client, 18, &{
-        let mut b = header(18, 8);
-        b.resize(256, 0);
-        b
+    let mut status = Vec::new();
+    let _ = retried(|| {
+        let (e, st) = ctl::getopt(client, 18, &{
+            let mut b = header(18, 8);
+            b.resize(256, 0);
+            b
+        });
+        status = st;
+        e
     });
     let rules_before = status
         .get(12..16)
@@ -545,11 +608,11 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         e1 != 0 && e2 != 0 && e3 != 0 && rules_before == Some(0),
         format!("short {e1}, long {e2}, wrong version {e3}; rule count still {rules_before:?}"),
     );
-    let e = ctl::setopt(client, 1, &msg);
+    let e = retried(|| ctl::setopt(client, 1, &msg));
     check(
         "control: set rules",
         e == 0,
-        format!("4 rules, setsockopt returned {e}"),
+        format!("5 rules, setsockopt returned {e}"),
     );
     // NAT timeouts (op 4: TCP idle, TCP SYN-sent/closing, UDP idle seconds) are the IP
     // filter's: valid ones (RFC 5382/4787 minimums) get ENOTSUP from the socket filter.
@@ -557,7 +620,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     for v in [7440u32, 240, 300] {
         t.extend(v.to_be_bytes());
     }
-    let e = ctl::setopt(client, 4, &t);
+    let e = retried(|| ctl::setopt(client, 4, &t));
     check(
         "control: NAT timeouts refused",
         e == 45,
@@ -579,34 +642,66 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     ] {
         let mut c = begin(label, dest, CLIENT);
         let expected = if dest.is_ipv4() { a4 } else { a6 };
-        check(
-            &format!("{label}: redirect"),
-            c.target == Some(expected),
-            format!("{dest} -> {:?} (refused: {:?})", c.target, c.refused),
-        );
+        match treated(&c) {
+            Treated::Unfiltered | Treated::Refused(_) if faults => {
+                if treated(&c) == Treated::Unfiltered {
+                    unfiltered_seen += 1;
+                }
+                step(
+                    format!("{label}: redirect"),
+                    true,
+                    format!(
+                        "{dest}: {:?} under the fault plan (a counted fail-open, or fail-closed); not connected",
+                        treated(&c)
+                    ),
+                );
+                close(c);
+                continue;
+            }
+            t => check(
+                &format!("{label}: redirect"),
+                t == Treated::To(Some(expected)),
+                format!("{dest} -> {:?} (refused: {:?})", c.target, c.refused),
+            ),
+        }
         establish(&mut c, CLIENT);
         let sent = send(&mut c, request);
         let got = accept_within(listener)
             .map(|mut s| read_all(&mut s))
             .unwrap_or_default();
         let local = c.stream.as_ref().and_then(|s| s.local_addr().ok());
+        // The proxy gets the header, then the request — or, when a fault kept
+        // the header from going out, nothing (the data was refused).
+        let with_header = common::net::proxy_v2::parse(&got)
+            .is_ok_and(|p| got.get(p.len..) == Some(&request[..]));
+        let refused = faults && got.is_empty() && sent.is_err();
         check(
             &format!("{label}: at proxy"),
-            !got.is_empty() && sent.is_ok(),
+            (with_header && sent.is_ok()) || refused,
             format!(
-                "client {} bytes {}",
+                "client {} bytes {}{}",
                 local.map(|l| l.to_string()).unwrap_or_default(),
-                hex(&got)
+                hex(&got),
+                if refused {
+                    format!(" (data refused with errno {:?}: fail-closed)", sent.err())
+                } else {
+                    String::new()
+                }
             ),
         );
         // Lookup of the live connection through the control.
         let mut q = header(17, 28);
         q.extend(endpoint(local));
         q.resize(64, 0);
-        let (e, resp) = ctl::getopt(client, 17, &q);
+        let mut resp = Vec::new();
+        let e = retried(|| {
+            let (e, r) = ctl::getopt(client, 17, &q);
+            resp = r;
+            e
+        });
         check(
             &format!("{label}: lookup"),
-            e == 0 && resp.len() == 40,
+            e == 0 && (resp.len() == 40 || refused),
             format!("errno {e}, response {}", hex(&resp)),
         );
         close(c);
@@ -623,10 +718,13 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         ),
     ] {
         let mut c = begin(label, dest, proc_);
+        if faults && treated(&c) == Treated::Unfiltered {
+            unfiltered_seen += 1;
+        }
         check(
             &format!("{label}: direct"),
-            c.target == Some(dest),
-            format!("{dest} -> {:?}", c.target),
+            c.target == Some(dest) && c.refused.is_none(),
+            format!("{dest} -> {:?} (refused: {:?})", c.target, c.refused),
         );
         establish(&mut c, proc_);
         let _ = send(&mut c, b"direct\n");
@@ -644,20 +742,38 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     let mut g = begin("G", d2, CLIENT);
     let mut gen2 = gen1.clone();
     gen2[3] = rule(Some((lo2, 32)), (0, 65535), None, 1, true);
-    let e = ctl::setopt(client, 1, &rules_msg(&gen2));
-    step(
+    let e = retried(|| ctl::setopt(client, 1, &rules_msg(&gen2)));
+    check(
         "control: rules replaced",
-        e == 0 || !strict,
+        e == 0,
         format!("while G is between connect_out and connected: {e}"),
     );
+    // Under a fault plan G or H may be left unfiltered (it then reaches the
+    // direct server, counted) or refused; redirected, it must reach the proxy
+    // as its rules say.
+    let g_treated = treated(&g);
+    let g_excused = faults && g_treated != Treated::To(Some(a4));
+    if g_treated == Treated::Unfiltered {
+        unfiltered_seen += 1;
+    }
+    check(
+        "G: redirect",
+        g_treated == Treated::To(Some(a4))
+            || (g_excused && matches!(g_treated, Treated::Unfiltered | Treated::Refused(_))),
+        format!("{d2}: {g_treated:?}"),
+    );
     establish(&mut g, CLIENT);
-    let _ = send(&mut g, b"G\n");
-    let got_g = accept_within(&p4)
-        .map(|mut s| read_all(&mut s))
-        .unwrap_or_default();
+    let sent_g = send(&mut g, b"G\n");
+    let got_g = if g_excused {
+        Vec::new()
+    } else {
+        accept_within(&p4)
+            .map(|mut s| read_all(&mut s))
+            .unwrap_or_default()
+    };
     check(
         "G: old rules",
-        got_g == b"G\n",
+        g_excused || got_g == b"G\n" || (faults && got_g.is_empty() && sent_g.is_err()),
         format!(
             "decided under generation 1 (no PROXY header): proxy got {}",
             hex(&got_g)
@@ -665,29 +781,87 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     );
     close(g);
     let mut h = begin("H", d2, CLIENT);
+    let h_treated = treated(&h);
+    let h_excused = faults && h_treated != Treated::To(Some(a4));
+    if h_treated == Treated::Unfiltered {
+        unfiltered_seen += 1;
+    }
+    check(
+        "H: redirect",
+        h_treated == Treated::To(Some(a4))
+            || (h_excused && matches!(h_treated, Treated::Unfiltered | Treated::Refused(_))),
+        format!("{d2}: {h_treated:?}"),
+    );
     establish(&mut h, CLIENT);
-    let _ = send(&mut h, b"H\n");
-    let got_h = accept_within(&p4)
-        .map(|mut s| read_all(&mut s))
-        .unwrap_or_default();
+    let sent_h = send(&mut h, b"H\n");
+    let got_h = if h_excused {
+        Vec::new()
+    } else {
+        accept_within(&p4)
+            .map(|mut s| read_all(&mut s))
+            .unwrap_or_default()
+    };
     check(
         "H: new rules",
-        common::net::proxy_v2::parse(&got_h).is_ok_and(|p| got_h.get(p.len..) == Some(&b"H\n"[..])),
+        h_excused
+            || common::net::proxy_v2::parse(&got_h)
+                .is_ok_and(|p| got_h.get(p.len..) == Some(&b"H\n"[..]))
+            || (faults && got_h.is_empty() && sent_h.is_err()),
         format!(
             "decided under generation 2 (PROXY header): proxy got {}",
             hex(&got_h)
         ),
     );
     close(h);
+    // K: a `block` rule. Refused at connect (ECONNREFUSED), never connected;
+    // left unfiltered (counted) only under a fault plan.
+    if let Ok(blocked) = TcpListener::bind(("127.0.0.3", 0))
+        && let Ok(kdest) = blocked.local_addr()
+    {
+        let k = begin("K", kdest, CLIENT);
+        let t = treated(&k);
+        if faults && t == Treated::Unfiltered {
+            unfiltered_seen += 1;
+        }
+        check(
+            "K: blocked",
+            t == Treated::Refused(61) || (faults && t == Treated::Unfiltered),
+            format!("{kdest}: {t:?} (want refused with ECONNREFUSED, 61)"),
+        );
+        close(k);
+    } else {
+        check("K: blocked", false, "cannot bind 127.0.0.3".into());
+    }
     // Statistics.
     let mut q = header(16, 8);
     q.resize(256, 0);
-    let (e, st) = ctl::getopt(client, 16, &q);
-    let named = super::ipctl::parse_stats(&st).map(|c| super::stat_names::render(&c));
+    let mut st = Vec::new();
+    let e = retried(|| {
+        let (e, r) = ctl::getopt(client, 16, &q);
+        st = r;
+        e
+    });
+    let parsed = super::ipctl::parse_stats(&st);
+    let named = parsed.as_ref().map(|c| super::stat_names::render(c));
     check(
         "control: stats",
         e == 0 && named.is_some(),
         named.unwrap_or_else(|| format!("errno {e}, {}", hex(&st))),
+    );
+    // Every socket the scenario saw left unfiltered is counted by the kext.
+    let counted = parsed
+        .as_ref()
+        .and_then(|c| {
+            c.iter()
+                .find(|(id, _)| *id == common::net::control::stat::SOCKETS_UNFILTERED)
+        })
+        .map(|(_, v)| *v);
+    check(
+        "fail-open counted",
+        counted.is_some_and(|n| n >= unfiltered_seen),
+        format!(
+            "{unfiltered_seen} connection(s) of the scenario left unfiltered; the kext counts {counted:?} (sockets left unfiltered)"
+        ),
     );
     // Stop refused while the client is connected.
     for k in kexts.iter_mut() {

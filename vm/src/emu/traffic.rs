@@ -195,11 +195,7 @@ pub(crate) fn ip_path(
                 return;
             }
             e => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf) {
-                        k.mbuf_stack_free(mid);
-                    }
-                });
+                kernel::with(|k| k.mbuf_stack_free_returned(m, &what));
                 wire.dropped
                     .push(format!("{what} returned {e}: packet dropped"));
                 drain_injected(wire);
@@ -237,7 +233,7 @@ pub(crate) fn ip_path(
 }
 
 fn drain_injected(wire: &mut Wire) {
-    while let Some(inj) = kernel::with(|k| k.ipf.injected.pop_front()) {
+    while let Some(inj) = kernel::with(|k| k.ipf.pop_injected()) {
         ip_path(wire, inj.bytes, inj.csum_requested, inj.output, inj.after);
     }
 }
@@ -602,11 +598,7 @@ fn data_through(
                 return None;
             }
             e => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf) {
-                        k.mbuf_stack_free(mid);
-                    }
-                });
+                kernel::with(|k| k.mbuf_stack_free_returned(m, what));
                 step(
                     what,
                     true,

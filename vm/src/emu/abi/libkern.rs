@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_int, c_void};
 use super::{c_string, put};
 use crate::emu::fault::FaultPoint;
 use crate::emu::kernel::{self, Kind};
+use crate::emu::mt;
 
 unsafe extern "C" {
     fn prx_emu_printf(fmt: *const c_char, ...) -> c_int;
@@ -205,19 +206,60 @@ extern "C" fn lck_mtx_alloc_init(grp: u64, _attr: u64) -> u64 {
     check_grp(grp, "lck_mtx_alloc_init");
     kernel::with(|k| k.new_lock(Kind::Mutex))
 }
+/// A blocking lock KPI (`lck_mtx_lock`, `lck_rw_lock_*`, `lck_spin_lock`):
+/// waits while another thread holds the lock, as xnu does. In the
+/// multi-threaded scenarios the calling thread may be preempted before taking
+/// the lock and right after (holding it); a `lock-skip` fault plan makes the
+/// call return without taking it (a planted race: the matching unlock is
+/// ignored too).
+fn lock_blocking(h: u64, kind: Kind, exclusive: bool, op: &str) {
+    if mt::skip_lock(h, op) {
+        return;
+    }
+    let preemptible = kind != Kind::SpinLock;
+    if preemptible {
+        mt::point();
+    }
+    let mut spins = 0u32;
+    while kernel::with(|k| k.lock_acquire(h, kind, exclusive, op)) == kernel::Acquire::Busy {
+        mt::wait(&mut spins);
+    }
+    if spins > 0 {
+        mt::note_contended();
+    }
+    if preemptible {
+        mt::point();
+    }
+}
+
+/// An unlock KPI: the holder may be preempted right before releasing.
+fn unlock(h: u64, kind: Kind, op: &str) {
+    if mt::skipped_unlock(h) {
+        return;
+    }
+    if kind != Kind::SpinLock {
+        mt::point();
+    }
+    kernel::with(|k| k.lock_release(h, kind, op))
+}
+
 extern "C" fn lck_mtx_lock(m: u64) {
-    kernel::with(|k| k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_lock"));
+    lock_blocking(m, Kind::Mutex, true, "lck_mtx_lock");
 }
 extern "C" fn lck_mtx_try_lock(m: u64) -> c_int {
+    let me = std::thread::current().id();
     c_int::from(kernel::with(|k| {
-        let held = kernel::unhandle(m, Kind::Mutex)
+        // xnu's try-lock of a mutex this thread holds just fails.
+        let mine = kernel::unhandle(m, Kind::Mutex)
             .and_then(|id| k.locks.get(&id))
-            .is_some_and(|l| matches!(l.state, kernel::LockState::Held { .. }));
-        !held && k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_try_lock")
+            .is_some_and(
+                |l| matches!(&l.state, kernel::LockState::Held { owner, .. } if *owner == me),
+            );
+        !mine && k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_try_lock") == kernel::Acquire::Got
     }))
 }
 extern "C" fn lck_mtx_unlock(m: u64) {
-    kernel::with(|k| k.lock_release(m, Kind::Mutex, "lck_mtx_unlock"))
+    unlock(m, Kind::Mutex, "lck_mtx_unlock")
 }
 extern "C" fn lck_mtx_free(m: u64, grp: u64) {
     check_grp(grp, "lck_mtx_free");
@@ -228,19 +270,19 @@ extern "C" fn lck_rw_alloc_init(grp: u64, _attr: u64) -> u64 {
     kernel::with(|k| k.new_lock(Kind::RwLock))
 }
 extern "C" fn lck_rw_lock_shared(l: u64) {
-    kernel::with(|k| k.lock_acquire(l, Kind::RwLock, false, "lck_rw_lock_shared"));
+    lock_blocking(l, Kind::RwLock, false, "lck_rw_lock_shared");
 }
 extern "C" fn lck_rw_lock_exclusive(l: u64) {
-    kernel::with(|k| k.lock_acquire(l, Kind::RwLock, true, "lck_rw_lock_exclusive"));
+    lock_blocking(l, Kind::RwLock, true, "lck_rw_lock_exclusive");
 }
 extern "C" fn lck_rw_unlock_shared(l: u64) {
-    kernel::with(|k| k.lock_release(l, Kind::RwLock, "lck_rw_unlock_shared"))
+    unlock(l, Kind::RwLock, "lck_rw_unlock_shared")
 }
 extern "C" fn lck_rw_unlock_exclusive(l: u64) {
-    kernel::with(|k| k.lock_release(l, Kind::RwLock, "lck_rw_unlock_exclusive"))
+    unlock(l, Kind::RwLock, "lck_rw_unlock_exclusive")
 }
 extern "C" fn lck_rw_done(l: u64) -> u32 {
-    kernel::with(|k| k.lock_release(l, Kind::RwLock, "lck_rw_done"));
+    unlock(l, Kind::RwLock, "lck_rw_done");
     0
 }
 extern "C" fn lck_rw_free(l: u64, grp: u64) {
@@ -252,55 +294,54 @@ extern "C" fn lck_spin_alloc_init(grp: u64, _attr: u64) -> u64 {
     kernel::with(|k| k.new_lock(Kind::SpinLock))
 }
 extern "C" fn lck_spin_lock(l: u64) {
-    kernel::with(|k| k.lock_acquire(l, Kind::SpinLock, true, "lck_spin_lock"));
+    lock_blocking(l, Kind::SpinLock, true, "lck_spin_lock");
 }
 extern "C" fn lck_spin_unlock(l: u64) {
-    kernel::with(|k| k.lock_release(l, Kind::SpinLock, "lck_spin_unlock"))
+    unlock(l, Kind::SpinLock, "lck_spin_unlock")
 }
 extern "C" fn lck_spin_free(l: u64, grp: u64) {
     check_grp(grp, "lck_spin_free");
     kernel::with(|k| k.lock_free(l, Kind::SpinLock, "lck_spin_free"))
 }
 
-// ---- atomics (single-threaded emulation; still real read-modify-write) ----
+// ---- atomics (real atomic read-modify-write: callbacks may run on several threads) ----
 
 extern "C" fn os_add_atomic(amount: i32, addr: *mut i32) -> i32 {
-    // SAFETY: OSAddAtomic's contract: `addr` points to a 4-byte aligned SInt32.
-    unsafe {
-        let old = addr.read_volatile();
-        addr.write_volatile(old.wrapping_add(amount));
-        old
-    }
+    // SAFETY: OSAddAtomic's contract: `addr` points to a 4-byte aligned SInt32
+    // that is only accessed atomically while shared.
+    let a = unsafe { std::sync::atomic::AtomicI32::from_ptr(addr) };
+    a.fetch_add(amount, std::sync::atomic::Ordering::SeqCst)
 }
 extern "C" fn os_add_atomic64(amount: i64, addr: *mut i64) -> i64 {
     // SAFETY: OSAddAtomic64's contract: `addr` points to an 8-byte aligned SInt64.
-    unsafe {
-        let old = addr.read_volatile();
-        addr.write_volatile(old.wrapping_add(amount));
-        old
-    }
+    let a = unsafe { std::sync::atomic::AtomicI64::from_ptr(addr) };
+    a.fetch_add(amount, std::sync::atomic::Ordering::SeqCst)
 }
 extern "C" fn os_compare_and_swap(old: u32, new: u32, addr: *mut u32) -> u8 {
     // SAFETY: OSCompareAndSwap's contract: `addr` points to an aligned UInt32.
-    unsafe {
-        if addr.read_volatile() == old {
-            addr.write_volatile(new);
-            1
-        } else {
-            0
-        }
-    }
+    let a = unsafe { std::sync::atomic::AtomicU32::from_ptr(addr) };
+    u8::from(
+        a.compare_exchange(
+            old,
+            new,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        )
+        .is_ok(),
+    )
 }
 extern "C" fn os_compare_and_swap64(old: u64, new: u64, addr: *mut u64) -> u8 {
     // SAFETY: as above, for an aligned UInt64.
-    unsafe {
-        if addr.read_volatile() == old {
-            addr.write_volatile(new);
-            1
-        } else {
-            0
-        }
-    }
+    let a = unsafe { std::sync::atomic::AtomicU64::from_ptr(addr) };
+    u8::from(
+        a.compare_exchange(
+            old,
+            new,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        )
+        .is_ok(),
+    )
 }
 
 // ---- time, process ----
@@ -317,6 +358,9 @@ struct Timespec {
 }
 
 fn tick() -> u64 {
+    // Reading the clock is a preemption point in the multi-threaded scenarios
+    // (kexts read it inside their critical sections).
+    mt::point();
     let (now, due) = kernel::with(|k| {
         k.clock_ns += 1_000; // time moves on by 1 µs per query: deterministic and monotonic.
         let now = k.clock_ns;

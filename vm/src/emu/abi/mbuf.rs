@@ -242,19 +242,32 @@ extern "C" fn mbuf_free(m: u64) -> u64 {
             during,
             by: "mbuf_free".into(),
         };
+        k.mbuf_retire(id);
         next.map(handle_of).unwrap_or(0)
     })
 }
 
 fn mbuf_free_check(k: &mut Kernel, m: u64, op: &str) -> Option<u64> {
-    if let Some(id) = crate::emu::kernel::unhandle(m, crate::emu::kernel::Kind::Mbuf)
-        && let Some(Owner::Freed { during, by }) = k.mbufs.all.get(&id).map(|x| x.owner.clone())
-    {
-        k.violation(
-            "mbuf-double-free",
-            format!("{op}: mbuf #{id} was already freed by {by} during {during}"),
-        );
-        return None;
+    if let Some(id) = crate::emu::kernel::unhandle(m, crate::emu::kernel::Kind::Mbuf) {
+        match k.mbufs.all.get(&id).map(|x| x.owner.clone()) {
+            Some(Owner::Freed { during, by }) => {
+                k.violation(
+                    "mbuf-double-free",
+                    format!("{op}: mbuf #{id} was already freed by {by} during {during}"),
+                );
+                return None;
+            }
+            Some(Owner::Consumed { during, by }) => {
+                k.violation(
+                    "mbuf-freed-after-inject",
+                    format!(
+                        "{op}: mbuf #{id} was handed to the stack by {by} during {during}, which frees it: a double free"
+                    ),
+                );
+                return None;
+            }
+            _ => {}
+        }
     }
     k.mbuf_live(m, op)
 }

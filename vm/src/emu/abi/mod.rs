@@ -63,7 +63,7 @@ pub(crate) unsafe fn put<T>(out: *mut T, v: T) {
 pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Option<R> {
     let ok = kernel::with(|k| {
         if k.is_kext_code(super::arch::strip(addr)) {
-            k.context.push(what.to_string());
+            kernel::push_context(what);
             true
         } else {
             k.violation(
@@ -77,12 +77,17 @@ pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Opti
         return None;
     }
     super::arch::set_current_call(what);
+    // The CPU may be taken away just as the callback begins (multi-threaded
+    // scenarios only), so callbacks of other threads overlap it.
+    super::mt::callback_begins();
+    super::mt::point();
     let r = call();
+    super::mt::callback_ends();
     super::arch::clear_current_call();
     libkern::flush_log();
     kernel::with(|k: &mut Kernel| {
         kernel::check_return(k, what);
-        k.context.pop();
+        kernel::pop_context();
     });
     Some(r)
 }

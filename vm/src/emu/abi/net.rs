@@ -500,6 +500,7 @@ fn ipf_inject(m: u64, r: u64, output: bool) -> c_int {
             csum_requested: csum,
             after,
             output,
+            thread: std::thread::current().id(),
         });
         0
     })
@@ -613,6 +614,25 @@ pub fn call_sf_detach(f: u64, cookie: u64, so: u64) {
 
 /// `sf_connect_out(cookie, so, to)`; `to` may be rewritten by the filter.
 pub fn call_sf_connect_out(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Option<c_int> {
+    watched(cookie, "sf_connect_out", || {
+        call_sf_connect_out_(f, cookie, so, to)
+    })
+}
+
+/// Runs a cookie-receiving callback under the cookie-race check
+/// ([`crate::emu::sflt::CookieWatch`]).
+fn watched<R>(cookie: u64, what: &str, f: impl FnOnce() -> R) -> R {
+    let run = kernel::with(|k| k.sflt.watch.enter(cookie, what));
+    let r = f();
+    kernel::with(|k| {
+        for race in k.sflt.watch.leave(run) {
+            k.violation("cookie-race", race);
+        }
+    });
+    r
+}
+
+fn call_sf_connect_out_(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Option<c_int> {
     invoke(f, "sf_connect_out", || {
         // SAFETY: sf_connect_out: `errno_t (*)(void *, socket_t, const struct sockaddr *)`;
         // the kernel passes a writable copy it reads back (xnu-3789+), as `to` is here.
@@ -628,6 +648,10 @@ pub fn call_sf_connect_out(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Optio
 /// `sf_data_out`/`sf_data_in(cookie, so, addr, &data, &control, flags)`; returns
 /// the result and the (possibly replaced) data mbuf.
 pub fn call_sf_data(f: u64, what: &str, cookie: u64, so: u64, data: u64) -> Option<(c_int, u64)> {
+    watched(cookie, what, || call_sf_data_(f, what, cookie, so, data))
+}
+
+fn call_sf_data_(f: u64, what: &str, cookie: u64, so: u64, data: u64) -> Option<(c_int, u64)> {
     let mut m = data;
     let mut control: u64 = 0;
     let r = invoke(f, what, || {
@@ -766,6 +790,12 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
 
 /// `sf_notify(cookie, so, event, NULL)`.
 pub fn call_sf_notify(f: u64, cookie: u64, so: u64, event: u32) {
+    watched(cookie, "sf_notify", || {
+        call_sf_notify_(f, cookie, so, event)
+    })
+}
+
+fn call_sf_notify_(f: u64, cookie: u64, so: u64, event: u32) {
     invoke(f, "sf_notify", || {
         // SAFETY: sf_notify: `void (*)(void *, socket_t, sflt_event_t, void *)`.
         let cb: extern "C" fn(u64, u64, u32, *mut c_void) = unsafe {
