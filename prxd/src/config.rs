@@ -499,6 +499,16 @@ pub fn load(path: &Path) -> Result<Config, String> {
     })
 }
 
+/// Whether the TOML document at `path` has a `[prxd]` table (`None`: the
+/// file cannot be read or is not TOML; [`load`] says why). prxd started by
+/// launchd on a `prx.toml` without one has nothing to do and exits 0, which
+/// its LaunchDaemon (`KeepAlive` = `SuccessfulExit` false) leaves stopped.
+pub fn has_prxd_table(path: &Path) -> Option<bool> {
+    let src = std::fs::read_to_string(path).ok()?;
+    let v: toml::Table = toml::from_str(&src).ok()?;
+    Some(v.contains_key("prxd"))
+}
+
 /// A password from the first line of a file (trailing newline removed).
 pub fn read_password_file(path: &Path) -> Result<Secret, String> {
     let s = std::fs::read_to_string(path)
@@ -572,6 +582,11 @@ mod tests {
             "the password is never echoed: {e}"
         );
         let e = parse("[prxd]\nlisten = [\"127.0.0.1:1\"]\nidle_timeout_s = 0\n").unwrap_err();
+        // The example prx.toml the pkg installs is a valid prxd configuration.
+        let c = parse(include_str!("../../prxctl/prx.toml.example")).expect("the shipped example");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.controls, [Kext::Socket, Kext::Ip]);
         assert_eq!(e.line, 3, "{e}");
         let e = parse("[prxctl]\n").unwrap_err();
         assert!(e.message.contains("no [prxd] table"), "{e}");

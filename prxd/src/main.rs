@@ -193,6 +193,15 @@ fn real_main() -> anyhow::Result<i32> {
                     "give --config FILE (see `prxd --help`), or `prxd run --listen ADDR:PORT`"
                 );
             };
+            if config::has_prxd_table(&path) == Some(false) {
+                // launchd (KeepAlive: SuccessfulExit false) leaves it stopped.
+                eprintln!(
+                    "prxd: {} has no [prxd] table: nothing to do, exiting. To run prxd, add one \
+                     (see prx.toml.example) and run `sudo launchctl kickstart system/net.prx.prxd`",
+                    path.display()
+                );
+                return Ok(0);
+            }
             let c = config::load(&path).map_err(anyhow::Error::msg)?;
             prxd::run(prxd::Start {
                 config: c,

@@ -196,6 +196,38 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
         );
     }
 
+    // One owner of the kext's proxies: `prxctl apply` of a prx.toml with a
+    // [prxd] table (the same rules) changes the rules but never the proxies
+    // prxd registered — as at boot, when net.prx.apply may run after prxd.
+    {
+        let conf = format!(
+            "[prxd]\nlisten = [\"{}\"]\ncontrols = [\"socket\"]\n\
+             [socket-filter]\ndefault = \"proxy\"\n\
+             [[socket-filter.rule]]\ndst = \"127.0.0.1/32\"\nports = \"{}\"\naction = \"proxy-v2\"\n\
+             [[socket-filter.rule]]\ndst = \"127.0.0.1/32\"\nports = \"{}\"\naction = \"proxy\"\n",
+            p.listen,
+            o_v2.port(),
+            o_plain.port()
+        );
+        let c = prxctl::config::parse(&conf).expect("prx.toml");
+        let want = c.socket_filter.as_ref().expect("[socket-filter]");
+        assert_eq!(want.proxies, None, "prxd owns the socket filter's proxies");
+        let mut t =
+            EmuBridge::connect(&sock, common::net::control::CONTROL_NAME, 0).expect("control");
+        let before = prxctl::status(&mut t).expect("status").proxies;
+        let changed =
+            prxctl::apply::apply_kext(&mut t, &prxctl::apply::KEXTS[0], want, &dir.path().join("state"))
+                .expect("apply");
+        assert!(
+            !changed.iter().any(|c| c.contains("proxies")),
+            "apply left the proxies alone: {changed:?}"
+        );
+        assert!(changed.iter().any(|c| c.starts_with("rules:")), "{changed:?}");
+        let after = prxctl::status(&mut t).expect("status").proxies;
+        assert_eq!(after, before);
+        assert_eq!(after.pid, Some(p.child.id()));
+    }
+
     for (origin, action) in [(o_v2, "proxy-v2"), (o_plain, "proxy")] {
         let answer = command(&sock, &format!("open {origin}"));
         assert!(
