@@ -261,7 +261,11 @@ fn fresh_install_creates_the_configuration_loads_the_kexts_and_starts_the_daemon
     // the kexts' loads.
     let pos = |c: &str| calls.iter().position(|x| x == c);
     let (apply, prxd) = (pos(START_APPLY).unwrap(), pos(START_PRXD).unwrap());
-    let last_load = expected_loads().iter().filter_map(|l| pos(l)).max().unwrap();
+    let last_load = expected_loads()
+        .iter()
+        .filter_map(|l| pos(l))
+        .max()
+        .unwrap();
     assert!(last_load < apply && apply < prxd, "{calls:?}");
     assert_eq!(fake.file(CONFIG), EXAMPLE_NEW);
     assert!(!out.contains("no [prxd] table"), "{out}");
@@ -300,7 +304,10 @@ fn upgrade_keeps_the_edited_configuration_and_unloads_the_old_kexts_first() {
             .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
     };
     // 0.0.9 had no prxd: nothing of it to stop.
-    assert!(!calls.iter().any(|c| c.contains("system/net.prx.prxd")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("system/net.prx.prxd")),
+        "{calls:?}"
+    );
     let stop = pos("launchctl bootout system/net.prx.apply");
     let unload = pos("kmutil unload -b net.prx.kext.SocketFilter");
     pos("kmutil unload -b net.prx.kext.IPFilter");
@@ -311,7 +318,10 @@ fn upgrade_keeps_the_edited_configuration_and_unloads_the_old_kexts_first() {
         stop < unload && unload < load && load < start && start < start_prxd,
         "{calls:?}"
     );
-    assert!(out.contains("prx postinstall: started net.prx.prxd"), "{out}");
+    assert!(
+        out.contains("prx postinstall: started net.prx.prxd"),
+        "{out}"
+    );
     // The kept prx.toml has no [prxd] table: prxd stays stopped, and the
     // postinstall says how to turn it on.
     assert!(
@@ -351,7 +361,10 @@ fn upgrade_keeps_the_edited_configuration_and_unloads_the_old_kexts_first() {
         pos(START_PRXD),
     ];
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
-    assert!(out.contains("prx preinstall: stopped net.prx.prxd"), "{out}");
+    assert!(
+        out.contains("prx preinstall: stopped net.prx.prxd"),
+        "{out}"
+    );
 }
 
 #[test]

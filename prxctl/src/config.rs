@@ -149,11 +149,25 @@ pub fn parse(src: &str) -> Result<Config, FileError> {
     let owned = |name: &str| by_prxd.iter().any(|c| c == name);
     let socket_filter = match &raw.socket_filter {
         None => None,
-        Some(k) => Some(kext(src, "socket-filter", k.get_ref(), k.span(), false, owned("socket"))?),
+        Some(k) => Some(kext(
+            src,
+            "socket-filter",
+            k.get_ref(),
+            k.span(),
+            false,
+            owned("socket"),
+        )?),
     };
     let ip_filter = match &raw.ip_filter {
         None => None,
-        Some(k) => Some(kext(src, "ip-filter", k.get_ref(), k.span(), true, owned("ip"))?),
+        Some(k) => Some(kext(
+            src,
+            "ip-filter",
+            k.get_ref(),
+            k.span(),
+            true,
+            owned("ip"),
+        )?),
     };
     Ok(Config {
         socket_filter,
@@ -173,7 +187,9 @@ fn kext(
     if prxd_owned {
         let keys = [
             raw.proxy.as_ref().map(|k| ("proxy", k.span())),
-            raw.proxy_process.as_ref().map(|k| ("proxy-process", k.span())),
+            raw.proxy_process
+                .as_ref()
+                .map(|k| ("proxy-process", k.span())),
             raw.proxy_pid.as_ref().map(|k| ("proxy-pid", k.span())),
         ];
         if let Some((key, span)) = keys.into_iter().flatten().next() {
@@ -340,14 +356,21 @@ mod tests {
         let c = parse("[socket-filter]\nproxy = [\"127.0.0.1:1080\"]\n").unwrap();
         assert!(c.socket_filter.unwrap().proxies.unwrap().v4.is_some());
         // [prxd] with the default controls: both kexts' proxies are prxd's.
-        let c = parse("[prxd]\nlisten = [\"127.0.0.1:7890\"]\n[socket-filter]\n[ip-filter]\n").unwrap();
+        let c =
+            parse("[prxd]\nlisten = [\"127.0.0.1:7890\"]\n[socket-filter]\n[ip-filter]\n").unwrap();
         assert_eq!(c.socket_filter.unwrap().proxies, None);
         assert_eq!(c.ip_filter.unwrap().proxies, None);
         // A proxy key in such a kext's table: one owner, so an error naming
         // the key, its line and the two ways out.
-        for key in ["proxy = [\"127.0.0.1:1080\"]", "proxy-process = \"x\"", "proxy-pid = 7"] {
-            let e = parse(&format!("[prxd]\nlisten = [\"127.0.0.1:7890\"]\n[ip-filter]\n{key}\n"))
-                .unwrap_err();
+        for key in [
+            "proxy = [\"127.0.0.1:1080\"]",
+            "proxy-process = \"x\"",
+            "proxy-pid = 7",
+        ] {
+            let e = parse(&format!(
+                "[prxd]\nlisten = [\"127.0.0.1:7890\"]\n[ip-filter]\n{key}\n"
+            ))
+            .unwrap_err();
             assert_eq!(e.line, 4, "{e}");
             assert!(e.message.starts_with("[ip-filter] `proxy"), "{e}");
             assert!(e.message.contains("prxd sets this kext's proxies"), "{e}");
@@ -396,7 +419,6 @@ mod tests {
         let e = parse("[socket-filter]\nenable = true\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("enable"), "{e}");
-
     }
 
     #[test]

@@ -124,6 +124,11 @@ pub fn run(start: Start) -> anyhow::Result<i32> {
             kext::PROCESS_NAME
         ));
     }
+    // The key that proves a PROXY v2 header is the socket filter's.
+    let auth_key = controls.auth_key().map_err(anyhow::Error::msg)?;
+    if auth_key.is_some() {
+        log("PROXY v2 headers are verified with PrxSocketFilter's per-boot key");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,7 +136,7 @@ pub fn run(start: Start) -> anyhow::Result<i32> {
         .context("tokio runtime")?;
     let user = cfg.user.clone();
     let status_path = cfg.status_socket.clone();
-    let d = Daemon::new(cfg, controls, start.config_path);
+    let d = Daemon::new(cfg, controls, start.config_path, auth_key);
     rt.block_on(async move {
         // 3. Listeners and the status socket, still privileged (low ports).
         d.apply_listeners().await.map_err(anyhow::Error::msg)?;

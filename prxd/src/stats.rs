@@ -25,6 +25,8 @@ counters! {
     completed: "Connections relayed and closed cleanly.",
     refused_limit: "Refused: the connection limit was reached.",
     refused_forged_header: "Refused: a PROXY v2 header the kext did not vouch for.",
+    refused_bad_auth: "Refused: a PROXY v2 header whose authentication tag is wrong.",
+    headers_verified: "PROXY v2 headers whose authentication tag verified (the socket filter's).",
     refused_no_destination: "Refused: no header and no kext record for the client.",
     refused_loop: "Refused: the destination is prxd itself.",
     bad_header: "Refused: a malformed PROXY v2 header.",

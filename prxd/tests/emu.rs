@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::net::proxy_v2;
 use prxctl::transport::EmuBridge;
 use support::*;
 use vm::emu::{self, RunOptions, Runner};
@@ -140,6 +141,27 @@ fn reporting_origin(tx: mpsc::Sender<Vec<u8>>) -> SocketAddr {
     a
 }
 
+/// Connects to prxd and sends a header for `dst` from this connection's own
+/// address (or `src`), ending with a tag under `key`, then `hello\n`;
+/// returns what comes back.
+fn signed_exchange(
+    prxd: SocketAddr,
+    dst: SocketAddr,
+    key: &proxy_v2::AuthKey,
+    src: Option<SocketAddr>,
+) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(prxd).expect("connect to prxd");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let me = src.unwrap_or_else(|| s.local_addr().unwrap());
+    let h = proxy_v2::encode_authenticated(&endpoint(me), &endpoint(dst), 77, b"imitator", key);
+    let _ = s.write_all(h.as_bytes());
+    let _ = s.write_all(b"hello\n");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
 fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
     let kext = socket_kext();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,14 +237,21 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
         let mut t =
             EmuBridge::connect(&sock, common::net::control::CONTROL_NAME, 0).expect("control");
         let before = prxctl::status(&mut t).expect("status").proxies;
-        let changed =
-            prxctl::apply::apply_kext(&mut t, &prxctl::apply::KEXTS[0], want, &dir.path().join("state"))
-                .expect("apply");
+        let changed = prxctl::apply::apply_kext(
+            &mut t,
+            &prxctl::apply::KEXTS[0],
+            want,
+            &dir.path().join("state"),
+        )
+        .expect("apply");
         assert!(
             !changed.iter().any(|c| c.contains("proxies")),
             "apply left the proxies alone: {changed:?}"
         );
-        assert!(changed.iter().any(|c| c.starts_with("rules:")), "{changed:?}");
+        assert!(
+            changed.iter().any(|c| c.starts_with("rules:")),
+            "{changed:?}"
+        );
         let after = prxctl::status(&mut t).expect("status").proxies;
         assert_eq!(after, before);
         assert_eq!(after.pid, Some(p.child.id()));
@@ -306,6 +335,53 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
     assert!(rx.try_recv().is_err(), "nothing reached the origin");
     assert_eq!(p.counter("completed"), 3);
     assert_eq!(p.counter("refused_loop"), 0);
+
+    // The per-boot authenticating TLV. The kext's own headers (above)
+    // verified: none was refused for its tag.
+    assert!(
+        p.log_text()
+            .contains("PROXY v2 headers are verified with PrxSocketFilter's per-boot key"),
+        "{}",
+        p.log_text()
+    );
+    assert_eq!(p.counter("refused_bad_auth"), 0);
+    // The one header the kext wrote (the proxy-v2 rule) carried its tag.
+    assert_eq!(p.counter("headers_verified"), 1);
+    // The key, as root reads it from the privileged control.
+    let key = {
+        let mut c =
+            EmuBridge::connect(&sock, common::net::control::CONTROL_NAME, 0).expect("control");
+        prxctl::auth_key(&mut c).expect("GetAuthKey")
+    };
+    assert_ne!(key.0, [0u8; 32]);
+    // A header imitating the kext's, with a tag under another key: refused
+    // and counted, nothing reaches the origin.
+    let wrong = proxy_v2::AuthKey([0x5a; 32]);
+    let forged = signed_exchange(p.listen, o_v2, &wrong, None);
+    assert!(forged.is_empty(), "{forged:?}");
+    let line = p.wait_line(&["wrong authentication tag"]);
+    assert!(line.contains(&format!("dst={o_v2}")), "{line}");
+    assert_eq!(p.counter("refused_bad_auth"), 1);
+    assert!(rx.try_recv().is_err(), "nothing reached the origin");
+    // A header with the right tag vouches for itself, without the kext's
+    // record (as when the kext's table is full): served.
+    let back = signed_exchange(p.listen, o_v2, &key, None);
+    assert_eq!(back, b"pong:hello\n");
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(15)).expect("origin"),
+        b"hello\n"
+    );
+    let line = p.wait_line(&["rule=socket:signed"]);
+    assert!(line.contains("outcome=\"ok\""), "{line}");
+    assert_eq!(p.counter("headers_verified"), 2);
+    // The same signed header replayed on another connection (its source is
+    // not that connection's): refused.
+    let replay = signed_exchange(p.listen, o_v2, &key, Some("127.0.0.1:9".parse().unwrap()));
+    assert!(replay.is_empty(), "{replay:?}");
+    let line = p.wait_line(&["replayed"]);
+    assert!(line.contains("not vouched for"), "{line}");
+    assert_eq!(p.counter("refused_forged_header"), 2);
+    assert_eq!(p.counter("completed"), 4);
 
     drop(p);
     assert_eq!(command(&sock, "quit"), "bye");

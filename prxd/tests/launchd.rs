@@ -65,7 +65,10 @@ fn without_a_prxd_table_prxd_exits_0_and_launchd_leaves_it_stopped() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("has no [prxd] table: nothing to do"), "{err}");
-    assert!(err.contains("launchctl kickstart system/net.prx.prxd"), "{err}");
+    assert!(
+        err.contains("launchctl kickstart system/net.prx.prxd"),
+        "{err}"
+    );
 
     std::fs::write(&f, "[prxd]\nlisten = [\"127.0.0.1\"]\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_prxd"))

@@ -403,10 +403,24 @@ fn payload_tools_are_signed_universal_macos_executables_linking_only_libsystem()
     );
     // The uninstaller removes prxd, its log and its directory if empty.
     let u = std::fs::read_to_string(root.join("usr/local/share/prx/uninstall.sh")).unwrap();
-    for line in ["usr/local/libexec/prxd", "var/log/prxd.log", "usr/local/libexec"] {
-        assert!(u.lines().any(|l| l == line), "{line} in the uninstaller");
+    for line in [
+        "usr/local/libexec/prxd",
+        "var/log/prxd.log",
+        "usr/local/libexec",
+    ] {
+        // One path a line, in the lists `files='…'` and `dirs='…'`.
+        let listed = u.lines().any(|l| {
+            l.trim_start_matches("files='")
+                .trim_start_matches("dirs='")
+                .trim_end_matches('\'')
+                == line
+        });
+        assert!(listed, "{line} in the uninstaller");
     }
-    assert!(u.contains("labels=\"net.prx.prxd net.prx.apply\""), "stop order");
+    assert!(
+        u.contains("labels=\"net.prx.prxd net.prx.apply\""),
+        "stop order"
+    );
 
     let tbd = std::fs::read_to_string(xtask::tools::libsystem_stub(
         &xtask::workspace_root().join("target"),
@@ -423,7 +437,10 @@ fn payload_tools_are_signed_universal_macos_executables_linking_only_libsystem()
 fn check_installed_tool(exe: &Path, name: &str, tbd: &str) {
     let p = exe.to_str().unwrap();
     let info = tool("llvm-lipo-19", &["-info", p]);
-    assert!(info.trim_end().ends_with("are: x86_64 arm64"), "{name}: {info}");
+    assert!(
+        info.trim_end().ends_with("are: x86_64 arm64"),
+        "{name}: {info}"
+    );
     for (arch, target, min) in [
         ("x86_64", "x86_64-macos", "10.13"),
         ("arm64", "arm64-macos", "11.0"),

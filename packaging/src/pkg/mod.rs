@@ -157,12 +157,7 @@ pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
                 "cannot read the executable ({e}); run `cargo xtask build --release` first"
             ),
         })?;
-        tree.add_file(
-            &system::tool_path(&t.name),
-            data,
-            tree::EXEC_MODE,
-            mtime,
-        );
+        tree.add_file(&system::tool_path(&t.name), data, tree::EXEC_MODE, mtime);
     }
     for d in system::daemons(&spec.tools) {
         tree.add_file(

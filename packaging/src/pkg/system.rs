@@ -185,7 +185,10 @@ pub const OWN_DIRS: [&str; 5] = [
 pub fn uninstaller(spec: &PkgSpec, files: &[String]) -> String {
     let mut list: Vec<String> = files.to_vec();
     list.push(DAEMON_LOG.into());
-    if daemons(&spec.tools).iter().any(|d| d.label == "net.prx.prxd") {
+    if daemons(&spec.tools)
+        .iter()
+        .any(|d| d.label == "net.prx.prxd")
+    {
         list.push(PRXD_LOG.into());
     }
     fill(UNINSTALL_TEMPLATE, spec)
