@@ -96,7 +96,9 @@ fn main() {
         format!(
             "global\n  maxconn {m}\ndefaults\n  mode tcp\n  maxconn {m}\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
              frontend f\n  bind 127.0.0.1:{hp}\n  default_backend b\nbackend b\n  server o {origin_addr}\n",
-            m = idle + 100
+            // haproxy refuses to start when maxconn needs more descriptors
+            // than RLIMIT_NOFILE gives it (two per connection, and its own).
+            m = (idle + 100).min((fds as usize).saturating_sub(100) / 2)
         ),
     )
     .expect("haproxy.cfg");
@@ -110,8 +112,8 @@ fn main() {
     );
     let p_addr: SocketAddr = format!("127.0.0.1:{pp}").parse().unwrap();
     let h_addr: SocketAddr = format!("127.0.0.1:{hp}").parse().unwrap();
-    wait_listening(p_addr);
-    wait_listening(h_addr);
+    wait_listening(p_addr, "prxd");
+    wait_listening(h_addr, "haproxy");
     let hdr = header(origin_addr);
     let total = mib << 20;
     println!("throughput, one connection, {mib} MiB to a sink (MB/s; best of 3):");
@@ -195,12 +197,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_listening(a: SocketAddr) {
+fn wait_listening(a: SocketAddr, who: &str) {
     let start = Instant::now();
     while TcpStream::connect(a).is_err() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "{a} never listened"
+            "{who} never listened on {a}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -35,10 +35,16 @@ fn main() {
             }
         }
     }
-    let tests: [(&str, fn()); 1] = [(
-        "prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator",
-        prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator,
-    )];
+    let tests: [(&str, fn()); 2] = [
+        (
+            "prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator",
+            prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator,
+        ),
+        (
+            "prxd_serves_the_ip_filters_nat_flows_in_the_emulator",
+            prxd_serves_the_ip_filters_nat_flows_in_the_emulator,
+        ),
+    ];
     if std::env::args().any(|a| a == "--list") {
         for (name, _) in &tests {
             println!("{name}: test");
@@ -61,6 +67,10 @@ fn main() {
 }
 
 fn socket_kext() -> PathBuf {
+    kext("socket")
+}
+
+fn kext(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -68,7 +78,7 @@ fn socket_kext() -> PathBuf {
     let opts = xtask::build::BuildOptions {
         release: true,
         archs: vec![],
-        kexts: vec!["socket".into()],
+        kexts: vec![name.into()],
         target_dir: None,
     };
     let built = xtask::build::build(&root, &opts)
@@ -79,6 +89,10 @@ fn socket_kext() -> PathBuf {
 type Scenario = std::thread::JoinHandle<vm::emu::ScenarioReport>;
 
 fn start_bridge(kext: PathBuf, sock: &Path) -> Scenario {
+    start_bridge_with(vec![kext], sock)
+}
+
+fn start_bridge_with(kexts: Vec<PathBuf>, sock: &Path) -> Scenario {
     let opts = RunOptions {
         runner: Runner {
             program: std::env::current_exe().expect("current exe"),
@@ -88,7 +102,7 @@ fn start_bridge(kext: PathBuf, sock: &Path) -> Scenario {
                 sock.display().to_string(),
             ],
         },
-        kexts: vec![kext],
+        kexts,
         timeout: Duration::from_secs(150),
         faults: None,
     };
@@ -388,4 +402,115 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
     let r = scenario.join().expect("scenario thread");
     assert!(r.passed, "{}", r.render());
     assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+/// An origin that echoes everything back, closes after the client's
+/// half-close, and reports how many bytes it got.
+fn echo_origin(tx: mpsc::Sender<usize>) -> SocketAddr {
+    // Not prxd's address: the IP filter never redirects packets to or from
+    // its proxy's own address.
+    let l = TcpListener::bind("127.0.0.3:0").expect("origin");
+    let a = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                let mut b = [0u8; 16384];
+                loop {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            n += k;
+                            if s.write_all(&b[..k]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(n);
+            });
+        }
+    });
+    a
+}
+
+/// The IP filter's path: the real PrxIPFilter binary in the emulator NATs an
+/// emulated client's connection (127.0.0.2, smoltcp) to a real origin
+/// (127.0.0.3) on to prxd's address (127.0.0.1); the bridge hands the translated connection to the real
+/// prxd from the client's own address, prxd recovers the origin through the
+/// emulated IP filter's control (`prxctl lookup`, served while the traffic
+/// runs) and relays: 256 KiB echoed intact, a clean close on both stacks,
+/// and the log line names the original destination (`rule=ip:nat`).
+fn prxd_serves_the_ip_filters_nat_flows_in_the_emulator() {
+    let kexts = vec![kext("ip")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ctl.sock");
+    let scenario = start_bridge_with(kexts, &sock);
+    let (tx, rx) = mpsc::channel();
+    let origin = echo_origin(tx);
+
+    // The IP filter sends TCP to the origin to its proxy, which prxd sets.
+    let rules = prxctl::rules_file::parse(&format!(
+        "default = \"direct\"\n\
+         [[rule]]\nprotocol = \"tcp\"\ndst = \"127.0.0.3/32\"\nports = \"{}\"\naction = \"proxy\"\n",
+        origin.port()
+    ))
+    .expect("rules");
+    {
+        let mut c =
+            EmuBridge::connect(&sock, common::net::control::IP_CONTROL_NAME, 0).expect("control");
+        prxctl::load_rules(&mut c, &rules).expect("load rules");
+        prxctl::set_enabled(&mut c, true).expect("enable");
+    }
+    let p = Prxd::run(&["--controls", "ip", "--emu", sock.to_str().unwrap()], &[]);
+    assert!(
+        p.log_text().contains(&format!(
+            "registered with PrxIPFilter as the proxy (pid {}, name prxd)",
+            p.child.id()
+        )),
+        "{}",
+        p.log_text()
+    );
+    let answer = command(&sock, &format!("run nat-prxd {origin} {}", p.listen));
+    if answer != "passed" {
+        let log = p.log_text();
+        drop(p);
+        command(&sock, "quit");
+        let r = scenario.join().expect("scenario thread");
+        panic!("run nat-prxd: {answer}\n{}\nprxd's log:\n{log}", r.render());
+    }
+    let got = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the origin's count");
+    assert_eq!(
+        got,
+        vm::emu::nat_bridge::BYTES,
+        "every byte reached the origin"
+    );
+    let line = p.wait_line(&[&format!("dst={origin}")]);
+    assert!(line.contains("client=127.0.0.2:"), "{line}");
+    // The IP filter's lookups answer from its NAT table: no rule number.
+    assert!(line.contains("rule=ip:nat"), "{line}");
+    let n = vm::emu::nat_bridge::BYTES;
+    assert!(line.contains(&format!("up={n} down={n}")), "{line}");
+    assert!(line.contains("outcome=\"ok\""), "{line}");
+    assert_eq!(p.counter("completed"), 1);
+    assert!(p.counter("lookups") >= 1);
+
+    drop(p);
+    assert_eq!(command(&sock, "quit"), "bye");
+    let r = scenario.join().expect("scenario thread");
+    assert!(r.passed, "{}", r.render());
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    for what in ["nat-prxd handoff", "nat-prxd transfer", "nat-prxd close"] {
+        let s = r
+            .steps
+            .iter()
+            .find(|s| s.what == what)
+            .unwrap_or_else(|| panic!("no step {what}"));
+        assert!(s.ok, "{what}: {}", s.detail);
+        eprintln!("{what}: {}", s.detail);
+    }
 }

@@ -31,6 +31,7 @@ pub mod ipf;
 pub mod kernel;
 pub mod loader;
 pub mod mbuf;
+pub mod nat_bridge;
 pub mod nat_icmp;
 pub mod packet;
 pub mod reloc;
