@@ -19,6 +19,7 @@ pub mod kext;
 pub mod privs;
 pub mod server;
 pub mod stats;
+pub mod udp;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

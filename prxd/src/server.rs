@@ -134,7 +134,7 @@ pub fn log(msg: &str) {
     eprintln!("{} prxd: {msg}", now());
 }
 
-fn socket_addr(e: &common::net::addr::Endpoint) -> SocketAddr {
+pub(crate) fn socket_addr(e: &common::net::addr::Endpoint) -> SocketAddr {
     let a = match e.addr {
         PIp::V4(v) => SocketAddr::from((v, e.port)),
         PIp::V6(v) => SocketAddr::from((v, e.port)),
@@ -142,7 +142,7 @@ fn socket_addr(e: &common::net::addr::Endpoint) -> SocketAddr {
     canonical(a)
 }
 
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v) => match v.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::from((v4, v.port())),
@@ -248,16 +248,26 @@ impl Daemon {
                 let l = TcpListener::bind(a)
                     .await
                     .map_err(|e| format!("listen on {a}: {e}"))?;
-                bound.push((*a, l));
+                // The same address for the IP filter's UDP flows.
+                let u = tokio::net::UdpSocket::bind(a)
+                    .await
+                    .map_err(|e| format!("listen on {a} (UDP): {e}"))?;
+                bound.push((*a, l, u));
             }
         }
         let mut map = self
             .listeners
             .lock()
             .map_err(|_| "listener table poisoned".to_string())?;
-        for (a, l) in bound {
+        for (a, l, u) in bound {
             let d = Arc::clone(self);
-            map.insert(a, tokio::spawn(async move { d.accept_loop(l).await }));
+            let du = Arc::clone(self);
+            map.insert(
+                a,
+                tokio::spawn(async move {
+                    tokio::join!(d.accept_loop(l), crate::udp::serve(du, u));
+                }),
+            );
             log(&format!("listening on {a}"));
         }
         map.retain(|a, h| {
@@ -343,7 +353,10 @@ impl Daemon {
         ));
     }
 
-    async fn lookup(&self, peer: SocketAddr) -> Option<(Kext, common::net::origdst::Original)> {
+    pub(crate) async fn lookup(
+        &self,
+        peer: SocketAddr,
+    ) -> Option<(Kext, common::net::origdst::Original)> {
         if self.controls.is_empty() {
             return None;
         }

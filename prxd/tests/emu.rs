@@ -35,7 +35,7 @@ fn main() {
             }
         }
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
         (
             "prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator",
             prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator,
@@ -43,6 +43,10 @@ fn main() {
         (
             "prxd_serves_the_ip_filters_nat_flows_in_the_emulator",
             prxd_serves_the_ip_filters_nat_flows_in_the_emulator,
+        ),
+        (
+            "prxd_relays_the_ip_filters_udp_flows_in_the_emulator",
+            prxd_relays_the_ip_filters_udp_flows_in_the_emulator,
         ),
     ];
     if std::env::args().any(|a| a == "--list") {
@@ -513,4 +517,83 @@ fn prxd_serves_the_ip_filters_nat_flows_in_the_emulator() {
         assert!(s.ok, "{what}: {}", s.detail);
         eprintln!("{what}: {}", s.detail);
     }
+}
+
+/// The IP filter's UDP flows: an emulated client's datagrams to a real UDP
+/// echo origin (127.0.0.3) are NATed to prxd, which recovers the origin
+/// through the emulated control and relays them on one socket per flow; the
+/// client sees every answer come from the origin, unchanged; the flow ends
+/// after the UDP idle timeout with one log line.
+fn prxd_relays_the_ip_filters_udp_flows_in_the_emulator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("ctl.sock");
+    let scenario = start_bridge_with(vec![kext("ip")], &sock);
+    let origin_sock = std::net::UdpSocket::bind("127.0.0.3:0").expect("origin");
+    let origin = origin_sock.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((k, from)) = origin_sock.recv_from(&mut b) {
+            let _ = tx.send(from);
+            let _ = origin_sock.send_to(&b[..k], from);
+        }
+    });
+    let rules = prxctl::rules_file::parse(&format!(
+        "default = \"direct\"\n\
+         [[rule]]\nprotocol = \"udp\"\ndst = \"127.0.0.3/32\"\nports = \"{}\"\naction = \"proxy\"\n",
+        origin.port()
+    ))
+    .expect("rules");
+    {
+        let mut c =
+            EmuBridge::connect(&sock, common::net::control::IP_CONTROL_NAME, 0).expect("control");
+        prxctl::load_rules(&mut c, &rules).expect("load rules");
+        prxctl::set_enabled(&mut c, true).expect("enable");
+    }
+    let p = Prxd::run(
+        &[
+            "--controls",
+            "ip",
+            "--udp-idle-timeout",
+            "1",
+            "--emu",
+            sock.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let answer = command(&sock, &format!("run nat-prxd-udp {origin} {}", p.listen));
+    if answer != "passed" {
+        let log = p.log_text();
+        drop(p);
+        command(&sock, "quit");
+        let r = scenario.join().expect("scenario thread");
+        panic!(
+            "run nat-prxd-udp: {answer}\n{}\nprxd's log:\n{log}",
+            r.render()
+        );
+    }
+    // The origin heard prxd's flow socket, not the client.
+    let from = rx.recv_timeout(Duration::from_secs(5)).expect("origin");
+    assert_eq!(from.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    let n = vm::emu::nat_bridge::DATAGRAMS;
+    let bytes: usize = (0..n).map(|i| format!("prx udp datagram {i}").len()).sum();
+    let line = p.wait_line(&["conn udp client=127.0.0.2:", &format!("dst={origin}")]);
+    assert!(line.contains("rule=ip:nat"), "{line}");
+    assert!(line.contains(&format!("up={bytes} down={bytes}")), "{line}");
+    assert!(line.contains("outcome=\"idle timeout\""), "{line}");
+    assert_eq!(p.counter("udp_flows"), 1);
+    assert_eq!(p.counter("udp_idle_timeout"), 1);
+    assert_eq!(p.counter("udp_refused"), 0);
+
+    drop(p);
+    assert_eq!(command(&sock, "quit"), "bye");
+    let r = scenario.join().expect("scenario thread");
+    assert!(r.passed, "{}", r.render());
+    let s = r
+        .steps
+        .iter()
+        .find(|s| s.what == "nat-prxd-udp exchange")
+        .expect("the exchange step");
+    assert!(s.ok, "{}", s.detail);
+    eprintln!("nat-prxd-udp exchange: {}", s.detail);
 }

@@ -31,7 +31,8 @@
 //!   the IP filters as configured by the bridge's clients (see
 //!   [`super::stacks`]); the answer is `passed` or `failed`. `run nat-prxd
 //!   ORIGIN PRXD` hands the IP filter's translated connection to a real prxd
-//!   on loopback ([`super::nat_bridge`]); while it runs, other clients of this
+//!   on loopback ([`super::nat_bridge`]; `run nat-prxd-udp ORIGIN PRXD` a
+//!   UDP flow); while it runs, other clients of this
 //!   bridge (prxd's lookups) are served from inside its loop. `quit` ends the
 //!   serving: open connections are closed and the scenario stops and unloads
 //!   the kexts and checks the ledgers as every scenario does.
@@ -243,10 +244,17 @@ fn command(
     if cmd == "quit" {
         return (0, "bye".into());
     }
-    if let Some(args) = cmd.strip_prefix("run nat-prxd ") {
+    let udp = cmd.starts_with("run nat-prxd-udp ");
+    if let Some(args) = cmd
+        .strip_prefix("run nat-prxd ")
+        .or_else(|| cmd.strip_prefix("run nat-prxd-udp "))
+    {
         let mut w = args.split_whitespace().map(|a| a.parse::<SocketAddr>());
         let (Some(Ok(origin)), Some(Ok(prxd)), None) = (w.next(), w.next(), w.next()) else {
-            return (EINVAL, "usage: run nat-prxd ORIGIN:PORT PRXD:PORT".into());
+            return (
+                EINVAL,
+                "usage: run nat-prxd|nat-prxd-udp ORIGIN:PORT PRXD:PORT".into(),
+            );
         };
         let Some(l) = listener else {
             return (EINVAL, "run nat-prxd: not from a nested client".into());
@@ -259,7 +267,11 @@ fn command(
                 serve_one(c, &mut none, None);
             }
         };
-        let passed = super::nat_bridge::nat_prxd(origin, prxd, &mut serve);
+        let passed = if udp {
+            super::nat_bridge::nat_prxd_udp(origin, prxd, &mut serve)
+        } else {
+            super::nat_bridge::nat_prxd(origin, prxd, &mut serve)
+        };
         return (0, if passed { "passed" } else { "failed" }.into());
     }
     if cmd == "recv" {

@@ -334,3 +334,122 @@ pub fn nat_prxd(origin: SocketAddr, prxd: SocketAddr, serve_controls: &mut dyn F
     let clean = report(name, &wire, &n);
     clean && established && ok_bytes && closed
 }
+
+/// Datagrams the UDP client sends (and expects echoed).
+pub const DATAGRAMS: usize = 3;
+
+/// `run nat-prxd-udp ORIGIN PRXD`: the same for a UDP flow. The emulated
+/// client sends [`DATAGRAMS`] datagrams to ORIGIN; the IP filter NATs them
+/// to PRXD; the proxy-side host passes each to the real prxd from a real UDP
+/// socket bound to the client's own address and port, and passes prxd's
+/// answers back to the client, whose stack must see them come from ORIGIN
+/// (the IP filter rewrites their source) with the payload the origin echoed.
+pub fn nat_prxd_udp(
+    origin: SocketAddr,
+    prxd: SocketAddr,
+    serve_controls: &mut dyn FnMut(),
+) -> bool {
+    use smoltcp::socket::udp;
+    let name = "nat-prxd-udp";
+    let (SocketAddr::V4(origin4), SocketAddr::V4(prxd4)) = (origin, prxd) else {
+        step(name, false, "ORIGIN and PRXD are IPv4 loopback addresses");
+        return false;
+    };
+    let v4 = |a: SocketAddrV4| {
+        let o = a.ip().octets();
+        IpEndpoint::new(IpAddress::v4(o[0], o[1], o[2], o[3]), a.port())
+    };
+    let plan = Plan {
+        client: IpAddress::v4(CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3]),
+        origin: v4(origin4),
+        proxy: v4(prxd4),
+    };
+    // The real socket first: its port is the emulated client's.
+    let real = match std::net::UdpSocket::bind((std::net::Ipv4Addr::from(CLIENT), 0)) {
+        Ok(r) => r,
+        Err(e) => {
+            step(name, false, format!("UDP socket on 127.0.0.2: {e}"));
+            return false;
+        }
+    };
+    let _ = real.set_nonblocking(true);
+    let port = real.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut client = Host::new(plan.client);
+    let mut proxy = Host::new(plan.proxy.addr);
+    let ch = client.sockets.add(super::stacks::udp_socket());
+    let ph = proxy.sockets.add(super::stacks::udp_socket());
+    let _ = client.sockets.get_mut::<udp::Socket>(ch).bind(port);
+    let _ = proxy
+        .sockets
+        .get_mut::<udp::Socket>(ph)
+        .bind(plan.proxy.port);
+    let msg = |i: usize| format!("prx udp datagram {i}").into_bytes();
+    for i in 0..DATAGRAMS {
+        let _ = client
+            .sockets
+            .get_mut::<udp::Socket>(ch)
+            .send_slice(&msg(i), plan.origin);
+    }
+    let mut wire = Wire::default();
+    let mut n = Counts::default();
+    let (mut answers, mut wrong, mut to_prxd, mut from_prxd) = (Vec::new(), Vec::new(), 0, 0);
+    let start = Wall::now();
+    let mut ms: i64 = 0;
+    while start.elapsed() < LIMIT && answers.len() < DATAGRAMS {
+        serve_controls();
+        client.poll(ms);
+        shuttle(&mut client, &mut proxy, &plan, &mut wire, &mut n);
+        proxy.poll(ms);
+        let mut moved = false;
+        {
+            let s = proxy.sockets.get_mut::<udp::Socket>(ph);
+            while let Ok((data, meta)) = s.recv() {
+                // From the client's own address: the NAT table's key.
+                if meta.endpoint.port == port && real.send_to(data, prxd4).is_ok() {
+                    to_prxd += 1;
+                    moved = true;
+                }
+            }
+            let mut b = [0u8; 2048];
+            while let Ok((k, from)) = real.recv_from(&mut b) {
+                if from == SocketAddr::V4(prxd4) {
+                    from_prxd += 1;
+                    let to = IpEndpoint::new(plan.client, port);
+                    let _ = s.send_slice(&b[..k], to);
+                    moved = true;
+                }
+            }
+        }
+        proxy.poll(ms);
+        shuttle(&mut client, &mut proxy, &plan, &mut wire, &mut n);
+        client.poll(ms);
+        while let Ok((data, meta)) = client.sockets.get_mut::<udp::Socket>(ch).recv() {
+            if meta.endpoint == plan.origin {
+                answers.push(data.to_vec());
+            } else {
+                wrong.push(format!("{}", meta.endpoint));
+            }
+        }
+        ms += 1;
+        if !moved {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let mut want: Vec<Vec<u8>> = (0..DATAGRAMS).map(msg).collect();
+    let mut got = answers.clone();
+    want.sort();
+    got.sort();
+    let ok = got == want && wrong.is_empty();
+    step(
+        format!("{name} exchange"),
+        ok,
+        format!(
+            "{} of {DATAGRAMS} datagrams echoed back from the origin {} (intact: {}); {to_prxd} handed to prxd from 127.0.0.2:{port}, {from_prxd} back from prxd; from elsewhere: {wrong:?}; {ms} simulated ms, {:.1} s",
+            answers.len(),
+            plan.origin,
+            got == want,
+            start.elapsed().as_secs_f64()
+        ),
+    );
+    report(name, &wire, &n) && ok
+}
