@@ -89,6 +89,20 @@ pub mod status {
 /// Runs prxd until SIGTERM/SIGINT (then drains); returns the exit code.
 pub fn run(start: Start) -> anyhow::Result<i32> {
     let cfg = start.config;
+    // Two descriptors per connection: the soft limit (256 for launchd's
+    // daemons on macOS, often 1024 on Linux) would cap prxd far below
+    // `max_connections`.
+    let (was, now) = privs::raise_nofile();
+    if now > was {
+        log(&format!("descriptor limit raised from {was} to {now}"));
+    }
+    if (now as usize) < 2 * cfg.max_connections + 64 {
+        log(&format!(
+            "the descriptor limit ({now}) holds about {} connections, fewer than max_connections ({})",
+            now.saturating_sub(64) / 2,
+            cfg.max_connections
+        ));
+    }
     // 1. The privileged controls, opened while still root.
     let (controls, errors) = if cfg.controls.is_empty() {
         (Controls::none(), Vec::new())

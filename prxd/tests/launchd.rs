@@ -80,3 +80,45 @@ fn without_a_prxd_table_prxd_exits_0_and_launchd_leaves_it_stopped() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("prx.toml:2:"), "{err}");
 }
+
+/// launchd starts daemons with a soft descriptor limit of 256; prxd needs two
+/// per connection, so it raises its soft limit to the hard one at start.
+#[test]
+fn prxd_raises_its_soft_descriptor_limit() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec '{}' run --listen 127.0.0.1:{port} --trust-header --controls none 2>'{}'",
+            env!("CARGO_BIN_EXE_prxd"),
+            log.display()
+        ))
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let text = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.contains("listening on") || start.elapsed() > std::time::Duration::from_secs(10) {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("descriptor limit raised from 256 to "),
+        "{text}"
+    );
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files SOFT HARD files": soft now equals hard.
+    assert_eq!(v[3], v[4], "{line}");
+}
