@@ -101,7 +101,7 @@ pub fn raise_nofile() -> (u64, u64) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return (0, 0);
     }
-    let before = r.rlim_cur as u64;
+    let before: u64 = r.rlim_cur;
     let hard = r.rlim_max;
     for want in [hard, 1 << 20, 1 << 16, 24_576, 10_240] {
         if want > hard || want <= r.rlim_cur {
@@ -113,7 +113,7 @@ pub fn raise_nofile() -> (u64, u64) {
         };
         // SAFETY: setrlimit reads the struct it is given.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &n) } == 0 {
-            return (before, want as u64);
+            return (before, want);
         }
     }
     (before, before)

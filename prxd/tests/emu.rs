@@ -35,7 +35,7 @@ fn main() {
             }
         }
     }
-    let tests: [(&str, fn()); 3] = [
+    let tests: [(&str, fn()); 4] = [
         (
             "prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator",
             prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator,
@@ -47,6 +47,10 @@ fn main() {
         (
             "prxd_relays_the_ip_filters_udp_flows_in_the_emulator",
             prxd_relays_the_ip_filters_udp_flows_in_the_emulator,
+        ),
+        (
+            "prxd_relays_the_ip_filters_udp_flows_through_a_socks5_udp_relay",
+            prxd_relays_the_ip_filters_udp_flows_through_a_socks5_udp_relay,
         ),
     ];
     if std::env::args().any(|a| a == "--list") {
@@ -525,6 +529,86 @@ fn prxd_serves_the_ip_filters_nat_flows_in_the_emulator() {
 /// client sees every answer come from the origin, unchanged; the flow ends
 /// after the UDP idle timeout with one log line.
 fn prxd_relays_the_ip_filters_udp_flows_in_the_emulator() {
+    udp_case(None);
+}
+
+/// A real SOCKS5 server with UDP ASSOCIATE (Debian's dante-server, `danted`)
+/// on loopback, started here.
+struct Danted {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Danted {
+    fn start() -> Danted {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("danted.conf");
+        let log = dir.path().join("danted.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "logoutput: {log}\n\
+                 debug: 1\n\
+                 internal: 127.0.0.1 port = {port}\n\
+                 external: 127.0.0.1\n\
+                 clientmethod: none\n\
+                 socksmethod: none\n\
+                 user.privileged: root\n\
+                 user.unprivileged: nobody\n\
+                 client pass {{\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n}}\n\
+                 socks pass {{\n  from: 0.0.0.0/0 to: 0.0.0.0/0\n  command: connect udpassociate udpreply\n  log: connect disconnect\n}}\n",
+                log = log.display()
+            ),
+        )
+        .expect("danted.conf");
+        let child = std::process::Command::new("danted")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path().join("danted.pid"))
+            .arg("-N")
+            .arg("1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("danted (Debian package dante-server; `cargo xtask test` installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "danted never listened:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Danted {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Danted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same UDP flow routed to a `socks5://` upstream: prxd opens a UDP
+/// ASSOCIATE with a real dante server and sends the datagrams through its
+/// relay (RFC 1928 §7 headers); the answers come back through it.
+fn prxd_relays_the_ip_filters_udp_flows_through_a_socks5_udp_relay() {
+    let d = Danted::start();
+    udp_case(Some(&d));
+}
+
+fn udp_case(socks: Option<&Danted>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("ctl.sock");
     let scenario = start_bridge_with(vec![kext("ip")], &sock);
@@ -550,12 +634,15 @@ fn prxd_relays_the_ip_filters_udp_flows_in_the_emulator() {
         prxctl::load_rules(&mut c, &rules).expect("load rules");
         prxctl::set_enabled(&mut c, true).expect("enable");
     }
+    let upstream = socks.map_or("direct".to_string(), |d| format!("socks5://{}", d.addr));
     let p = Prxd::run(
         &[
             "--controls",
             "ip",
             "--udp-idle-timeout",
             "1",
+            "--upstream",
+            &upstream,
             "--emu",
             sock.to_str().unwrap(),
         ],
@@ -581,6 +668,22 @@ fn prxd_relays_the_ip_filters_udp_flows_in_the_emulator() {
     assert!(line.contains("rule=ip:nat"), "{line}");
     assert!(line.contains(&format!("up={bytes} down={bytes}")), "{line}");
     assert!(line.contains("outcome=\"idle timeout\""), "{line}");
+    match socks {
+        None => assert!(line.contains("upstream=direct"), "{line}"),
+        Some(d) => {
+            assert!(line.contains("upstream=upstream"), "{line}");
+            // dante's own log shows the association and the relayed flow.
+            let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+            assert!(
+                log.contains("udpassociate") || log.contains("UDP"),
+                "danted's log:\n{log}"
+            );
+            assert!(
+                log.contains(&origin.ip().to_string()),
+                "danted's log:\n{log}"
+            );
+        }
+    }
     assert_eq!(p.counter("udp_flows"), 1);
     assert_eq!(p.counter("udp_idle_timeout"), 1);
     assert_eq!(p.counter("udp_refused"), 0);
