@@ -1171,7 +1171,7 @@ mod tests {
         assert_eq!(decode_auth_key_response(&buf), Ok(key));
         assert_eq!(
             decode_auth_key_response(&buf[..AUTH_KEY_RESPONSE_LEN - 1]),
-            Err(Error::Length)
+            Err(Error::Truncated)
         );
         // A status response is not a key.
         assert!(decode_auth_key_response(&req).is_err());
