@@ -67,6 +67,8 @@ fn main() {
             line.push(b[0] as char);
         }
     }
+    // Killed when this harness ends, panicking or not.
+    let origin = Kill(origin);
     let origin_addr: SocketAddr = line.trim().parse().expect("origin address");
     let pp = free_port();
     let hp = free_port();
@@ -150,8 +152,7 @@ fn main() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = origin.kill();
-    let _ = origin.wait();
+    drop(origin);
     drop((prxd, haproxy));
 }
 
