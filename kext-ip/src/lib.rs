@@ -73,6 +73,8 @@ const FLOWS: usize = parse_usize(env!("PRX_NAT_FLOWS"));
 const PREFIX: usize = 256;
 
 const ENOTCONN: Errno = 57;
+/// Operation not supported (an op the IP filter has no use for).
+const ENOTSUP: Errno = 45;
 
 /// A decimal number at compile time (build.rs has validated it; anything else
 /// gives 0, which `NatTable::new` refuses in start).
@@ -458,6 +460,8 @@ impl Control for Ctl {
                 let cfg = st.config.read();
                 proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
             }
+            // The IP filter writes no PROXY v2 headers: it has no key.
+            GetRequest::AuthKey => return Err(ENOTSUP),
             GetRequest::Stats => {
                 let generation = st.config.read().generation;
                 let mut out = [(0u32, 0u64); 32];

@@ -17,6 +17,10 @@
 //!   tagged so this filter lets it through; application data is refused until
 //!   the header is out, and if the header cannot be sent the connection's data
 //!   is refused (EPIPE) rather than sent without it.
+//! - Each header ends with an authenticating TLV (`proxy_v2::TLV_AUTH`): a
+//!   tag keyed by 32 bytes drawn from `read_random` at start, which only
+//!   the privileged control hands out (op `GetAuthKey`), so prxd can tell the
+//!   kext's headers from any local process's.
 //! - A privileged kern_control (`net.prx.kext.SocketFilter.control`) carries the
 //!   control protocol of `common::net::control`.
 //! - Stop refuses (busy) while control clients are connected, unregisters both
@@ -44,7 +48,7 @@ use common::kpi::rules::{self as krules, KRuleSet};
 use common::kpi::sflt::{
     self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
 };
-use common::kpi::{KextError, clock, log, proc};
+use common::kpi::{KextError, clock, log, proc, random};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::kextlog::{Ep, LogLevel, RuleNo};
@@ -92,6 +96,8 @@ struct Shared {
     origdst: Mutex<Table<KSlice<Slot>>>,
     counters: [AtomicU64; 8],
     tag: MbufTag,
+    /// The PROXY v2 headers' authentication key, drawn at start.
+    auth_key: proxy_v2::AuthKey,
 }
 
 impl Shared {
@@ -295,7 +301,13 @@ impl SocketFilter for Filter {
         // The client's pid and process name ride along as custom TLVs.
         let pid = u32::try_from(c.pid).unwrap_or(0);
         let inj = client.and_then(|client| {
-            let h = proxy_v2::encode(&client, &r.orig, pid, c.name.as_bytes());
+            let h = proxy_v2::encode_authenticated(
+                &client,
+                &r.orig,
+                pid,
+                c.name.as_bytes(),
+                &st.auth_key,
+            );
             Injection::new(h.as_bytes(), Some(st.tag))
         });
         if inj.is_none() {
@@ -405,6 +417,8 @@ impl Control for Ctl {
                 let cfg = st.config.read();
                 proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
             }
+            // The control is privileged (root only): the key goes to prxd.
+            GetRequest::AuthKey => proto::encode_auth_key_response(&st.auth_key, buf),
             GetRequest::Stats => {
                 let mut out = [(0u32, 0u64); 12];
                 for ((o, id), c) in out.iter_mut().zip(COUNTERS).zip(st.counters.iter()) {
@@ -453,11 +467,15 @@ fn make_state() -> Result<(), KextError> {
         KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
     let origdst = Mutex::try_new(Table::new(slots)).map_err(|_| KextError::Failed)?;
     let tag = MbufTag::find(c"net.prx.kext.SocketFilter", 1).map_err(|_| KextError::Failed)?;
+    // A fresh key per load (and so per boot): read_random never blocks.
+    let mut key = [0u8; 32];
+    random::fill(&mut key);
     let shared = Shared {
         config,
         origdst,
         counters: [const { AtomicU64::new(0) }; 8],
         tag,
+        auth_key: proxy_v2::AuthKey(key),
     };
     let b = alloc::KBox::try_new(shared).map_err(|_| KextError::Failed)?;
     STATE.set(b).map_err(|_| KextError::Failed)

@@ -9,8 +9,11 @@
 #    Loading is refused until the user approves the kext (System Settings >
 #    Privacy & Security) and restarts; that is normal and does not fail the
 #    installation: the message says what to do.
-# 3. Starts the boot-time daemons (launchctl bootstrap): net.prx.apply runs
-#    `prxctl apply --load`, now and at every boot.
+# 3. Starts the boot-time daemons (launchctl bootstrap), in order:
+#    net.prx.apply runs `prxctl apply --load`, now and at every boot;
+#    net.prx.prxd runs prxd (/usr/local/libexec/prxd), kept alive. prxd sets
+#    the kexts' proxies itself; if prx.toml has no [prxd] table (an upgrade
+#    keeps the user's file) it exits at once and stays stopped: said here.
 root="${3:-/}"
 root="${root%/}"
 labels="@LABELS@"
@@ -70,6 +73,9 @@ for label in $labels; do
         echo "prx postinstall: started $label"
     else
         echo "prx postinstall: $label did not start now; it starts at the next boot"
+    fi
+    if [ "$label" = net.prx.prxd ] && ! grep -q '^[[:space:]]*\[prxd\]' "$conf/prx.toml"; then
+        echo "prx postinstall: $conf/prx.toml has no [prxd] table, so prxd stays stopped; to use it, copy the [prxd] table of prx.toml.example into prx.toml and run: sudo launchctl kickstart system/net.prx.prxd"
     fi
 done
 exit 0

@@ -4,14 +4,16 @@
 # $1: package path, $2: target location, $3: target volume (always / here:
 # the Distribution allows the boot volume only).
 #
-# On an upgrade: stop the boot-time daemons and unload the old kexts so that
+# On an upgrade: stop the boot-time daemons (prxd first: it holds the kexts'
+# controls open, and a kext with control clients refuses to stop; its
+# LaunchDaemon plist is replaced by the payload) and unload the old kexts so that
 # the new ones load cleanly. A kext that cannot be unloaded (not loaded, or in
 # use) does not stop the upgrade: the new one takes over after the restart
 # the installer asks for; this script says so. It never fails silently: the
 # only failure is a missing system tool, and it is named.
 root="${3:-/}"
 root="${root%/}"
-labels="@LABELS@"
+labels="@STOP_LABELS@"
 kexts="@KEXTS@"
 
 for tool in /usr/bin/sw_vers /bin/launchctl; do

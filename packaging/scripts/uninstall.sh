@@ -4,7 +4,8 @@
 #
 #   sudo /usr/local/share/prx/uninstall.sh
 #
-# Stops the daemons, unloads and removes the kexts, removes every file the
+# Stops the daemons (prxd first: it holds the kexts' controls open), unloads
+# and removes the kexts, removes every file the
 # package installed and forgets its receipt (pkgutil --forget). The
 # configuration /Library/Application Support/prx/prx.toml is removed only if it
 # is still the example's copy; an edited one is kept, and said so.
@@ -34,7 +35,7 @@ if [ "$root" = / ] && [ "$(id -u)" -ne 0 ]; then
 fi
 root="${root%/}"
 pkgid="@PKG_ID@"
-labels="@LABELS@"
+labels="@STOP_LABELS@"
 kexts="@KEXTS@"
 files='@FILES@'
 dirs='@DIRS@'

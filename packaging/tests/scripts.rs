@@ -5,7 +5,10 @@
 //! `launchctl` and `pkgutil`; the payload is laid down between them the way
 //! Installer does (`pkg::check`). Scenarios: fresh install, upgrade over an
 //! older version with a user-edited `prx.toml`, refused kext loads (macOS 14
-//! and 10.15), and uninstalling (nothing left but what the user made).
+//! and 10.15), and uninstalling (nothing left but what the user made). The
+//! package holds prxctl and prxd: prxd goes to `/usr/local/libexec`, its
+//! LaunchDaemon is started after `net.prx.apply` and stopped before it (and
+//! before the kexts are unloaded).
 //! Every script also passes `sh -n` and Debian's `shellcheck`.
 
 mod support;
@@ -22,6 +25,7 @@ const KEXTS: [(&str, &str); 2] = [
     ("PrxIPFilter", "net.prx.kext.IPFilter"),
 ];
 
+/// A package of `version`; versions before 0.1.0 had no prxd.
 fn spec(dir: &Path, version: &str, example: &str) -> PkgSpec {
     let kexts = KEXTS
         .iter()
@@ -31,8 +35,22 @@ fn spec(dir: &Path, version: &str, example: &str) -> PkgSpec {
             version: version.into(),
         })
         .collect();
-    let tool = dir.join("prxctl");
-    std::fs::write(&tool, format!("stand-in prxctl {version}\n")).unwrap();
+    let names: &[&str] = if version.starts_with("0.0.") {
+        &["prxctl"]
+    } else {
+        &["prxctl", "prxd"]
+    };
+    let tools = names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("stand-in {name} {version}\n")).unwrap();
+            pkg::system::ToolInput {
+                path,
+                name: name.to_string(),
+            }
+        })
+        .collect();
     PkgSpec {
         identifier: "net.prx.kext.pkg".into(),
         version: version.into(),
@@ -42,10 +60,7 @@ fn spec(dir: &Path, version: &str, example: &str) -> PkgSpec {
         require_restart: true,
         epoch: 1_767_225_600,
         kexts,
-        tools: vec![pkg::system::ToolInput {
-            path: tool,
-            name: "prxctl".into(),
-        }],
+        tools,
         example_config: example.as_bytes().to_vec(),
     }
 }
@@ -207,7 +222,10 @@ impl Fake {
     }
 }
 
-const EXAMPLE_NEW: &str = "# example 0.1.0\n[socket-filter]\nenabled = false\n";
+const EXAMPLE_NEW: &str =
+    "# example 0.1.0\n[socket-filter]\nenabled = false\n[prxd]\nlisten = [\"127.0.0.1:1080\"]\n";
+const START_APPLY: &str = "launchctl bootstrap system /Library/LaunchDaemons/net.prx.apply.plist";
+const START_PRXD: &str = "launchctl bootstrap system /Library/LaunchDaemons/net.prx.prxd.plist";
 const EXAMPLE_OLD: &str = "# example 0.0.9\n";
 const CONFIG: &str = "Library/Application Support/prx/prx.toml";
 const EXAMPLE: &str = "Library/Application Support/prx/prx.toml.example";
@@ -239,13 +257,24 @@ fn fresh_install_creates_the_configuration_loads_the_kexts_and_starts_the_daemon
         !calls.iter().any(|c| c.starts_with("kextload")),
         "{calls:?}"
     );
-    assert!(
-        calls.contains(
-            &"launchctl bootstrap system /Library/LaunchDaemons/net.prx.apply.plist".to_string()
-        ),
-        "{calls:?}"
-    );
+    // apply first (it loads the kexts and their rules), then prxd, after
+    // the kexts' loads.
+    let pos = |c: &str| calls.iter().position(|x| x == c);
+    let (apply, prxd) = (pos(START_APPLY).unwrap(), pos(START_PRXD).unwrap());
+    let last_load = expected_loads()
+        .iter()
+        .filter_map(|l| pos(l))
+        .max()
+        .unwrap();
+    assert!(last_load < apply && apply < prxd, "{calls:?}");
     assert_eq!(fake.file(CONFIG), EXAMPLE_NEW);
+    assert!(!out.contains("no [prxd] table"), "{out}");
+    assert_eq!(fake.file("usr/local/libexec/prxd"), "stand-in prxd 0.1.0\n");
+    assert!(!fake.root.join("usr/local/bin/prxd").exists());
+    assert_eq!(
+        fake.file("Library/LaunchDaemons/net.prx.prxd.plist"),
+        pkg::system::PRXD_PLIST
+    );
     assert!(out.contains("created"), "{out}");
     assert!(out.contains("loaded PrxSocketFilter.kext"), "{out}");
     let plist = fake.file("Library/LaunchDaemons/net.prx.apply.plist");
@@ -274,12 +303,33 @@ fn upgrade_keeps_the_edited_configuration_and_unloads_the_old_kexts_first() {
             .position(|x| x == c)
             .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
     };
+    // 0.0.9 had no prxd: nothing of it to stop.
+    assert!(
+        !calls.iter().any(|c| c.contains("system/net.prx.prxd")),
+        "{calls:?}"
+    );
     let stop = pos("launchctl bootout system/net.prx.apply");
     let unload = pos("kmutil unload -b net.prx.kext.SocketFilter");
     pos("kmutil unload -b net.prx.kext.IPFilter");
     let load = pos("kmutil load -p /Library/Extensions/PrxSocketFilter.kext");
-    let start = pos("launchctl bootstrap system /Library/LaunchDaemons/net.prx.apply.plist");
-    assert!(stop < unload && unload < load && load < start, "{calls:?}");
+    let start = pos(START_APPLY);
+    let start_prxd = pos(START_PRXD);
+    assert!(
+        stop < unload && unload < load && load < start && start < start_prxd,
+        "{calls:?}"
+    );
+    assert!(
+        out.contains("prx postinstall: started net.prx.prxd"),
+        "{out}"
+    );
+    // The kept prx.toml has no [prxd] table: prxd stays stopped, and the
+    // postinstall says how to turn it on.
+    assert!(
+        out.contains("has no [prxd] table, so prxd stays stopped")
+            && out.contains("launchctl kickstart system/net.prx.prxd"),
+        "{out}"
+    );
+    assert_eq!(fake.file("usr/local/libexec/prxd"), "stand-in prxd 0.1.0\n");
     assert_eq!(fake.file(CONFIG), edited, "the user's prx.toml is kept");
     assert_eq!(
         fake.file(EXAMPLE),
@@ -290,6 +340,29 @@ fn upgrade_keeps_the_edited_configuration_and_unloads_the_old_kexts_first() {
     assert!(out.contains("keeping the existing"), "{out}");
     assert!(
         out.contains("unloaded the old PrxSocketFilter.kext"),
+        "{out}"
+    );
+
+    // Upgrading (here: reinstalling) a version with prxd: prxd stops first
+    // (it holds the kexts' controls open), then apply, then the kexts unload.
+    let out = fake.install(&spec(&d.path().join("again"), "0.1.0", EXAMPLE_NEW));
+    let calls = fake.take_calls();
+    let pos = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
+    };
+    let order = [
+        pos("launchctl bootout system/net.prx.prxd"),
+        pos("launchctl bootout system/net.prx.apply"),
+        pos("kmutil unload -b net.prx.kext.SocketFilter"),
+        pos(START_APPLY),
+        pos(START_PRXD),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
+    assert!(
+        out.contains("prx preinstall: stopped net.prx.prxd"),
         "{out}"
     );
 }
@@ -342,18 +415,29 @@ fn uninstall_leaves_nothing_but_what_the_user_made() {
     let before = fake.tree();
     fake.install(&spec(&d.path().join("a"), "0.1.0", EXAMPLE_NEW));
     std::fs::write(fake.root.join("var/log/prx.log"), "apply log\n").unwrap();
+    std::fs::write(fake.root.join("var/log/prxd.log"), "prxd log\n").unwrap();
     assert!(fake.tree().len() > before.len() + 15);
     fake.take_calls();
     let (ok, out) = fake.uninstall();
     assert!(ok, "{out}");
     let calls = fake.take_calls();
-    for c in [
-        "launchctl bootout system/net.prx.apply",
-        "kmutil unload -b net.prx.kext.SocketFilter",
-        "kmutil unload -b net.prx.kext.IPFilter",
-    ] {
-        assert!(calls.contains(&c.to_string()), "{c} in {calls:?}");
-    }
+    // prxd stops first (it holds the kexts' controls open), then apply,
+    // then the kexts are unloaded.
+    let at = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
+    };
+    let order = [
+        at("launchctl bootout system/net.prx.prxd"),
+        at("launchctl bootout system/net.prx.apply"),
+        at("kmutil unload -b net.prx.kext.SocketFilter"),
+        at("kmutil unload -b net.prx.kext.IPFilter"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{calls:?}");
+    assert!(out.contains("removed /usr/local/libexec/prxd"), "{out}");
+    assert!(out.contains("removed /var/log/prxd.log"), "{out}");
     assert!(
         calls.contains(&format!(
             "pkgutil --volume {} --forget net.prx.kext.pkg",

@@ -3,7 +3,8 @@
 //!
 //! Order: the whole file is validated and every kext it names is connected to
 //! before anything is sent (a bad file or a missing kext changes nothing);
-//! then per kext: disable first if it is to be off, proxies, NAT timeouts,
+//! then per kext: disable first if it is to be off, proxies (unless prxd sets
+//! them: [`KextConfig::proxies`] is `None`), NAT timeouts,
 //! rules, enable last if it is to be on — so a kext never filters with half
 //! a configuration.
 //!
@@ -72,7 +73,9 @@ pub fn summary(config: &Config) -> String {
                 k.table,
                 if c.enabled { "enabled" } else { "disabled" },
                 crate::render_rules(&c.rules),
-                render_proxies(&c.proxies),
+                c.proxies
+                    .as_ref()
+                    .map_or_else(|| "set by prxd".to_string(), render_proxies),
                 c.timeouts
                     .map(|t| format!(", timeouts {}", crate::render_timeouts(&t).trim_end()))
                     .unwrap_or_default()
@@ -147,11 +150,13 @@ pub fn apply_kext(
         crate::set_enabled(t, false)?;
         changed.push("disabled".to_string());
     }
-    if current.proxies != want.proxies {
-        crate::set_proxies(t, &want.proxies)?;
+    // `None`: prxd owns this kext's proxies (it registers at every start);
+    // apply never overwrites them.
+    if let Some(want_proxies) = want.proxies.as_ref().filter(|p| **p != current.proxies) {
+        crate::set_proxies(t, want_proxies)?;
         changed.push(format!(
             "proxies {} (were {})",
-            render_proxies(&want.proxies),
+            render_proxies(want_proxies),
             render_proxies(&current.proxies)
         ));
     }
@@ -248,6 +253,6 @@ mod tests {
     fn summary_of_the_example() {
         let c = crate::config::parse(include_str!("../prx.toml.example")).unwrap();
         let s = summary(&c);
-        assert!(s.starts_with("socket-filter: disabled, 2 rules, default direct, proxies 127.0.0.1:1080 process microsocks; ip-filter: disabled, 1 rules"), "{s}");
+        assert!(s.starts_with("socket-filter: disabled, 2 rules, default direct, proxies set by prxd; ip-filter: disabled, 1 rules"), "{s}");
     }
 }

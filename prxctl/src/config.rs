@@ -20,9 +20,16 @@
 //! udp-idle = 300
 //! ```
 //!
-//! A `[prxd]` table is reserved for the prx daemon (a later version). Every
-//! error names the line and column and the key; the rules are validated by
-//! [`crate::rules_file`]'s code, so their errors read the same.
+//! A `[prxd]` table is the prx daemon's (prxd reads and validates it; `prxd
+//! check --config FILE`). Who sets a kext's proxies: **prxd, for every kext in
+//! its `controls`** (default both) when the file has a `[prxd]` table — it
+//! registers its listen addresses and its own pid and name at every start, so
+//! the kext always knows the running prxd —; otherwise `prxctl apply`, from
+//! the kext table's `proxy`, `proxy-process` and `proxy-pid`. One owner per
+//! kext: those keys in the table of a kext prxd registers with are an error,
+//! and `apply` then leaves that kext's proxies alone ([`KextConfig::proxies`]
+//! is `None`). Every error names the line and column and the key; the rules
+//! are validated by [`crate::rules_file`]'s code, so their errors read the same.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -44,8 +51,9 @@ pub const DEFAULT_PATH: &str = "/Library/Application Support/prx/prx.toml";
 pub struct KextConfig {
     /// Filtering on or off.
     pub enabled: bool,
-    /// The proxies and the proxy's own process.
-    pub proxies: Proxies,
+    /// The proxies and the proxy's own process; `None` when prxd sets them
+    /// (the file has a `[prxd]` table whose `controls` name this kext).
+    pub proxies: Option<Proxies>,
     /// The rule set.
     pub rules: RuleFile,
     /// The NAT timeouts (IP filter only).
@@ -69,6 +77,34 @@ struct Raw {
     #[serde(rename = "ip-filter")]
     ip_filter: Option<Spanned<RawKext>>,
     prxd: Option<Spanned<toml::Value>>,
+}
+
+/// The kexts (by `controls` name: `socket`, `ip`) whose proxies prxd sets:
+/// those of its `controls` (default both) when there is a `[prxd]` table.
+fn prxd_controls(src: &str, prxd: Option<&Spanned<toml::Value>>) -> Result<Vec<String>, FileError> {
+    let Some(p) = prxd else {
+        return Ok(Vec::new());
+    };
+    let Some(table) = p.get_ref().as_table() else {
+        return Err(err_at(src, p.span(), "[prxd]: not a table".into()));
+    };
+    match table.get("controls") {
+        None => Ok(vec!["socket".into(), "ip".into()]),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|k| k.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                err_at(
+                    src,
+                    p.span(),
+                    "[prxd] `controls`: a list of \"socket\" and/or \"ip\"".into(),
+                )
+            }),
+    }
 }
 
 #[derive(Deserialize)]
@@ -109,20 +145,29 @@ pub fn parse(src: &str) -> Result<Config, FileError> {
         let span = e.span().unwrap_or(0..0);
         err_at(src, span, e.message().trim().to_string())
     })?;
-    if let Some(p) = &raw.prxd {
-        return Err(err_at(
-            src,
-            p.span(),
-            "[prxd]: the prx daemon is not part of this version of prx; remove the table".into(),
-        ));
-    }
+    let by_prxd = prxd_controls(src, raw.prxd.as_ref())?;
+    let owned = |name: &str| by_prxd.iter().any(|c| c == name);
     let socket_filter = match &raw.socket_filter {
         None => None,
-        Some(k) => Some(kext(src, "socket-filter", k.get_ref(), k.span(), false)?),
+        Some(k) => Some(kext(
+            src,
+            "socket-filter",
+            k.get_ref(),
+            k.span(),
+            false,
+            owned("socket"),
+        )?),
     };
     let ip_filter = match &raw.ip_filter {
         None => None,
-        Some(k) => Some(kext(src, "ip-filter", k.get_ref(), k.span(), true)?),
+        Some(k) => Some(kext(
+            src,
+            "ip-filter",
+            k.get_ref(),
+            k.span(),
+            true,
+            owned("ip"),
+        )?),
     };
     Ok(Config {
         socket_filter,
@@ -136,8 +181,28 @@ fn kext(
     raw: &RawKext,
     span: Range<usize>,
     has_timeouts: bool,
+    prxd_owned: bool,
 ) -> Result<KextConfig, FileError> {
     let bad = |span: Range<usize>, msg: String| err_at(src, span, format!("[{table}] {msg}"));
+    if prxd_owned {
+        let keys = [
+            raw.proxy.as_ref().map(|k| ("proxy", k.span())),
+            raw.proxy_process
+                .as_ref()
+                .map(|k| ("proxy-process", k.span())),
+            raw.proxy_pid.as_ref().map(|k| ("proxy-pid", k.span())),
+        ];
+        if let Some((key, span)) = keys.into_iter().flatten().next() {
+            return Err(bad(
+                span,
+                format!(
+                    "`{key}`: this file has a [prxd] table, so prxd sets this kext's proxies \
+                     (its `listen` addresses and its own process) at every start; remove `{key}`, \
+                     or leave this kext out of [prxd] `controls` to use another proxy"
+                ),
+            ));
+        }
+    }
     let mut proxies = Proxies::default();
     if let Some(list) = &raw.proxy {
         if list.get_ref().is_empty() || list.get_ref().len() > 2 {
@@ -258,7 +323,7 @@ fn kext(
     let _ = span;
     Ok(KextConfig {
         enabled: raw.enabled.as_ref().is_none_or(|e| *e.get_ref()),
-        proxies,
+        proxies: (!prxd_owned).then_some(proxies),
         rules,
         timeouts,
     })
@@ -276,11 +341,54 @@ mod tests {
         assert!(!s.enabled);
         assert_eq!(s.rules.rules.len(), 2);
         assert_eq!(s.rules.default, Action::Direct);
-        assert!(s.proxies.v4.is_some() && s.proxies.name.is_some());
+        // The example runs prxd: it sets both kexts' proxies, apply does not.
+        assert_eq!(s.proxies, None);
         assert_eq!(s.timeouts, None);
         let ip = c.ip_filter.unwrap();
         assert_eq!(ip.timeouts, Some(default_timeouts()));
         assert_eq!(ip.rules.rules.len(), 1);
+        assert_eq!(ip.proxies, None);
+    }
+
+    #[test]
+    fn prxd_owns_the_proxies_of_the_kexts_it_registers_with() {
+        // No [prxd]: apply sets the proxies.
+        let c = parse("[socket-filter]\nproxy = [\"127.0.0.1:1080\"]\n").unwrap();
+        assert!(c.socket_filter.unwrap().proxies.unwrap().v4.is_some());
+        // [prxd] with the default controls: both kexts' proxies are prxd's.
+        let c =
+            parse("[prxd]\nlisten = [\"127.0.0.1:7890\"]\n[socket-filter]\n[ip-filter]\n").unwrap();
+        assert_eq!(c.socket_filter.unwrap().proxies, None);
+        assert_eq!(c.ip_filter.unwrap().proxies, None);
+        // A proxy key in such a kext's table: one owner, so an error naming
+        // the key, its line and the two ways out.
+        for key in [
+            "proxy = [\"127.0.0.1:1080\"]",
+            "proxy-process = \"x\"",
+            "proxy-pid = 7",
+        ] {
+            let e = parse(&format!(
+                "[prxd]\nlisten = [\"127.0.0.1:7890\"]\n[ip-filter]\n{key}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.line, 4, "{e}");
+            assert!(e.message.starts_with("[ip-filter] `proxy"), "{e}");
+            assert!(e.message.contains("prxd sets this kext's proxies"), "{e}");
+            assert!(e.message.contains("`controls`"), "{e}");
+        }
+        // prxd registers with the socket filter only: the IP filter's proxy
+        // is apply's.
+        let c = parse(
+            "[prxd]\nlisten = [\"127.0.0.1:7890\"]\ncontrols = [\"socket\"]\n\
+             [socket-filter]\n[ip-filter]\nproxy = [\"192.0.2.1:3128\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.socket_filter.unwrap().proxies, None);
+        assert!(c.ip_filter.unwrap().proxies.unwrap().v4.is_some());
+        let c = parse("[prxd]\nlisten = [\"127.0.0.1:7890\"]\ncontrols = []\n[socket-filter]\nproxy-pid = 9\n").unwrap();
+        assert_eq!(c.socket_filter.unwrap().proxies.unwrap().pid, Some(9));
+        let e = parse("[prxd]\ncontrols = \"socket\"\n").unwrap_err();
+        assert!(e.message.contains("`controls`"), "{e}");
     }
 
     #[test]
@@ -311,9 +419,6 @@ mod tests {
         let e = parse("[socket-filter]\nenable = true\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("enable"), "{e}");
-
-        let e = parse("[prxd]\nlisten = 1\n").unwrap_err();
-        assert!(e.message.contains("not part of this version"), "{e}");
     }
 
     #[test]
@@ -323,7 +428,7 @@ mod tests {
         let c = parse("[ip-filter]\n").unwrap();
         let ip = c.ip_filter.unwrap();
         assert!(ip.enabled);
-        assert_eq!(ip.proxies, Proxies::default());
+        assert_eq!(ip.proxies, Some(Proxies::default()));
         assert!(ip.rules.rules.is_empty());
         let c = parse("[ip-filter.timeouts]\nudp-idle = 600\n").unwrap();
         let t = c.ip_filter.unwrap().timeouts.unwrap();

@@ -167,6 +167,7 @@ fn get(t: &mut dyn Transport, req: &GetRequest, size: usize) -> io::Result<Vec<u
         GetRequest::Status => Op::GetStatus,
         GetRequest::Rules => Op::GetRules,
         GetRequest::Lookup(_) => Op::Lookup,
+        GetRequest::AuthKey => Op::GetAuthKey,
     };
     let n = t.getopt(op as i32, &mut buf)?;
     buf.truncate(n);
@@ -185,6 +186,13 @@ pub fn stats(t: &mut dyn Transport) -> io::Result<Vec<(u32, u64)>> {
     let mut out = Vec::new();
     control::decode_stats(&buf, |id, v| out.push((id, v))).map_err(proto)?;
     Ok(out)
+}
+
+/// Reads the socket filter's PROXY v2 authentication key (root only: the
+/// control is privileged). prxd verifies the kext's headers with it.
+pub fn auth_key(t: &mut dyn Transport) -> io::Result<common::net::proxy_v2::AuthKey> {
+    let buf = get(t, &GetRequest::AuthKey, control::AUTH_KEY_RESPONSE_LEN)?;
+    control::decode_auth_key_response(&buf).map_err(proto)
 }
 
 /// Looks up the original destination of a client address.

@@ -40,10 +40,17 @@ fn main() {
     let mib: usize = get("--mib").and_then(|v| v.parse().ok()).unwrap_or(1024);
     let fds = raise_nofile((2 * idle + 256) as u64);
     if fds < (2 * idle + 64) as u64 {
+        // Measured anyway: what each proxy holds is counted from its
+        // descriptors, so the report shows the ceiling, not a guess.
         eprintln!(
-            "vs_haproxy: RLIMIT_NOFILE is {fds} and cannot be raised: {idle} idle connections need about {} descriptors per proxy (two per connection; give --idle {})",
+            "vs_haproxy: RLIMIT_NOFILE is {fds} and cannot be raised: {idle} idle connections need about {} descriptors per proxy (two per connection); each proxy holds what fits, and the report says how many",
             2 * idle + 64,
-            fds.saturating_sub(64) / 2
+        );
+    }
+    if fds < idle as u64 + 64 {
+        eprintln!(
+            "vs_haproxy: RLIMIT_NOFILE is {fds}: this harness itself cannot open {idle} connections (give --idle {})",
+            fds.saturating_sub(64)
         );
         std::process::exit(2);
     }
@@ -60,6 +67,8 @@ fn main() {
             line.push(b[0] as char);
         }
     }
+    // Killed when this harness ends, panicking or not.
+    let origin = Kill(origin);
     let origin_addr: SocketAddr = line.trim().parse().expect("origin address");
     let pp = free_port();
     let hp = free_port();
@@ -89,7 +98,9 @@ fn main() {
         format!(
             "global\n  maxconn {m}\ndefaults\n  mode tcp\n  maxconn {m}\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
              frontend f\n  bind 127.0.0.1:{hp}\n  default_backend b\nbackend b\n  server o {origin_addr}\n",
-            m = idle + 100
+            // haproxy refuses to start when maxconn needs more descriptors
+            // than RLIMIT_NOFILE gives it (two per connection, and its own).
+            m = (idle + 100).min((fds as usize).saturating_sub(100) / 2)
         ),
     )
     .expect("haproxy.cfg");
@@ -103,8 +114,8 @@ fn main() {
     );
     let p_addr: SocketAddr = format!("127.0.0.1:{pp}").parse().unwrap();
     let h_addr: SocketAddr = format!("127.0.0.1:{hp}").parse().unwrap();
-    wait_listening(p_addr);
-    wait_listening(h_addr);
+    wait_listening(p_addr, "prxd");
+    wait_listening(h_addr, "haproxy");
     let hdr = header(origin_addr);
     let total = mib << 20;
     println!("throughput, one connection, {mib} MiB to a sink (MB/s; best of 3):");
@@ -120,20 +131,28 @@ fn main() {
         "  best:    prxd {best_p:8.0}   haproxy {best_h:8.0}   ratio {:.2} (goal >= 0.90)",
         best_p / best_h
     );
-    println!("memory, {idle} idle connections held (KiB of resident memory per connection):");
+    println!(
+        "memory, {idle} idle connections opened (KiB of resident memory per connection held; RLIMIT_NOFILE {fds}):"
+    );
     let mp = idle_memory(p_addr, &hdr, idle, prxd.0.id());
     let mh = idle_memory(h_addr, &[], idle, haproxy.0.id());
     println!(
         "  prxd {:.1} ({} of {idle} held)   haproxy {:.1} ({} of {idle} held)   ratio {:.2} (goal <= 1.00)",
-        mp.0,
-        mp.1,
-        mh.0,
-        mh.1,
-        mp.0 / mh.0
+        mp.kib,
+        mp.held,
+        mh.kib,
+        mh.held,
+        mp.kib / mh.kib
     );
+    for (name, m) in [("prxd", &mp), ("haproxy", &mh)] {
+        println!(
+            "  {name}: {} descriptors open at the peak ({} before; {} relayed connections = two each), \
+             {} of {idle} client connections still open",
+            m.fds_peak, m.fds_before, m.held, m.open
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = origin.kill();
-    let _ = origin.wait();
+    drop(origin);
     drop((prxd, haproxy));
 }
 
@@ -179,12 +198,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_listening(a: SocketAddr) {
+fn wait_listening(a: SocketAddr, who: &str) {
     let start = Instant::now();
     while TcpStream::connect(a).is_err() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "{a} never listened"
+            "{who} never listened on {a}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -235,10 +254,33 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Opens `n` connections (each with `pre`), waits, and returns the growth of
-/// `pid`'s resident memory per connection and how many are still open.
-fn idle_memory(proxy: SocketAddr, pre: &[u8], n: usize, pid: u32) -> (f64, usize) {
+/// Descriptors `pid` has open (`/proc/PID/fd`).
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// What one proxy held.
+struct Idle {
+    /// Resident memory growth per connection held, KiB.
+    kib: f64,
+    /// Connections the proxy relays: its new descriptors / 2 (the client's
+    /// and the origin's side).
+    held: usize,
+    /// Client connections not closed by the proxy (those beyond what it
+    /// holds may wait in its listen backlog).
+    open: usize,
+    fds_before: usize,
+    fds_peak: usize,
+}
+
+/// Opens `n` connections (each with `pre`), waits, and returns what `pid`
+/// holds: resident memory growth per connection held, connections relayed
+/// (counted from its descriptors), client connections still open.
+fn idle_memory(proxy: SocketAddr, pre: &[u8], n: usize, pid: u32) -> Idle {
     let before = rss_kib(pid);
+    let fds_before = fd_count(pid);
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         // A proxy out of descriptors leaves connections in its backlog: stop there.
@@ -252,6 +294,8 @@ fn idle_memory(proxy: SocketAddr, pre: &[u8], n: usize, pid: u32) -> (f64, usize
     }
     std::thread::sleep(Duration::from_secs(2));
     let after = rss_kib(pid);
+    let fds_peak = fd_count(pid);
+    let relayed = fds_peak.saturating_sub(fds_before) / 2;
     let open = held
         .iter()
         .filter(|s| {
@@ -261,7 +305,13 @@ fn idle_memory(proxy: SocketAddr, pre: &[u8], n: usize, pid: u32) -> (f64, usize
         .count();
     drop(held);
     std::thread::sleep(Duration::from_secs(1));
-    (after.saturating_sub(before) as f64 / n as f64, open)
+    Idle {
+        kib: after.saturating_sub(before) as f64 / relayed.max(1) as f64,
+        held: relayed,
+        open,
+        fds_before,
+        fds_peak,
+    }
 }
 
 /// The origin: a sink that answers each connection with the byte count at EOF,

@@ -10,6 +10,7 @@
 //! buffer_bytes = 65536          # per direction, only while bytes flow
 //! connect_timeout_s = 10
 //! idle_timeout_s = 300
+//! udp_idle_timeout_s = 60       # a UDP flow of the IP filter ends after this long without a datagram
 //! header_timeout_s = 5          # a PROXY v2 header must be complete by then
 //! header_wait_ms = 100          # how long a vouched client may take to start its header
 //! drain_timeout_s = 30          # SIGTERM: live connections get this long
@@ -161,6 +162,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Idle timeout (no bytes either way).
     pub idle_timeout: Duration,
+    /// A UDP flow of the IP filter ends after this long without a datagram.
+    pub udp_idle_timeout: Duration,
     /// A PROXY v2 header must be complete within this.
     pub header_timeout: Duration,
     /// How long a vouched client may take to start its header.
@@ -188,6 +191,7 @@ impl Default for Config {
             buffer_bytes: 64 * 1024,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            udp_idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(5),
             header_wait: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(30),
@@ -225,6 +229,7 @@ struct RawPrxd {
     buffer_bytes: Option<Spanned<u64>>,
     connect_timeout_s: Option<Spanned<u64>>,
     idle_timeout_s: Option<Spanned<u64>>,
+    udp_idle_timeout_s: Option<Spanned<u64>>,
     header_timeout_s: Option<Spanned<u64>>,
     header_wait_ms: Option<Spanned<u64>>,
     drain_timeout_s: Option<Spanned<u64>>,
@@ -378,6 +383,9 @@ pub fn parse(src: &str) -> Result<Config, ConfigError> {
     if let Some(v) = positive(&p.idle_timeout_s, "idle_timeout_s", 7 * day)? {
         c.idle_timeout = Duration::from_secs(v);
     }
+    if let Some(v) = positive(&p.udp_idle_timeout_s, "udp_idle_timeout_s", day)? {
+        c.udp_idle_timeout = Duration::from_secs(v);
+    }
     if let Some(v) = positive(&p.header_timeout_s, "header_timeout_s", 600)? {
         c.header_timeout = Duration::from_secs(v);
     }
@@ -499,6 +507,16 @@ pub fn load(path: &Path) -> Result<Config, String> {
     })
 }
 
+/// Whether the TOML document at `path` has a `[prxd]` table (`None`: the
+/// file cannot be read or is not TOML; [`load`] says why). prxd started by
+/// launchd on a `prx.toml` without one has nothing to do and exits 0, which
+/// its LaunchDaemon (`KeepAlive` = `SuccessfulExit` false) leaves stopped.
+pub fn has_prxd_table(path: &Path) -> Option<bool> {
+    let src = std::fs::read_to_string(path).ok()?;
+    let v: toml::Table = toml::from_str(&src).ok()?;
+    Some(v.contains_key("prxd"))
+}
+
 /// A password from the first line of a file (trailing newline removed).
 pub fn read_password_file(path: &Path) -> Result<Secret, String> {
     let s = std::fs::read_to_string(path)
@@ -572,6 +590,11 @@ mod tests {
             "the password is never echoed: {e}"
         );
         let e = parse("[prxd]\nlisten = [\"127.0.0.1:1\"]\nidle_timeout_s = 0\n").unwrap_err();
+        // The example prx.toml the pkg installs is a valid prxd configuration.
+        let c = parse(include_str!("../../prxctl/prx.toml.example")).expect("the shipped example");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.controls, [Kext::Socket, Kext::Ip]);
         assert_eq!(e.line, 3, "{e}");
         let e = parse("[prxctl]\n").unwrap_err();
         assert!(e.message.contains("no [prxd] table"), "{e}");

@@ -130,6 +130,18 @@ impl Controls {
         Ok(())
     }
 
+    /// The socket filter's PROXY v2 authentication key, if its control is
+    /// open (asked once, at start, while prxd is still root).
+    pub fn auth_key(&self) -> Result<Option<common::net::proxy_v2::AuthKey>, String> {
+        match self.open.iter().find(|c| c.kext == Kext::Socket) {
+            None => Ok(None),
+            Some(c) => c
+                .with(prxctl::auth_key)
+                .map(Some)
+                .map_err(|e| format!("reading PrxSocketFilter's PROXY v2 key: {e}")),
+        }
+    }
+
     /// Asks the kexts (in order) for the original destination of `client`.
     pub fn lookup(&self, client: SocketAddr) -> io::Result<Option<(Kext, Original)>> {
         let mut last_err = None;

@@ -19,6 +19,7 @@ pub mod kext;
 pub mod privs;
 pub mod server;
 pub mod stats;
+pub mod udp;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,20 @@ pub mod status {
 /// Runs prxd until SIGTERM/SIGINT (then drains); returns the exit code.
 pub fn run(start: Start) -> anyhow::Result<i32> {
     let cfg = start.config;
+    // Two descriptors per connection: the soft limit (256 for launchd's
+    // daemons on macOS, often 1024 on Linux) would cap prxd far below
+    // `max_connections`.
+    let (was, now) = privs::raise_nofile();
+    if now > was {
+        log(&format!("descriptor limit raised from {was} to {now}"));
+    }
+    if (now as usize) < 2 * cfg.max_connections + 64 {
+        log(&format!(
+            "the descriptor limit ({now}) holds about {} connections, fewer than max_connections ({})",
+            now.saturating_sub(64) / 2,
+            cfg.max_connections
+        ));
+    }
     // 1. The privileged controls, opened while still root.
     let (controls, errors) = if cfg.controls.is_empty() {
         (Controls::none(), Vec::new())
@@ -124,6 +139,11 @@ pub fn run(start: Start) -> anyhow::Result<i32> {
             kext::PROCESS_NAME
         ));
     }
+    // The key that proves a PROXY v2 header is the socket filter's.
+    let auth_key = controls.auth_key().map_err(anyhow::Error::msg)?;
+    if auth_key.is_some() {
+        log("PROXY v2 headers are verified with PrxSocketFilter's per-boot key");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,7 +151,7 @@ pub fn run(start: Start) -> anyhow::Result<i32> {
         .context("tokio runtime")?;
     let user = cfg.user.clone();
     let status_path = cfg.status_socket.clone();
-    let d = Daemon::new(cfg, controls, start.config_path);
+    let d = Daemon::new(cfg, controls, start.config_path, auth_key);
     rt.block_on(async move {
         // 3. Listeners and the status socket, still privileged (low ports).
         d.apply_listeners().await.map_err(anyhow::Error::msg)?;

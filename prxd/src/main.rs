@@ -65,6 +65,9 @@ enum Cmd {
         /// Connect timeout in seconds.
         #[arg(long, value_name = "S")]
         connect_timeout: Option<u64>,
+        /// UDP flow idle timeout in seconds.
+        #[arg(long, value_name = "S")]
+        udp_idle_timeout: Option<u64>,
         /// PROXY v2 header timeout in seconds.
         #[arg(long, value_name = "S")]
         header_timeout: Option<u64>,
@@ -152,6 +155,7 @@ fn real_main() -> anyhow::Result<i32> {
             max_connections,
             idle_timeout,
             connect_timeout,
+            udp_idle_timeout,
             header_timeout,
             controls,
         }) => {
@@ -167,6 +171,7 @@ fn real_main() -> anyhow::Result<i32> {
                 |v: Option<u64>, d| v.map_or(d, |s: u64| std::time::Duration::from_secs(s.max(1)));
             c.idle_timeout = secs(idle_timeout, c.idle_timeout);
             c.connect_timeout = secs(connect_timeout, c.connect_timeout);
+            c.udp_idle_timeout = secs(udp_idle_timeout, c.udp_idle_timeout);
             c.header_timeout = secs(header_timeout, c.header_timeout);
             if let Some(k) = controls {
                 c.controls = k
@@ -193,6 +198,15 @@ fn real_main() -> anyhow::Result<i32> {
                     "give --config FILE (see `prxd --help`), or `prxd run --listen ADDR:PORT`"
                 );
             };
+            if config::has_prxd_table(&path) == Some(false) {
+                // launchd (KeepAlive: SuccessfulExit false) leaves it stopped.
+                eprintln!(
+                    "prxd: {} has no [prxd] table: nothing to do, exiting. To run prxd, add one \
+                     (see prx.toml.example) and run `sudo launchctl kickstart system/net.prx.prxd`",
+                    path.display()
+                );
+                return Ok(0);
+            }
             let c = config::load(&path).map_err(anyhow::Error::msg)?;
             prxd::run(prxd::Start {
                 config: c,

@@ -88,3 +88,33 @@ pub fn drop_to(ids: Ids) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Raises the soft RLIMIT_NOFILE as far as the kernel allows: to the hard
+/// limit, or (macOS refuses more than `kern.maxfilesperproc`) the largest of
+/// a few lower values it accepts. Returns (before, after).
+pub fn raise_nofile() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return (0, 0);
+    }
+    let before: u64 = r.rlim_cur;
+    let hard = r.rlim_max;
+    for want in [hard, 1 << 20, 1 << 16, 24_576, 10_240] {
+        if want > hard || want <= r.rlim_cur {
+            continue;
+        }
+        let n = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &n) } == 0 {
+            return (before, want);
+        }
+    }
+    (before, before)
+}

@@ -25,6 +25,10 @@ use crate::upstream::{self, HandshakeError, Kind, Target};
 /// `proxy_v2::MAX_LEN`; HAProxy's with its TLVs stays far below this).
 pub const MAX_HEADER: usize = 4096;
 
+/// The rule of a connection vouched for by its header's tag alone (the kext
+/// had no record: its table was full); the header carries no rule number.
+const RULE_SIGNED: u32 = u32::MAX - 1;
+
 /// The running daemon's shared state.
 pub struct Daemon {
     cfg: RwLock<Arc<Config>>,
@@ -35,6 +39,8 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     listeners: std::sync::Mutex<HashMap<SocketAddr, JoinHandle<()>>>,
     epoch: Instant,
+    /// The socket filter's PROXY v2 key (its control open), else `None`.
+    auth_key: Option<proxy_v2::AuthKey>,
 }
 
 /// What became of a connection (the log line's `outcome`).
@@ -43,6 +49,7 @@ enum Outcome {
     Ok,
     RefusedLimit,
     Forged(String),
+    BadAuth,
     NoDestination,
     Loop,
     BadHeader(&'static str),
@@ -62,6 +69,9 @@ impl Outcome {
             Outcome::RefusedLimit => "refused: connection limit reached".into(),
             Outcome::Forged(m) => {
                 format!("refused: PROXY v2 header not vouched for by a kext ({m})")
+            }
+            Outcome::BadAuth => {
+                "refused: PROXY v2 header with a wrong authentication tag (not the kext's)".into()
             }
             Outcome::NoDestination => {
                 "refused: no PROXY v2 header and no kext record for this client".into()
@@ -83,6 +93,7 @@ impl Outcome {
             Outcome::Ok => &s.completed,
             Outcome::RefusedLimit => &s.refused_limit,
             Outcome::Forged(_) => &s.refused_forged_header,
+            Outcome::BadAuth => &s.refused_bad_auth,
             Outcome::NoDestination => &s.refused_no_destination,
             Outcome::Loop => &s.refused_loop,
             Outcome::BadHeader(_) => &s.bad_header,
@@ -123,7 +134,7 @@ pub fn log(msg: &str) {
     eprintln!("{} prxd: {msg}", now());
 }
 
-fn socket_addr(e: &common::net::addr::Endpoint) -> SocketAddr {
+pub(crate) fn socket_addr(e: &common::net::addr::Endpoint) -> SocketAddr {
     let a = match e.addr {
         PIp::V4(v) => SocketAddr::from((v, e.port)),
         PIp::V6(v) => SocketAddr::from((v, e.port)),
@@ -131,7 +142,7 @@ fn socket_addr(e: &common::net::addr::Endpoint) -> SocketAddr {
     canonical(a)
 }
 
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v) => match v.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::from((v4, v.port())),
@@ -143,7 +154,12 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 
 impl Daemon {
     /// A daemon for `cfg` with the open `controls`.
-    pub fn new(cfg: Config, controls: Controls, config_path: Option<PathBuf>) -> Arc<Self> {
+    pub fn new(
+        cfg: Config,
+        controls: Controls,
+        config_path: Option<PathBuf>,
+        auth_key: Option<proxy_v2::AuthKey>,
+    ) -> Arc<Self> {
         Arc::new(Daemon {
             cfg: RwLock::new(Arc::new(cfg)),
             stats: Stats::default(),
@@ -151,6 +167,7 @@ impl Daemon {
             config_path,
             listeners: std::sync::Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            auth_key,
         })
     }
 
@@ -231,16 +248,26 @@ impl Daemon {
                 let l = TcpListener::bind(a)
                     .await
                     .map_err(|e| format!("listen on {a}: {e}"))?;
-                bound.push((*a, l));
+                // The same address for the IP filter's UDP flows.
+                let u = tokio::net::UdpSocket::bind(a)
+                    .await
+                    .map_err(|e| format!("listen on {a} (UDP): {e}"))?;
+                bound.push((*a, l, u));
             }
         }
         let mut map = self
             .listeners
             .lock()
             .map_err(|_| "listener table poisoned".to_string())?;
-        for (a, l) in bound {
+        for (a, l, u) in bound {
             let d = Arc::clone(self);
-            map.insert(a, tokio::spawn(async move { d.accept_loop(l).await }));
+            let du = Arc::clone(self);
+            map.insert(
+                a,
+                tokio::spawn(async move {
+                    tokio::join!(d.accept_loop(l), crate::udp::serve(du, u));
+                }),
+            );
             log(&format!("listening on {a}"));
         }
         map.retain(|a, h| {
@@ -326,7 +353,10 @@ impl Daemon {
         ));
     }
 
-    async fn lookup(&self, peer: SocketAddr) -> Option<(Kext, common::net::origdst::Original)> {
+    pub(crate) async fn lookup(
+        &self,
+        peer: SocketAddr,
+    ) -> Option<(Kext, common::net::origdst::Original)> {
         if self.controls.is_empty() {
             return None;
         }
@@ -370,6 +400,10 @@ impl Daemon {
                 Ok(h) => {
                     let info = HeaderInfo {
                         command: h.command,
+                        auth: self
+                            .auth_key
+                            .as_ref()
+                            .map_or(proxy_v2::Auth::Missing, |k| h.authenticate(k)),
                         addrs: h.addrs,
                         pid: h.pid(),
                         process: h.process().map(|p| String::from_utf8_lossy(p).into_owned()),
@@ -421,6 +455,19 @@ impl Daemon {
         if let Some(h) = &header {
             rec.pid = h.pid;
             rec.process = h.process.clone();
+            // A tag that does not verify: someone imitating the kext.
+            if h.auth == proxy_v2::Auth::Bad {
+                rec.dst = hdr.map(|(_, d)| socket_addr(&d));
+                return Outcome::BadAuth;
+            }
+        }
+        // A tag that verifies vouches for the header like the kext's record
+        // (the kext wrote it this boot), if it is about this very connection.
+        let signed = header
+            .as_ref()
+            .is_some_and(|h| h.auth == proxy_v2::Auth::Good);
+        if signed {
+            Stats::inc(&self.stats.headers_verified);
         }
         let (dst, rule) = match (&vouched, hdr) {
             (Some((k, o)), Some((src, dst))) => {
@@ -441,6 +488,17 @@ impl Daemon {
                 rec.pid = Some(o.pid);
                 (socket_addr(&o.dst), Some((*k, o.rule)))
             }
+            (None, Some((src, dst))) if signed => {
+                let hs = socket_addr(&src);
+                if hs != canonical(peer) {
+                    rec.dst = Some(socket_addr(&dst));
+                    return Outcome::Forged(format!(
+                        "a signed header for {hs} replayed by {}",
+                        canonical(peer)
+                    ));
+                }
+                (socket_addr(&dst), Some((Kext::Socket, RULE_SIGNED)))
+            }
             (None, Some((_, dst))) if cfg.trust_header => (socket_addr(&dst), None),
             (None, Some((_, dst))) => {
                 rec.dst = Some(socket_addr(&dst));
@@ -452,6 +510,7 @@ impl Daemon {
         // Rule numbers as `prxctl lookup` shows them (0: the first [[rule]]).
         let unknown = common::net::control::RULE_UNKNOWN;
         rec.rule = Some(match rule {
+            Some((Kext::Socket, RULE_SIGNED)) => "socket:signed".into(),
             Some((Kext::Socket, r)) if r == unknown => "socket:default".into(),
             Some((Kext::Socket, r)) => format!("socket:{r}"),
             Some((Kext::Ip, r)) if r == unknown => "ip:nat".into(),
@@ -552,6 +611,8 @@ impl Daemon {
 
 struct HeaderInfo {
     command: Command,
+    /// The authenticating tag under the socket filter's key.
+    auth: proxy_v2::Auth,
     addrs: Addresses,
     pid: Option<u32>,
     process: Option<String>,

@@ -221,6 +221,30 @@ pub async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
     up: &Upstream,
     to: &Target,
 ) -> Result<(), HandshakeError> {
+    socks5_command(s, up, 1, to).await.map(|_| ())
+}
+
+/// RFC 1928 §7 UDP ASSOCIATE (with RFC 1929 authentication when `up` has a
+/// user): `from` is the address prxd will send the datagrams from (or
+/// 0.0.0.0:0). Returns the relay's address (BND.ADDR/BND.PORT; an
+/// unspecified BND.ADDR means the server's own address). The association
+/// lives as long as `s` stays open.
+pub async fn socks5_udp_associate<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    up: &Upstream,
+    from: SocketAddr,
+) -> Result<Option<SocketAddr>, HandshakeError> {
+    socks5_command(s, up, 3, &Target::Addr(from)).await
+}
+
+/// Greeting, authentication and one request `cmd`; returns the bound
+/// address when it is an IP address.
+async fn socks5_command<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    up: &Upstream,
+    cmd: u8,
+    to: &Target,
+) -> Result<Option<SocketAddr>, HandshakeError> {
     let auth = up.user.as_deref().zip(up.password.as_ref());
     // Greeting: offer exactly the method we can use.
     let method = if auth.is_some() { 0x02 } else { 0x00 };
@@ -273,7 +297,7 @@ pub async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
             )));
         }
     }
-    let mut req = vec![5, 1, 0];
+    let mut req = vec![5, cmd, 0];
     let port = match to {
         Target::Addr(a) => {
             match a.ip() {
@@ -319,7 +343,7 @@ pub async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
             socks_reply(h[1])
         )));
     }
-    // The bound address: skip it.
+    // The bound address.
     let skip = match h[3] {
         1 => 4 + 2,
         4 => 16 + 2,
@@ -330,13 +354,82 @@ pub async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
         }
         t => {
             return Err(HandshakeError::Protocol(format!(
-                "address type {t} in the CONNECT reply"
+                "address type {t} in the reply"
             )));
         }
     };
     let mut b = vec![0u8; skip];
     s.read_exact(&mut b).await?;
-    Ok(())
+    Ok(match (h[3], b.len()) {
+        (1, 6) => {
+            let ip: [u8; 4] = b[..4].try_into().unwrap_or([0; 4]);
+            Some(SocketAddr::new(
+                IpAddr::from(ip),
+                u16::from_be_bytes([b[4], b[5]]),
+            ))
+        }
+        (4, 18) => {
+            let ip: [u8; 16] = b[..16].try_into().unwrap_or([0; 16]);
+            Some(SocketAddr::new(
+                IpAddr::from(ip),
+                u16::from_be_bytes([b[16], b[17]]),
+            ))
+        }
+        _ => None,
+    })
+}
+
+/// The RFC 1928 §7 header of a datagram to `to` through a UDP relay.
+pub fn socks5_udp_header(to: SocketAddr) -> Vec<u8> {
+    let mut h = vec![0, 0, 0];
+    match to.ip() {
+        IpAddr::V4(v) => {
+            h.push(1);
+            h.extend(v.octets());
+        }
+        IpAddr::V6(v) => match v.to_ipv4_mapped() {
+            Some(v4) => {
+                h.push(1);
+                h.extend(v4.octets());
+            }
+            None => {
+                h.push(4);
+                h.extend(v.octets());
+            }
+        },
+    }
+    h.extend(to.port().to_be_bytes());
+    h
+}
+
+/// Splits a datagram from a UDP relay into its source and payload; `None`
+/// for a fragment (FRAG != 0: dropped, as RFC 1928 allows) or a malformed one.
+pub fn socks5_udp_split(d: &[u8]) -> Option<(SocketAddr, &[u8])> {
+    let (&[0, 0, frag, atyp], rest) = d.split_first_chunk::<4>()? else {
+        return None;
+    };
+    if frag != 0 {
+        return None;
+    }
+    match atyp {
+        1 => {
+            let (a, rest) = rest.split_first_chunk::<6>()?;
+            let ip: [u8; 4] = a[..4].try_into().ok()?;
+            Some((
+                SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([a[4], a[5]])),
+                rest,
+            ))
+        }
+        4 => {
+            let (a, rest) = rest.split_first_chunk::<18>()?;
+            let ip: [u8; 16] = a[..16].try_into().ok()?;
+            Some((
+                SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes([a[16], a[17]])),
+                rest,
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// The longest response head an HTTP upstream may send.

@@ -95,18 +95,20 @@ fn developer_id_signed_kexts_and_pkg_verify_and_install_as_root_wheel() {
             .unwrap()
             .starts_with("Developer ID Installer:")
     );
-    // prxctl: Developer ID Application, hardened runtime, both slices.
-    let (name, sig) = &done.tools[0];
-    assert_eq!(name, "prxctl");
-    assert_eq!(sig.slices, 2);
-    assert_eq!(sig.identifier, "net.prx.prxctl");
-    assert_ne!(sig.flags & 0x10000, 0, "hardened runtime");
-    assert!(
-        sig.signer
-            .as_deref()
-            .unwrap()
-            .starts_with("Developer ID Application:")
-    );
+    // prxctl and prxd: Developer ID Application, hardened runtime, both slices.
+    let names: Vec<&str> = done.tools.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["prxctl", "prxd"]);
+    for (name, sig) in &done.tools {
+        assert_eq!(sig.slices, 2);
+        assert_eq!(sig.identifier, format!("net.prx.{name}"));
+        assert_ne!(sig.flags & 0x10000, 0, "{name}: hardened runtime");
+        assert!(
+            sig.signer
+                .as_deref()
+                .unwrap()
+                .starts_with("Developer ID Application:")
+        );
+    }
     assert!(done.pkg.ends_with("prx-0.1.0.pkg"));
     let bytes = std::fs::read(&done.pkg).unwrap();
     let v = packaging::xar::verify(&bytes).unwrap();
@@ -337,14 +339,19 @@ fn check_code_signature(slice: &[u8]) -> (String, u32) {
 }
 
 #[test]
-fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem() {
+fn payload_tools_are_signed_universal_macos_executables_linking_only_libsystem() {
     let d = tempfile::tempdir().unwrap();
     let done = package(&options(&d.path().join("out"))).unwrap();
-    let (name, sig) = &done.tools[0];
-    assert_eq!(
-        (name.as_str(), sig.slices, sig.signer.as_deref()),
-        ("prxctl", 2, None)
-    );
+    // prxctl for users' shells, prxd for launchd only.
+    let installed = [
+        ("prxctl", "usr/local/bin/prxctl"),
+        ("prxd", "usr/local/libexec/prxd"),
+    ];
+    let names: Vec<&str> = done.tools.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["prxctl", "prxd"]);
+    for (_, sig) in &done.tools {
+        assert_eq!((sig.slices, sig.signer.as_deref()), (2, None));
+    }
 
     // Out of the pkg with bsdtar only.
     let x = d.path().join("x");
@@ -366,39 +373,88 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
     );
     for f in [
         "Library/LaunchDaemons/net.prx.apply.plist",
+        "Library/LaunchDaemons/net.prx.prxd.plist",
         "Library/Application Support/prx/prx.toml.example",
         "usr/local/share/prx/uninstall.sh",
     ] {
         assert!(root.join(f).is_file(), "{f} in the payload");
     }
+    assert!(!root.join("usr/local/bin/prxd").exists());
     let example =
         std::fs::read_to_string(root.join("Library/Application Support/prx/prx.toml.example"))
             .unwrap();
     prxctl::config::parse(&example).expect("the shipped example configuration is valid");
-
-    let prxctl = root.join("usr/local/bin/prxctl");
-    let p = prxctl.to_str().unwrap();
-    let info = tool("llvm-lipo-19", &["-info", p]);
-    assert!(info.trim_end().ends_with("are: x86_64 arm64"), "{info}");
+    // The LaunchDaemon runs the installed prxd on the installed prx.toml.
+    let daemon: plist::Value =
+        plist::from_file(root.join("Library/LaunchDaemons/net.prx.prxd.plist")).unwrap();
+    let args: Vec<&str> = daemon.as_dictionary().unwrap()["ProgramArguments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_string())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "/usr/local/libexec/prxd",
+            "--config",
+            "/Library/Application Support/prx/prx.toml"
+        ]
+    );
+    // The uninstaller removes prxd, its log and its directory if empty.
+    let u = std::fs::read_to_string(root.join("usr/local/share/prx/uninstall.sh")).unwrap();
+    for line in [
+        "usr/local/libexec/prxd",
+        "var/log/prxd.log",
+        "usr/local/libexec",
+    ] {
+        // One path a line, in the lists `files='…'` and `dirs='…'`.
+        let listed = u.lines().any(|l| {
+            l.trim_start_matches("files='")
+                .trim_start_matches("dirs='")
+                .trim_end_matches('\'')
+                == line
+        });
+        assert!(listed, "{line} in the uninstaller");
+    }
+    assert!(
+        u.contains("labels=\"net.prx.prxd net.prx.apply\""),
+        "stop order"
+    );
 
     let tbd = std::fs::read_to_string(xtask::tools::libsystem_stub(
         &xtask::workspace_root().join("target"),
     ))
     .unwrap();
+    for (name, rel) in installed {
+        check_installed_tool(&root.join(rel), name, &tbd);
+    }
+}
+
+/// One installed tool: universal x86_64 + arm64, `MH_EXECUTE`, only
+/// libSystem, its minimum macOS, every import exported by the stub, and its
+/// ad-hoc signature (our reader and apple-codesign's verifier).
+fn check_installed_tool(exe: &Path, name: &str, tbd: &str) {
+    let p = exe.to_str().unwrap();
+    let info = tool("llvm-lipo-19", &["-info", p]);
+    assert!(
+        info.trim_end().ends_with("are: x86_64 arm64"),
+        "{name}: {info}"
+    );
     for (arch, target, min) in [
         ("x86_64", "x86_64-macos", "10.13"),
         ("arm64", "arm64-macos", "11.0"),
     ] {
-        let t = thin(&prxctl, arch);
+        let t = thin(exe, arch);
         let ts = t.to_str().unwrap();
         let hv = tool("llvm-otool-19", &["-hv", ts]);
-        assert!(hv.contains(" EXECUTE "), "{arch}: {hv}");
+        assert!(hv.contains(" EXECUTE "), "{name} {arch}: {hv}");
         let libs = tool("llvm-otool-19", &["-L", ts]);
         let libs: Vec<&str> = libs.lines().skip(1).map(|l| l.trim()).collect();
-        assert_eq!(libs.len(), 1, "{arch}: {libs:?}");
+        assert_eq!(libs.len(), 1, "{name} {arch}: {libs:?}");
         assert!(
             libs[0].starts_with("/usr/lib/libSystem.B.dylib "),
-            "{arch}: {libs:?}"
+            "{name} {arch}: {libs:?}"
         );
         // The minimum macOS: LC_BUILD_VERSION for arm64 (11.0); for x86_64's
         // 10.13, LC_VERSION_MIN_MACOSX, as Apple's ld64 also writes below 10.14.
@@ -411,15 +467,15 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
         let block = l
             .split("Load command")
             .find(|b| b.contains(cmd))
-            .unwrap_or_else(|| panic!("{arch}: no {cmd}"));
+            .unwrap_or_else(|| panic!("{name} {arch}: no {cmd}"));
         assert!(
             block
                 .lines()
                 .any(|x| x.split_whitespace().collect::<Vec<_>>() == [key, min]),
-            "{arch}: {block}"
+            "{name} {arch}: {block}"
         );
         // Every undefined symbol is exported by the stub, for this target.
-        let exports = tbd_exports(&tbd, target);
+        let exports = tbd_exports(tbd, target);
         assert!(exports.len() > 1000, "{target}: {} exports", exports.len());
         let undefined = tool("llvm-nm-19", &["-u", ts]);
         let undefined: Vec<&str> = undefined
@@ -427,21 +483,21 @@ fn payload_prxctl_is_a_signed_universal_macos_executable_linking_only_libsystem(
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        assert!(undefined.len() > 20, "{arch}: {undefined:?}");
+        assert!(undefined.len() > 20, "{name} {arch}: {undefined:?}");
         for s in &undefined {
             assert!(
                 exports.contains(*s),
-                "{arch}: {s} is not exported by libSystem.tbd"
+                "{name} {arch}: {s} is not exported by libSystem.tbd"
             );
         }
         // The signature, checked without apple-codesign.
         let bytes = std::fs::read(&t).unwrap();
         let (ident, flags) = check_code_signature(&bytes);
-        assert_eq!(ident, "net.prx.prxctl", "{arch}");
-        assert_eq!(flags & 0x2, 0x2, "{arch}: ad-hoc");
+        assert_eq!(ident, format!("net.prx.{name}"), "{arch}");
+        assert_eq!(flags & 0x2, 0x2, "{name} {arch}: ad-hoc");
         std::fs::remove_file(&t).unwrap();
     }
     // And apple-codesign's verifier, on the file as installed.
-    let v = packaging::sign::verify_executable(&prxctl).unwrap();
-    assert_eq!(v.slices, 2);
+    let v = packaging::sign::verify_executable(exe).unwrap();
+    assert_eq!(v.slices, 2, "{name}");
 }

@@ -172,6 +172,28 @@ fn check_at_proxy(r: &ScenarioReport, label: &str, want_dst: &str) {
         REQUEST,
         "{label}: then the client's bytes, unchanged"
     );
+    // The last TLV (0xE2) is the tag: SipHash-2-4 of every byte before it
+    // under each half of the key the control hands out (op 20), computed
+    // here with std's SipHasher, not the kext's code.
+    let (kind, tag) = h.tlvs.last().expect("TLVs");
+    assert_eq!((*kind, tag.len()), (0xE2, 16), "{label}: auth TLV last");
+    let key = unhex(
+        detail(r, "control: auth key")
+            .strip_prefix("errno 0, ")
+            .expect("the key"),
+    );
+    let covered = &bytes[..h.header_len - 16];
+    let mut want = Vec::new();
+    for half in key[8..40].chunks(16) {
+        #[allow(deprecated, reason = "std's SipHasher is SipHash-2-4")]
+        let mut s = std::hash::SipHasher::new_with_keys(
+            u64::from_le_bytes(half[..8].try_into().unwrap()),
+            u64::from_le_bytes(half[8..].try_into().unwrap()),
+        );
+        std::hash::Hasher::write(&mut s, covered);
+        want.extend(std::hash::Hasher::finish(&s).to_le_bytes());
+    }
+    assert_eq!(tag, &want, "{label}: the tag verifies under the kext's key");
 }
 
 #[test]

@@ -111,7 +111,8 @@ pub struct PackageOptions {
     /// (Developer ID kext and Installer identities, valid now, time stamps)
     /// before anything is written.
     pub notarize: bool,
-    /// The macOS tools for `/usr/local/bin` (universal executables, unsigned;
+    /// The macOS tools for `/usr/local/bin` and `/usr/local/libexec`
+    /// (`packaging::pkg::system::tool_path`; universal executables, unsigned;
     /// signed here with the kext identity: ad-hoc, or Developer ID Application
     /// with the hardened runtime). Default: [`default_tools`].
     pub tools: Vec<PathBuf>,

@@ -129,6 +129,11 @@ pub const NEEDS: &[Need] = &[
         "tinyproxy",
         "prxd's tests: an HTTP CONNECT upstream with Basic auth",
     ),
+    file(
+        "/usr/sbin/danted",
+        "dante-server",
+        "prxd's tests: a SOCKS5 upstream with UDP ASSOCIATE (RFC 1928 §7; microsocks has none)",
+    ),
     program(
         "ssh-keygen",
         "openssh-client",

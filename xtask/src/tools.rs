@@ -1,5 +1,5 @@
-//! The macOS command-line tools (`[workspace.metadata.prx] tools`: `prxctl`, and
-//! `prxd` once it exists), built on Linux without an Apple SDK as part of
+//! The macOS executables (`[workspace.metadata.prx] tools`: `prxctl` and
+//! `prxd`), built on Linux without an Apple SDK as part of
 //! `cargo xtask build`.
 //!
 //! Per tool: one `cargo build` per slice — `x86_64-apple-darwin` for macOS 10.13

@@ -183,7 +183,7 @@ impl Socket {
 
 /// The most bytes one [`Injection`] carries (a PROXY v2 header with the
 /// socket filter's TLVs: `proxy_v2::MAX_LEN`).
-pub const MAX_INJECTION: usize = 96;
+pub const MAX_INJECTION: usize = 112;
 
 /// Bytes a filter wants injected on the outbound path (at most
 /// [`MAX_INJECTION`]), with the tag that marks them as its own.

@@ -76,6 +76,10 @@ pub enum Op {
     /// get: the installed rule set, in `SetRules`' layout (op `GetRules`), so
     /// that `prxctl rules show` can print it as a rules file.
     GetRules = 19,
+    /// get: the per-boot key of the PROXY v2 header's authenticating TLV
+    /// (`proxy_v2::AuthKey`, 32 bytes; the socket filter only — the control
+    /// is privileged, so only root gets it).
+    GetAuthKey = 20,
 }
 
 impl Op {
@@ -91,6 +95,7 @@ impl Op {
             Op::Lookup,
             Op::GetStatus,
             Op::GetRules,
+            Op::GetAuthKey,
         ]
         .into_iter()
         .find(|o| *o as u8 == v)
@@ -711,7 +716,7 @@ pub fn decode_set(opt: i32, buf: &[u8]) -> Result<SetRequest<'_>, Error> {
                 .map(SetRequest::LogLevel)
                 .ok_or(Error::Field)
         }
-        Op::GetStats | Op::Lookup | Op::GetStatus | Op::GetRules => Err(Error::Op),
+        Op::GetStats | Op::Lookup | Op::GetStatus | Op::GetRules | Op::GetAuthKey => Err(Error::Op),
     }
 }
 
@@ -855,6 +860,32 @@ pub enum GetRequest {
     Status,
     /// The installed rules.
     Rules,
+    /// The PROXY v2 authentication key.
+    AuthKey,
+}
+
+/// Length of a `GetAuthKey` response: the key.
+pub const AUTH_KEY_RESPONSE_LEN: usize = HEADER_LEN + 32;
+
+/// Encodes a `GetAuthKey` response.
+pub fn encode_auth_key_response(
+    key: &super::proxy_v2::AuthKey,
+    out: &mut [u8],
+) -> Result<usize, Error> {
+    let mut w = Writer { buf: out, pos: 0 };
+    write_header(&mut w, Op::GetAuthKey, AUTH_KEY_RESPONSE_LEN)?;
+    w.put(&key.0)?;
+    Ok(w.pos)
+}
+
+/// Decodes a `GetAuthKey` response.
+pub fn decode_auth_key_response(buf: &[u8]) -> Result<super::proxy_v2::AuthKey, Error> {
+    let (h, mut r) = parse_header(buf)?;
+    if h.op != Op::GetAuthKey || h.len != AUTH_KEY_RESPONSE_LEN || buf.len() != h.len {
+        return Err(Error::Length);
+    }
+    let k: [u8; 32] = r.take(32)?.try_into().map_err(|_| Error::Length)?;
+    Ok(super::proxy_v2::AuthKey(k))
 }
 
 /// Length of a `Lookup` request.
@@ -872,7 +903,7 @@ pub fn decode_get(opt: i32, buf: &[u8]) -> Result<GetRequest, Error> {
         return Err(Error::Op);
     }
     let want = match h.op {
-        Op::GetStats | Op::GetStatus | Op::GetRules => HEADER_LEN,
+        Op::GetStats | Op::GetStatus | Op::GetRules | Op::GetAuthKey => HEADER_LEN,
         Op::Lookup => LOOKUP_REQUEST_LEN,
         _ => return Err(Error::Op),
     };
@@ -883,6 +914,7 @@ pub fn decode_get(opt: i32, buf: &[u8]) -> Result<GetRequest, Error> {
         Op::GetStats => Ok(GetRequest::Stats),
         Op::GetStatus => Ok(GetRequest::Status),
         Op::GetRules => Ok(GetRequest::Rules),
+        Op::GetAuthKey => Ok(GetRequest::AuthKey),
         _ => match parse_endpoint(&mut r)? {
             Some(e) => Ok(GetRequest::Lookup(e)),
             None => Err(Error::Field),
@@ -897,6 +929,7 @@ pub fn encode_get(req: &GetRequest, out: &mut [u8]) -> Result<usize, Error> {
         GetRequest::Stats => write_header(&mut w, Op::GetStats, HEADER_LEN)?,
         GetRequest::Status => write_header(&mut w, Op::GetStatus, HEADER_LEN)?,
         GetRequest::Rules => write_header(&mut w, Op::GetRules, HEADER_LEN)?,
+        GetRequest::AuthKey => write_header(&mut w, Op::GetAuthKey, HEADER_LEN)?,
         GetRequest::Lookup(e) => {
             write_header(&mut w, Op::Lookup, LOOKUP_REQUEST_LEN)?;
             w.put(&endpoint_bytes(Some(e)))?;
@@ -1120,6 +1153,32 @@ mod tests {
             StatName(stat::LOG_SUPPRESSED).to_string(),
             "log lines suppressed (rate limit)"
         );
+    }
+
+    #[test]
+    fn get_auth_key_request_and_response() {
+        let mut req = [0u8; HEADER_LEN];
+        assert_eq!(encode_get(&GetRequest::AuthKey, &mut req), Ok(HEADER_LEN));
+        assert_eq!(decode_get(20, &req), Ok(GetRequest::AuthKey));
+        assert_eq!(decode_set(20, &req).err(), Some(Error::Op));
+        let key = super::super::proxy_v2::AuthKey(core::array::from_fn(|i| i as u8 * 3));
+        let mut small = [0u8; AUTH_KEY_RESPONSE_LEN - 1];
+        assert_eq!(
+            encode_auth_key_response(&key, &mut small),
+            Err(Error::NoSpace)
+        );
+        let mut buf = [0u8; AUTH_KEY_RESPONSE_LEN];
+        assert_eq!(
+            encode_auth_key_response(&key, &mut buf),
+            Ok(AUTH_KEY_RESPONSE_LEN)
+        );
+        assert_eq!(decode_auth_key_response(&buf), Ok(key));
+        assert_eq!(
+            decode_auth_key_response(&buf[..AUTH_KEY_RESPONSE_LEN - 1]),
+            Err(Error::Truncated)
+        );
+        // A status response is not a key.
+        assert!(decode_auth_key_response(&req).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`rules`]: the rule set (CIDR, ports, process; first match wins; indexed lookup).
 //! - [`policy`]: the socket filter's decision (rules + never redirect the proxy).
 //! - [`proxy_v2`]: the PROXY protocol v2 header.
+//! - [`siphash`]: SipHash-2-4, which keys the header's authenticating TLV.
 //! - [`origdst`]: the original-destination table.
 //! - [`control`]: the kern_control protocol shared with `prxctl`.
 //! - [`wire`]: packet views (IPv4, IPv6 and its extension headers, TCP, UDP,
@@ -31,6 +32,7 @@ pub mod origdst;
 pub mod policy;
 pub mod proxy_v2;
 pub mod rules;
+pub mod siphash;
 pub mod translate;
 pub mod wire;
 

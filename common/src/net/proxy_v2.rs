@@ -20,6 +20,16 @@
 //! ([`TLV_PID`], u32 big-endian) and process name ([`TLV_PROCESS`]) as TLVs
 //! from the range the specification leaves to custom use (0xE0–0xEF).
 //!
+//! The socket filter also ends its header with [`TLV_AUTH`]: a 16-byte tag
+//! over every byte before it (signature, command, addresses, ports, pid and
+//! name TLVs, the auth TLV's own type and length), computed with the
+//! [`AuthKey`] the kext draws from the kernel's random generator at start
+//! (so, per boot and per kext load) and hands only to privileged control
+//! clients. prxd, holding the key, trusts a header whose tag verifies
+//! ([`Parsed::authenticate`]) even without the kext's record, and refuses one
+//! whose tag is wrong. The tag is two SipHash-2-4 values under two
+//! independent 128-bit halves of the key ([`mac`]).
+//!
 //! [`parse`] reads a header at the start of a buffer and returns either the
 //! decoded header, [`Error::Incomplete`] (how many bytes it needs at least:
 //! read more and call again), or one error per malformed case. It never
@@ -48,9 +58,49 @@ pub const FIXED_LEN: usize = 16;
 pub const TLV_PID: u8 = 0xE0;
 /// The client's process name: bytes, at most [`MAX_NAME`] (custom range).
 pub const TLV_PROCESS: u8 = 0xE1;
-/// The longest header [`encode`] writes: TCP6 addresses, a pid TLV and a
-/// process-name TLV of [`MAX_NAME`] bytes.
-pub const MAX_LEN: usize = FIXED_LEN + 36 + (3 + 4) + (3 + MAX_NAME);
+/// The authenticating tag: [`AUTH_LEN`] bytes, the header's last TLV (custom range).
+pub const TLV_AUTH: u8 = 0xE2;
+/// Length of the [`TLV_AUTH`] value.
+pub const AUTH_LEN: usize = 16;
+/// The longest header [`encode`] writes: TCP6 addresses, a pid TLV, a
+/// process-name TLV of [`MAX_NAME`] bytes and the authenticating TLV.
+pub const MAX_LEN: usize = FIXED_LEN + 36 + (3 + 4) + (3 + MAX_NAME) + (3 + AUTH_LEN);
+
+/// The per-boot key of the authenticating TLV: 256 bits, two SipHash keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AuthKey(pub [u8; 32]);
+
+impl core::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never printed.
+        f.write_str("AuthKey(..)")
+    }
+}
+
+/// The tag of `bytes` under `key`: SipHash-2-4 under the key's first half,
+/// then under its second half, each little-endian.
+pub fn mac(key: &AuthKey, bytes: &[u8]) -> [u8; AUTH_LEN] {
+    let (a, b) = key.0.split_at(16);
+    let a: [u8; 16] = a.try_into().unwrap_or([0; 16]);
+    let b: [u8; 16] = b.try_into().unwrap_or([0; 16]);
+    let mut out = [0u8; AUTH_LEN];
+    let (lo, hi) = out.split_at_mut(8);
+    lo.copy_from_slice(&super::siphash::siphash24(&a, bytes).to_le_bytes());
+    hi.copy_from_slice(&super::siphash::siphash24(&b, bytes).to_le_bytes());
+    out
+}
+
+/// What a header's authenticating TLV says ([`Parsed::authenticate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// No [`TLV_AUTH`].
+    Missing,
+    /// A [`TLV_AUTH`] that is not the last TLV, not [`AUTH_LEN`] bytes, or
+    /// whose tag does not verify under the key.
+    Bad,
+    /// The tag verifies: the kext wrote this header.
+    Good,
+}
 
 /// Why bytes are not a PROXY v2 header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +205,8 @@ pub struct Parsed<'a> {
     pub addrs: Addresses,
     /// The raw TLV area (checked to be well-formed; see [`Parsed::tlvs`]).
     tlv_bytes: &'a [u8],
+    /// The whole header.
+    bytes: &'a [u8],
     /// The header's total length: the payload starts here.
     pub len: usize,
 }
@@ -208,6 +260,34 @@ impl<'a> Parsed<'a> {
     /// The client's process name ([`TLV_PROCESS`]), if present.
     pub fn process(&self) -> Option<&'a [u8]> {
         self.tlv(TLV_PROCESS)
+    }
+
+    /// Checks the authenticating TLV under `key`: it must be the last TLV,
+    /// [`AUTH_LEN`] bytes, and the tag of every header byte before its value.
+    /// The comparison takes the same time whatever the bytes.
+    pub fn authenticate(&self, key: &AuthKey) -> Auth {
+        let Some(last) = self.tlvs().last() else {
+            return Auth::Missing;
+        };
+        if last.kind != TLV_AUTH {
+            return if self.tlv(TLV_AUTH).is_some() {
+                Auth::Bad
+            } else {
+                Auth::Missing
+            };
+        }
+        let Some(covered) = self.bytes.len().checked_sub(AUTH_LEN) else {
+            return Auth::Bad;
+        };
+        if last.value.len() != AUTH_LEN {
+            return Auth::Bad;
+        }
+        let want = mac(key, self.bytes.get(..covered).unwrap_or(&[]));
+        let diff = want
+            .iter()
+            .zip(last.value)
+            .fold(0u8, |d, (a, b)| d | (a ^ b));
+        if diff == 0 { Auth::Good } else { Auth::Bad }
     }
 }
 
@@ -295,6 +375,7 @@ pub fn parse(b: &[u8]) -> Result<Parsed<'_>, Error> {
         transport,
         addrs,
         tlv_bytes,
+        bytes: b.get(..total).unwrap_or(&[]),
         len: total,
     })
 }
@@ -378,14 +459,40 @@ impl Header {
     }
 }
 
-/// The socket filter's header: `src` (the client) to `dst` (the original
-/// destination), with the client's `pid` and process `name` (truncated to
-/// [`MAX_NAME`] bytes) as TLVs; an empty name is left out.
+/// A header `src` (the client) to `dst` (the original destination), with the
+/// client's `pid` and process `name` (truncated to [`MAX_NAME`] bytes) as
+/// TLVs; an empty name is left out. Without the authenticating TLV (tests,
+/// and the layout the specification shows); the kext writes
+/// [`encode_authenticated`].
 pub fn encode(src: &Endpoint, dst: &Endpoint, pid: u32, name: &[u8]) -> Header {
+    encode_with(src, dst, pid, name, None)
+}
+
+/// The socket filter's header: [`encode`]'s, ending with [`TLV_AUTH`], the
+/// tag under `key` of every byte before the tag.
+pub fn encode_authenticated(
+    src: &Endpoint,
+    dst: &Endpoint,
+    pid: u32,
+    name: &[u8],
+    key: &AuthKey,
+) -> Header {
+    encode_with(src, dst, pid, name, Some(key))
+}
+
+fn encode_with(
+    src: &Endpoint,
+    dst: &Endpoint,
+    pid: u32,
+    name: &[u8],
+    key: Option<&AuthKey>,
+) -> Header {
     let mut bytes = [0u8; MAX_LEN];
     let pid = pid.to_be_bytes();
     let name = name.get(..MAX_NAME).unwrap_or(name);
-    let both = [
+    // The tag's place is written as zeros, then filled in.
+    let zeros = [0u8; AUTH_LEN];
+    let all = [
         Tlv {
             kind: TLV_PID,
             value: &pid,
@@ -394,14 +501,37 @@ pub fn encode(src: &Endpoint, dst: &Endpoint, pid: u32, name: &[u8]) -> Header {
             kind: TLV_PROCESS,
             value: name,
         },
+        Tlv {
+            kind: TLV_AUTH,
+            value: &zeros,
+        },
     ];
-    let tlvs = if name.is_empty() {
-        both.get(..1).unwrap_or(&[])
-    } else {
-        &both
-    };
+    let mut tlvs = [all[0]; 3];
+    let mut n = 0usize;
+    for t in all {
+        let wanted = match t.kind {
+            TLV_PROCESS => !name.is_empty(),
+            TLV_AUTH => key.is_some(),
+            _ => true,
+        };
+        if wanted && let Some(slot) = tlvs.get_mut(n) {
+            *slot = t;
+            n = n.saturating_add(1);
+        }
+    }
     // Cannot fail: MAX_LEN covers the longest case.
-    let len = emit(src, dst, tlvs, &mut bytes).unwrap_or(0);
+    let mut len = emit(src, dst, tlvs.get(..n).unwrap_or(&[]), &mut bytes).unwrap_or(0);
+    if let Some(key) = key {
+        match len.checked_sub(AUTH_LEN) {
+            Some(covered) => {
+                let tag = mac(key, bytes.get(..covered).unwrap_or(&[]));
+                if let Some(place) = bytes.get_mut(covered..len) {
+                    place.copy_from_slice(&tag);
+                }
+            }
+            None => len = 0,
+        }
+    }
     Header {
         bytes,
         len: u8::try_from(len).unwrap_or(0),
@@ -479,7 +609,20 @@ mod tests {
             &IpAddr::V4([1, 2, 3, 4]).to_v6_mapped()
         );
         let long = encode(&Endpoint::new(d, 1), &Endpoint::new(d, 2), 7, &[b'a'; 40]);
-        assert_eq!(long.as_bytes().len(), MAX_LEN);
+        assert_eq!(long.as_bytes().len(), MAX_LEN - (3 + AUTH_LEN));
+        let key = AuthKey([7; 32]);
+        let longest = encode_authenticated(
+            &Endpoint::new(d, 1),
+            &Endpoint::new(d, 2),
+            7,
+            &[b'a'; 40],
+            &key,
+        );
+        assert_eq!(longest.as_bytes().len(), MAX_LEN);
+        assert_eq!(
+            parse(longest.as_bytes()).unwrap().authenticate(&key),
+            Auth::Good
+        );
         assert_eq!(
             parse(long.as_bytes()).unwrap().process(),
             Some(&[b'a'; MAX_NAME][..])
@@ -523,6 +666,74 @@ mod tests {
         let mut unspec = SIGNATURE.to_vec();
         unspec.extend([0x21, 0x00, 0, 0]);
         assert_eq!(parse(&unspec).unwrap().addrs, Addresses::None);
+    }
+
+    #[test]
+    fn the_authenticating_tlv_verifies_only_under_its_key() {
+        let key = AuthKey(core::array::from_fn(|i| i as u8));
+        let src = v4([127, 0, 0, 1], 50000);
+        let dst = v4([203, 0, 113, 10], 80);
+        let h = encode_authenticated(&src, &dst, 4242, b"curl", &key);
+        let b = h.as_bytes();
+        // The plain header, its length field grown by the TLV, then the TLV.
+        let plain = encode(&src, &dst, 4242, b"curl");
+        let n = plain.as_bytes().len();
+        assert_eq!(b.len(), n + 3 + AUTH_LEN);
+        assert_eq!(&b[16..n], &plain.as_bytes()[16..]);
+        assert_eq!(u16::from_be_bytes([b[14], b[15]]) as usize, b.len() - 16);
+        assert_eq!(&b[n..n + 3], &[TLV_AUTH, 0, AUTH_LEN as u8]);
+        assert_eq!(b[n + 3..], mac(&key, &b[..n + 3]));
+        let p = parse(b).unwrap();
+        assert_eq!(p.authenticate(&key), Auth::Good);
+        assert_eq!((p.pid(), p.process()), (Some(4242), Some(&b"curl"[..])));
+        // Another boot's key.
+        let mut other = key;
+        other.0[31] ^= 1;
+        assert_eq!(p.authenticate(&other), Auth::Bad);
+        // No tag.
+        assert_eq!(
+            parse(plain.as_bytes()).unwrap().authenticate(&key),
+            Auth::Missing
+        );
+        // The tag not last: a TLV appended after it.
+        let mut after = b.to_vec();
+        after.extend([0xE5, 0, 0]);
+        let len = u16::from_be_bytes([after[14], after[15]]) + 3;
+        after[14..16].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(parse(&after).unwrap().authenticate(&key), Auth::Bad);
+        // A short tag.
+        let mut short = b[..b.len() - 1].to_vec();
+        short[n + 2] = AUTH_LEN as u8 - 1;
+        let len = u16::from_be_bytes([short[14], short[15]]) - 1;
+        short[14..16].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(parse(&short).unwrap().authenticate(&key), Auth::Bad);
+        // Debug never shows the key.
+        assert_eq!(format!("{key:?}"), "AuthKey(..)");
+    }
+
+    proptest! {
+        /// Any change to any byte of an authenticated header (that still
+        /// parses) fails the check: addresses, ports, pid, name, tag alike.
+        #[test]
+        fn a_changed_byte_never_authenticates(
+            key in any::<[u8; 32]>(),
+            src in endpoint(),
+            dst in endpoint(),
+            pid in any::<u32>(),
+            name in proptest::collection::vec(any::<u8>(), 0..20),
+            at in any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let key = AuthKey(key);
+            let h = encode_authenticated(&src, &dst, pid, &name, &key);
+            let mut b = h.as_bytes().to_vec();
+            prop_assert_eq!(parse(&b).unwrap().authenticate(&key), Auth::Good);
+            let i = at.index(b.len());
+            b[i] ^= flip;
+            if let Ok(p) = parse(&b) {
+                prop_assert_ne!(p.authenticate(&key), Auth::Good);
+            }
+        }
     }
 
     #[test]

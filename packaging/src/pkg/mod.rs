@@ -108,7 +108,8 @@ pub struct PkgSpec {
     pub epoch: i64,
     /// The kexts, in install order.
     pub kexts: Vec<KextInput>,
-    /// The macOS tools for `/usr/local/bin` (signed universal executables).
+    /// The macOS tools (signed universal executables) for `/usr/local/bin`,
+    /// or `/usr/local/libexec` for daemons ([`system::tool_path`]).
     pub tools: Vec<system::ToolInput>,
     /// The example configuration (`prx.toml.example`).
     pub example_config: Vec<u8>,
@@ -156,17 +157,12 @@ pub fn payload_tree(spec: &PkgSpec) -> Result<PayloadTree, PkgError> {
                 "cannot read the executable ({e}); run `cargo xtask build --release` first"
             ),
         })?;
-        tree.add_file(
-            &format!("{}/{}", system::TOOL_DIR, t.name),
-            data,
-            tree::EXEC_MODE,
-            mtime,
-        );
+        tree.add_file(&system::tool_path(&t.name), data, tree::EXEC_MODE, mtime);
     }
-    for d in system::daemons() {
+    for d in system::daemons(&spec.tools) {
         tree.add_file(
             &format!("{}/{}.plist", system::LAUNCH_DAEMONS, d.label),
-            system::launchd_plist(&d),
+            d.plist(),
             tree::FILE_MODE,
             mtime,
         );

@@ -2,9 +2,12 @@
 //!
 //! Installed tree (the component installs at `/`):
 //! - `/Library/Extensions/<Name>.kext`: the kexts;
-//! - `/usr/local/bin/<tool>`: the macOS tools (`prxctl`), universal, signed;
+//! - `/usr/local/bin/<tool>`: the macOS commands (`prxctl`), universal, signed;
+//! - `/usr/local/libexec/<tool>`: the executables only launchd runs
+//!   ([`LIBEXEC_TOOLS`]: `prxd`), universal, signed;
 //! - `/Library/LaunchDaemons/<label>.plist`: the boot-time daemons
-//!   ([`daemons`]; today `net.prx.apply`, which runs `prxctl apply --load`);
+//!   ([`daemons`]: `net.prx.apply`, which runs `prxctl apply --load` once, and
+//!   `net.prx.prxd`, prxd kept alive, when the package holds prxd);
 //! - `/Library/Application Support/prx/prx.toml.example`: the example
 //!   configuration; the postinstall copies it to `prx.toml` only when there is none;
 //! - `/usr/local/share/prx/uninstall.sh`: the uninstaller.
@@ -22,8 +25,27 @@ use super::tree::{EntryKind, PayloadTree};
 
 /// Where kexts are installed (relative to the volume root).
 pub const KEXT_DIR: &str = "Library/Extensions";
-/// Where the tools are installed.
+/// Where the commands are installed.
 pub const TOOL_DIR: &str = "usr/local/bin";
+/// Where the executables only launchd starts are installed.
+pub const LIBEXEC_DIR: &str = "usr/local/libexec";
+/// The tools installed to [`LIBEXEC_DIR`] rather than [`TOOL_DIR`]: daemons,
+/// which users do not run from a shell.
+pub const LIBEXEC_TOOLS: [&str; 1] = ["prxd"];
+/// prxd's LaunchDaemon, as its crate ships it (`prxd/launchd/`): installed
+/// verbatim, so the file prxd's tests check is the file the package holds.
+pub const PRXD_PLIST: &str = include_str!("../../../prxd/launchd/net.prx.prxd.plist");
+/// prxd's log (its LaunchDaemon's standard output and error).
+pub const PRXD_LOG: &str = "var/log/prxd.log";
+
+/// Where the tool `name` is installed (relative to the volume root).
+pub fn tool_path(name: &str) -> String {
+    if LIBEXEC_TOOLS.contains(&name) {
+        format!("{LIBEXEC_DIR}/{name}")
+    } else {
+        format!("{TOOL_DIR}/{name}")
+    }
+}
 /// The configuration directory.
 pub const CONFIG_DIR: &str = "Library/Application Support/prx";
 /// The configuration `prxctl apply` reads by default.
@@ -46,18 +68,47 @@ pub struct Daemon {
     pub label: &'static str,
     /// ProgramArguments.
     pub program: Vec<String>,
+    /// The property list as shipped by the daemon's crate; `None`: made by
+    /// [`launchd_plist`] (run once at load).
+    pub shipped: Option<&'static str>,
 }
 
-/// The daemons, in start order. A later daemon (prxd) is one more entry.
-pub fn daemons() -> Vec<Daemon> {
-    vec![Daemon {
+impl Daemon {
+    /// The property list the package installs.
+    pub fn plist(&self) -> Vec<u8> {
+        match self.shipped {
+            Some(p) => p.as_bytes().to_vec(),
+            None => launchd_plist(self),
+        }
+    }
+}
+
+/// The daemons of a package holding the tools `tools`, in start order:
+/// `net.prx.apply` (configures the kexts), then `net.prx.prxd` if prxd is
+/// among the tools. The scripts stop them in the reverse order: prxd, which
+/// holds the kexts' controls open, first.
+pub fn daemons(tools: &[ToolInput]) -> Vec<Daemon> {
+    let mut v = vec![Daemon {
         label: "net.prx.apply",
         program: vec![
-            format!("/{TOOL_DIR}/prxctl"),
+            format!("/{}", tool_path("prxctl")),
             "apply".into(),
             "--load".into(),
         ],
-    }]
+        shipped: None,
+    }];
+    if tools.iter().any(|t| t.name == "prxd") {
+        v.push(Daemon {
+            label: "net.prx.prxd",
+            program: vec![
+                format!("/{}", tool_path("prxd")),
+                "--config".into(),
+                format!("/{CONFIG_FILE}"),
+            ],
+            shipped: Some(PRXD_PLIST),
+        });
+    }
+    v
 }
 
 /// A daemon's property list: runs once at load (boot, or the postinstall's
@@ -100,9 +151,11 @@ fn fill(template: &str, spec: &PkgSpec) -> String {
         .iter()
         .map(|k| format!("{}={}", kext_name(&k.bundle), k.bundle_identifier))
         .collect();
-    let labels: Vec<&str> = daemons().iter().map(|d| d.label).collect();
+    let labels: Vec<&str> = daemons(&spec.tools).iter().map(|d| d.label).collect();
+    let stop: Vec<&str> = labels.iter().rev().copied().collect();
     template
         .replace("@KEXTS@", &kexts.join(" "))
+        .replace("@STOP_LABELS@", &stop.join(" "))
         .replace("@LABELS@", &labels.join(" "))
         .replace("@PKG_ID@", &spec.identifier)
 }
@@ -119,13 +172,25 @@ pub fn postinstall(spec: &PkgSpec) -> String {
 
 /// Directories the uninstaller removes when empty, deepest first (the
 /// package may have created the `/usr/local` ones; others' files keep them).
-pub const OWN_DIRS: [&str; 4] = [CONFIG_DIR, SHARE_DIR, "usr/local/share", TOOL_DIR];
+pub const OWN_DIRS: [&str; 5] = [
+    CONFIG_DIR,
+    SHARE_DIR,
+    "usr/local/share",
+    TOOL_DIR,
+    LIBEXEC_DIR,
+];
 
 /// The uninstaller for the tree `files` (every regular file of the payload
 /// outside the kext bundles, relative to the volume root).
 pub fn uninstaller(spec: &PkgSpec, files: &[String]) -> String {
     let mut list: Vec<String> = files.to_vec();
     list.push(DAEMON_LOG.into());
+    if daemons(&spec.tools)
+        .iter()
+        .any(|d| d.label == "net.prx.prxd")
+    {
+        list.push(PRXD_LOG.into());
+    }
     fill(UNINSTALL_TEMPLATE, spec)
         .replace("@FILES@", &list.join("\n"))
         .replace("@DIRS@", &OWN_DIRS.join("\n"))
@@ -136,7 +201,8 @@ pub fn uninstaller(spec: &PkgSpec, files: &[String]) -> String {
 pub struct ToolInput {
     /// The (signed) executable.
     pub path: PathBuf,
-    /// Installed name in `/usr/local/bin`.
+    /// Installed name, in `/usr/local/bin` or (for [`LIBEXEC_TOOLS`])
+    /// `/usr/local/libexec`: [`tool_path`].
     pub name: String,
 }
 
@@ -148,4 +214,40 @@ pub fn removable_files(tree: &PayloadTree) -> Vec<String> {
         .filter(|e| matches!(e.kind, EntryKind::File(_)) && !e.path.starts_with(&kexts))
         .map(|e| e.path.trim_start_matches("./").to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped prxd plist runs the executable where the package puts it,
+    /// with the configuration the package installs, and logs where the
+    /// uninstaller cleans up.
+    #[test]
+    fn the_prxd_plist_agrees_with_the_payload() {
+        let tools = [ToolInput {
+            path: PathBuf::from("prxd"),
+            name: "prxd".into(),
+        }];
+        let d = daemons(&tools);
+        let prxd = d.iter().find(|d| d.label == "net.prx.prxd").unwrap();
+        let v: plist::Value = plist::from_bytes(&prxd.plist()).unwrap();
+        let dict = v.as_dictionary().unwrap();
+        let args: Vec<String> = dict["ProgramArguments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_string().unwrap().to_string())
+            .collect();
+        assert_eq!(args, prxd.program);
+        assert_eq!(args[0], "/usr/local/libexec/prxd");
+        assert_eq!(
+            dict["StandardErrorPath"].as_string(),
+            Some(format!("/{PRXD_LOG}").as_str())
+        );
+        assert_eq!(dict["Label"].as_string(), Some("net.prx.prxd"));
+        // Without prxd in the package: only the apply daemon.
+        assert_eq!(daemons(&[]).len(), 1);
+        assert_eq!(tool_path("prxctl"), "usr/local/bin/prxctl");
+    }
 }

@@ -29,7 +29,11 @@
 //!   connection. `run nat-tcp4`
 //!   (`nat-tcp6`, `nat-udp4`, `nat-udp6`) carries that smoltcp traffic through
 //!   the IP filters as configured by the bridge's clients (see
-//!   [`super::stacks`]); the answer is `passed` or `failed`. `quit` ends the
+//!   [`super::stacks`]); the answer is `passed` or `failed`. `run nat-prxd
+//!   ORIGIN PRXD` hands the IP filter's translated connection to a real prxd
+//!   on loopback ([`super::nat_bridge`]; `run nat-prxd-udp ORIGIN PRXD` a
+//!   UDP flow); while it runs, other clients of this
+//!   bridge (prxd's lookups) are served from inside its loop. `quit` ends the
 //!   serving: open connections are closed and the scenario stops and unloads
 //!   the kexts and checks the ledgers as every scenario does.
 
@@ -116,7 +120,7 @@ pub fn ctl_bridge() -> bool {
         match listener.accept() {
             Ok((s, _)) => {
                 served += 1;
-                quit = serve_one(s, &mut open);
+                quit = serve_one(s, &mut open, Some(&listener));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(5))
@@ -181,7 +185,13 @@ fn answer(s: &mut UnixStream, errno: i32, data: &[u8]) -> bool {
 }
 
 /// Serves one connection until EOF; returns whether it asked to quit.
-fn serve_one(mut s: UnixStream, open: &mut Vec<sockets::Live>) -> bool {
+/// `listener`: the bridge's, for commands that serve other clients while
+/// they run (`run nat-prxd`); `None` for those nested clients.
+fn serve_one(
+    mut s: UnixStream,
+    open: &mut Vec<sockets::Live>,
+    listener: Option<&UnixListener>,
+) -> bool {
     if s.set_nonblocking(false).is_err()
         || s.set_read_timeout(Some(Duration::from_secs(30))).is_err()
     {
@@ -210,8 +220,8 @@ fn serve_one(mut s: UnixStream, open: &mut Vec<sockets::Live>) -> bool {
             (SETOPT | GETOPT, None) => answer(&mut s, ENOTCONN, &[]),
             (COMMAND, _) => {
                 let cmd = String::from_utf8_lossy(&f.data).into_owned();
-                let (e, text) = command(&cmd, open);
-                quit |= cmd == "quit";
+                let (e, text) = command(&cmd, open, listener);
+                quit |= cmd == "quit" && listener.is_some();
                 answer(&mut s, e, text.as_bytes())
             }
             _ => answer(&mut s, EINVAL, &[]),
@@ -226,9 +236,43 @@ fn serve_one(mut s: UnixStream, open: &mut Vec<sockets::Live>) -> bool {
     quit
 }
 
-fn command(cmd: &str, open: &mut Vec<sockets::Live>) -> (i32, String) {
+fn command(
+    cmd: &str,
+    open: &mut Vec<sockets::Live>,
+    listener: Option<&UnixListener>,
+) -> (i32, String) {
     if cmd == "quit" {
         return (0, "bye".into());
+    }
+    let udp = cmd.starts_with("run nat-prxd-udp ");
+    if let Some(args) = cmd
+        .strip_prefix("run nat-prxd ")
+        .or_else(|| cmd.strip_prefix("run nat-prxd-udp "))
+    {
+        let mut w = args.split_whitespace().map(|a| a.parse::<SocketAddr>());
+        let (Some(Ok(origin)), Some(Ok(prxd)), None) = (w.next(), w.next(), w.next()) else {
+            return (
+                EINVAL,
+                "usage: run nat-prxd|nat-prxd-udp ORIGIN:PORT PRXD:PORT".into(),
+            );
+        };
+        let Some(l) = listener else {
+            return (EINVAL, "run nat-prxd: not from a nested client".into());
+        };
+        // prxd's lookups arrive while the traffic runs: serve each waiting
+        // client to its end (they connect, ask and let go).
+        let mut serve = || {
+            while let Ok((c, _)) = l.accept() {
+                let mut none = Vec::new();
+                serve_one(c, &mut none, None);
+            }
+        };
+        let passed = if udp {
+            super::nat_bridge::nat_prxd_udp(origin, prxd, &mut serve)
+        } else {
+            super::nat_bridge::nat_prxd(origin, prxd, &mut serve)
+        };
+        return (0, if passed { "passed" } else { "failed" }.into());
     }
     if cmd == "recv" {
         return match sockets::recv_kept(open) {

@@ -32,6 +32,7 @@ pub mod kernel;
 pub mod loader;
 pub mod mbuf;
 pub mod mt;
+pub mod nat_bridge;
 pub mod nat_icmp;
 pub mod packet;
 pub mod reloc;

@@ -552,6 +552,18 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
             return ok;
         }
     };
+    // The PROXY v2 headers' per-load key (op 20), for the tests to verify
+    // the headers' tags with their own SipHash.
+    let (e, key) = ctl::getopt(client, 20, &{
+        let mut b = header(20, 8);
+        b.resize(64, 0);
+        b
+    });
+    check(
+        "control: auth key",
+        e == 0 && key.len() == 40,
+        format!("errno {e}, {}", hex(&key)),
+    );
     // Proxies: v4, v6, the proxy's pid and name.
     let mut m = header(2, 8 + 64);
     m.extend(endpoint(Some(a4)));

@@ -269,7 +269,7 @@ fn connect_to_origin(client: &mut Host, plan: &Plan, name: &str) -> Option<Socke
     }
 }
 
-fn tcp_socket() -> tcp::Socket<'static> {
+pub(crate) fn tcp_socket() -> tcp::Socket<'static> {
     tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; 65536]),
         tcp::SocketBuffer::new(vec![0; 65536]),
@@ -312,7 +312,7 @@ fn pump(
     ok
 }
 
-fn report(name: &str, wire: &Wire, n: &Counts) -> bool {
+pub(crate) fn report(name: &str, wire: &Wire, n: &Counts) -> bool {
     flush_log();
     let ok = wire.rejected.is_empty() && n.escaped.is_empty() && n.wrong_source.is_empty();
     for r in wire.rejected.iter().take(5) {
