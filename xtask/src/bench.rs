@@ -44,8 +44,7 @@ pub struct Args {
 /// `cargo xtask bench --proxy`: builds prxd and the comparison in release and runs it.
 fn run_proxy(root: &Path, idle: usize) -> Result<()> {
     eprintln!("bench: building prxd and prxd/examples/vs_haproxy (release)");
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
+    let st = toolchain::clean_cargo(root)
         .args([
             "build",
             "--release",
@@ -200,8 +199,7 @@ fn valgrind_version() -> Result<String> {
 
 /// Builds `prx-bench` in release and returns the executable's path.
 fn build_bench(root: &Path) -> Result<PathBuf> {
-    let mut child = Command::new(toolchain::cargo())
-        .current_dir(root)
+    let mut child = toolchain::clean_cargo(root)
         .args(["build", "--release", "-p", PACKAGE, "--bin", PACKAGE])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
@@ -308,6 +306,25 @@ pub fn table(results: &[Measured]) -> String {
     s
 }
 
+/// IPv6 against IPv4 for each path measured in both families (`<path>-v6`
+/// ÷ `<path>-v4`).
+pub fn family_ratios(results: &[Measured]) -> Vec<(String, f64)> {
+    let per_op = |name: &str| {
+        results
+            .iter()
+            .find(|m| m.case.name == name)
+            .map(|m| m.per_op)
+    };
+    results
+        .iter()
+        .filter_map(|m| {
+            let path = m.case.name.strip_suffix("-v6")?;
+            let v4 = per_op(&format!("{path}-v4")).filter(|v| *v > 0.0)?;
+            Some((path.to_owned(), m.per_op / v4))
+        })
+        .collect()
+}
+
 fn to_json(results: &[Measured], valgrind: &str) -> serde_json::Value {
     serde_json::json!({
         "method": format!(
@@ -367,6 +384,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     print!("{}", table(&results));
+    for (path, r) in family_ratios(&results) {
+        println!("{path}: IPv6 {r:.2}× IPv4");
+    }
     println!();
     for m in &results {
         println!("{:<22} {}", m.case.name, m.case.what);
@@ -431,6 +451,7 @@ mod tests {
         assert_eq!(results[1].ratio, Some(25.0));
         let t = table(&results);
         assert!(t.contains("25.0× a"), "{t}");
+        assert!(family_ratios(&results).is_empty());
         let j = to_json(&results, "valgrind-3.19.0");
         assert_eq!(j["cases"][1]["ratio"], 25.0);
         Ok(())

@@ -70,7 +70,7 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
 
 /// `cargo metadata --no-deps` of the workspace, parsed.
 pub fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
-    let out = Command::new(toolchain::cargo())
+    let out = toolchain::clean_cargo(root)
         .args([
             "metadata",
             "--no-deps",
@@ -134,9 +134,8 @@ pub fn kernel_cargo(
     } else {
         "kernel-dev"
     };
-    let mut cmd = Command::new(toolchain::cargo());
-    cmd.current_dir(root)
-        .arg(subcommand)
+    let mut cmd = toolchain::clean_cargo(root);
+    cmd.arg(subcommand)
         .args(["--profile", profile])
         .arg("--target")
         .arg(target_spec(root, arch))

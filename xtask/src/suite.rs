@@ -363,29 +363,9 @@ fn rustup(root: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// A `cargo` command for the workspace without the variables `cargo run` set
-/// for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
-/// watch them would otherwise see a different environment than a plain
-/// `cargo test` and rebuild.
+/// for xtask itself ([`toolchain::clean_cargo`]).
 pub fn clean_cargo(root: &Path) -> Command {
-    let mut cmd = Command::new(toolchain::cargo());
-    cmd.current_dir(root);
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let set_by_cargo_run = key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-            );
-        if set_by_cargo_run {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
+    toolchain::clean_cargo(root)
 }
 
 /// `cargo xtask test [--no-install] [-- ARGS]`.
