@@ -83,13 +83,17 @@ pub enum L4Sum {
 /// to the same 16-bit sum as their two halves (2^16 ≡ 1 mod 0xFFFF).
 fn addr_delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
     let mut s = 0u64;
-    for (o, n) in old.chunks_exact(4).zip(new.chunks_exact(4)) {
-        let (Some(o), Some(n)) = (o.first_chunk::<4>(), n.first_chunk::<4>()) else {
-            continue;
-        };
+    let (mut o, mut n) = (old.as_slice(), new.as_slice());
+    // (No `chunks_exact`: its division-by-zero check would leave a panic path
+    // in the kext.)
+    while let (Some((a, ro)), Some((b, rn))) =
+        (o.split_first_chunk::<4>(), n.split_first_chunk::<4>())
+    {
         s = s
-            .wrapping_add(u64::from(!u32::from_be_bytes(*o)))
-            .wrapping_add(u64::from(u32::from_be_bytes(*n)));
+            .wrapping_add(u64::from(!u32::from_be_bytes(*a)))
+            .wrapping_add(u64::from(u32::from_be_bytes(*b)));
+        o = ro;
+        n = rn;
     }
     s
 }
