@@ -39,6 +39,10 @@ pub struct Args {
     /// With --proxy: idle connections to hold (each proxy needs two descriptors per connection).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub idle: usize,
+    /// Skip the emulator run of the shipped IP filter (kext-only instructions
+    /// and kernel calls per packet; it runs only without --case).
+    #[arg(long)]
+    pub no_emu: bool,
 }
 
 /// `cargo xtask bench --proxy`: builds prxd and the comparison in release and runs it.
@@ -199,13 +203,21 @@ fn valgrind_version() -> Result<String> {
 
 /// Builds `prx-bench` in release and returns the executable's path.
 fn build_bench(root: &Path) -> Result<PathBuf> {
+    build_bin(root, &["--release"], PACKAGE, PACKAGE)
+}
+
+/// Builds binary `bin` of `package` (cargo `extra` arguments) and returns the
+/// executable's path.
+fn build_bin(root: &Path, extra: &[&str], package: &str, bin: &str) -> Result<PathBuf> {
     let mut child = toolchain::clean_cargo(root)
-        .args(["build", "--release", "-p", PACKAGE, "--bin", PACKAGE])
+        .arg("build")
+        .args(extra)
+        .args(["-p", package, "--bin", bin])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("starting cargo build -p prx-bench")?;
+        .with_context(|| format!("starting cargo build -p {package}"))?;
     let stdout = child.stdout.take().context("cargo build: no stdout")?;
     let mut exe = None;
     for line in std::io::BufReader::new(stdout).lines() {
@@ -214,7 +226,7 @@ fn build_bench(root: &Path) -> Result<PathBuf> {
             continue;
         };
         if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == PACKAGE
+            && msg["target"]["name"] == bin
             && let Some(e) = msg["executable"].as_str()
         {
             exe = Some(PathBuf::from(e));
@@ -223,9 +235,9 @@ fn build_bench(root: &Path) -> Result<PathBuf> {
     let status = child.wait().context("waiting for cargo build")?;
     ensure!(
         status.success(),
-        "cargo build -p prx-bench failed (see above)"
+        "cargo build -p {package} failed (see above)"
     );
-    exe.context("cargo build reported no prx-bench executable")
+    exe.with_context(|| format!("cargo build reported no {bin} executable"))
 }
 
 fn list_cases(bin: &Path) -> Result<Vec<CaseInfo>> {
@@ -344,6 +356,70 @@ fn to_json(results: &[Measured], valgrind: &str) -> serde_json::Value {
     })
 }
 
+/// The emulator part (see [`crate::bench_emu`]): builds the release IP filter
+/// bundle and the emulator, runs `nat-tcp4` and `nat-tcp6` under callgrind and
+/// prints the per-packet figures (and their ratio to the floor).
+fn emulator(
+    root: &Path,
+    dir: &Path,
+    floor: Option<f64>,
+) -> Result<Vec<(String, crate::bench_emu::Counts)>> {
+    eprintln!("bench: building the release IP filter (cargo xtask build --release --kext ip)");
+    let built = crate::build::build(
+        root,
+        &crate::build::BuildOptions {
+            release: true,
+            archs: vec![],
+            kexts: vec!["ip".into()],
+            target_dir: None,
+        },
+    )?;
+    let kext = built
+        .iter()
+        .find(|b| b.crate_name == "kext-ip")
+        .context("the build wrote no kext-ip bundle")?
+        .path
+        .clone();
+    eprintln!("bench: building the emulator (prx-emu)");
+    let emu = build_bin(root, &[], "vm", "prx-emu")?;
+    let mut out = Vec::new();
+    println!();
+    println!(
+        "emulator: {} (x86_64 slice), per packet callback (ipf_output and ipf_input alike)",
+        kext.display()
+    );
+    println!(
+        "{:<10} {:>9} {:>18} {:>12} {:>14}",
+        "scenario", "callbacks", "kext instr/packet", "ratio", "kernel calls"
+    );
+    for scenario in ["nat-tcp4", "nat-tcp6"] {
+        eprintln!("bench: emulator {scenario} under callgrind");
+        let c = crate::bench_emu::run(&emu, &kext, scenario, dir)?;
+        let per = c.kext_instructions as f64 / c.callbacks as f64;
+        let calls = c.kernel_calls_total() as f64 / c.callbacks as f64;
+        let ratio = floor
+            .filter(|f| *f > 0.0)
+            .map(|f| format!("{:.1}× floor", per / f))
+            .unwrap_or_default();
+        println!(
+            "{scenario:<10} {:>9} {per:>18.1} {ratio:>12} {calls:>14.2}",
+            c.callbacks
+        );
+        let each: Vec<String> = c
+            .kernel_calls
+            .iter()
+            .map(|(k, n)| format!("{k} {:.2}", *n as f64 / c.callbacks as f64))
+            .collect();
+        println!("{:<10} per packet: {}", "", each.join(", "));
+        out.push((scenario.to_owned(), c));
+    }
+    println!(
+        "(kext-only instructions and kernel calls include the kext's start, configuration and \
+         stop, once per scenario)"
+    );
+    Ok(out)
+}
+
 /// Runs `cargo xtask bench`.
 pub fn run(root: &Path, args: Args) -> Result<()> {
     if args.proxy {
@@ -391,9 +467,28 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     for m in &results {
         println!("{:<22} {}", m.case.name, m.case.what);
     }
+    let floor = results
+        .iter()
+        .find(|m| m.case.name == "floor")
+        .map(|m| m.per_op);
+    let emu = if args.no_emu || !args.cases.is_empty() {
+        Vec::new()
+    } else {
+        emulator(root, dir.path(), floor)?
+    };
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&to_json(&results, &valgrind))
-            .context("serialising the results")?;
+        let mut j = to_json(&results, &valgrind);
+        j["emulator"] = serde_json::json!(
+            emu.iter()
+                .map(|(scenario, c)| serde_json::json!({
+                    "scenario": scenario,
+                    "callbacks": c.callbacks,
+                    "kext_instructions": c.kext_instructions,
+                    "kernel_calls": c.kernel_calls,
+                }))
+                .collect::<Vec<_>>()
+        );
+        let text = serde_json::to_string_pretty(&j).context("serialising the results")?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
