@@ -43,6 +43,10 @@ pub struct Args {
     /// and kernel calls per packet; it runs only without --case).
     #[arg(long)]
     pub no_emu: bool,
+    /// The emulator part measures this PrxIPFilter bundle instead of building
+    /// the release one (e.g. an older build, for a before/after comparison).
+    #[arg(long, value_name = "BUNDLE")]
+    pub kext: Option<PathBuf>,
 }
 
 /// `cargo xtask bench --proxy`: builds prxd and the comparison in release and runs it.
@@ -363,23 +367,34 @@ fn emulator(
     root: &Path,
     dir: &Path,
     floor: Option<f64>,
+    given: Option<&Path>,
 ) -> Result<Vec<(String, crate::bench_emu::Counts)>> {
-    eprintln!("bench: building the release IP filter (cargo xtask build --release --kext ip)");
-    let built = crate::build::build(
-        root,
-        &crate::build::BuildOptions {
-            release: true,
-            archs: vec![],
-            kexts: vec!["ip".into()],
-            target_dir: None,
-        },
-    )?;
-    let kext = built
-        .iter()
-        .find(|b| b.crate_name == "kext-ip")
-        .context("the build wrote no kext-ip bundle")?
-        .path
-        .clone();
+    let kext = match given {
+        Some(k) => {
+            ensure!(k.exists(), "--kext {}: no such bundle", k.display());
+            k.to_path_buf()
+        }
+        None => {
+            eprintln!(
+                "bench: building the release IP filter (cargo xtask build --release --kext ip)"
+            );
+            let built = crate::build::build(
+                root,
+                &crate::build::BuildOptions {
+                    release: true,
+                    archs: vec![],
+                    kexts: vec!["ip".into()],
+                    target_dir: None,
+                },
+            )?;
+            built
+                .iter()
+                .find(|b| b.crate_name == "kext-ip")
+                .context("the build wrote no kext-ip bundle")?
+                .path
+                .clone()
+        }
+    };
     eprintln!("bench: building the emulator (prx-emu)");
     let emu = build_bin(root, &[], "vm", "prx-emu")?;
     let mut out = Vec::new();
@@ -414,8 +429,8 @@ fn emulator(
         out.push((scenario.to_owned(), c));
     }
     println!(
-        "(kext-only instructions and kernel calls include the kext's start, configuration and \
-         stop, once per scenario)"
+        "(kext instructions: the functions the packet callbacks reach; kernel calls: the whole \
+         run, start and control included)"
     );
     Ok(out)
 }
@@ -474,7 +489,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     let emu = if args.no_emu || !args.cases.is_empty() {
         Vec::new()
     } else {
-        emulator(root, dir.path(), floor)?
+        emulator(root, dir.path(), floor, args.kext.as_deref())?
     };
     if let Some(path) = &args.json {
         let mut j = to_json(&results, &valgrind);
@@ -484,6 +499,7 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
                     "scenario": scenario,
                     "callbacks": c.callbacks,
                     "kext_instructions": c.kext_instructions,
+                    "kext_instructions_with_start_and_control": c.kext_instructions_all,
                     "kernel_calls": c.kernel_calls,
                 }))
                 .collect::<Vec<_>>()

@@ -7,17 +7,20 @@
 //! `base`, `size`, and the jump stubs its undefined symbols are bound through,
 //! `stubs`, 16 bytes each, in `stub_symbols` order). From callgrind's
 //! per-instruction costs:
-//! - kext-only instructions: every instruction executed at an address inside
-//!   the kext's image (the kernel's side, the emulator's KPI implementations,
-//!   is outside);
+//! - kext-only instructions: instructions executed at addresses inside the
+//!   kext's image (the kernel's side, the emulator's KPI implementations, is
+//!   outside), in the kext functions reachable from the packet callbacks
+//!   (callgrind's call graph from the emulator's `call_ipf` into the image):
+//!   start (which fills the NAT tables), stop and the control are left out;
 //! - kernel calls: calls from an instruction inside the image to a stub, each
 //!   stub naming the KPI;
 //! - packets: the calls the emulator's `call_ipf` makes into the image (one per
 //!   `ipf_output`/`ipf_input` callback).
 //!
-//! Both totals include the kext's start, its configuration over the control
-//! and its stop, which run once per scenario (a few hundred packets), so the
-//! per-packet figures slightly overstate the packet path.
+//! A kext function both the packet path and the control reach (a lock, a
+//! helper) counts whole, so the per-packet figures may overstate the packet
+//! path by the control's few calls; kernel calls count from the whole run (the
+//! start's and control's are a few in a thousand packets).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -76,8 +79,11 @@ pub fn parse_loaded(out: &str, kext: &str) -> Result<Image> {
 /// The counts of one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Instructions executed inside the image.
+    /// Instructions executed inside the image by the functions the packet
+    /// callbacks reach.
     pub kext_instructions: u64,
+    /// Instructions executed inside the image, start and control included.
+    pub kext_instructions_all: u64,
     /// Calls from `call_ipf` into the image.
     pub callbacks: u64,
     /// Calls from the image to each KPI.
@@ -105,10 +111,20 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
         .saturating_add(STUB_SIZE * img.stub_symbols.len() as u64);
     let mut c = Counts::default();
     let mut func = String::new();
+    let mut callee = String::new();
     let mut pending_call: Option<(u64, u64)> = None;
+    // Own instructions inside the image per callgrind function, the call
+    // graph, and the kext functions the packet callbacks enter.
+    let mut own: BTreeMap<String, u64> = BTreeMap::new();
+    let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut roots: Vec<String> = Vec::new();
     for line in text.lines() {
         if let Some(f) = line.strip_prefix("fn=") {
             func = f.to_owned();
+            continue;
+        }
+        if let Some(f) = line.strip_prefix("cfn=") {
+            callee = f.to_owned();
             continue;
         }
         if let Some(rest) = line.strip_prefix("calls=") {
@@ -126,6 +142,7 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
         };
         let Some(addr) = hex(first) else { continue };
         if let Some((n, target)) = pending_call.take() {
+            edges.entry(func.clone()).or_default().push(callee.clone());
             if inside(addr) && target >= img.stubs && target < stubs_end {
                 let i = usize::try_from((target - img.stubs) / STUB_SIZE)?;
                 let name = img.stub_symbols.get(i).cloned().unwrap_or_default();
@@ -133,6 +150,7 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
                 *c.kernel_calls.entry(name).or_default() += n;
             } else if !inside(addr) && inside(target) && func.contains("call_ipf") {
                 c.callbacks += n;
+                roots.push(callee.clone());
             }
             continue;
         }
@@ -142,9 +160,21 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
                 .nth(1)
                 .and_then(|n| n.parse().ok())
                 .with_context(|| format!("bad cost line {line:?}"))?;
-            c.kext_instructions += cost;
+            c.kext_instructions_all += cost;
+            *own.entry(func.clone()).or_default() += cost;
         }
     }
+    // Every function reachable from the callbacks' entries (through kext code
+    // only: a kernel function does not call back into the kext here).
+    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut stack = roots;
+    while let Some(f) = stack.pop() {
+        if !own.contains_key(&f) || !seen.insert(f.clone()) {
+            continue;
+        }
+        stack.extend(edges.get(&f).into_iter().flatten().cloned());
+    }
+    c.kext_instructions = seen.iter().filter_map(|f| own.get(f)).sum();
     ensure!(
         c.kext_instructions > 0 && c.callbacks > 0,
         "callgrind saw no instruction of the kext or no packet callback (was the image \
@@ -200,23 +230,35 @@ mod tests {
         let cg = "\
 fn=vm::emu::abi::net::call_ipf::{{closure}}
 0x100 5
+cfn=0x0000000000001000
 calls=3 0x1000
 0x104 900
 fn=0x0000000000001000
 0x1000 40
 0x1004 2
+cfn=stub
 calls=3 0x4010
 0x1008 300
+cfn=0x0000000000001100
 calls=1 0x1100
 0x100c 10
+fn=0x0000000000001100
+0x1100 6
+fn=vm::emu::arch::x86_64::call_kmod_entry
+cfn=0x0000000000001200
+calls=1 0x1200
+0x300 1000
+fn=0x0000000000001200
+0x1200 500
 fn=host
 0x2000 7
 ";
         let c = parse_callgrind(cg, &img)?;
         assert_eq!(
-            c.kext_instructions, 42,
-            "own instructions, not calls' inclusive costs"
+            c.kext_instructions, 48,
+            "own instructions of the functions the callbacks reach, not calls' inclusive costs"
         );
+        assert_eq!(c.kext_instructions_all, 548, "start included");
         assert_eq!(c.callbacks, 3);
         assert_eq!(c.kernel_calls.get("mbuf_copydata"), Some(&3));
         assert_eq!(
