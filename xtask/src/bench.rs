@@ -420,10 +420,13 @@ fn emulator(
             "{scenario:<10} {:>9} {per:>18.1} {ratio:>12} {calls:>14.2}",
             c.callbacks
         );
+        // KPIs called at least once per 100 packets (the rest is start and control).
         let each: Vec<String> = c
             .kernel_calls
             .iter()
-            .map(|(k, n)| format!("{k} {:.2}", *n as f64 / c.callbacks as f64))
+            .map(|(k, n)| (k, *n as f64 / c.callbacks as f64))
+            .filter(|(_, per)| *per >= 0.01)
+            .map(|(k, per)| format!("{k} {per:.2}"))
             .collect();
         println!("{:<10} per packet: {}", "", each.join(", "));
         out.push((scenario.to_owned(), c));
