@@ -68,8 +68,17 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
         .join(format!("{}-apple-macos-kernel.json", arch.name()))
 }
 
-/// `cargo metadata --no-deps` of the workspace, parsed.
+/// `cargo metadata --no-deps` of the workspace, parsed; read once per
+/// process and root (the kext and tool builds of one `cargo xtask build` both
+/// need it: each `cargo metadata` costs about 0.1 s).
 pub fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, serde_json::Value)>> =
+        std::sync::Mutex::new(Vec::new());
+    if let Ok(c) = CACHE.lock()
+        && let Some((_, v)) = c.iter().find(|(r, _)| r == root)
+    {
+        return Ok(v.clone());
+    }
     let out = toolchain::clean_cargo(root)
         .args([
             "metadata",
@@ -78,14 +87,18 @@ pub fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
             "1",
             "--offline",
         ])
-        .current_dir(root)
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo metadata")?;
     if !out.status.success() {
         bail!("cargo metadata failed");
     }
-    serde_json::from_slice(&out.stdout).context("parsing cargo metadata")
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    if let Ok(mut c) = CACHE.lock() {
+        c.push((root.to_path_buf(), v.clone()));
+    }
+    Ok(v)
 }
 
 /// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
