@@ -238,18 +238,10 @@ impl Nat {
             proxies: &cfg.proxies,
         };
         let mut table = st.table(self.family).lock();
-        // Flows ever inserted: live ones plus those reclaimed (expired or evicted).
-        let inserted = |t: &Table| {
-            let s = t.stats();
-            u64::try_from(s.flows)
-                .unwrap_or(u64::MAX)
-                .saturating_add(s.expired)
-                .saturating_add(s.evicted)
-        };
-        let before = inserted(&table);
+        let before = table.inserted();
         let now = clock::uptime_ms();
         let plan = filter::plan_output_parsed(bytes, len, t, &mut table, &policy, now);
-        let created = inserted(&table) > before;
+        let created = table.inserted() != before;
         drop(table);
         drop(cfg);
         // Logged outside the locks (the logger never blocks).

@@ -273,6 +273,12 @@ pub enum Decision {
     },
 }
 
+/// ICMP or ICMPv6 (the only packets [`icmp_error`] looks at): checked inline
+/// so TCP and UDP skip the ICMP-error parse.
+fn is_icmp(t: &Transport) -> bool {
+    matches!(t.protocol, proto::ICMP | proto::ICMPV6)
+}
+
 fn endpoints(prefix: &[u8], t: &Transport) -> Option<(Endpoint, Endpoint)> {
     if prefix.len() < t.offset.saturating_add(4) {
         return None;
@@ -378,7 +384,7 @@ pub fn plan_output_parsed<S: Store>(
     now: u64,
 ) -> Plan {
     let t = *t;
-    if let Some(q) = icmp_error::quote(prefix, &t) {
+    if let Some(q) = is_icmp(&t).then(|| icmp_error::quote(prefix, &t)).flatten() {
         // About a packet the client received from a translated flow, which
         // then came from the original destination to the client endpoint.
         if t.src != q.dst.addr {
@@ -466,7 +472,7 @@ pub fn plan_input_parsed<S: Store>(
     now: u64,
 ) -> Plan {
     let t = *t;
-    if let Some(q) = icmp_error::quote(prefix, &t) {
+    if let Some(q) = is_icmp(&t).then(|| icmp_error::quote(prefix, &t)).flatten() {
         // About a packet the client sent, as translated: from the client
         // endpoint to the proxy endpoint; the error goes to the client.
         if t.dst != q.src.addr {
@@ -518,7 +524,7 @@ pub fn apply_parsed(prefix: &mut [u8], t: &Transport, plan: Plan, l4: L4Sum) -> 
         Plan::Pass => Decision::Pass,
         Plan::Drop(r) => Decision::Drop(r),
         Plan::Translate { side, to } => {
-            let r = if icmp_error::is_error(prefix, t) {
+            let r = if is_icmp(t) && icmp_error::is_error(prefix, t) {
                 // An ICMP error: translate the flow it quotes.
                 match icmp_error::quote(prefix, t) {
                     Some(q) => icmp_error::rewrite(prefix, t, &q, side, to),

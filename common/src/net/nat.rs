@@ -293,6 +293,8 @@ pub struct NatTable<S> {
     clock: u64,
     expired: u64,
     evicted: u64,
+    /// Flows inserted since the table was made.
+    inserted: u64,
 }
 
 /// Statistics of a table.
@@ -387,6 +389,7 @@ impl<S: Store> NatTable<S> {
             clock: 0,
             expired: 0,
             evicted: 0,
+            inserted: 0,
         })
     }
 
@@ -426,6 +429,12 @@ impl<S: Store> NatTable<S> {
     /// How many flows the table holds at most.
     pub fn capacity(&self) -> usize {
         self.store.as_ref().len()
+    }
+
+    /// Flows inserted since the table was made (a caller compares it before
+    /// and after a packet to learn whether the packet created one).
+    pub fn inserted(&self) -> u64 {
+        self.inserted
     }
 
     /// Number of entries.
@@ -841,6 +850,7 @@ impl<S: Store> NatTable<S> {
         e.flow = flow;
         e.used = true;
         self.len = self.len.wrapping_add(1);
+        self.inserted = self.inserted.wrapping_add(1);
         self.push_tail(id);
         let fh = self.fwd_home(&flow);
         let rh = self.rev_home(&flow);
