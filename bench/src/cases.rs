@@ -17,35 +17,42 @@ use common::net::wire::ip::{self, Addr};
 use common::net::wire::{proto, tcp};
 
 use crate::input::{self, Tcp, doc6, v4, v6};
-use crate::{Case, measured};
+use crate::{Case, floor, measured};
 
 /// Every case, in report order.
 pub static ALL: &[Case] = &[
     Case {
-        name: "output-v4",
+        name: "floor",
         iterations: (1_000, 11_000),
         baseline: None,
+        what: "the floor (bench/src/floor.rs): copy the 52-byte prefix, parse IPv4+TCP, one hash probe at 50 % load, two RFC 1624 updates",
+        run: floor_case,
+    },
+    Case {
+        name: "output-v4",
+        iterations: (1_000, 11_000),
+        baseline: Some("floor"),
         what: "filter::output: IPv4 TCP data packet (52-byte prefix of 1,500) of a tracked flow, table 50 % full",
         run: output_v4,
     },
     Case {
         name: "output-v6",
         iterations: (1_000, 11_000),
-        baseline: None,
+        baseline: Some("floor"),
         what: "filter::output: IPv6 TCP data packet (60-byte prefix of 1,500) of a tracked flow, table 50 % full",
         run: output_v6,
     },
     Case {
         name: "input-v4",
         iterations: (1_000, 11_000),
-        baseline: None,
+        baseline: Some("floor"),
         what: "filter::input: IPv4 TCP reply from the proxy (52-byte prefix) rewritten back",
         run: input_v4,
     },
     Case {
         name: "input-v6",
         iterations: (1_000, 11_000),
-        baseline: None,
+        baseline: Some("floor"),
         what: "filter::input: IPv6 TCP reply from the proxy (60-byte prefix) rewritten back",
         run: input_v6,
     },
@@ -775,5 +782,80 @@ fn control_decode(n: u64) -> Result<String> {
     ensure!(ok == COUNT, "decoded {ok} rules");
     Ok(format!(
         "{COUNT} rules decoded, equal to the encoded ones ({len}-byte message)"
+    ))
+}
+
+struct FloorBench {
+    table: floor::Table,
+    template: [u8; PREFIX_MAX],
+    buf: [u8; PREFIX_MAX],
+    n: usize,
+    packet_len: usize,
+}
+
+fn floor_case(n: u64) -> Result<String> {
+    let (full, hdr) = data_packet(CLIENT4, ORIG4, 12)?;
+    let mut table = floor::Table::new(CAPACITY, SEED);
+    let ep = |e: Endpoint| match e.addr {
+        Addr::V4(a) => Ok((a, e.port)),
+        Addr::V6(_) => Err(anyhow!("the floor is IPv4")),
+    };
+    let (proxy, proxy_port) = ep(PROXY4)?;
+    let proxy = u32::from_be_bytes(proxy);
+    for i in 0..FILL50 - 1 {
+        let k = filler(i, false);
+        let ((s, sp), (d, dp)) = (ep(k.src)?, ep(k.dst)?);
+        ensure!(
+            table.insert(floor::key(s, sp, d, dp), proxy, proxy_port),
+            "table full"
+        );
+    }
+    let ((s, sp), (d, dp)) = (ep(CLIENT4)?, ep(ORIG4)?);
+    ensure!(
+        table.insert(floor::key(s, sp, d, dp), proxy, proxy_port),
+        "table full"
+    );
+    ensure!(table.len() == FILL50, "floor table not 50 % full");
+    let mut template = [0u8; PREFIX_MAX];
+    template[..hdr].copy_from_slice(&full[..hdr]);
+    let mut b = FloorBench {
+        table,
+        template,
+        buf: [0; PREFIX_MAX],
+        n: hdr,
+        packet_len: full.len(),
+    };
+    let op = |b: &mut FloorBench, _: u64| {
+        let n = b.n;
+        b.buf[..n].copy_from_slice(&b.template[..n]);
+        floor::translate(&mut b.buf[..n], b.packet_len, &b.table)
+    };
+    // The filter's rewrite of the same packet, byte for byte.
+    let mut s = established(CLIENT4, ORIG4, PROXY4, full, hdr)?;
+    let d = s.output();
+    s.check(d, CLIENT4, PROXY4, true)?;
+    let Decision::Rewritten { changed } = d else {
+        bail!("filter::output gave {d:?}");
+    };
+    let first = op(&mut b, 0);
+    ensure!(
+        first == changed,
+        "the floor changed {first} bytes, the filter {changed}"
+    );
+    ensure!(
+        b.buf[..hdr] == s.buf[..hdr],
+        "the floor's rewrite differs from filter::output's"
+    );
+    let r = measured(&mut b, n, op);
+    ensure!(
+        r == changed,
+        "the floor changed {r} bytes, the filter {changed}"
+    );
+    ensure!(
+        b.buf[..hdr] == s.buf[..hdr],
+        "the floor's rewrite differs from filter::output's"
+    );
+    Ok(format!(
+        "rewritten exactly as filter::output does ({hdr}-byte prefix)"
     ))
 }

@@ -17,6 +17,7 @@
 //! everything else cancelled out. No timing anywhere.
 
 mod cases;
+mod floor;
 mod input;
 
 use std::hint::black_box;

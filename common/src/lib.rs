@@ -7,8 +7,9 @@
 //!   loader fills in its address and size and calls its `start`/`stop` routines.
 //!
 //! Layers: [`sys`] holds the raw declarations (C layouts, `extern "C"` functions);
-//! [`kpi`] wraps them in safe Rust. The kext crates use only [`kpi`] and contain no
-//! `unsafe` of their own.
+//! [`kpi`] wraps them in safe Rust. The kext crates call the kernel only through
+//! [`kpi`] (they name a few constants of [`sys`], never a function), take their
+//! logic from [`net`], and contain no `unsafe`.
 //!
 //! This crate is built for the kernel targets with `-Cpanic=abort` and for the host
 //! (its unit tests). A panic in a kext is a kernel panic, so kernel paths use no

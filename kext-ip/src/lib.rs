@@ -4,15 +4,20 @@
 //! Wiring only: the decisions are `common::net::filter` (pure, host-tested),
 //! the KPI contracts `common::kpi::{ipf, mbuf, ctl}`.
 //!
-//! - `ipf_output`: copy the headers out of the chain (`mbuf_copydata`, so
-//!   headers straddling mbufs need no pullup), plan with the shared rules
-//!   (`filter::RulesPolicy`); for a redirected flow complete deferred checksums
-//!   (`mbuf_outbound_finalize`), copy the headers again, rewrite the
-//!   destination with incremental checksums, copy them back (`mbuf_copyback`)
-//!   and re-inject (`ipf_inject_output`, which always consumes the chain:
-//!   EJUSTRETURN).
-//! - `ipf_input`: reverse-translate replies from the proxy in place and call
-//!   `mbuf_inbound_modified`.
+//! - `ipf_output`: read the packet length once, copy the first 64 bytes out of
+//!   the chain (`mbuf_copydata`, so headers straddling mbufs need no pullup;
+//!   up to 256 only when the headers go further or the packet is ICMP:
+//!   `filter::first_look`), parse them once and plan with the shared rules
+//!   (`filter::RulesPolicy`); for a redirected flow rewrite the destination
+//!   with incremental checksums. A TCP/UDP checksum the stack deferred to the
+//!   interface (`mbuf_get_csum_requested`) is left deferred: only the
+//!   pseudo-header sum its field holds is adjusted (`translate::L4Sum`), so
+//!   the payload is never summed in software; a complete one is updated
+//!   incrementally. Then copy the changed bytes back (`mbuf_copyback`) and
+//!   re-inject (`ipf_inject_output`, which always consumes the chain:
+//!   EJUSTRETURN; the stack completes what is still deferred).
+//! - `ipf_input`: reverse-translate replies from the proxy in place (same
+//!   copy-out) and call `mbuf_inbound_modified`.
 //! - The NAT tables (one per family) are allocated in start with the capacity
 //!   configured in `[package.metadata.prx-ip] nat-flows` (build.rs), keyed with
 //!   `read_random`, and sit behind xnu mutexes (`lck_mtx`); the configuration
@@ -58,18 +63,27 @@ use common::kpi::sflt::Errno;
 use common::kpi::{KextError, clock, log, random};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::filter::{self, Decision, DropReason, Plan, RulesPolicy};
-use common::net::kextlog::{Ep, LogLevel};
+use common::net::kextlog::{Dec, Ep, LogLevel};
 use common::net::nat::{self, Config, Entry, NatTable};
 use common::net::origdst::Original;
 use common::net::policy::Proxies;
 use common::net::rules::Action;
+use common::net::translate::L4Sum;
+use common::net::wire::ip::{self, Transport};
+use common::net::wire::proto as ipproto;
 use common::sys::CTL_FLAG_PRIVILEGED;
 
 /// Flows per family: `[package.metadata.prx-ip] nat-flows` (validated by build.rs).
 const FLOWS: usize = parse_usize(env!("PRX_NAT_FLOWS"));
-/// Header bytes copied out of each packet (IP header with options or IPv6
-/// extension headers, plus the transport header up to its checksum). Packets
-/// whose headers do not fit are handled by `filter`'s policy.
+/// Header bytes copied out of each packet first: an IPv4 (20) or IPv6 (40)
+/// header and a TCP header to its checksum (18), with room for IPv4 options.
+/// Packets whose headers go further, and ICMP, get [`PREFIX`] bytes
+/// (`filter::first_look`).
+const HEAD: usize = 64;
+/// Header bytes copied out at most (IP header with options or IPv6
+/// extension headers, plus the transport header up to its checksum, or an
+/// ICMP error's quote). Packets whose headers do not fit are handled by
+/// `filter`'s policy.
 const PREFIX: usize = 256;
 
 const ENOTCONN: Errno = 57;
@@ -179,29 +193,33 @@ struct Nat {
     family: Family,
 }
 
-/// Copies the header prefix of `pkt` into `buf`; returns its length.
-fn prefix(pkt: &Packet<'_>, buf: &mut [u8; PREFIX]) -> Option<usize> {
-    let n = pkt.len().min(PREFIX);
-    pkt.copy_out(0, buf.get_mut(..n)?).ok()?;
-    Some(n)
+/// The first `n` bytes of `pkt` (`n` ≤ the buffer's size) copied into `buf`.
+fn copy_head<'b, const N: usize>(
+    pkt: &Packet<'_>,
+    buf: &'b mut [u8; N],
+    len: usize,
+) -> Option<&'b mut [u8]> {
+    let bytes = buf.get_mut(..len.min(N))?;
+    pkt.copy_out(0, bytes).ok()?;
+    Some(bytes)
 }
 
-/// Carries out `plan`: re-reads the headers, rewrites and copies them back.
-fn rewrite(pkt: &mut Packet<'_>, plan: Plan) -> Decision {
-    let mut buf = [0u8; PREFIX];
-    let len = pkt.len();
-    let Some(n) = prefix(pkt, &mut buf) else {
-        return Decision::Drop(DropReason::Mbuf);
-    };
-    let Some(bytes) = buf.get_mut(..n) else {
-        return Decision::Drop(DropReason::Mbuf);
-    };
-    let d = filter::apply(bytes, len, plan);
+/// Carries out `plan` on the headers `bytes` (parsed as `t`) and copies the
+/// changed bytes back.
+fn rewrite(
+    pkt: &mut Packet<'_>,
+    bytes: &mut [u8],
+    len: usize,
+    t: &Transport,
+    plan: Plan,
+    l4: L4Sum,
+) -> Decision {
+    let d = filter::apply_parsed(bytes, t, plan, l4);
     if let Decision::Rewritten { changed } = d {
         let Some(bytes) = bytes.get(..changed) else {
             return Decision::Drop(DropReason::Mbuf);
         };
-        if pkt.copy_in(0, bytes).is_err() {
+        if pkt.copy_in_within(0, bytes, len).is_err() {
             return Decision::Drop(DropReason::Mbuf);
         }
     }
@@ -210,7 +228,7 @@ fn rewrite(pkt: &mut Packet<'_>, plan: Plan) -> Decision {
 
 impl Nat {
     /// The output plan under the current configuration.
-    fn plan_output(&self, bytes: &[u8], len: usize) -> Plan {
+    fn plan_output(&self, bytes: &[u8], len: usize, t: &Transport) -> Plan {
         // Before start finished or after stop began: nothing is redirected.
         let Some(st) = STATE.get() else {
             return Plan::Pass;
@@ -222,17 +240,10 @@ impl Nat {
             proxies: &cfg.proxies,
         };
         let mut table = st.table(self.family).lock();
-        // Flows ever inserted: live ones plus those reclaimed (expired or evicted).
-        let inserted = |t: &Table| {
-            let s = t.stats();
-            u64::try_from(s.flows)
-                .unwrap_or(u64::MAX)
-                .saturating_add(s.expired)
-                .saturating_add(s.evicted)
-        };
-        let before = inserted(&table);
-        let plan = filter::plan_output(bytes, len, &mut table, &policy, clock::uptime_ms());
-        let created = inserted(&table) > before;
+        let before = table.inserted();
+        let now = clock::uptime_ms();
+        let plan = filter::plan_output_parsed(bytes, len, t, &mut table, &policy, now);
+        let created = table.inserted() != before;
         drop(table);
         drop(cfg);
         // Logged outside the locks (the logger never blocks).
@@ -259,13 +270,102 @@ impl Nat {
     }
 
     /// The input plan (reverse translation needs only the table).
-    fn plan_input(&self, bytes: &[u8], len: usize) -> Plan {
+    fn plan_input(&self, bytes: &[u8], t: &Transport) -> Plan {
         let Some(st) = STATE.get() else {
             return Plan::Pass;
         };
         let mut table = st.table(self.family).lock();
-        filter::plan_input(bytes, len, &mut table, clock::uptime_ms())
+        filter::plan_input_parsed(bytes, t, &mut table, clock::uptime_ms())
     }
+
+    /// The output path once the headers are parsed: plan, rewrite, re-inject.
+    fn output_parsed<'a>(
+        &self,
+        pkt: Packet<'a>,
+        out: Output<'a>,
+        bytes: &mut [u8],
+        len: usize,
+        t: &Transport,
+    ) -> Verdict<'a> {
+        let plan = self.plan_output(bytes, len, t);
+        let mut pkt = match settle(plan, pkt) {
+            Ok(p) => p,
+            Err(v) => return v,
+        };
+        let deferred = pkt.l4_csum_deferred();
+        let d = if deferred && !matches!(t.protocol, ipproto::TCP | ipproto::UDP) {
+            // Only TCP/UDP checksums are deferred by the stack; should an
+            // ICMP packet carry the flag, complete the checksums as before
+            // and rewrite the final bytes.
+            pkt.outbound_finalize(self.family.af(), 0);
+            if pkt.copy_out(0, bytes).is_err() {
+                return drop_counted(DropReason::Mbuf, pkt);
+            }
+            match ip::transport_in(bytes, len) {
+                Ok(t) => rewrite(&mut pkt, bytes, len, &t, plan, L4Sum::Complete),
+                Err(_) => Decision::Drop(DropReason::Unparseable),
+            }
+        } else {
+            let l4 = if deferred {
+                L4Sum::Deferred
+            } else {
+                L4Sum::Complete
+            };
+            rewrite(&mut pkt, bytes, len, t, plan, l4)
+        };
+        match d {
+            Decision::Rewritten { .. } => {
+                STATS.redirected.fetch_add(1, Ordering::Relaxed);
+                // The route was chosen for the old destination: re-inject.
+                let (taken, r) = out.inject(pkt);
+                if r.is_err() {
+                    count_drop(DropReason::Inject);
+                }
+                Verdict::Taken(taken)
+            }
+            Decision::Drop(r) => drop_counted(r, pkt),
+            Decision::Pass => Verdict::Pass(pkt),
+        }
+    }
+
+    /// The input path once the headers are parsed.
+    fn input_parsed<'a>(
+        &self,
+        pkt: Packet<'a>,
+        bytes: &mut [u8],
+        len: usize,
+        t: &Transport,
+    ) -> Verdict<'a> {
+        let plan = self.plan_input(bytes, t);
+        let mut pkt = match settle(plan, pkt) {
+            Ok(p) => p,
+            Err(v) => return v,
+        };
+        match rewrite(&mut pkt, bytes, len, t, plan, L4Sum::Complete) {
+            Decision::Rewritten { .. } => {
+                pkt.inbound_modified();
+                STATS.replies.fetch_add(1, Ordering::Relaxed);
+                Verdict::Pass(pkt)
+            }
+            Decision::Drop(r) => drop_counted(r, pkt),
+            Decision::Pass => Verdict::Pass(pkt),
+        }
+    }
+}
+
+/// The verdict for a packet whose headers do not parse (the plan passes or
+/// drops it).
+fn unparsed(plan: Plan, pkt: Packet<'_>) -> Verdict<'_> {
+    match settle(plan, pkt) {
+        Ok(p) => Verdict::Pass(p),
+        Err(v) => v,
+    }
+}
+
+/// Counts a drop and drops `pkt`.
+fn drop_counted(r: DropReason, pkt: Packet<'_>) -> Verdict<'_> {
+    count_drop(r);
+    Verdict::Drop(pkt)
 }
 
 /// Settles the packets a plan leaves alone or drops (`Err`: the verdict);
@@ -285,35 +385,25 @@ impl IpFilter for Nat {
     const NAME: &'static core::ffi::CStr = c"net.prx.kext.IPFilter";
 
     fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
-        let mut buf = [0u8; PREFIX];
         let len = pkt.len();
-        let Some(n) = prefix(&pkt, &mut buf) else {
+        let mut head = [0u8; HEAD];
+        let Some(bytes) = copy_head(&pkt, &mut head, len) else {
             // Headers that cannot be read cannot be judged: fail closed.
-            count_drop(DropReason::Mbuf);
-            return Verdict::Drop(pkt);
+            return drop_counted(DropReason::Mbuf, pkt);
         };
-        let plan = self.plan_output(buf.get(..n).unwrap_or(&[]), len);
-        let mut pkt = match settle(plan, pkt) {
-            Ok(p) => p,
-            Err(v) => return v,
-        };
-        // The transport checksum may still be a pseudo-header seed: finalize first.
-        pkt.outbound_finalize(self.family.af(), 0);
-        match rewrite(&mut pkt, plan) {
-            Decision::Rewritten { .. } => {
-                STATS.redirected.fetch_add(1, Ordering::Relaxed);
-                // The route was chosen for the old destination: re-inject.
-                let (taken, r) = out.inject(pkt);
-                if r.is_err() {
-                    count_drop(DropReason::Inject);
+        match filter::first_look(bytes, len) {
+            Some(Ok(t)) => self.output_parsed(pkt, out, bytes, len, &t),
+            Some(Err(plan)) => unparsed(plan, pkt),
+            None => {
+                let mut buf = [0u8; PREFIX];
+                let Some(bytes) = copy_head(&pkt, &mut buf, len) else {
+                    return drop_counted(DropReason::Mbuf, pkt);
+                };
+                match filter::parse_output(bytes, len) {
+                    Ok(t) => self.output_parsed(pkt, out, bytes, len, &t),
+                    Err(plan) => unparsed(plan, pkt),
                 }
-                Verdict::Taken(taken)
             }
-            Decision::Drop(r) => {
-                count_drop(r);
-                Verdict::Drop(pkt)
-            }
-            Decision::Pass => Verdict::Pass(pkt),
         }
     }
 
@@ -324,27 +414,25 @@ impl IpFilter for Nat {
         _protocol: u8,
         _inj: Input<'a>,
     ) -> Verdict<'a> {
-        let mut buf = [0u8; PREFIX];
         let len = pkt.len();
-        let Some(n) = prefix(&pkt, &mut buf) else {
+        let mut head = [0u8; HEAD];
+        let Some(bytes) = copy_head(&pkt, &mut head, len) else {
             return Verdict::Pass(pkt);
         };
-        let plan = self.plan_input(buf.get(..n).unwrap_or(&[]), len);
-        let mut pkt = match settle(plan, pkt) {
-            Ok(p) => p,
-            Err(v) => return v,
-        };
-        match rewrite(&mut pkt, plan) {
-            Decision::Rewritten { .. } => {
-                pkt.inbound_modified();
-                STATS.replies.fetch_add(1, Ordering::Relaxed);
-                Verdict::Pass(pkt)
+        match filter::first_look(bytes, len) {
+            Some(Ok(t)) => self.input_parsed(pkt, bytes, len, &t),
+            // An inbound packet that does not parse passes.
+            Some(Err(_)) => Verdict::Pass(pkt),
+            None => {
+                let mut buf = [0u8; PREFIX];
+                let Some(bytes) = copy_head(&pkt, &mut buf, len) else {
+                    return Verdict::Pass(pkt);
+                };
+                match ip::transport_in(bytes, len) {
+                    Ok(t) => self.input_parsed(pkt, bytes, len, &t),
+                    Err(_) => Verdict::Pass(pkt),
+                }
             }
-            Decision::Drop(r) => {
-                count_drop(r);
-                Verdict::Drop(pkt)
-            }
-            Decision::Pass => Verdict::Pass(pkt),
         }
     }
 }
@@ -406,7 +494,7 @@ impl Control for Ctl {
                     LogLevel::Decisions,
                     format_args!(
                         "rules: {} rule(s), default {:?}",
-                        m.count(),
+                        Dec::u(m.count()),
                         m.default_action()
                     ),
                 );

@@ -51,7 +51,7 @@ use common::kpi::sflt::{
 use common::kpi::{KextError, clock, log, proc, random};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
-use common::net::kextlog::{Ep, LogLevel, RuleNo};
+use common::net::kextlog::{Dec, Ep, LogLevel, RuleNo};
 use common::net::origdst::{Original, Slot, Table};
 use common::net::policy::{self, Decision, Proxies};
 use common::net::proxy_v2;
@@ -123,7 +123,7 @@ struct Who<'a>(&'a Conn);
 impl core::fmt::Display for Who<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let name = core::str::from_utf8(self.0.name.as_bytes()).unwrap_or("?");
-        write!(f, "pid {} {name}", self.0.pid)
+        write!(f, "pid {} {name}", Dec(i64::from(self.0.pid)))
     }
 }
 
@@ -356,9 +356,10 @@ fn apply_rules(st: &Shared, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> {
     LOG.log(
         LogLevel::Decisions,
         format_args!(
-            "rules: {} rule(s), default {:?} (rule set {generation})",
-            msg.count(),
-            msg.default_action()
+            "rules: {} rule(s), default {:?} (rule set {})",
+            Dec::u(msg.count()),
+            msg.default_action(),
+            Dec::u(generation)
         ),
     );
     Ok(())

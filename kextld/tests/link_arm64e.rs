@@ -997,3 +997,30 @@ fn zerofill_takes_no_file_space() {
         "{report}"
     );
 }
+
+/// Found by the kextld_link fuzz target (its input is committed as
+/// `fuzz/corpus/kextld_link/kmod-info-past-its-section`): an arm64e object
+/// whose `_kmod_info` sits near the end of its section, so the structure's
+/// start/stop slots lie past every section. The linker used to panic
+/// (`expect`); it now refuses the input, naming the field.
+#[test]
+fn kmod_info_running_past_its_section_is_an_error_not_a_panic() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data =
+        std::fs::read(root.join("fuzz/corpus/kextld_link/kmod-info-past-its-section")).unwrap();
+    let (sel, rest) = data.split_first().unwrap();
+    assert_eq!(sel & 1, 1, "the input selects arm64e");
+    let mut inputs = vec![("fuzz.o".to_string(), rest.to_vec())];
+    if sel & 2 != 0 {
+        inputs.push(("fuzz2.o".to_string(), rest.to_vec()));
+    }
+    let r = kextld::link::link_buffers(
+        kextld::arch::Arch::Arm64e,
+        kextld::arch::MinOs::default_for(kextld::arch::Arch::Arm64e),
+        0,
+        &inputs,
+    );
+    let e = r.err().expect("the input is refused").to_string();
+    assert!(e.contains("_kmod_info."), "{e}");
+    assert!(e.contains("outside every section"), "{e}");
+}

@@ -415,6 +415,54 @@ fn a_second_build_rewrites_nothing() {
     }
 }
 
+/// `cargo xtask build` without `--release` (the kernel-dev profile, opt-level
+/// 1) links and verifies too: at that level `core`'s integer formatting and
+/// `copy_from_slice` keep their panic paths unless kernel code avoids them
+/// (kextlog's `Dec`/`Hex`, element copies), and the verifier refuses a kext
+/// that keeps one.
+#[test]
+fn the_dev_profile_build_verifies_too() {
+    let opts = xtask::build::BuildOptions {
+        release: false,
+        archs: vec![],
+        kexts: vec![],
+        target_dir: None,
+    };
+    let built = xtask::build::build(&prx_tests::root(), &opts)
+        .expect("cargo xtask build (dev profile) links and verifies both kexts");
+    assert_eq!(built.len(), 2, "both kexts built");
+    for b in &built {
+        let bytes = std::fs::read(executable_of(&b.path)).unwrap();
+        let report = kextld::verify::verify(&bytes, kextld::kpi::KpiTables::builtin());
+        assert!(report.is_ok(), "{}:\n{report}", b.crate_name);
+        // At opt-level 1 `core::fmt`'s `dyn Write` vtables stay in the image as
+        // plain rebases (the release build has none). The verifier warns; they
+        // are harmless: only the kext's own code calls through them, with plain
+        // `blr` (Rust does not authenticate indirect calls on arm64e).
+        for f in &report.findings {
+            let targets: Vec<&str> = f
+                .message
+                .split(" → ")
+                .skip(1)
+                .map(|t| t.split([' ', ',', ';']).next().unwrap_or(""))
+                .collect();
+            assert!(
+                f.check == "ptrauth"
+                    && !targets.is_empty()
+                    && targets.iter().all(|t| t.contains("3fmt")),
+                "{}: unexpected finding (targets {targets:?}) {f}",
+                b.crate_name
+            );
+        }
+        assert_eq!(
+            report.slices.len(),
+            2,
+            "{}: x86_64 and arm64e",
+            b.crate_name
+        );
+    }
+}
+
 /// Two clean builds, each in its own fresh target directory, give bit-identical
 /// kext binaries (and bundles).
 #[test]

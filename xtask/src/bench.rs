@@ -39,13 +39,20 @@ pub struct Args {
     /// With --proxy: idle connections to hold (each proxy needs two descriptors per connection).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub idle: usize,
+    /// Skip the emulator run of the shipped IP filter (kext-only instructions
+    /// and kernel calls per packet; it runs only without --case).
+    #[arg(long)]
+    pub no_emu: bool,
+    /// The emulator part measures this PrxIPFilter bundle instead of building
+    /// the release one (e.g. an older build, for a before/after comparison).
+    #[arg(long, value_name = "BUNDLE")]
+    pub kext: Option<PathBuf>,
 }
 
 /// `cargo xtask bench --proxy`: builds prxd and the comparison in release and runs it.
 fn run_proxy(root: &Path, idle: usize) -> Result<()> {
     eprintln!("bench: building prxd and prxd/examples/vs_haproxy (release)");
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
+    let st = toolchain::clean_cargo(root)
         .args([
             "build",
             "--release",
@@ -200,14 +207,21 @@ fn valgrind_version() -> Result<String> {
 
 /// Builds `prx-bench` in release and returns the executable's path.
 fn build_bench(root: &Path) -> Result<PathBuf> {
-    let mut child = Command::new(toolchain::cargo())
-        .current_dir(root)
-        .args(["build", "--release", "-p", PACKAGE, "--bin", PACKAGE])
+    build_bin(root, &["--release"], PACKAGE, PACKAGE)
+}
+
+/// Builds binary `bin` of `package` (cargo `extra` arguments) and returns the
+/// executable's path.
+fn build_bin(root: &Path, extra: &[&str], package: &str, bin: &str) -> Result<PathBuf> {
+    let mut child = toolchain::clean_cargo(root)
+        .arg("build")
+        .args(extra)
+        .args(["-p", package, "--bin", bin])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("starting cargo build -p prx-bench")?;
+        .with_context(|| format!("starting cargo build -p {package}"))?;
     let stdout = child.stdout.take().context("cargo build: no stdout")?;
     let mut exe = None;
     for line in std::io::BufReader::new(stdout).lines() {
@@ -216,7 +230,7 @@ fn build_bench(root: &Path) -> Result<PathBuf> {
             continue;
         };
         if msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == PACKAGE
+            && msg["target"]["name"] == bin
             && let Some(e) = msg["executable"].as_str()
         {
             exe = Some(PathBuf::from(e));
@@ -225,9 +239,9 @@ fn build_bench(root: &Path) -> Result<PathBuf> {
     let status = child.wait().context("waiting for cargo build")?;
     ensure!(
         status.success(),
-        "cargo build -p prx-bench failed (see above)"
+        "cargo build -p {package} failed (see above)"
     );
-    exe.context("cargo build reported no prx-bench executable")
+    exe.with_context(|| format!("cargo build reported no {bin} executable"))
 }
 
 fn list_cases(bin: &Path) -> Result<Vec<CaseInfo>> {
@@ -308,6 +322,25 @@ pub fn table(results: &[Measured]) -> String {
     s
 }
 
+/// IPv6 against IPv4 for each path measured in both families (`<path>-v6`
+/// ÷ `<path>-v4`).
+pub fn family_ratios(results: &[Measured]) -> Vec<(String, f64)> {
+    let per_op = |name: &str| {
+        results
+            .iter()
+            .find(|m| m.case.name == name)
+            .map(|m| m.per_op)
+    };
+    results
+        .iter()
+        .filter_map(|m| {
+            let path = m.case.name.strip_suffix("-v6")?;
+            let v4 = per_op(&format!("{path}-v4")).filter(|v| *v > 0.0)?;
+            Some((path.to_owned(), m.per_op / v4))
+        })
+        .collect()
+}
+
 fn to_json(results: &[Measured], valgrind: &str) -> serde_json::Value {
     serde_json::json!({
         "method": format!(
@@ -325,6 +358,84 @@ fn to_json(results: &[Measured], valgrind: &str) -> serde_json::Value {
             "ratio": m.ratio,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The emulator part (see [`crate::bench_emu`]): builds the release IP filter
+/// bundle and the emulator, runs `nat-tcp4` and `nat-tcp6` under callgrind and
+/// prints the per-packet figures (and their ratio to the floor).
+fn emulator(
+    root: &Path,
+    dir: &Path,
+    floor: Option<f64>,
+    given: Option<&Path>,
+) -> Result<Vec<(String, crate::bench_emu::Counts)>> {
+    let kext = match given {
+        Some(k) => {
+            ensure!(k.exists(), "--kext {}: no such bundle", k.display());
+            k.to_path_buf()
+        }
+        None => {
+            eprintln!(
+                "bench: building the release IP filter (cargo xtask build --release --kext ip)"
+            );
+            let built = crate::build::build(
+                root,
+                &crate::build::BuildOptions {
+                    release: true,
+                    archs: vec![],
+                    kexts: vec!["ip".into()],
+                    target_dir: None,
+                },
+            )?;
+            built
+                .iter()
+                .find(|b| b.crate_name == "kext-ip")
+                .context("the build wrote no kext-ip bundle")?
+                .path
+                .clone()
+        }
+    };
+    eprintln!("bench: building the emulator (prx-emu)");
+    let emu = build_bin(root, &[], "vm", "prx-emu")?;
+    let mut out = Vec::new();
+    println!();
+    println!(
+        "emulator: {} (x86_64 slice), per packet callback (ipf_output and ipf_input alike)",
+        kext.display()
+    );
+    println!(
+        "{:<10} {:>9} {:>18} {:>12} {:>14}",
+        "scenario", "callbacks", "kext instr/packet", "ratio", "kernel calls"
+    );
+    for scenario in ["nat-tcp4", "nat-tcp6"] {
+        eprintln!("bench: emulator {scenario} under callgrind");
+        let c = crate::bench_emu::run(&emu, &kext, scenario, dir)?;
+        let per = c.kext_instructions as f64 / c.callbacks as f64;
+        let calls = c.kernel_calls_total() as f64 / c.callbacks as f64;
+        let ratio = floor
+            .filter(|f| *f > 0.0)
+            .map(|f| format!("{:.1}× floor", per / f))
+            .unwrap_or_default();
+        println!(
+            "{scenario:<10} {:>9} {per:>18.1} {ratio:>12} {calls:>14.2}",
+            c.callbacks
+        );
+        // KPIs called at least once per 100 packets (the rest is start and control).
+        let each: Vec<String> = c
+            .kernel_calls
+            .iter()
+            .map(|(k, n)| (k, *n as f64 / c.callbacks as f64))
+            .filter(|(_, per)| *per >= 0.01)
+            .map(|(k, per)| format!("{k} {per:.2}"))
+            .collect();
+        println!("{:<10} per packet: {}", "", each.join(", "));
+        out.push((scenario.to_owned(), c));
+    }
+    println!(
+        "(kext instructions: the functions the packet callbacks reach; kernel calls: the whole \
+         run, start and control included)"
+    );
+    Ok(out)
 }
 
 /// Runs `cargo xtask bench`.
@@ -367,13 +478,36 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     print!("{}", table(&results));
+    for (path, r) in family_ratios(&results) {
+        println!("{path}: IPv6 {r:.2}× IPv4");
+    }
     println!();
     for m in &results {
         println!("{:<22} {}", m.case.name, m.case.what);
     }
+    let floor = results
+        .iter()
+        .find(|m| m.case.name == "floor")
+        .map(|m| m.per_op);
+    let emu = if args.no_emu || !args.cases.is_empty() {
+        Vec::new()
+    } else {
+        emulator(root, dir.path(), floor, args.kext.as_deref())?
+    };
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&to_json(&results, &valgrind))
-            .context("serialising the results")?;
+        let mut j = to_json(&results, &valgrind);
+        j["emulator"] = serde_json::json!(
+            emu.iter()
+                .map(|(scenario, c)| serde_json::json!({
+                    "scenario": scenario,
+                    "callbacks": c.callbacks,
+                    "kext_instructions": c.kext_instructions,
+                    "kext_instructions_with_start_and_control": c.kext_instructions_all,
+                    "kernel_calls": c.kernel_calls,
+                }))
+                .collect::<Vec<_>>()
+        );
+        let text = serde_json::to_string_pretty(&j).context("serialising the results")?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -431,6 +565,7 @@ mod tests {
         assert_eq!(results[1].ratio, Some(25.0));
         let t = table(&results);
         assert!(t.contains("25.0× a"), "{t}");
+        assert!(family_ratios(&results).is_empty());
         let j = to_json(&results, "valgrind-3.19.0");
         assert_eq!(j["cases"][1]["ratio"], 25.0);
         Ok(())

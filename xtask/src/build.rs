@@ -16,7 +16,6 @@ use anyhow::{Context, Result, bail};
 use kextld::kpi::KpiTables;
 use kextld::{Arch, MinOs};
 use packaging::KextMetadata;
-use xshell::cmd;
 
 use crate::toolchain;
 
@@ -69,18 +68,34 @@ pub fn target_spec(root: &Path, arch: Arch) -> PathBuf {
         .join(format!("{}-apple-macos-kernel.json", arch.name()))
 }
 
-/// `cargo metadata --no-deps` of the workspace, parsed.
+/// `cargo metadata --no-deps` of the workspace, parsed; read once per
+/// process and root (the kext and tool builds of one `cargo xtask build` both
+/// need it: each `cargo metadata` costs about 0.1 s).
 pub fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, serde_json::Value)>> =
+        std::sync::Mutex::new(Vec::new());
+    if let Ok(c) = CACHE.lock()
+        && let Some((_, v)) = c.iter().find(|(r, _)| r == root)
+    {
+        return Ok(v.clone());
+    }
     let sh = toolchain::shell(root)?;
-    let cargo = toolchain::cargo();
-    let out = cmd!(
-        sh,
-        "{cargo} metadata --no-deps --format-version 1 --offline"
-    )
-    .quiet()
-    .read()
-    .context("running cargo metadata (its errors are above)")?;
-    serde_json::from_str(&out).context("parsing cargo metadata")
+    let out = crate::suite::clean_cargo(&sh)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .quiet()
+        .read()
+        .context("running cargo metadata (its errors are above)")?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing cargo metadata")?;
+    if let Ok(mut c) = CACHE.lock() {
+        c.push((root.to_path_buf(), v.clone()));
+    }
+    Ok(v)
 }
 
 /// The kexts the workspace ships: `[workspace.metadata.prx] kexts`, each with
@@ -129,9 +144,8 @@ pub fn kernel_cargo(
     } else {
         "kernel-dev"
     };
-    let mut cmd = Command::new(toolchain::cargo());
-    cmd.current_dir(root)
-        .arg(subcommand)
+    let mut cmd = toolchain::clean_cargo(root);
+    cmd.arg(subcommand)
         .args(["--profile", profile])
         .arg("--target")
         .arg(target_spec(root, arch))

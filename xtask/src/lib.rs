@@ -2,6 +2,7 @@
 //! `cargo xtask` runs. The binary (`src/main.rs`) is a thin clap dispatcher.
 
 pub mod bench;
+pub mod bench_emu;
 pub mod bindgen;
 pub mod build;
 pub mod emu_arm64e;

@@ -99,8 +99,7 @@ fn with_signing_stack(root: &std::path::Path, args: &[String]) -> anyhow::Result
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let cargo = xtask::toolchain::cargo();
-    let mut child = Command::new(&cargo)
-        .current_dir(root)
+    let mut child = xtask::toolchain::clean_cargo(root)
         .args([
             "build",
             "-p",

@@ -357,25 +357,17 @@ fn rustup(root: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// A `cargo` command for the workspace without the variables `cargo run` set
-/// for xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): build scripts that
+/// for xtask itself ([`toolchain::set_by_cargo_run`]): build scripts that
 /// watch them would otherwise see a different environment than a plain
-/// `cargo test` and rebuild. It runs in `sh`'s directory.
+/// `cargo test` and rebuild. It runs in `sh`'s directory; the `std::process`
+/// form is [`toolchain::clean_cargo`].
 pub fn clean_cargo(sh: &Shell) -> Cmd<'_> {
     let cargo = toolchain::cargo();
     let mut cmd = cmd!(sh, "{cargo}");
     for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let set_by_cargo_run = key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-            );
-        if set_by_cargo_run {
+        if let Some(key) = key.to_str()
+            && toolchain::set_by_cargo_run(key)
+        {
             cmd = cmd.env_remove(key);
         }
     }

@@ -1,6 +1,7 @@
 //! The pinned toolchain and its `rust-src` component (needed by `-Zbuild-std`).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
@@ -24,6 +25,38 @@ pub fn cargo() -> PathBuf {
     std::env::var_os("CARGO")
         .map(PathBuf::from)
         .unwrap_or_else(|| "cargo".into())
+}
+
+/// True for the variables `cargo run` sets for the program it runs
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …), which a nested cargo must not
+/// inherit: build scripts that watch them (`ring`'s does) would see another
+/// environment than a plain `cargo build`/`cargo test` and rebuild, each way.
+pub fn set_by_cargo_run(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
+}
+
+/// A `cargo` command run in `root` without the variables [`set_by_cargo_run`]
+/// names: every cargo xtask starts goes through here.
+pub fn clean_cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// The toolchain channel pinned in rust-toolchain.toml.

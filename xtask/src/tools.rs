@@ -15,7 +15,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 use xshell::{Shell, cmd};
@@ -253,9 +253,8 @@ fn build_slice(
     tools: &[String],
 ) -> Result<Vec<(String, PathBuf)>> {
     let env_triple = slice.triple.to_uppercase().replace('-', "_");
-    let mut cmd = Command::new(toolchain::cargo());
-    cmd.current_dir(root)
-        .arg("build")
+    let mut cmd = toolchain::clean_cargo(root);
+    cmd.arg("build")
         .args(["--target", slice.triple])
         .arg("--message-format=json-render-diagnostics")
         .arg("--config")

@@ -12,6 +12,7 @@ typedef u_int32_t mbuf_flags_t;
 typedef u_int32_t mbuf_how_t;
 typedef u_int32_t mbuf_tag_id_t;
 typedef u_int16_t mbuf_tag_type_t;
+typedef u_int32_t mbuf_csum_request_flags_t;
 
 /* mbuf_flags_t bits (xnu: an anonymous enum). */
 #define MBUF_EXT     0x0001
@@ -20,6 +21,15 @@ typedef u_int16_t mbuf_tag_type_t;
 #define MBUF_LOOP    0x0040
 #define MBUF_BCAST   0x0100
 #define MBUF_MCAST   0x0200
+
+/* mbuf_csum_request_flags_t bits (xnu: an anonymous enum): checksums the
+ * stack left to the interface. With REQ_TCP/REQ_UDP (and their IPv6 forms) the
+ * transport checksum field holds the pseudo-header sum. */
+#define MBUF_CSUM_REQ_IP      0x0001
+#define MBUF_CSUM_REQ_TCP     0x0002
+#define MBUF_CSUM_REQ_UDP     0x0004
+#define MBUF_CSUM_REQ_TCPIPV6 0x0020
+#define MBUF_CSUM_REQ_UDPIPV6 0x0040
 
 /* mbuf_how_t values. */
 #define MBUF_WAITOK   0
@@ -44,6 +54,8 @@ void         mbuf_freem(mbuf_t mbuf);
 errno_t      mbuf_allocpacket(mbuf_how_t how, size_t packetlen, unsigned int *maxchunks,
                  mbuf_t *mbuf);
 void         mbuf_inbound_modified(mbuf_t mbuf);
+errno_t      mbuf_get_csum_requested(mbuf_t mbuf, mbuf_csum_request_flags_t *request,
+                 u_int32_t *value);
 void         mbuf_outbound_finalize(mbuf_t mbuf, u_int32_t protocol_family,
                  size_t protocol_offset);
 errno_t      mbuf_tag_id_find(const char *module_string, mbuf_tag_id_t *module_id);

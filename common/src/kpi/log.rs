@@ -100,8 +100,9 @@ impl Logger {
             Admit::Log { suppressed } => {
                 if suppressed > 0 {
                     self.emit(format_args!(
-                        "{suppressed} line(s) suppressed (rate limit: {} per second)",
-                        kextlog::BURST
+                        "{} line(s) suppressed (rate limit: {} per second)",
+                        kextlog::Dec::u(suppressed),
+                        kextlog::Dec::u(kextlog::BURST)
                     ));
                 }
                 self.emit(args);
@@ -129,8 +130,9 @@ impl Logger {
     /// not rate-limited, not subject to the level).
     pub fn counter(&self, id: u32, value: u64) {
         self.emit(format_args!(
-            "{} = {value}",
-            crate::net::control::stat::StatName(id)
+            "{} = {}",
+            crate::net::control::stat::StatName(id),
+            kextlog::Dec::u(value)
         ));
     }
 }

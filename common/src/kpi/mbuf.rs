@@ -125,6 +125,39 @@ impl<'a> Packet<'a> {
         if r == 0 { Ok(()) } else { Err(Errno(r)) }
     }
 
+    /// [`Packet::copy_in`] for a caller that read the packet's length already:
+    /// `packet_len` is [`Packet::len`] as read in this callback (a lent
+    /// chain's length does not change), which saves asking the kernel again.
+    pub fn copy_in_within(
+        &mut self,
+        offset: usize,
+        data: &[u8],
+        packet_len: usize,
+    ) -> Result<(), Errno> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > packet_len)
+        {
+            return Err(Errno(sys::EINVAL));
+        }
+        // SAFETY: `data` is readable for `data.len()` bytes; the chain is live
+        // and the range lies within its length (checked above against the
+        // length the kernel reported for this chain), so nothing is allocated.
+        let r = unsafe {
+            sys::mbuf_copyback(
+                self.mbuf(),
+                offset,
+                data.len(),
+                data.as_ptr().cast::<c_void>(),
+                sys::MBUF_DONTWAIT,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(Errno(r)) }
+    }
+
     /// Makes the first `len` bytes contiguous in the first mbuf
     /// (`mbuf_pullup`). On failure the kernel has freed the whole chain: the
     /// packet is gone and only [`Taken`] remains.
@@ -163,6 +196,26 @@ impl<'a> Packet<'a> {
         let family = u32::try_from(family).unwrap_or(0);
         // SAFETY: a live chain with a packet header.
         unsafe { sys::mbuf_outbound_finalize(self.mbuf(), family, ip_offset) }
+    }
+
+    /// True when the stack left the TCP/UDP checksum to the interface
+    /// (`mbuf_get_csum_requested`: `MBUF_CSUM_REQ_TCP`/`UDP` or their IPv6
+    /// forms): the checksum field then holds the pseudo-header sum, which a
+    /// rewrite adjusts instead of completing the checksum in software
+    /// (`translate::L4Sum::Deferred`).
+    pub fn l4_csum_deferred(&self) -> bool {
+        let mut req: sys::mbuf_csum_request_flags_t = 0;
+        let mut value: u32 = 0;
+        // SAFETY: a live chain with a packet header; both out-parameters are
+        // writable u32s.
+        let r = unsafe { sys::mbuf_get_csum_requested(self.mbuf(), &mut req, &mut value) };
+        r == 0
+            && req
+                & (sys::MBUF_CSUM_REQ_TCP
+                    | sys::MBUF_CSUM_REQ_UDP
+                    | sys::MBUF_CSUM_REQ_TCPIPV6
+                    | sys::MBUF_CSUM_REQ_UDPIPV6)
+                != 0
     }
 
     /// Tells the stack an inbound packet was modified: checksums verified by

@@ -230,9 +230,13 @@ pub mod stat {
             match reason {
                 Some(r) => match crate::net::filter::DropReason::ALL.get(r) {
                     Some(d) => write!(f, "packets dropped: {}", d.name()),
-                    None => write!(f, "packets dropped: reason {r}"),
+                    None => write!(
+                        f,
+                        "packets dropped: reason {}",
+                        crate::net::kextlog::Dec::u(r)
+                    ),
                 },
-                None => write!(f, "counter {id:#x}"),
+                None => write!(f, "counter 0x{}", crate::net::kextlog::Hex(u64::from(id))),
             }
         }
     }

@@ -9,7 +9,8 @@
 //!    built inconsistently passes untouched (the stack owns its sanity); a
 //!    header chain the filter cannot see to the end (more than
 //!    [`ipv6::MAX_EXT_HEADERS`](super::wire::ipv6::MAX_EXT_HEADERS) extension
-//!    headers, or headers beyond the prefix) is **dropped**, so no packet
+//!    headers, headers beyond the prefix, or a TCP/UDP/ICMPv6 header that the
+//!    IP length fields leave too little room) is **dropped**, so no packet
 //!    escapes redirection by hiding its ports.
 //! 2. Non-first fragments pass untouched (they carry no ports; documented
 //!    policy: only the first fragment of a redirected datagram is translated,
@@ -69,7 +70,7 @@
 
 use super::icmp_error;
 use super::nat::{Endpoint, FlowKey, InsertError, NatTable, Store};
-use super::translate::{self, Refused, Side};
+use super::translate::{self, L4Sum, Refused, Side};
 use super::wire::ip::{self, Addr, Transport};
 use super::wire::{Error, get_u8, get_u16, proto};
 
@@ -81,6 +82,11 @@ pub trait Policy {
     fn new_flow(&self, protocol: u8, src: &Endpoint, dst: &Endpoint) -> NewFlow;
     /// True for the proxy's own addresses (never redirected, in either direction).
     fn is_proxy(&self, addr: &Addr) -> bool;
+    /// True when `a` or `b` is one of the proxy's addresses (one call per
+    /// packet; implementations may prepare their addresses once).
+    fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
+        self.is_proxy(a) || self.is_proxy(b)
+    }
 }
 
 /// A [`Policy`]'s answer for a new flow.
@@ -268,6 +274,12 @@ pub enum Decision {
     },
 }
 
+/// ICMP or ICMPv6 (the only packets [`icmp_error`] looks at): checked inline
+/// so TCP and UDP skip the ICMP-error parse.
+fn is_icmp(t: &Transport) -> bool {
+    matches!(t.protocol, proto::ICMP | proto::ICMPV6)
+}
+
 fn endpoints(prefix: &[u8], t: &Transport) -> Option<(Endpoint, Endpoint)> {
     if prefix.len() < t.offset.saturating_add(4) {
         return None;
@@ -321,16 +333,62 @@ pub fn plan_output<S: Store>(
     policy: &impl Policy,
     now: u64,
 ) -> Plan {
-    let t = match ip::transport_in(prefix, packet_len) {
-        Ok(t) => t,
-        Err(Error::TooManyExtHeaders) => return Plan::Drop(DropReason::Unparseable),
+    match parse_output(prefix, packet_len) {
+        Ok(t) => plan_output_parsed(prefix, packet_len, &t, table, policy, now),
+        Err(plan) => plan,
+    }
+}
+
+/// The output path's parse: the packet's transport location, or the plan for
+/// a packet that cannot be parsed (see the module docs, Output 1).
+pub fn parse_output(prefix: &[u8], packet_len: usize) -> Result<Transport, Plan> {
+    match ip::transport_in(prefix, packet_len) {
+        Ok(t) => Ok(t),
+        // Ports the filter cannot see: no packet escapes redirection that way.
+        Err(Error::TooManyExtHeaders | Error::ShortTransport) => {
+            Err(Plan::Drop(DropReason::Unparseable))
+        }
         // Headers beyond the prefix of a packet that is long enough to hold them.
         Err(Error::Truncated) if prefix.len() < packet_len => {
-            return Plan::Drop(DropReason::Unparseable);
+            Err(Plan::Drop(DropReason::Unparseable))
         }
-        Err(_) => return Plan::Pass,
-    };
-    if let Some(q) = icmp_error::quote(prefix, &t) {
+        Err(_) => Err(Plan::Pass),
+    }
+}
+
+/// The parse of a packet's first bytes `head` (a copy of at most the first
+/// `head.len()` of `packet_len` bytes), or `None` when the filter needs more
+/// of the packet than `head` holds: headers that go beyond it (IP options,
+/// IPv6 extension headers, a TCP header past `head`), and every ICMP/ICMPv6
+/// packet that is longer than `head` (an error's quote is read to the end of
+/// the prefix). The IP filter copies a short head first and the full prefix
+/// only when this says so; a `Some` answer is the one the full prefix would
+/// give (`Err`: the plan of a packet that does not parse, as
+/// [`parse_output`]; the input path passes those).
+pub fn first_look(head: &[u8], packet_len: usize) -> Option<Result<Transport, Plan>> {
+    if head.len() >= packet_len {
+        return Some(parse_output(head, packet_len));
+    }
+    match ip::transport_in(head, packet_len) {
+        Err(Error::Truncated) => None,
+        Err(_) => Some(parse_output(head, packet_len)),
+        Ok(t) if matches!(t.protocol, proto::ICMP | proto::ICMPV6) => None,
+        Ok(t) if head.len() < translate::prefix_len(&t) => None,
+        Ok(t) => Some(Ok(t)),
+    }
+}
+
+/// [`plan_output`] for a packet already parsed as `t` ([`parse_output`]).
+pub fn plan_output_parsed<S: Store>(
+    prefix: &[u8],
+    packet_len: usize,
+    t: &Transport,
+    table: &mut NatTable<S>,
+    policy: &impl Policy,
+    now: u64,
+) -> Plan {
+    let t = *t;
+    if let Some(q) = is_icmp(&t).then(|| icmp_error::quote(prefix, &t)).flatten() {
         // About a packet the client received from a translated flow, which
         // then came from the original destination to the client endpoint.
         if t.src != q.dst.addr {
@@ -352,7 +410,7 @@ pub fn plan_output<S: Store>(
     if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
         return Plan::Pass;
     }
-    if policy.is_proxy(&t.dst) || policy.is_proxy(&t.src) {
+    if policy.is_proxy_either(&t.dst, &t.src) {
         return Plan::Pass;
     }
     let Some((src, dst)) = endpoints(prefix, &t) else {
@@ -406,7 +464,19 @@ pub fn plan_input<S: Store>(
     let Ok(t) = ip::transport_in(prefix, packet_len) else {
         return Plan::Pass;
     };
-    if let Some(q) = icmp_error::quote(prefix, &t) {
+    plan_input_parsed(prefix, &t, table, now)
+}
+
+/// [`plan_input`] for a packet already parsed as `t` (an inbound packet that
+/// does not parse passes).
+pub fn plan_input_parsed<S: Store>(
+    prefix: &[u8],
+    t: &Transport,
+    table: &mut NatTable<S>,
+    now: u64,
+) -> Plan {
+    let t = *t;
+    if let Some(q) = is_icmp(&t).then(|| icmp_error::quote(prefix, &t)).flatten() {
         // About a packet the client sent, as translated: from the client
         // endpoint to the proxy endpoint; the error goes to the client.
         if t.dst != q.src.addr {
@@ -441,18 +511,31 @@ pub fn apply(prefix: &mut [u8], packet_len: usize, plan: Plan) -> Decision {
     match plan {
         Plan::Pass => Decision::Pass,
         Plan::Drop(r) => Decision::Drop(r),
-        Plan::Translate { side, to } => {
+        Plan::Translate { .. } => {
             let Ok(t) = ip::transport_in(prefix, packet_len) else {
                 return Decision::Drop(DropReason::Unparseable);
             };
-            let r = if icmp_error::is_error(prefix, &t) {
+            apply_parsed(prefix, &t, plan, L4Sum::Complete)
+        }
+    }
+}
+
+/// [`apply`] on a prefix whose bytes are those `t` was parsed from (no
+/// second parse), with its transport checksum field holding `l4` (a deferred
+/// one is adjusted, never completed: see [`translate::rewrite_with`]).
+pub fn apply_parsed(prefix: &mut [u8], t: &Transport, plan: Plan, l4: L4Sum) -> Decision {
+    match plan {
+        Plan::Pass => Decision::Pass,
+        Plan::Drop(r) => Decision::Drop(r),
+        Plan::Translate { side, to } => {
+            let r = if is_icmp(t) && icmp_error::is_error(prefix, t) {
                 // An ICMP error: translate the flow it quotes.
-                match icmp_error::quote(prefix, &t) {
-                    Some(q) => icmp_error::rewrite(prefix, &t, &q, side, to),
+                match icmp_error::quote(prefix, t) {
+                    Some(q) => icmp_error::rewrite(prefix, t, &q, side, to),
                     None => return Decision::Drop(DropReason::Unparseable),
                 }
             } else {
-                translate::rewrite(prefix, &t, side, to.addr, to.port)
+                translate::rewrite_with(prefix, t, side, to.addr, to.port, l4)
             };
             match r {
                 Ok(changed) => Decision::Rewritten { changed },
@@ -471,8 +554,26 @@ pub fn output<S: Store>(
     policy: &impl Policy,
     now: u64,
 ) -> Decision {
-    let plan = plan_output(prefix, packet_len, table, policy, now);
-    apply(prefix, packet_len, plan)
+    output_with(prefix, packet_len, table, policy, now, L4Sum::Complete)
+}
+
+/// [`output`] with the transport checksum field holding `l4`: one parse, the
+/// plan, the rewrite. What the IP filter runs per outbound packet.
+pub fn output_with<S: Store>(
+    prefix: &mut [u8],
+    packet_len: usize,
+    table: &mut NatTable<S>,
+    policy: &impl Policy,
+    now: u64,
+    l4: L4Sum,
+) -> Decision {
+    let t = match parse_output(prefix, packet_len) {
+        Ok(t) => t,
+        Err(Plan::Drop(r)) => return Decision::Drop(r),
+        Err(_) => return Decision::Pass,
+    };
+    let plan = plan_output_parsed(prefix, packet_len, &t, table, policy, now);
+    apply_parsed(prefix, &t, plan, l4)
 }
 
 /// [`plan_input`] and [`apply`].
@@ -482,8 +583,11 @@ pub fn input<S: Store>(
     table: &mut NatTable<S>,
     now: u64,
 ) -> Decision {
-    let plan = plan_input(prefix, packet_len, table, now);
-    apply(prefix, packet_len, plan)
+    let Ok(t) = ip::transport_in(prefix, packet_len) else {
+        return Decision::Pass;
+    };
+    let plan = plan_input_parsed(prefix, &t, table, now);
+    apply_parsed(prefix, &t, plan, L4Sum::Complete)
 }
 
 /// The shared rule engine ([`super::rules`] with [`super::policy`]'s proxy
@@ -552,10 +656,36 @@ where
     }
 
     fn is_proxy(&self, addr: &Addr) -> bool {
-        let a = super::addr::IpAddr::from(*addr).canonical();
+        self.is_proxy_either(addr, addr)
+    }
+
+    /// Each proxy address is made canonical once and compared with both
+    /// addresses as they are (`canonical(a) == p` without converting `a`).
+    fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
         [self.proxies.v4, self.proxies.v6]
             .iter()
             .flatten()
-            .any(|p| p.addr.canonical() == a)
+            .any(|p| {
+                let p = p.addr.canonical();
+                is_canonically(a, &p) || is_canonically(b, &p)
+            })
+    }
+}
+
+/// True when `a`, made canonical (IPv4-mapped IPv6 as IPv4), equals `p`
+/// (canonical already).
+fn is_canonically(a: &Addr, p: &super::addr::IpAddr) -> bool {
+    use super::addr::IpAddr;
+    match (a, p) {
+        (Addr::V4(x), IpAddr::V4(y)) => x == y,
+        (Addr::V6(x), IpAddr::V6(y)) => x == y,
+        // IPv4-mapped (::ffff:a.b.c.d) equal to the IPv4 proxy.
+        (Addr::V6(x), IpAddr::V4(y)) => match x.split_first_chunk::<12>() {
+            Some((head, tail)) => {
+                *head == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && tail == y.as_slice()
+            }
+            None => false,
+        },
+        (Addr::V4(_), IpAddr::V6(_)) => false,
     }
 }

@@ -338,6 +338,23 @@ mod tests {
             prop_assert_eq!(Ep(&e).to_string(), want);
         }
 
+        /// The kernel's integer formatting writes what `core`'s does.
+        #[test]
+        fn integers_format_like_core(v in any::<i64>(), u in any::<u64>()) {
+            prop_assert_eq!(Dec(v).to_string(), v.to_string());
+            prop_assert_eq!(Hex(u).to_string(), format!("{u:x}"));
+            prop_assert_eq!(Dec::u(u).to_string(), u.min(i64::MAX as u64).to_string());
+        }
+
+        /// The edges: zero, the most negative value, the largest hex.
+        #[test]
+        fn integer_edges(_x in 0..1u8) {
+            prop_assert_eq!(Dec(0).to_string(), "0");
+            prop_assert_eq!(Dec(i64::MIN).to_string(), i64::MIN.to_string());
+            prop_assert_eq!(Hex(0).to_string(), "0");
+            prop_assert_eq!(Hex(u64::MAX).to_string(), "ffffffffffffffff");
+        }
+
         /// Any text fits: cut at a character boundary, NUL-terminated, never
         /// longer than the buffer.
         #[test]
@@ -360,6 +377,68 @@ mod tests {
     }
 }
 
+/// An integer in decimal, for log lines. Kernel code formats integers
+/// through this rather than `core`'s `Display`: below full optimisation
+/// (`cargo xtask build` without `--release`) `core`'s integer formatting
+/// keeps a bounds check, a panic path that `kextld verify` refuses.
+#[derive(Debug, Clone, Copy)]
+pub struct Dec(pub i64);
+
+impl Dec {
+    /// An unsigned value (saturating at `i64::MAX`: no kernel counter gets there).
+    pub fn u(v: impl TryInto<i64>) -> Self {
+        Dec(v.try_into().unwrap_or(i64::MAX))
+    }
+}
+
+/// An integer in lower-case hexadecimal without prefix or leading zeros
+/// (`{:x}`), for log lines; see [`Dec`] for why.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex(pub u64);
+
+/// Writes `v` in `radix` (2..=16), most significant digit first.
+fn write_radix(f: &mut fmt::Formatter<'_>, mut v: u64, radix: u64) -> fmt::Result {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 64];
+    let mut start = buf.len();
+    loop {
+        let d = v.checked_rem(radix).unwrap_or(0);
+        v = v.checked_div(radix).unwrap_or(0);
+        start = start.saturating_sub(1);
+        let digit = usize::try_from(d)
+            .ok()
+            .and_then(|d| DIGITS.get(d))
+            .copied()
+            .unwrap_or(b'?');
+        if let Some(slot) = buf.get_mut(start) {
+            *slot = digit;
+        }
+        if v == 0 || start == 0 {
+            break;
+        }
+    }
+    let text = buf
+        .get(start..)
+        .and_then(|b| core::str::from_utf8(b).ok())
+        .unwrap_or("?");
+    f.write_str(text)
+}
+
+impl fmt::Display for Dec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < 0 {
+            f.write_str("-")?;
+        }
+        write_radix(f, self.0.unsigned_abs(), 10)
+    }
+}
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_radix(f, self.0, 16)
+    }
+}
+
 /// An endpoint as `1.2.3.4:80` or `[2001:db8::1]:443` (RFC 5952), for log
 /// lines. Written here rather than with `core::net`'s `Display`, whose
 /// slicing leaves panic paths in a kext (`kextld verify` refuses them).
@@ -371,7 +450,7 @@ fn fmt_v4(a: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if i > 0 {
             f.write_str(".")?;
         }
-        write!(f, "{b}")?;
+        write!(f, "{}", Dec::u(*b))?;
     }
     Ok(())
 }
@@ -416,7 +495,7 @@ fn fmt_v6(a: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if i > 0 && !(best_len > 0 && i == end) {
             f.write_str(":")?;
         }
-        write!(f, "{x:x}")?;
+        write!(f, "{}", Hex(u64::from(*x)))?;
     }
     Ok(())
 }
@@ -431,7 +510,7 @@ impl fmt::Display for Ep<'_> {
                 f.write_str("]")?;
             }
         }
-        write!(f, ":{}", self.0.port)
+        write!(f, ":{}", Dec::u(self.0.port))
     }
 }
 
@@ -444,7 +523,7 @@ impl fmt::Display for RuleNo {
         if self.0 == u32::MAX {
             f.write_str("the default action")
         } else {
-            write!(f, "rule {}", self.0)
+            write!(f, "rule {}", Dec::u(self.0))
         }
     }
 }

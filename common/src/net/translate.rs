@@ -13,9 +13,9 @@
 //! refused ([`Refused::Udp6ZeroChecksum`]). ICMP (v4) has no pseudo-header;
 //! ICMPv6 does. Other protocols get the address rewritten only.
 
-use super::checksum::{self, UdpZero};
+use super::checksum;
 use super::wire::ip::{Addr, Transport};
-use super::wire::{Error, get_array, get_u16, ipv4, proto, set_array, set_u16, tcp, udp};
+use super::wire::{Error, proto, tcp, udp};
 
 /// Which endpoint to rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +60,68 @@ pub fn prefix_len(t: &Transport) -> usize {
     t.offset.saturating_add(l4)
 }
 
+/// The IPv4 header checksum field (RFC 791).
+const IPV4_CHECKSUM: core::ops::Range<usize> = 10..12;
+
+/// What the transport checksum field of a packet holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Sum {
+    /// The complete checksum: updated incrementally (RFC 1624, eqn. 3) for
+    /// the addresses (pseudo-header) and the port.
+    Complete,
+    /// The stack deferred the TCP/UDP checksum to the interface
+    /// (`CSUM_DELAY_DATA`): the field holds the pseudo-header sum the hardware
+    /// (or `mbuf_outbound_finalize`) starts from. Only the address change is
+    /// added to it; the port is part of the segment the hardware sums, and no
+    /// byte of the payload is read. Applies to TCP and UDP; any other
+    /// protocol's checksum is updated as [`L4Sum::Complete`].
+    Deferred,
+}
+
+/// The ones'-complement sum that turns a checksum over `old` into one over
+/// `new` (RFC 1624: `~m + m'`), unfolded, over whole 32-bit words: they fold
+/// to the same 16-bit sum as their two halves (2^16 ≡ 1 mod 0xFFFF).
+fn addr_delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
+    let mut s = 0u64;
+    let (mut o, mut n) = (old.as_slice(), new.as_slice());
+    // (No `chunks_exact`: its division-by-zero check would leave a panic path
+    // in the kext.)
+    while let (Some((a, ro)), Some((b, rn))) =
+        (o.split_first_chunk::<4>(), n.split_first_chunk::<4>())
+    {
+        s = s
+            .wrapping_add(u64::from(!u32::from_be_bytes(*a)))
+            .wrapping_add(u64::from(u32::from_be_bytes(*b)));
+        o = ro;
+        n = rn;
+    }
+    s
+}
+
+/// RFC 1624 eqn. 3 with a precomputed delta: `~(~hc + delta)`.
+fn apply(hc: u16, delta: u64) -> u16 {
+    !checksum::fold(u64::from(!hc).wrapping_add(delta))
+}
+
+/// Reads the big-endian u16 at `at` of a fixed-size header.
+fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
+    match h.get(at..).and_then(<[u8]>::first_chunk::<2>) {
+        Some(b) => u16::from_be_bytes(*b),
+        None => 0,
+    }
+}
+
+/// Writes the big-endian u16 `v` at `at` of a fixed-size header.
+fn put16<const N: usize>(h: &mut [u8; N], at: usize, v: u16) {
+    if let Some(b) = h.get_mut(at..).and_then(<[u8]>::first_chunk_mut::<2>) {
+        *b = v.to_be_bytes();
+    }
+}
+
 /// Rewrites `side` of the packet whose first bytes are `prefix` (parsed as
 /// `t`) to `addr` (and `port`, for TCP/UDP with a transport header). Returns the
 /// number of bytes from the start that may have changed (copy them back).
+/// The transport checksum is complete ([`rewrite_with`] for a deferred one).
 pub fn rewrite(
     prefix: &mut [u8],
     t: &Transport,
@@ -70,82 +129,123 @@ pub fn rewrite(
     addr: Addr,
     port: u16,
 ) -> Result<usize, Refused> {
+    rewrite_with(prefix, t, side, addr, port, L4Sum::Complete)
+}
+
+/// [`rewrite`], with the transport checksum field holding `l4`. Every update
+/// is incremental: the address change is one precomputed ones'-complement
+/// delta (words of 32 bits, no byte-wise walk), added to the IPv4 header
+/// checksum and to the transport checksum (or its pseudo-header seed).
+pub fn rewrite_with(
+    prefix: &mut [u8],
+    t: &Transport,
+    side: Side,
+    addr: Addr,
+    port: u16,
+    l4: L4Sum,
+) -> Result<usize, Refused> {
     let need = prefix_len(t);
     if prefix.len() < need {
         return Err(Refused::Wire(Error::Truncated));
     }
-    // Address field offsets and the old address.
-    let (at, old, new): (core::ops::Range<usize>, [u8; 16], [u8; 16]) = match (addr, t.src) {
+    match (addr, t.src) {
         (Addr::V4(a), Addr::V4(_)) => {
-            let at = if side == Side::Src { 12..16 } else { 16..20 };
-            let mut o = [0; 16];
-            let mut n = [0; 16];
-            set_array::<4>(&mut o, 0..4, get_array(prefix, at.clone()));
-            set_array::<4>(&mut n, 0..4, a);
-            (at, o, n)
+            let at = if side == Side::Src { 12 } else { 16 };
+            rewrite_family(prefix, t, at, a, side, port, l4)?;
         }
         (Addr::V6(a), Addr::V6(_)) => {
-            let at = if side == Side::Src { 8..24 } else { 24..40 };
-            (at.clone(), get_array(prefix, at), a)
+            let at = if side == Side::Src { 8 } else { 24 };
+            rewrite_family(prefix, t, at, a, side, port, l4)?;
         }
         _ => return Err(Refused::FamilyMismatch),
-    };
-    let alen = at.len();
-    let old = old.get(..alen).unwrap_or(&[]);
-    let new = new.get(..alen).unwrap_or(&[]);
-    let v6 = matches!(t.src, Addr::V6(_));
-    let l4 = t.offset;
-    let port_at = if side == Side::Src {
-        l4..l4.saturating_add(2)
-    } else {
-        l4.saturating_add(2)..l4.saturating_add(4)
-    };
-    let ports = t.has_transport && matches!(t.protocol, proto::TCP | proto::UDP);
-    let old_port = get_u16(prefix, port_at.clone());
+    }
+    Ok(need)
+}
+
+/// [`rewrite_with`] for one family: `N`-byte addresses at `at` (IPv4: 4,
+/// with the header checksum; IPv6: 16). The caller checked that `prefix`
+/// holds [`prefix_len`] bytes.
+fn rewrite_family<const N: usize>(
+    prefix: &mut [u8],
+    t: &Transport,
+    at: usize,
+    new: [u8; N],
+    side: Side,
+    port: u16,
+    l4: L4Sum,
+) -> Result<(), Refused> {
+    let v6 = N == 16;
+    let (ip, seg) = prefix
+        .split_at_mut_checked(t.offset)
+        .ok_or(Refused::Wire(Error::Truncated))?;
+    let addr = ip
+        .get_mut(at..)
+        .and_then(<[u8]>::first_chunk_mut::<N>)
+        .ok_or(Refused::Wire(Error::Truncated))?;
+    let delta = addr_delta(addr, &new);
+    let port_at = if side == Side::Src { 0 } else { 2 };
 
     // Transport checksum first (it may refuse the packet before anything changes).
     if t.has_transport {
         match t.protocol {
-            proto::TCP | proto::ICMPV6 => {
-                let co = if t.protocol == proto::TCP {
-                    tcp::CHECKSUM_OFFSET
+            proto::TCP => {
+                let h = seg
+                    .first_chunk_mut::<{ tcp::CHECKSUM_OFFSET + 2 }>()
+                    .ok_or(Refused::Wire(Error::Truncated))?;
+                let old_port = be16(h, port_at);
+                let hc = be16(h, tcp::CHECKSUM_OFFSET);
+                let c = if l4 == L4Sum::Deferred {
+                    // The pseudo-header seed, not complemented; the port is
+                    // summed by the interface.
+                    checksum::fold(u64::from(hc).wrapping_add(delta))
                 } else {
-                    2
+                    let pd = u64::from(!old_port).wrapping_add(u64::from(port));
+                    apply(hc, delta.wrapping_add(pd))
                 };
-                let cat = l4.saturating_add(co)..l4.saturating_add(co).saturating_add(2);
-                let mut c = checksum::update(get_u16(prefix, cat.clone()), old, new);
-                if ports {
-                    c = checksum::update_word(c, old_port, port);
-                }
-                set_u16(prefix, cat, c);
+                put16(h, tcp::CHECKSUM_OFFSET, c);
+                put16(h, port_at, port);
             }
             proto::UDP => {
-                let cat =
-                    l4.saturating_add(udp::CHECKSUM_OFFSET)..l4.saturating_add(udp::HEADER_LEN);
-                let hc = get_u16(prefix, cat.clone());
-                match checksum::update_udp(hc, v6, old, new) {
-                    Ok(c) => {
-                        let c = checksum::update_word(c, old_port, port);
-                        set_u16(prefix, cat, if c == 0 { 0xffff } else { c });
+                let h = seg
+                    .first_chunk_mut::<{ udp::HEADER_LEN }>()
+                    .ok_or(Refused::Wire(Error::Truncated))?;
+                let old_port = be16(h, port_at);
+                let hc = be16(h, udp::CHECKSUM_OFFSET);
+                let c = if l4 == L4Sum::Deferred {
+                    Some(checksum::fold(u64::from(hc).wrapping_add(delta)))
+                } else {
+                    match hc {
+                        0 if v6 => return Err(Refused::Udp6ZeroChecksum),
+                        // IPv4 UDP without checksum stays without.
+                        0 => None,
+                        _ => {
+                            let pd = u64::from(!old_port).wrapping_add(u64::from(port));
+                            match apply(hc, delta.wrapping_add(pd)) {
+                                0 => Some(0xffff),
+                                c => Some(c),
+                            }
+                        }
                     }
-                    Err(UdpZero::NoneV4) => {}
-                    Err(UdpZero::InvalidV6) => return Err(Refused::Udp6ZeroChecksum),
+                };
+                if let Some(c) = c {
+                    put16(h, udp::CHECKSUM_OFFSET, c);
                 }
+                put16(h, port_at, port);
+            }
+            proto::ICMPV6 => {
+                let h = seg
+                    .first_chunk_mut::<4>()
+                    .ok_or(Refused::Wire(Error::Truncated))?;
+                let hc = be16(h, 2);
+                put16(h, 2, apply(hc, delta));
             }
             _ => {}
         }
     }
-    if ports {
-        set_u16(prefix, port_at, port);
+    *addr = new;
+    if !v6 && let Some(h) = ip.first_chunk_mut::<20>() {
+        let hc = be16(h, IPV4_CHECKSUM.start);
+        put16(h, IPV4_CHECKSUM.start, apply(hc, delta));
     }
-    if !v6 {
-        let c = checksum::update(ipv4::Packet::new_unchecked(&*prefix).checksum(), old, new);
-        ipv4::Packet::new_unchecked(&mut *prefix).set_checksum(c);
-    }
-    if let Some(d) = prefix.get_mut(at) {
-        for (d, s) in d.iter_mut().zip(new) {
-            *d = *s;
-        }
-    }
-    Ok(need)
+    Ok(())
 }

@@ -40,6 +40,11 @@ pub const MBUF_EOR: u32 = 4;
 pub const MBUF_LOOP: u32 = 64;
 pub const MBUF_BCAST: u32 = 256;
 pub const MBUF_MCAST: u32 = 512;
+pub const MBUF_CSUM_REQ_IP: u32 = 1;
+pub const MBUF_CSUM_REQ_TCP: u32 = 2;
+pub const MBUF_CSUM_REQ_UDP: u32 = 4;
+pub const MBUF_CSUM_REQ_TCPIPV6: u32 = 32;
+pub const MBUF_CSUM_REQ_UDPIPV6: u32 = 64;
 pub const MBUF_WAITOK: u32 = 0;
 pub const MBUF_DONTWAIT: u32 = 1;
 pub const SFLT_GLOBAL: ::core::ffi::c_int = 1;
@@ -228,6 +233,7 @@ pub type mbuf_flags_t = u_int32_t;
 pub type mbuf_how_t = u_int32_t;
 pub type mbuf_tag_id_t = u_int32_t;
 pub type mbuf_tag_type_t = u_int16_t;
+pub type mbuf_csum_request_flags_t = u_int32_t;
 pub type sflt_flags = u_int32_t;
 pub type sflt_handle = u_int32_t;
 pub type sflt_event_t = u_int32_t;
@@ -558,6 +564,11 @@ unsafe extern "C" {
         mbuf: *mut mbuf_t,
     ) -> errno_t;
     pub fn mbuf_inbound_modified(mbuf: mbuf_t);
+    pub fn mbuf_get_csum_requested(
+        mbuf: mbuf_t,
+        request: *mut mbuf_csum_request_flags_t,
+        value: *mut u_int32_t,
+    ) -> errno_t;
     pub fn mbuf_outbound_finalize(
         mbuf: mbuf_t,
         protocol_family: u_int32_t,

@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use super::abi::libkern::flush_log;
-use super::abi::mbuf::{REQ_IP, REQ_TCP};
+use super::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
 use super::abi::net::{self, EJUSTRETURN};
 use super::ipf::IpfState;
 use super::kernel::{self, Kind};
@@ -205,11 +205,14 @@ pub(crate) fn ip_path(
         drain_injected(wire);
     }
     if output {
-        // The NIC completes what the stack left to hardware.
-        if csum & REQ_TCP != 0 {
+        // The NIC completes what the stack left to hardware (a filter that
+        // re-injects may leave it deferred, as xnu's ip_output then does):
+        // the TCP or UDP checksum from its pseudo-header seed, and the IPv4
+        // header checksum (there is none in IPv6).
+        if csum & (REQ_TCP | REQ_UDP) != 0 {
             packet::finalize_l4_from_seed(&mut bytes);
         }
-        if csum & REQ_IP != 0 {
+        if csum & REQ_IP != 0 && !v6 {
             packet::finalize_ip(&mut bytes);
         }
     }

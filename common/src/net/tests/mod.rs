@@ -437,6 +437,63 @@ proptest! {
         }
     }
 
+    /// A TCP/UDP checksum the stack deferred (its field holding the
+    /// pseudo-header sum) is rewritten by adjusting that sum only; the
+    /// interface's completion (summing the segment from the field, as the
+    /// emulator and xnu do) then gives a packet whose checksums verify, with
+    /// no byte of the payload read by the rewrite.
+    #[test]
+    fn a_deferred_checksum_stays_deferred_and_completes_valid(
+        s in spec_strategy(),
+        side_src in any::<bool>(),
+        new_addr in addr_strategy(),
+        new_port in any::<u16>(),
+    ) {
+        let mut p = build(&s);
+        let t = ip::transport(&p).unwrap();
+        if !t.has_transport || !matches!(t.protocol, proto::TCP | proto::UDP) {
+            return Ok(());
+        }
+        let co = t.offset + if t.protocol == proto::TCP { tcp::CHECKSUM_OFFSET } else { udp::CHECKSUM_OFFSET };
+        let seed = |t: &ip::Transport| {
+            checksum::fold(checksum::pseudo_header(&t.src, &t.dst, t.protocol, t.len))
+        };
+        p[co..co + 2].copy_from_slice(&seed(&t).to_be_bytes());
+        let addr = if s.v6 { Addr::V6(new_addr) } else { Addr::V4(v4(&new_addr)) };
+        let side = if side_src { Side::Src } else { Side::Dst };
+        // Only the headers, as the kext holds them.
+        let n = translate::prefix_len(&t);
+        let mut pre = p[..n].to_vec();
+        let r = translate::rewrite_with(&mut pre, &t, side, addr, new_port, translate::L4Sum::Deferred);
+        prop_assert_eq!(r, Ok(n));
+        p[..n].copy_from_slice(&pre);
+        let t2 = ip::transport(&p).unwrap();
+        // Still a pseudo-header seed, of the new addresses (0 and 0xFFFF are
+        // the same ones'-complement number).
+        let got = u16::from_be_bytes([p[co], p[co + 1]]);
+        prop_assert_eq!(got % 0xffff, seed(&t2) % 0xffff);
+        // The interface completes it.
+        let end = t2.offset + t2.len;
+        let c = !checksum::fold(checksum::sum(&p[t2.offset..end], 0));
+        let c = if c == 0 && t2.protocol == proto::UDP { 0xffff } else { c };
+        p[co..co + 2].copy_from_slice(&c.to_be_bytes());
+        prop_assert!(checksum::verify_transport(&t2.src, &t2.dst, t2.protocol, &p[t2.offset..end]));
+        prop_assert_eq!(etherparse_verify(&p), Ok(()));
+    }
+
+    /// The IP filter's first look at a 64-byte head of a packet either asks
+    /// for more, or gives exactly what parsing the full 256-byte prefix gives.
+    #[test]
+    fn a_short_head_decides_as_the_full_prefix_or_asks_for_more(s in spec_strategy()) {
+        let p = build(&s);
+        let head = &p[..p.len().min(64)];
+        let full = &p[..p.len().min(256)];
+        match filter::first_look(head, p.len()) {
+            None => prop_assert!(head.len() < p.len()),
+            Some(r) => prop_assert_eq!(r, filter::parse_output(full, p.len())),
+        }
+    }
+
     /// Rewriting either endpoint with incremental checksums gives exactly the
     /// checksums a full recomputation gives, and etherparse accepts the result.
     #[test]

@@ -88,6 +88,28 @@ pub fn transport_quoted(quote: &[u8]) -> Result<Transport, Error> {
     parse(quote, None)
 }
 
+/// The fewest bytes a transport header of `protocol` has, where the IP filter
+/// reads or rewrites it: TCP's fixed header (RFC 9293), UDP's header, the
+/// ICMPv6 type, code and checksum; 0 for the rest.
+fn min_transport_len(protocol: u8) -> usize {
+    match protocol {
+        super::proto::TCP => super::tcp::HEADER_LEN,
+        super::proto::UDP => super::udp::HEADER_LEN,
+        super::proto::ICMPV6 => 4,
+        _ => 0,
+    }
+}
+
+/// A packet that holds a transport header whose length fields leave it less
+/// room than the header needs is malformed: its ports and checksum field would
+/// lie past the IP payload (in link-layer padding, or in the next packet).
+fn check_transport_room(t: Transport) -> Result<Transport, Error> {
+    if t.has_transport && t.len < min_transport_len(t.protocol) {
+        return Err(Error::ShortTransport);
+    }
+    Ok(t)
+}
+
 /// The walk shared by [`transport_in`] (`packet_len`: the whole packet's
 /// length, which the length fields must fit) and [`transport_quoted`]
 /// (`None`: a truncated quote whose length fields are not checked against it).
@@ -107,7 +129,7 @@ fn parse(buf: &[u8], packet_len: Option<usize>) -> Result<Transport, Error> {
             if packet_len.is_some_and(|n| total > n) || hl > buf.len() {
                 return Err(Error::Truncated);
             }
-            Ok(Transport {
+            check_transport_room(Transport {
                 src: Addr::V4(p.src_addr()),
                 dst: Addr::V4(p.dst_addr()),
                 protocol: p.protocol(),
@@ -132,7 +154,7 @@ fn parse(buf: &[u8], packet_len: Option<usize>) -> Result<Transport, Error> {
                 buf.len()
             };
             let w = p.walk_within(within)?;
-            Ok(Transport {
+            check_transport_room(Transport {
                 src: Addr::V6(p.src_addr()),
                 dst: Addr::V6(p.dst_addr()),
                 protocol: w.protocol,

@@ -24,6 +24,9 @@ pub enum Error {
     Malformed,
     /// An IPv6 extension-header chain longer than [`ipv6::MAX_EXT_HEADERS`].
     TooManyExtHeaders,
+    /// The IP length fields leave the TCP, UDP or ICMPv6 header less room
+    /// than it needs: its ports or checksum would lie past the IP payload.
+    ShortTransport,
 }
 
 /// A byte range within a header.

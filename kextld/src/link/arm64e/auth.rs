@@ -236,7 +236,16 @@ pub(super) fn sign_kmod_info(l: &mut Linker<'_, '_>) -> Result<(), LinkError> {
     for (off, field) in KMOD_START_STOP_OFFSETS {
         let slot = base + off;
         if !l.fixups.contains_key(&slot) {
-            let (ord, so) = l.locate(slot).expect("kmod_info is in a section");
+            let Some((ord, so)) = l.locate(slot) else {
+                return Err(error(
+                    &input,
+                    format!(
+                        "_kmod_info.{field} (offset {off}) at {slot:#x} lies outside every \
+                         section: the section holding _kmod_info ends before the structure does"
+                    ),
+                    "define kmod_info as a whole kmod_info_t (common::kext! does)",
+                ));
+            };
             let data = &l.sections[ord as usize - 1].data;
             let value = data
                 .get(so as usize..so as usize + 8)
