@@ -1020,7 +1020,10 @@ fn kmod_info_running_past_its_section_is_an_error_not_a_panic() {
         0,
         &inputs,
     );
-    let e = r.err().expect("the input is refused").to_string();
+    let Err(e) = r else {
+        panic!("the input is refused")
+    };
+    let e = e.to_string();
     assert!(e.contains("_kmod_info."), "{e}");
     assert!(e.contains("outside every section"), "{e}");
 }

@@ -415,8 +415,8 @@ fn a_second_build_rewrites_nothing() {
     }
 }
 
-/// `cargo xtask build` without `--release` (the kernel-dev profile, opt-level
-/// 1) links and verifies too: at that level `core`'s integer formatting and
+/// `cargo xtask build` without `--release` (the kernel-dev profile, at
+/// opt-level 1) links and verifies too: at that level `core`'s integer formatting and
 /// `copy_from_slice` keep their panic paths unless kernel code avoids them
 /// (kextlog's `Dec`/`Hex`, element copies), and the verifier refuses a kext
 /// that keeps one.

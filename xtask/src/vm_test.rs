@@ -446,7 +446,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cfg = d.path().join("vm.toml");
         std::fs::write(&cfg, "").unwrap();
-        let cases: [(Option<u64>, Option<usize>, Vec<String>, &str); 4] = [
+        // (--soak, --threads, --scenario, the error)
+        type Case = (Option<u64>, Option<usize>, Vec<String>, &'static str);
+        let cases: [Case; 4] = [
             (
                 Some(0),
                 None,
