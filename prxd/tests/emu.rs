@@ -494,14 +494,14 @@ fn prxd_serves_the_ip_filters_nat_flows_in_the_emulator() {
         .expect("the origin's count");
     assert_eq!(
         got,
-        vm::emu::nat_bridge::BYTES,
+        vm::emu::scenarios::nat_bridge::BYTES,
         "every byte reached the origin"
     );
     let line = p.wait_line(&[&format!("dst={origin}")]);
     assert!(line.contains("client=127.0.0.2:"), "{line}");
     // The IP filter's lookups answer from its NAT table: no rule number.
     assert!(line.contains("rule=ip:nat"), "{line}");
-    let n = vm::emu::nat_bridge::BYTES;
+    let n = vm::emu::scenarios::nat_bridge::BYTES;
     assert!(line.contains(&format!("up={n} down={n}")), "{line}");
     assert!(line.contains("outcome=\"ok\""), "{line}");
     assert_eq!(p.counter("completed"), 1);
@@ -662,7 +662,7 @@ fn udp_case(socks: Option<&Danted>) {
     // The origin heard prxd's flow socket, not the client.
     let from = rx.recv_timeout(Duration::from_secs(5)).expect("origin");
     assert_eq!(from.ip(), "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
-    let n = vm::emu::nat_bridge::DATAGRAMS;
+    let n = vm::emu::scenarios::nat_bridge::DATAGRAMS;
     let bytes: usize = (0..n).map(|i| format!("prx udp datagram {i}").len()).sum();
     let line = p.wait_line(&["conn udp client=127.0.0.2:", &format!("dst={origin}")]);
     assert!(line.contains("rule=ip:nat"), "{line}");

@@ -332,3 +332,468 @@ fn segment_writing_lines_are_recognised() {
     let code = "/// An LC_SEGMENT_64 with its sections\nfn f(h: &mut Vec<u8>) {\n    push_u32(h, LC_SEGMENT_64);\n    push_name16(h, name);\n    bad(format!(\"bad LC_SEGMENT_64: {e}\"));\n}\n";
     assert_eq!(segment_writing_lines(code), [3, 4]);
 }
+
+// ---- vm::emu's layers (ARCHITECTURE.md, `vm/`) ----
+
+/// The layers of `vm::emu`, bottom first, as module paths below `emu` (`""` is
+/// `emu` itself). A module may import modules of its own layer and of the layers
+/// below; a layer of several modules is one unit (they may import each other).
+const EMU_LAYERS: &[&[&str]] = &[
+    // image: the Mach-O, kxld's relocations, the host-specific part, the mapping
+    &[
+        "image",
+        "reloc",
+        "arch",
+        "arch::aarch64",
+        "arch::chained",
+        "arch::x86_64",
+        "loader",
+    ],
+    // the kernel model: one state whose methods are split by subject
+    &[
+        "kernel", "mbuf", "sflt", "ipf", "ctl", "packet", "events", "fault", "mt",
+    ],
+    // abi: the C ABI trampolines over the model
+    &["abi::call"],
+    &["abi::mbuf", "abi::ctl"],
+    &["abi::net"],
+    &["abi::libkern"],
+    &["abi"],
+    // scenarios, each above what it uses; `scenarios` (list, dispatch) on top
+    &["scenarios::stat_names"],
+    &["scenarios::ctlmsg"],
+    &["scenarios::lifecycle"],
+    &["scenarios::ipctl"],
+    &["scenarios::sockets"],
+    &["scenarios::traffic"],
+    &["scenarios::stacks"],
+    &["scenarios::nat_icmp"],
+    &["scenarios::nat_bridge"],
+    &["scenarios::sockfilter"],
+    &["scenarios::ctl_bridge"],
+    &["scenarios::soak"],
+    &["scenarios"],
+    // the process: the child's body, the runner, `emu` itself
+    &["child", "runner", ""],
+];
+
+/// The module path below `emu` of a file below `vm/src/emu` (`abi/net.rs` is
+/// `abi::net`, `abi/mod.rs` is `abi`, `mod.rs` is `""`).
+fn emu_module(rel: &Path) -> String {
+    let mut parts: Vec<String> = rel
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts.join("::")
+}
+
+/// `code` without comments and string literals (replaced by spaces, so
+/// offsets stay), for finding paths.
+fn code_only(code: &str) -> String {
+    let b = code.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = String::with_capacity(code.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                out.push(' ');
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            while i < b.len() && !b[i..].starts_with(b"*/") {
+                out.push(if b[i] == b'\n' { '\n' } else { ' ' });
+                i += 1;
+            }
+            out.push_str("  ");
+            i += 2;
+        } else if b[i..].starts_with(b"r#\"") && !(i > 0 && word(b[i - 1])) {
+            // A raw string literal, up to its `"#`.
+            let end = code[i + 3..].find("\"#").map_or(b.len(), |e| i + 3 + e + 2);
+            for c in code[i..end].chars() {
+                out.push(if c == '\n' { '\n' } else { ' ' });
+            }
+            i = end;
+        } else if b[i] == b'"' && !(i > 0 && b[i - 1] == b'\'') {
+            // A string literal.
+            out.push(' ');
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                if b[i] == b'\\' {
+                    out.push(' ');
+                    i += 1;
+                }
+                if i < b.len() {
+                    out.push(if b[i] == b'\n' { '\n' } else { ' ' });
+                    i += 1;
+                }
+            }
+            out.push(' ');
+            i += 1;
+        } else {
+            let c = code[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// Expands a `use` tree (`a::{b, c::{self, d}}`) into its paths.
+fn use_paths(tree: &str) -> Vec<Vec<String>> {
+    fn split_top(s: &str) -> Vec<&str> {
+        let (mut parts, mut depth, mut start) = (Vec::new(), 0, 0);
+        for (i, c) in s.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&s[start..]);
+        parts
+    }
+    fn expand(prefix: &[String], tree: &str, out: &mut Vec<Vec<String>>) {
+        for part in split_top(tree) {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            if let (Some(open), true) = (part.find('{'), part.ends_with('}')) {
+                let mut p = prefix.to_vec();
+                p.extend(
+                    part[..open]
+                        .split("::")
+                        .filter(|s| !s.trim().is_empty())
+                        .map(|s| s.trim().to_string()),
+                );
+                expand(&p, &part[open + 1..part.len() - 1], out);
+            } else {
+                let path = part.split(" as ").next().unwrap_or(part);
+                let mut p = prefix.to_vec();
+                p.extend(
+                    path.split("::")
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty() && s != "*" && s != "self"),
+                );
+                out.push(p);
+            }
+        }
+    }
+    let tree: String = tree.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = Vec::new();
+    expand(&[], &tree, &mut out);
+    out
+}
+
+/// The modules of `modules` (paths below `emu`) that the file of module `me`
+/// refers to: `use` declarations and paths in code (`crate::emu::…`, `super::…`,
+/// `self::…`, and a child module's name in a `mod.rs`), inline modules
+/// (`mod tests { use super::*; }`) resolved; `me` itself is left out.
+fn emu_imports(me: &str, code: &str, modules: &[String]) -> std::collections::BTreeSet<String> {
+    let code = code_only(code);
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mine: Vec<String> = if me.is_empty() {
+        vec!["emu".into()]
+    } else {
+        std::iter::once("emu".to_string())
+            .chain(me.split("::").map(String::from))
+            .collect()
+    };
+    let known: std::collections::BTreeSet<Vec<String>> = modules
+        .iter()
+        .map(|m| {
+            std::iter::once("emu".to_string())
+                .chain(m.split("::").filter(|s| !s.is_empty()).map(String::from))
+                .collect()
+        })
+        .collect();
+    // Inline modules: (start, end, name).
+    let b = code.as_bytes();
+    let mut inline = Vec::new();
+    let mut at = 0;
+    while let Some(i) = code[at..].find("mod ").map(|i| i + at) {
+        at = i + 4;
+        if i > 0 && word(b[i - 1]) {
+            continue;
+        }
+        let rest = &code[at..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let after = rest[name.len()..].trim_start();
+        if name.is_empty() || !after.starts_with('{') {
+            continue;
+        }
+        let open = at + name.len() + (rest[name.len()..].len() - after.len());
+        let mut depth = 0;
+        let mut end = b.len();
+        for (j, &c) in b.iter().enumerate().skip(open) {
+            match c {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = j;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        inline.push((i, end, name));
+    }
+    let base_at = |pos: usize| -> Vec<String> {
+        let mut base = mine.clone();
+        for (s, e, n) in &inline {
+            if *s <= pos && pos <= *e {
+                base.push(n.clone());
+            }
+        }
+        base
+    };
+    let resolve = |base: &[String], segs: &[String]| -> Option<Vec<String>> {
+        let first = segs.first()?;
+        let mut cur: Vec<String>;
+        let mut i = 1;
+        match first.as_str() {
+            "crate" => cur = Vec::new(),
+            "self" => cur = base.to_vec(),
+            "super" => {
+                cur = base.to_vec();
+                cur.pop();
+            }
+            name => {
+                // A child module of this file's module (`child::…` in `mod.rs`).
+                let mut child = base.to_vec();
+                child.push(name.to_string());
+                if !known.contains(&child) {
+                    return None;
+                }
+                cur = base.to_vec();
+                i = 0;
+            }
+        }
+        while segs.get(i).is_some_and(|s| s == "super") {
+            cur.pop();
+            i += 1;
+        }
+        cur.extend(segs[i..].iter().cloned());
+        (1..=cur.len())
+            .rev()
+            .map(|n| cur[..n].to_vec())
+            .find(|p| known.contains(p))
+    };
+    let mut found = std::collections::BTreeSet::new();
+    let mut add = |m: Vec<String>| {
+        if m != mine {
+            found.insert(m[1..].join("::"));
+        }
+    };
+    // `use` declarations.
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while let Some(i) = code[at..].find("use ").map(|i| i + at) {
+        at = i + 4;
+        if i > 0 && word(b[i - 1]) {
+            continue;
+        }
+        let Some(end) = code[at..].find(';').map(|e| e + at) else {
+            break;
+        };
+        spans.push((i, end));
+        for segs in use_paths(&code[at..end]) {
+            if let Some(m) = resolve(&base_at(i), &segs) {
+                add(m);
+            }
+        }
+        at = end;
+    }
+    // Paths in code.
+    let mut i = 0;
+    while i < b.len() {
+        let starts = (i == 0 || !(word(b[i - 1]) || b[i - 1] == b':')) && word(b[i]);
+        if !starts || spans.iter().any(|&(s, e)| s <= i && i < e) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        let mut segs = Vec::new();
+        loop {
+            let s = j;
+            while j < b.len() && word(b[j]) {
+                j += 1;
+            }
+            segs.push(code[s..j].to_string());
+            if code[j..].starts_with("::") && b.get(j + 2).is_some_and(|&c| word(c)) {
+                j += 2;
+            } else {
+                break;
+            }
+        }
+        if segs.len() > 1
+            && let Some(m) = resolve(&base_at(i), &segs)
+        {
+            add(m);
+        }
+        i = j.max(i + 1);
+    }
+    found
+}
+
+/// What breaks the layering: one line per import of a module from a layer above
+/// the importer's, or of a module `layers` does not place.
+fn emu_layer_violations(files: &[(String, String)], layers: &[&[&str]]) -> Vec<String> {
+    let layer_of = |m: &str| layers.iter().position(|l| l.contains(&m));
+    let modules: Vec<String> = files.iter().map(|(m, _)| m.clone()).collect();
+    let mut out = Vec::new();
+    for (me, code) in files {
+        let Some(mine) = layer_of(me) else {
+            out.push(format!(
+                "emu::{me}: not in EMU_LAYERS (tests/tests/tidy.rs); place it in its layer \
+                 (ARCHITECTURE.md, `vm/`)"
+            ));
+            continue;
+        };
+        for dep in emu_imports(me, code, &modules) {
+            match layer_of(&dep) {
+                Some(l) if l <= mine => {}
+                Some(_) => out.push(format!(
+                    "emu::{me} imports emu::{dep}, which is in a layer above it; move what \
+                     both need down, or register a callback from the upper layer"
+                )),
+                None => {}
+            }
+        }
+    }
+    out
+}
+
+/// Every `.rs` file below `vm/src/emu` as (module path below `emu`, text).
+fn emu_files() -> Vec<(String, String)> {
+    let root = prx_tests::root();
+    let emu = root.join("vm/src/emu");
+    let mut files = Vec::new();
+    rust_files(&emu, &mut files);
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&emu).unwrap();
+            (emu_module(rel), std::fs::read_to_string(f).unwrap())
+        })
+        .collect()
+}
+
+/// ARCHITECTURE.md's invariant for `vm::emu`: image < kernel model < abi <
+/// scenarios < process, no module imported by a module below it (no
+/// `vm::emu::abi` module imports a scenario, the kernel model imports neither).
+#[test]
+fn emu_layers_import_only_downwards() {
+    let files = emu_files();
+    assert!(files.len() > 20, "vm/src/emu: only {} files", files.len());
+    let bad = emu_layer_violations(&files, EMU_LAYERS);
+    assert!(bad.is_empty(), "vm::emu's layers:\n{}", bad.join("\n"));
+}
+
+/// The checker finds what it must: upward imports in `use` trees, in code
+/// paths, through `super::super`, from inline modules, and unplaced files; and
+/// lets downward and same-layer imports pass.
+#[test]
+fn emu_layer_checker_finds_upward_imports() {
+    let layers: &[&[&str]] = &[
+        &["kernel", "mbuf"],
+        &["abi", "abi::net"],
+        &["scenarios"],
+        &[""],
+    ];
+    let f = |m: &str, c: &str| (m.to_string(), c.to_string());
+    let clean = [
+        f(
+            "kernel",
+            "use super::mbuf::Mbuf;\nconst J: &str = r#\"{\"a\": \"super::abi::x\"}\"#;\n",
+        ),
+        f("mbuf", "use super::kernel::{self, Kernel};\n"),
+        f("abi", "pub mod net;\nfn s() { net::symbols(); }\n"),
+        f(
+            "abi::net",
+            "use crate::emu::kernel;\nuse super::super::mbuf::Owner;\n",
+        ),
+        f(
+            "scenarios",
+            "use crate::emu::abi::{net, self};\n// crate::emu::x::y\n",
+        ),
+        f(
+            "",
+            "pub mod scenarios;\nfn m() { scenarios::run(\"super::abi\"); }\n",
+        ),
+    ];
+    assert_eq!(emu_layer_violations(&clean, layers), Vec::<String>::new());
+    let planted = [
+        // a `use` tree naming a scenario from the abi layer
+        (
+            f("abi::net", "use crate::emu::{kernel, scenarios::{self}};\n"),
+            "scenarios",
+        ),
+        // a path in code, through super::super
+        (
+            f("abi::net", "fn f() { super::super::scenarios::step(); }\n"),
+            "scenarios",
+        ),
+        // the model calling the abi from a test module
+        (
+            f(
+                "kernel",
+                "#[cfg(test)]\nmod tests {\n    use super::super::abi::net;\n}\n",
+            ),
+            "abi::net",
+        ),
+        // a mod.rs naming its own parent's items
+        (
+            f("abi", "fn f() { crate::emu::scenarios::run(); }\n"),
+            "scenarios",
+        ),
+        // the top of the crate imported from below
+        (f("scenarios", "use super::ChildArgs;\n"), ""),
+    ];
+    for (file, what) in planted {
+        let mut files = clean.to_vec();
+        files.retain(|(m, _)| *m != file.0);
+        files.push(file.clone());
+        let bad = emu_layer_violations(&files, layers);
+        assert!(
+            bad.len() == 1 && bad[0].contains(&format!("imports emu::{what}, ")),
+            "{:?} gave {bad:?}",
+            file.1
+        );
+    }
+    let unplaced = [f("stray", "use super::kernel;\n")];
+    let bad = emu_layer_violations(&unplaced, layers);
+    assert!(
+        bad.len() == 1 && bad[0].contains("not in EMU_LAYERS"),
+        "{bad:?}"
+    );
+}
+
+/// The graph, for ARCHITECTURE.md and reviews:
+/// `cargo test -p prx-tests --test tidy emu_import_graph -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints vm::emu's import graph"]
+fn emu_import_graph() {
+    let files = emu_files();
+    let modules: Vec<String> = files.iter().map(|(m, _)| m.clone()).collect();
+    for (me, code) in &files {
+        let deps: Vec<String> = emu_imports(me, code, &modules).into_iter().collect();
+        let me = if me.is_empty() { "emu" } else { me };
+        println!("{me} -> {}", deps.join(", "));
+    }
+}

@@ -509,10 +509,10 @@ fn step_detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
 
 /// A counter of the IP filter's statistics as the scenario read them back
 /// through its kern_control (step `ip control: statistics`: `name value`
-/// items, named by `vm::emu::stat_names`).
+/// items, named by `vm::emu::scenarios::stat_names`).
 fn ip_stat(r: &ScenarioReport, id: u32) -> Option<u64> {
     let d = step_detail(r, "ip control: statistics");
-    let name = vm::emu::stat_names::name(id);
+    let name = vm::emu::scenarios::stat_names::name(id);
     d.split("; ").find_map(|kv| {
         let v = kv.strip_prefix(name.as_str())?.strip_prefix(' ')?;
         v.parse().ok()

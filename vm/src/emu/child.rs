@@ -11,14 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Exit status of a child whose scenario ran to the end (pass or fail is in the events).
-pub const EXIT_DONE: i32 = 0;
-/// Exit status after a fatal signal in the child.
-pub const EXIT_FAULT: i32 = 86;
-/// Exit status after the kext called `panic()`.
-pub const EXIT_PANIC: i32 = 87;
-/// Exit status when the scenario could not be set up (bad arguments, unreadable kext).
-pub const EXIT_SETUP: i32 = 88;
+pub use super::events::{EXIT_DONE, EXIT_FAULT, EXIT_PANIC, EXIT_SETUP};
 
 static STACK_LO: AtomicU64 = AtomicU64::new(0);
 static STACK_HI: AtomicU64 = AtomicU64::new(0);

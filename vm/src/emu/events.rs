@@ -9,7 +9,36 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::kernel::Violation;
+/// The child's exit statuses, the other half of its protocol with the runner.
+///
+/// Exit status of a child whose scenario ran to the end (pass or fail is in the events).
+pub const EXIT_DONE: i32 = 0;
+/// Exit status after a fatal signal in the child.
+pub const EXIT_FAULT: i32 = 86;
+/// Exit status after the kext called `panic()`.
+pub const EXIT_PANIC: i32 = 87;
+/// Exit status when the scenario could not be set up (bad arguments, unreadable kext).
+pub const EXIT_SETUP: i32 = 88;
+
+/// Emits a step of the scenario and its outcome.
+pub fn step(what: impl Into<String>, ok: bool, detail: impl Into<String>) {
+    emit(&Event::Step {
+        what: what.into(),
+        ok,
+        detail: detail.into(),
+    });
+}
+
+/// A contract violation found by a ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Short stable identifier, e.g. `mbuf-double-free`.
+    pub rule: String,
+    /// The callback (or entry point) running when it happened, e.g. `ipf_output`.
+    pub during: String,
+    /// What happened, naming the object.
+    pub detail: String,
+}
 
 /// One event of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use std::thread::ThreadId;
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{self, Event};
+use super::events::{self, Event, Violation};
 use super::fault::FaultPlan;
 
 /// What kind of object an opaque handle names. Handles are non-canonical
@@ -49,17 +49,6 @@ pub fn handle(kind: Kind, id: u64) -> u64 {
 pub fn unhandle(h: u64, kind: Kind) -> Option<u64> {
     (h & 0xFF00_0000_0000_0000 == HANDLE_TAG && (h >> 40) & 0xFF == kind as u64 && h & 0xF == 0)
         .then_some((h >> 4) & 0xF_FFFF_FFFF)
-}
-
-/// A contract violation found by a ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Violation {
-    /// Short stable identifier, e.g. `mbuf-double-free`.
-    pub rule: String,
-    /// The callback (or entry point) running when it happened, e.g. `ipf_output`.
-    pub during: String,
-    /// What happened, naming the object.
-    pub detail: String,
 }
 
 /// An allocation the kext owns.
@@ -149,6 +138,29 @@ static KERNEL: LazyLock<Mutex<Kernel>> = LazyLock::new(|| Mutex::new(Kernel::def
 thread_local! {
     /// This thread's callback/entry-point stack, innermost last.
     static CONTEXT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// This thread's log text not yet ended by a newline.
+    static PARTIAL: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Takes formatted text the kext logged (printf, IOLog); every complete line
+/// becomes a log event, the rest waits for its newline or [`flush_log`].
+pub fn log_text(s: &str) {
+    PARTIAL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.push_str(s);
+        while let Some(i) = p.find('\n') {
+            let line: String = p.drain(..=i).collect();
+            with(|k| k.log_line(line.trim_end_matches('\n')));
+        }
+    });
+}
+
+/// Emits a pending partial log line (text without a newline) as a line.
+pub fn flush_log() {
+    let rest = PARTIAL.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if !rest.is_empty() {
+        with(|k| k.log_line(&rest));
+    }
 }
 
 /// Runs `f` with the kernel state (one thread at a time). Never call into the

@@ -31,7 +31,7 @@ pub struct PktHdr {
     pub csum_data: u32,
     pub csum_performed: u32,
     /// (id, type, data) — data boxed so its address is stable.
-    pub tags: Vec<(u32, u16, Box<[u8]>)>,
+    pub tags: Tags,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +64,9 @@ pub struct Mbufs {
 pub const QUARANTINE: usize = 1 << 16;
 
 use super::kernel::{self, Kernel, Kind};
+
+/// mbuf tags as the emulator keeps them: (module id, type, data).
+pub type Tags = Vec<(u32, u16, Box<[u8]>)>;
 
 /// Capacity of a plain mbuf's data area and of a cluster (as xnu's MLEN/MCLBYTES, roughly).
 pub const MLEN: usize = 224;

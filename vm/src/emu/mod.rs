@@ -3,50 +3,47 @@
 //! slice (pointer authentication included) when built for aarch64 and run under
 //! `qemu-aarch64 -cpu max`.
 //!
-//! - [`image`]: read the kext's Mach-O (universal or thin) — safe.
-//! - [`reloc`]: kxld's relocation rules as a pure function — safe.
-//! - [`loader`]: map, relocate, bind through jump stubs, call kmod start/stop — unsafe.
-//! - [`abi`]: the host implementations of the KPIs and the calls into the kext's
-//!   callbacks — unsafe (the trampoline layer).
-//! - [`kernel`], [`mbuf`], [`sflt`], [`ipf`], [`ctl`]: the emulated kernel's state
-//!   and ledgers — safe.
-//! - [`scenario`], [`traffic`]: what a run does, inside the child process.
-//! - [`child`], [`runner`]: one child process per scenario, with a time limit;
-//!   fatal signals are reported with the faulting address mapped to a kext symbol.
-//! - [`fault`]: the seedable fault-injection plan.
-//! - [`arch`]: the host-specific part — x86_64, or aarch64 under
-//!   `qemu-aarch64 -cpu max` running the arm64e slice with pointer authentication
-//!   (chained fixups, PAC signing, authenticated calls, signal contexts).
+//! Layers, bottom to top; a module imports only from its own layer or the
+//! layers below (checked by the tidy test `emu_layers_import_only_downwards`;
+//! ARCHITECTURE.md says why):
+//!
+//! 1. image — [`image`]: read the kext's Mach-O (universal or thin), safe;
+//!    [`reloc`]: kxld's relocation rules as a pure function, safe; [`arch`]: the
+//!    host-specific part — x86_64, or aarch64 under `qemu-aarch64 -cpu max`
+//!    running the arm64e slice with pointer authentication (chained fixups, PAC
+//!    signing, authenticated calls, signal contexts); [`loader`]: map, relocate,
+//!    bind through jump stubs, call kmod start/stop — unsafe.
+//! 2. kernel model — [`kernel`], [`mbuf`], [`sflt`], [`ipf`], [`ctl`],
+//!    [`packet`]: the emulated kernel's state and ledgers; [`events`]: the event
+//!    stream and the child's exit statuses; [`fault`]: the seedable
+//!    fault-injection plan; [`mt`]: preemption points — all safe.
+//! 3. [`abi`]: the host implementations of the KPIs and the calls into the
+//!    kext's callbacks — unsafe (the trampoline layer).
+//! 4. [`scenarios`]: what a run does, inside the child process.
+//! 5. process — [`child`], [`runner`] and this module: one child process per
+//!    scenario, with a time limit; fatal signals are reported with the faulting
+//!    address mapped to a kext symbol.
 
 pub mod abi;
 pub mod arch;
 pub mod child;
 pub mod ctl;
-pub mod ctl_bridge;
 pub mod events;
 pub mod fault;
 pub mod image;
-pub mod ipctl;
 pub mod ipf;
 pub mod kernel;
 pub mod loader;
 pub mod mbuf;
 pub mod mt;
-pub mod nat_bridge;
-pub mod nat_icmp;
 pub mod packet;
 pub mod reloc;
 pub mod runner;
-pub mod scenario;
+pub mod scenarios;
 pub mod sflt;
-pub mod soak;
-pub mod sockets;
-pub mod stacks;
-pub mod stat_names;
-pub mod traffic;
 
 pub use runner::{RunOptions, Runner, ScenarioReport, junit, run};
-pub use scenario::SCENARIOS;
+pub use scenarios::SCENARIOS;
 
 use std::path::PathBuf;
 
@@ -130,16 +127,16 @@ pub fn child_main(args: &ChildArgs) -> i32 {
             return child::EXIT_SETUP;
         }
     };
-    ctl_bridge::set_path(args.ctl_bridge.clone());
-    let d = soak::args();
-    soak::set_args(soak::SoakArgs {
+    scenarios::ctl_bridge::set_path(args.ctl_bridge.clone());
+    let d = scenarios::soak::args();
+    scenarios::soak::set_args(scenarios::soak::SoakArgs {
         packets: args.soak.unwrap_or(d.packets),
         threads: args.threads.unwrap_or(d.threads),
     });
     if let Some(d) = args.serve_for {
-        ctl_bridge::set_serve_for(d);
+        scenarios::ctl_bridge::set_serve_for(d);
     }
-    match scenario::run(&args.scenario, &args.kexts, plan) {
+    match scenarios::run(&args.scenario, &args.kexts, plan) {
         Ok(_) => child::EXIT_DONE,
         Err(e) => {
             eprintln!("{e}");

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::child;
 use super::events::Event;
+use super::events::Violation;
 use super::image;
-use super::kernel::Violation;
 use super::loader;
 
 /// How to start a scenario process: `program args… --scenario S --kext K… [--faults F]`.

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::{invoke, put};
+use super::call::{invoke, put};
 use crate::emu::ctl::CtlReg;
 use crate::emu::fault::FaultPoint;
 use crate::emu::kernel::{self, Kind};

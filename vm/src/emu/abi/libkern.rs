@@ -2,10 +2,9 @@
 //! routines, `OSMalloc`/`_MALLOC`/`IOMalloc`, locks, atomics, time and process
 //! queries.
 
-use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
 
-use super::{c_string, put};
+use super::call::{c_string, put};
 use crate::emu::fault::FaultPoint;
 use crate::emu::kernel::{self, Kind};
 use crate::emu::mt;
@@ -24,10 +23,6 @@ unsafe extern "C" {
     ) -> c_int;
 }
 
-thread_local! {
-    static PARTIAL: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
 /// Receives formatted text from the C shims (printf, IOLog).
 #[unsafe(no_mangle)]
 pub extern "C" fn prx_emu_log_text(text: *const c_char, len: usize, _source: c_int) {
@@ -36,23 +31,7 @@ pub extern "C" fn prx_emu_log_text(text: *const c_char, len: usize, _source: c_i
     }
     // SAFETY: the shim passes its own stack buffer holding `len` formatted bytes.
     let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
-    let s = String::from_utf8_lossy(bytes);
-    PARTIAL.with(|p| {
-        let mut p = p.borrow_mut();
-        p.push_str(&s);
-        while let Some(i) = p.find('\n') {
-            let line: String = p.drain(..=i).collect();
-            kernel::with(|k| k.log_line(line.trim_end_matches('\n')));
-        }
-    });
-}
-
-/// Emits a pending partial log line (text without a newline) as a line.
-pub fn flush_log() {
-    let rest = PARTIAL.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    if !rest.is_empty() {
-        kernel::with(|k| k.log_line(&rest));
-    }
+    kernel::log_text(&String::from_utf8_lossy(bytes));
 }
 
 // ---- memory ----
@@ -464,7 +443,7 @@ extern "C" fn proc_name(pid: c_int, buf: *mut c_char, size: c_int) {
 extern "C" fn panic_(fmt: *const c_char) -> ! {
     // SAFETY: panic() takes a format string; only the format is shown.
     let msg = unsafe { c_string(fmt) }.unwrap_or_default();
-    flush_log();
+    kernel::flush_log();
     kernel::with(|k| {
         k.violation(
             "kernel-panic",
@@ -472,21 +451,21 @@ extern "C" fn panic_(fmt: *const c_char) -> ! {
         )
     });
     // A kernel panic ends the machine: end the scenario's process.
-    std::process::exit(crate::emu::child::EXIT_PANIC)
+    std::process::exit(crate::emu::events::EXIT_PANIC)
 }
 
 /// `__stack_chk_guard`: the canary value `-fstack-protector` code compares against.
 static STACK_CHK_GUARD: u64 = 0x00e1_f2d3_c4b5_a697;
 
 extern "C" fn stack_chk_fail() -> ! {
-    flush_log();
+    kernel::flush_log();
     kernel::with(|k| {
         k.violation(
             "stack-smashed",
             "__stack_chk_fail: the kext overwrote a stack canary (stack buffer overflow)",
         )
     });
-    std::process::exit(crate::emu::child::EXIT_PANIC)
+    std::process::exit(crate::emu::events::EXIT_PANIC)
 }
 
 macro_rules! sym {

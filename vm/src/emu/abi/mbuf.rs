@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-use super::{c_string, put};
+use super::call::{c_string, put};
 use crate::emu::fault::FaultPoint;
 use crate::emu::kernel::{self, Kernel};
 use crate::emu::mbuf::{LEADING, MBUF_PKTHDR, MCLBYTES, MLEN, Owner, handle_of};

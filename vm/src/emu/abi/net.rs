@@ -3,11 +3,11 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::{c_string, invoke, put};
+use super::call::{c_string, invoke, put};
 use crate::emu::fault::FaultPoint;
 use crate::emu::ipf::{Injected, IpfFilter, IpfReg, IpfState};
 use crate::emu::kernel::{self, Deferred, Kernel, Kind};
-use crate::emu::mbuf::{Owner, handle_of};
+use crate::emu::mbuf::{Owner, Tags, handle_of};
 use crate::emu::sflt::{RegState, Registration, SfltFilter};
 
 const EINVAL: c_int = 22;
@@ -255,7 +255,7 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
     } else {
         "sock_inject_data_in"
     };
-    let mut reenter: Option<(Vec<u8>, crate::emu::sockets::Tags)> = None;
+    let mut reenter: Option<(Vec<u8>, crate::emu::mbuf::Tags)> = None;
     let r = kernel::with(|k| {
         let Some(id) = k.mbuf_live(data, op) else {
             return EINVAL;
@@ -310,7 +310,7 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
         }
     });
     if let Some((bytes, tags)) = reenter {
-        return crate::emu::sockets::reenter_data_out(so, bytes, tags);
+        return reenter_data_out(so, bytes, tags);
     }
     r
 }
@@ -514,6 +514,26 @@ extern "C" fn ipf_inject_input(m: u64, r: u64) -> c_int {
 }
 
 // ---- calls into the kext ----
+
+/// Delivers all pending deferred kernel work; returns how many items ran.
+pub fn deliver_all() -> usize {
+    let mut n = 0;
+    loop {
+        let next = kernel::with(|k| {
+            k.deferred.pop_front().or_else(|| {
+                // Then late work, in time order (the clock jumps to it).
+                let i = (0..k.timed.len()).min_by_key(|&i| k.timed[i].0)?;
+                let (at, d) = k.timed.remove(i);
+                k.clock_ns = k.clock_ns.max(at);
+                Some(d)
+            })
+        });
+        let Some(d) = next else { break };
+        deliver(d);
+        n += 1;
+    }
+    n
+}
 
 /// Delivers one piece of deferred kernel work (a notification into the kext).
 pub fn deliver(d: Deferred) {
@@ -805,4 +825,101 @@ fn call_sf_notify_(f: u64, cookie: u64, so: u64, event: u32) {
         };
         cb(cookie, so, event, std::ptr::null_mut())
     });
+}
+
+// ---- the socket data path ----
+
+/// Runs injected bytes through the `data_out` of every filter attached to `so`
+/// (as xnu's `sosend` does for `sock_inject_data_out`), then queues what the
+/// filters let through for the wire.
+pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
+    let Some(sid) = kernel::unhandle(so, Kind::Socket) else {
+        return 22;
+    };
+    let attached = attached_filters(sid);
+    match data_through(so, &attached, bytes, &tags) {
+        Ok(b) => {
+            kernel::with(|k| {
+                if let Some(s) = k.sflt.sockets.get_mut(&sid) {
+                    s.injected_out.push(b);
+                }
+            });
+            0
+        }
+        Err(e) => e,
+    }
+}
+
+pub fn attached_filters(sid: u64) -> Vec<(u32, SfltFilter, u64)> {
+    kernel::with(|k| {
+        let pairs = k
+            .sflt
+            .sockets
+            .get(&sid)
+            .map(|s| s.attached.clone())
+            .unwrap_or_default();
+        pairs
+            .into_iter()
+            .filter_map(|(h, c)| k.sflt.regs.get(&h).map(|r| (h, r.filter, c)))
+            .collect()
+    })
+}
+
+/// Runs `bytes` through each filter's `sf_data_out`; Ok(bytes the stack sends) or the errno.
+pub fn data_through(
+    so: u64,
+    attached: &[(u32, SfltFilter, u64)],
+    mut bytes: Vec<u8>,
+    tags: &[(u32, u16, Box<[u8]>)],
+) -> Result<Vec<u8>, c_int> {
+    for (_h, f, cookie) in attached {
+        if f.data_out == 0 {
+            continue;
+        }
+        let id = kernel::with(|k| {
+            let id = k.mbuf_packet(&bytes);
+            if let Some(h) = k.mbuf_mut(id).pkthdr.as_mut() {
+                h.tags = tags.to_vec();
+            }
+            id
+        });
+        let Some((r, m)) = call_sf_data(f.data_out, "sf_data_out", *cookie, so, mbuf_handle(id))
+        else {
+            return Err(22);
+        };
+        match r {
+            0 => {
+                let mid =
+                    kernel::with(|k| k.mbuf_live(m, "the stack, after sf_data_out returned 0"));
+                let Some(mid) = mid else { return Err(22) };
+                bytes = kernel::with(|k| k.mbuf_bytes(mid));
+                kernel::with(|k| {
+                    k.mbuf_stack_free(mid);
+                    if mid != id {
+                        k.mbuf_stack_free(id);
+                    }
+                });
+            }
+            EJUSTRETURN => {
+                kernel::with(|k| {
+                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf)
+                        && matches!(k.mbufs.all.get(&mid).map(|x| &x.owner), Some(Owner::Stack))
+                    {
+                        k.mbuf_set_owner(
+                            mid,
+                            Owner::Kext {
+                                since: "EJUSTRETURN from sf_data_out".into(),
+                            },
+                        );
+                    }
+                });
+                return Err(EJUSTRETURN);
+            }
+            e => {
+                kernel::with(|k| k.mbuf_stack_free_returned(m, "sf_data_out"));
+                return Err(e);
+            }
+        }
+    }
+    Ok(bytes)
 }

@@ -1,5 +1,5 @@
 //! Multi-threaded scenarios and the soak: the kexts' callbacks delivered from
-//! several threads at once ([`super::mt`]), as xnu's CPUs deliver them.
+//! several threads at once ([`crate::emu::mt`]), as xnu's CPUs deliver them.
 //!
 //! - `mt-nat`: N threads (default 4) push TCP and UDP flows to 203.0.113.0/24
 //!   through `ipf_output`/`ipf_input` at once — SYN, the proxy's SYN-ACK, ACK,
@@ -13,7 +13,7 @@
 //!   while another sends data through `sf_data_out`, as xnu allows (it drops
 //!   the socket lock around both). Data may be refused until the header is out,
 //!   never pass before it; the header goes out exactly once; the cookie-race
-//!   check ([`super::sflt::CookieWatch`]) sees a common lock.
+//!   check ([`crate::emu::sflt::CookieWatch`]) sees a common lock.
 //! - `soak`: both kexts, many flows (the IP filter's NAT table fills, wraps and
 //!   expires as the emulated clock is advanced), socket connections through
 //!   the socket filter, several threads, the run's fault plan; ends with one
@@ -26,17 +26,17 @@ use std::ffi::c_int;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::abi::mbuf::REQ_IP;
-use super::abi::{ctl, net};
-use super::kernel;
-use super::mt;
-use super::scenario::step;
-use super::sflt::RegState;
-use super::sockets::{
-    self, CONTROL_NAME, PROXY_PID, attached_filters, endpoint, header, rule, rules_msg,
-};
+use super::ctlmsg::{CONTROL_NAME, endpoint, header, rule, rules_msg};
+use super::sockets::PROXY_PID;
 use super::stat_names;
 use super::traffic::{Wire, ip_path};
+use crate::emu::abi::mbuf::REQ_IP;
+use crate::emu::abi::net::{attached_filters, data_through};
+use crate::emu::abi::{ctl, net};
+use crate::emu::events::step;
+use crate::emu::kernel;
+use crate::emu::mt;
+use crate::emu::sflt::RegState;
 
 /// The IP filter's proxy in every `nat-*`/`mt-*` scenario (see [`super::ipctl`]).
 const PROXY4: [u8; 4] = [192, 0, 2, 1];
@@ -136,7 +136,7 @@ const FIN: u8 = 0x01;
 
 /// The flow's packets: (outbound, bytes).
 fn packets(f: &Flow) -> Vec<(bool, Vec<u8>)> {
-    use super::packet::tcp_v4;
+    use crate::emu::packet::tcp_v4;
     let out = |seq, ack, flags, data: &[u8]| {
         (
             true,
@@ -334,7 +334,7 @@ fn one_socket(t: usize, n: u64, racing_sender: bool, tally: &Tally) {
         // Send until the filter lets the data through or refuses it for good.
         let send = || -> Result<(), c_int> {
             for _ in 0..200 {
-                match sockets::data_through(so, &filters, b"hello".to_vec(), &[]) {
+                match data_through(so, &filters, b"hello".to_vec(), &[]) {
                     Err(57) => std::thread::yield_now(), // ENOTCONN: header not out yet
                     r => return r.map(|_| ()),
                 }
@@ -449,7 +449,7 @@ pub fn run(load: &Load) -> Tally {
                     }
                 }
                 // Late kernel work (ipf_detach, sf_unregistered) is delivered by the scenario.
-                super::abi::libkern::flush_log();
+                crate::emu::kernel::flush_log();
             });
         }
     });
@@ -614,7 +614,7 @@ pub fn mt_sockfilter(threads: usize) -> bool {
                 for n in 0..per_thread {
                     one_socket(t, n, true, tally);
                 }
-                super::abi::libkern::flush_log();
+                crate::emu::kernel::flush_log();
             });
         }
     });

@@ -18,7 +18,7 @@
 //! - kind 2, setopt: data is the option value; the answer is the kext's errno.
 //! - kind 3, getopt: data is the caller's whole in/out buffer (its length is
 //!   the buffer size the kext sees); the answer carries the `len` the kext
-//!   reported (never more than the buffer: see [`super::abi::ctl::getopt`]).
+//!   reported (never more than the buffer: see [`crate::emu::abi::ctl::getopt`]).
 //! - kind 4, command (tests, no control client needed): `open ADDR:PORT`
 //!   opens a TCP connection as the process (4242, "prx-emu-client") through
 //!   the socket filters (as the `sockfilter` scenario does) and keeps it open,
@@ -44,9 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::abi::ctl;
-use super::scenario::step;
 use super::sockets;
+use crate::emu::abi::ctl;
+use crate::emu::events::step;
 
 const CONNECT: u8 = 1;
 const SETOPT: u8 = 2;

@@ -17,15 +17,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use super::abi::libkern::flush_log;
-use super::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
-use super::abi::net::{self, EJUSTRETURN};
-use super::ipf::IpfState;
-use super::kernel::{self, Kind};
-use super::mbuf::Owner;
-use super::packet;
-use super::scenario::{deliver_all, step};
-use super::sflt::RegState;
+use crate::emu::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
+use crate::emu::abi::net::deliver_all;
+use crate::emu::abi::net::{self, EJUSTRETURN};
+use crate::emu::events::step;
+use crate::emu::ipf::IpfState;
+use crate::emu::kernel::flush_log;
+use crate::emu::kernel::{self, Kind};
+use crate::emu::mbuf::Owner;
+use crate::emu::packet;
+use crate::emu::sflt::RegState;
 
 /// Marks a chain the stack got back from a callback (or its replacement) as freed by the stack.
 fn stack_done(id: u64) {
@@ -66,7 +67,7 @@ pub(crate) struct Wire {
 /// A packet (pkthdr) holding `bytes` as a chain whose first mbuf holds `first`
 /// bytes, owned by the stack.
 fn mbuf_chain_packet(k: &mut kernel::Kernel, bytes: &[u8], first: usize) -> u64 {
-    use super::mbuf::{LEADING, MCLBYTES};
+    use crate::emu::mbuf::{LEADING, MCLBYTES};
     let first = first.min(bytes.len());
     let id = k.mbuf_new(LEADING + first.max(1), LEADING, true, Owner::Stack);
     {

@@ -30,9 +30,9 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::scenario::step;
 use super::stacks::{Counts, Host, Plan, report, shuttle, tcp_socket};
 use super::traffic::Wire;
+use crate::emu::events::step;
 
 /// Bytes the client sends (and expects back).
 pub const BYTES: usize = 256 << 10;

@@ -5,14 +5,14 @@
 //! without that control (the C test kexts) are driven as they are.
 //!
 //! The messages are written and read here with the independent encoders of
-//! [`super::sockets`], not with `common::net::control`.
+//! [`super::ctlmsg`], not with `common::net::control`.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::abi::ctl;
-use super::kernel;
-use super::scenario::step;
-use super::sockets::{endpoint, header, rule, rules_msg};
+use super::ctlmsg::{endpoint, header, rule, rules_msg};
+use crate::emu::abi::ctl;
+use crate::emu::events::step;
+use crate::emu::kernel;
 
 /// The control name the IP filter registers.
 pub const IP_CONTROL_NAME: &str = "net.prx.kext.IPFilter.control";
