@@ -19,6 +19,13 @@
 //! the emulator checks while real traffic flows. What it cannot: it is not macOS —
 //! no preemption, no concurrency, no real kernel memory layout, no code signing or
 //! kext approval; timing and the unmodelled parts of XNU are not exercised.
+//!
+//! `unsafe` lives only in `emu::abi` (the KPI trampolines, `unsafe extern "C"`
+//! wherever the kext passes a pointer), `emu::loader`, `emu::child` and
+//! `emu::arch`, every block with a `// SAFETY:` comment (denied below, and
+//! checked by tests/tests/tidy.rs).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod emu;

@@ -368,13 +368,13 @@ impl LoadedKext {
             self.contains_code(arch::strip(addr)) && !self.unloaded,
             "entry point outside the loaded kext's code"
         );
+        arch::set_current_call("kmod_info start/stop");
         // SAFETY: `addr` is inside the kext's executable segment (asserted), the
         // image is relocated and bound, and kmod entry points have this C
         // signature (the SysV ABI matches macOS x86_64 for these arguments; on
         // arm64e the call is `blraa` with the type's discriminator, as xnu's).
         // What the kext code does is its own: faults end the child process, which
         // is why scenarios run in one.
-        arch::set_current_call("kmod_info start/stop");
         let r = unsafe { arch::call_kmod_entry(addr, self.kmod_info) };
         arch::clear_current_call();
         r

@@ -26,7 +26,7 @@ fn d(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]))
 }
 
-extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_int {
+unsafe extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_int {
     if reg.is_null() || out.is_null() {
         kernel::with(|k| k.violation("ctl-null-argument", "ctl_register: NULL argument"));
         return EINVAL;
@@ -128,7 +128,7 @@ extern "C" fn ctl_deregister(h: u64) -> c_int {
     })
 }
 
-extern "C" fn ctl_enqueuedata(
+unsafe extern "C" fn ctl_enqueuedata(
     h: u64,
     unit: u32,
     data: *const c_void,
@@ -157,7 +157,7 @@ extern "C" fn ctl_enqueuedata(
     })
 }
 
-extern "C" fn ctl_getenqueuespace(h: u64, _unit: u32, space: *mut usize) -> c_int {
+unsafe extern "C" fn ctl_getenqueuespace(h: u64, _unit: u32, space: *mut usize) -> c_int {
     let ok = kernel::with(|k| reg_mut(k, h).is_some());
     if !ok {
         return EINVAL;
@@ -346,7 +346,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
     vec![
         sym!(
             "_ctl_register",
-            ctl_register as extern "C" fn(*mut [u8; REG_SIZE], *mut u64) -> c_int
+            ctl_register as unsafe extern "C" fn(*mut [u8; REG_SIZE], *mut u64) -> c_int
         ),
         sym!(
             "_ctl_deregister",
@@ -354,11 +354,11 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_ctl_enqueuedata",
-            ctl_enqueuedata as extern "C" fn(u64, u32, *const c_void, usize, u32) -> c_int
+            ctl_enqueuedata as unsafe extern "C" fn(u64, u32, *const c_void, usize, u32) -> c_int
         ),
         sym!(
             "_ctl_getenqueuespace",
-            ctl_getenqueuespace as extern "C" fn(u64, u32, *mut usize) -> c_int
+            ctl_getenqueuespace as unsafe extern "C" fn(u64, u32, *mut usize) -> c_int
         ),
     ]
 }

@@ -24,8 +24,12 @@ unsafe extern "C" {
 }
 
 /// Receives formatted text from the C shims (printf, IOLog).
+///
+/// # Safety
+/// `text` must be NULL or point to `len` readable bytes (the shims pass their
+/// own stack buffer).
 #[unsafe(no_mangle)]
-pub extern "C" fn prx_emu_log_text(text: *const c_char, len: usize, _source: c_int) {
+pub unsafe extern "C" fn prx_emu_log_text(text: *const c_char, len: usize, _source: c_int) {
     if text.is_null() {
         return;
     }
@@ -72,7 +76,7 @@ fn free(p: *mut c_void, size: Option<usize>, via: &'static str) {
     }
 }
 
-extern "C" fn os_malloc_tagalloc(name: *const c_char, _flags: u32) -> u64 {
+unsafe extern "C" fn os_malloc_tagalloc(name: *const c_char, _flags: u32) -> u64 {
     // SAFETY: OSMalloc_Tagalloc takes a NUL-terminated tag name.
     let name = unsafe { c_string(name) }.unwrap_or_default();
     kernel::with(|k| {
@@ -117,7 +121,7 @@ extern "C" fn os_malloc_noblock(size: u32, tag: u64) -> *mut c_void {
     alloc(size as usize, "OSMalloc_noblock", false)
 }
 
-extern "C" fn os_free(p: *mut c_void, size: u32, tag: u64) {
+unsafe extern "C" fn os_free(p: *mut c_void, size: u32, tag: u64) {
     check_tag(tag, "OSFree");
     free(p, Some(size as usize), "OSFree")
 }
@@ -129,7 +133,7 @@ extern "C" fn malloc_external(size: usize, _type: c_int, flags: c_int) -> *mut c
     alloc(size, "_MALLOC", flags & M_ZERO != 0)
 }
 
-extern "C" fn free_external(p: *mut c_void, _type: c_int) {
+unsafe extern "C" fn free_external(p: *mut c_void, _type: c_int) {
     free(p, None, "_FREE")
 }
 
@@ -141,7 +145,7 @@ extern "C" fn io_malloc_zero(size: usize) -> *mut c_void {
     alloc(size, "IOMallocZero", true)
 }
 
-extern "C" fn io_free(p: *mut c_void, size: usize) {
+unsafe extern "C" fn io_free(p: *mut c_void, size: usize) {
     free(p, Some(size), "IOFree")
 }
 
@@ -154,7 +158,7 @@ extern "C" fn lck_grp_attr_free(a: u64) {
     kernel::with(|k| k.lock_free(a, Kind::LockGroupAttr, "lck_grp_attr_free"))
 }
 extern "C" fn lck_nop(_a: u64) {}
-extern "C" fn lck_grp_alloc_init(_name: *const c_char, _attr: u64) -> u64 {
+unsafe extern "C" fn lck_grp_alloc_init(_name: *const c_char, _attr: u64) -> u64 {
     kernel::with(|k| k.new_lock(Kind::LockGroup))
 }
 extern "C" fn lck_grp_free(g: u64) {
@@ -285,18 +289,18 @@ extern "C" fn lck_spin_free(l: u64, grp: u64) {
 
 // ---- atomics (real atomic read-modify-write: callbacks may run on several threads) ----
 
-extern "C" fn os_add_atomic(amount: i32, addr: *mut i32) -> i32 {
+unsafe extern "C" fn os_add_atomic(amount: i32, addr: *mut i32) -> i32 {
     // SAFETY: OSAddAtomic's contract: `addr` points to a 4-byte aligned SInt32
     // that is only accessed atomically while shared.
     let a = unsafe { std::sync::atomic::AtomicI32::from_ptr(addr) };
     a.fetch_add(amount, std::sync::atomic::Ordering::SeqCst)
 }
-extern "C" fn os_add_atomic64(amount: i64, addr: *mut i64) -> i64 {
+unsafe extern "C" fn os_add_atomic64(amount: i64, addr: *mut i64) -> i64 {
     // SAFETY: OSAddAtomic64's contract: `addr` points to an 8-byte aligned SInt64.
     let a = unsafe { std::sync::atomic::AtomicI64::from_ptr(addr) };
     a.fetch_add(amount, std::sync::atomic::Ordering::SeqCst)
 }
-extern "C" fn os_compare_and_swap(old: u32, new: u32, addr: *mut u32) -> u8 {
+unsafe extern "C" fn os_compare_and_swap(old: u32, new: u32, addr: *mut u32) -> u8 {
     // SAFETY: OSCompareAndSwap's contract: `addr` points to an aligned UInt32.
     let a = unsafe { std::sync::atomic::AtomicU32::from_ptr(addr) };
     u8::from(
@@ -309,7 +313,7 @@ extern "C" fn os_compare_and_swap(old: u32, new: u32, addr: *mut u32) -> u8 {
         .is_ok(),
     )
 }
-extern "C" fn os_compare_and_swap64(old: u64, new: u64, addr: *mut u64) -> u8 {
+unsafe extern "C" fn os_compare_and_swap64(old: u64, new: u64, addr: *mut u64) -> u8 {
     // SAFETY: as above, for an aligned UInt64.
     let a = unsafe { std::sync::atomic::AtomicU64::from_ptr(addr) };
     u8::from(
@@ -361,7 +365,7 @@ fn tick() -> u64 {
     now
 }
 
-extern "C" fn microuptime(tv: *mut Timeval) {
+unsafe extern "C" fn microuptime(tv: *mut Timeval) {
     let ns = tick();
     // SAFETY: microuptime writes a `struct timeval` (macOS: 8-byte sec, 4-byte usec).
     unsafe {
@@ -374,7 +378,7 @@ extern "C" fn microuptime(tv: *mut Timeval) {
         )
     }
 }
-extern "C" fn nanotime(ts: *mut Timespec) {
+unsafe extern "C" fn nanotime(ts: *mut Timespec) {
     let ns = tick();
     // SAFETY: nanotime writes a `struct timespec`.
     unsafe {
@@ -387,7 +391,7 @@ extern "C" fn nanotime(ts: *mut Timespec) {
         )
     }
 }
-extern "C" fn clock_get_uptime(out: *mut u64) {
+unsafe extern "C" fn clock_get_uptime(out: *mut u64) {
     let ns = tick();
     // SAFETY: clock_get_uptime writes a uint64_t (absolute time; 1 ns units here).
     unsafe { put(out, ns) }
@@ -395,7 +399,7 @@ extern "C" fn clock_get_uptime(out: *mut u64) {
 
 /// `read_random`: the emulated kernel's generator is a deterministic
 /// splitmix64 stream (runs are repeatable), not a cryptographic one.
-extern "C" fn read_random(buf: *mut c_void, n: u32) {
+unsafe extern "C" fn read_random(buf: *mut c_void, n: u32) {
     if buf.is_null() {
         return;
     }
@@ -421,7 +425,7 @@ pub const EMU_PROC_NAME: &str = "prx-emu-client";
 extern "C" fn proc_selfpid() -> c_int {
     kernel::with(|k| k.current_proc.as_ref().map(|p| p.0)).unwrap_or(EMU_PID)
 }
-extern "C" fn proc_name(pid: c_int, buf: *mut c_char, size: c_int) {
+unsafe extern "C" fn proc_name(pid: c_int, buf: *mut c_char, size: c_int) {
     if buf.is_null() || size <= 0 {
         return;
     }
@@ -440,7 +444,7 @@ extern "C" fn proc_name(pid: c_int, buf: *mut c_char, size: c_int) {
     }
 }
 
-extern "C" fn panic_(fmt: *const c_char) -> ! {
+unsafe extern "C" fn panic_(fmt: *const c_char) -> ! {
     // SAFETY: panic() takes a format string; only the format is shown.
     let msg = unsafe { c_string(fmt) }.unwrap_or_default();
     kernel::flush_log();
@@ -524,10 +528,13 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_bcopy",
-            bcopy as extern "C" fn(*const c_void, *mut c_void, usize)
+            bcopy as unsafe extern "C" fn(*const c_void, *mut c_void, usize)
         ),
-        sym!("_bzero", bzero as extern "C" fn(*mut c_void, usize)),
-        sym!("___bzero", bzero as extern "C" fn(*mut c_void, usize)),
+        sym!("_bzero", bzero as unsafe extern "C" fn(*mut c_void, usize)),
+        sym!(
+            "___bzero",
+            bzero as unsafe extern "C" fn(*mut c_void, usize)
+        ),
         sym!(
             "_strlen",
             libc::strlen as unsafe extern "C" fn(*const c_char) -> usize
@@ -550,7 +557,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_strlcpy",
-            strlcpy as extern "C" fn(*mut c_char, *const c_char, usize) -> usize
+            strlcpy as unsafe extern "C" fn(*mut c_char, *const c_char, usize) -> usize
         ),
         sym!(
             "_strchr",
@@ -558,7 +565,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_OSMalloc_Tagalloc",
-            os_malloc_tagalloc as extern "C" fn(*const c_char, u32) -> u64
+            os_malloc_tagalloc as unsafe extern "C" fn(*const c_char, u32) -> u64
         ),
         sym!("_OSMalloc_Tagfree", os_malloc_tagfree as extern "C" fn(u64)),
         sym!(
@@ -573,12 +580,18 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
             "_OSMalloc_nowait",
             os_malloc_noblock as extern "C" fn(u32, u64) -> *mut c_void
         ),
-        sym!("_OSFree", os_free as extern "C" fn(*mut c_void, u32, u64)),
+        sym!(
+            "_OSFree",
+            os_free as unsafe extern "C" fn(*mut c_void, u32, u64)
+        ),
         sym!(
             "__MALLOC",
             malloc_external as extern "C" fn(usize, c_int, c_int) -> *mut c_void
         ),
-        sym!("__FREE", free_external as extern "C" fn(*mut c_void, c_int)),
+        sym!(
+            "__FREE",
+            free_external as unsafe extern "C" fn(*mut c_void, c_int)
+        ),
         sym!(
             "_IOMalloc",
             io_malloc as extern "C" fn(usize) -> *mut c_void
@@ -587,7 +600,10 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
             "_IOMallocZero",
             io_malloc_zero as extern "C" fn(usize) -> *mut c_void
         ),
-        sym!("_IOFree", io_free as extern "C" fn(*mut c_void, usize)),
+        sym!(
+            "_IOFree",
+            io_free as unsafe extern "C" fn(*mut c_void, usize)
+        ),
         sym!(
             "_lck_grp_attr_alloc_init",
             lck_grp_attr_alloc_init as extern "C" fn() -> u64
@@ -600,7 +616,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_lck_grp_alloc_init",
-            lck_grp_alloc_init as extern "C" fn(*const c_char, u64) -> u64
+            lck_grp_alloc_init as unsafe extern "C" fn(*const c_char, u64) -> u64
         ),
         sym!("_lck_grp_free", lck_grp_free as extern "C" fn(u64)),
         sym!(
@@ -653,57 +669,63 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         sym!("_lck_spin_free", lck_spin_free as extern "C" fn(u64, u64)),
         sym!(
             "_OSAddAtomic",
-            os_add_atomic as extern "C" fn(i32, *mut i32) -> i32
+            os_add_atomic as unsafe extern "C" fn(i32, *mut i32) -> i32
         ),
         sym!(
             "_OSAddAtomic64",
-            os_add_atomic64 as extern "C" fn(i64, *mut i64) -> i64
+            os_add_atomic64 as unsafe extern "C" fn(i64, *mut i64) -> i64
         ),
         sym!(
             "_OSCompareAndSwap",
-            os_compare_and_swap as extern "C" fn(u32, u32, *mut u32) -> u8
+            os_compare_and_swap as unsafe extern "C" fn(u32, u32, *mut u32) -> u8
         ),
         sym!(
             "_OSCompareAndSwap64",
-            os_compare_and_swap64 as extern "C" fn(u64, u64, *mut u64) -> u8
+            os_compare_and_swap64 as unsafe extern "C" fn(u64, u64, *mut u64) -> u8
         ),
         sym!(
             "_OSCompareAndSwapPtr",
-            os_compare_and_swap64 as extern "C" fn(u64, u64, *mut u64) -> u8
+            os_compare_and_swap64 as unsafe extern "C" fn(u64, u64, *mut u64) -> u8
         ),
-        sym!("_microuptime", microuptime as extern "C" fn(*mut Timeval)),
-        sym!("_nanotime", nanotime as extern "C" fn(*mut Timespec)),
-        sym!("_nanouptime", nanotime as extern "C" fn(*mut Timespec)),
+        sym!(
+            "_microuptime",
+            microuptime as unsafe extern "C" fn(*mut Timeval)
+        ),
+        sym!("_nanotime", nanotime as unsafe extern "C" fn(*mut Timespec)),
+        sym!(
+            "_nanouptime",
+            nanotime as unsafe extern "C" fn(*mut Timespec)
+        ),
         sym!(
             "_clock_get_uptime",
-            clock_get_uptime as extern "C" fn(*mut u64)
+            clock_get_uptime as unsafe extern "C" fn(*mut u64)
         ),
         sym!(
             "_read_random",
-            read_random as extern "C" fn(*mut c_void, u32)
+            read_random as unsafe extern "C" fn(*mut c_void, u32)
         ),
         sym!("_proc_selfpid", proc_selfpid as extern "C" fn() -> c_int),
         sym!(
             "_proc_name",
-            proc_name as extern "C" fn(c_int, *mut c_char, c_int)
+            proc_name as unsafe extern "C" fn(c_int, *mut c_char, c_int)
         ),
-        sym!("_panic", panic_ as extern "C" fn(*const c_char) -> !),
+        sym!("_panic", panic_ as unsafe extern "C" fn(*const c_char) -> !),
         sym!("___stack_chk_fail", stack_chk_fail as extern "C" fn() -> !),
         ("___stack_chk_guard", &raw const STACK_CHK_GUARD as u64),
     ]
 }
 
-extern "C" fn bcopy(src: *const c_void, dst: *mut c_void, n: usize) {
+unsafe extern "C" fn bcopy(src: *const c_void, dst: *mut c_void, n: usize) {
     // SAFETY: bcopy's contract: both ranges valid for `n` bytes; may overlap.
     unsafe { libc::memmove(dst, src, n) };
 }
 
-extern "C" fn bzero(dst: *mut c_void, n: usize) {
+unsafe extern "C" fn bzero(dst: *mut c_void, n: usize) {
     // SAFETY: bzero's contract: `dst` valid for `n` bytes.
     unsafe { libc::memset(dst, 0, n) };
 }
 
-extern "C" fn strlcpy(dst: *mut c_char, src: *const c_char, size: usize) -> usize {
+unsafe extern "C" fn strlcpy(dst: *mut c_char, src: *const c_char, size: usize) -> usize {
     // SAFETY: strlcpy's contract: `src` NUL-terminated, `dst` holds `size` bytes.
     unsafe {
         let len = libc::strlen(src);

@@ -78,7 +78,7 @@ extern "C" fn mbuf_setlen(m: u64, len: usize) {
         }
     })
 }
-extern "C" fn mbuf_setdata(m: u64, data: *mut c_void, len: usize) -> c_int {
+unsafe extern "C" fn mbuf_setdata(m: u64, data: *mut c_void, len: usize) -> c_int {
     on(m, "mbuf_setdata", EINVAL, |k, id| {
         let mb = k.mbuf_mut(id);
         let start = mb.buf.as_ptr() as usize;
@@ -171,7 +171,10 @@ fn hdr_or<R>(
     })
 }
 
-fn alloc_one(how_hdr: bool, cap: usize, off: usize, via: &str, out: *mut u64) -> c_int {
+/// # Safety
+/// `out` must be NULL or valid for a write of a `u64` (the allocating KPIs'
+/// `mbuf_t *` out-parameter).
+unsafe fn alloc_one(how_hdr: bool, cap: usize, off: usize, via: &str, out: *mut u64) -> c_int {
     let r = kernel::with(|k| {
         if fail_alloc(k, via) {
             return None;
@@ -193,23 +196,27 @@ fn alloc_one(how_hdr: bool, cap: usize, off: usize, via: &str, out: *mut u64) ->
     }
 }
 
-extern "C" fn mbuf_get(_how: c_int, _ty: c_int, out: *mut u64) -> c_int {
-    alloc_one(false, MLEN, 0, "mbuf_get", out)
+unsafe extern "C" fn mbuf_get(_how: c_int, _ty: c_int, out: *mut u64) -> c_int {
+    // SAFETY: `out` is the KPI's `mbuf_t *` out-parameter, passed on.
+    unsafe { alloc_one(false, MLEN, 0, "mbuf_get", out) }
 }
-extern "C" fn mbuf_gethdr(_how: c_int, _ty: c_int, out: *mut u64) -> c_int {
-    alloc_one(true, MLEN, 0, "mbuf_gethdr", out)
+unsafe extern "C" fn mbuf_gethdr(_how: c_int, _ty: c_int, out: *mut u64) -> c_int {
+    // SAFETY: `out` is the KPI's `mbuf_t *` out-parameter, passed on.
+    unsafe { alloc_one(true, MLEN, 0, "mbuf_gethdr", out) }
 }
-extern "C" fn mbuf_getpacket(_how: c_int, out: *mut u64) -> c_int {
-    alloc_one(true, MCLBYTES, 0, "mbuf_getpacket", out)
+unsafe extern "C" fn mbuf_getpacket(_how: c_int, out: *mut u64) -> c_int {
+    // SAFETY: `out` is the KPI's `mbuf_t *` out-parameter, passed on.
+    unsafe { alloc_one(true, MCLBYTES, 0, "mbuf_getpacket", out) }
 }
-extern "C" fn mbuf_allocpacket(
+unsafe extern "C" fn mbuf_allocpacket(
     _how: c_int,
     len: usize,
     maxchunks: *mut u32,
     out: *mut u64,
 ) -> c_int {
     // One chunk of the whole size (a cluster when small): allowed by the KPI.
-    let r = alloc_one(true, len.max(MCLBYTES), 0, "mbuf_allocpacket", out);
+    // SAFETY: `out` is the KPI's `mbuf_t *` out-parameter, passed on.
+    let r = unsafe { alloc_one(true, len.max(MCLBYTES), 0, "mbuf_allocpacket", out) };
     if r == 0 {
         // SAFETY: optional in/out parameter.
         unsafe { put(maxchunks, 1) };
@@ -299,7 +306,7 @@ extern "C" fn mbuf_freem_list(m: u64) -> c_int {
     n
 }
 
-extern "C" fn mbuf_pullup(mp: *mut u64, len: usize) -> c_int {
+unsafe extern "C" fn mbuf_pullup(mp: *mut u64, len: usize) -> c_int {
     if mp.is_null() {
         kernel::with(|k| k.violation("mbuf-null", "mbuf_pullup: NULL mbuf_t *"));
         return EINVAL;
@@ -364,7 +371,7 @@ extern "C" fn mbuf_pullup(mp: *mut u64, len: usize) -> c_int {
     }
 }
 
-extern "C" fn mbuf_copydata(m: u64, off: usize, len: usize, out: *mut c_void) -> c_int {
+unsafe extern "C" fn mbuf_copydata(m: u64, off: usize, len: usize, out: *mut c_void) -> c_int {
     let bytes = on(m, "mbuf_copydata", None, |k, id| Some(k.mbuf_bytes(id)));
     let Some(bytes) = bytes else { return EINVAL };
     if off.checked_add(len).is_none_or(|end| end > bytes.len()) {
@@ -377,7 +384,7 @@ extern "C" fn mbuf_copydata(m: u64, off: usize, len: usize, out: *mut c_void) ->
     0
 }
 
-extern "C" fn mbuf_copyback(
+unsafe extern "C" fn mbuf_copyback(
     m: u64,
     off: usize,
     len: usize,
@@ -425,7 +432,7 @@ extern "C" fn mbuf_copyback(
     })
 }
 
-extern "C" fn mbuf_dup(src: u64, _how: c_int, out: *mut u64) -> c_int {
+unsafe extern "C" fn mbuf_dup(src: u64, _how: c_int, out: *mut u64) -> c_int {
     let r = on(src, "mbuf_dup", None, |k, id| {
         if fail_alloc(k, "mbuf_dup") {
             return None;
@@ -457,7 +464,7 @@ extern "C" fn mbuf_dup(src: u64, _how: c_int, out: *mut u64) -> c_int {
     }
 }
 
-extern "C" fn mbuf_prepend(mp: *mut u64, len: usize, _how: c_int) -> c_int {
+unsafe extern "C" fn mbuf_prepend(mp: *mut u64, len: usize, _how: c_int) -> c_int {
     if mp.is_null() {
         return EINVAL;
     }
@@ -587,7 +594,7 @@ pub const REQ_UDP: u32 = 0x0004;
 extern "C" fn mbuf_inbound_modified(m: u64) {
     hdr_or(m, "mbuf_inbound_modified", (), |h| h.csum_performed = 0)
 }
-extern "C" fn mbuf_get_csum_requested(m: u64, req: *mut u32, value: *mut u32) -> c_int {
+unsafe extern "C" fn mbuf_get_csum_requested(m: u64, req: *mut u32, value: *mut u32) -> c_int {
     let (r, v) = hdr_or(m, "mbuf_get_csum_requested", (0, 0), |h| {
         (h.csum_requested, h.csum_data)
     });
@@ -602,7 +609,7 @@ extern "C" fn mbuf_clear_csum_requested(m: u64) -> c_int {
     hdr_or(m, "mbuf_clear_csum_requested", (), |h| h.csum_requested = 0);
     0
 }
-extern "C" fn mbuf_get_csum_performed(m: u64, perf: *mut u32, value: *mut u32) -> c_int {
+unsafe extern "C" fn mbuf_get_csum_performed(m: u64, perf: *mut u32, value: *mut u32) -> c_int {
     let (p, v) = hdr_or(m, "mbuf_get_csum_performed", (0, 0), |h| {
         (h.csum_performed, h.csum_data)
     });
@@ -621,7 +628,7 @@ extern "C" fn mbuf_set_csum_performed(m: u64, perf: u32, value: u32) -> c_int {
     0
 }
 
-extern "C" fn mbuf_tag_id_find(name: *const c_char, id: *mut u32) -> c_int {
+unsafe extern "C" fn mbuf_tag_id_find(name: *const c_char, id: *mut u32) -> c_int {
     // SAFETY: a NUL-terminated string (the tag's module name).
     let Some(name) = (unsafe { c_string(name) }) else {
         return EINVAL;
@@ -639,7 +646,7 @@ extern "C" fn mbuf_tag_id_find(name: *const c_char, id: *mut u32) -> c_int {
     0
 }
 
-extern "C" fn mbuf_tag_allocate(
+unsafe extern "C" fn mbuf_tag_allocate(
     m: u64,
     id: u32,
     ty: u16,
@@ -666,7 +673,7 @@ extern "C" fn mbuf_tag_allocate(
     }
 }
 
-extern "C" fn mbuf_tag_find(
+unsafe extern "C" fn mbuf_tag_find(
     m: u64,
     id: u32,
     ty: u16,
@@ -724,7 +731,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         sym!("_mbuf_setlen", mbuf_setlen as extern "C" fn(u64, usize)),
         sym!(
             "_mbuf_setdata",
-            mbuf_setdata as extern "C" fn(u64, *mut c_void, usize) -> c_int
+            mbuf_setdata as unsafe extern "C" fn(u64, *mut c_void, usize) -> c_int
         ),
         sym!("_mbuf_next", mbuf_next as extern "C" fn(u64) -> u64),
         sym!(
@@ -756,19 +763,19 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_mbuf_get",
-            mbuf_get as extern "C" fn(c_int, c_int, *mut u64) -> c_int
+            mbuf_get as unsafe extern "C" fn(c_int, c_int, *mut u64) -> c_int
         ),
         sym!(
             "_mbuf_gethdr",
-            mbuf_gethdr as extern "C" fn(c_int, c_int, *mut u64) -> c_int
+            mbuf_gethdr as unsafe extern "C" fn(c_int, c_int, *mut u64) -> c_int
         ),
         sym!(
             "_mbuf_getpacket",
-            mbuf_getpacket as extern "C" fn(c_int, *mut u64) -> c_int
+            mbuf_getpacket as unsafe extern "C" fn(c_int, *mut u64) -> c_int
         ),
         sym!(
             "_mbuf_allocpacket",
-            mbuf_allocpacket as extern "C" fn(c_int, usize, *mut u32, *mut u64) -> c_int
+            mbuf_allocpacket as unsafe extern "C" fn(c_int, usize, *mut u32, *mut u64) -> c_int
         ),
         sym!("_mbuf_free", mbuf_free as extern "C" fn(u64) -> u64),
         sym!("_mbuf_freem", mbuf_freem as extern "C" fn(u64)),
@@ -778,23 +785,23 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_mbuf_pullup",
-            mbuf_pullup as extern "C" fn(*mut u64, usize) -> c_int
+            mbuf_pullup as unsafe extern "C" fn(*mut u64, usize) -> c_int
         ),
         sym!(
             "_mbuf_copydata",
-            mbuf_copydata as extern "C" fn(u64, usize, usize, *mut c_void) -> c_int
+            mbuf_copydata as unsafe extern "C" fn(u64, usize, usize, *mut c_void) -> c_int
         ),
         sym!(
             "_mbuf_copyback",
-            mbuf_copyback as extern "C" fn(u64, usize, usize, *const c_void, c_int) -> c_int
+            mbuf_copyback as unsafe extern "C" fn(u64, usize, usize, *const c_void, c_int) -> c_int
         ),
         sym!(
             "_mbuf_dup",
-            mbuf_dup as extern "C" fn(u64, c_int, *mut u64) -> c_int
+            mbuf_dup as unsafe extern "C" fn(u64, c_int, *mut u64) -> c_int
         ),
         sym!(
             "_mbuf_prepend",
-            mbuf_prepend as extern "C" fn(*mut u64, usize, c_int) -> c_int
+            mbuf_prepend as unsafe extern "C" fn(*mut u64, usize, c_int) -> c_int
         ),
         sym!("_mbuf_adj", mbuf_adj as extern "C" fn(u64, c_int)),
         sym!(
@@ -807,7 +814,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_mbuf_get_csum_requested",
-            mbuf_get_csum_requested as extern "C" fn(u64, *mut u32, *mut u32) -> c_int
+            mbuf_get_csum_requested as unsafe extern "C" fn(u64, *mut u32, *mut u32) -> c_int
         ),
         sym!(
             "_mbuf_clear_csum_requested",
@@ -815,7 +822,7 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_mbuf_get_csum_performed",
-            mbuf_get_csum_performed as extern "C" fn(u64, *mut u32, *mut u32) -> c_int
+            mbuf_get_csum_performed as unsafe extern "C" fn(u64, *mut u32, *mut u32) -> c_int
         ),
         sym!(
             "_mbuf_set_csum_performed",
@@ -823,16 +830,17 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_mbuf_tag_id_find",
-            mbuf_tag_id_find as extern "C" fn(*const c_char, *mut u32) -> c_int
+            mbuf_tag_id_find as unsafe extern "C" fn(*const c_char, *mut u32) -> c_int
         ),
         sym!(
             "_mbuf_tag_allocate",
             mbuf_tag_allocate
-                as extern "C" fn(u64, u32, u16, usize, c_int, *mut *mut c_void) -> c_int
+                as unsafe extern "C" fn(u64, u32, u16, usize, c_int, *mut *mut c_void) -> c_int
         ),
         sym!(
             "_mbuf_tag_find",
-            mbuf_tag_find as extern "C" fn(u64, u32, u16, *mut usize, *mut *mut c_void) -> c_int
+            mbuf_tag_find
+                as unsafe extern "C" fn(u64, u32, u16, *mut usize, *mut *mut c_void) -> c_int
         ),
         sym!(
             "_mbuf_tag_free",

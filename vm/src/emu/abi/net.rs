@@ -31,7 +31,7 @@ fn check_code(k: &mut Kernel, what: &str, callbacks: &[(&str, u64)]) -> bool {
 
 // ---- socket filters ----
 
-extern "C" fn sflt_register(
+unsafe extern "C" fn sflt_register(
     filter: *const [u8; SfltFilter::SIZE],
     domain: c_int,
     ty: c_int,
@@ -211,7 +211,9 @@ fn socket<R>(
     })
 }
 
-fn copy_sockaddr(a: Option<std::net::SocketAddr>, out: *mut u8, len: c_int) -> c_int {
+/// # Safety
+/// `out` must be valid for writes of `len` bytes (sock_getpeername/getsockname).
+unsafe fn copy_sockaddr(a: Option<std::net::SocketAddr>, out: *mut u8, len: c_int) -> c_int {
     let Some(a) = a else {
         return 57; /* ENOTCONN */
     };
@@ -222,15 +224,17 @@ fn copy_sockaddr(a: Option<std::net::SocketAddr>, out: *mut u8, len: c_int) -> c
     0
 }
 
-extern "C" fn sock_getpeername(so: u64, out: *mut u8, len: c_int) -> c_int {
+unsafe extern "C" fn sock_getpeername(so: u64, out: *mut u8, len: c_int) -> c_int {
     let a = socket(so, "sock_getpeername", None, |s| s.peer);
-    copy_sockaddr(a, out, len)
+    // SAFETY: the KPI's `out` holds `len` bytes, passed on.
+    unsafe { copy_sockaddr(a, out, len) }
 }
-extern "C" fn sock_getsockname(so: u64, out: *mut u8, len: c_int) -> c_int {
+unsafe extern "C" fn sock_getsockname(so: u64, out: *mut u8, len: c_int) -> c_int {
     let a = socket(so, "sock_getsockname", None, |s| s.local);
-    copy_sockaddr(a, out, len)
+    // SAFETY: the KPI's `out` holds `len` bytes, passed on.
+    unsafe { copy_sockaddr(a, out, len) }
 }
-extern "C" fn sock_gettype(
+unsafe extern "C" fn sock_gettype(
     so: u64,
     domain: *mut c_int,
     ty: *mut c_int,
@@ -315,7 +319,7 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
     r
 }
 
-extern "C" fn sock_inject_data_out(
+unsafe extern "C" fn sock_inject_data_out(
     so: u64,
     _to: *const u8,
     data: u64,
@@ -324,7 +328,7 @@ extern "C" fn sock_inject_data_out(
 ) -> c_int {
     inject_sock(so, data, control, true)
 }
-extern "C" fn sock_inject_data_in(
+unsafe extern "C" fn sock_inject_data_in(
     so: u64,
     _from: *const u8,
     data: u64,
@@ -336,7 +340,10 @@ extern "C" fn sock_inject_data_in(
 
 // ---- IP filters ----
 
-fn ipf_add(filter: *const [u8; IpfFilter::SIZE], out: *mut u64, v6: bool) -> c_int {
+/// # Safety
+/// `filter` must be NULL or point to a readable `struct ipf_filter`, `out`
+/// NULL or valid for a write of an `ipfilter_t` (ipf_addv4/ipf_addv6).
+unsafe fn ipf_add(filter: *const [u8; IpfFilter::SIZE], out: *mut u64, v6: bool) -> c_int {
     let op = if v6 { "ipf_addv6" } else { "ipf_addv4" };
     if filter.is_null() || out.is_null() {
         kernel::with(|k| {
@@ -405,11 +412,13 @@ fn ipf_add(filter: *const [u8; IpfFilter::SIZE], out: *mut u64, v6: bool) -> c_i
     }
 }
 
-extern "C" fn ipf_addv4(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> c_int {
-    ipf_add(filter, out, false)
+unsafe extern "C" fn ipf_addv4(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> c_int {
+    // SAFETY: the KPI's own arguments, passed on.
+    unsafe { ipf_add(filter, out, false) }
 }
-extern "C" fn ipf_addv6(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> c_int {
-    ipf_add(filter, out, true)
+unsafe extern "C" fn ipf_addv6(filter: *const [u8; IpfFilter::SIZE], out: *mut u64) -> c_int {
+    // SAFETY: the KPI's own arguments, passed on.
+    unsafe { ipf_add(filter, out, true) }
 }
 
 /// As xnu (bsd/netinet/kpi_ipfilter.c): `ipf_detach` runs inside the call
@@ -506,7 +515,7 @@ fn ipf_inject(m: u64, r: u64, output: bool) -> c_int {
     })
 }
 
-extern "C" fn ipf_inject_output(m: u64, r: u64, _opts: *mut c_void) -> c_int {
+unsafe extern "C" fn ipf_inject_output(m: u64, r: u64, _opts: *mut c_void) -> c_int {
     ipf_inject(m, r, true)
 }
 extern "C" fn ipf_inject_input(m: u64, r: u64) -> c_int {
@@ -762,7 +771,12 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         sym!(
             "_sflt_register",
             sflt_register
-                as extern "C" fn(*const [u8; SfltFilter::SIZE], c_int, c_int, c_int) -> c_int
+                as unsafe extern "C" fn(
+                    *const [u8; SfltFilter::SIZE],
+                    c_int,
+                    c_int,
+                    c_int,
+                ) -> c_int
         ),
         sym!(
             "_sflt_unregister",
@@ -770,36 +784,36 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!(
             "_sock_getpeername",
-            sock_getpeername as extern "C" fn(u64, *mut u8, c_int) -> c_int
+            sock_getpeername as unsafe extern "C" fn(u64, *mut u8, c_int) -> c_int
         ),
         sym!(
             "_sock_getsockname",
-            sock_getsockname as extern "C" fn(u64, *mut u8, c_int) -> c_int
+            sock_getsockname as unsafe extern "C" fn(u64, *mut u8, c_int) -> c_int
         ),
         sym!(
             "_sock_gettype",
-            sock_gettype as extern "C" fn(u64, *mut c_int, *mut c_int, *mut c_int) -> c_int
+            sock_gettype as unsafe extern "C" fn(u64, *mut c_int, *mut c_int, *mut c_int) -> c_int
         ),
         sym!(
             "_sock_inject_data_out",
-            sock_inject_data_out as extern "C" fn(u64, *const u8, u64, u64, u32) -> c_int
+            sock_inject_data_out as unsafe extern "C" fn(u64, *const u8, u64, u64, u32) -> c_int
         ),
         sym!(
             "_sock_inject_data_in",
-            sock_inject_data_in as extern "C" fn(u64, *const u8, u64, u64, u32) -> c_int
+            sock_inject_data_in as unsafe extern "C" fn(u64, *const u8, u64, u64, u32) -> c_int
         ),
         sym!(
             "_ipf_addv4",
-            ipf_addv4 as extern "C" fn(*const [u8; IpfFilter::SIZE], *mut u64) -> c_int
+            ipf_addv4 as unsafe extern "C" fn(*const [u8; IpfFilter::SIZE], *mut u64) -> c_int
         ),
         sym!(
             "_ipf_addv6",
-            ipf_addv6 as extern "C" fn(*const [u8; IpfFilter::SIZE], *mut u64) -> c_int
+            ipf_addv6 as unsafe extern "C" fn(*const [u8; IpfFilter::SIZE], *mut u64) -> c_int
         ),
         sym!("_ipf_remove", ipf_remove as extern "C" fn(u64) -> c_int),
         sym!(
             "_ipf_inject_output",
-            ipf_inject_output as extern "C" fn(u64, u64, *mut c_void) -> c_int
+            ipf_inject_output as unsafe extern "C" fn(u64, u64, *mut c_void) -> c_int
         ),
         sym!(
             "_ipf_inject_input",

@@ -45,45 +45,14 @@ fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(131) ^ (i >> 11)) as u8 ^ 0x3c
 }
 
-/// A TCP connection from `local` (bound first) to `to`.
+/// A TCP connection from `local` (bound first, `SO_REUSEADDR`) to `to`.
 fn connect_from(local: SocketAddrV4, to: SocketAddrV4) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let sa = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket/setsockopt/bind/connect on a descriptor this function
-    // owns, with pointers to live locals of the sizes given; the descriptor
-    // is closed on every error path and otherwise handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let l = sa(local);
-        let r = sa(to);
-        if libc::bind(fd, (&raw const l).cast(), len) != 0
-            || libc::connect(fd, (&raw const r).cast(), len) != 0
-        {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        Ok(TcpStream::from_raw_fd(fd))
-    }
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::V4(local).into())?;
+    s.connect(&SocketAddr::V4(to).into())?;
+    Ok(s.into())
 }
 
 /// A free port on the client's loopback address.
