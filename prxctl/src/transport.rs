@@ -15,7 +15,7 @@ pub trait Transport {
     fn getopt(&mut self, opt: i32, buf: &mut [u8]) -> io::Result<usize>;
 }
 
-/// The emulator bridge's frame kinds (see `vm/src/emu/ctl_bridge.rs`).
+/// The emulator bridge's frame kinds (see `vm/src/emu/scenarios/ctl_bridge.rs`).
 pub mod frame {
     /// Connect to the control named by the data.
     pub const CONNECT: u8 = 1;

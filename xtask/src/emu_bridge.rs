@@ -1,7 +1,7 @@
 //! `cargo xtask emu-bridge`: one command to try `prxctl` on Linux. Builds the
 //! release kexts (as `cargo xtask build --release`), loads them in the KPI
 //! emulator and serves their kern_controls on a Unix socket (the `ctl-bridge`
-//! scenario, `vm/src/emu/ctl_bridge.rs`) until `quit` or Ctrl-C, printing the
+//! scenario, `vm/src/emu/scenarios/ctl_bridge.rs`) until `quit` or Ctrl-C, printing the
 //! `prxctl --emu …` line to use.
 
 use std::path::{Path, PathBuf};
