@@ -401,7 +401,15 @@ const EMU_LAYERS: &[&[&str]] = &[
     ],
     // the kernel model: one state whose methods are split by subject
     &[
-        "kernel", "mbuf", "sflt", "ipf", "ctl", "packet", "events", "fault", "mt",
+        "kernel",
+        "kernel::mbuf",
+        "kernel::sflt",
+        "kernel::ipf",
+        "kernel::ctl",
+        "kernel::packet",
+        "kernel::events",
+        "kernel::fault",
+        "kernel::mt",
     ],
     // abi: the C ABI trampolines over the model
     &["abi::call"],

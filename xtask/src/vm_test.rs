@@ -48,7 +48,7 @@ pub struct Args {
     /// 1 per 1,000 packets).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// Fault-injection plan, e.g. `alloc#1` or `pullup%200@7` (see vm::emu::fault).
+    /// Fault-injection plan, e.g. `alloc#1` or `pullup%200@7` (see vm::emu::kernel::fault).
     #[arg(long, value_name = "PLAN")]
     pub faults: Option<String>,
     /// emu: the slice to run — x86_64 (natively) or arm64e (the emulator cross-built

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use super::events::{EXIT_DONE, EXIT_FAULT, EXIT_PANIC, EXIT_SETUP};
+pub use super::kernel::events::{EXIT_DONE, EXIT_FAULT, EXIT_PANIC, EXIT_SETUP};
 
 static STACK_LO: AtomicU64 = AtomicU64::new(0);
 static STACK_HI: AtomicU64 = AtomicU64::new(0);
@@ -146,6 +146,6 @@ pub fn stream_events_to_stdout() {
     let fd = unsafe { libc::dup(1) };
     if fd >= 0 {
         // SAFETY: `fd` is a fresh descriptor owned by nothing else.
-        super::events::set_sink(unsafe { std::fs::File::from_raw_fd(fd) });
+        super::kernel::events::set_sink(unsafe { std::fs::File::from_raw_fd(fd) });
     }
 }

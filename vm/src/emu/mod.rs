@@ -13,10 +13,10 @@
 //!    running the arm64e slice with pointer authentication (chained fixups, PAC
 //!    signing, authenticated calls, signal contexts); [`loader`]: map, relocate,
 //!    bind through jump stubs, call kmod start/stop — unsafe.
-//! 2. kernel model — [`kernel`], [`mbuf`], [`sflt`], [`ipf`], [`ctl`],
-//!    [`packet`]: the emulated kernel's state and ledgers; [`events`]: the event
-//!    stream and the child's exit statuses; [`fault`]: the seedable
-//!    fault-injection plan; [`mt`]: preemption points — all safe.
+//! 2. kernel model — [`kernel`] and its modules `mbuf`, `sflt`, `ipf`, `ctl`,
+//!    `packet`: the emulated kernel's state and ledgers; `events`: the event
+//!    stream and the child's exit statuses; `fault`: the seedable
+//!    fault-injection plan; `mt`: preemption points — all safe.
 //! 3. [`abi`]: the host implementations of the KPIs and the calls into the
 //!    kext's callbacks — unsafe (the trampoline layer).
 //! 4. [`scenarios`]: what a run does, inside the child process.
@@ -27,20 +27,12 @@
 pub mod abi;
 pub mod arch;
 pub mod child;
-pub mod ctl;
-pub mod events;
-pub mod fault;
 pub mod image;
-pub mod ipf;
 pub mod kernel;
 pub mod loader;
-pub mod mbuf;
-pub mod mt;
-pub mod packet;
 pub mod reloc;
 pub mod runner;
 pub mod scenarios;
-pub mod sflt;
 
 pub use runner::{RunOptions, Runner, ScenarioReport, junit, run};
 pub use scenarios::SCENARIOS;
@@ -118,7 +110,7 @@ pub fn child_main(args: &ChildArgs) -> i32 {
     let plan = match args
         .faults
         .as_deref()
-        .map(fault::FaultPlan::parse)
+        .map(kernel::fault::FaultPlan::parse)
         .transpose()
     {
         Ok(p) => p.unwrap_or_default(),

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::child;
-use super::events::Event;
-use super::events::Violation;
 use super::image;
+use super::kernel::events::Event;
+use super::kernel::events::Violation;
 use super::loader;
 
 /// How to start a scenario process: `program args… --scenario S --kext K… [--faults F]`.
@@ -28,7 +28,7 @@ pub struct RunOptions {
     pub runner: Runner,
     pub kexts: Vec<PathBuf>,
     pub timeout: Duration,
-    /// A fault plan (see [`super::fault::FaultPlan::parse`]).
+    /// A fault plan (see [`super::kernel::fault::FaultPlan::parse`]).
     pub faults: Option<String>,
 }
 

@@ -50,10 +50,10 @@ pub(crate) fn invoke<R>(addr: u64, what: &str, call: impl FnOnce() -> R) -> Opti
     crate::emu::arch::set_current_call(what);
     // The CPU may be taken away just as the callback begins (multi-threaded
     // scenarios only), so callbacks of other threads overlap it.
-    crate::emu::mt::callback_begins();
-    crate::emu::mt::point();
+    crate::emu::kernel::mt::callback_begins();
+    crate::emu::kernel::mt::point();
     let r = call();
-    crate::emu::mt::callback_ends();
+    crate::emu::kernel::mt::callback_ends();
     crate::emu::arch::clear_current_call();
     kernel::flush_log();
     kernel::with(|k: &mut Kernel| {

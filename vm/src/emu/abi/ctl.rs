@@ -6,8 +6,8 @@
 use std::ffi::{c_int, c_void};
 
 use super::call::{invoke, put};
-use crate::emu::ctl::CtlReg;
-use crate::emu::fault::FaultPoint;
+use crate::emu::kernel::ctl::CtlReg;
+use crate::emu::kernel::fault::FaultPoint;
 use crate::emu::kernel::{self, Kind};
 
 const EINVAL: c_int = 22;

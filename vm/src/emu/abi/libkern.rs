@@ -5,9 +5,9 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::call::{c_string, put};
-use crate::emu::fault::FaultPoint;
+use crate::emu::kernel::fault::FaultPoint;
+use crate::emu::kernel::mt;
 use crate::emu::kernel::{self, Kind};
-use crate::emu::mt;
 
 unsafe extern "C" {
     fn prx_emu_printf(fmt: *const c_char, ...) -> c_int;
@@ -455,7 +455,7 @@ unsafe extern "C" fn panic_(fmt: *const c_char) -> ! {
         )
     });
     // A kernel panic ends the machine: end the scenario's process.
-    std::process::exit(crate::emu::events::EXIT_PANIC)
+    std::process::exit(crate::emu::kernel::events::EXIT_PANIC)
 }
 
 /// `__stack_chk_guard`: the canary value `-fstack-protector` code compares against.
@@ -469,7 +469,7 @@ extern "C" fn stack_chk_fail() -> ! {
             "__stack_chk_fail: the kext overwrote a stack canary (stack buffer overflow)",
         )
     });
-    std::process::exit(crate::emu::events::EXIT_PANIC)
+    std::process::exit(crate::emu::kernel::events::EXIT_PANIC)
 }
 
 macro_rules! sym {

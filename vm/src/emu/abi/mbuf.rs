@@ -1,12 +1,12 @@
-//! mbuf KPIs (com.apple.kpi.bsd, bsd/sys/kpi_mbuf.h) over [`crate::emu::mbuf`].
+//! mbuf KPIs (com.apple.kpi.bsd, bsd/sys/kpi_mbuf.h) over [`crate::emu::kernel::mbuf`].
 
 use std::ffi::{c_char, c_int, c_void};
 
 use super::call::{c_string, put};
-use crate::emu::fault::FaultPoint;
+use crate::emu::kernel::fault::FaultPoint;
+use crate::emu::kernel::mbuf::{LEADING, MBUF_PKTHDR, MCLBYTES, MLEN, Owner, handle_of};
+use crate::emu::kernel::packet;
 use crate::emu::kernel::{self, Kernel};
-use crate::emu::mbuf::{LEADING, MBUF_PKTHDR, MCLBYTES, MLEN, Owner, handle_of};
-use crate::emu::packet;
 
 const EINVAL: c_int = 22;
 const ENOMEM: c_int = 12;
@@ -151,7 +151,7 @@ fn hdr_or<R>(
     m: u64,
     op: &str,
     default: R,
-    f: impl FnOnce(&mut crate::emu::mbuf::PktHdr) -> R,
+    f: impl FnOnce(&mut crate::emu::kernel::mbuf::PktHdr) -> R,
 ) -> R {
     kernel::with(|k| {
         let Some(id) = k.mbuf_live(m, op) else {
@@ -444,7 +444,7 @@ unsafe extern "C" fn mbuf_dup(src: u64, _how: c_int, out: *mut u64) -> c_int {
         let m = k.mbuf_mut(nid);
         m.owner = owner;
         if let Some(h) = hdr {
-            m.pkthdr = Some(crate::emu::mbuf::PktHdr {
+            m.pkthdr = Some(crate::emu::kernel::mbuf::PktHdr {
                 len: bytes.len(),
                 ..h
             });

@@ -4,11 +4,11 @@
 use std::ffi::{c_int, c_void};
 
 use super::call::{c_string, invoke, put};
-use crate::emu::fault::FaultPoint;
-use crate::emu::ipf::{Injected, IpfFilter, IpfReg, IpfState};
+use crate::emu::kernel::fault::FaultPoint;
+use crate::emu::kernel::ipf::{Injected, IpfFilter, IpfReg, IpfState};
+use crate::emu::kernel::mbuf::{Owner, Tags, handle_of};
+use crate::emu::kernel::sflt::{RegState, Registration, SfltFilter};
 use crate::emu::kernel::{self, Deferred, Kernel, Kind};
-use crate::emu::mbuf::{Owner, Tags, handle_of};
-use crate::emu::sflt::{RegState, Registration, SfltFilter};
 
 const EINVAL: c_int = 22;
 const ENOENT: c_int = 2;
@@ -195,7 +195,7 @@ fn socket<R>(
     so: u64,
     op: &str,
     default: R,
-    f: impl FnOnce(&mut crate::emu::sflt::Socket) -> R,
+    f: impl FnOnce(&mut crate::emu::kernel::sflt::Socket) -> R,
 ) -> R {
     kernel::with(|k| {
         match kernel::unhandle(so, Kind::Socket).and_then(|id| k.sflt.sockets.get_mut(&id)) {
@@ -259,7 +259,7 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
     } else {
         "sock_inject_data_in"
     };
-    let mut reenter: Option<(Vec<u8>, crate::emu::mbuf::Tags)> = None;
+    let mut reenter: Option<(Vec<u8>, crate::emu::kernel::mbuf::Tags)> = None;
     let r = kernel::with(|k| {
         let Some(id) = k.mbuf_live(data, op) else {
             return EINVAL;
@@ -649,7 +649,7 @@ pub fn call_sf_connect_out(f: u64, cookie: u64, so: u64, to: &mut [u8]) -> Optio
 }
 
 /// Runs a cookie-receiving callback under the cookie-race check
-/// ([`crate::emu::sflt::CookieWatch`]).
+/// ([`crate::emu::kernel::sflt::CookieWatch`]).
 fn watched<R>(cookie: u64, what: &str, f: impl FnOnce() -> R) -> R {
     let run = kernel::with(|k| k.sflt.watch.enter(cookie, what));
     let r = f();
@@ -745,7 +745,7 @@ pub fn new_socket(domain: i32, ty: i32, protocol: i32) -> u64 {
         let id = k.new_id();
         k.sflt.sockets.insert(
             id,
-            crate::emu::sflt::Socket {
+            crate::emu::kernel::sflt::Socket {
                 domain,
                 ty,
                 protocol,

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use super::sockets;
 use crate::emu::abi::ctl;
-use crate::emu::events::step;
+use crate::emu::kernel::events::step;
 
 const CONNECT: u8 = 1;
 const SETOPT: u8 = 2;

@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::ctlmsg::{endpoint, header, rule, rules_msg};
 use crate::emu::abi::ctl;
-use crate::emu::events::step;
 use crate::emu::kernel;
+use crate::emu::kernel::events::step;
 
 /// The control name the IP filter registers.
 pub const IP_CONTROL_NAME: &str = "net.prx.kext.IPFilter.control";

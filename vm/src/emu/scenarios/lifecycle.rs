@@ -5,9 +5,9 @@ use std::path::Path;
 
 use crate::emu::abi;
 use crate::emu::abi::net::deliver_all;
-use crate::emu::events::{self, Event, step};
 use crate::emu::image;
 use crate::emu::kernel;
+use crate::emu::kernel::events::{self, Event, step};
 use crate::emu::loader::{self, LoadedKext};
 
 /// How many times the emulator calls a stop routine that returns busy (as a user
@@ -193,12 +193,12 @@ fn working(kext: &LoadedKext) -> std::collections::BTreeSet<String> {
         let mut set = std::collections::BTreeSet::new();
         for r in k.sflt.regs.values() {
             let addrs: Vec<u64> = r.filter.callbacks().iter().map(|&(_, a)| a).collect();
-            if r.state == crate::emu::sflt::RegState::Registered && owns(&addrs) {
+            if r.state == crate::emu::kernel::sflt::RegState::Registered && owns(&addrs) {
                 set.insert(format!("socket filter '{}'", r.name));
             }
         }
         for r in &k.ipf.regs {
-            if r.state == crate::emu::ipf::IpfState::Attached
+            if r.state == crate::emu::kernel::ipf::IpfState::Attached
                 && owns(&[r.filter.input, r.filter.output, r.filter.detach])
             {
                 set.insert(format!("IP filter '{}'", r.name));
@@ -231,7 +231,7 @@ fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
                     r.name,
                     r.filter.handle,
                     match r.state {
-                        crate::emu::sflt::RegState::Registered =>
+                        crate::emu::kernel::sflt::RegState::Registered =>
                             "still registered (sflt_unregister never called)",
                         _ => "unregistering: sf_unregistered has not been delivered yet",
                     }
@@ -244,7 +244,7 @@ fn check_nothing_registered(kext: &LoadedKext, label: &str, when: &str) {
                     "IP filter '{}' is {}",
                     r.name,
                     match r.state {
-                        crate::emu::ipf::IpfState::Attached =>
+                        crate::emu::kernel::ipf::IpfState::Attached =>
                             "still attached (ipf_remove never called)",
                         _ => "being removed: ipf_detach has not run yet",
                     }

@@ -11,9 +11,9 @@
 
 use std::path::PathBuf;
 
-use crate::emu::events::step;
-use crate::emu::fault::FaultPlan;
 use crate::emu::kernel;
+use crate::emu::kernel::events::step;
+use crate::emu::kernel::fault::FaultPlan;
 use lifecycle::{check_ledgers, load_and_start, stop_and_unload};
 
 pub mod ctl_bridge;
@@ -178,7 +178,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
             "sockfilter" => sockfilter::sockfilter(&mut loaded),
             "mt-nat" | "mt-sockfilter" | "soak" => {
                 let args = soak::args();
-                crate::emu::mt::enable(0x5052_5816);
+                crate::emu::kernel::mt::enable(0x5052_5816);
                 let r = match name {
                     "mt-nat" => soak::mt_nat(args.threads, ip_configured),
                     "mt-sockfilter" => soak::mt_sockfilter(args.threads),
@@ -188,7 +188,7 @@ pub fn run(name: &str, kexts: &[PathBuf], faults: FaultPlan) -> Result<bool, Str
                         good
                     }
                 };
-                crate::emu::mt::disable();
+                crate::emu::kernel::mt::disable();
                 r
             }
             "ctl-bridge" => ctl_bridge::ctl_bridge(),

@@ -32,7 +32,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::stacks::{Counts, Host, Plan, report, shuttle, tcp_socket};
 use super::traffic::Wire;
-use crate::emu::events::step;
+use crate::emu::kernel::events::step;
 
 /// Bytes the client sends (and expects back).
 pub const BYTES: usize = 256 << 10;

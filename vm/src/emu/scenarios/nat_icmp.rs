@@ -24,7 +24,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::stacks::{Host, Plan, defer_checksums, udp_socket};
 use super::traffic::{Wire, ip_path};
-use crate::emu::events::step;
+use crate::emu::kernel::events::step;
 use crate::emu::kernel::flush_log;
 
 const CLIENT_PORT: u16 = 5000;
@@ -142,7 +142,7 @@ fn proxy_in(proxy: &mut Host, wire: &mut Wire) -> Vec<Vec<u8>> {
 }
 
 fn is_icmp(p: &[u8]) -> bool {
-    crate::emu::packet::transport(p).is_some_and(|t| t.protocol == 1 || t.protocol == 58)
+    crate::emu::kernel::packet::transport(p).is_some_and(|t| t.protocol == 1 || t.protocol == 58)
 }
 
 /// The scenario; `v6` picks the family.

@@ -1,5 +1,5 @@
 //! Multi-threaded scenarios and the soak: the kexts' callbacks delivered from
-//! several threads at once ([`crate::emu::mt`]), as xnu's CPUs deliver them.
+//! several threads at once ([`crate::emu::kernel::mt`]), as xnu's CPUs deliver them.
 //!
 //! - `mt-nat`: N threads (default 4) push TCP and UDP flows to 203.0.113.0/24
 //!   through `ipf_output`/`ipf_input` at once — SYN, the proxy's SYN-ACK, ACK,
@@ -13,7 +13,7 @@
 //!   while another sends data through `sf_data_out`, as xnu allows (it drops
 //!   the socket lock around both). Data may be refused until the header is out,
 //!   never pass before it; the header goes out exactly once; the cookie-race
-//!   check ([`crate::emu::sflt::CookieWatch`]) sees a common lock.
+//!   check ([`crate::emu::kernel::sflt::CookieWatch`]) sees a common lock.
 //! - `soak`: both kexts, many flows (the IP filter's NAT table fills, wraps and
 //!   expires as the emulated clock is advanced), socket connections through
 //!   the socket filter, several threads, the run's fault plan; ends with one
@@ -33,10 +33,10 @@ use super::traffic::{Wire, ip_path};
 use crate::emu::abi::mbuf::REQ_IP;
 use crate::emu::abi::net::{attached_filters, data_through};
 use crate::emu::abi::{ctl, net};
-use crate::emu::events::step;
 use crate::emu::kernel;
-use crate::emu::mt;
-use crate::emu::sflt::RegState;
+use crate::emu::kernel::events::step;
+use crate::emu::kernel::mt;
+use crate::emu::kernel::sflt::RegState;
 
 /// The IP filter's proxy in every `nat-*`/`mt-*` scenario (see [`super::ipctl`]).
 const PROXY4: [u8; 4] = [192, 0, 2, 1];
@@ -136,7 +136,7 @@ const FIN: u8 = 0x01;
 
 /// The flow's packets: (outbound, bytes).
 fn packets(f: &Flow) -> Vec<(bool, Vec<u8>)> {
-    use crate::emu::packet::tcp_v4;
+    use crate::emu::kernel::packet::tcp_v4;
     let out = |seq, ack, flags, data: &[u8]| {
         (
             true,

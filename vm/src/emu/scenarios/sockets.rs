@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use crate::emu::abi::net;
 use crate::emu::abi::net::{attached_filters, data_through, deliver_all};
-use crate::emu::events::step;
+use crate::emu::kernel::events::step;
+use crate::emu::kernel::sflt::{RegState, SfltFilter};
 use crate::emu::kernel::{self, Kind};
-use crate::emu::sflt::{RegState, SfltFilter};
 
 /// An emulated TCP socket with its real counterpart.
 pub(super) struct Live {

@@ -23,8 +23,8 @@ use super::sockets::{
 };
 use crate::emu::abi::ctl;
 use crate::emu::abi::net::attached_filters;
-use crate::emu::events::step;
 use crate::emu::kernel;
+use crate::emu::kernel::events::step;
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -8,7 +8,7 @@
 //! host and are counted as escaped.
 //!
 //! Every packet that leaves the filters (onto the wire or up to the client's
-//! stack) is checked by etherparse (see [`crate::emu::packet::etherparse_verify`])
+//! stack) is checked by etherparse (see [`crate::emu::kernel::packet::etherparse_verify`])
 //! after the emulated NIC completed any checksum still left to it.
 //!
 //! Scenarios: `nat-tcp4`, `nat-tcp6` (handshake, 1 MiB each way, clean close),
@@ -24,7 +24,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address,
 
 use super::traffic::{Wire, ip_path};
 use crate::emu::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
-use crate::emu::events::step;
+use crate::emu::kernel::events::step;
 use crate::emu::kernel::flush_log;
 
 /// Bytes sent each way in the TCP scenarios.
@@ -169,7 +169,7 @@ pub struct Counts {
 }
 
 fn endpoints(p: &[u8]) -> Option<(IpAddress, u16, IpAddress, u16)> {
-    let t = crate::emu::packet::transport(p)?;
+    let t = crate::emu::kernel::packet::transport(p)?;
     let addr = |a: Vec<u8>| match a.len() {
         4 => IpAddress::v4(a[0], a[1], a[2], a[3]),
         _ => IpAddress::Ipv6(Ipv6Address::from(
@@ -186,7 +186,7 @@ fn endpoints(p: &[u8]) -> Option<(IpAddress, u16, IpAddress, u16)> {
 /// the NIC: IPv4 header checksum zero, the TCP/UDP field holding the
 /// pseudo-header seed. Returns the checksums requested of the NIC.
 pub(crate) fn defer_checksums(p: &mut [u8]) -> u32 {
-    let l4 = match crate::emu::packet::transport(p).map(|t| t.protocol) {
+    let l4 = match crate::emu::kernel::packet::transport(p).map(|t| t.protocol) {
         Some(6) => REQ_TCP,
         Some(17) => REQ_UDP,
         _ => 0,
@@ -198,7 +198,7 @@ pub(crate) fn defer_checksums(p: &mut [u8]) -> u32 {
         req |= REQ_IP;
     }
     if l4 != 0 {
-        crate::emu::packet::seed_l4(p);
+        crate::emu::kernel::packet::seed_l4(p);
     }
     req
 }
@@ -649,7 +649,7 @@ fn hostile_set() -> Vec<Hostile> {
     );
     let mut p = v4_udp(origin4, &[7; 64]);
     p[6] = 0x20; // MF, offset 0: the first fragment
-    crate::emu::packet::finalize_ip(&mut p);
+    crate::emu::kernel::packet::finalize_ip(&mut p);
     h(
         "IPv4 UDP first fragment to a redirected destination",
         p,
@@ -659,7 +659,7 @@ fn hostile_set() -> Vec<Hostile> {
     let mut p = v4_udp(origin4, &[7; 64]);
     p[6] = 0x00;
     p[7] = 0x09; // offset 72: a later fragment (no transport header)
-    crate::emu::packet::finalize_ip(&mut p);
+    crate::emu::kernel::packet::finalize_ip(&mut p);
     h(
         "IPv4 non-first fragment to a redirected destination",
         p,

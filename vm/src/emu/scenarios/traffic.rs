@@ -20,13 +20,13 @@ use std::time::Duration;
 use crate::emu::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
 use crate::emu::abi::net::deliver_all;
 use crate::emu::abi::net::{self, EJUSTRETURN};
-use crate::emu::events::step;
-use crate::emu::ipf::IpfState;
+use crate::emu::kernel::events::step;
 use crate::emu::kernel::flush_log;
+use crate::emu::kernel::ipf::IpfState;
+use crate::emu::kernel::mbuf::Owner;
+use crate::emu::kernel::packet;
+use crate::emu::kernel::sflt::RegState;
 use crate::emu::kernel::{self, Kind};
-use crate::emu::mbuf::Owner;
-use crate::emu::packet;
-use crate::emu::sflt::RegState;
 
 /// Marks a chain the stack got back from a callback (or its replacement) as freed by the stack.
 fn stack_done(id: u64) {
@@ -67,7 +67,7 @@ pub(crate) struct Wire {
 /// A packet (pkthdr) holding `bytes` as a chain whose first mbuf holds `first`
 /// bytes, owned by the stack.
 fn mbuf_chain_packet(k: &mut kernel::Kernel, bytes: &[u8], first: usize) -> u64 {
-    use crate::emu::mbuf::{LEADING, MCLBYTES};
+    use crate::emu::kernel::mbuf::{LEADING, MCLBYTES};
     let first = first.min(bytes.len());
     let id = k.mbuf_new(LEADING + first.max(1), LEADING, true, Owner::Stack);
     {
@@ -372,7 +372,7 @@ pub fn socket_connect() -> bool {
     let Some(dest) = dest else { return false };
     let so = net::new_socket(2, 1, 6);
     let sid = kernel::unhandle(so, Kind::Socket).unwrap_or(0);
-    let filters: Vec<(u32, crate::emu::sflt::SfltFilter)> = kernel::with(|k| {
+    let filters: Vec<(u32, crate::emu::kernel::sflt::SfltFilter)> = kernel::with(|k| {
         k.sflt
             .regs
             .values()
@@ -537,7 +537,11 @@ pub fn socket_connect() -> bool {
     finish_socket(so, &attached, received)
 }
 
-fn finish_socket(so: u64, attached: &[(u32, crate::emu::sflt::SfltFilter, u64)], ok: bool) -> bool {
+fn finish_socket(
+    so: u64,
+    attached: &[(u32, crate::emu::kernel::sflt::SfltFilter, u64)],
+    ok: bool,
+) -> bool {
     let sid = kernel::unhandle(so, Kind::Socket).unwrap_or(0);
     // Close: detach every filter still attached (sflt_unregister may have detached some already).
     let still: Vec<(u32, u64)> = kernel::with(|k| {
@@ -564,7 +568,7 @@ fn finish_socket(so: u64, attached: &[(u32, crate::emu::sflt::SfltFilter, u64)],
 /// carries on (None when a filter took or dropped it).
 fn data_through(
     so: u64,
-    attached: &[(u32, crate::emu::sflt::SfltFilter, u64)],
+    attached: &[(u32, crate::emu::kernel::sflt::SfltFilter, u64)],
     data: Vec<u8>,
     out: bool,
 ) -> Option<Vec<u8>> {

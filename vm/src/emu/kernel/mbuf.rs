@@ -63,7 +63,7 @@ pub struct Mbufs {
 /// How many freed/consumed mbufs keep their records and buffers.
 pub const QUARANTINE: usize = 1 << 16;
 
-use super::kernel::{self, Kernel, Kind};
+use super::{self as kernel, Kernel, Kind};
 
 /// mbuf tags as the emulator keeps them: (module id, type, data).
 pub type Tags = Vec<(u32, u16, Box<[u8]>)>;

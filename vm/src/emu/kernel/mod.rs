@@ -5,7 +5,7 @@
 //! pointers a kext passes are turned into these by [`super::abi`]. The state is
 //! one per process, behind a mutex, and is reached through [`with`]; it is never
 //! held while the kext runs, because the kext may call back into the KPIs from
-//! its callbacks, and in the multi-threaded scenarios ([`super::mt`]) several
+//! its callbacks, and in the multi-threaded scenarios ([`mt`]) several
 //! threads run the kext at once. The callback stack ([`push_context`]) is per
 //! thread; a lock the kext holds names its owning thread, so a lock taken by
 //! another thread blocks (as xnu's `lck_mtx`/`lck_rw` do) instead of counting
@@ -18,8 +18,17 @@ use std::thread::ThreadId;
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{self, Event, Violation};
-use super::fault::FaultPlan;
+use self::events::{Event, Violation};
+use self::fault::FaultPlan;
+
+pub mod ctl;
+pub mod events;
+pub mod fault;
+pub mod ipf;
+pub mod mbuf;
+pub mod mt;
+pub mod packet;
+pub mod sflt;
 
 /// What kind of object an opaque handle names. Handles are non-canonical
 /// addresses (`0xE…`), so a kext that dereferences one faults at once.
@@ -114,10 +123,10 @@ pub struct Kernel {
     pub locks: BTreeMap<u64, Lock>,
     pub next_id: u64,
     pub deferred: VecDeque<Deferred>,
-    pub mbufs: super::mbuf::Mbufs,
-    pub sflt: super::sflt::SocketFilters,
-    pub ipf: super::ipf::IpFilters,
-    pub ctl: super::ctl::Controls,
+    pub mbufs: self::mbuf::Mbufs,
+    pub sflt: self::sflt::SocketFilters,
+    pub ipf: self::ipf::IpFilters,
+    pub ctl: self::ctl::Controls,
     pub faults: FaultPlan,
     /// Code range of the loaded kext(s): `[start, end)` of executable segments, for callback checks.
     pub code: Vec<(u64, u64, String)>,
