@@ -454,9 +454,7 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
                 && t.contains("data intact: true"),
             "{t}"
         );
-        assert!(
-            step(&r, &format!("{name} close")).starts_with("client TIME-WAIT, proxy CLOSED")
-        );
+        assert!(step(&r, &format!("{name} close")).starts_with("client TIME-WAIT, proxy CLOSED"));
         let p = step(&r, &format!("{name} packets"));
         assert!(p.contains(", 0 rejected; 0 dropped"), "{p}");
         assert!(

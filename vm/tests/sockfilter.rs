@@ -199,7 +199,8 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
     );
     // A `block` rule refuses the connection at connect.
     assert!(
-        support::step(&r, "K: blocked").ends_with("Refused(61) (want refused with ECONNREFUSED, 61)"),
+        support::step(&r, "K: blocked")
+            .ends_with("Refused(61) (want refused with ECONNREFUSED, 61)"),
         "{}",
         support::step(&r, "K: blocked")
     );
@@ -214,7 +215,8 @@ fn a_socket_left_unfiltered_by_a_fault_is_counted_by_the_kext() {
         let r = run(Some(plan));
         assert!(r.passed, "{plan}: {}", r.render());
         assert!(
-            support::step(&r, &format!("{label}: redirect")).contains("Unfiltered under the fault plan"),
+            support::step(&r, &format!("{label}: redirect"))
+                .contains("Unfiltered under the fault plan"),
             "{plan}: {}",
             r.render()
         );
