@@ -412,6 +412,20 @@ fn prxd_serves_connections_redirected_by_the_socket_filter_in_the_emulator() {
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
 
+/// Through the emulated IP filter's control at `sock`: `protocol` traffic to
+/// 127.0.0.3:`port` goes to the proxy (the rest direct), filtering enabled.
+fn proxy_port_on_the_ip_filter(sock: &Path, protocol: &str, port: u16) {
+    let rules = prxctl::rules_file::parse(&format!(
+        "default = \"direct\"\n\
+         [[rule]]\nprotocol = \"{protocol}\"\ndst = \"127.0.0.3/32\"\nports = \"{port}\"\naction = \"proxy\"\n"
+    ))
+    .expect("rules");
+    let mut c =
+        EmuBridge::connect(sock, common::net::control::IP_CONTROL_NAME, 0).expect("control");
+    prxctl::load_rules(&mut c, &rules).expect("load rules");
+    prxctl::set_enabled(&mut c, true).expect("enable");
+}
+
 /// An origin that echoes everything back, closes after the client's
 /// half-close, and reports how many bytes it got.
 fn echo_origin(tx: mpsc::Sender<usize>) -> SocketAddr {
@@ -460,18 +474,7 @@ fn prxd_serves_the_ip_filters_nat_flows_in_the_emulator() {
     let origin = echo_origin(tx);
 
     // The IP filter sends TCP to the origin to its proxy, which prxd sets.
-    let rules = prxctl::rules_file::parse(&format!(
-        "default = \"direct\"\n\
-         [[rule]]\nprotocol = \"tcp\"\ndst = \"127.0.0.3/32\"\nports = \"{}\"\naction = \"proxy\"\n",
-        origin.port()
-    ))
-    .expect("rules");
-    {
-        let mut c =
-            EmuBridge::connect(&sock, common::net::control::IP_CONTROL_NAME, 0).expect("control");
-        prxctl::load_rules(&mut c, &rules).expect("load rules");
-        prxctl::set_enabled(&mut c, true).expect("enable");
-    }
+    proxy_port_on_the_ip_filter(&sock, "tcp", origin.port());
     let p = Prxd::run(&["--controls", "ip", "--emu", sock.to_str().unwrap()], &[]);
     assert!(
         p.log_text().contains(&format!(
@@ -622,18 +625,7 @@ fn udp_case(socks: Option<&Danted>) {
             let _ = origin_sock.send_to(&b[..k], from);
         }
     });
-    let rules = prxctl::rules_file::parse(&format!(
-        "default = \"direct\"\n\
-         [[rule]]\nprotocol = \"udp\"\ndst = \"127.0.0.3/32\"\nports = \"{}\"\naction = \"proxy\"\n",
-        origin.port()
-    ))
-    .expect("rules");
-    {
-        let mut c =
-            EmuBridge::connect(&sock, common::net::control::IP_CONTROL_NAME, 0).expect("control");
-        prxctl::load_rules(&mut c, &rules).expect("load rules");
-        prxctl::set_enabled(&mut c, true).expect("enable");
-    }
+    proxy_port_on_the_ip_filter(&sock, "udp", origin.port());
     let upstream = socks.map_or("direct".to_string(), |d| format!("socks5://{}", d.addr));
     let p = Prxd::run(
         &[

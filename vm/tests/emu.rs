@@ -3,94 +3,17 @@
 //! --release` builds them) run in the emulator, each scenario in a child
 //! process (`prx-emu child`). clang-19 missing makes these tests fail, not skip.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+mod support;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use kextld::link::link_buffers;
-use kextld::{Arch, MinOs};
-use vm::emu::{self, RunOptions, Runner, ScenarioReport};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
-        .path()
-}
+use support::{prx_bundles, rules, scratch, step};
+use vm::emu::ScenarioReport;
 
 /// Compiles `tests/fixtures/<name>.c` with clang-19 -mkernel and links it with kextld.
 fn c_kext(name: &str) -> PathBuf {
-    c_kext_variant(name, name, &[])
-}
-
-/// Like [`c_kext`], with extra compiler arguments (e.g. `-DBROKEN=2`), written as `out`.
-fn c_kext_variant(name: &str, out_name: &str, extra: &[&str]) -> PathBuf {
-    let src = fixtures().join(format!("{name}.c"));
-    let obj = scratch().join(format!("{out_name}.o"));
-    let out = Command::new("clang-19")
-        .args([
-            "-target",
-            "x86_64-apple-macos10.13",
-            "-mkernel",
-            "-fno-builtin",
-            "-O1",
-            "-Wall",
-            "-Werror",
-            "-c",
-        ])
-        .args(extra)
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run clang-19 ({e}): install Debian's clang-19 (.ci/run does)")
-        });
-    assert!(
-        out.status.success(),
-        "clang-19 {name}.c failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let linked = link_buffers(
-        Arch::X86_64,
-        MinOs {
-            major: 10,
-            minor: 13,
-        },
-        0,
-        &[(
-            obj.display().to_string(),
-            std::fs::read(&obj).expect("object"),
-        )],
-    )
-    .unwrap_or_else(|e| panic!("kextld cannot link {name}: {e}"));
-    let bin = scratch().join(out_name);
-    std::fs::write(&bin, &linked.bytes).expect("write kext");
-    bin
-}
-
-/// The prx release bundles, built once per test process by `cargo xtask build --release`'s code.
-fn prx_bundles() -> &'static [PathBuf] {
-    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let opts = xtask::build::BuildOptions {
-            release: true,
-            archs: vec![],
-            kexts: vec![],
-            target_dir: None,
-        };
-        let built = xtask::build::build(&root, &opts)
-            .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
-        built.into_iter().map(|b| b.path).collect()
-    })
+    support::c_kext(name, name, &[])
 }
 
 fn run_with(
@@ -99,26 +22,11 @@ fn run_with(
     faults: Option<&str>,
     timeout: Duration,
 ) -> ScenarioReport {
-    let opts = RunOptions {
-        runner: Runner {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_prx-emu")),
-            args: vec!["child".into()],
-        },
-        kexts: kexts.to_vec(),
-        timeout,
-        faults: faults.map(str::to_string),
-    };
-    let r = emu::run(&opts, scenario);
-    eprintln!("{}", r.render());
-    r
+    support::run(scenario, kexts, faults, &[], timeout)
 }
 
 fn run(scenario: &str, kexts: &[PathBuf]) -> ScenarioReport {
     run_with(scenario, kexts, None, Duration::from_secs(30))
-}
-
-fn rules(r: &ScenarioReport) -> Vec<&str> {
-    r.violations.iter().map(|v| v.rule.as_str()).collect()
 }
 
 #[test]
@@ -365,7 +273,7 @@ fn broken_ip_filters_are_each_caught_precisely() {
         // late, as xnu's does while a packet is in the filter on another CPU.
         let r = run_with(
             "ip-tcp",
-            &[c_kext_variant(
+            &[support::c_kext(
                 "ipf_broken",
                 &format!("ipf_broken{n}"),
                 &[&define],
@@ -499,19 +407,11 @@ fn prx_ip_filter() -> Vec<PathBuf> {
     v
 }
 
-fn step_detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
-    r.steps
-        .iter()
-        .find(|s| s.what == what)
-        .map(|s| s.detail.as_str())
-        .unwrap_or_else(|| panic!("no step {what}:\n{}", r.render()))
-}
-
 /// A counter of the IP filter's statistics as the scenario read them back
 /// through its kern_control (step `ip control: statistics`: `name value`
 /// items, named by `vm::emu::scenarios::stat_names`).
 fn ip_stat(r: &ScenarioReport, id: u32) -> Option<u64> {
-    let d = step_detail(r, "ip control: statistics");
+    let d = step(r, "ip control: statistics");
     let name = vm::emu::scenarios::stat_names::name(id);
     d.split("; ").find_map(|kv| {
         let v = kv.strip_prefix(name.as_str())?.strip_prefix(' ')?;
@@ -521,7 +421,7 @@ fn ip_stat(r: &ScenarioReport, id: u32) -> Option<u64> {
 
 /// The scenario configured the kext through its control (proxies and rules).
 fn assert_configured(r: &ScenarioReport) {
-    let c = step_detail(r, "ip control: configure");
+    let c = step(r, "ip control: configure");
     assert!(
         r.steps
             .iter()
@@ -540,24 +440,22 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
     ] {
         let r = run(scenario, &kext);
         assert!(r.passed, "{}", r.render());
-        let hs = step_detail(&r, &format!("{name} handshake"));
+        let hs = step(&r, &format!("{name} handshake"));
         assert!(
             hs.contains(&format!(
                 "client's remote endpoint Some(Endpoint {{ addr: {origin} }})"
             )),
             "{hs}"
         );
-        let t = step_detail(&r, &format!("{name} transfer"));
+        let t = step(&r, &format!("{name} transfer"));
         assert!(
             t.contains("client→proxy 1048576 of 1048576")
                 && t.contains("proxy→client 1048576 of 1048576")
                 && t.contains("data intact: true"),
             "{t}"
         );
-        assert!(
-            step_detail(&r, &format!("{name} close")).starts_with("client TIME-WAIT, proxy CLOSED")
-        );
-        let p = step_detail(&r, &format!("{name} packets"));
+        assert!(step(&r, &format!("{name} close")).starts_with("client TIME-WAIT, proxy CLOSED"));
+        let p = step(&r, &format!("{name} packets"));
         assert!(p.contains(", 0 rejected; 0 dropped"), "{p}");
         assert!(
             r.log.iter().any(|l| l == "prx: PrxIPFilter drop_inject=0"),
@@ -594,7 +492,7 @@ fn prx_ip_filter_nat_tcp_with_smoltcp_stacks_v4_v6_and_split_chains() {
 /// translation is what keeps the client's TCP connection alive.
 #[test]
 fn c_ip_filter_kext_carries_smoltcp_tcp_to_the_far_stack() {
-    let kext = c_kext_variant(
+    let kext = support::c_kext(
         "ipf_redirect",
         "ipf_redirect_nat",
         &[
@@ -605,14 +503,14 @@ fn c_ip_filter_kext_carries_smoltcp_tcp_to_the_far_stack() {
     );
     let r = run("nat-tcp4", &[kext]);
     assert!(r.passed, "{}", r.render());
-    let hs = step_detail(&r, "nat-tcp4 handshake");
+    let hs = step(&r, "nat-tcp4 handshake");
     assert!(
         hs.contains(
             "client's remote endpoint Some(Endpoint { addr: Ipv4(203.0.113.10), port: 80 })"
         ),
         "{hs}"
     );
-    let t = step_detail(&r, "nat-tcp4 transfer");
+    let t = step(&r, "nat-tcp4 transfer");
     assert!(
         t.contains("client→proxy 1048576 of 1048576")
             && t.contains("proxy→client 1048576 of 1048576")
@@ -640,7 +538,7 @@ fn prx_ip_filter_nat_udp_v4_v6() {
     ] {
         let r = run(scenario, &kext);
         assert!(r.passed, "{}", r.render());
-        let e = step_detail(&r, &format!("{scenario} exchange"));
+        let e = step(&r, &format!("{scenario} exchange"));
         assert!(
             e.contains("the client got Some(\"answer to prx udp query\")") && e.contains(origin),
             "{e}"
@@ -671,7 +569,7 @@ fn prx_ip_filter_rules_select_the_protocol() {
     assert!(!r.passed);
     assert_configured(&r);
     assert!(
-        step_detail(&r, "ip control: configure").contains("(Udp)"),
+        step(&r, "ip control: configure").contains("(Udp)"),
         "{}",
         r.render()
     );
@@ -686,7 +584,7 @@ fn prx_ip_filter_rules_select_the_protocol() {
     // The configuration the positive scenarios use names their protocol.
     let r = run("nat-tcp4", &prx_ip_filter());
     assert!(
-        r.passed && step_detail(&r, "ip control: configure").contains("(Tcp)"),
+        r.passed && step(&r, "ip control: configure").contains("(Tcp)"),
         "{}",
         r.render()
     );
@@ -813,7 +711,7 @@ fn prx_ip_filter_translates_icmp_errors_both_ways_v4_v6() {
 /// the proxy host's error reach the client untranslated, and the scenario says so.
 #[test]
 fn without_icmp_translation_the_icmp_scenario_fails() {
-    let kext = c_kext_variant(
+    let kext = support::c_kext(
         "ipf_redirect",
         "ipf_redirect_nat_udp",
         &[
@@ -856,7 +754,7 @@ fn prx_ip_filter_under_pullup_and_inject_fault_plans() {
         );
         assert!(r.passed, "{scenario}: {}", r.render());
         assert_eq!(
-            step_detail(&r, "fault plan"),
+            step(&r, "fault plan"),
             "pullup reached 0 times",
             "{scenario}"
         );
@@ -869,7 +767,7 @@ fn prx_ip_filter_under_pullup_and_inject_fault_plans() {
     );
     assert!(r.passed, "{}", r.render());
     assert!(r.violations.is_empty());
-    let d = step_detail(&r, "fault plan");
+    let d = step(&r, "fault plan");
     assert!(
         d.starts_with("pullup reached 0 times, inject reached "),
         "{d}"
@@ -891,11 +789,11 @@ fn prx_ip_filter_block_rules_drop_new_flows() {
         let r = run(name, &prx_ip_filter());
         assert!(r.passed, "{}", r.render());
         assert!(
-            step_detail(&r, "ip control: configure").contains("→ Block"),
+            step(&r, "ip control: configure").contains("→ Block"),
             "{}",
             r.render()
         );
-        let d = step_detail(&r, &format!("{name} blocked"));
+        let d = step(&r, &format!("{name} blocked"));
         let sent: u64 = d
             .strip_prefix("client sent ")
             .and_then(|s| s.split(' ').next())

@@ -3,122 +3,16 @@
 //! operations, the negative controls that show a planted race or double free
 //! is caught, and a short soak of both prx kexts.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+mod support;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use kextld::link::link_buffers;
-use kextld::{Arch, MinOs};
-use vm::emu::{self, RunOptions, Runner, ScenarioReport};
-
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
-        .path()
-}
-
-/// Compiles `tests/fixtures/<name>.c` (clang-19 -mkernel, `extra` flags) and links it with kextld.
-fn c_kext(name: &str, out_name: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
-    let obj = scratch().join(format!("{out_name}.o"));
-    let out = Command::new("clang-19")
-        .args([
-            "-target",
-            "x86_64-apple-macos10.13",
-            "-mkernel",
-            "-fno-builtin",
-            "-O1",
-            "-Wall",
-            "-Werror",
-            "-c",
-        ])
-        .args(extra)
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run clang-19 ({e}): install Debian's clang-19"));
-    assert!(
-        out.status.success(),
-        "clang-19 {name}.c failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let linked = link_buffers(
-        Arch::X86_64,
-        MinOs {
-            major: 10,
-            minor: 13,
-        },
-        0,
-        &[(
-            obj.display().to_string(),
-            std::fs::read(&obj).expect("object"),
-        )],
-    )
-    .unwrap_or_else(|e| panic!("kextld cannot link {name}: {e}"));
-    let bin = scratch().join(out_name);
-    std::fs::write(&bin, &linked.bytes).expect("write kext");
-    bin
-}
-
-/// The prx release bundles (socket filter, IP filter), built once per test process.
-fn prx_bundles() -> &'static [PathBuf] {
-    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let opts = xtask::build::BuildOptions {
-            release: true,
-            archs: vec![],
-            kexts: vec![],
-            target_dir: None,
-        };
-        xtask::build::build(&root, &opts)
-            .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"))
-            .into_iter()
-            .map(|b| b.path)
-            .collect()
-    })
-}
-
-fn prx(name: &str) -> PathBuf {
-    prx_bundles()
-        .iter()
-        .find(|p| p.to_string_lossy().contains(name))
-        .unwrap_or_else(|| panic!("no {name} among {:?}", prx_bundles()))
-        .clone()
-}
+use support::{c_kext, last_step as step, prx, rules};
+use vm::emu::ScenarioReport;
 
 fn run(scenario: &str, kexts: &[PathBuf], faults: Option<&str>, extra: &[&str]) -> ScenarioReport {
-    let mut args = vec!["child".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let opts = RunOptions {
-        runner: Runner {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_prx-emu")),
-            args,
-        },
-        kexts: kexts.to_vec(),
-        timeout: Duration::from_secs(120),
-        faults: faults.map(str::to_string),
-    };
-    let r = emu::run(&opts, scenario);
-    eprintln!("{}", r.render());
-    r
-}
-
-fn step<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
-    r.steps
-        .iter()
-        .rfind(|s| s.what == what)
-        .map(|s| s.detail.as_str())
-        .unwrap_or_else(|| panic!("no step `{what}`:\n{}", r.render()))
-}
-
-fn rules(r: &ScenarioReport) -> Vec<&str> {
-    r.violations.iter().map(|v| v.rule.as_str()).collect()
+    support::run(scenario, kexts, faults, extra, Duration::from_secs(120))
 }
 
 /// A number in a step's detail, just before `label` (e.g. "9920 redirected").

@@ -5,45 +5,16 @@
 //! here, independently of `common::net::proxy_v2`; fault plans on every
 //! allocation and injection point leave the ledgers clean.
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use vm::emu::{self, RunOptions, Runner, ScenarioReport};
-
-fn socket_kext() -> &'static PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let opts = xtask::build::BuildOptions {
-            release: true,
-            archs: vec![],
-            kexts: vec!["socket".into()],
-            target_dir: None,
-        };
-        let built = xtask::build::build(&root, &opts)
-            .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"));
-        built.into_iter().next().expect("one bundle").path
-    })
-}
+use vm::emu::ScenarioReport;
 
 fn run(faults: Option<&str>) -> ScenarioReport {
-    let opts = RunOptions {
-        runner: Runner {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_prx-emu")),
-            args: vec!["child".into()],
-        },
-        kexts: vec![socket_kext().clone()],
-        timeout: Duration::from_secs(60),
-        faults: faults.map(str::to_string),
-    };
-    let r = emu::run(&opts, "sockfilter");
-    eprintln!("{}", r.render());
-    r
+    let kext = support::prx("PrxSocketFilter");
+    support::run("sockfilter", &[kext], faults, &[], Duration::from_secs(60))
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -128,18 +99,10 @@ fn parse_proxy_v2(b: &[u8]) -> Result<ProxyHeader, String> {
     })
 }
 
-fn detail<'a>(r: &'a ScenarioReport, what: &str) -> &'a str {
-    &r.steps
-        .iter()
-        .find(|s| s.what == what)
-        .unwrap_or_else(|| panic!("no step {what:?}"))
-        .detail
-}
-
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: example\r\n\r\n";
 
 fn check_at_proxy(r: &ScenarioReport, label: &str, want_dst: &str) {
-    let d = detail(r, &format!("{label}: at proxy"));
+    let d = support::step(r, &format!("{label}: at proxy"));
     // "client ADDR bytes HEX"
     let mut it = d.split(' ');
     assert_eq!(it.next(), Some("client"));
@@ -178,7 +141,7 @@ fn check_at_proxy(r: &ScenarioReport, label: &str, want_dst: &str) {
     let (kind, tag) = h.tlvs.last().expect("TLVs");
     assert_eq!((*kind, tag.len()), (0xE2, 16), "{label}: auth TLV last");
     let key = unhex(
-        detail(r, "control: auth key")
+        support::step(r, "control: auth key")
             .strip_prefix("errno 0, ")
             .expect("the key"),
     );
@@ -204,7 +167,7 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
     check_at_proxy(&r, "A", "203.0.113.10:80");
     check_at_proxy(&r, "B", "[2001:db8::10]:80");
     // Lookup response (control protocol): header, found=1, endpoint(fam 4, port 80, 203.0.113.10), pid 4242, rule 1.
-    let l = detail(&r, "A: lookup");
+    let l = support::step(&r, "A: lookup");
     let resp = unhex(l.rsplit(' ').next().unwrap());
     assert_eq!(&resp[..8], &[1, 17, 0, 0, 0, 0, 0, 40]);
     assert_eq!(&resp[8..12], &[0, 0, 0, 1]);
@@ -223,8 +186,8 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
         );
     }
     // In flight: G keeps generation 1's decision (no header); H gets generation 2's.
-    assert!(detail(&r, "G: old rules").ends_with("proxy got 470a"));
-    let h = detail(&r, "H: new rules");
+    assert!(support::step(&r, "G: old rules").ends_with("proxy got 470a"));
+    let h = support::step(&r, "H: new rules");
     let bytes = unhex(h.rsplit(' ').next().unwrap());
     let ph = parse_proxy_v2(&bytes).unwrap();
     assert_eq!(ph.dst.ip(), IpAddr::from([127, 0, 0, 2]));
@@ -236,9 +199,10 @@ fn redirects_ipv4_and_ipv6_to_the_proxy_with_proxy_v2_and_leaves_others_direct()
     );
     // A `block` rule refuses the connection at connect.
     assert!(
-        detail(&r, "K: blocked").ends_with("Refused(61) (want refused with ECONNREFUSED, 61)"),
+        support::step(&r, "K: blocked")
+            .ends_with("Refused(61) (want refused with ECONNREFUSED, 61)"),
         "{}",
-        detail(&r, "K: blocked")
+        support::step(&r, "K: blocked")
     );
 }
 
@@ -251,12 +215,13 @@ fn a_socket_left_unfiltered_by_a_fault_is_counted_by_the_kext() {
         let r = run(Some(plan));
         assert!(r.passed, "{plan}: {}", r.render());
         assert!(
-            detail(&r, &format!("{label}: redirect")).contains("Unfiltered under the fault plan"),
+            support::step(&r, &format!("{label}: redirect"))
+                .contains("Unfiltered under the fault plan"),
             "{plan}: {}",
             r.render()
         );
         assert_eq!(
-            detail(&r, "fail-open counted"),
+            support::step(&r, "fail-open counted"),
             "1 connection(s) of the scenario left unfiltered; the kext counts Some(1) (sockets left unfiltered)",
             "{plan}"
         );
@@ -292,10 +257,10 @@ fn fault_injection_on_every_allocation_and_injection_point_leaves_clean_ledgers(
     let r = run(Some("inject#1"));
     assert!(r.passed, "{}", r.render());
     assert!(
-        detail(&r, "A: at proxy")
+        support::step(&r, "A: at proxy")
             .ends_with("bytes  (data refused with errno Some(32): fail-closed)"),
         "{}",
-        detail(&r, "A: at proxy")
+        support::step(&r, "A: at proxy")
     );
     assert!(r.log.iter().any(|l| l.contains("PROXY v2 header not sent")));
 }
