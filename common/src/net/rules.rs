@@ -7,14 +7,26 @@
 //! UDP. Rules are ordered; the **first match wins**; when none matches, the
 //! set's default action applies.
 //!
-//! Lookups do not scan every rule: [`RuleSet::new`] builds a sorted index of
-//! `(family, prefix length, masked destination, rule number)`. A lookup visits
-//! only the prefix lengths present in the set (a bitmap per family), finds the
-//! rules for each with a binary search, and scans those candidates (then the
-//! rules without a destination) in rule order, stopping at the first that
-//! matches or at a rule number past the best match so far (the rules without a
-//! destination last, so the best match found through the index cuts them
-//! short). Sets of fewer than [`INDEXED_FROM`] rules are simply scanned in order.
+//! Lookups do not scan every rule. [`RuleSet::new`] builds a hierarchical
+//! classifier (Gupta & McKeown, "Algorithms for packet classification", IEEE
+//! Network 2001, §"hierarchical tries"): the first field is the destination
+//! network, the rules of each distinct network are that network's list of
+//! candidates (rule order), and each network points to the longest network of
+//! its family that contains it. The longest network containing an address is
+//! found not with a trie walk but with one binary search among the *elementary
+//! intervals* the networks cut the address space into (range search: Lampson,
+//! Srinivasan & Varghese, "IP lookups using multiway and multicolumn search",
+//! IEEE/ACM ToN 1999): at most `2D + 1` intervals per family for `D` networks.
+//! A lookup then scans the candidate lists along the chain of containing
+//! networks (at most 33 for IPv4, 129 for IPv6), then the rules without a
+//! destination, each scan stopping at its first match or at a rule number past
+//! the best match so far; a candidate's port range, protocol and whether it
+//! tests the process are packed beside its number, so most are refused
+//! without touching the rule. Cost: `O(log(2D + 2) + H + C)`, `H` the chain
+//! length, `C` the candidates scanned (at most the rules whose network contains
+//! the destination plus those without one). Sets of fewer than
+//! [`INDEXED_FROM`] rules are simply scanned in order. ARCHITECTURE.md says why
+//! this structure.
 //!
 //! The storage is the caller's (`R: AsRef<[Rule]>`, `I: AsMut<[IndexEntry]>`):
 //! the kernel uses fallibly allocated slices, tests use `Vec`s. Nothing here
@@ -208,6 +220,11 @@ impl Rule {
         if c.dst.port < self.port_lo || c.dst.port > self.port_hi {
             return false;
         }
+        self.process_matches(c)
+    }
+
+    /// Whether the rule's process test (with `exclude_process`) selects `c`.
+    pub fn process_matches(&self, c: &Conn<'_>) -> bool {
         let selected = match &self.process {
             ProcSel::Any => true,
             ProcSel::Pid(p) => *p == c.pid,
@@ -246,14 +263,94 @@ pub enum RuleError {
     TooMany,
 }
 
-/// One entry of the destination index. Field order is the sort order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+/// One slot of the index arena (24 bytes). The arena of a set of `n` rules
+/// holds [`index_len`]`(n)` slots in three regions, each slot used as one of:
+///
+/// - a **candidate** (`[0, n)`): one per rule with a destination, grouped by
+///   destination network, in rule order within a group, the rules without a
+///   destination first; `a` = rule number, `key[0]` = the rule's port range,
+///   protocol and whether it tests the process, packed ([`pack_filter`]), so
+///   that most candidates are refused without touching the rule itself;
+/// - a **node** (`[n, n + D)`, `D` distinct destination networks): `key` = the
+///   range of its candidates, `a` = the node of the longest network of the same
+///   family strictly containing it (or [`NONE`]);
+/// - a **bound** (`[2n, 2n + B)`, `B ≤ 2D + 2`): the start of an elementary
+///   interval of the address space (`key` = address, high and low 64 bits) and
+///   `a` = the node of the longest network covering the interval (or [`NONE`]);
+///   IPv4's bounds first, then IPv6's, each in address order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IndexEntry {
-    /// 0: rule without destination; 4: IPv4; 6: IPv6.
-    family: u8,
-    prefix: u8,
-    addr: [u8; 16],
-    rule: u32,
+    key: [u64; 2],
+    a: u32,
+    b: u32,
+}
+
+/// "No node" / "no rule" in the index.
+const NONE: u32 = u32::MAX;
+
+/// Longest chain of nested networks of one family: /0 to /128.
+const MAX_DEPTH: usize = 129;
+
+/// How many [`IndexEntry`]s the index of `rules` rules needs: `4 × rules + 2`
+/// (candidates `rules`, nodes at most `rules`, bounds at most `2 × rules + 2`).
+pub const fn index_len(rules: usize) -> usize {
+    rules.saturating_mul(4).saturating_add(2)
+}
+
+/// Bit 40 of a packed filter: the rule tests the process.
+const TESTS_PROCESS: u64 = 1 << 40;
+
+/// A rule's cheap tests packed into one word: ports (bits 0–31), IP protocol
+/// (bits 32–39, 0 for any) and [`TESTS_PROCESS`].
+fn pack_filter(r: &Rule) -> u64 {
+    let proc_test = !matches!(r.process, ProcSel::Any) || r.exclude_process;
+    u64::from(r.port_lo)
+        | (u64::from(r.port_hi) << 16)
+        | (u64::from(r.protocol.number().unwrap_or(0)) << 32)
+        | if proc_test { TESTS_PROCESS } else { 0 }
+}
+
+/// The packed tests of [`pack_filter`] against a connection (not the process).
+fn filter_passes(f: u64, port: u16, ip_proto: u8) -> bool {
+    let lo = (f & 0xffff) as u16;
+    let hi = ((f >> 16) & 0xffff) as u16;
+    let p = ((f >> 32) & 0xff) as u8;
+    port >= lo && port <= hi && (p == 0 || p == ip_proto)
+}
+
+/// An address as a number (IPv4 in the low 32 bits).
+fn addr_value(a: &IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(b) => u128::from(u32::from_be_bytes(*b)),
+        IpAddr::V6(b) => u128::from_be_bytes(*b),
+    }
+}
+
+fn split(v: u128) -> [u64; 2] {
+    [(v >> 64) as u64, v as u64]
+}
+
+fn join(k: [u64; 2]) -> u128 {
+    (u128::from(k[0]) << 64) | u128::from(k[1])
+}
+
+/// The highest address of a family.
+fn family_max(fam: u8) -> u128 {
+    if fam == 4 {
+        u128::from(u32::MAX)
+    } else {
+        u128::MAX
+    }
+}
+
+/// The last address of the network `start`/`prefix` of family `fam`.
+fn net_end(fam: u8, start: u128, prefix: u8) -> u128 {
+    let host = if fam == 4 {
+        u128::from(u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0))
+    } else {
+        u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0)
+    };
+    start | host
 }
 
 fn family_tag(f: Family) -> u8 {
@@ -278,67 +375,212 @@ pub struct RuleSet<R, I> {
     rules: R,
     index: I,
     default: Action,
-    /// Bit `p` set: some IPv4 rule has prefix length `p` (0..=32).
-    prefixes_v4: u64,
-    /// Bit `p` of the 129-bit map: some IPv6 rule has prefix length `p`.
-    prefixes_v6: [u64; 3],
+    /// Candidates `[0, any_end)`: the rules without a destination.
+    any_end: usize,
+    /// Number of nodes (distinct destination networks).
+    nodes: usize,
+    /// Bounds of IPv4 `[bounds4.0, bounds4.1)` and IPv6 in the arena.
+    bounds4: (usize, usize),
+    bounds6: (usize, usize),
 }
 
-fn set_bit(map: &mut [u64], bit: u8) {
-    if let Some(w) = map.get_mut(usize::from(bit / 64)) {
-        *w |= 1u64 << (bit % 64);
+/// The sort order of candidates while building: family (0 first), network
+/// address, prefix length (containing networks before contained ones), rule.
+fn build_key(e: &IndexEntry) -> (u32, [u64; 2], u32, u32) {
+    (e.b >> 8, e.key, e.b & 0xff, e.a)
+}
+
+/// Appends the bound `(start, node)` at `*len` in `out`: a bound at the same
+/// start as the last one replaces it (the later one is the deeper network or
+/// the state after leaving one), and one with the last one's node is merged.
+fn emit(out: &mut [IndexEntry], len: &mut usize, first: usize, start: u128, node: u32) {
+    if *len > first
+        && let Some(last) = len.checked_sub(1).and_then(|l| out.get_mut(l))
+    {
+        if join(last.key) == start {
+            last.a = node;
+            return;
+        }
+        if last.a == node {
+            return;
+        }
     }
-}
-
-fn has_bit(map: &[u64], bit: u8) -> bool {
-    map.get(usize::from(bit / 64))
-        .is_some_and(|w| w & (1u64 << (bit % 64)) != 0)
+    if let Some(slot) = out.get_mut(*len) {
+        *slot = IndexEntry {
+            key: split(start),
+            a: node,
+            b: 0,
+        };
+        *len = len.saturating_add(1);
+    }
 }
 
 impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, I> {
     /// Validates `rules` and builds the index in `index`, which must have
-    /// exactly as many entries as there are rules.
+    /// exactly [`index_len`]`(rules.len())` entries. O(n log n), no allocation,
+    /// no recursion.
     pub fn new(rules: R, mut index: I, default: Action) -> Result<Self, RuleError> {
         let rs = rules.as_ref();
-        if rs.len() > MAX_RULES {
+        let n = rs.len();
+        if n > MAX_RULES {
             return Err(RuleError::TooMany);
         }
-        if index.as_ref().len() != rs.len() {
+        if index.as_ref().len() != index_len(n) {
             return Err(RuleError::IndexSize);
         }
-        let mut prefixes_v4 = 0u64;
-        let mut prefixes_v6 = [0u64; 3];
-        for ((n, rule), slot) in rs.iter().enumerate().zip(index.as_mut().iter_mut()) {
+        let arena = index.as_mut();
+        let (cands, rest) = arena.split_at_mut(n.min(arena.len()));
+        let (nodes, bounds) = rest.split_at_mut(n.min(rest.len()));
+
+        // Candidates in build form: key = network, b = family << 8 | prefix.
+        for ((i, rule), slot) in rs.iter().enumerate().zip(cands.iter_mut()) {
             rule.validate()?;
-            let number = u32::try_from(n).map_err(|_| RuleError::TooMany)?;
+            let number = u32::try_from(i).map_err(|_| RuleError::TooMany)?;
             *slot = match &rule.dst {
                 None => IndexEntry {
-                    family: 0,
-                    prefix: 0,
-                    addr: [0; 16],
-                    rule: number,
+                    key: [0; 2],
+                    a: number,
+                    b: 0,
                 },
-                Some(c) => {
-                    match c.addr.family() {
-                        Family::V4 => set_bit(core::slice::from_mut(&mut prefixes_v4), c.prefix),
-                        Family::V6 => set_bit(&mut prefixes_v6, c.prefix),
-                    }
-                    IndexEntry {
-                        family: family_tag(c.addr.family()),
-                        prefix: c.prefix,
-                        addr: c.addr.to_bytes16(),
-                        rule: number,
-                    }
-                }
+                Some(c) => IndexEntry {
+                    key: split(addr_value(&c.addr)),
+                    a: number,
+                    b: (u32::from(family_tag(c.addr.family())) << 8) | u32::from(c.prefix),
+                },
             };
         }
-        heapsort(index.as_mut());
+        heapsort_by(cands, |x, y| build_key(x) < build_key(y));
+        let any_end = cands.iter().take_while(|e| e.b == 0).count();
+
+        // Nodes in build form: key = network, b = family << 8 | prefix, one per
+        // distinct network, in candidate order.
+        let mut d = 0usize;
+        let mut last: Option<(u32, [u64; 2])> = None;
+        for e in cands.iter().skip(any_end) {
+            if last != Some((e.b, e.key)) {
+                last = Some((e.b, e.key));
+                if let Some(slot) = nodes.get_mut(d) {
+                    *slot = IndexEntry {
+                        key: e.key,
+                        a: NONE,
+                        b: e.b,
+                    };
+                }
+                d = d.saturating_add(1);
+            }
+        }
+        let d = d.min(nodes.len());
+
+        // Parents and elementary intervals, one sweep per family over the
+        // networks in (address, prefix) order: networks are nested or
+        // disjoint, so a stack of the open ones (at most 129 deep) holds the
+        // chain of those containing the current address.
+        let mut nb = 0usize;
+        let mut ranges = [(0usize, 0usize); 2];
+        for (fam, range) in [4u8, 6u8].into_iter().zip(ranges.iter_mut()) {
+            let first = nb;
+            let mut stack = [0u32; MAX_DEPTH];
+            let mut depth = 0usize;
+            emit(bounds, &mut nb, first, 0, NONE);
+            for j in 0..d {
+                let Some(&e) = nodes.get(j) else { break };
+                if e.b >> 8 != u32::from(fam) {
+                    continue;
+                }
+                let start = join(e.key);
+                // Close the networks that end before this one.
+                while let Some(top) = depth.checked_sub(1) {
+                    let t = stack.get(top).copied().unwrap_or(NONE);
+                    let Some(te) = nodes.get(t as usize) else {
+                        return Err(RuleError::Cidr);
+                    };
+                    let end = net_end(fam, join(te.key), (te.b & 0xff) as u8);
+                    if end >= start {
+                        break;
+                    }
+                    depth = top;
+                    let parent = depth
+                        .checked_sub(1)
+                        .and_then(|p| stack.get(p).copied())
+                        .unwrap_or(NONE);
+                    emit(bounds, &mut nb, first, end.saturating_add(1), parent);
+                }
+                let parent = depth
+                    .checked_sub(1)
+                    .and_then(|p| stack.get(p).copied())
+                    .unwrap_or(NONE);
+                let jn = u32::try_from(j).map_err(|_| RuleError::TooMany)?;
+                if let Some(node) = nodes.get_mut(j) {
+                    node.a = parent;
+                }
+                emit(bounds, &mut nb, first, start, jn);
+                let Some(slot) = stack.get_mut(depth) else {
+                    return Err(RuleError::Cidr);
+                };
+                *slot = jn;
+                depth = depth.saturating_add(1);
+            }
+            while let Some(top) = depth.checked_sub(1) {
+                let t = stack.get(top).copied().unwrap_or(NONE);
+                let Some(te) = nodes.get(t as usize) else {
+                    return Err(RuleError::Cidr);
+                };
+                let end = net_end(fam, join(te.key), (te.b & 0xff) as u8);
+                depth = top;
+                if end < family_max(fam) {
+                    let parent = depth
+                        .checked_sub(1)
+                        .and_then(|p| stack.get(p).copied())
+                        .unwrap_or(NONE);
+                    emit(bounds, &mut nb, first, end.saturating_add(1), parent);
+                }
+            }
+            *range = (first, nb);
+        }
+
+        // Final forms: nodes get their candidate ranges, candidates their
+        // packed filters.
+        let mut j = 0usize;
+        let mut i = any_end;
+        while i < n {
+            let Some(&head) = cands.get(i) else { break };
+            let mut end = i;
+            while cands
+                .get(end)
+                .is_some_and(|e| e.b == head.b && e.key == head.key)
+            {
+                end = end.saturating_add(1);
+            }
+            if let Some(node) = nodes.get_mut(j) {
+                node.key = [i as u64, end as u64];
+                node.b = 0;
+            }
+            j = j.saturating_add(1);
+            i = end.max(i.saturating_add(1));
+        }
+        for e in cands.iter_mut() {
+            let filter = rs.get(e.a as usize).map_or(0, pack_filter);
+            *e = IndexEntry {
+                key: [filter, 0],
+                a: e.a,
+                b: 0,
+            };
+        }
+        let base = n.saturating_mul(2);
         Ok(RuleSet {
             rules,
             index,
             default,
-            prefixes_v4,
-            prefixes_v6,
+            any_end,
+            nodes: d,
+            bounds4: (
+                base.saturating_add(ranges[0].0),
+                base.saturating_add(ranges[0].1),
+            ),
+            bounds6: (
+                base.saturating_add(ranges[1].0),
+                base.saturating_add(ranges[1].1),
+            ),
         })
     }
 
@@ -362,10 +604,22 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         self.rules.as_ref()
     }
 
+    /// Distinct destination networks and elementary intervals (IPv4 + IPv6)
+    /// of the index.
+    pub fn index_stats(&self) -> (usize, usize) {
+        (
+            self.nodes,
+            self.bounds4
+                .1
+                .saturating_sub(self.bounds4.0)
+                .saturating_add(self.bounds6.1.saturating_sub(self.bounds6.0)),
+        )
+    }
+
     /// The action for `c`: the first matching rule's, or the default. Sets of
     /// fewer than [`INDEXED_FROM`] rules are scanned in order (cheaper than the
-    /// index's per-prefix walk there: `cargo xtask bench`), larger ones go
-    /// through the index ([`RuleSet::lookup_indexed`]).
+    /// index there: `cargo xtask bench`), larger ones go through the index
+    /// ([`RuleSet::lookup_indexed`]).
     pub fn lookup(&self, c: &Conn<'_>) -> Verdict {
         if self.len() < INDEXED_FROM {
             lookup_linear(self.rules.as_ref(), self.default, c)
@@ -374,41 +628,48 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         }
     }
 
-    /// The action for `c` through the index, whatever the set's size.
+    /// The action for `c` through the index, whatever the set's size: one
+    /// binary search among the family's elementary intervals gives the longest
+    /// network containing the destination; the candidates of it and of each
+    /// network containing it (at most 33 or 129), then those of the rules
+    /// without a destination, are scanned in rule order, each scan stopping at
+    /// its first match or at a rule number past the best match so far.
     pub fn lookup_indexed(&self, c: &Conn<'_>) -> Verdict {
         let dst = c.dst.canonical();
         let c = Conn { dst, ..*c };
-        let fam = dst.addr.family();
-        let mut best: Option<u32> = None;
-        let bits = fam.bits();
-        let mut p = 0u8;
-        loop {
-            let present = match fam {
-                Family::V4 => has_bit(core::slice::from_ref(&self.prefixes_v4), p),
-                Family::V6 => has_bit(&self.prefixes_v6, p),
-            };
-            if present {
-                self.scan(
-                    family_tag(fam),
-                    p,
-                    mask(&dst.addr, p).to_bytes16(),
-                    &c,
-                    &mut best,
-                );
-            }
-            if p >= bits {
+        let index = self.index.as_ref();
+        let (lo, hi) = match dst.addr.family() {
+            Family::V4 => self.bounds4,
+            Family::V6 => self.bounds6,
+        };
+        let bounds = index.get(lo..hi).unwrap_or(&[]);
+        let key = addr_value(&dst.addr);
+        let after = bounds.partition_point(|b| join(b.key) <= key);
+        let mut node = after
+            .checked_sub(1)
+            .and_then(|i| bounds.get(i))
+            .map_or(NONE, |b| b.a);
+        let nodes = index
+            .get(self.len()..self.len().saturating_add(self.nodes))
+            .unwrap_or(&[]);
+        let mut best = NONE;
+        let mut hops = 0usize;
+        while let Some(e) = nodes.get(node as usize) {
+            self.scan(index, e.key[0] as usize, e.key[1] as usize, &c, &mut best);
+            node = e.a;
+            hops = hops.saturating_add(1);
+            if hops > MAX_DEPTH {
                 break;
             }
-            p = p.saturating_add(1);
         }
-        // Rules without a destination last: the best match found through the
-        // index so far ends their scan early (the order of the scans does not
-        // change the result, the lowest matching rule number).
-        self.scan(0, 0, [0; 16], &c, &mut best);
-        match best.and_then(|n| self.rules.as_ref().get(n as usize).map(|r| (n, r))) {
-            Some((n, r)) => Verdict {
+        // Rules without a destination last: the best match found so far ends
+        // their scan early (the order of the scans does not change the result,
+        // the lowest matching rule number).
+        self.scan(index, 0, self.any_end, &c, &mut best);
+        match self.rules.as_ref().get(best as usize) {
+            Some(r) => Verdict {
                 action: r.action,
-                rule: Some(n),
+                rule: Some(best),
             },
             None => Verdict {
                 action: self.default,
@@ -417,50 +678,54 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         }
     }
 
-    /// Scans the index entries with key `(family, prefix, addr)` in rule order,
-    /// updating `best` with the first rule (below `best`) that matches `c`.
-    fn scan(&self, family: u8, prefix: u8, addr: [u8; 16], c: &Conn<'_>, best: &mut Option<u32>) {
-        let index = self.index.as_ref();
-        let key = (family, prefix, addr);
-        let start = index.partition_point(|e| (e.family, e.prefix, e.addr) < key);
+    /// Scans the candidates `[from, to)` in rule order, setting `best` to the
+    /// first (below `best`) whose rule matches `c`.
+    fn scan(&self, index: &[IndexEntry], from: usize, to: usize, c: &Conn<'_>, best: &mut u32) {
         let rules = self.rules.as_ref();
-        for e in index.get(start..).unwrap_or(&[]) {
-            if (e.family, e.prefix, e.addr) != key || best.is_some_and(|b| e.rule >= b) {
+        for e in index.get(from..to).unwrap_or(&[]) {
+            if e.a >= *best {
                 break;
             }
-            if rules.get(e.rule as usize).is_some_and(|r| r.matches(c)) {
-                *best = Some(e.rule);
+            let f = e.key[0];
+            if filter_passes(f, c.dst.port, c.protocol)
+                && (f & TESTS_PROCESS == 0
+                    || rules.get(e.a as usize).is_some_and(|r| r.process_matches(c)))
+            {
+                *best = e.a;
                 break;
             }
         }
     }
 }
 
-/// In-place heapsort: O(n log n), no allocation, and — unlike `core`'s sorts,
-/// which may panic on an inconsistent `Ord` — no panic path.
-fn heapsort<T: Ord>(v: &mut [T]) {
-    fn sift_down<T: Ord>(v: &mut [T], mut root: usize, end: usize) {
-        loop {
-            let Some(left) = root.checked_mul(2).and_then(|x| x.checked_add(1)) else {
-                return;
-            };
-            if left >= end {
-                return;
-            }
-            let mut child = left;
-            let right = left.saturating_add(1);
-            if right < end && v.get(left) < v.get(right) {
-                child = right;
-            }
-            if v.get(root) >= v.get(child) {
-                return;
-            }
-            if root < v.len() && child < v.len() {
-                v.swap(root, child);
-            }
-            root = child;
+/// In-place heapsort by `less`: O(n log n), no allocation, no recursion and —
+/// unlike `core`'s sorts, which may panic on an inconsistent order — no panic
+/// path.
+fn heapsort_by<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
+    let lt = |v: &[T], a: usize, b: usize| match (v.get(a), v.get(b)) {
+        (Some(x), Some(y)) => less(x, y),
+        _ => false,
+    };
+    let sift_down = |v: &mut [T], mut root: usize, end: usize| loop {
+        let Some(left) = root.checked_mul(2).and_then(|x| x.checked_add(1)) else {
+            return;
+        };
+        if left >= end {
+            return;
         }
-    }
+        let mut child = left;
+        let right = left.saturating_add(1);
+        if right < end && lt(v, left, right) {
+            child = right;
+        }
+        if !lt(v, root, child) {
+            return;
+        }
+        if root < v.len() && child < v.len() {
+            v.swap(root, child);
+        }
+        root = child;
+    };
     let len = v.len();
     let mut start = len / 2;
     while start > 0 {
@@ -529,7 +794,7 @@ mod tests {
 
     fn set(rules: Vec<Rule>, default: Action) -> RuleSet<Vec<Rule>, Vec<IndexEntry>> {
         let n = rules.len();
-        RuleSet::new(rules, vec![IndexEntry::default(); n], default).unwrap()
+        RuleSet::new(rules, vec![IndexEntry::default(); index_len(n)], default).unwrap()
     }
 
     const PROXY: Action = Action::Proxy { proxy_v2: true };
@@ -693,7 +958,7 @@ mod tests {
             ..Rule::default()
         };
         assert_eq!(
-            RuleSet::new(vec![bad], vec![IndexEntry::default()], Action::Direct).unwrap_err(),
+            RuleSet::new(vec![bad], vec![IndexEntry::default(); index_len(1)], Action::Direct).unwrap_err(),
             RuleError::PortRange
         );
         let bad = Rule {
@@ -704,7 +969,7 @@ mod tests {
             ..Rule::default()
         };
         assert_eq!(
-            RuleSet::new(vec![bad], vec![IndexEntry::default()], Action::Direct).unwrap_err(),
+            RuleSet::new(vec![bad], vec![IndexEntry::default(); index_len(1)], Action::Direct).unwrap_err(),
             RuleError::Cidr
         );
         assert_eq!(
@@ -857,7 +1122,7 @@ mod tests {
         fn heapsort_sorts(mut v in proptest::collection::vec(any::<(u8, u16)>(), 0..300)) {
             let mut want = v.clone();
             want.sort();
-            heapsort(&mut v);
+            heapsort_by(&mut v, |a, b| a < b);
             prop_assert_eq!(v, want);
         }
 
@@ -879,5 +1144,247 @@ mod tests {
                 prop_assert_eq!(linear.rule, spec_first_match(&rules, &c));
             }
         }
+    }
+
+    /// Base addresses of the adversarial rule sets: networks of every prefix
+    /// length around them nest, touch and overlap.
+    const BASES4: [[u8; 4]; 4] = [
+        [10, 1, 2, 3],
+        [10, 1, 2, 255],
+        [10, 1, 255, 0],
+        [192, 168, 0, 1],
+    ];
+
+    fn base6(i: usize) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0] = 0x20;
+        b[1] = 0x01;
+        b[2] = 0x0d;
+        b[3] = 0xb8;
+        b[15] = [3u8, 255, 0, 1][i % 4];
+        b[14] = [2u8, 2, 255, 0][i % 4];
+        b[7] = i as u8;
+        b
+    }
+
+    /// Port bounds that ranges and queries share.
+    const EDGES: [u16; 10] = [0, 1, 79, 80, 81, 443, 1023, 1024, 65534, 65535];
+
+    fn arb_adversarial_rule() -> impl Strategy<Value = Rule> {
+        (
+            arb_protocol(),
+            proptest::option::weighted(0.9, (0usize..4, any::<bool>(), 0u8..=128)),
+            0usize..EDGES.len(),
+            0usize..EDGES.len(),
+            prop_oneof![
+                6 => Just(ProcSel::Any),
+                1 => (0u32..3).prop_map(ProcSel::Pid),
+                1 => Just(ProcSel::Name(ProcName::new(b"curl")))
+            ],
+            proptest::bool::weighted(0.1),
+            prop_oneof![Just(Action::Direct), Just(Action::Block), Just(PROXY)],
+        )
+            .prop_map(|(protocol, dst, a, b, process, exclude_process, action)| {
+                let dst = dst.and_then(|(i, six, p)| {
+                    let addr = if six {
+                        IpAddr::V6(base6(i))
+                    } else {
+                        IpAddr::V4(BASES4[i])
+                    };
+                    Cidr::new(addr, p % (addr.family().bits() + 1))
+                });
+                Rule {
+                    protocol,
+                    dst,
+                    port_lo: EDGES[a.min(b)],
+                    port_hi: EDGES[a.max(b)],
+                    process,
+                    exclude_process,
+                    action,
+                }
+            })
+    }
+
+    fn from_value(fam: Family, v: u128) -> IpAddr {
+        match fam {
+            Family::V4 => IpAddr::V4((v as u32).to_be_bytes()),
+            Family::V6 => IpAddr::V6(v.to_be_bytes()),
+        }
+    }
+
+    /// A query at an edge of rule `i`: its network's first or last address or
+    /// one outside either end, its ports' ends or one past them.
+    fn edge_query(rules: &[Rule], i: usize, at: u8, port_at: u8, other: IpAddr) -> (IpAddr, u16) {
+        let Some(r) = rules.get(i) else {
+            return (other, 80);
+        };
+        let addr = match r.dst {
+            None => other,
+            Some(net) => {
+                let fam = net.addr.family();
+                let start = addr_value(&net.addr);
+                let end = net_end(family_tag(fam), start, net.prefix);
+                let max = family_max(family_tag(fam));
+                let v = match at % 5 {
+                    0 => start,
+                    1 => end,
+                    2 => start.wrapping_sub(1) & max,
+                    3 => end.wrapping_add(1) & max,
+                    _ => start.wrapping_add(end.wrapping_sub(start) / 2),
+                };
+                from_value(fam, v)
+            }
+        };
+        let port = match port_at % 5 {
+            0 => r.port_lo,
+            1 => r.port_hi,
+            2 => r.port_lo.wrapping_sub(1),
+            3 => r.port_hi.wrapping_add(1),
+            _ => r.port_lo.wrapping_add(r.port_hi.wrapping_sub(r.port_lo) / 2),
+        };
+        (addr, port)
+    }
+
+    /// The longest network of a rule containing `a`, by brute force.
+    fn longest_net(rules: &[Rule], a: &IpAddr) -> Option<Cidr> {
+        rules
+            .iter()
+            .filter_map(|r| r.dst)
+            .filter(|n| n.addr.family() == a.family() && n.contains(a))
+            .max_by_key(|n| n.prefix)
+    }
+
+    proptest! {
+        #[test]
+        fn adversarial_sets_agree_with_the_linear_first_match(
+            rules in proptest::collection::vec(arb_adversarial_rule(), 0..300),
+            queries in proptest::collection::vec(
+                (any::<proptest::sample::Index>(), 0u8..5, 0u8..5, 0u32..3, any::<bool>(), arb_ip_proto(), arb_addr()),
+                1..60,
+            ),
+        ) {
+            let rs = set(rules.clone(), Action::Block);
+            let (d, b) = rs.index_stats();
+            prop_assert!(d <= rules.len() && b <= 2 * d + 2, "{} networks, {} bounds", d, b);
+            for (i, at, port_at, pid, curl, protocol, other) in queries {
+                let i = if rules.is_empty() { 0 } else { i.index(rules.len()) };
+                let (addr, port) = edge_query(&rules, i, at, port_at, other);
+                let name: &[u8] = if curl { b"curl" } else { b"wget" };
+                let c = Conn { dst: Endpoint::new(addr, port), pid, name, protocol };
+                let linear = lookup_linear(&rules, Action::Block, &c);
+                prop_assert_eq!(rs.lookup_indexed(&c), linear);
+                prop_assert_eq!(lk(&rs, &c), linear);
+                prop_assert_eq!(linear.rule, spec_first_match(&rules, &c));
+            }
+        }
+
+        #[test]
+        fn the_elementary_intervals_give_the_longest_containing_network(
+            rules in proptest::collection::vec(arb_adversarial_rule(), 1..200),
+            queries in proptest::collection::vec(
+                (any::<proptest::sample::Index>(), 0u8..5, arb_addr()),
+                1..60,
+            ),
+        ) {
+            let rs = set(rules.clone(), Action::Direct);
+            let index = &rs.index;
+            for (lo, hi) in [rs.bounds4, rs.bounds6] {
+                let bounds = &index[lo..hi];
+                prop_assert_eq!(bounds.first().map(|b| join(b.key)), Some(0));
+                prop_assert!(bounds.windows(2).all(|w| join(w[0].key) < join(w[1].key)));
+            }
+            for (i, at, other) in queries {
+                let (addr, _) = edge_query(&rules, i.index(rules.len()), at, 0, other);
+                let (lo, hi) = match addr.family() {
+                    Family::V4 => rs.bounds4,
+                    Family::V6 => rs.bounds6,
+                };
+                let bounds = &index[lo..hi];
+                let k = addr_value(&addr);
+                let node = bounds[bounds.partition_point(|b| join(b.key) <= k) - 1].a;
+                let want = longest_net(&rules, &addr);
+                match want {
+                    None => prop_assert_eq!(node, NONE),
+                    Some(net) => {
+                        // The node's candidates are exactly the rules with that network.
+                        let e = index[rs.len() + node as usize];
+                        let got: Vec<u32> = index[e.key[0] as usize..e.key[1] as usize]
+                            .iter()
+                            .map(|c| c.a)
+                            .collect();
+                        let expect: Vec<u32> = rules
+                            .iter()
+                            .zip(0u32..)
+                            .filter(|(r, _)| r.dst == Some(net))
+                            .map(|(_, n)| n)
+                            .collect();
+                        prop_assert_eq!(got, expect);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_set_of_nested_networks_and_shared_ports_is_indexed_within_its_bound() {
+        // MAX_RULES rules: every prefix length of four bases in both families,
+        // then rules all on one network that differ only in their ports.
+        let mut rules = Vec::new();
+        for p in 0..=128u8 {
+            for i in 0..4 {
+                rules.push(Rule {
+                    dst: Cidr::new(IpAddr::V6(base6(i)), p),
+                    port_lo: u16::from(p),
+                    port_hi: u16::from(p),
+                    ..Rule::default()
+                });
+                if p <= 32 {
+                    rules.push(Rule {
+                        dst: Cidr::new(IpAddr::V4(BASES4[i]), p),
+                        port_lo: u16::from(p),
+                        port_hi: u16::from(p),
+                        ..Rule::default()
+                    });
+                }
+            }
+        }
+        while rules.len() < MAX_RULES {
+            let k = rules.len() as u16;
+            rules.push(Rule {
+                dst: Cidr::new(IpAddr::V4([10, 1, 2, 0]), 24),
+                port_lo: 1000 + k % 50_000,
+                port_hi: 1000 + k % 50_000,
+                action: Action::Block,
+                ..Rule::default()
+            });
+        }
+        let rs = set(rules.clone(), Action::Direct);
+        let (d, b) = rs.index_stats();
+        assert!(b <= 2 * d + 2, "{d} networks, {b} bounds");
+        for port in [0u16, 7, 24, 32, 64, 128, 999, 1000, 1500, 17_383, 17_384, 65_535] {
+            for addr in [
+                IpAddr::V4(BASES4[0]),
+                IpAddr::V4(BASES4[3]),
+                IpAddr::V4([10, 1, 2, 77]),
+                IpAddr::V6(base6(1)),
+                IpAddr::V6(base6(2)),
+            ] {
+                let c = Conn {
+                    dst: Endpoint::new(addr, port),
+                    pid: 0,
+                    name: b"",
+                    protocol: proto::TCP,
+                };
+                assert_eq!(rs.lookup(&c), lookup_linear(&rules, Action::Direct, &c));
+            }
+        }
+        assert!(matches!(
+            RuleSet::new(
+                vec![Rule::default(); MAX_RULES + 1],
+                vec![IndexEntry::default(); index_len(MAX_RULES + 1)],
+                Action::Direct
+            ),
+            Err(RuleError::TooMany)
+        ));
     }
 }
