@@ -269,10 +269,15 @@ pub enum RuleError {
 /// - a **candidate** (`[0, n)`): one per rule with a destination, grouped by
 ///   destination network, in rule order within a group, the rules without a
 ///   destination first; `a` = rule number, `key[0]` = the rule's port range,
-///   protocol and whether it tests the process, packed ([`pack_filter`]), so
-///   that most candidates are refused without touching the rule itself;
-/// - a **node** (`[n, n + D)`, `D` distinct destination networks): `key` = the
-///   range of its candidates, `a` = the node of the longest network of the same
+///   protocol and process class packed ([`pack_filter`]), so that most
+///   candidates are refused without touching the rule itself, `key[1]` = the
+///   process key (pid, or hash of the name). Within a network's group the
+///   candidates are ordered by (class, process key, rule): first the rules
+///   without a process test, then the pid runs, the name runs, and the rules
+///   excluding a process, so a lookup finds its pid's and name's runs by
+///   binary search instead of scanning every process rule;
+/// - a **node** (`[n, n + D)`, `D` distinct destination networks): `key` = its
+///   group ([`group`]), `a` = the node of the longest network of the same
 ///   family strictly containing it (or [`NONE`]);
 /// - a **bound** (`[2n, 2n + B)`, `B ≤ 2D + 2`): the start of an elementary
 ///   interval of the address space (`key` = address, high and low 64 bits) and
@@ -297,17 +302,117 @@ pub const fn index_len(rules: usize) -> usize {
     rules.saturating_mul(4).saturating_add(2)
 }
 
-/// Bit 40 of a packed filter: the rule tests the process.
-const TESTS_PROCESS: u64 = 1 << 40;
+/// Process classes of a candidate (bits 40–41 of its packed filter).
+const CLASS_ANY: u64 = 0;
+const CLASS_PID: u64 = 1;
+const CLASS_NAME: u64 = 2;
+/// `exclude_process` rules: every process but one (scanned).
+const CLASS_OTHER: u64 = 3;
+
+/// The process class and key of a rule.
+fn process_class(r: &Rule) -> (u64, u64) {
+    match (r.process, r.exclude_process) {
+        (ProcSel::Any, false) => (CLASS_ANY, 0),
+        (ProcSel::Pid(p), false) => (CLASS_PID, u64::from(p)),
+        (ProcSel::Name(n), false) => (CLASS_NAME, name_key(n.as_bytes())),
+        (_, true) => (CLASS_OTHER, 0),
+    }
+}
+
+/// FNV-1a (64 bits) of a process name: the key its rules are grouped by (a
+/// hit is confirmed by comparing the names).
+fn name_key(name: &[u8]) -> u64 {
+    let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(&[]);
+    name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Bits of the membership filters of the rules without a destination.
+const FILTER_BITS: usize = 1024;
+
+/// A membership filter (Bloom, CACM 1970, with one hash): bit `h` set when
+/// some rule without a destination selects a pid or name hashing to `h`. A
+/// connection whose pid and name hit no bit skips those rules' binary
+/// searches (most connections come from processes no rule names).
+type Filter = [u64; FILTER_BITS / 64];
+
+/// The filter bit of a pid.
+fn pid_bit(pid: u32) -> usize {
+    usize::try_from(u64::from(pid).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54).unwrap_or(0)
+}
+
+/// The filter bit of a name (truncated to [`MAX_NAME`]): from its length and
+/// first, middle and last bytes, cheaper than [`name_key`]; names alike in
+/// those only cost the binary search the filter would have saved.
+fn name_bit(name: &[u8]) -> usize {
+    let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(&[]);
+    let byte = |i: usize| u64::from(name.get(i).copied().unwrap_or(0));
+    let len = name.len();
+    let x =
+        (len as u64) | (byte(0) << 8) | (byte(len / 2) << 16) | (byte(len.saturating_sub(1)) << 24);
+    usize::try_from(x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54).unwrap_or(0)
+}
+
+fn filter_set(f: &mut Filter, bit: usize) {
+    if let Some(w) = f.get_mut(bit / 64) {
+        *w |= 1u64 << (bit % 64);
+    }
+}
+
+fn filter_has(f: &Filter, bit: usize) -> bool {
+    f.get(bit / 64)
+        .is_some_and(|w| w & (1u64 << (bit % 64)) != 0)
+}
 
 /// A rule's cheap tests packed into one word: ports (bits 0–31), IP protocol
-/// (bits 32–39, 0 for any) and [`TESTS_PROCESS`].
+/// (bits 32–39, 0 for any) and process class (bits 40–41).
 fn pack_filter(r: &Rule) -> u64 {
-    let proc_test = !matches!(r.process, ProcSel::Any) || r.exclude_process;
     u64::from(r.port_lo)
         | (u64::from(r.port_hi) << 16)
         | (u64::from(r.protocol.number().unwrap_or(0)) << 32)
-        | if proc_test { TESTS_PROCESS } else { 0 }
+        | (process_class(r).0 << 40)
+}
+
+fn class_of(e: &IndexEntry) -> u64 {
+    (e.key[0] >> 40) & 3
+}
+
+/// A group of candidates as a node stores it: `[start | end << 32, c0 | c1 <<
+/// 20 | c2 << 40]`, `c0`, `c1`, `c2` the numbers of candidates of classes
+/// any, pid and name (the rest are of class other).
+fn group(start: usize, end: usize, counts: [usize; 3]) -> [u64; 2] {
+    let w = |x: usize| u64::try_from(x).unwrap_or(0);
+    [
+        w(start) | (w(end) << 32),
+        w(counts[0]) | (w(counts[1]) << 20) | (w(counts[2]) << 40),
+    ]
+}
+
+/// Sorts the candidates of one group into (class, key, rule) order, packs
+/// their filters and returns the group.
+fn finish_group(cands: &mut [IndexEntry], rules: &[Rule], start: usize, end: usize) -> [u64; 2] {
+    let mut counts = [0usize; 3];
+    let Some(g) = cands.get_mut(start..end) else {
+        return group(start, start, counts);
+    };
+    for e in g.iter_mut() {
+        let (filter, key) = rules
+            .get(e.a as usize)
+            .map_or((0, 0), |r| (pack_filter(r), process_class(r).1));
+        *e = IndexEntry {
+            key: [filter, key],
+            a: e.a,
+            b: 0,
+        };
+        if let Some(c) = counts.get_mut(class_of(e) as usize) {
+            *c = c.saturating_add(1);
+        }
+    }
+    heapsort_by(g, |x, y| {
+        (class_of(x), x.key[1], x.a) < (class_of(y), y.key[1], y.a)
+    });
+    group(start, end, counts)
 }
 
 /// The packed tests of [`pack_filter`] against a connection (not the process).
@@ -375,8 +480,11 @@ pub struct RuleSet<R, I> {
     rules: R,
     index: I,
     default: Action,
-    /// Candidates `[0, any_end)`: the rules without a destination.
-    any_end: usize,
+    /// The group of the rules without a destination (candidates `[0, ..)`).
+    any: [u64; 2],
+    /// Pids and names the rules without a destination select ([`Filter`]).
+    any_pids: Filter,
+    any_names: Filter,
     /// Number of nodes (distinct destination networks).
     nodes: usize,
     /// Bounds of IPv4 `[bounds4.0, bounds4.1)` and IPv6 in the arena.
@@ -538,8 +646,20 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             *range = (first, nb);
         }
 
-        // Final forms: nodes get their candidate ranges, candidates their
-        // packed filters.
+        // Final forms: nodes get their groups, candidates their packed
+        // filters and process keys.
+        let any = finish_group(cands, rs, 0, any_end);
+        let mut any_pids = [0u64; FILTER_BITS / 64];
+        let mut any_names = [0u64; FILTER_BITS / 64];
+        for e in cands.get(..any_end).unwrap_or(&[]) {
+            match rs.get(e.a as usize).map(|r| (r.process, r.exclude_process)) {
+                Some((ProcSel::Pid(p), false)) => filter_set(&mut any_pids, pid_bit(p)),
+                Some((ProcSel::Name(nm), false)) => {
+                    filter_set(&mut any_names, name_bit(nm.as_bytes()))
+                }
+                _ => {}
+            }
+        }
         let mut j = 0usize;
         let mut i = any_end;
         while i < n {
@@ -551,27 +671,22 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             {
                 end = end.saturating_add(1);
             }
+            let g = finish_group(cands, rs, i, end);
             if let Some(node) = nodes.get_mut(j) {
-                node.key = [i as u64, end as u64];
+                node.key = g;
                 node.b = 0;
             }
             j = j.saturating_add(1);
             i = end.max(i.saturating_add(1));
-        }
-        for e in cands.iter_mut() {
-            let filter = rs.get(e.a as usize).map_or(0, pack_filter);
-            *e = IndexEntry {
-                key: [filter, 0],
-                a: e.a,
-                b: 0,
-            };
         }
         let base = n.saturating_mul(2);
         Ok(RuleSet {
             rules,
             index,
             default,
-            any_end,
+            any,
+            any_pids,
+            any_names,
             nodes: d,
             bounds4: (
                 base.saturating_add(ranges[0].0),
@@ -653,9 +768,10 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             .get(self.len()..self.len().saturating_add(self.nodes))
             .unwrap_or(&[]);
         let mut best = NONE;
+        let mut name = None;
         let mut hops = 0usize;
         while let Some(e) = nodes.get(node as usize) {
-            self.scan(index, e.key[0] as usize, e.key[1] as usize, &c, &mut best);
+            self.scan_group(index, e.key, None, &c, &mut name, &mut best);
             node = e.a;
             hops = hops.saturating_add(1);
             if hops > MAX_DEPTH {
@@ -665,7 +781,14 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         // Rules without a destination last: the best match found so far ends
         // their scan early (the order of the scans does not change the result,
         // the lowest matching rule number).
-        self.scan(index, 0, self.any_end, &c, &mut best);
+        self.scan_group(
+            index,
+            self.any,
+            Some((&self.any_pids, &self.any_names)),
+            &c,
+            &mut name,
+            &mut best,
+        );
         match self.rules.as_ref().get(best as usize) {
             Some(r) => Verdict {
                 action: r.action,
@@ -678,18 +801,80 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         }
     }
 
-    /// Scans the candidates `[from, to)` in rule order, setting `best` to the
-    /// first (below `best`) whose rule matches `c`.
-    fn scan(&self, index: &[IndexEntry], from: usize, to: usize, c: &Conn<'_>, best: &mut u32) {
+    /// Scans a group ([`group`]): its candidates without a process test in
+    /// order, then the run of the connection's pid and of its name (found by
+    /// binary search), then those excluding a process, each in rule order,
+    /// setting `best` to the first match below it; `filters` (pids, names),
+    /// when given, say which runs may exist. `name` caches the connection's
+    /// [`name_key`].
+    fn scan_group(
+        &self,
+        index: &[IndexEntry],
+        g: [u64; 2],
+        filters: Option<(&Filter, &Filter)>,
+        c: &Conn<'_>,
+        name: &mut Option<u64>,
+        best: &mut u32,
+    ) {
+        let field = |v: u64| usize::try_from(v).unwrap_or(0);
+        let start = field(g[0] & 0xffff_ffff);
+        let end = field(g[0] >> 32);
+        let p0 = start.saturating_add(field(g[1] & 0xf_ffff)).min(end);
+        self.scan(index, start, p0, None, c, best);
+        if p0 >= end {
+            return;
+        }
+        let p1 = p0.saturating_add(field((g[1] >> 20) & 0xf_ffff)).min(end);
+        let p2 = p1.saturating_add(field((g[1] >> 40) & 0xf_ffff)).min(end);
+        let (pid_maybe, name_maybe) = match filters {
+            Some((pids, names)) => (
+                filter_has(pids, pid_bit(c.pid)),
+                filter_has(names, name_bit(c.name)),
+            ),
+            None => (true, true),
+        };
+        for (from, to, key, maybe) in [
+            (p0, p1, u64::from(c.pid), pid_maybe),
+            (p1, p2, 0, name_maybe),
+        ] {
+            if from >= to || !maybe {
+                continue;
+            }
+            let key = if from == p1 {
+                *name.get_or_insert_with(|| name_key(c.name))
+            } else {
+                key
+            };
+            let run = index.get(from..to).unwrap_or(&[]);
+            let at = from.saturating_add(run.partition_point(|e| e.key[1] < key));
+            self.scan(index, at, to, Some(key), c, best);
+        }
+        self.scan(index, p2, end, None, c, best);
+    }
+
+    /// Scans the candidates `[from, to)` (with process key `key`, if given) in
+    /// rule order, setting `best` to the first (below `best`) whose rule
+    /// matches `c`.
+    fn scan(
+        &self,
+        index: &[IndexEntry],
+        from: usize,
+        to: usize,
+        key: Option<u64>,
+        c: &Conn<'_>,
+        best: &mut u32,
+    ) {
         let rules = self.rules.as_ref();
         for e in index.get(from..to).unwrap_or(&[]) {
-            if e.a >= *best {
+            if e.a >= *best || key.is_some_and(|k| e.key[1] != k) {
                 break;
             }
             let f = e.key[0];
             if filter_passes(f, c.dst.port, c.protocol)
-                && (f & TESTS_PROCESS == 0
-                    || rules.get(e.a as usize).is_some_and(|r| r.process_matches(c)))
+                && ((f >> 40) & 3 == CLASS_ANY
+                    || rules
+                        .get(e.a as usize)
+                        .is_some_and(|r| r.process_matches(c)))
             {
                 *best = e.a;
                 break;
@@ -958,7 +1143,12 @@ mod tests {
             ..Rule::default()
         };
         assert_eq!(
-            RuleSet::new(vec![bad], vec![IndexEntry::default(); index_len(1)], Action::Direct).unwrap_err(),
+            RuleSet::new(
+                vec![bad],
+                vec![IndexEntry::default(); index_len(1)],
+                Action::Direct
+            )
+            .unwrap_err(),
             RuleError::PortRange
         );
         let bad = Rule {
@@ -969,7 +1159,12 @@ mod tests {
             ..Rule::default()
         };
         assert_eq!(
-            RuleSet::new(vec![bad], vec![IndexEntry::default(); index_len(1)], Action::Direct).unwrap_err(),
+            RuleSet::new(
+                vec![bad],
+                vec![IndexEntry::default(); index_len(1)],
+                Action::Direct
+            )
+            .unwrap_err(),
             RuleError::Cidr
         );
         assert_eq!(
@@ -1240,7 +1435,9 @@ mod tests {
             1 => r.port_hi,
             2 => r.port_lo.wrapping_sub(1),
             3 => r.port_hi.wrapping_add(1),
-            _ => r.port_lo.wrapping_add(r.port_hi.wrapping_sub(r.port_lo) / 2),
+            _ => r
+                .port_lo
+                .wrapping_add(r.port_hi.wrapping_sub(r.port_lo) / 2),
         };
         (addr, port)
     }
@@ -1308,10 +1505,9 @@ mod tests {
                     Some(net) => {
                         // The node's candidates are exactly the rules with that network.
                         let e = index[rs.len() + node as usize];
-                        let got: Vec<u32> = index[e.key[0] as usize..e.key[1] as usize]
-                            .iter()
-                            .map(|c| c.a)
-                            .collect();
+                        let (from, to) = ((e.key[0] & 0xffff_ffff) as usize, (e.key[0] >> 32) as usize);
+                        let mut got: Vec<u32> = index[from..to].iter().map(|c| c.a).collect();
+                        got.sort();
                         let expect: Vec<u32> = rules
                             .iter()
                             .zip(0u32..)
@@ -1361,7 +1557,9 @@ mod tests {
         let rs = set(rules.clone(), Action::Direct);
         let (d, b) = rs.index_stats();
         assert!(b <= 2 * d + 2, "{d} networks, {b} bounds");
-        for port in [0u16, 7, 24, 32, 64, 128, 999, 1000, 1500, 17_383, 17_384, 65_535] {
+        for port in [
+            0u16, 7, 24, 32, 64, 128, 999, 1000, 1500, 17_383, 17_384, 65_535,
+        ] {
             for addr in [
                 IpAddr::V4(BASES4[0]),
                 IpAddr::V4(BASES4[3]),
