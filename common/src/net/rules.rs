@@ -296,10 +296,128 @@ const NONE: u32 = u32::MAX;
 /// Longest chain of nested networks of one family: /0 to /128.
 const MAX_DEPTH: usize = 129;
 
+/// Bits of the address an initial table indexes.
+const TABLE_BITS: u32 = 12;
+
+/// Entries of one family's initial table: `2^TABLE_BITS + 1` bucket starts,
+/// four `u32`s per entry (in `key`).
+const TABLE_LEN: usize = ((1usize << TABLE_BITS) + 1).div_ceil(4);
+
 /// How many [`IndexEntry`]s the index of `rules` rules needs: `4 × rules + 2`
-/// (candidates `rules`, nodes at most `rules`, bounds at most `2 × rules + 2`).
+/// (candidates `rules`, nodes at most `rules`, bounds at most `2 × rules + 2`),
+/// and from [`INDEXED_FROM`] rules on two initial tables of [`TABLE_LEN`].
 pub const fn index_len(rules: usize) -> usize {
-    rules.saturating_mul(4).saturating_add(2)
+    let base = rules.saturating_mul(4).saturating_add(2);
+    if rules >= INDEXED_FROM {
+        base.saturating_add(TABLE_LEN.saturating_mul(2))
+    } else {
+        base
+    }
+}
+
+/// An initial table over one family's bounds (the 16-bit initial array of
+/// Lampson, Srinivasan & Varghese, here 12 bits): addresses whose top `o` bits
+/// are `top` fall into bucket `(address >> shift) & (2^12 − 1)`, and bucket
+/// `b`'s address range holds the bounds `[start(b), start(b + 1))`; the binary
+/// search then covers those and the one before. `o` is the number of leading
+/// bits all the family's bounds but the first share (the table spreads over
+/// the part of the space the rules use).
+#[derive(Debug, Clone, Copy)]
+struct Table {
+    /// Where its entries start in the arena.
+    at: usize,
+    /// `W − o` (bits below the shared top).
+    top_shift: u32,
+    /// The shared top bits.
+    top: u128,
+    /// `W − o − 12`.
+    shift: u32,
+}
+
+impl Table {
+    /// The bucket start `b` (an index among the family's bounds).
+    fn start(&self, index: &[IndexEntry], b: usize) -> usize {
+        let w = index
+            .get(self.at.saturating_add(b / 4))
+            .and_then(|e| e.key.get((b % 4) / 2))
+            .copied()
+            .unwrap_or(0);
+        usize::try_from((w >> (32 * (b % 2))) & 0xffff_ffff).unwrap_or(0)
+    }
+
+    /// The range of the family's bounds an address's search covers, when the
+    /// address is in the table's part of the space.
+    fn range(&self, index: &[IndexEntry], key: u128) -> Option<(usize, usize)> {
+        let mask = (1u64 << TABLE_BITS) - 1;
+        let b = if self.top_shift <= 32 {
+            // IPv4: 64-bit arithmetic (cheaper than 128-bit shifts).
+            let k = key as u64;
+            if k.checked_shr(self.top_shift).unwrap_or(0) != self.top as u64 {
+                return None;
+            }
+            (k >> self.shift) & mask
+        } else {
+            if key.checked_shr(self.top_shift).unwrap_or(0) != self.top {
+                return None;
+            }
+            ((key >> self.shift) as u64) & mask
+        };
+        let b = usize::try_from(b).unwrap_or(0);
+        Some((
+            self.start(index, b).saturating_sub(1),
+            self.start(index, b.saturating_add(1)),
+        ))
+    }
+
+    /// Builds the table of `bounds` (one family's, `bits` wide) into `out`
+    /// (zeroed, [`TABLE_LEN`] entries) at arena position `at`.
+    fn build(out: &mut [IndexEntry], at: usize, bounds: &[IndexEntry], bits: u32) -> Table {
+        let spread = match (bounds.get(1), bounds.last()) {
+            (Some(lo), Some(hi)) => join(lo.key) ^ join(hi.key),
+            _ => 0,
+        };
+        let o = spread
+            .leading_zeros()
+            .saturating_sub(128u32.saturating_sub(bits))
+            .min(bits.saturating_sub(TABLE_BITS));
+        let top_shift = bits.saturating_sub(o);
+        let first = bounds.get(1).map_or(0, |b| join(b.key));
+        let top = first.checked_shr(top_shift).unwrap_or(0);
+        let shift = top_shift.saturating_sub(TABLE_BITS);
+        let base = top.checked_shl(top_shift).unwrap_or(0);
+        let mut p = 0usize;
+        for b in 0..=(1usize << TABLE_BITS) {
+            // Bucket `b`'s first address; the last "bucket" starts where the
+            // table's part of the space ends (`None`: past the family's end).
+            let lo = if b == 1usize << TABLE_BITS {
+                1u128
+                    .checked_shl(top_shift)
+                    .and_then(|v| v.checked_add(base))
+            } else {
+                u128::try_from(b)
+                    .ok()
+                    .and_then(|b| b.checked_shl(shift))
+                    .and_then(|v| v.checked_add(base))
+            };
+            while bounds
+                .get(p)
+                .is_some_and(|e| lo.is_none_or(|lo| join(e.key) < lo))
+            {
+                p = p.saturating_add(1);
+            }
+            if let Some(e) = out.get_mut(b / 4)
+                && let Some(w) = e.key.get_mut((b % 4) / 2)
+            {
+                *w |= u64::try_from(p).unwrap_or(0) << (32 * (b % 2));
+            }
+        }
+        Table {
+            at,
+            top_shift,
+            top,
+            shift,
+        }
+    }
 }
 
 /// Process classes of a candidate (bits 40–41 of its packed filter).
@@ -343,14 +461,12 @@ fn pid_bit(pid: u32) -> usize {
 }
 
 /// The filter bit of a name (truncated to [`MAX_NAME`]): from its length and
-/// first, middle and last bytes, cheaper than [`name_key`]; names alike in
-/// those only cost the binary search the filter would have saved.
+/// first two bytes, cheaper than [`name_key`]; names alike in those only
+/// cost the binary search the filter would have saved.
 fn name_bit(name: &[u8]) -> usize {
-    let name = name.get(..name.len().min(MAX_NAME)).unwrap_or(&[]);
+    let len = name.len().min(MAX_NAME);
     let byte = |i: usize| u64::from(name.get(i).copied().unwrap_or(0));
-    let len = name.len();
-    let x =
-        (len as u64) | (byte(0) << 8) | (byte(len / 2) << 16) | (byte(len.saturating_sub(1)) << 24);
+    let x = (len as u64) | (byte(0) << 8) | (byte(1) << 16);
     usize::try_from(x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54).unwrap_or(0)
 }
 
@@ -378,20 +494,40 @@ fn class_of(e: &IndexEntry) -> u64 {
     (e.key[0] >> 40) & 3
 }
 
-/// A group of candidates as a node stores it: `[start | end << 32, c0 | c1 <<
-/// 20 | c2 << 40]`, `c0`, `c1`, `c2` the numbers of candidates of classes
-/// any, pid and name (the rest are of class other).
-fn group(start: usize, end: usize, counts: [usize; 3]) -> [u64; 2] {
-    let w = |x: usize| u64::try_from(x).unwrap_or(0);
+/// A group of candidates: `[start, p0, p1, p2, end]`, its classes any
+/// `[start, p0)`, pid `[p0, p1)`, name `[p1, p2)` and other `[p2, end)`. A
+/// node stores it as `key = [start | p0 << 32, p1 | p2 << 32]`, `b = end`.
+type Group = [u32; 5];
+
+fn group(start: usize, end: usize, counts: [usize; 3]) -> Group {
+    let w = |x: usize| u32::try_from(x).unwrap_or(0);
+    let p0 = start.saturating_add(counts[0]);
+    let p1 = p0.saturating_add(counts[1]);
+    let p2 = p1.saturating_add(counts[2]);
+    [w(start), w(p0), w(p1), w(p2), w(end)]
+}
+
+fn store_group(node: &mut IndexEntry, g: Group) {
+    node.key = [
+        u64::from(g[0]) | (u64::from(g[1]) << 32),
+        u64::from(g[2]) | (u64::from(g[3]) << 32),
+    ];
+    node.b = g[4];
+}
+
+fn load_group(node: &IndexEntry) -> Group {
     [
-        w(start) | (w(end) << 32),
-        w(counts[0]) | (w(counts[1]) << 20) | (w(counts[2]) << 40),
+        node.key[0] as u32,
+        (node.key[0] >> 32) as u32,
+        node.key[1] as u32,
+        (node.key[1] >> 32) as u32,
+        node.b,
     ]
 }
 
 /// Sorts the candidates of one group into (class, key, rule) order, packs
 /// their filters and returns the group.
-fn finish_group(cands: &mut [IndexEntry], rules: &[Rule], start: usize, end: usize) -> [u64; 2] {
+fn finish_group(cands: &mut [IndexEntry], rules: &[Rule], start: usize, end: usize) -> Group {
     let mut counts = [0usize; 3];
     let Some(g) = cands.get_mut(start..end) else {
         return group(start, start, counts);
@@ -481,7 +617,7 @@ pub struct RuleSet<R, I> {
     index: I,
     default: Action,
     /// The group of the rules without a destination (candidates `[0, ..)`).
-    any: [u64; 2],
+    any: Group,
     /// Pids and names the rules without a destination select ([`Filter`]).
     any_pids: Filter,
     any_names: Filter,
@@ -490,6 +626,10 @@ pub struct RuleSet<R, I> {
     /// Bounds of IPv4 `[bounds4.0, bounds4.1)` and IPv6 in the arena.
     bounds4: (usize, usize),
     bounds6: (usize, usize),
+    /// The initial tables over them ([`Table`]; sets of [`INDEXED_FROM`] rules
+    /// or more).
+    table4: Option<Table>,
+    table6: Option<Table>,
 }
 
 /// The sort order of candidates while building: family (0 first), network
@@ -538,7 +678,9 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         }
         let arena = index.as_mut();
         let (cands, rest) = arena.split_at_mut(n.min(arena.len()));
-        let (nodes, bounds) = rest.split_at_mut(n.min(rest.len()));
+        let (nodes, rest) = rest.split_at_mut(n.min(rest.len()));
+        let bounds_len = n.saturating_mul(2).saturating_add(2).min(rest.len());
+        let (bounds, tables) = rest.split_at_mut(bounds_len);
 
         // Candidates in build form: key = network, b = family << 8 | prefix.
         for ((i, rule), slot) in rs.iter().enumerate().zip(cands.iter_mut()) {
@@ -646,6 +788,30 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             *range = (first, nb);
         }
 
+        // The initial tables (large sets only: small ones are scanned).
+        let base = n.saturating_mul(2);
+        let mut table = [None; 2];
+        if n >= INDEXED_FROM {
+            let (t4, t6) = tables.split_at_mut(TABLE_LEN.min(tables.len()));
+            for (((out, slot), (lo, hi)), (bits, at)) in
+                [t4, t6].into_iter().zip(table.iter_mut()).zip(ranges).zip([
+                    (32, base.saturating_add(bounds_len)),
+                    (
+                        128,
+                        base.saturating_add(bounds_len).saturating_add(TABLE_LEN),
+                    ),
+                ])
+            {
+                out.fill(IndexEntry::default());
+                *slot = Some(Table::build(
+                    out,
+                    at,
+                    bounds.get(lo..hi).unwrap_or(&[]),
+                    bits,
+                ));
+            }
+        }
+
         // Final forms: nodes get their groups, candidates their packed
         // filters and process keys.
         let any = finish_group(cands, rs, 0, any_end);
@@ -673,13 +839,11 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             }
             let g = finish_group(cands, rs, i, end);
             if let Some(node) = nodes.get_mut(j) {
-                node.key = g;
-                node.b = 0;
+                store_group(node, g);
             }
             j = j.saturating_add(1);
             i = end.max(i.saturating_add(1));
         }
-        let base = n.saturating_mul(2);
         Ok(RuleSet {
             rules,
             index,
@@ -696,6 +860,8 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
                 base.saturating_add(ranges[1].0),
                 base.saturating_add(ranges[1].1),
             ),
+            table4: table[0],
+            table6: table[1],
         })
     }
 
@@ -753,14 +919,21 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
         let dst = c.dst.canonical();
         let c = Conn { dst, ..*c };
         let index = self.index.as_ref();
-        let (lo, hi) = match dst.addr.family() {
-            Family::V4 => self.bounds4,
-            Family::V6 => self.bounds6,
+        let ((lo, hi), table) = match dst.addr.family() {
+            Family::V4 => (self.bounds4, &self.table4),
+            Family::V6 => (self.bounds6, &self.table6),
         };
         let bounds = index.get(lo..hi).unwrap_or(&[]);
         let key = addr_value(&dst.addr);
-        let after = bounds.partition_point(|b| join(b.key) <= key);
-        let mut node = after
+        let (from, to) = table
+            .and_then(|t| t.range(index, key))
+            .unwrap_or((0, bounds.len()));
+        let after = bounds
+            .get(from..to)
+            .unwrap_or(&[])
+            .partition_point(|b| join(b.key) <= key);
+        let mut node = from
+            .saturating_add(after)
             .checked_sub(1)
             .and_then(|i| bounds.get(i))
             .map_or(NONE, |b| b.a);
@@ -769,14 +942,13 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             .unwrap_or(&[]);
         let mut best = NONE;
         let mut name = None;
-        let mut hops = 0usize;
-        while let Some(e) = nodes.get(node as usize) {
-            self.scan_group(index, e.key, None, &c, &mut name, &mut best);
-            node = e.a;
-            hops = hops.saturating_add(1);
-            if hops > MAX_DEPTH {
+        // Each step goes to a strictly shorter network: at most MAX_DEPTH.
+        for _ in 0..MAX_DEPTH {
+            let Some(e) = nodes.get(node as usize) else {
                 break;
-            }
+            };
+            self.scan_group(index, load_group(e), None, &c, &mut name, &mut best);
+            node = e.a;
         }
         // Rules without a destination last: the best match found so far ends
         // their scan early (the order of the scans does not change the result,
@@ -807,25 +979,21 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
     /// setting `best` to the first match below it; `filters` (pids, names),
     /// when given, say which runs may exist. `name` caches the connection's
     /// [`name_key`].
+    #[inline]
     fn scan_group(
         &self,
         index: &[IndexEntry],
-        g: [u64; 2],
+        g: Group,
         filters: Option<(&Filter, &Filter)>,
         c: &Conn<'_>,
         name: &mut Option<u64>,
         best: &mut u32,
     ) {
-        let field = |v: u64| usize::try_from(v).unwrap_or(0);
-        let start = field(g[0] & 0xffff_ffff);
-        let end = field(g[0] >> 32);
-        let p0 = start.saturating_add(field(g[1] & 0xf_ffff)).min(end);
+        let [start, p0, p1, p2, end] = g.map(|x| x as usize);
         self.scan(index, start, p0, None, c, best);
         if p0 >= end {
             return;
         }
-        let p1 = p0.saturating_add(field((g[1] >> 20) & 0xf_ffff)).min(end);
-        let p2 = p1.saturating_add(field((g[1] >> 40) & 0xf_ffff)).min(end);
         let (pid_maybe, name_maybe) = match filters {
             Some((pids, names)) => (
                 filter_has(pids, pid_bit(c.pid)),
@@ -833,20 +1001,17 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             ),
             None => (true, true),
         };
-        for (from, to, key, maybe) in [
-            (p0, p1, u64::from(c.pid), pid_maybe),
-            (p1, p2, 0, name_maybe),
-        ] {
+        for (from, to, maybe) in [(p0, p1, pid_maybe), (p1, p2, name_maybe)] {
             if from >= to || !maybe {
                 continue;
             }
             let key = if from == p1 {
                 *name.get_or_insert_with(|| name_key(c.name))
             } else {
-                key
+                u64::from(c.pid)
             };
             let run = index.get(from..to).unwrap_or(&[]);
-            let at = from.saturating_add(run.partition_point(|e| e.key[1] < key));
+            let at = from.wrapping_add(run.partition_point(|e| e.key[1] < key));
             self.scan(index, at, to, Some(key), c, best);
         }
         self.scan(index, p2, end, None, c, best);
@@ -855,6 +1020,7 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
     /// Scans the candidates `[from, to)` (with process key `key`, if given) in
     /// rule order, setting `best` to the first (below `best`) whose rule
     /// matches `c`.
+    #[inline]
     fn scan(
         &self,
         index: &[IndexEntry],
@@ -1505,7 +1671,8 @@ mod tests {
                     Some(net) => {
                         // The node's candidates are exactly the rules with that network.
                         let e = index[rs.len() + node as usize];
-                        let (from, to) = ((e.key[0] & 0xffff_ffff) as usize, (e.key[0] >> 32) as usize);
+                        let g = load_group(&e);
+                        let (from, to) = (g[0] as usize, g[4] as usize);
                         let mut got: Vec<u32> = index[from..to].iter().map(|c| c.a).collect();
                         got.sort();
                         let expect: Vec<u32> = rules
@@ -1584,5 +1751,50 @@ mod tests {
             ),
             Err(RuleError::TooMany)
         ));
+    }
+
+    fn arb_wide_rule() -> impl Strategy<Value = Rule> {
+        (
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::V4),
+                any::<[u8; 16]>().prop_map(IpAddr::V6),
+                any::<[u8; 2]>().prop_map(|b| IpAddr::V6([
+                    0xfd, b[0], b[1], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1
+                ])),
+            ],
+            any::<u8>(),
+            arb_adversarial_rule(),
+        )
+            .prop_map(|(addr, p, r)| Rule {
+                dst: Cidr::new(addr, p % (addr.family().bits() + 1)),
+                ..r
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn sets_spread_over_the_address_space_agree_with_the_linear_first_match(
+            rules in proptest::collection::vec(arb_wide_rule(), INDEXED_FROM..200),
+            queries in proptest::collection::vec(
+                (any::<proptest::sample::Index>(), 0u8..5, 0u8..5, any::<bool>(), arb_ip_proto(), any::<[u8; 16]>()),
+                1..60,
+            ),
+        ) {
+            let rs = set(rules.clone(), Action::Direct);
+            prop_assert!(rs.table4.is_some() && rs.table6.is_some());
+            for (i, at, port_at, four, protocol, raw) in queries {
+                let other = if four {
+                    IpAddr::V4([raw[0], raw[1], raw[2], raw[3]])
+                } else {
+                    IpAddr::V6(raw)
+                };
+                let (addr, port) = edge_query(&rules, i.index(rules.len()), at, port_at, other);
+                for addr in [addr, other] {
+                    let c = Conn { dst: Endpoint::new(addr, port), pid: 1, name: b"curl", protocol };
+                    let linear = lookup_linear(&rules, Action::Direct, &c);
+                    prop_assert_eq!(rs.lookup_indexed(&c), linear);
+                }
+            }
+        }
     }
 }
