@@ -347,7 +347,8 @@ impl Table {
             .and_then(|e| e.key.get((b % 4) / 2))
             .copied()
             .unwrap_or(0);
-        usize::try_from((w >> (32 * (b % 2))) & 0xffff_ffff).unwrap_or(0)
+        let half = if b.is_multiple_of(2) { w } else { w >> 32 };
+        usize::try_from(half & 0xffff_ffff).unwrap_or(0)
     }
 
     /// The range of the family's bounds an address's search covers, when the
@@ -413,7 +414,8 @@ impl Table {
             if let Some(e) = out.get_mut(b / 4)
                 && let Some(w) = e.key.get_mut((b % 4) / 2)
             {
-                *w |= u64::try_from(p).unwrap_or(0) << (32 * (b % 2));
+                let shift = if b.is_multiple_of(2) { 0 } else { 32 };
+                *w |= u64::try_from(p).unwrap_or(0) << shift;
             }
         }
         Table {
@@ -1699,7 +1701,7 @@ mod tests {
         // then rules all on one network that differ only in their ports.
         let mut rules = Vec::new();
         for p in 0..=128u8 {
-            for i in 0..4 {
+            for (i, base4) in BASES4.iter().enumerate() {
                 rules.push(Rule {
                     dst: Cidr::new(IpAddr::V6(base6(i)), p),
                     port_lo: u16::from(p),
@@ -1708,7 +1710,7 @@ mod tests {
                 });
                 if p <= 32 {
                     rules.push(Rule {
-                        dst: Cidr::new(IpAddr::V4(BASES4[i]), p),
+                        dst: Cidr::new(IpAddr::V4(*base4), p),
                         port_lo: u16::from(p),
                         port_hi: u16::from(p),
                         ..Rule::default()
