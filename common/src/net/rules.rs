@@ -287,7 +287,11 @@ pub enum RuleError {
 /// - a **bound** (`[2n, 2n + B)`, `B ≤ 2D + 2`): the start of an elementary
 ///   interval of the address space (`key` = address, high and low 64 bits) and
 ///   `a` = the node of the longest network covering the interval (or [`NONE`]);
-///   IPv4's bounds first, then IPv6's, each in address order.
+///   IPv4's bounds first, then IPv6's, each in address order (the region
+///   has `2n + 2` slots);
+/// - from [`TABLE_FROM`] rules, two **initial tables** (IPv4, IPv6) of
+///   [`TABLE_LEN`] slots after the bounds, four bucket starts per slot
+///   ([`Table`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct IndexEntry {
     key: [u64; 2],
