@@ -338,7 +338,9 @@ struct Table {
     /// `W − o` (bits below the shared top).
     top_shift: u32,
     /// The shared top bits.
-    top: u128,
+    /// (High and low 64 bits: a `u128` field would make the set 16-byte
+    /// aligned, more than the kernel allocator gives.)
+    top: [u64; 2],
     /// `W − o − 12`.
     shift: u32,
 }
@@ -362,12 +364,12 @@ impl Table {
         let b = if self.top_shift <= 32 {
             // IPv4: 64-bit arithmetic (cheaper than 128-bit shifts).
             let k = key as u64;
-            if k.checked_shr(self.top_shift).unwrap_or(0) != self.top as u64 {
+            if k.checked_shr(self.top_shift).unwrap_or(0) != self.top[1] {
                 return None;
             }
             (k >> self.shift) & mask
         } else {
-            if key.checked_shr(self.top_shift).unwrap_or(0) != self.top {
+            if key.checked_shr(self.top_shift).unwrap_or(0) != join(self.top) {
                 return None;
             }
             ((key >> self.shift) as u64) & mask
@@ -425,7 +427,7 @@ impl Table {
         Table {
             at,
             top_shift,
-            top,
+            top: split(top),
             shift,
         }
     }
@@ -1697,6 +1699,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_rule_set_needs_no_more_than_8_byte_alignment() {
+        // `kpi::alloc` gives 8-byte alignment at most (and refuses more): the
+        // kexts keep their set inside fallibly allocated state.
+        assert!(core::mem::align_of::<RuleSet<Vec<Rule>, Vec<IndexEntry>>>() <= 8);
+        assert!(core::mem::align_of::<IndexEntry>() <= 8);
     }
 
     #[test]
