@@ -64,10 +64,17 @@ pub static ALL: &[Case] = &[
         run: syn_v4,
     },
     Case {
-        name: "rules-indexed-10",
+        name: "rules-indexed-1",
         iterations: (1_000, 11_000),
         baseline: None,
-        what: "RuleSet::lookup, 10 rules of mixed prefixes (below rules::INDEXED_FROM: scanned in order)",
+        what: "RuleSet::lookup, 1 rule (the reference for the larger sets' ratio)",
+        run: |n| rules_case(1, false, n),
+    },
+    Case {
+        name: "rules-indexed-10",
+        iterations: (1_000, 11_000),
+        baseline: Some("rules-indexed-1"),
+        what: "RuleSet::lookup, 10 rules of mixed prefixes",
         run: |n| rules_case(10, false, n),
     },
     Case {
@@ -78,9 +85,16 @@ pub static ALL: &[Case] = &[
         run: |n| rules_case(10, true, n),
     },
     Case {
+        name: "rules-indexed-100",
+        iterations: (1_000, 11_000),
+        baseline: Some("rules-indexed-1"),
+        what: "RuleSet::lookup, 100 rules of mixed prefixes",
+        run: |n| rules_case(100, false, n),
+    },
+    Case {
         name: "rules-indexed-1000",
         iterations: (1_000, 11_000),
-        baseline: None,
+        baseline: Some("rules-indexed-1"),
         what: "RuleSet::lookup, 1,000 rules of mixed prefixes",
         run: |n| rules_case(1_000, false, n),
     },
@@ -92,9 +106,16 @@ pub static ALL: &[Case] = &[
         run: |n| rules_case(1_000, true, n),
     },
     Case {
+        name: "rules-indexed-10000",
+        iterations: (1_000, 11_000),
+        baseline: Some("rules-indexed-1"),
+        what: "RuleSet::lookup, 10,000 rules of mixed prefixes (ratio: to 1 rule)",
+        run: |n| rules_case(10_000, false, n),
+    },
+    Case {
         name: "rules-indexed-16000",
         iterations: (1_000, 11_000),
-        baseline: None,
+        baseline: Some("rules-indexed-1"),
         what: "RuleSet::lookup, 16,000 rules of mixed prefixes",
         run: |n| rules_case(16_000, false, n),
     },
@@ -104,6 +125,13 @@ pub static ALL: &[Case] = &[
         baseline: Some("rules-indexed-16000"),
         what: "rules::lookup_linear (reference scan), the same 16,000 rules",
         run: |n| rules_case(16_000, true, n),
+    },
+    Case {
+        name: "rules-build-10000",
+        iterations: (2, 4),
+        baseline: None,
+        what: "RuleSet::new of 10,000 rules (validation + index build, storage copied in as the kext's from_msg does); memory in the summary",
+        run: |n| rules_build(10_000, n),
     },
     Case {
         name: "nat-lookup",
@@ -180,7 +208,7 @@ const PROXY6: Endpoint = v6(doc6(2, 0, 1), 3128);
 type Rules = RuleSet<Vec<Rule>, Vec<IndexEntry>>;
 
 fn rule_set(rules: Vec<Rule>, default: Action) -> Result<Rules> {
-    let n = rules.len();
+    let n = rules::index_len(rules.len());
     RuleSet::new(rules, vec![IndexEntry::default(); n], default)
         .map_err(|e| anyhow!("rule set refused: {e:?}"))
 }
@@ -554,6 +582,29 @@ fn rules_case(count: usize, linear: bool, n: u64) -> Result<String> {
     ensure!(v == want, "last lookup gave {v:?}, expected {want:?}");
     Ok(format!(
         "{count} rules; all {QUERIES} queries agree with the linear scan; {hits} match a rule"
+    ))
+}
+
+/// Builds a `count`-rule set `n` times, as the kext does on `SetRules`: the
+/// rules copied into fresh storage, fresh index storage, [`RuleSet::new`].
+fn rules_build(count: usize, n: u64) -> Result<String> {
+    let list = input::rules(count, SEED ^ count as u64);
+    let queries = input::queries(&list, QUERIES, SEED.wrapping_add(1));
+    let op = |list: &mut Vec<Rule>, _: u64| rule_set(list.clone(), Action::Direct);
+    let mut list = list;
+    let built = measured(&mut list, n, op)?;
+    for q in &queries {
+        let v = built.lookup(q);
+        let l = rules::lookup_linear(built.rules(), Action::Direct, q);
+        ensure!(v == l, "indexed {v:?} ≠ linear {l:?} for {q:?}");
+    }
+    let rules_bytes = count * std::mem::size_of::<Rule>();
+    let index_bytes = rules::index_len(count) * std::mem::size_of::<IndexEntry>();
+    Ok(format!(
+        "{count} rules built; all {QUERIES} queries agree with the linear scan; memory {} KiB (rules {} KiB + index {} KiB)",
+        (rules_bytes + index_bytes) / 1024,
+        rules_bytes / 1024,
+        index_bytes / 1024
     ))
 }
 

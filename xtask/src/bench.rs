@@ -110,6 +110,8 @@ pub struct Measured {
     pub per_op: f64,
     /// `per_op` ÷ the baseline's, when the case has one.
     pub ratio: Option<f64>,
+    /// The case's self-check summary (`prx-bench`'s last line, after "self-check ok: ").
+    pub checked: String,
 }
 
 /// Parses `prx-bench --list`: `name \t low \t high \t baseline|- \t what` per line.
@@ -258,8 +260,8 @@ fn list_cases(bin: &Path) -> Result<Vec<CaseInfo>> {
 }
 
 /// Runs `case` with `iterations` under callgrind; returns the instructions
-/// collected inside [`MEASURED`].
-fn callgrind(bin: &Path, dir: &Path, case: &str, iterations: u64) -> Result<u64> {
+/// collected inside [`MEASURED`] and the case's self-check summary.
+fn callgrind(bin: &Path, dir: &Path, case: &str, iterations: u64) -> Result<(u64, String)> {
     let out_file = dir.join(format!("{case}-{iterations}.callgrind"));
     let out = Command::new("valgrind")
         .arg("--tool=callgrind")
@@ -281,7 +283,12 @@ fn callgrind(bin: &Path, dir: &Path, case: &str, iterations: u64) -> Result<u64>
     }
     let text = std::fs::read_to_string(&out_file)
         .with_context(|| format!("reading {}", out_file.display()))?;
-    parse_totals(&text).with_context(|| format!("{}", out_file.display()))
+    let checked = stdout
+        .split_once("self-check ok: ")
+        .map(|(_, s)| s.trim().to_owned())
+        .unwrap_or_default();
+    let total = parse_totals(&text).with_context(|| format!("{}", out_file.display()))?;
+    Ok((total, checked))
 }
 
 /// The cases to run: `wanted` (all when empty) plus their baselines, in list order.
@@ -356,6 +363,7 @@ fn to_json(results: &[Measured], valgrind: &str) -> serde_json::Value {
             "instructions_per_op": m.per_op,
             "baseline": m.case.baseline,
             "ratio": m.ratio,
+            "checked": m.checked,
         })).collect::<Vec<_>>(),
     })
 }
@@ -461,14 +469,15 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
             "bench: {} ({} and {} iterations under callgrind)",
             c.name, c.low, c.high
         );
-        let low = callgrind(&bin, dir.path(), &c.name, c.low)?;
-        let high = callgrind(&bin, dir.path(), &c.name, c.high)?;
+        let (low, _) = callgrind(&bin, dir.path(), &c.name, c.low)?;
+        let (high, checked) = callgrind(&bin, dir.path(), &c.name, c.high)?;
         let per_op = per_op(&c, low, high)?;
         results.push(Measured {
             case: c,
             ir: (low, high),
             per_op,
             ratio: None,
+            checked,
         });
     }
     ratios(&mut results);
@@ -484,6 +493,9 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
     println!();
     for m in &results {
         println!("{:<22} {}", m.case.name, m.case.what);
+        if !m.checked.is_empty() {
+            println!("{:<22}   checked: {}", "", m.checked);
+        }
     }
     let floor = results
         .iter()
@@ -552,12 +564,14 @@ mod tests {
                 ir: (0, 0),
                 per_op: 200.0,
                 ratio: None,
+                checked: String::new(),
             },
             Measured {
                 case: case("b", 1, 2, Some("a")),
                 ir: (0, 0),
                 per_op: 5_000.0,
                 ratio: None,
+                checked: String::new(),
             },
         ];
         ratios(&mut results);

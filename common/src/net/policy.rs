@@ -148,7 +148,12 @@ mod tests {
             action: Action::Proxy { proxy_v2: false },
             ..Rule::default()
         }];
-        let rs = RuleSet::new(rules, vec![IndexEntry::default(); 1], Action::Direct).unwrap();
+        let rs = RuleSet::new(
+            rules,
+            vec![IndexEntry::default(); crate::net::rules::index_len(1)],
+            Action::Direct,
+        )
+        .unwrap();
         let p4 = Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 3128);
         let proxies = Proxies {
             v4: Some(p4),
@@ -217,7 +222,12 @@ mod tests {
                 ..Rule::default()
             },
         ];
-        let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+        let rs = RuleSet::new(
+            rules,
+            vec![IndexEntry::default(); crate::net::rules::index_len(2)],
+            Action::Direct,
+        )
+        .unwrap();
         let p4 = Endpoint::new(IpAddr::V4([127, 0, 0, 1]), 3128);
         let proxies = Proxies {
             v4: Some(p4),

@@ -943,7 +943,12 @@ fn the_shared_rule_engine_drives_the_ip_filter() {
             ..Rule::default()
         },
     ];
-    let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+    let rs = RuleSet::new(
+        rules,
+        vec![IndexEntry::default(); crate::net::rules::index_len(2)],
+        Action::Direct,
+    )
+    .unwrap();
     let proxies = Proxies {
         v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)),
         ..Proxies::default()
@@ -1018,7 +1023,12 @@ fn the_ip_filter_redirects_only_the_rules_protocol() {
             ..Rule::default()
         },
     ];
-    let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+    let rs = RuleSet::new(
+        rules,
+        vec![IndexEntry::default(); crate::net::rules::index_len(2)],
+        Action::Direct,
+    )
+    .unwrap();
     let proxies = Proxies {
         v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)),
         ..Proxies::default()
@@ -1086,7 +1096,12 @@ fn the_ip_filter_drops_opening_packets_of_blocked_flows() {
             ..Rule::default()
         },
     ];
-    let rs = RuleSet::new(rules, vec![IndexEntry::default(); 2], Action::Direct).unwrap();
+    let rs = RuleSet::new(
+        rules,
+        vec![IndexEntry::default(); crate::net::rules::index_len(2)],
+        Action::Direct,
+    )
+    .unwrap();
     let proxies = Proxies {
         v4: Some(Ep::new(IpAddr::V4([192, 0, 2, 1]), 3128)),
         ..Proxies::default()
