@@ -276,21 +276,10 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
 /// controls: give such a build its own `target_dir`, since the settings change
 /// every crate's build (the normal build's output is left alone).
 pub fn build_variant(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<Vec<BuiltBundle>> {
-    let target = opts.target_dir(root);
     // Nothing changed since the last build with these options: its bundles
     // stand (crate::stamp; the nested cargo, link, verify and bundle steps
     // are skipped).
-    let key = format!(
-        "kexts release={} archs={:?} kexts={:?} cfgs={cfgs:?}",
-        opts.release, opts.archs, opts.kexts
-    );
-    // One stamp per set of options, so alternating ones do not undo each other.
-    let name = format!(
-        "kexts-{}-{}",
-        if opts.release { "release" } else { "debug" },
-        crate::stamp::short_hash(&key)
-    );
-    let fingerprint = crate::stamp::inputs(root, &target, &key)?;
+    let (target, name, fingerprint) = stamp_of(root, opts, cfgs)?;
     if let Some(report) = crate::stamp::fresh(&target, &name, &fingerprint)
         && let Some(built) = bundles_from_report(&report)
     {
@@ -310,6 +299,33 @@ pub fn build_variant(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<
         bundles_report(&built),
     )?;
     Ok(built)
+}
+
+/// True when [`build`] with `opts` would skip every step (its stamp is
+/// fresh: nothing changed since it last ran).
+pub fn up_to_date(root: &Path, opts: &BuildOptions) -> Result<bool> {
+    let (target, name, fingerprint) = stamp_of(root, opts, &[])?;
+    Ok(crate::stamp::fresh(&target, &name, &fingerprint)
+        .as_ref()
+        .and_then(bundles_from_report)
+        .is_some())
+}
+
+/// The target directory, stamp name and input fingerprint of a build.
+fn stamp_of(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<(PathBuf, String, String)> {
+    let target = opts.target_dir(root);
+    let key = format!(
+        "kexts release={} archs={:?} kexts={:?} cfgs={cfgs:?}",
+        opts.release, opts.archs, opts.kexts
+    );
+    // One stamp per set of options, so alternating ones do not undo each other.
+    let name = format!(
+        "kexts-{}-{}",
+        if opts.release { "release" } else { "debug" },
+        crate::stamp::short_hash(&key)
+    );
+    let fingerprint = crate::stamp::inputs(root, &target, &key)?;
+    Ok((target, name, fingerprint))
 }
 
 /// What a stamp keeps of the bundles a build wrote.

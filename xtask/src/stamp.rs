@@ -264,7 +264,7 @@ mod tests {
             &target,
             "s",
             &resized,
-            &[out.clone()],
+            std::slice::from_ref(&out),
             serde_json::json!([1]),
         )
         .unwrap();
@@ -276,7 +276,7 @@ mod tests {
             &target,
             "s",
             &resized,
-            &[out.clone()],
+            std::slice::from_ref(&out),
             serde_json::json!([1]),
         )
         .unwrap();
