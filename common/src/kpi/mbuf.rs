@@ -206,11 +206,10 @@ impl<'a> Packet<'a> {
         if p.is_null() {
             return None;
         }
+        // The view borrows the packet mutably, so it cannot outlive the loan
+        // nor meet a KPI that consumes or changes the chain.
         // SAFETY: the first mbuf holds `len` bytes at `mbuf_data`, valid while
-        // the chain is lent to this callback; `&mut self` makes this the only
-        // access to them until the view is dropped (the view borrows the
-        // packet, so it cannot outlive a KPI that consumes or changes the
-        // chain).
+        // the chain is lent to this callback; `&mut self`: the only access.
         let bytes = unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
         Some(First {
             bytes,
