@@ -57,7 +57,7 @@ use common::kpi::ctl::{self, Control};
 use common::kpi::global::Global;
 use common::kpi::ipf::{Family, Input, IpFilter, Output, Verdict};
 use common::kpi::lock::{self, Mutex, RwLock};
-use common::kpi::mbuf::Packet;
+use common::kpi::mbuf::{First, Packet};
 use common::kpi::rules::{self as krules, KRuleSet};
 use common::kpi::sflt::Errno;
 use common::kpi::{KextError, clock, log, random};
@@ -170,14 +170,22 @@ struct IpConfig {
     generation: u32,
 }
 
+/// One family's flows, with a copy of the proxy endpoints (kept equal to the
+/// configuration's by the control, under the configuration's write lock), so
+/// a tracked flow's packets are planned under this lock alone.
+struct Flows {
+    table: Table,
+    proxies: Proxies,
+}
+
 struct Shared {
     config: RwLock<IpConfig>,
-    nat_v4: Mutex<Table>,
-    nat_v6: Mutex<Table>,
+    nat_v4: Mutex<Flows>,
+    nat_v6: Mutex<Flows>,
 }
 
 impl Shared {
-    fn table(&self, f: Family) -> &Mutex<Table> {
+    fn table(&self, f: Family) -> &Mutex<Flows> {
         match f {
             Family::V4 => &self.nat_v4,
             Family::V6 => &self.nat_v6,
@@ -227,24 +235,35 @@ fn rewrite(
 }
 
 impl Nat {
-    /// The output plan under the current configuration.
+    /// The output plan: a tracked flow's under its table's lock alone
+    /// (`filter::plan_output_tracked`), a new flow's under the configuration
+    /// (read) and then the table (`filter::plan_output_parsed`, which finds
+    /// the flow should another packet have created it in between). The clock
+    /// is read before any lock is taken.
     fn plan_output(&self, bytes: &[u8], len: usize, t: &Transport) -> Plan {
         // Before start finished or after stop began: nothing is redirected.
         let Some(st) = STATE.get() else {
             return Plan::Pass;
         };
+        let now = clock::uptime_ms();
+        {
+            let mut flows = st.table(self.family).lock();
+            let Flows { table, proxies } = &mut *flows;
+            if let Some(plan) = filter::plan_output_tracked(bytes, len, t, table, proxies, now) {
+                return plan;
+            }
+        }
         let cfg = st.config.read();
         let policy = RulesPolicy {
             enabled: cfg.enabled,
             rules: &cfg.rules,
             proxies: &cfg.proxies,
         };
-        let mut table = st.table(self.family).lock();
-        let before = table.inserted();
-        let now = clock::uptime_ms();
-        let plan = filter::plan_output_parsed(bytes, len, t, &mut table, &policy, now);
-        let created = table.inserted() != before;
-        drop(table);
+        let mut flows = st.table(self.family).lock();
+        let before = flows.table.inserted();
+        let plan = filter::plan_output_parsed(bytes, len, t, &mut flows.table, &policy, now);
+        let created = flows.table.inserted() != before;
+        drop(flows);
         drop(cfg);
         // Logged outside the locks (the logger never blocks).
         let blocked = plan == Plan::Drop(DropReason::Blocked);
@@ -274,8 +293,9 @@ impl Nat {
         let Some(st) = STATE.get() else {
             return Plan::Pass;
         };
-        let mut table = st.table(self.family).lock();
-        filter::plan_input_parsed(bytes, t, &mut table, clock::uptime_ms())
+        let now = clock::uptime_ms();
+        let mut flows = st.table(self.family).lock();
+        filter::plan_input_parsed(bytes, t, &mut flows.table, now)
     }
 
     /// The output path once the headers are parsed: plan, rewrite, re-inject.
@@ -313,19 +333,34 @@ impl Nat {
             };
             rewrite(&mut pkt, bytes, len, t, plan, l4)
         };
-        match d {
-            Decision::Rewritten { .. } => {
-                STATS.redirected.fetch_add(1, Ordering::Relaxed);
-                // The route was chosen for the old destination: re-inject.
-                let (taken, r) = out.inject(pkt);
-                if r.is_err() {
-                    count_drop(DropReason::Inject);
-                }
-                Verdict::Taken(taken)
-            }
-            Decision::Drop(r) => drop_counted(r, pkt),
-            Decision::Pass => Verdict::Pass(pkt),
-        }
+        output_decided(d, pkt, out)
+    }
+
+    /// The output path of a packet whose first mbuf holds its headers
+    /// (`filter::parse_in_first`): planned and rewritten in place, with no
+    /// copy and no length asked (`None`: take the copying path).
+    fn output_in_place(&self, pkt: &mut Packet<'_>) -> Option<Decision> {
+        let First { bytes, csum } = pkt.first_mut()?;
+        let (n, t) = filter::parse_in_first(bytes, PREFIX)?;
+        let len = bytes.len();
+        let prefix = bytes.get_mut(..n)?;
+        let plan = self.plan_output(prefix, len, &t);
+        let l4 = match plan {
+            // Only a rewrite needs to know whether the stack deferred the
+            // TCP/UDP checksum (all this path sees).
+            Plan::Translate { .. } if csum.l4_deferred() => L4Sum::Deferred,
+            _ => L4Sum::Complete,
+        };
+        Some(filter::apply_parsed(prefix, &t, plan, l4))
+    }
+
+    /// [`Nat::output_in_place`] for the input path.
+    fn input_in_place(&self, pkt: &mut Packet<'_>) -> Option<Decision> {
+        let First { bytes, .. } = pkt.first_mut()?;
+        let (n, t) = filter::parse_in_first(bytes, PREFIX)?;
+        let prefix = bytes.get_mut(..n)?;
+        let plan = self.plan_input(prefix, &t);
+        Some(filter::apply_parsed(prefix, &t, plan, L4Sum::Complete))
     }
 
     /// The input path once the headers are parsed.
@@ -341,15 +376,38 @@ impl Nat {
             Ok(p) => p,
             Err(v) => return v,
         };
-        match rewrite(&mut pkt, bytes, len, t, plan, L4Sum::Complete) {
-            Decision::Rewritten { .. } => {
-                pkt.inbound_modified();
-                STATS.replies.fetch_add(1, Ordering::Relaxed);
-                Verdict::Pass(pkt)
+        let d = rewrite(&mut pkt, bytes, len, t, plan, L4Sum::Complete);
+        input_decided(d, pkt)
+    }
+}
+
+/// Settles an output packet once its headers are rewritten (or not).
+fn output_decided<'a>(d: Decision, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
+    match d {
+        Decision::Rewritten { .. } => {
+            STATS.redirected.fetch_add(1, Ordering::Relaxed);
+            // The route was chosen for the old destination: re-inject.
+            let (taken, r) = out.inject(pkt);
+            if r.is_err() {
+                count_drop(DropReason::Inject);
             }
-            Decision::Drop(r) => drop_counted(r, pkt),
-            Decision::Pass => Verdict::Pass(pkt),
+            Verdict::Taken(taken)
         }
+        Decision::Drop(r) => drop_counted(r, pkt),
+        Decision::Pass => Verdict::Pass(pkt),
+    }
+}
+
+/// Settles an input packet once its headers are rewritten (or not).
+fn input_decided(d: Decision, mut pkt: Packet<'_>) -> Verdict<'_> {
+    match d {
+        Decision::Rewritten { .. } => {
+            pkt.inbound_modified();
+            STATS.replies.fetch_add(1, Ordering::Relaxed);
+            Verdict::Pass(pkt)
+        }
+        Decision::Drop(r) => drop_counted(r, pkt),
+        Decision::Pass => Verdict::Pass(pkt),
     }
 }
 
@@ -384,7 +442,10 @@ fn settle(plan: Plan, pkt: Packet<'_>) -> Result<Packet<'_>, Verdict<'_>> {
 impl IpFilter for Nat {
     const NAME: &'static core::ffi::CStr = c"net.prx.kext.IPFilter";
 
-    fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
+    fn output<'a>(&self, mut pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
+        if let Some(d) = self.output_in_place(&mut pkt) {
+            return output_decided(d, pkt, out);
+        }
         let len = pkt.len();
         let mut head = [0u8; HEAD];
         let Some(bytes) = copy_head(&pkt, &mut head, len) else {
@@ -414,6 +475,10 @@ impl IpFilter for Nat {
         _protocol: u8,
         _inj: Input<'a>,
     ) -> Verdict<'a> {
+        let mut pkt = pkt;
+        if let Some(d) = self.input_in_place(&mut pkt) {
+            return input_decided(d, pkt);
+        }
         let len = pkt.len();
         let mut head = [0u8; HEAD];
         let Some(bytes) = copy_head(&pkt, &mut head, len) else {
@@ -453,8 +518,8 @@ fn replace_config(st: &Shared, f: impl FnOnce(&mut IpConfig)) {
 }
 
 fn flows(st: &Shared) -> u64 {
-    let a = st.nat_v4.lock().len();
-    let b = st.nat_v6.lock().len();
+    let a = st.nat_v4.lock().table.len();
+    let b = st.nat_v6.lock().table.len();
     u64::try_from(a.saturating_add(b)).unwrap_or(u64::MAX)
 }
 
@@ -465,7 +530,7 @@ fn lookup(st: &Shared, client: &common::net::addr::Endpoint) -> Option<Original>
         common::net::addr::IpAddr::V4(_) => Family::V4,
         common::net::addr::IpAddr::V6(_) => Family::V6,
     };
-    let f = st.table(family).lock().client_flow(&c, now)?;
+    let f = st.table(family).lock().table.client_flow(&c, now)?;
     Some(Original {
         dst: f.key.dst.into(),
         pid: 0,
@@ -501,7 +566,13 @@ impl Control for Ctl {
                 Ok(())
             }
             SetRequest::Proxies(p) => {
-                replace_config(&st, |cfg| cfg.proxies = p);
+                // The tables' copies change under the configuration's lock
+                // (order: configuration, IPv4 table, IPv6 table), so two
+                // controls cannot leave them different.
+                let mut cfg = st.config.write();
+                cfg.proxies = p;
+                st.nat_v4.lock().proxies = p;
+                st.nat_v6.lock().proxies = p;
                 Ok(())
             }
             SetRequest::Enabled(on) => {
@@ -512,8 +583,8 @@ impl Control for Ctl {
                 // Both tables at once (callbacks hold one table at a time).
                 let mut v4 = st.nat_v4.lock();
                 let mut v6 = st.nat_v6.lock();
-                v4.set_config(t.nat_config());
-                v6.set_config(t.nat_config());
+                v4.table.set_config(t.nat_config());
+                v6.table.set_config(t.nat_config());
                 Ok(())
             }
             SetRequest::LogLevel(l) => {
@@ -561,7 +632,10 @@ impl Control for Ctl {
                     }
                 };
                 push(stat::IP_FLOWS, flows(&st));
-                let (v4s, v6s) = (st.nat_v4.lock().stats(), st.nat_v6.lock().stats());
+                let (v4s, v6s) = (
+                    st.nat_v4.lock().table.stats(),
+                    st.nat_v6.lock().table.stats(),
+                );
                 push(
                     stat::IP_FLOWS_EXPIRED,
                     v4s.expired.saturating_add(v6s.expired),
@@ -572,7 +646,7 @@ impl Control for Ctl {
                 );
                 push(
                     stat::IP_FLOW_CAPACITY,
-                    u64::try_from(st.nat_v4.lock().capacity().saturating_mul(2))
+                    u64::try_from(st.nat_v4.lock().table.capacity().saturating_mul(2))
                         .unwrap_or(u64::MAX),
                 );
                 push(
@@ -588,7 +662,7 @@ impl Control for Ctl {
                     u64::from(STATS.attached.load(Ordering::Relaxed)),
                 );
                 push(stat::RULES_GENERATION, u64::from(generation));
-                let t = proto::Timeouts::of(&st.nat_v4.lock().config());
+                let t = proto::Timeouts::of(&st.nat_v4.lock().table.config());
                 push(stat::IP_TCP_IDLE_S, u64::from(t.tcp_idle_s));
                 push(stat::IP_TCP_CLOSED_S, u64::from(t.tcp_closed_s));
                 push(stat::IP_UDP_IDLE_S, u64::from(t.udp_idle_s));
@@ -615,11 +689,15 @@ common::kern_control!(static CONTROL: Ctl = name proto::IP_CONTROL_NAME, flags C
 
 /// A NAT table of the configured capacity, empty, keyed from the kernel's
 /// random generator, with the default (RFC) timeouts.
-fn make_table() -> Result<Mutex<Table>, KextError> {
+fn make_table() -> Result<Mutex<Flows>, KextError> {
     let store = KSlice::try_new(FLOWS, Entry::EMPTY).map_err(|_| KextError::Failed)?;
     let table =
         NatTable::new(store, Config::DEFAULT, random::u64()).map_err(|_| KextError::Failed)?;
-    Mutex::try_new(table).map_err(|_| KextError::Failed)
+    let flows = Flows {
+        table,
+        proxies: Proxies::default(),
+    };
+    Mutex::try_new(flows).map_err(|_| KextError::Failed)
 }
 
 fn make_state() -> Result<(), KextError> {
@@ -703,7 +781,10 @@ fn stop() -> Result<(), KextError> {
     }
     STATS.attached.store(0, Ordering::Relaxed);
     if let Some(st) = STATE.get() {
-        let (a, b) = (st.nat_v4.lock().stats(), st.nat_v6.lock().stats());
+        let (a, b) = (
+            st.nat_v4.lock().table.stats(),
+            st.nat_v6.lock().table.stats(),
+        );
         log::counter(
             c"PrxIPFilter",
             c"flows_v4",

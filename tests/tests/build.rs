@@ -403,6 +403,15 @@ fn a_second_build_rewrites_nothing() {
         },
     )
     .expect("second build");
+    // The second build found its stamp fresh: no nested cargo, link, verify
+    // or bundle step ran (xtask::stamp).
+    let opts = xtask::build::BuildOptions {
+        release: true,
+        archs: vec![],
+        kexts: vec![],
+        target_dir: None,
+    };
+    assert!(xtask::build::up_to_date(&prx_tests::root(), &opts).expect("stamp"));
     for (b, m) in again.iter().zip(mtimes) {
         assert!(!b.changed, "{} was rewritten", b.path.display());
         assert_eq!(

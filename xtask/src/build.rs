@@ -276,6 +276,99 @@ pub fn build(root: &Path, opts: &BuildOptions) -> Result<Vec<BuiltBundle>> {
 /// controls: give such a build its own `target_dir`, since the settings change
 /// every crate's build (the normal build's output is left alone).
 pub fn build_variant(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<Vec<BuiltBundle>> {
+    // Nothing changed since the last build with these options: its bundles
+    // stand (crate::stamp; the nested cargo, link, verify and bundle steps
+    // are skipped).
+    let (target, name, fingerprint) = stamp_of(root, opts, cfgs)?;
+    if let Some(report) = crate::stamp::fresh(&target, &name, &fingerprint)
+        && let Some(built) = bundles_from_report(&report)
+    {
+        return Ok(built);
+    }
+    crate::stamp::remove(&target, &name);
+    let built = build_unstamped(root, opts, cfgs)?;
+    let outputs: Vec<PathBuf> = built
+        .iter()
+        .flat_map(|b| crate::stamp::files_under(&b.path))
+        .collect();
+    crate::stamp::write(
+        &target,
+        &name,
+        &fingerprint,
+        &outputs,
+        bundles_report(&built),
+    )?;
+    Ok(built)
+}
+
+/// True when [`build`] with `opts` would skip every step (its stamp is
+/// fresh: nothing changed since it last ran).
+pub fn up_to_date(root: &Path, opts: &BuildOptions) -> Result<bool> {
+    let (target, name, fingerprint) = stamp_of(root, opts, &[])?;
+    Ok(crate::stamp::fresh(&target, &name, &fingerprint)
+        .as_ref()
+        .and_then(bundles_from_report)
+        .is_some())
+}
+
+/// The target directory, stamp name and input fingerprint of a build.
+fn stamp_of(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<(PathBuf, String, String)> {
+    let target = opts.target_dir(root);
+    let key = format!(
+        "kexts release={} archs={:?} kexts={:?} cfgs={cfgs:?}",
+        opts.release, opts.archs, opts.kexts
+    );
+    // One stamp per set of options, so alternating ones do not undo each other.
+    let name = format!(
+        "kexts-{}-{}",
+        if opts.release { "release" } else { "debug" },
+        crate::stamp::short_hash(&key)
+    );
+    let fingerprint = crate::stamp::inputs(root, &target, &key)?;
+    Ok((target, name, fingerprint))
+}
+
+/// What a stamp keeps of the bundles a build wrote.
+fn bundles_report(built: &[BuiltBundle]) -> serde_json::Value {
+    serde_json::Value::Array(
+        built
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "crate": b.crate_name,
+                    "path": b.path,
+                    "executable_size": b.executable_size,
+                    "archs": b.archs.iter().map(|a| a.name()).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The bundles a stamp recorded, all unchanged (`None`: the stamp is not
+/// one this xtask wrote).
+fn bundles_from_report(report: &serde_json::Value) -> Option<Vec<BuiltBundle>> {
+    report
+        .as_array()?
+        .iter()
+        .map(|b| {
+            Some(BuiltBundle {
+                crate_name: b["crate"].as_str()?.to_string(),
+                path: PathBuf::from(b["path"].as_str()?),
+                executable_size: b["executable_size"].as_u64()?,
+                archs: b["archs"]
+                    .as_array()?
+                    .iter()
+                    .map(|a| a.as_str()?.parse().ok())
+                    .collect::<Option<_>>()?,
+                changed: false,
+            })
+        })
+        .collect()
+}
+
+/// [`build_variant`] without the stamp: every step runs.
+fn build_unstamped(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<Vec<BuiltBundle>> {
     toolchain::ensure_rust_src(root)?;
     let archs: Vec<Arch> = if opts.archs.is_empty() {
         SUPPORTED_ARCHS.to_vec()

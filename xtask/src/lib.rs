@@ -10,6 +10,7 @@ pub mod emu_bridge;
 pub mod kpi;
 #[cfg(feature = "package")]
 pub mod package;
+pub mod stamp;
 pub mod suite;
 pub mod toolchain;
 pub mod tools;

@@ -327,6 +327,46 @@ pub fn out_dir(target: &Path, release: bool) -> PathBuf {
 /// Builds every tool for every slice and writes the universal executables.
 /// `target`: the base output directory (the workspace's `target/`).
 pub fn build(root: &Path, target: &Path, release: bool) -> Result<Vec<BuiltTool>> {
+    // As for the kexts (crate::build::build_variant): nothing changed, the
+    // executables stand.
+    let name = format!("tools-{}", if release { "release" } else { "debug" });
+    let fingerprint = crate::stamp::inputs(root, target, &name)?;
+    if let Some(report) = crate::stamp::fresh(target, &name, &fingerprint)
+        && let Some(built) = tools_from_report(&report)
+    {
+        return Ok(built);
+    }
+    crate::stamp::remove(target, &name);
+    let built = build_unstamped(root, target, release)?;
+    let outputs: Vec<PathBuf> = built.iter().map(|t| t.path.clone()).collect();
+    let report = serde_json::Value::Array(
+        built
+            .iter()
+            .map(|t| serde_json::json!({ "name": t.name, "path": t.path, "size": t.size }))
+            .collect(),
+    );
+    crate::stamp::write(target, &name, &fingerprint, &outputs, report)?;
+    Ok(built)
+}
+
+/// The executables a stamp recorded, unchanged.
+fn tools_from_report(report: &serde_json::Value) -> Option<Vec<BuiltTool>> {
+    report
+        .as_array()?
+        .iter()
+        .map(|t| {
+            Some(BuiltTool {
+                name: t["name"].as_str()?.to_string(),
+                path: PathBuf::from(t["path"].as_str()?),
+                size: t["size"].as_u64()?,
+                changed: false,
+            })
+        })
+        .collect()
+}
+
+/// [`build`] without the stamp: every step runs.
+fn build_unstamped(root: &Path, target: &Path, release: bool) -> Result<Vec<BuiltTool>> {
     let tools = tool_crates(root)?;
     if tools.is_empty() {
         return Ok(Vec::new());

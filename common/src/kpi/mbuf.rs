@@ -189,6 +189,37 @@ impl<'a> Packet<'a> {
         Some(unsafe { core::slice::from_raw_parts(p.cast::<u8>(), len) })
     }
 
+    /// The first mbuf's bytes, readable and writable in place (`mbuf_len`,
+    /// `mbuf_data`: two calls, where copying headers out and back costs
+    /// `mbuf_pkthdr_len`, `mbuf_copydata` and `mbuf_copyback`). Writing
+    /// there is what `mbuf_copyback` does for bytes within the first mbuf.
+    /// `None` when the first mbuf is empty.
+    pub fn first_mut(&mut self) -> Option<First<'_>> {
+        let m = self.mbuf();
+        // SAFETY: a live mbuf.
+        let len = unsafe { sys::mbuf_len(m) };
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a live mbuf.
+        let p = unsafe { sys::mbuf_data(m) };
+        if p.is_null() {
+            return None;
+        }
+        // The view borrows the packet mutably, so it cannot outlive the loan
+        // nor meet a KPI that consumes or changes the chain.
+        // SAFETY: the first mbuf holds `len` bytes at `mbuf_data`, valid while
+        // the chain is lent to this callback; `&mut self`: the only access.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        Some(First {
+            bytes,
+            csum: Csum {
+                m,
+                _lent: PhantomData,
+            },
+        })
+    }
+
     /// Completes checksums the stack left to hardware (IPv4 header, deferred
     /// TCP/UDP), so the bytes are final before a rewrite. `family` is
     /// `AF_INET`/`AF_INET6`, `ip_offset` where the IP header starts.
@@ -204,18 +235,7 @@ impl<'a> Packet<'a> {
     /// rewrite adjusts instead of completing the checksum in software
     /// (`translate::L4Sum::Deferred`).
     pub fn l4_csum_deferred(&self) -> bool {
-        let mut req: sys::mbuf_csum_request_flags_t = 0;
-        let mut value: u32 = 0;
-        // SAFETY: a live chain with a packet header; both out-parameters are
-        // writable u32s.
-        let r = unsafe { sys::mbuf_get_csum_requested(self.mbuf(), &mut req, &mut value) };
-        r == 0
-            && req
-                & (sys::MBUF_CSUM_REQ_TCP
-                    | sys::MBUF_CSUM_REQ_UDP
-                    | sys::MBUF_CSUM_REQ_TCPIPV6
-                    | sys::MBUF_CSUM_REQ_UDPIPV6)
-                != 0
+        l4_csum_deferred(self.mbuf())
     }
 
     /// Tells the stack an inbound packet was modified: checksums verified by
@@ -238,4 +258,44 @@ impl<'a> Packet<'a> {
     pub(crate) fn into_raw(self) -> sys::mbuf_t {
         self.mbuf()
     }
+}
+
+/// The first mbuf of a [`Packet`] ([`Packet::first_mut`]).
+#[derive(Debug)]
+pub struct First<'p> {
+    /// Its bytes.
+    pub bytes: &'p mut [u8],
+    /// The packet's checksum request, for asking while `bytes` is borrowed.
+    pub csum: Csum<'p>,
+}
+
+/// The checksum-offload state of a packet whose first mbuf is borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Csum<'p> {
+    m: sys::mbuf_t,
+    _lent: PhantomData<&'p ()>,
+}
+
+impl Csum<'_> {
+    /// [`Packet::l4_csum_deferred`].
+    pub fn l4_deferred(&self) -> bool {
+        l4_csum_deferred(self.m)
+    }
+}
+
+/// `mbuf_get_csum_requested` of a live chain: a TCP/UDP checksum left to the
+/// interface.
+fn l4_csum_deferred(m: sys::mbuf_t) -> bool {
+    let mut req: sys::mbuf_csum_request_flags_t = 0;
+    let mut value: u32 = 0;
+    // SAFETY: a live chain with a packet header; both out-parameters are
+    // writable u32s.
+    let r = unsafe { sys::mbuf_get_csum_requested(m, &mut req, &mut value) };
+    r == 0
+        && req
+            & (sys::MBUF_CSUM_REQ_TCP
+                | sys::MBUF_CSUM_REQ_UDP
+                | sys::MBUF_CSUM_REQ_TCPIPV6
+                | sys::MBUF_CSUM_REQ_UDPIPV6)
+            != 0
 }

@@ -378,6 +378,28 @@ pub fn first_look(head: &[u8], packet_len: usize) -> Option<Result<Transport, Pl
     }
 }
 
+/// The parse of a packet whose **first mbuf** holds `first` (all of that
+/// buffer's bytes; the packet may go on in further mbufs), when those bytes
+/// alone decide it: an IPv4/IPv6 packet whose length fields end within
+/// `first` (so the packet holds at least that much, whatever its total
+/// length), carrying TCP or UDP with its header up to the checksum within the
+/// first `max_prefix` bytes. The answer is the prefix's length `n` (the
+/// prefix is `first[..n]`, `n` = `first.len().min(max_prefix)`) and the parse,
+/// with `first.len()` standing for the packet's length. Then the headers can
+/// be read and rewritten in place, and the packet's total length is not needed: every decision and
+/// rewrite of such a packet is the one [`first_look`]/[`parse_output`] give
+/// for the whole packet, whatever its length (`packet_len` only bounds the
+/// length fields, which `first` already holds). `None`: the caller takes
+/// the general path (copy out the prefix with the packet's length).
+pub fn parse_in_first(first: &[u8], max_prefix: usize) -> Option<(usize, Transport)> {
+    let n = first.len().min(max_prefix);
+    let t = ip::transport_in(first.get(..n)?, first.len()).ok()?;
+    let fits = t.has_transport
+        && matches!(t.protocol, proto::TCP | proto::UDP)
+        && n >= translate::prefix_len(&t);
+    fits.then_some((n, t))
+}
+
 /// [`plan_output`] for a packet already parsed as `t` ([`parse_output`]).
 pub fn plan_output_parsed<S: Store>(
     prefix: &[u8],
@@ -450,6 +472,103 @@ pub fn plan_output_parsed<S: Store>(
         },
         Err(InsertError::Full) => Plan::Drop(DropReason::TableFull),
         Err(InsertError::Collision) => Plan::Drop(DropReason::Collision),
+    }
+}
+
+/// The output plan when it needs no rules: [`plan_output_parsed`]'s answer
+/// for every packet but the TCP/UDP packets of untracked flows (`None`: ask
+/// the policy, through [`plan_output_parsed`]). It needs only the proxy
+/// endpoints (packets to or from the proxy are never redirected), so the IP
+/// filter plans a tracked flow's packets under the table's lock alone.
+pub fn plan_output_tracked<S: Store>(
+    prefix: &[u8],
+    packet_len: usize,
+    t: &Transport,
+    table: &mut NatTable<S>,
+    proxies: &super::policy::Proxies,
+    now: u64,
+) -> Option<Plan> {
+    plan_known(prefix, packet_len, t, table, now, &ProxiesOnly(proxies)).ok()
+}
+
+/// The proxy endpoints alone, for [`plan_known`] (which asks a policy only
+/// about the proxy's addresses).
+struct ProxiesOnly<'a>(&'a super::policy::Proxies);
+
+impl Policy for ProxiesOnly<'_> {
+    /// Never asked ([`plan_known`] leaves new flows to its caller); leaves
+    /// the flow alone.
+    fn new_flow(&self, _protocol: u8, _src: &Endpoint, _dst: &Endpoint) -> NewFlow {
+        NewFlow::Leave
+    }
+
+    fn is_proxy(&self, addr: &Addr) -> bool {
+        proxies_contain_either(self.0, addr, addr)
+    }
+
+    fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
+        proxies_contain_either(self.0, a, b)
+    }
+}
+
+/// What a new flow needs decided: its key and TCP flags.
+type Unknown = (FlowKey, u8);
+
+/// The part of the output plan that needs no rules (`Err`: a TCP/UDP packet of
+/// an untracked flow, for the policy).
+fn plan_known<S: Store>(
+    prefix: &[u8],
+    packet_len: usize,
+    t: &Transport,
+    table: &mut NatTable<S>,
+    now: u64,
+    policy: &impl Policy,
+) -> Result<Plan, Unknown> {
+    let t = *t;
+    if let Some(q) = is_icmp(&t).then(|| icmp_error::quote(prefix, &t)).flatten() {
+        // About a packet the client received from a translated flow, which
+        // then came from the original destination to the client endpoint.
+        if t.src != q.dst.addr {
+            return Ok(Plan::Pass);
+        }
+        let key = FlowKey {
+            protocol: q.inner.protocol,
+            src: q.dst,
+            dst: q.src,
+        };
+        return Ok(match table.peek_forward(&key, now) {
+            Some(f) => Plan::Translate {
+                side: Side::Dst,
+                to: f.proxy,
+            },
+            None => Plan::Pass,
+        });
+    }
+    if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
+        return Ok(Plan::Pass);
+    }
+    if policy.is_proxy_either(&t.dst, &t.src) {
+        return Ok(Plan::Pass);
+    }
+    let Some((src, dst)) = endpoints(prefix, &t) else {
+        return Ok(if prefix.len() < packet_len {
+            Plan::Drop(DropReason::Unparseable)
+        } else {
+            Plan::Pass
+        });
+    };
+    let key = FlowKey {
+        protocol: t.protocol,
+        src,
+        dst,
+    };
+    let flags = tcp_flags(prefix, &t);
+    match table.outbound(&key, flags, now) {
+        Some(to) => Ok(Plan::Translate {
+            side: Side::Dst,
+            to,
+        }),
+        None => Err((key, flags)),
     }
 }
 
@@ -659,17 +778,20 @@ where
         self.is_proxy_either(addr, addr)
     }
 
-    /// Each proxy address is made canonical once and compared with both
-    /// addresses as they are (`canonical(a) == p` without converting `a`).
     fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
-        [self.proxies.v4, self.proxies.v6]
-            .iter()
-            .flatten()
-            .any(|p| {
-                let p = p.addr.canonical();
-                is_canonically(a, &p) || is_canonically(b, &p)
-            })
+        proxies_contain_either(self.proxies, a, b)
     }
+}
+
+/// True when `a` or `b` is one of `proxies`' addresses: each proxy address is
+/// made canonical once and compared with both addresses as they are
+/// (`canonical(a) == p` without converting `a`).
+#[inline(always)]
+fn proxies_contain_either(proxies: &super::policy::Proxies, a: &Addr, b: &Addr) -> bool {
+    [proxies.v4, proxies.v6].iter().flatten().any(|p| {
+        let p = p.addr.canonical();
+        is_canonically(a, &p) || is_canonically(b, &p)
+    })
 }
 
 /// True when `a`, made canonical (IPv4-mapped IPv6 as IPv4), equals `p`

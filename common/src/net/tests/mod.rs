@@ -494,6 +494,41 @@ proptest! {
         }
     }
 
+    /// The IP filter's in-place path (`filter::parse_in_first` on the first
+    /// mbuf, the packet's length not asked) parses every packet it accepts
+    /// exactly as the copying path (64-byte head, then the 256-byte prefix,
+    /// with the packet's real length) does, whatever the split of the packet
+    /// into mbufs and whatever follows it (trailing bytes).
+    #[test]
+    fn the_first_mbuf_parses_as_the_copied_prefix(
+        s in spec_strategy(),
+        split in any::<proptest::sample::Index>(),
+        trailing in proptest::collection::vec(any::<u8>(), 0..40),
+        hostile in proptest::option::of((any::<proptest::sample::Index>(), any::<u8>())),
+    ) {
+        let mut p = build(&s);
+        if let Some((at, b)) = hostile {
+            let i = at.index(p.len());
+            p[i] = b;
+        }
+        p.extend_from_slice(&trailing);
+        let first = &p[..split.index(p.len() + 1)];
+        let Some((n, t)) = filter::parse_in_first(first, 256) else {
+            return Ok(());
+        };
+        prop_assert_eq!(n, first.len().min(256));
+        prop_assert!(matches!(t.protocol, proto::TCP | proto::UDP) && t.has_transport);
+        let head = &p[..p.len().min(64)];
+        let full = &p[..p.len().min(256)];
+        let copied = match filter::first_look(head, p.len()) {
+            Some(r) => r,
+            None => filter::parse_output(full, p.len()),
+        };
+        prop_assert_eq!(copied, Ok(t));
+        // The input path's parse of the full prefix agrees too.
+        prop_assert_eq!(ip::transport_in(full, p.len()), Ok(t));
+    }
+
     /// Rewriting either endpoint with incremental checksums gives exactly the
     /// checksums a full recomputation gives, and etherparse accepts the result.
     #[test]
