@@ -12,44 +12,17 @@
 //! are installed by `xtask::emu_arm64e::ensure_tools`, which says so; if that is
 //! impossible the tests fail, never skip.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use support::{prx_bundles as bundles, root, scratch};
+
 use vm::emu::arch::chained::{self, Target};
 use vm::emu::image::{self, CPU_TYPE_ARM64};
 use vm::emu::{self, RunOptions, Runner, ScenarioReport};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
-        .path()
-}
-
-/// The prx release bundles (x86_64 + arm64e), built as `cargo xtask build --release` builds them.
-fn bundles() -> &'static [PathBuf] {
-    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let opts = xtask::build::BuildOptions {
-            release: true,
-            archs: vec![],
-            kexts: vec![],
-            target_dir: None,
-        };
-        xtask::build::build(&root(), &opts)
-            .unwrap_or_else(|e| panic!("cargo xtask build --release failed: {e:#}"))
-            .into_iter()
-            .map(|b| b.path)
-            .collect()
-    })
-}
 
 fn bundle(name: &str) -> PathBuf {
     bundles()
