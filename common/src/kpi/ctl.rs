@@ -111,6 +111,21 @@ pub fn deregister(def: &'static CtlDef) -> Result<(), Errno> {
     }
 }
 
+impl super::lifecycle::Registration for CtlDef {
+    fn register(&'static self) -> Result<(), super::KextError> {
+        register(self).map_err(|_| super::KextError::Failed)
+    }
+
+    /// `Busy` while clients are connected.
+    fn unregister(&'static self) -> Result<(), super::KextError> {
+        deregister(self).map_err(|_| super::KextError::Busy)
+    }
+
+    fn released(&self) -> bool {
+        self.kref.load(Ordering::Acquire).is_null()
+    }
+}
+
 /// The trampolines for `C`.
 pub struct VTable<C>(PhantomData<C>);
 

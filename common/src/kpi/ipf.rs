@@ -99,6 +99,8 @@ impl Input<'_> {
 pub trait IpFilter: Sync + Sized + 'static {
     /// The filter's name (`ipf_filter.name`).
     const NAME: &'static CStr;
+    /// The family it filters (`ipf_addv4` or `ipf_addv6`).
+    fn family(&self) -> Family;
     /// A packet on its way out (`ipf_output`). Must not block.
     fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a>;
     /// A packet coming in (`ipf_input`): `offset` of the transport header,
@@ -216,6 +218,23 @@ impl<T: IpFilter> Registration<T> {
     /// or `ipf_detach` ran.
     pub fn is_detached(&self) -> bool {
         self.state.load(Ordering::Acquire) == IDLE || self.detached.load(Ordering::Acquire)
+    }
+}
+
+impl<T: IpFilter> super::lifecycle::Registration for Registration<T> {
+    fn register(&'static self) -> Result<(), super::KextError> {
+        self.attach(self.filter.family())
+            .map_err(|_| super::KextError::Failed)
+    }
+
+    /// Never refused (`ipf_remove`); `ipf_detach` may follow later.
+    fn unregister(&'static self) -> Result<(), super::KextError> {
+        self.remove();
+        Ok(())
+    }
+
+    fn released(&self) -> bool {
+        self.is_detached()
     }
 }
 

@@ -1,0 +1,87 @@
+//! Start and stop as mechanism: one [`Registration`] shape for what a kext
+//! registers with the kernel (a socket filter, an IP filter, a
+//! kern_control), and the steps both kexts' start and stop are made of.
+//!
+//! - [`Registration::register`] hands the static to the kernel;
+//!   [`Registration::unregister`] starts taking it back (a no-op when it is
+//!   not registered); [`Registration::released`] tells when the kernel no
+//!   longer references it (never registered, or its last callback ran:
+//!   `sf_unregistered`, `ipf_detach`, `ctl_deregister`'s success).
+//! - [`unregister_all`] unregisters every one and waits (bounded) for their
+//!   release: xnu does not call a refused stop again, so once a kext has
+//!   unregistered something it waits rather than returning busy inert.
+//! - [`init`]/[`fini`]: the allocator's tag and the lock group, and the
+//!   kext's state; `fini` refuses (busy) while anything is in use.
+
+use core::ffi::CStr;
+
+use super::KextError;
+use super::global::Global;
+use super::log::Logger;
+use super::{alloc, clock, ctl, lock};
+
+/// Something a kext registers with the kernel.
+pub trait Registration: Sync {
+    /// Registers it (`sflt_register`, `ipf_addv4`/`ipf_addv6`, `ctl_register`).
+    fn register(&'static self) -> Result<(), KextError>;
+    /// Starts unregistering it; a no-op when it is not registered. `Busy`
+    /// when the kernel refused (it stays registered).
+    fn unregister(&'static self) -> Result<(), KextError>;
+    /// True when the kernel no longer references it.
+    fn released(&self) -> bool;
+}
+
+/// Registers each of `regs` in order; stops at the first failure (those
+/// before it stay registered: undo with [`unregister_all`]).
+pub fn register_all(regs: &[&'static dyn Registration]) -> Result<(), KextError> {
+    regs.iter().try_for_each(|r| r.register())
+}
+
+/// Unregisters every one of `regs` (each is tried), then waits up to
+/// `limit_ms` until all are released and `also()` holds. True when nothing of
+/// `regs` is registered any more.
+pub fn unregister_all(
+    regs: &[&'static dyn Registration],
+    limit_ms: u64,
+    also: impl Fn() -> bool,
+) -> bool {
+    // Every one is tried, whatever the others answer.
+    let mut all = true;
+    for r in regs {
+        all &= r.unregister().is_ok();
+    }
+    all && clock::wait_until(limit_ms, || regs.iter().all(|r| r.released()) && also())
+}
+
+/// Stop's first step: refuses (busy, nothing changed) while control clients
+/// are connected or when the control cannot be deregistered.
+pub fn close_control(control: &'static ctl::CtlDef, log: &Logger) -> Result<(), KextError> {
+    if ctl::clients() != 0 {
+        log.line(c"stop refused: control clients connected");
+        return Err(KextError::Busy);
+    }
+    if control.unregister().is_err() {
+        log.line(c"stop refused: the control could not be deregistered");
+        return Err(KextError::Busy);
+    }
+    Ok(())
+}
+
+/// Sets up the kext's allocation tag and lock group (named `name`); undone
+/// completely on failure.
+pub fn init(name: &'static CStr) -> Result<(), KextError> {
+    alloc::init(name).map_err(|_| KextError::Failed)?;
+    if lock::init(name).is_err() {
+        let _ = alloc::fini();
+        return Err(KextError::Failed);
+    }
+    Ok(())
+}
+
+/// Frees the kext's state, then its lock group and allocation tag; `Busy`
+/// while a callback uses the state or anything is still allocated.
+pub fn fini<T>(state: &Global<T>) -> Result<(), KextError> {
+    drop(state.take().map_err(|_| KextError::Busy)?);
+    lock::fini().map_err(|_| KextError::Busy)?;
+    alloc::fini().map_err(|_| KextError::Busy)
+}
