@@ -4,35 +4,27 @@
 //! Wiring only: the decisions are `common::net::filter` (pure, host-tested),
 //! the KPI contracts `common::kpi::{ipf, mbuf, ctl}`.
 //!
-//! - `ipf_output`: read the packet length once, copy the first 64 bytes out of
-//!   the chain (`mbuf_copydata`, so headers straddling mbufs need no pullup;
-//!   up to 256 only when the headers go further or the packet is ICMP:
-//!   `filter::first_look`), parse them once and plan with the shared rules
-//!   (`filter::RulesPolicy`); for a redirected flow rewrite the destination
-//!   with incremental checksums. A TCP/UDP checksum the stack deferred to the
-//!   interface (`mbuf_get_csum_requested`) is left deferred: only the
-//!   pseudo-header sum its field holds is adjusted (`translate::L4Sum`), so
-//!   the payload is never summed in software; a complete one is updated
-//!   incrementally. Then copy the changed bytes back (`mbuf_copyback`) and
-//!   re-inject (`ipf_inject_output`, which always consumes the chain:
-//!   EJUSTRETURN; the stack completes what is still deferred).
-//! - `ipf_input`: reverse-translate replies from the proxy in place (same
-//!   copy-out) and call `mbuf_inbound_modified`.
+//! - `ipf_output`: the packet path (`common::kpi::natpath`: copy the headers
+//!   out or work in the first mbuf, rewrite with incremental checksums, leave
+//!   a deferred TCP/UDP checksum deferred, re-inject) asks this kext for the
+//!   plan: a tracked flow's under its table's lock, a new flow's from the
+//!   shared rules (`filter::RulesPolicy`) under the configuration's.
+//! - `ipf_input`: reverse-translate replies from the proxy (same path).
 //! - The NAT tables (one per family) are allocated in start with the capacity
 //!   configured in `[package.metadata.prx-ip] nat-flows` (build.rs), keyed with
 //!   `read_random`, and sit behind xnu mutexes (`lck_mtx`); the configuration
-//!   (enabled, proxies, rules) sits behind an xnu reader-writer lock
-//!   (`lck_rw`, taken shared per packet) that the control replaces in one
-//!   swap. Both callbacks run where blocking is allowed: xnu's `ip_input`,
-//!   `ip_output`, `ip6_input` and `ip6_output` call `ipf_ref()`, which takes the
+//!   (`common::kpi::config`) behind an xnu reader-writer lock (`lck_rw`, taken
+//!   shared per packet) that the control replaces in one swap. Both callbacks
+//!   run where blocking is allowed: xnu's `ip_input`, `ip_output`,
+//!   `ip6_input` and `ip6_output` call `ipf_ref()`, which takes the
 //!   `kipf_lock` mutex, right before calling the filters
 //!   (`bsd/netinet/kpi_ipfilter.c`), and `ipf_detach` runs with that lock
 //!   dropped. So a contended callback waits a few hundred nanoseconds (the
 //!   holders do O(1) work and never call out of the kext while holding a
 //!   lock); it never drops the packet and never spins unboundedly. The locks
 //!   are leaves: nothing is locked or called into the kernel while one is
-//!   held except the lock order config → table (packet path) and v4 → v6
-//!   table (the control).
+//!   held except the lock order config → table (packet path and the
+//!   control) and v4 → v6 table (the control).
 //! - A privileged kern_control (`net.prx.kext.IPFilter.control`) carries the
 //!   control protocol of `common::net::control` (rules, proxies, enable,
 //!   status, statistics, and lookups answered from the NAT tables).
@@ -53,7 +45,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config as IpConfig, Ctl, Filter};
-use common::kpi::global::{Global, GlobalRef};
+use common::kpi::global::Global;
 use common::kpi::ipf::{Family, Input, IpFilter, Output, Verdict};
 use common::kpi::lifecycle::{self, Registration};
 use common::kpi::lock::{Mutex, RwLock};
@@ -64,7 +56,7 @@ use common::kpi::{KextError, clock, log, random};
 use common::net::addr::Endpoint;
 use common::net::control::{self as proto, StatsWriter, Timeouts, stat};
 use common::net::filter::{self, DropReason, Plan, RulesPolicy};
-use common::net::kextlog::{Ep, LogLevel};
+use common::net::kextlog::{Ep, Flow, LogLevel};
 use common::net::nat::{self, Config, Entry, NatTable};
 use common::net::origdst::Original;
 use common::net::policy::Proxies;
@@ -84,21 +76,6 @@ static ATTACHED: AtomicU32 = AtomicU32::new(0);
 
 /// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
 static LOG: log::Logger = log::Logger::new(c"PrxIPFilter");
-
-/// A flow for log lines: `TCP 10.0.0.1:49152 -> 203.0.113.10:80`.
-struct FlowText(nat::FlowKey);
-
-impl core::fmt::Display for FlowText {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let p = match self.0.protocol {
-            common::net::wire::proto::TCP => "TCP",
-            _ => "UDP",
-        };
-        let src: Endpoint = self.0.src.into();
-        let dst: Endpoint = self.0.dst.into();
-        write!(f, "{p} {} -> {}", Ep(&src), Ep(&dst))
-    }
-}
 
 /// One family's flows, with a copy of the proxy endpoints (kept equal to the
 /// configuration's by the control, under the configuration's write lock), so
@@ -181,13 +158,10 @@ impl natpath::Nat for Nat {
                     let to: Endpoint = to.into();
                     LOG.log(
                         LogLevel::Decisions,
-                        format_args!("redirect {} to {}", FlowText(flow), Ep(&to)),
+                        format_args!("redirect {} to {}", Flow(flow), Ep(&to)),
                     );
                 }
-                _ => LOG.log(
-                    LogLevel::Decisions,
-                    format_args!("block {}", FlowText(flow)),
-                ),
+                _ => LOG.log(LogLevel::Decisions, format_args!("block {}", Flow(flow))),
             }
         }
         plan
@@ -244,13 +218,8 @@ common::ip_filter!(
 // ---- the control ----
 
 impl Filter for Shared {
-    fn state() -> Option<GlobalRef<'static, Shared>> {
-        STATE.get()
-    }
-
-    fn log() -> &'static log::Logger {
-        &LOG
-    }
+    const STATE: &'static Global<Shared> = &STATE;
+    const LOG: &'static log::Logger = &LOG;
 
     fn config(&self) -> &RwLock<IpConfig> {
         &self.config
@@ -280,12 +249,12 @@ impl Filter for Shared {
     /// Answered from the NAT tables (no pid or rule is known there).
     fn lookup(&self, client: &Endpoint) -> Option<Original> {
         let now = clock::uptime_ms();
-        let family = match client.addr {
-            common::net::addr::IpAddr::V4(_) => Family::V4,
-            common::net::addr::IpAddr::V6(_) => Family::V6,
-        };
         let c = nat::Endpoint::from(*client);
-        let f = self.table(family).lock().table.client_flow(&c, now)?;
+        let f = self
+            .table(Family::of(&client.addr))
+            .lock()
+            .table
+            .client_flow(&c, now)?;
         Some(Original {
             dst: f.key.dst.into(),
             pid: 0,
@@ -392,14 +361,10 @@ const DETACH_WAIT_MS: u64 = 2_000;
 /// once it has removed the filters it waits for their detach rather than
 /// return busy with the kext inert.
 fn stop() -> Result<(), KextError> {
-    lifecycle::close_control(&CONTROL, &LOG)?;
-    if !lifecycle::unregister_all(&[&V4, &V6], DETACH_WAIT_MS, || true) {
-        // Not undoable: the filters are gone. Keep the control so prxctl still
-        // works; a later kextunload completes the stop.
-        let _ = CONTROL.register();
-        LOG.line(c"stop refused: ipf_detach still pending after 2 s");
-        return Err(KextError::Busy);
-    }
+    // Not undoable once the filters are removed: a later kextunload
+    // completes the stop.
+    let late = c"stop refused: ipf_detach still pending after 2 s";
+    lifecycle::unregister_for_stop(&CONTROL, &[&V4, &V6], DETACH_WAIT_MS, || true, &LOG, late)?;
     ATTACHED.store(0, Ordering::Relaxed);
     if let Some(st) = STATE.get() {
         let (a, b) = st.table_stats();

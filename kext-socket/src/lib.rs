@@ -39,7 +39,7 @@
 
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config, Ctl, Filter as ControlSide};
-use common::kpi::global::{Global, GlobalRef};
+use common::kpi::global::Global;
 use common::kpi::lifecycle::{self, Registration};
 use common::kpi::lock::{Mutex, RwLock};
 use common::kpi::sflt::{
@@ -48,10 +48,10 @@ use common::kpi::sflt::{
 use common::kpi::{KextError, log, proc, random};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, StatCounters, StatsWriter, stat};
-use common::net::kextlog::{Dec, Ep, LogLevel, RuleNo};
+use common::net::kextlog::{Ep, LogLevel, RuleNo, Who};
 use common::net::origdst::{Original, Slot, Table};
 use common::net::policy::{self, Decision};
-use common::net::proxy_v2;
+use common::net::proxy_v2::{self, Held, Sending};
 use common::net::rules::{self, ProcName};
 use common::net::wire;
 use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STREAM};
@@ -92,25 +92,7 @@ static STATE: Global<Shared> = Global::new();
 /// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
 static LOG: log::Logger = log::Logger::new(c"PrxSocketFilter");
 
-/// The pid and name of a connection, for log lines.
-struct Who<'a>(&'a Conn);
-
-impl core::fmt::Display for Who<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let name = core::str::from_utf8(self.0.name.as_bytes()).unwrap_or("?");
-        write!(f, "pid {} {name}", Dec(i64::from(self.0.pid)))
-    }
-}
-
 // ---- the socket filter ----
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Header {
-    None,
-    Pending,
-    Sent,
-    Failed,
-}
 
 struct Redirected {
     orig: Endpoint,
@@ -124,20 +106,27 @@ struct Conn {
     name: ProcName,
     family: Family,
     redirect: Option<Redirected>,
-    header: Header,
+    header: Sending,
+}
+
+impl Conn {
+    /// The pid and name, for log lines.
+    fn who(&self) -> Who<'_> {
+        Who(self.pid, &self.name)
+    }
 }
 
 struct Filter;
 
 impl Filter {
     fn header_failed(c: &mut Conn) {
-        c.header = Header::Failed;
+        c.header = Sending::Failed;
         COUNTERS.count(stat::CONN_FAILED);
         LOG.log(
             LogLevel::Decisions,
             format_args!(
                 "PROXY v2 header not sent ({}); refusing the connection's data",
-                Who(c)
+                c.who()
             ),
         );
     }
@@ -157,7 +146,7 @@ impl SocketFilter for Filter {
             name: proc::name(pid),
             family,
             redirect: None,
-            header: Header::None,
+            header: Sending::None,
         })
     }
 
@@ -192,7 +181,7 @@ impl SocketFilter for Filter {
                 COUNTERS.count(stat::CONN_PASSED);
                 LOG.log(
                     LogLevel::Debug,
-                    format_args!("pass {} ({why:?}; {})", Ep(&dst), Who(c)),
+                    format_args!("pass {} ({why:?}; {})", Ep(&dst), c.who()),
                 );
                 Ok(())
             }
@@ -200,7 +189,7 @@ impl SocketFilter for Filter {
                 COUNTERS.count(stat::CONN_BLOCKED);
                 LOG.log(
                     LogLevel::Decisions,
-                    format_args!("block {} ({}; {})", Ep(&dst), RuleNo(rule), Who(c)),
+                    format_args!("block {} ({}; {})", Ep(&dst), RuleNo(rule), c.who()),
                 );
                 Err(ECONNREFUSED)
             }
@@ -219,7 +208,7 @@ impl SocketFilter for Filter {
                             "redirect of {} to {} failed: the address could not be rewritten ({})",
                             Ep(&dst),
                             Ep(&proxy),
-                            Who(c)
+                            c.who()
                         ),
                     );
                     return Err(EHOSTUNREACH);
@@ -232,7 +221,7 @@ impl SocketFilter for Filter {
                         Ep(&proxy),
                         if proxy_v2 { " with PROXY v2" } else { "" },
                         RuleNo(rule),
-                        Who(c)
+                        c.who()
                     ),
                 );
                 c.redirect = Some(Redirected {
@@ -240,11 +229,7 @@ impl SocketFilter for Filter {
                     rule,
                     recorded: None,
                 });
-                c.header = if proxy_v2 {
-                    Header::Pending
-                } else {
-                    Header::None
-                };
+                c.header = Sending::wanted(proxy_v2);
                 COUNTERS.count(stat::CONN_REDIRECTED);
                 Ok(())
             }
@@ -270,7 +255,7 @@ impl SocketFilter for Filter {
                 COUNTERS.count(stat::ORIGDST_FULL);
             }
         }
-        if c.header != Header::Pending {
+        if c.header != Sending::Pending {
             return None;
         }
         // The client's pid and process name ride along as custom TLVs.
@@ -297,7 +282,7 @@ impl SocketFilter for Filter {
         }
         match result {
             Ok(()) => {
-                c.header = Header::Sent;
+                c.header = Sending::Sent;
                 COUNTERS.count(stat::PROXY_HEADERS);
             }
             Err(_) => Self::header_failed(c),
@@ -305,13 +290,12 @@ impl SocketFilter for Filter {
     }
 
     fn data_out(c: &mut Conn, _so: &Socket, data: &Data<'_>) -> Result<(), Errno> {
-        match c.header {
-            Header::None | Header::Sent => Ok(()),
-            // Our own header passes; nothing else may overtake it.
-            _ if STATE.get().is_some_and(|st| data.has_tag(st.tag)) => Ok(()),
-            Header::Pending => Err(ENOTCONN),
-            Header::Failed => Err(EPIPE),
-        }
+        // Our own header passes; nothing else may overtake it.
+        let ours = || STATE.get().is_some_and(|st| data.has_tag(st.tag));
+        c.header.admits(ours).map_err(|held| match held {
+            Held::NotYet => ENOTCONN,
+            Held::Failed => EPIPE,
+        })
     }
 }
 
@@ -323,13 +307,8 @@ common::socket_filter!(static FILTER_V6: Filter = handle HANDLE_V6, name c"net.p
 // ---- the control ----
 
 impl ControlSide for Shared {
-    fn state() -> Option<GlobalRef<'static, Shared>> {
-        STATE.get()
-    }
-
-    fn log() -> &'static log::Logger {
-        &LOG
-    }
+    const STATE: &'static Global<Shared> = &STATE;
+    const LOG: &'static log::Logger = &LOG;
 
     fn config(&self) -> &RwLock<Config> {
         &self.config
@@ -400,23 +379,17 @@ fn no_sockets() -> bool {
 
 fn start() -> Result<(), KextError> {
     lifecycle::init(c"net.prx.kext.SocketFilter")?;
-    if make_state()
-        .and_then(|()| lifecycle::register_all(&REGISTRATIONS))
-        .is_err()
-    {
-        log::line(c"PrxSocketFilter: start failed; unregistering");
-        if !lifecycle::unregister_all(&REGISTRATIONS, UNREGISTER_WAIT_MS, no_sockets) {
-            // The kernel would unload code it can still call: stay loaded,
-            // inactive, until stop can complete.
-            log::line(
-                c"PrxSocketFilter: start failed and could not be undone yet; staying loaded: unload it later",
-            );
-            return Ok(());
-        }
-        let _ = lifecycle::fini(&STATE);
-        return Err(KextError::Failed);
+    let regs = &REGISTRATIONS;
+    if lifecycle::start(
+        &STATE,
+        make_state,
+        regs,
+        UNREGISTER_WAIT_MS,
+        no_sockets,
+        &LOG,
+    )? {
+        log::line(c"PrxSocketFilter started: filters registered for PF_INET and PF_INET6 TCP");
     }
-    log::line(c"PrxSocketFilter started: filters registered for PF_INET and PF_INET6 TCP");
     Ok(())
 }
 
@@ -425,15 +398,18 @@ fn start() -> Result<(), KextError> {
 /// can tell, and once it has unregistered the filters it waits for the kernel
 /// to release them rather than return busy with the kext inert.
 fn stop() -> Result<(), KextError> {
-    lifecycle::close_control(&CONTROL, &LOG)?;
-    if !lifecycle::unregister_all(&[&FILTER_V4, &FILTER_V6], UNREGISTER_WAIT_MS, no_sockets) {
-        // Sockets still hold the filters after 2 s (or the kernel refused):
-        // keep the control so prxctl still works; a later kextunload completes
-        // the stop once the cleanup thread has released them.
-        let _ = CONTROL.register();
-        LOG.line(c"stop refused: the filters are still being released");
-        return Err(KextError::Busy);
-    }
+    // Sockets may hold the filters past 2 s (or the kernel may refuse): a
+    // later kextunload completes the stop once the cleanup thread released them.
+    let filters: [&dyn Registration; 2] = [&FILTER_V4, &FILTER_V6];
+    let late = c"stop refused: the filters are still being released";
+    lifecycle::unregister_for_stop(
+        &CONTROL,
+        &filters,
+        UNREGISTER_WAIT_MS,
+        no_sockets,
+        &LOG,
+        late,
+    )?;
     for (id, n) in COUNTERS.each() {
         LOG.counter(id, n);
     }

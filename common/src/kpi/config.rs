@@ -17,7 +17,7 @@ use core::marker::PhantomData;
 
 use super::KextError;
 use super::ctl::{self, Control};
-use super::global::GlobalRef;
+use super::global::Global;
 use super::lock::RwLock;
 use super::log::Logger;
 use super::rules::{self as krules, KRuleSet};
@@ -74,10 +74,10 @@ impl Config {
 
 /// A kext's side of the control.
 pub trait Filter: Send + Sync + Sized + 'static {
-    /// The kext's state, while it is installed (between start and stop).
-    fn state() -> Option<GlobalRef<'static, Self>>;
+    /// The kext's state (installed between start and stop).
+    const STATE: &'static Global<Self>;
     /// The kext's log (rule changes are logged on it; its level is set here).
-    fn log() -> &'static Logger;
+    const LOG: &'static Logger;
     /// The configuration.
     fn config(&self) -> &RwLock<Config>;
     /// What the status reports as attached (sockets or IP filters).
@@ -111,7 +111,7 @@ fn set_rules<F: Filter>(st: &F, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> 
         (core::mem::replace(&mut cfg.rules, set), cfg.generation)
     };
     drop(old); // freed outside the lock
-    F::log().log(
+    F::LOG.log(
         LogLevel::Decisions,
         format_args!(
             "rules: {} rule(s), default {:?} (rule set {})",
@@ -131,7 +131,7 @@ impl<F: Filter> Control for Ctl<F> {
     }
 
     fn setopt(_u: &mut (), opt: c_int, data: &[u8]) -> Result<(), Errno> {
-        let st = F::state().ok_or(ENOTCONN)?;
+        let st = F::STATE.get().ok_or(ENOTCONN)?;
         match proto::decode_set(opt, data).map_err(proto::Error::errno)? {
             SetRequest::Rules(m) => set_rules(&*st, &m),
             SetRequest::Proxies(p) => {
@@ -146,14 +146,14 @@ impl<F: Filter> Control for Ctl<F> {
             }
             SetRequest::Timeouts(t) => st.set_timeouts(t),
             SetRequest::LogLevel(l) => {
-                F::log().set_level(l);
+                F::LOG.set_level(l);
                 Ok(())
             }
         }
     }
 
     fn getopt(_u: &mut (), opt: c_int, buf: &mut [u8]) -> Result<usize, Errno> {
-        let st = F::state().ok_or(ENOTCONN)?;
+        let st = F::STATE.get().ok_or(ENOTCONN)?;
         let r = match proto::decode_get(opt, buf).map_err(proto::Error::errno)? {
             GetRequest::Lookup(client) => {
                 let found = st.lookup(&client);

@@ -46,6 +46,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family of `a`.
+    pub fn of(a: &crate::net::addr::IpAddr) -> Family {
+        match a {
+            crate::net::addr::IpAddr::V4(_) => Family::V4,
+            crate::net::addr::IpAddr::V6(_) => Family::V6,
+        }
+    }
+
     /// `AF_INET` or `AF_INET6`.
     pub fn af(self) -> i32 {
         match self {

@@ -67,6 +67,53 @@ pub fn close_control(control: &'static ctl::CtlDef, log: &Logger) -> Result<(), 
     Ok(())
 }
 
+/// Start's registration: makes the state, then registers `regs` in order.
+/// On a failure every one is unregistered and, once the kernel released them
+/// (waiting up to `limit_ms`, until `also()` holds too), the state is freed:
+/// `Err(Failed)`, the kext unloads. If they cannot be released in time the
+/// kernel could still call the kext's code, so it stays loaded, inactive:
+/// `Ok(false)` (a later stop completes). `Ok(true)`: all registered.
+pub fn start<T>(
+    state: &Global<T>,
+    make_state: impl FnOnce() -> Result<(), KextError>,
+    regs: &[&'static dyn Registration],
+    limit_ms: u64,
+    also: impl Fn() -> bool,
+    log: &Logger,
+) -> Result<bool, KextError> {
+    if make_state().and_then(|()| register_all(regs)).is_ok() {
+        return Ok(true);
+    }
+    log.line(c"start failed; unregistering");
+    if !unregister_all(regs, limit_ms, also) {
+        log.line(c"start failed and could not be undone yet; staying loaded: unload it later");
+        return Ok(false);
+    }
+    let _ = fini(state);
+    Err(KextError::Failed)
+}
+
+/// Stop's unregistration: [`close_control`], then [`unregister_all`] of
+/// `regs`. When they are not released in time the control is registered
+/// again (so prxctl still works; a later kextunload completes the stop),
+/// `refused` is logged and stop answers busy.
+pub fn unregister_for_stop(
+    control: &'static ctl::CtlDef,
+    regs: &[&'static dyn Registration],
+    limit_ms: u64,
+    also: impl Fn() -> bool,
+    log: &Logger,
+    refused: &CStr,
+) -> Result<(), KextError> {
+    close_control(control, log)?;
+    if !unregister_all(regs, limit_ms, also) {
+        let _ = control.register();
+        log.line(refused);
+        return Err(KextError::Busy);
+    }
+    Ok(())
+}
+
 /// Sets up the kext's allocation tag and lock group (named `name`); undone
 /// completely on failure.
 pub fn init(name: &'static CStr) -> Result<(), KextError> {
