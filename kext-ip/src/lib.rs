@@ -364,7 +364,7 @@ fn stop() -> Result<(), KextError> {
     // Not undoable once the filters are removed: a later kextunload
     // completes the stop.
     let late = c"stop refused: ipf_detach still pending after 2 s";
-    lifecycle::unregister_for_stop(&CONTROL, &[&V4, &V6], DETACH_WAIT_MS, || true, &LOG, late)?;
+    lifecycle::unregister_for_stop(&CONTROL, (&V4, &V6), DETACH_WAIT_MS, || true, &LOG, late)?;
     ATTACHED.store(0, Ordering::Relaxed);
     if let Some(st) = STATE.get() {
         let (a, b) = st.table_stats();

@@ -39,11 +39,12 @@
 
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config, Ctl, Filter as ControlSide};
+use common::kpi::ctl::CtlDef;
 use common::kpi::global::Global;
-use common::kpi::lifecycle::{self, Registration};
+use common::kpi::lifecycle;
 use common::kpi::lock::{Mutex, RwLock};
 use common::kpi::sflt::{
-    self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
+    self, Data, Errno, Event, FilterDef, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
 };
 use common::kpi::{KextError, log, proc, random};
 use common::net::addr::{Endpoint, Family};
@@ -366,7 +367,7 @@ fn make_state() -> Result<(), KextError> {
 }
 
 /// The control and both filters, in registration order.
-const REGISTRATIONS: [&dyn Registration; 3] = [&CONTROL, &FILTER_V4, &FILTER_V6];
+const REGISTRATIONS: (&CtlDef, &FilterDef, &FilterDef) = (&CONTROL, &FILTER_V4, &FILTER_V6);
 
 /// How long start and stop wait for `sf_unregistered` and the sockets'
 /// `sf_detach` (xnu's socket-filter cleanup thread runs them after
@@ -379,7 +380,7 @@ fn no_sockets() -> bool {
 
 fn start() -> Result<(), KextError> {
     lifecycle::init(c"net.prx.kext.SocketFilter")?;
-    let regs = &REGISTRATIONS;
+    let regs = REGISTRATIONS;
     if lifecycle::start(
         &STATE,
         make_state,
@@ -400,11 +401,11 @@ fn start() -> Result<(), KextError> {
 fn stop() -> Result<(), KextError> {
     // Sockets may hold the filters past 2 s (or the kernel may refuse): a
     // later kextunload completes the stop once the cleanup thread released them.
-    let filters: [&dyn Registration; 2] = [&FILTER_V4, &FILTER_V6];
+    let filters = (&FILTER_V4, &FILTER_V6);
     let late = c"stop refused: the filters are still being released";
     lifecycle::unregister_for_stop(
         &CONTROL,
-        &filters,
+        filters,
         UNREGISTER_WAIT_MS,
         no_sockets,
         &LOG,

@@ -111,17 +111,17 @@ pub fn deregister(def: &'static CtlDef) -> Result<(), Errno> {
     }
 }
 
-impl super::lifecycle::Registration for CtlDef {
-    fn register(&'static self) -> Result<(), super::KextError> {
+impl super::lifecycle::Registration for &'static CtlDef {
+    fn register(self) -> Result<(), super::KextError> {
         register(self).map_err(|_| super::KextError::Failed)
     }
 
     /// `Busy` while clients are connected.
-    fn unregister(&'static self) -> Result<(), super::KextError> {
+    fn unregister(self) -> Result<(), super::KextError> {
         deregister(self).map_err(|_| super::KextError::Busy)
     }
 
-    fn released(&self) -> bool {
+    fn released(self) -> bool {
         self.kref.load(Ordering::Acquire).is_null()
     }
 }

@@ -229,19 +229,19 @@ impl<T: IpFilter> Registration<T> {
     }
 }
 
-impl<T: IpFilter> super::lifecycle::Registration for Registration<T> {
-    fn register(&'static self) -> Result<(), super::KextError> {
+impl<T: IpFilter> super::lifecycle::Registration for &'static Registration<T> {
+    fn register(self) -> Result<(), super::KextError> {
         self.attach(self.filter.family())
             .map_err(|_| super::KextError::Failed)
     }
 
     /// Never refused (`ipf_remove`); `ipf_detach` may follow later.
-    fn unregister(&'static self) -> Result<(), super::KextError> {
+    fn unregister(self) -> Result<(), super::KextError> {
         self.remove();
         Ok(())
     }
 
-    fn released(&self) -> bool {
+    fn released(self) -> bool {
         self.is_detached()
     }
 }

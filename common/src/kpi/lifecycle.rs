@@ -20,37 +20,57 @@ use super::global::Global;
 use super::log::Logger;
 use super::{alloc, clock, ctl, lock};
 
-/// Something a kext registers with the kernel.
-pub trait Registration: Sync {
+/// Something a kext registers with the kernel: a `&'static` of a
+/// registration static, or a tuple of them (registered in order, stopping at
+/// the first failure; each unregistered whatever the others answer; released
+/// when all are). Static dispatch only: a trait object's vtable would be a
+/// table of unsigned function pointers on arm64e.
+pub trait Registration: Copy {
     /// Registers it (`sflt_register`, `ipf_addv4`/`ipf_addv6`, `ctl_register`).
-    fn register(&'static self) -> Result<(), KextError>;
+    fn register(self) -> Result<(), KextError>;
     /// Starts unregistering it; a no-op when it is not registered. `Busy`
     /// when the kernel refused (it stays registered).
-    fn unregister(&'static self) -> Result<(), KextError>;
+    fn unregister(self) -> Result<(), KextError>;
     /// True when the kernel no longer references it.
-    fn released(&self) -> bool;
+    fn released(self) -> bool;
 }
 
-/// Registers each of `regs` in order; stops at the first failure (those
-/// before it stay registered: undo with [`unregister_all`]).
-pub fn register_all(regs: &[&'static dyn Registration]) -> Result<(), KextError> {
-    regs.iter().try_for_each(|r| r.register())
-}
-
-/// Unregisters every one of `regs` (each is tried), then waits up to
-/// `limit_ms` until all are released and `also()` holds. True when nothing of
-/// `regs` is registered any more.
-pub fn unregister_all(
-    regs: &[&'static dyn Registration],
-    limit_ms: u64,
-    also: impl Fn() -> bool,
-) -> bool {
-    // Every one is tried, whatever the others answer.
-    let mut all = true;
-    for r in regs {
-        all &= r.unregister().is_ok();
+impl<A: Registration, B: Registration> Registration for (A, B) {
+    fn register(self) -> Result<(), KextError> {
+        self.0.register()?;
+        self.1.register()
     }
-    all && clock::wait_until(limit_ms, || regs.iter().all(|r| r.released()) && also())
+
+    fn unregister(self) -> Result<(), KextError> {
+        let a = self.0.unregister();
+        let b = self.1.unregister();
+        a.and(b)
+    }
+
+    fn released(self) -> bool {
+        self.0.released() && self.1.released()
+    }
+}
+
+impl<A: Registration, B: Registration, C: Registration> Registration for (A, B, C) {
+    fn register(self) -> Result<(), KextError> {
+        (self.0, (self.1, self.2)).register()
+    }
+
+    fn unregister(self) -> Result<(), KextError> {
+        (self.0, (self.1, self.2)).unregister()
+    }
+
+    fn released(self) -> bool {
+        (self.0, (self.1, self.2)).released()
+    }
+}
+
+/// Unregisters `regs` (each is tried), then waits up to `limit_ms` until all
+/// are released and `also()` holds. True when nothing of `regs` is
+/// registered any more.
+pub fn unregister_all(regs: impl Registration, limit_ms: u64, also: impl Fn() -> bool) -> bool {
+    regs.unregister().is_ok() && clock::wait_until(limit_ms, || regs.released() && also())
 }
 
 /// Stop's first step: refuses (busy, nothing changed) while control clients
@@ -76,12 +96,12 @@ pub fn close_control(control: &'static ctl::CtlDef, log: &Logger) -> Result<(), 
 pub fn start<T>(
     state: &Global<T>,
     make_state: impl FnOnce() -> Result<(), KextError>,
-    regs: &[&'static dyn Registration],
+    regs: impl Registration,
     limit_ms: u64,
     also: impl Fn() -> bool,
     log: &Logger,
 ) -> Result<bool, KextError> {
-    if make_state().and_then(|()| register_all(regs)).is_ok() {
+    if make_state().and_then(|()| regs.register()).is_ok() {
         return Ok(true);
     }
     log.line(c"start failed; unregistering");
@@ -99,7 +119,7 @@ pub fn start<T>(
 /// `refused` is logged and stop answers busy.
 pub fn unregister_for_stop(
     control: &'static ctl::CtlDef,
-    regs: &[&'static dyn Registration],
+    regs: impl Registration,
     limit_ms: u64,
     also: impl Fn() -> bool,
     log: &Logger,

@@ -403,18 +403,18 @@ pub struct FilterDef {
 // SAFETY: immutable after compilation; the name pointer refers to a static C string.
 unsafe impl Sync for FilterDef {}
 
-impl super::lifecycle::Registration for FilterDef {
-    fn register(&'static self) -> Result<(), KextError> {
+impl super::lifecycle::Registration for &'static FilterDef {
+    fn register(self) -> Result<(), KextError> {
         register(self, self.domain, self.ty, self.protocol).map_err(|_| KextError::Failed)
     }
 
-    fn unregister(&'static self) -> Result<(), KextError> {
+    fn unregister(self) -> Result<(), KextError> {
         unregister(self.raw.sf_handle).map_err(|_| KextError::Busy)
     }
 
     /// `sf_unregistered` ran (or the filter was never registered); sockets
     /// may still hold cookies until then, never after.
-    fn released(&self) -> bool {
+    fn released(self) -> bool {
         is_unregistered(self.raw.sf_handle)
     }
 }
