@@ -5,16 +5,15 @@
 //! proxies 192.0.2.1:3128 and [2001:db8:2::1]:3128.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use common::net::addr::IpAddr;
-use common::net::addr::{Endpoint as AddrEndpoint, Family};
+use common::net::addr::{Endpoint, Family, IpAddr};
 use common::net::checksum;
 use common::net::control::{self, Op, SetRequest};
 use common::net::filter::{self, Decision, RulesPolicy};
-use common::net::nat::{Config, Endpoint, Entry, FlowKey, NatTable};
+use common::net::nat::{Config, Entry, FlowKey, NatTable};
 use common::net::policy::{self, Proxies};
 use common::net::rules::{self, Action, Cidr, IndexEntry, Protocol, Rule, RuleSet, Verdict};
 use common::net::translate::{self, Side};
-use common::net::wire::ip::{self, Addr};
+use common::net::wire::ip;
 use common::net::wire::{proto, tcp};
 
 use crate::input::{self, Tcp, doc6, v4, v6};
@@ -266,8 +265,8 @@ fn filler(i: usize, v6: bool) -> FlowKey {
 fn fill(table: &mut Table, keys: &[FlowKey]) -> Result<()> {
     for k in keys {
         let proxy = match k.src.addr {
-            Addr::V4(_) => PROXY4,
-            Addr::V6(_) => PROXY6,
+            IpAddr::V4(_) => PROXY4,
+            IpAddr::V6(_) => PROXY6,
         };
         table
             .insert(*k, proxy, tcp::SYN, 0)
@@ -278,8 +277,8 @@ fn fill(table: &mut Table, keys: &[FlowKey]) -> Result<()> {
 
 fn proxies() -> Proxies {
     Proxies {
-        v4: Some(PROXY4.into()),
-        v6: Some(PROXY6.into()),
+        v4: Some(PROXY4),
+        v6: Some(PROXY6),
         ..Proxies::default()
     }
 }
@@ -417,7 +416,7 @@ fn established(
     n: usize,
 ) -> Result<PacketPath> {
     let mut s = PacketPath::new(full, n)?;
-    let v6 = matches!(client.addr, Addr::V6(_));
+    let v6 = matches!(client.addr, IpAddr::V6(_));
     let keys: Vec<FlowKey> = (0..FILL50 - 1).map(|i| filler(i, v6)).collect();
     fill(&mut s.table, &keys)?;
     let key = FlowKey {
@@ -436,8 +435,8 @@ fn established(
 /// 1,500 bytes long.
 fn data_packet(src: Endpoint, dst: Endpoint, options: usize) -> Result<(Vec<u8>, usize)> {
     let ip_len = match src.addr {
-        Addr::V4(_) => 20,
-        Addr::V6(_) => 40,
+        IpAddr::V4(_) => 20,
+        IpAddr::V6(_) => 40,
     };
     let hdr = ip_len + 20 + options;
     let p = Tcp {
@@ -535,7 +534,7 @@ fn syn_v4(n: u64) -> Result<String> {
     let op = |s: &mut PacketPath, _: u64| {
         let c = syn_client(s.next);
         s.next += 1;
-        if let Addr::V4(a) = c.addr {
+        if let IpAddr::V4(a) = c.addr {
             s.template[12..16].copy_from_slice(&a);
         }
         s.template[20..22].copy_from_slice(&c.port.to_be_bytes());
@@ -604,8 +603,8 @@ fn rules_case(count: usize, linear: bool, n: u64) -> Result<String> {
 /// addresses, and a proxy process that the queries (pid 4242, `firefox`) are not.
 fn connect_proxies() -> Proxies {
     Proxies {
-        v4: Some(PROXY4.into()),
-        v6: Some(PROXY6.into()),
+        v4: Some(PROXY4),
+        v6: Some(PROXY6),
         pid: Some(77),
         name: None,
     }
@@ -617,7 +616,7 @@ fn connect_proxies() -> Proxies {
 /// redirect goes to the proxy of the socket's family.
 fn connect_expected(list: &[Rule], q: &rules::Conn<'_>) -> policy::Decision {
     use policy::{Decision as D, PassReason};
-    let (p4, p6): (AddrEndpoint, AddrEndpoint) = (PROXY4.into(), PROXY6.into());
+    let (p4, p6): (Endpoint, Endpoint) = (PROXY4, PROXY6);
     let canon = q.dst.canonical();
     if [p4, p6].iter().any(|p| p.canonical() == canon) {
         return D::Pass(PassReason::ProxyAddress);
@@ -742,7 +741,7 @@ fn nat_miss(n: u64) -> Result<String> {
     let mut s = nat90(0)?;
     // Untracked: the same kind of flows from 11.0.0.0/8.
     for k in &mut s.keys {
-        if let Addr::V4(a) = &mut k.src.addr {
+        if let IpAddr::V4(a) = &mut k.src.addr {
             a[0] = 11;
         }
     }
@@ -845,7 +844,7 @@ fn incremental(s: &mut ChecksumBench, i: u64) -> Result<usize, translate::Refuse
 /// The same rewrite by full recomputation of the IPv4 header and TCP checksums.
 fn full(s: &mut ChecksumBench, i: u64) -> u16 {
     let to = target(i);
-    if let Addr::V4(a) = to.addr {
+    if let IpAddr::V4(a) = to.addr {
         s.packet[16..20].copy_from_slice(&a);
     }
     s.packet[22..24].copy_from_slice(&to.port.to_be_bytes());
@@ -946,8 +945,8 @@ fn floor_case(n: u64) -> Result<String> {
     let (full, hdr) = data_packet(CLIENT4, ORIG4, 12)?;
     let mut table = floor::Table::new(CAPACITY, SEED);
     let ep = |e: Endpoint| match e.addr {
-        Addr::V4(a) => Ok((a, e.port)),
-        Addr::V6(_) => Err(anyhow!("the floor is IPv4")),
+        IpAddr::V4(a) => Ok((a, e.port)),
+        IpAddr::V6(_) => Err(anyhow!("the floor is IPv4")),
     };
     let (proxy, proxy_port) = ep(PROXY4)?;
     let proxy = u32::from_be_bytes(proxy);

@@ -4,9 +4,7 @@
 use anyhow::{Context, Result, ensure};
 use common::net::addr::{Endpoint, IpAddr};
 use common::net::checksum;
-use common::net::nat;
 use common::net::rules::{Action, Cidr, Conn, ProcName, ProcSel, Protocol, Rule};
-use common::net::wire::ip::Addr;
 use common::net::wire::{ip, proto};
 
 /// splitmix64: deterministic, so every run measures the same inputs.
@@ -44,8 +42,8 @@ impl Rng {
 /// with `options` bytes of options (a multiple of 4: NOPs and a timestamp are
 /// written, the rest zero), `payload` bytes of payload, correct checksums.
 pub struct Tcp {
-    pub src: nat::Endpoint,
-    pub dst: nat::Endpoint,
+    pub src: Endpoint,
+    pub dst: Endpoint,
     pub flags: u8,
     pub options: usize,
     pub payload: usize,
@@ -59,7 +57,7 @@ impl Tcp {
         );
         let tcp_len = 20 + self.options + self.payload;
         let mut p = match (self.src.addr, self.dst.addr) {
-            (Addr::V4(s), Addr::V4(d)) => {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let total = u16::try_from(20 + tcp_len).context("packet too long")?;
                 let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto::TCP, 0, 0];
                 h[2..4].copy_from_slice(&total.to_be_bytes());
@@ -69,7 +67,7 @@ impl Tcp {
                 h[10..12].copy_from_slice(&c.to_be_bytes());
                 h
             }
-            (Addr::V6(s), Addr::V6(d)) => {
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let plen = u16::try_from(tcp_len).context("packet too long")?;
                 let mut h = vec![0x60, 0, 0, 0, 0, 0, proto::TCP, 64];
                 h[4..6].copy_from_slice(&plen.to_be_bytes());
@@ -105,7 +103,7 @@ impl Tcp {
 /// recomputation (independent of the incremental updates under test).
 pub fn verify(packet: &[u8]) -> Result<()> {
     let t = ip::transport(packet).map_err(|e| anyhow::anyhow!("unparseable packet: {e:?}"))?;
-    if let Addr::V4(_) = t.src {
+    if let IpAddr::V4(_) = t.src {
         ensure!(
             checksum::checksum(&packet[..20]) == 0,
             "bad IPv4 header checksum"
@@ -118,16 +116,16 @@ pub fn verify(packet: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub const fn v4(a: [u8; 4], port: u16) -> nat::Endpoint {
-    nat::Endpoint {
-        addr: Addr::V4(a),
+pub const fn v4(a: [u8; 4], port: u16) -> Endpoint {
+    Endpoint {
+        addr: IpAddr::V4(a),
         port,
     }
 }
 
-pub const fn v6(a: [u8; 16], port: u16) -> nat::Endpoint {
-    nat::Endpoint {
-        addr: Addr::V6(a),
+pub const fn v6(a: [u8; 16], port: u16) -> Endpoint {
+    Endpoint {
+        addr: IpAddr::V6(a),
         port,
     }
 }

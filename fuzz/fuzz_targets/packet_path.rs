@@ -17,7 +17,8 @@
 use common::net::checksum;
 use common::net::filter::{self, Decision, FixedPolicy};
 use common::net::nat::{Config, Entry, NatTable};
-use common::net::wire::ip::{self, Addr};
+use common::net::addr::IpAddr;
+use common::net::wire::ip;
 use common::net::wire::{ipv4, proto};
 use libfuzzer_sys::fuzz_target;
 
@@ -37,10 +38,10 @@ const ROUTER6: [u8; 16] = [
 ];
 const CPORT: u16 = 40000;
 
-fn addr(a: &[u8]) -> Addr {
+fn addr(a: &[u8]) -> IpAddr {
     match a.len() {
-        4 => Addr::V4(a.try_into().unwrap()),
-        _ => Addr::V6(a.try_into().unwrap()),
+        4 => IpAddr::V4(a.try_into().unwrap()),
+        _ => IpAddr::V6(a.try_into().unwrap()),
     }
 }
 
@@ -111,7 +112,7 @@ fn valid(p: &[u8]) -> (bool, bool) {
     let Ok(t) = ip::transport(p) else {
         return (false, false);
     };
-    let v4 = matches!(t.src, Addr::V4(_));
+    let v4 = matches!(t.src, IpAddr::V4(_));
     let iph = v4 && checksum::fold(checksum::sum(&p[..t.offset], 0)) == 0xffff;
     let Some(seg) = p.get(t.offset..t.offset + t.len) else {
         return (iph, false);

@@ -46,7 +46,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config as IpConfig, Ctl, Filter};
 use common::kpi::global::Global;
-use common::kpi::ipf::{Family, Input, IpFilter, Output, Verdict};
+use common::kpi::ipf::{Input, IpFilter, Output, Verdict};
 use common::kpi::lifecycle::{self, Registration};
 use common::kpi::lock::{Mutex, RwLock};
 use common::kpi::mbuf::Packet;
@@ -54,6 +54,7 @@ use common::kpi::natpath::{self, Counters};
 use common::kpi::sflt::Errno;
 use common::kpi::{KextError, clock, log, random};
 use common::net::addr::Endpoint;
+use common::net::addr::Family;
 use common::net::control::{self as proto, StatsWriter, Timeouts, stat};
 use common::net::filter::{self, DropReason, Plan, RulesPolicy};
 use common::net::kextlog::{Ep, Flow, LogLevel};
@@ -249,9 +250,9 @@ impl Filter for Shared {
     /// Answered from the NAT tables (no pid or rule is known there).
     fn lookup(&self, client: &Endpoint) -> Option<Original> {
         let now = clock::uptime_ms();
-        let c = nat::Endpoint::from(*client);
+        let c = *client;
         let f = self
-            .table(Family::of(&client.addr))
+            .table(client.addr.family())
             .lock()
             .table
             .client_flow(&c, now)?;

@@ -36,30 +36,13 @@ pub enum Verdict<'a> {
     Taken(Taken),
 }
 
-/// The address family a registration filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// `ipf_addv4`.
-    V4,
-    /// `ipf_addv6`.
-    V6,
-}
+use crate::net::addr::Family;
 
-impl Family {
-    /// The family of `a`.
-    pub fn of(a: &crate::net::addr::IpAddr) -> Family {
-        match a {
-            crate::net::addr::IpAddr::V4(_) => Family::V4,
-            crate::net::addr::IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// `AF_INET` or `AF_INET6`.
-    pub fn af(self) -> i32 {
-        match self {
-            Family::V4 => sys::AF_INET,
-            Family::V6 => sys::AF_INET6,
-        }
+/// `AF_INET` or `AF_INET6`, the kernel's number for `family`.
+pub fn af(family: Family) -> i32 {
+    match family {
+        Family::V4 => sys::AF_INET,
+        Family::V6 => sys::AF_INET6,
     }
 }
 

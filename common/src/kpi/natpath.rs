@@ -23,7 +23,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::ipf::{IpFilter, Output, Verdict};
+use super::ipf::{self, IpFilter, Output, Verdict};
 use super::log::Logger;
 use super::mbuf::{First, Packet};
 use crate::net::filter::{self, Decision, DropReason, Plan};
@@ -214,7 +214,7 @@ fn output_parsed<'a, N: Nat>(
         // Only TCP/UDP checksums are deferred by the stack; should an
         // ICMP packet carry the flag, complete the checksums as before
         // and rewrite the final bytes.
-        pkt.outbound_finalize(n.family().af(), 0);
+        pkt.outbound_finalize(ipf::af(n.family()), 0);
         if pkt.copy_out(0, bytes).is_err() {
             return drop_counted(n, DropReason::Mbuf, pkt);
         }

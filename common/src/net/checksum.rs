@@ -8,7 +8,7 @@
 //! [`update_udp`] reports it and the caller decides (prx passes such packets
 //! untouched, see `nat`).
 
-use super::wire::ip::Addr;
+use super::addr::IpAddr;
 
 /// Ones'-complement sum of `data` as big-endian 16-bit words (an odd last byte
 /// is padded with zero) added to `init`, not folded. A u64 cannot overflow for
@@ -44,12 +44,12 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// The pseudo-header sum for a transport segment of `len` bytes: IPv4
 /// (RFC 9293 §3.1: addresses, zero, protocol, 16-bit length) or IPv6
 /// (RFC 8200 §8.1: addresses, 32-bit length, zeros, next header).
-pub fn pseudo_header(src: &Addr, dst: &Addr, protocol: u8, len: usize) -> u64 {
-    let s = sum(dst.as_bytes(), sum(src.as_bytes(), 0)).wrapping_add(u64::from(protocol));
+pub fn pseudo_header(src: &IpAddr, dst: &IpAddr, protocol: u8, len: usize) -> u64 {
+    let s = sum(dst.octets(), sum(src.octets(), 0)).wrapping_add(u64::from(protocol));
     let len = u64::try_from(len).unwrap_or(u64::MAX);
     match src {
-        Addr::V4(_) => s.wrapping_add(len & 0xffff),
-        Addr::V6(_) => s
+        IpAddr::V4(_) => s.wrapping_add(len & 0xffff),
+        IpAddr::V6(_) => s
             .wrapping_add(len >> 16 & 0xffff)
             .wrapping_add(len & 0xffff),
     }
@@ -57,7 +57,7 @@ pub fn pseudo_header(src: &Addr, dst: &Addr, protocol: u8, len: usize) -> u64 {
 
 /// The full TCP/UDP/ICMPv6 checksum of `segment` (its checksum field zeroed by
 /// the caller), pseudo-header included. A UDP result of 0 is returned as 0xFFFF.
-pub fn transport(src: &Addr, dst: &Addr, protocol: u8, segment: &[u8]) -> u16 {
+pub fn transport(src: &IpAddr, dst: &IpAddr, protocol: u8, segment: &[u8]) -> u16 {
     let c = !fold(sum(
         segment,
         pseudo_header(src, dst, protocol, segment.len()),
@@ -70,7 +70,7 @@ pub fn transport(src: &Addr, dst: &Addr, protocol: u8, segment: &[u8]) -> u16 {
 }
 
 /// True when `segment` (checksum in place) verifies with its pseudo-header.
-pub fn verify_transport(src: &Addr, dst: &Addr, protocol: u8, segment: &[u8]) -> bool {
+pub fn verify_transport(src: &IpAddr, dst: &IpAddr, protocol: u8, segment: &[u8]) -> bool {
     fold(sum(
         segment,
         pseudo_header(src, dst, protocol, segment.len()),

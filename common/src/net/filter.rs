@@ -68,10 +68,11 @@
 //! side being translated (input: [`Side::Src`], output: [`Side::Dst`]) and
 //! `to` the quoted endpoint's new value (see [`icmp_error::rewrite`]).
 
+use super::addr::{Endpoint, IpAddr};
 use super::icmp_error;
-use super::nat::{Endpoint, FlowKey, InsertError, NatTable, Store};
+use super::nat::{FlowKey, InsertError, NatTable, Store};
 use super::translate::{self, L4Sum, Refused, Side};
-use super::wire::ip::{self, Addr, Transport};
+use super::wire::ip::{self, Transport};
 use super::wire::{Error, get_u8, get_u16, proto};
 
 /// Which flows to redirect and where the proxy is. The kext uses the shared
@@ -81,10 +82,10 @@ pub trait Policy {
     /// What happens to a new flow of `protocol` from `src` to `dst`.
     fn new_flow(&self, protocol: u8, src: &Endpoint, dst: &Endpoint) -> NewFlow;
     /// True for the proxy's own addresses (never redirected, in either direction).
-    fn is_proxy(&self, addr: &Addr) -> bool;
+    fn is_proxy(&self, addr: &IpAddr) -> bool;
     /// True when `a` or `b` is one of the proxy's addresses (one call per
     /// packet; implementations may prepare their addresses once).
-    fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
+    fn is_proxy_either(&self, a: &IpAddr, b: &IpAddr) -> bool {
         self.is_proxy(a) || self.is_proxy(b)
     }
 }
@@ -162,22 +163,22 @@ impl Policy for FixedPolicy {
             return NewFlow::Leave;
         }
         match dst.addr {
-            Addr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => NewFlow::Redirect(Endpoint {
-                addr: Addr::V4(self.proxy_v4.0),
+            IpAddr::V4(a) if in_prefix(&a, &self.v4.0, self.v4.1) => NewFlow::Redirect(Endpoint {
+                addr: IpAddr::V4(self.proxy_v4.0),
                 port: self.proxy_v4.1,
             }),
-            Addr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => NewFlow::Redirect(Endpoint {
-                addr: Addr::V6(self.proxy_v6.0),
+            IpAddr::V6(a) if in_prefix(&a, &self.v6.0, self.v6.1) => NewFlow::Redirect(Endpoint {
+                addr: IpAddr::V6(self.proxy_v6.0),
                 port: self.proxy_v6.1,
             }),
             _ => NewFlow::Leave,
         }
     }
 
-    fn is_proxy(&self, addr: &Addr) -> bool {
+    fn is_proxy(&self, addr: &IpAddr) -> bool {
         match addr {
-            Addr::V4(a) => *a == self.proxy_v4.0,
-            Addr::V6(a) => *a == self.proxy_v6.0,
+            IpAddr::V4(a) => *a == self.proxy_v4.0,
+            IpAddr::V6(a) => *a == self.proxy_v6.0,
         }
     }
 }
@@ -551,11 +552,11 @@ impl Policy for ProxiesOnly<'_> {
         NewFlow::Leave
     }
 
-    fn is_proxy(&self, addr: &Addr) -> bool {
+    fn is_proxy(&self, addr: &IpAddr) -> bool {
         proxies_contain_either(self.0, addr, addr)
     }
 
-    fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
+    fn is_proxy_either(&self, a: &IpAddr, b: &IpAddr) -> bool {
         proxies_contain_either(self.0, a, b)
     }
 }
@@ -791,7 +792,7 @@ where
         if protocol != proto::TCP && protocol != proto::UDP {
             return NewFlow::Leave;
         }
-        let a = super::addr::IpAddr::from(dst.addr);
+        let a = dst.addr;
         let d = super::policy::decide(
             self.enabled,
             self.rules,
@@ -806,13 +807,13 @@ where
         );
         match d {
             super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {
-                (super::addr::IpAddr::V4(p), Addr::V4(_)) => NewFlow::Redirect(Endpoint {
-                    addr: Addr::V4(p),
+                (super::addr::IpAddr::V4(p), IpAddr::V4(_)) => NewFlow::Redirect(Endpoint {
+                    addr: IpAddr::V4(p),
                     port: to.port,
                 }),
-                (super::addr::IpAddr::V6(p), Addr::V6(_)) if to.addr.v4_mapped().is_none() => {
+                (super::addr::IpAddr::V6(p), IpAddr::V6(_)) if to.addr.v4_mapped().is_none() => {
                     NewFlow::Redirect(Endpoint {
-                        addr: Addr::V6(p),
+                        addr: IpAddr::V6(p),
                         port: to.port,
                     })
                 }
@@ -823,11 +824,11 @@ where
         }
     }
 
-    fn is_proxy(&self, addr: &Addr) -> bool {
+    fn is_proxy(&self, addr: &IpAddr) -> bool {
         self.is_proxy_either(addr, addr)
     }
 
-    fn is_proxy_either(&self, a: &Addr, b: &Addr) -> bool {
+    fn is_proxy_either(&self, a: &IpAddr, b: &IpAddr) -> bool {
         proxies_contain_either(self.proxies, a, b)
     }
 }
@@ -836,7 +837,7 @@ where
 /// made canonical once and compared with both addresses as they are
 /// (`canonical(a) == p` without converting `a`).
 #[inline(always)]
-fn proxies_contain_either(proxies: &super::policy::Proxies, a: &Addr, b: &Addr) -> bool {
+fn proxies_contain_either(proxies: &super::policy::Proxies, a: &IpAddr, b: &IpAddr) -> bool {
     [proxies.v4, proxies.v6].iter().flatten().any(|p| {
         let p = p.addr.canonical();
         is_canonically(a, &p) || is_canonically(b, &p)
@@ -845,18 +846,18 @@ fn proxies_contain_either(proxies: &super::policy::Proxies, a: &Addr, b: &Addr) 
 
 /// True when `a`, made canonical (IPv4-mapped IPv6 as IPv4), equals `p`
 /// (canonical already).
-fn is_canonically(a: &Addr, p: &super::addr::IpAddr) -> bool {
+fn is_canonically(a: &IpAddr, p: &super::addr::IpAddr) -> bool {
     use super::addr::IpAddr;
     match (a, p) {
-        (Addr::V4(x), IpAddr::V4(y)) => x == y,
-        (Addr::V6(x), IpAddr::V6(y)) => x == y,
+        (IpAddr::V4(x), IpAddr::V4(y)) => x == y,
+        (IpAddr::V6(x), IpAddr::V6(y)) => x == y,
         // IPv4-mapped (::ffff:a.b.c.d) equal to the IPv4 proxy.
-        (Addr::V6(x), IpAddr::V4(y)) => match x.split_first_chunk::<12>() {
+        (IpAddr::V6(x), IpAddr::V4(y)) => match x.split_first_chunk::<12>() {
             Some((head, tail)) => {
                 *head == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] && tail == y.as_slice()
             }
             None => false,
         },
-        (Addr::V4(_), IpAddr::V6(_)) => false,
+        (IpAddr::V4(_), IpAddr::V6(_)) => false,
     }
 }

@@ -25,10 +25,11 @@
 //! [`ip::transport_quoted`], which tolerates length fields claiming more than
 //! is present, and every access is bounded by the bytes at hand.
 
+use super::addr::Endpoint;
+use super::addr::IpAddr;
 use super::checksum;
-use super::nat::Endpoint;
 use super::translate::{Refused, Side};
-use super::wire::ip::{self, Addr, Transport};
+use super::wire::ip::{self, Transport};
 use super::wire::{Error, get_array, get_u8, get_u16, icmp, proto, set_array, set_u16, tcp, udp};
 
 /// The packet quoted by an ICMP error, located in a prefix.
@@ -47,10 +48,10 @@ pub struct Quote {
 }
 
 /// The ICMP protocol number of a family.
-fn icmp_proto(a: &Addr) -> u8 {
+fn icmp_proto(a: &IpAddr) -> u8 {
     match a {
-        Addr::V4(_) => proto::ICMP,
-        Addr::V6(_) => proto::ICMPV6,
+        IpAddr::V4(_) => proto::ICMP,
+        IpAddr::V6(_) => proto::ICMPV6,
     }
 }
 
@@ -61,7 +62,7 @@ pub fn is_error(prefix: &[u8], t: &Transport) -> bool {
         && t.protocol == icmp_proto(&t.src)
         && t.len >= icmp::HEADER_LEN
         && prefix.len() >= t.offset.saturating_add(icmp::HEADER_LEN)
-        && icmp::is_error(matches!(t.src, Addr::V6(_)), get_u8(prefix, t.offset))
+        && icmp::is_error(matches!(t.src, IpAddr::V6(_)), get_u8(prefix, t.offset))
 }
 
 /// The quoted packet of the ICMP error parsed as `t`, when it is TCP or UDP of
@@ -78,7 +79,7 @@ pub fn quote(prefix: &[u8], t: &Transport) -> Option<Quote> {
     let inner = ip::transport_quoted(q).ok()?;
     let same_family = matches!(
         (inner.src, t.src),
-        (Addr::V4(_), Addr::V4(_)) | (Addr::V6(_), Addr::V6(_))
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_))
     );
     if !same_family
         || !inner.has_transport
@@ -146,8 +147,8 @@ pub fn rewrite(
     to: Endpoint,
 ) -> Result<usize, Refused> {
     let v6 = match (to.addr, t.src) {
-        (Addr::V4(_), Addr::V4(_)) => false,
-        (Addr::V6(_), Addr::V6(_)) => true,
+        (IpAddr::V4(_), IpAddr::V4(_)) => false,
+        (IpAddr::V6(_), IpAddr::V6(_)) => true,
         _ => return Err(Refused::FamilyMismatch),
     };
     let inner_side = match side {
@@ -171,7 +172,7 @@ pub fn rewrite(
     let inner_at = addr_field(ip, v6, inner_side);
     let old_buf = read_addr(prefix, inner_at.clone());
     let old = old_buf.get(..alen).unwrap_or(&[]);
-    let new = to.addr.as_bytes();
+    let new = to.addr.octets();
     let port_at = match inner_side {
         Side::Src => l4..l4.saturating_add(2),
         Side::Dst => l4.saturating_add(2)..ports_end,

@@ -262,8 +262,8 @@ impl fmt::Display for Flow {
             crate::net::wire::proto::TCP => "TCP",
             _ => "UDP",
         };
-        let src: crate::net::addr::Endpoint = self.0.src.into();
-        let dst: crate::net::addr::Endpoint = self.0.dst.into();
+        let src: crate::net::addr::Endpoint = self.0.src;
+        let dst: crate::net::addr::Endpoint = self.0.dst;
         write!(f, "{p} {} -> {}", Ep(&src), Ep(&dst))
     }
 }
@@ -285,12 +285,11 @@ mod tests {
         use crate::net::addr::{Endpoint, IpAddr};
         let key = crate::net::nat::FlowKey {
             protocol: crate::net::wire::proto::TCP,
-            src: Endpoint::new(IpAddr::V4([10, 0, 0, 1]), 49152).into(),
+            src: Endpoint::new(IpAddr::V4([10, 0, 0, 1]), 49152),
             dst: Endpoint::new(
                 IpAddr::V6([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
                 80,
-            )
-            .into(),
+            ),
         };
         assert_eq!(
             Flow(key).to_string(),

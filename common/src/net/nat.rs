@@ -48,7 +48,7 @@
 //! - **Concurrency**: the table is plain data behind `&mut self`; the kext
 //!   keeps it behind a lock (see kext-ip).
 
-use super::wire::ip::Addr;
+use super::addr::{Endpoint, IpAddr};
 use super::wire::{proto, tcp};
 
 /// Expired flows reclaimed from the head of each state list on each insertion.
@@ -60,36 +60,8 @@ pub const MAX_FLOWS: usize = 1 << 24;
 /// Bytes one flow costs: its [`Entry`], indexes included.
 pub const ENTRY_BYTES: usize = core::mem::size_of::<Entry>();
 
-/// An address and port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    /// The address.
-    pub addr: Addr,
-    /// The port (0 for protocols without ports).
-    pub port: u16,
-}
-
-impl Endpoint {
-    const ZERO: Endpoint = Endpoint {
-        addr: Addr::V4([0; 4]),
-        port: 0,
-    };
-}
-
-impl From<Endpoint> for super::addr::Endpoint {
-    fn from(e: Endpoint) -> Self {
-        super::addr::Endpoint::new(e.addr.into(), e.port)
-    }
-}
-
-impl From<super::addr::Endpoint> for Endpoint {
-    fn from(e: super::addr::Endpoint) -> Self {
-        Endpoint {
-            addr: e.addr.into(),
-            port: e.port,
-        }
-    }
-}
+/// An endpoint of unused table slots.
+const ZERO: Endpoint = Endpoint::new(IpAddr::V4([0; 4]), 0);
 
 /// A flow as the client sends it: protocol, client (source), original destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -254,10 +226,10 @@ impl Entry {
         flow: Flow {
             key: FlowKey {
                 protocol: 0,
-                src: Endpoint::ZERO,
-                dst: Endpoint::ZERO,
+                src: ZERO,
+                dst: ZERO,
             },
-            proxy: Endpoint::ZERO,
+            proxy: ZERO,
             last_seen: 0,
             state: FlowState::UdpNew,
         },
@@ -330,10 +302,10 @@ const K: [u64; 5] = [
 ];
 
 /// An address as two 64-bit words (IPv4: the address in the low word).
-fn addr_words(a: &Addr) -> (u64, u64) {
+fn addr_words(a: &IpAddr) -> (u64, u64) {
     match a {
-        Addr::V4(b) => (0, u64::from(u32::from_be_bytes(*b))),
-        Addr::V6(b) => {
+        IpAddr::V4(b) => (0, u64::from(u32::from_be_bytes(*b))),
+        IpAddr::V6(b) => {
             let (hi, lo) = b.split_at(8);
             let w = |s: &[u8]| <[u8; 8]>::try_from(s).map_or(0, u64::from_be_bytes);
             (w(hi), w(lo))
@@ -348,7 +320,7 @@ fn addr_words(a: &Addr) -> (u64, u64) {
 /// IPv4 key, 3 here; 84 for IPv6, 4 here). Keyed by the table's random seed:
 /// an outsider who does not know it cannot aim flows at one bucket.
 fn hash3(seed: u64, protocol: u8, a: &Endpoint, b: &Endpoint) -> u64 {
-    let v6 = matches!(a.addr, Addr::V6(_)) || matches!(b.addr, Addr::V6(_));
+    let v6 = matches!(a.addr, IpAddr::V6(_)) || matches!(b.addr, IpAddr::V6(_));
     let meta = u64::from(a.port) << 48
         | u64::from(b.port) << 32
         | u64::from(protocol) << 8

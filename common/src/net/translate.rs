@@ -13,8 +13,9 @@
 //! refused ([`Refused::Udp6ZeroChecksum`]). ICMP (v4) has no pseudo-header;
 //! ICMPv6 does. Other protocols get the address rewritten only.
 
+use super::addr::IpAddr;
 use super::checksum;
-use super::wire::ip::{Addr, Transport};
+use super::wire::ip::Transport;
 use super::wire::{Error, proto, tcp, udp};
 
 /// Which endpoint to rewrite.
@@ -126,7 +127,7 @@ pub fn rewrite(
     prefix: &mut [u8],
     t: &Transport,
     side: Side,
-    addr: Addr,
+    addr: IpAddr,
     port: u16,
 ) -> Result<usize, Refused> {
     rewrite_with(prefix, t, side, addr, port, L4Sum::Complete)
@@ -140,7 +141,7 @@ pub fn rewrite_with(
     prefix: &mut [u8],
     t: &Transport,
     side: Side,
-    addr: Addr,
+    addr: IpAddr,
     port: u16,
     l4: L4Sum,
 ) -> Result<usize, Refused> {
@@ -149,11 +150,11 @@ pub fn rewrite_with(
         return Err(Refused::Wire(Error::Truncated));
     }
     match (addr, t.src) {
-        (Addr::V4(a), Addr::V4(_)) => {
+        (IpAddr::V4(a), IpAddr::V4(_)) => {
             let at = if side == Side::Src { 12 } else { 16 };
             rewrite_family(prefix, t, at, a, side, port, l4)?;
         }
-        (Addr::V6(a), Addr::V6(_)) => {
+        (IpAddr::V6(a), IpAddr::V6(_)) => {
             let at = if side == Side::Src { 8 } else { 24 };
             rewrite_family(prefix, t, at, a, side, port, l4)?;
         }

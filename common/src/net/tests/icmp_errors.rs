@@ -777,14 +777,14 @@ fn quote_parsing_matches_the_module_api() {
     assert_eq!(
         q.src,
         Endpoint {
-            addr: Addr::V4(CLIENT4),
+            addr: IpAddr::V4(CLIENT4),
             port: 40000
         }
     );
     assert_eq!(
         q.dst,
         Endpoint {
-            addr: Addr::V4(PROXY4),
+            addr: IpAddr::V4(PROXY4),
             port: 3128
         }
     );

@@ -1,11 +1,12 @@
 //! Host tests of common::net: checked against an independent implementation (etherparse) and
 //! against full recomputation, with random packets (proptest).
 
+use crate::net::addr::{Endpoint, IpAddr};
 use crate::net::checksum;
 use crate::net::filter::{self, Decision, DropReason, FixedPolicy};
-use crate::net::nat::{Config, Endpoint, Entry, NatTable};
+use crate::net::nat::{Config, Entry, NatTable};
 use crate::net::translate::{self, Refused, Side};
-use crate::net::wire::ip::{self, Addr};
+use crate::net::wire::ip;
 use crate::net::wire::{Error, icmp, ipv4, ipv6, proto, tcp, udp};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
@@ -339,7 +340,7 @@ fn full_checksums(p: &[u8]) -> (Option<u16>, Option<u16>) {
     };
     let l4 = co.filter(|_| t.has_transport).map(|co| {
         let mut s = seg.to_vec();
-        if t.protocol == proto::UDP && s[6] == 0 && s[7] == 0 && matches!(t.src, Addr::V4(_)) {
+        if t.protocol == proto::UDP && s[6] == 0 && s[7] == 0 && matches!(t.src, IpAddr::V4(_)) {
             return 0; // no checksum stays none
         }
         s[co] = 0;
@@ -389,7 +390,7 @@ proptest! {
         }
         if s.v6 {
             let v = ipv6::Packet::new_checked(&p[..]).unwrap();
-            prop_assert_eq!(Addr::V6(v.src_addr()), t.src);
+            prop_assert_eq!(IpAddr::V6(v.src_addr()), t.src);
             prop_assert_eq!(v.dst_addr(), s.dst);
             prop_assert_eq!(v.hop_limit(), 64);
         } else {
@@ -459,7 +460,7 @@ proptest! {
             checksum::fold(checksum::pseudo_header(&t.src, &t.dst, t.protocol, t.len))
         };
         p[co..co + 2].copy_from_slice(&seed(&t).to_be_bytes());
-        let addr = if s.v6 { Addr::V6(new_addr) } else { Addr::V4(v4(&new_addr)) };
+        let addr = if s.v6 { IpAddr::V6(new_addr) } else { IpAddr::V4(v4(&new_addr)) };
         let side = if side_src { Side::Src } else { Side::Dst };
         // Only the headers, as the kext holds them.
         let n = translate::prefix_len(&t);
@@ -541,7 +542,7 @@ proptest! {
     ) {
         let mut p = build(&s);
         let t = ip::transport(&p).unwrap();
-        let addr = if s.v6 { Addr::V6(new_addr) } else { Addr::V4(v4(&new_addr)) };
+        let addr = if s.v6 { IpAddr::V6(new_addr) } else { IpAddr::V4(v4(&new_addr)) };
         let side = if side_src { Side::Src } else { Side::Dst };
         let r = if prefix_only {
             // As the kext does: rewrite a copy of the headers, copy them back.
@@ -684,10 +685,10 @@ fn exercise(b: &[u8]) {
             assert!(t.offset <= len, "{t:?}");
             let mut c = b.to_vec();
             for side in [Side::Src, Side::Dst] {
-                let a = if matches!(t.src, Addr::V4(_)) {
-                    Addr::V4([1, 2, 3, 4])
+                let a = if matches!(t.src, IpAddr::V4(_)) {
+                    IpAddr::V4([1, 2, 3, 4])
                 } else {
-                    Addr::V6([7; 16])
+                    IpAddr::V6([7; 16])
                 };
                 match translate::rewrite(&mut c, &t, side, a, 9) {
                     Ok(n) => assert!(n <= c.len()),
@@ -769,7 +770,7 @@ fn ipv4_fragments_are_recognised() {
     assert_eq!(ipv4::Packet::new_checked(&p[..]).unwrap().frag_offset(), 24);
     // A non-first fragment gets only its address rewritten; the IP checksum stays right.
     let mut c = p.clone();
-    let n = translate::rewrite(&mut c, &t, Side::Dst, Addr::V4([9, 9, 9, 9]), 5).unwrap();
+    let n = translate::rewrite(&mut c, &t, Side::Dst, IpAddr::V4([9, 9, 9, 9]), 5).unwrap();
     assert_eq!(n, 20);
     assert_eq!(c[28..], p[28..], "payload (no transport header) untouched");
     assert!(ipv4::Packet::new_checked(&c[..]).unwrap().verify_checksum());
@@ -796,7 +797,7 @@ fn ipv6_udp_zero_checksum_is_refused_and_ipv4_zero_kept() {
     let t = ip::transport(&p).unwrap();
     let before = p.clone();
     assert_eq!(
-        translate::rewrite(&mut p, &t, Side::Dst, Addr::V6([3; 16]), 1),
+        translate::rewrite(&mut p, &t, Side::Dst, IpAddr::V6([3; 16]), 1),
         Err(Refused::Udp6ZeroChecksum)
     );
     assert_eq!(p, before, "a refused packet is not modified");
@@ -804,7 +805,7 @@ fn ipv6_udp_zero_checksum_is_refused_and_ipv4_zero_kept() {
     s.udp_no_csum = true;
     let mut p = build(&s);
     let t = ip::transport(&p).unwrap();
-    translate::rewrite(&mut p, &t, Side::Dst, Addr::V4([3; 4]), 1).unwrap();
+    translate::rewrite(&mut p, &t, Side::Dst, IpAddr::V4([3; 4]), 1).unwrap();
     assert_eq!(
         &p[26..28],
         &[0, 0],

@@ -2,11 +2,9 @@
 //! unknown flows to the origin, capacity, reclamation, early eviction).
 
 use super::{Spec, build, nat};
+use crate::net::addr::{Endpoint, IpAddr};
 use crate::net::filter::{self, Decision, DropReason, FixedPolicy};
-use crate::net::nat::{
-    Config, ENTRY_BYTES, Endpoint, Entry, FlowKey, FlowState, InsertError, NatTable,
-};
-use crate::net::wire::ip::Addr;
+use crate::net::nat::{Config, ENTRY_BYTES, Entry, FlowKey, FlowState, InsertError, NatTable};
 use crate::net::wire::{proto, tcp};
 use proptest::prelude::*;
 
@@ -150,16 +148,16 @@ fn a_udp_flood_cannot_deny_new_flows() {
     let key = |port| FlowKey {
         protocol: proto::UDP,
         src: Endpoint {
-            addr: Addr::V4([10, 0, 0, 2]),
+            addr: IpAddr::V4([10, 0, 0, 2]),
             port,
         },
         dst: Endpoint {
-            addr: Addr::V4([203, 0, 113, 53]),
+            addr: IpAddr::V4([203, 0, 113, 53]),
             port: 53,
         },
     };
     let proxy = Endpoint {
-        addr: Addr::V4([192, 0, 2, 1]),
+        addr: IpAddr::V4([192, 0, 2, 1]),
         port: 3128,
     };
     for round in 0..10u16 {
@@ -327,7 +325,7 @@ fn nat_translates_both_ways_and_checks_the_key() {
 
 fn ep4(a: u8, port: u16) -> Endpoint {
     Endpoint {
-        addr: Addr::V4([10, 0, 0, a]),
+        addr: IpAddr::V4([10, 0, 0, a]),
         port,
     }
 }
@@ -522,7 +520,7 @@ mod storage {
 
     fn ep(a: [u8; 4], port: u16) -> Endpoint {
         Endpoint {
-            addr: Addr::V4(a),
+            addr: IpAddr::V4(a),
             port,
         }
     }
@@ -569,8 +567,6 @@ mod storage {
             Some(ep([203, 0, 113, 10], 53))
         );
         assert_eq!(t.client_flow(&ep([10, 0, 0, 1], 1000), later), None);
-        let back: Endpoint = crate::net::addr::Endpoint::from(proxy).into();
-        assert_eq!(back, proxy);
         t.check().unwrap();
     }
 }

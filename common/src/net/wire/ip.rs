@@ -2,51 +2,15 @@
 //! family: what the IP filter needs before it looks at ports.
 
 use super::{Error, get_u8, ipv4, ipv6};
-
-/// An address of either family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Addr {
-    /// IPv4.
-    V4(ipv4::Address),
-    /// IPv6.
-    V6(ipv6::Address),
-}
-
-impl Addr {
-    /// The address bytes (4 or 16).
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Addr::V4(a) => a,
-            Addr::V6(a) => a,
-        }
-    }
-}
-
-impl From<Addr> for crate::net::addr::IpAddr {
-    fn from(a: Addr) -> Self {
-        match a {
-            Addr::V4(b) => Self::V4(b),
-            Addr::V6(b) => Self::V6(b),
-        }
-    }
-}
-
-impl From<crate::net::addr::IpAddr> for Addr {
-    fn from(a: crate::net::addr::IpAddr) -> Self {
-        match a {
-            crate::net::addr::IpAddr::V4(b) => Addr::V4(b),
-            crate::net::addr::IpAddr::V6(b) => Addr::V6(b),
-        }
-    }
-}
+use crate::net::addr::IpAddr;
 
 /// Where the transport header of an IP packet is, and what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
     /// Source address.
-    pub src: Addr,
+    pub src: IpAddr,
     /// Destination address.
-    pub dst: Addr,
+    pub dst: IpAddr,
     /// The upper-layer protocol (after IPv6 extension headers).
     pub protocol: u8,
     /// Offset of the transport header from the start of the IP header.
@@ -130,8 +94,8 @@ fn parse(buf: &[u8], packet_len: Option<usize>) -> Result<Transport, Error> {
                 return Err(Error::Truncated);
             }
             check_transport_room(Transport {
-                src: Addr::V4(p.src_addr()),
-                dst: Addr::V4(p.dst_addr()),
+                src: IpAddr::V4(p.src_addr()),
+                dst: IpAddr::V4(p.dst_addr()),
                 protocol: p.protocol(),
                 offset: hl,
                 len: total.saturating_sub(hl),
@@ -155,8 +119,8 @@ fn parse(buf: &[u8], packet_len: Option<usize>) -> Result<Transport, Error> {
             };
             let w = p.walk_within(within)?;
             check_transport_room(Transport {
-                src: Addr::V6(p.src_addr()),
-                dst: Addr::V6(p.dst_addr()),
+                src: IpAddr::V6(p.src_addr()),
+                dst: IpAddr::V6(p.dst_addr()),
                 protocol: w.protocol,
                 offset: w.offset,
                 len: end.saturating_sub(w.offset),
