@@ -11,7 +11,7 @@ use common::net::control::{self, Op, SetRequest};
 use common::net::filter::{self, Decision, RulesPolicy};
 use common::net::nat::{Config, Entry, FlowKey, NatTable};
 use common::net::policy::{self, Proxies};
-use common::net::rules::{self, Action, Cidr, IndexEntry, Protocol, Rule, RuleSet, Verdict};
+use common::net::rules::{self, Action, Cidr, IndexEntry, Outcome, Protocol, Rule, RuleSet};
 use common::net::translate::{self, Side};
 use common::net::wire::ip;
 use common::net::wire::{proto, tcp};
@@ -559,7 +559,7 @@ fn syn_v4(n: u64) -> Result<String> {
 struct RulesBench {
     rules: Rules,
     queries: Vec<rules::Conn<'static>>,
-    expected: Vec<Verdict>,
+    expected: Vec<Outcome>,
 }
 
 /// 250 queries: `(high − low)` of every case's iterations is a multiple, so the
@@ -614,8 +614,8 @@ fn connect_proxies() -> Proxies {
 /// scan ([`rules::lookup_linear`]) and the policy's documented order: the
 /// proxy's own process and address pass, then the first matching rule; a
 /// redirect goes to the proxy of the socket's family.
-fn connect_expected(list: &[Rule], q: &rules::Conn<'_>) -> policy::Decision {
-    use policy::{Decision as D, PassReason};
+fn connect_expected(list: &[Rule], q: &rules::Conn<'_>) -> policy::Connect {
+    use policy::{Connect as D, PassReason};
     let (p4, p6): (Endpoint, Endpoint) = (PROXY4, PROXY6);
     let canon = q.dst.canonical();
     if [p4, p6].iter().any(|p| p.canonical() == canon) {
@@ -662,7 +662,7 @@ fn connect_case(count: usize, n: u64) -> Result<String> {
             d == want,
             "decide gave {d:?}, the reference {want:?} for {q:?}"
         );
-        redirected += usize::from(matches!(d, policy::Decision::Redirect { .. }));
+        redirected += usize::from(matches!(d, policy::Connect::Redirect { .. }));
     }
     let mut s = ConnectBench {
         rules,

@@ -51,7 +51,7 @@ use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, StatCounters, StatsWriter, stat};
 use common::net::kextlog::{Ep, LogLevel, RuleNo, Who};
 use common::net::origdst::{Original, Slot, Table};
-use common::net::policy::{self, Decision};
+use common::net::policy::{self, Connect};
 use common::net::proxy_v2::{self, Held, Sending};
 use common::net::rules::{self, ProcName};
 use common::net::wire;
@@ -178,7 +178,7 @@ impl SocketFilter for Filter {
             policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &conn)
         };
         match decision {
-            Decision::Pass(why) => {
+            Connect::Pass(why) => {
                 COUNTERS.count(stat::CONN_PASSED);
                 LOG.log(
                     LogLevel::Debug,
@@ -186,7 +186,7 @@ impl SocketFilter for Filter {
                 );
                 Ok(())
             }
-            Decision::Block { rule } => {
+            Connect::Block { rule } => {
                 COUNTERS.count(stat::CONN_BLOCKED);
                 LOG.log(
                     LogLevel::Decisions,
@@ -194,7 +194,7 @@ impl SocketFilter for Filter {
                 );
                 Err(ECONNREFUSED)
             }
-            Decision::Redirect {
+            Connect::Redirect {
                 to: proxy,
                 proxy_v2,
                 rule,

@@ -806,7 +806,7 @@ where
             },
         );
         match d {
-            super::policy::Decision::Redirect { to, .. } => match (to.addr, dst.addr) {
+            super::policy::Connect::Redirect { to, .. } => match (to.addr, dst.addr) {
                 (super::addr::IpAddr::V4(p), IpAddr::V4(_)) => NewFlow::Redirect(Endpoint {
                     addr: IpAddr::V4(p),
                     port: to.port,
@@ -819,8 +819,8 @@ where
                 }
                 _ => NewFlow::Leave,
             },
-            super::policy::Decision::Block { .. } => NewFlow::Block,
-            super::policy::Decision::Pass(_) => NewFlow::Leave,
+            super::policy::Connect::Block { .. } => NewFlow::Block,
+            super::policy::Connect::Pass(_) => NewFlow::Leave,
         }
     }
 

@@ -34,9 +34,10 @@ pub enum PassReason {
     NoProxy,
 }
 
-/// What to do with the connection.
+/// What to do with an outgoing connection (the socket filter's decision; the IP
+/// filter's, per packet, is [`super::filter::Decision`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum Connect {
     /// Connect to the original destination.
     Pass(PassReason),
     /// Connect to `to` instead (same family as the socket), remembering the original.
@@ -77,13 +78,13 @@ pub fn decide<R, I>(
     proxies: &Proxies,
     family: Family,
     conn: &Conn<'_>,
-) -> Decision
+) -> Connect
 where
     R: AsRef<[Rule]>,
     I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>,
 {
     if !enabled {
-        return Decision::Pass(PassReason::Disabled);
+        return Connect::Pass(PassReason::Disabled);
     }
     let name = conn.name;
     if proxies.pid == Some(conn.pid)
@@ -91,7 +92,7 @@ where
             .name
             .is_some_and(|n| n.as_bytes() == name.get(..name.len().min(16)).unwrap_or(&[]))
     {
-        return Decision::Pass(PassReason::ProxyProcess);
+        return Connect::Pass(PassReason::ProxyProcess);
     }
     let canon = conn.dst.canonical();
     if [proxies.v4, proxies.v6]
@@ -99,21 +100,21 @@ where
         .flatten()
         .any(|p| p.canonical() == canon)
     {
-        return Decision::Pass(PassReason::ProxyAddress);
+        return Connect::Pass(PassReason::ProxyAddress);
     }
     let v = rules.lookup(conn);
     match v.action {
-        Action::Direct => Decision::Pass(PassReason::Rules),
-        Action::Block => Decision::Block {
+        Action::Direct => Connect::Pass(PassReason::Rules),
+        Action::Block => Connect::Block {
             rule: v.rule.unwrap_or(u32::MAX),
         },
         Action::Proxy { proxy_v2 } => match reachable(family, proxies) {
-            Some(to) => Decision::Redirect {
+            Some(to) => Connect::Redirect {
                 to,
                 proxy_v2,
                 rule: v.rule.unwrap_or(u32::MAX),
             },
-            None => Decision::Pass(PassReason::NoProxy),
+            None => Connect::Pass(PassReason::NoProxy),
         },
     }
 }
@@ -164,23 +165,23 @@ mod tests {
         let d = Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80);
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &tcp(&d, 9, b"x")),
-            Decision::Pass(PassReason::ProxyProcess)
+            Connect::Pass(PassReason::ProxyProcess)
         );
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &tcp(&d, 8, b"haproxy")),
-            Decision::Pass(PassReason::ProxyProcess)
+            Connect::Pass(PassReason::ProxyProcess)
         );
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &tcp(&p4, 8, b"x")),
-            Decision::Pass(PassReason::ProxyAddress)
+            Connect::Pass(PassReason::ProxyAddress)
         );
         assert_eq!(
             decide(false, &rs, &proxies, Family::V4, &tcp(&d, 8, b"x")),
-            Decision::Pass(PassReason::Disabled)
+            Connect::Pass(PassReason::Disabled)
         );
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &tcp(&d, 8, b"x")),
-            Decision::Redirect {
+            Connect::Redirect {
                 to: p4,
                 proxy_v2: false,
                 rule: 0
@@ -191,7 +192,7 @@ mod tests {
             80,
         );
         match decide(true, &rs, &proxies, Family::V6, &tcp(&d6, 8, b"x")) {
-            Decision::Redirect { to, .. } => assert_eq!(to.addr.canonical(), p4.addr),
+            Connect::Redirect { to, .. } => assert_eq!(to.addr.canonical(), p4.addr),
             other => panic!("{other:?}"),
         }
         let only6 = Proxies {
@@ -201,7 +202,7 @@ mod tests {
         };
         assert_eq!(
             decide(true, &rs, &only6, Family::V4, &tcp(&d, 8, b"x")),
-            Decision::Pass(PassReason::NoProxy)
+            Connect::Pass(PassReason::NoProxy)
         );
         let _ = Cidr::new(IpAddr::V4([0; 4]), 0);
     }
@@ -240,7 +241,7 @@ mod tests {
         };
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &udp),
-            Decision::Redirect {
+            Connect::Redirect {
                 to: p4,
                 proxy_v2: false,
                 rule: 0
@@ -248,12 +249,12 @@ mod tests {
         );
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &tcp(&d, 8, b"x")),
-            Decision::Block { rule: 1 }
+            Connect::Block { rule: 1 }
         );
         let d80 = Endpoint::new(IpAddr::V4([203, 0, 113, 10]), 80);
         assert_eq!(
             decide(true, &rs, &proxies, Family::V4, &tcp(&d80, 8, b"x")),
-            Decision::Pass(PassReason::Rules)
+            Connect::Pass(PassReason::Rules)
         );
     }
 }

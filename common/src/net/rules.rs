@@ -614,9 +614,10 @@ fn family_tag(f: Family) -> u8 {
     }
 }
 
-/// The result of a lookup.
+/// The result of a lookup: the action for the connection and the rule that
+/// chose it (`None`: the default action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub struct Outcome {
     /// The action to take.
     pub action: Action,
     /// The matching rule's number (0-based), or `None` for the default action.
@@ -914,7 +915,7 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
     /// fewer than [`INDEXED_FROM`] rules are scanned in order (cheaper than the
     /// index there: `cargo xtask bench`), larger ones go through the index
     /// ([`RuleSet::lookup_indexed`]).
-    pub fn lookup(&self, c: &Conn<'_>) -> Verdict {
+    pub fn lookup(&self, c: &Conn<'_>) -> Outcome {
         if self.len() < INDEXED_FROM {
             lookup_linear(self.rules.as_ref(), self.default, c)
         } else {
@@ -928,7 +929,7 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
     /// network containing it (at most 33 or 129), then those of the rules
     /// without a destination, are scanned in rule order, each scan stopping at
     /// its first match or at a rule number past the best match so far.
-    pub fn lookup_indexed(&self, c: &Conn<'_>) -> Verdict {
+    pub fn lookup_indexed(&self, c: &Conn<'_>) -> Outcome {
         let dst = c.dst.canonical();
         let c = Conn { dst, ..*c };
         let index = self.index.as_ref();
@@ -975,11 +976,11 @@ impl<R: AsRef<[Rule]>, I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>> RuleSet<R, 
             &mut best,
         );
         match self.rules.as_ref().get(best as usize) {
-            Some(r) => Verdict {
+            Some(r) => Outcome {
                 action: r.action,
                 rule: Some(best),
             },
-            None => Verdict {
+            None => Outcome {
                 action: self.default,
                 rule: None,
             },
@@ -1109,7 +1110,7 @@ fn heapsort_by<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
 /// The reference semantics: the first rule in order that matches, by a linear
 /// scan. [`RuleSet::lookup_indexed`] must agree with it (property-tested);
 /// [`RuleSet::lookup`] uses it for small sets.
-pub fn lookup_linear(rules: &[Rule], default: Action, c: &Conn<'_>) -> Verdict {
+pub fn lookup_linear(rules: &[Rule], default: Action, c: &Conn<'_>) -> Outcome {
     let c = Conn {
         dst: c.dst.canonical(),
         ..*c
@@ -1118,11 +1119,11 @@ pub fn lookup_linear(rules: &[Rule], default: Action, c: &Conn<'_>) -> Verdict {
         .iter()
         .zip(0u32..)
         .find(|(r, _)| r.matches(&c))
-        .map(|(r, n)| Verdict {
+        .map(|(r, n)| Outcome {
             action: r.action,
             rule: Some(n),
         })
-        .unwrap_or(Verdict {
+        .unwrap_or(Outcome {
             action: default,
             rule: None,
         })
@@ -1141,7 +1142,7 @@ mod tests {
     use super::*;
 
     /// `lookup` (linear below [`INDEXED_FROM`] rules) and the index always agree.
-    fn lk<R, I>(rs: &RuleSet<R, I>, c: &Conn<'_>) -> Verdict
+    fn lk<R, I>(rs: &RuleSet<R, I>, c: &Conn<'_>) -> Outcome
     where
         R: AsRef<[Rule]>,
         I: AsRef<[IndexEntry]> + AsMut<[IndexEntry]>,
@@ -1196,28 +1197,28 @@ mod tests {
         };
         assert_eq!(
             lk(&rs, &c(v4([203, 0, 113, 10], 80), b"x")),
-            Verdict {
+            Outcome {
                 action: PROXY,
                 rule: Some(0)
             }
         );
         assert_eq!(
             lk(&rs, &c(v4([203, 0, 113, 10], 81), b"x")),
-            Verdict {
+            Outcome {
                 action: Action::Block,
                 rule: Some(1)
             }
         );
         assert_eq!(
             lk(&rs, &c(v4([198, 51, 100, 1], 81), b"curl")),
-            Verdict {
+            Outcome {
                 action: Action::Block,
                 rule: Some(2)
             }
         );
         assert_eq!(
             lk(&rs, &c(v4([198, 51, 100, 1], 81), b"wget")),
-            Verdict {
+            Outcome {
                 action: Action::Direct,
                 rule: None
             }
