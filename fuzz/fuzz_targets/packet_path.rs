@@ -14,10 +14,10 @@
 //! reachable.
 #![no_main]
 
+use common::net::addr::IpAddr;
 use common::net::checksum;
 use common::net::filter::{self, Decision, FixedPolicy};
 use common::net::nat::{Config, Entry, NatTable};
-use common::net::addr::IpAddr;
 use common::net::wire::ip;
 use common::net::wire::{ipv4, proto};
 use libfuzzer_sys::fuzz_target;

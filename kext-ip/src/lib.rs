@@ -156,7 +156,6 @@ impl natpath::Nat for Nat {
         {
             match plan {
                 Plan::Translate { to, .. } => {
-                    let to: Endpoint = to.into();
                     LOG.log(
                         LogLevel::Decisions,
                         format_args!("redirect {} to {}", Flow(flow), Ep(&to)),
@@ -257,7 +256,7 @@ impl Filter for Shared {
             .table
             .client_flow(&c, now)?;
         Some(Original {
-            dst: f.key.dst.into(),
+            dst: f.key.dst,
             pid: 0,
             rule: proto::RULE_UNKNOWN,
         })
