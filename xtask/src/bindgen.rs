@@ -27,7 +27,7 @@ use bindgen::callbacks::{IntKind, ParseCallbacks};
 /// One kernel architecture the bindings are generated for.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
-    /// Name used by prx (`kextld::Arch`).
+    /// Name used by prx (`kext_metadata::Arch`).
     pub arch: &'static str,
     /// clang target triple, with the minimum macOS of that architecture.
     pub clang_target: &'static str,

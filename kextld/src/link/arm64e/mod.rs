@@ -70,7 +70,7 @@ use super::image::{self, OutSection, Placement, Target};
 use super::input::{InSection, Object, Reloc};
 use super::resolve::Loaded;
 use super::{LinkError, Linked};
-use crate::arch::{Arch, MinOs};
+use crate::{Arch, MinOs};
 use crate::macho::*;
 
 const PAGE: u64 = 0x4000;

@@ -39,7 +39,7 @@ use super::image::{OutSection, OutSymbol, Placement, Target};
 use super::input::{InSection, Object, Reloc as RelocationInfo};
 use super::resolve::Loaded;
 use super::{LinkError, Linked};
-use crate::arch::{Arch, MinOs};
+use crate::{Arch, MinOs};
 use crate::macho::*;
 
 const PAGE: u64 = 0x1000;
