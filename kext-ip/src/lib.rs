@@ -54,12 +54,12 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use common::kpi::alloc::{self, KBox, KSlice};
 use common::kpi::ctl::{self, Control};
+use common::kpi::errno::{ENOTCONN, ENOTSUP, Errno};
 use common::kpi::global::Global;
 use common::kpi::ipf::{Family, Input, IpFilter, Output, Verdict};
 use common::kpi::lock::{self, Mutex, RwLock};
 use common::kpi::mbuf::{First, Packet};
 use common::kpi::rules::{self as krules, KRuleSet};
-use common::kpi::sflt::Errno;
 use common::kpi::{KextError, clock, log, random};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
 use common::net::filter::{self, Decision, DropReason, Plan, RulesPolicy};
@@ -85,10 +85,6 @@ const HEAD: usize = 64;
 /// ICMP error's quote). Packets whose headers do not fit are handled by
 /// `filter`'s policy.
 const PREFIX: usize = 256;
-
-const ENOTCONN: Errno = 57;
-/// Operation not supported (an op the IP filter has no use for).
-const ENOTSUP: Errno = 45;
 
 /// A decimal number at compile time (build.rs has validated it; anything else
 /// gives 0, which `NatTable::new` refuses in start).

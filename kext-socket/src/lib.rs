@@ -42,12 +42,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use common::kpi::alloc::{self, KSlice};
 use common::kpi::ctl::{self, Control};
+use common::kpi::errno::{ECONNREFUSED, EHOSTUNREACH, ENOTCONN, ENOTSUP, EPIPE, Errno};
 use common::kpi::global::Global;
 use common::kpi::lock::{self, Mutex, RwLock};
 use common::kpi::rules::{self as krules, KRuleSet};
-use common::kpi::sflt::{
-    self, Data, Errno, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
-};
+use common::kpi::sflt::{self, Data, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter};
 use common::kpi::{KextError, clock, log, proc, random};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
@@ -62,12 +61,6 @@ use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STRE
 const HANDLE_V4: u32 = 0x5052_5834; // 'PRX4'
 const HANDLE_V6: u32 = 0x5052_5836; // 'PRX6'
 const ORIGDST_CAPACITY: usize = 4096;
-
-const ENOTCONN: Errno = 57;
-const EPIPE: Errno = 32;
-const ECONNREFUSED: Errno = 61;
-const EHOSTUNREACH: Errno = 65;
-const ENOTSUP: Errno = 45;
 
 type Rules = KRuleSet;
 

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use kextld::kpi::KpiTables;
 use kext_metadata::{Arch, KextMetadata, MinOs};
+use kextld::kpi::KpiTables;
 
 use crate::toolchain;
 
