@@ -342,8 +342,8 @@ fn segment_writing_lines_are_recognised() {
     assert_eq!(segment_writing_lines(code), [3, 4]);
 }
 
-/// The hand-typed errno declarations in `code`, by line: a `const E…` whose
-/// value is a number, an `Errno(`/`from_raw(` of a number, or a second `Errno` type.
+/// The hand-typed errno declarations in `code`, by line: a `const E…` of an
+/// errno type (`c_int`, `i32`, `Errno`) whose value is a number, an `Errno(`/`from_raw(` of a number, or a second `Errno` type.
 fn hand_typed_errnos(code: &str) -> Vec<usize> {
     let errno_name = |n: &str| {
         n.len() >= 3
@@ -360,8 +360,13 @@ fn hand_typed_errnos(code: &str) -> Vec<usize> {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                let value = rest.split_once('=').map_or("", |(_, v)| v.trim_start());
+                let (ty, value) = rest.split_once('=').unwrap_or(("", ""));
+                let ty = ty.split_once(':').map_or("", |(_, t)| t.trim());
+                // errno types only: `ESP: u8 = 50` is a protocol number.
+                let errno_type = ty.ends_with("c_int") || ty == "i32" || ty == "Errno";
+                let value = value.trim_start();
                 errno_name(&name)
+                    && errno_type
                     && value
                         .trim_start_matches('-')
                         .starts_with(|c: char| c.is_ascii_digit())
@@ -424,7 +429,7 @@ fn hand_typed_errnos_are_recognised() {
     let code = "const EINVAL: c_int = 22;\nconst ENOTCONN: Errno = Errno::from_raw(57);\n\
                 pub const EJUSTRETURN: c_int = -2;\nuse common::sys::EINVAL;\n\
                 // const EPIPE: i32 = 32;\nlet e = Errno(45);\npub type Errno = c_int;\n\
-                const HEAD: usize = 64;\nconst E: u8 = 1;\n";
+                const HEAD: usize = 64;\nconst E: u8 = 1;\npub const ESP: u8 = 50;\n";
     assert_eq!(hand_typed_errnos(code), [1, 2, 3, 6, 7]);
 }
 
