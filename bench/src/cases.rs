@@ -6,11 +6,12 @@
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use common::net::addr::IpAddr;
+use common::net::addr::{Endpoint as AddrEndpoint, Family};
 use common::net::checksum;
 use common::net::control::{self, Op, SetRequest};
 use common::net::filter::{self, Decision, RulesPolicy};
 use common::net::nat::{Config, Endpoint, Entry, FlowKey, NatTable};
-use common::net::policy::Proxies;
+use common::net::policy::{self, Proxies};
 use common::net::rules::{self, Action, Cidr, IndexEntry, Protocol, Rule, RuleSet, Verdict};
 use common::net::translate::{self, Side};
 use common::net::wire::ip::{self, Addr};
@@ -125,6 +126,20 @@ pub static ALL: &[Case] = &[
         baseline: Some("rules-indexed-16000"),
         what: "rules::lookup_linear (reference scan), the same 16,000 rules",
         run: |n| rules_case(16_000, true, n),
+    },
+    Case {
+        name: "connect-1",
+        iterations: (1_000, 11_000),
+        baseline: None,
+        what: "policy::decide, the socket filter's connect decision (proxy process and address checks, then the rules), 1 rule",
+        run: |n| connect_case(1, n),
+    },
+    Case {
+        name: "connect-10000",
+        iterations: (1_000, 11_000),
+        baseline: Some("connect-1"),
+        what: "policy::decide, the socket filter's connect decision, 10,000 rules (ratio: to 1 rule)",
+        run: |n| connect_case(10_000, n),
     },
     Case {
         name: "rules-build-10000",
@@ -582,6 +597,89 @@ fn rules_case(count: usize, linear: bool, n: u64) -> Result<String> {
     ensure!(v == want, "last lookup gave {v:?}, expected {want:?}");
     Ok(format!(
         "{count} rules; all {QUERIES} queries agree with the linear scan; {hits} match a rule"
+    ))
+}
+
+/// The socket filter's proxies in the connect cases: the bench's proxy
+/// addresses, and a proxy process that the queries (pid 4242, `firefox`) are not.
+fn connect_proxies() -> Proxies {
+    Proxies {
+        v4: Some(PROXY4.into()),
+        v6: Some(PROXY6.into()),
+        pid: Some(77),
+        name: None,
+    }
+}
+
+/// What [`policy::decide`] must answer for `q`, worked out from the reference
+/// scan ([`rules::lookup_linear`]) and the policy's documented order: the
+/// proxy's own process and address pass, then the first matching rule; a
+/// redirect goes to the proxy of the socket's family.
+fn connect_expected(list: &[Rule], q: &rules::Conn<'_>) -> policy::Decision {
+    use policy::{Decision as D, PassReason};
+    let (p4, p6): (AddrEndpoint, AddrEndpoint) = (PROXY4.into(), PROXY6.into());
+    let canon = q.dst.canonical();
+    if [p4, p6].iter().any(|p| p.canonical() == canon) {
+        return D::Pass(PassReason::ProxyAddress);
+    }
+    let v = rules::lookup_linear(list, Action::Direct, q);
+    let rule = v.rule.unwrap_or(u32::MAX);
+    match v.action {
+        Action::Direct => D::Pass(PassReason::Rules),
+        Action::Block => D::Block { rule },
+        Action::Proxy { proxy_v2 } => D::Redirect {
+            to: match q.dst.addr {
+                IpAddr::V4(_) => p4,
+                IpAddr::V6(_) => p6,
+            },
+            proxy_v2,
+            rule,
+        },
+    }
+}
+
+struct ConnectBench {
+    rules: Rules,
+    proxies: Proxies,
+    queries: Vec<rules::Conn<'static>>,
+}
+
+/// `policy::decide` as the socket filter's `connect_out` calls it, for
+/// sockets of the destination's family.
+fn connect_case(count: usize, n: u64) -> Result<String> {
+    let list = input::rules(count, SEED ^ count as u64);
+    let queries = input::queries(&list, QUERIES, SEED.wrapping_add(1));
+    let rules = rule_set(list, Action::Direct)?;
+    let family = |q: &rules::Conn<'_>| match q.dst.addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    };
+    let proxies = connect_proxies();
+    let mut redirected = 0;
+    for q in &queries {
+        let d = policy::decide(true, &rules, &proxies, family(q), q);
+        let want = connect_expected(rules.rules(), q);
+        ensure!(
+            d == want,
+            "decide gave {d:?}, the reference {want:?} for {q:?}"
+        );
+        redirected += usize::from(matches!(d, policy::Decision::Redirect { .. }));
+    }
+    let mut s = ConnectBench {
+        rules,
+        proxies,
+        queries,
+    };
+    let op = |s: &mut ConnectBench, i: u64| {
+        let q = &s.queries[(i % QUERIES as u64) as usize];
+        policy::decide(true, &s.rules, &s.proxies, family(q), q)
+    };
+    let d = measured(&mut s, n, op);
+    let q = &s.queries[((n - 1) % QUERIES as u64) as usize];
+    let want = connect_expected(s.rules.rules(), q);
+    ensure!(d == want, "last decision {d:?}, expected {want:?}");
+    Ok(format!(
+        "{count} rules; all {QUERIES} decisions agree with the reference scan; {redirected} redirected"
     ))
 }
 

@@ -37,24 +37,24 @@
     clippy::float_arithmetic
 )]
 
-use core::ffi::c_int;
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use common::kpi::alloc::{self, KSlice};
-use common::kpi::ctl::{self, Control};
+use common::kpi::alloc::{KBox, KSlice};
+use common::kpi::config::{Config, Ctl, Filter as ControlSide};
+use common::kpi::ctl::CtlDef;
 use common::kpi::errno::{ECONNREFUSED, EHOSTUNREACH, ENOTCONN, ENOTSUP, EPIPE, Errno};
 use common::kpi::global::Global;
-use common::kpi::lock::{self, Mutex, RwLock};
-use common::kpi::rules::{self as krules, KRuleSet};
-use common::kpi::sflt::{self, Data, Event, Injection, MbufTag, SockAddrMut, Socket, SocketFilter};
-use common::kpi::{KextError, clock, log, proc, random};
+use common::kpi::lifecycle;
+use common::kpi::lock::{Mutex, RwLock};
+use common::kpi::sflt::{
+    self, Data, Event, FilterDef, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
+};
+use common::kpi::{KextError, log, proc, random};
 use common::net::addr::{Endpoint, Family};
-use common::net::control::{self as proto, GetRequest, SetRequest, Status, stat};
-use common::net::kextlog::{Dec, Ep, LogLevel, RuleNo};
+use common::net::control::{self as proto, StatCounters, StatsWriter, stat};
+use common::net::kextlog::{Ep, LogLevel, RuleNo, Who};
 use common::net::origdst::{Original, Slot, Table};
-use common::net::policy::{self, Decision, Proxies};
-use common::net::proxy_v2;
-use common::net::rules::{self, Action, ProcName};
+use common::net::policy::{self, Decision};
+use common::net::proxy_v2::{self, Held, Sending};
+use common::net::rules::{self, ProcName};
 use common::net::wire;
 use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STREAM};
 
@@ -62,18 +62,9 @@ const HANDLE_V4: u32 = 0x5052_5834; // 'PRX4'
 const HANDLE_V6: u32 = 0x5052_5836; // 'PRX6'
 const ORIGDST_CAPACITY: usize = 4096;
 
-type Rules = KRuleSet;
-
-/// One consistent configuration snapshot: what `connect_out` decides with.
-struct Config {
-    enabled: bool,
-    proxies: Proxies,
-    rules: Rules,
-    generation: u32,
-}
-
-/// Counters, indexed by `stat` id - 1.
-const COUNTERS: [u32; 8] = [
+/// The counters, in statistics order (`SOCKETS_ATTACHED` is reported from
+/// `sflt::attached`, the others counted here).
+static COUNTERS: StatCounters<8> = StatCounters::new([
     stat::CONN_SEEN,
     stat::CONN_REDIRECTED,
     stat::CONN_PASSED,
@@ -82,27 +73,14 @@ const COUNTERS: [u32; 8] = [
     stat::PROXY_HEADERS,
     stat::SOCKETS_ATTACHED,
     stat::ORIGDST_FULL,
-];
+]);
 
 struct Shared {
     config: RwLock<Config>,
     origdst: Mutex<Table<KSlice<Slot>>>,
-    counters: [AtomicU64; 8],
     tag: MbufTag,
     /// The PROXY v2 headers' authentication key, drawn at start.
     auth_key: proxy_v2::AuthKey,
-}
-
-impl Shared {
-    fn count(&self, id: u32) {
-        if let Some(c) = COUNTERS
-            .iter()
-            .position(|i| *i == id)
-            .and_then(|i| self.counters.get(i))
-        {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 static STATE: Global<Shared> = Global::new();
@@ -110,25 +88,7 @@ static STATE: Global<Shared> = Global::new();
 /// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
 static LOG: log::Logger = log::Logger::new(c"PrxSocketFilter");
 
-/// The pid and name of a connection, for log lines.
-struct Who<'a>(&'a Conn);
-
-impl core::fmt::Display for Who<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let name = core::str::from_utf8(self.0.name.as_bytes()).unwrap_or("?");
-        write!(f, "pid {} {name}", Dec(i64::from(self.0.pid)))
-    }
-}
-
 // ---- the socket filter ----
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Header {
-    None,
-    Pending,
-    Sent,
-    Failed,
-}
 
 struct Redirected {
     orig: Endpoint,
@@ -142,20 +102,27 @@ struct Conn {
     name: ProcName,
     family: Family,
     redirect: Option<Redirected>,
-    header: Header,
+    header: Sending,
+}
+
+impl Conn {
+    /// The pid and name, for log lines.
+    fn who(&self) -> Who<'_> {
+        Who(self.pid, &self.name)
+    }
 }
 
 struct Filter;
 
 impl Filter {
-    fn header_failed(c: &mut Conn, st: &Shared) {
-        c.header = Header::Failed;
-        st.count(stat::CONN_FAILED);
+    fn header_failed(c: &mut Conn) {
+        c.header = Sending::Failed;
+        COUNTERS.count(stat::CONN_FAILED);
         LOG.log(
             LogLevel::Decisions,
             format_args!(
                 "PROXY v2 header not sent ({}); refusing the connection's data",
-                Who(c)
+                c.who()
             ),
         );
     }
@@ -175,7 +142,7 @@ impl SocketFilter for Filter {
             name: proc::name(pid),
             family,
             redirect: None,
-            header: Header::None,
+            header: Sending::None,
         })
     }
 
@@ -192,7 +159,7 @@ impl SocketFilter for Filter {
         let Some(dst) = to.endpoint() else {
             return Ok(());
         };
-        st.count(stat::CONN_SEEN);
+        COUNTERS.count(stat::CONN_SEEN);
         let decision = {
             let cfg = st.config.read();
             let pid = u32::try_from(c.pid).unwrap_or(0);
@@ -207,18 +174,18 @@ impl SocketFilter for Filter {
         };
         match decision {
             Decision::Pass(why) => {
-                st.count(stat::CONN_PASSED);
+                COUNTERS.count(stat::CONN_PASSED);
                 LOG.log(
                     LogLevel::Debug,
-                    format_args!("pass {} ({why:?}; {})", Ep(&dst), Who(c)),
+                    format_args!("pass {} ({why:?}; {})", Ep(&dst), c.who()),
                 );
                 Ok(())
             }
             Decision::Block { rule } => {
-                st.count(stat::CONN_BLOCKED);
+                COUNTERS.count(stat::CONN_BLOCKED);
                 LOG.log(
                     LogLevel::Decisions,
-                    format_args!("block {} ({}; {})", Ep(&dst), RuleNo(rule), Who(c)),
+                    format_args!("block {} ({}; {})", Ep(&dst), RuleNo(rule), c.who()),
                 );
                 Err(ECONNREFUSED)
             }
@@ -230,14 +197,14 @@ impl SocketFilter for Filter {
                 if to.set(&proxy).is_err() {
                     // The address is untouched: fail the connection rather than
                     // let it go direct against the rules.
-                    st.count(stat::CONN_FAILED);
+                    COUNTERS.count(stat::CONN_FAILED);
                     LOG.log(
                         LogLevel::Decisions,
                         format_args!(
                             "redirect of {} to {} failed: the address could not be rewritten ({})",
                             Ep(&dst),
                             Ep(&proxy),
-                            Who(c)
+                            c.who()
                         ),
                     );
                     return Err(EHOSTUNREACH);
@@ -250,7 +217,7 @@ impl SocketFilter for Filter {
                         Ep(&proxy),
                         if proxy_v2 { " with PROXY v2" } else { "" },
                         RuleNo(rule),
-                        Who(c)
+                        c.who()
                     ),
                 );
                 c.redirect = Some(Redirected {
@@ -258,12 +225,8 @@ impl SocketFilter for Filter {
                     rule,
                     recorded: None,
                 });
-                c.header = if proxy_v2 {
-                    Header::Pending
-                } else {
-                    Header::None
-                };
-                st.count(stat::CONN_REDIRECTED);
+                c.header = Sending::wanted(proxy_v2);
+                COUNTERS.count(stat::CONN_REDIRECTED);
                 Ok(())
             }
         }
@@ -285,10 +248,10 @@ impl SocketFilter for Filter {
             if st.origdst.lock().insert(&client, o).is_ok() {
                 r.recorded = Some(client);
             } else {
-                st.count(stat::ORIGDST_FULL);
+                COUNTERS.count(stat::ORIGDST_FULL);
             }
         }
-        if c.header != Header::Pending {
+        if c.header != Sending::Pending {
             return None;
         }
         // The client's pid and process name ride along as custom TLVs.
@@ -304,159 +267,83 @@ impl SocketFilter for Filter {
             Injection::new(h.as_bytes(), Some(st.tag))
         });
         if inj.is_none() {
-            Self::header_failed(c, &st);
+            Self::header_failed(c);
         }
         inj
     }
 
     fn injected(c: &mut Conn, _so: &Socket, result: Result<(), Errno>) {
-        let Some(st) = STATE.get() else { return };
+        if STATE.get().is_none() {
+            return;
+        }
         match result {
             Ok(()) => {
-                c.header = Header::Sent;
-                st.count(stat::PROXY_HEADERS);
+                c.header = Sending::Sent;
+                COUNTERS.count(stat::PROXY_HEADERS);
             }
-            Err(_) => Self::header_failed(c, &st),
+            Err(_) => Self::header_failed(c),
         }
     }
 
     fn data_out(c: &mut Conn, _so: &Socket, data: &Data<'_>) -> Result<(), Errno> {
-        match c.header {
-            Header::None | Header::Sent => Ok(()),
-            // Our own header passes; nothing else may overtake it.
-            _ if STATE.get().is_some_and(|st| data.has_tag(st.tag)) => Ok(()),
-            Header::Pending => Err(ENOTCONN),
-            Header::Failed => Err(EPIPE),
-        }
+        // Our own header passes; nothing else may overtake it.
+        let ours = || STATE.get().is_some_and(|st| data.has_tag(st.tag));
+        c.header.admits(ours).map_err(|held| match held {
+            Held::NotYet => ENOTCONN,
+            Held::Failed => EPIPE,
+        })
     }
 }
 
-common::socket_filter!(static FILTER_V4: Filter = handle HANDLE_V4, name c"net.prx.kext.SocketFilter.v4");
-common::socket_filter!(static FILTER_V6: Filter = handle HANDLE_V6, name c"net.prx.kext.SocketFilter.v6");
+common::socket_filter!(static FILTER_V4: Filter = handle HANDLE_V4, name c"net.prx.kext.SocketFilter.v4",
+    sockets (PF_INET, SOCK_STREAM, IPPROTO_TCP));
+common::socket_filter!(static FILTER_V6: Filter = handle HANDLE_V6, name c"net.prx.kext.SocketFilter.v6",
+    sockets (PF_INET6, SOCK_STREAM, IPPROTO_TCP));
 
 // ---- the control ----
 
-struct Ctl;
+impl ControlSide for Shared {
+    const STATE: &'static Global<Shared> = &STATE;
+    const LOG: &'static log::Logger = &LOG;
 
-fn apply_rules(st: &Shared, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> {
-    let set = krules::from_msg(msg)?;
-    let (old, generation) = {
-        let mut cfg = st.config.write();
-        cfg.generation = cfg.generation.wrapping_add(1);
-        (core::mem::replace(&mut cfg.rules, set), cfg.generation)
-    };
-    drop(old); // freed outside the lock
-    LOG.log(
-        LogLevel::Decisions,
-        format_args!(
-            "rules: {} rule(s), default {:?} (rule set {})",
-            Dec::u(msg.count()),
-            msg.default_action(),
-            Dec::u(generation)
-        ),
-    );
-    Ok(())
-}
-
-impl Control for Ctl {
-    type Unit = ();
-
-    fn connect(_unit: u32) -> Result<(), Errno> {
-        Ok(())
+    fn config(&self) -> &RwLock<Config> {
+        &self.config
     }
 
-    fn setopt(_u: &mut (), opt: c_int, data: &[u8]) -> Result<(), Errno> {
-        let st = STATE.get().ok_or(ENOTCONN)?;
-        match proto::decode_set(opt, data).map_err(proto::Error::errno)? {
-            SetRequest::Rules(m) => apply_rules(&st, &m),
-            SetRequest::Proxies(p) => {
-                st.config.write().proxies = p;
-                Ok(())
-            }
-            SetRequest::Enabled(on) => {
-                st.config.write().enabled = on;
-                Ok(())
-            }
-            // NAT timeouts are the IP filter's.
-            SetRequest::Timeouts(_) => Err(ENOTSUP),
-            SetRequest::LogLevel(l) => {
-                LOG.set_level(l);
-                Ok(())
+    fn attached(&self) -> u32 {
+        u32::try_from(sflt::attached()).unwrap_or(u32::MAX)
+    }
+
+    // NAT timeouts are the IP filter's (`set_timeouts` refuses).
+
+    fn lookup(&self, client: &Endpoint) -> Option<Original> {
+        self.origdst.lock().get(client)
+    }
+
+    /// The control is privileged (root only): the key goes to prxd.
+    fn auth_key(&self) -> Option<&proxy_v2::AuthKey> {
+        Some(&self.auth_key)
+    }
+
+    fn stats(&self, generation: u32, w: &mut StatsWriter) {
+        for (id, n) in COUNTERS.each() {
+            match id {
+                stat::SOCKETS_ATTACHED => w.push_count(id, sflt::attached()),
+                _ => w.push(id, n),
             }
         }
-    }
-
-    fn getopt(_u: &mut (), opt: c_int, buf: &mut [u8]) -> Result<usize, Errno> {
-        let st = STATE.get().ok_or(ENOTCONN)?;
-        let r = match proto::decode_get(opt, buf).map_err(proto::Error::errno)? {
-            GetRequest::Lookup(client) => {
-                let found = st.origdst.lock().get(&client);
-                proto::encode_lookup_response(found.as_ref(), buf)
-            }
-            GetRequest::Status => {
-                let s = {
-                    let cfg = st.config.read();
-                    Status {
-                        enabled: cfg.enabled,
-                        rules: u32::try_from(cfg.rules.len()).unwrap_or(u32::MAX),
-                        generation: cfg.generation,
-                        attached: u32::try_from(sflt::attached()).unwrap_or(u32::MAX),
-                        clients: u32::try_from(ctl::clients()).unwrap_or(u32::MAX),
-                        proxies: cfg.proxies,
-                    }
-                };
-                proto::encode_status(&s, buf)
-            }
-            GetRequest::Rules => {
-                let cfg = st.config.read();
-                proto::encode_rules_response(cfg.rules.default_action(), cfg.rules.rules(), buf)
-            }
-            // The control is privileged (root only): the key goes to prxd.
-            GetRequest::AuthKey => proto::encode_auth_key_response(&st.auth_key, buf),
-            GetRequest::Stats => {
-                let mut out = [(0u32, 0u64); 12];
-                for ((o, id), c) in out.iter_mut().zip(COUNTERS).zip(st.counters.iter()) {
-                    *o = (id, c.load(Ordering::Relaxed));
-                }
-                let attached = u64::try_from(sflt::attached()).unwrap_or(u64::MAX);
-                let generation = u64::from(st.config.read().generation);
-                if let Some(o) = out.get_mut(6) {
-                    *o = (stat::SOCKETS_ATTACHED, attached);
-                }
-                if let Some(o) = out.get_mut(8) {
-                    *o = (stat::RULES_GENERATION, generation);
-                }
-                if let Some(o) = out.get_mut(9) {
-                    *o = (stat::LOG_LEVEL, LOG.level() as u64);
-                }
-                if let Some(o) = out.get_mut(10) {
-                    *o = (stat::LOG_SUPPRESSED, LOG.suppressed());
-                }
-                if let Some(o) = out.get_mut(11) {
-                    let n = u64::try_from(sflt::unfiltered()).unwrap_or(u64::MAX);
-                    *o = (stat::SOCKETS_UNFILTERED, n);
-                }
-                let used: &[(u32, u64)] = out.get(..12).unwrap_or(&[]);
-                proto::encode_stats(used, buf)
-            }
-        };
-        r.map_err(proto::Error::errno)
+        w.push(stat::RULES_GENERATION, u64::from(generation));
+        w.push(stat::LOG_LEVEL, LOG.level() as u64);
+        w.push(stat::LOG_SUPPRESSED, LOG.suppressed());
+        w.push_count(stat::SOCKETS_UNFILTERED, sflt::unfiltered());
     }
 }
 
-common::kern_control!(static CONTROL: Ctl = name proto::CONTROL_NAME, flags CTL_FLAG_PRIVILEGED);
+common::kern_control!(static CONTROL: Ctl<Shared> = name proto::CONTROL_NAME, flags CTL_FLAG_PRIVILEGED);
 
 // ---- start and stop ----
 
 fn make_state() -> Result<(), KextError> {
-    let rules = krules::empty(Action::Direct).map_err(|_| KextError::Failed)?;
-    let config = Config {
-        enabled: true,
-        proxies: Proxies::default(),
-        rules,
-        generation: 0,
-    };
-    let config = RwLock::try_new(config).map_err(|_| KextError::Failed)?;
     let slots =
         KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
     let origdst = Mutex::try_new(Table::new(slots)).map_err(|_| KextError::Failed)?;
@@ -465,80 +352,41 @@ fn make_state() -> Result<(), KextError> {
     let mut key = [0u8; 32];
     random::fill(&mut key);
     let shared = Shared {
-        config,
+        config: Config::initial()?,
         origdst,
-        counters: [const { AtomicU64::new(0) }; 8],
         tag,
         auth_key: proxy_v2::AuthKey(key),
     };
-    let b = alloc::KBox::try_new(shared).map_err(|_| KextError::Failed)?;
+    let b = KBox::try_new(shared).map_err(|_| KextError::Failed)?;
     STATE.set(b).map_err(|_| KextError::Failed)
 }
 
-fn teardown_runtime() -> Result<(), KextError> {
-    drop(STATE.take().map_err(|_| KextError::Busy)?);
-    lock::fini().map_err(|_| KextError::Busy)?;
-    alloc::fini().map_err(|_| KextError::Busy)
-}
-
-fn start() -> Result<(), KextError> {
-    alloc::init(c"net.prx.kext.SocketFilter").map_err(|_| KextError::Failed)?;
-    if lock::init(c"net.prx.kext.SocketFilter").is_err() {
-        let _ = alloc::fini();
-        return Err(KextError::Failed);
-    }
-    let registered = make_state()
-        .and_then(|()| ctl::register(&CONTROL).map_err(|_| KextError::Failed))
-        .and_then(|()| {
-            sflt::register(&FILTER_V4, PF_INET, SOCK_STREAM, IPPROTO_TCP)
-                .map_err(|_| KextError::Failed)
-        })
-        .and_then(|()| {
-            sflt::register(&FILTER_V6, PF_INET6, SOCK_STREAM, IPPROTO_TCP)
-                .map_err(|_| KextError::Failed)
-        });
-    if registered.is_err() {
-        log::line(c"PrxSocketFilter: start failed; unregistering");
-        if !undo_registrations() {
-            // The kernel would unload code it can still call: stay loaded,
-            // inactive, until stop can complete.
-            log::line(
-                c"PrxSocketFilter: start failed and could not be undone yet; staying loaded: unload it later",
-            );
-            return Ok(());
-        }
-        let _ = teardown_runtime();
-        return Err(KextError::Failed);
-    }
-    log::line(c"PrxSocketFilter started: filters registered for PF_INET and PF_INET6 TCP");
-    Ok(())
-}
-
-/// The counters, one line each, when the kext stops.
-fn log_counters() {
-    let Some(st) = STATE.get() else { return };
-    for (id, c) in COUNTERS.iter().zip(st.counters.iter()) {
-        LOG.counter(*id, c.load(Ordering::Relaxed));
-    }
-}
+/// The control and both filters, in registration order.
+const REGISTRATIONS: (&CtlDef, &FilterDef, &FilterDef) = (&CONTROL, &FILTER_V4, &FILTER_V6);
 
 /// How long start and stop wait for `sf_unregistered` and the sockets'
 /// `sf_detach` (xnu's socket-filter cleanup thread runs them after
 /// `sflt_unregister` when sockets held the filter).
 const UNREGISTER_WAIT_MS: u64 = 2_000;
 
-fn unregistered() -> bool {
-    sflt::is_unregistered(HANDLE_V4) && sflt::is_unregistered(HANDLE_V6) && sflt::attached() == 0
+fn no_sockets() -> bool {
+    sflt::attached() == 0
 }
 
-/// Deregisters the control and unregisters both filters (those registered),
-/// then waits for the kernel to let go of them. True when nothing of the kext
-/// is registered any more.
-fn undo_registrations() -> bool {
-    let ctl_gone = ctl::deregister(&CONTROL).is_ok();
-    let a = sflt::unregister(HANDLE_V4);
-    let b = sflt::unregister(HANDLE_V6);
-    ctl_gone && a.is_ok() && b.is_ok() && clock::wait_until(UNREGISTER_WAIT_MS, unregistered)
+fn start() -> Result<(), KextError> {
+    lifecycle::init(c"net.prx.kext.SocketFilter")?;
+    let regs = REGISTRATIONS;
+    if lifecycle::start(
+        &STATE,
+        make_state,
+        regs,
+        UNREGISTER_WAIT_MS,
+        no_sockets,
+        &LOG,
+    )? {
+        log::line(c"PrxSocketFilter started: filters registered for PF_INET and PF_INET6 TCP");
+    }
+    Ok(())
 }
 
 /// xnu does not call a refused stop again (kextunload reports the failure and
@@ -546,26 +394,22 @@ fn undo_registrations() -> bool {
 /// can tell, and once it has unregistered the filters it waits for the kernel
 /// to release them rather than return busy with the kext inert.
 fn stop() -> Result<(), KextError> {
-    if ctl::clients() != 0 {
-        log::line(c"PrxSocketFilter: stop refused: control clients connected");
-        return Err(KextError::Busy);
+    // Sockets may hold the filters past 2 s (or the kernel may refuse): a
+    // later kextunload completes the stop once the cleanup thread released them.
+    let filters = (&FILTER_V4, &FILTER_V6);
+    let late = c"stop refused: the filters are still being released";
+    lifecycle::unregister_for_stop(
+        &CONTROL,
+        filters,
+        UNREGISTER_WAIT_MS,
+        no_sockets,
+        &LOG,
+        late,
+    )?;
+    for (id, n) in COUNTERS.each() {
+        LOG.counter(id, n);
     }
-    if ctl::deregister(&CONTROL).is_err() {
-        log::line(c"PrxSocketFilter: stop refused: the control could not be deregistered");
-        return Err(KextError::Busy);
-    }
-    let a = sflt::unregister(HANDLE_V4);
-    let b = sflt::unregister(HANDLE_V6);
-    if a.is_err() || b.is_err() || !clock::wait_until(UNREGISTER_WAIT_MS, unregistered) {
-        // Sockets still hold the filters after 2 s (or the kernel refused):
-        // keep the control so prxctl still works; a later kextunload completes
-        // the stop once the cleanup thread has released them.
-        let _ = ctl::register(&CONTROL);
-        log::line(c"PrxSocketFilter: stop refused: the filters are still being released");
-        return Err(KextError::Busy);
-    }
-    log_counters();
-    teardown_runtime()?;
+    lifecycle::fini(&STATE)?;
     log::line(c"PrxSocketFilter stopped");
     Ok(())
 }

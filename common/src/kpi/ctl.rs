@@ -103,6 +103,21 @@ pub fn deregister(def: &'static CtlDef) -> Result<(), Errno> {
     Ok(())
 }
 
+impl super::lifecycle::Registration for &'static CtlDef {
+    fn register(self) -> Result<(), super::KextError> {
+        register(self).map_err(|_| super::KextError::Failed)
+    }
+
+    /// `Busy` while clients are connected.
+    fn unregister(self) -> Result<(), super::KextError> {
+        deregister(self).map_err(|_| super::KextError::Busy)
+    }
+
+    fn released(self) -> bool {
+        self.kref.load(Ordering::Acquire).is_null()
+    }
+}
+
 /// The trampolines for `C`.
 pub struct VTable<C>(PhantomData<C>);
 

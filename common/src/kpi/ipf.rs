@@ -47,6 +47,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family of `a`.
+    pub fn of(a: &crate::net::addr::IpAddr) -> Family {
+        match a {
+            crate::net::addr::IpAddr::V4(_) => Family::V4,
+            crate::net::addr::IpAddr::V6(_) => Family::V6,
+        }
+    }
+
     /// `AF_INET` or `AF_INET6`.
     pub fn af(self) -> i32 {
         match self {
@@ -100,6 +108,8 @@ impl Input<'_> {
 pub trait IpFilter: Sync + Sized + 'static {
     /// The filter's name (`ipf_filter.name`).
     const NAME: &'static CStr;
+    /// The family it filters (`ipf_addv4` or `ipf_addv6`).
+    fn family(&self) -> Family;
     /// A packet on its way out (`ipf_output`). Must not block.
     fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a>;
     /// A packet coming in (`ipf_input`): `offset` of the transport header,
@@ -217,6 +227,23 @@ impl<T: IpFilter> Registration<T> {
     /// or `ipf_detach` ran.
     pub fn is_detached(&self) -> bool {
         self.state.load(Ordering::Acquire) == IDLE || self.detached.load(Ordering::Acquire)
+    }
+}
+
+impl<T: IpFilter> super::lifecycle::Registration for &'static Registration<T> {
+    fn register(self) -> Result<(), super::KextError> {
+        self.attach(self.filter.family())
+            .map_err(|_| super::KextError::Failed)
+    }
+
+    /// Never refused (`ipf_remove`); `ipf_detach` may follow later.
+    fn unregister(self) -> Result<(), super::KextError> {
+        self.remove();
+        Ok(())
+    }
+
+    fn released(self) -> bool {
+        self.is_detached()
     }
 }
 

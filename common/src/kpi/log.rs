@@ -126,6 +126,21 @@ impl Logger {
 }
 
 impl Logger {
+    /// Writes `prx: <Kext>: <text>`, whatever the level and the rate (start
+    /// and stop).
+    pub fn line(&self, text: &CStr) {
+        // SAFETY: the format has two `%s`, matched by two NUL-terminated C
+        // strings; kernel printf does not retain either.
+        unsafe {
+            sys::printf(c"prx: %s: %s\n".as_ptr(), self.kext.as_ptr(), text.as_ptr());
+        }
+    }
+
+    /// Writes `prx: <Kext> <key>=<value>` (a counter at stop, as [`counter`]).
+    pub fn key_value(&self, key: &CStr, value: u64) {
+        counter(self.kext, key, value);
+    }
+
     /// Writes `prx: <Kext>: <counter name> = <value>` (statistics at stop;
     /// not rate-limited, not subject to the level).
     pub fn counter(&self, id: u32, value: u64) {

@@ -10,17 +10,23 @@
 //! - [`ipf`], [`mbuf`]: the IP filter's trampolines and packets.
 //! - [`clock`], [`random`]: uptime and the kernel's random generator.
 //! - [`rules`]: the shared rule set in kernel memory, built from a control message.
+//! - [`config`]: the filters' shared configuration and kern_control.
+//! - [`lifecycle`]: one registration shape for sflt/ipf/ctl; start and stop's steps.
+//! - [`natpath`]: the IP filter's packet path (copy, rewrite, settle).
 
 pub mod alloc;
 pub mod clock;
+pub mod config;
 pub mod ctl;
 pub mod errno;
 pub mod global;
 pub mod ipf;
 pub mod kmod;
+pub mod lifecycle;
 pub mod lock;
 pub mod log;
 pub mod mbuf;
+pub mod natpath;
 pub mod panic;
 pub mod proc;
 pub mod ptrauth;

@@ -46,6 +46,7 @@ use core::marker::PhantomData;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use super::KextError;
 use super::alloc::KBox;
 use super::errno::{EINVAL, ENOMEM, Errno};
 use super::lock::Mutex;
@@ -382,12 +383,34 @@ fn set_state(handle: u32, state: u32) {
     }
 }
 
-/// The `sflt_filter` a [`VTable`] builds, in a static (see [`socket_filter!`](crate::socket_filter)).
-#[repr(transparent)]
-pub struct FilterDef(pub sflt_filter);
+/// The `sflt_filter` a [`VTable`] builds and the sockets it is for
+/// (domain, type, protocol), in a static (see [`socket_filter!`](crate::socket_filter)).
+pub struct FilterDef {
+    /// The structure handed to `sflt_register` (which copies it).
+    pub raw: sflt_filter,
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+}
 
 // SAFETY: immutable after compilation; the name pointer refers to a static C string.
 unsafe impl Sync for FilterDef {}
+
+impl super::lifecycle::Registration for &'static FilterDef {
+    fn register(self) -> Result<(), KextError> {
+        register(self, self.domain, self.ty, self.protocol).map_err(|_| KextError::Failed)
+    }
+
+    fn unregister(self) -> Result<(), KextError> {
+        unregister(self.raw.sf_handle).map_err(|_| KextError::Busy)
+    }
+
+    /// `sf_unregistered` ran (or the filter was never registered); sockets
+    /// may still hold cookies until then, never after.
+    fn released(self) -> bool {
+        is_unregistered(self.raw.sf_handle)
+    }
+}
 
 /// Registers `def` for `domain`/`type`/`protocol` (e.g. PF_INET, SOCK_STREAM, IPPROTO_TCP).
 pub fn register(
@@ -396,7 +419,7 @@ pub fn register(
     ty: c_int,
     protocol: c_int,
 ) -> Result<(), Errno> {
-    let handle = def.0.sf_handle;
+    let handle = def.raw.sf_handle;
     let i = match slot(handle) {
         Some(i) => i,
         None => HANDLES
@@ -409,7 +432,7 @@ pub fn register(
     };
     // SAFETY: a complete sflt_filter with attach/detach, non-zero handle, zeroed reserved fields;
     // the kernel copies it.
-    let r = unsafe { sys::sflt_register(&def.0, domain, ty, protocol) };
+    let r = unsafe { sys::sflt_register(&def.raw, domain, ty, protocol) };
     if r == 0 {
         if let Some(s) = STATES.get(i) {
             s.store(STATE_REGISTERED, Ordering::Release);
@@ -459,9 +482,14 @@ pub struct VTable<F>(PhantomData<F>);
 
 impl<F: SocketFilter> VTable<F> {
     /// The `sflt_filter` for handle `handle` and name `name`: global, extended
-    /// (`sf_ext_len` set, reserved words zero).
-    pub const fn filter(handle: u32, name: &'static CStr) -> FilterDef {
-        FilterDef(sflt_filter {
+    /// (`sf_ext_len` set, reserved words zero), for sockets of
+    /// `domain`/`ty`/`protocol` (e.g. PF_INET, SOCK_STREAM, IPPROTO_TCP).
+    pub const fn filter(
+        handle: u32,
+        name: &'static CStr,
+        (domain, ty, protocol): (c_int, c_int, c_int),
+    ) -> FilterDef {
+        let raw = sflt_filter {
             sf_handle: handle,
             sf_flags: SFLT_GLOBAL | SFLT_EXTENDED,
             sf_name: name.as_ptr().cast_mut(),
@@ -485,7 +513,13 @@ impl<F: SocketFilter> VTable<F> {
                 sf_ext_accept: None,
                 sf_ext_rsvd: [core::ptr::null_mut(); 5],
             },
-        })
+        };
+        FilterDef {
+            raw,
+            domain,
+            ty,
+            protocol,
+        }
     }
 
     unsafe extern "C" fn unregistered(handle: u32) {
@@ -661,20 +695,21 @@ fn take_box<T>(b: KBox<T>) -> T {
 /// arm64e signing:
 ///
 /// ```ignore
-/// common::socket_filter!(static FILTER_V4: MyFilter = handle 0x5052_5834, name c"net.prx.v4");
+/// common::socket_filter!(static FILTER_V4: MyFilter = handle 0x5052_5834, name c"net.prx.v4",
+///     sockets (PF_INET, SOCK_STREAM, IPPROTO_TCP));
 /// ```
 #[macro_export]
 macro_rules! socket_filter {
-    (static $name:ident : $f:ty = handle $handle:expr, name $cname:expr) => {
+    (static $name:ident : $f:ty = handle $handle:expr, name $cname:expr, sockets $sockets:expr) => {
         static $name: $crate::kpi::sflt::FilterDef =
-            $crate::kpi::sflt::VTable::<$f>::filter($handle, $cname);
-        $crate::sign_slot!(&raw const $name.0.sf_unregistered, 0x0A98);
-        $crate::sign_slot!(&raw const $name.0.sf_attach, 0xE4FE);
-        $crate::sign_slot!(&raw const $name.0.sf_detach, 0x73D8);
-        $crate::sign_slot!(&raw const $name.0.sf_notify, 0xA0D8);
-        $crate::sign_slot!(&raw const $name.0.sf_data_in, 0x0F74);
-        $crate::sign_slot!(&raw const $name.0.sf_data_out, 0x0F74);
-        $crate::sign_slot!(&raw const $name.0.sf_connect_out, 0xBCAD);
+            $crate::kpi::sflt::VTable::<$f>::filter($handle, $cname, $sockets);
+        $crate::sign_slot!(&raw const $name.raw.sf_unregistered, 0x0A98);
+        $crate::sign_slot!(&raw const $name.raw.sf_attach, 0xE4FE);
+        $crate::sign_slot!(&raw const $name.raw.sf_detach, 0x73D8);
+        $crate::sign_slot!(&raw const $name.raw.sf_notify, 0xA0D8);
+        $crate::sign_slot!(&raw const $name.raw.sf_data_in, 0x0F74);
+        $crate::sign_slot!(&raw const $name.raw.sf_data_out, 0x0F74);
+        $crate::sign_slot!(&raw const $name.raw.sf_connect_out, 0xBCAD);
     };
 }
 

@@ -1053,6 +1053,109 @@ pub fn encode_stats(counters: &[(u32, u64)], out: &mut [u8]) -> Result<usize, Er
     Ok(w.pos)
 }
 
+/// Most counters one statistics response carries ([`StatsWriter`]'s capacity).
+pub const MAX_STATS: usize = 32;
+
+/// Collects `(id, value)` counters for a statistics response, in the order
+/// they are pushed; counters past [`MAX_STATS`] are left out.
+#[derive(Debug, Clone)]
+pub struct StatsWriter {
+    out: [(u32, u64); MAX_STATS],
+    n: usize,
+}
+
+impl Default for StatsWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatsWriter {
+    /// No counters yet.
+    pub const fn new() -> StatsWriter {
+        StatsWriter {
+            out: [(0, 0); MAX_STATS],
+            n: 0,
+        }
+    }
+
+    /// Adds counter `id`.
+    pub fn push(&mut self, id: u32, value: u64) {
+        if let Some(o) = self.out.get_mut(self.n) {
+            *o = (id, value);
+            self.n = self.n.saturating_add(1);
+        }
+    }
+
+    /// Adds counter `id` from a count (saturating at `u64::MAX`).
+    pub fn push_count(&mut self, id: u32, value: usize) {
+        self.push(id, u64::try_from(value).unwrap_or(u64::MAX));
+    }
+
+    /// Adds the drop counters: reason `r` under `stat::IP_DROP_BASE + r`.
+    pub fn push_drops(
+        &mut self,
+        drops: impl Iterator<Item = (crate::net::filter::DropReason, u64)>,
+    ) {
+        for (r, v) in drops {
+            let id = u32::try_from(r.index())
+                .ok()
+                .and_then(|i| stat::IP_DROP_BASE.checked_add(i));
+            if let Some(id) = id {
+                self.push(id, v);
+            }
+        }
+    }
+
+    /// The counters pushed.
+    pub fn counters(&self) -> &[(u32, u64)] {
+        self.out.get(..self.n).unwrap_or(&[])
+    }
+
+    /// Encodes the response ([`encode_stats`]).
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, Error> {
+        encode_stats(self.counters(), out)
+    }
+}
+
+/// Event counters named by `stat` ids, fixed at compile time: one atomic per
+/// id, counted from any CPU without a lock.
+#[derive(Debug)]
+pub struct StatCounters<const N: usize> {
+    ids: [u32; N],
+    values: [core::sync::atomic::AtomicU64; N],
+}
+
+impl<const N: usize> StatCounters<N> {
+    /// Counters for `ids`, all zero.
+    pub const fn new(ids: [u32; N]) -> Self {
+        StatCounters {
+            ids,
+            values: [const { core::sync::atomic::AtomicU64::new(0) }; N],
+        }
+    }
+
+    /// Adds one to counter `id` (an id not listed is ignored).
+    pub fn count(&self, id: u32) {
+        if let Some(c) = self
+            .ids
+            .iter()
+            .position(|i| *i == id)
+            .and_then(|i| self.values.get(i))
+        {
+            c.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Each id with its value, in the order given to [`StatCounters::new`].
+    pub fn each(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.ids
+            .iter()
+            .zip(self.values.iter())
+            .map(|(id, v)| (*id, v.load(core::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
 /// Decodes a statistics response; calls `each(id, value)` per counter; returns the count.
 pub fn decode_stats(buf: &[u8], mut each: impl FnMut(u32, u64)) -> Result<usize, Error> {
     let (h, mut r) = parse_header(buf)?;
@@ -1083,6 +1186,44 @@ pub fn decode_stats(buf: &[u8], mut each: impl FnMut(u32, u64)) -> Result<usize,
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn stats_writer_keeps_order_and_capacity() {
+        let mut w = StatsWriter::new();
+        w.push(stat::IP_FLOWS, 3);
+        w.push_count(stat::IP_FLOW_CAPACITY, usize::MAX);
+        w.push_drops(
+            crate::net::filter::DropReason::ALL
+                .iter()
+                .map(|r| (*r, r.index() as u64)),
+        );
+        let c = w.counters();
+        assert_eq!(c[0], (stat::IP_FLOWS, 3));
+        assert_eq!(c[1], (stat::IP_FLOW_CAPACITY, u64::MAX));
+        assert_eq!(c.len(), 2 + crate::net::filter::DropReason::ALL.len());
+        for (i, (id, v)) in c[2..].iter().enumerate() {
+            assert_eq!((*id, *v), (stat::IP_DROP_BASE + i as u32, i as u64));
+        }
+        let mut buf = [0u8; 1024];
+        let n = w.encode(&mut buf).unwrap();
+        let mut back = Vec::new();
+        decode_stats(&buf[..n], |id, v| back.push((id, v))).unwrap();
+        assert_eq!(back, c);
+        for i in 0..2 * MAX_STATS {
+            w.push(i as u32, 0);
+        }
+        assert_eq!(w.counters().len(), MAX_STATS);
+    }
+
+    #[test]
+    fn stat_counters_count_listed_ids() {
+        let c = StatCounters::new([stat::CONN_SEEN, stat::CONN_PASSED]);
+        c.count(stat::CONN_PASSED);
+        c.count(stat::CONN_PASSED);
+        c.count(stat::CONN_BLOCKED);
+        let v: Vec<_> = c.each().collect();
+        assert_eq!(v, [(stat::CONN_SEEN, 0), (stat::CONN_PASSED, 2)]);
+    }
 
     fn sample_rules() -> Vec<Rule> {
         vec![

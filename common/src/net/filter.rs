@@ -225,6 +225,50 @@ impl DropReason {
         self as usize
     }
 
+    /// `ALL` in step with the enum: each reason at its own index, none
+    /// missing (the match below fails to compile when a reason is added,
+    /// and the last one's index must be `ALL`'s last).
+    #[allow(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "evaluated at compile time only: a bad index is a compile error"
+    )]
+    const fn in_step() -> bool {
+        let mut i = 0;
+        while i < DropReason::ALL.len() {
+            if DropReason::ALL[i] as usize != i {
+                return false;
+            }
+            i += 1;
+        }
+        match DropReason::ALL[DropReason::ALL.len() - 1] {
+            DropReason::Unparseable
+            | DropReason::TableFull
+            | DropReason::Collision
+            | DropReason::Udp6ZeroChecksum
+            | DropReason::Busy
+            | DropReason::Mbuf
+            | DropReason::Inject
+            | DropReason::Blocked => false,
+            DropReason::Untracked => true,
+        }
+    }
+
+    /// The counter's key in the stop log (`prx: PrxIPFilter drop_mbuf=0`).
+    pub fn key(self) -> &'static core::ffi::CStr {
+        match self {
+            DropReason::Unparseable => c"drop_unparseable",
+            DropReason::TableFull => c"drop_table_full",
+            DropReason::Collision => c"drop_collision",
+            DropReason::Udp6ZeroChecksum => c"drop_udp6_zero_csum",
+            DropReason::Busy => c"drop_busy",
+            DropReason::Mbuf => c"drop_mbuf",
+            DropReason::Inject => c"drop_inject",
+            DropReason::Blocked => c"drop_blocked",
+            DropReason::Untracked => c"drop_untracked",
+        }
+    }
+
     /// A short name (statistics, logs).
     pub fn name(self) -> &'static str {
         match self {
@@ -240,6 +284,11 @@ impl DropReason {
         }
     }
 }
+
+const _: () = assert!(
+    DropReason::in_step(),
+    "DropReason::ALL must list every reason in declaration order"
+);
 
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -241,6 +241,33 @@ impl<const N: usize> LineBuf<N> {
     }
 }
 
+/// A process for log lines: `pid 501 curl` (`?` for a name that is not UTF-8).
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a>(pub i32, pub &'a crate::net::rules::ProcName);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = core::str::from_utf8(self.1.as_bytes()).unwrap_or("?");
+        write!(f, "pid {} {name}", Dec(i64::from(self.0)))
+    }
+}
+
+/// A NAT flow for log lines: `TCP 10.0.0.1:49152 -> 203.0.113.10:80`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow(pub crate::net::nat::FlowKey);
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.0.protocol {
+            crate::net::wire::proto::TCP => "TCP",
+            _ => "UDP",
+        };
+        let src: crate::net::addr::Endpoint = self.0.src.into();
+        let dst: crate::net::addr::Endpoint = self.0.dst.into();
+        write!(f, "{p} {} -> {}", Ep(&src), Ep(&dst))
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -252,6 +279,37 @@ mod tests {
     use super::*;
     use core::fmt::Write;
     use proptest::prelude::*;
+
+    #[test]
+    fn flow_shows_protocol_and_endpoints() {
+        use crate::net::addr::{Endpoint, IpAddr};
+        let key = crate::net::nat::FlowKey {
+            protocol: crate::net::wire::proto::TCP,
+            src: Endpoint::new(IpAddr::V4([10, 0, 0, 1]), 49152).into(),
+            dst: Endpoint::new(
+                IpAddr::V6([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                80,
+            )
+            .into(),
+        };
+        assert_eq!(
+            Flow(key).to_string(),
+            "TCP 10.0.0.1:49152 -> [2001:db8::1]:80"
+        );
+        let udp = crate::net::nat::FlowKey {
+            protocol: crate::net::wire::proto::UDP,
+            ..key
+        };
+        assert!(Flow(udp).to_string().starts_with("UDP "));
+    }
+
+    #[test]
+    fn who_names_the_process() {
+        let n = crate::net::rules::ProcName::new(b"curl");
+        assert_eq!(Who(501, &n).to_string(), "pid 501 curl");
+        let bad = crate::net::rules::ProcName::new(&[0xff, 0xfe]);
+        assert_eq!(Who(-1, &bad).to_string(), "pid -1 ?");
+    }
 
     #[test]
     fn levels_have_names_and_numbers() {

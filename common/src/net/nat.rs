@@ -973,3 +973,41 @@ impl<S: Store> NatTable<S> {
         Ok(())
     }
 }
+
+/// A decimal count at compile time (a build script's setting, e.g. the NAT
+/// table's capacity); anything but digits, or a value past `usize`, gives 0.
+pub const fn parse_count(s: &str) -> usize {
+    let mut b = s.as_bytes();
+    let mut n: usize = 0;
+    while let [d, rest @ ..] = b {
+        let digit = match d.checked_sub(b'0') {
+            Some(x) if x <= 9 => x as usize,
+            _ => return 0,
+        };
+        n = match n.checked_mul(10) {
+            Some(x) => match x.checked_add(digit) {
+                Some(y) => y,
+                None => return 0,
+            },
+            None => return 0,
+        };
+        b = rest;
+    }
+    n
+}
+
+#[cfg(test)]
+mod parse_count_tests {
+    use super::parse_count;
+
+    #[test]
+    fn decimal_only() {
+        assert_eq!(parse_count("65536"), 65536);
+        assert_eq!(parse_count("0"), 0);
+        assert_eq!(parse_count(""), 0);
+        assert_eq!(parse_count("12a"), 0);
+        assert_eq!(parse_count("-1"), 0);
+        assert_eq!(parse_count("99999999999999999999999"), 0);
+        assert_eq!(parse_count(&usize::MAX.to_string()), usize::MAX);
+    }
+}

@@ -545,6 +545,51 @@ fn encode_with(
     }
 }
 
+/// Where a connection's PROXY v2 header is, and so what its outgoing data
+/// may do: nothing may overtake the header, and nothing may go without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    /// No header is wanted.
+    None,
+    /// The header is still to be sent.
+    Pending,
+    /// The header is out.
+    Sent,
+    /// The header could not be sent.
+    Failed,
+}
+
+/// Why [`Sending::admits`] refused data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The header is not out yet (the kext answers ENOTCONN).
+    NotYet,
+    /// The header failed: the connection's data is refused (EPIPE).
+    Failed,
+}
+
+impl Sending {
+    /// After a redirect: `Pending` when the rule asks for a header.
+    pub fn wanted(header: bool) -> Sending {
+        if header {
+            Sending::Pending
+        } else {
+            Sending::None
+        }
+    }
+
+    /// Whether outgoing data passes; `ours()` tells whether it is the header
+    /// itself (asked only while the header is pending or failed).
+    pub fn admits(self, ours: impl FnOnce() -> bool) -> Result<(), Held> {
+        match self {
+            Sending::None | Sending::Sent => Ok(()),
+            _ if ours() => Ok(()),
+            Sending::Pending => Err(Held::NotYet),
+            Sending::Failed => Err(Held::Failed),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(
     clippy::unwrap_used,
@@ -557,6 +602,19 @@ fn encode_with(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn sending_holds_data_until_the_header_is_out() {
+        assert_eq!(Sending::wanted(false), Sending::None);
+        assert_eq!(Sending::wanted(true), Sending::Pending);
+        for s in [Sending::None, Sending::Sent] {
+            assert_eq!(s.admits(|| panic!("not asked")), Ok(()));
+        }
+        assert_eq!(Sending::Pending.admits(|| true), Ok(()));
+        assert_eq!(Sending::Pending.admits(|| false), Err(Held::NotYet));
+        assert_eq!(Sending::Failed.admits(|| true), Ok(()));
+        assert_eq!(Sending::Failed.admits(|| false), Err(Held::Failed));
+    }
 
     #[test]
     fn the_longest_header_fits_one_injection() {

@@ -1,0 +1,336 @@
+//! The IP filter's packet path as mechanism: find the headers, ask the kext
+//! for a [`Plan`], rewrite them, and settle the packet. The kext supplies the
+//! planning ([`Nat`]: which flow goes where, under its locks); everything that
+//! touches the mbuf chain is here.
+//!
+//! - In place first: when the first mbuf holds the headers
+//!   ([`filter::parse_in_first`]) they are planned and rewritten there, with no
+//!   copy and no length asked.
+//! - Otherwise the packet length is read once and the first [`HEAD`] bytes are
+//!   copied out (`mbuf_copydata`, so headers straddling mbufs need no pullup),
+//!   up to [`PREFIX`] when the headers go further or the packet is ICMP
+//!   ([`filter::first_look`]); the changed bytes are copied back
+//!   (`mbuf_copyback`).
+//! - A TCP/UDP checksum the stack deferred to the interface stays deferred:
+//!   only the pseudo-header sum its field holds is adjusted ([`L4Sum`]).
+//! - A rewritten output packet is re-injected ([`Output::inject`], which always
+//!   consumes it: its route was chosen for the old destination); a rewritten
+//!   input packet is marked ([`Packet::inbound_modified`]) and passes.
+//! - Output fails closed (headers that cannot be read are dropped), input
+//!   fails open (they pass). Every drop is counted ([`Counters`]).
+//!
+//! Nothing here blocks, allocates or takes a lock; the planner may lock.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::ipf::{IpFilter, Output, Verdict};
+use super::log::Logger;
+use super::mbuf::{First, Packet};
+use crate::net::filter::{self, Decision, DropReason, Plan};
+use crate::net::kextlog::LogLevel;
+use crate::net::translate::L4Sum;
+use crate::net::wire::ip::{self, Transport};
+use crate::net::wire::proto as ipproto;
+
+/// Header bytes copied out of each packet first: an IPv4 (20) or IPv6 (40)
+/// header and a TCP header to its checksum (18), with room for IPv4 options.
+/// Packets whose headers go further, and ICMP, get [`PREFIX`] bytes
+/// ([`filter::first_look`]).
+pub const HEAD: usize = 64;
+/// Header bytes copied out at most (IP header with options or IPv6
+/// extension headers, plus the transport header up to its checksum, or an
+/// ICMP error's quote). Packets whose headers do not fit are handled by
+/// `filter`'s policy.
+pub const PREFIX: usize = 256;
+
+/// The packet counters (a static of zeros: zero-fill).
+pub struct Counters {
+    /// Output packets rewritten and re-injected.
+    pub redirected: AtomicU64,
+    /// Input packets rewritten (replies).
+    pub replies: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Counters {
+    /// All zero.
+    pub const fn new() -> Counters {
+        Counters {
+            redirected: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
+            drops: [const { AtomicU64::new(0) }; DropReason::ALL.len()],
+        }
+    }
+
+    /// Counts a drop and logs it on `log` (blocks are logged with their
+    /// addresses where they are decided).
+    pub fn drop(&self, r: DropReason, log: &Logger) {
+        if let Some(c) = self.drops.get(r.index()) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let level = match r {
+            DropReason::Blocked => return,
+            DropReason::TableFull
+            | DropReason::Collision
+            | DropReason::Mbuf
+            | DropReason::Inject => LogLevel::Decisions,
+            _ => LogLevel::Debug,
+        };
+        log.log(level, format_args!("packet dropped: {}", r.name()));
+    }
+
+    /// Each reason with its count, in statistics order.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .zip(self.drops.iter())
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+    }
+}
+
+/// The kext's side of the packet path: its plans, counters and log (the
+/// family is the filter's, [`IpFilter::family`]).
+pub trait Nat: IpFilter {
+    /// The plan for an outgoing packet whose headers `prefix` parse as `t`
+    /// (`len`: the packet's length).
+    fn plan_output(&self, prefix: &[u8], len: usize, t: &Transport) -> Plan;
+    /// The plan for an incoming packet.
+    fn plan_input(&self, prefix: &[u8], t: &Transport) -> Plan;
+    /// The counters.
+    fn counters(&self) -> &'static Counters;
+    /// The log drops are reported on.
+    fn log(&self) -> &'static Logger;
+}
+
+/// The first `len` bytes of `pkt` (at most the buffer's size) copied into `buf`.
+fn copy_head<'b, const N: usize>(
+    pkt: &Packet<'_>,
+    buf: &'b mut [u8; N],
+    len: usize,
+) -> Option<&'b mut [u8]> {
+    let bytes = buf.get_mut(..len.min(N))?;
+    pkt.copy_out(0, bytes).ok()?;
+    Some(bytes)
+}
+
+/// Carries out `plan` on the headers `bytes` (parsed as `t`) and copies the
+/// changed bytes back.
+fn rewrite(
+    pkt: &mut Packet<'_>,
+    bytes: &mut [u8],
+    len: usize,
+    t: &Transport,
+    plan: Plan,
+    l4: L4Sum,
+) -> Decision {
+    let d = filter::apply_parsed(bytes, t, plan, l4);
+    if let Decision::Rewritten { changed } = d {
+        let Some(bytes) = bytes.get(..changed) else {
+            return Decision::Drop(DropReason::Mbuf);
+        };
+        if pkt.copy_in_within(0, bytes, len).is_err() {
+            return Decision::Drop(DropReason::Mbuf);
+        }
+    }
+    d
+}
+
+/// The output path (`ipf_output`).
+pub fn output<'a, N: Nat>(n: &N, mut pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
+    if let Some(d) = output_in_place(n, &mut pkt) {
+        return output_decided(n, d, pkt, out);
+    }
+    let len = pkt.len();
+    let mut head = [0u8; HEAD];
+    let Some(bytes) = copy_head(&pkt, &mut head, len) else {
+        // Headers that cannot be read cannot be judged: fail closed.
+        return drop_counted(n, DropReason::Mbuf, pkt);
+    };
+    match filter::first_look(bytes, len) {
+        Some(Ok(t)) => output_parsed(n, pkt, out, bytes, len, &t),
+        Some(Err(plan)) => unparsed(n, plan, pkt),
+        None => {
+            let mut buf = [0u8; PREFIX];
+            let Some(bytes) = copy_head(&pkt, &mut buf, len) else {
+                return drop_counted(n, DropReason::Mbuf, pkt);
+            };
+            match filter::parse_output(bytes, len) {
+                Ok(t) => output_parsed(n, pkt, out, bytes, len, &t),
+                Err(plan) => unparsed(n, plan, pkt),
+            }
+        }
+    }
+}
+
+/// The input path (`ipf_input`).
+pub fn input<'a, N: Nat>(n: &N, mut pkt: Packet<'a>) -> Verdict<'a> {
+    if let Some(d) = input_in_place(n, &mut pkt) {
+        return input_decided(n, d, pkt);
+    }
+    let len = pkt.len();
+    let mut head = [0u8; HEAD];
+    let Some(bytes) = copy_head(&pkt, &mut head, len) else {
+        return Verdict::Pass(pkt);
+    };
+    match filter::first_look(bytes, len) {
+        Some(Ok(t)) => input_parsed(n, pkt, bytes, len, &t),
+        // An inbound packet that does not parse passes.
+        Some(Err(_)) => Verdict::Pass(pkt),
+        None => {
+            let mut buf = [0u8; PREFIX];
+            let Some(bytes) = copy_head(&pkt, &mut buf, len) else {
+                return Verdict::Pass(pkt);
+            };
+            match ip::transport_in(bytes, len) {
+                Ok(t) => input_parsed(n, pkt, bytes, len, &t),
+                Err(_) => Verdict::Pass(pkt),
+            }
+        }
+    }
+}
+
+/// The output path once the headers are parsed: plan, rewrite, re-inject.
+fn output_parsed<'a, N: Nat>(
+    n: &N,
+    pkt: Packet<'a>,
+    out: Output<'a>,
+    bytes: &mut [u8],
+    len: usize,
+    t: &Transport,
+) -> Verdict<'a> {
+    let plan = n.plan_output(bytes, len, t);
+    let mut pkt = match settle(n, plan, pkt) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let deferred = pkt.l4_csum_deferred();
+    let d = if deferred && !matches!(t.protocol, ipproto::TCP | ipproto::UDP) {
+        // Only TCP/UDP checksums are deferred by the stack; should an
+        // ICMP packet carry the flag, complete the checksums as before
+        // and rewrite the final bytes.
+        pkt.outbound_finalize(n.family().af(), 0);
+        if pkt.copy_out(0, bytes).is_err() {
+            return drop_counted(n, DropReason::Mbuf, pkt);
+        }
+        match ip::transport_in(bytes, len) {
+            Ok(t) => rewrite(&mut pkt, bytes, len, &t, plan, L4Sum::Complete),
+            Err(_) => Decision::Drop(DropReason::Unparseable),
+        }
+    } else {
+        let l4 = if deferred {
+            L4Sum::Deferred
+        } else {
+            L4Sum::Complete
+        };
+        rewrite(&mut pkt, bytes, len, t, plan, l4)
+    };
+    output_decided(n, d, pkt, out)
+}
+
+/// The output path of a packet whose first mbuf holds its headers
+/// ([`filter::parse_in_first`]): planned and rewritten in place, with no
+/// copy and no length asked (`None`: take the copying path).
+fn output_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
+    let First { bytes, csum } = pkt.first_mut()?;
+    let (k, t) = filter::parse_in_first(bytes, PREFIX)?;
+    let len = bytes.len();
+    let prefix = bytes.get_mut(..k)?;
+    let plan = n.plan_output(prefix, len, &t);
+    let l4 = match plan {
+        // Only a rewrite needs to know whether the stack deferred the
+        // TCP/UDP checksum (all this path sees).
+        Plan::Translate { .. } if csum.l4_deferred() => L4Sum::Deferred,
+        _ => L4Sum::Complete,
+    };
+    Some(filter::apply_parsed(prefix, &t, plan, l4))
+}
+
+/// [`output_in_place`] for the input path.
+fn input_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
+    let First { bytes, .. } = pkt.first_mut()?;
+    let (k, t) = filter::parse_in_first(bytes, PREFIX)?;
+    let prefix = bytes.get_mut(..k)?;
+    let plan = n.plan_input(prefix, &t);
+    Some(filter::apply_parsed(prefix, &t, plan, L4Sum::Complete))
+}
+
+/// The input path once the headers are parsed.
+fn input_parsed<'a, N: Nat>(
+    n: &N,
+    pkt: Packet<'a>,
+    bytes: &mut [u8],
+    len: usize,
+    t: &Transport,
+) -> Verdict<'a> {
+    let plan = n.plan_input(bytes, t);
+    let mut pkt = match settle(n, plan, pkt) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let d = rewrite(&mut pkt, bytes, len, t, plan, L4Sum::Complete);
+    input_decided(n, d, pkt)
+}
+
+/// Settles an output packet once its headers are rewritten (or not).
+fn output_decided<'a, N: Nat>(n: &N, d: Decision, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
+    match d {
+        Decision::Rewritten { .. } => {
+            n.counters().redirected.fetch_add(1, Ordering::Relaxed);
+            // The route was chosen for the old destination: re-inject.
+            let (taken, r) = out.inject(pkt);
+            if r.is_err() {
+                n.counters().drop(DropReason::Inject, n.log());
+            }
+            Verdict::Taken(taken)
+        }
+        Decision::Drop(r) => drop_counted(n, r, pkt),
+        Decision::Pass => Verdict::Pass(pkt),
+    }
+}
+
+/// Settles an input packet once its headers are rewritten (or not).
+fn input_decided<'a, N: Nat>(n: &N, d: Decision, mut pkt: Packet<'a>) -> Verdict<'a> {
+    match d {
+        Decision::Rewritten { .. } => {
+            pkt.inbound_modified();
+            n.counters().replies.fetch_add(1, Ordering::Relaxed);
+            Verdict::Pass(pkt)
+        }
+        Decision::Drop(r) => drop_counted(n, r, pkt),
+        Decision::Pass => Verdict::Pass(pkt),
+    }
+}
+
+/// The verdict for a packet whose headers do not parse (the plan passes or
+/// drops it).
+fn unparsed<'a, N: Nat>(n: &N, plan: Plan, pkt: Packet<'a>) -> Verdict<'a> {
+    match settle(n, plan, pkt) {
+        Ok(p) => Verdict::Pass(p),
+        Err(v) => v,
+    }
+}
+
+/// Counts a drop and drops `pkt`.
+fn drop_counted<'a, N: Nat>(n: &N, r: DropReason, pkt: Packet<'a>) -> Verdict<'a> {
+    n.counters().drop(r, n.log());
+    Verdict::Drop(pkt)
+}
+
+/// Settles the packets a plan leaves alone or drops (`Err`: the verdict);
+/// `Ok` gives the packet back for rewriting.
+fn settle<'a, N: Nat>(n: &N, plan: Plan, pkt: Packet<'a>) -> Result<Packet<'a>, Verdict<'a>> {
+    match plan {
+        Plan::Pass => Err(Verdict::Pass(pkt)),
+        Plan::Drop(r) => {
+            n.counters().drop(r, n.log());
+            Err(Verdict::Drop(pkt))
+        }
+        Plan::Translate { .. } => Ok(pkt),
+    }
+}
