@@ -4,36 +4,21 @@
 //! (as PRX_NAT_FLOWS).
 use std::path::Path;
 
-/// Same bound as `common::net::nat::MAX_FLOWS`.
-const MAX_FLOWS: u64 = 1 << 24;
+use kext_metadata::{KextMetadata, PowerOfTwoSetting};
 
-fn nat_flows(manifest: &Path) -> Result<u64, String> {
-    let text =
-        std::fs::read_to_string(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
-    let doc: toml::Table =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", manifest.display()))?;
-    let v = doc
-        .get("package")
-        .and_then(|p| p.get("metadata"))
-        .and_then(|m| m.get("prx-ip"))
-        .and_then(|t| t.get("nat-flows"));
-    let Some(v) = v else {
-        return Err(format!(
-            "{}: [package.metadata.prx-ip] nat-flows is missing; add `nat-flows = 16384` (flows per address family)",
-            manifest.display()
-        ));
-    };
-    match v.as_integer().and_then(|n| u64::try_from(n).ok()) {
-        Some(n) if (2..=MAX_FLOWS).contains(&n) && n.is_power_of_two() => Ok(n),
-        _ => Err(format!(
-            "{}: [package.metadata.prx-ip] nat-flows = {v}: must be a power of two from 2 to {MAX_FLOWS} (e.g. 16384)",
-            manifest.display()
-        )),
-    }
-}
+/// The NAT tables' capacity per address family; `max` is
+/// `common::net::nat::MAX_FLOWS`.
+const NAT_FLOWS: PowerOfTwoSetting<'static> = PowerOfTwoSetting {
+    table: "prx-ip",
+    key: "nat-flows",
+    min: 2,
+    max: 1 << 24,
+    example: 16384,
+    unit: "flows per address family",
+};
 
 fn main() {
-    if let Err(e) = packaging::KextMetadata::emit_build_env() {
+    if let Err(e) = KextMetadata::emit_build_env() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -44,7 +29,7 @@ fn main() {
     );
     let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
     let manifest = Path::new(&dir).join("Cargo.toml");
-    match nat_flows(&manifest) {
+    match NAT_FLOWS.load(&manifest) {
         Ok(n) => println!("cargo::rustc-env=PRX_NAT_FLOWS={n}"),
         Err(e) => {
             eprintln!("error: {e}");

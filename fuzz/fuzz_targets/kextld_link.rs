@@ -4,7 +4,7 @@
 //! whether the input is also given as a second member.
 #![no_main]
 
-use kextld::arch::{Arch, MinOs};
+use kextld::{Arch, MinOs};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -45,13 +45,13 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config as IpConfig, Ctl, Filter};
+use common::kpi::errno::Errno;
 use common::kpi::global::Global;
 use common::kpi::ipf::{Input, IpFilter, Output, Verdict};
 use common::kpi::lifecycle::{self, Registration};
 use common::kpi::lock::{Mutex, RwLock};
 use common::kpi::mbuf::Packet;
 use common::kpi::natpath::{self, Counters};
-use common::kpi::sflt::Errno;
 use common::kpi::{KextError, clock, log, random};
 use common::net::addr::Endpoint;
 use common::net::addr::Family;

@@ -40,11 +40,12 @@
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config, Ctl, Filter as ControlSide};
 use common::kpi::ctl::CtlDef;
+use common::kpi::errno::{ECONNREFUSED, EHOSTUNREACH, ENOTCONN, ENOTSUP, EPIPE, Errno};
 use common::kpi::global::Global;
 use common::kpi::lifecycle;
 use common::kpi::lock::{Mutex, RwLock};
 use common::kpi::sflt::{
-    self, Data, Errno, Event, FilterDef, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
+    self, Data, Event, FilterDef, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
 };
 use common::kpi::{KextError, log, proc, random};
 use common::net::addr::{Endpoint, Family};
@@ -60,12 +61,6 @@ use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STRE
 const HANDLE_V4: u32 = 0x5052_5834; // 'PRX4'
 const HANDLE_V6: u32 = 0x5052_5836; // 'PRX6'
 const ORIGDST_CAPACITY: usize = 4096;
-
-const ENOTCONN: Errno = 57;
-const EPIPE: Errno = 32;
-const ECONNREFUSED: Errno = 61;
-const EHOSTUNREACH: Errno = 65;
-const ENOTSUP: Errno = 45;
 
 /// The counters, in statistics order (`SOCKETS_ATTACHED` is reported from
 /// `sflt::attached`, the others counted here).

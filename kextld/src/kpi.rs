@@ -29,7 +29,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::arch::{Arch, MinOs};
+use crate::{Arch, MinOs};
 
 pub use generate::{check, generate};
 pub use history::{HISTORY_PATH, KpiHistory, generate_history};

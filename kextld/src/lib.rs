@@ -14,7 +14,6 @@
 //! with plain table-driven code. The structure it emits is documented in
 //! ARCHITECTURE.md and follows what Apple's ld64 emits for kexts.
 
-pub mod arch;
 pub mod fat;
 pub mod kpi;
 pub mod link;
@@ -22,4 +21,6 @@ pub mod macho;
 pub mod ptrauth;
 pub mod verify;
 
-pub use arch::{Arch, MinOs};
+// The slice vocabulary kextld's API speaks, shared with the kexts' build
+// scripts and the packager.
+pub use kext_metadata::{Arch, MinOs};

@@ -1015,8 +1015,8 @@ fn kmod_info_running_past_its_section_is_an_error_not_a_panic() {
         inputs.push(("fuzz2.o".to_string(), rest.to_vec()));
     }
     let r = kextld::link::link_buffers(
-        kextld::arch::Arch::Arm64e,
-        kextld::arch::MinOs::default_for(kextld::arch::Arch::Arm64e),
+        kextld::Arch::Arm64e,
+        kextld::MinOs::default_for(kextld::Arch::Arm64e),
         0,
         &inputs,
     );

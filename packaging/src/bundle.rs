@@ -23,7 +23,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::metadata::KextMetadata;
+use kext_metadata::KextMetadata;
 
 /// Mode of `Contents/MacOS/<executable>`.
 pub const EXECUTABLE_MODE: u32 = 0o755;

@@ -28,10 +28,8 @@
 
 use std::collections::BTreeMap;
 
-use kextld::MinOs;
+use kext_metadata::{KextMetadata, MinOs};
 use plist::{Dictionary, Value};
-
-use crate::metadata::KextMetadata;
 
 /// The value of CFBundleDevelopmentRegion.
 pub const DEVELOPMENT_REGION: &str = "en";
@@ -346,7 +344,7 @@ copyright = "Copyright © 2026 The prx developers"
 #[cfg(test)]
 mod real_kext_tests {
     use super::*;
-    use kextld::Arch;
+    use kext_metadata::Arch;
     use kextld::kpi::{KpiTables, os_bundle_libraries_multi};
     use std::path::Path;
 

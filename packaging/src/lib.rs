@@ -4,13 +4,13 @@
 //! - **bundle**: the `Foo.kext/` directory macOS loads: `Contents/Info.plist` and
 //!   `Contents/MacOS/<CFBundleExecutable>`.
 //! - **`[package.metadata.kext]`**: the table in each kext crate's Cargo.toml that
-//!   is the single source of the bundle's identity ([`metadata`]).
+//!   is the single source of the bundle's identity; read and validated by the
+//!   `kext-metadata` crate ([`kext_metadata::KextMetadata`]).
 //! - **OSBundleLibraries**: the KPI sets (and versions) the kext links against,
 //!   computed by kextld from its undefined symbols.
 
 pub mod bundle;
 pub mod info_plist;
-pub mod metadata;
 
 // `cargo xtask package` (feature `package`): see ARCHITECTURE.md.
 #[cfg(feature = "package")]
@@ -30,5 +30,3 @@ pub mod zip_kexts;
 
 pub use bundle::{BundleError, BundleWritten, write_bundle};
 pub use info_plist::InfoPlistError;
-pub use kextld::{Arch, MinOs};
-pub use metadata::{KextMetadata, MetadataError};

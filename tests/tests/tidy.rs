@@ -342,6 +342,97 @@ fn segment_writing_lines_are_recognised() {
     assert_eq!(segment_writing_lines(code), [3, 4]);
 }
 
+/// The hand-typed errno declarations in `code`, by line: a `const E…` of an
+/// errno type (`c_int`, `i32`, `Errno`) whose value is a number, an `Errno(`/`from_raw(` of a number, or a second `Errno` type.
+fn hand_typed_errnos(code: &str) -> Vec<usize> {
+    let errno_name = |n: &str| {
+        n.len() >= 3
+            && n.starts_with('E')
+            && n.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    };
+    code_only(code)
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let constant = line.split("const ").skip(1).any(|rest| {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let (ty, value) = rest.split_once('=').unwrap_or(("", ""));
+                let ty = ty.split_once(':').map_or("", |(_, t)| t.trim());
+                // errno types only: `ESP: u8 = 50` is a protocol number.
+                let errno_type = ty.ends_with("c_int") || ty == "i32" || ty == "Errno";
+                let value = value.trim_start();
+                errno_name(&name)
+                    && errno_type
+                    && value
+                        .trim_start_matches('-')
+                        .starts_with(|c: char| c.is_ascii_digit())
+            });
+            let wrapped = ["Errno(", "from_raw("].iter().any(|call| {
+                line.split(call)
+                    .skip(1)
+                    .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit() || c == '-'))
+            });
+            let defined = line.contains("struct Errno") || line.contains("type Errno");
+            constant || wrapped || defined
+        })
+        .map(|(n, _)| n + 1)
+        .collect()
+}
+
+/// One errno vocabulary (ARCHITECTURE.md, `common::kpi::errno`): the kernel
+/// crates and vm's KPI emulator take errno values from the generated bindings
+/// (`common/include/prx/errno.h`), and `Errno` is defined once.
+#[test]
+fn errno_values_come_from_the_bindings() {
+    let root = prx_tests::root();
+    let mut files = Vec::new();
+    for dir in ["kext-socket/src", "kext-ip/src", "common/src", "vm/src"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    let generated = root.join("common/src/sys");
+    let home = root.join("common/src/kpi/errno.rs");
+    let mut offenders = Vec::new();
+    let mut definitions = 0;
+    for f in &files {
+        if f.starts_with(&generated) {
+            continue;
+        }
+        let code = std::fs::read_to_string(f).unwrap();
+        if *f == home {
+            definitions += code.matches("pub struct Errno(").count();
+            continue;
+        }
+        for n in hand_typed_errnos(&code) {
+            let rel = f.strip_prefix(&root).unwrap_or(f);
+            offenders.push(format!("{}:{n}", rel.display()));
+        }
+    }
+    assert_eq!(
+        definitions, 1,
+        "common/src/kpi/errno.rs must define `Errno`"
+    );
+    assert!(
+        offenders.is_empty(),
+        "errno values typed by hand or a second errno type; add the value to \
+         common/include/prx/errno.h, run `cargo xtask bindgen` and use `common::kpi::errno` \
+         (or `common::sys` for raw values):\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn hand_typed_errnos_are_recognised() {
+    let code = "const EINVAL: c_int = 22;\nconst ENOTCONN: Errno = Errno::from_raw(57);\n\
+                pub const EJUSTRETURN: c_int = -2;\nuse common::sys::EINVAL;\n\
+                // const EPIPE: i32 = 32;\nlet e = Errno(45);\npub type Errno = c_int;\n\
+                const HEAD: usize = 64;\nconst E: u8 = 1;\npub const ESP: u8 = 50;\n";
+    assert_eq!(hand_typed_errnos(code), [1, 2, 3, 6, 7]);
+}
+
 // ---- vm::emu's layers (ARCHITECTURE.md, `vm/`) ----
 
 /// Where `vm` may use `unsafe` (ARCHITECTURE.md's invariant for `vm/`): the

@@ -27,7 +27,7 @@ use bindgen::callbacks::{IntKind, ParseCallbacks};
 /// One kernel architecture the bindings are generated for.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
-    /// Name used by prx (`kextld::Arch`).
+    /// Name used by prx (`kext_metadata::Arch`).
     pub arch: &'static str,
     /// clang target triple, with the minimum macOS of that architecture.
     pub clang_target: &'static str,
@@ -343,7 +343,11 @@ impl ParseCallbacks for ConstTypes {
                 is_signed: false,
             });
         }
-        let errno = name.starts_with('E') && name.bytes().all(|b| b.is_ascii_uppercase());
+        // EINVAL, ENOTCONN, E2BIG, ...
+        let errno = name.starts_with('E')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if errno || INT.iter().any(|p| name.starts_with(p)) {
             return Some(IntKind::Int);
         }
@@ -483,6 +487,7 @@ mod tests {
     fn const_types() {
         let c = ConstTypes;
         assert!(matches!(c.int_macro("EJUSTRETURN", -2), Some(IntKind::Int)));
+        assert!(matches!(c.int_macro("E2BIG", 7), Some(IntKind::Int)));
         assert!(matches!(c.int_macro("AF_INET", 2), Some(IntKind::Int)));
         assert!(matches!(
             c.int_macro("MAX_KCTL_NAME", 96),

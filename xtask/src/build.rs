@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use kext_metadata::{Arch, KextMetadata, MinOs};
 use kextld::kpi::KpiTables;
-use kextld::{Arch, MinOs};
-use packaging::KextMetadata;
 
 use crate::toolchain;
 
@@ -407,7 +406,7 @@ fn build_unstamped(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<Ve
         // One cargo invocation per distinct deployment target.
         let mut by_min: BTreeMap<MinOs, Vec<&KextMetadata>> = BTreeMap::new();
         for k in &kexts {
-            by_min.entry(min_os(k, arch)).or_default().push(k);
+            by_min.entry(k.min_macos(arch)).or_default().push(k);
         }
         for (min, group) in by_min {
             let names: Vec<&str> = group.iter().map(|k| k.crate_name.as_str()).collect();
@@ -470,13 +469,6 @@ fn build_unstamped(root: &Path, opts: &BuildOptions, cfgs: &[&str]) -> Result<Ve
         });
     }
     Ok(built)
-}
-
-fn min_os(k: &KextMetadata, arch: Arch) -> MinOs {
-    match arch {
-        Arch::X86_64 => k.min_macos_x86_64,
-        Arch::Arm64e => k.min_macos_arm64e,
-    }
 }
 
 /// The bundle executable: a single slice as is, several as a universal binary.

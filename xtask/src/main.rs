@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use kextld::Arch;
+use kext_metadata::Arch;
 
 #[derive(Parser)]
 #[command(

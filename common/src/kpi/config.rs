@@ -17,11 +17,11 @@ use core::marker::PhantomData;
 
 use super::KextError;
 use super::ctl::{self, Control};
+use super::errno::{ENOTCONN, ENOTSUP, Errno};
 use super::global::Global;
 use super::lock::RwLock;
 use super::log::Logger;
 use super::rules::{self as krules, KRuleSet};
-use super::sflt::Errno;
 use crate::net::addr::Endpoint;
 use crate::net::control::{self as proto, GetRequest, SetRequest, StatsWriter, Status, Timeouts};
 use crate::net::kextlog::{Dec, LogLevel};
@@ -29,11 +29,6 @@ use crate::net::origdst::Original;
 use crate::net::policy::Proxies;
 use crate::net::proxy_v2::AuthKey;
 use crate::net::rules::Action;
-
-/// Socket is not connected: the control before start finished or after stop began.
-const ENOTCONN: Errno = 57;
-/// Operation not supported: a request the kext does not serve.
-pub const ENOTSUP: Errno = 45;
 
 /// One consistent configuration: what a new connection or flow is decided with.
 pub struct Config {

@@ -22,8 +22,8 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use super::alloc::{KBox, into_inner};
-use super::sflt::Errno;
-use crate::sys::{self, EINVAL, ENOMEM, MAX_KCTL_NAME, kern_ctl_ref, kern_ctl_reg, sockaddr_ctl};
+use super::errno::{EINVAL, ENOMEM, Errno};
+use crate::sys::{self, MAX_KCTL_NAME, kern_ctl_ref, kern_ctl_reg, sockaddr_ctl};
 
 /// A kern_control's handlers.
 pub trait Control: 'static {
@@ -86,13 +86,9 @@ pub fn register(def: &'static CtlDef) -> Result<(), Errno> {
     let mut kref: kern_ctl_ref = core::ptr::null_mut();
     // SAFETY: a complete kern_ctl_reg in a static that ctl_register may write
     // (ctl_id, ctl_unit); out-parameter `kref`.
-    match unsafe { sys::ctl_register(def.raw.get(), &mut kref) } {
-        0 => {
-            def.kref.store(kref, Ordering::Release);
-            Ok(())
-        }
-        e => Err(e),
-    }
+    Errno::check(unsafe { sys::ctl_register(def.raw.get(), &mut kref) })?;
+    def.kref.store(kref, Ordering::Release);
+    Ok(())
 }
 
 /// Deregisters `def` (no-op when not registered); `Err(EBUSY)` while clients are connected.
@@ -102,13 +98,9 @@ pub fn deregister(def: &'static CtlDef) -> Result<(), Errno> {
         return Ok(());
     }
     // SAFETY: the reference ctl_register returned.
-    match unsafe { sys::ctl_deregister(kref) } {
-        0 => {
-            def.kref.store(core::ptr::null_mut(), Ordering::Release);
-            Ok(())
-        }
-        e => Err(e),
-    }
+    Errno::check(unsafe { sys::ctl_deregister(kref) })?;
+    def.kref.store(core::ptr::null_mut(), Ordering::Release);
+    Ok(())
 }
 
 impl super::lifecycle::Registration for &'static CtlDef {
@@ -156,13 +148,13 @@ impl<C: Control> VTable<C> {
         unitinfo: *mut *mut c_void,
     ) -> c_int {
         if sac.is_null() || unitinfo.is_null() {
-            return EINVAL;
+            return EINVAL.raw();
         }
         // SAFETY: the kernel's address of the connecting client.
         let unit = unsafe { (*sac).sc_unit };
         let st = match C::connect(unit) {
             Ok(s) => s,
-            Err(e) => return e,
+            Err(e) => return e.raw(),
         };
         match KBox::try_new(st) {
             Ok(b) => {
@@ -173,7 +165,7 @@ impl<C: Control> VTable<C> {
             }
             Err((_, st)) => {
                 C::disconnect(st, unit);
-                ENOMEM
+                ENOMEM.raw()
             }
         }
     }
@@ -197,7 +189,7 @@ impl<C: Control> VTable<C> {
         len: usize,
     ) -> c_int {
         let Some(mut st) = NonNull::new(unitinfo.cast::<C::Unit>()) else {
-            return EINVAL;
+            return EINVAL.raw();
         };
         let bytes: &[u8] = if data.is_null() || len == 0 {
             &[]
@@ -208,7 +200,7 @@ impl<C: Control> VTable<C> {
         // SAFETY: the client's state; the kernel serialises calls on one client socket.
         match C::setopt(unsafe { st.as_mut() }, opt, bytes) {
             Ok(()) => 0,
-            Err(e) => e,
+            Err(e) => e.raw(),
         }
     }
 
@@ -221,10 +213,10 @@ impl<C: Control> VTable<C> {
         len: *mut usize,
     ) -> c_int {
         let Some(mut st) = NonNull::new(unitinfo.cast::<C::Unit>()) else {
-            return EINVAL;
+            return EINVAL.raw();
         };
         if len.is_null() {
-            return EINVAL;
+            return EINVAL.raw();
         }
         // SAFETY: in/out length, valid for the call.
         let given = unsafe { len.read() };
@@ -245,7 +237,7 @@ impl<C: Control> VTable<C> {
             Err(e) => {
                 // SAFETY: as above.
                 unsafe { len.write(0) };
-                e
+                e.raw()
             }
         }
     }

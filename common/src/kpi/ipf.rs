@@ -22,7 +22,8 @@
 use core::ffi::{CStr, c_int, c_void};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
-use super::mbuf::{Errno, Packet, Taken};
+use super::errno::{EBUSY, EINVAL, Errno};
+use super::mbuf::{Packet, Taken};
 use crate::sys;
 
 /// What a callback does with the packet it was lent.
@@ -64,7 +65,7 @@ impl Output<'_> {
         // `into_raw`); `filter_ref` is this filter's live handle and `options`
         // the pointer the kernel passed to this very ipf_output call.
         let r = unsafe { sys::ipf_inject_output(m, self.filter_ref, self.options) };
-        (Taken::new(), if r == 0 { Ok(()) } else { Err(Errno(r)) })
+        (Taken::new(), Errno::check(r))
     }
 }
 
@@ -82,7 +83,7 @@ impl Input<'_> {
         let m = pkt.into_raw();
         // SAFETY: as for Output::inject.
         let r = unsafe { sys::ipf_inject_input(m, self.filter_ref) };
-        (Taken::new(), if r == 0 { Ok(()) } else { Err(Errno(r)) })
+        (Taken::new(), Errno::check(r))
     }
 }
 
@@ -166,7 +167,7 @@ impl<T: IpFilter> Registration<T> {
             .compare_exchange(IDLE, ATTACHED, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return Err(Errno(sys::EBUSY));
+            return Err(EBUSY);
         }
         self.detached.store(false, Ordering::Release);
         let mut handle: sys::ipfilter_t = core::ptr::null_mut();
@@ -181,7 +182,7 @@ impl<T: IpFilter> Registration<T> {
         };
         if r != 0 || handle.is_null() {
             self.state.store(IDLE, Ordering::Release);
-            return Err(Errno(if r != 0 { r } else { sys::EINVAL }));
+            return Err(if r != 0 { Errno::from_raw(r) } else { EINVAL });
         }
         self.handle.store(handle, Ordering::Release);
         Ok(())

@@ -72,7 +72,7 @@ pub type EntryArgs = (*mut kmod_info, *mut c_void);
 /// ```
 ///
 /// The kext crate's build script must set `PRX_BUNDLE_ID` (see
-/// `packaging::metadata::emit_build_env`).
+/// `kext_metadata::KextMetadata::emit_build_env`).
 #[macro_export]
 macro_rules! kext {
     (start: $start:path, stop: $stop:path $(,)?) => {

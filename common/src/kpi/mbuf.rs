@@ -15,11 +15,8 @@
 use core::ffi::c_void;
 use core::marker::PhantomData;
 
+use super::errno::{EINVAL, Errno};
 use crate::sys;
-
-/// An errno from a KPI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Errno(pub i32);
 
 /// Proof that a chain is no longer the stack's: it was freed, re-injected or
 /// freed by a failed pullup.
@@ -96,7 +93,7 @@ impl<'a> Packet<'a> {
                 out.as_mut_ptr().cast::<c_void>(),
             )
         };
-        if r == 0 { Ok(()) } else { Err(Errno(r)) }
+        Errno::check(r)
     }
 
     /// Writes `data` at `offset` (`mbuf_copyback`, never waiting). Within the
@@ -109,7 +106,7 @@ impl<'a> Packet<'a> {
             .checked_add(data.len())
             .is_none_or(|end| end > self.len())
         {
-            return Err(Errno(sys::EINVAL));
+            return Err(EINVAL);
         }
         // SAFETY: `data` is readable for `data.len()` bytes; the chain is live
         // and the range lies within it (checked above), so nothing is allocated.
@@ -122,7 +119,7 @@ impl<'a> Packet<'a> {
                 sys::MBUF_DONTWAIT,
             )
         };
-        if r == 0 { Ok(()) } else { Err(Errno(r)) }
+        Errno::check(r)
     }
 
     /// [`Packet::copy_in`] for a caller that read the packet's length already:
@@ -141,7 +138,7 @@ impl<'a> Packet<'a> {
             .checked_add(data.len())
             .is_none_or(|end| end > packet_len)
         {
-            return Err(Errno(sys::EINVAL));
+            return Err(EINVAL);
         }
         // SAFETY: `data` is readable for `data.len()` bytes; the chain is live
         // and the range lies within its length (checked above against the
@@ -155,7 +152,7 @@ impl<'a> Packet<'a> {
                 sys::MBUF_DONTWAIT,
             )
         };
-        if r == 0 { Ok(()) } else { Err(Errno(r)) }
+        Errno::check(r)
     }
 
     /// Makes the first `len` bytes contiguous in the first mbuf

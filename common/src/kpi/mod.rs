@@ -1,5 +1,6 @@
 //! Safe wrappers over the raw KPIs in [`crate::sys`].
 //!
+//! - [`errno`]: [`Errno`], the one errno type, and the values prx uses.
 //! - [`alloc`]: fallible kernel allocation ([`alloc::KBox`], [`alloc::KSlice`]).
 //! - [`lock`]: mutex and read-write lock guards over `lck_*`.
 //! - [`global`]: the kext's state, reachable from callbacks, freed only when unused.
@@ -17,6 +18,7 @@ pub mod alloc;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+pub mod errno;
 pub mod global;
 pub mod ipf;
 pub mod kmod;
@@ -32,4 +34,5 @@ pub mod random;
 pub mod rules;
 pub mod sflt;
 
+pub use errno::Errno;
 pub use kmod::KextError;

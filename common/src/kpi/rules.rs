@@ -2,14 +2,12 @@
 //! install when the control protocol's `SetRules` arrives.
 
 use super::alloc::KSlice;
-use super::sflt::Errno;
+use super::errno::{ENOMEM, Errno};
 use crate::net::control::{Error, RulesMsg};
 use crate::net::rules::{Action, IndexEntry, Rule, RuleSet, index_len};
 
 /// A rule set in fallibly allocated kernel memory.
 pub type KRuleSet = RuleSet<KSlice<Rule>, KSlice<IndexEntry>>;
-
-const ENOMEM: Errno = 12;
 
 /// An empty set with `default` as its action.
 pub fn empty(default: Action) -> Result<KRuleSet, Errno> {

@@ -48,15 +48,13 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::KextError;
 use super::alloc::KBox;
+use super::errno::{EINVAL, ENOMEM, Errno};
 use super::lock::Mutex;
 use crate::net::addr::{Endpoint, Family, IpAddr};
 use crate::sys::{
-    self, AF_INET, AF_INET6, EINVAL, ENOMEM, MBUF_DONTWAIT, SFLT_EXTENDED, SFLT_GLOBAL, mbuf_t,
-    sflt_filter, sflt_filter_ext, sockaddr, socket_t,
+    self, AF_INET, AF_INET6, MBUF_DONTWAIT, SFLT_EXTENDED, SFLT_GLOBAL, mbuf_t, sflt_filter,
+    sflt_filter_ext, sockaddr, socket_t,
 };
-
-/// A positive errno value.
-pub type Errno = c_int;
 
 /// The socket a callback is about (borrowed for the callback).
 pub struct Socket {
@@ -152,7 +150,7 @@ impl Socket {
             sys::mbuf_allocpacket(MBUF_DONTWAIT, bytes.len(), core::ptr::null_mut(), &mut m)
         };
         if r != 0 || m.is_null() {
-            return Err(if r != 0 { r } else { ENOMEM });
+            return Err(if r != 0 { Errno::from_raw(r) } else { ENOMEM });
         }
         // SAFETY: `m` is a packet of `bytes.len()` bytes that we own; `bytes` is readable.
         let r =
@@ -160,7 +158,7 @@ impl Socket {
         if r != 0 {
             // SAFETY: we own `m` and give it back once.
             unsafe { sys::mbuf_freem(m) };
-            return Err(r);
+            return Err(Errno::from_raw(r));
         }
         if let Some(t) = tag {
             let mut p: *mut c_void = core::ptr::null_mut();
@@ -169,16 +167,13 @@ impl Socket {
             if r != 0 {
                 // SAFETY: we still own `m`.
                 unsafe { sys::mbuf_freem(m) };
-                return Err(r);
+                return Err(Errno::from_raw(r));
             }
         }
         // SAFETY: `m` is ours to give; sock_inject_data_out always consumes it.
-        match unsafe {
+        Errno::check(unsafe {
             sys::sock_inject_data_out(self.so, core::ptr::null(), m, core::ptr::null_mut(), 0)
-        } {
-            0 => Ok(()),
-            e => Err(e),
-        }
+        })
     }
 }
 
@@ -226,10 +221,8 @@ impl MbufTag {
     pub fn find(name: &CStr, ty: u16) -> Result<MbufTag, Errno> {
         let mut id = 0u32;
         // SAFETY: NUL-terminated module name; out-parameter `id`.
-        match unsafe { sys::mbuf_tag_id_find(name.as_ptr(), &mut id) } {
-            0 => Ok(MbufTag { id, ty }),
-            e => Err(e),
-        }
+        Errno::check(unsafe { sys::mbuf_tag_id_find(name.as_ptr(), &mut id) })?;
+        Ok(MbufTag { id, ty })
     }
 }
 
@@ -446,7 +439,7 @@ pub fn register(
         }
         Ok(())
     } else {
-        Err(r)
+        Err(Errno::from_raw(r))
     }
 }
 
@@ -471,7 +464,7 @@ pub fn unregister(handle: u32) -> Result<(), Errno> {
         0 => Ok(()),
         e => {
             st.store(STATE_REGISTERED, Ordering::Release);
-            Err(e)
+            Err(Errno::from_raw(e))
         }
     }
 }
@@ -536,19 +529,19 @@ impl<F: SocketFilter> VTable<F> {
 
     unsafe extern "C" fn attach(cookie: *mut *mut c_void, so: socket_t) -> c_int {
         if cookie.is_null() {
-            return EINVAL;
+            return EINVAL.raw();
         }
         let s = Socket { so };
         let c = match F::attach(&s) {
             Ok(c) => c,
-            Err(e) => return e,
+            Err(e) => return e.raw(),
         };
         let c = match Mutex::try_new(c) {
             Ok(m) => m,
             Err((_, c)) => {
                 F::detach(c, &s);
                 UNFILTERED.fetch_add(1, Ordering::AcqRel);
-                return ENOMEM;
+                return ENOMEM.raw();
             }
         };
         match KBox::try_new(c) {
@@ -561,7 +554,7 @@ impl<F: SocketFilter> VTable<F> {
             Err((_, c)) => {
                 F::detach(c.into_inner(), &s);
                 UNFILTERED.fetch_add(1, Ordering::AcqRel);
-                ENOMEM
+                ENOMEM.raw()
             }
         }
     }
@@ -636,7 +629,7 @@ impl<F: SocketFilter> VTable<F> {
         let s = Socket { so };
         // SAFETY: an attached socket's cookie.
         let r = unsafe { Self::with_cookie(cookie, Ok(()), |c| F::connect_out(c, &s, &mut a)) };
-        r.err().unwrap_or(0)
+        r.err().map_or(0, Errno::raw)
     }
 
     unsafe fn data(cookie: *mut c_void, so: socket_t, data: *mut mbuf_t, out: bool) -> c_int {
@@ -663,8 +656,8 @@ impl<F: SocketFilter> VTable<F> {
         // Never EJUSTRETURN: the stack keeps (and on error frees) the mbuf.
         match r {
             Ok(()) => 0,
-            Err(e) if e == sys::EJUSTRETURN || e == 0 => EINVAL,
-            Err(e) => e,
+            Err(e) if e.raw() == sys::EJUSTRETURN || e.raw() == 0 => EINVAL.raw(),
+            Err(e) => e.raw(),
         }
     }
 

@@ -31,6 +31,7 @@ use super::origdst::Original;
 use super::policy::Proxies;
 use super::rules::{Action, Cidr, MAX_NAME, MAX_RULES, ProcName, ProcSel, Protocol, Rule};
 use super::wire::proto;
+use crate::kpi::errno::{E2BIG, EINVAL, EMSGSIZE, Errno};
 
 /// The protocol version.
 pub const VERSION: u8 = 1;
@@ -125,11 +126,11 @@ pub enum Error {
 
 impl Error {
     /// The errno the kext returns for it.
-    pub fn errno(self) -> i32 {
+    pub fn errno(self) -> Errno {
         match self {
-            Error::NoSpace => 40, // EMSGSIZE
-            Error::TooMany => 7,  // E2BIG
-            _ => 22,              // EINVAL
+            Error::NoSpace => EMSGSIZE,
+            Error::TooMany => E2BIG,
+            _ => EINVAL,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{KpiError, KpiSet, TABLE_PATH, arch_bit};
-use crate::arch::Arch;
+use crate::Arch;
 
 /// Architectures of xnu export files that prx does not build and therefore ignores.
 const IGNORED_ARCHES: [&str; 3] = ["arm", "i386", "arm64_32"];

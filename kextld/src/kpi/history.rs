@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::generate::{classify, hex, parse_line};
 use super::{KpiError, KpiSet, arch_bit};
-use crate::arch::{Arch, MinOs};
+use crate::{Arch, MinOs};
 
 /// Where the committed history table lives, relative to the workspace root.
 pub const HISTORY_PATH: &str = "kextld/kpi/history.txt";

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 pub use error::{LinkError, RelocationError};
 
-use crate::arch::{Arch, MinOs};
+use crate::{Arch, MinOs};
 
 /// What to link.
 #[derive(Debug, Clone)]

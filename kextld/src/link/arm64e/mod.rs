@@ -70,8 +70,8 @@ use super::image::{self, OutSection, Placement, Target};
 use super::input::{InSection, Object, Reloc};
 use super::resolve::Loaded;
 use super::{LinkError, Linked};
-use crate::arch::{Arch, MinOs};
 use crate::macho::*;
+use crate::{Arch, MinOs};
 
 const PAGE: u64 = 0x4000;
 /// Largest input section alignment honoured (a 16 KiB page).

@@ -39,8 +39,8 @@ use super::image::{OutSection, OutSymbol, Placement, Target};
 use super::input::{InSection, Object, Reloc as RelocationInfo};
 use super::resolve::Loaded;
 use super::{LinkError, Linked};
-use crate::arch::{Arch, MinOs};
 use crate::macho::*;
+use crate::{Arch, MinOs};
 
 const PAGE: u64 = 0x1000;
 /// Largest input section alignment honoured (a page: segments slide by pages).

@@ -5,16 +5,13 @@
 
 use std::ffi::{c_int, c_void};
 
+use common::sys::{EBUSY, EEXIST, EINVAL, ENOBUFS, ENOENT, ENOMEM, ENOTSUP, EPERM};
+
 use super::call::{invoke, put};
 use crate::emu::kernel::ctl::CtlReg;
 use crate::emu::kernel::fault::FaultPoint;
 use crate::emu::kernel::{self, Kind};
 
-const EINVAL: c_int = 22;
-const ENOENT: c_int = 2;
-const EBUSY: c_int = 16;
-const EPERM: c_int = 1;
-const ENOBUFS: c_int = 55;
 /// `CTL_FLAG_PRIVILEGED`.
 pub const CTL_FLAG_PRIVILEGED: u32 = 1;
 const REG_SIZE: usize = 160;
@@ -41,11 +38,14 @@ unsafe extern "C" fn ctl_register(reg: *mut [u8; REG_SIZE], out: *mut u64) -> c_
             return Err(EINVAL);
         }
         if k.ctl.regs.iter().any(|r| r.registered && r.name == name) {
-            return Err(17); // EEXIST
+            return Err(EEXIST);
         }
         if k.faults.should_fail(FaultPoint::CtlRegister) {
-            k.record(format!("ctl_register '{name}' (fault: ENOMEM)"), 12);
-            return Err(12); // ENOMEM
+            k.record(
+                format!("ctl_register '{name}' (fault: ENOMEM)"),
+                ENOMEM.into(),
+            );
+            return Err(ENOMEM);
         }
         let cbs = [
             ("ctl_connect", q(&b, 120)),
@@ -245,7 +245,7 @@ pub fn setopt(c: Client, opt: c_int, data: &[u8]) -> c_int {
         return ENOENT;
     };
     if r.setopt == 0 {
-        return 45; // ENOTSUP
+        return ENOTSUP;
     }
     // xnu copies the value into a kernel buffer first.
     let mut copy = data.to_vec();
@@ -276,7 +276,7 @@ pub fn getopt(c: Client, opt: c_int, buf: &[u8]) -> (c_int, Vec<u8>) {
         return (ENOENT, Vec::new());
     };
     if r.getopt == 0 {
-        return (45, Vec::new());
+        return (ENOTSUP, Vec::new());
     }
     let mut copy = buf.to_vec();
     let mut len = copy.len();

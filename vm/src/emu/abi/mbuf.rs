@@ -2,16 +2,13 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use common::sys::{EEXIST, EINVAL, ENOENT, ENOMEM};
+
 use super::call::{c_string, put};
 use crate::emu::kernel::fault::FaultPoint;
 use crate::emu::kernel::mbuf::{LEADING, MBUF_PKTHDR, MCLBYTES, MLEN, Owner, handle_of};
 use crate::emu::kernel::packet;
 use crate::emu::kernel::{self, Kernel};
-
-const EINVAL: c_int = 22;
-const ENOMEM: c_int = 12;
-const ENOENT: c_int = 2;
-const EEXIST: c_int = 17;
 
 /// Runs `f` on a live mbuf, or returns `default` (the violation is recorded).
 fn on<R>(h: u64, op: &str, default: R, f: impl FnOnce(&mut Kernel, u64) -> R) -> R {

@@ -3,17 +3,14 @@
 
 use std::ffi::{c_int, c_void};
 
+use common::sys::{EEXIST, EINVAL, EJUSTRETURN, ENOBUFS, ENOENT, ENOMEM, ENOTCONN};
+
 use super::call::{c_string, invoke, put};
 use crate::emu::kernel::fault::FaultPoint;
 use crate::emu::kernel::ipf::{Injected, IpfFilter, IpfReg, IpfState};
 use crate::emu::kernel::mbuf::{Owner, Tags, handle_of};
 use crate::emu::kernel::sflt::{RegState, Registration, SfltFilter};
 use crate::emu::kernel::{self, Deferred, Kernel, Kind};
-
-const EINVAL: c_int = 22;
-const ENOENT: c_int = 2;
-const EEXIST: c_int = 17;
-pub const EJUSTRETURN: c_int = -2;
 
 fn check_code(k: &mut Kernel, what: &str, callbacks: &[(&str, u64)]) -> bool {
     let mut ok = true;
@@ -90,9 +87,9 @@ unsafe extern "C" fn sflt_register(
         if k.faults.should_fail(FaultPoint::SfltRegister) {
             k.record(
                 format!("sflt_register handle {:#x} (fault: ENOMEM)", f.handle),
-                12,
+                ENOMEM.into(),
             );
-            return 12; // ENOMEM
+            return ENOMEM;
         }
         k.sflt.regs.insert(
             f.handle,
@@ -215,7 +212,7 @@ fn socket<R>(
 /// `out` must be valid for writes of `len` bytes (sock_getpeername/getsockname).
 unsafe fn copy_sockaddr(a: Option<std::net::SocketAddr>, out: *mut u8, len: c_int) -> c_int {
     let Some(a) = a else {
-        return 57; /* ENOTCONN */
+        return ENOTCONN;
     };
     let b = sockaddr(a);
     let n = b.len().min(len.max(0) as usize);
@@ -291,7 +288,7 @@ fn inject_sock(so: u64, data: u64, control: u64, out: bool) -> c_int {
             );
         }
         if k.faults.should_fail(FaultPoint::Inject) {
-            return 55; // ENOBUFS; the mbuf is consumed anyway
+            return ENOBUFS; // the mbuf is consumed anyway
         }
         match kernel::unhandle(so, Kind::Socket).and_then(|sid| k.sflt.sockets.get_mut(&sid)) {
             Some(s) => {
@@ -361,8 +358,8 @@ unsafe fn ipf_add(filter: *const [u8; IpfFilter::SIZE], out: *mut u64, v6: bool)
     let name = unsafe { c_string(f.name as *const _) };
     let r = kernel::with(|k| {
         if k.faults.should_fail(FaultPoint::IpfAdd) {
-            k.record(format!("{op} (fault: ENOMEM)"), 12);
-            return Err(12); // ENOMEM
+            k.record(format!("{op} (fault: ENOMEM)"), ENOMEM.into());
+            return Err(ENOMEM);
         }
         if name.is_none() || (f.input == 0 && f.output == 0) {
             k.violation(
@@ -486,7 +483,7 @@ fn ipf_inject(m: u64, r: u64, output: bool) -> c_int {
             },
         );
         if k.faults.should_fail(FaultPoint::Inject) {
-            return 55; // ENOBUFS, and the mbuf is freed anyway
+            return ENOBUFS; // and the mbuf is freed anyway
         }
         let after = if r == 0 {
             None
@@ -848,7 +845,7 @@ fn call_sf_notify_(f: u64, cookie: u64, so: u64, event: u32) {
 /// filters let through for the wire.
 pub fn reenter_data_out(so: u64, bytes: Vec<u8>, tags: Tags) -> c_int {
     let Some(sid) = kernel::unhandle(so, Kind::Socket) else {
-        return 22;
+        return EINVAL;
     };
     let attached = attached_filters(sid);
     match data_through(so, &attached, bytes, &tags) {
@@ -899,13 +896,13 @@ pub fn data_through(
         });
         let Some((r, m)) = call_sf_data(f.data_out, "sf_data_out", *cookie, so, mbuf_handle(id))
         else {
-            return Err(22);
+            return Err(EINVAL);
         };
         match r {
             0 => {
                 let mid =
                     kernel::with(|k| k.mbuf_live(m, "the stack, after sf_data_out returned 0"));
-                let Some(mid) = mid else { return Err(22) };
+                let Some(mid) = mid else { return Err(EINVAL) };
                 bytes = kernel::with(|k| k.mbuf_bytes(mid));
                 kernel::with(|k| {
                     k.mbuf_stack_free(mid);

@@ -44,6 +44,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::sys::{EINVAL, EISCONN, ENOTCONN};
+
 use super::sockets;
 use crate::emu::abi::ctl;
 use crate::emu::kernel::events::step;
@@ -53,9 +55,6 @@ const SETOPT: u8 = 2;
 const GETOPT: u8 = 3;
 const COMMAND: u8 = 4;
 const MAX_DATA: usize = 1 << 20;
-const EINVAL: i32 = 22;
-const ENOTCONN: i32 = 57;
-const EISCONN: i32 = 56;
 /// How long the scenario serves at most without a `quit`, unless
 /// [`set_serve_for`] says otherwise.
 const SERVE_FOR: Duration = Duration::from_secs(120);

@@ -26,6 +26,8 @@ use std::ffi::c_int;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use common::sys::{EINVAL, ENOTCONN};
+
 use super::ctlmsg::{CONTROL_NAME, endpoint, header, rule, rules_msg};
 use super::sockets::PROXY_PID;
 use super::stat_names;
@@ -295,7 +297,7 @@ fn one_socket(t: usize, n: u64, racing_sender: bool, tally: &Tally) {
                 break;
             }
             None => {
-                refused = Some(22);
+                refused = Some(EINVAL);
                 break;
             }
         }
@@ -335,11 +337,11 @@ fn one_socket(t: usize, n: u64, racing_sender: bool, tally: &Tally) {
         let send = || -> Result<(), c_int> {
             for _ in 0..200 {
                 match data_through(so, &filters, b"hello".to_vec(), &[]) {
-                    Err(57) => std::thread::yield_now(), // ENOTCONN: header not out yet
+                    Err(ENOTCONN) => std::thread::yield_now(), // header not out yet
                     r => return r.map(|_| ()),
                 }
             }
-            Err(57)
+            Err(ENOTCONN)
         };
         // What was on the stream when the data passed.
         let on_stream = || {
@@ -359,7 +361,7 @@ fn one_socket(t: usize, n: u64, racing_sender: bool, tally: &Tally) {
                     (r, on_stream())
                 });
                 notify();
-                sender.join().unwrap_or((Err(22), Vec::new()))
+                sender.join().unwrap_or((Err(EINVAL), Vec::new()))
             })
         } else {
             notify();

@@ -16,6 +16,8 @@
 use std::ffi::c_int;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener};
 
+use common::sys::{ECONNREFUSED, ENOBUFS, ENOMEM, ENOTSUP, EPERM};
+
 use super::ctlmsg::{CONTROL_NAME, endpoint, header, rule, rules_msg};
 use super::lifecycle::Kext;
 use super::sockets::{
@@ -41,7 +43,7 @@ fn faulting() -> bool {
 fn retried(mut call: impl FnMut() -> c_int) -> c_int {
     let mut e = call();
     for _ in 0..16 {
-        if !(faulting() && (e == 12 || e == 55)) {
+        if !(faulting() && (e == ENOMEM || e == ENOBUFS)) {
             break;
         }
         e = call();
@@ -115,13 +117,13 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
 
     let mut unpriv = ctl::connect(CONTROL_NAME, false);
     for _ in 0..16 {
-        if !(faults && matches!(unpriv, Err(12) | Err(55))) {
+        if !(faults && matches!(unpriv, Err(ENOMEM) | Err(ENOBUFS))) {
             break;
         }
         unpriv = ctl::connect(CONTROL_NAME, false);
     }
     match unpriv {
-        Err(1) => step(
+        Err(EPERM) => step(
             "control: unprivileged client",
             true,
             "refused with EPERM (CTL_FLAG_PRIVILEGED)",
@@ -134,7 +136,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     }
     let mut privileged = ctl::connect(CONTROL_NAME, true);
     for _ in 0..16 {
-        if !(faults && matches!(privileged, Err(12) | Err(55))) {
+        if !(faults && matches!(privileged, Err(ENOMEM) | Err(ENOBUFS))) {
             break;
         }
         privileged = ctl::connect(CONTROL_NAME, true);
@@ -233,7 +235,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
     let e = retried(|| ctl::setopt(client, 4, &t));
     check(
         "control: NAT timeouts refused",
-        e == 45,
+        e == ENOTSUP,
         format!("setsockopt returned {e} (want ENOTSUP, 45)"),
     );
 
@@ -435,7 +437,7 @@ pub fn sockfilter(kexts: &mut [Kext]) -> bool {
         }
         check(
             "K: blocked",
-            t == Treated::Refused(61) || (faults && t == Treated::Unfiltered),
+            t == Treated::Refused(ECONNREFUSED) || (faults && t == Treated::Unfiltered),
             format!("{kdest}: {t:?} (want refused with ECONNREFUSED, 61)"),
         );
         close(k);

@@ -17,9 +17,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use common::sys::EJUSTRETURN;
+
 use crate::emu::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
+use crate::emu::abi::net;
 use crate::emu::abi::net::deliver_all;
-use crate::emu::abi::net::{self, EJUSTRETURN};
 use crate::emu::kernel::events::step;
 use crate::emu::kernel::flush_log;
 use crate::emu::kernel::ipf::IpfState;

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kextld::MinOs;
+use crate::arch::{Arch, MinOs};
 use serde::Deserialize;
 
 /// What went wrong reading a kext crate's metadata.
@@ -176,6 +176,14 @@ impl KextMetadata {
         })
     }
 
+    /// The minimum macOS of the slice for `arch`.
+    pub fn min_macos(&self, arch: Arch) -> MinOs {
+        match arch {
+            Arch::X86_64 => self.min_macos_x86_64,
+            Arch::Arm64e => self.min_macos_arm64e,
+        }
+    }
+
     /// For a kext crate's build script: validates the crate's own metadata and
     /// passes the bundle identifier to the compiler as `PRX_BUNDLE_ID` (read by
     /// `common::kext!`). Returns the error text on failure.
@@ -243,6 +251,9 @@ copyright = "(c) prx"
         assert_eq!(m.version, "1.2.3");
         assert_eq!(m.min_macos_x86_64, MinOs::X86_64_DEFAULT);
         assert_eq!(m.min_macos_arm64e, MinOs::ARM64E_DEFAULT);
+        for arch in Arch::ALL {
+            assert_eq!(m.min_macos(arch), MinOs::default_for(arch));
+        }
     }
 
     #[test]
