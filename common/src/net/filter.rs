@@ -459,57 +459,16 @@ pub fn plan_output_parsed<S: Store>(
     policy: &impl Policy,
     now: u64,
 ) -> Plan {
-    let t = *t;
-    if let Some(q) = is_icmp(&t).then(|| icmp_error::quote(prefix, &t)).flatten() {
-        // About a packet the client received from a translated flow, which
-        // then came from the original destination to the client endpoint.
-        if t.src != q.dst.addr {
-            return Plan::Pass;
-        }
-        let key = FlowKey {
-            protocol: q.inner.protocol,
-            src: q.dst,
-            dst: q.src,
-        };
-        return match table.peek_forward(&key, now) {
-            Some(f) => Plan::Translate {
-                side: Side::Dst,
-                to: f.proxy,
-            },
-            None => Plan::Pass,
-        };
-    }
-    if !t.has_transport || (t.protocol != proto::TCP && t.protocol != proto::UDP) {
-        return Plan::Pass;
-    }
-    if policy.is_proxy_either(&t.dst, &t.src) {
-        return Plan::Pass;
-    }
-    let Some((src, dst)) = endpoints(prefix, &t) else {
-        return if prefix.len() < packet_len {
-            Plan::Drop(DropReason::Unparseable)
-        } else {
-            Plan::Pass
-        };
+    let (key, flags) = match plan_known(prefix, packet_len, t, table, now, policy) {
+        Ok(plan) => return plan,
+        Err(unknown) => unknown,
     };
-    let key = FlowKey {
-        protocol: t.protocol,
-        src,
-        dst,
-    };
-    let flags = tcp_flags(prefix, &t);
-    if let Some(to) = table.outbound(&key, flags, now) {
-        return Plan::Translate {
-            side: Side::Dst,
-            to,
-        };
-    }
     // Only a flow's opening packet (TCP SYN without ACK, any UDP datagram)
     // creates or refuses it; mid-stream TCP of an untracked flow the policy
     // would redirect or block is dropped (never leaked to the origin).
-    let opens = t.protocol == proto::UDP
+    let opens = key.protocol == proto::UDP
         || flags & super::wire::tcp::SYN != 0 && flags & super::wire::tcp::ACK == 0;
-    let to = match policy.new_flow(t.protocol, &src, &dst) {
+    let to = match policy.new_flow(key.protocol, &key.src, &key.dst) {
         NewFlow::Leave => return Plan::Pass,
         _ if !opens => return Plan::Drop(DropReason::Untracked),
         NewFlow::Block => return Plan::Drop(DropReason::Blocked),

@@ -912,18 +912,7 @@ pub fn data_through(
                 });
             }
             EJUSTRETURN => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf)
-                        && matches!(k.mbufs.all.get(&mid).map(|x| &x.owner), Some(Owner::Stack))
-                    {
-                        k.mbuf_set_owner(
-                            mid,
-                            Owner::Kext {
-                                since: "EJUSTRETURN from sf_data_out".into(),
-                            },
-                        );
-                    }
-                });
+                kernel::with(|k| k.mbuf_kept_by_kext(m, "sf_data_out"));
                 return Err(EJUSTRETURN);
             }
             e => {

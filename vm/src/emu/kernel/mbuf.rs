@@ -195,6 +195,25 @@ impl Kernel {
         }
     }
 
+    /// A filter returned `EJUSTRETURN` for the mbuf behind handle `m`: the
+    /// kext keeps it (`what` names the callback), unless it already freed or
+    /// consumed it.
+    pub fn mbuf_kept_by_kext(&mut self, m: u64, what: &str) {
+        if let Some(mid) = kernel::unhandle(m, Kind::Mbuf)
+            && matches!(
+                self.mbufs.all.get(&mid).map(|x| &x.owner),
+                Some(Owner::Stack)
+            )
+        {
+            self.mbuf_set_owner(
+                mid,
+                Owner::Kext {
+                    since: format!("EJUSTRETURN from {what}"),
+                },
+            );
+        }
+    }
+
     /// Puts a freed or consumed mbuf in quarantine (see [`Mbufs::retired`]).
     pub fn mbuf_retire(&mut self, id: u64) {
         self.mbufs.retired.push_back(id);

@@ -30,7 +30,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::stacks::{Counts, Host, Plan, report, shuttle, tcp_socket};
+use super::stacks::{Counts, Host, Plan, pump, report, shuttle, tcp_socket};
 use super::traffic::Wire;
 use crate::emu::kernel::events::step;
 
@@ -41,8 +41,21 @@ pub const CLIENT: [u8; 4] = [127, 0, 0, 2];
 /// Wall-clock limit.
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn pattern(i: usize) -> u8 {
-    (i.wrapping_mul(131) ^ (i >> 11)) as u8 ^ 0x3c
+/// The salt of the pattern the client sends (and the echo returns).
+const ECHO_SALT: u8 = 0x3c;
+
+/// The emulated client at [`CLIENT`], its origin and its proxy (prxd), all
+/// real loopback endpoints.
+fn bridge_plan(origin: SocketAddrV4, prxd: SocketAddrV4) -> Plan {
+    let v4 = |a: SocketAddrV4| {
+        let o = a.ip().octets();
+        IpEndpoint::new(IpAddress::v4(o[0], o[1], o[2], o[3]), a.port())
+    };
+    Plan {
+        client: IpAddress::v4(CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3]),
+        origin: v4(origin),
+        proxy: v4(prxd),
+    }
 }
 
 /// A TCP connection from `local` (bound first, `SO_REUSEADDR`) to `to`.
@@ -159,15 +172,7 @@ pub fn nat_prxd(origin: SocketAddr, prxd: SocketAddr, serve_controls: &mut dyn F
         step(name, false, "ORIGIN and PRXD are IPv4 loopback addresses");
         return false;
     };
-    let v4 = |a: SocketAddrV4| {
-        let o = a.ip().octets();
-        IpEndpoint::new(IpAddress::v4(o[0], o[1], o[2], o[3]), a.port())
-    };
-    let plan = Plan {
-        client: IpAddress::v4(CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3]),
-        origin: v4(origin4),
-        proxy: v4(prxd4),
-    };
+    let plan = bridge_plan(origin4, prxd4);
     let Some(port) = free_port() else {
         step(name, false, "no free port on 127.0.0.2");
         return false;
@@ -206,26 +211,8 @@ pub fn nat_prxd(origin: SocketAddr, prxd: SocketAddr, serve_controls: &mut dyn F
             if s.state() == tcp::State::Established {
                 established = true;
             }
-            while s.can_send() && sent < BYTES {
-                let chunk: Vec<u8> = (sent..(sent + 16384).min(BYTES)).map(pattern).collect();
-                match s.send_slice(&chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => sent += k,
-                }
-            }
-            while s.can_recv() {
-                let mut b = [0u8; 16384];
-                match s.recv_slice(&mut b) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => {
-                        intact &= b[..k]
-                            .iter()
-                            .enumerate()
-                            .all(|(j, &x)| x == pattern(got + j));
-                        got += k;
-                    }
-                }
-            }
+            // The origin echoes: the bytes coming back are the ones sent.
+            intact &= pump(s, &mut sent, &mut got, BYTES, ECHO_SALT, ECHO_SALT);
             if sent == BYTES && s.send_queue() == 0 && s.may_send() {
                 s.close();
             }
@@ -324,15 +311,7 @@ pub fn nat_prxd_udp(
         step(name, false, "ORIGIN and PRXD are IPv4 loopback addresses");
         return false;
     };
-    let v4 = |a: SocketAddrV4| {
-        let o = a.ip().octets();
-        IpEndpoint::new(IpAddress::v4(o[0], o[1], o[2], o[3]), a.port())
-    };
-    let plan = Plan {
-        client: IpAddress::v4(CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3]),
-        origin: v4(origin4),
-        proxy: v4(prxd4),
-    };
+    let plan = bridge_plan(origin4, prxd4);
     // The real socket first: its port is the emulated client's.
     let real = match std::net::UdpSocket::bind((std::net::Ipv4Addr::from(CLIENT), 0)) {
         Ok(r) => r,

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::sys::{EINVAL, ENOTCONN};
 
 use super::ctlmsg::{CONTROL_NAME, endpoint, header, rule, rules_msg};
-use super::sockets::PROXY_PID;
+use super::sockets::{PROXY_PID, attach_tcp_filters};
 use super::stat_names;
 use super::traffic::{Wire, ip_path};
 use crate::emu::abi::mbuf::REQ_IP;
@@ -38,7 +38,6 @@ use crate::emu::abi::{ctl, net};
 use crate::emu::kernel;
 use crate::emu::kernel::events::step;
 use crate::emu::kernel::mt;
-use crate::emu::kernel::sflt::RegState;
 
 /// The IP filter's proxy in every `nat-*`/`mt-*` scenario (see [`super::ipctl`]).
 const PROXY4: [u8; 4] = [192, 0, 2, 1];
@@ -262,25 +261,7 @@ fn one_socket(t: usize, n: u64, racing_sender: bool, tally: &Tally) {
     let Some(sid) = kernel::unhandle(so, kernel::Kind::Socket) else {
         return;
     };
-    let filters: Vec<_> = kernel::with(|k| {
-        k.sflt
-            .regs
-            .values()
-            .filter(|r| r.state == RegState::Registered && r.domain == 2 && r.ty == 1)
-            .map(|r| (r.filter.handle, r.filter))
-            .collect()
-    });
-    let mut attached = Vec::new();
-    for (h, f) in &filters {
-        if let Some((0, cookie)) = net::call_sf_attach(f.attach, so) {
-            attached.push((*h, cookie));
-        }
-    }
-    kernel::with(|k| {
-        if let Some(s) = k.sflt.sockets.get_mut(&sid) {
-            s.attached = attached.clone();
-        }
-    });
+    attach_tcp_filters(so, sid, 2);
     let filters = attached_filters(sid);
     let orig = net::sockaddr(dest);
     let mut buf = vec![0u8; 255];

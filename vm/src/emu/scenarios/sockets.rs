@@ -32,12 +32,10 @@ pub(super) fn set_proc(p: Option<(i32, &str)>) {
     kernel::with(|k| k.current_proc = p.map(|(a, b)| (a, b.to_string())));
 }
 
-/// socket() + attach + connect_out (the filter decides).
-pub(super) fn begin(label: &str, dest: SocketAddr, proc_: (i32, &str)) -> Live {
-    set_proc(Some(proc_));
-    let domain = if dest.is_ipv4() { 2 } else { 30 };
-    let so = net::new_socket(domain, 1, 6);
-    let sid = kernel::unhandle(so, Kind::Socket).unwrap_or(0);
+/// Attaches every registered TCP socket filter of `domain` to the new socket
+/// `so` (`sid`), as socreate does: the filters whose `sf_attach` accepts it
+/// (returns 0) are recorded on the socket, in registration order.
+pub(super) fn attach_tcp_filters(so: u64, sid: u64, domain: i32) {
     let filters: Vec<(u32, SfltFilter)> = kernel::with(|k| {
         k.sflt
             .regs
@@ -59,9 +57,18 @@ pub(super) fn begin(label: &str, dest: SocketAddr, proc_: (i32, &str)) -> Live {
     }
     kernel::with(|k| {
         if let Some(s) = k.sflt.sockets.get_mut(&sid) {
-            s.attached = attached.clone();
+            s.attached = attached;
         }
     });
+}
+
+/// socket() + attach + connect_out (the filter decides).
+pub(super) fn begin(label: &str, dest: SocketAddr, proc_: (i32, &str)) -> Live {
+    set_proc(Some(proc_));
+    let domain = if dest.is_ipv4() { 2 } else { 30 };
+    let so = net::new_socket(domain, 1, 6);
+    let sid = kernel::unhandle(so, Kind::Socket).unwrap_or(0);
+    attach_tcp_filters(so, sid, domain);
     let mut live = Live {
         label: label.into(),
         so,

@@ -278,7 +278,7 @@ pub(crate) fn tcp_socket() -> tcp::Socket<'static> {
 
 /// Sends what remains of `total` pattern bytes and reads what arrives,
 /// checking it against the peer's pattern. Returns false on corrupt data.
-fn pump(
+pub(super) fn pump(
     s: &mut tcp::Socket<'_>,
     sent: &mut usize,
     got: &mut usize,

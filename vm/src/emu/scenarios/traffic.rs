@@ -10,8 +10,10 @@
 //!   the kernel's order, with re-injected packets continuing after the injecting
 //!   filter. Packets reaching the "wire" get their delayed checksums completed
 //!   as a NIC would, then are validated as a receiving stack would; rejected
-//!   packets are counted and reported. (Hand-built packets, not a full TCP/IP
-//!   stack: the smoltcp-based peer is not implemented yet.)
+//!   packets are counted and reported. The packets are hand-built on purpose
+//!   (a fixed script any IP filter, C or Rust, must carry byte for byte); the
+//!   `nat-*` scenarios run real smoltcp stacks on both sides
+//!   ([`super::stacks`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -181,18 +183,7 @@ pub(crate) fn ip_path(
                 }
             }
             EJUSTRETURN => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf)
-                        && matches!(k.mbufs.all.get(&mid).map(|x| &x.owner), Some(Owner::Stack))
-                    {
-                        k.mbuf_set_owner(
-                            mid,
-                            Owner::Kext {
-                                since: format!("EJUSTRETURN from {what}"),
-                            },
-                        );
-                    }
-                });
+                kernel::with(|k| k.mbuf_kept_by_kext(m, &what));
                 wire.taken += 1;
                 drain_injected(wire);
                 return;
@@ -593,18 +584,7 @@ fn data_through(
                 }
             }
             EJUSTRETURN => {
-                kernel::with(|k| {
-                    if let Some(mid) = kernel::unhandle(m, Kind::Mbuf)
-                        && matches!(k.mbufs.all.get(&mid).map(|x| &x.owner), Some(Owner::Stack))
-                    {
-                        k.mbuf_set_owner(
-                            mid,
-                            Owner::Kext {
-                                since: format!("EJUSTRETURN from {what}"),
-                            },
-                        );
-                    }
-                });
+                kernel::with(|k| k.mbuf_kept_by_kext(m, what));
                 return None;
             }
             e => {
