@@ -12,7 +12,8 @@
 //! - `ipf_input`: reverse-translate replies from the proxy (same path).
 //! - The NAT tables (one per family) are allocated in start with the capacity
 //!   configured in `[package.metadata.prx-ip] nat-flows` (build.rs), keyed with
-//!   `read_random`, and sit behind xnu mutexes (`lck_mtx`); the configuration
+//!   `read_random`, and sit behind `FastMutex`es (an atomic word, sleeping on an
+//!   `lck_mtx` with `msleep` only when contended); the configuration
 //!   (`common::kpi::config`) behind an xnu reader-writer lock (`lck_rw`, taken
 //!   shared per packet) that the control replaces in one swap. Both callbacks
 //!   run where blocking is allowed: xnu's `ip_input`, `ip_output`,
@@ -49,7 +50,7 @@ use common::kpi::errno::Errno;
 use common::kpi::global::Global;
 use common::kpi::ipf::{Input, IpFilter, Output, Verdict};
 use common::kpi::lifecycle::{self, Registration};
-use common::kpi::lock::{Mutex, RwLock};
+use common::kpi::lock::{FastMutex, RwLock};
 use common::kpi::mbuf::Packet;
 use common::kpi::natpath::{self, Counters};
 use common::kpi::{KextError, clock, log, random};
@@ -88,12 +89,12 @@ struct Flows {
 
 struct Shared {
     config: RwLock<IpConfig>,
-    nat_v4: Mutex<Flows>,
-    nat_v6: Mutex<Flows>,
+    nat_v4: FastMutex<Flows>,
+    nat_v6: FastMutex<Flows>,
 }
 
 impl Shared {
-    fn table(&self, f: Family) -> &Mutex<Flows> {
+    fn table(&self, f: Family) -> &FastMutex<Flows> {
         match f {
             Family::V4 => &self.nat_v4,
             Family::V6 => &self.nat_v6,
@@ -305,7 +306,7 @@ common::kern_control!(static CONTROL: Ctl<Shared> = name proto::IP_CONTROL_NAME,
 
 /// A NAT table of the configured capacity, empty, keyed from the kernel's
 /// random generator, with the default (RFC) timeouts.
-fn make_table() -> Result<Mutex<Flows>, KextError> {
+fn make_table() -> Result<FastMutex<Flows>, KextError> {
     let store = KSlice::try_new(FLOWS, Entry::EMPTY).map_err(|_| KextError::Failed)?;
     let table =
         NatTable::new(store, Config::DEFAULT, random::u64()).map_err(|_| KextError::Failed)?;
@@ -313,7 +314,7 @@ fn make_table() -> Result<Mutex<Flows>, KextError> {
         table,
         proxies: Proxies::default(),
     };
-    Mutex::try_new(flows).map_err(|_| KextError::Failed)
+    FastMutex::try_new(flows).map_err(|_| KextError::Failed)
 }
 
 fn make_state() -> Result<(), KextError> {

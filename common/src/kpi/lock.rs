@@ -1,5 +1,6 @@
 //! Mutex and read-write lock over `lck_mtx_t`/`lck_rw_t` (com.apple.kpi.libkern),
-//! with RAII guards, in one lock group per kext.
+//! with RAII guards, in one lock group per kext; and [`FastMutex`], the packet
+//! path's mutex, whose uncontended lock and unlock make no kernel call.
 //!
 //! [`init`] allocates the group in start; [`fini`] frees it in stop and refuses
 //! while any lock is alive. Locks are allocated fallibly (`try_new`).
@@ -10,7 +11,7 @@ use core::cell::UnsafeCell;
 use core::ffi::CStr;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use super::alloc::{AllocError, Busy};
 use crate::sys::{self, lck_grp_t, lck_mtx_t, lck_rw_t};
@@ -249,5 +250,351 @@ impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: this guard took the lock exclusively.
         unsafe { sys::lck_rw_unlock_exclusive(self.l.lck.as_ptr()) };
+    }
+}
+
+// ---- the packet path's mutex ----
+
+/// Where a [`FastLock`] sleeps when it is contended: a sleep lock and a wait
+/// channel, as xnu's `lck_mtx_t` with `msleep`/`wakeup_one` provide (and the
+/// host tests' stand-in).
+pub trait Park {
+    /// Takes the sleep lock.
+    fn lock(&self);
+    /// Releases the sleep lock.
+    fn unlock(&self);
+    /// With the sleep lock held: releases it and sleeps on `chan` as one step
+    /// (a [`Park::wake_one`] made after the release wakes this thread), and
+    /// holds it again on return. May return without a wake-up.
+    fn sleep(&self, chan: &AtomicU32);
+    /// Wakes a thread sleeping on `chan`, if any (called with the sleep lock held).
+    fn wake_one(&self, chan: &AtomicU32);
+}
+
+/// Free.
+const FREE: u32 = 0;
+/// Held, nobody sleeping.
+const HELD: u32 = 1;
+/// Held, and threads may be sleeping for it.
+const CONTENDED: u32 = 2;
+
+/// A mutual-exclusion lock whose uncontended lock and unlock are one atomic
+/// instruction each, and which sleeps on `P` when contended: the three-state
+/// futex mutex (U. Drepper, "Futexes Are Tricky", 2011, mutex #2), with the
+/// sleep lock standing in for the futex's atomic check-and-sleep.
+///
+/// - `lock`: free → held by one compare-and-swap. Otherwise, under the sleep
+///   lock, mark the lock contended (a swap) and sleep until the swap finds it
+///   free; the thread that gets it that way leaves it marked contended, so its
+///   unlock wakes the next sleeper.
+/// - `unlock`: a swap to free; only if it was marked contended, wake one
+///   sleeper under the sleep lock.
+///
+/// No wake-up is lost: a sleeper marks the lock and goes to sleep while it
+/// holds the sleep lock, and the unlocker wakes it while it holds the sleep
+/// lock, so the wake-up comes either before the sleeper's swap (which then
+/// finds the lock free) or after it sleeps. Nothing spins; a holder preempted
+/// in its critical section makes the others sleep, as with `lck_mtx_t`.
+pub struct FastLock<P> {
+    state: AtomicU32,
+    park: P,
+}
+
+impl<P: Park> FastLock<P> {
+    /// Free, sleeping on `park` when contended.
+    pub const fn new(park: P) -> Self {
+        FastLock {
+            state: AtomicU32::new(FREE),
+            park,
+        }
+    }
+
+    /// Takes the lock (sleeps while another thread holds it).
+    #[inline]
+    pub fn lock(&self) {
+        if self
+            .state
+            .compare_exchange(FREE, HELD, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        self.park.lock();
+        while self.state.swap(CONTENDED, Ordering::Acquire) != FREE {
+            self.park.sleep(&self.state);
+        }
+        self.park.unlock();
+    }
+
+    /// Releases the lock (the caller holds it).
+    #[inline]
+    pub fn unlock(&self) {
+        if self.state.swap(FREE, Ordering::Release) == CONTENDED {
+            self.wake();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake(&self) {
+        self.park.lock();
+        self.park.wake_one(&self.state);
+        self.park.unlock();
+    }
+
+    /// The sleep side.
+    pub fn park(&self) -> &P {
+        &self.park
+    }
+}
+
+/// A [`Park`] on xnu: an `lck_mtx_t` and `msleep`/`wakeup_one` (com.apple.kpi.bsd)
+/// on the lock word's address.
+pub struct LckPark {
+    // INVARIANT: a live lck_mtx_t from lck_mtx_alloc_init in GROUP.
+    lck: NonNull<lck_mtx_t>,
+}
+
+impl Park for LckPark {
+    fn lock(&self) {
+        // SAFETY: the type invariant.
+        unsafe { sys::lck_mtx_lock(self.lck.as_ptr()) };
+    }
+
+    fn unlock(&self) {
+        // SAFETY: the type invariant; the caller holds the lock (trait contract).
+        unsafe { sys::lck_mtx_unlock(self.lck.as_ptr()) };
+    }
+
+    fn sleep(&self, chan: &AtomicU32) {
+        // SAFETY: the caller holds the live mutex (trait contract), which
+        // msleep drops while asleep and takes again before returning (no
+        // PDROP); no PCATCH: uninterruptible; NULL timespec: no timeout; the
+        // channel is an address, never dereferenced.
+        unsafe {
+            sys::msleep(
+                chan.as_ptr().cast(),
+                self.lck.as_ptr(),
+                0,
+                c"prx lock".as_ptr(),
+                core::ptr::null_mut(),
+            )
+        };
+    }
+
+    fn wake_one(&self, chan: &AtomicU32) {
+        // SAFETY: the channel is an address, never dereferenced.
+        unsafe { sys::wakeup_one(chan.as_ptr().cast()) };
+    }
+}
+
+/// A mutex protecting a `T` for the packet path: a [`FastLock`] over an
+/// `lck_mtx_t`, so a packet that finds it free calls no kernel function to
+/// take and release it (two `lck_mtx` calls fewer per packet than [`Mutex`]).
+/// It may sleep when contended, like [`Mutex`].
+pub struct FastMutex<T> {
+    lock: FastLock<LckPark>,
+    data: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises all access to `data`.
+unsafe impl<T: Send> Sync for FastMutex<T> {}
+// SAFETY: the lock objects may be used from any thread.
+unsafe impl<T: Send> Send for FastMutex<T> {}
+
+impl<T> FastMutex<T> {
+    /// A new mutex; gives `v` back on failure.
+    pub fn try_new(v: T) -> Result<Self, (AllocError, T)> {
+        let Ok(g) = group() else {
+            return Err((AllocError, v));
+        };
+        // SAFETY: a live group; NULL attribute = defaults.
+        let l = unsafe { sys::lck_mtx_alloc_init(g, core::ptr::null_mut()) };
+        match NonNull::new(l) {
+            Some(lck) => {
+                LIVE.fetch_add(1, Ordering::AcqRel);
+                Ok(FastMutex {
+                    lock: FastLock::new(LckPark { lck }),
+                    data: UnsafeCell::new(v),
+                })
+            }
+            None => Err((AllocError, v)),
+        }
+    }
+
+    /// Takes the lock.
+    #[inline]
+    pub fn lock(&self) -> FastGuard<'_, T> {
+        self.lock.lock();
+        FastGuard { m: self }
+    }
+}
+
+impl<T> Drop for FastMutex<T> {
+    fn drop(&mut self) {
+        if let Ok(g) = group() {
+            // SAFETY: the type invariant of LckPark; `&mut self` proves nobody
+            // holds either lock or sleeps on it.
+            unsafe { sys::lck_mtx_free(self.lock.park().lck.as_ptr(), g) };
+        }
+        LIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Holds a [`FastMutex`]; unlocks on drop.
+pub struct FastGuard<'a, T> {
+    m: &'a FastMutex<T>,
+}
+
+impl<T> Deref for FastGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock.
+        unsafe { &*self.m.data.get() }
+    }
+}
+
+impl<T> DerefMut for FastGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock exclusively.
+        unsafe { &mut *self.m.data.get() }
+    }
+}
+
+impl<T> Drop for FastGuard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.m.lock.unlock();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Arc;
+
+    /// A host [`Park`]: a spin lock, and a generation counter as the wait
+    /// channel (a sleeper reads it under the sleep lock and waits for a
+    /// change, which only a waker holding the sleep lock makes).
+    #[derive(Default)]
+    struct HostPark {
+        held: AtomicBool,
+        generation: AtomicU64,
+        sleeps: AtomicU64,
+        wakes: AtomicU64,
+    }
+
+    impl Park for HostPark {
+        fn lock(&self) {
+            while self
+                .held
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                std::thread::yield_now();
+            }
+        }
+        fn unlock(&self) {
+            assert!(
+                self.held.swap(false, Ordering::Release),
+                "unlock of a free sleep lock"
+            );
+        }
+        fn sleep(&self, _chan: &AtomicU32) {
+            assert!(
+                self.held.load(Ordering::Relaxed),
+                "sleep without the sleep lock"
+            );
+            self.sleeps.fetch_add(1, Ordering::Relaxed);
+            let g = self.generation.load(Ordering::Acquire);
+            self.unlock();
+            let t0 = std::time::Instant::now();
+            while self.generation.load(Ordering::Acquire) == g {
+                assert!(t0.elapsed().as_secs() < 30, "a lost wake-up: slept 30 s");
+                std::thread::yield_now();
+            }
+            self.lock();
+        }
+        fn wake_one(&self, _chan: &AtomicU32) {
+            assert!(
+                self.held.load(Ordering::Relaxed),
+                "wake without the sleep lock"
+            );
+            self.wakes.fetch_add(1, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    struct Shared {
+        lock: FastLock<HostPark>,
+        inside: AtomicU32,
+        count: UnsafeCell<u64>,
+    }
+    // SAFETY: `count` is only touched under `lock` (the test holds it around every access).
+    unsafe impl Sync for Shared {}
+
+    #[test]
+    fn uncontended_lock_and_unlock_never_touch_the_park() {
+        let l = FastLock::new(HostPark::default());
+        for _ in 0..1000 {
+            l.lock();
+            l.unlock();
+        }
+        assert_eq!(l.park().sleeps.load(Ordering::Relaxed), 0);
+        assert_eq!(l.park().wakes.load(Ordering::Relaxed), 0);
+        assert!(!l.park().held.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn threads_exclude_each_other_sleep_when_contended_and_are_all_woken() {
+        const THREADS: u64 = 4;
+        const ROUNDS: u64 = 20_000;
+        let s = Arc::new(Shared {
+            lock: FastLock::new(HostPark::default()),
+            inside: AtomicU32::new(0),
+            count: UnsafeCell::new(0),
+        });
+        let hs: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    for i in 0..ROUNDS {
+                        s.lock.lock();
+                        assert_eq!(s.inside.fetch_add(1, Ordering::Relaxed), 0, "two inside");
+                        // SAFETY: this thread holds the lock.
+                        let c = unsafe { &mut *s.count.get() };
+                        let v = *c;
+                        if (i + t) % 7 == 0 {
+                            // Preempted while holding the lock.
+                            std::thread::yield_now();
+                        }
+                        *c = v + 1;
+                        s.inside.fetch_sub(1, Ordering::Relaxed);
+                        s.lock.unlock();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        // SAFETY: every thread is joined; nothing else touches `count`.
+        let total = unsafe { *s.count.get() };
+        assert_eq!(total, THREADS * ROUNDS);
+        let p = s.lock.park();
+        assert!(
+            p.sleeps.load(Ordering::Relaxed) > 0,
+            "never contended: the test proves nothing"
+        );
+        assert!(p.wakes.load(Ordering::Relaxed) > 0);
+        assert_eq!(s.lock.state.load(Ordering::Relaxed), FREE);
+        assert!(!p.held.load(Ordering::Relaxed));
     }
 }

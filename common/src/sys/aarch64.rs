@@ -150,12 +150,6 @@ pub struct kmod_info {
 }
 pub type kmod_info_t = kmod_info;
 #[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct timespec {
-    pub tv_sec: ::core::ffi::c_long,
-    pub tv_nsec: ::core::ffi::c_long,
-}
-#[repr(C)]
 #[derive(Debug)]
 pub struct _lck_grp_ {
     _unused: [u8; 0],
@@ -185,6 +179,12 @@ pub struct __lck_rw_t__ {
     _unused: [u8; 0],
 }
 pub type lck_rw_t = __lck_rw_t__;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct timespec {
+    pub tv_sec: ::core::ffi::c_long,
+    pub tv_nsec: ::core::ffi::c_long,
+}
 #[repr(C)]
 #[derive(Debug)]
 pub struct __OSMallocTag__ {
@@ -502,14 +502,6 @@ pub struct kern_ctl_reg {
 unsafe extern "C" {
     pub fn printf(format: *const ::core::ffi::c_char, ...) -> ::core::ffi::c_int;
     pub fn IOLog(format: *const ::core::ffi::c_char, ...);
-    pub fn proc_selfpid() -> ::core::ffi::c_int;
-    pub fn proc_name(
-        pid: ::core::ffi::c_int,
-        buf: *mut ::core::ffi::c_char,
-        size: ::core::ffi::c_int,
-    );
-    pub fn nanouptime(ts: *mut timespec);
-    pub fn read_random(buffer: *mut ::core::ffi::c_void, numBytes: ::core::ffi::c_uint);
     pub fn lck_grp_alloc_init(
         grp_name: *const ::core::ffi::c_char,
         attr: *mut lck_grp_attr_t,
@@ -532,6 +524,23 @@ unsafe extern "C" {
     pub fn lck_rw_unlock_shared(lck: *mut lck_rw_t);
     pub fn lck_rw_lock_exclusive(lck: *mut lck_rw_t);
     pub fn lck_rw_unlock_exclusive(lck: *mut lck_rw_t);
+    pub fn nanouptime(ts: *mut timespec);
+    pub fn proc_selfpid() -> ::core::ffi::c_int;
+    pub fn proc_name(
+        pid: ::core::ffi::c_int,
+        buf: *mut ::core::ffi::c_char,
+        size: ::core::ffi::c_int,
+    );
+    pub fn msleep(
+        chan: *mut ::core::ffi::c_void,
+        mtx: *mut lck_mtx_t,
+        pri: ::core::ffi::c_int,
+        wmesg: *const ::core::ffi::c_char,
+        ts: *mut timespec,
+    ) -> ::core::ffi::c_int;
+    pub fn wakeup(chan: *mut ::core::ffi::c_void);
+    pub fn wakeup_one(chan: *mut ::core::ffi::c_char);
+    pub fn read_random(buffer: *mut ::core::ffi::c_void, numBytes: ::core::ffi::c_uint);
     pub fn OSMalloc_Tagalloc(
         name: *const ::core::ffi::c_char,
         flags: u32,

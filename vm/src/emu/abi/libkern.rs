@@ -244,6 +244,71 @@ extern "C" fn lck_mtx_try_lock(m: u64) -> c_int {
 extern "C" fn lck_mtx_unlock(m: u64) {
     unlock(m, Kind::Mutex, "lck_mtx_unlock")
 }
+/// How long `msleep` waits for a wake-up before it reports a lost one.
+const SLEEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `msleep(chan, mtx, pri, wmesg, ts)` (com.apple.kpi.bsd) with the caller
+/// holding `mtx`: queues the thread on `chan` and drops `mtx` in one step (a
+/// `wakeup` after the drop reaches it), waits to be woken, takes `mtx` again.
+/// A sleep without the mutex held, with a timeout, or with PDROP (which prx
+/// never asks for) is a contract violation; a sleeper nobody wakes within
+/// 20 s is reported as a lost wake-up.
+unsafe extern "C" fn msleep(
+    chan: u64,
+    mtx: u64,
+    pri: c_int,
+    _wmesg: *const c_char,
+    ts: *mut c_void,
+) -> c_int {
+    const PDROP: c_int = 0x400;
+    let token = kernel::with(|k| {
+        if mtx == 0 || !k.holds(mtx, Kind::Mutex) {
+            k.violation(
+                "msleep-without-mutex",
+                format!("msleep({chan:#x}, {mtx:#x}): the caller does not hold the mutex, so a wake-up can be lost"),
+            );
+            return None;
+        }
+        if !ts.is_null() || pri & PDROP != 0 {
+            k.violation(
+                "msleep-unsupported",
+                format!("msleep({chan:#x}) with a timeout or PDROP: not emulated"),
+            );
+            return None;
+        }
+        let token = k.new_id();
+        k.sleepers.push((chan, token));
+        k.lock_release(mtx, Kind::Mutex, "msleep");
+        Some(token)
+    });
+    let Some(token) = token else {
+        return common::sys::EINVAL;
+    };
+    mt::note_sleep();
+    let t0 = std::time::Instant::now();
+    let mut spins = 0u32;
+    while !kernel::with(|k| k.woken.remove(&token)) {
+        if t0.elapsed() > SLEEP_LIMIT {
+            kernel::with(|k| {
+                k.sleepers.retain(|s| s.1 != token);
+                k.violation(
+                    "msleep-lost-wakeup",
+                    format!("msleep({chan:#x}): nobody woke the thread within {SLEEP_LIMIT:?}"),
+                );
+            });
+            break;
+        }
+        mt::wait(&mut spins);
+    }
+    lock_blocking(mtx, Kind::Mutex, true, "msleep");
+    0
+}
+extern "C" fn wakeup(chan: u64) {
+    kernel::with(|k| k.wake(chan, false));
+}
+extern "C" fn wakeup_one(chan: u64) {
+    kernel::with(|k| k.wake(chan, true));
+}
 extern "C" fn lck_mtx_free(m: u64, grp: u64) {
     check_grp(grp, "lck_mtx_free");
     kernel::with(|k| k.lock_free(m, Kind::Mutex, "lck_mtx_free"))
@@ -632,6 +697,12 @@ pub fn symbols() -> Vec<(&'static str, u64)> {
         ),
         sym!("_lck_mtx_lock", lck_mtx_lock as extern "C" fn(u64)),
         sym!("_lck_mtx_lock_spin", lck_mtx_lock as extern "C" fn(u64)),
+        sym!(
+            "_msleep",
+            msleep as unsafe extern "C" fn(u64, u64, c_int, *const c_char, *mut c_void) -> c_int
+        ),
+        sym!("_wakeup", wakeup as extern "C" fn(u64)),
+        sym!("_wakeup_one", wakeup_one as extern "C" fn(u64)),
         sym!(
             "_lck_mtx_try_lock",
             lck_mtx_try_lock as extern "C" fn(u64) -> c_int

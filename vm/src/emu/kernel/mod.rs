@@ -140,6 +140,10 @@ pub struct Kernel {
     pub random_state: u64,
     /// The current process (pid, name) `proc_selfpid`/`proc_name` report; `None`: the default client.
     pub current_proc: Option<(i32, String)>,
+    /// Threads asleep in `msleep`: (channel, token), oldest first.
+    pub sleepers: Vec<(u64, u64)>,
+    /// Tokens of sleepers a `wakeup`/`wakeup_one` woke (each taken by its sleeper).
+    pub woken: std::collections::BTreeSet<u64>,
 }
 
 static KERNEL: LazyLock<Mutex<Kernel>> = LazyLock::new(|| Mutex::new(Kernel::default()));
@@ -363,6 +367,28 @@ impl Kernel {
                 Acquire::Got
             }
         }
+    }
+
+    /// Whether the calling thread holds the lock with handle `h`.
+    pub fn holds(&self, h: u64, kind: Kind) -> bool {
+        let me = std::thread::current().id();
+        unhandle(h, kind)
+            .and_then(|id| self.locks.get(&id))
+            .is_some_and(|l| matches!(&l.state, LockState::Held { owner, .. } if *owner == me))
+    }
+
+    /// Wakes the sleepers on `chan` (at most one if `one`); how many.
+    pub fn wake(&mut self, chan: u64, one: bool) -> usize {
+        let mut n = 0;
+        while let Some(i) = self.sleepers.iter().position(|s| s.0 == chan) {
+            let (_, token) = self.sleepers.remove(i);
+            self.woken.insert(token);
+            n += 1;
+            if one {
+                break;
+            }
+        }
+        n
     }
 
     pub fn lock_release(&mut self, h: u64, kind: Kind, op: &str) {

@@ -28,6 +28,7 @@ static ON: AtomicBool = AtomicBool::new(false);
 static SEED: AtomicU64 = AtomicU64::new(0);
 static PREEMPTIONS: AtomicU64 = AtomicU64::new(0);
 static CONTENDED: AtomicU64 = AtomicU64::new(0);
+static SLEEPS: AtomicU64 = AtomicU64::new(0);
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 static MAX_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
@@ -105,6 +106,16 @@ pub fn wait(spins: &mut u32) {
 /// Records that a lock was found held by another thread (and waited for).
 pub fn note_contended() {
     CONTENDED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records a sleep (`msleep`): a thread waited to be woken.
+pub fn note_sleep() {
+    SLEEPS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sleeps (`msleep`) so far.
+pub fn sleeps() -> u64 {
+    SLEEPS.load(Ordering::Relaxed)
 }
 
 /// Whether a `lock-skip` fault plan makes this lock call a no-op.

@@ -504,8 +504,9 @@ fn ip_counters(stats: &[(u32, u64)]) -> (Vec<(String, u64)>, u64, u64) {
 fn contention_line() -> String {
     let (pre, contended, skipped) = mt::stats();
     let (overlapped, most) = mt::overlap();
+    let sleeps = mt::sleeps();
     format!(
-        "{overlapped} callbacks began while another ran (at most {most} at once), {pre} preemptions, {contended} contended lock acquisitions, {skipped} skipped lock calls (lock-skip)"
+        "{overlapped} callbacks began while another ran (at most {most} at once), {pre} preemptions, {contended} contended lock acquisitions, {sleeps} sleeps for a lock (msleep), {skipped} skipped lock calls (lock-skip)"
     )
 }
 
