@@ -57,8 +57,7 @@ use common::kpi::{KextError, clock, log, random};
 use common::net::addr::Endpoint;
 use common::net::addr::Family;
 use common::net::control::{self as proto, StatsWriter, Timeouts, stat};
-use common::net::filter::{self, DropReason, Plan, RulesPolicy};
-use common::net::kextlog::{Ep, Flow, LogLevel};
+use common::net::filter::{self, Plan, RulesPolicy};
 use common::net::nat::{self, Config, Entry, NatTable};
 use common::net::origdst::Original;
 use common::net::policy::Proxies;
@@ -149,22 +148,7 @@ impl natpath::Nat for Nat {
         let created = flows.table.inserted() != before;
         drop(flows);
         drop(cfg);
-        // Logged outside the locks (the logger never blocks).
-        let blocked = plan == Plan::Drop(DropReason::Blocked);
-        if (created || blocked)
-            && LOG.enabled(LogLevel::Decisions)
-            && let Some(flow) = filter::outbound_flow(bytes, len)
-        {
-            match plan {
-                Plan::Translate { to, .. } => {
-                    LOG.log(
-                        LogLevel::Decisions,
-                        format_args!("redirect {} to {}", Flow(flow), Ep(&to)),
-                    );
-                }
-                _ => LOG.log(LogLevel::Decisions, format_args!("block {}", Flow(flow))),
-            }
-        }
+        natpath::log_new_flow(&LOG, bytes, len, plan, created);
         plan
     }
 
@@ -221,6 +205,7 @@ common::ip_filter!(
 impl Filter for Shared {
     const STATE: &'static Global<Shared> = &STATE;
     const LOG: &'static log::Logger = &LOG;
+    const RULES_LINE_NAMES_SET: bool = false;
 
     fn config(&self) -> &RwLock<IpConfig> {
         &self.config
@@ -266,34 +251,12 @@ impl Filter for Shared {
     // The IP filter writes no PROXY v2 headers: it has no key (`auth_key`).
 
     fn stats(&self, generation: u32, w: &mut StatsWriter) {
-        let flows = self.nat_v4.lock().table.len();
-        let flows = flows.saturating_add(self.nat_v6.lock().table.len());
-        w.push_count(stat::IP_FLOWS, flows);
         let (v4, v6) = self.table_stats();
-        w.push(
-            stat::IP_FLOWS_EXPIRED,
-            v4.expired.saturating_add(v6.expired),
-        );
-        w.push(
-            stat::IP_FLOWS_EVICTED,
-            v4.evicted.saturating_add(v6.evicted),
-        );
-        let capacity = self.nat_v4.lock().table.capacity();
-        w.push_count(stat::IP_FLOW_CAPACITY, capacity.saturating_mul(2));
-        w.push(
-            stat::IP_REDIRECTED_PACKETS,
-            COUNTERS.redirected.load(Ordering::Relaxed),
-        );
-        w.push(
-            stat::IP_REPLY_PACKETS,
-            COUNTERS.replies.load(Ordering::Relaxed),
-        );
+        natpath::push_flow_stats(w, &v4, &v6, &COUNTERS);
         w.push(stat::IP_FILTERS_ATTACHED, u64::from(self.attached()));
         w.push(stat::RULES_GENERATION, u64::from(generation));
         let t = Timeouts::of(&self.nat_v4.lock().table.config());
-        w.push(stat::IP_TCP_IDLE_S, u64::from(t.tcp_idle_s));
-        w.push(stat::IP_TCP_CLOSED_S, u64::from(t.tcp_closed_s));
-        w.push(stat::IP_UDP_IDLE_S, u64::from(t.udp_idle_s));
+        natpath::push_timeouts(w, &t);
         w.push_drops(COUNTERS.drops());
         w.push(stat::LOG_LEVEL, LOG.level() as u64);
         w.push(stat::LOG_SUPPRESSED, LOG.suppressed());
@@ -369,17 +332,10 @@ fn stop() -> Result<(), KextError> {
     ATTACHED.store(0, Ordering::Relaxed);
     if let Some(st) = STATE.get() {
         let (a, b) = st.table_stats();
-        LOG.key_value(c"flows_v4", u64::try_from(a.flows).unwrap_or(0));
-        LOG.key_value(c"flows_v6", u64::try_from(b.flows).unwrap_or(0));
-        LOG.key_value(c"flows_expired", a.expired.saturating_add(b.expired));
-        LOG.key_value(c"flows_evicted", a.evicted.saturating_add(b.evicted));
+        natpath::log_flow_totals(&LOG, &a, &b);
     }
     lifecycle::fini(&STATE)?;
-    LOG.key_value(c"redirected", COUNTERS.redirected.load(Ordering::Relaxed));
-    LOG.key_value(c"reversed", COUNTERS.replies.load(Ordering::Relaxed));
-    for (r, n) in COUNTERS.drops() {
-        LOG.key_value(r.key(), n);
-    }
+    COUNTERS.log_totals(&LOG);
     log::line(c"PrxIPFilter stopped");
     Ok(())
 }

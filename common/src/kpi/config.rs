@@ -73,6 +73,9 @@ pub trait Filter: Send + Sync + Sized + 'static {
     const STATE: &'static Global<Self>;
     /// The kext's log (rule changes are logged on it; its level is set here).
     const LOG: &'static Logger;
+    /// Whether the rules line names the rule set (`... (rule set N)`): the
+    /// socket filter's always has, the IP filter's never did.
+    const RULES_LINE_NAMES_SET: bool = true;
     /// The configuration.
     fn config(&self) -> &RwLock<Config>;
     /// What the status reports as attached (sockets or IP filters).
@@ -106,15 +109,15 @@ fn set_rules<F: Filter>(st: &F, msg: &proto::RulesMsg<'_>) -> Result<(), Errno> 
         (core::mem::replace(&mut cfg.rules, set), cfg.generation)
     };
     drop(old); // freed outside the lock
-    F::LOG.log(
-        LogLevel::Decisions,
-        format_args!(
-            "rules: {} rule(s), default {:?} (rule set {})",
-            Dec::u(msg.count()),
-            msg.default_action(),
-            Dec::u(generation)
-        ),
-    );
+    let (n, default) = (Dec::u(msg.count()), msg.default_action());
+    if F::RULES_LINE_NAMES_SET {
+        let set = Dec::u(generation);
+        let line = format_args!("rules: {n} rule(s), default {default:?} (rule set {set})");
+        F::LOG.log(LogLevel::Decisions, line);
+    } else {
+        let line = format_args!("rules: {n} rule(s), default {default:?}");
+        F::LOG.log(LogLevel::Decisions, line);
+    }
     Ok(())
 }
 

@@ -26,8 +26,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::ipf::{self, IpFilter, Output, Verdict};
 use super::log::Logger;
 use super::mbuf::{First, Packet};
+use crate::net::control::{StatsWriter, Timeouts, stat};
 use crate::net::filter::{self, Decision, DropReason, Plan};
-use crate::net::kextlog::LogLevel;
+use crate::net::kextlog::{Ep, Flow, LogLevel};
+use crate::net::nat;
 use crate::net::translate::L4Sum;
 use crate::net::wire::ip::{self, Transport};
 use crate::net::wire::proto as ipproto;
@@ -91,6 +93,75 @@ impl Counters {
             .iter()
             .zip(self.drops.iter())
             .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+    }
+
+    /// Logs the totals as `key=value` lines (stop): packets redirected and
+    /// reversed, then each drop reason.
+    pub fn log_totals(&self, log: &Logger) {
+        log.key_value(c"redirected", self.redirected.load(Ordering::Relaxed));
+        log.key_value(c"reversed", self.replies.load(Ordering::Relaxed));
+        for (r, n) in self.drops() {
+            log.key_value(r.key(), n);
+        }
+    }
+}
+
+/// The flow and packet statistics of both families' tables (`v4`, `v6`) and
+/// the counters `c`, in statistics order: flows, expired, evicted, capacity,
+/// redirected and reply packets.
+pub fn push_flow_stats(w: &mut StatsWriter, v4: &nat::Stats, v6: &nat::Stats, c: &Counters) {
+    w.push_count(stat::IP_FLOWS, v4.flows.saturating_add(v6.flows));
+    w.push(
+        stat::IP_FLOWS_EXPIRED,
+        v4.expired.saturating_add(v6.expired),
+    );
+    w.push(
+        stat::IP_FLOWS_EVICTED,
+        v4.evicted.saturating_add(v6.evicted),
+    );
+    w.push_count(
+        stat::IP_FLOW_CAPACITY,
+        v4.capacity.saturating_add(v6.capacity),
+    );
+    w.push(
+        stat::IP_REDIRECTED_PACKETS,
+        c.redirected.load(Ordering::Relaxed),
+    );
+    w.push(stat::IP_REPLY_PACKETS, c.replies.load(Ordering::Relaxed));
+}
+
+/// The NAT timeouts `t` as statistics (TCP idle, TCP closed, UDP idle).
+pub fn push_timeouts(w: &mut StatsWriter, t: &Timeouts) {
+    w.push(stat::IP_TCP_IDLE_S, u64::from(t.tcp_idle_s));
+    w.push(stat::IP_TCP_CLOSED_S, u64::from(t.tcp_closed_s));
+    w.push(stat::IP_UDP_IDLE_S, u64::from(t.udp_idle_s));
+}
+
+/// Logs both tables' flow totals as `key=value` lines (stop).
+pub fn log_flow_totals(log: &Logger, v4: &nat::Stats, v6: &nat::Stats) {
+    log.key_value(c"flows_v4", u64::try_from(v4.flows).unwrap_or(0));
+    log.key_value(c"flows_v6", u64::try_from(v6.flows).unwrap_or(0));
+    log.key_value(c"flows_expired", v4.expired.saturating_add(v6.expired));
+    log.key_value(c"flows_evicted", v4.evicted.saturating_add(v6.evicted));
+}
+
+/// Logs the output plan of a packet that created a flow (`created`) or was
+/// blocked, at the decisions level: `redirect FLOW to PROXY` or `block FLOW`
+/// (called outside the locks; the logger never blocks).
+pub fn log_new_flow(log: &Logger, prefix: &[u8], len: usize, plan: Plan, created: bool) {
+    let blocked = plan == Plan::Drop(DropReason::Blocked);
+    if !(created || blocked) || !log.enabled(LogLevel::Decisions) {
+        return;
+    }
+    let Some(flow) = filter::outbound_flow(prefix, len) else {
+        return;
+    };
+    match plan {
+        Plan::Translate { to, .. } => log.log(
+            LogLevel::Decisions,
+            format_args!("redirect {} to {}", Flow(flow), Ep(&to)),
+        ),
+        _ => log.log(LogLevel::Decisions, format_args!("block {}", Flow(flow))),
     }
 }
 
