@@ -52,7 +52,7 @@ use common::kpi::ipf::{Input, IpFilter, Output, Verdict};
 use common::kpi::lifecycle::{self, Registration};
 use common::kpi::lock::{FastMutex, RwLock};
 use common::kpi::mbuf::Packet;
-use common::kpi::natpath::{self, Counters};
+use common::kpi::natpath::{self, Counters, Flows};
 use common::kpi::{KextError, clock, log, random};
 use common::net::addr::Endpoint;
 use common::net::addr::Family;
@@ -68,8 +68,6 @@ use common::sys::CTL_FLAG_PRIVILEGED;
 /// build.rs; anything else gives 0, which `NatTable::new` refuses in start).
 const FLOWS: usize = nat::parse_count(env!("PRX_NAT_FLOWS"));
 
-type Table = NatTable<KSlice<Entry>>;
-
 /// Packet counters (a static of zeros: zero-fill).
 static COUNTERS: Counters = Counters::new();
 /// IP filters attached at start.
@@ -77,14 +75,6 @@ static ATTACHED: AtomicU32 = AtomicU32::new(0);
 
 /// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
 static LOG: log::Logger = log::Logger::new(c"PrxIPFilter");
-
-/// One family's flows, with a copy of the proxy endpoints (kept equal to the
-/// configuration's by the control, under the configuration's write lock), so
-/// a tracked flow's packets are planned under this lock alone.
-struct Flows {
-    table: Table,
-    proxies: Proxies,
-}
 
 struct Shared {
     config: RwLock<IpConfig>,
@@ -118,24 +108,19 @@ struct Nat {
 }
 
 impl natpath::Nat for Nat {
-    /// The output plan: a tracked flow's under its table's lock alone
-    /// (`filter::plan_output_tracked`), a new flow's under the configuration
-    /// (read) and then the table (`filter::plan_output_parsed`, which finds
-    /// the flow should another packet have created it in between). The clock
-    /// is read before any lock is taken.
-    fn plan_output(&self, bytes: &[u8], len: usize, t: &Transport) -> Plan {
-        // Before start finished or after stop began: nothing is redirected.
+    fn with_flows<R>(&self, f: impl FnOnce(&mut Flows) -> R) -> Option<R> {
+        let st = STATE.get()?;
+        Some(f(&mut st.table(self.family).lock()))
+    }
+
+    /// The new-flow plan: the rules under the configuration (read), then the
+    /// table (`filter::plan_output_parsed`, which finds the flow should
+    /// another packet have created it in between).
+    fn plan_untracked(&self, bytes: &[u8], len: usize, t: &Transport) -> Plan {
         let Some(st) = STATE.get() else {
             return Plan::Pass;
         };
         let now = clock::uptime_ms();
-        {
-            let mut flows = st.table(self.family).lock();
-            let Flows { table, proxies } = &mut *flows;
-            if let Some(plan) = filter::plan_output_tracked(bytes, len, t, table, proxies, now) {
-                return plan;
-            }
-        }
         let cfg = st.config.read();
         let policy = RulesPolicy {
             enabled: cfg.enabled,
@@ -150,16 +135,6 @@ impl natpath::Nat for Nat {
         drop(cfg);
         natpath::log_new_flow(&LOG, bytes, len, plan, created);
         plan
-    }
-
-    /// The input plan (reverse translation needs only the table).
-    fn plan_input(&self, bytes: &[u8], t: &Transport) -> Plan {
-        let Some(st) = STATE.get() else {
-            return Plan::Pass;
-        };
-        let now = clock::uptime_ms();
-        let mut flows = st.table(self.family).lock();
-        filter::plan_input_parsed(bytes, t, &mut flows.table, now)
     }
 
     fn counters(&self) -> &'static Counters {
@@ -219,8 +194,9 @@ impl Filter for Shared {
     /// configuration, IPv4 table, IPv6 table), so two controls cannot leave
     /// them different.
     fn proxies_set(&self, p: Proxies) {
-        self.nat_v4.lock().proxies = p;
-        self.nat_v6.lock().proxies = p;
+        for t in [&self.nat_v4, &self.nat_v6] {
+            t.lock().set_proxies(p);
+        }
     }
 
     fn set_timeouts(&self, t: Timeouts) -> Result<(), Errno> {
@@ -273,11 +249,7 @@ fn make_table() -> Result<FastMutex<Flows>, KextError> {
     let store = KSlice::try_new(FLOWS, Entry::EMPTY).map_err(|_| KextError::Failed)?;
     let table =
         NatTable::new(store, Config::DEFAULT, random::u64()).map_err(|_| KextError::Failed)?;
-    let flows = Flows {
-        table,
-        proxies: Proxies::default(),
-    };
-    FastMutex::try_new(flows).map_err(|_| KextError::Failed)
+    FastMutex::try_new(Flows::new(table)).map_err(|_| KextError::Failed)
 }
 
 fn make_state() -> Result<(), KextError> {

@@ -3,7 +3,11 @@
 //! planning ([`Nat`]: which flow goes where, under its locks); everything that
 //! touches the mbuf chain is here.
 //!
-//! - In place first: when the first mbuf holds the headers
+//! - Plain TCP/UDP packets first ([`crate::net::fastpath`]): parsed straight
+//!   from the first mbuf, looked up under the table's lock
+//!   ([`Nat::track_output`]/[`Nat::track_input`]) and rewritten in place; an
+//!   untracked output packet goes to the rules ([`Nat::plan_untracked`]).
+//! - Then in place: when the first mbuf holds the headers
 //!   ([`filter::parse_in_first`]) they are planned and rewritten there, with no
 //!   copy and no length asked.
 //! - Otherwise the packet length is read once and the first [`HEAD`] bytes are
@@ -23,14 +27,19 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::alloc::KSlice;
+use super::clock;
 use super::ipf::{self, IpFilter, Output, Verdict};
 use super::log::Logger;
 use super::mbuf::{First, Packet};
 use crate::net::control::{StatsWriter, Timeouts, stat};
+use crate::net::fastpath::{self, ProxyAddrs, Tracked};
 use crate::net::filter::{self, Decision, DropReason, Plan};
 use crate::net::kextlog::{Ep, Flow, LogLevel};
 use crate::net::nat;
-use crate::net::translate::L4Sum;
+use crate::net::nat::{Entry, NatTable};
+use crate::net::policy::Proxies;
+use crate::net::translate::{L4Sum, Refused, Side};
 use crate::net::wire::ip::{self, Transport};
 use crate::net::wire::proto as ipproto;
 
@@ -165,18 +174,70 @@ pub fn log_new_flow(log: &Logger, prefix: &[u8], len: usize, plan: Plan, created
     }
 }
 
-/// The kext's side of the packet path: its plans, counters and log (the
-/// family is the filter's, [`IpFilter::family`]).
+/// One family's NAT table with copies of the proxy endpoints (kept equal to
+/// the configuration's by the control, under the configuration's write lock),
+/// so a tracked flow's packets are planned under the table's lock alone.
+pub struct Flows {
+    /// The flows.
+    pub table: NatTable<KSlice<Entry>>,
+    /// The proxies, for the general path.
+    pub proxies: Proxies,
+    /// The same, prepared for the fast path.
+    pub addrs: ProxyAddrs,
+}
+
+impl Flows {
+    /// `table`, with no proxies yet.
+    pub fn new(table: NatTable<KSlice<Entry>>) -> Flows {
+        Flows {
+            table,
+            proxies: Proxies::default(),
+            addrs: ProxyAddrs::default(),
+        }
+    }
+
+    /// The proxies changed to `p`.
+    pub fn set_proxies(&mut self, p: Proxies) {
+        self.proxies = p;
+        self.addrs = ProxyAddrs::of(&p);
+    }
+}
+
+/// The kext's side of the packet path: its tables, its rules, counters and
+/// log (the family is the filter's, [`IpFilter::family`]).
 pub trait Nat: IpFilter {
-    /// The plan for an outgoing packet whose headers `prefix` parse as `t`
-    /// (`len`: the packet's length).
-    fn plan_output(&self, prefix: &[u8], len: usize, t: &Transport) -> Plan;
-    /// The plan for an incoming packet.
-    fn plan_input(&self, prefix: &[u8], t: &Transport) -> Plan;
+    /// Runs `f` on this family's flows under their lock; `None` before start
+    /// finished or after stop began (nothing is translated then).
+    fn with_flows<R>(&self, f: impl FnOnce(&mut Flows) -> R) -> Option<R>;
+    /// The plan for an outgoing TCP/UDP packet whose headers `prefix` parse
+    /// as `t` (`len`: the packet's length) and whose flow its table does not
+    /// track: the rules (the table is asked again under the rules' lock).
+    fn plan_untracked(&self, prefix: &[u8], len: usize, t: &Transport) -> Plan;
     /// The counters.
     fn counters(&self) -> &'static Counters;
     /// The log drops are reported on.
     fn log(&self) -> &'static Logger;
+}
+
+/// The plan for an outgoing packet: a tracked flow's under its table's lock
+/// alone ([`filter::plan_output_tracked`]), a new flow's from the rules
+/// ([`Nat::plan_untracked`]). The clock is read before any lock is taken.
+fn plan_output<N: Nat>(n: &N, prefix: &[u8], len: usize, t: &Transport) -> Plan {
+    let now = clock::uptime_ms();
+    let known = n
+        .with_flows(|f| filter::plan_output_tracked(prefix, len, t, &mut f.table, &f.proxies, now));
+    match known {
+        None => Plan::Pass,
+        Some(Some(plan)) => plan,
+        Some(None) => n.plan_untracked(prefix, len, t),
+    }
+}
+
+/// The plan for an incoming packet (reverse translation needs only the table).
+fn plan_input<N: Nat>(n: &N, prefix: &[u8], t: &Transport) -> Plan {
+    let now = clock::uptime_ms();
+    n.with_flows(|f| filter::plan_input_parsed(prefix, t, &mut f.table, now))
+        .unwrap_or(Plan::Pass)
 }
 
 /// The first `len` bytes of `pkt` (at most the buffer's size) copied into `buf`.
@@ -275,7 +336,7 @@ fn output_parsed<'a, N: Nat>(
     len: usize,
     t: &Transport,
 ) -> Verdict<'a> {
-    let plan = n.plan_output(bytes, len, t);
+    let plan = plan_output(n, bytes, len, t);
     let mut pkt = match settle(n, plan, pkt) {
         Ok(p) => p,
         Err(v) => return v,
@@ -309,10 +370,38 @@ fn output_parsed<'a, N: Nat>(
 /// copy and no length asked (`None`: take the copying path).
 fn output_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
     let First { bytes, csum } = pkt.first_mut()?;
+    let fast = fastpath::parse(bytes);
+    if let Some((h, key)) = &fast {
+        let now = clock::uptime_ms();
+        let tracked =
+            n.with_flows(|f| fastpath::track_output(&mut f.table, &f.addrs, key, h.flags, now));
+        match tracked.unwrap_or(Tracked::Pass) {
+            Tracked::To(to) => {
+                let l4 = if csum.l4_deferred() {
+                    L4Sum::Deferred
+                } else {
+                    L4Sum::Complete
+                };
+                return Some(fast_decision(fastpath::rewrite(
+                    bytes,
+                    h,
+                    Side::Dst,
+                    &to,
+                    l4,
+                )));
+            }
+            Tracked::Pass => return Some(Decision::Pass),
+            Tracked::Untracked => {}
+        }
+    }
     let (k, t) = filter::parse_in_first(bytes, PREFIX)?;
     let len = bytes.len();
     let prefix = bytes.get_mut(..k)?;
-    let plan = n.plan_output(prefix, len, &t);
+    let plan = if fast.is_some() {
+        n.plan_untracked(prefix, len, &t)
+    } else {
+        plan_output(n, prefix, len, &t)
+    };
     let l4 = match plan {
         // Only a rewrite needs to know whether the stack deferred the
         // TCP/UDP checksum (all this path sees).
@@ -325,10 +414,35 @@ fn output_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
 /// [`output_in_place`] for the input path.
 fn input_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
     let First { bytes, .. } = pkt.first_mut()?;
+    if let Some((h, key)) = fastpath::parse(bytes) {
+        // An untracked plain reply passes, as the general plan would say.
+        let now = clock::uptime_ms();
+        let tracked = n.with_flows(|f| fastpath::track_input(&mut f.table, &key, h.flags, now));
+        return Some(match tracked.unwrap_or(Tracked::Pass) {
+            Tracked::To(to) => fast_decision(fastpath::rewrite(
+                bytes,
+                &h,
+                Side::Src,
+                &to,
+                L4Sum::Complete,
+            )),
+            Tracked::Pass | Tracked::Untracked => Decision::Pass,
+        });
+    }
     let (k, t) = filter::parse_in_first(bytes, PREFIX)?;
     let prefix = bytes.get_mut(..k)?;
-    let plan = n.plan_input(prefix, &t);
+    let plan = plan_input(n, prefix, &t);
     Some(filter::apply_parsed(prefix, &t, plan, L4Sum::Complete))
+}
+
+/// The decision for a fast-path rewrite's result (as [`filter::apply_parsed`]
+/// maps [`crate::net::translate::rewrite_with`]'s).
+fn fast_decision(r: Result<usize, Refused>) -> Decision {
+    match r {
+        Ok(changed) => Decision::Rewritten { changed },
+        Err(Refused::Udp6ZeroChecksum) => Decision::Drop(DropReason::Udp6ZeroChecksum),
+        Err(_) => Decision::Drop(DropReason::Unparseable),
+    }
 }
 
 /// The input path once the headers are parsed.
@@ -339,7 +453,7 @@ fn input_parsed<'a, N: Nat>(
     len: usize,
     t: &Transport,
 ) -> Verdict<'a> {
-    let plan = n.plan_input(bytes, t);
+    let plan = plan_input(n, bytes, t);
     let mut pkt = match settle(n, plan, pkt) {
         Ok(p) => p,
         Err(v) => return v,

@@ -19,11 +19,13 @@
 //! - [`icmp_error`]: translating ICMP/ICMPv6 errors that quote a translated packet.
 //! - [`nat`]: the IP filter's NAT table.
 //! - [`filter`]: the IP filter's per-packet decisions.
+//! - [`fastpath`]: the IP filter's one-pass path for plain TCP/UDP packets.
 //! - [`kextlog`]: log levels, the log rate limiter, allocation-free log lines.
 
 pub mod addr;
 pub mod checksum;
 pub mod control;
+pub mod fastpath;
 pub mod filter;
 pub mod icmp_error;
 pub mod kextlog;

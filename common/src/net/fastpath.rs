@@ -1,0 +1,731 @@
+//! The IP filter's fast path for plain TCP and UDP packets: the case of nearly
+//! every packet of a redirected flow, done in one pass with no intermediate
+//! plan (issue 19: per-packet cost near the floor).
+//!
+//! A packet is *plain* when its headers are the fixed ones and its IP length
+//! ends within the bytes given (the first mbuf): IPv4 with a 20-byte header
+//! (no options), not a fragment; IPv6 whose next header is TCP or UDP (no
+//! extension headers); the transport header complete (TCP 20 bytes, UDP 8).
+//! Everything else — options, extension headers, fragments, ICMP, packets
+//! split across mbufs — takes [`super::filter`]'s general path, as before.
+//!
+//! For a plain packet:
+//! 1. [`parse`] reads the flow key and TCP flags straight from the bytes;
+//! 2. [`track_output`] / [`track_input`] (under the table's lock) answer what
+//!    the general path's plan would: the proxy's own addresses pass, a live
+//!    tracked flow gives its proxy (output) or original destination (input)
+//!    and is refreshed; an untracked output packet goes to the rules
+//!    ([`Tracked::Untracked`]); an untracked input packet passes;
+//! 3. [`rewrite`] rewrites one endpoint with RFC 1624 updates, byte for byte
+//!    what [`super::translate::rewrite_with`] writes (a deferred TCP/UDP
+//!    checksum stays deferred: only the pseudo-header sum it holds moves).
+//!
+//! The tests check each step against the general path on the same packets and
+//! tables: the same answer, the same bytes, the same table afterwards.
+
+use super::addr::{Endpoint, IpAddr};
+use super::checksum;
+use super::nat::{FlowKey, NatTable, Store};
+use super::policy::Proxies;
+use super::translate::{L4Sum, Refused, Side};
+use super::wire::{proto, tcp, udp};
+
+/// A plain packet's shape, as [`parse`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub protocol: u8,
+    /// The TCP flags (0 for UDP).
+    pub flags: u8,
+}
+
+impl Head {
+    /// Offset of the transport header.
+    fn offset(&self) -> usize {
+        if self.v6 { 40 } else { 20 }
+    }
+}
+
+/// Bytes a transport header of `protocol` must have here (TCP's fixed header,
+/// UDP's header), or `None` for other protocols.
+fn min_transport(protocol: u8) -> Option<usize> {
+    match protocol {
+        proto::TCP => Some(tcp::HEADER_LEN),
+        proto::UDP => Some(udp::HEADER_LEN),
+        _ => None,
+    }
+}
+
+/// Reads a plain packet's shape and flow key (source, destination) from
+/// `first`, the packet's first bytes; `None`: not plain (module docs), the
+/// general path decides.
+#[inline]
+pub fn parse(first: &[u8]) -> Option<(Head, FlowKey)> {
+    let (v6, offset, protocol, end, src, dst) = match *first.first()? {
+        0x45 => {
+            let ip = first.first_chunk::<20>()?;
+            // Flags and fragment offset: MF or a non-zero offset is a fragment.
+            if ip[6] & 0x3f != 0 || ip[7] != 0 {
+                return None;
+            }
+            let end = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let src = IpAddr::V4([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = IpAddr::V4([ip[16], ip[17], ip[18], ip[19]]);
+            (false, 20usize, ip[9], end, src, dst)
+        }
+        b if b >> 4 == 6 => {
+            let ip = first.first_chunk::<40>()?;
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let src = IpAddr::V6(*ip.get(8..)?.first_chunk::<16>()?);
+            let dst = IpAddr::V6(*ip.get(24..)?.first_chunk::<16>()?);
+            (true, 40usize, ip[6], payload.checked_add(40)?, src, dst)
+        }
+        _ => return None,
+    };
+    let min = min_transport(protocol)?;
+    if end > first.len() || end.checked_sub(offset)? < min {
+        return None;
+    }
+    let l4 = first.get(offset..)?;
+    let ports = l4.first_chunk::<4>()?;
+    let flags = if protocol == proto::TCP {
+        *l4.get(13)?
+    } else {
+        0
+    };
+    let key = FlowKey {
+        protocol,
+        src: Endpoint::new(src, u16::from_be_bytes([ports[0], ports[1]])),
+        dst: Endpoint::new(dst, u16::from_be_bytes([ports[2], ports[3]])),
+    };
+    Some((
+        Head {
+            v6,
+            protocol,
+            flags,
+        },
+        key,
+    ))
+}
+
+/// The proxy endpoints' addresses as packets carry them: a packet to or from
+/// one of them is never translated. Prepared once from the [`Proxies`] (when
+/// they change), so the per-packet check is a few compares: the general path's
+/// canonical comparison (an IPv4-mapped IPv6 address equals its IPv4 address)
+/// worked out in advance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyAddrs {
+    v4: [Option<[u8; 4]>; 2],
+    v6: [Option<[u8; 16]>; 2],
+}
+
+impl ProxyAddrs {
+    /// Prepared from `p`.
+    pub fn of(p: &Proxies) -> ProxyAddrs {
+        let mut out = ProxyAddrs::default();
+        for (i, e) in [p.v4, p.v6].iter().enumerate() {
+            let Some(e) = e else { continue };
+            match e.addr.canonical() {
+                IpAddr::V4(a) => {
+                    let mut m = [0u8; 16];
+                    if let Some((head, tail)) = m.split_last_chunk_mut::<4>() {
+                        *tail = a;
+                        if let Some(ff) = head.last_chunk_mut::<2>() {
+                            *ff = [0xff, 0xff];
+                        }
+                    }
+                    if let Some(s) = out.v4.get_mut(i) {
+                        *s = Some(a);
+                    }
+                    if let Some(s) = out.v6.get_mut(i) {
+                        *s = Some(m);
+                    }
+                }
+                IpAddr::V6(a) => {
+                    if let Some(s) = out.v6.get_mut(i) {
+                        *s = Some(a);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `a` or `b` is a proxy's address.
+    #[inline]
+    pub fn contains_either(&self, a: &IpAddr, b: &IpAddr) -> bool {
+        match (a, b) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => self.v4.iter().flatten().any(|p| p == a || p == b),
+            (IpAddr::V6(a), IpAddr::V6(b)) => self.v6.iter().flatten().any(|p| p == a || p == b),
+            _ => self.contains(a) || self.contains(b),
+        }
+    }
+
+    fn contains(&self, a: &IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => self.v4.iter().flatten().any(|p| p == a),
+            IpAddr::V6(a) => self.v6.iter().flatten().any(|p| p == a),
+        }
+    }
+}
+
+/// What the table says of a plain packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// A live tracked flow (refreshed): rewrite the endpoint to this.
+    To(Endpoint),
+    /// Leave the packet alone (to or from a proxy; an untracked reply).
+    Pass,
+    /// An outbound packet of no live tracked flow: the rules decide.
+    Untracked,
+}
+
+/// An outbound plain packet of flow `key` with TCP `flags`: the general
+/// path's tracked-flow answer ([`super::filter::plan_output_tracked`]).
+#[inline]
+pub fn track_output<S: Store>(
+    table: &mut NatTable<S>,
+    proxies: &ProxyAddrs,
+    key: &FlowKey,
+    flags: u8,
+    now: u64,
+) -> Tracked {
+    if proxies.contains_either(&key.dst.addr, &key.src.addr) {
+        return Tracked::Pass;
+    }
+    match table.outbound(key, flags, now) {
+        Some(to) => Tracked::To(to),
+        None => Tracked::Untracked,
+    }
+}
+
+/// An inbound plain packet (`key` as it arrives: from, to): the original
+/// destination to put back as its source, or pass
+/// ([`super::filter::plan_input_parsed`]).
+#[inline]
+pub fn track_input<S: Store>(
+    table: &mut NatTable<S>,
+    key: &FlowKey,
+    flags: u8,
+    now: u64,
+) -> Tracked {
+    match table.inbound(key.protocol, &key.src, &key.dst, flags, now) {
+        Some(orig) => Tracked::To(orig),
+        None => Tracked::Pass,
+    }
+}
+
+/// RFC 1624 eqn. 3: the checksum `hc` after words summing to `delta`
+/// (`~m + m'` terms) changed.
+#[inline(always)]
+fn update(hc: u16, delta: u64) -> u16 {
+    !checksum::fold(u64::from(!hc).wrapping_add(delta))
+}
+
+/// The `~old + new` sum of an address change, 32 bits at a time.
+#[inline(always)]
+fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
+    let mut s = 0u64;
+    let (mut o, mut n) = (old.as_slice(), new.as_slice());
+    while let (Some((a, ro)), Some((b, rn))) =
+        (o.split_first_chunk::<4>(), n.split_first_chunk::<4>())
+    {
+        s = s
+            .wrapping_add(u64::from(!u32::from_be_bytes(*a)))
+            .wrapping_add(u64::from(u32::from_be_bytes(*b)));
+        (o, n) = (ro, rn);
+    }
+    s
+}
+
+#[inline(always)]
+fn get16(b: &[u8], at: usize) -> u16 {
+    match b.get(at..).and_then(<[u8]>::first_chunk::<2>) {
+        Some(x) => u16::from_be_bytes(*x),
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    if let Some(x) = b.get_mut(at..).and_then(<[u8]>::first_chunk_mut::<2>) {
+        *x = v.to_be_bytes();
+    }
+}
+
+/// Rewrites the `side` endpoint of the plain packet `first` (parsed as `h`)
+/// to `to` (of the packet's family), with its transport checksum field holding
+/// `l4`; the count of leading bytes that may have changed, as
+/// [`super::translate::rewrite_with`] gives it.
+#[inline]
+pub fn rewrite(
+    first: &mut [u8],
+    h: &Head,
+    side: Side,
+    to: &Endpoint,
+    l4: L4Sum,
+) -> Result<usize, Refused> {
+    let offset = h.offset();
+    let (ip, seg) = first
+        .split_at_mut_checked(offset)
+        .ok_or(Refused::FamilyMismatch)?;
+    let d = match (h.v6, &to.addr) {
+        (false, IpAddr::V4(new)) => {
+            let at = if side == Side::Src { 12 } else { 16 };
+            let a = ip
+                .get_mut(at..)
+                .and_then(<[u8]>::first_chunk_mut::<4>)
+                .ok_or(Refused::FamilyMismatch)?;
+            let d = delta(a, new);
+            *a = *new;
+            put16(ip, 10, update(get16(ip, 10), d));
+            d
+        }
+        (true, IpAddr::V6(new)) => {
+            let at = if side == Side::Src { 8 } else { 24 };
+            let a = ip
+                .get_mut(at..)
+                .and_then(<[u8]>::first_chunk_mut::<16>)
+                .ok_or(Refused::FamilyMismatch)?;
+            let d = delta(a, new);
+            *a = *new;
+            d
+        }
+        _ => return Err(Refused::FamilyMismatch),
+    };
+    let port_at = if side == Side::Src { 0 } else { 2 };
+    let old_port = get16(seg, port_at);
+    let ports = u64::from(!old_port).wrapping_add(u64::from(to.port));
+    let (sum_at, changed) = if h.protocol == proto::TCP {
+        (tcp::CHECKSUM_OFFSET, tcp::CHECKSUM_OFFSET.wrapping_add(2))
+    } else {
+        (udp::CHECKSUM_OFFSET, udp::HEADER_LEN)
+    };
+    let hc = get16(seg, sum_at);
+    let c = match l4 {
+        // The pseudo-header sum the stack left for the interface: the
+        // addresses are in it, the ports are not.
+        L4Sum::Deferred => Some(checksum::fold(u64::from(hc).wrapping_add(d))),
+        L4Sum::Complete if h.protocol == proto::UDP && hc == 0 => {
+            if h.v6 {
+                return Err(Refused::Udp6ZeroChecksum);
+            }
+            None // IPv4 UDP without a checksum stays without one
+        }
+        L4Sum::Complete => match update(hc, d.wrapping_add(ports)) {
+            0 if h.protocol == proto::UDP => Some(0xffff),
+            c => Some(c),
+        },
+    };
+    if let Some(c) = c {
+        put16(seg, sum_at, c);
+    }
+    put16(seg, port_at, to.port);
+    Ok(offset.wrapping_add(changed))
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "host tests"
+)]
+mod tests {
+    use super::*;
+    use crate::net::filter::{self, Plan};
+    use crate::net::nat::{Config, Entry};
+    use crate::net::translate;
+    use crate::net::wire::ip;
+    use proptest::prelude::*;
+
+    /// A TCP (or UDP) packet of `family` with the given fields; `payload` bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn packet(
+        v6: bool,
+        protocol: u8,
+        src: &[u8],
+        dst: &[u8],
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        csum: u16,
+        payload: usize,
+    ) -> Vec<u8> {
+        let l4len = if protocol == proto::TCP { 20 } else { 8 } + payload;
+        let mut p = if v6 {
+            let mut h = vec![0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
+            h[6] = protocol;
+            h[7] = 64;
+            h[8..24].copy_from_slice(src);
+            h[24..40].copy_from_slice(dst);
+            h
+        } else {
+            let mut h = vec![0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&((20 + l4len) as u16).to_be_bytes());
+            h[6] = 0x40; // DF
+            h[8] = 64;
+            h[9] = protocol;
+            h[12..16].copy_from_slice(src);
+            h[16..20].copy_from_slice(dst);
+            let c = checksum::checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h
+        };
+        let mut l4 = vec![0u8; l4len];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        if protocol == proto::TCP {
+            l4[12] = 5 << 4;
+            l4[13] = flags;
+            l4[16..18].copy_from_slice(&csum.to_be_bytes());
+        } else {
+            l4[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
+            l4[6..8].copy_from_slice(&csum.to_be_bytes());
+        }
+        for (i, b) in l4
+            .iter_mut()
+            .enumerate()
+            .skip(if protocol == proto::TCP { 20 } else { 8 })
+        {
+            *b = i as u8;
+        }
+        p.extend_from_slice(&l4);
+        p
+    }
+
+    fn table() -> NatTable<Vec<Entry>> {
+        NatTable::new(vec![Entry::EMPTY; 64], Config::DEFAULT, 7).unwrap()
+    }
+
+    fn ep(a: &[u8], port: u16) -> Endpoint {
+        Endpoint::new(
+            match a.len() {
+                4 => IpAddr::V4(a.try_into().unwrap()),
+                _ => IpAddr::V6(a.try_into().unwrap()),
+            },
+            port,
+        )
+    }
+
+    fn flows(t: &NatTable<Vec<Entry>>) -> Vec<crate::net::nat::Flow> {
+        let mut v: Vec<_> = t.flows().copied().collect();
+        v.sort_by_key(|f| format!("{f:?}"));
+        v
+    }
+
+    fn any_packet() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        (
+            any::<bool>(),
+            prop_oneof![Just(proto::TCP), Just(proto::UDP)],
+            0u8..4,
+            0u8..4,
+            prop_oneof![Just(80u16), Just(443), Just(3128), any::<u16>()],
+            any::<u8>(),
+            any::<u16>(),
+            0usize..40,
+            any::<bool>(),
+            proptest::collection::vec((0usize..80, any::<u8>()), 0..3),
+        )
+            .prop_map(
+                |(v6, protocol, s, d, port, flags, csum, payload, reply, mutations)| {
+                    let n = if v6 { 16 } else { 4 };
+                    // A small address space so flows, proxies and replies meet.
+                    let addr = |i: u8| {
+                        let mut a = vec![0u8; n];
+                        a[0] = if v6 { 0x20 } else { 10 };
+                        a[n - 1] = i;
+                        a
+                    };
+                    let (src, dst) = (addr(s), addr(d));
+                    let (sp, dp) = if reply {
+                        (port, 1000 + u16::from(d))
+                    } else {
+                        (1000 + u16::from(s), port)
+                    };
+                    let mut p = packet(v6, protocol, &src, &dst, sp, dp, flags, csum, payload);
+                    for (at, b) in mutations {
+                        if at < p.len() {
+                            p[at] = b;
+                        }
+                    }
+                    (p, reply)
+                },
+            )
+    }
+
+    /// A table with flows among the test's addresses (from `client` ports
+    /// 1000.. to port 80 and 443), redirected to address 3 port 3128.
+    fn filled(v6: bool) -> NatTable<Vec<Entry>> {
+        let mut t = table();
+        let n = if v6 { 16 } else { 4 };
+        let addr = |i: u8| {
+            let mut a = vec![0u8; n];
+            a[0] = if v6 { 0x20 } else { 10 };
+            a[n - 1] = i;
+            a
+        };
+        for s in 0..3u8 {
+            for (d, port) in [(1u8, 80u16), (2, 443)] {
+                for protocol in [proto::TCP, proto::UDP] {
+                    let key = FlowKey {
+                        protocol,
+                        src: ep(&addr(s), 1000 + u16::from(s)),
+                        dst: ep(&addr(d), port),
+                    };
+                    let syn = if protocol == proto::TCP { tcp::SYN } else { 0 };
+                    let _ = t.insert(key, ep(&addr(3), 3128), syn, 1_000);
+                }
+            }
+        }
+        t
+    }
+
+    fn proxies(v6: bool) -> Proxies {
+        let a = |v6: bool| {
+            let n = if v6 { 16 } else { 4 };
+            let mut a = vec![0u8; n];
+            a[0] = if v6 { 0x20 } else { 10 };
+            a[n - 1] = 3;
+            a
+        };
+        let _ = v6;
+        Proxies {
+            v4: Some(ep(&a(false), 3128)),
+            v6: Some(ep(&a(true), 3128)),
+            ..Proxies::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// A plain packet parses as the general path parses it; a packet that
+        /// is not plain is left to the general path.
+        #[test]
+        fn parse_agrees_with_the_general_parse((p, _) in any_packet()) {
+            if let Some((h, key)) = parse(&p) {
+                let (k, t) = filter::parse_in_first(&p, 256).expect("general parse");
+                prop_assert_eq!(k, p.len().min(256));
+                prop_assert_eq!(t.protocol, h.protocol);
+                prop_assert_eq!(t.offset, h.offset());
+                prop_assert!(t.has_transport && !t.fragment);
+                prop_assert_eq!(filter::outbound_flow(&p, p.len()), Some(key));
+            }
+        }
+
+        /// Output: the same answer, bytes and table as the general path's
+        /// tracked-flow plan and rewrite.
+        #[test]
+        fn output_agrees_with_the_general_path((p, _) in any_packet(), deferred in any::<bool>(), now in prop_oneof![1_000u64..200_000, 1_000u64..10_000_000_000]) {
+            let Some((h, key)) = parse(&p) else { return Ok(()) };
+            let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
+            let px = proxies(h.v6);
+            let (mut ft, mut gt) = (filled(h.v6), filled(h.v6));
+            let (mut fp, mut gp) = (p.clone(), p.clone());
+            let fast = track_output(&mut ft, &ProxyAddrs::of(&px), &key, h.flags, now);
+            let (_, t) = filter::parse_in_first(&gp, 256).unwrap();
+            let general = filter::plan_output_tracked(&gp, gp.len(), &t, &mut gt, &px, now);
+            match (fast, general) {
+                (Tracked::To(to), Some(plan @ Plan::Translate { side: Side::Dst, to: g })) => {
+                    prop_assert_eq!(to, g);
+                    let fr = rewrite(&mut fp, &h, Side::Dst, &to, l4);
+                    let gr = filter::apply_parsed(&mut gp, &t, plan, l4);
+                    match fr {
+                        Ok(n) => prop_assert_eq!(gr, filter::Decision::Rewritten { changed: n }),
+                        Err(Refused::Udp6ZeroChecksum) => prop_assert_eq!(gr, filter::Decision::Drop(filter::DropReason::Udp6ZeroChecksum)),
+                        Err(e) => prop_assert!(false, "fast rewrite refused: {:?}", e),
+                    }
+                    prop_assert_eq!(&fp, &gp);
+                }
+                (Tracked::Pass, Some(Plan::Pass)) | (Tracked::Untracked, None) => {}
+                (f, g) => prop_assert!(false, "fast {:?}, general {:?}", f, g),
+            }
+            prop_assert_eq!(flows(&ft), flows(&gt));
+            prop_assert_eq!(ft.stats(), gt.stats());
+        }
+
+        /// Input: the same answer, bytes and table as the general path's.
+        #[test]
+        fn input_agrees_with_the_general_path((p, _) in any_packet(), now in prop_oneof![1_000u64..200_000, 1_000u64..10_000_000_000]) {
+            let Some((h, key)) = parse(&p) else { return Ok(()) };
+            let (mut ft, mut gt) = (filled(h.v6), filled(h.v6));
+            let (mut fp, mut gp) = (p.clone(), p.clone());
+            let fast = track_input(&mut ft, &key, h.flags, now);
+            let (_, t) = filter::parse_in_first(&gp, 256).unwrap();
+            let plan = filter::plan_input_parsed(&gp, &t, &mut gt, now);
+            match (fast, plan) {
+                (Tracked::To(to), Plan::Translate { side: Side::Src, to: g }) => {
+                    prop_assert_eq!(to, g);
+                    let fr = rewrite(&mut fp, &h, Side::Src, &to, L4Sum::Complete);
+                    let gr = filter::apply_parsed(&mut gp, &t, plan, L4Sum::Complete);
+                    match fr {
+                        Ok(n) => prop_assert_eq!(gr, filter::Decision::Rewritten { changed: n }),
+                        Err(Refused::Udp6ZeroChecksum) => prop_assert_eq!(gr, filter::Decision::Drop(filter::DropReason::Udp6ZeroChecksum)),
+                        Err(e) => prop_assert!(false, "fast rewrite refused: {:?}", e),
+                    }
+                    prop_assert_eq!(&fp, &gp);
+                }
+                (Tracked::Pass, Plan::Pass) => {}
+                (f, g) => prop_assert!(false, "fast {:?}, general {:?}", f, g),
+            }
+            prop_assert_eq!(flows(&ft), flows(&gt));
+        }
+
+        /// The rewrite equals the general rewrite for any endpoint, side and
+        /// checksum state (not only the tables' proxies).
+        #[test]
+        fn rewrite_agrees_with_translate((p, _) in any_packet(), a in any::<[u8; 16]>(), port in any::<u16>(), src in any::<bool>(), deferred in any::<bool>()) {
+            let Some((h, _)) = parse(&p) else { return Ok(()) };
+            let to = if h.v6 { ep(&a, port) } else { ep(&a[..4], port) };
+            let side = if src { Side::Src } else { Side::Dst };
+            let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
+            let (mut fp, mut gp) = (p.clone(), p.clone());
+            let t = ip::transport(&gp).unwrap();
+            let fr = rewrite(&mut fp, &h, side, &to, l4);
+            let gr = translate::rewrite_with(&mut gp, &t, side, to.addr, to.port, l4);
+            prop_assert_eq!(fr, gr);
+            prop_assert_eq!(fp, gp);
+        }
+    }
+
+    /// Runs the fast path on `p` against `t` (output, or input if `reply`);
+    /// what it answered and the packet after.
+    fn fast(p: &[u8], t: &mut NatTable<Vec<Entry>>, reply: bool) -> (Tracked, Vec<u8>) {
+        let mut p = p.to_vec();
+        let (h, key) = parse(&p).expect("plain");
+        let r = if reply {
+            track_input(t, &key, h.flags, 2_000)
+        } else {
+            track_output(t, &ProxyAddrs::of(&proxies(h.v6)), &key, h.flags, 2_000)
+        };
+        if let Tracked::To(to) = r {
+            let side = if reply { Side::Src } else { Side::Dst };
+            rewrite(&mut p, &h, side, &to, L4Sum::Complete).unwrap();
+        }
+        (r, p)
+    }
+
+    #[test]
+    fn a_tracked_flows_packets_are_translated_both_ways_and_verify() {
+        for v6 in [false, true] {
+            let n = if v6 { 16 } else { 4 };
+            let addr = |i: u8| {
+                let mut a = vec![0u8; n];
+                a[0] = if v6 { 0x20 } else { 10 };
+                a[n - 1] = i;
+                a
+            };
+            let mut t = filled(v6);
+            for protocol in [proto::TCP, proto::UDP] {
+                let mut p = packet(v6, protocol, &addr(0), &addr(1), 1000, 80, tcp::ACK, 0, 30);
+                let tr = ip::transport(&p).unwrap();
+                let off = tr.offset;
+                let at = if protocol == proto::TCP { 16 } else { 6 };
+                let c = checksum::transport(&tr.src, &tr.dst, protocol, &{
+                    let mut s = p[off..].to_vec();
+                    s[at..at + 2].copy_from_slice(&[0, 0]);
+                    s
+                });
+                p[off + at..off + at + 2].copy_from_slice(&c.to_be_bytes());
+                let (r, out) = fast(&p, &mut t, false);
+                assert_eq!(
+                    r,
+                    Tracked::To(ep(&addr(3), 3128)),
+                    "v6 {v6} proto {protocol}"
+                );
+                let o = ip::transport(&out).unwrap();
+                assert_eq!(o.dst, ep(&addr(3), 0).addr);
+                assert!(checksum::verify_transport(
+                    &o.src,
+                    &o.dst,
+                    protocol,
+                    &out[off..]
+                ));
+                if !v6 {
+                    assert_eq!(checksum::checksum(&out[..20]), 0, "IPv4 header checksum");
+                }
+                // The proxy's reply, translated back to the original destination.
+                let mut q = packet(v6, protocol, &addr(3), &addr(0), 3128, 1000, tcp::ACK, 0, 5);
+                let qt = ip::transport(&q).unwrap();
+                let c = checksum::transport(&qt.src, &qt.dst, protocol, &{
+                    let mut s = q[off..].to_vec();
+                    s[at..at + 2].copy_from_slice(&[0, 0]);
+                    s
+                });
+                q[off + at..off + at + 2].copy_from_slice(&c.to_be_bytes());
+                let (r, back) = fast(&q, &mut t, true);
+                assert_eq!(r, Tracked::To(ep(&addr(1), 80)));
+                let b = ip::transport(&back).unwrap();
+                assert_eq!(b.src, ep(&addr(1), 0).addr);
+                assert_eq!(&back[off..off + 2], &80u16.to_be_bytes());
+                assert!(checksum::verify_transport(
+                    &b.src,
+                    &b.dst,
+                    protocol,
+                    &back[off..]
+                ));
+                if !v6 {
+                    assert_eq!(checksum::checksum(&back[..20]), 0, "IPv4 header checksum");
+                }
+                // An untracked flow goes to the rules; an untracked reply passes;
+                // the proxy's own traffic passes.
+                let u = packet(v6, protocol, &addr(0), &addr(1), 1001, 80, tcp::ACK, 0, 0);
+                assert_eq!(fast(&u, &mut t, false).0, Tracked::Untracked);
+                assert_eq!(fast(&u, &mut t, true).0, Tracked::Pass);
+                let to_proxy = packet(v6, protocol, &addr(0), &addr(3), 1000, 3128, tcp::ACK, 0, 0);
+                assert_eq!(fast(&to_proxy, &mut t, false).0, Tracked::Pass);
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_addresses_are_compared_canonically() {
+        let mapped: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1];
+        // An IPv6 proxy written as an IPv4-mapped address is the IPv4 proxy.
+        let p = ProxyAddrs::of(&Proxies {
+            v6: Some(ep(&mapped, 3128)),
+            ..Proxies::default()
+        });
+        let v4 = IpAddr::V4([192, 0, 2, 1]);
+        let other4 = IpAddr::V4([192, 0, 2, 2]);
+        assert!(p.contains_either(&v4, &other4));
+        assert!(p.contains_either(&other4, &v4));
+        assert!(p.contains_either(&IpAddr::V6(mapped), &IpAddr::V6([0; 16])));
+        assert!(!p.contains_either(&other4, &other4));
+        assert!(!ProxyAddrs::default().contains_either(&v4, &v4));
+    }
+
+    #[test]
+    fn options_fragments_and_extension_headers_are_not_plain() {
+        let a4 = [10, 0, 0, 1];
+        let p = packet(false, proto::TCP, &a4, &a4, 1, 2, tcp::ACK, 0, 10);
+        assert!(parse(&p).is_some());
+        let mut q = p.clone();
+        q[0] = 0x46; // options
+        assert!(parse(&q).is_none());
+        let mut q = p.clone();
+        q[6] = 0x20; // MF
+        assert!(parse(&q).is_none());
+        let mut q = p.clone();
+        q[7] = 1; // offset
+        assert!(parse(&q).is_none());
+        assert!(
+            parse(&p[..p.len() - 1]).is_none(),
+            "IP length past the bytes"
+        );
+        let a6 = [0x20; 16];
+        let p = packet(true, proto::UDP, &a6, &a6, 1, 2, 0, 1, 0);
+        assert!(parse(&p).is_some());
+        let mut q = p.clone();
+        q[6] = 0; // hop-by-hop options first
+        assert!(parse(&q).is_none());
+    }
+}
