@@ -41,13 +41,6 @@ pub struct Head {
     pub flags: u8,
 }
 
-impl Head {
-    /// Offset of the transport header.
-    fn offset(&self) -> usize {
-        if self.v6 { 40 } else { 20 }
-    }
-}
-
 /// Bytes a transport header of `protocol` must have here (TCP's fixed header,
 /// UDP's header), or `None` for other protocols.
 fn min_transport(protocol: u8) -> Option<usize> {
@@ -61,37 +54,42 @@ fn min_transport(protocol: u8) -> Option<usize> {
 /// Reads a plain packet's shape and flow key (source, destination) from
 /// `first`, the packet's first bytes; `None`: not plain (module docs), the
 /// general path decides.
-#[inline]
+#[inline(always)]
 pub fn parse(first: &[u8]) -> Option<(Head, FlowKey)> {
-    let (v6, offset, protocol, end, src, dst) = match *first.first()? {
-        0x45 => {
-            let ip = first.first_chunk::<20>()?;
-            // Flags and fragment offset: MF or a non-zero offset is a fragment.
-            if ip[6] & 0x3f != 0 || ip[7] != 0 {
-                return None;
-            }
-            let end = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let src = IpAddr::V4([ip[12], ip[13], ip[14], ip[15]]);
-            let dst = IpAddr::V4([ip[16], ip[17], ip[18], ip[19]]);
-            (false, 20usize, ip[9], end, src, dst)
+    match *first.first()? {
+        0x45 => parse_fixed::<20>(first),
+        b if b >> 4 == 6 => parse_fixed::<40>(first),
+        _ => None,
+    }
+}
+
+/// [`parse`] for an `IP`-byte header (20: IPv4 without options, 40: IPv6),
+/// every field at a fixed offset.
+#[inline(always)]
+fn parse_fixed<const IP: usize>(first: &[u8]) -> Option<(Head, FlowKey)> {
+    let v6 = IP == 40;
+    let (ip, rest) = first.split_first_chunk::<IP>()?;
+    let (protocol, end, src, dst) = if v6 {
+        let payload = usize::from(get16(ip, 4));
+        let src = IpAddr::V6(*ip.get(8..)?.first_chunk::<16>()?);
+        let dst = IpAddr::V6(*ip.get(24..)?.first_chunk::<16>()?);
+        (*ip.get(6)?, payload.wrapping_add(40), src, dst)
+    } else {
+        // Flags and fragment offset: MF or a non-zero offset is a fragment.
+        if get16(ip, 6) & 0x3fff != 0 {
+            return None;
         }
-        b if b >> 4 == 6 => {
-            let ip = first.first_chunk::<40>()?;
-            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            let src = IpAddr::V6(*ip.get(8..)?.first_chunk::<16>()?);
-            let dst = IpAddr::V6(*ip.get(24..)?.first_chunk::<16>()?);
-            (true, 40usize, ip[6], payload.checked_add(40)?, src, dst)
-        }
-        _ => return None,
+        let src = IpAddr::V4(*ip.get(12..)?.first_chunk::<4>()?);
+        let dst = IpAddr::V4(*ip.get(16..)?.first_chunk::<4>()?);
+        (*ip.get(9)?, usize::from(get16(ip, 2)), src, dst)
     };
     let min = min_transport(protocol)?;
-    if end > first.len() || end.checked_sub(offset)? < min {
+    if end > first.len() || end < IP.wrapping_add(min) {
         return None;
     }
-    let l4 = first.get(offset..)?;
-    let ports = l4.first_chunk::<4>()?;
+    let ports = rest.first_chunk::<4>()?;
     let flags = if protocol == proto::TCP {
-        *l4.get(13)?
+        *rest.get(13)?
     } else {
         0
     };
@@ -227,21 +225,17 @@ fn update(hc: u16, delta: u64) -> u16 {
 /// The `~old + new` sum of an address change, 32 bits at a time.
 #[inline(always)]
 fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
-    let mut s = 0u64;
-    let (mut o, mut n) = (old.as_slice(), new.as_slice());
-    while let (Some((a, ro)), Some((b, rn))) =
-        (o.split_first_chunk::<4>(), n.split_first_chunk::<4>())
-    {
-        s = s
-            .wrapping_add(u64::from(!u32::from_be_bytes(*a)))
-            .wrapping_add(u64::from(u32::from_be_bytes(*b)));
-        (o, n) = (ro, rn);
-    }
-    s
+    let (o, _) = old.as_chunks::<4>();
+    let (n, _) = new.as_chunks::<4>();
+    o.iter().zip(n).fold(0u64, |s, (a, b)| {
+        s.wrapping_add(u64::from(!u32::from_be_bytes(*a)))
+            .wrapping_add(u64::from(u32::from_be_bytes(*b)))
+    })
 }
 
+/// The 16-bit word at `at` of `b`.
 #[inline(always)]
-fn get16(b: &[u8], at: usize) -> u16 {
+fn get16<const N: usize>(b: &[u8; N], at: usize) -> u16 {
     match b.get(at..).and_then(<[u8]>::first_chunk::<2>) {
         Some(x) => u16::from_be_bytes(*x),
         None => 0,
@@ -249,7 +243,7 @@ fn get16(b: &[u8], at: usize) -> u16 {
 }
 
 #[inline(always)]
-fn put16(b: &mut [u8], at: usize, v: u16) {
+fn put16<const N: usize>(b: &mut [u8; N], at: usize, v: u16) {
     if let Some(x) = b.get_mut(at..).and_then(<[u8]>::first_chunk_mut::<2>) {
         *x = v.to_be_bytes();
     }
@@ -259,7 +253,7 @@ fn put16(b: &mut [u8], at: usize, v: u16) {
 /// to `to` (of the packet's family), with its transport checksum field holding
 /// `l4`; the count of leading bytes that may have changed, as
 /// [`super::translate::rewrite_with`] gives it.
-#[inline]
+#[inline(always)]
 pub fn rewrite(
     first: &mut [u8],
     h: &Head,
@@ -267,63 +261,73 @@ pub fn rewrite(
     to: &Endpoint,
     l4: L4Sum,
 ) -> Result<usize, Refused> {
-    let offset = h.offset();
-    let (ip, seg) = first
-        .split_at_mut_checked(offset)
+    let src = side == Side::Src;
+    match (&to.addr, h.v6, h.protocol) {
+        (IpAddr::V4(a), false, proto::TCP) => fixed::<20, 4, 18>(first, src, a, to.port, l4, false),
+        (IpAddr::V4(a), false, _) => fixed::<20, 4, 8>(first, src, a, to.port, l4, false),
+        (IpAddr::V6(a), true, proto::TCP) => fixed::<40, 16, 18>(first, src, a, to.port, l4, false),
+        (IpAddr::V6(a), true, _) => fixed::<40, 16, 8>(first, src, a, to.port, l4, true),
+        _ => Err(Refused::FamilyMismatch),
+    }
+}
+
+/// [`rewrite`] for an `IP`-byte IP header with `A`-byte addresses and a
+/// transport header read up to its checksum (`L4` bytes: TCP 18, UDP 8; the
+/// checksum is the last two), all at fixed offsets. `udp6`: a UDP checksum
+/// of zero is refused (IPv6 requires one).
+#[inline(always)]
+fn fixed<const IP: usize, const A: usize, const L4: usize>(
+    first: &mut [u8],
+    src: bool,
+    new: &[u8; A],
+    port: u16,
+    l4: L4Sum,
+    udp6: bool,
+) -> Result<usize, Refused> {
+    let (ip, rest) = first
+        .split_first_chunk_mut::<IP>()
         .ok_or(Refused::FamilyMismatch)?;
-    let d = match (h.v6, &to.addr) {
-        (false, IpAddr::V4(new)) => {
-            let at = if side == Side::Src { 12 } else { 16 };
-            let a = ip
-                .get_mut(at..)
-                .and_then(<[u8]>::first_chunk_mut::<4>)
-                .ok_or(Refused::FamilyMismatch)?;
-            let d = delta(a, new);
-            *a = *new;
-            put16(ip, 10, update(get16(ip, 10), d));
-            d
-        }
-        (true, IpAddr::V6(new)) => {
-            let at = if side == Side::Src { 8 } else { 24 };
-            let a = ip
-                .get_mut(at..)
-                .and_then(<[u8]>::first_chunk_mut::<16>)
-                .ok_or(Refused::FamilyMismatch)?;
-            let d = delta(a, new);
-            *a = *new;
-            d
-        }
-        _ => return Err(Refused::FamilyMismatch),
-    };
-    let port_at = if side == Side::Src { 0 } else { 2 };
-    let old_port = get16(seg, port_at);
-    let ports = u64::from(!old_port).wrapping_add(u64::from(to.port));
-    let (sum_at, changed) = if h.protocol == proto::TCP {
-        (tcp::CHECKSUM_OFFSET, tcp::CHECKSUM_OFFSET.wrapping_add(2))
-    } else {
-        (udp::CHECKSUM_OFFSET, udp::HEADER_LEN)
-    };
+    let seg = rest
+        .first_chunk_mut::<L4>()
+        .ok_or(Refused::FamilyMismatch)?;
+    // Source address at 12 (IPv4) or 8 (IPv6), destination right after it.
+    let at = (if IP == 20 { 12usize } else { 8 }).wrapping_add(if src { 0 } else { A });
+    let addr = ip
+        .get_mut(at..)
+        .and_then(<[u8]>::first_chunk_mut::<A>)
+        .ok_or(Refused::FamilyMismatch)?;
+    let d = delta(addr, new);
+    let sum_at = L4.wrapping_sub(2);
     let hc = get16(seg, sum_at);
     let c = match l4 {
         // The pseudo-header sum the stack left for the interface: the
         // addresses are in it, the ports are not.
         L4Sum::Deferred => Some(checksum::fold(u64::from(hc).wrapping_add(d))),
-        L4Sum::Complete if h.protocol == proto::UDP && hc == 0 => {
-            if h.v6 {
+        // A UDP datagram without a checksum: IPv4 keeps it so, IPv6 refuses.
+        L4Sum::Complete if L4 == 8 && hc == 0 => {
+            if udp6 {
                 return Err(Refused::Udp6ZeroChecksum);
             }
-            None // IPv4 UDP without a checksum stays without one
+            None
         }
-        L4Sum::Complete => match update(hc, d.wrapping_add(ports)) {
-            0 if h.protocol == proto::UDP => Some(0xffff),
-            c => Some(c),
-        },
+        L4Sum::Complete => {
+            let port_at = if src { 0 } else { 2 };
+            let ports = u64::from(!get16(seg, port_at)).wrapping_add(u64::from(port));
+            match update(hc, d.wrapping_add(ports)) {
+                0 if L4 == 8 => Some(0xffff),
+                c => Some(c),
+            }
+        }
     };
+    *addr = *new;
+    if IP == 20 {
+        put16(ip, 10, update(get16(ip, 10), d));
+    }
     if let Some(c) = c {
         put16(seg, sum_at, c);
     }
-    put16(seg, port_at, to.port);
-    Ok(offset.wrapping_add(changed))
+    put16(seg, if src { 0 } else { 2 }, port);
+    Ok(IP.wrapping_add(L4))
 }
 
 #[cfg(test)]
@@ -515,7 +519,7 @@ mod tests {
                 let (k, t) = filter::parse_in_first(&p, 256).expect("general parse");
                 prop_assert_eq!(k, p.len().min(256));
                 prop_assert_eq!(t.protocol, h.protocol);
-                prop_assert_eq!(t.offset, h.offset());
+                prop_assert_eq!(t.offset, if h.v6 { 40 } else { 20 });
                 prop_assert!(t.has_transport && !t.fragment);
                 prop_assert_eq!(filter::outbound_flow(&p, p.len()), Some(key));
             }

@@ -335,6 +335,12 @@ fn hash3(seed: u64, protocol: u8, a: &Endpoint, b: &Endpoint) -> u64 {
     fold_mul(h ^ meta ^ K[4], seed ^ K[2])
 }
 
+/// Endpoint equality, ports first.
+#[inline(always)]
+fn same(x: &Endpoint, y: &Endpoint) -> bool {
+    x.port == y.port && x.addr == y.addr
+}
+
 fn pos(id: u32) -> Option<usize> {
     usize::try_from(id).ok()?.checked_sub(1)
 }
@@ -476,19 +482,29 @@ impl<S: Store> NatTable<S> {
         a: &Endpoint,
         b: &Endpoint,
     ) -> Option<(u32, usize)> {
+        let store = self.store.as_ref();
         let mask = self.mask();
         let mut i = (hash3(self.seed, protocol, a, b) as usize) & mask;
         for _ in 0..=mask {
-            let e = self.bucket(reverse, i);
+            // Bucket `i` is the `i & 1` one of entry `i / 2` (in bounds: the
+            // mask is twice the capacity, less one).
+            let slot = store.get(i >> 1)?;
+            let pair = if reverse { &slot.rev } else { &slot.fwd };
+            let e = if i & 1 == 0 { pair[0] } else { pair[1] };
             if e == NONE {
                 return None;
             }
-            if let Some(f) = self.flow(e) {
-                let hit = if reverse {
-                    f.rev_key() == (protocol, *a, *b)
-                } else {
-                    f.key.protocol == protocol && f.key.src == *a && f.key.dst == *b
-                };
+            if let Some(en) = pos(e).and_then(|p| store.get(p))
+                && en.used
+            {
+                let f = &en.flow;
+                // Ports first: the cheapest compare that tells most flows apart.
+                let hit = f.key.protocol == protocol
+                    && if reverse {
+                        same(&f.proxy, a) && same(&f.key.src, b)
+                    } else {
+                        same(&f.key.src, a) && same(&f.key.dst, b)
+                    };
                 if hit {
                     return Some((e, i));
                 }
@@ -724,11 +740,37 @@ impl<S: Store> NatTable<S> {
     pub fn outbound(&mut self, key: &FlowKey, flags: u8, now: u64) -> Option<Endpoint> {
         let now = self.tick(now);
         let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
-        if self.drop_if_expired(id, now) {
+        self.refresh(id, flags, true, now).map(|f| f.proxy)
+    }
+
+    /// A packet of live entry `id`'s flow with TCP `flags` (`outbound`: from
+    /// the client): its flow, refreshed as [`Self::touch`] does; an expired
+    /// flow is removed instead (`None`). One entry lookup for the common case
+    /// (the flow's latest packet and no state change).
+    #[inline]
+    fn refresh(&mut self, id: u32, flags: u8, outbound: bool, now: u64) -> Option<&Flow> {
+        let cfg = self.cfg;
+        let tail = |s: FlowState| self.tails.get(s.list()).copied();
+        let (expired, quick) = {
+            let e = self.entry(id).filter(|e| e.used)?;
+            let state = e.flow.state;
+            (
+                e.flow.is_expired(&cfg, now),
+                e.next == NONE && state.next(flags, outbound) == state && tail(state) == Some(id),
+            )
+        };
+        if expired {
+            self.remove_entry(id);
+            self.expired = self.expired.saturating_add(1);
             return None;
         }
-        self.touch(id, flags, true, now);
-        self.flow(id).map(|f| f.proxy)
+        if !quick {
+            self.touch(id, flags, outbound, now);
+            return self.flow(id);
+        }
+        let e = self.entry_mut(id)?;
+        e.flow.last_seen = e.flow.last_seen.max(now);
+        Some(&e.flow)
     }
 
     /// An inbound packet from `from` to `to` (protocol, TCP `flags`): the original
@@ -744,11 +786,7 @@ impl<S: Store> NatTable<S> {
     ) -> Option<Endpoint> {
         let now = self.tick(now);
         let (id, _) = self.find(true, protocol, from, to)?;
-        if self.drop_if_expired(id, now) {
-            return None;
-        }
-        self.touch(id, flags, false, now);
-        self.flow(id).map(|f| f.key.dst)
+        self.refresh(id, flags, false, now).map(|f| f.key.dst)
     }
 
     /// The live flow `key`, looked up without any side effect: no refresh of
