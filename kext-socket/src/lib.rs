@@ -21,6 +21,9 @@
 //!   tag keyed by 32 bytes drawn from `read_random` at start, which only
 //!   the privileged control hands out (op `GetAuthKey`), so prxd can tell the
 //!   kext's headers from any local process's.
+//! - The decisions are this kext's; `common::kpi::redirect` carries them out
+//!   (counted and logged), records the original destinations and sends the
+//!   headers.
 //! - A privileged kern_control (`net.prx.kext.SocketFilter.control`) carries the
 //!   control protocol of `common::net::control`.
 //! - Stop refuses (busy) while control clients are connected, unregisters both
