@@ -21,6 +21,9 @@
 //!   tag keyed by 32 bytes drawn from `read_random` at start, which only
 //!   the privileged control hands out (op `GetAuthKey`), so prxd can tell the
 //!   kext's headers from any local process's.
+//! - The decisions are this kext's; `common::kpi::redirect` carries them out
+//!   (counted and logged), records the original destinations and sends the
+//!   headers.
 //! - A privileged kern_control (`net.prx.kext.SocketFilter.control`) carries the
 //!   control protocol of `common::net::control`.
 //! - Stop refuses (busy) while control clients are connected, unregisters both
@@ -37,23 +40,23 @@
     clippy::float_arithmetic
 )]
 
-use common::kpi::alloc::{KBox, KSlice};
+use common::kpi::alloc::KBox;
 use common::kpi::config::{Config, Ctl, Filter as ControlSide};
-use common::kpi::ctl::CtlDef;
-use common::kpi::errno::{ECONNREFUSED, EHOSTUNREACH, ENOTCONN, ENOTSUP, EPIPE, Errno};
+use common::kpi::errno::{ENOTSUP, Errno};
 use common::kpi::global::Global;
-use common::kpi::lifecycle;
-use common::kpi::lock::{Mutex, RwLock};
+use common::kpi::lifecycle::Kext;
+use common::kpi::lock::RwLock;
+use common::kpi::redirect::{self, Redirected, Redirects, Report};
 use common::kpi::sflt::{
-    self, Data, Event, FilterDef, Injection, MbufTag, SockAddrMut, Socket, SocketFilter,
+    self, Data, Event, FilterDef, Injection, SockAddrMut, Socket, SocketFilter,
 };
-use common::kpi::{KextError, log, proc, random};
+use common::kpi::{KextError, log, proc};
 use common::net::addr::{Endpoint, Family};
 use common::net::control::{self as proto, StatCounters, StatsWriter, stat};
-use common::net::kextlog::{Ep, LogLevel, RuleNo, Who};
-use common::net::origdst::{Original, Slot, Table};
-use common::net::policy::{self, Connect};
-use common::net::proxy_v2::{self, Held, Sending};
+use common::net::kextlog::Who;
+use common::net::origdst::Original;
+use common::net::policy;
+use common::net::proxy_v2;
 use common::net::rules::{self, ProcName};
 use common::net::wire;
 use common::sys::{CTL_FLAG_PRIVILEGED, IPPROTO_TCP, PF_INET, PF_INET6, SOCK_STREAM};
@@ -63,7 +66,7 @@ const HANDLE_V6: u32 = 0x5052_5836; // 'PRX6'
 const ORIGDST_CAPACITY: usize = 4096;
 
 /// The counters, in statistics order (`SOCKETS_ATTACHED` is reported from
-/// `sflt::attached`, the others counted here).
+/// `sflt::attached`, the others counted here and in `common::kpi::redirect`).
 static COUNTERS: StatCounters<8> = StatCounters::new([
     stat::CONN_SEEN,
     stat::CONN_REDIRECTED,
@@ -77,10 +80,9 @@ static COUNTERS: StatCounters<8> = StatCounters::new([
 
 struct Shared {
     config: RwLock<Config>,
-    origdst: Mutex<Table<KSlice<Slot>>>,
-    tag: MbufTag,
-    /// The PROXY v2 headers' authentication key, drawn at start.
-    auth_key: proxy_v2::AuthKey,
+    /// The original destinations, the headers' mbuf tag and their
+    /// authentication key (drawn at start).
+    redirects: Redirects,
 }
 
 static STATE: Global<Shared> = Global::new();
@@ -88,21 +90,19 @@ static STATE: Global<Shared> = Global::new();
 /// Decisions, rule changes and failures (`prxctl log-level`), rate-limited.
 static LOG: log::Logger = log::Logger::new(c"PrxSocketFilter");
 
-// ---- the socket filter ----
+/// Where the redirects count and log.
+const REPORT: Report<'static, 8> = Report {
+    counters: &COUNTERS,
+    log: &LOG,
+};
 
-struct Redirected {
-    orig: Endpoint,
-    rule: u32,
-    /// The client address the original destination is recorded under.
-    recorded: Option<Endpoint>,
-}
+// ---- the socket filter ----
 
 struct Conn {
     pid: i32,
     name: ProcName,
     family: Family,
     redirect: Option<Redirected>,
-    header: Sending,
 }
 
 impl Conn {
@@ -113,20 +113,6 @@ impl Conn {
 }
 
 struct Filter;
-
-impl Filter {
-    fn header_failed(c: &mut Conn) {
-        c.header = Sending::Failed;
-        COUNTERS.count(stat::CONN_FAILED);
-        LOG.log(
-            LogLevel::Decisions,
-            format_args!(
-                "PROXY v2 header not sent ({}); refusing the connection's data",
-                c.who()
-            ),
-        );
-    }
-}
 
 impl SocketFilter for Filter {
     type Cookie = Conn;
@@ -142,15 +128,14 @@ impl SocketFilter for Filter {
             name: proc::name(pid),
             family,
             redirect: None,
-            header: Sending::None,
         })
     }
 
     fn detach(c: Conn, _so: &Socket) {
-        if let Some(client) = c.redirect.and_then(|r| r.recorded)
+        if let Some(r) = c.redirect
             && let Some(st) = STATE.get()
         {
-            st.origdst.lock().remove(&client);
+            r.detach(&st.redirects);
         }
     }
 
@@ -172,64 +157,13 @@ impl SocketFilter for Filter {
             };
             policy::decide(cfg.enabled, &cfg.rules, &cfg.proxies, c.family, &conn)
         };
-        match decision {
-            Connect::Pass(why) => {
-                COUNTERS.count(stat::CONN_PASSED);
-                LOG.log(
-                    LogLevel::Debug,
-                    format_args!("pass {} ({why:?}; {})", Ep(&dst), c.who()),
-                );
-                Ok(())
-            }
-            Connect::Block { rule } => {
-                COUNTERS.count(stat::CONN_BLOCKED);
-                LOG.log(
-                    LogLevel::Decisions,
-                    format_args!("block {} ({}; {})", Ep(&dst), RuleNo(rule), c.who()),
-                );
-                Err(ECONNREFUSED)
-            }
-            Connect::Redirect {
-                to: proxy,
-                proxy_v2,
-                rule,
-            } => {
-                if to.set(&proxy).is_err() {
-                    // The address is untouched: fail the connection rather than
-                    // let it go direct against the rules.
-                    COUNTERS.count(stat::CONN_FAILED);
-                    LOG.log(
-                        LogLevel::Decisions,
-                        format_args!(
-                            "redirect of {} to {} failed: the address could not be rewritten ({})",
-                            Ep(&dst),
-                            Ep(&proxy),
-                            c.who()
-                        ),
-                    );
-                    return Err(EHOSTUNREACH);
-                }
-                LOG.log(
-                    LogLevel::Decisions,
-                    format_args!(
-                        "redirect {} -> {}{} ({}; {})",
-                        Ep(&dst),
-                        Ep(&proxy),
-                        if proxy_v2 { " with PROXY v2" } else { "" },
-                        RuleNo(rule),
-                        c.who()
-                    ),
-                );
-                c.redirect = Some(Redirected {
-                    orig: dst,
-                    rule,
-                    recorded: None,
-                });
-                c.header = Sending::wanted(proxy_v2);
-                COUNTERS.count(stat::CONN_REDIRECTED);
-                Ok(())
-            }
+        // Pass, refuse (ECONNREFUSED) or rewrite the destination to the
+        // proxy (EHOSTUNREACH when it cannot be: never a direct connection
+        // against the rules), counted and logged.
+        if let Some(r) = redirect::carry_out(decision, dst, to, c.who(), &REPORT)? {
+            c.redirect = Some(r);
         }
+        Ok(())
     }
 
     fn notify(c: &mut Conn, so: &Socket, event: Event) -> Option<Injection> {
@@ -238,60 +172,26 @@ impl SocketFilter for Filter {
         }
         let st = STATE.get()?;
         let r = c.redirect.as_mut()?;
-        let client = so.local();
-        if let Some(client) = client {
-            let o = Original {
-                dst: r.orig,
-                pid: u32::try_from(c.pid).unwrap_or(0),
-                rule: r.rule,
-            };
-            if st.origdst.lock().insert(&client, o).is_ok() {
-                r.recorded = Some(client);
-            } else {
-                COUNTERS.count(stat::ORIGDST_FULL);
-            }
-        }
-        if c.header != Sending::Pending {
-            return None;
-        }
-        // The client's pid and process name ride along as custom TLVs.
-        let pid = u32::try_from(c.pid).unwrap_or(0);
-        let inj = client.and_then(|client| {
-            let h = proxy_v2::encode_authenticated(
-                &client,
-                &r.orig,
-                pid,
-                c.name.as_bytes(),
-                &st.auth_key,
-            );
-            Injection::new(h.as_bytes(), Some(st.tag))
-        });
-        if inj.is_none() {
-            Self::header_failed(c);
-        }
-        inj
+        // The original destination is recorded under the client's address,
+        // and the PROXY v2 header (if the rule asks) is injected, tagged.
+        let who = Who(c.pid, &c.name);
+        st.redirects.connected(r, so.local(), who, &REPORT)
     }
 
     fn injected(c: &mut Conn, _so: &Socket, result: Result<(), Errno>) {
         if STATE.get().is_none() {
             return;
         }
-        match result {
-            Ok(()) => {
-                c.header = Sending::Sent;
-                COUNTERS.count(stat::PROXY_HEADERS);
-            }
-            Err(_) => Self::header_failed(c),
+        if let Some(r) = c.redirect.as_mut() {
+            r.injected(result, Who(c.pid, &c.name), &REPORT);
         }
     }
 
     fn data_out(c: &mut Conn, _so: &Socket, data: &Data<'_>) -> Result<(), Errno> {
-        // Our own header passes; nothing else may overtake it.
-        let ours = || STATE.get().is_some_and(|st| data.has_tag(st.tag));
-        c.header.admits(ours).map_err(|held| match held {
-            Held::NotYet => ENOTCONN,
-            Held::Failed => EPIPE,
-        })
+        // Our own header passes; nothing else may overtake it (ENOTCONN),
+        // nothing goes without it (EPIPE).
+        let ours = || STATE.get().is_some_and(|st| st.redirects.is_ours(data));
+        c.redirect.as_ref().map_or(Ok(()), |r| r.admits(ours))
     }
 }
 
@@ -317,12 +217,12 @@ impl ControlSide for Shared {
     // NAT timeouts are the IP filter's (`set_timeouts` refuses).
 
     fn lookup(&self, client: &Endpoint) -> Option<Original> {
-        self.origdst.lock().get(client)
+        self.redirects.lookup(client)
     }
 
     /// The control is privileged (root only): the key goes to prxd.
     fn auth_key(&self) -> Option<&proxy_v2::AuthKey> {
-        Some(&self.auth_key)
+        Some(self.redirects.auth_key())
     }
 
     fn stats(&self, generation: u32, w: &mut StatsWriter) {
@@ -343,47 +243,35 @@ common::kern_control!(static CONTROL: Ctl<Shared> = name proto::CONTROL_NAME, fl
 
 // ---- start and stop ----
 
+/// The state, the control and both filters (registered in this order), and
+/// how long start and stop wait for `sf_unregistered` and the sockets'
+/// `sf_detach` (xnu's socket-filter cleanup thread runs them after
+/// `sflt_unregister` when sockets held the filter).
+const KEXT: Kext<Shared, (&FilterDef, &FilterDef)> = Kext {
+    name: c"net.prx.kext.SocketFilter",
+    state: &STATE,
+    control: &CONTROL,
+    filters: (&FILTER_V4, &FILTER_V6),
+    wait_ms: 2_000,
+    log: &LOG,
+};
+
 fn make_state() -> Result<(), KextError> {
-    let slots =
-        KSlice::try_new(ORIGDST_CAPACITY, Slot::default()).map_err(|_| KextError::Failed)?;
-    let origdst = Mutex::try_new(Table::new(slots)).map_err(|_| KextError::Failed)?;
-    let tag = MbufTag::find(c"net.prx.kext.SocketFilter", 1).map_err(|_| KextError::Failed)?;
-    // A fresh key per load (and so per boot): read_random never blocks.
-    let mut key = [0u8; 32];
-    random::fill(&mut key);
+    let redirects = Redirects::try_new(ORIGDST_CAPACITY, KEXT.name)?;
     let shared = Shared {
         config: Config::initial()?,
-        origdst,
-        tag,
-        auth_key: proxy_v2::AuthKey(key),
+        redirects,
     };
     let b = KBox::try_new(shared).map_err(|_| KextError::Failed)?;
     STATE.set(b).map_err(|_| KextError::Failed)
 }
-
-/// The control and both filters, in registration order.
-const REGISTRATIONS: (&CtlDef, &FilterDef, &FilterDef) = (&CONTROL, &FILTER_V4, &FILTER_V6);
-
-/// How long start and stop wait for `sf_unregistered` and the sockets'
-/// `sf_detach` (xnu's socket-filter cleanup thread runs them after
-/// `sflt_unregister` when sockets held the filter).
-const UNREGISTER_WAIT_MS: u64 = 2_000;
 
 fn no_sockets() -> bool {
     sflt::attached() == 0
 }
 
 fn start() -> Result<(), KextError> {
-    lifecycle::init(c"net.prx.kext.SocketFilter")?;
-    let regs = REGISTRATIONS;
-    if lifecycle::start(
-        &STATE,
-        make_state,
-        regs,
-        UNREGISTER_WAIT_MS,
-        no_sockets,
-        &LOG,
-    )? {
+    if KEXT.start(make_state, no_sockets)? {
         log::line(c"PrxSocketFilter started: filters registered for PF_INET and PF_INET6 TCP");
     }
     Ok(())
@@ -396,20 +284,8 @@ fn start() -> Result<(), KextError> {
 fn stop() -> Result<(), KextError> {
     // Sockets may hold the filters past 2 s (or the kernel may refuse): a
     // later kextunload completes the stop once the cleanup thread released them.
-    let filters = (&FILTER_V4, &FILTER_V6);
     let late = c"stop refused: the filters are still being released";
-    lifecycle::unregister_for_stop(
-        &CONTROL,
-        filters,
-        UNREGISTER_WAIT_MS,
-        no_sockets,
-        &LOG,
-        late,
-    )?;
-    for (id, n) in COUNTERS.each() {
-        LOG.counter(id, n);
-    }
-    lifecycle::fini(&STATE)?;
+    KEXT.stop(no_sockets, late, || LOG.counters(&COUNTERS))?;
     log::line(c"PrxSocketFilter stopped");
     Ok(())
 }

@@ -12,6 +12,9 @@
 //!   unregistered something it waits rather than returning busy inert.
 //! - [`init`]/[`fini`]: the allocator's tag and the lock group, and the
 //!   kext's state; `fini` refuses (busy) while anything is in use.
+//! - [`Kext`]: what a kext's start and stop share (its name, state, control,
+//!   filters, wait and log), as one `const` of its statics, with the steps
+//!   above taking their arguments from it.
 
 use core::ffi::CStr;
 
@@ -151,4 +154,62 @@ pub fn fini<T>(state: &Global<T>) -> Result<(), KextError> {
     drop(state.take().map_err(|_| KextError::Busy)?);
     lock::fini().map_err(|_| KextError::Busy)?;
     alloc::fini().map_err(|_| KextError::Busy)
+}
+
+/// What a kext's start and stop share, as one `const` of its statics: the
+/// steps above with their arguments. A kext whose start is all-or-nothing
+/// uses [`Kext::start`]; one with its own registration order uses
+/// [`Kext::init`], registers itself and [`Kext::fini`]s on failure.
+pub struct Kext<T: 'static, R> {
+    /// Names the allocation tag and the lock group ([`init`]).
+    pub name: &'static CStr,
+    /// The kext's state.
+    pub state: &'static Global<T>,
+    /// Its control: registered first, deregistered first.
+    pub control: &'static ctl::CtlDef,
+    /// Its filters (a registration or a tuple of them, in order).
+    pub filters: R,
+    /// How long start and stop wait for the kernel to release the filters.
+    pub wait_ms: u64,
+    /// Its log.
+    pub log: &'static Logger,
+}
+
+impl<T, R: Registration> Kext<T, R> {
+    /// [`init`] under the kext's name.
+    pub fn init(&self) -> Result<(), KextError> {
+        init(self.name)
+    }
+
+    /// [`fini`] of the kext's state.
+    pub fn fini(&self) -> Result<(), KextError> {
+        fini(self.state)
+    }
+
+    /// [`init`], then [`start`]: the state made, the control and then the
+    /// filters registered; `also` as for [`start`].
+    pub fn start(
+        &self,
+        make_state: impl FnOnce() -> Result<(), KextError>,
+        also: impl Fn() -> bool,
+    ) -> Result<bool, KextError> {
+        self.init()?;
+        let regs = (self.control, self.filters);
+        start(self.state, make_state, regs, self.wait_ms, also, self.log)
+    }
+
+    /// [`unregister_for_stop`] of the filters (`also` and `refused` as
+    /// there), then `report()` (the kext's last log lines, its state still
+    /// installed), then [`fini`].
+    pub fn stop(
+        &self,
+        also: impl Fn() -> bool,
+        refused: &CStr,
+        report: impl FnOnce(),
+    ) -> Result<(), KextError> {
+        let (control, log) = (self.control, self.log);
+        unregister_for_stop(control, self.filters, self.wait_ms, also, log, refused)?;
+        report();
+        self.fini()
+    }
 }

@@ -150,4 +150,11 @@ impl Logger {
             kextlog::Dec::u(value)
         ));
     }
+
+    /// Writes each of `counters` in their order, as [`Logger::counter`].
+    pub fn counters<const N: usize>(&self, counters: &crate::net::control::StatCounters<N>) {
+        for (id, n) in counters.each() {
+            self.counter(id, n);
+        }
+    }
 }

@@ -13,6 +13,8 @@
 //! - [`config`]: the filters' shared configuration and kern_control.
 //! - [`lifecycle`]: one registration shape for sflt/ipf/ctl; start and stop's steps.
 //! - [`natpath`]: the IP filter's packet path (copy, rewrite, settle).
+//! - [`redirect`]: the socket filter's redirected connections (the decision
+//!   carried out, the original destination, the PROXY v2 header).
 
 pub mod alloc;
 pub mod clock;
@@ -31,6 +33,7 @@ pub mod panic;
 pub mod proc;
 pub mod ptrauth;
 pub mod random;
+pub mod redirect;
 pub mod rules;
 pub mod sflt;
 
