@@ -12,12 +12,19 @@
 //! translated packet, or a packet the client received), with the fuzz bytes
 //! XOR'ed into and appended to the quote, so translations of ICMP errors are
 //! reachable.
+//!
+//! Each packet the fast path takes (`common::net::fastpath`: plain TCP/UDP,
+//! the whole packet as its first mbuf) must get the general path's answer,
+//! bytes and table from it.
 #![no_main]
 
-use common::net::addr::IpAddr;
+use common::net::addr::{Endpoint, IpAddr};
 use common::net::checksum;
-use common::net::filter::{self, Decision, FixedPolicy};
+use common::net::fastpath::{self, ProxyAddrs, Tracked};
+use common::net::filter::{self, Decision, FixedPolicy, Plan};
 use common::net::nat::{Config, Entry, NatTable};
+use common::net::policy::Proxies;
+use common::net::translate::{L4Sum, Refused, Side};
 use common::net::wire::ip;
 use common::net::wire::{ipv4, proto};
 use libfuzzer_sys::fuzz_target;
@@ -130,6 +137,58 @@ fn valid(p: &[u8]) -> (bool, bool) {
     (iph, l4)
 }
 
+/// The fast path on the whole packet `pkt` (its first mbuf) against a copy
+/// of `table`: the general path's answer, bytes and table.
+fn fast_agrees(pkt: &[u8], table: &NatTable<[Entry; 16]>, policy: &FixedPolicy, output: bool) {
+    let Some((h, key)) = fastpath::parse(pkt) else {
+        return;
+    };
+    let proxies = Proxies {
+        v4: Some(Endpoint::new(IpAddr::V4(policy.proxy_v4.0), policy.proxy_v4.1)),
+        v6: Some(Endpoint::new(IpAddr::V6(policy.proxy_v6.0), policy.proxy_v6.1)),
+        ..Proxies::default()
+    };
+    let (mut ft, mut gt) = (table.clone(), table.clone());
+    let (mut fp, mut gp) = (pkt.to_vec(), pkt.to_vec());
+    let len = gp.len();
+    let (k, t) = filter::parse_in_first(&gp, 256).expect("a plain packet parses generally");
+    let (fast, general, side) = if output {
+        let f = fastpath::track_output(&mut ft, &ProxyAddrs::of(&proxies), &key, h.flags, 0);
+        let g = filter::plan_output_tracked(&gp[..k], len, &t, &mut gt, &proxies, 0);
+        (f, g, Side::Dst)
+    } else {
+        let f = fastpath::track_input(&mut ft, &key, h.flags, 0);
+        let g = filter::plan_input_parsed(&gp[..k], &t, &mut gt, 0);
+        (f, Some(g), Side::Src)
+    };
+    match (fast, general) {
+        (Tracked::To(to), Some(plan @ Plan::Translate { to: g, side: s })) => {
+            assert_eq!((to, side), (g, s));
+            let fr = fastpath::rewrite(&mut fp, &h, side, &to, L4Sum::Complete);
+            let gr = filter::apply_parsed(&mut gp[..k], &t, plan, L4Sum::Complete);
+            match fr {
+                Ok(n) => assert_eq!(gr, Decision::Rewritten { changed: n }),
+                Err(Refused::Udp6ZeroChecksum) => assert_eq!(
+                    gr,
+                    Decision::Drop(filter::DropReason::Udp6ZeroChecksum)
+                ),
+                Err(e) => panic!("fast rewrite refused: {e:?}"),
+            }
+            assert_eq!(fp, gp, "fast and general rewrites differ");
+        }
+        (Tracked::Pass, Some(Plan::Pass)) | (Tracked::Untracked, None) => {}
+        (Tracked::Pass, Some(Plan::Pass) | None) if !output => {}
+        (f, g) => panic!("fast path {f:?}, general path {g:?}"),
+    }
+    let flows = |t: &NatTable<[Entry; 16]>| {
+        let mut v: Vec<_> = t.flows().map(|f| format!("{f:?}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(flows(&ft), flows(&gt), "tables differ");
+    assert_eq!(ft.stats(), gt.stats());
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else {
         return;
@@ -199,6 +258,7 @@ fuzz_target!(|data: &[u8]| {
     let len = pkt.len();
     let n = usize::from(split).min(len);
     for output in [true, false, true] {
+        fast_agrees(&pkt, &table, &policy, output);
         let before = valid(&pkt);
         let mut prefix = pkt[..n].to_vec();
         let d = if output {
