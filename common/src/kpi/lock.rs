@@ -60,6 +60,81 @@ fn group() -> Result<*mut lck_grp_t, AllocError> {
     if g.is_null() { Err(AllocError) } else { Ok(g) }
 }
 
+/// A new `lck_mtx_t` in the kext's group (counted live).
+fn mtx_alloc() -> Result<NonNull<lck_mtx_t>, AllocError> {
+    let g = group()?;
+    // SAFETY: a live group; NULL attribute = defaults.
+    let l = NonNull::new(unsafe { sys::lck_mtx_alloc_init(g, core::ptr::null_mut()) });
+    let l = l.ok_or(AllocError)?;
+    LIVE.fetch_add(1, Ordering::AcqRel);
+    Ok(l)
+}
+
+/// Frees a mutex from [`mtx_alloc`].
+///
+/// # Safety
+/// `l` came from [`mtx_alloc`], is freed once, and nobody holds it, waits
+/// for it or uses it again.
+unsafe fn mtx_free(l: NonNull<lck_mtx_t>) {
+    if let Ok(g) = group() {
+        // SAFETY: the caller's contract; the group is the one it came from.
+        unsafe { sys::lck_mtx_free(l.as_ptr(), g) };
+    }
+    LIVE.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// A lock with data that a [`Guard`] holds: how the guard reaches the data
+/// and releases the lock.
+///
+/// # Safety
+/// Implementors hand out a [`Guard`] only while the lock is held by its
+/// holder (exclusively), `data` is valid for as long as `self` is, and
+/// `release` releases the lock the guard's creator took.
+pub unsafe trait Guarded {
+    /// The protected value.
+    type Data;
+    /// Where it is.
+    fn data(&self) -> *mut Self::Data;
+    /// Releases the lock.
+    ///
+    /// # Safety
+    /// The caller holds it (a [`Guard`] being dropped).
+    unsafe fn release(&self);
+}
+
+/// Holds a [`Mutex`] or [`FastMutex`]; unlocks on drop.
+pub struct Guard<'a, M: Guarded> {
+    m: &'a M,
+}
+
+impl<M: Guarded> Deref for Guard<'_, M> {
+    type Target = M::Data;
+    fn deref(&self) -> &M::Data {
+        // SAFETY: the guard holds the lock (Guarded's contract).
+        unsafe { &*self.m.data() }
+    }
+}
+
+impl<M: Guarded> DerefMut for Guard<'_, M> {
+    fn deref_mut(&mut self) -> &mut M::Data {
+        // SAFETY: the guard holds the lock exclusively (Guarded's contract).
+        unsafe { &mut *self.m.data() }
+    }
+}
+
+impl<M: Guarded> Drop for Guard<'_, M> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: this guard holds the lock.
+        unsafe { self.m.release() };
+    }
+}
+
+/// Holds a [`Mutex`].
+pub type MutexGuard<'a, T> = Guard<'a, Mutex<T>>;
+/// Holds a [`FastMutex`].
+pub type FastGuard<'a, T> = Guard<'a, FastMutex<T>>;
+
 /// A mutex protecting a `T`.
 pub struct Mutex<T> {
     // INVARIANT: a live lck_mtx_t from lck_mtx_alloc_init in GROUP.
@@ -75,31 +150,21 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 impl<T> Mutex<T> {
     /// A new mutex; gives `v` back on failure.
     pub fn try_new(v: T) -> Result<Self, (AllocError, T)> {
-        let Ok(g) = group() else {
-            return Err((AllocError, v));
-        };
-        // SAFETY: a live group; NULL attribute = defaults.
-        let l = unsafe { sys::lck_mtx_alloc_init(g, core::ptr::null_mut()) };
-        match NonNull::new(l) {
-            Some(lck) => {
-                LIVE.fetch_add(1, Ordering::AcqRel);
-                Ok(Mutex {
-                    lck,
-                    data: UnsafeCell::new(v),
-                })
-            }
-            None => Err((AllocError, v)),
+        match mtx_alloc() {
+            Ok(lck) => Ok(Mutex {
+                lck,
+                data: UnsafeCell::new(v),
+            }),
+            Err(e) => Err((e, v)),
         }
     }
 
     /// Frees the lock and gives the value back.
     pub fn into_inner(self) -> T {
         let this = core::mem::ManuallyDrop::new(self);
-        if let Ok(g) = group() {
-            // SAFETY: the type invariant; owning `self` proves nobody holds the lock.
-            unsafe { sys::lck_mtx_free(this.lck.as_ptr(), g) };
-        }
-        LIVE.fetch_sub(1, Ordering::AcqRel);
+        // SAFETY: the type invariant; owning `self` proves nobody holds the
+        // lock, and `this` is never dropped.
+        unsafe { mtx_free(this.lck) };
         // SAFETY: `this` is never used or dropped again; the value is moved out once.
         unsafe { core::ptr::read(this.data.get()) }
     }
@@ -108,44 +173,27 @@ impl<T> Mutex<T> {
     pub fn lock(&self) -> MutexGuard<'_, T> {
         // SAFETY: the type invariant.
         unsafe { sys::lck_mtx_lock(self.lck.as_ptr()) };
-        MutexGuard { m: self }
+        Guard { m: self }
     }
 }
 
 impl<T> Drop for Mutex<T> {
     fn drop(&mut self) {
-        if let Ok(g) = group() {
-            // SAFETY: the type invariant; `&mut self` proves nobody holds the lock.
-            unsafe { sys::lck_mtx_free(self.lck.as_ptr(), g) };
-        }
-        LIVE.fetch_sub(1, Ordering::AcqRel);
+        // SAFETY: the type invariant; `&mut self` proves nobody holds the lock.
+        unsafe { mtx_free(self.lck) };
     }
 }
 
-/// Holds a [`Mutex`]; unlocks on drop.
-pub struct MutexGuard<'a, T> {
-    m: &'a Mutex<T>,
-}
-
-impl<T> Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard holds the lock.
-        unsafe { &*self.m.data.get() }
+// SAFETY: a guard is made only by `lock`, which took the lock; `release`
+// unlocks it; the data lives as long as the mutex.
+unsafe impl<T> Guarded for Mutex<T> {
+    type Data = T;
+    fn data(&self) -> *mut T {
+        self.data.get()
     }
-}
-
-impl<T> DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard holds the lock exclusively.
-        unsafe { &mut *self.m.data.get() }
-    }
-}
-
-impl<T> Drop for MutexGuard<'_, T> {
-    fn drop(&mut self) {
-        // SAFETY: this guard took the lock.
-        unsafe { sys::lck_mtx_unlock(self.m.lck.as_ptr()) };
+    unsafe fn release(&self) {
+        // SAFETY: the caller holds the lock (the trait's contract).
+        unsafe { sys::lck_mtx_unlock(self.lck.as_ptr()) };
     }
 }
 
@@ -410,20 +458,12 @@ unsafe impl<T: Send> Send for FastMutex<T> {}
 impl<T> FastMutex<T> {
     /// A new mutex; gives `v` back on failure.
     pub fn try_new(v: T) -> Result<Self, (AllocError, T)> {
-        let Ok(g) = group() else {
-            return Err((AllocError, v));
-        };
-        // SAFETY: a live group; NULL attribute = defaults.
-        let l = unsafe { sys::lck_mtx_alloc_init(g, core::ptr::null_mut()) };
-        match NonNull::new(l) {
-            Some(lck) => {
-                LIVE.fetch_add(1, Ordering::AcqRel);
-                Ok(FastMutex {
-                    lock: FastLock::new(LckPark { lck }),
-                    data: UnsafeCell::new(v),
-                })
-            }
-            None => Err((AllocError, v)),
+        match mtx_alloc() {
+            Ok(lck) => Ok(FastMutex {
+                lock: FastLock::new(LckPark { lck }),
+                data: UnsafeCell::new(v),
+            }),
+            Err(e) => Err((e, v)),
         }
     }
 
@@ -431,45 +471,28 @@ impl<T> FastMutex<T> {
     #[inline]
     pub fn lock(&self) -> FastGuard<'_, T> {
         self.lock.lock();
-        FastGuard { m: self }
+        Guard { m: self }
     }
 }
 
 impl<T> Drop for FastMutex<T> {
     fn drop(&mut self) {
-        if let Ok(g) = group() {
-            // SAFETY: the type invariant of LckPark; `&mut self` proves nobody
-            // holds either lock or sleeps on it.
-            unsafe { sys::lck_mtx_free(self.lock.park().lck.as_ptr(), g) };
-        }
-        LIVE.fetch_sub(1, Ordering::AcqRel);
+        // SAFETY: the type invariant of LckPark; `&mut self` proves nobody
+        // holds either lock or sleeps on it.
+        unsafe { mtx_free(self.lock.park().lck) };
     }
 }
 
-/// Holds a [`FastMutex`]; unlocks on drop.
-pub struct FastGuard<'a, T> {
-    m: &'a FastMutex<T>,
-}
-
-impl<T> Deref for FastGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard holds the lock.
-        unsafe { &*self.m.data.get() }
+// SAFETY: a guard is made only by `lock`, which took the lock; `release`
+// unlocks it; the data lives as long as the mutex.
+unsafe impl<T> Guarded for FastMutex<T> {
+    type Data = T;
+    fn data(&self) -> *mut T {
+        self.data.get()
     }
-}
-
-impl<T> DerefMut for FastGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the guard holds the lock exclusively.
-        unsafe { &mut *self.m.data.get() }
-    }
-}
-
-impl<T> Drop for FastGuard<'_, T> {
     #[inline]
-    fn drop(&mut self) {
-        self.m.lock.unlock();
+    unsafe fn release(&self) {
+        self.lock.unlock();
     }
 }
 

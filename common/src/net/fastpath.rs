@@ -617,6 +617,31 @@ mod tests {
         (r, p)
     }
 
+    /// `p` with a valid transport checksum.
+    fn with_checksum(mut p: Vec<u8>) -> Vec<u8> {
+        let t = ip::transport(&p).unwrap();
+        let at = t.offset + if t.protocol == proto::TCP { 16 } else { 6 };
+        p[at..at + 2].copy_from_slice(&[0, 0]);
+        let c = checksum::transport(&t.src, &t.dst, t.protocol, &p[t.offset..]);
+        p[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// Every checksum of `p` verifies, and its endpoints' addresses are `src`, `dst`.
+    fn verifies(p: &[u8], src: IpAddr, dst: IpAddr) {
+        let t = ip::transport(p).unwrap();
+        assert_eq!((t.src, t.dst), (src, dst));
+        assert!(checksum::verify_transport(
+            &t.src,
+            &t.dst,
+            t.protocol,
+            &p[t.offset..]
+        ));
+        if t.offset == 20 {
+            assert_eq!(checksum::checksum(&p[..20]), 0, "IPv4 header checksum");
+        }
+    }
+
     #[test]
     fn a_tracked_flows_packets_are_translated_both_ways_and_verify() {
         for v6 in [false, true] {
@@ -627,58 +652,24 @@ mod tests {
                 a[n - 1] = i;
                 a
             };
+            let a = |i: u8| ep(&addr(i), 0).addr;
             let mut t = filled(v6);
             for protocol in [proto::TCP, proto::UDP] {
-                let mut p = packet(v6, protocol, &addr(0), &addr(1), 1000, 80, tcp::ACK, 0, 30);
-                let tr = ip::transport(&p).unwrap();
-                let off = tr.offset;
-                let at = if protocol == proto::TCP { 16 } else { 6 };
-                let c = checksum::transport(&tr.src, &tr.dst, protocol, &{
-                    let mut s = p[off..].to_vec();
-                    s[at..at + 2].copy_from_slice(&[0, 0]);
-                    s
-                });
-                p[off + at..off + at + 2].copy_from_slice(&c.to_be_bytes());
-                let (r, out) = fast(&p, &mut t, false);
+                let p = packet(v6, protocol, &addr(0), &addr(1), 1000, 80, tcp::ACK, 0, 30);
+                let (r, out) = fast(&with_checksum(p), &mut t, false);
                 assert_eq!(
                     r,
                     Tracked::To(ep(&addr(3), 3128)),
                     "v6 {v6} proto {protocol}"
                 );
-                let o = ip::transport(&out).unwrap();
-                assert_eq!(o.dst, ep(&addr(3), 0).addr);
-                assert!(checksum::verify_transport(
-                    &o.src,
-                    &o.dst,
-                    protocol,
-                    &out[off..]
-                ));
-                if !v6 {
-                    assert_eq!(checksum::checksum(&out[..20]), 0, "IPv4 header checksum");
-                }
+                verifies(&out, a(0), a(3));
                 // The proxy's reply, translated back to the original destination.
-                let mut q = packet(v6, protocol, &addr(3), &addr(0), 3128, 1000, tcp::ACK, 0, 5);
-                let qt = ip::transport(&q).unwrap();
-                let c = checksum::transport(&qt.src, &qt.dst, protocol, &{
-                    let mut s = q[off..].to_vec();
-                    s[at..at + 2].copy_from_slice(&[0, 0]);
-                    s
-                });
-                q[off + at..off + at + 2].copy_from_slice(&c.to_be_bytes());
-                let (r, back) = fast(&q, &mut t, true);
+                let q = packet(v6, protocol, &addr(3), &addr(0), 3128, 1000, tcp::ACK, 0, 5);
+                let (r, back) = fast(&with_checksum(q), &mut t, true);
                 assert_eq!(r, Tracked::To(ep(&addr(1), 80)));
-                let b = ip::transport(&back).unwrap();
-                assert_eq!(b.src, ep(&addr(1), 0).addr);
+                verifies(&back, a(1), a(0));
+                let off = if v6 { 40 } else { 20 };
                 assert_eq!(&back[off..off + 2], &80u16.to_be_bytes());
-                assert!(checksum::verify_transport(
-                    &b.src,
-                    &b.dst,
-                    protocol,
-                    &back[off..]
-                ));
-                if !v6 {
-                    assert_eq!(checksum::checksum(&back[..20]), 0, "IPv4 header checksum");
-                }
                 // An untracked flow goes to the rules; an untracked reply passes;
                 // the proxy's own traffic passes.
                 let u = packet(v6, protocol, &addr(0), &addr(1), 1001, 80, tcp::ACK, 0, 0);
