@@ -144,8 +144,14 @@ fn fast_agrees(pkt: &[u8], table: &NatTable<[Entry; 16]>, policy: &FixedPolicy, 
         return;
     };
     let proxies = Proxies {
-        v4: Some(Endpoint::new(IpAddr::V4(policy.proxy_v4.0), policy.proxy_v4.1)),
-        v6: Some(Endpoint::new(IpAddr::V6(policy.proxy_v6.0), policy.proxy_v6.1)),
+        v4: Some(Endpoint::new(
+            IpAddr::V4(policy.proxy_v4.0),
+            policy.proxy_v4.1,
+        )),
+        v6: Some(Endpoint::new(
+            IpAddr::V6(policy.proxy_v6.0),
+            policy.proxy_v6.1,
+        )),
         ..Proxies::default()
     };
     let (mut ft, mut gt) = (table.clone(), table.clone());
@@ -168,10 +174,9 @@ fn fast_agrees(pkt: &[u8], table: &NatTable<[Entry; 16]>, policy: &FixedPolicy, 
             let gr = filter::apply_parsed(&mut gp[..k], &t, plan, L4Sum::Complete);
             match fr {
                 Ok(n) => assert_eq!(gr, Decision::Rewritten { changed: n }),
-                Err(Refused::Udp6ZeroChecksum) => assert_eq!(
-                    gr,
-                    Decision::Drop(filter::DropReason::Udp6ZeroChecksum)
-                ),
+                Err(Refused::Udp6ZeroChecksum) => {
+                    assert_eq!(gr, Decision::Drop(filter::DropReason::Udp6ZeroChecksum))
+                }
                 Err(e) => panic!("fast rewrite refused: {e:?}"),
             }
             assert_eq!(fp, gp, "fast and general rewrites differ");
