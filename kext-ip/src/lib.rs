@@ -48,8 +48,8 @@ use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config as IpConfig, Ctl, Filter};
 use common::kpi::errno::Errno;
 use common::kpi::global::Global;
-use common::kpi::ipf::{Input, IpFilter, Output, Verdict};
-use common::kpi::lifecycle::{self, Registration};
+use common::kpi::ipf::{Input, IpFilter, Output, Registration as IpfRegistration, Verdict};
+use common::kpi::lifecycle::{Kext, Registration};
 use common::kpi::lock::{FastMutex, RwLock};
 use common::kpi::mbuf::Packet;
 use common::kpi::natpath::{self, Counters, Flows};
@@ -262,12 +262,27 @@ fn make_state() -> Result<(), KextError> {
     STATE.set(b).map_err(|_| KextError::Failed)
 }
 
+/// How long stop waits for a late `ipf_detach` (a packet still in the filter
+/// on another CPU when `ipf_remove` ran).
+const DETACH_WAIT_MS: u64 = 2_000;
+
+const KEXT: Kext<Shared, (&IpfRegistration<Nat>, &IpfRegistration<Nat>)> = Kext {
+    name: c"net.prx.kext.IPFilter",
+    state: &STATE,
+    control: &CONTROL,
+    filters: (&V4, &V6),
+    wait_ms: DETACH_WAIT_MS,
+    log: &LOG,
+};
+
+/// The control first, then each filter on its own: one family's filter
+/// failing to attach leaves the other working.
 fn start() -> Result<(), KextError> {
-    lifecycle::init(c"net.prx.kext.IPFilter")?;
+    KEXT.init()?;
     if make_state().and_then(|()| CONTROL.register()).is_err() {
         log::line(c"PrxIPFilter: start failed");
         let _ = CONTROL.unregister();
-        let _ = lifecycle::fini(&STATE);
+        let _ = KEXT.fini();
         return Err(KextError::Failed);
     }
     let v4 = V4.register();
@@ -281,16 +296,12 @@ fn start() -> Result<(), KextError> {
         (Err(_), Err(_)) => {
             log::line(c"PrxIPFilter: ipf_addv4 and ipf_addv6 failed");
             let _ = CONTROL.unregister();
-            let _ = lifecycle::fini(&STATE);
+            let _ = KEXT.fini();
             return Err(KextError::Failed);
         }
     }
     Ok(())
 }
-
-/// How long stop waits for a late `ipf_detach` (a packet still in the filter
-/// on another CPU when `ipf_remove` ran).
-const DETACH_WAIT_MS: u64 = 2_000;
 
 /// xnu does not call a refused stop again (kextunload reports the failure and
 /// the kext stays loaded), so stop refuses only before removing anything, and
@@ -300,13 +311,17 @@ fn stop() -> Result<(), KextError> {
     // Not undoable once the filters are removed: a later kextunload
     // completes the stop.
     let late = c"stop refused: ipf_detach still pending after 2 s";
-    lifecycle::unregister_for_stop(&CONTROL, (&V4, &V6), DETACH_WAIT_MS, || true, &LOG, late)?;
-    ATTACHED.store(0, Ordering::Relaxed);
-    if let Some(st) = STATE.get() {
-        let (a, b) = st.table_stats();
-        natpath::log_flow_totals(&LOG, &a, &b);
-    }
-    lifecycle::fini(&STATE)?;
+    KEXT.stop(
+        || true,
+        late,
+        || {
+            ATTACHED.store(0, Ordering::Relaxed);
+            if let Some(st) = STATE.get() {
+                let (a, b) = st.table_stats();
+                natpath::log_flow_totals(&LOG, &a, &b);
+            }
+        },
+    )?;
     COUNTERS.log_totals(&LOG);
     log::line(c"PrxIPFilter stopped");
     Ok(())

@@ -5,8 +5,9 @@
 //!
 //! - Plain TCP/UDP packets first ([`crate::net::fastpath`]): parsed straight
 //!   from the first mbuf, looked up under the table's lock
-//!   ([`Nat::track_output`]/[`Nat::track_input`]) and rewritten in place; an
-//!   untracked output packet goes to the rules ([`Nat::plan_untracked`]).
+//!   ([`Nat::with_flows`], [`fastpath::track_output`]/[`fastpath::track_input`])
+//!   and rewritten in place; an untracked output packet goes to the rules
+//!   ([`Nat::plan_untracked`]).
 //! - Then in place: when the first mbuf holds the headers
 //!   ([`filter::parse_in_first`]) they are planned and rewritten there, with no
 //!   copy and no length asked.
@@ -23,7 +24,8 @@
 //! - Output fails closed (headers that cannot be read are dropped), input
 //!   fails open (they pass). Every drop is counted ([`Counters`]).
 //!
-//! Nothing here blocks, allocates or takes a lock; the planner may lock.
+//! Nothing here blocks or allocates; locks are taken only through the kext's
+//! side ([`Nat::with_flows`], [`Nat::plan_untracked`]), after the clock is read.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -24,11 +24,10 @@
 //! tables: the same answer, the same bytes, the same table afterwards.
 
 use super::addr::{Endpoint, IpAddr};
-use super::checksum;
 use super::nat::{FlowKey, NatTable, Store};
 use super::policy::Proxies;
-use super::translate::{L4Sum, Refused, Side};
-use super::wire::{proto, tcp, udp};
+use super::translate::{self, L4Sum, Refused, Side};
+use super::wire::{Error, proto, tcp, udp};
 
 /// A plain packet's shape, as [`parse`] found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,18 +69,18 @@ fn parse_fixed<const IP: usize>(first: &[u8]) -> Option<(Head, FlowKey)> {
     let v6 = IP == 40;
     let (ip, rest) = first.split_first_chunk::<IP>()?;
     let (protocol, end, src, dst) = if v6 {
-        let payload = usize::from(get16(ip, 4));
+        let payload = usize::from(translate::be16(ip, 4));
         let src = IpAddr::V6(*ip.get(8..)?.first_chunk::<16>()?);
         let dst = IpAddr::V6(*ip.get(24..)?.first_chunk::<16>()?);
         (*ip.get(6)?, payload.wrapping_add(40), src, dst)
     } else {
         // Flags and fragment offset: MF or a non-zero offset is a fragment.
-        if get16(ip, 6) & 0x3fff != 0 {
+        if translate::be16(ip, 6) & 0x3fff != 0 {
             return None;
         }
         let src = IpAddr::V4(*ip.get(12..)?.first_chunk::<4>()?);
         let dst = IpAddr::V4(*ip.get(16..)?.first_chunk::<4>()?);
-        (*ip.get(9)?, usize::from(get16(ip, 2)), src, dst)
+        (*ip.get(9)?, usize::from(translate::be16(ip, 2)), src, dst)
     };
     let min = min_transport(protocol)?;
     if end > first.len() || end < IP.wrapping_add(min) {
@@ -215,40 +214,6 @@ pub fn track_input<S: Store>(
     }
 }
 
-/// RFC 1624 eqn. 3: the checksum `hc` after words summing to `delta`
-/// (`~m + m'` terms) changed.
-#[inline(always)]
-fn update(hc: u16, delta: u64) -> u16 {
-    !checksum::fold(u64::from(!hc).wrapping_add(delta))
-}
-
-/// The `~old + new` sum of an address change, 32 bits at a time.
-#[inline(always)]
-fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
-    let (o, _) = old.as_chunks::<4>();
-    let (n, _) = new.as_chunks::<4>();
-    o.iter().zip(n).fold(0u64, |s, (a, b)| {
-        s.wrapping_add(u64::from(!u32::from_be_bytes(*a)))
-            .wrapping_add(u64::from(u32::from_be_bytes(*b)))
-    })
-}
-
-/// The 16-bit word at `at` of `b`.
-#[inline(always)]
-fn get16<const N: usize>(b: &[u8; N], at: usize) -> u16 {
-    match b.get(at..).and_then(<[u8]>::first_chunk::<2>) {
-        Some(x) => u16::from_be_bytes(*x),
-        None => 0,
-    }
-}
-
-#[inline(always)]
-fn put16<const N: usize>(b: &mut [u8; N], at: usize, v: u16) {
-    if let Some(x) = b.get_mut(at..).and_then(<[u8]>::first_chunk_mut::<2>) {
-        *x = v.to_be_bytes();
-    }
-}
-
 /// Rewrites the `side` endpoint of the plain packet `first` (parsed as `h`)
 /// to `to` (of the packet's family), with its transport checksum field holding
 /// `l4`; the count of leading bytes that may have changed, as
@@ -263,18 +228,18 @@ pub fn rewrite(
 ) -> Result<usize, Refused> {
     let src = side == Side::Src;
     match (&to.addr, h.v6, h.protocol) {
-        (IpAddr::V4(a), false, proto::TCP) => fixed::<20, 4, 18>(first, src, a, to.port, l4, false),
-        (IpAddr::V4(a), false, _) => fixed::<20, 4, 8>(first, src, a, to.port, l4, false),
-        (IpAddr::V6(a), true, proto::TCP) => fixed::<40, 16, 18>(first, src, a, to.port, l4, false),
-        (IpAddr::V6(a), true, _) => fixed::<40, 16, 8>(first, src, a, to.port, l4, true),
+        (IpAddr::V4(a), false, proto::TCP) => fixed::<20, 4, 18>(first, src, a, to.port, l4),
+        (IpAddr::V4(a), false, _) => fixed::<20, 4, 8>(first, src, a, to.port, l4),
+        (IpAddr::V6(a), true, proto::TCP) => fixed::<40, 16, 18>(first, src, a, to.port, l4),
+        (IpAddr::V6(a), true, _) => fixed::<40, 16, 8>(first, src, a, to.port, l4),
         _ => Err(Refused::FamilyMismatch),
     }
 }
 
 /// [`rewrite`] for an `IP`-byte IP header with `A`-byte addresses and a
 /// transport header read up to its checksum (`L4` bytes: TCP 18, UDP 8; the
-/// checksum is the last two), all at fixed offsets. `udp6`: a UDP checksum
-/// of zero is refused (IPv6 requires one).
+/// checksum is the last two), all at fixed offsets; the transport header as
+/// [`translate::rewrite_ports`] does it for the general path.
 #[inline(always)]
 fn fixed<const IP: usize, const A: usize, const L4: usize>(
     first: &mut [u8],
@@ -282,51 +247,22 @@ fn fixed<const IP: usize, const A: usize, const L4: usize>(
     new: &[u8; A],
     port: u16,
     l4: L4Sum,
-    udp6: bool,
 ) -> Result<usize, Refused> {
-    let (ip, rest) = first
-        .split_first_chunk_mut::<IP>()
-        .ok_or(Refused::FamilyMismatch)?;
-    let seg = rest
-        .first_chunk_mut::<L4>()
-        .ok_or(Refused::FamilyMismatch)?;
+    let truncated = Refused::Wire(Error::Truncated);
+    let (ip, rest) = first.split_first_chunk_mut::<IP>().ok_or(truncated)?;
+    let seg = rest.first_chunk_mut::<L4>().ok_or(truncated)?;
     // Source address at 12 (IPv4) or 8 (IPv6), destination right after it.
     let at = (if IP == 20 { 12usize } else { 8 }).wrapping_add(if src { 0 } else { A });
     let addr = ip
         .get_mut(at..)
         .and_then(<[u8]>::first_chunk_mut::<A>)
-        .ok_or(Refused::FamilyMismatch)?;
-    let d = delta(addr, new);
-    let sum_at = L4.wrapping_sub(2);
-    let hc = get16(seg, sum_at);
-    let c = match l4 {
-        // The pseudo-header sum the stack left for the interface: the
-        // addresses are in it, the ports are not.
-        L4Sum::Deferred => Some(checksum::fold(u64::from(hc).wrapping_add(d))),
-        // A UDP datagram without a checksum: IPv4 keeps it so, IPv6 refuses.
-        L4Sum::Complete if L4 == 8 && hc == 0 => {
-            if udp6 {
-                return Err(Refused::Udp6ZeroChecksum);
-            }
-            None
-        }
-        L4Sum::Complete => {
-            let port_at = if src { 0 } else { 2 };
-            let ports = u64::from(!get16(seg, port_at)).wrapping_add(u64::from(port));
-            match update(hc, d.wrapping_add(ports)) {
-                0 if L4 == 8 => Some(0xffff),
-                c => Some(c),
-            }
-        }
-    };
+        .ok_or(truncated)?;
+    let d = translate::addr_delta(addr, new);
+    translate::rewrite_ports(seg, if src { 0 } else { 2 }, port, d, l4, IP == 40)?;
     *addr = *new;
     if IP == 20 {
-        put16(ip, 10, update(get16(ip, 10), d));
+        translate::put16(ip, 10, translate::apply(translate::be16(ip, 10), d));
     }
-    if let Some(c) = c {
-        put16(seg, sum_at, c);
-    }
-    put16(seg, if src { 0 } else { 2 }, port);
     Ok(IP.wrapping_add(L4))
 }
 
@@ -341,6 +277,7 @@ fn fixed<const IP: usize, const A: usize, const L4: usize>(
 )]
 mod tests {
     use super::*;
+    use crate::net::checksum;
     use crate::net::filter::{self, Plan};
     use crate::net::nat::{Config, Entry};
     use crate::net::translate;

@@ -634,22 +634,9 @@ impl<S: Store> NatTable<S> {
     }
 
     /// Records a packet on live entry `id`: new state, last seen, moved to
-    /// the tail of its state's list.
+    /// the tail of its state's list (the common case, where only the time
+    /// moves, is [`Self::refresh`]'s).
     fn touch(&mut self, id: u32, flags: u8, outbound: bool, now: u64) {
-        // The common case of a flow's packets in a row: already the most
-        // recent of its list and its state unchanged, only the time moves.
-        if let Some(e) = self.entry(id) {
-            let state = e.flow.state;
-            if e.next == NONE
-                && state.next(flags, outbound) == state
-                && self.tails.get(state.list()) == Some(&id)
-            {
-                if let Some(e) = self.entry_mut(id) {
-                    e.flow.last_seen = e.flow.last_seen.max(now);
-                }
-                return;
-            }
-        }
         self.unlink(id);
         if let Some(e) = self.entry_mut(id) {
             e.flow.state = e.flow.state.next(flags, outbound);
@@ -715,14 +702,17 @@ impl<S: Store> NatTable<S> {
 
     /// Removes the entry `id` if its flow has expired; true if it did.
     fn drop_if_expired(&mut self, id: u32, now: u64) -> bool {
-        match self.flow(id) {
-            Some(f) if f.is_expired(&self.cfg, now) => {
-                self.remove_entry(id);
-                self.expired = self.expired.saturating_add(1);
-                true
-            }
-            _ => false,
+        let expired = self.flow(id).is_some_and(|f| f.is_expired(&self.cfg, now));
+        if expired {
+            self.expire(id);
         }
+        expired
+    }
+
+    /// Removes the expired flow `id` and counts it.
+    fn expire(&mut self, id: u32) {
+        self.remove_entry(id);
+        self.expired = self.expired.saturating_add(1);
     }
 
     /// The flow `key` if it is tracked and live (an expired one is removed).
@@ -744,9 +734,10 @@ impl<S: Store> NatTable<S> {
     }
 
     /// A packet of live entry `id`'s flow with TCP `flags` (`outbound`: from
-    /// the client): its flow, refreshed as [`Self::touch`] does; an expired
-    /// flow is removed instead (`None`). One entry lookup for the common case
-    /// (the flow's latest packet and no state change).
+    /// the client): its flow, refreshed; an expired flow is removed instead
+    /// (`None`). One entry lookup for the common case of a flow's packets in a
+    /// row: already the most recent of its list and its state unchanged, only
+    /// the time moves; otherwise [`Self::touch`].
     #[inline]
     fn refresh(&mut self, id: u32, flags: u8, outbound: bool, now: u64) -> Option<&Flow> {
         let cfg = self.cfg;
@@ -760,8 +751,7 @@ impl<S: Store> NatTable<S> {
             )
         };
         if expired {
-            self.remove_entry(id);
-            self.expired = self.expired.saturating_add(1);
+            self.expire(id);
             return None;
         }
         if !quick {

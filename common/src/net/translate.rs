@@ -82,7 +82,8 @@ pub enum L4Sum {
 /// The ones'-complement sum that turns a checksum over `old` into one over
 /// `new` (RFC 1624: `~m + m'`), unfolded, over whole 32-bit words: they fold
 /// to the same 16-bit sum as their two halves (2^16 ≡ 1 mod 0xFFFF).
-fn addr_delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
+#[inline(always)]
+pub(crate) fn addr_delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
     let mut s = 0u64;
     let (mut o, mut n) = (old.as_slice(), new.as_slice());
     // (No `chunks_exact`: its division-by-zero check would leave a panic path
@@ -100,12 +101,14 @@ fn addr_delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u64 {
 }
 
 /// RFC 1624 eqn. 3 with a precomputed delta: `~(~hc + delta)`.
-fn apply(hc: u16, delta: u64) -> u16 {
+#[inline(always)]
+pub(crate) fn apply(hc: u16, delta: u64) -> u16 {
     !checksum::fold(u64::from(!hc).wrapping_add(delta))
 }
 
 /// Reads the big-endian u16 at `at` of a fixed-size header.
-fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
+#[inline(always)]
+pub(crate) fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
     match h.get(at..).and_then(<[u8]>::first_chunk::<2>) {
         Some(b) => u16::from_be_bytes(*b),
         None => 0,
@@ -113,10 +116,55 @@ fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
 }
 
 /// Writes the big-endian u16 `v` at `at` of a fixed-size header.
-fn put16<const N: usize>(h: &mut [u8; N], at: usize, v: u16) {
+#[inline(always)]
+pub(crate) fn put16<const N: usize>(h: &mut [u8; N], at: usize, v: u16) {
     if let Some(b) = h.get_mut(at..).and_then(<[u8]>::first_chunk_mut::<2>) {
         *b = v.to_be_bytes();
     }
+}
+
+/// Sets the port at `port_at` of a TCP or UDP header `h` to `port` and
+/// updates its checksum (the last two of its `L` bytes: TCP read up to its
+/// checksum, [`tcp::CHECKSUM_OFFSET`] + 2; UDP whole, [`udp::HEADER_LEN`]) for
+/// that and an address change summing to `delta`. A checksum field holding a
+/// deferred pseudo-header sum (`l4`) takes only the address change (the
+/// interface sums the ports); a UDP checksum of zero means none: IPv4 keeps it
+/// so, IPv6 (`v6`) is refused, and a computed zero is sent as 0xFFFF.
+#[inline(always)]
+pub(crate) fn rewrite_ports<const L: usize>(
+    h: &mut [u8; L],
+    port_at: usize,
+    port: u16,
+    delta: u64,
+    l4: L4Sum,
+    v6: bool,
+) -> Result<(), Refused> {
+    let udp = L == udp::HEADER_LEN;
+    let sum_at = L.wrapping_sub(2);
+    let hc = be16(h, sum_at);
+    let c = match l4 {
+        // The pseudo-header seed, not complemented; the port is summed by
+        // the interface.
+        L4Sum::Deferred => Some(checksum::fold(u64::from(hc).wrapping_add(delta))),
+        L4Sum::Complete if udp && hc == 0 => {
+            if v6 {
+                return Err(Refused::Udp6ZeroChecksum);
+            }
+            None // IPv4 UDP without checksum stays without.
+        }
+        L4Sum::Complete => {
+            let pd = u64::from(!be16(h, port_at)).wrapping_add(u64::from(port));
+            match apply(hc, delta.wrapping_add(pd)) {
+                0 if udp => Some(0xffff),
+                c => Some(c),
+            }
+        }
+    };
+    if let Some(c) = c {
+        put16(h, sum_at, c);
+    }
+    put16(h, port_at, port);
+    Ok(())
 }
 
 /// Rewrites `side` of the packet whose first bytes are `prefix` (parsed as
@@ -193,45 +241,13 @@ fn rewrite_family<const N: usize>(
                 let h = seg
                     .first_chunk_mut::<{ tcp::CHECKSUM_OFFSET + 2 }>()
                     .ok_or(Refused::Wire(Error::Truncated))?;
-                let old_port = be16(h, port_at);
-                let hc = be16(h, tcp::CHECKSUM_OFFSET);
-                let c = if l4 == L4Sum::Deferred {
-                    // The pseudo-header seed, not complemented; the port is
-                    // summed by the interface.
-                    checksum::fold(u64::from(hc).wrapping_add(delta))
-                } else {
-                    let pd = u64::from(!old_port).wrapping_add(u64::from(port));
-                    apply(hc, delta.wrapping_add(pd))
-                };
-                put16(h, tcp::CHECKSUM_OFFSET, c);
-                put16(h, port_at, port);
+                rewrite_ports(h, port_at, port, delta, l4, v6)?;
             }
             proto::UDP => {
                 let h = seg
                     .first_chunk_mut::<{ udp::HEADER_LEN }>()
                     .ok_or(Refused::Wire(Error::Truncated))?;
-                let old_port = be16(h, port_at);
-                let hc = be16(h, udp::CHECKSUM_OFFSET);
-                let c = if l4 == L4Sum::Deferred {
-                    Some(checksum::fold(u64::from(hc).wrapping_add(delta)))
-                } else {
-                    match hc {
-                        0 if v6 => return Err(Refused::Udp6ZeroChecksum),
-                        // IPv4 UDP without checksum stays without.
-                        0 => None,
-                        _ => {
-                            let pd = u64::from(!old_port).wrapping_add(u64::from(port));
-                            match apply(hc, delta.wrapping_add(pd)) {
-                                0 => Some(0xffff),
-                                c => Some(c),
-                            }
-                        }
-                    }
-                };
-                if let Some(c) = c {
-                    put16(h, udp::CHECKSUM_OFFSET, c);
-                }
-                put16(h, port_at, port);
+                rewrite_ports(h, port_at, port, delta, l4, v6)?;
             }
             proto::ICMPV6 => {
                 let h = seg

@@ -230,15 +230,10 @@ extern "C" fn lck_mtx_lock(m: u64) {
     lock_blocking(m, Kind::Mutex, true, "lck_mtx_lock");
 }
 extern "C" fn lck_mtx_try_lock(m: u64) -> c_int {
-    let me = std::thread::current().id();
     c_int::from(kernel::with(|k| {
         // xnu's try-lock of a mutex this thread holds just fails.
-        let mine = kernel::unhandle(m, Kind::Mutex)
-            .and_then(|id| k.locks.get(&id))
-            .is_some_and(
-                |l| matches!(&l.state, kernel::LockState::Held { owner, .. } if *owner == me),
-            );
-        !mine && k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_try_lock") == kernel::Acquire::Got
+        !k.holds(m, Kind::Mutex)
+            && k.lock_acquire(m, Kind::Mutex, true, "lck_mtx_try_lock") == kernel::Acquire::Got
     }))
 }
 extern "C" fn lck_mtx_unlock(m: u64) {
