@@ -3,6 +3,7 @@
 use crate::sys;
 
 /// Milliseconds since boot.
+#[inline]
 pub fn uptime_ms() -> u64 {
     let mut ts = sys::timespec {
         tv_sec: 0,
@@ -10,12 +11,12 @@ pub fn uptime_ms() -> u64 {
     };
     // SAFETY: nanouptime writes one `struct timespec` to the pointer given.
     unsafe { sys::nanouptime(&mut ts) };
-    let s = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let ms = u64::try_from(ts.tv_nsec)
-        .unwrap_or(0)
-        .checked_div(1_000_000)
-        .unwrap_or(0);
-    s.saturating_mul(1000).saturating_add(ms)
+    // The uptime's fields are never negative; in milliseconds as u64 it
+    // wraps only after 584 million years.
+    let ns = ts.tv_nsec as u64;
+    (ts.tv_sec as u64)
+        .wrapping_mul(1000)
+        .wrapping_add(ns.checked_div(1_000_000).unwrap_or(0))
 }
 
 /// Waits (spinning, for entry points that may block: start and stop) until

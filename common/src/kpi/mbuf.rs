@@ -191,6 +191,7 @@ impl<'a> Packet<'a> {
     /// `mbuf_pkthdr_len`, `mbuf_copydata` and `mbuf_copyback`). Writing
     /// there is what `mbuf_copyback` does for bytes within the first mbuf.
     /// `None` when the first mbuf is empty.
+    #[inline]
     pub fn first_mut(&mut self) -> Option<First<'_>> {
         let m = self.mbuf();
         // SAFETY: a live mbuf.
@@ -237,6 +238,7 @@ impl<'a> Packet<'a> {
 
     /// Tells the stack an inbound packet was modified: checksums verified by
     /// hardware must be verified again.
+    #[inline]
     pub fn inbound_modified(&mut self) {
         // SAFETY: a live chain with a packet header.
         unsafe { sys::mbuf_inbound_modified(self.mbuf()) }
@@ -275,6 +277,7 @@ pub struct Csum<'p> {
 
 impl Csum<'_> {
     /// [`Packet::l4_csum_deferred`].
+    #[inline]
     pub fn l4_deferred(&self) -> bool {
         l4_csum_deferred(self.m)
     }
@@ -282,6 +285,7 @@ impl Csum<'_> {
 
 /// `mbuf_get_csum_requested` of a live chain: a TCP/UDP checksum left to the
 /// interface.
+#[inline]
 fn l4_csum_deferred(m: sys::mbuf_t) -> bool {
     let mut req: sys::mbuf_csum_request_flags_t = 0;
     let mut value: u32 = 0;

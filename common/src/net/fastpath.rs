@@ -10,9 +10,10 @@
 //! split across mbufs — takes [`super::filter`]'s general path, as before.
 //!
 //! For a plain packet:
-//! 1. [`parse`] reads the flow key and TCP flags straight from the bytes;
+//! 1. [`parse`] reads the flow key (already [`Packed`] as the NAT table hashes
+//!    and compares it) and TCP flags straight from the bytes;
 //! 2. [`track_output`] / [`track_input`] (under the table's lock) answer what
-//!    the general path's plan would: the proxy's own addresses pass, a live
+//!    the general path's plan would: the proxies' own addresses pass, a live
 //!    tracked flow gives its proxy (output) or original destination (input)
 //!    and is refreshed; an untracked output packet goes to the rules
 //!    ([`Tracked::Untracked`]); an untracked input packet passes;
@@ -23,8 +24,8 @@
 //! The tests check each step against the general path on the same packets and
 //! tables: the same answer, the same bytes, the same table afterwards.
 
-use super::addr::{Endpoint, IpAddr};
-use super::nat::{FlowKey, NatTable, Store};
+use super::addr::IpAddr;
+use super::nat::{NatTable, Packed, PackedEndpoint, Store};
 use super::policy::Proxies;
 use super::translate::{self, L4Sum, Refused, Side};
 use super::wire::{Error, proto, tcp, udp};
@@ -42,6 +43,7 @@ pub struct Head {
 
 /// Bytes a transport header of `protocol` must have here (TCP's fixed header,
 /// UDP's header), or `None` for other protocols.
+#[inline(always)]
 fn min_transport(protocol: u8) -> Option<usize> {
     match protocol {
         proto::TCP => Some(tcp::HEADER_LEN),
@@ -50,11 +52,27 @@ fn min_transport(protocol: u8) -> Option<usize> {
     }
 }
 
-/// Reads a plain packet's shape and flow key (source, destination) from
-/// `first`, the packet's first bytes; `None`: not plain (module docs), the
-/// general path decides.
+/// The big-endian word of the 8 bytes of `b` at `at` (0 past the end).
 #[inline(always)]
-pub fn parse(first: &[u8]) -> Option<(Head, FlowKey)> {
+fn be64<const N: usize>(b: &[u8; N], at: usize) -> u64 {
+    b.get(at..)
+        .and_then(<[u8]>::first_chunk::<8>)
+        .map_or(0, |w| u64::from_be_bytes(*w))
+}
+
+/// The big-endian word of the 4 bytes of `b` at `at` (0 past the end).
+#[inline(always)]
+fn be32<const N: usize>(b: &[u8; N], at: usize) -> u32 {
+    b.get(at..)
+        .and_then(<[u8]>::first_chunk::<4>)
+        .map_or(0, |w| u32::from_be_bytes(*w))
+}
+
+/// Reads a plain packet's shape and flow key (protocol, source, destination)
+/// from `first`, the packet's first bytes; `None`: not plain (module docs),
+/// the general path decides.
+#[inline(always)]
+pub fn parse(first: &[u8]) -> Option<(Head, Packed)> {
     match *first.first()? {
         0x45 => parse_fixed::<20>(first),
         b if b >> 4 == 6 => parse_fixed::<40>(first),
@@ -65,106 +83,107 @@ pub fn parse(first: &[u8]) -> Option<(Head, FlowKey)> {
 /// [`parse`] for an `IP`-byte header (20: IPv4 without options, 40: IPv6),
 /// every field at a fixed offset.
 #[inline(always)]
-fn parse_fixed<const IP: usize>(first: &[u8]) -> Option<(Head, FlowKey)> {
+fn parse_fixed<const IP: usize>(first: &[u8]) -> Option<(Head, Packed)> {
     let v6 = IP == 40;
     let (ip, rest) = first.split_first_chunk::<IP>()?;
-    let (protocol, end, src, dst) = if v6 {
+    let (protocol, end, addrs) = if v6 {
         let payload = usize::from(translate::be16(ip, 4));
-        let src = IpAddr::V6(*ip.get(8..)?.first_chunk::<16>()?);
-        let dst = IpAddr::V6(*ip.get(24..)?.first_chunk::<16>()?);
-        (*ip.get(6)?, payload.wrapping_add(40), src, dst)
+        let addrs = [be64(ip, 8), be64(ip, 16), be64(ip, 24), be64(ip, 32)];
+        (*ip.get(6)?, payload.wrapping_add(40), addrs)
     } else {
         // Flags and fragment offset: MF or a non-zero offset is a fragment.
         if translate::be16(ip, 6) & 0x3fff != 0 {
             return None;
         }
-        let src = IpAddr::V4(*ip.get(12..)?.first_chunk::<4>()?);
-        let dst = IpAddr::V4(*ip.get(16..)?.first_chunk::<4>()?);
-        (*ip.get(9)?, usize::from(translate::be16(ip, 2)), src, dst)
+        let addrs = [0, u64::from(be32(ip, 12)), 0, u64::from(be32(ip, 16))];
+        (*ip.get(9)?, usize::from(translate::be16(ip, 2)), addrs)
     };
     let min = min_transport(protocol)?;
     if end > first.len() || end < IP.wrapping_add(min) {
         return None;
     }
-    let ports = rest.first_chunk::<4>()?;
+    let ports = rest.first_chunk::<4>().map(|p| u32::from_be_bytes(*p))?;
     let flags = if protocol == proto::TCP {
         *rest.get(13)?
     } else {
         0
     };
-    let key = FlowKey {
-        protocol,
-        src: Endpoint::new(src, u16::from_be_bytes([ports[0], ports[1]])),
-        dst: Endpoint::new(dst, u16::from_be_bytes([ports[2], ports[3]])),
-    };
+    // Both addresses IPv6, or both IPv4 (Packed's layout).
+    let meta = u64::from(ports) << 32 | u64::from(protocol) << 8 | if v6 { 3 } else { 0 };
+    let [ah, al, bh, bl] = addrs;
     Some((
         Head {
             v6,
             protocol,
             flags,
         },
-        key,
+        Packed::from_words([meta, ah, al, bh, bl]),
     ))
 }
 
-/// The proxy endpoints' addresses as packets carry them: a packet to or from
-/// one of them is never translated. Prepared once from the [`Proxies`] (when
-/// they change), so the per-packet check is a few compares: the general path's
-/// canonical comparison (an IPv4-mapped IPv6 address equals its IPv4 address)
-/// worked out in advance.
+/// The proxy endpoints' addresses as packets carry them, in [`Packed`]'s
+/// words: a packet to or from one of them is never translated. Prepared once
+/// from the [`Proxies`] (when they change), so the per-packet check is four
+/// word compares with no branch per slot: the general path's canonical
+/// comparison (an IPv4-mapped IPv6 address equals its IPv4 address) worked
+/// out in advance, and a slot without a proxy repeats the other's address.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProxyAddrs {
-    v4: [Option<[u8; 4]>; 2],
-    v6: [Option<[u8; 16]>; 2],
+    /// IPv4 proxies (`Packed`'s low word), when `any4`.
+    v4: [u64; 2],
+    any4: bool,
+    /// IPv6 proxies (IPv4 ones in their mapped form), when `any6`.
+    v6: [(u64, u64); 2],
+    any6: bool,
 }
 
 impl ProxyAddrs {
     /// Prepared from `p`.
     pub fn of(p: &Proxies) -> ProxyAddrs {
-        let mut out = ProxyAddrs::default();
-        for (i, e) in [p.v4, p.v6].iter().enumerate() {
+        let mut v4: [Option<u64>; 2] = [None; 2];
+        let mut v6: [Option<(u64, u64)>; 2] = [None; 2];
+        for ((e, s4), s6) in [p.v4, p.v6].iter().zip(&mut v4).zip(&mut v6) {
             let Some(e) = e else { continue };
-            match e.addr.canonical() {
+            *s6 = Some(match e.addr.canonical() {
                 IpAddr::V4(a) => {
-                    let mut m = [0u8; 16];
-                    if let Some((head, tail)) = m.split_last_chunk_mut::<4>() {
-                        *tail = a;
-                        if let Some(ff) = head.last_chunk_mut::<2>() {
-                            *ff = [0xff, 0xff];
-                        }
-                    }
-                    if let Some(s) = out.v4.get_mut(i) {
-                        *s = Some(a);
-                    }
-                    if let Some(s) = out.v6.get_mut(i) {
-                        *s = Some(m);
-                    }
+                    let a = u64::from(u32::from_be_bytes(a));
+                    *s4 = Some(a);
+                    // Its IPv4-mapped form: ::ffff:a.b.c.d.
+                    (0, 0xffff_0000_0000 | a)
                 }
                 IpAddr::V6(a) => {
-                    if let Some(s) = out.v6.get_mut(i) {
-                        *s = Some(a);
-                    }
+                    let (hi, lo) = a.split_at(8);
+                    let w = |s: &[u8]| <[u8; 8]>::try_from(s).map_or(0, u64::from_be_bytes);
+                    (w(hi), w(lo))
                 }
-            }
+            });
         }
-        out
-    }
-
-    /// Whether `a` or `b` is a proxy's address.
-    #[inline]
-    pub fn contains_either(&self, a: &IpAddr, b: &IpAddr) -> bool {
-        match (a, b) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => self.v4.iter().flatten().any(|p| p == a || p == b),
-            (IpAddr::V6(a), IpAddr::V6(b)) => self.v6.iter().flatten().any(|p| p == a || p == b),
-            _ => self.contains(a) || self.contains(b),
+        let [a4, b4] = v4;
+        let [a6, b6] = v6;
+        ProxyAddrs {
+            v4: [a4.or(b4).unwrap_or(0), b4.or(a4).unwrap_or(0)],
+            any4: a4.or(b4).is_some(),
+            v6: [a6.or(b6).unwrap_or((0, 0)), b6.or(a6).unwrap_or((0, 0))],
+            any6: a6.or(b6).is_some(),
         }
     }
 
-    fn contains(&self, a: &IpAddr) -> bool {
-        match a {
-            IpAddr::V4(a) => self.v4.iter().flatten().any(|p| p == a),
-            IpAddr::V6(a) => self.v6.iter().flatten().any(|p| p == a),
+    /// Whether the address of `e` is a proxy's.
+    #[inline(always)]
+    fn has(&self, e: &PackedEndpoint) -> bool {
+        if e.v6 {
+            let [(h0, l0), (h1, l1)] = self.v6;
+            self.any6 && ((h0 == e.hi) & (l0 == e.lo) | (h1 == e.hi) & (l1 == e.lo))
+        } else {
+            let [a, b] = self.v4;
+            self.any4 && ((a == e.lo) | (b == e.lo))
         }
+    }
+
+    /// Whether either address of `k` is a proxy's.
+    #[inline(always)]
+    pub fn contains_either(&self, k: &Packed) -> bool {
+        self.has(&k.b()) || self.has(&k.a())
     }
 }
 
@@ -172,7 +191,7 @@ impl ProxyAddrs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracked {
     /// A live tracked flow (refreshed): rewrite the endpoint to this.
-    To(Endpoint),
+    To(PackedEndpoint),
     /// Leave the packet alone (to or from a proxy; an untracked reply).
     Pass,
     /// An outbound packet of no live tracked flow: the rules decide.
@@ -181,18 +200,18 @@ pub enum Tracked {
 
 /// An outbound plain packet of flow `key` with TCP `flags`: the general
 /// path's tracked-flow answer ([`super::filter::plan_output_tracked`]).
-#[inline]
+#[inline(always)]
 pub fn track_output<S: Store>(
     table: &mut NatTable<S>,
     proxies: &ProxyAddrs,
-    key: &FlowKey,
+    key: &Packed,
     flags: u8,
     now: u64,
 ) -> Tracked {
-    if proxies.contains_either(&key.dst.addr, &key.src.addr) {
+    if proxies.contains_either(key) {
         return Tracked::Pass;
     }
-    match table.outbound(key, flags, now) {
+    match table.outbound_packed(key, flags, now) {
         Some(to) => Tracked::To(to),
         None => Tracked::Untracked,
     }
@@ -201,14 +220,14 @@ pub fn track_output<S: Store>(
 /// An inbound plain packet (`key` as it arrives: from, to): the original
 /// destination to put back as its source, or pass
 /// ([`super::filter::plan_input_parsed`]).
-#[inline]
+#[inline(always)]
 pub fn track_input<S: Store>(
     table: &mut NatTable<S>,
-    key: &FlowKey,
+    key: &Packed,
     flags: u8,
     now: u64,
 ) -> Tracked {
-    match table.inbound(key.protocol, &key.src, &key.dst, flags, now) {
+    match table.inbound_packed(key, flags, now) {
         Some(orig) => Tracked::To(orig),
         None => Tracked::Pass,
     }
@@ -223,15 +242,26 @@ pub fn rewrite(
     first: &mut [u8],
     h: &Head,
     side: Side,
-    to: &Endpoint,
+    to: &PackedEndpoint,
     l4: L4Sum,
 ) -> Result<usize, Refused> {
     let src = side == Side::Src;
-    match (&to.addr, h.v6, h.protocol) {
-        (IpAddr::V4(a), false, proto::TCP) => fixed::<20, 4, 18>(first, src, a, to.port, l4),
-        (IpAddr::V4(a), false, _) => fixed::<20, 4, 8>(first, src, a, to.port, l4),
-        (IpAddr::V6(a), true, proto::TCP) => fixed::<40, 16, 18>(first, src, a, to.port, l4),
-        (IpAddr::V6(a), true, _) => fixed::<40, 16, 8>(first, src, a, to.port, l4),
+    let v4 = (to.lo as u32).to_be_bytes();
+    let v6 = || {
+        let mut a = [0u8; 16];
+        if let Some((hi, lo)) = a.split_first_chunk_mut::<8>() {
+            *hi = to.hi.to_be_bytes();
+            if let Some(lo) = lo.first_chunk_mut::<8>() {
+                *lo = to.lo.to_be_bytes();
+            }
+        }
+        a
+    };
+    match (to.v6, h.v6, h.protocol) {
+        (false, false, proto::TCP) => fixed::<20, 4, 18>(first, src, &v4, to.port, l4),
+        (false, false, _) => fixed::<20, 4, 8>(first, src, &v4, to.port, l4),
+        (true, true, proto::TCP) => fixed::<40, 16, 18>(first, src, &v6(), to.port, l4),
+        (true, true, _) => fixed::<40, 16, 8>(first, src, &v6(), to.port, l4),
         _ => Err(Refused::FamilyMismatch),
     }
 }
@@ -277,9 +307,10 @@ fn fixed<const IP: usize, const A: usize, const L4: usize>(
 )]
 mod tests {
     use super::*;
+    use crate::net::addr::Endpoint;
     use crate::net::checksum;
     use crate::net::filter::{self, Plan};
-    use crate::net::nat::{Config, Entry};
+    use crate::net::nat::{Config, Entry, FlowKey};
     use crate::net::translate;
     use crate::net::wire::ip;
     use proptest::prelude::*;
@@ -357,7 +388,7 @@ mod tests {
     }
 
     fn flows(t: &NatTable<Vec<Entry>>) -> Vec<crate::net::nat::Flow> {
-        let mut v: Vec<_> = t.flows().copied().collect();
+        let mut v: Vec<_> = t.flows().collect();
         v.sort_by_key(|f| format!("{f:?}"));
         v
     }
@@ -458,7 +489,10 @@ mod tests {
                 prop_assert_eq!(t.protocol, h.protocol);
                 prop_assert_eq!(t.offset, if h.v6 { 40 } else { 20 });
                 prop_assert!(t.has_transport && !t.fragment);
-                prop_assert_eq!(filter::outbound_flow(&p, p.len()), Some(key));
+                prop_assert_eq!(
+                    filter::outbound_flow(&p, p.len()).map(|k| Packed::new(k.protocol, &k.src, &k.dst)),
+                    Some(key)
+                );
             }
         }
 
@@ -476,7 +510,7 @@ mod tests {
             let general = filter::plan_output_tracked(&gp, gp.len(), &t, &mut gt, &px, now);
             match (fast, general) {
                 (Tracked::To(to), Some(plan @ Plan::Translate { side: Side::Dst, to: g })) => {
-                    prop_assert_eq!(to, g);
+                    prop_assert_eq!(to.endpoint(), g);
                     let fr = rewrite(&mut fp, &h, Side::Dst, &to, l4);
                     let gr = filter::apply_parsed(&mut gp, &t, plan, l4);
                     match fr {
@@ -504,7 +538,7 @@ mod tests {
             let plan = filter::plan_input_parsed(&gp, &t, &mut gt, now);
             match (fast, plan) {
                 (Tracked::To(to), Plan::Translate { side: Side::Src, to: g }) => {
-                    prop_assert_eq!(to, g);
+                    prop_assert_eq!(to.endpoint(), g);
                     let fr = rewrite(&mut fp, &h, Side::Src, &to, L4Sum::Complete);
                     let gr = filter::apply_parsed(&mut gp, &t, plan, L4Sum::Complete);
                     match fr {
@@ -525,13 +559,14 @@ mod tests {
         #[test]
         fn rewrite_agrees_with_translate((p, _) in any_packet(), a in any::<[u8; 16]>(), port in any::<u16>(), src in any::<bool>(), deferred in any::<bool>()) {
             let Some((h, _)) = parse(&p) else { return Ok(()) };
-            let to = if h.v6 { ep(&a, port) } else { ep(&a[..4], port) };
+            let e = if h.v6 { ep(&a, port) } else { ep(&a[..4], port) };
+            let to = PackedEndpoint::of(&e);
             let side = if src { Side::Src } else { Side::Dst };
             let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
             let (mut fp, mut gp) = (p.clone(), p.clone());
             let t = ip::transport(&gp).unwrap();
             let fr = rewrite(&mut fp, &h, side, &to, l4);
-            let gr = translate::rewrite_with(&mut gp, &t, side, to.addr, to.port, l4);
+            let gr = translate::rewrite_with(&mut gp, &t, side, e.addr, e.port, l4);
             prop_assert_eq!(fr, gr);
             prop_assert_eq!(fp, gp);
         }
@@ -596,14 +631,14 @@ mod tests {
                 let (r, out) = fast(&with_checksum(p), &mut t, false);
                 assert_eq!(
                     r,
-                    Tracked::To(ep(&addr(3), 3128)),
+                    Tracked::To(PackedEndpoint::of(&ep(&addr(3), 3128))),
                     "v6 {v6} proto {protocol}"
                 );
                 verifies(&out, a(0), a(3));
                 // The proxy's reply, translated back to the original destination.
                 let q = packet(v6, protocol, &addr(3), &addr(0), 3128, 1000, tcp::ACK, 0, 5);
                 let (r, back) = fast(&with_checksum(q), &mut t, true);
-                assert_eq!(r, Tracked::To(ep(&addr(1), 80)));
+                assert_eq!(r, Tracked::To(PackedEndpoint::of(&ep(&addr(1), 80))));
                 verifies(&back, a(1), a(0));
                 let off = if v6 { 40 } else { 20 };
                 assert_eq!(&back[off..off + 2], &80u16.to_be_bytes());
@@ -626,13 +661,24 @@ mod tests {
             v6: Some(ep(&mapped, 3128)),
             ..Proxies::default()
         });
+        let k = |a: IpAddr, b: IpAddr| {
+            Packed::new(proto::TCP, &Endpoint::new(a, 1000), &Endpoint::new(b, 80))
+        };
         let v4 = IpAddr::V4([192, 0, 2, 1]);
         let other4 = IpAddr::V4([192, 0, 2, 2]);
-        assert!(p.contains_either(&v4, &other4));
-        assert!(p.contains_either(&other4, &v4));
-        assert!(p.contains_either(&IpAddr::V6(mapped), &IpAddr::V6([0; 16])));
-        assert!(!p.contains_either(&other4, &other4));
-        assert!(!ProxyAddrs::default().contains_either(&v4, &v4));
+        assert!(p.contains_either(&k(v4, other4)));
+        assert!(p.contains_either(&k(other4, v4)));
+        assert!(p.contains_either(&k(IpAddr::V6(mapped), IpAddr::V6([0; 16]))));
+        assert!(!p.contains_either(&k(other4, other4)));
+        assert!(!p.contains_either(&k(IpAddr::V6([0; 16]), IpAddr::V6([1; 16]))));
+        assert!(!ProxyAddrs::default().contains_either(&k(v4, v4)));
+        // An IPv4 proxy is also found in its IPv4-mapped form.
+        let q = ProxyAddrs::of(&Proxies {
+            v4: Some(ep(&[192, 0, 2, 1], 3128)),
+            ..Proxies::default()
+        });
+        assert!(q.contains_either(&k(IpAddr::V6([0; 16]), IpAddr::V6(mapped))));
+        assert!(q.contains_either(&k(other4, v4)));
     }
 
     #[test]

@@ -60,9 +60,6 @@ pub const MAX_FLOWS: usize = 1 << 24;
 /// Bytes one flow costs: its [`Entry`], indexes included.
 pub const ENTRY_BYTES: usize = core::mem::size_of::<Entry>();
 
-/// An endpoint of unused table slots.
-const ZERO: Endpoint = Endpoint::new(IpAddr::V4([0; 4]), 0);
-
 /// A flow as the client sends it: protocol, client (source), original destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -162,6 +159,7 @@ impl FlowState {
     }
 
     /// The state after a packet with TCP `flags` (0 for other protocols).
+    #[inline(always)]
     fn next(self, flags: u8, outbound: bool) -> FlowState {
         match self {
             FlowState::UdpNew if !outbound => FlowState::UdpReplied,
@@ -198,47 +196,192 @@ impl Flow {
     pub fn expires_at(&self, cfg: &Config) -> u64 {
         self.last_seen.saturating_add(cfg.timeout(self.state))
     }
+}
 
-    fn is_expired(&self, cfg: &Config, now: u64) -> bool {
-        now >= self.expires_at(cfg)
+/// A flow key as the table hashes and compares it: the protocol and two
+/// endpoints packed into five 64-bit words, so a probe compares words (the
+/// first holds both ports and the protocol: it tells most flows apart) and the
+/// hash mixes the same words.
+///
+/// Word 0: first port << 48 | second port << 32 | protocol << 8 | bit 1 when
+/// the second address is IPv6 | bit 0 when the first is; words 1-2 the first
+/// address, 3-4 the second (big-endian; an IPv4 address in the low half of
+/// its second word, the first word 0). The fast path builds it straight from
+/// a packet's bytes ([`Packed::from_words`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Packed([u64; 5]);
+
+/// An endpoint as [`Packed`] holds it: an address in two words and a port;
+/// what the fast path writes into a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedEndpoint {
+    /// IPv6 (else IPv4, in the low half of `lo`).
+    pub v6: bool,
+    /// The address's first eight bytes (IPv4: 0).
+    pub hi: u64,
+    /// The address's last eight bytes (IPv4: the address).
+    pub lo: u64,
+    /// The port.
+    pub port: u16,
+}
+
+impl PackedEndpoint {
+    /// `e` packed.
+    pub fn of(e: &Endpoint) -> PackedEndpoint {
+        let (v6, hi, lo) = addr_words(&e.addr);
+        PackedEndpoint {
+            v6,
+            hi,
+            lo,
+            port: e.port,
+        }
     }
 
-    fn rev_key(&self) -> (u8, Endpoint, Endpoint) {
-        (self.key.protocol, self.proxy, self.key.src)
+    /// The endpoint it packs.
+    pub fn endpoint(&self) -> Endpoint {
+        let addr = if self.v6 {
+            let mut b = [0u8; 16];
+            let (hi, lo) = b.split_at_mut(8);
+            hi.copy_from_slice(&self.hi.to_be_bytes());
+            lo.copy_from_slice(&self.lo.to_be_bytes());
+            IpAddr::V6(b)
+        } else {
+            IpAddr::V4((self.lo as u32).to_be_bytes())
+        };
+        Endpoint::new(addr, self.port)
     }
 }
 
-/// One slot of a table's storage: a flow (when used), its links on its state
-/// list (or the free list) and two buckets of each index.
+/// An address as two 64-bit words and whether it is IPv6.
+fn addr_words(a: &IpAddr) -> (bool, u64, u64) {
+    match a {
+        IpAddr::V4(b) => (false, 0, u64::from(u32::from_be_bytes(*b))),
+        IpAddr::V6(b) => {
+            let (hi, lo) = b.split_at(8);
+            let w = |s: &[u8]| <[u8; 8]>::try_from(s).map_or(0, u64::from_be_bytes);
+            (true, w(hi), w(lo))
+        }
+    }
+}
+
+impl Packed {
+    /// The key of `protocol` from `a` to `b`.
+    pub fn new(protocol: u8, a: &Endpoint, b: &Endpoint) -> Packed {
+        let (a6, ah, al) = addr_words(&a.addr);
+        let (b6, bh, bl) = addr_words(&b.addr);
+        let meta = u64::from(a.port) << 48
+            | u64::from(b.port) << 32
+            | u64::from(protocol) << 8
+            | u64::from(b6) << 1
+            | u64::from(a6);
+        Packed([meta, ah, al, bh, bl])
+    }
+
+    /// The key of its words (the type's docs give the layout).
+    #[inline(always)]
+    pub const fn from_words(w: [u64; 5]) -> Packed {
+        Packed(w)
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> u8 {
+        (self.0[0] >> 8) as u8
+    }
+
+    /// The first endpoint.
+    #[inline(always)]
+    pub fn a(&self) -> PackedEndpoint {
+        let [meta, hi, lo, _, _] = self.0;
+        PackedEndpoint {
+            v6: meta & 1 != 0,
+            hi,
+            lo,
+            port: (meta >> 48) as u16,
+        }
+    }
+
+    /// The second endpoint.
+    #[inline(always)]
+    pub fn b(&self) -> PackedEndpoint {
+        let [meta, _, _, hi, lo] = self.0;
+        PackedEndpoint {
+            v6: meta & 2 != 0,
+            hi,
+            lo,
+            port: (meta >> 32) as u16,
+        }
+    }
+
+    /// Word by word, the first (ports and protocol) deciding most misses.
+    #[inline(always)]
+    fn same(&self, o: &Packed) -> bool {
+        let [a0, a1, a2, a3, a4] = self.0;
+        let [b0, b1, b2, b3, b4] = o.0;
+        a0 == b0 && (a1 ^ b1) | (a2 ^ b2) | (a3 ^ b3) | (a4 ^ b4) == 0
+    }
+
+    /// The keyed hash: each address's two words mixed by one folded multiply
+    /// with secret words, then the first word (ports, protocol) by a third.
+    /// Replaces a byte-at-a-time FNV-1a (36 multiplies for an IPv4 key, 84
+    /// for IPv6; 3 here for both). Keyed by the table's random secret: an
+    /// outsider who does not know it cannot aim flows at one bucket.
+    #[inline(always)]
+    fn hash(&self, s: &[u64; 5]) -> u64 {
+        let [w0, w1, w2, w3, w4] = self.0;
+        let [s0, s1, s2, s3, s4] = *s;
+        let h = fold_mul(w1 ^ s1, w2 ^ s2) ^ fold_mul(w3 ^ s3, w4 ^ s4);
+        fold_mul(h ^ w0, s0)
+    }
+}
+
+/// One slot of a table's storage: a flow (when used) as its forward key
+/// (protocol, client, original destination) and reverse key (protocol, proxy,
+/// client), its links on its state list (or the free list) and two buckets
+/// of each index.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
-    flow: Flow,
-    used: bool,
+    fwd: Packed,
+    rev: Packed,
+    last_seen: u64,
     prev: u32,
     next: u32,
-    fwd: [u32; 2],
-    rev: [u32; 2],
+    fwd_b: [u32; 2],
+    rev_b: [u32; 2],
+    state: FlowState,
+    used: bool,
 }
 
 impl Entry {
     /// An unused entry (fill a new storage slice with it).
     pub const EMPTY: Entry = Entry {
-        flow: Flow {
-            key: FlowKey {
-                protocol: 0,
-                src: ZERO,
-                dst: ZERO,
-            },
-            proxy: ZERO,
-            last_seen: 0,
-            state: FlowState::UdpNew,
-        },
-        used: false,
+        fwd: Packed([0; 5]),
+        rev: Packed([0; 5]),
+        last_seen: 0,
         prev: NONE,
         next: NONE,
-        fwd: [0; 2],
-        rev: [0; 2],
+        fwd_b: [0; 2],
+        rev_b: [0; 2],
+        state: FlowState::UdpNew,
+        used: false,
     };
+
+    /// Its flow.
+    fn flow(&self) -> Flow {
+        Flow {
+            key: FlowKey {
+                protocol: self.fwd.protocol(),
+                src: self.fwd.a().endpoint(),
+                dst: self.fwd.b().endpoint(),
+            },
+            proxy: self.rev.a().endpoint(),
+            last_seen: self.last_seen,
+            state: self.state,
+        }
+    }
+
+    fn key(&self, reverse: bool) -> &Packed {
+        if reverse { &self.rev } else { &self.fwd }
+    }
 }
 
 /// No entry (ids are 1-based).
@@ -252,7 +395,10 @@ impl<T: AsRef<[Entry]> + AsMut<[Entry]> + ?Sized> Store for T {}
 #[derive(Debug, Clone)]
 pub struct NatTable<S> {
     cfg: Config,
-    seed: u64,
+    /// Each state's timeout (from `cfg`).
+    timeouts: [u64; STATES],
+    /// The hash's secret words (from the seed).
+    secret: [u64; 5],
     store: S,
     /// Entries `fresh..capacity` were never used.
     fresh: usize,
@@ -286,13 +432,14 @@ pub struct Stats {
 
 /// Folded multiply: the two halves of the 128-bit product xor-ed (the mixer
 /// of wyhash and foldhash). One multiply mixes two 64-bit words.
+#[inline(always)]
 fn fold_mul(x: u64, k: u64) -> u64 {
     let p = u128::from(x).wrapping_mul(u128::from(k));
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// Per-word keys derived from the table's seed (odd constants from the
-/// fractional part of π, as in wyhash).
+/// Odd constants from the fractional part of π (as in wyhash), from which
+/// the secret words are derived.
 const K: [u64; 5] = [
     0x243f_6a88_85a3_08d3,
     0x1319_8a2e_0370_7344,
@@ -301,44 +448,22 @@ const K: [u64; 5] = [
     0x4528_21e6_38d0_1377,
 ];
 
-/// An address as two 64-bit words (IPv4: the address in the low word).
-fn addr_words(a: &IpAddr) -> (u64, u64) {
-    match a {
-        IpAddr::V4(b) => (0, u64::from(u32::from_be_bytes(*b))),
-        IpAddr::V6(b) => {
-            let (hi, lo) = b.split_at(8);
-            let w = |s: &[u8]| <[u8; 8]>::try_from(s).map_or(0, u64::from_be_bytes);
-            (w(hi), w(lo))
-        }
-    }
+/// The hash's secret words for `seed`: each a folded multiply of the seed
+/// with one constant, made odd (never 0, so no word cancels a multiply).
+fn secret(seed: u64) -> [u64; 5] {
+    K.map(|k| fold_mul(seed ^ k, k.rotate_left(29) | 1) | 1)
 }
 
-/// The keyed hash of a flow key (protocol, two endpoints) packed into 64-bit
-/// words: family, protocol and ports in one word, IPv4 addresses in another
-/// (IPv6: two per address), each pair mixed by one folded multiply with
-/// seed-derived keys. Replaces a byte-at-a-time FNV-1a (36 multiplies for an
-/// IPv4 key, 3 here; 84 for IPv6, 4 here). Keyed by the table's random seed:
-/// an outsider who does not know it cannot aim flows at one bucket.
-fn hash3(seed: u64, protocol: u8, a: &Endpoint, b: &Endpoint) -> u64 {
-    let v6 = matches!(a.addr, IpAddr::V6(_)) || matches!(b.addr, IpAddr::V6(_));
-    let meta = u64::from(a.port) << 48
-        | u64::from(b.port) << 32
-        | u64::from(protocol) << 8
-        | if v6 { 6 } else { 4 };
-    let (ah, al) = addr_words(&a.addr);
-    let (bh, bl) = addr_words(&b.addr);
-    let h = if v6 {
-        fold_mul(ah ^ seed ^ K[0], al ^ K[1]) ^ fold_mul(bh ^ seed ^ K[2], bl ^ K[3])
-    } else {
-        fold_mul(al << 32 ^ bl ^ seed ^ K[0], K[1])
-    };
-    fold_mul(h ^ meta ^ K[4], seed ^ K[2])
-}
-
-/// Endpoint equality, ports first.
-#[inline(always)]
-fn same(x: &Endpoint, y: &Endpoint) -> bool {
-    x.port == y.port && x.addr == y.addr
+/// Each state's timeout under `cfg`, indexed by [`FlowState::list`].
+fn timeouts(cfg: &Config) -> [u64; STATES] {
+    [
+        FlowState::SynSent,
+        FlowState::Established,
+        FlowState::Closing,
+        FlowState::UdpNew,
+        FlowState::UdpReplied,
+    ]
+    .map(|s| cfg.timeout(s))
 }
 
 fn pos(id: u32) -> Option<usize> {
@@ -356,7 +481,8 @@ impl<S: Store> NatTable<S> {
         store.as_mut().fill(Entry::EMPTY);
         Ok(NatTable {
             cfg,
-            seed,
+            timeouts: timeouts(&cfg),
+            secret: secret(seed),
             store,
             fresh: 0,
             free_head: NONE,
@@ -380,6 +506,7 @@ impl<S: Store> NatTable<S> {
     /// from each flow's last packet; each state list stays in expiry order).
     pub fn set_config(&mut self, cfg: Config) {
         self.cfg = cfg;
+        self.timeouts = timeouts(&cfg);
     }
 
     /// Live entries, capacity and counters.
@@ -425,10 +552,12 @@ impl<S: Store> NatTable<S> {
         self.len == 0
     }
 
+    #[inline(always)]
     fn mask(&self) -> usize {
         self.capacity().wrapping_mul(2).wrapping_sub(1)
     }
 
+    #[inline(always)]
     fn tick(&mut self, now: u64) -> u64 {
         self.clock = self.clock.max(now);
         self.clock
@@ -442,14 +571,26 @@ impl<S: Store> NatTable<S> {
         self.store.as_mut().get_mut(pos(id)?)
     }
 
-    fn flow(&self, id: u32) -> Option<&Flow> {
-        self.entry(id).filter(|e| e.used).map(|e| &e.flow)
+    /// The used entry `id`.
+    fn used(&self, id: u32) -> Option<&Entry> {
+        self.entry(id).filter(|e| e.used)
+    }
+
+    fn flow(&self, id: u32) -> Option<Flow> {
+        self.used(id).map(Entry::flow)
+    }
+
+    /// True when `e`'s flow has expired at `now`.
+    #[inline(always)]
+    fn is_expired(&self, e: &Entry, now: u64) -> bool {
+        let timeout = self.timeouts.get(e.state.list()).copied().unwrap_or(0);
+        now >= e.last_seen.saturating_add(timeout)
     }
 
     fn bucket(&self, reverse: bool, i: usize) -> u32 {
         match self.store.as_ref().get(i >> 1) {
             Some(e) => {
-                let b = if reverse { &e.rev } else { &e.fwd };
+                let b = if reverse { &e.rev_b } else { &e.fwd_b };
                 b.get(i & 1).copied().unwrap_or(0)
             }
             None => 0,
@@ -458,60 +599,47 @@ impl<S: Store> NatTable<S> {
 
     fn set_bucket(&mut self, reverse: bool, i: usize, v: u32) {
         if let Some(e) = self.store.as_mut().get_mut(i >> 1) {
-            let b = if reverse { &mut e.rev } else { &mut e.fwd };
+            let b = if reverse { &mut e.rev_b } else { &mut e.fwd_b };
             if let Some(s) = b.get_mut(i & 1) {
                 *s = v;
             }
         }
     }
 
-    fn fwd_home(&self, f: &Flow) -> usize {
-        (hash3(self.seed, f.key.protocol, &f.key.src, &f.key.dst) as usize) & self.mask()
+    #[inline(always)]
+    fn home(&self, k: &Packed) -> usize {
+        (k.hash(&self.secret) as usize) & self.mask()
     }
 
-    fn rev_home(&self, f: &Flow) -> usize {
-        let (p, a, b) = f.rev_key();
-        (hash3(self.seed, p, &a, &b) as usize) & self.mask()
-    }
-
-    /// The id of the entry matching in the forward (or reverse) index, and its bucket.
-    fn find(
-        &self,
-        reverse: bool,
-        protocol: u8,
-        a: &Endpoint,
-        b: &Endpoint,
-    ) -> Option<(u32, usize)> {
+    /// The id of the entry whose forward (or reverse) key is `k`, and its bucket.
+    #[inline(always)]
+    fn find(&self, reverse: bool, k: &Packed) -> Option<(u32, usize)> {
         let store = self.store.as_ref();
         let mask = self.mask();
-        let mut i = (hash3(self.seed, protocol, a, b) as usize) & mask;
-        for _ in 0..=mask {
+        let mut i = self.home(k);
+        // Every bucket at most once (`left` more after this one).
+        let mut left = mask;
+        loop {
             // Bucket `i` is the `i & 1` one of entry `i / 2` (in bounds: the
             // mask is twice the capacity, less one).
             let slot = store.get(i >> 1)?;
-            let pair = if reverse { &slot.rev } else { &slot.fwd };
+            let pair = if reverse { &slot.rev_b } else { &slot.fwd_b };
             let e = if i & 1 == 0 { pair[0] } else { pair[1] };
             if e == NONE {
                 return None;
             }
             if let Some(en) = pos(e).and_then(|p| store.get(p))
                 && en.used
+                && en.key(reverse).same(k)
             {
-                let f = &en.flow;
-                // Ports first: the cheapest compare that tells most flows apart.
-                let hit = f.key.protocol == protocol
-                    && if reverse {
-                        same(&f.proxy, a) && same(&f.key.src, b)
-                    } else {
-                        same(&f.key.src, a) && same(&f.key.dst, b)
-                    };
-                if hit {
-                    return Some((e, i));
-                }
+                return Some((e, i));
             }
+            if left == 0 {
+                return None;
+            }
+            left = left.wrapping_sub(1);
             i = i.wrapping_add(1) & mask;
         }
-        None
     }
 
     fn index_insert(&mut self, reverse: bool, home: usize, e: u32) {
@@ -536,12 +664,8 @@ impl<S: Store> NatTable<S> {
             if e == NONE {
                 break;
             }
-            let Some(f) = self.flow(e) else { break };
-            let k = if reverse {
-                self.rev_home(f)
-            } else {
-                self.fwd_home(f)
-            };
+            let Some(en) = self.used(e) else { break };
+            let k = self.home(en.key(reverse));
             let stays = if hole <= j {
                 hole < k && k <= j
             } else {
@@ -560,7 +684,7 @@ impl<S: Store> NatTable<S> {
 
     fn unlink(&mut self, id: u32) {
         let Some(e) = self.entry(id) else { return };
-        let (prev, next, list) = (e.prev, e.next, e.flow.state.list());
+        let (prev, next, list) = (e.prev, e.next, e.state.list());
         match self.entry_mut(prev) {
             Some(p) => p.next = next,
             None => {
@@ -587,7 +711,7 @@ impl<S: Store> NatTable<S> {
     }
 
     fn push_tail(&mut self, id: u32) {
-        let Some(list) = self.flow(id).map(|f| f.state.list()) else {
+        let Some(list) = self.used(id).map(|e| e.state.list()) else {
             return;
         };
         let tail = self.tails.get(list).copied().unwrap_or(NONE);
@@ -613,15 +737,14 @@ impl<S: Store> NatTable<S> {
 
     /// Removes entry `id` from its list and both indexes and frees it.
     fn remove_entry(&mut self, id: u32) {
-        let Some(f) = self.flow(id).copied() else {
+        let Some((fwd, rev)) = self.used(id).map(|e| (e.fwd, e.rev)) else {
             return;
         };
         self.unlink(id);
-        if let Some((_, i)) = self.find(false, f.key.protocol, &f.key.src, &f.key.dst) {
+        if let Some((_, i)) = self.find(false, &fwd) {
             self.index_remove(false, i);
         }
-        let (p, a, b) = f.rev_key();
-        if let Some((_, i)) = self.find(true, p, &a, &b) {
+        if let Some((_, i)) = self.find(true, &rev) {
             self.index_remove(true, i);
         }
         let head = self.free_head;
@@ -639,8 +762,8 @@ impl<S: Store> NatTable<S> {
     fn touch(&mut self, id: u32, flags: u8, outbound: bool, now: u64) {
         self.unlink(id);
         if let Some(e) = self.entry_mut(id) {
-            e.flow.state = e.flow.state.next(flags, outbound);
-            e.flow.last_seen = e.flow.last_seen.max(now);
+            e.state = e.state.next(flags, outbound);
+            e.last_seen = e.last_seen.max(now);
         }
         self.push_tail(id);
     }
@@ -651,8 +774,8 @@ impl<S: Store> NatTable<S> {
         for list in 0..STATES {
             for _ in 0..budget {
                 let head = self.heads.get(list).copied().unwrap_or(NONE);
-                match self.flow(head) {
-                    Some(f) if f.is_expired(&self.cfg, now) => {
+                match self.used(head) {
+                    Some(e) if self.is_expired(e, now) => {
                         self.remove_entry(head);
                         removed = removed.saturating_add(1);
                     }
@@ -668,7 +791,7 @@ impl<S: Store> NatTable<S> {
     fn evict_unestablished(&mut self) -> bool {
         let head = |s: FlowState| {
             let id = self.heads.get(s.list()).copied().unwrap_or(NONE);
-            self.flow(id).map(|f| (f.last_seen, id))
+            self.used(id).map(|e| (e.last_seen, id))
         };
         let victim = match (head(FlowState::SynSent), head(FlowState::UdpNew)) {
             (Some(a), Some(b)) => {
@@ -702,7 +825,7 @@ impl<S: Store> NatTable<S> {
 
     /// Removes the entry `id` if its flow has expired; true if it did.
     fn drop_if_expired(&mut self, id: u32, now: u64) -> bool {
-        let expired = self.flow(id).is_some_and(|f| f.is_expired(&self.cfg, now));
+        let expired = self.used(id).is_some_and(|e| self.is_expired(e, now));
         if expired {
             self.expire(id);
         }
@@ -718,49 +841,62 @@ impl<S: Store> NatTable<S> {
     /// The flow `key` if it is tracked and live (an expired one is removed).
     pub fn get(&mut self, key: &FlowKey, now: u64) -> Option<Flow> {
         let now = self.tick(now);
-        let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
+        let (id, _) = self.find(false, &Packed::new(key.protocol, &key.src, &key.dst))?;
         if self.drop_if_expired(id, now) {
             return None;
         }
-        self.flow(id).copied()
+        self.flow(id)
     }
 
     /// An outbound packet of flow `key` with TCP `flags`: the proxy endpoint of
     /// a live tracked flow (refreshed), or None.
     pub fn outbound(&mut self, key: &FlowKey, flags: u8, now: u64) -> Option<Endpoint> {
+        let k = Packed::new(key.protocol, &key.src, &key.dst);
+        self.outbound_packed(&k, flags, now).map(|p| p.endpoint())
+    }
+
+    /// [`Self::outbound`] for a key already packed (protocol, client,
+    /// original destination): the proxy as the fast path writes it.
+    #[inline(always)]
+    pub fn outbound_packed(&mut self, k: &Packed, flags: u8, now: u64) -> Option<PackedEndpoint> {
         let now = self.tick(now);
-        let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
-        self.refresh(id, flags, true, now).map(|f| f.proxy)
+        let (id, _) = self.find(false, k)?;
+        self.refresh(id, flags, true, now, |e| e.rev.a())
     }
 
     /// A packet of live entry `id`'s flow with TCP `flags` (`outbound`: from
-    /// the client): its flow, refreshed; an expired flow is removed instead
-    /// (`None`). One entry lookup for the common case of a flow's packets in a
-    /// row: already the most recent of its list and its state unchanged, only
-    /// the time moves; otherwise [`Self::touch`].
-    #[inline]
-    fn refresh(&mut self, id: u32, flags: u8, outbound: bool, now: u64) -> Option<&Flow> {
-        let cfg = self.cfg;
-        let tail = |s: FlowState| self.tails.get(s.list()).copied();
-        let (expired, quick) = {
-            let e = self.entry(id).filter(|e| e.used)?;
-            let state = e.flow.state;
-            (
-                e.flow.is_expired(&cfg, now),
-                e.next == NONE && state.next(flags, outbound) == state && tail(state) == Some(id),
-            )
-        };
+    /// the client): `pick` of its entry, refreshed; an expired flow is
+    /// removed instead (`None`). One entry lookup for the common case of a
+    /// flow's packets in a row: already the most recent of its list (no next)
+    /// and its state unchanged, only the time moves; otherwise
+    /// [`Self::touch`].
+    #[inline(always)]
+    fn refresh<R>(
+        &mut self,
+        id: u32,
+        flags: u8,
+        outbound: bool,
+        now: u64,
+        pick: impl Fn(&Entry) -> R,
+    ) -> Option<R> {
+        let p = pos(id)?;
+        let timeouts = &self.timeouts;
+        let e = self.store.as_mut().get_mut(p)?;
+        if !e.used {
+            return None;
+        }
+        let timeout = timeouts.get(e.state.list()).copied().unwrap_or(0);
+        let expired = now >= e.last_seen.saturating_add(timeout);
+        if !expired && e.next == NONE && e.state.next(flags, outbound) == e.state {
+            e.last_seen = e.last_seen.max(now);
+            return Some(pick(e));
+        }
         if expired {
             self.expire(id);
             return None;
         }
-        if !quick {
-            self.touch(id, flags, outbound, now);
-            return self.flow(id);
-        }
-        let e = self.entry_mut(id)?;
-        e.flow.last_seen = e.flow.last_seen.max(now);
-        Some(&e.flow)
+        self.touch(id, flags, outbound, now);
+        self.entry(id).map(pick)
     }
 
     /// An inbound packet from `from` to `to` (protocol, TCP `flags`): the original
@@ -774,9 +910,17 @@ impl<S: Store> NatTable<S> {
         flags: u8,
         now: u64,
     ) -> Option<Endpoint> {
+        self.inbound_packed(&Packed::new(protocol, from, to), flags, now)
+            .map(|p| p.endpoint())
+    }
+
+    /// [`Self::inbound`] for a key already packed (protocol, from, to): the
+    /// original destination as the fast path writes it.
+    #[inline(always)]
+    pub fn inbound_packed(&mut self, k: &Packed, flags: u8, now: u64) -> Option<PackedEndpoint> {
         let now = self.tick(now);
-        let (id, _) = self.find(true, protocol, from, to)?;
-        self.refresh(id, flags, false, now).map(|f| f.key.dst)
+        let (id, _) = self.find(true, k)?;
+        self.refresh(id, flags, false, now, |e| e.fwd.b())
     }
 
     /// The live flow `key`, looked up without any side effect: no refresh of
@@ -784,9 +928,7 @@ impl<S: Store> NatTable<S> {
     /// reads as absent). For packets that concern a flow without being part of
     /// it (ICMP errors quoting one of its packets).
     pub fn peek_forward(&self, key: &FlowKey, now: u64) -> Option<Flow> {
-        let (id, _) = self.find(false, key.protocol, &key.src, &key.dst)?;
-        let f = *self.flow(id)?;
-        (!f.is_expired(&self.cfg, now.max(self.clock))).then_some(f)
+        self.peek(false, &Packed::new(key.protocol, &key.src, &key.dst), now)
     }
 
     /// The live flow whose proxy endpoint is `from` and client endpoint `to`
@@ -799,9 +941,13 @@ impl<S: Store> NatTable<S> {
         to: &Endpoint,
         now: u64,
     ) -> Option<Flow> {
-        let (id, _) = self.find(true, protocol, from, to)?;
-        let f = *self.flow(id)?;
-        (!f.is_expired(&self.cfg, now.max(self.clock))).then_some(f)
+        self.peek(true, &Packed::new(protocol, from, to), now)
+    }
+
+    fn peek(&self, reverse: bool, k: &Packed, now: u64) -> Option<Flow> {
+        let (id, _) = self.find(reverse, k)?;
+        let e = self.used(id)?;
+        (!self.is_expired(e, now.max(self.clock))).then(|| e.flow())
     }
 
     /// Tracks a new flow `key` → `proxy` opened by a packet with TCP `flags`
@@ -815,11 +961,13 @@ impl<S: Store> NatTable<S> {
     ) -> Result<Flow, InsertError> {
         let now = self.tick(now);
         self.reclaim(now, RECLAIM_PER_INSERT);
-        if let Some((id, _)) = self.find(false, key.protocol, &key.src, &key.dst) {
+        let fwd = Packed::new(key.protocol, &key.src, &key.dst);
+        let rev = Packed::new(key.protocol, &proxy, &key.src);
+        if let Some((id, _)) = self.find(false, &fwd) {
             // Tracked already (a new connection on the same 5-tuple): replaced.
             self.remove_entry(id);
         }
-        if let Some((id, _)) = self.find(true, key.protocol, &proxy, &key.src)
+        if let Some((id, _)) = self.find(true, &rev)
             && !self.drop_if_expired(id, now)
         {
             return Err(InsertError::Collision);
@@ -838,22 +986,25 @@ impl<S: Store> NatTable<S> {
         } else {
             FlowState::UdpNew
         };
-        let flow = Flow {
-            key,
-            proxy,
-            last_seen: now,
-            state,
-        };
         let Some(e) = self.entry_mut(id) else {
             return Err(InsertError::Full);
         };
-        e.flow = flow;
-        e.used = true;
+        *e = Entry {
+            fwd,
+            rev,
+            last_seen: now,
+            prev: NONE,
+            next: NONE,
+            fwd_b: e.fwd_b,
+            rev_b: e.rev_b,
+            state,
+            used: true,
+        };
+        let flow = e.flow();
         self.len = self.len.wrapping_add(1);
         self.inserted = self.inserted.wrapping_add(1);
         self.push_tail(id);
-        let fh = self.fwd_home(&flow);
-        let rh = self.rev_home(&flow);
+        let (fh, rh) = (self.home(&fwd), self.home(&rev));
         self.index_insert(false, fh, id);
         self.index_insert(true, rh, id);
         Ok(flow)
@@ -871,7 +1022,8 @@ impl<S: Store> NatTable<S> {
     pub fn reset(&mut self, cfg: Config, seed: u64) {
         self.store.as_mut().fill(Entry::EMPTY);
         self.cfg = cfg;
-        self.seed = seed;
+        self.timeouts = timeouts(&cfg);
+        self.secret = secret(seed);
         self.fresh = 0;
         self.free_head = NONE;
         self.len = 0;
@@ -889,25 +1041,29 @@ impl<S: Store> NatTable<S> {
     pub fn client_flow(&self, client: &Endpoint, now: u64) -> Option<Flow> {
         let now = now.max(self.clock);
         let mut found: Option<Flow> = None;
-        for f in self.flows() {
-            if f.key.src != *client || f.is_expired(&self.cfg, now) {
+        for e in self.store.as_ref().iter().filter(|e| e.used) {
+            if self.is_expired(e, now) {
+                continue;
+            }
+            let f = e.flow();
+            if f.key.src != *client {
                 continue;
             }
             if f.key.protocol == proto::TCP {
-                return Some(*f);
+                return Some(f);
             }
-            found = found.or(Some(*f));
+            found = found.or(Some(f));
         }
         found
     }
 
-    /// Iterates over the tracked flows (expired ones not yet reclaimed included).
-    pub fn flows(&self) -> impl Iterator<Item = &Flow> {
+    /// The tracked flows (expired ones not yet reclaimed included).
+    pub fn flows(&self) -> impl Iterator<Item = Flow> + '_ {
         self.store
             .as_ref()
             .iter()
             .filter(|e| e.used)
-            .map(|e| &e.flow)
+            .map(Entry::flow)
     }
 
     /// Checks the table's internal invariants (for tests and the emulator's
@@ -929,16 +1085,16 @@ impl<S: Store> NatTable<S> {
             let mut n = 0usize;
             while id != NONE {
                 let e = self.entry(id).ok_or("a list links outside the table")?;
-                if !e.used || e.flow.state != s {
+                if !e.used || e.state != s {
                     return Err("a list holds an entry of another state or a free one");
                 }
                 if e.prev != prev {
                     return Err("a list's back link is wrong");
                 }
-                if e.flow.last_seen < last {
+                if e.last_seen < last {
                     return Err("a list is out of order of last packet");
                 }
-                last = e.flow.last_seen;
+                last = e.last_seen;
                 n = n.saturating_add(1);
                 if n > self.capacity() {
                     return Err("a list has a cycle");
@@ -957,17 +1113,22 @@ impl<S: Store> NatTable<S> {
         if on_lists != self.len || self.flows().count() != self.len {
             return Err("the lists do not hold every used entry");
         }
-        for f in self.flows() {
-            if self
-                .find(false, f.key.protocol, &f.key.src, &f.key.dst)
-                .and_then(|(id, _)| self.flow(id))
-                != Some(f)
-            {
+        for (i, e) in self
+            .store
+            .as_ref()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.used)
+        {
+            let id = u32::try_from(i.wrapping_add(1)).ok();
+            if self.find(false, &e.fwd).map(|(id, _)| id) != id {
                 return Err("the forward index misses a flow");
             }
-            let (p, a, b) = f.rev_key();
-            if self.find(true, p, &a, &b).and_then(|(id, _)| self.flow(id)) != Some(f) {
+            if self.find(true, &e.rev).map(|(id, _)| id) != id {
                 return Err("the reverse index misses a flow");
+            }
+            if e.fwd.protocol() != e.rev.protocol() || e.fwd.a() != e.rev.b() {
+                return Err("a flow's two keys disagree");
             }
         }
         Ok(())

@@ -522,7 +522,7 @@ fn quoted_extension_headers_are_walked() {
 fn errors_do_not_touch_the_flow_state() {
     let mut table = super::nat(16, Config::DEFAULT, 7);
     let sent = open_flow(&mut table, false, proto::TCP, 40003, b"");
-    let before: Vec<_> = table.flows().copied().collect();
+    let before: Vec<_> = table.flows().collect();
     // An RST quoted in the error does not close the flow, nor refresh it.
     let mut q = sent.clone();
     q[33] = tcp::RST;
@@ -531,7 +531,7 @@ fn errors_do_not_touch_the_flow_state() {
         run(&mut e, &mut table, true, 1000),
         Decision::Rewritten { .. }
     ));
-    let after: Vec<_> = table.flows().copied().collect();
+    let after: Vec<_> = table.flows().collect();
     assert_eq!(before, after);
     // The flow expires at the same time as without the error.
     let f = before[0];
