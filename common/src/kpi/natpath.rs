@@ -439,6 +439,7 @@ fn input_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
 
 /// The decision for a fast-path rewrite's result (as [`filter::apply_parsed`]
 /// maps [`crate::net::translate::rewrite_with`]'s).
+#[inline(always)]
 fn fast_decision(r: Result<usize, Refused>) -> Decision {
     match r {
         Ok(changed) => Decision::Rewritten { changed },
@@ -465,6 +466,7 @@ fn input_parsed<'a, N: Nat>(
 }
 
 /// Settles an output packet once its headers are rewritten (or not).
+#[inline(always)]
 fn output_decided<'a, N: Nat>(n: &N, d: Decision, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
     match d {
         Decision::Rewritten { .. } => {
@@ -482,6 +484,7 @@ fn output_decided<'a, N: Nat>(n: &N, d: Decision, pkt: Packet<'a>, out: Output<'
 }
 
 /// Settles an input packet once its headers are rewritten (or not).
+#[inline(always)]
 fn input_decided<'a, N: Nat>(n: &N, d: Decision, mut pkt: Packet<'a>) -> Verdict<'a> {
     match d {
         Decision::Rewritten { .. } => {

@@ -27,13 +27,16 @@ pub fn sum(data: &[u8], init: u64) -> u64 {
     s
 }
 
-/// Folds a sum to 16 bits with end-around carry.
-pub fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff).wrapping_add(s >> 16);
-    }
-    // `s` ≤ 0xffff here.
-    u16::try_from(s).unwrap_or(0xffff)
+/// Folds a sum to 16 bits with end-around carry: four steps, no loop (the
+/// 32-bit halves, then three 16-bit folds: ≤ 2^33, ≤ 0x2FFFE, ≤ 0x10001,
+/// ≤ 0xFFFF).
+#[inline(always)]
+pub fn fold(s: u64) -> u16 {
+    let s = (s & 0xffff_ffff).wrapping_add(s >> 32);
+    let s = (s & 0xffff).wrapping_add(s >> 16);
+    let s = (s & 0xffff).wrapping_add(s >> 16);
+    let s = (s & 0xffff).wrapping_add(s >> 16);
+    s as u16
 }
 
 /// The internet checksum of `data` (its checksum field zeroed by the caller).
@@ -139,6 +142,40 @@ mod tests {
         let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(&d, 0)), 0xddf2);
         assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    /// The end-around-carry fold, one carry at a time.
+    fn fold_by_loop(mut s: u64) -> u16 {
+        while s > 0xffff {
+            s = (s & 0xffff).wrapping_add(s >> 16);
+        }
+        s as u16
+    }
+
+    #[test]
+    fn fold_agrees_with_the_loop_at_its_edges() {
+        for s in [
+            0,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x2_fffe,
+            0xffff_ffff,
+            0x1_ffff_fffe,
+            u64::MAX,
+            u64::MAX - 1,
+            0xffff_0000_ffff_0000,
+        ] {
+            assert_eq!(fold(s), fold_by_loop(s), "{s:#x}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fold_agrees_with_the_loop(s in proptest::prelude::any::<u64>(), small in 0u64..(1 << 34)) {
+            proptest::prop_assert_eq!(fold(s), fold_by_loop(s));
+            proptest::prop_assert_eq!(fold(small), fold_by_loop(small));
+        }
     }
 
     #[test]
