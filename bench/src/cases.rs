@@ -407,9 +407,9 @@ impl PacketPath {
             )
         };
         match tracked {
-            Tracked::To(to) => match fastpath::rewrite(first, &h, side, &to, L4Sum::Complete) {
-                Ok(changed) => Decision::Rewritten { changed },
-                Err(_) => Decision::Drop(filter::DropReason::Unparseable),
+            Tracked::To(to) => match fastpath::rewrite(first, side, &to, L4Sum::Complete) {
+                Some(Ok(changed)) => Decision::Rewritten { changed },
+                _ => Decision::Drop(filter::DropReason::Unparseable),
             },
             Tracked::Pass | Tracked::Untracked => Decision::Pass,
         }

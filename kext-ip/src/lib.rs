@@ -47,7 +47,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use common::kpi::alloc::{KBox, KSlice};
 use common::kpi::config::{Config as IpConfig, Ctl, Filter};
 use common::kpi::errno::Errno;
-use common::kpi::global::Global;
+use common::kpi::global::{Global, GlobalRef};
 use common::kpi::ipf::{Input, IpFilter, Output, Registration as IpfRegistration, Verdict};
 use common::kpi::lifecycle::{Kext, Registration};
 use common::kpi::lock::{FastMutex, RwLock};
@@ -108,9 +108,16 @@ struct Nat {
 }
 
 impl natpath::Nat for Nat {
-    fn with_flows<R>(&self, f: impl FnOnce(&mut Flows) -> R) -> Option<R> {
-        let st = STATE.get()?;
-        Some(f(&mut st.table(self.family).lock()))
+    type State = Shared;
+
+    #[inline(always)]
+    fn state(&self) -> Option<GlobalRef<'static, Shared>> {
+        STATE.get()
+    }
+
+    #[inline(always)]
+    fn flows<'s>(&self, st: &'s Shared) -> &'s FastMutex<Flows> {
+        st.table(self.family)
     }
 
     /// The new-flow plan: the rules under the configuration (read), then the

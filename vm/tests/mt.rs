@@ -33,29 +33,43 @@ fn ip_filter_from_four_threads_redirects_every_packet_and_never_drops_under_cont
     // Failing-first (defect 3): with the old per-packet try-lock (64 spins, then
     // drop) restored in kext-ip, this run dropped ~10,000 of 16,024 packets as
     // `busy` (see the issue 16 closing note).
-    let r = run("mt-nat", &[prx("PrxIPFilter")], None, &["--threads", "4"]);
-    assert!(r.passed, "{}", r.render());
-    let t = step(&r, "mt-nat: traffic");
-    let packets = count_before(t, "packets");
-    assert!(packets >= 16_000, "{t}");
-    assert_eq!(
-        count_before(t, "redirected") + count_before(t, "replies translated"),
-        packets,
-        "{t}"
-    );
-    assert!(t.contains("0 leaks") && t.contains("kext drops []"), "{t}");
-    let c = step(&r, "mt-nat: concurrency");
-    assert!(
-        count_before(c, "callbacks began while another ran") > 0,
-        "{c}"
-    );
-    assert!(count_before(c, "contended lock acquisitions") > 0, "{c}");
-    // The NAT tables' FastMutex slept for a holder (msleep, then wakeup_one)
-    // and every packet still went through: no wake-up was lost. About 40 per
-    // run here; a lost one is a violation (`msleep-lost-wakeup`).
-    assert!(count_before(c, "sleeps for a lock") > 0, "{c}");
-    assert!(count_before(c, "preemptions") > 0, "{c}");
-    assert!(rules(&r).is_empty(), "{:?}", r.violations);
+    //
+    // The NAT tables' FastMutex must also have slept for a holder (msleep,
+    // then wakeup_one) with every packet still through: no wake-up lost (a
+    // lost one is a violation, `msleep-lost-wakeup`). Its critical section
+    // makes no kernel call, so only the host's scheduler can preempt a holder
+    // there: a run on a loaded machine sees a few sleeps or, now and then,
+    // none (here 16-50 alone, 0-11 beside the other tests). Each run must
+    // pass everything else; up to four runs may be needed for a sleep. (The
+    // lock's sleep path is also tested deterministically on the host:
+    // `common::kpi::lock::tests`.)
+    let mut sleeps = 0;
+    for _ in 0..4 {
+        let r = run("mt-nat", &[prx("PrxIPFilter")], None, &["--threads", "4"]);
+        assert!(r.passed, "{}", r.render());
+        let t = step(&r, "mt-nat: traffic");
+        let packets = count_before(t, "packets");
+        assert!(packets >= 16_000, "{t}");
+        assert_eq!(
+            count_before(t, "redirected") + count_before(t, "replies translated"),
+            packets,
+            "{t}"
+        );
+        assert!(t.contains("0 leaks") && t.contains("kext drops []"), "{t}");
+        let c = step(&r, "mt-nat: concurrency");
+        assert!(
+            count_before(c, "callbacks began while another ran") > 0,
+            "{c}"
+        );
+        assert!(count_before(c, "preemptions") > 0, "{c}");
+        assert!(rules(&r).is_empty(), "{:?}", r.violations);
+        sleeps = count_before(c, "sleeps for a lock");
+        if sleeps > 0 {
+            assert!(count_before(c, "contended lock acquisitions") > 0, "{c}");
+            break;
+        }
+    }
+    assert!(sleeps > 0, "no run of four slept for a NAT table's lock");
 }
 
 #[test]

@@ -277,7 +277,7 @@ pub struct Csum<'p> {
 
 impl Csum<'_> {
     /// [`Packet::l4_csum_deferred`].
-    #[inline]
+    #[inline(always)]
     pub fn l4_deferred(&self) -> bool {
         l4_csum_deferred(self.m)
     }
@@ -285,7 +285,7 @@ impl Csum<'_> {
 
 /// `mbuf_get_csum_requested` of a live chain: a TCP/UDP checksum left to the
 /// interface.
-#[inline]
+#[inline(always)]
 fn l4_csum_deferred(m: sys::mbuf_t) -> bool {
     let mut req: sys::mbuf_csum_request_flags_t = 0;
     let mut value: u32 = 0;

@@ -6,7 +6,7 @@
 //! - Plain TCP/UDP packets first ([`crate::net::fastpath`]): parsed straight
 //!   from the first mbuf, looked up under the table's lock
 //!   ([`Nat::with_flows`], [`fastpath::track_output`]/[`fastpath::track_input`])
-//!   and rewritten in place; an untracked output packet goes to the rules
+//!   and rewritten in place, one body per header shape ([`fastpath::with_plain`]); an untracked output packet goes to the rules
 //!   ([`Nat::plan_untracked`]).
 //! - Then in place: when the first mbuf holds the headers
 //!   ([`filter::parse_in_first`]) they are planned and rewritten there, with no
@@ -31,11 +31,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::alloc::KSlice;
 use super::clock;
+use super::global::GlobalRef;
 use super::ipf::{self, IpFilter, Output, Verdict};
+use super::lock::FastMutex;
 use super::log::Logger;
-use super::mbuf::{First, Packet};
+use super::mbuf::{Csum, First, Packet};
 use crate::net::control::{StatsWriter, Timeouts, stat};
-use crate::net::fastpath::{self, ProxyAddrs, Tracked};
+use crate::net::fastpath::{self, OnPlain, Plain, ProxyAddrs, Tracked};
 use crate::net::filter::{self, Decision, DropReason, Plan};
 use crate::net::kextlog::{Ep, Flow, LogLevel};
 use crate::net::nat;
@@ -208,9 +210,21 @@ impl Flows {
 /// The kext's side of the packet path: its tables, its rules, counters and
 /// log (the family is the filter's, [`IpFilter::family`]).
 pub trait Nat: IpFilter {
-    /// Runs `f` on this family's flows under their lock; `None` before start
-    /// finished or after stop began (nothing is translated then).
-    fn with_flows<R>(&self, f: impl FnOnce(&mut Flows) -> R) -> Option<R>;
+    /// The kext's state (its tables among it).
+    type State: 'static;
+    /// The state, counted as in use; `None` before start finished or after
+    /// stop began (nothing is translated then).
+    fn state(&self) -> Option<GlobalRef<'static, Self::State>>;
+    /// This family's flows in `state`.
+    fn flows<'s>(&self, state: &'s Self::State) -> &'s FastMutex<Flows>;
+    /// Runs `f` on this family's flows under their lock (`None`: no state).
+    /// The fast path takes the lock itself, without a closure, so the table's
+    /// hit path inlines into the callback.
+    #[inline(always)]
+    fn with_flows<R>(&self, f: impl FnOnce(&mut Flows) -> R) -> Option<R> {
+        let st = self.state()?;
+        Some(f(&mut self.flows(&st).lock()))
+    }
     /// The plan for an outgoing TCP/UDP packet whose headers `prefix` parse
     /// as `t` (`len`: the packet's length) and whose flow its table does not
     /// track: the rules (the table is asked again under the rules' lock).
@@ -367,34 +381,86 @@ fn output_parsed<'a, N: Nat>(
     output_decided(n, d, pkt, out)
 }
 
+/// The fast path's body for an output packet ([`fastpath::with_plain`]):
+/// the decision, or `None` for a packet of no tracked flow (the rules decide).
+struct FastOutput<'n, 'p, N> {
+    n: &'n N,
+    csum: Csum<'p>,
+}
+
+impl<N: Nat> OnPlain for FastOutput<'_, '_, N> {
+    type Out = Option<Decision>;
+
+    #[inline(always)]
+    fn on<const IP: usize, const A: usize, const L4: usize>(
+        self,
+        p: Plain<'_, IP, A, L4>,
+    ) -> Option<Decision> {
+        let now = clock::uptime_ms();
+        let (key, flags) = (p.key, p.flags);
+        let tracked = match self.n.state() {
+            Some(st) => {
+                let mut g = self.n.flows(&st).lock();
+                let f = &mut *g;
+                fastpath::track_output(&mut f.table, &f.addrs, &key, flags, now)
+            }
+            None => Tracked::Pass,
+        };
+        match tracked {
+            Tracked::To(to) => {
+                // Only a rewrite needs to know whether the stack deferred
+                // the TCP/UDP checksum.
+                let l4 = if self.csum.l4_deferred() {
+                    L4Sum::Deferred
+                } else {
+                    L4Sum::Complete
+                };
+                Some(fast_decision(p.rewrite(Side::Dst, &to, l4)))
+            }
+            Tracked::Pass => Some(Decision::Pass),
+            Tracked::Untracked => None,
+        }
+    }
+}
+
+/// The fast path's body for an input packet: an untracked plain reply passes,
+/// as the general plan would say.
+struct FastInput<'n, N> {
+    n: &'n N,
+}
+
+impl<N: Nat> OnPlain for FastInput<'_, N> {
+    type Out = Decision;
+
+    #[inline(always)]
+    fn on<const IP: usize, const A: usize, const L4: usize>(
+        self,
+        p: Plain<'_, IP, A, L4>,
+    ) -> Decision {
+        let now = clock::uptime_ms();
+        let (key, flags) = (p.key, p.flags);
+        let tracked = match self.n.state() {
+            Some(st) => {
+                let mut f = self.n.flows(&st).lock();
+                fastpath::track_input(&mut f.table, &key, flags, now)
+            }
+            None => Tracked::Pass,
+        };
+        match tracked {
+            Tracked::To(to) => fast_decision(p.rewrite(Side::Src, &to, L4Sum::Complete)),
+            Tracked::Pass | Tracked::Untracked => Decision::Pass,
+        }
+    }
+}
+
 /// The output path of a packet whose first mbuf holds its headers
 /// ([`filter::parse_in_first`]): planned and rewritten in place, with no
 /// copy and no length asked (`None`: take the copying path).
 fn output_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
     let First { bytes, csum } = pkt.first_mut()?;
-    let fast = fastpath::parse(bytes);
-    if let Some((h, key)) = &fast {
-        let now = clock::uptime_ms();
-        let tracked =
-            n.with_flows(|f| fastpath::track_output(&mut f.table, &f.addrs, key, h.flags, now));
-        match tracked.unwrap_or(Tracked::Pass) {
-            Tracked::To(to) => {
-                let l4 = if csum.l4_deferred() {
-                    L4Sum::Deferred
-                } else {
-                    L4Sum::Complete
-                };
-                return Some(fast_decision(fastpath::rewrite(
-                    bytes,
-                    h,
-                    Side::Dst,
-                    &to,
-                    l4,
-                )));
-            }
-            Tracked::Pass => return Some(Decision::Pass),
-            Tracked::Untracked => {}
-        }
+    let fast = fastpath::with_plain(bytes, FastOutput { n, csum });
+    if let Some(Some(d)) = fast {
+        return Some(d);
     }
     let (k, t) = filter::parse_in_first(bytes, PREFIX)?;
     let len = bytes.len();
@@ -416,20 +482,8 @@ fn output_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
 /// [`output_in_place`] for the input path.
 fn input_in_place<N: Nat>(n: &N, pkt: &mut Packet<'_>) -> Option<Decision> {
     let First { bytes, .. } = pkt.first_mut()?;
-    if let Some((h, key)) = fastpath::parse(bytes) {
-        // An untracked plain reply passes, as the general plan would say.
-        let now = clock::uptime_ms();
-        let tracked = n.with_flows(|f| fastpath::track_input(&mut f.table, &key, h.flags, now));
-        return Some(match tracked.unwrap_or(Tracked::Pass) {
-            Tracked::To(to) => fast_decision(fastpath::rewrite(
-                bytes,
-                &h,
-                Side::Src,
-                &to,
-                L4Sum::Complete,
-            )),
-            Tracked::Pass | Tracked::Untracked => Decision::Pass,
-        });
+    if let Some(d) = fastpath::with_plain(bytes, FastInput { n }) {
+        return Some(d);
     }
     let (k, t) = filter::parse_in_first(bytes, PREFIX)?;
     let prefix = bytes.get_mut(..k)?;

@@ -68,24 +68,50 @@ fn be32<const N: usize>(b: &[u8; N], at: usize) -> u32 {
         .map_or(0, |w| u32::from_be_bytes(*w))
 }
 
-/// Reads a plain packet's shape and flow key (protocol, source, destination)
-/// from `first`, the packet's first bytes; `None`: not plain (module docs),
-/// the general path decides.
+/// A plain packet's fixed headers, checked once: the `IP`-byte IP header
+/// (20: IPv4 without options, 40: IPv6) with `A`-byte addresses, and the
+/// transport header up to its checksum (`L4` bytes: TCP 18, UDP 8; the
+/// checksum is the last two). Every field is at a fixed offset of a
+/// fixed-size array, so reading and rewriting it needs no bounds check.
+#[derive(Debug)]
+pub struct Plain<'a, const IP: usize, const A: usize, const L4: usize> {
+    ip: &'a mut [u8; IP],
+    l4: &'a mut [u8; L4],
+    /// The flow key as the packet carries it (protocol, source, destination).
+    pub key: Packed,
+    /// The TCP flags (0 for UDP).
+    pub flags: u8,
+}
+
+/// What runs on a plain packet ([`with_plain`]): one body, compiled for each
+/// of the four shapes (IPv4/IPv6, TCP/UDP).
+pub trait OnPlain {
+    /// Its result.
+    type Out;
+    /// Runs on `p`.
+    fn on<const IP: usize, const A: usize, const L4: usize>(
+        self,
+        p: Plain<'_, IP, A, L4>,
+    ) -> Self::Out;
+}
+
+/// Runs `v` on `first` (the packet's first bytes) if the packet is plain
+/// (module docs); `None` otherwise: the general path decides.
 #[inline(always)]
-pub fn parse(first: &[u8]) -> Option<(Head, Packed)> {
+pub fn with_plain<V: OnPlain>(first: &mut [u8], v: V) -> Option<V::Out> {
     match *first.first()? {
-        0x45 => parse_fixed::<20>(first),
-        b if b >> 4 == 6 => parse_fixed::<40>(first),
+        0x45 => plain::<20, 4, V>(first, v),
+        b if b >> 4 == 6 => plain::<40, 16, V>(first, v),
         _ => None,
     }
 }
 
-/// [`parse`] for an `IP`-byte header (20: IPv4 without options, 40: IPv6),
-/// every field at a fixed offset.
+/// [`with_plain`] for an `IP`-byte header with `A`-byte addresses.
 #[inline(always)]
-fn parse_fixed<const IP: usize>(first: &[u8]) -> Option<(Head, Packed)> {
+fn plain<const IP: usize, const A: usize, V: OnPlain>(first: &mut [u8], v: V) -> Option<V::Out> {
     let v6 = IP == 40;
-    let (ip, rest) = first.split_first_chunk::<IP>()?;
+    let len = first.len();
+    let (ip, rest) = first.split_first_chunk_mut::<IP>()?;
     let (protocol, end, addrs) = if v6 {
         let payload = usize::from(translate::be16(ip, 4));
         let addrs = [be64(ip, 8), be64(ip, 16), be64(ip, 24), be64(ip, 32)];
@@ -99,26 +125,114 @@ fn parse_fixed<const IP: usize>(first: &[u8]) -> Option<(Head, Packed)> {
         (*ip.get(9)?, usize::from(translate::be16(ip, 2)), addrs)
     };
     let min = min_transport(protocol)?;
-    if end > first.len() || end < IP.wrapping_add(min) {
+    if end > len || end < IP.wrapping_add(min) {
         return None;
     }
     let ports = rest.first_chunk::<4>().map(|p| u32::from_be_bytes(*p))?;
-    let flags = if protocol == proto::TCP {
-        *rest.get(13)?
-    } else {
-        0
-    };
     // Both addresses IPv6, or both IPv4 (Packed's layout).
     let meta = u64::from(ports) << 32 | u64::from(protocol) << 8 | if v6 { 3 } else { 0 };
     let [ah, al, bh, bl] = addrs;
-    Some((
+    let key = Packed::from_words([meta, ah, al, bh, bl]);
+    if protocol == proto::TCP {
+        let l4 = rest.first_chunk_mut::<18>()?;
+        let flags = *l4.get(13)?;
+        Some(v.on(Plain::<IP, A, 18> { ip, l4, key, flags }))
+    } else {
+        let l4 = rest.first_chunk_mut::<8>()?;
+        Some(v.on(Plain::<IP, A, 8> {
+            ip,
+            l4,
+            key,
+            flags: 0,
+        }))
+    }
+}
+
+impl<const IP: usize, const A: usize, const L4: usize> Plain<'_, IP, A, L4> {
+    /// Its shape.
+    pub fn head(&self) -> Head {
         Head {
-            v6,
-            protocol,
-            flags,
-        },
-        Packed::from_words([meta, ah, al, bh, bl]),
-    ))
+            v6: IP == 40,
+            protocol: self.key.protocol(),
+            flags: self.flags,
+        }
+    }
+
+    /// Rewrites the `side` endpoint to `to` (of the packet's family), with
+    /// the transport checksum field holding `l4`; the count of leading bytes
+    /// that may have changed, as [`super::translate::rewrite_with`] gives it.
+    /// The transport header as [`translate::rewrite_ports`] does it for the
+    /// general path.
+    #[inline(always)]
+    pub fn rewrite(self, side: Side, to: &PackedEndpoint, l4: L4Sum) -> Result<usize, Refused> {
+        if to.v6 != (A == 16) {
+            return Err(Refused::FamilyMismatch);
+        }
+        let src = side == Side::Src;
+        // The address's bytes: the last `A` of its two big-endian words.
+        let mut words = [0u8; 16];
+        if let Some((hi, lo)) = words.split_first_chunk_mut::<8>()
+            && let Some(lo) = lo.first_chunk_mut::<8>()
+        {
+            *hi = to.hi.to_be_bytes();
+            *lo = to.lo.to_be_bytes();
+        }
+        let truncated = Refused::Wire(Error::Truncated);
+        let new = words.last_chunk::<A>().ok_or(truncated)?;
+        let ip = self.ip;
+        // Source address at 12 (IPv4) or 8 (IPv6), destination right after it.
+        let at = (if IP == 20 { 12usize } else { 8 }).wrapping_add(if src { 0 } else { A });
+        let addr = ip
+            .get_mut(at..)
+            .and_then(<[u8]>::first_chunk_mut::<A>)
+            .ok_or(truncated)?;
+        let d = translate::addr_delta(addr, new);
+        translate::rewrite_ports(self.l4, if src { 0 } else { 2 }, to.port, d, l4, IP == 40)?;
+        *addr = *new;
+        if IP == 20 {
+            translate::put16(ip, 10, translate::apply(translate::be16(ip, 10), d));
+        }
+        Ok(IP.wrapping_add(L4))
+    }
+}
+
+/// Reads a plain packet's shape and flow key (protocol, source, destination)
+/// from `first`, the packet's first bytes (lent mutably, as
+/// [`with_plain`] takes them; nothing is written); `None`: not plain (module
+/// docs), the general path decides.
+pub fn parse(first: &mut [u8]) -> Option<(Head, Packed)> {
+    struct Read;
+    impl OnPlain for Read {
+        type Out = (Head, Packed);
+        fn on<const IP: usize, const A: usize, const L4: usize>(
+            self,
+            p: Plain<'_, IP, A, L4>,
+        ) -> (Head, Packed) {
+            (p.head(), p.key)
+        }
+    }
+    with_plain(first, Read)
+}
+
+/// Rewrites the `side` endpoint of the plain packet `first` to `to`
+/// ([`Plain::rewrite`]); `None`: not plain.
+pub fn rewrite(
+    first: &mut [u8],
+    side: Side,
+    to: &PackedEndpoint,
+    l4: L4Sum,
+) -> Option<Result<usize, Refused>> {
+    struct Rewrite<'t>(Side, &'t PackedEndpoint, L4Sum);
+    impl OnPlain for Rewrite<'_> {
+        type Out = Result<usize, Refused>;
+        fn on<const IP: usize, const A: usize, const L4: usize>(
+            self,
+            p: Plain<'_, IP, A, L4>,
+        ) -> Result<usize, Refused> {
+            p.rewrite(self.0, self.1, self.2)
+        }
+    }
+    with_plain(first, Rewrite(side, to, l4))
 }
 
 /// The proxy endpoints' addresses as packets carry them, in [`Packed`]'s
@@ -231,69 +345,6 @@ pub fn track_input<S: Store>(
         Some(orig) => Tracked::To(orig),
         None => Tracked::Pass,
     }
-}
-
-/// Rewrites the `side` endpoint of the plain packet `first` (parsed as `h`)
-/// to `to` (of the packet's family), with its transport checksum field holding
-/// `l4`; the count of leading bytes that may have changed, as
-/// [`super::translate::rewrite_with`] gives it.
-#[inline(always)]
-pub fn rewrite(
-    first: &mut [u8],
-    h: &Head,
-    side: Side,
-    to: &PackedEndpoint,
-    l4: L4Sum,
-) -> Result<usize, Refused> {
-    let src = side == Side::Src;
-    let v4 = (to.lo as u32).to_be_bytes();
-    let v6 = || {
-        let mut a = [0u8; 16];
-        if let Some((hi, lo)) = a.split_first_chunk_mut::<8>() {
-            *hi = to.hi.to_be_bytes();
-            if let Some(lo) = lo.first_chunk_mut::<8>() {
-                *lo = to.lo.to_be_bytes();
-            }
-        }
-        a
-    };
-    match (to.v6, h.v6, h.protocol) {
-        (false, false, proto::TCP) => fixed::<20, 4, 18>(first, src, &v4, to.port, l4),
-        (false, false, _) => fixed::<20, 4, 8>(first, src, &v4, to.port, l4),
-        (true, true, proto::TCP) => fixed::<40, 16, 18>(first, src, &v6(), to.port, l4),
-        (true, true, _) => fixed::<40, 16, 8>(first, src, &v6(), to.port, l4),
-        _ => Err(Refused::FamilyMismatch),
-    }
-}
-
-/// [`rewrite`] for an `IP`-byte IP header with `A`-byte addresses and a
-/// transport header read up to its checksum (`L4` bytes: TCP 18, UDP 8; the
-/// checksum is the last two), all at fixed offsets; the transport header as
-/// [`translate::rewrite_ports`] does it for the general path.
-#[inline(always)]
-fn fixed<const IP: usize, const A: usize, const L4: usize>(
-    first: &mut [u8],
-    src: bool,
-    new: &[u8; A],
-    port: u16,
-    l4: L4Sum,
-) -> Result<usize, Refused> {
-    let truncated = Refused::Wire(Error::Truncated);
-    let (ip, rest) = first.split_first_chunk_mut::<IP>().ok_or(truncated)?;
-    let seg = rest.first_chunk_mut::<L4>().ok_or(truncated)?;
-    // Source address at 12 (IPv4) or 8 (IPv6), destination right after it.
-    let at = (if IP == 20 { 12usize } else { 8 }).wrapping_add(if src { 0 } else { A });
-    let addr = ip
-        .get_mut(at..)
-        .and_then(<[u8]>::first_chunk_mut::<A>)
-        .ok_or(truncated)?;
-    let d = translate::addr_delta(addr, new);
-    translate::rewrite_ports(seg, if src { 0 } else { 2 }, port, d, l4, IP == 40)?;
-    *addr = *new;
-    if IP == 20 {
-        translate::put16(ip, 10, translate::apply(translate::be16(ip, 10), d));
-    }
-    Ok(IP.wrapping_add(L4))
 }
 
 #[cfg(test)]
@@ -483,7 +534,7 @@ mod tests {
         /// is not plain is left to the general path.
         #[test]
         fn parse_agrees_with_the_general_parse((p, _) in any_packet()) {
-            if let Some((h, key)) = parse(&p) {
+            if let Some((h, key)) = parse(&mut p.clone()) {
                 let (k, t) = filter::parse_in_first(&p, 256).expect("general parse");
                 prop_assert_eq!(k, p.len().min(256));
                 prop_assert_eq!(t.protocol, h.protocol);
@@ -500,7 +551,7 @@ mod tests {
         /// tracked-flow plan and rewrite.
         #[test]
         fn output_agrees_with_the_general_path((p, _) in any_packet(), deferred in any::<bool>(), now in prop_oneof![1_000u64..200_000, 1_000u64..10_000_000_000]) {
-            let Some((h, key)) = parse(&p) else { return Ok(()) };
+            let Some((h, key)) = parse(&mut p.clone()) else { return Ok(()) };
             let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
             let px = proxies(h.v6);
             let (mut ft, mut gt) = (filled(h.v6), filled(h.v6));
@@ -511,7 +562,7 @@ mod tests {
             match (fast, general) {
                 (Tracked::To(to), Some(plan @ Plan::Translate { side: Side::Dst, to: g })) => {
                     prop_assert_eq!(to.endpoint(), g);
-                    let fr = rewrite(&mut fp, &h, Side::Dst, &to, l4);
+                    let fr = rewrite(&mut fp, Side::Dst, &to, l4).expect("plain");
                     let gr = filter::apply_parsed(&mut gp, &t, plan, l4);
                     match fr {
                         Ok(n) => prop_assert_eq!(gr, filter::Decision::Rewritten { changed: n }),
@@ -530,7 +581,7 @@ mod tests {
         /// Input: the same answer, bytes and table as the general path's.
         #[test]
         fn input_agrees_with_the_general_path((p, _) in any_packet(), now in prop_oneof![1_000u64..200_000, 1_000u64..10_000_000_000]) {
-            let Some((h, key)) = parse(&p) else { return Ok(()) };
+            let Some((h, key)) = parse(&mut p.clone()) else { return Ok(()) };
             let (mut ft, mut gt) = (filled(h.v6), filled(h.v6));
             let (mut fp, mut gp) = (p.clone(), p.clone());
             let fast = track_input(&mut ft, &key, h.flags, now);
@@ -539,7 +590,7 @@ mod tests {
             match (fast, plan) {
                 (Tracked::To(to), Plan::Translate { side: Side::Src, to: g }) => {
                     prop_assert_eq!(to.endpoint(), g);
-                    let fr = rewrite(&mut fp, &h, Side::Src, &to, L4Sum::Complete);
+                    let fr = rewrite(&mut fp, Side::Src, &to, L4Sum::Complete).expect("plain");
                     let gr = filter::apply_parsed(&mut gp, &t, plan, L4Sum::Complete);
                     match fr {
                         Ok(n) => prop_assert_eq!(gr, filter::Decision::Rewritten { changed: n }),
@@ -558,14 +609,14 @@ mod tests {
         /// checksum state (not only the tables' proxies).
         #[test]
         fn rewrite_agrees_with_translate((p, _) in any_packet(), a in any::<[u8; 16]>(), port in any::<u16>(), src in any::<bool>(), deferred in any::<bool>()) {
-            let Some((h, _)) = parse(&p) else { return Ok(()) };
+            let Some((h, _)) = parse(&mut p.clone()) else { return Ok(()) };
             let e = if h.v6 { ep(&a, port) } else { ep(&a[..4], port) };
             let to = PackedEndpoint::of(&e);
             let side = if src { Side::Src } else { Side::Dst };
             let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
             let (mut fp, mut gp) = (p.clone(), p.clone());
             let t = ip::transport(&gp).unwrap();
-            let fr = rewrite(&mut fp, &h, side, &to, l4);
+            let fr = rewrite(&mut fp, side, &to, l4).expect("plain");
             let gr = translate::rewrite_with(&mut gp, &t, side, e.addr, e.port, l4);
             prop_assert_eq!(fr, gr);
             prop_assert_eq!(fp, gp);
@@ -576,7 +627,7 @@ mod tests {
     /// what it answered and the packet after.
     fn fast(p: &[u8], t: &mut NatTable<Vec<Entry>>, reply: bool) -> (Tracked, Vec<u8>) {
         let mut p = p.to_vec();
-        let (h, key) = parse(&p).expect("plain");
+        let (h, key) = parse(&mut p.clone()).expect("plain");
         let r = if reply {
             track_input(t, &key, h.flags, 2_000)
         } else {
@@ -584,7 +635,9 @@ mod tests {
         };
         if let Tracked::To(to) = r {
             let side = if reply { Side::Src } else { Side::Dst };
-            rewrite(&mut p, &h, side, &to, L4Sum::Complete).unwrap();
+            rewrite(&mut p, side, &to, L4Sum::Complete)
+                .expect("plain")
+                .unwrap();
         }
         (r, p)
     }
@@ -685,25 +738,25 @@ mod tests {
     fn options_fragments_and_extension_headers_are_not_plain() {
         let a4 = [10, 0, 0, 1];
         let p = packet(false, proto::TCP, &a4, &a4, 1, 2, tcp::ACK, 0, 10);
-        assert!(parse(&p).is_some());
+        assert!(parse(&mut p.clone()).is_some());
         let mut q = p.clone();
         q[0] = 0x46; // options
-        assert!(parse(&q).is_none());
+        assert!(parse(&mut q).is_none());
         let mut q = p.clone();
         q[6] = 0x20; // MF
-        assert!(parse(&q).is_none());
+        assert!(parse(&mut q).is_none());
         let mut q = p.clone();
         q[7] = 1; // offset
-        assert!(parse(&q).is_none());
+        assert!(parse(&mut q).is_none());
         assert!(
-            parse(&p[..p.len() - 1]).is_none(),
+            parse(&mut p.clone()[..p.len() - 1]).is_none(),
             "IP length past the bytes"
         );
         let a6 = [0x20; 16];
         let p = packet(true, proto::UDP, &a6, &a6, 1, 2, 0, 1, 0);
-        assert!(parse(&p).is_some());
+        assert!(parse(&mut p.clone()).is_some());
         let mut q = p.clone();
         q[6] = 0; // hop-by-hop options first
-        assert!(parse(&q).is_none());
+        assert!(parse(&mut q).is_none());
     }
 }
