@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use common::net::addr::{Endpoint, Family, IpAddr};
 use common::net::checksum;
 use common::net::control::{self, Op, SetRequest};
-use common::net::fastpath::{self, ProxyAddrs, Tracked};
+use common::net::fastpath::{self, OnPlain, Plain, ProxyAddrs, Tracked};
 use common::net::filter::{self, Decision, RulesPolicy};
 use common::net::nat::{Config, Entry, FlowKey, NatTable};
 use common::net::policy::{self, Proxies};
@@ -390,29 +390,17 @@ impl PacketPath {
     }
 
     /// The fast path on the whole packet as its first mbuf (the header
-    /// prefix copied in first, as the other cases do), as natpath runs it.
+    /// prefix copied in first, as the other cases do), as natpath runs it:
+    /// the headers checked once, then one body per header shape.
     fn fast(&mut self, first: &mut [u8], addrs: &ProxyAddrs, output: bool) -> Decision {
         let n = self.n;
         first[..n].copy_from_slice(&self.template[..n]);
-        let Some((h, key)) = fastpath::parse(first) else {
-            return Decision::Pass;
+        let body = Fast {
+            table: &mut self.table,
+            addrs,
+            output,
         };
-        let (tracked, side) = if output {
-            let t = fastpath::track_output(&mut self.table, addrs, &key, h.flags, NOW);
-            (t, Side::Dst)
-        } else {
-            (
-                fastpath::track_input(&mut self.table, &key, h.flags, NOW),
-                Side::Src,
-            )
-        };
-        match tracked {
-            Tracked::To(to) => match fastpath::rewrite(first, side, &to, L4Sum::Complete) {
-                Some(Ok(changed)) => Decision::Rewritten { changed },
-                _ => Decision::Drop(filter::DropReason::Unparseable),
-            },
-            Tracked::Pass | Tracked::Untracked => Decision::Pass,
-        }
+        fastpath::with_plain(first, body).unwrap_or(Decision::Pass)
     }
 
     /// The decision rewrote the packet, and its endpoints are now `src` →
@@ -548,6 +536,39 @@ fn input_case(
     Ok(format!(
         "Rewritten back to the original destination, checksums verified, {hdr}-byte prefix"
     ))
+}
+
+/// The fast path's body for the bench (natpath's `FastOutput`/`FastInput`
+/// without the kernel: no clock, no lock).
+struct Fast<'t> {
+    table: &'t mut Table,
+    addrs: &'t ProxyAddrs,
+    output: bool,
+}
+
+impl OnPlain for Fast<'_> {
+    type Out = Decision;
+
+    #[inline(always)]
+    fn on<const IP: usize, const A: usize, const L4: usize>(
+        self,
+        p: Plain<'_, IP, A, L4>,
+    ) -> Decision {
+        let (tracked, side) = if self.output {
+            let t = fastpath::track_output(self.table, self.addrs, &p.key, p.flags, NOW);
+            (t, Side::Dst)
+        } else {
+            let t = fastpath::track_input(self.table, &p.key, p.flags, NOW);
+            (t, Side::Src)
+        };
+        match tracked {
+            Tracked::To(to) => match p.rewrite(side, &to, L4Sum::Complete) {
+                Ok(changed) => Decision::Rewritten { changed },
+                Err(_) => Decision::Drop(filter::DropReason::Unparseable),
+            },
+            Tracked::Pass | Tracked::Untracked => Decision::Pass,
+        }
+    }
 }
 
 fn fast_case(
