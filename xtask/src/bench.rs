@@ -412,21 +412,39 @@ fn emulator(
         kext.display()
     );
     println!(
-        "{:<10} {:>9} {:>18} {:>12} {:>14}",
-        "scenario", "callbacks", "kext instr/packet", "ratio", "kernel calls"
+        "{:<10} {:>9} {:>18} {:>12} {:>16} {:>16} {:>14}",
+        "scenario",
+        "callbacks",
+        "kext instr/packet",
+        "ratio",
+        "output (ratio)",
+        "input (ratio)",
+        "kernel calls"
     );
     for scenario in ["nat-tcp4", "nat-tcp6"] {
         eprintln!("bench: emulator {scenario} under callgrind");
         let c = crate::bench_emu::run(&emu, &kext, scenario, dir)?;
         let per = c.kext_instructions as f64 / c.callbacks as f64;
         let calls = c.kernel_calls_total() as f64 / c.callbacks as f64;
-        let ratio = floor
-            .filter(|f| *f > 0.0)
-            .map(|f| format!("{:.1}× floor", per / f))
-            .unwrap_or_default();
+        let ratio = |x: f64| {
+            floor
+                .filter(|f| *f > 0.0)
+                .map(|f| format!("{:.1}× floor", x / f))
+                .unwrap_or_default()
+        };
+        let dir = |d: &crate::bench_emu::Direction| {
+            let x = d.per_packet();
+            match floor.filter(|f| *f > 0.0) {
+                Some(f) => format!("{x:.1} ({:.1}×)", x / f),
+                None => format!("{x:.1}"),
+            }
+        };
         println!(
-            "{scenario:<10} {:>9} {per:>18.1} {ratio:>12} {calls:>14.2}",
-            c.callbacks
+            "{scenario:<10} {:>9} {per:>18.1} {:>12} {:>16} {:>16} {calls:>14.2}",
+            c.callbacks,
+            ratio(per),
+            dir(&c.output),
+            dir(&c.input),
         );
         // KPIs called at least once per 100 packets (the rest is start and control).
         let each: Vec<String> = c
@@ -440,8 +458,8 @@ fn emulator(
         out.push((scenario.to_owned(), c));
     }
     println!(
-        "(kext instructions: the functions the packet callbacks reach; kernel calls: the whole \
-         run, start and control included)"
+        "(kext instructions: the functions the packet callbacks reach, all callbacks and each \
+         direction; kernel calls: the whole run, start and control included)"
     );
     Ok(out)
 }
@@ -515,6 +533,14 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
                     "callbacks": c.callbacks,
                     "kext_instructions": c.kext_instructions,
                     "kext_instructions_with_start_and_control": c.kext_instructions_all,
+                    "output": {
+                        "callbacks": c.output.callbacks,
+                        "kext_instructions": c.output.kext_instructions,
+                    },
+                    "input": {
+                        "callbacks": c.input.callbacks,
+                        "kext_instructions": c.input.kext_instructions,
+                    },
                     "kernel_calls": c.kernel_calls,
                 }))
                 .collect::<Vec<_>>()

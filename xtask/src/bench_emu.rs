@@ -88,6 +88,29 @@ pub struct Counts {
     pub callbacks: u64,
     /// Calls from the image to each KPI.
     pub kernel_calls: BTreeMap<String, u64>,
+    /// The output callbacks (`ipf_output`) alone.
+    pub output: Direction,
+    /// The input callbacks (`ipf_input`) alone.
+    pub input: Direction,
+}
+
+/// One direction's callbacks: how many, and the instructions of the kext
+/// functions they reach (a function both directions reach counts in each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Direction {
+    pub callbacks: u64,
+    pub kext_instructions: u64,
+}
+
+impl Direction {
+    /// Kext instructions per callback (0 without callbacks).
+    pub fn per_packet(&self) -> f64 {
+        if self.callbacks == 0 {
+            0.0
+        } else {
+            self.kext_instructions as f64 / self.callbacks as f64
+        }
+    }
 }
 
 impl Counts {
@@ -104,7 +127,9 @@ fn hex(s: &str) -> Option<u64> {
 /// --compress-pos=no --compress-strings=no`: cost lines `0xADDR COST`, call
 /// lines `calls=N 0xTARGET` followed by the calling instruction's line (whose
 /// cost is the call's inclusive cost, not the instruction's own).
-pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
+/// `outputs`: the offsets in the image of the output callbacks' entries
+/// ([`callback_entries`]); every other callback entry is an input one.
+pub fn parse_callgrind(text: &str, img: &Image, outputs: &[u64]) -> Result<Counts> {
     let inside = |a: u64| a >= img.base && a < img.base.saturating_add(img.size);
     let stubs_end = img
         .stubs
@@ -118,6 +143,8 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
     let mut own: BTreeMap<String, u64> = BTreeMap::new();
     let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut roots: Vec<String> = Vec::new();
+    // Callbacks per entry (by target address).
+    let mut entries: BTreeMap<u64, (String, u64)> = BTreeMap::new();
     for line in text.lines() {
         if let Some(f) = line.strip_prefix("fn=") {
             func = f.to_owned();
@@ -151,6 +178,8 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
             } else if !inside(addr) && inside(target) && func.contains("call_ipf") {
                 c.callbacks += n;
                 roots.push(callee.clone());
+                let e = entries.entry(target).or_insert_with(|| (callee.clone(), 0));
+                e.1 += n;
             }
             continue;
         }
@@ -166,15 +195,34 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
     }
     // Every function reachable from the callbacks' entries (through kext code
     // only: a kernel function does not call back into the kext here).
-    let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    let mut stack = roots;
-    while let Some(f) = stack.pop() {
-        if !own.contains_key(&f) || !seen.insert(f.clone()) {
-            continue;
+    let reached = |roots: Vec<String>| {
+        let mut seen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut stack = roots;
+        while let Some(f) = stack.pop() {
+            if !own.contains_key(&f) || !seen.insert(f.clone()) {
+                continue;
+            }
+            stack.extend(edges.get(&f).into_iter().flatten().cloned());
         }
-        stack.extend(edges.get(&f).into_iter().flatten().cloned());
+        seen.iter().filter_map(|f| own.get(f)).sum::<u64>()
+    };
+    c.kext_instructions = reached(roots);
+    for out in [true, false] {
+        let (names, calls): (Vec<String>, Vec<u64>) = entries
+            .iter()
+            .filter(|(a, _)| outputs.contains(&a.wrapping_sub(img.base)) == out)
+            .map(|(_, (name, n))| (name.clone(), *n))
+            .unzip();
+        let d = Direction {
+            callbacks: calls.iter().sum(),
+            kext_instructions: reached(names),
+        };
+        if out {
+            c.output = d;
+        } else {
+            c.input = d;
+        }
     }
-    c.kext_instructions = seen.iter().filter_map(|f| own.get(f)).sum();
     ensure!(
         c.kext_instructions > 0 && c.callbacks > 0,
         "callgrind saw no instruction of the kext or no packet callback (was the image \
@@ -183,6 +231,41 @@ pub fn parse_callgrind(text: &str, img: &Image) -> Result<Counts> {
         img.size
     );
     Ok(c)
+}
+
+/// The offsets in the image of the output callbacks' entries: the addresses
+/// of the symbols naming `ipf::output_trampoline` in the x86_64 slice of the
+/// kext's executable `binary` (a universal file or a thin one; the image is
+/// mapped from address 0, as kextld links it).
+pub fn callback_entries(binary: &Path) -> Result<Vec<u64>> {
+    use object::read::macho::{FatArch, MachOFatFile32};
+    use object::{Object, ObjectSymbol};
+    let data = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let slice = match MachOFatFile32::parse(&*data) {
+        Ok(fat) => {
+            let arch = fat
+                .arches()
+                .iter()
+                .find(|a| a.architecture() == object::Architecture::X86_64)
+                .with_context(|| format!("{}: no x86_64 slice", binary.display()))?;
+            arch.data(&*data)
+                .with_context(|| format!("{}: the x86_64 slice", binary.display()))?
+        }
+        Err(_) => &data[..],
+    };
+    let file = object::File::parse(slice)
+        .with_context(|| format!("{}: not a Mach-O file", binary.display()))?;
+    let out: Vec<u64> = file
+        .symbols()
+        .filter(|s| s.name().is_ok_and(|n| n.contains("17output_trampoline")))
+        .map(|s| s.address())
+        .collect();
+    ensure!(
+        !out.is_empty(),
+        "{}: no ipf output trampoline symbol (the bench splits output from input by it)",
+        binary.display()
+    );
+    Ok(out)
 }
 
 /// Runs `scenario` with `kext` under callgrind.
@@ -214,7 +297,8 @@ pub fn run(emu: &Path, kext: &Path, scenario: &str, dir: &Path) -> Result<Counts
     let img = parse_loaded(&stdout, "net.prx.kext.IPFilter")?;
     let text = std::fs::read_to_string(&out_file)
         .with_context(|| format!("reading {}", out_file.display()))?;
-    parse_callgrind(&text, &img).with_context(|| format!("{}", out_file.display()))
+    let outputs = callback_entries(&kext.join("Contents/MacOS/PrxIPFilter"))?;
+    parse_callgrind(&text, &img, &outputs).with_context(|| format!("{}", out_file.display()))
 }
 
 #[cfg(test)]
@@ -253,12 +337,24 @@ fn=0x0000000000001200
 fn=host
 0x2000 7
 ";
-        let c = parse_callgrind(cg, &img)?;
+        let c = parse_callgrind(cg, &img, &[0])?;
         assert_eq!(
             c.kext_instructions, 48,
             "own instructions of the functions the callbacks reach, not calls' inclusive costs"
         );
         assert_eq!(c.kext_instructions_all, 548, "start included");
+        assert_eq!(
+            c.output,
+            Direction {
+                callbacks: 3,
+                kext_instructions: 48
+            },
+            "the entry at offset 0 is an output callback"
+        );
+        assert_eq!(c.input, Direction::default());
+        let c = parse_callgrind(cg, &img, &[0x40])?;
+        assert_eq!((c.output.callbacks, c.input.callbacks), (0, 3));
+        assert_eq!(c.input.kext_instructions, 48);
         assert_eq!(c.callbacks, 3);
         assert_eq!(c.kernel_calls.get("mbuf_copydata"), Some(&3));
         assert_eq!(
