@@ -103,11 +103,11 @@ static STATE: Global<Shared> = Global::new();
 
 // ---- the IP filters ----
 
-struct Nat {
-    family: Family,
-}
+/// The filter of one family (`V6`: IPv6), a type parameter so each
+/// callback's table is fixed at compile time.
+struct Nat<const V6: bool>;
 
-impl natpath::Nat for Nat {
+impl<const V6: bool> natpath::Nat for Nat<V6> {
     type State = Shared;
 
     #[inline(always)]
@@ -117,7 +117,7 @@ impl natpath::Nat for Nat {
 
     #[inline(always)]
     fn flows<'s>(&self, st: &'s Shared) -> &'s FastMutex<Flows> {
-        st.table(self.family)
+        st.table(self.family())
     }
 
     /// The new-flow plan: the rules under the configuration (read), then the
@@ -134,7 +134,7 @@ impl natpath::Nat for Nat {
             rules: &cfg.rules,
             proxies: &cfg.proxies,
         };
-        let mut flows = st.table(self.family).lock();
+        let mut flows = st.table(self.family()).lock();
         let before = flows.table.inserted();
         let plan = filter::plan_output_parsed(bytes, len, t, &mut flows.table, &policy, now);
         let created = flows.table.inserted() != before;
@@ -153,11 +153,11 @@ impl natpath::Nat for Nat {
     }
 }
 
-impl IpFilter for Nat {
+impl<const V6: bool> IpFilter for Nat<V6> {
     const NAME: &'static core::ffi::CStr = c"net.prx.kext.IPFilter";
 
     fn family(&self) -> Family {
-        self.family
+        if V6 { Family::V6 } else { Family::V4 }
     }
 
     fn output<'a>(&self, pkt: Packet<'a>, out: Output<'a>) -> Verdict<'a> {
@@ -176,10 +176,10 @@ impl IpFilter for Nat {
 }
 
 common::ip_filter!(
-    static V4: Registration<Nat> = Nat { family: Family::V4 };
+    static V4: Registration<Nat<false>> = Nat;
 );
 common::ip_filter!(
-    static V6: Registration<Nat> = Nat { family: Family::V6 };
+    static V6: Registration<Nat<true>> = Nat;
 );
 
 // ---- the control ----
@@ -273,7 +273,7 @@ fn make_state() -> Result<(), KextError> {
 /// on another CPU when `ipf_remove` ran).
 const DETACH_WAIT_MS: u64 = 2_000;
 
-const KEXT: Kext<Shared, (&IpfRegistration<Nat>, &IpfRegistration<Nat>)> = Kext {
+const KEXT: Kext<Shared, (&IpfRegistration<Nat<false>>, &IpfRegistration<Nat<true>>)> = Kext {
     name: c"net.prx.kext.IPFilter",
     state: &STATE,
     control: &CONTROL,

@@ -5,12 +5,13 @@ use crate::sys;
 /// Milliseconds since boot.
 #[inline]
 pub fn uptime_ms() -> u64 {
-    let mut ts = sys::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let mut ts = core::mem::MaybeUninit::<sys::timespec>::uninit();
+    // SAFETY: nanouptime writes one whole `struct timespec` (both fields) to
+    // the pointer given, so it is initialised after the call.
+    let ts = unsafe {
+        sys::nanouptime(ts.as_mut_ptr());
+        ts.assume_init()
     };
-    // SAFETY: nanouptime writes one `struct timespec` to the pointer given.
-    unsafe { sys::nanouptime(&mut ts) };
     // The uptime's fields are never negative; in milliseconds as u64 it
     // wraps only after 584 million years.
     let ns = ts.tv_nsec as u64;

@@ -27,16 +27,17 @@ pub fn sum(data: &[u8], init: u64) -> u64 {
     s
 }
 
-/// Folds a sum to 16 bits with end-around carry: four steps, no loop (the
-/// 32-bit halves, then three 16-bit folds: ≤ 2^33, ≤ 0x2FFFE, ≤ 0x10001,
-/// ≤ 0xFFFF).
+/// Folds a sum to 16 bits with end-around carry: the two 32-bit halves added
+/// in ones' complement (an add and its carry), then the two 16-bit halves of
+/// that. No loop, no branch. (After an add that carried, the sum is at most
+/// 2^32 - 2, so adding the carry back cannot carry again; the same holds for
+/// the 16-bit step.)
 #[inline(always)]
 pub fn fold(s: u64) -> u16 {
-    let s = (s & 0xffff_ffff).wrapping_add(s >> 32);
-    let s = (s & 0xffff).wrapping_add(s >> 16);
-    let s = (s & 0xffff).wrapping_add(s >> 16);
-    let s = (s & 0xffff).wrapping_add(s >> 16);
-    s as u16
+    let (x, c) = (s as u32).overflowing_add((s >> 32) as u32);
+    let x = x.wrapping_add(u32::from(c));
+    let (y, c) = (x as u16).overflowing_add((x >> 16) as u16);
+    y.wrapping_add(u16::from(c))
 }
 
 /// The internet checksum of `data` (its checksum field zeroed by the caller).
