@@ -376,7 +376,7 @@ fn emulator(
     dir: &Path,
     floor: Option<f64>,
     given: Option<&Path>,
-) -> Result<Vec<(String, crate::bench_emu::Counts)>> {
+) -> Result<Vec<(String, crate::bench_emu::Counts, (f64, f64))>> {
     let kext = match given {
         Some(k) => {
             ensure!(k.exists(), "--kext {}: no such bundle", k.display());
@@ -412,19 +412,31 @@ fn emulator(
         kext.display()
     );
     println!(
-        "{:<10} {:>9} {:>18} {:>12} {:>16} {:>16} {:>14}",
+        "{:<10} {:>9} {:>17} {:>12} {:>16} {:>16} {:>14}",
         "scenario",
         "callbacks",
-        "kext instr/packet",
+        "per packet (run)",
         "ratio",
-        "output (ratio)",
-        "input (ratio)",
+        "tracked output",
+        "tracked input",
         "kernel calls"
     );
+    let mut tracked = Vec::new();
     for scenario in ["nat-tcp4", "nat-tcp6"] {
-        eprintln!("bench: emulator {scenario} under callgrind");
-        let c = crate::bench_emu::run(&emu, &kext, scenario, dir)?;
+        eprintln!(
+            "bench: emulator {scenario} under callgrind ({} and {} bytes each way)",
+            TRANSFER_LOW, TRANSFER_HIGH
+        );
+        let lo = crate::bench_emu::run(&emu, &kext, scenario, TRANSFER_LOW, dir)?;
+        let c = crate::bench_emu::run(&emu, &kext, scenario, TRANSFER_HIGH, dir)?;
         let per = c.kext_instructions as f64 / c.callbacks as f64;
+        let (out_t, in_t) = (
+            crate::bench_emu::marginal(&lo.output, &c.output)
+                .context("the two runs differ in no output callback")?,
+            crate::bench_emu::marginal(&lo.input, &c.input)
+                .context("the two runs differ in no input callback")?,
+        );
+        tracked.push((out_t, in_t));
         let calls = c.kernel_calls_total() as f64 / c.callbacks as f64;
         let ratio = |x: f64| {
             floor
@@ -432,19 +444,22 @@ fn emulator(
                 .map(|f| format!("{:.1}× floor", x / f))
                 .unwrap_or_default()
         };
-        let dir = |d: &crate::bench_emu::Direction| {
-            let x = d.per_packet();
-            match floor.filter(|f| *f > 0.0) {
-                Some(f) => format!("{x:.1} ({:.1}×)", x / f),
-                None => format!("{x:.1}"),
-            }
+        let dir = |x: f64| match floor.filter(|f| *f > 0.0) {
+            Some(f) => format!("{x:.1} ({:.2}×)", x / f),
+            None => format!("{x:.1}"),
         };
         println!(
-            "{scenario:<10} {:>9} {per:>18.1} {:>12} {:>16} {:>16} {calls:>14.2}",
+            "{scenario:<10} {:>9} {per:>17.1} {:>12} {:>16} {:>16} {calls:>14.2}",
             c.callbacks,
             ratio(per),
-            dir(&c.output),
-            dir(&c.input),
+            dir(out_t),
+            dir(in_t),
+        );
+        println!(
+            "{:<10} the whole run by direction: output {:.1}, input {:.1} per packet",
+            "",
+            c.output.per_packet(),
+            c.input.per_packet()
         );
         // KPIs called at least once per 100 packets (the rest is start and control).
         let each: Vec<String> = c
@@ -455,14 +470,30 @@ fn emulator(
             .map(|(k, per)| format!("{k} {per:.2}"))
             .collect();
         println!("{:<10} per packet: {}", "", each.join(", "));
-        out.push((scenario.to_owned(), c));
+        out.push((scenario.to_owned(), c, (out_t, in_t)));
+    }
+    if let [(o4, i4), (o6, i6)] = tracked[..] {
+        println!(
+            "{:<10} tracked IPv6 against IPv4: output {:.2}×, input {:.2}×",
+            "",
+            o6 / o4,
+            i6 / i4
+        );
     }
     println!(
-        "(kext instructions: the functions the packet callbacks reach, all callbacks and each \
-         direction; kernel calls: the whole run, start and control included)"
+        "(kext instructions: the functions the packet callbacks reach. Per packet (run): the \
+         {TRANSFER_HIGH}-byte run's average, its flow's set-up, close and log line included. \
+         Tracked: what the {TRANSFER_HIGH}-byte run adds over the {TRANSFER_LOW}-byte one, per \
+         packet added, each direction: a tracked flow's packets. Kernel calls: the whole \
+         {TRANSFER_HIGH}-byte run, start and control included)"
     );
     Ok(out)
 }
+
+/// The two transfer sizes (bytes each way) of the emulator runs: their
+/// difference is a tracked flow's packets alone.
+const TRANSFER_LOW: usize = 512 << 10;
+const TRANSFER_HIGH: usize = 1 << 20;
 
 /// Runs `cargo xtask bench`.
 pub fn run(root: &Path, args: Args) -> Result<()> {
@@ -528,11 +559,16 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         let mut j = to_json(&results, &valgrind);
         j["emulator"] = serde_json::json!(
             emu.iter()
-                .map(|(scenario, c)| serde_json::json!({
+                .map(|(scenario, c, (out_t, in_t))| serde_json::json!({
                     "scenario": scenario,
                     "callbacks": c.callbacks,
                     "kext_instructions": c.kext_instructions,
                     "kext_instructions_with_start_and_control": c.kext_instructions_all,
+                    "tracked_per_packet": {
+                        "output": out_t,
+                        "input": in_t,
+                        "transfer_bytes": [TRANSFER_LOW, TRANSFER_HIGH],
+                    },
                     "output": {
                         "callbacks": c.output.callbacks,
                         "kext_instructions": c.output.kext_instructions,

@@ -233,6 +233,17 @@ pub fn parse_callgrind(text: &str, img: &Image, outputs: &[u64]) -> Result<Count
     Ok(c)
 }
 
+/// A tracked flow's kext instructions per packet in one direction: what the
+/// larger of two runs of the same scenario (`hi`, more bytes each way) added
+/// over the smaller (`lo`), per callback added. The flow's set-up (rules,
+/// insertion, its log line), its close and the start cancel out; `None` when
+/// the runs do not differ in callbacks.
+pub fn marginal(lo: &Direction, hi: &Direction) -> Option<f64> {
+    let calls = hi.callbacks.checked_sub(lo.callbacks).filter(|n| *n > 0)?;
+    let instr = hi.kext_instructions.checked_sub(lo.kext_instructions)?;
+    Some(instr as f64 / calls as f64)
+}
+
 /// The offsets in the image of the output callbacks' entries: the addresses
 /// of the symbols naming `ipf::output_trampoline` in the x86_64 slice of the
 /// kext's executable `binary` (a universal file or a thin one; the image is
@@ -268,9 +279,9 @@ pub fn callback_entries(binary: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Runs `scenario` with `kext` under callgrind.
-pub fn run(emu: &Path, kext: &Path, scenario: &str, dir: &Path) -> Result<Counts> {
-    let out_file = dir.join(format!("{scenario}.callgrind"));
+/// Runs `scenario` with `kext` under callgrind, `transfer` bytes each way.
+pub fn run(emu: &Path, kext: &Path, scenario: &str, transfer: usize, dir: &Path) -> Result<Counts> {
+    let out_file = dir.join(format!("{scenario}-{transfer}.callgrind"));
     let out = Command::new("valgrind")
         .arg("--tool=callgrind")
         .args([
@@ -283,6 +294,7 @@ pub fn run(emu: &Path, kext: &Path, scenario: &str, dir: &Path) -> Result<Counts
         .arg(emu)
         .args(["child", "--scenario", scenario, "--kext"])
         .arg(kext)
+        .args(["--transfer", &transfer.to_string()])
         .output()
         .context("running valgrind")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -352,6 +364,17 @@ fn=host
             "the entry at offset 0 is an output callback"
         );
         assert_eq!(c.input, Direction::default());
+        let lo = Direction {
+            callbacks: 100,
+            kext_instructions: 50_000,
+        };
+        let hi = Direction {
+            callbacks: 300,
+            kext_instructions: 110_000,
+        };
+        assert_eq!(marginal(&lo, &hi), Some(300.0));
+        assert_eq!(marginal(&hi, &lo), None);
+        assert_eq!(marginal(&lo, &lo), None);
         let c = parse_callgrind(cg, &img, &[0x40])?;
         assert_eq!((c.output.callbacks, c.input.callbacks), (0, 3));
         assert_eq!(c.input.kext_instructions, 48);

@@ -86,6 +86,7 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<()> {
             serve_for: args.serve_for.map(Duration::from_secs),
             soak: args.soak,
             threads: args.threads,
+            transfer: None,
         };
         std::process::exit(vm::emu::child_main(&child));
     }

@@ -1,7 +1,8 @@
 //! `prx-emu`: the emu backend's own command.
 //!
 //! - `prx-emu run --scenario S --kext K… [--faults F] [--timeout SECS] [--soak PACKETS]
-//!   [--threads N]`: run a scenario in a child process and print the report (exit 1 on failure).
+//!   [--threads N] [--transfer BYTES]`: run a scenario in a child process and print the report
+//!   (exit 1 on failure).
 //! - `prx-emu child --scenario S --kext K… [--faults F]`: the child side (used by `run`
 //!   and by the tests).
 //! - `prx-emu symbols`: list the KPI symbols the emulator provides.
@@ -47,6 +48,9 @@ fn main() -> ExitCode {
             }
             if let Some(n) = a.threads {
                 child_args.extend(["--threads".into(), n.to_string()]);
+            }
+            if let Some(n) = a.transfer {
+                child_args.extend(["--transfer".into(), n.to_string()]);
             }
             let opts = emu::RunOptions {
                 runner: emu::Runner {

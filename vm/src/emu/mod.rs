@@ -54,10 +54,13 @@ pub struct ChildArgs {
     pub soak: Option<u64>,
     /// `--threads N`: threads of the `mt-*` and `soak` scenarios (default 4).
     pub threads: Option<usize>,
+    /// `--transfer BYTES`: bytes each way of `nat-tcp4`/`nat-tcp6` (default 1 MiB).
+    pub transfer: Option<usize>,
 }
 
 impl ChildArgs {
-    /// Parses `--scenario S --kext K… [--faults F] [--ctl-bridge PATH] [--serve-for SECS]`.
+    /// Parses `--scenario S --kext K… [--faults F] [--ctl-bridge PATH] [--serve-for SECS]
+    /// [--soak PACKETS] [--threads N] [--transfer BYTES]`.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
         let mut out = ChildArgs::default();
         let mut it = args.into_iter();
@@ -91,6 +94,16 @@ impl ChildArgs {
                         return Err(format!("--threads {v}: use 1 to 64"));
                     }
                     out.threads = Some(n);
+                }
+                "--transfer" => {
+                    let v = value("--transfer")?;
+                    let n: usize = v
+                        .parse()
+                        .map_err(|_| format!("--transfer {v}: not a number of bytes"))?;
+                    if !(1024..=(64 << 20)).contains(&n) {
+                        return Err(format!("--transfer {v}: use 1024 to 67108864 bytes"));
+                    }
+                    out.transfer = Some(n);
                 }
                 other => return Err(format!("unexpected argument `{other}`")),
             }
@@ -128,11 +141,36 @@ pub fn child_main(args: &ChildArgs) -> i32 {
     if let Some(d) = args.serve_for {
         scenarios::ctl_bridge::set_serve_for(d);
     }
+    if let Some(n) = args.transfer {
+        scenarios::stacks::set_transfer(n);
+    }
     match scenarios::run(&args.scenario, &args.kexts, plan) {
         Ok(_) => child::EXIT_DONE,
         Err(e) => {
             eprintln!("{e}");
             child::EXIT_SETUP
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChildArgs;
+
+    fn parse(args: &[&str]) -> Result<ChildArgs, String> {
+        ChildArgs::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn transfer_is_a_byte_count_in_range_and_names_itself_when_not() {
+        let a = parse(&["--scenario", "nat-tcp4", "--transfer", "524288"]).unwrap();
+        assert_eq!(a.transfer, Some(524_288));
+        assert_eq!(parse(&["--scenario", "nat-tcp4"]).unwrap().transfer, None);
+        let e = parse(&["--scenario", "nat-tcp4", "--transfer", "1k"]).unwrap_err();
+        assert!(e.contains("--transfer 1k: not a number of bytes"), "{e}");
+        let e = parse(&["--scenario", "nat-tcp4", "--transfer", "100"]).unwrap_err();
+        assert!(e.contains("use 1024 to 67108864"), "{e}");
+        let e = parse(&["--scenario", "nat-tcp4", "--transfer"]).unwrap_err();
+        assert!(e.contains("--transfer needs a value"), "{e}");
     }
 }

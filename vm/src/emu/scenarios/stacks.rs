@@ -27,8 +27,25 @@ use crate::emu::abi::mbuf::{REQ_IP, REQ_TCP, REQ_UDP};
 use crate::emu::kernel::events::step;
 use crate::emu::kernel::flush_log;
 
-/// Bytes sent each way in the TCP scenarios.
+/// Bytes sent each way in the TCP scenarios, unless `--transfer` says otherwise.
 pub const TRANSFER: usize = 1 << 20;
+
+/// The bytes each way `--transfer` set (0: [`TRANSFER`]).
+static TRANSFER_SET: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the bytes each way of `nat-tcp4`/`nat-tcp6` (`--transfer`; the bench
+/// runs two sizes and takes the difference as a tracked flow's per-packet cost).
+pub fn set_transfer(bytes: usize) {
+    TRANSFER_SET.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The bytes each way of the TCP scenarios.
+fn transfer() -> usize {
+    match TRANSFER_SET.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => TRANSFER,
+        n => n,
+    }
+}
 /// Simulated milliseconds before a scenario gives up.
 const MAX_MS: i64 = 600_000;
 
@@ -349,8 +366,10 @@ pub(crate) fn report(name: &str, wire: &Wire, n: &Counts) -> bool {
     ok
 }
 
-/// `nat-tcp4`/`nat-tcp6`: handshake, [`TRANSFER`] bytes each way, clean close.
+/// `nat-tcp4`/`nat-tcp6`: handshake, [`TRANSFER`] bytes each way (or
+/// `--transfer`'s), clean close.
 pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
+    let total = transfer();
     let plan = if v6 { Plan::v6() } else { Plan::v4() };
     let name = if v6 { "nat-tcp6" } else { "nat-tcp4" };
     let mut client = Host::new(plan.client);
@@ -380,8 +399,8 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
                 established = true;
                 client_saw = s.remote_endpoint();
             }
-            data_ok &= pump(s, &mut c_sent, &mut c_got, TRANSFER, 0x5a, 0xa5);
-            if c_sent == TRANSFER && c_got == TRANSFER && s.send_queue() == 0 && s.may_send() {
+            data_ok &= pump(s, &mut c_sent, &mut c_got, total, 0x5a, 0xa5);
+            if c_sent == total && c_got == total && s.send_queue() == 0 && s.may_send() {
                 s.close();
             }
         }
@@ -392,9 +411,9 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
             if s.is_active() && proxy_saw.is_none() {
                 proxy_saw = s.remote_endpoint().zip(s.local_endpoint());
             }
-            data_ok &= pump(s, &mut p_sent, &mut p_got, TRANSFER, 0xa5, 0x5a);
-            if p_sent == TRANSFER
-                && p_got == TRANSFER
+            data_ok &= pump(s, &mut p_sent, &mut p_got, total, 0xa5, 0x5a);
+            if p_sent == total
+                && p_got == total
                 && s.send_queue() == 0
                 && !s.may_recv()
                 && s.may_send()
@@ -422,12 +441,12 @@ pub fn nat_tcp(v6: bool, split: Option<usize>) -> bool {
             plan.origin
         ),
     );
-    let transfer_ok = data_ok && c_got == TRANSFER && p_got == TRANSFER;
+    let transfer_ok = data_ok && c_got == total && p_got == total;
     step(
         format!("{name} transfer"),
         transfer_ok,
         format!(
-            "client→proxy {p_got} of {TRANSFER} bytes, proxy→client {c_got} of {TRANSFER} bytes, data intact: {data_ok}"
+            "client→proxy {p_got} of {total} bytes, proxy→client {c_got} of {total} bytes, data intact: {data_ok}"
         ),
     );
     let closed = closed_at.is_some();
