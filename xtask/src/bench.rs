@@ -376,7 +376,7 @@ fn emulator(
     dir: &Path,
     floor: Option<f64>,
     given: Option<&Path>,
-) -> Result<Vec<(String, crate::bench_emu::Counts, (f64, f64))>> {
+) -> Result<Vec<EmuRun>> {
     let kext = match given {
         Some(k) => {
             ensure!(k.exists(), "--kext {}: no such bundle", k.display());
@@ -470,7 +470,11 @@ fn emulator(
             .map(|(k, per)| format!("{k} {per:.2}"))
             .collect();
         println!("{:<10} per packet: {}", "", each.join(", "));
-        out.push((scenario.to_owned(), c, (out_t, in_t)));
+        out.push(EmuRun {
+            scenario: scenario.to_owned(),
+            counts: c,
+            tracked: (out_t, in_t),
+        });
     }
     if let [(o4, i4), (o6, i6)] = tracked[..] {
         println!(
@@ -488,6 +492,14 @@ fn emulator(
          {TRANSFER_HIGH}-byte run, start and control included)"
     );
     Ok(out)
+}
+
+/// One emulator scenario's figures: the larger run's counts and the tracked
+/// flow's per-packet cost (output, input).
+struct EmuRun {
+    scenario: String,
+    counts: crate::bench_emu::Counts,
+    tracked: (f64, f64),
 }
 
 /// The two transfer sizes (bytes each way) of the emulator runs: their
@@ -559,26 +571,32 @@ pub fn run(root: &Path, args: Args) -> Result<()> {
         let mut j = to_json(&results, &valgrind);
         j["emulator"] = serde_json::json!(
             emu.iter()
-                .map(|(scenario, c, (out_t, in_t))| serde_json::json!({
-                    "scenario": scenario,
-                    "callbacks": c.callbacks,
-                    "kext_instructions": c.kext_instructions,
-                    "kext_instructions_with_start_and_control": c.kext_instructions_all,
-                    "tracked_per_packet": {
-                        "output": out_t,
-                        "input": in_t,
-                        "transfer_bytes": [TRANSFER_LOW, TRANSFER_HIGH],
-                    },
-                    "output": {
-                        "callbacks": c.output.callbacks,
-                        "kext_instructions": c.output.kext_instructions,
-                    },
-                    "input": {
-                        "callbacks": c.input.callbacks,
-                        "kext_instructions": c.input.kext_instructions,
-                    },
-                    "kernel_calls": c.kernel_calls,
-                }))
+                .map(
+                    |EmuRun {
+                         scenario,
+                         counts: c,
+                         tracked: (out_t, in_t),
+                     }| serde_json::json!({
+                        "scenario": scenario,
+                        "callbacks": c.callbacks,
+                        "kext_instructions": c.kext_instructions,
+                        "kext_instructions_with_start_and_control": c.kext_instructions_all,
+                        "tracked_per_packet": {
+                            "output": out_t,
+                            "input": in_t,
+                            "transfer_bytes": [TRANSFER_LOW, TRANSFER_HIGH],
+                        },
+                        "output": {
+                            "callbacks": c.output.callbacks,
+                            "kext_instructions": c.output.kext_instructions,
+                        },
+                        "input": {
+                            "callbacks": c.input.callbacks,
+                            "kext_instructions": c.input.kext_instructions,
+                        },
+                        "kernel_calls": c.kernel_calls,
+                    })
+                )
                 .collect::<Vec<_>>()
         );
         let text = serde_json::to_string_pretty(&j).context("serialising the results")?;
