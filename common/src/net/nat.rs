@@ -291,24 +291,30 @@ impl Packed {
     /// The first endpoint.
     #[inline(always)]
     pub fn a(&self) -> PackedEndpoint {
-        let [meta, hi, lo, _, _] = self.0;
-        PackedEndpoint {
-            v6: meta & 1 != 0,
-            hi,
-            lo,
-            port: (meta >> 48) as u16,
-        }
+        self.endpoint(false)
     }
 
     /// The second endpoint.
     #[inline(always)]
     pub fn b(&self) -> PackedEndpoint {
-        let [meta, _, _, hi, lo] = self.0;
+        self.endpoint(true)
+    }
+
+    /// The first or `second` endpoint: its address words, its family bit
+    /// (0 or 1) and its port (bits 48 or 32).
+    #[inline(always)]
+    fn endpoint(&self, second: bool) -> PackedEndpoint {
+        let [meta, ah, al, bh, bl] = self.0;
+        let (hi, lo, family, port) = if second {
+            (bh, bl, 2, 32)
+        } else {
+            (ah, al, 1, 48)
+        };
         PackedEndpoint {
-            v6: meta & 2 != 0,
+            v6: meta & family != 0,
             hi,
             lo,
-            port: (meta >> 32) as u16,
+            port: (meta >> port) as u16,
         }
     }
 
