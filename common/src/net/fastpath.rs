@@ -170,13 +170,7 @@ impl<const IP: usize, const A: usize, const L4: usize> Plain<'_, IP, A, L4> {
         }
         let src = side == Side::Src;
         // The address's bytes: the last `A` of its two big-endian words.
-        let mut words = [0u8; 16];
-        if let Some((hi, lo)) = words.split_first_chunk_mut::<8>()
-            && let Some(lo) = lo.first_chunk_mut::<8>()
-        {
-            *hi = to.hi.to_be_bytes();
-            *lo = to.lo.to_be_bytes();
-        }
+        let words = (u128::from(to.hi) << 64 | u128::from(to.lo)).to_be_bytes();
         let truncated = Refused::Wire(Error::Truncated);
         let new = words.last_chunk::<A>().ok_or(truncated)?;
         let ip = self.ip;
@@ -266,9 +260,8 @@ impl ProxyAddrs {
                     (0, 0xffff_0000_0000 | a)
                 }
                 IpAddr::V6(a) => {
-                    let (hi, lo) = a.split_at(8);
-                    let w = |s: &[u8]| <[u8; 8]>::try_from(s).map_or(0, u64::from_be_bytes);
-                    (w(hi), w(lo))
+                    let x = u128::from_be_bytes(a);
+                    ((x >> 64) as u64, x as u64)
                 }
             });
         }

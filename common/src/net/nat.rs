@@ -240,11 +240,7 @@ impl PackedEndpoint {
     /// The endpoint it packs.
     pub fn endpoint(&self) -> Endpoint {
         let addr = if self.v6 {
-            let mut b = [0u8; 16];
-            let (hi, lo) = b.split_at_mut(8);
-            hi.copy_from_slice(&self.hi.to_be_bytes());
-            lo.copy_from_slice(&self.lo.to_be_bytes());
-            IpAddr::V6(b)
+            IpAddr::V6((u128::from(self.hi) << 64 | u128::from(self.lo)).to_be_bytes())
         } else {
             IpAddr::V4((self.lo as u32).to_be_bytes())
         };
@@ -257,9 +253,8 @@ fn addr_words(a: &IpAddr) -> (bool, u64, u64) {
     match a {
         IpAddr::V4(b) => (false, 0, u64::from(u32::from_be_bytes(*b))),
         IpAddr::V6(b) => {
-            let (hi, lo) = b.split_at(8);
-            let w = |s: &[u8]| <[u8; 8]>::try_from(s).map_or(0, u64::from_be_bytes);
-            (true, w(hi), w(lo))
+            let x = u128::from_be_bytes(*b);
+            (true, (x >> 64) as u64, x as u64)
         }
     }
 }
