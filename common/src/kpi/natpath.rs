@@ -4,9 +4,10 @@
 //! touches the mbuf chain is here.
 //!
 //! - Plain TCP/UDP packets first ([`crate::net::fastpath`]): parsed straight
-//!   from the first mbuf, looked up under the table's lock
-//!   ([`Nat::with_flows`], [`fastpath::track_output`]/[`fastpath::track_input`])
-//!   and rewritten in place, one body per header shape ([`fastpath::with_plain`]); an untracked output packet goes to the rules
+//!   from the first mbuf, looked up under the table's lock ([`Nat::state`],
+//!   [`Nat::flows`], [`fastpath::track_output`]/[`fastpath::track_input`]) and
+//!   rewritten in place, by one body per header shape
+//!   ([`fastpath::with_plain`]); an untracked output packet goes to the rules
 //!   ([`Nat::plan_untracked`]).
 //! - Then in place: when the first mbuf holds the headers
 //!   ([`filter::parse_in_first`]) they are planned and rewritten there, with no
@@ -24,8 +25,9 @@
 //! - Output fails closed (headers that cannot be read are dropped), input
 //!   fails open (they pass). Every drop is counted ([`Counters`]).
 //!
-//! Nothing here blocks or allocates; locks are taken only through the kext's
-//! side ([`Nat::with_flows`], [`Nat::plan_untracked`]), after the clock is read.
+//! Nothing here blocks or allocates; locks are taken only on the tables the
+//! kext hands out ([`Nat::flows`], [`Nat::with_flows`]) and through
+//! [`Nat::plan_untracked`], after the clock is read.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

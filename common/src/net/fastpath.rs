@@ -161,7 +161,7 @@ impl<const IP: usize, const A: usize, const L4: usize> Plain<'_, IP, A, L4> {
     /// Rewrites the `side` endpoint to `to` (of the packet's family), with
     /// the transport checksum field holding `l4`; the count of leading bytes
     /// that may have changed, as [`super::translate::rewrite_with`] gives it.
-    /// The transport header as [`translate::rewrite_ports`] does it for the
+    /// The transport header as `translate::rewrite_ports` does it for the
     /// general path.
     #[inline(always)]
     pub fn rewrite(self, side: Side, to: &PackedEndpoint, l4: L4Sum) -> Result<usize, Refused> {
