@@ -63,9 +63,13 @@ fn ip_filter_from_four_threads_redirects_every_packet_and_never_drops_under_cont
         );
         assert!(count_before(c, "preemptions") > 0, "{c}");
         assert!(rules(&r).is_empty(), "{:?}", r.violations);
+        // A sleep is itself the contention: a thread sleeps only after
+        // finding a table's lock held. ("contended lock acquisitions" counts
+        // the emulator's lck_mtx/lck_rw, which the fast path no longer takes:
+        // a sleeper takes the sleep lock and a waker takes it after `msleep`
+        // dropped it, so it may well stay 0.)
         sleeps = count_before(c, "sleeps for a lock");
         if sleeps > 0 {
-            assert!(count_before(c, "contended lock acquisitions") > 0, "{c}");
             break;
         }
     }
