@@ -373,12 +373,14 @@ fn output_parsed<'a, N: Nat>(
             Err(_) => Decision::Drop(DropReason::Unparseable),
         }
     } else {
-        let l4 = if deferred {
-            L4Sum::Deferred
-        } else {
-            L4Sum::Complete
-        };
-        rewrite(&mut pkt, bytes, len, t, plan, l4)
+        rewrite(
+            &mut pkt,
+            bytes,
+            len,
+            t,
+            plan,
+            L4Sum::when_deferred(deferred),
+        )
     };
     output_decided(n, d, pkt, out)
 }
@@ -412,11 +414,7 @@ impl<N: Nat> OnPlain for FastOutput<'_, '_, N> {
             Tracked::To(to) => {
                 // Only a rewrite needs to know whether the stack deferred
                 // the TCP/UDP checksum.
-                let l4 = if self.csum.l4_deferred() {
-                    L4Sum::Deferred
-                } else {
-                    L4Sum::Complete
-                };
+                let l4 = L4Sum::when_deferred(self.csum.l4_deferred());
                 Some(fast_decision(p.rewrite(Side::Dst, &to, l4)))
             }
             Tracked::Pass => Some(Decision::Pass),

@@ -24,7 +24,7 @@
 //! The tests check each step against the general path on the same packets and
 //! tables: the same answer, the same bytes, the same table afterwards.
 
-use super::addr::IpAddr;
+use super::addr::Endpoint;
 use super::nat::{NatTable, Packed, PackedEndpoint, Store};
 use super::policy::Proxies;
 use super::translate::{self, L4Sum, Refused, Side};
@@ -50,22 +50,6 @@ fn min_transport(protocol: u8) -> Option<usize> {
         proto::UDP => Some(udp::HEADER_LEN),
         _ => None,
     }
-}
-
-/// The big-endian word of the 8 bytes of `b` at `at` (0 past the end).
-#[inline(always)]
-fn be64<const N: usize>(b: &[u8; N], at: usize) -> u64 {
-    b.get(at..)
-        .and_then(<[u8]>::first_chunk::<8>)
-        .map_or(0, |w| u64::from_be_bytes(*w))
-}
-
-/// The big-endian word of the 4 bytes of `b` at `at` (0 past the end).
-#[inline(always)]
-fn be32<const N: usize>(b: &[u8; N], at: usize) -> u32 {
-    b.get(at..)
-        .and_then(<[u8]>::first_chunk::<4>)
-        .map_or(0, |w| u32::from_be_bytes(*w))
 }
 
 /// A plain packet's fixed headers, checked once: the `IP`-byte IP header
@@ -114,14 +98,24 @@ fn plain<const IP: usize, const A: usize, V: OnPlain>(first: &mut [u8], v: V) ->
     let (ip, rest) = first.split_first_chunk_mut::<IP>()?;
     let (protocol, end, addrs) = if v6 {
         let payload = usize::from(translate::be16(ip, 4));
-        let addrs = [be64(ip, 8), be64(ip, 16), be64(ip, 24), be64(ip, 32)];
+        let addrs = [
+            translate::be64(ip, 8),
+            translate::be64(ip, 16),
+            translate::be64(ip, 24),
+            translate::be64(ip, 32),
+        ];
         (*ip.get(6)?, payload.wrapping_add(40), addrs)
     } else {
         // Flags and fragment offset: MF or a non-zero offset is a fragment.
         if translate::be16(ip, 6) & 0x3fff != 0 {
             return None;
         }
-        let addrs = [0, u64::from(be32(ip, 12)), 0, u64::from(be32(ip, 16))];
+        let addrs = [
+            0,
+            u64::from(translate::be32(ip, 12)),
+            0,
+            u64::from(translate::be32(ip, 16)),
+        ];
         (*ip.get(9)?, usize::from(translate::be16(ip, 2)), addrs)
     };
     let min = min_transport(protocol)?;
@@ -252,17 +246,13 @@ impl ProxyAddrs {
         let mut v6: [Option<(u64, u64)>; 2] = [None; 2];
         for ((e, s4), s6) in [p.v4, p.v6].iter().zip(&mut v4).zip(&mut v6) {
             let Some(e) = e else { continue };
-            *s6 = Some(match e.addr.canonical() {
-                IpAddr::V4(a) => {
-                    let a = u64::from(u32::from_be_bytes(a));
-                    *s4 = Some(a);
-                    // Its IPv4-mapped form: ::ffff:a.b.c.d.
-                    (0, 0xffff_0000_0000 | a)
-                }
-                IpAddr::V6(a) => {
-                    let x = u128::from_be_bytes(a);
-                    ((x >> 64) as u64, x as u64)
-                }
+            let w = PackedEndpoint::of(&Endpoint::new(e.addr.canonical(), e.port));
+            *s6 = Some(if w.v6 {
+                (w.hi, w.lo)
+            } else {
+                *s4 = Some(w.lo);
+                // Its IPv4-mapped form: ::ffff:a.b.c.d.
+                (0, 0xffff_0000_0000 | w.lo)
             });
         }
         let [a4, b4] = v4;
@@ -351,7 +341,7 @@ pub fn track_input<S: Store>(
 )]
 mod tests {
     use super::*;
-    use crate::net::addr::Endpoint;
+    use crate::net::addr::{Endpoint, IpAddr};
     use crate::net::checksum;
     use crate::net::filter::{self, Plan};
     use crate::net::nat::{Config, Entry, FlowKey};
@@ -545,7 +535,7 @@ mod tests {
         #[test]
         fn output_agrees_with_the_general_path((p, _) in any_packet(), deferred in any::<bool>(), now in prop_oneof![1_000u64..200_000, 1_000u64..10_000_000_000]) {
             let Some((h, key)) = parse(&mut p.clone()) else { return Ok(()) };
-            let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
+            let l4 = L4Sum::when_deferred(deferred);
             let px = proxies(h.v6);
             let (mut ft, mut gt) = (filled(h.v6), filled(h.v6));
             let (mut fp, mut gp) = (p.clone(), p.clone());
@@ -606,7 +596,7 @@ mod tests {
             let e = if h.v6 { ep(&a, port) } else { ep(&a[..4], port) };
             let to = PackedEndpoint::of(&e);
             let side = if src { Side::Src } else { Side::Dst };
-            let l4 = if deferred { L4Sum::Deferred } else { L4Sum::Complete };
+            let l4 = L4Sum::when_deferred(deferred);
             let (mut fp, mut gp) = (p.clone(), p.clone());
             let t = ip::transport(&gp).unwrap();
             let fr = rewrite(&mut fp, side, &to, l4).expect("plain");

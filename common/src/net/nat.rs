@@ -380,6 +380,14 @@ impl Entry {
         }
     }
 
+    /// True when its flow has expired at `now` under each state's
+    /// `timeouts` ([`FlowState::list`] order).
+    #[inline(always)]
+    fn expired(&self, timeouts: &[u64; STATES], now: u64) -> bool {
+        let timeout = timeouts.get(self.state.list()).copied().unwrap_or(0);
+        now >= self.last_seen.saturating_add(timeout)
+    }
+
     fn key(&self, reverse: bool) -> &Packed {
         if reverse { &self.rev } else { &self.fwd }
     }
@@ -584,8 +592,7 @@ impl<S: Store> NatTable<S> {
     /// True when `e`'s flow has expired at `now`.
     #[inline(always)]
     fn is_expired(&self, e: &Entry, now: u64) -> bool {
-        let timeout = self.timeouts.get(e.state.list()).copied().unwrap_or(0);
-        now >= e.last_seen.saturating_add(timeout)
+        e.expired(&self.timeouts, now)
     }
 
     fn bucket(&self, reverse: bool, i: usize) -> u32 {
@@ -886,8 +893,7 @@ impl<S: Store> NatTable<S> {
         if !e.used {
             return None;
         }
-        let timeout = timeouts.get(e.state.list()).copied().unwrap_or(0);
-        let expired = now >= e.last_seen.saturating_add(timeout);
+        let expired = e.expired(timeouts, now);
         if !expired && e.next == NONE && e.state.next(flags, outbound) == e.state {
             e.last_seen = e.last_seen.max(now);
             return Some(pick(e));
@@ -1022,8 +1028,7 @@ impl<S: Store> NatTable<S> {
     /// counters restart).
     pub fn reset(&mut self, cfg: Config, seed: u64) {
         self.store.as_mut().fill(Entry::EMPTY);
-        self.cfg = cfg;
-        self.timeouts = timeouts(&cfg);
+        self.set_config(cfg);
         self.secret = secret(seed);
         self.fresh = 0;
         self.free_head = NONE;

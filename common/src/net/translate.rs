@@ -79,6 +79,19 @@ pub enum L4Sum {
     Deferred,
 }
 
+impl L4Sum {
+    /// [`L4Sum::Deferred`] when the stack `deferred` the checksum (what
+    /// `mbuf_get_csum_requested` says), else [`L4Sum::Complete`].
+    #[inline(always)]
+    pub fn when_deferred(deferred: bool) -> L4Sum {
+        if deferred {
+            L4Sum::Deferred
+        } else {
+            L4Sum::Complete
+        }
+    }
+}
+
 /// The ones'-complement sum that turns a checksum over `old` into one over
 /// `new` (RFC 1624: `~m + m'`), unfolded, over whole 32-bit words: they fold
 /// to the same 16-bit sum as their two halves (2^16 ≡ 1 mod 0xFFFF).
@@ -113,6 +126,22 @@ pub(crate) fn be16<const N: usize>(h: &[u8; N], at: usize) -> u16 {
         Some(b) => u16::from_be_bytes(*b),
         None => 0,
     }
+}
+
+/// Reads the big-endian u32 at `at` of a fixed-size header (0 past its end).
+#[inline(always)]
+pub(crate) fn be32<const N: usize>(h: &[u8; N], at: usize) -> u32 {
+    h.get(at..)
+        .and_then(<[u8]>::first_chunk::<4>)
+        .map_or(0, |b| u32::from_be_bytes(*b))
+}
+
+/// Reads the big-endian u64 at `at` of a fixed-size header (0 past its end).
+#[inline(always)]
+pub(crate) fn be64<const N: usize>(h: &[u8; N], at: usize) -> u64 {
+    h.get(at..)
+        .and_then(<[u8]>::first_chunk::<8>)
+        .map_or(0, |b| u64::from_be_bytes(*b))
 }
 
 /// Writes the big-endian u16 `v` at `at` of a fixed-size header.
